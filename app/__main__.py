@@ -1,0 +1,89 @@
+"""Command line: `mssql-mcp serve | demo | users | settings`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .settings import SETTINGS, Settings, SettingsError, load_settings
+
+DEFAULT_DEMO_DB = Path("var/demo.db")
+
+
+def _serve(settings: Settings, banner: str | None = None) -> int:
+    from aiohttp import web
+
+    from .obs.logging import configure_logging
+    from .web import create_app
+
+    configure_logging(settings)
+    app = create_app(settings)
+    shown_host = "127.0.0.1" if settings.host in {"0.0.0.0", "::"} else settings.host
+    print(banner or f"MSSQL MCP Server listening on http://{shown_host}:{settings.port}", flush=True)
+    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None,
+                handle_signals=True)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import build_demo_database, ensure_demo_user
+
+    db_path = Path(args.database).resolve()
+    created = build_demo_database(db_path)
+    settings = load_settings(
+        env_file=None,
+        environ={k: v for k, v in os.environ.items() if k in {"PORT", "LOG_LEVEL", "LOG_FORMAT"}},
+        db_backend="sqlite", sqlite_path=str(db_path), host="127.0.0.1",
+        data_dir=str(db_path.parent), metrics_port=0,
+    )
+    login = ensure_demo_user(settings)
+    lines = [
+        f"Demo database: {db_path} ({'built' if created else 'reused'})",
+        f"MSSQL MCP Server (demo) on http://127.0.0.1:{settings.port}",
+        f"  Claude:  http://127.0.0.1:{settings.port}/mcp   ChatGPT: http://127.0.0.1:{settings.port}/chatgpt/mcp",
+        login,
+    ]
+    return _serve(settings, banner="\n".join(line for line in lines if line))
+
+
+def _print_settings() -> int:
+    for setting in SETTINGS:
+        default = setting.default
+        if isinstance(default, tuple):
+            default = ",".join(default)
+        print(f"{setting.env[0]}={default!s:<30} # {setting.help}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mssql-mcp", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("serve", help="serve the configured database (default)")
+    demo = sub.add_parser("demo", help="build the embedded SQLite demo database and serve it on 127.0.0.1")
+    demo.add_argument("--database", default=str(DEFAULT_DEMO_DB))
+    users = sub.add_parser("users", help="manage sign-in users: add, remove, list, passwd")
+    users.add_argument("users_args", nargs=argparse.REMAINDER)
+    sub.add_parser("settings", help="print every setting with its default and meaning")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "settings":
+            return _print_settings()
+        if args.command == "demo":
+            return _demo(args)
+        if args.command == "users":
+            from .auth.cli import users_main
+
+            return users_main(load_settings(), args.users_args)
+        return _serve(load_settings())
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Database layer: bounded pyodbc pool in worker threads, time limits, caps, read-only guard."""

@@ -1,0 +1,1 @@
+"""MCP protocol logic (JSON-RPC, lifecycle, tools). No aiohttp imports outside transports/."""

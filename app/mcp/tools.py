@@ -1,0 +1,68 @@
+"""What a tool is, independent of any transport (the contract between app.mcp and app.tools)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..auth.principal import ANONYMOUS, Principal
+
+
+class ToolError(Exception):
+    """A failure the model should see as an `isError` tool result (message is shown verbatim)."""
+
+    def __init__(self, message: str, outcome: str = "error") -> None:
+        super().__init__(message)
+        self.outcome = outcome  # metrics label, one of app.obs.metrics.TOOL_OUTCOMES
+
+
+async def _no_progress(progress: float, total: float | None = None, message: str | None = None) -> None:
+    return None
+
+
+async def _no_log(level: str, data: Any) -> None:
+    return None
+
+
+@dataclass
+class ToolContext:
+    principal: Principal = ANONYMOUS
+    base_url: str = "http://127.0.0.1:8008"  # public base URL, for links such as fetch's `url`
+    session_id: str | None = None
+    request_id: str | None = None
+    # Sends notifications/progress when the client gave a progressToken; otherwise a no-op.
+    report_progress: Callable[[float, float | None, str | None], Awaitable[None]] = _no_progress
+    # Sends notifications/message at or above the client's logging level; otherwise a no-op.
+    log: Callable[[str, Any], Awaitable[None]] = _no_log
+    # Filled by the tool for the audit line: statement fingerprint / text, rows and bytes returned.
+    audit: dict[str, Any] = field(default_factory=dict)
+
+
+# A handler returns a JSON object: the MCP layer sends it as one text content (json.dumps) and as
+# structuredContent. It raises ToolError or app.db.types.DatabaseError for an isError result.
+ToolHandler = Callable[[dict[str, Any], ToolContext], Awaitable[dict[str, Any]]]
+
+
+@dataclass
+class Tool:
+    name: str
+    title: str
+    description: str
+    input_schema: dict[str, Any]
+    handler: ToolHandler
+    output_schema: dict[str, Any] | None = None
+    annotations: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "title": self.title,
+            "description": self.description,
+            "inputSchema": self.input_schema,
+        }
+        if self.output_schema:
+            out["outputSchema"] = self.output_schema
+        if self.annotations:
+            out["annotations"] = {"title": self.title, **self.annotations}
+        return out

@@ -1,0 +1,110 @@
+"""Every Prometheus metric, defined once, on an injectable registry.
+
+Base units and `_total`/`_seconds`/`_bytes` names; labels are bounded (route template, method,
+status class, tool, outcome, dialect, reason), never SQL text, user or client ids.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from .. import __version__
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+# Closed label vocabularies, pre-initialised so dashboards show zeros instead of gaps.
+TOOL_OUTCOMES = ("ok", "error", "refused", "timeout", "cancelled", "busy", "unavailable", "invalid")
+QUERY_OUTCOMES = ("ok", "error", "timeout", "cancelled")
+GRANTS = ("authorization_code", "refresh_token")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.build_info = Info("mssql_mcp_build", "Build information.", registry=r)
+        self.build_info.info({"version": __version__})
+
+        # HTTP
+        self.http_requests = Counter(
+            "mssql_mcp_http_requests_total", "HTTP requests by route template, method and status class.",
+            ["route", "method", "status"], registry=r)
+        self.http_duration = Histogram(
+            "mssql_mcp_http_request_duration_seconds", "HTTP request duration.", ["route", "method"],
+            buckets=LATENCY_BUCKETS, registry=r)
+
+        # MCP
+        self.mcp_sessions_active = Gauge(
+            "mssql_mcp_sessions_active", "Open MCP sessions (Streamable HTTP and SSE).", ["transport"],
+            registry=r)
+        self.mcp_messages = Counter(
+            "mssql_mcp_messages_total", "JSON-RPC messages received by method.", ["method"], registry=r)
+        self.tool_calls = Counter(
+            "mssql_mcp_tool_calls_total", "Tool calls by tool and outcome.", ["tool", "outcome"], registry=r)
+        self.tool_duration = Histogram(
+            "mssql_mcp_tool_call_duration_seconds", "Tool call duration.", ["tool"],
+            buckets=LATENCY_BUCKETS, registry=r)
+
+        # Queries
+        self.query_duration = Histogram(
+            "mssql_mcp_query_duration_seconds", "Database query duration (execute and fetch).",
+            ["dialect", "outcome"], buckets=LATENCY_BUCKETS, registry=r)
+        self.rows_returned = Counter(
+            "mssql_mcp_rows_returned_total", "Rows returned to callers.", ["dialect"], registry=r)
+        self.bytes_returned = Counter(
+            "mssql_mcp_result_bytes_total", "Bytes of row data returned to callers.", ["dialect"], registry=r)
+        self.truncations = Counter(
+            "mssql_mcp_truncations_total", "Results cut by the row or byte cap.", ["reason"], registry=r)
+        self.guard_refusals = Counter(
+            "mssql_mcp_guard_refusals_total", "Statements refused by the read-only guard.", ["reason"],
+            registry=r)
+        self.query_timeouts = Counter(
+            "mssql_mcp_query_timeouts_total", "Queries stopped by the time limit.", ["dialect"], registry=r)
+        self.query_cancels = Counter(
+            "mssql_mcp_query_cancels_total", "Queries cancelled by the client.", ["dialect"], registry=r)
+
+        # Pool
+        self.pool_size = Gauge("mssql_mcp_pool_size", "Configured pool connections.", registry=r)
+        self.pool_in_use = Gauge("mssql_mcp_pool_in_use", "Connections running a call.", registry=r)
+        self.pool_waiting = Gauge("mssql_mcp_pool_waiting", "Calls waiting for a free connection.", registry=r)
+        self.pool_wait = Histogram(
+            "mssql_mcp_pool_wait_seconds", "Time spent waiting for a free connection.",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.pool_reconnects = Counter(
+            "mssql_mcp_pool_reconnects_total", "Connections replaced after a failure.", registry=r)
+        self.pool_busy_rejections = Counter(
+            "mssql_mcp_pool_busy_rejections_total", "Calls refused because no connection freed up in time.",
+            registry=r)
+        self.db_up = Gauge("mssql_mcp_database_up", "1 when the last connection attempt succeeded.", registry=r)
+
+        # OAuth
+        self.oauth_registrations = Counter(
+            "mssql_mcp_oauth_registrations_total", "Dynamic client registrations.", ["outcome"], registry=r)
+        self.oauth_tokens = Counter(
+            "mssql_mcp_oauth_tokens_issued_total", "Access tokens issued by grant type.", ["grant"], registry=r)
+        self.oauth_token_errors = Counter(
+            "mssql_mcp_oauth_token_errors_total", "Token endpoint errors by OAuth error code.", ["error"],
+            registry=r)
+        self.oauth_refresh_reuse = Counter(
+            "mssql_mcp_oauth_refresh_reuse_total", "Refresh token reuse detected (family revoked).", registry=r)
+        self.login_failures = Counter(
+            "mssql_mcp_login_failures_total", "Failed sign-ins by reason.", ["reason"], registry=r)
+        self.bearer_rejections = Counter(
+            "mssql_mcp_bearer_rejections_total", "MCP requests refused by the bearer check.", ["reason"],
+            registry=r)
+
+        # Fetch cache (ChatGPT fetch)
+        self.cache_hits = Counter("mssql_mcp_fetch_cache_hits_total", "fetch served from cache.", registry=r)
+        self.cache_misses = Counter(
+            "mssql_mcp_fetch_cache_misses_total", "fetch that had to query the database.", registry=r)
+
+        self._preinitialise()
+
+    def _preinitialise(self) -> None:
+        for grant in GRANTS:
+            self.oauth_tokens.labels(grant)
+        for reason in ("bad_password", "unknown_user", "throttled"):
+            self.login_failures.labels(reason)
+        for transport in ("streamable_http", "sse"):
+            self.mcp_sessions_active.labels(transport)
+        self.oauth_refresh_reuse.inc(0)

@@ -1,0 +1,319 @@
+"""Every setting in one table: name, environment variable(s), default, help.
+
+Values come from the process environment and, below it, a `.env` file (the seed system's
+format). The first environment variable listed for a setting is its canonical name; the others
+are accepted aliases so a seed `.env` keeps working. Bad values stop start-up with one line
+naming the setting, and secrets are never echoed back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names it and never contains its value if secret."""
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on", "y", "t"}:
+        return True
+    if value in {"0", "false", "no", "off", "n", "f", ""}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError("expected an integer") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = f" and {maximum}" if maximum is not None else ""
+            raise ValueError(f"expected a value >= {minimum}{upper}" if not upper else
+                             f"expected a value between {minimum}{upper}")
+        return value
+
+    return parse
+
+
+def _float(minimum: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError("expected a number") from None
+        if value < minimum:
+            raise ValueError(f"expected a number >= {minimum}")
+        return value
+
+    return parse
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.replace(";", ",").split(",") if item.strip())
+
+
+def _str(raw: str) -> str:
+    return raw.strip()
+
+
+def _path_prefix(raw: str) -> str:
+    value = raw.strip().strip("/")
+    return f"/{value}" if value else ""
+
+
+def _url(raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    if value and not (value.startswith("http://") or value.startswith("https://")):
+        raise ValueError("expected an http:// or https:// URL")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    env: tuple[str, ...]
+    default: Any
+    help: str
+    parse: Callable[[str], Any] = _str
+    secret: bool = False
+    group: str = "general"
+
+
+# The one table. README's settings section is generated from / checked against this.
+SETTINGS: tuple[Setting, ...] = (
+    # --- database -------------------------------------------------------------------------
+    Setting("db_backend", ("DB_BACKEND",), "mssql",
+            "Which database to serve: mssql (SQL Server), postgres or sqlite (demo and tests).",
+            _choice("mssql", "postgres", "sqlite"), group="database"),
+    Setting("mssql_host", ("MSSQL_HOST", "MSSQL_SERVER"), "",
+            "SQL Server host name or address (required for mssql unless ODBC_CONNECTION_STRING is set).",
+            group="database"),
+    Setting("mssql_port", ("MSSQL_PORT",), 1433, "SQL Server TCP port.", _int(1, 65535), group="database"),
+    Setting("mssql_user", ("MSSQL_USER",), "", "SQL login name (empty with Trusted_Connection).",
+            group="database"),
+    Setting("mssql_password", ("MSSQL_PASSWORD",), "", "SQL login password.", secret=True, group="database"),
+    Setting("mssql_database", ("MSSQL_DATABASE",), "", "Database to connect to (required for mssql).",
+            group="database"),
+    Setting("mssql_driver", ("MSSQL_DRIVER",), "ODBC Driver 18 for SQL Server",
+            "ODBC driver name, or an absolute path to the driver library.", group="database"),
+    Setting("trust_server_certificate", ("TrustServerCertificate", "MSSQL_TRUST_SERVER_CERTIFICATE"), False,
+            "Accept the server's TLS certificate without validation (self-signed servers).", _bool,
+            group="database"),
+    Setting("trusted_connection", ("Trusted_Connection", "MSSQL_TRUSTED_CONNECTION"), False,
+            "Use integrated (Kerberos) authentication instead of a SQL login.", _bool, group="database"),
+    Setting("mssql_encrypt", ("MSSQL_ENCRYPT",), "yes", "Driver 18 Encrypt= value: yes, no or strict.",
+            _choice("yes", "no", "strict", "mandatory", "optional"), group="database"),
+    Setting("mssql_read_only_intent", ("MSSQL_READ_ONLY_INTENT",), False,
+            "Connect with ApplicationIntent=ReadOnly (routes to a readable secondary in an AG).", _bool,
+            group="database"),
+    Setting("mssql_lock_timeout_ms", ("MSSQL_LOCK_TIMEOUT_MS",), 5000,
+            "SET LOCK_TIMEOUT for each session, in milliseconds (-1 waits forever).", _int(-1),
+            group="database"),
+    Setting("sqlite_path", ("SQLITE_PATH",), "", "SQLite database file (DB_BACKEND=sqlite).",
+            group="database"),
+    Setting("sqlite_driver", ("SQLITE_DRIVER",), "SQLite3", "ODBC driver name for SQLite.", group="database"),
+    Setting("pg_host", ("PG_HOST",), "127.0.0.1", "PostgreSQL host (DB_BACKEND=postgres).", group="database"),
+    Setting("pg_port", ("PG_PORT",), 5432, "PostgreSQL port.", _int(1, 65535), group="database"),
+    Setting("pg_user", ("PG_USER",), "postgres", "PostgreSQL user.", group="database"),
+    Setting("pg_password", ("PG_PASSWORD",), "", "PostgreSQL password.", secret=True, group="database"),
+    Setting("pg_database", ("PG_DATABASE",), "postgres", "PostgreSQL database.", group="database"),
+    Setting("pg_driver", ("PG_DRIVER",), "PostgreSQL Unicode", "ODBC driver name for PostgreSQL.",
+            group="database"),
+    Setting("odbc_connection_string", ("ODBC_CONNECTION_STRING",), "",
+            "Raw ODBC connection string; overrides the host/user/password settings of the backend.",
+            secret=True, group="database"),
+    Setting("db_pool_size", ("DB_POOL_SIZE",), 4, "Number of database connections (one worker thread each).",
+            _int(1, 64), group="database"),
+    Setting("db_pool_wait_seconds", ("DB_POOL_WAIT_SECONDS",), 5.0,
+            "How long a call waits for a free connection before failing with 'database busy, retry'.",
+            _float(0.0), group="database"),
+    Setting("db_connect_timeout_seconds", ("DB_CONNECT_TIMEOUT_SECONDS",), 5,
+            "Login timeout for each new connection.", _int(1, 120), group="database"),
+    Setting("query_timeout_seconds", ("QUERY_TIMEOUT_SECONDS",), 30.0,
+            "Time limit for every query; a call may ask for less, never more.", _float(0.1), group="database"),
+    Setting("max_rows", ("MAX_ROWS",), 1000, "Most rows a query returns before it is cut (truncated: true).",
+            _int(1), group="database"),
+    Setting("max_result_bytes", ("MAX_RESULT_BYTES",), 100_000,
+            "Most bytes of JSON row data in one result (fits Claude's ~150,000 character tool-result limit).",
+            _int(1000), group="database"),
+    Setting("sample_max_rows", ("SAMPLE_MAX_ROWS",), 100, "Cap on get_table_sample's limit.", _int(1),
+            group="database"),
+    Setting("read_only_mode", ("READ_ONLY_MODE",), True,
+            "Refuse anything but a single read query (parsed with sqlglot) and run reads in a rolled-back "
+            "transaction on a read-only session.", _bool, group="database"),
+    # --- MCP ------------------------------------------------------------------------------
+    Setting("host", ("HOST", "BIND_HOST"), "127.0.0.1", "Address the HTTP server binds to.", group="server"),
+    Setting("port", ("PORT",), 8008, "HTTP port.", _int(1, 65535), group="server"),
+    Setting("public_base_url", ("PUBLIC_BASE_URL", "BASE_URL"), "",
+            "Public https URL users enter (without /mcp); derived from the request when empty.", _url,
+            group="server"),
+    Setting("environment_path", ("ENVIRONMENT_PATH",), "",
+            "Path prefix the service is published under behind a proxy (the seed's X-Environment-Path).",
+            _path_prefix, group="server"),
+    Setting("trusted_proxies", ("TRUSTED_PROXIES",), ("127.0.0.1", "::1"),
+            "Peers whose X-Forwarded-Proto/Host and X-Environment-Path headers are believed.", _list,
+            group="server"),
+    Setting("allowed_origins", ("ALLOWED_ORIGINS",), (),
+            "Extra browser Origins allowed on MCP endpoints (the public URL, loopback, chatgpt.com and "
+            "claude.ai are always allowed).", _list, group="server"),
+    Setting("max_request_bytes", ("MAX_REQUEST_BYTES",), 1_048_576,
+            "Largest request body accepted; larger ones get 413.", _int(1024), group="server"),
+    Setting("max_search_results", ("MAX_SEARCH_RESULTS",), 20, "Most results ChatGPT's search returns.",
+            _int(1, 500), group="server"),
+    Setting("cache_ttl_seconds", ("CACHE_TTL_SECONDS",), 300,
+            "How long fetch results found by search stay cached.", _int(0), group="server"),
+    Setting("chatgpt_include_claude_tools", ("CHATGPT_INCLUDE_CLAUDE_TOOLS",), False,
+            "Also offer the Claude tool set under /chatgpt (ChatGPT developer mode accepts any tools).",
+            _bool, group="server"),
+    Setting("session_idle_seconds", ("MCP_SESSION_IDLE_SECONDS",), 3600,
+            "Streamable HTTP sessions idle longer than this are forgotten.", _int(10), group="server"),
+    Setting("max_sessions", ("MCP_MAX_SESSIONS",), 10_000, "Most concurrent MCP sessions kept.", _int(1),
+            group="server"),
+    Setting("allow_unauth_methods", ("ALLOW_UNAUTH_METHODS",), False,
+            "Testing only: allow MCP methods other than tools/call without a token.", _bool, group="auth"),
+    Setting("allow_unauth_tools_call", ("ALLOW_UNAUTH_TOOLS_CALL",), False,
+            "Testing only: allow tools/call without a token.", _bool, group="auth"),
+    # --- OAuth ----------------------------------------------------------------------------
+    Setting("data_dir", ("DATA_DIR",), "./var",
+            "Directory for the service's state (users, clients, tokens, signing keys).", group="auth"),
+    Setting("allowed_redirect_hosts", ("ALLOWED_REDIRECT_HOSTS",),
+            ("chatgpt.com", "openai.com", "claude.ai", "claude.com", "anthropic.com"),
+            "Hosts (and their subdomains) OAuth clients may redirect to over https; loopback is always allowed.",
+            _list, group="auth"),
+    Setting("access_token_ttl_seconds", ("ACCESS_TOKEN_TTL_SECONDS",), 3600, "Access token lifetime.",
+            _int(60), group="auth"),
+    Setting("refresh_token_ttl_seconds", ("REFRESH_TOKEN_TTL_SECONDS",), 30 * 86400,
+            "Refresh token lifetime.", _int(300), group="auth"),
+    Setting("auth_code_ttl_seconds", ("AUTH_CODE_TTL_SECONDS",), 300, "Authorization code lifetime.",
+            _int(10, 600), group="auth"),
+    Setting("login_max_failures", ("LOGIN_MAX_FAILURES",), 5,
+            "Failed sign-ins per user and address before sign-in is throttled.", _int(1), group="auth"),
+    Setting("login_lockout_seconds", ("LOGIN_LOCKOUT_SECONDS",), 300, "How long throttling lasts.", _int(1),
+            group="auth"),
+    Setting("cimd_allow_private", ("CIMD_ALLOW_PRIVATE_ADDRESSES",), False,
+            "Allow Client ID Metadata Documents on private or loopback addresses (tests only).", _bool,
+            group="auth"),
+    Setting("oidc_provider", ("OIDC_PROVIDER",), "",
+            "Upstream sign-in: empty (local users only), google, microsoft, or an issuer URL.", group="auth"),
+    Setting("oidc_client_id", ("OIDC_CLIENT_ID",), "", "Upstream OpenID Connect client id.", group="auth"),
+    Setting("oidc_client_secret", ("OIDC_CLIENT_SECRET",), "", "Upstream OpenID Connect client secret.",
+            secret=True, group="auth"),
+    Setting("oidc_tenant", ("OIDC_TENANT",), "common", "Microsoft Entra ID tenant.", group="auth"),
+    Setting("oidc_allowed_domains", ("OIDC_ALLOWED_DOMAINS",), (),
+            "Email domains allowed to sign in upstream.", _list, group="auth"),
+    Setting("oidc_allowed_emails", ("OIDC_ALLOWED_EMAILS",), (), "Email addresses allowed to sign in upstream.",
+            _list, group="auth"),
+    Setting("oidc_default_role", ("OIDC_DEFAULT_ROLE",), "reader", "Role of users who sign in upstream.",
+            _choice("reader", "writer"), group="auth"),
+    # --- observability ----------------------------------------------------------------------
+    Setting("log_level", ("LOG_LEVEL",), "INFO", "DEBUG, INFO, WARNING or ERROR.",
+            lambda raw: _choice("debug", "info", "warning", "error", "critical")(raw).upper(),
+            group="observability"),
+    Setting("log_format", ("LOG_FORMAT",), "auto",
+            "json (production), console (development) or auto (console on a terminal).",
+            _choice("json", "console", "auto"), group="observability"),
+    Setting("audit_sql_text", ("AUDIT_SQL_TEXT",), False,
+            "Put the SQL text in audit lines (otherwise only its fingerprint).", _bool, group="observability"),
+    Setting("metrics_host", ("METRICS_HOST",), "127.0.0.1", "Address of the separate /metrics listener.",
+            group="observability"),
+    Setting("metrics_port", ("METRICS_PORT",), 9108,
+            "Port of the separate /metrics listener (0 disables it).", _int(0, 65535), group="observability"),
+    Setting("metrics_token", ("METRICS_TOKEN",), "",
+            "If set, /metrics on the main port is served to requests with this bearer token.", secret=True,
+            group="observability"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed view of SETTINGS; build with load_settings()."""
+
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def replace(self, **changes: Any) -> Settings:
+        unknown = set(changes) - set(self.values)
+        if unknown:
+            raise AttributeError(f"unknown settings: {', '.join(sorted(unknown))}")
+        return Settings({**self.values, **changes})
+
+    def redacted(self) -> dict[str, Any]:
+        """For logs and /health: secrets replaced by '***' when set."""
+        by_name = {s.name: s for s in SETTINGS}
+        return {k: ("***" if by_name[k].secret and v else v) for k, v in self.values.items()}
+
+    # Convenience derived values -------------------------------------------------------------
+    @property
+    def auth_enabled(self) -> bool:
+        return not (self.values["allow_unauth_methods"] and self.values["allow_unauth_tools_call"])
+
+
+def _defaults() -> dict[str, Any]:
+    return {s.name: s.default for s in SETTINGS}
+
+
+def load_settings(environ: Mapping[str, str] | None = None, env_file: str | os.PathLike | None = ".env",
+                  **overrides: Any) -> Settings:
+    """Environment wins over the .env file, keyword overrides win over both (tests)."""
+    source: dict[str, str] = {}
+    if env_file and Path(env_file).is_file():
+        source.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    source.update(os.environ if environ is None else environ)
+
+    values = _defaults()
+    for setting in SETTINGS:
+        for var in setting.env:
+            if var in source:
+                raw = source[var]
+                try:
+                    values[setting.name] = setting.parse(raw)
+                except ValueError as exc:
+                    shown = "" if setting.secret else f" (got {raw!r})"
+                    raise SettingsError(f"{var}: {exc}{shown}") from None
+                break
+    unknown = set(overrides) - set(values)
+    if unknown:
+        raise SettingsError(f"unknown settings: {', '.join(sorted(unknown))}")
+    values.update(overrides)
+    settings = Settings(values)
+    _validate(settings)
+    return settings
+
+
+def _validate(s: Settings) -> None:
+    if s.odbc_connection_string:
+        return
+    if s.db_backend == "mssql":
+        if not s.mssql_host:
+            raise SettingsError("MSSQL_HOST: required when DB_BACKEND=mssql (or set ODBC_CONNECTION_STRING)")
+        if not s.mssql_database:
+            raise SettingsError("MSSQL_DATABASE: required when DB_BACKEND=mssql")
+        if not s.trusted_connection and not s.mssql_user:
+            raise SettingsError("MSSQL_USER: required unless Trusted_Connection=yes")
+    elif s.db_backend == "sqlite" and not s.sqlite_path:
+        raise SettingsError("SQLITE_PATH: required when DB_BACKEND=sqlite")

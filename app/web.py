@@ -1,0 +1,62 @@
+"""create_app(settings): the one place the service is assembled (used by __main__ and the tests)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from . import __version__, keys
+from .auth import setup_auth
+from .db.database import Database
+from .health import add_health_routes
+from .mcp.server import McpServer
+from .mcp.transports import add_mcp_routes
+from .middlewares import error_middleware
+from .obs import setup_observability
+from .obs.metrics import Metrics
+from .settings import Settings
+from .tools import add_record_routes, build_instructions, chatgpt_tools, claude_tools
+
+CLAUDE_PREFIX = ""
+CHATGPT_PREFIX = "/chatgpt"
+
+
+async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
+    database = app[keys.DATABASE]
+    await database.start()  # never fails because the database is down: /health reports degraded
+    yield
+    await database.close()
+
+
+def _mcp_servers(app: web.Application) -> dict[str, McpServer]:
+    settings, database, metrics = app[keys.SETTINGS], app[keys.DATABASE], app[keys.METRICS]
+    claude = claude_tools(database, settings)
+    chatgpt = chatgpt_tools(database, settings, metrics)
+    if settings.chatgpt_include_claude_tools:
+        chatgpt = chatgpt + claude
+    return {
+        CLAUDE_PREFIX: McpServer(name="mssql-mcp", version=__version__, tools=claude, metrics=metrics,
+                                 instructions=build_instructions(settings, "claude")),
+        CHATGPT_PREFIX: McpServer(name="mssql-mcp-chatgpt", version=__version__, tools=chatgpt,
+                                  metrics=metrics, instructions=build_instructions(settings, "chatgpt")),
+    }
+
+
+def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.Application:
+    app = web.Application(client_max_size=settings.max_request_bytes, middlewares=[error_middleware])
+    app[keys.SETTINGS] = settings
+    app[keys.METRICS] = metrics or Metrics()
+    setup_observability(app)  # request id, access log, HTTP metrics, /metrics
+
+    app[keys.DATABASE] = Database(settings, app[keys.METRICS])
+    app.cleanup_ctx.append(_database_ctx)
+
+    setup_auth(app)  # OAuth routes, state store, and app[keys.AUTHENTICATOR] for the MCP endpoints
+
+    app[keys.MCP_SERVERS] = _mcp_servers(app)
+    for prefix, server in app[keys.MCP_SERVERS].items():
+        add_mcp_routes(app, prefix, server)
+    add_health_routes(app)
+    add_record_routes(app)
+    return app
