@@ -28,7 +28,8 @@ def _serve(settings: Settings, banner: str | None = None) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import build_demo_database, ensure_demo_user
+    from .auth.cli import ensure_demo_user
+    from .demo import build_demo_database
 
     db_path = Path(args.database).resolve()
     created = build_demo_database(db_path)
