@@ -18,3 +18,5 @@ MCP_SERVERS = web.AppKey("mcp_servers", dict[str, "McpServer"])
 # Anything an area needs to keep per app (auth store, fetch cache, ...) gets its own key below.
 AUTH_STORE = web.AppKey("auth_store", Any)
 FETCH_CACHE = web.AppKey("fetch_cache", Any)
+# Per-request id (honoured X-Request-ID or generated), set by app.obs's middleware; also bound to logs.
+REQUEST_ID = web.RequestKey("request_id", str)

@@ -1,7 +1,209 @@
-"""Metrics, structured logs, audit. STUB: owned by the observability helper."""
+"""HTTP observability: request id, access log, HTTP metrics, and /metrics.
 
+`setup_observability(app)` is called by `create_app` before any route is added:
+- one middleware gives every request an id (a sane incoming `X-Request-ID`, else a new one), binds
+  it to structlog's context so every log line of that request carries it, echoes it back, counts
+  the request by route template / method / status class, and writes one access line;
+- `/metrics` (Prometheus text format) is served on a separate listener
+  (METRICS_HOST:METRICS_PORT, loopback by default; port 0 disables it) and, only when
+  METRICS_TOKEN is set, on the main port to requests bearing that token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .. import keys
+from .metrics import HTTP_METHODS, Metrics
+
+__all__ = ["REQUEST_ID_HEADER", "metrics_response", "request_id_of", "setup_observability", "status_class"]
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# Bounded length and charset: an id is echoed into headers and logs, so nothing else gets through.
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=/-]{0,127}")
+UNMATCHED_ROUTE = "unmatched"
+CLIENT_CLOSED = 499  # nginx's convention for "client went away before the answer"
+
+log = structlog.get_logger(__name__)
+access_log = structlog.get_logger("access")
+
+
+def _incoming_or_new_request_id(value: str | None) -> str:
+    if value and _SANE_REQUEST_ID.fullmatch(value):
+        return value
+    return uuid.uuid4().hex
+
+
+def request_id_of(request: web.Request) -> str | None:
+    """The id the middleware gave this request (None outside the middleware)."""
+    return request.get(keys.REQUEST_ID)
+
+
+def status_class(status: int) -> str:
+    """"2xx" .. "5xx" (anything out of range counts as a server error)."""
+    return f"{status // 100}xx" if 100 <= status <= 599 else "5xx"
+
+
+def _route_label(request: web.Request) -> str:
+    """The route template ("/records/{id}"), never the raw path: bounded label values."""
+    match_info = request.match_info
+    if match_info.http_exception is not None:
+        return UNMATCHED_ROUTE
+    resource = getattr(match_info.route, "resource", None)
+    if resource is None:
+        return UNMATCHED_ROUTE
+    return resource.canonical or UNMATCHED_ROUTE
+
+
+def _make_middleware(metrics: Metrics) -> Any:
+    @web.middleware
+    async def observability_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        request_id = _incoming_or_new_request_id(request.headers.get(REQUEST_ID_HEADER))
+        request[keys.REQUEST_ID] = request_id
+        # Each aiohttp request runs in its own task, so this binding is private to this request.
+        tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        status = 500
+        response: web.StreamResponse | None = None
+        metrics.http_in_flight.inc()
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            metrics.http_in_flight.dec()
+            route = _route_label(request)
+            method = request.method if request.method in HTTP_METHODS else "other"
+            metrics.http_requests.labels(route, method, status_class(status)).inc()
+            metrics.http_duration.labels(route, method).observe(elapsed)
+            # rel_url.path only: query strings may carry codes or tokens.
+            line = access_log.warning if status >= 500 else access_log.info
+            line("http_request", method=request.method, path=request.rel_url.path[:512], route=route,
+                 status=status, duration_ms=round(elapsed * 1000.0, 2),
+                 bytes=getattr(response, "body_length", None), remote=request.remote,
+                 user_agent=(request.headers.get("User-Agent") or "")[:200] or None)
+            structlog.contextvars.reset_contextvars(**tokens)
+
+    return observability_middleware
+
+
+async def _echo_request_id(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    # on_response_prepare also sees responses built by outer middlewares and raised HTTP errors.
+    request_id = request.get(keys.REQUEST_ID)
+    if request_id and REQUEST_ID_HEADER not in response.headers:
+        response.headers[REQUEST_ID_HEADER] = request_id
+
+
+def _refresh_scrape_time_gauges(app: web.Application) -> None:
+    """Pool gauges straight from the pool at scrape time, so they are never stale."""
+    database = app.get(keys.DATABASE)
+    status = getattr(database, "status", None)
+    if not callable(status):
+        return
+    try:
+        info = status()
+    except Exception:  # a scrape must not fail because the database layer did
+        log.debug("pool_status_failed", exc_info=True)
+        return
+    if not isinstance(info, dict):
+        return
+    metrics = app[keys.METRICS]
+    pool = info.get("pool") or {}
+    for field, gauge in (("size", metrics.pool_size), ("in_use", metrics.pool_in_use),
+                         ("waiting", metrics.pool_waiting)):
+        value = pool.get(field)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            gauge.set(value)
+
+
+def metrics_response(app: web.Application) -> web.Response:
+    """The Prometheus text exposition of the app's registry."""
+    _refresh_scrape_time_gauges(app)
+    body = generate_latest(app[keys.METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
+
+
+def _bearer_matches(request: web.Request, expected: str) -> bool:
+    header = request.headers.get("Authorization", "")
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() != "bearer" or not credentials:
+        return False
+    return hmac.compare_digest(credentials.strip().encode(), expected.encode())
+
+
+async def _main_port_metrics(request: web.Request) -> web.Response:
+    if not _bearer_matches(request, request.app[keys.SETTINGS].metrics_token):
+        raise web.HTTPUnauthorized(headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+                                   text="metrics need a bearer token\n")
+    return metrics_response(request.app)
+
+
+async def _metrics_listener_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Serve /metrics on METRICS_HOST:METRICS_PORT with its own runner, for the app's lifetime."""
+    settings = app[keys.SETTINGS]
+    runner: web.AppRunner | None = None
+    if settings.metrics_port:
+        async def handle(request: web.Request) -> web.Response:
+            return metrics_response(app)
+
+        listener = web.Application()
+        listener.router.add_get("/metrics", handle)
+        runner = web.AppRunner(listener, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, settings.metrics_host, settings.metrics_port)
+        try:
+            await site.start()
+        except OSError as exc:
+            # Losing metrics must not take the database service down with it: say so loudly.
+            log.error("metrics_listener_failed", host=settings.metrics_host, port=settings.metrics_port,
+                      error=str(exc))
+            await runner.cleanup()
+            runner = None
+        else:
+            log.info("metrics_listener_started", url=f"http://{settings.metrics_host}:{settings.metrics_port}/metrics")
+    try:
+        yield
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+
+
+async def _preinitialise(app: web.Application) -> None:
+    """Zero-valued series for the served dialect and every tool, so panels show 0, not 'no data'."""
+    metrics, settings = app[keys.METRICS], app[keys.SETTINGS]
+    database = app.get(keys.DATABASE)
+    dialect = getattr(database, "dialect_name", None)
+    metrics.preinitialise_dialect(dialect if isinstance(dialect, str) and dialect else settings.db_backend)
+    servers = app.get(keys.MCP_SERVERS) or {}
+    names = {tool.name for server in servers.values() for tool in getattr(server, "tools", ()) or ()
+             if isinstance(getattr(tool, "name", None), str)}
+    metrics.preinitialise_tools(sorted(names))
 
 
 def setup_observability(app: web.Application) -> None:
-    pass
+    metrics: Metrics = app[keys.METRICS]
+    settings = app[keys.SETTINGS]
+    app.middlewares.append(_make_middleware(metrics))
+    app.on_response_prepare.append(_echo_request_id)
+    app.on_startup.append(_preinitialise)
+    app.cleanup_ctx.append(_metrics_listener_ctx)
+    if settings.metrics_token:
+        app.router.add_get("/metrics", _main_port_metrics)

@@ -1,12 +1,65 @@
-"""One audit line per tool call. STUB: owned by the observability helper."""
+"""One audit line per tool call: who ran what, how much came back, how it ended.
+
+Called by the MCP layer after every tools/call. Tools put `fingerprint`, `sql` (optional), `rows`
+and `bytes` into `ctx.audit`. The SQL text is logged only when AUDIT_SQL_TEXT is on; otherwise
+the fingerprint (a hash of the statement with literals removed) lets an operator group and find
+statements without storing the values users searched for.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any
 
+import structlog
+
 from ..auth.principal import Principal
+
+log = structlog.get_logger("audit")
+
+# Extra keys a tool may add to ctx.audit that are safe and useful in the audit line.
+_PASSTHROUGH = ("table", "truncated", "truncated_reason", "reason", "error_code", "statement_type", "id")
+
+_STRING_LITERAL = re.compile(r"N?'(?:[^']|'')*'")
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\b")
+_WHITESPACE = re.compile(r"\s+")
+_COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.S)
+
+
+def normalise_sql(sql: str) -> str:
+    """Statement shape: comments dropped, literals replaced by ?, whitespace collapsed, lower-cased."""
+    text = _COMMENT.sub(" ", sql)
+    text = _STRING_LITERAL.sub("?", text)
+    text = _NUMBER.sub("?", text)
+    return _WHITESPACE.sub(" ", text).strip().rstrip(";").strip().lower()
+
+
+def fingerprint_sql(sql: str) -> str:
+    """Short stable id of a statement's shape: the same query with other values gets the same id."""
+    return hashlib.sha256(normalise_sql(sql).encode()).hexdigest()[:16]
 
 
 def audit_tool_call(*, principal: Principal, tool: str, outcome: str, duration_seconds: float,
                     audit: dict[str, Any], settings: Any) -> None:
-    pass
+    audit = audit or {}
+    sql = audit.get("sql")
+    fingerprint = audit.get("fingerprint") or (fingerprint_sql(sql) if isinstance(sql, str) and sql else None)
+    fields: dict[str, Any] = {
+        "user": principal.username,
+        "subject": principal.subject,
+        "role": principal.role,
+        "client": principal.client_id,
+        "tool": tool,
+        "outcome": outcome,
+        "duration_ms": round(duration_seconds * 1000.0, 2),
+        "fingerprint": fingerprint,
+        "rows": audit.get("rows"),
+        "bytes": audit.get("bytes"),
+    }
+    if sql and getattr(settings, "audit_sql_text", False):
+        fields["sql"] = sql
+    for key in _PASSTHROUGH:
+        if key in audit:
+            fields[key] = audit[key]
+    log.info("tool_call", **fields)

@@ -1,9 +1,157 @@
-"""structlog set-up. STUB: owned by the observability helper."""
+"""structlog set-up: JSON lines in production, a readable console in development.
+
+Everything goes through one stdlib handler, so aiohttp's own loggers and any library using
+`logging` come out in the same format as our `structlog.get_logger(__name__)` lines, with the
+request id bound by the HTTP middleware and with secrets redacted (defence in depth: code should
+not log secrets in the first place).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import re
+import sys
+from collections.abc import Mapping
+from typing import IO, Any
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+REDACTED = "***"
+
+# Keys whose values are secrets wherever they appear (compared lower-cased, '-' as '_').
+_SECRET_KEYS = frozenset({
+    "password", "passwd", "pwd", "new_password", "old_password", "secret", "client_secret",
+    "token", "access_token", "refresh_token", "id_token", "metrics_token", "authorization",
+    "proxy_authorization", "cookie", "set_cookie", "code_verifier", "authorization_code", "auth_code",
+    "api_key", "apikey", "private_key", "signing_key", "odbc_connection_string", "connection_string",
+    "mssql_password", "pg_password", "oidc_client_secret", "assertion", "client_assertion",
+})
+# Any key containing one of these words is treated as secret too (e.g. "upstream_client_secret").
+_SECRET_WORDS = ("password", "secret", "passwd", "private_key")
+
+_STRING_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # ODBC connection-string fragments: PWD=...; Password={...}
+    (re.compile(r"(?i)\b(pwd|password)\s*=\s*(\{[^}]*\}|[^;,\s]*)"), r"\1=" + REDACTED),
+    # Authorization header values.
+    (re.compile(r"\b(Bearer|bearer|BEARER|Basic|BASIC) +[A-Za-z0-9._~+/-]{8,}=*"), r"\1 " + REDACTED),
+    # Secrets in query strings or form bodies.
+    (re.compile(r"(?i)([?&;](?:access_token|refresh_token|id_token|token|client_secret|code|code_verifier|"
+                r"password|assertion)=)[^&\s\"']*"), r"\1" + REDACTED),
+)
 
 
-def configure_logging(settings: Any) -> None:
-    pass
+def _is_secret_key(key: Any) -> bool:
+    if not isinstance(key, str):
+        return False
+    k = key.lower().replace("-", "_")
+    return k in _SECRET_KEYS or any(word in k for word in _SECRET_WORDS)
+
+
+def scrub_text(text: str) -> str:
+    """Mask secret-looking fragments inside a free-form string."""
+    for pattern, replacement in _STRING_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _redact_value(value: Any, depth: int = 0) -> Any:
+    if depth > 6:  # bounded: log payloads are small; don't walk pathological structures
+        return value
+    if isinstance(value, str):
+        return scrub_text(value)
+    if isinstance(value, Mapping):
+        return {k: (REDACTED if _is_secret_key(k) and v not in (None, "") else _redact_value(v, depth + 1))
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_redact_value(v, depth + 1) for v in value)
+    return value
+
+
+def redact_secrets(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: mask values of secret keys and secret fragments in strings."""
+    for key, value in list(event_dict.items()):
+        if _is_secret_key(key) and value not in (None, ""):
+            event_dict[key] = REDACTED
+        elif isinstance(value, str | Mapping | list | tuple):
+            event_dict[key] = _redact_value(value)
+    return event_dict
+
+
+def _scrub_rendered(logger: WrappedLogger, method_name: str, rendered: Any) -> Any:
+    # Console mode renders tracebacks itself; scrub the final text as well.
+    return scrub_text(rendered) if isinstance(rendered, str) else rendered
+
+
+def _resolve_format(log_format: str, stream: IO[str]) -> str:
+    if log_format in {"json", "console"}:
+        return log_format
+    isatty = getattr(stream, "isatty", None)
+    return "console" if callable(isatty) and isatty() else "json"
+
+
+_HANDLER_MARK = "_mssql_mcp_handler"
+
+
+def configure_logging(settings: Any, *, stream: IO[str] | None = None) -> None:
+    """Configure structlog and stdlib logging once per process (idempotent; tests call it again).
+
+    `stream` defaults to stderr; tests pass a StringIO to read the lines back.
+    """
+    stream = stream if stream is not None else sys.stderr
+    level = getattr(logging, str(getattr(settings, "log_level", "INFO")).upper(), logging.INFO)
+    fmt = _resolve_format(str(getattr(settings, "log_format", "auto")), stream)
+
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        # Not cached: module-level loggers must follow a later configure_logging() (tests, reloads).
+        cache_logger_on_first_use=False,
+    )
+
+    final: list[Processor]
+    if fmt == "json":
+        final = [structlog.processors.format_exc_info, redact_secrets,
+                 structlog.processors.JSONRenderer(default=str)]
+    else:
+        final = [redact_secrets, structlog.dev.ConsoleRenderer(colors=False), _scrub_rendered]
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
+    )
+
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    setattr(handler, _HANDLER_MARK, True)
+
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(level)
+    # Our middleware writes the access line (without query strings); aiohttp's would duplicate it.
+    logging.getLogger("aiohttp.access").setLevel(max(level, logging.WARNING))
+
+
+def unconfigure_logging() -> None:
+    """Remove our handler and restore structlog's defaults (used by tests)."""
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
+        root.removeHandler(old)
+        old.close()
+    logging.getLogger("aiohttp.access").setLevel(logging.NOTSET)
+    structlog.reset_defaults()

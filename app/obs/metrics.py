@@ -6,7 +6,9 @@ status class, tool, outcome, dialect, reason), never SQL text, user or client id
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
 from .. import __version__
 
@@ -16,6 +18,10 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 TOOL_OUTCOMES = ("ok", "error", "refused", "timeout", "cancelled", "busy", "unavailable", "invalid")
 QUERY_OUTCOMES = ("ok", "error", "timeout", "cancelled")
 GRANTS = ("authorization_code", "refresh_token")
+TRUNCATION_REASONS = ("max_rows", "max_bytes")
+# Methods outside this set are counted as "other" so a client cannot mint label values.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 class Metrics:
@@ -24,6 +30,8 @@ class Metrics:
         r = self.registry
         self.build_info = Info("mssql_mcp_build", "Build information.", registry=r)
         self.build_info.info({"version": __version__})
+        # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, process_start_time_seconds
+        ProcessCollector(registry=r)
 
         # HTTP
         self.http_requests = Counter(
@@ -32,6 +40,9 @@ class Metrics:
         self.http_duration = Histogram(
             "mssql_mcp_http_request_duration_seconds", "HTTP request duration.", ["route", "method"],
             buckets=LATENCY_BUCKETS, registry=r)
+        self.http_in_flight = Gauge(
+            "mssql_mcp_http_requests_in_flight", "HTTP requests being handled (open SSE streams included).",
+            registry=r)
 
         # MCP
         self.mcp_sessions_active = Gauge(
@@ -108,3 +119,19 @@ class Metrics:
         for transport in ("streamable_http", "sse"):
             self.mcp_sessions_active.labels(transport)
         self.oauth_refresh_reuse.inc(0)
+        for reason in TRUNCATION_REASONS:
+            self.truncations.labels(reason)
+
+    def preinitialise_dialect(self, dialect: str) -> None:
+        """Zero series for the served dialect, so 'no timeouts yet' reads 0 rather than 'no data'."""
+        for outcome in QUERY_OUTCOMES:
+            self.query_duration.labels(dialect, outcome)
+        for metric in (self.rows_returned, self.bytes_returned, self.query_timeouts, self.query_cancels):
+            metric.labels(dialect)
+
+    def preinitialise_tools(self, tools: Iterable[str]) -> None:
+        """Zero series for every tool x outcome (bounded: a handful of tools, eight outcomes)."""
+        for tool in tools:
+            self.tool_duration.labels(tool)
+            for outcome in TOOL_OUTCOMES:
+                self.tool_calls.labels(tool, outcome)
