@@ -98,11 +98,19 @@ def _make_middleware(metrics: Metrics) -> Any:
             line = access_log.warning if status >= 500 else access_log.info
             line("http_request", method=request.method, path=request.rel_url.path[:512], route=route,
                  status=status, duration_ms=round(elapsed * 1000.0, 2),
-                 bytes=getattr(response, "body_length", None), remote=request.remote,
+                 bytes=_response_bytes(response), remote=request.remote,
                  user_agent=(request.headers.get("User-Agent") or "")[:200] or None)
             structlog.contextvars.reset_contextvars(**tokens)
 
     return observability_middleware
+
+
+def _response_bytes(response: web.StreamResponse | None) -> int | None:
+    if response is None:
+        return None
+    if response.prepared:  # streamed by the handler (SSE): what was written so far
+        return response.body_length
+    return response.content_length
 
 
 async def _echo_request_id(request: web.BaseRequest, response: web.StreamResponse) -> None:

@@ -24,6 +24,7 @@ _PASSTHROUGH = ("table", "truncated", "truncated_reason", "reason", "error_code"
 _STRING_LITERAL = re.compile(r"N?'(?:[^']|'')*'")
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\b")
 _WHITESPACE = re.compile(r"\s+")
+_OPERATOR = re.compile(r"\s*([=<>!]+|[,()])\s*")
 _COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.S)
 
 
@@ -32,6 +33,7 @@ def normalise_sql(sql: str) -> str:
     text = _COMMENT.sub(" ", sql)
     text = _STRING_LITERAL.sub("?", text)
     text = _NUMBER.sub("?", text)
+    text = _OPERATOR.sub(r" \1 ", text)  # "id>2" and "id > 2" are the same statement
     return _WHITESPACE.sub(" ", text).strip().rstrip(";").strip().lower()
 
 

@@ -31,13 +31,13 @@ _SECRET_KEYS = frozenset({
 _SECRET_WORDS = ("password", "secret", "passwd", "private_key")
 
 _STRING_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    # ODBC connection-string fragments: PWD=...; Password={...}
-    (re.compile(r"(?i)\b(pwd|password)\s*=\s*(\{[^}]*\}|[^;,\s]*)"), r"\1=" + REDACTED),
+    # ODBC connection-string fragments: PWD=...; Password={...} (a value runs to the next ';')
+    (re.compile(r"(?i)\b(pwd|password)\s*=\s*(\{[^}]*\}|[^;\n]*)"), r"\1=" + REDACTED),
     # Authorization header values.
     (re.compile(r"\b(Bearer|bearer|BEARER|Basic|BASIC) +[A-Za-z0-9._~+/-]{8,}=*"), r"\1 " + REDACTED),
     # Secrets in query strings or form bodies.
     (re.compile(r"(?i)([?&;](?:access_token|refresh_token|id_token|token|client_secret|code|code_verifier|"
-                r"password|assertion)=)[^&\s\"']*"), r"\1" + REDACTED),
+                r"password|assertion)=)[^&;\s\"']*"), r"\1" + REDACTED),
 )
 
 
