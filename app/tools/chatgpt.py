@@ -1,0 +1,567 @@
+"""The ChatGPT tool set: `search` and `fetch`, OpenAI's deep-research / connector contract.
+
+search(query) -> {"results": [{"id", "title", "url"}]}
+fetch(id)     -> {"id", "title", "text", "url", "metadata"}
+
+The MCP layer sends each dict as one text content (its JSON) plus structuredContent. Ids are
+described in app.tools.ids; `url` is `{base_url}/records/{id}`, a page this service serves
+(app.tools.records) behind the same bearer token as MCP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from typing import Any
+from urllib.parse import quote
+
+import sqlglot
+import structlog
+from sqlglot import exp
+
+from ..db.types import DatabaseError, QueryResult, TableDescription, TableInfo, TableNotFound
+from ..mcp.tools import Tool, ToolContext, ToolError
+from . import ids
+from .cache import TtlLruCache
+from .common import (
+    DIALECT_LABELS,
+    SQLGLOT_DIALECTS,
+    description_dict,
+    fingerprint,
+    json_size,
+    render_value,
+    text_table,
+    truncation_note,
+)
+from .intent import Intent, parse_intent, stem
+
+log = structlog.get_logger(__name__)
+
+CACHE_MAX_ENTRIES = 512
+CATALOG_MAX_TABLES = 500  # keyword search looks at columns of at most this many tables
+TABLE_FETCH_SAMPLE = 5
+LABEL_COLUMNS = ("name", "title", "full_name", "display_name", "company_name", "username", "email", "sku", "code")
+
+SEARCH_OUTPUT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "results": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"id": {"type": "string"}, "title": {"type": "string"}, "url": {"type": "string"}},
+                "required": ["id", "title", "url"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    "required": ["results"],
+    "additionalProperties": False,
+}
+FETCH_OUTPUT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "title": {"type": "string"},
+        "text": {"type": "string"},
+        "url": {"type": "string"},
+        "metadata": {"type": ["object", "null"]},
+    },
+    "required": ["id", "title", "text", "url", "metadata"],
+    "additionalProperties": False,
+}
+
+
+def record_url(base_url: str, record_id: str) -> str:
+    # ':' '.' ',' '~' are legal in a path segment; anything else a table name brings is escaped.
+    return f"{base_url.rstrip('/')}/records/{quote(record_id, safe=':.,~')}"
+
+
+# --- reading a query's shape ----------------------------------------------------------------
+class SelectShape:
+    """A single-table SELECT: which table, and which output columns are that table's own columns."""
+
+    def __init__(self, schema: str | None, name: str, star: bool, plain: dict[str, str], computed: set[str]) -> None:
+        self.schema, self.name, self.star, self.plain, self.computed = schema, name, star, plain, computed
+
+    def source_of(self, output: str) -> str | None:
+        """The table column an output column shows unchanged, if any (case-insensitive)."""
+        key = output.lower()
+        if key in self.plain:
+            return self.plain[key]
+        if key in self.computed:  # an expression named like a column is not that column
+            return None
+        return key if self.star else None
+
+
+def select_shape(sql: str, dialect: str) -> SelectShape | None:
+    """Recognise `SELECT cols FROM one_table [WHERE/ORDER/LIMIT]` so its rows can become row ids.
+
+    Anything with joins, grouping, DISTINCT, aggregates, CTEs or set operations is a derived result
+    set and stays a query result (None).
+    """
+    try:
+        tree = sqlglot.parse_one(sql, read=SQLGLOT_DIALECTS.get(dialect, dialect))
+    except (sqlglot.errors.ParseError, sqlglot.errors.TokenError, ValueError):
+        return None
+    if not isinstance(tree, exp.Select) or tree.args.get("with_") or tree.args.get("with"):
+        return None
+    if tree.args.get("joins") or tree.args.get("group") or tree.args.get("distinct") or tree.args.get("having"):
+        return None
+    source = tree.args.get("from_") or tree.args.get("from")
+    if source is None or not isinstance(source.this, exp.Table) or not source.this.name:
+        return None
+    if any(projection.find(exp.AggFunc) is not None for projection in tree.expressions):
+        return None
+    star, plain, computed = False, {}, set()
+    for projection in tree.expressions:
+        if isinstance(projection, exp.Star) or (isinstance(projection, exp.Column)
+                                                and isinstance(projection.this, exp.Star)):
+            star = True
+            continue
+        output = projection.alias_or_name.lower()
+        inner = projection.this if isinstance(projection, exp.Alias) else projection
+        if isinstance(inner, exp.Column) and isinstance(inner.this, exp.Identifier) and output not in plain:
+            plain[output] = inner.name.lower()
+        else:
+            computed.add(output)
+    for output in computed:
+        plain.pop(output, None)
+    table = source.this
+    return SelectShape(table.db or None, table.name, star, plain, computed)
+
+
+# --- the tool set ---------------------------------------------------------------------------
+class ChatGptTools:
+    def __init__(self, database: Any, settings: Any, metrics: Any = None) -> None:
+        self.database = database
+        self.settings = settings
+        self.metrics = metrics
+        self.dialect = settings.db_backend
+        ttl = settings.cache_ttl_seconds
+        # fetch documents (without url: it depends on the caller's base URL)
+        self.cache: TtlLruCache[dict[str, Any]] = TtlLruCache(CACHE_MAX_ENTRIES, ttl)
+        # table descriptions and the table list, for titles, row keys and keyword search
+        self.catalog: TtlLruCache[Any] = TtlLruCache(CATALOG_MAX_TABLES + 16, ttl)
+
+    # --- catalog helpers -----------------------------------------------------------------
+    async def _tables(self) -> list[TableInfo]:
+        tables = self.catalog.get("\0tables")
+        if tables is None:
+            tables = sorted(await self.database.list_tables(),
+                            key=lambda t: ((t.schema or "").lower(), t.name.lower()))
+            self.catalog.put("\0tables", tables)
+        return tables
+
+    async def _describe(self, name: str) -> TableDescription:
+        key = name.lower()
+        description = self.catalog.get(key)
+        if description is None:
+            description = await self.database.describe_table(name)
+            self.catalog.put(key, description)
+            self.catalog.put(description.table.qualified_name.lower(), description)
+        return description
+
+    async def _describe_ref(self, ref: ids.TableRef) -> TableDescription:
+        return await self._describe(ref.qualified)
+
+    async def _column_index(self) -> list[tuple[TableInfo, list[str]]]:
+        index = self.catalog.get("\0columns")
+        if index is not None:
+            return index
+        tables = await self._tables()
+        limit = asyncio.Semaphore(max(1, min(4, getattr(self.settings, "db_pool_size", 4))))
+
+        async def columns_of(table: TableInfo) -> list[str]:
+            async with limit:
+                try:
+                    return [c.name for c in (await self._describe(table.qualified_name)).columns]
+                except DatabaseError:  # no permission on one table: still match on its name
+                    return []
+
+        described = tables[:CATALOG_MAX_TABLES]
+        columns = await asyncio.gather(*(columns_of(t) for t in described))
+        index = list(zip(described, columns, strict=True)) + [(t, []) for t in tables[CATALOG_MAX_TABLES:]]
+        self.catalog.put("\0columns", index)
+        return index
+
+    # --- titles and documents ------------------------------------------------------------
+    @staticmethod
+    def _table_title(table: TableInfo) -> str:
+        rows = f" (about {table.row_estimate:,} rows)" if table.row_estimate is not None else ""
+        return f"{table.kind.capitalize()} {table.qualified_name}{rows}"
+
+    @staticmethod
+    def _row_label(row: dict[str, Any]) -> str | None:
+        lowered = {k.lower(): v for k, v in row.items()}
+        if lowered.get("first_name") and lowered.get("last_name"):
+            return f"{lowered['first_name']} {lowered['last_name']}"
+        for column in LABEL_COLUMNS:
+            if isinstance(lowered.get(column), str) and lowered[column]:
+                return lowered[column]
+        for column, value in lowered.items():
+            if isinstance(value, str) and value and (column.endswith("_name") or column.endswith("name")):
+                return value
+        return None
+
+    def _row_title(self, table: str, key: dict[str, Any], row: dict[str, Any]) -> str:
+        keys = ", ".join(f"{k}={render_value(v, 40)}" for k, v in key.items())
+        label = self._row_label(row)
+        return f"{table} {keys}" + (f": {render_value(label, 80)}" if label else "")
+
+    def _row_document(self, description: TableDescription, row: dict[str, Any]) -> dict[str, Any]:
+        table = description.table
+        lowered = {k.lower(): k for k in row}
+        key = {pk: row[lowered[pk.lower()]] for pk in description.primary_key}
+        record_id = ids.row_id(table.schema, table.name, list(key.values()))
+        related: dict[str, str] = {}
+        for fk in description.foreign_keys:
+            values = [row.get(lowered.get(c.lower(), c)) for c in fk.columns]
+            if any(v is None for v in values):
+                continue
+            schema, _, name = fk.references_table.rpartition(".")
+            related[",".join(fk.columns)] = ids.row_id(schema or None, name, values)
+        lines = [f"Row of {table.kind} {table.qualified_name} ({', '.join(f'{k}={v}' for k, v in key.items())})", ""]
+        for column, value in row.items():
+            link = related.get(column)
+            lines.append(f"{column}: {render_value(value, 2000)}" + (f"  (see {link})" if link else ""))
+        return {
+            "id": record_id,
+            "title": self._row_title(table.qualified_name, key, row),
+            "text": "\n".join(lines),
+            "metadata": {"kind": "row", "table": table.qualified_name, "primary_key": key,
+                         "related": sorted(set(related.values()))},
+        }
+
+    async def _table_document(self, ref: ids.TableRef) -> dict[str, Any]:
+        description = await self._describe_ref(ref)
+        table = description.table
+        info = description_dict(description)
+        lines = [self._table_title(table), ""]
+        lines.append("Columns:")
+        for c in description.columns:
+            flags = ["null" if c.nullable else "not null"]
+            if c.primary_key:
+                flags.append("primary key")
+            if c.default is not None:
+                flags.append(f"default {c.default}")
+            lines.append(f"- {c.name} {c.type} ({', '.join(flags)})")
+        if description.primary_key:
+            lines.append(f"Primary key: {', '.join(description.primary_key)}")
+        if description.foreign_keys:
+            lines.append("Foreign keys:")
+            lines.extend(f"- ({', '.join(fk.columns)}) references {fk.references_table} "
+                         f"({', '.join(fk.references_columns)})" for fk in description.foreign_keys)
+        if description.indexes:
+            lines.append("Indexes:")
+            lines.extend(f"- {ix.name}{' (unique)' if ix.unique else ''}: {', '.join(ix.columns)}"
+                         for ix in description.indexes)
+        sample_rows = min(TABLE_FETCH_SAMPLE, self.settings.sample_max_rows)
+        try:
+            sample = await self.database.sample(table.qualified_name, sample_rows)
+            lines += ["", f"First {sample.row_count} rows:", text_table(sample.columns, sample.rows)]
+        except DatabaseError as exc:  # a broken view still has a description worth showing
+            lines += ["", f"(Could not read sample rows: {exc})"]
+        return {
+            "id": ids.table_id(table.schema, table.name),
+            "title": self._table_title(table),
+            "text": "\n".join(lines),
+            "metadata": {"kind": table.kind, "schema": table.schema, "name": table.name,
+                         "row_estimate": table.row_estimate, "primary_key": info["primary_key"],
+                         "columns": [c["name"] for c in info["columns"]]},
+        }
+
+    def _result_document(self, record_id: str, title: str, result: QueryResult, metadata: dict[str, Any],
+                         header: str) -> dict[str, Any]:
+        note = truncation_note(result, self.dialect)
+        text = f"{header}\nRows: {result.row_count}{' (truncated)' if result.truncated else ''}\n"
+        if note:
+            text += f"{note}\n"
+        text += "\n" + text_table(result.columns, result.rows)
+        return {
+            "id": record_id,
+            "title": title,
+            "text": text,
+            "metadata": {**metadata, "columns": result.columns, "row_count": result.row_count,
+                         "truncated": result.truncated},
+        }
+
+    async def _sample_document(self, ref: ids.TableRef, limit: int) -> dict[str, Any]:
+        description = await self._describe_ref(ref)
+        table = description.table
+        limit = min(limit, self.settings.sample_max_rows)
+        result = await self.database.sample(table.qualified_name, limit)
+        return self._result_document(
+            ids.sample_id(table.schema, table.name, limit),
+            f"First {result.row_count} rows of {table.qualified_name}", result,
+            {"kind": "sample", "table": table.qualified_name, "limit": limit},
+            f"First rows of {table.kind} {table.qualified_name} (no particular order).",
+        )
+
+    async def _fetch_row(self, ref: ids.TableRef, key: tuple[Any, ...]) -> dict[str, Any]:
+        description = await self._describe_ref(ref)
+        table = description.table
+        if not description.primary_key:
+            raise ToolError(f"{table.qualified_name} has no primary key, so its rows have no ids.", outcome="invalid")
+        if len(key) != len(description.primary_key):
+            raise ToolError(f"Row ids of {table.qualified_name} need {len(description.primary_key)} key value(s) "
+                            f"({', '.join(description.primary_key)}).", outcome="invalid")
+        row = await self.database.fetch_row(table, dict(zip(description.primary_key, key, strict=True)))
+        if row is None:
+            raise ToolError(f"No row of {table.qualified_name} has "
+                            f"{', '.join(f'{k}={v!r}' for k, v in zip(description.primary_key, key, strict=True))}"
+                            " (it may have been deleted).", outcome="error")
+        return self._row_document(description, row)
+
+    async def document(self, record_id: str) -> dict[str, Any]:
+        """The fetch document of an id (without `url`), from the cache or re-queried."""
+        try:
+            parsed = ids.parse_id(record_id)
+        except ids.InvalidId as exc:
+            raise ToolError(str(exc), outcome="invalid") from None
+        key = record_id.strip()
+        cached = self.cache.get(key)
+        if cached is not None:
+            self._count(hit=True)
+            return cached
+        self._count(hit=False)
+        try:
+            if parsed.kind == "table":
+                document = await self._table_document(parsed.table)
+            elif parsed.kind == "row":
+                document = await self._fetch_row(parsed.table, parsed.key)
+            elif parsed.kind == "sample":
+                document = await self._sample_document(parsed.table, parsed.limit or 10)
+            else:
+                raise ToolError(
+                    f"The query result '{key}' is no longer cached (ad-hoc query results are kept for "
+                    f"{self.settings.cache_ttl_seconds} s). Run the SQL again with search.", outcome="error")
+        except TableNotFound as exc:
+            raise ToolError(f"Unknown id '{key}': {exc}", outcome="error") from None
+        self.cache.put(key, document)
+        return document
+
+    def _count(self, *, hit: bool) -> None:
+        if self.metrics is not None:
+            (self.metrics.cache_hits if hit else self.metrics.cache_misses).inc()
+
+    # --- search --------------------------------------------------------------------------
+    async def search(self, arguments: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
+        query = arguments.get("query")
+        if not isinstance(query, str):
+            raise ToolError("'query' is required and must be a string.", outcome="invalid")
+        intent = parse_intent(query)
+        limit = self.settings.max_search_results
+        ctx.audit.update(fingerprint=fingerprint(intent.sql if intent.sql else f"search {query.strip().lower()}"))
+        if intent.kind == "sql":
+            ctx.audit["sql"] = intent.sql
+            hits = await self._search_sql(intent.sql or "", limit)
+        elif intent.kind == "write":
+            raise ToolError("search only runs read queries (SELECT, WITH ... SELECT, VALUES); it never changes "
+                            "data. Rephrase as a SELECT.", outcome="refused")
+        elif intent.kind == "describe":
+            hits = await self._search_describe(intent)
+        elif intent.kind == "sample":
+            hits = await self._search_sample(intent, limit)
+        elif intent.kind == "list":
+            hits = [(ids.table_id(t.schema, t.name), self._table_title(t)) for t in await self._tables()]
+        else:
+            hits = await self._search_keywords(intent.terms)
+        results = [{"id": i, "title": t, "url": record_url(ctx.base_url, i)} for i, t in hits[:limit]]
+        out = {"results": results}
+        ctx.audit.update(rows=len(results), bytes=json_size(out))
+        return out
+
+    async def _search_describe(self, intent: Intent) -> list[tuple[str, str]]:
+        description = await self._describe(intent.table or "")
+        table = description.table
+        return [(ids.table_id(table.schema, table.name), self._table_title(table))]
+
+    async def _search_sample(self, intent: Intent, limit: int) -> list[tuple[str, str]]:
+        description = await self._describe(intent.table or "")
+        table = description.table
+        rows = min(intent.limit or 10, self.settings.sample_max_rows)
+        result = await self.database.sample(table.qualified_name, rows)
+        sample_id = ids.sample_id(table.schema, table.name, rows)
+        document = self._result_document(
+            sample_id, f"First {result.row_count} rows of {table.qualified_name}", result,
+            {"kind": "sample", "table": table.qualified_name, "limit": rows},
+            f"First rows of {table.kind} {table.qualified_name} (no particular order).")
+        self.cache.put(sample_id, document)
+        hits = [(sample_id, document["title"])]
+        if description.primary_key:
+            for values in result.rows[: max(0, limit - 1)]:
+                row_doc = self._row_document(description, dict(zip(result.columns, values, strict=False)))
+                self.cache.put(row_doc["id"], row_doc)
+                hits.append((row_doc["id"], row_doc["title"]))
+        return hits
+
+    async def _search_sql(self, sql: str, limit: int) -> list[tuple[str, str]]:
+        # search is read-only whatever READ_ONLY_MODE says: ChatGPT treats it as a read tool.
+        if not self.database.is_read_only(sql):
+            raise ToolError("search only runs read queries (SELECT, WITH ... SELECT, VALUES); this statement "
+                            "is not one. Rephrase as a single SELECT.", outcome="refused")
+        result = await self.database.execute(sql, write=False)
+        record_id = ids.query_id(sql)
+        short = " ".join(sql.split())
+        short = short if len(short) <= 80 else short[:79] + "…"
+        document = self._result_document(record_id, f"Query result ({result.row_count} rows): {short}", result,
+                                         {"kind": "query", "sql": sql}, f"Query: {sql}")
+        self.cache.put(record_id, document)
+        hits = [(record_id, document["title"])]
+        hits.extend(await self._rows_of_query(sql, result, limit - 1))
+        return hits
+
+    async def _rows_of_query(self, sql: str, result: QueryResult, limit: int) -> list[tuple[str, str]]:
+        """Rows of a single-table SELECT that include the primary key become re-fetchable row ids."""
+        if limit <= 0 or not result.rows:
+            return []
+        shape = select_shape(sql, self.dialect)
+        if shape is None:
+            return []
+        try:
+            description = await self._describe(f"{shape.schema}.{shape.name}" if shape.schema else shape.name)
+        except DatabaseError:
+            return []
+        if not description.primary_key:
+            return []
+        positions: dict[str, int] = {}
+        for index, column in enumerate(result.columns):
+            source = shape.source_of(column)
+            if source:
+                positions.setdefault(source, index)
+        if not all(pk.lower() in positions for pk in description.primary_key):
+            return []
+        table = description.table
+        table_columns = {c.name.lower() for c in description.columns}
+        whole_rows = {c.lower() for c in result.columns} == table_columns and len(positions) == len(table_columns)
+        hits = []
+        for values in result.rows[:limit]:
+            key = [values[positions[pk.lower()]] for pk in description.primary_key]
+            row = dict(zip(result.columns, values, strict=False))
+            if whole_rows:  # a full row: cache it so fetch needs no query
+                row_doc = self._row_document(description, row)
+                self.cache.put(row_doc["id"], row_doc)
+                hits.append((row_doc["id"], row_doc["title"]))
+            else:
+                key_map = dict(zip(description.primary_key, key, strict=True))
+                hits.append((ids.row_id(table.schema, table.name, key),
+                             self._row_title(table.qualified_name, key_map, row)))
+        return hits
+
+    async def _search_keywords(self, terms: tuple[str, ...]) -> list[tuple[str, str]]:
+        if not terms:
+            return []
+        stems = [stem(t) for t in terms]
+        scored = []
+        for table, columns in await self._column_index():
+            name = table.name.lower()
+            score, matched_columns = 0, []
+            for term, root in zip(terms, stems, strict=True):
+                if name in (term, root) or stem(name) == root:
+                    score += 10
+                elif root in name:
+                    score += 6
+                elif (table.schema or "").lower() == term:
+                    score += 2
+                for column in columns:
+                    lowered = column.lower()
+                    if lowered in (term, root) or stem(lowered) == root:
+                        score += 4
+                        matched_columns.append(column)
+                    elif len(root) >= 3 and root in lowered:
+                        score += 2
+                        matched_columns.append(column)
+            if score:
+                scored.append((score, table, matched_columns))
+        scored.sort(key=lambda item: (-item[0], (item[1].schema or "").lower(), item[1].name.lower()))
+        hits = []
+        for _, table, matched in scored:
+            title = self._table_title(table)
+            if matched:
+                shown = list(dict.fromkeys(matched))
+                title += f"; columns {', '.join(shown[:5])}{'…' if len(shown) > 5 else ''}"
+            hits.append((ids.table_id(table.schema, table.name), title))
+        return hits
+
+    # --- fetch ---------------------------------------------------------------------------
+    async def fetch(self, arguments: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
+        record_id = arguments.get("id")
+        if not isinstance(record_id, str) or not record_id.strip():
+            raise ToolError("'id' is required: pass an id from a search result.", outcome="invalid")
+        ctx.audit.update(fingerprint=fingerprint(f"fetch {record_id.strip()}"))
+        document = await self.document(record_id)
+        out = {**document, "url": record_url(ctx.base_url, document["id"])}
+        out = {k: out[k] for k in ("id", "title", "text", "url", "metadata")}
+        ctx.audit.update(rows=out["metadata"].get("row_count", 1) if out["metadata"] else 1, bytes=json_size(out))
+        return out
+
+
+# One tool set per Database, so /records pages share the fetch cache with the MCP tools.
+_SHARED: weakref.WeakKeyDictionary[Any, ChatGptTools] = weakref.WeakKeyDictionary()
+
+
+def shared_tool_set(database: Any, settings: Any, metrics: Any = None) -> ChatGptTools:
+    try:
+        existing = _SHARED.get(database)
+    except TypeError:  # not weak-referenceable: no sharing, still correct (ids are re-queried)
+        return ChatGptTools(database, settings, metrics)
+    if existing is None or existing.settings is not settings:
+        existing = ChatGptTools(database, settings, metrics)
+        _SHARED[database] = existing
+    return existing
+
+
+def build_chatgpt_tools(database: Any, settings: Any, metrics: Any = None) -> list[Tool]:
+    tools = shared_tool_set(database, settings, metrics)
+    dialect = DIALECT_LABELS.get(settings.db_backend, settings.db_backend)
+    read_annotations = {"readOnlyHint": True, "idempotentHint": True, "openWorldHint": False}
+    return [
+        Tool(
+            name="search",
+            title="Search the database",
+            description=(
+                f"Search a {dialect} database; returns ids to pass to fetch. The query may be: 'list tables' "
+                "(every table and view); 'describe <table>' (that table); 'sample <table> limit <n>' (its first "
+                "rows); a read-only SQL statement (SELECT/WITH/VALUES: the first result is the whole result set, "
+                "then one result per row when the query reads a single table including its primary key); or "
+                "keywords, matched against table and column names (e.g. 'customer email'). Search never changes "
+                f"data. At most {settings.max_search_results} results."
+            ),
+            input_schema={
+                "type": "object",
+                "properties": {
+                    "query": {"type": "string", "maxLength": 100_000,
+                              "description": "'list tables', 'describe X', 'sample X limit N', a SELECT "
+                                             "statement, or keywords."},
+                },
+                "required": ["query"],
+                "additionalProperties": False,
+            },
+            output_schema=SEARCH_OUTPUT_SCHEMA,
+            annotations=dict(read_annotations),
+            handler=tools.search,
+        ),
+        Tool(
+            name="fetch",
+            title="Fetch a record",
+            description=(
+                "Fetch the full content of a search result by its id: a table's columns, keys, indexes and first "
+                "rows; a row's every column (with ids of the rows its foreign keys point to); or a query's full "
+                "result. Table and row ids stay valid and are re-read from the database; ids of ad-hoc query "
+                f"results are kept for {settings.cache_ttl_seconds} s."
+            ),
+            input_schema={
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string", "minLength": 1, "maxLength": ids.MAX_ID_LENGTH,
+                           "description": "An id from a search result, e.g. table:main.customers."},
+                },
+                "required": ["id"],
+                "additionalProperties": False,
+            },
+            output_schema=FETCH_OUTPUT_SCHEMA,
+            annotations=dict(read_annotations),
+            handler=tools.fetch,
+        ),
+    ]

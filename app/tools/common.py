@@ -1,0 +1,120 @@
+"""Helpers shared by both tool sets: shaping catalog objects, fingerprints, limits, text tables."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from ..db.types import QueryResult, TableDescription, TableInfo
+from ..mcp.tools import ToolError
+
+DIALECT_LABELS = {
+    "mssql": "Microsoft SQL Server (T-SQL)",
+    "postgres": "PostgreSQL",
+    "sqlite": "SQLite",
+}
+SQLGLOT_DIALECTS = {"mssql": "tsql", "postgres": "postgres", "sqlite": "sqlite"}
+
+_STRING_LITERAL = re.compile(r"N?'(?:[^']|'')*'")
+_NUMBER_LITERAL = re.compile(r"(?<![\w$@#.])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w$])")
+_SPACES = re.compile(r"\s+")
+
+
+def fingerprint(sql: str) -> str:
+    """Statement shape for audit lines: literals and spacing removed, so repeats of one query group."""
+    shape = _NUMBER_LITERAL.sub("?", _STRING_LITERAL.sub("?", sql))
+    shape = _SPACES.sub(" ", shape).strip().rstrip(";").strip().lower()
+    return hashlib.sha256(shape.encode()).hexdigest()[:16]
+
+
+def json_size(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":")).encode())
+
+
+def positive_int(arguments: dict[str, Any], name: str, default: int | None) -> int | None:
+    """An optional integer argument >= 1 (the MCP layer validates the schema too; handlers are also
+    called directly, so they check again)."""
+    value = arguments.get(name, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or value < 1:
+        raise ToolError(f"'{name}' must be a whole number of at least 1 (got {value!r}).", outcome="invalid")
+    return int(value)
+
+
+def positive_number(arguments: dict[str, Any], name: str) -> float | None:
+    value = arguments.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ToolError(f"'{name}' must be a number greater than 0 (got {value!r}).", outcome="invalid")
+    return float(value)
+
+
+def required_str(arguments: dict[str, Any], name: str) -> str:
+    value = arguments.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise ToolError(f"'{name}' is required and must be a non-empty string.", outcome="invalid")
+    return value
+
+
+def table_info_dict(table: TableInfo) -> dict[str, Any]:
+    return {
+        "schema": table.schema,
+        "name": table.name,
+        "qualified_name": table.qualified_name,
+        "kind": table.kind,
+        "row_estimate": table.row_estimate,
+    }
+
+
+def description_dict(description: TableDescription) -> dict[str, Any]:
+    return {
+        **table_info_dict(description.table),
+        "columns": [
+            {"name": c.name, "type": c.type, "nullable": c.nullable, "default": c.default,
+             "primary_key": c.primary_key}
+            for c in description.columns
+        ],
+        "primary_key": list(description.primary_key),
+        "foreign_keys": [
+            {"name": fk.name, "columns": list(fk.columns), "references_table": fk.references_table,
+             "references_columns": list(fk.references_columns)}
+            for fk in description.foreign_keys
+        ],
+        "indexes": [{"name": ix.name, "columns": list(ix.columns), "unique": ix.unique}
+                    for ix in description.indexes],
+    }
+
+
+def truncation_note(result: QueryResult, dialect: str, *, sample: bool = False) -> str | None:
+    """What the model should do next when a result was cut (it otherwise tends to assume it saw everything)."""
+    if not result.truncated:
+        return None
+    if result.truncated_reason == "max_bytes":
+        why = f"the result reached the size limit after {result.row_count} rows"
+        how = "select fewer or narrower columns (avoid large text/binary columns), filter with WHERE, or aggregate"
+    else:
+        why = f"only the first {result.row_count} rows are shown"
+        how = "filter with WHERE, aggregate with GROUP BY/COUNT, or page with ORDER BY plus a key range"
+    if sample:
+        return f"Result truncated: {why}. Use execute_sql with a WHERE clause to look at specific rows."
+    limit = "TOP n" if dialect == "mssql" else "LIMIT n"
+    return f"Result truncated: {why}. To see what you need, {how}; use {limit} to ask for fewer rows on purpose."
+
+
+def render_value(value: Any, limit: int = 200) -> str:
+    if value is None:
+        return "NULL"
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    text = text.replace("\r", "\\r").replace("\n", "\\n").replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def text_table(columns: list[str], rows: list[list[Any]]) -> str:
+    """A plain pipe table: readable by a model and by a person, and cheap to build."""
+    lines = [" | ".join(render_value(c) for c in columns), " | ".join("---" for _ in columns)]
+    lines.extend(" | ".join(render_value(v) for v in row) for row in rows)
+    return "\n".join(lines)

@@ -1,0 +1,116 @@
+"""GET /records/{id} (and /chatgpt/records/{id}): the page behind each search/fetch `url`.
+
+ChatGPT cites a result by its `url`, so every id needs a real page. The page shows what fetch
+returns: HTML for a browser, JSON with `Accept: application/json` (or `?format=json`).
+
+Records are data from the database, so the page is guarded like MCP itself: the same bearer token,
+checked by the app's Authenticator as if the request were a `tools/call`. Opening a citation link
+in a browser therefore asks for sign-in (401) unless the server runs with ALLOW_UNAUTH_TOOLS_CALL.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from .. import keys
+from ..db.types import DatabaseBusy, DatabaseError, DatabaseUnavailable, QueryRefused, QueryTimeout
+from ..mcp.tools import ToolError
+from ..urls import base_url
+from .chatgpt import ChatGptTools, record_url, shared_tool_set
+
+log = structlog.get_logger(__name__)
+
+PAGE_HEADERS = {
+    "Cache-Control": "private, no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "Vary": "Accept, Authorization",
+}
+_STYLE = ("body{font:15px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:70rem;padding:0 1rem;color:#1b1f24}"
+          "pre{background:#f4f5f7;padding:1rem;overflow:auto;white-space:pre-wrap}"
+          "table{border-collapse:collapse}td,th{border:1px solid #ccd;padding:.2rem .5rem;text-align:left}"
+          "small{color:#555}")
+
+
+def _wants_json(request: web.Request) -> bool:
+    if request.query.get("format") == "json":
+        return True
+    accept = request.headers.get("Accept", "").lower()
+    if "application/json" not in accept:
+        return False
+    return "text/html" not in accept or accept.index("application/json") < accept.index("text/html")
+
+
+async def _authenticate(request: web.Request) -> None:
+    authenticator = request.app.get(keys.AUTHENTICATOR)
+    if authenticator is not None:
+        await authenticator.authenticate(request, ["tools/call"])
+        return
+    # No authenticator wired: fail closed unless the operator allowed unauthenticated tool calls.
+    if not request.app[keys.SETTINGS].allow_unauth_tools_call:
+        raise web.HTTPUnauthorized(text="authentication required", headers={"WWW-Authenticate": "Bearer"})
+
+
+def _render_html(document: dict[str, Any]) -> str:
+    e = html.escape
+    meta = document.get("metadata") or {}
+    rows = "".join(
+        f"<tr><th>{e(str(k))}</th><td>{e(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False))}</td></tr>"
+        for k, v in meta.items()
+    )
+    return (
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<meta name=\"viewport\" content=\"width=device-width\"><title>{e(document['title'])}</title>"
+        f"<style>{_STYLE}</style></head><body>"
+        f"<h1>{e(document['title'])}</h1><p><small>id <code>{e(document['id'])}</code></small></p>"
+        f"<pre>{e(document['text'])}</pre>"
+        + (f"<h2>Metadata</h2><table>{rows}</table>" if rows else "")
+        + "</body></html>"
+    )
+
+
+def _error(request: web.Request, status: int, message: str) -> web.Response:
+    if _wants_json(request):
+        return web.json_response({"error": message}, status=status, headers=PAGE_HEADERS)
+    page = (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{status}</title>"
+            f"<style>{_STYLE}</style></head><body><h1>{status}</h1><p>{html.escape(message)}</p></body></html>")
+    return web.Response(text=page, status=status, content_type="text/html", headers=PAGE_HEADERS)
+
+
+def _status_of(exc: Exception) -> int:
+    if isinstance(exc, ToolError):
+        return 400 if exc.outcome == "invalid" else 404
+    if isinstance(exc, QueryRefused):
+        return 400
+    if isinstance(exc, QueryTimeout):
+        return 504
+    if isinstance(exc, DatabaseBusy | DatabaseUnavailable):
+        return 503
+    return 500 if not isinstance(exc, DatabaseError) else 502
+
+
+async def record_page(request: web.Request) -> web.StreamResponse:
+    await _authenticate(request)
+    tools: ChatGptTools = request.app[keys.FETCH_CACHE]
+    record_id = request.match_info["id"]
+    try:
+        document = await tools.document(record_id)
+    except (ToolError, DatabaseError) as exc:
+        return _error(request, _status_of(exc), str(exc))
+    document = {**document, "url": record_url(base_url(request), document["id"])}
+    if _wants_json(request):
+        body = {k: document[k] for k in ("id", "title", "text", "url", "metadata")}
+        return web.json_response(body, headers=PAGE_HEADERS, dumps=lambda v: json.dumps(v, ensure_ascii=False))
+    return web.Response(text=_render_html(document), content_type="text/html", headers=PAGE_HEADERS)
+
+
+def add_record_routes(app: web.Application) -> None:
+    app[keys.FETCH_CACHE] = shared_tool_set(app[keys.DATABASE], app[keys.SETTINGS], app.get(keys.METRICS))
+    for prefix in ("", "/chatgpt"):
+        app.router.add_get(prefix + "/records/{id}", record_page, name=f"records{prefix.replace('/', '_')}")
