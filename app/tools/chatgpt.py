@@ -11,7 +11,9 @@ described in app.tools.ids; `url` is `{base_url}/records/{id}`, a page this serv
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -133,16 +135,17 @@ def select_shape(sql: str, dialect: str) -> SelectShape | None:
 
 # --- the tool set ---------------------------------------------------------------------------
 class ChatGptTools:
-    def __init__(self, database: Any, settings: Any, metrics: Any = None) -> None:
+    def __init__(self, database: Any, settings: Any, metrics: Any = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.database = database
         self.settings = settings
         self.metrics = metrics
         self.dialect = settings.db_backend
         ttl = settings.cache_ttl_seconds
         # fetch documents (without url: it depends on the caller's base URL)
-        self.cache: TtlLruCache[dict[str, Any]] = TtlLruCache(CACHE_MAX_ENTRIES, ttl)
+        self.cache: TtlLruCache[dict[str, Any]] = TtlLruCache(CACHE_MAX_ENTRIES, ttl, clock)
         # table descriptions and the table list, for titles, row keys and keyword search
-        self.catalog: TtlLruCache[Any] = TtlLruCache(CATALOG_MAX_TABLES + 16, ttl)
+        self.catalog: TtlLruCache[Any] = TtlLruCache(CATALOG_MAX_TABLES + 16, ttl, clock)
 
     # --- catalog helpers -----------------------------------------------------------------
     async def _tables(self) -> list[TableInfo]:
