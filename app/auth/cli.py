@@ -1,15 +1,166 @@
-"""`mssql-mcp users ...` and the demo user. STUB: owned by the auth helper."""
+"""`mssql-mcp users add|remove|list|passwd|role` and the demo user.
+
+Users live in the auth store in DATA_DIR (the same file the running service uses, so changes apply at
+once: removing a user or changing a password stops that user's tokens). Passwords are typed at a prompt
+(twice) or read from standard input with --password-stdin, never taken from the command line.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import argparse
+import getpass
+import json
+import os
+import re
+import secrets
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from .passwords import hash_password, password_problem, verify_password
+from .store import AuthStore, UserExists, store_path
+
+ROLES = ("reader", "writer")
+DEMO_USERNAME = "demo"
+DEMO_PASSWORD_FILE = "demo-password.txt"
+_USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+\-]{0,63}")
 
 
-def users_main(settings: Any, argv: list[str]) -> int:
-    print("user management is not available yet")
-    return 2
+class CliError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mssql-mcp users", description="Manage the people who can sign in.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    add = sub.add_parser("add", help="create a user")
+    add.add_argument("username")
+    add.add_argument("--role", choices=ROLES, default="reader",
+                     help="reader: read-only queries; writer: may also change data when READ_ONLY_MODE=false")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    remove = sub.add_parser("remove", help="delete a user and stop their tokens")
+    remove.add_argument("username")
+    lst = sub.add_parser("list", help="list users")
+    lst.add_argument("--json", action="store_true", help="machine-readable output")
+    passwd = sub.add_parser("passwd", help="set a new password (signs the user out everywhere)")
+    passwd.add_argument("username")
+    passwd.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    role = sub.add_parser("role", help="change a user's role")
+    role.add_argument("username")
+    role.add_argument("role", choices=ROLES)
+    return parser
+
+
+def _read_password(from_stdin: bool, stdin: TextIO) -> str:
+    if from_stdin:
+        line = stdin.readline()
+        password = line[:-1] if line.endswith("\n") else line
+        password = password[:-1] if password.endswith("\r") else password
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat password: ") != password:
+            raise CliError("the passwords do not match")
+    problem = password_problem(password)
+    if problem:
+        raise CliError(problem)
+    return password
+
+
+def _check_username(username: str) -> str:
+    if not _USERNAME.fullmatch(username):
+        raise CliError("a username is 1-64 characters: letters, digits and . _ @ + -")
+    return username
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def users_main(settings: Any, argv: list[str], *, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse already printed the usage
+        return int(exc.code or 0)
+    try:
+        with AuthStore(store_path(settings.data_dir)) as store:
+            return _run(store, args, stdin, stdout)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(store: AuthStore, args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
+    if args.action == "list":
+        users = store.list_users()
+        if args.json:
+            print(json.dumps([{k: u[k] for k in ("username", "role", "source", "created_at")} for u in users]),
+                  file=stdout)
+        elif not users:
+            print("no users yet: add one with `mssql-mcp users add NAME --role reader|writer`", file=stdout)
+        else:
+            width = max(8, *(len(u["username"]) for u in users))
+            print(f"{'USERNAME':<{width}}  ROLE    SOURCE  CREATED", file=stdout)
+            for u in users:
+                print(f"{u['username']:<{width}}  {u['role']:<6}  {u['source']:<6}  {_when(u['created_at'])}",
+                      file=stdout)
+        return 0
+    username = _check_username(args.username)
+    if args.action == "add":
+        password = _read_password(args.password_stdin, stdin)
+        try:
+            store.add_user(username, hash_password(password), args.role)
+        except UserExists:
+            raise CliError(f"user {username} already exists (use passwd or role to change it)") from None
+        print(f"added {username} ({args.role})", file=stdout)
+        return 0
+    if args.action == "remove":
+        if not store.remove_user(username):
+            raise CliError(f"no user {username}")
+        print(f"removed {username}; their tokens no longer work", file=stdout)
+        return 0
+    if args.action == "passwd":
+        if store.get_user_by_name(username) is None:
+            raise CliError(f"no user {username}")
+        store.set_password(username, hash_password(_read_password(args.password_stdin, stdin)))
+        print(f"new password set for {username}; existing sign-ins were revoked", file=stdout)
+        return 0
+    if args.action == "role":
+        if not store.set_role(username, args.role):
+            raise CliError(f"no user {username}")
+        print(f"{username} is now a {args.role}", file=stdout)
+        return 0
+    raise CliError(f"unknown action {args.action}")
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text + "\n")
 
 
 def ensure_demo_user(settings: Any) -> str:
-    """Create the demo sign-in user when auth is on; return a line to print (its credentials), or ''."""
-    return ""
+    """Create the demo sign-in user when auth is on; return a line to print (its credentials), or ''.
+
+    The random password is kept in DATA_DIR/demo-password.txt (mode 600) and reused on the next run.
+    """
+    if not settings.auth_enabled:
+        return ""
+    password_file = Path(settings.data_dir) / DEMO_PASSWORD_FILE
+    password = password_file.read_text(encoding="utf-8").strip() if password_file.is_file() else ""
+    with AuthStore(store_path(settings.data_dir)) as store:
+        user = store.get_user_by_name(DEMO_USERNAME)
+        usable = bool(password) and password_problem(password) is None
+        if user is not None and usable and verify_password(user["password_hash"], password):
+            return f"Sign in as {DEMO_USERNAME} / {password}"
+        if not usable:
+            password = secrets.token_urlsafe(12)
+        if user is None:
+            store.add_user(DEMO_USERNAME, hash_password(password), "writer")
+        else:  # someone changed it: make the file and the user agree again
+            store.set_password(DEMO_USERNAME, hash_password(password))
+        _write_private(password_file, password)
+    return f"Sign in as {DEMO_USERNAME} / {password}"

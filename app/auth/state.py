@@ -1,0 +1,83 @@
+"""Everything the OAuth endpoints and the bearer check share at run time (one object per app)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from aiohttp import web
+
+from .. import keys
+from .cimd import CimdFetcher, is_cimd_client_id
+from .signing import SigningKeys, generate_key
+from .store import AsyncAuthStore, AuthStore, store_path
+
+if TYPE_CHECKING:
+    from ..obs.metrics import Metrics
+    from ..settings import Settings
+    from .oidc import UpstreamOidc
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class AuthState:
+    settings: Settings
+    metrics: Metrics
+    store: AsyncAuthStore
+    cimd: CimdFetcher
+    oidc: UpstreamOidc | None = None
+    signing: SigningKeys | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, settings: Settings, metrics: Metrics) -> AuthState:
+        from .oidc import UpstreamOidc  # optional feature; imported lazily
+
+        return cls(settings=settings, metrics=metrics, store=AsyncAuthStore(store_path(settings.data_dir)),
+                   cimd=CimdFetcher(allow_private=settings.cimd_allow_private,
+                                    allowed_hosts=tuple(settings.allowed_redirect_hosts)),
+                   oidc=UpstreamOidc.from_settings(settings))
+
+    async def start(self) -> None:
+        await self.store.open()
+        rows = await self.store.call(AuthStore.ensure_signing_key, generate_key)
+        self.signing = SigningKeys(rows)
+        await self.cimd.start()
+        if self.oidc is not None:
+            await self.oidc.start()
+
+    async def close(self) -> None:
+        if self.oidc is not None:
+            await self.oidc.close()
+        await self.cimd.close()
+        await self.store.close()
+
+    @property
+    def keys(self) -> SigningKeys:
+        if self.signing is None:
+            raise RuntimeError("auth state not started")
+        return self.signing
+
+    async def find_client(self, client_id: str, *, refresh_metadata: bool = False) -> dict[str, Any] | None:
+        """A registered client, or a Client ID Metadata Document client (fetched when `refresh_metadata`
+        is set and the stored copy is stale or missing). Raises CimdError when a document is unusable."""
+        if not client_id or len(client_id) > 2000:
+            return None
+        stored = await self.store.call(AuthStore.get_client, client_id)
+        if not is_cimd_client_id(client_id):
+            return stored if stored and stored["kind"] == "dcr" else None
+        if not refresh_metadata:
+            return stored
+        fresh = self.cimd.cached(client_id)
+        if fresh is None:
+            fresh = await self.cimd.fetch(client_id)
+            await self.store.call(AuthStore.save_client, {**fresh, "created_at": (stored or {}).get(
+                "created_at", time.time())})
+        return await self.store.call(AuthStore.get_client, client_id)
+
+
+def auth_state(request: web.Request) -> AuthState:
+    return request.app[keys.AUTH_STORE]

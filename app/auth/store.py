@@ -1,0 +1,519 @@
+"""The authorization server's own state: users, clients, pending sign-ins, codes, refresh tokens, keys.
+
+One SQLite file in DATA_DIR (our state, not the database we serve), through the stdlib `sqlite3` module.
+`AuthStore` is synchronous (the CLI uses it directly); the service wraps it in `AsyncAuthStore`, which runs
+every call on one dedicated thread so the event loop never waits on disk and the connection is never
+shared between threads. Every read-modify-write runs in a `BEGIN IMMEDIATE` transaction, so two
+processes (the service and `mssql-mcp users ...`) can use the file at the same time.
+Secrets are stored only as hashes: client secrets, codes and refresh tokens as SHA-256 (they are
+high-entropy random strings), passwords as argon2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS users (
+    id TEXT PRIMARY KEY,
+    username TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    password_hash TEXT,
+    role TEXT NOT NULL CHECK (role IN ('reader', 'writer')),
+    source TEXT NOT NULL DEFAULT 'local',
+    email TEXT,
+    token_version INTEGER NOT NULL DEFAULT 1,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS clients (
+    client_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,                 -- 'dcr' (registered) or 'cimd' (metadata document URL)
+    secret_hash TEXT,
+    auth_method TEXT NOT NULL,
+    redirect_uris TEXT NOT NULL,        -- JSON list
+    grant_types TEXT NOT NULL,          -- JSON list
+    client_name TEXT,
+    metadata TEXT NOT NULL,             -- JSON object as registered / fetched
+    created_at REAL NOT NULL,
+    fetched_at REAL
+);
+CREATE TABLE IF NOT EXISTS auth_requests (
+    id TEXT PRIMARY KEY,
+    browser_hash TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    params TEXT NOT NULL,               -- JSON: the validated authorization request
+    user_id TEXT,
+    upstream TEXT,                      -- JSON: upstream OpenID Connect state while signing in there
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS auth_codes (
+    code_hash TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    redirect_uri TEXT NOT NULL,
+    redirect_uri_given INTEGER NOT NULL,
+    code_challenge TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    resources TEXT NOT NULL,            -- JSON list
+    issuer TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    used_at REAL,
+    family_id TEXT
+);
+CREATE TABLE IF NOT EXISTS token_families (
+    family_id TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    token_version INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    revoked_at REAL,
+    revoked_reason TEXT
+);
+CREATE TABLE IF NOT EXISTS refresh_tokens (
+    token_hash TEXT PRIMARY KEY,
+    family_id TEXT NOT NULL REFERENCES token_families(family_id) ON DELETE CASCADE,
+    client_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    resources TEXT NOT NULL,
+    issuer TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    used_at REAL
+);
+CREATE INDEX IF NOT EXISTS refresh_tokens_family ON refresh_tokens(family_id);
+CREATE TABLE IF NOT EXISTS revoked_tokens (jti TEXT PRIMARY KEY, expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS login_failures (
+    key TEXT PRIMARY KEY,
+    failures INTEGER NOT NULL,
+    window_start REAL NOT NULL,
+    locked_until REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS signing_keys (
+    kid TEXT PRIMARY KEY,
+    alg TEXT NOT NULL,
+    private_pem TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    retired_at REAL
+);
+"""
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+class UserExists(StoreError):
+    pass
+
+
+def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
+    return dict(row) if row is not None else None
+
+
+def store_path(data_dir: str | os.PathLike[str]) -> Path:
+    return Path(data_dir) / "auth.db"
+
+
+class AuthStore:
+    """Synchronous store; not thread-safe by itself (AsyncAuthStore confines it to one thread)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._conn: sqlite3.Connection | None = None
+
+    # -- life cycle -------------------------------------------------------------------------------
+    def open(self) -> AuthStore:
+        if self._conn is not None:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            # Create the file private before SQLite writes anything into it.
+            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+        conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=10000")
+        self._conn = conn
+        # Statement by statement inside one transaction (executescript would commit on its own).
+        with self._tx() as c:
+            for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+                c.execute(statement)
+            c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        return self
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> AuthStore:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("auth store is not open")
+        return self._conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # -- users -----------------------------------------------------------------------------------
+    def add_user(self, username: str, password_hash: str | None, role: str, *, source: str = "local",
+                 email: str | None = None) -> dict[str, Any]:
+        now = time.time()
+        user_id = uuid.uuid4().hex
+        try:
+            with self._tx() as c:
+                c.execute("INSERT INTO users(id, username, password_hash, role, source, email, created_at, updated_at)"
+                          " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                          (user_id, username, password_hash, role, source, email, now, now))
+        except sqlite3.IntegrityError:
+            raise UserExists(username) from None
+        return self.get_user(user_id) or {}
+
+    def get_user(self, user_id: str) -> dict[str, Any] | None:
+        return _row(self.conn.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone())
+
+    def get_user_by_name(self, username: str) -> dict[str, Any] | None:
+        return _row(self.conn.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone())
+
+    def list_users(self) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT id, username, role, source, email, created_at, updated_at FROM users"
+                                 " ORDER BY username COLLATE NOCASE").fetchall()
+        return [dict(r) for r in rows]
+
+    def remove_user(self, username: str) -> bool:
+        with self._tx() as c:
+            user = c.execute("SELECT id FROM users WHERE username = ?", (username,)).fetchone()
+            if user is None:
+                return False
+            self._revoke_user_families(c, user["id"], "user removed")
+            c.execute("DELETE FROM auth_codes WHERE user_id = ?", (user["id"],))
+            c.execute("DELETE FROM users WHERE id = ?", (user["id"],))
+        return True
+
+    def set_password(self, username: str, password_hash: str) -> bool:
+        """New password; every token issued before it stops working (version bump + families revoked)."""
+        with self._tx() as c:
+            user = c.execute("SELECT id FROM users WHERE username = ?", (username,)).fetchone()
+            if user is None:
+                return False
+            c.execute("UPDATE users SET password_hash = ?, token_version = token_version + 1, updated_at = ?"
+                      " WHERE id = ?", (password_hash, time.time(), user["id"]))
+            self._revoke_user_families(c, user["id"], "password changed")
+        return True
+
+    def set_role(self, username: str, role: str) -> bool:
+        with self._tx() as c:
+            cur = c.execute("UPDATE users SET role = ?, updated_at = ? WHERE username = ?",
+                            (role, time.time(), username))
+            return cur.rowcount == 1
+
+    def upsert_upstream_user(self, email: str, role: str) -> dict[str, Any]:
+        """A user signed in through OpenID Connect: found by e-mail (as username) or created."""
+        existing = self.get_user_by_name(email)
+        if existing is not None:
+            return existing
+        try:
+            return self.add_user(email, None, role, source="oidc", email=email)
+        except UserExists:
+            return self.get_user_by_name(email) or {}
+
+    @staticmethod
+    def _revoke_user_families(c: sqlite3.Connection, user_id: str, reason: str) -> None:
+        c.execute("UPDATE token_families SET revoked_at = ?, revoked_reason = ? WHERE user_id = ?"
+                  " AND revoked_at IS NULL", (time.time(), reason, user_id))
+
+    # -- clients ---------------------------------------------------------------------------------
+    def save_client(self, client: dict[str, Any]) -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO clients(client_id, kind, secret_hash, auth_method, redirect_uris, grant_types,"
+                " client_name, metadata, created_at, fetched_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(client_id) DO UPDATE SET kind = excluded.kind, secret_hash = excluded.secret_hash,"
+                " auth_method = excluded.auth_method, redirect_uris = excluded.redirect_uris,"
+                " grant_types = excluded.grant_types, client_name = excluded.client_name,"
+                " metadata = excluded.metadata, fetched_at = excluded.fetched_at",
+                (client["client_id"], client["kind"], client.get("secret_hash"), client["auth_method"],
+                 json.dumps(client["redirect_uris"]), json.dumps(client["grant_types"]), client.get("client_name"),
+                 json.dumps(client.get("metadata", {})), client.get("created_at", time.time()),
+                 client.get("fetched_at")))
+
+    def get_client(self, client_id: str) -> dict[str, Any] | None:
+        row = _row(self.conn.execute("SELECT * FROM clients WHERE client_id = ?", (client_id,)).fetchone())
+        if row is None:
+            return None
+        row["redirect_uris"] = json.loads(row["redirect_uris"])
+        row["grant_types"] = json.loads(row["grant_types"])
+        row["metadata"] = json.loads(row["metadata"])
+        return row
+
+    # -- pending authorization requests (the login and consent pages) -----------------------------
+    def create_auth_request(self, request_id: str, browser_hash: str, csrf: str, params: dict[str, Any],
+                            ttl: float) -> None:
+        now = time.time()
+        with self._tx() as c:
+            c.execute("INSERT INTO auth_requests(id, browser_hash, csrf, params, created_at, expires_at)"
+                      " VALUES (?, ?, ?, ?, ?, ?)",
+                      (request_id, browser_hash, csrf, json.dumps(params), now, now + ttl))
+
+    def get_auth_request(self, request_id: str) -> dict[str, Any] | None:
+        row = _row(self.conn.execute("SELECT * FROM auth_requests WHERE id = ? AND expires_at > ?",
+                                     (request_id, time.time())).fetchone())
+        if row is not None:
+            row["params"] = json.loads(row["params"])
+            row["upstream"] = json.loads(row["upstream"]) if row["upstream"] else None
+        return row
+
+    def update_auth_request(self, request_id: str, *, csrf: str | None = None, user_id: str | None = None,
+                            upstream: dict[str, Any] | None = None) -> None:
+        with self._tx() as c:
+            if csrf is not None:
+                c.execute("UPDATE auth_requests SET csrf = ? WHERE id = ?", (csrf, request_id))
+            if user_id is not None:
+                c.execute("UPDATE auth_requests SET user_id = ? WHERE id = ?", (user_id, request_id))
+            if upstream is not None:
+                c.execute("UPDATE auth_requests SET upstream = ? WHERE id = ?", (json.dumps(upstream), request_id))
+
+    def find_auth_request_by_upstream_state(self, state_hash: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT id FROM auth_requests WHERE json_extract(upstream, '$.state_hash') = ?"
+                                " AND expires_at > ?", (state_hash, time.time())).fetchone()
+        return self.get_auth_request(row["id"]) if row else None
+
+    def delete_auth_request(self, request_id: str) -> bool:
+        with self._tx() as c:
+            return c.execute("DELETE FROM auth_requests WHERE id = ?", (request_id,)).rowcount == 1
+
+    # -- authorization codes ---------------------------------------------------------------------
+    def create_code(self, code_hash: str, *, client_id: str, user_id: str, redirect_uri: str,
+                    redirect_uri_given: bool, code_challenge: str, scope: str, resources: list[str], issuer: str,
+                    ttl: float, consume_request: str | None = None) -> bool:
+        """Store a code, deleting the pending request in the same transaction (False if it was gone)."""
+        now = time.time()
+        with self._tx() as c:
+            if consume_request is not None and c.execute(
+                    "DELETE FROM auth_requests WHERE id = ?", (consume_request,)).rowcount != 1:
+                return False
+            c.execute("INSERT INTO auth_codes(code_hash, client_id, user_id, redirect_uri, redirect_uri_given,"
+                      " code_challenge, scope, resources, issuer, created_at, expires_at)"
+                      " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      (code_hash, client_id, user_id, redirect_uri, int(redirect_uri_given), code_challenge, scope,
+                       json.dumps(resources), issuer, now, now + ttl))
+        return True
+
+    def consume_code(self, code_hash: str) -> tuple[dict[str, Any] | None, bool]:
+        """(code row, reused). A code presented twice revokes what the first exchange produced
+        (RFC 6749 §4.1.2): the family id recorded on it."""
+        now = time.time()
+        with self._tx() as c:
+            row = _row(c.execute("SELECT * FROM auth_codes WHERE code_hash = ?", (code_hash,)).fetchone())
+            if row is None:
+                return None, False
+            row["resources"] = json.loads(row["resources"])
+            if row["used_at"] is not None:
+                if row["family_id"]:
+                    c.execute("UPDATE token_families SET revoked_at = ?, revoked_reason = 'code reused'"
+                              " WHERE family_id = ? AND revoked_at IS NULL", (now, row["family_id"]))
+                return row, True
+            c.execute("UPDATE auth_codes SET used_at = ? WHERE code_hash = ?", (now, code_hash))
+            return row, False
+
+    def attach_family_to_code(self, code_hash: str, family_id: str) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE auth_codes SET family_id = ? WHERE code_hash = ?", (family_id, code_hash))
+
+    # -- token families and refresh tokens --------------------------------------------------------
+    def create_family(self, *, client_id: str, user_id: str, token_version: int, ttl: float) -> str:
+        family_id = uuid.uuid4().hex
+        now = time.time()
+        with self._tx() as c:
+            c.execute("INSERT INTO token_families(family_id, client_id, user_id, token_version, created_at,"
+                      " expires_at) VALUES (?, ?, ?, ?, ?, ?)", (family_id, client_id, user_id, token_version, now,
+                                                                 now + ttl))
+        return family_id
+
+    def add_refresh_token(self, token_hash: str, *, family_id: str, client_id: str, user_id: str, scope: str,
+                          resources: list[str], issuer: str, ttl: float) -> None:
+        now = time.time()
+        with self._tx() as c:
+            c.execute("INSERT INTO refresh_tokens(token_hash, family_id, client_id, user_id, scope, resources, issuer,"
+                      " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      (token_hash, family_id, client_id, user_id, scope, json.dumps(resources), issuer, now, now + ttl))
+
+    def get_refresh_token(self, token_hash: str) -> dict[str, Any] | None:
+        row = _row(self.conn.execute("SELECT * FROM refresh_tokens WHERE token_hash = ?", (token_hash,)).fetchone())
+        if row is not None:
+            row["resources"] = json.loads(row["resources"])
+        return row
+
+    def rotate_refresh_token(self, old_hash: str, new_hash: str, client_id: str, ttl: float) -> tuple[str, Any]:
+        """Spend a refresh token and mint its successor in one transaction.
+
+        Returns ("ok", (old row, user row, family row)) or a refusal: "unknown", "client_mismatch",
+        "expired", "revoked", "user_gone", or "reused" - a spent token presented again, which revokes
+        the whole family so a stolen copy and the legitimate one both stop working.
+        """
+        now = time.time()
+        with self._tx() as c:
+            row = _row(c.execute("SELECT * FROM refresh_tokens WHERE token_hash = ?", (old_hash,)).fetchone())
+            if row is None:
+                return "unknown", None
+            if row["client_id"] != client_id:
+                return "client_mismatch", None
+            family = _row(c.execute("SELECT * FROM token_families WHERE family_id = ?",
+                                    (row["family_id"],)).fetchone())
+            if family is None or family["revoked_at"] is not None:
+                return "revoked", None
+            if row["used_at"] is not None:
+                c.execute("UPDATE token_families SET revoked_at = ?, revoked_reason = 'refresh token reused'"
+                          " WHERE family_id = ?", (now, row["family_id"]))
+                return "reused", None
+            if row["expires_at"] <= now or family["expires_at"] <= now:
+                return "expired", None
+            user = _row(c.execute("SELECT * FROM users WHERE id = ?", (row["user_id"],)).fetchone())
+            if user is None or user["token_version"] != family["token_version"]:
+                return "user_gone", None
+            c.execute("UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ?", (now, old_hash))
+            c.execute("INSERT INTO refresh_tokens(token_hash, family_id, client_id, user_id, scope, resources, issuer,"
+                      " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      (new_hash, row["family_id"], client_id, row["user_id"], row["scope"], row["resources"],
+                       row["issuer"], now, min(now + ttl, family["expires_at"])))
+            row["resources"] = json.loads(row["resources"])
+            return "ok", (row, user, family)
+
+    def revoke_family(self, family_id: str, reason: str) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE token_families SET revoked_at = ?, revoked_reason = ? WHERE family_id = ?"
+                      " AND revoked_at IS NULL", (time.time(), reason, family_id))
+
+    def revoke_jti(self, jti: str, expires_at: float) -> None:
+        with self._tx() as c:
+            c.execute("INSERT OR IGNORE INTO revoked_tokens(jti, expires_at) VALUES (?, ?)", (jti, expires_at))
+
+    def bearer_lookup(self, user_id: str, jti: str, family_id: str | None) -> dict[str, Any] | None:
+        """Everything the bearer check needs in one read: the user, and whether the token was revoked."""
+        row = self.conn.execute(
+            "SELECT u.id, u.username, u.role, u.token_version,"
+            " EXISTS(SELECT 1 FROM revoked_tokens WHERE jti = ?) AS jti_revoked,"
+            " (SELECT revoked_at FROM token_families WHERE family_id = ?) AS family_revoked_at"
+            " FROM users u WHERE u.id = ?", (jti, family_id or "", user_id)).fetchone()
+        return _row(row)
+
+    # -- sign-in throttling -----------------------------------------------------------------------
+    def throttled_until(self, keys: list[str]) -> float:
+        now = time.time()
+        marks = ",".join("?" * len(keys))
+        row = self.conn.execute(f"SELECT MAX(locked_until) AS until FROM login_failures WHERE key IN ({marks})"
+                                " AND locked_until > ?", (*keys, now)).fetchone()
+        return float(row["until"] or 0.0)
+
+    def record_failure(self, keys: list[str], max_failures: int, lockout_seconds: float) -> float:
+        """Count a failed sign-in against each key; returns the lock expiry if one was reached (else 0)."""
+        now = time.time()
+        locked = 0.0
+        with self._tx() as c:
+            for key in keys:
+                row = c.execute("SELECT * FROM login_failures WHERE key = ?", (key,)).fetchone()
+                window_over = row is None or row["window_start"] + lockout_seconds <= now
+                lock_over = row is not None and 0 < row["locked_until"] <= now
+                if window_over or lock_over:
+                    failures, start = 1, now
+                else:
+                    failures, start = row["failures"] + 1, row["window_start"]
+                until = now + lockout_seconds if failures >= max_failures else 0.0
+                locked = max(locked, until)
+                c.execute("INSERT INTO login_failures(key, failures, window_start, locked_until) VALUES (?, ?, ?, ?)"
+                          " ON CONFLICT(key) DO UPDATE SET failures = excluded.failures,"
+                          " window_start = excluded.window_start, locked_until = excluded.locked_until",
+                          (key, failures, start, until))
+        return locked
+
+    def clear_failures(self, key: str) -> None:
+        with self._tx() as c:
+            c.execute("DELETE FROM login_failures WHERE key = ?", (key,))
+
+    # -- signing keys ----------------------------------------------------------------------------
+    def signing_keys(self) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT * FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at").fetchall()
+        return [dict(r) for r in rows]
+
+    def ensure_signing_key(self, make: Callable[[], tuple[str, str, str]]) -> list[dict[str, Any]]:
+        """Create the first signing key if there is none (atomically, in case two processes start together)."""
+        with self._tx() as c:
+            if c.execute("SELECT 1 FROM signing_keys WHERE retired_at IS NULL").fetchone() is None:
+                kid, alg, pem = make()
+                c.execute("INSERT INTO signing_keys(kid, alg, private_pem, created_at) VALUES (?, ?, ?, ?)",
+                          (kid, alg, pem, time.time()))
+        return self.signing_keys()
+
+    # -- maintenance -----------------------------------------------------------------------------
+    def cleanup(self) -> None:
+        """Forget what can no longer be used (runs periodically)."""
+        now = time.time()
+        with self._tx() as c:
+            c.execute("DELETE FROM auth_requests WHERE expires_at <= ?", (now,))
+            c.execute("DELETE FROM auth_codes WHERE expires_at <= ?", (now - 3600,))
+            c.execute("DELETE FROM revoked_tokens WHERE expires_at <= ?", (now,))
+            c.execute("DELETE FROM token_families WHERE expires_at <= ?", (now,))
+            c.execute("DELETE FROM refresh_tokens WHERE expires_at <= ?", (now,))
+            c.execute("DELETE FROM login_failures WHERE locked_until <= ? AND window_start <= ?", (now, now - 86400))
+
+
+class AsyncAuthStore:
+    """Runs AuthStore calls on one dedicated thread: `await store.call(AuthStore.method, *args)`."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.sync = AuthStore(path)
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def open(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="auth-store")
+        await self.call(AuthStore.open)
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        await self.call(AuthStore.close)
+        executor, self._executor = self._executor, None
+        executor.shutdown(wait=True)
+
+    async def call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self._executor is None:
+            raise StoreError("auth store is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(method, self.sync, *args, **kwargs))
