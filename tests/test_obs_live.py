@@ -157,9 +157,9 @@ async def sign_in(http: aiohttp.ClientSession, base: str, username: str, *, fail
             "code_verifier": verifier, "resource": f"{base}/mcp", **credentials}) as response:
         assert response.status == 200, await response.text()
         first = await response.json()
-    # A replayed code is refused (a token endpoint error on the dashboard).
+    # A made-up code is refused (a token endpoint error on the dashboard).
     async with http.post(f"{base}/token", data={
-            "grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
+            "grant_type": "authorization_code", "code": "made-up-code", "redirect_uri": redirect_uri,
             "code_verifier": verifier, **credentials}) as response:
         assert response.status == 400
     async with http.post(f"{base}/token", data={
