@@ -49,12 +49,21 @@ def _demo(args: argparse.Namespace) -> int:
     return _serve(settings, banner="\n".join(line for line in lines if line))
 
 
-def _print_settings() -> int:
+def _print_settings(markdown: bool) -> int:
+    """The settings table, as a .env template or as the Markdown table in README.md."""
+    group = None
     for setting in SETTINGS:
-        default = setting.default
-        if isinstance(default, tuple):
-            default = ",".join(default)
-        print(f"{setting.env[0]}={default!s:<30} # {setting.help}")
+        default = ",".join(setting.default) if isinstance(setting.default, tuple) else setting.default
+        default = str(default).lower() if isinstance(default, bool) else default
+        if markdown:
+            if setting.group != group:
+                group = setting.group
+                print(f"\n**{group.capitalize()}**\n\n| Variable | Default | Meaning |\n|---|---|---|")
+            aliases = f" (also `{'`, `'.join(setting.env[1:])}`)" if len(setting.env) > 1 else ""
+            shown = f"`{default}`" if default != "" else "(empty)"
+            print(f"| `{setting.env[0]}`{aliases} | {shown} | {setting.help} |")
+        else:
+            print(f"# {setting.help}\n{setting.env[0]}={default}")
     return 0
 
 
@@ -66,12 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--database", default=str(DEFAULT_DEMO_DB))
     users = sub.add_parser("users", help="manage sign-in users: add, remove, list, passwd")
     users.add_argument("users_args", nargs=argparse.REMAINDER)
-    sub.add_parser("settings", help="print every setting with its default and meaning")
+    settings_cmd = sub.add_parser("settings", help="print every setting with its default and meaning")
+    settings_cmd.add_argument("--markdown", action="store_true", help="as the Markdown table in README.md")
     args = parser.parse_args(argv)
 
     try:
         if args.command == "settings":
-            return _print_settings()
+            return _print_settings(args.markdown)
         if args.command == "demo":
             return _demo(args)
         if args.command == "users":
