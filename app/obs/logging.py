@@ -154,4 +154,5 @@ def unconfigure_logging() -> None:
         root.removeHandler(old)
         old.close()
     logging.getLogger("aiohttp.access").setLevel(logging.NOTSET)
+    root.setLevel(logging.WARNING)  # the stdlib default
     structlog.reset_defaults()
