@@ -1,16 +1,221 @@
-"""STUB: owned by the database helper."""
+"""Database: the one object the rest of the service talks to (tools, health, ChatGPT fetch).
+
+It combines the read-only guard, the bounded worker pool, the result caps and the dialect's catalog.
+Every method that touches the database is a coroutine whose driver work happens on a pool worker
+thread; `status()` and `is_read_only()` are instant and never touch the driver.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import pyodbc
+import structlog
+
+from . import execute as run
+from . import guard
+from .catalog import resolve
+from .dialects import Dialect, get_dialect
+from .pool import Pool, Worker
+from .types import DatabaseError, QueryFailed, QueryRefused, QueryResult, TableDescription, TableInfo, TableNotFound
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+CATALOG_TTL_SECONDS = 30.0
+CATALOG_MIN_REFRESH_SECONDS = 2.0  # an unknown name refreshes the catalog at most this often
+PING_TIMEOUT_SECONDS = 5.0
+_INTEGER = re.compile(r"^[+-]?\d{1,18}$")
 
 
 class Database:
-    def __init__(self, settings: Any, metrics: Any) -> None:
-        self.settings, self.metrics = settings, metrics
+    def __init__(self, settings: Any, metrics: Any = None) -> None:
+        if metrics is None:
+            from ..obs.metrics import Metrics
+
+            metrics = Metrics()
+        self.settings = settings
+        self.metrics = metrics
+        self.dialect: Dialect = get_dialect(settings)
+        self.pool = Pool(self.dialect, settings, metrics)
+        self._tables: list[TableInfo] | None = None
+        self._tables_at = 0.0
+        self._descriptions: dict[tuple[str | None, str], tuple[float, TableDescription]] = {}
+        name = self.dialect.name
+        self._rows_counter = metrics.rows_returned.labels(name)
+        self._bytes_counter = metrics.bytes_returned.labels(name)
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    @property
+    def dialect_name(self) -> str:
+        return self.dialect.name
 
     async def start(self) -> None:
-        pass
+        """Start the pool. Never raises because the database is down: status() says degraded."""
+        await self.pool.start()
+        log.info("db.started", dialect=self.dialect.name, pool_size=self.pool.size,
+                 read_only=bool(self.settings.read_only_mode), healthy=self.pool.healthy())
 
     async def close(self) -> None:
-        pass
+        await self.pool.close()
+
+    # --- queries -----------------------------------------------------------------------------------
+    def is_read_only(self, sql: str) -> bool:
+        """The guard's verdict without raising (the statement would run as a read)."""
+        return guard.is_read_only(sql, self.dialect.name)
+
+    def _row_cap(self, max_rows: int | None) -> int:
+        cap = int(self.settings.max_rows)
+        return cap if max_rows is None else max(1, min(cap, int(max_rows)))
+
+    def _time_cap(self, timeout: float | None) -> float:
+        cap = float(self.settings.query_timeout_seconds)
+        if timeout is None or timeout <= 0:
+            return cap
+        return min(cap, float(timeout))
+
+    async def execute(self, sql: str, params: Sequence[Any] = (), *, max_rows: int | None = None,
+                      timeout: float | None = None, write: bool = False) -> QueryResult:
+        """Run one statement. In read-only mode the guard must accept it (else QueryRefused) and it runs
+        as a read in a rolled-back transaction. With read-only mode off, anything the guard would not
+        accept as a read (or any call with write=True) runs as a write: committed only if it succeeds.
+        `max_rows` and `timeout` can only lower the configured caps."""
+        verdict = guard.check(sql, self.dialect.name)
+        if self.settings.read_only_mode:
+            if not verdict.allowed:
+                reason = verdict.reason or "refused"
+                self.metrics.guard_refusals.labels(reason).inc()
+                log.info("db.refused", reason=reason)
+                raise QueryRefused(reason, verdict.message or "refused in read-only mode")
+            as_write = False
+        else:
+            as_write = write or not verdict.allowed
+        rows_cap = self._row_cap(max_rows)
+        bytes_cap = int(self.settings.max_result_bytes)
+        job = run.write if as_write else run.read
+        result = await self.pool.run(lambda s: job(s, sql, params, rows_cap, bytes_cap),
+                                     timeout=self._time_cap(timeout), retry=not as_write)
+        if as_write:
+            self._forget_catalog()  # the write may have been DDL
+        self._account(result)
+        return result
+
+    def _account(self, result: QueryResult) -> None:
+        self._rows_counter.inc(result.row_count)
+        self._bytes_counter.inc(result.result_bytes)
+        if result.truncated and result.truncated_reason:
+            self.metrics.truncations.labels(result.truncated_reason).inc()
+
+    async def ping(self) -> bool:
+        """A real round trip (SELECT 1). False when the database cannot answer."""
+        try:
+            await self.pool.run(_ping_job, timeout=min(PING_TIMEOUT_SECONDS, self._time_cap(None)), retry=True)
+        except DatabaseError:
+            return False
+        return True
+
+    def status(self) -> dict[str, Any]:
+        """For /health: instant, no driver call, correct while every connection is busy."""
+        pool = self.pool.stats()
+        return {
+            "status": "ok" if pool["healthy"] > 0 else "degraded",
+            "dialect": self.dialect.name,
+            "pool": pool,
+            "last_error": self.pool.last_error,
+        }
+
+    # --- catalog -------------------------------------------------------------------------------------
+    async def _catalog(self, fn: Callable[[pyodbc.Cursor], T]) -> T:
+        def job(session: Worker) -> T:
+            cursor = session.cursor()
+            out = fn(cursor)
+            session.conn.rollback()
+            return out
+
+        return await self.pool.run(job, timeout=self._time_cap(None), retry=True)
+
+    def _forget_catalog(self) -> None:
+        self._tables = None
+        self._descriptions.clear()
+
+    async def _table_list(self, *, refresh: bool = False) -> list[TableInfo]:
+        now = time.monotonic()
+        if refresh or self._tables is None or now - self._tables_at > CATALOG_TTL_SECONDS:
+            self._tables = await self._catalog(self.dialect.list_tables)
+            self._tables_at = time.monotonic()
+        return self._tables
+
+    async def list_tables(self) -> list[TableInfo]:
+        return list(await self._table_list())
+
+    async def resolve_table(self, name: str) -> TableInfo:
+        """The catalog entry for a user-supplied name (any case, with or without schema)."""
+        tables = await self._table_list()
+        try:
+            return resolve(name, tables, self.dialect)
+        except TableNotFound:
+            # Maybe created since the catalog was cached: look again, but not on every bad name.
+            if time.monotonic() - self._tables_at < CATALOG_MIN_REFRESH_SECONDS:
+                raise
+        return resolve(name, await self._table_list(refresh=True), self.dialect)
+
+    async def describe_table(self, name: str) -> TableDescription:
+        table = await self.resolve_table(name)
+        description = await self._catalog(lambda cursor: self.dialect.describe_table(cursor, table))
+        self._descriptions[(table.schema, table.name)] = (time.monotonic(), description)
+        return description
+
+    async def _description(self, table: TableInfo) -> TableDescription:
+        cached = self._descriptions.get((table.schema, table.name))
+        if cached and time.monotonic() - cached[0] < CATALOG_TTL_SECONDS:
+            return cached[1]
+        description = await self._catalog(lambda cursor: self.dialect.describe_table(cursor, table))
+        self._descriptions[(table.schema, table.name)] = (time.monotonic(), description)
+        return description
+
+    async def sample(self, name: str, limit: int = 10) -> QueryResult:
+        """The first `limit` rows of a table or view (capped by SAMPLE_MAX_ROWS and MAX_ROWS)."""
+        table = await self.resolve_table(name)
+        n = max(1, min(int(limit), int(self.settings.sample_max_rows), int(self.settings.max_rows)))
+        sql = self.dialect.sample_sql(table, n)
+        bytes_cap = int(self.settings.max_result_bytes)
+        result = await self.pool.run(lambda s: run.read(s, sql, (), n, bytes_cap),
+                                     timeout=self._time_cap(None), retry=True)
+        self._account(result)
+        return result
+
+    async def fetch_row(self, table: TableInfo, key: dict[str, Any]) -> dict[str, Any] | None:
+        """The row whose key columns equal `key` (column names matched case-insensitively), or None."""
+        if not key:
+            raise QueryFailed("a row key needs at least one column value")
+        description = await self._description(table)
+        by_name = {c.name.lower(): c for c in description.columns}
+        columns: list[str] = []
+        params: list[Any] = []
+        for column_name, value in key.items():
+            column = by_name.get(str(column_name).lower())
+            if column is None:
+                raise QueryFailed(f"column '{column_name}' does not exist in {table.qualified_name}")
+            columns.append(column.name)
+            params.append(_coerce(value, column.type))
+        sql = self.dialect.row_sql(table, columns)
+        return await self.pool.run(lambda s: run.first_row_as_dict(s, sql, params),
+                                   timeout=self._time_cap(None), retry=True)
+
+
+def _ping_job(session: Worker) -> None:
+    cursor = session.cursor()
+    cursor.execute(session.dialect.ping_sql)
+    cursor.fetchmany(1)
+    session.conn.rollback()
+
+
+def _coerce(value: Any, column_type: str) -> Any:
+    """Ids arrive as text; bind integer keys as integers so typed servers compare them natively."""
+    if isinstance(value, str) and "int" in column_type.lower() and _INTEGER.match(value.strip()):
+        return int(value.strip())
+    return value

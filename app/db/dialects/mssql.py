@@ -1,0 +1,198 @@
+"""Microsoft SQL Server through the Microsoft ODBC Driver 18 (or any driver named by MSSQL_DRIVER).
+
+- Connection string: DRIVER, SERVER=host,port, DATABASE, UID/PWD or Trusted_Connection, Encrypt,
+  TrustServerCertificate, optional ApplicationIntent=ReadOnly; every value brace-quoted when it holds
+  ';', '{', '}' or '='. MSSQL_DRIVER may be an absolute path to the driver library.
+- Session: `SET LOCK_TIMEOUT` (a blocked read fails instead of waiting on a writer's locks),
+  `SET XACT_ABORT ON` (a failing write rolls back as a whole), and the driver's query timeout
+  (`Connection.timeout`) as the server-side backstop to the watchdog.
+- Catalog: sys.objects/sys.schemas with row counts from sys.partitions (metadata only, no scans);
+  every name is bound as a parameter and turned into an object id with OBJECT_ID(QUOTENAME(?) + '.' +
+  QUOTENAME(?)), so user text never becomes SQL.
+- pyodbc does not know datetimeoffset (-155) or sql_variant/CLR types (-150/-151): output converters
+  turn them into ISO 8601 text and hex.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pyodbc
+
+from ..serialize import binary_to_json
+from ..types import Column, ForeignKey, Index, TableDescription, TableInfo
+from .base import Dialect, connection_string
+
+SQL_SS_VARIANT = -150
+SQL_SS_UDT = -151
+SQL_SS_TIMESTAMPOFFSET = -155
+
+_OBJECT = "OBJECT_ID(QUOTENAME(?) + N'.' + QUOTENAME(?))"
+
+LIST_TABLES = """
+SELECT s.name, o.name,
+       CASE o.type WHEN 'V' THEN 'view' ELSE 'table' END,
+       (SELECT SUM(p.rows) FROM sys.partitions AS p WHERE p.object_id = o.object_id AND p.index_id IN (0, 1))
+FROM sys.objects AS o
+JOIN sys.schemas AS s ON s.schema_id = o.schema_id
+WHERE o.type IN ('U', 'V') AND o.is_ms_shipped = 0
+ORDER BY s.name, o.name
+"""
+COLUMNS = f"""
+SELECT c.name, TYPE_NAME(c.user_type_id), c.max_length, c.precision, c.scale, c.is_nullable,
+       OBJECT_DEFINITION(c.default_object_id)
+FROM sys.columns AS c
+WHERE c.object_id = {_OBJECT}
+ORDER BY c.column_id
+"""
+PRIMARY_KEY = f"""
+SELECT c.name
+FROM sys.indexes AS i
+JOIN sys.index_columns AS ic ON ic.object_id = i.object_id AND ic.index_id = i.index_id
+JOIN sys.columns AS c ON c.object_id = ic.object_id AND c.column_id = ic.column_id
+WHERE i.object_id = {_OBJECT} AND i.is_primary_key = 1
+ORDER BY ic.key_ordinal
+"""
+FOREIGN_KEYS = f"""
+SELECT fk.name, rs.name, rt.name, pc.name, rc.name
+FROM sys.foreign_keys AS fk
+JOIN sys.foreign_key_columns AS fkc ON fkc.constraint_object_id = fk.object_id
+JOIN sys.columns AS pc ON pc.object_id = fkc.parent_object_id AND pc.column_id = fkc.parent_column_id
+JOIN sys.columns AS rc ON rc.object_id = fkc.referenced_object_id AND rc.column_id = fkc.referenced_column_id
+JOIN sys.objects AS rt ON rt.object_id = fkc.referenced_object_id
+JOIN sys.schemas AS rs ON rs.schema_id = rt.schema_id
+WHERE fk.parent_object_id = {_OBJECT}
+ORDER BY fk.name, fkc.constraint_column_id
+"""
+INDEXES = f"""
+SELECT i.name, i.is_unique, c.name
+FROM sys.indexes AS i
+JOIN sys.index_columns AS ic ON ic.object_id = i.object_id AND ic.index_id = i.index_id
+JOIN sys.columns AS c ON c.object_id = ic.object_id AND c.column_id = ic.column_id
+WHERE i.object_id = {_OBJECT} AND i.type > 0 AND i.is_primary_key = 0 AND ic.is_included_column = 0
+ORDER BY i.name, ic.key_ordinal
+"""
+
+_DTO = struct.Struct("<6hI2h")
+
+
+def datetimeoffset_to_iso(raw: bytes | None) -> str | None:
+    """SQL_SS_TIMESTAMPOFFSET_STRUCT -> '2024-01-02T03:04:05.1234567+02:00'."""
+    if raw is None:
+        return None
+    year, month, day, hour, minute, second, nanos, tz_hour, tz_minute = _DTO.unpack(raw[:_DTO.size])
+    text = f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}"
+    if nanos:
+        text += "." + f"{nanos:09d}".rstrip("0")
+    sign = "-" if tz_hour < 0 or tz_minute < 0 else "+"
+    return f"{text}{sign}{abs(tz_hour):02d}:{abs(tz_minute):02d}"
+
+
+def _opaque_to_hex(raw: bytes | None) -> str | None:
+    return None if raw is None else binary_to_json(raw)
+
+
+def format_type(name: str, max_length: int, precision: int, scale: int) -> str:
+    lower = name.lower()
+    if lower in ("varchar", "char", "varbinary", "binary"):
+        return f"{name}({'max' if max_length == -1 else max_length})"
+    if lower in ("nvarchar", "nchar"):
+        return f"{name}({'max' if max_length == -1 else max_length // 2})"
+    if lower in ("decimal", "numeric"):
+        return f"{name}({precision},{scale})"
+    if lower in ("datetime2", "datetimeoffset", "time"):
+        return f"{name}({scale})"
+    return name
+
+
+class MssqlDialect(Dialect):
+    name = "mssql"
+    sqlglot = "tsql"
+    default_schema = "dbo"
+
+    def driver(self) -> str:
+        return str(self.settings.mssql_driver).strip().strip("{}")
+
+    def server(self) -> str:
+        host = str(self.settings.mssql_host).strip()
+        port = int(self.settings.mssql_port)
+        if "\\" in host and port == 1433:
+            return host  # named instance: SQL Browser finds the port
+        return f"{host},{port}"
+
+    def build_connection_string(self) -> str:
+        s = self.settings
+        pairs: list[tuple[str, str | None]] = [
+            ("DRIVER", self.driver()),
+            ("SERVER", self.server()),
+            ("DATABASE", str(s.mssql_database)),
+        ]
+        if s.trusted_connection:
+            pairs.append(("Trusted_Connection", "yes"))
+        else:
+            pairs += [("UID", str(s.mssql_user)), ("PWD", str(s.mssql_password))]
+        pairs += [
+            ("Encrypt", str(s.mssql_encrypt)),
+            ("TrustServerCertificate", "yes" if s.trust_server_certificate else "no"),
+            ("ApplicationIntent", "ReadOnly" if s.mssql_read_only_intent else None),
+            ("APP", "mssql-mcp"),
+        ]
+        return connection_string(pairs, braced=frozenset({"DRIVER", "PWD"}))
+
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(x for x in (str(self.settings.mssql_password), *super().secrets()) if x)
+
+    def setup_connection(self, conn: pyodbc.Connection) -> None:
+        conn.add_output_converter(SQL_SS_TIMESTAMPOFFSET, datetimeoffset_to_iso)
+        conn.add_output_converter(SQL_SS_VARIANT, _opaque_to_hex)
+        conn.add_output_converter(SQL_SS_UDT, _opaque_to_hex)
+        conn.timeout = self.server_timeout_seconds  # SQL_ATTR_QUERY_TIMEOUT for every cursor
+        cursor = conn.cursor()
+        try:
+            cursor.execute(self.session_sql())
+        finally:
+            cursor.close()
+        conn.commit()
+
+    def session_sql(self) -> str:
+        return f"SET LOCK_TIMEOUT {int(self.settings.mssql_lock_timeout_ms)}; SET XACT_ABORT ON;"
+
+    def quote_identifier(self, name: str) -> str:
+        return "[" + name.replace("]", "]]") + "]"
+
+    def sample_sql(self, table: TableInfo, limit: int) -> str:
+        return f"SELECT TOP ({int(limit)}) * FROM {self.table_sql(table)}"
+
+    def row_sql(self, table: TableInfo, columns: list[str]) -> str:  # type: ignore[override]
+        where = " AND ".join(f"{self.quote_identifier(c)} = ?" for c in columns)
+        return f"SELECT TOP (2) * FROM {self.table_sql(table)} WHERE {where}"
+
+    def list_tables(self, cursor: pyodbc.Cursor) -> list[TableInfo]:
+        cursor.execute(LIST_TABLES)
+        return [TableInfo(schema=str(schema), name=str(name), kind=str(kind),
+                          row_estimate=None if rows is None else int(rows))
+                for schema, name, kind, rows in cursor.fetchall()]  # catalog rows, bounded by table count
+
+    def describe_table(self, cursor: pyodbc.Cursor, table: TableInfo) -> TableDescription:
+        key = (table.schema or self.default_schema, table.name)
+        cursor.execute(PRIMARY_KEY, *key)
+        primary_key = [str(name) for (name,) in cursor.fetchall()]
+        cursor.execute(COLUMNS, *key)
+        columns = [Column(name=str(name), type=format_type(str(tname), int(length), int(prec), int(scale)),
+                          nullable=bool(nullable), default=None if default is None else str(default),
+                          primary_key=name in primary_key)
+                   for name, tname, length, prec, scale, nullable, default in cursor.fetchall()]
+        cursor.execute(FOREIGN_KEYS, *key)
+        fks: dict[str, ForeignKey] = {}
+        for name, ref_schema, ref_table, col, ref_col in cursor.fetchall():
+            fk = fks.setdefault(str(name), ForeignKey(columns=[], references_table=f"{ref_schema}.{ref_table}",
+                                                      references_columns=[], name=str(name)))
+            fk.columns.append(str(col))
+            fk.references_columns.append(str(ref_col))
+        cursor.execute(INDEXES, *key)
+        indexes: dict[str, Index] = {}
+        for name, unique, col in cursor.fetchall():
+            indexes.setdefault(str(name), Index(name=str(name), columns=[], unique=bool(unique))).columns.append(
+                str(col))
+        return TableDescription(table=table, columns=columns, primary_key=primary_key,
+                                foreign_keys=list(fks.values()), indexes=list(indexes.values()))

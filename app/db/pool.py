@@ -1,0 +1,573 @@
+"""A bounded pool: N pyodbc connections, each owned by one dedicated worker thread.
+
+Execution model (after datasette's): the event loop never makes a driver call. A call takes a free
+worker (waiting at most `db_pool_wait_seconds`, with at most `db_pool_max_waiting` callers in line,
+else DatabaseBusy), hands it one job through the worker's queue, and awaits an asyncio future that the
+worker completes with `loop.call_soon_threadsafe`. The thread count is fixed: N workers + 1 watchdog.
+
+- Time limits: each job has a deadline. One watchdog thread sleeps until the earliest deadline and
+  calls `cursor.cancel()` from outside the worker (ODBC's SQLCancel is meant to be called from another
+  thread); client cancellation (the awaiting task is cancelled) goes through the same thread, so even
+  PostgreSQL's cancel request (a network round trip) never runs on the loop. Servers add their own
+  backstop (statement_timeout, the SQL Server query timeout), set once per session.
+- Dead connections are recognised by SQLSTATE (errors.is_dead_connection), closed and replaced; a read
+  that failed that way before returning any rows is retried once on the fresh connection. Connecting
+  failures back off exponentially (shared by all workers, reset by any success). Workers connect in the
+  background at start and keep idle connections alive with a cheap ping, so /health shows the truth and
+  recovery needs no traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import queue
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import pyodbc
+import structlog
+
+from .dialects.base import Dialect
+from .errors import clean_message, is_cancel, is_dead_connection, is_server_timeout, sqlstate_of
+from .types import DatabaseBusy, DatabaseError, DatabaseUnavailable, QueryCancelled, QueryFailed, QueryTimeout
+
+# Our pool replaces the driver manager's; its pooled handles would survive a server restart as dead ones.
+pyodbc.pooling = False
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+INITIAL_BACKOFF_SECONDS = 0.1
+MAX_BACKOFF_SECONDS = 5.0
+KEEPALIVE_SECONDS = 30.0
+MIN_IDLE_WAKE_SECONDS = 0.05
+CLOSE_GRACE_SECONDS = 5.0
+WATCHDOG_IDLE_TICK_SECONDS = 1.0
+BUSY_MESSAGE = "database busy, retry in a moment"
+
+
+def format_seconds(seconds: float) -> str:
+    return f"{seconds:g}"
+
+
+class _Interrupted(Exception):
+    """Raised inside a worker when the watchdog cancelled the job before its statement started."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Job(Generic[T]):
+    __slots__ = ("cancelled", "fn", "future", "retry", "timeout")
+
+    def __init__(self, fn: Callable[[Worker], T], future: asyncio.Future[T], timeout: float, retry: bool) -> None:
+        self.fn = fn
+        self.future = future
+        self.timeout = timeout
+        self.retry = retry
+        self.cancelled = False  # set on the loop before a cancel request; read by the worker when it arms
+
+
+class Watchdog:
+    """One thread that enforces every worker's deadline and carries out cancel requests."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._workers: list[Worker] = []
+        self._requests: list[tuple[Worker, object]] = []
+        self._wake_at = -math.inf  # -inf while scanning: arming need not wake us then
+        self._stopped = False
+        self._thread = threading.Thread(target=self._main, name="db-watchdog", daemon=True)
+
+    def start(self, workers: list[Worker]) -> None:
+        self._workers = list(workers)
+        self._thread.start()
+
+    def arm(self, worker: Worker, deadline: float) -> None:
+        with self._cond:
+            worker.deadline = deadline
+            if deadline < self._wake_at:
+                self._cond.notify()
+
+    def request_cancel(self, worker: Worker, job: object) -> None:
+        """Called on the event loop: only queues the request, never touches the driver."""
+        with self._cond:
+            self._requests.append((worker, job))
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+
+    def _main(self) -> None:
+        with self._cond:
+            while not self._stopped:
+                now = time.monotonic()
+                requests, self._requests = self._requests, []
+                due = [w for w in self._workers if w.deadline <= now]
+                if requests or due:
+                    self._cond.release()
+                    try:
+                        for worker, job in requests:
+                            worker.interrupt(job, "cancelled")
+                        for worker in due:
+                            worker.interrupt(None, "timeout")
+                    finally:
+                        self._cond.acquire()
+                    continue
+                wake_at = min((w.deadline for w in self._workers), default=math.inf)
+                # With nothing armed, tick anyway: then arming a job with an ordinary (longer) limit needs
+                # no wake-up, which keeps the per-call cost to one uncontended lock.
+                wake_at = min(wake_at, now + WATCHDOG_IDLE_TICK_SECONDS)
+                self._wake_at = wake_at
+                self._cond.wait(max(0.0, wake_at - now))
+                self._wake_at = -math.inf
+
+
+class Worker:
+    """One thread, one connection. Job functions receive the worker as their session:
+    `session.cursor()` (a cursor the watchdog can cancel), `session.conn`, `session.rows_returned`."""
+
+    def __init__(self, pool: Pool, index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self.dialect: Dialect = pool.dialect
+        self.jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
+        self.lock = threading.Lock()  # job, cursors and cancel_reason, shared with the watchdog
+        self.conn: pyodbc.Connection | None = None
+        self.deadline = math.inf
+        self.job: object | None = None
+        self.cancel_reason: str | None = None
+        self.rows_returned = False
+        self._cursors: list[pyodbc.Cursor] = []
+        self._had_connection = False
+        self._last_used = time.monotonic()
+        self.thread = threading.Thread(target=self._main, name=f"db-worker-{index}", daemon=True)
+
+    # --- the session API job functions use ------------------------------------------------------
+    def cursor(self) -> pyodbc.Cursor:
+        assert self.conn is not None
+        cursor = self.conn.cursor()
+        with self.lock:
+            reason = self.cancel_reason
+            if reason is None:
+                self._cursors.append(cursor)
+        if reason is not None:
+            cursor.close()
+            raise _Interrupted(reason)
+        return cursor
+
+    # --- watchdog side ---------------------------------------------------------------------------
+    def interrupt(self, job: object | None, reason: str) -> None:
+        with self.lock:
+            if self.job is None or (job is not None and self.job is not job):
+                return  # that job is over; never cancel its successor
+            if reason == "timeout" and self.deadline > time.monotonic():
+                return
+            if self.cancel_reason is None:
+                self.cancel_reason = reason
+            self.deadline = math.inf
+            for cursor in self._cursors:
+                with contextlib.suppress(Exception):
+                    cursor.cancel()
+
+    # --- thread body -----------------------------------------------------------------------------
+    def _main(self) -> None:
+        try:
+            with contextlib.suppress(DatabaseUnavailable):
+                self._connect()
+            self.pool._first_attempt_done()
+            while True:
+                try:
+                    job = self.jobs.get(timeout=self._idle_wait())
+                except queue.Empty:
+                    self._maintain()
+                    continue
+                if job is None:
+                    break
+                self._run(job)
+        finally:
+            self._drop_connection(None, log_it=False)
+            self.pool._worker_exited(self)
+
+    def _idle_wait(self) -> float:
+        now = time.monotonic()
+        if self.conn is None:
+            return max(MIN_IDLE_WAKE_SECONDS, self.pool._next_attempt - now)
+        return max(MIN_IDLE_WAKE_SECONDS, KEEPALIVE_SECONDS - (now - self._last_used))
+
+    def _maintain(self) -> None:
+        """Between jobs: reconnect in the background, or ping a connection that sat idle."""
+        if self.conn is None:
+            if time.monotonic() >= self.pool._next_attempt:
+                with contextlib.suppress(DatabaseUnavailable):
+                    self._connect()
+            return
+        if time.monotonic() - self._last_used < KEEPALIVE_SECONDS:
+            return
+        token = object()
+        self._arm(token, time.monotonic() + float(self.pool.settings.db_connect_timeout_seconds))
+        try:
+            cursor = self.cursor()
+            cursor.execute(self.dialect.ping_sql)
+            cursor.fetchmany(1)
+            self.conn.rollback()
+        except Exception as exc:  # any failure: the connection is not trustworthy, replace it
+            self._drop_connection(exc)
+        finally:
+            self._disarm()
+            self._last_used = time.monotonic()
+
+    def _run(self, job: _Job[Any]) -> None:
+        started = time.perf_counter()
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = self._execute(job)
+        except BaseException as exc:  # handed to the awaiting coroutine, never lost
+            error = exc
+        elapsed = time.perf_counter() - started
+        self._last_used = time.monotonic()
+        self.pool._observe(error, elapsed)
+        self.pool._post(self, job, result, error)
+
+    def _execute(self, job: _Job[T]) -> T:
+        deadline = time.monotonic() + job.timeout
+        attempt = 0
+        while True:
+            self._ensure_connected()
+            self._arm(job, deadline)
+            self.rows_returned = False
+            failure: Exception | None = None
+            try:
+                result = job.fn(self)
+            except Exception as exc:
+                failure = exc
+            reason = self._disarm()
+            if failure is None:
+                return result
+            self._recover(failure)
+            if isinstance(failure, _Interrupted) or (reason is not None and isinstance(failure, pyodbc.Error)):
+                raise self._interrupted_error(reason or getattr(failure, "reason", "timeout"), job.timeout)
+            if not isinstance(failure, pyodbc.Error):
+                raise failure
+            if is_dead_connection(failure):
+                message = clean_message(failure, self.pool.secrets)
+                if job.retry and attempt == 0 and not self.rows_returned and time.monotonic() < deadline:
+                    attempt += 1
+                    log.info("db.retry_after_dead_connection", worker=self.index, sqlstate=sqlstate_of(failure))
+                    continue
+                raise DatabaseUnavailable(f"database connection lost: {message}") from None
+            if is_server_timeout(failure):
+                raise self._interrupted_error("timeout", job.timeout)
+            if is_cancel(failure):
+                raise QueryCancelled("the query was cancelled by the database server") from None
+            raise QueryFailed(clean_message(failure, self.pool.secrets), sqlstate_of(failure)) from None
+
+    def _interrupted_error(self, reason: str, timeout: float) -> DatabaseError:
+        if reason == "cancelled":
+            return QueryCancelled("the query was cancelled")
+        return QueryTimeout(f"query exceeded the {format_seconds(timeout)} s time limit and was cancelled")
+
+    def _recover(self, failure: Exception) -> None:
+        """After a failed job: roll back, or replace the connection if it is dead or will not roll back."""
+        if self.conn is None:
+            return
+        if isinstance(failure, pyodbc.Error) and is_dead_connection(failure):
+            self._drop_connection(failure)
+            return
+        try:
+            self.conn.rollback()
+        except Exception as exc:
+            self._drop_connection(exc)
+
+    def _arm(self, job: object, deadline: float) -> None:
+        with self.lock:
+            self.job = job
+            # A cancel that arrived while the job sat in the queue applies as soon as it starts.
+            self.cancel_reason = "cancelled" if getattr(job, "cancelled", False) else None
+            self._cursors = []
+        self.pool.watchdog.arm(self, deadline)
+
+    def _disarm(self) -> str | None:
+        self.deadline = math.inf
+        with self.lock:
+            reason = self.cancel_reason
+            cursors, self._cursors = self._cursors, []
+            self.job = None
+        for cursor in cursors:
+            with contextlib.suppress(Exception):
+                cursor.close()
+        return reason
+
+    # --- connection lifecycle --------------------------------------------------------------------
+    def _ensure_connected(self) -> None:
+        if self.conn is not None:
+            return
+        if not self.pool._may_connect():
+            raise DatabaseUnavailable(self.pool.unavailable_message())
+        self._connect()
+
+    def _connect(self) -> None:
+        try:
+            conn = pyodbc.connect(self.pool.connection_string, **self.dialect.connect_kwargs())
+        except pyodbc.Error as exc:
+            message = clean_message(exc, self.pool.secrets)
+            self.pool._note_failure(message)
+            log.warning("db.connect_failed", worker=self.index, sqlstate=sqlstate_of(exc), error=message)
+            raise DatabaseUnavailable(f"database unavailable: {message}") from None
+        try:
+            self.dialect.setup_connection(conn)
+        except pyodbc.Error as exc:
+            with contextlib.suppress(Exception):
+                conn.close()
+            message = clean_message(exc, self.pool.secrets)
+            self.pool._note_failure(message)
+            log.warning("db.session_setup_failed", worker=self.index, sqlstate=sqlstate_of(exc), error=message)
+            raise DatabaseUnavailable(f"database unavailable: {message}") from None
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
+        self.conn = conn
+        reconnect = self._had_connection
+        self._had_connection = True
+        self._last_used = time.monotonic()
+        self.pool._note_connected(reconnect)
+        log.info("db.connected", worker=self.index, dialect=self.dialect.name, reconnect=reconnect)
+
+    def _drop_connection(self, cause: BaseException | None, *, log_it: bool = True) -> None:
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        if log_it:
+            log.warning("db.connection_dropped", worker=self.index,
+                        sqlstate=sqlstate_of(cause) if cause else None,
+                        error=clean_message(cause, self.pool.secrets) if cause else None)
+        with contextlib.suppress(Exception):
+            conn.close()
+
+
+class Pool:
+    def __init__(self, dialect: Dialect, settings: Any, metrics: Any) -> None:
+        self.dialect = dialect
+        self.settings = settings
+        self.metrics = metrics
+        self.size = int(settings.db_pool_size)
+        self.wait_seconds = float(settings.db_pool_wait_seconds)
+        self.max_waiting = int(getattr(settings, "db_pool_max_waiting", self.size * 25))
+        self.secrets = dialect.secrets()
+        self.connection_string = ""
+        self.watchdog = Watchdog()
+        self.last_error: str | None = None
+        self._workers: list[Worker] = []
+        self._idle: list[Worker] = []
+        self._waiters: deque[asyncio.Future[Worker | None]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self._started = False
+        self._state_lock = threading.Lock()
+        self._fail_streak = 0
+        self._next_attempt = 0.0
+        self._first_attempt: asyncio.Future[None] | None = None
+        self._exits: dict[int, asyncio.Future[None]] = {}
+        dialect_label = dialect.name
+        hist = metrics.query_duration
+        self._duration = {o: hist.labels(dialect_label, o) for o in ("ok", "error", "timeout", "cancelled")}
+        self._timeouts = metrics.query_timeouts.labels(dialect_label)
+        self._cancels = metrics.query_cancels.labels(dialect_label)
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    async def start(self, first_attempt_wait: float = 1.0) -> None:
+        """Start the threads; connections open in the background. Never raises because the DB is down."""
+        if self._started:
+            return
+        self._started = True
+        loop = self._loop = asyncio.get_running_loop()
+        self.connection_string = self.dialect.connection_string()
+        self._first_attempt = loop.create_future()
+        self._workers = [Worker(self, i) for i in range(self.size)]
+        self._idle = list(reversed(self._workers))
+        self._exits = {w.index: loop.create_future() for w in self._workers}
+        self.watchdog.start(self._workers)
+        m = self.metrics
+        m.pool_size.set(self.size)
+        m.pool_in_use.set_function(lambda: self.size - len(self._idle) if not self._closed else 0)
+        m.pool_waiting.set_function(lambda: len(self._waiters))
+        m.db_up.set_function(lambda: 1.0 if self.healthy() else 0.0)
+        for worker in self._workers:
+            worker.thread.start()
+        # Give the first connection a moment so /health is accurate right after start-up.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._first_attempt), first_attempt_wait)
+
+    async def close(self) -> None:
+        if self._closed or not self._started:
+            self._closed = True
+            return
+        self._closed = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # wakes the caller with "shut down"
+        for worker in self._workers:
+            job = worker.job
+            if job is not None:
+                self.watchdog.request_cancel(worker, job)
+            worker.jobs.put(None)
+        pending = [f for f in self._exits.values() if not f.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=CLOSE_GRACE_SECONDS)
+        self.watchdog.stop()
+        self._idle.clear()
+
+    # --- running jobs ----------------------------------------------------------------------------
+    async def run(self, fn: Callable[[Worker], T], *, timeout: float, retry: bool = False) -> T:
+        """Run `fn(session)` on a worker thread within `timeout` seconds; raise DatabaseError subclasses."""
+        if self._closed or self._loop is None:
+            raise DatabaseUnavailable("the database layer is not running")
+        waited_from = time.perf_counter()
+        worker = self._idle.pop() if self._idle else await self._wait_for_worker()
+        self.metrics.pool_wait.observe(time.perf_counter() - waited_from)
+        job: _Job[T] = _Job(fn, self._loop.create_future(), timeout, retry)
+        worker.jobs.put(job)
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            if job.future.cancelled():  # our caller went away: stop the statement, keep the connection
+                job.cancelled = True
+                self.watchdog.request_cancel(worker, job)
+            raise
+
+    async def _wait_for_worker(self) -> Worker:
+        if len(self._waiters) >= self.max_waiting or self.wait_seconds <= 0:
+            self.metrics.pool_busy_rejections.inc()
+            raise DatabaseBusy(BUSY_MESSAGE)
+        assert self._loop is not None
+        waiter: asyncio.Future[Worker | None] = self._loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self.wait_seconds):
+                worker = await waiter
+        except TimeoutError:
+            self._abandon(waiter)
+            self.metrics.pool_busy_rejections.inc()
+            raise DatabaseBusy(BUSY_MESSAGE) from None
+        except BaseException:
+            self._abandon(waiter)
+            raise
+        if worker is None:
+            raise DatabaseUnavailable("the database layer is shutting down")
+        return worker
+
+    def _abandon(self, waiter: asyncio.Future[Worker | None]) -> None:
+        """A waiter gave up; if a worker was handed to it in the same instant, pass that worker on."""
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(waiter)
+        if waiter.done() and not waiter.cancelled():
+            worker = waiter.result()
+            if worker is not None:
+                self._release(worker)
+        else:
+            waiter.cancel()
+
+    def _release(self, worker: Worker) -> None:
+        if self._closed:
+            return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(worker)
+                return
+        self._idle.append(worker)
+
+    # --- called from worker threads ----------------------------------------------------------------
+    def _post(self, worker: Worker, job: _Job[Any], result: Any, error: BaseException | None) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is already closed: nobody is waiting
+            loop.call_soon_threadsafe(self._complete, worker, job, result, error)
+
+    def _complete(self, worker: Worker, job: _Job[Any], result: Any, error: BaseException | None) -> None:
+        future = job.future
+        if not future.done():
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+        self._release(worker)
+
+    def _observe(self, error: BaseException | None, elapsed: float) -> None:
+        if error is None:
+            self._duration["ok"].observe(elapsed)
+        elif isinstance(error, QueryTimeout):
+            self._duration["timeout"].observe(elapsed)
+            self._timeouts.inc()
+        elif isinstance(error, QueryCancelled):
+            self._duration["cancelled"].observe(elapsed)
+            self._cancels.inc()
+        else:
+            self._duration["error"].observe(elapsed)
+
+    def _first_attempt_done(self) -> None:
+        future, loop = self._first_attempt, self._loop
+        if future is None or loop is None:
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(None))
+
+    def _worker_exited(self, worker: Worker) -> None:
+        future, loop = self._exits.get(worker.index), self._loop
+        if future is None or loop is None:
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(None))
+
+    def _note_failure(self, message: str) -> None:
+        with self._state_lock:
+            self.last_error = message
+            now = time.monotonic()
+            if now >= self._next_attempt:  # one step of backoff per round, however many workers failed
+                self._fail_streak += 1
+                delay = min(MAX_BACKOFF_SECONDS, INITIAL_BACKOFF_SECONDS * 2 ** (self._fail_streak - 1))
+                self._next_attempt = now + delay * random.uniform(0.8, 1.2)
+
+    def _note_connected(self, reconnect: bool) -> None:
+        with self._state_lock:
+            self._fail_streak = 0
+            self._next_attempt = 0.0
+            self.last_error = None
+        if reconnect:
+            self.metrics.pool_reconnects.inc()
+
+    def _may_connect(self) -> bool:
+        return time.monotonic() >= self._next_attempt or self.healthy() > 0
+
+    def unavailable_message(self) -> str:
+        wait = max(0.0, self._next_attempt - time.monotonic())
+        return f"database unavailable: {self.last_error or 'not connected'} (retrying in {wait:.1f} s)"
+
+    # --- introspection (event loop, no driver calls) ---------------------------------------------
+    def healthy(self) -> int:
+        return sum(1 for w in self._workers if w.conn is not None)
+
+    def in_use(self) -> int:
+        return 0 if self._closed else self.size - len(self._idle)
+
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def stats(self) -> dict[str, int]:
+        in_use = self.in_use()
+        return {"size": self.size, "in_use": in_use, "idle": self.size - in_use, "waiting": self.waiting(),
+                "healthy": self.healthy()}
