@@ -44,10 +44,12 @@ def _mcp_servers(app: web.Application) -> dict[str, McpServer]:
 
 
 def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.Application:
-    app = web.Application(client_max_size=settings.max_request_bytes, middlewares=[error_middleware])
+    app = web.Application(client_max_size=settings.max_request_bytes)
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics or Metrics()
-    setup_observability(app)  # request id, access log, HTTP metrics, /metrics
+    # Outermost: request id, access log and HTTP metrics see every response, error pages included.
+    setup_observability(app)
+    app.middlewares.append(error_middleware)
 
     app[keys.DATABASE] = Database(settings, app[keys.METRICS])
     app.cleanup_ctx.append(_database_ctx)
