@@ -87,7 +87,7 @@ async def test_list_tables_filters(tools: dict[str, Tool]) -> None:
 
 
 async def test_list_tables_is_cut_to_the_byte_budget(started: Callable[..., Any]) -> None:
-    _, tools = await started(max_result_bytes=1000)
+    _, tools = await started(max_result_bytes=500)
     out = await _call(tools["list_tables"], {})
     assert out["truncated"] is True and 0 < out["count"] < 9
     assert "name_contains" in out["note"]

@@ -252,7 +252,7 @@ def build_claude_tools(database: Any, settings: Any) -> list[Tool]:
                 f"per result, and {settings.query_timeout_seconds:g} s per query; 'max_rows' and 'timeout_seconds' "
                 "can lower these (higher values are lowered to the limit). When a result is cut, 'truncated' is true "
                 f"and 'note' says how to narrow the query: prefer WHERE filters, aggregates and {limit_word} over "
-                "fetching whole tables. Values: dates/times as ISO 8601 text, decimals as text, binary as base64."
+                "fetching whole tables. Values: dates/times as ISO 8601 text, decimals as exact text, binary as 0x-prefixed hex."
             ),
             input_schema={
                 "type": "object",
