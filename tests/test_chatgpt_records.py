@@ -11,14 +11,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from app import keys
-from app.db.database import Database
 from app.mcp.tools import ToolContext
 from app.settings import Settings
 from app.tools.chatgpt import ChatGptTools
 from app.web import create_app
-
-# Temporary until app/db lands (the stub has no execute); removed once it does.
-pytestmark = pytest.mark.skipif(not hasattr(Database, "execute"), reason="database layer not landed yet")
 
 OPEN = {"allow_unauth_methods": True, "allow_unauth_tools_call": True}
 

@@ -21,9 +21,6 @@ from app.tools.chatgpt import ChatGptTools, build_chatgpt_tools
 
 BASE = "https://db.example.com/env"
 
-# Temporary until app/db lands (the stub has no execute); removed once it does.
-pytestmark = pytest.mark.skipif(not hasattr(Database, "execute"), reason="database layer not landed yet")
-
 
 class Clock:
     def __init__(self) -> None:

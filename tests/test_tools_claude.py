@@ -21,9 +21,6 @@ from app.tools import claude_tools
 READER = Principal(subject="u1", username="rita", role="reader")
 WRITER = Principal(subject="u2", username="walt", role="writer")
 
-# Temporary until app/db lands (the stub has no execute); removed once it does.
-pytestmark = pytest.mark.skipif(not hasattr(Database, "execute"), reason="database layer not landed yet")
-
 
 def _tools(database: Any, settings: Settings) -> dict[str, Tool]:
     return {tool.name: tool for tool in claude_tools(database, settings)}
