@@ -31,6 +31,7 @@ from .common import (
     description_dict,
     fingerprint,
     json_size,
+    not_read_reason,
     render_value,
     text_table,
     truncation_note,
@@ -402,8 +403,9 @@ class ChatGptTools:
     async def _search_sql(self, sql: str, limit: int) -> list[tuple[str, str]]:
         # search is read-only whatever READ_ONLY_MODE says: ChatGPT treats it as a read tool.
         if not self.database.is_read_only(sql):
-            raise ToolError("search only runs read queries (SELECT, WITH ... SELECT, VALUES); this statement "
-                            "is not one. Rephrase as a single SELECT.", outcome="refused")
+            raise ToolError("search only runs read queries (SELECT, WITH ... SELECT, VALUES) and this statement "
+                            f"is not one: {not_read_reason(self.database, sql)} Rephrase as a single SELECT.",
+                            outcome="refused")
         result = await self.database.execute(sql, write=False)
         record_id = ids.query_id(sql)
         short = " ".join(sql.split())

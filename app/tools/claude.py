@@ -13,6 +13,7 @@ from .common import (
     description_dict,
     fingerprint,
     json_size,
+    not_read_reason,
     positive_int,
     positive_number,
     required_str,
@@ -23,8 +24,8 @@ from .common import (
 log = structlog.get_logger(__name__)
 
 READER_REFUSAL = (
-    "Refused: this statement changes data, and your account has the reader role. "
-    "Ask an administrator for the writer role, or run a read-only query (SELECT) instead."
+    "Refused: your account has the reader role, so only read queries run. This statement is not one: {why} "
+    "Run a single SELECT instead, or ask an administrator for the writer role to change data."
 )
 
 _NULLABLE_STR = {"type": ["string", "null"]}
@@ -117,7 +118,8 @@ class ClaudeTools:
         write = False
         if not self.settings.read_only_mode and not self.database.is_read_only(sql):
             if not ctx.principal.can_write:
-                raise ToolError(READER_REFUSAL, outcome="refused")
+                why = not_read_reason(self.database, sql)
+                raise ToolError(READER_REFUSAL.format(why=why), outcome="refused")
             write = True
             log.info("tool.write", user=ctx.principal.username, fingerprint=ctx.audit["fingerprint"])
         result = await self.database.execute(sql, max_rows=max_rows, timeout=timeout, write=write)
@@ -252,7 +254,8 @@ def build_claude_tools(database: Any, settings: Any) -> list[Tool]:
                 f"per result, and {settings.query_timeout_seconds:g} s per query; 'max_rows' and 'timeout_seconds' "
                 "can lower these (higher values are lowered to the limit). When a result is cut, 'truncated' is true "
                 f"and 'note' says how to narrow the query: prefer WHERE filters, aggregates and {limit_word} over "
-                "fetching whole tables. Values: dates/times as ISO 8601 text, decimals as exact text, binary as 0x-prefixed hex."
+                "fetching whole tables. Values: dates/times as ISO 8601 text, decimals as exact text, binary as "
+                "0x-prefixed hex."
             ),
             input_schema={
                 "type": "object",

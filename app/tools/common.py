@@ -29,6 +29,18 @@ def fingerprint(sql: str) -> str:
     return hashlib.sha256(shape.encode()).hexdigest()[:16]
 
 
+def not_read_reason(database: Any, sql: str) -> str:
+    """Why the guard would not run `sql` as a read, in words (for refusals outside read-only mode)."""
+    try:
+        from ..db import guard
+
+        message = guard.check(sql, database.dialect_name).message or ""
+    except (ImportError, AttributeError):
+        message = ""
+    message = message.removeprefix("Refused in read-only mode: ").strip()
+    return message or "it is not a single read query."
+
+
 def json_size(value: Any) -> int:
     return len(json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":")).encode())
 
