@@ -182,6 +182,7 @@ async def test_write_mode_reader_is_refused_writer_commits(started: Callable[...
     with pytest.raises(ToolError) as info:
         await _call(tools["execute_sql"], {"query": update}, ToolContext(principal=READER))
     assert "reader role" in str(info.value) and info.value.outcome == "refused"
+    assert "UPDATE" in str(info.value)  # says what was refused
     with sqlite3.connect(writable_demo_db) as conn:
         before = conn.execute("SELECT SUM(loyalty_points) FROM customers WHERE country = 'DE'").fetchone()[0]
         german = conn.execute("SELECT COUNT(*) FROM customers WHERE country = 'DE'").fetchone()[0]
