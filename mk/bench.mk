@@ -32,3 +32,18 @@ $(BENCH_DBHUB): $(BENCH_NODE)
 	PATH="$(abspath $(BENCH_NODE_DIR)):$$PATH" npm install --prefix $(BENCH_PEERS)/dbhub --no-audit --no-fund \
 		--loglevel=error @bytebase/dbhub@$(BENCH_DBHUB_VERSION)
 	@touch $@
+
+# py-spy for `make bench BENCH_ARGS=--profile` (its own venv: the project's venv stays as pyproject says).
+BENCH_PYSPY := $(BENCH_PEERS)/prof/bin/py-spy
+
+.PHONY: bench-profiler bench-profile
+
+bench-profiler: $(BENCH_PYSPY)
+
+$(BENCH_PYSPY):
+	$(PYTHON) -m venv $(BENCH_PEERS)/prof
+	$(BENCH_PEERS)/prof/bin/pip install -q py-spy
+
+bench-profile: deps bench-peers bench-profiler ## benchmark ours only, with py-spy summaries in bench/.peers/profiles
+	timeout -s INT -k 30 $(BENCH_TIMEOUT) $(PY) bench/run.py --servers ours --rounds 1 --profile \
+		--out bench/.peers/RESULTS-profile.md --json bench/.peers/results-profile.json $(BENCH_ARGS)
