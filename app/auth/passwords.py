@@ -8,9 +8,18 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024  # bounds hashing work for a hostile form post
 
-_hasher = PasswordHasher()
+_hasher = PasswordHasher()  # tests swap in a cheaper one via use_hasher()
 # Verified against when the user does not exist, so a miss costs the same time as a wrong password.
 _DUMMY_HASH = _hasher.hash("not-a-real-password-only-for-constant-time")
+
+
+def use_hasher(hasher: PasswordHasher) -> PasswordHasher:
+    """Replace the hasher (tests use cheap parameters); returns the previous one. Existing hashes keep
+    verifying because argon2 hashes carry their own parameters."""
+    global _hasher, _DUMMY_HASH
+    previous, _hasher = _hasher, hasher
+    _DUMMY_HASH = _hasher.hash("not-a-real-password-only-for-constant-time")
+    return previous
 
 
 def hash_password(password: str) -> str:

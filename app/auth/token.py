@@ -140,6 +140,16 @@ async def _refresh_token(request: web.Request, state: AuthState, client: dict[st
         raise OAuthError("invalid_request", "refresh_token is required")
     if "refresh_token" not in client["grant_types"]:
         raise OAuthError("unauthorized_client", "this client may not use refresh tokens")
+    # Check what is asked for before spending the token: a refused request must not use it up.
+    current = await state.store.call(AuthStore.get_refresh_token, sha256_hex(old))
+    wanted: list[str] | None = None
+    audience: list[str] = []
+    if current is not None and current["client_id"] == client["client_id"]:
+        if params.get("scope"):
+            wanted = parse_scope(params["scope"])
+            if any(s not in current["scope"].split() for s in wanted):
+                raise OAuthError("invalid_scope", "scope exceeds what was granted")
+        audience = _resources(request, params, current["resources"])
     new = new_refresh_token()
     outcome, data = await state.store.call(AuthStore.rotate_refresh_token, sha256_hex(old), sha256_hex(new),
                                            client["client_id"], state.settings.refresh_token_ttl_seconds)
@@ -154,18 +164,15 @@ async def _refresh_token(request: web.Request, state: AuthState, client: dict[st
             "user_gone": "the user no longer exists or changed their password",
         }.get(outcome, "invalid refresh token"))
     row, user, family = data
-    scope = row["scope"]
-    if params.get("scope"):
-        wanted = parse_scope(params["scope"])
-        granted = scope.split()
-        if any(s not in granted for s in wanted):
-            raise OAuthError("invalid_scope", "scope exceeds what was granted")
-        scope = " ".join(s for s in granted if s in wanted)
+    granted = row["scope"].split()
+    if wanted is not None:
+        granted = [s for s in granted if s in wanted]
     # The user's role may have dropped since: never keep write access a reader no longer has.
-    scope = " ".join(s for s in scope.split() if s in grant_scopes(scope.split(), user["role"]))
-    audience = _resources(request, params, row["resources"])
+    allowed = grant_scopes(granted, user["role"])
+    scope = " ".join(s for s in granted if s in allowed)
     access, ttl = issue_access_token(state, issuer=row["issuer"], user=user, client_id=client["client_id"],
-                                     scope=scope, audience=audience, family_id=family["family_id"])
+                                     scope=scope, audience=audience or _resources(request, params, row["resources"]),
+                                     family_id=family["family_id"])
     log.info("oauth.token_issued", grant="refresh_token", client_id=client["client_id"], username=user["username"])
     return {"access_token": access, "token_type": "Bearer", "expires_in": ttl, "scope": scope, "refresh_token": new}
 
