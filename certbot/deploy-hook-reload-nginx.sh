@@ -1,0 +1,13 @@
+#!/bin/sh
+# certbot deploy hook, installed by the Ansible certbot role into /etc/letsencrypt/renewal-hooks/deploy/.
+# certbot runs it after every certificate it obtains or renews (RENEWED_LINEAGE names the lineage);
+# the role also runs it after its first request. nginx re-reads certificates only on reload, and a
+# reload with a broken configuration must not happen, so test first.
+set -eu
+if ! nginx -t -q; then
+    echo "deploy hook: nginx configuration test failed; not reloading (${RENEWED_LINEAGE:-no lineage})" >&2
+    exit 1
+fi
+if systemctl is-active --quiet nginx; then
+    systemctl reload nginx
+fi
