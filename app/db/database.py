@@ -94,6 +94,8 @@ class Database:
             as_write = False
         else:
             as_write = write or not verdict.allowed
+        if not as_write:
+            sql = self.dialect.prepare_read(sql, verdict.root)
         rows_cap = self._row_cap(max_rows)
         bytes_cap = int(self.settings.max_result_bytes)
         job = run.write if as_write else run.read

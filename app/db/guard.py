@@ -146,13 +146,11 @@ class Verdict:
     allowed: bool
     reason: str | None = None
     message: str | None = None
+    root: str | None = None  # for allowed queries: "select", "union", "intersect", "except", "values"
 
     def raise_if_refused(self) -> None:
         if not self.allowed:
             raise QueryRefused(self.reason or "refused", self.message or "refused")
-
-
-_ALLOWED = Verdict(True)
 
 
 def _refuse(reason: str, what: str) -> Verdict:
@@ -262,11 +260,13 @@ def _tree_checks(root: exp.Expression, tokens: list, glot: str) -> Verdict:
         return _refuse("not_a_query",
                        f"{kind} is not a read query; only SELECT, WITH ... SELECT, UNION/INTERSECT/EXCEPT and "
                        "VALUES are allowed.")
+    if isinstance(body, exp.Select) and not body.expressions:
+        return _refuse("parse_error", "the SELECT has no select list, so it is incomplete.")
     for node in root.walk():
         verdict = _node_check(node, glot)
         if verdict is not None:
             return verdict
-    return _ALLOWED
+    return Verdict(True, root=body.key)
 
 
 def _node_check(node: exp.Expression, glot: str) -> Verdict | None:
@@ -307,10 +307,9 @@ def _node_name(node: exp.Expression) -> str:
 
 
 def _function_check(node: exp.Func, glot: str) -> Verdict | None:
-    if isinstance(node, exp.Anonymous):
-        names = {node.name.lower()}
-    else:
-        names = {node.sql_name().lower(), node.key.lower()}
+    # Anonymous: a name sqlglot does not know (pg_sleep, OPENROWSET); others: its canonical SQL name.
+    anonymous = isinstance(node, exp.Anonymous)
+    names = {node.name.lower()} if anonymous else {node.sql_name().lower(), node.key.lower()}
     for name in names:
         why = _DENIED_FUNCTIONS.get(name)
         if why is None:

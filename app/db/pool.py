@@ -85,11 +85,11 @@ class Watchdog:
         self._requests: list[tuple[Worker, object]] = []
         self._wake_at = -math.inf  # -inf while scanning: arming need not wake us then
         self._stopped = False
-        self._thread = threading.Thread(target=self._main, name="db-watchdog", daemon=True)
+        self.thread = threading.Thread(target=self._main, name="db-watchdog", daemon=True)
 
     def start(self, workers: list[Worker]) -> None:
         self._workers = list(workers)
-        self._thread.start()
+        self.thread.start()
 
     def arm(self, worker: Worker, deadline: float) -> None:
         with self._cond:
@@ -429,6 +429,12 @@ class Pool:
             await asyncio.wait(pending, timeout=CLOSE_GRACE_SECONDS)
         self.watchdog.stop()
         self._idle.clear()
+        # The threads are past their last driver call; wait (without blocking the loop) until they are gone,
+        # so a closed pool leaves no threads behind.
+        threads = [w.thread for w in self._workers] + [self.watchdog.thread]
+        deadline = time.monotonic() + CLOSE_GRACE_SECONDS
+        while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
 
     # --- running jobs ----------------------------------------------------------------------------
     async def run(self, fn: Callable[[Worker], T], *, timeout: float, retry: bool = False) -> T:

@@ -67,13 +67,17 @@ class Dialect(ABC):
     def connect_kwargs(self) -> dict[str, Any]:
         return {"autocommit": False, "timeout": int(self.settings.db_connect_timeout_seconds)}
 
-    def setup_connection(self, conn: pyodbc.Connection) -> None:
+    def setup_connection(self, conn: pyodbc.Connection) -> None:  # noqa: B027 - optional hook
         """Per-session set-up right after connecting (runs once per connection, not per query)."""
 
     @property
     def server_timeout_seconds(self) -> int:
         """The server-side backstop: the settings' cap, rounded up to whole seconds."""
         return max(1, math.ceil(float(self.settings.query_timeout_seconds)))
+
+    def prepare_read(self, sql: str, root: str | None) -> str:
+        """The text to run for a read the guard accepted (`root` is the guard's root kind)."""
+        return sql
 
     # --- SQL the service writes itself -----------------------------------------------------------
     @abstractmethod

@@ -14,6 +14,7 @@ import os
 import urllib.parse
 
 import pyodbc
+import sqlglot
 
 from ..types import Column, ForeignKey, Index, TableDescription, TableInfo
 from .base import Dialect
@@ -58,6 +59,13 @@ class SqliteDialect(Dialect):
             cursor.execute("PRAGMA query_only = ON")
             cursor.close()
             conn.commit()
+
+    def prepare_read(self, sql: str, root: str | None) -> str:
+        # The driver only opens a result set for statements it recognises as queries, and a bare VALUES
+        # is not one of them: run it as SELECT * FROM (VALUES ...), regenerated from the checked tree.
+        if root == "values":
+            return f"SELECT * FROM ({sqlglot.parse_one(sql, read='sqlite').sql('sqlite')})"
+        return sql
 
     def quote_identifier(self, name: str) -> str:
         return '"' + name.replace('"', '""') + '"'

@@ -1,0 +1,157 @@
+"""SQL Server: no server can run here, so the generated T-SQL and connection strings are checked as
+text (and parsed with sqlglot's tsql dialect), and the connection path is exercised with the real
+Microsoft ODBC Driver 18 (from the mssql-python-odbc wheel) against a closed loopback port."""
+
+from __future__ import annotations
+
+import glob
+import os
+import struct
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import sqlglot
+
+from app.db.dialects import MssqlDialect, get_dialect
+from app.db.dialects.mssql import (
+    COLUMNS,
+    FOREIGN_KEYS,
+    INDEXES,
+    LIST_TABLES,
+    PRIMARY_KEY,
+    datetimeoffset_to_iso,
+    format_type,
+)
+from app.db.types import DatabaseUnavailable, TableInfo
+from app.settings import load_settings
+from tests.fixtures.databases import free_port, open_database
+
+PASSWORD = "Sup3r;Secret}{=pw"
+
+
+def _settings(**overrides):
+    base = {"db_backend": "mssql", "mssql_host": "db.example.net", "mssql_database": "Shop",
+            "mssql_user": "mcp_reader", "mssql_password": PASSWORD}
+    base.update(overrides)
+    return load_settings(environ={}, env_file=None, **base)
+
+
+def _dialect(**overrides) -> MssqlDialect:
+    dialect = get_dialect(_settings(**overrides))
+    assert isinstance(dialect, MssqlDialect)
+    return dialect
+
+
+def test_connection_string_with_sql_login() -> None:
+    assert _dialect().connection_string() == (
+        "DRIVER={ODBC Driver 18 for SQL Server};SERVER=db.example.net,1433;DATABASE=Shop;UID=mcp_reader;"
+        "PWD={Sup3r;Secret}}{=pw};Encrypt=yes;TrustServerCertificate=no;APP=mssql-mcp;")
+
+
+def test_connection_string_options() -> None:
+    cs = _dialect(trusted_connection=True, mssql_user="", mssql_password="", trust_server_certificate=True,
+                  mssql_read_only_intent=True, mssql_encrypt="strict", mssql_port=14330,
+                  mssql_database="Shop;Evil=1").connection_string()
+    assert "Trusted_Connection=yes;" in cs
+    assert "UID=" not in cs and "PWD=" not in cs
+    assert "SERVER=db.example.net,14330;" in cs
+    assert "DATABASE={Shop;Evil=1};" in cs  # a value cannot inject a keyword
+    assert "Encrypt=strict;TrustServerCertificate=yes;ApplicationIntent=ReadOnly;" in cs
+
+
+def test_named_instance_and_driver_path() -> None:
+    cs = _dialect(mssql_host="sqlhost\\SQLEXPRESS", mssql_driver="/opt/ms/lib/libmsodbcsql-18.so").connection_string()
+    assert cs.startswith("DRIVER={/opt/ms/lib/libmsodbcsql-18.so};SERVER=sqlhost\\SQLEXPRESS;")
+    assert "SERVER=sqlhost\\SQLEXPRESS,1500;" in _dialect(mssql_host="sqlhost\\SQLEXPRESS",
+                                                          mssql_port=1500).connection_string()
+
+
+def test_raw_connection_string_escape_hatch_is_used_verbatim_and_kept_secret() -> None:
+    raw = "DRIVER={ODBC Driver 18 for SQL Server};SERVER=x;Authentication=ActiveDirectoryMsi;"
+    dialect = get_dialect(load_settings(environ={}, env_file=None, db_backend="mssql", odbc_connection_string=raw))
+    assert dialect.connection_string() == raw
+    assert raw in dialect.secrets()
+
+
+def test_session_setup_sql() -> None:
+    sql = _dialect(mssql_lock_timeout_ms=2500).session_sql()
+    assert sql == "SET LOCK_TIMEOUT 2500; SET XACT_ABORT ON;"
+    assert _dialect(query_timeout_seconds=12.2).server_timeout_seconds == 13
+
+
+def test_generated_tsql_uses_top_and_bracket_quoting() -> None:
+    dialect = _dialect()
+    table = TableInfo("dbo", "Order]Lines", "table")
+    assert dialect.sample_sql(table, 10) == "SELECT TOP (10) * FROM [dbo].[Order]]Lines]"
+    assert dialect.row_sql(table, ["Order Id", "Line"]) == (
+        "SELECT TOP (2) * FROM [dbo].[Order]]Lines] WHERE [Order Id] = ? AND [Line] = ?")
+    for sql in (dialect.sample_sql(table, 10), dialect.row_sql(table, ["a"])):
+        tree = sqlglot.parse_one(sql, read="tsql")
+        assert tree.find(sqlglot.exp.Table).name == "Order]Lines"
+
+
+@pytest.mark.parametrize(("sql", "params"), [(LIST_TABLES, 0), (COLUMNS, 2), (PRIMARY_KEY, 2), (FOREIGN_KEYS, 2),
+                                             (INDEXES, 2)])
+def test_catalog_queries_are_parameterized_tsql(sql: str, params: int) -> None:
+    tree = sqlglot.parse_one(sql, read="tsql")
+    assert isinstance(tree, sqlglot.exp.Select)
+    assert sql.count("?") == params
+    if params:
+        assert "OBJECT_ID(QUOTENAME(?) + N'.' + QUOTENAME(?))" in sql
+    assert "sys." in sql
+
+
+def test_type_names_are_formatted_like_ssms() -> None:
+    assert format_type("nvarchar", 100, 0, 0) == "nvarchar(50)"
+    assert format_type("varchar", -1, 0, 0) == "varchar(max)"
+    assert format_type("decimal", 9, 18, 4) == "decimal(18,4)"
+    assert format_type("datetime2", 8, 27, 7) == "datetime2(7)"
+    assert format_type("int", 4, 10, 0) == "int"
+
+
+def test_datetimeoffset_converter() -> None:
+    raw = struct.pack("<6hI2h", 2024, 3, 9, 14, 5, 6, 123_400_000, -5, -30)
+    assert datetimeoffset_to_iso(raw) == "2024-03-09T14:05:06.1234-05:30"
+    assert datetimeoffset_to_iso(struct.pack("<6hI2h", 2024, 1, 1, 0, 0, 0, 0, 2, 0)) == "2024-01-01T00:00:00+02:00"
+    assert datetimeoffset_to_iso(None) is None
+
+
+def _msodbcsql() -> str | None:
+    try:
+        import mssql_python_odbc
+    except ImportError:
+        return None
+    found = glob.glob(os.path.join(mssql_python_odbc.get_libs_dir(), "linux", "debian_ubuntu", "*", "lib",
+                                   "libmsodbcsql-18*.so*"))
+    return found[0] if found else None
+
+
+async def test_real_driver_against_a_closed_port_degrades_cleanly() -> None:
+    driver = _msodbcsql()
+    if driver is None:
+        pytest.skip("mssql-python-odbc (Microsoft ODBC Driver 18) is not installed")
+    assert Path(driver).is_absolute()
+    threads = threading.active_count()
+    started = time.perf_counter()
+    async with open_database(db_backend="mssql", mssql_host="127.0.0.1", mssql_port=free_port(),
+                             mssql_database="Shop", mssql_user="sa", mssql_password=PASSWORD,
+                             mssql_driver=driver, trust_server_certificate=True, db_connect_timeout_seconds=1,
+                             db_pool_size=1) as database:
+        assert time.perf_counter() - started < 3  # start() waited at most ~1 s and did not raise
+        status = database.status()
+        assert status["status"] == "degraded"
+        assert status["dialect"] == "mssql"
+        assert status["pool"]["healthy"] == 0
+        with pytest.raises(DatabaseUnavailable) as info:
+            await database.execute("SELECT 1")
+        message = str(info.value)
+        assert message.startswith("database unavailable")
+        # The real driver ran: its own diagnostic, not "can't open lib" or a connection-string error.
+        assert "Login timeout expired" in message or "TCP Provider" in message, message
+        for text in (message, str(database.status()["last_error"])):
+            assert PASSWORD not in text and "Secret" not in text
+        assert not await database.ping()
+        assert database.metrics.registry.get_sample_value("mssql_mcp_database_up") == 0
+    assert threading.active_count() == threads
