@@ -10,137 +10,31 @@ import base64
 import hashlib
 import json
 import logging
-import secrets
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
 
 from app import keys
 from app.auth.store import store_path
 from app.settings import Settings
 from app.web import create_app
-from tests.fixtures.auth import DEFAULT_PASSWORD, create_user, hidden_fields, mint_token, redirect_params
-
-LOOPBACK_CB = "http://127.0.0.1:43123/callback"
-CLAUDE_CB = "https://claude.ai/api/mcp/auth_callback"
-
-
-async def _protected(request: web.Request) -> web.Response:
-    try:
-        methods = (await request.json()).get("methods", ["tools/call"])
-    except ValueError:
-        methods = ["tools/call"]
-    principal = await request.app[keys.AUTHENTICATOR].authenticate(request, methods)
-    return web.json_response({"username": principal.username, "role": principal.role,
-                              "scopes": sorted(principal.scopes), "authenticated": principal.authenticated,
-                              "client_id": principal.client_id})
-
-
-def build_app(settings: Settings) -> web.Application:
-    app = create_app(settings)
-    app.router.add_post("/_test/mcp", _protected)
-    app.router.add_post("/chatgpt/_test/mcp", _protected)
-    return app
-
-
-def pkce() -> tuple[str, str]:
-    verifier = secrets.token_urlsafe(48)
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
-    return verifier, challenge
-
-
-def basic(client_id: str, secret: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()}
-
-
-@dataclass
-class OAuth:
-    http: TestClient
-    settings: Settings
-
-    @property
-    def base(self) -> str:
-        return str(self.http.make_url("")).rstrip("/")
-
-    async def register(self, **metadata: Any) -> dict[str, Any]:
-        body = {"redirect_uris": [LOOPBACK_CB], "client_name": "Test client",
-                "grant_types": ["authorization_code", "refresh_token"], **metadata}
-        resp = await self.http.post("/register", json=body)
-        assert resp.status == 201, await resp.text()
-        return await resp.json()
-
-    def authorize_query(self, client: dict[str, Any], challenge: str, realm: str = "", **extra: Any) -> str:
-        params = {"response_type": "code", "client_id": client["client_id"], "redirect_uri": LOOPBACK_CB,
-                  "state": "st-123", "code_challenge": challenge, "code_challenge_method": "S256",
-                  "scope": "mcp:read mcp:write", "resource": f"{self.base}{realm}/mcp", **extra}
-        return f"{realm}/authorize?" + urlencode({k: v for k, v in params.items() if v is not None})
-
-    async def login_page(self, url: str) -> str:
-        resp = await self.http.get(url, allow_redirects=False)
-        assert resp.status == 200, await resp.text()
-        return await resp.text()
-
-    async def post_form(self, realm: str, fields: dict[str, str], **extra: str) -> Any:
-        return await self.http.post(f"{realm}/authorize", data={**fields, **extra}, allow_redirects=False)
-
-    async def code_for(self, client: dict[str, Any], username: str, *, realm: str = "",
-                       password: str = DEFAULT_PASSWORD, **extra: Any) -> tuple[str, str, dict[str, str]]:
-        verifier, challenge = pkce()
-        html = await self.login_page(self.authorize_query(client, challenge, realm, **extra))
-        resp = await self.post_form(realm, hidden_fields(html), action="login", username=username, password=password)
-        assert resp.status == 200, await resp.text()
-        consent = await resp.text()
-        resp = await self.post_form(realm, hidden_fields(consent), action="consent", decision="allow")
-        assert resp.status == 303
-        params = redirect_params(resp.headers["Location"])
-        params["location"] = resp.headers["Location"]
-        return params["code"], verifier, params
-
-    async def token(self, client: dict[str, Any], data: dict[str, Any], realm: str = "") -> Any:
-        headers = basic(client["client_id"], client["client_secret"]) if client.get("client_secret") else {}
-        if not client.get("client_secret"):
-            data = {"client_id": client["client_id"], **data}
-        return await self.http.post(f"{realm}/token", data=data, headers=headers)
-
-    async def tokens_for(self, client: dict[str, Any], username: str, realm: str = "") -> dict[str, Any]:
-        code, verifier, _ = await self.code_for(client, username, realm=realm)
-        resp = await self.token(client, {"grant_type": "authorization_code", "code": code, "code_verifier": verifier,
-                                         "redirect_uri": LOOPBACK_CB}, realm)
-        assert resp.status == 200, await resp.text()
-        return await resp.json()
-
-    async def call(self, token: str | None, path: str = "/_test/mcp", methods: list[str] | None = None) -> Any:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return await self.http.post(path, json={"methods": ["tools/call"] if methods is None else methods},
-                                    headers=headers)
-
-
-@pytest.fixture
-def make_oauth(auth_settings: Callable[..., Settings], aiohttp_client: Any, tmp_path: Any) -> Callable[..., Any]:
-    made = 0
-
-    async def make(**overrides: Any) -> OAuth:
-        nonlocal made
-        made += 1
-        settings = auth_settings(**{"data_dir": str(tmp_path / f"state{made}"), **overrides})
-        create_user(settings, "alice", role="writer")
-        create_user(settings, "rita", role="reader")
-        return OAuth(await aiohttp_client(build_app(settings)), settings)
-
-    return make
-
-
-@pytest.fixture
-async def oauth(make_oauth: Callable[..., Any]) -> AsyncIterator[OAuth]:
-    yield await make_oauth()
-
+from tests.fixtures.auth import (
+    CLAUDE_CB,
+    DEFAULT_PASSWORD,
+    LOOPBACK_CB,
+    OAuth,
+    basic,
+    build_app,
+    create_user,
+    hidden_fields,
+    mint_token,
+    pkce,
+    redirect_params,
+)
 
 # -- discovery -------------------------------------------------------------------------------------
 
