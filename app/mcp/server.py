@@ -1,13 +1,479 @@
-"""STUB: owned by the MCP helper."""
+"""MCP protocol logic: lifecycle, version negotiation, the 2026-07-28 envelope, tools. No aiohttp here.
+
+Transports parse HTTP, then hand each validated JSON-RPC message to `McpServer.handle_request` /
+`handle_notification` with a `CallEnv` describing who is calling and where related notifications
+(progress, log messages) should go.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from .tools import Tool
+import structlog
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+from jsonschema.validators import validator_for
+
+from ..auth.principal import ANONYMOUS, Principal
+from ..db.types import DatabaseError
+from ..obs.audit import audit_tool_call
+from .jsonrpc import (
+    HEADER_MISMATCH,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    METHOD_NOT_FOUND,
+    UNSUPPORTED_PROTOCOL_VERSION,
+    JsonRpcError,
+    Message,
+    RawJson,
+    RequestId,
+    dumps_value,
+    error_message,
+    result_message,
+)
+from .session import Session, SessionStore, TooManySessions
+from .tools import Tool, ToolContext, ToolError
+
+log = structlog.get_logger(__name__)
+
+HANDSHAKE_VERSIONS: tuple[str, ...] = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
+MODERN_VERSIONS: tuple[str, ...] = ("2026-07-28",)  # stateless per-request envelope
+SUPPORTED_VERSIONS: tuple[str, ...] = (*HANDSHAKE_VERSIONS, *MODERN_VERSIONS)
+LATEST_HANDSHAKE_VERSION = HANDSHAKE_VERSIONS[-1]
+BATCH_VERSIONS = frozenset({"2025-03-26"})  # the only revision with JSON-RPC batches
+# Revisions whose streamable-HTTP POST may omit MCP-Protocol-Version (spec: assume 2025-03-26).
+DEFAULT_HEADERLESS_VERSION = "2025-03-26"
+
+META_PROTOCOL_VERSION = "io.modelcontextprotocol/protocolVersion"
+META_CLIENT_INFO = "io.modelcontextprotocol/clientInfo"
+META_CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
+META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
+META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
+# Method -> params key mirrored into the Mcp-Name header (2026-07-28).
+NAME_BEARING_METHODS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+_LEVEL_RANK = {level: rank for rank, level in enumerate(LOG_LEVELS)}
+_LEVEL_ALIASES = {"warn": "warning", "fatal": "critical", "exception": "error"}
+
+TOOL_OUTCOMES = frozenset({"ok", "error", "refused", "timeout", "cancelled", "busy", "unavailable", "invalid"})
+# Bounded label set for mcp_messages{method}; anything else counts as "other".
+KNOWN_METHODS = frozenset({
+    "initialize", "notifications/initialized", "ping", "tools/list", "tools/call", "notifications/cancelled",
+    "logging/setLevel", "server/discover", "notifications/progress", "notifications/roots/list_changed",
+    "resources/list", "resources/templates/list", "prompts/list", "completion/complete", "response",
+})
+CACHE_TTL_MS = 300_000  # tools never change while the process runs; 5 minutes keeps clients fresh enough
+_NAME_SHOWN = 80  # longest user-supplied name echoed back in an error
+
+
+@dataclass(slots=True)
+class Envelope:
+    """The 2026-07-28 per-request `_meta` fields of one request."""
+
+    protocol_version: str
+    client_capabilities: dict[str, Any]
+    client_info: Any = None
+    log_level: str | None = None
+
+
+@dataclass(slots=True)
+class CallEnv:
+    """Everything about one incoming HTTP exchange that the protocol logic needs."""
+
+    transport: str = "streamable_http"  # "streamable_http" | "sse"
+    principal: Principal = ANONYMOUS
+    base_url: str = "http://127.0.0.1:8008"
+    settings: Any = None
+    session: Session | None = None  # handshake-era session, if any
+    envelope: Envelope | None = None  # set for 2026-07-28 requests
+    # Delivers a notification related to this request (progress, log). None drops them.
+    emit: Callable[[dict[str, Any]], Any] | None = None
+
+
+def _shown(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= _NAME_SHOWN else text[:_NAME_SHOWN] + "..."
+
+
+def _argument_problem(validator: Any, tool: Tool, arguments: Any) -> str | None:
+    if validator.is_valid(arguments):
+        return None
+    error = best_match(validator.iter_errors(arguments))
+    if error is None:  # pragma: no cover - is_valid said otherwise
+        return f"Invalid arguments for tool {tool.name}."
+    where = "/".join(str(part) for part in error.absolute_path)
+    at = f" (at '{where}')" if where else ""
+    return f"Invalid arguments for tool {tool.name}: {error.message}{at}."
+
+
+def _header(headers: Any, name: str) -> tuple[str | None, bool]:
+    """(value stripped of optional whitespace, appears more than once) for a case-insensitive header."""
+    values = headers.getall(name, ())
+    if not values:
+        return None, False
+    return values[0].strip(" \t"), len(values) > 1
+
+
+def decode_header_value(value: str | None) -> str | None:
+    """Undo the `=?base64?...?=` sentinel encoding of Mcp-Name / Mcp-Param-* values (None if malformed)."""
+    if value is None or not (value.startswith("=?base64?") and value.endswith("?=")):
+        return value
+    payload = value[len("=?base64?"):-2]
+    try:
+        return base64.b64decode(payload, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
 
 
 class McpServer:
     def __init__(self, *, name: str, version: str, instructions: str, tools: list[Tool],
                  metrics: Any = None) -> None:
         self.name, self.version, self.instructions, self.tools = name, version, instructions, tools
+        self.metrics = metrics
+        self._tools: dict[str, Tool] = {}
+        self._validators: dict[str, Any] = {}
+        for tool in tools:
+            if tool.name in self._tools:
+                raise ValueError(f"duplicate tool name {tool.name!r}")
+            cls = validator_for(tool.input_schema, default=Draft202012Validator)
+            cls.check_schema(tool.input_schema)  # a broken schema is a programming error: fail at start-up
+            self._tools[tool.name] = tool
+            self._validators[tool.name] = cls(tool.input_schema)
+        self.server_info = {"name": name, "version": version}
+        self.capabilities: dict[str, Any] = {"tools": {"listChanged": False}, "logging": {}}
+        self.sessions = SessionStore(on_count=self._count_session)
+        # tools/list never changes: serialize it once per era.
+        described = [tool.describe() for tool in tools]
+        self._tools_list = RawJson(dumps_value({"tools": described}))
+        self._tools_list_modern = RawJson(dumps_value(self._modern_fields(
+            {"tools": described, "ttlMs": CACHE_TTL_MS, "cacheScope": "private"})))
+        self._modern_meta_suffix = dumps_value(self._modern_fields({}))[1:]  # ',"resultType":...}' tail
+        self._tool_metrics: dict[tuple[str, str], Any] = {}
+        self._message_counters: dict[str, Any] = {}
+        self._legacy_methods = {
+            "initialize": self._initialize,
+            "ping": self._ping,
+            "tools/list": self._tools_list_handler,
+            "tools/call": self._tools_call,
+            "logging/setLevel": self._set_level,
+        }
+        # 2026-07-28 removed initialize, ping and logging/setLevel.
+        self._modern_methods = {
+            "server/discover": self._discover,
+            "tools/list": self._tools_list_handler,
+            "tools/call": self._tools_call,
+        }
+
+    # -- introspection (health, transports) -----------------------------------------------------
+    @property
+    def tool_names(self) -> list[str]:
+        return [tool.name for tool in self.tools]
+
+    @property
+    def protocol_versions(self) -> list[str]:
+        return list(SUPPORTED_VERSIONS)
+
+    def _modern_fields(self, result: dict[str, Any]) -> dict[str, Any]:
+        return {**result, "resultType": "complete", "_meta": {META_SERVER_INFO: self.server_info}}
+
+    # -- metrics ---------------------------------------------------------------------------------
+    def _count_session(self, transport: str, delta: int) -> None:
+        if self.metrics is not None:
+            self.metrics.mcp_sessions_active.labels(transport).inc(delta)
+
+    def observe(self, message: Message) -> None:
+        """Count one received message under a bounded method label."""
+        if self.metrics is None:
+            return
+        method = "response" if message.kind == "response" else message.method
+        label = method if method in KNOWN_METHODS else "other"
+        counter = self._message_counters.get(label)
+        if counter is None:
+            counter = self._message_counters[label] = self.metrics.mcp_messages.labels(label)
+        counter.inc()
+
+    def _observe_tool(self, tool: str, outcome: str, seconds: float) -> None:
+        if self.metrics is None:
+            return
+        pair = self._tool_metrics.get((tool, outcome))
+        if pair is None:
+            pair = self._tool_metrics[(tool, outcome)] = (
+                self.metrics.tool_calls.labels(tool, outcome), self.metrics.tool_duration.labels(tool))
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+    # -- the 2026-07-28 envelope -------------------------------------------------------------------
+    def check_envelope(self, message: Message, headers: Any | None) -> Envelope:
+        """Validate a 2026-07-28 request's `_meta` and its mirrored HTTP headers, in the spec's order.
+
+        `headers` is a case-insensitive multi-mapping with `getall(name, default)` (None off HTTP).
+        Raises JsonRpcError: -32602 malformed envelope, -32020 header mismatch, -32022 unsupported version.
+        """
+        rid = message.id
+        meta = message.params.get("_meta")
+        if not isinstance(meta, dict):
+            raise JsonRpcError(INVALID_PARAMS, f"Invalid params: params._meta must be an object carrying "
+                               f"{META_PROTOCOL_VERSION} and {META_CLIENT_CAPABILITIES}", request_id=rid)
+        missing = [key for key in (META_PROTOCOL_VERSION, META_CLIENT_CAPABILITIES) if key not in meta]
+        if missing:
+            raise JsonRpcError(INVALID_PARAMS, f"Invalid params: params._meta is missing {', '.join(missing)}",
+                               request_id=rid)
+        version = meta[META_PROTOCOL_VERSION]
+        if headers is not None:
+            self._check_headers(message, version, headers)
+        if not isinstance(version, str):
+            raise JsonRpcError(INVALID_PARAMS, f"Invalid params: {META_PROTOCOL_VERSION} must be a string",
+                               request_id=rid)
+        if version not in MODERN_VERSIONS:
+            raise unsupported_version(version, request_id=rid)
+        capabilities = meta[META_CLIENT_CAPABILITIES]
+        if not isinstance(capabilities, dict):
+            raise JsonRpcError(INVALID_PARAMS, f"Invalid params: {META_CLIENT_CAPABILITIES} must be an object",
+                               request_id=rid)
+        level = meta.get(META_LOG_LEVEL)
+        return Envelope(version, capabilities, meta.get(META_CLIENT_INFO),
+                        level if level in _LEVEL_RANK else None)
+
+    @staticmethod
+    def _check_headers(message: Message, version: Any, headers: Any) -> None:
+        rid = message.id
+
+        def mismatch(text: str) -> JsonRpcError:
+            return JsonRpcError(HEADER_MISMATCH, f"Header mismatch: {text}", request_id=rid)
+
+        header_version, repeated = _header(headers, "mcp-protocol-version")
+        if repeated:
+            raise mismatch("MCP-Protocol-Version header appears more than once")
+        if header_version is None:
+            raise mismatch("the MCP-Protocol-Version header is required")
+        if header_version != version:
+            raise mismatch(f"MCP-Protocol-Version header {_shown(header_version)!r} does not match "
+                           f"_meta protocol version {_shown(version)!r}")
+        method, repeated = _header(headers, "mcp-method")
+        if repeated:
+            raise mismatch("Mcp-Method header appears more than once")
+        if method is None:
+            raise mismatch("the Mcp-Method header is required")
+        if method != message.method:
+            raise mismatch(f"Mcp-Method header {_shown(method)!r} does not match body method "
+                           f"{_shown(message.method)!r}")
+        key = NAME_BEARING_METHODS.get(message.method)
+        if key is not None:
+            body_name = message.params.get(key)
+            raw_name, repeated = _header(headers, "mcp-name")
+            if repeated:
+                raise mismatch("Mcp-Name header appears more than once")
+            if body_name is not None:
+                if raw_name is None:
+                    raise mismatch(f"the Mcp-Name header is required for {message.method}")
+                name = decode_header_value(raw_name)
+                if name != body_name:
+                    raise mismatch(f"Mcp-Name header value {_shown(name)!r} does not match body value "
+                                   f"{_shown(body_name)!r}")
+
+    # -- dispatch ----------------------------------------------------------------------------------
+    async def handle_request(self, message: Message, env: CallEnv) -> dict[str, Any]:
+        """Answer one request. Never raises except CancelledError and TooManySessions."""
+        methods = self._modern_methods if env.envelope is not None else self._legacy_methods
+        handler = methods.get(message.method)
+        try:
+            if handler is None:
+                raise JsonRpcError(METHOD_NOT_FOUND, f"Method not found: {_shown(message.method)}")
+            result = await handler(message.params, env, message.id)
+        except JsonRpcError as exc:
+            return error_message(message.id, exc)
+        except (asyncio.CancelledError, TooManySessions):
+            raise
+        except Exception:
+            log.exception("mcp_request_failed", method=message.method)
+            return error_message(message.id, JsonRpcError(INTERNAL_ERROR, "Internal error"))
+        return result_message(message.id, result)
+
+    async def handle_notification(self, message: Message, env: CallEnv) -> None:
+        session = env.session
+        if message.method == "notifications/initialized":
+            if session is not None:
+                session.initialized = True
+        elif message.method == "notifications/cancelled" and session is not None:
+            request_id = message.params.get("requestId")
+            if session.cancel(request_id):
+                log.info("mcp_request_cancelled", request_id=_shown(request_id))
+        # Anything else (progress from the client, roots changes, unknown) is accepted and ignored.
+
+    # -- methods -----------------------------------------------------------------------------------
+    async def _initialize(self, params: dict[str, Any], env: CallEnv, request_id: RequestId | None) -> Any:
+        requested = params.get("protocolVersion")
+        if not isinstance(requested, str):
+            raise JsonRpcError(INVALID_PARAMS, 'Invalid params: "protocolVersion" (a string) is required')
+        # Answer the client's version when we speak it, else our latest handshake version.
+        version = requested if requested in HANDSHAKE_VERSIONS else LATEST_HANDSHAKE_VERSION
+        session = env.session
+        if env.transport == "sse" and session is not None:
+            session.protocol_version = version  # the SSE stream created the session already
+        else:
+            session = env.session = self.sessions.create(env.transport, version)
+        capabilities = params.get("capabilities")
+        client_info = params.get("clientInfo")
+        session.client_capabilities = capabilities if isinstance(capabilities, dict) else {}
+        session.client_info = client_info if isinstance(client_info, dict) else {}
+        result: dict[str, Any] = {
+            "protocolVersion": version,
+            "capabilities": self.capabilities,
+            "serverInfo": self.server_info,
+        }
+        if self.instructions:
+            result["instructions"] = self.instructions
+        return result
+
+    async def _discover(self, params: dict[str, Any], env: CallEnv, request_id: RequestId | None) -> Any:
+        result: dict[str, Any] = {
+            "supportedVersions": list(MODERN_VERSIONS),
+            "capabilities": {"tools": {"listChanged": False}},
+            "serverInfo": self.server_info,
+            "ttlMs": CACHE_TTL_MS,
+            "cacheScope": "private",
+        }
+        if self.instructions:
+            result["instructions"] = self.instructions
+        return self._modern_fields(result)
+
+    async def _ping(self, params: dict[str, Any], env: CallEnv, request_id: RequestId | None) -> Any:
+        return {}
+
+    async def _set_level(self, params: dict[str, Any], env: CallEnv, request_id: RequestId | None) -> Any:
+        level = params.get("level")
+        if level not in _LEVEL_RANK:
+            raise JsonRpcError(INVALID_PARAMS, f"Invalid params: level must be one of {', '.join(LOG_LEVELS)}")
+        if env.session is not None:
+            env.session.log_level = level
+        return {}
+
+    async def _tools_list_handler(self, params: dict[str, Any], env: CallEnv,
+                                  request_id: RequestId | None) -> Any:
+        return self._tools_list_modern if env.envelope is not None else self._tools_list
+
+    async def _tools_call(self, params: dict[str, Any], env: CallEnv, request_id: RequestId | None) -> Any:
+        name = params.get("name")
+        if not isinstance(name, str):
+            raise JsonRpcError(INVALID_PARAMS, 'Invalid params: "name" (the tool name) must be a string')
+        tool = self._tools.get(name)
+        if tool is None:
+            raise JsonRpcError(INVALID_PARAMS, f"Unknown tool: {_shown(name)!r}. Available tools: "
+                               f"{', '.join(self._tools) or '(none)'}.")
+        arguments = params.get("arguments")
+        if arguments is None:
+            arguments = {}
+        ctx = self._tool_context(params, env, request_id)
+        modern = env.envelope is not None
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            problem = _argument_problem(self._validators[name], tool, arguments)
+            if problem is not None:
+                outcome = "invalid"
+                return self._error_result(problem, modern)
+            try:
+                structured = await tool.handler(arguments, ctx)
+            except ToolError as exc:
+                outcome = exc.outcome if exc.outcome in TOOL_OUTCOMES else "error"
+                return self._error_result(str(exc), modern)
+            except DatabaseError as exc:
+                outcome = exc.code if exc.code in TOOL_OUTCOMES else "error"
+                return self._error_result(str(exc), modern)
+            except asyncio.CancelledError:
+                outcome = "cancelled"
+                raise
+            except Exception:
+                outcome = "error"
+                log.exception("tool_failed", tool=name)  # traceback stays in the server log
+                return self._error_result(f"Tool {name} failed with an internal error.", modern)
+            return self._success_result(structured, modern)
+        finally:
+            elapsed = time.perf_counter() - started
+            self._observe_tool(name, outcome, elapsed)
+            try:
+                audit_tool_call(principal=env.principal, tool=name, outcome=outcome, duration_seconds=elapsed,
+                                audit=ctx.audit, settings=env.settings)
+            except Exception:
+                log.exception("audit_failed", tool=name)
+
+    def _success_result(self, structured: Any, modern: bool) -> RawJson:
+        # Splice the one serialization of the structured result into both places it appears.
+        text = dumps_value(structured)
+        head = f'{{"content":[{{"type":"text","text":{dumps_value(text)}}}],"structuredContent":{text},"isError":false'
+        return RawJson(head + (("," + self._modern_meta_suffix) if modern else "}"))
+
+    def _error_result(self, message: str, modern: bool) -> dict[str, Any]:
+        result = {"content": [{"type": "text", "text": message}], "isError": True}
+        return self._modern_fields(result) if modern else result
+
+    def _tool_context(self, params: dict[str, Any], env: CallEnv, request_id: RequestId | None) -> ToolContext:
+        meta = params.get("_meta")
+        token = meta.get("progressToken") if isinstance(meta, dict) else None
+        if isinstance(token, bool) or not isinstance(token, str | int):
+            token = None
+        emit = env.emit
+        if env.envelope is not None:
+            threshold = env.envelope.log_level
+            version = env.envelope.protocol_version
+        else:
+            threshold = env.session.log_level if env.session is not None else None
+            version = env.session.protocol_version if env.session is not None else DEFAULT_HEADERLESS_VERSION
+        ctx = ToolContext(principal=env.principal, base_url=env.base_url,
+                          session_id=env.session.id if env.session is not None else None,
+                          request_id=None if request_id is None else str(request_id))
+        if emit is not None and token is not None:
+            with_message = version != "2024-11-05"  # progress `message` arrived in 2025-03-26
+
+            async def report_progress(progress: float, total: float | None = None,
+                                      message: str | None = None) -> None:
+                progress_params: dict[str, Any] = {"progressToken": token, "progress": progress}
+                if total is not None:
+                    progress_params["total"] = total
+                if message is not None and with_message:
+                    progress_params["message"] = message
+                emit({"jsonrpc": "2.0", "method": "notifications/progress", "params": progress_params})
+
+            ctx.report_progress = report_progress
+        if emit is not None and threshold is not None:
+            floor = _LEVEL_RANK[threshold]
+            logger_name = self.name
+
+            async def send_log(level: str, data: Any) -> None:
+                level = _LEVEL_ALIASES.get(level.lower(), level.lower())
+                if level not in _LEVEL_RANK:
+                    level = "info"
+                if _LEVEL_RANK[level] >= floor:
+                    emit({"jsonrpc": "2.0", "method": "notifications/message",
+                          "params": {"level": level, "logger": logger_name, "data": data}})
+
+            ctx.log = send_log
+        return ctx
+
+
+def unsupported_version(requested: Any, *, request_id: RequestId | None = None) -> JsonRpcError:
+    """-32022 naming every version this server speaks (both eras, so a client can pick either path)."""
+    return JsonRpcError(UNSUPPORTED_PROTOCOL_VERSION, "Unsupported protocol version",
+                        {"supported": list(SUPPORTED_VERSIONS), "requested": requested}, request_id=request_id)
+
+
+def is_modern_request(body: Mapping[str, Any], header_version: str | None) -> bool:
+    """Which era serves a single JSON-RPC object: the 2026-07-28 envelope or the handshake era.
+
+    The header decides when it names a version; otherwise a body carrying the envelope's protocol
+    version (or the modern-only server/discover method) is modern.
+    """
+    if header_version in MODERN_VERSIONS:
+        return True
+    if header_version in HANDSHAKE_VERSIONS:
+        return False
+    params = body.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    return (isinstance(meta, dict) and META_PROTOCOL_VERSION in meta) or body.get("method") == "server/discover"

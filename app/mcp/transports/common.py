@@ -1,0 +1,195 @@
+"""HTTP plumbing shared by the MCP transports: origin policy, content negotiation, bodies, SSE."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from ... import keys
+from ...auth.principal import ANONYMOUS, Principal
+from ...urls import base_url
+from ..jsonrpc import INVALID_REQUEST, JsonRpcError, RequestId, dumps, error_message
+from ..session import Outbox
+
+JSON_TYPE = "application/json"
+SSE_TYPE = "text/event-stream"
+SSE_HEADERS = {
+    "Content-Type": SSE_TYPE,
+    "Cache-Control": "no-cache, no-transform",
+    "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
+}
+ALWAYS_ALLOWED_ORIGINS = ("https://chatgpt.com", "https://claude.ai", "https://claude.com")
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+CORS_ALLOW_HEADERS = ("Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version, Mcp-Method, "
+                      "Mcp-Name, Last-Event-ID")
+CORS_EXPOSE_HEADERS = "Mcp-Session-Id, MCP-Protocol-Version, WWW-Authenticate"
+SESSION_HEADER = "Mcp-Session-Id"
+VERSION_HEADER = "MCP-Protocol-Version"
+
+
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url.strip())
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+class OriginPolicy:
+    """Which browser Origins may talk to the MCP endpoints (DNS-rebinding protection)."""
+
+    def __init__(self, settings: Any) -> None:
+        allowed = {origin.lower() for origin in ALWAYS_ALLOWED_ORIGINS}
+        allowed.update(_origin_of(origin) for origin in settings.allowed_origins if origin.strip())
+        if settings.public_base_url:
+            allowed.add(_origin_of(settings.public_base_url))
+        self._allowed = frozenset(allowed)
+        self._trusted = [self._network(entry) for entry in settings.trusted_proxies]
+
+    @staticmethod
+    def _network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+        try:
+            return ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            return None
+
+    def allowed(self, request: web.Request) -> bool:
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return True  # not a browser request
+        origin = origin.strip().rstrip("/").lower()
+        if origin in self._allowed:
+            return True
+        try:
+            parts = urlsplit(origin)
+            host = parts.hostname
+        except ValueError:
+            return False
+        if parts.scheme in ("http", "https") and host in LOOPBACK_HOSTS:
+            return True
+        # Behind a trusted proxy the public origin comes from X-Forwarded-*; never from a bare Host
+        # header, which is exactly what a DNS-rebinding page controls.
+        if "X-Forwarded-Host" in request.headers and self._peer_trusted(request):
+            return origin == _origin_of(base_url(request))
+        return False
+
+    def _peer_trusted(self, request: web.Request) -> bool:
+        try:
+            address = ipaddress.ip_address(request.remote or "")
+        except ValueError:
+            return False
+        return any(net is not None and address in net for net in self._trusted)
+
+
+def accepts(request: web.Request) -> tuple[bool, bool]:
+    """(accepts JSON, accepts SSE) from the Accept header; a missing header accepts anything."""
+    header = request.headers.get("Accept")
+    if not header:
+        return True, True
+    types = {part.split(";", 1)[0].strip().lower() for part in header.split(",")}
+    wildcard = "*/*" in types
+    return (wildcard or JSON_TYPE in types or "application/*" in types,
+            wildcard or SSE_TYPE in types or "text/*" in types)
+
+
+def rpc_error_response(status: int, error: JsonRpcError, request_id: RequestId | None = None,
+                       headers: dict[str, str] | None = None) -> web.Response:
+    rid = request_id if request_id is not None else error.request_id
+    return web.Response(status=status, body=dumps(error_message(rid, error)).encode(), content_type=JSON_TYPE,
+                        headers=headers)
+
+
+def http_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    """A transport-level refusal, still with a JSON-RPC error body (id null) so MCP clients can show it."""
+    return rpc_error_response(status, JsonRpcError(INVALID_REQUEST, message), headers=headers)
+
+
+def forbidden_origin() -> web.Response:
+    return http_error(403, "Forbidden: this Origin is not allowed to use the MCP endpoint")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyTooLarge from None
+    if len(body) > limit:
+        raise BodyTooLarge
+    return body
+
+
+def too_large(limit: int) -> web.Response:
+    return http_error(413, f"Request body too large: the limit is {limit} bytes")
+
+
+def json_body(message: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=dumps(message).encode(), content_type=JSON_TYPE, headers=headers)
+
+
+def sse_event(message: Any, event: str = "message") -> bytes:
+    return f"event: {event}\ndata: {dumps(message)}\n\n".encode()
+
+
+KEEPALIVE = b": keep-alive\n\n"
+
+
+def disconnected(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def open_sse(request: web.Request, headers: dict[str, str] | None = None) -> web.StreamResponse:
+    response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **(headers or {})})
+    await response.prepare(request)
+    return response
+
+
+async def pump_stream(request: web.Request, response: web.StreamResponse, outbox: Outbox, *,
+                      keepalive: float) -> None:
+    """Forward outbox messages as SSE events until the outbox closes or the client goes away."""
+    idle = 0.0
+    step = min(keepalive, 1.0)  # also how often a silent client disconnect is noticed
+    while True:
+        for message in outbox.drain():
+            await response.write(sse_event(message))
+            idle = 0.0
+        if outbox.closed or disconnected(request):
+            return
+        await outbox.wait(step)
+        if not outbox and not outbox.closed:
+            idle += step
+            if idle >= keepalive:
+                await response.write(KEEPALIVE)
+                idle = 0.0
+
+
+async def authenticate(request: web.Request, methods: Sequence[str]) -> Principal:
+    """The bearer check; its HTTP exceptions (401/403 with WWW-Authenticate) propagate unchanged."""
+    authenticator = request.app.get(keys.AUTHENTICATOR)
+    if authenticator is not None:
+        return await authenticator.authenticate(request, methods)
+    # No authenticator wired: only acceptable when the operator explicitly allowed unauthenticated use.
+    settings = request.app[keys.SETTINGS]
+    if settings.allow_unauth_methods and settings.allow_unauth_tools_call:
+        return ANONYMOUS
+    raise web.HTTPUnauthorized(headers={"WWW-Authenticate": 'Bearer realm="mcp"'},
+                               text='{"error":"invalid_token"}', content_type=JSON_TYPE)
+
+
+def cors_headers(request: web.Request) -> dict[str, str]:
+    origin = request.headers.get("Origin")
+    if not origin:
+        return {}
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Credentials": "true",
+        "Access-Control-Expose-Headers": CORS_EXPOSE_HEADERS,
+        "Vary": "Origin",
+    }

@@ -1,0 +1,343 @@
+"""Streamable HTTP (`{prefix}/mcp`): handshake-era sessions and the 2026-07-28 stateless envelope."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from ...urls import base_url
+from ..jsonrpc import (
+    MODERN_HTTP_STATUS,
+    REQUEST_CANCELLED,
+    JsonRpcError,
+    Message,
+    loads,
+    parse_message,
+)
+from ..server import (
+    BATCH_VERSIONS,
+    MODERN_VERSIONS,
+    SUPPORTED_VERSIONS,
+    CallEnv,
+    McpServer,
+    is_modern_request,
+    unsupported_version,
+)
+from ..session import Outbox, Session, TooManySessions
+from .common import (
+    KEEPALIVE,
+    SESSION_HEADER,
+    VERSION_HEADER,
+    BodyTooLarge,
+    OriginPolicy,
+    accepts,
+    authenticate,
+    disconnected,
+    forbidden_origin,
+    http_error,
+    json_body,
+    open_sse,
+    pump_stream,
+    read_body,
+    rpc_error_response,
+    sse_event,
+    too_large,
+)
+
+log = structlog.get_logger(__name__)
+TRANSPORT = "streamable_http"
+
+
+class StreamableHttp:
+    """aiohttp handlers for one MCP endpoint; protocol decisions stay in McpServer."""
+
+    def __init__(self, server: McpServer, settings: Any, origins: OriginPolicy) -> None:
+        self.server = server
+        self.settings = settings
+        self.origins = origins
+        self.max_body = settings.max_request_bytes
+        # A call still running after this long is switched to an SSE response (when the client
+        # accepts one) so keep-alive comments can hold proxies open; notifications switch it at once.
+        self.sse_after_seconds = 5.0
+        self.keepalive_seconds = 15.0
+        self.poll_seconds = 0.5  # how often a JSON-mode wait checks for a vanished client
+
+    # -- POST ----------------------------------------------------------------------------------
+    async def post(self, request: web.Request) -> web.StreamResponse:
+        if not self.origins.allowed(request):
+            return forbidden_origin()
+        if request.content_type != "application/json":
+            return http_error(415, "Unsupported Media Type: Content-Type must be application/json")
+        json_ok, sse_ok = accepts(request)
+        if not (json_ok or sse_ok):
+            return http_error(406, "Not Acceptable: Accept must include application/json or text/event-stream")
+        try:
+            body = await read_body(request, self.max_body)
+        except BodyTooLarge:
+            return too_large(self.max_body)
+        header_version = request.headers.get(VERSION_HEADER)
+        if header_version is not None:
+            header_version = header_version.strip()
+        try:
+            payload = loads(body)
+            if isinstance(payload, list):
+                return await self._batch(request, payload, header_version)
+            message = parse_message(payload)
+        except JsonRpcError as exc:
+            await authenticate(request, [])  # an anonymous caller learns nothing from a malformed body
+            return rpc_error_response(400, exc)
+        self.server.observe(message)
+        if is_modern_request(payload, header_version):
+            return await self._modern(request, message, json_ok, sse_ok)
+        return await self._legacy(request, message, header_version, json_ok, sse_ok)
+
+    async def _legacy(self, request: web.Request, message: Message, header_version: str | None,
+                      json_ok: bool, sse_ok: bool) -> web.StreamResponse:
+        methods = [message.method] if message.kind != "response" else []
+        principal = await authenticate(request, methods)
+        if header_version is not None and header_version not in SUPPORTED_VERSIONS:
+            return rpc_error_response(400, unsupported_version(header_version), message.id)
+        session: Session | None = None
+        initializing = message.kind == "request" and message.method == "initialize"
+        if not initializing:
+            session_or_error = self._session(request)
+            if isinstance(session_or_error, web.Response):
+                return session_or_error
+            session = session_or_error
+        env = CallEnv(transport=TRANSPORT, principal=principal, base_url=base_url(request), settings=self.settings,
+                      session=session)
+        if message.kind == "notification":
+            await self.server.handle_notification(message, env)
+            return web.Response(status=202)
+        if message.kind == "response":
+            return web.Response(status=202)
+        if message.method == "tools/call":
+            return await self._run_call(request, message, env, json_ok, sse_ok)
+        try:
+            answer = await self.server.handle_request(message, env)
+        except TooManySessions:
+            return http_error(503, "Too many open MCP sessions; retry later", headers={"Retry-After": "5"})
+        headers = {SESSION_HEADER: env.session.id} if initializing and env.session is not None else None
+        return await self._single(request, answer, json_ok, headers=headers)
+
+    async def _modern(self, request: web.Request, message: Message, json_ok: bool,
+                      sse_ok: bool) -> web.StreamResponse:
+        principal = await authenticate(request, [message.method] if message.kind != "response" else [])
+        if message.kind == "notification":
+            return web.Response(status=202)  # 2026-07-28 defines no client notifications on HTTP
+        if message.kind == "response":
+            return http_error(400, "Invalid request: clients must not send JSON-RPC responses")
+        try:
+            envelope = self.server.check_envelope(message, request.headers)
+        except JsonRpcError as exc:
+            return rpc_error_response(MODERN_HTTP_STATUS.get(exc.code, 400), exc, message.id)
+        env = CallEnv(transport=TRANSPORT, principal=principal, base_url=base_url(request), settings=self.settings,
+                      envelope=envelope)
+        if message.method == "tools/call":
+            return await self._run_call(request, message, env, json_ok, sse_ok)
+        answer = await self.server.handle_request(message, env)
+        return await self._single(request, answer, json_ok, status=_modern_status(answer))
+
+    async def _single(self, request: web.Request, answer: dict[str, Any], json_ok: bool, *, status: int = 200,
+                      headers: dict[str, str] | None = None) -> web.StreamResponse:
+        if json_ok:
+            return json_body(answer, status=status, headers=headers)
+        response = await open_sse(request, headers)  # the client accepts only text/event-stream
+        await response.write(sse_event(answer))
+        await response.write_eof()
+        return response
+
+    def _session(self, request: web.Request) -> Session | web.Response:
+        session_id = request.headers.get(SESSION_HEADER)
+        if not session_id:
+            return http_error(400, f"Bad Request: the {SESSION_HEADER} header is required (send initialize first)")
+        session = self.server.sessions.get(session_id.strip())
+        if session is None or session.transport != TRANSPORT:
+            return http_error(404, "Session not found or expired: send initialize to start a new session")
+        return session
+
+    # -- tools/call: the only method that may run long, stream progress, or be cancelled ---------
+    async def _run_call(self, request: web.Request, message: Message, env: CallEnv, json_ok: bool,
+                        sse_ok: bool) -> web.StreamResponse:
+        outbox = Outbox()
+        session = env.session
+        if sse_ok:
+            env.emit = outbox.put
+        elif session is not None:
+            env.emit = lambda note: session.stream.put(note) if session.stream is not None else False
+        task = asyncio.get_running_loop().create_task(self.server.handle_request(message, env))
+        task.add_done_callback(lambda _task: outbox.wake())
+        request_id = message.id
+        if session is not None and request_id is not None:
+            session.inflight[request_id] = task
+        try:
+            return await self._respond(request, task, outbox, json_ok, sse_ok, modern=env.envelope is not None)
+        finally:
+            if not task.done():
+                task.cancel()  # client went away or this handler was cancelled: stop the query
+            if session is not None and session.inflight.get(request_id) is task:
+                del session.inflight[request_id]
+
+    async def _respond(self, request: web.Request, task: asyncio.Task[dict[str, Any]], outbox: Outbox,
+                       json_ok: bool, sse_ok: bool, *, modern: bool) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        switch_at = loop.time() + self.sse_after_seconds
+        while not task.done():
+            if sse_ok and (outbox or not json_ok or loop.time() >= switch_at):
+                return await self._stream(request, task, outbox)
+            timeout = self.poll_seconds if not sse_ok else max(0.0, min(self.poll_seconds, switch_at - loop.time()))
+            await outbox.wait(timeout)
+            if not task.done() and disconnected(request):
+                task.cancel()  # 2026-07-28: closing the request is its cancellation; also stops abandoned work
+                return web.Response(status=499)
+        if sse_ok and outbox:
+            return await self._stream(request, task, outbox)  # notifications raced the result: keep order
+        if task.cancelled():
+            cancelled = JsonRpcError(REQUEST_CANCELLED, "Request cancelled by the client")
+            return rpc_error_response(200, cancelled)
+        answer = task.result()
+        if json_ok:
+            return json_body(answer, status=_modern_status(answer) if modern else 200)
+        return await self._stream(request, task, outbox)
+
+    async def _stream(self, request: web.Request, task: asyncio.Task[dict[str, Any]],
+                      outbox: Outbox) -> web.StreamResponse:
+        response = await open_sse(request)
+        loop = asyncio.get_running_loop()
+        last_write = loop.time()
+        try:
+            while True:
+                for note in outbox.drain():
+                    await response.write(sse_event(note))
+                    last_write = loop.time()
+                if task.done():
+                    break
+                await outbox.wait(min(self.keepalive_seconds, 1.0))
+                if task.done() or outbox:
+                    continue
+                if disconnected(request):
+                    task.cancel()
+                    return response
+                if loop.time() - last_write >= self.keepalive_seconds:
+                    await response.write(KEEPALIVE)
+                    last_write = loop.time()
+            if not task.cancelled():  # a cancelled request gets no response (spec), just the end of stream
+                await response.write(sse_event(task.result()))
+            await response.write_eof()
+        except ConnectionResetError:
+            task.cancel()
+        return response
+
+    # -- batches (2025-03-26 only) ----------------------------------------------------------------
+    async def _batch(self, request: web.Request, payload: list[Any], header_version: str | None) -> web.Response:
+        principal = await authenticate(request, [item.get("method", "") for item in payload
+                                                 if isinstance(item, dict) and isinstance(item.get("method"), str)])
+        if header_version in MODERN_VERSIONS:
+            return http_error(400, "Invalid request: JSON-RPC batches are not allowed in protocol 2026-07-28")
+        if not payload:
+            return http_error(400, "Invalid request: empty JSON-RPC batch")
+        session_or_error = self._session(request)
+        if isinstance(session_or_error, web.Response):
+            return session_or_error
+        session = session_or_error
+        if session.protocol_version not in BATCH_VERSIONS:
+            return http_error(400, f"Invalid request: JSON-RPC batches are not supported in protocol version "
+                                   f"{session.protocol_version} (only 2025-03-26)")
+        answers: list[dict[str, Any]] = []
+        requests: list[Message] = []
+        for item in payload:
+            try:
+                message = parse_message(item)
+            except JsonRpcError as exc:
+                answers.append({"jsonrpc": "2.0", "id": exc.request_id, "error": exc.error_object()})
+                continue
+            self.server.observe(message)
+            if message.kind == "request" and message.method == "initialize":
+                return http_error(400, "Invalid request: initialize must not be part of a JSON-RPC batch")
+            env = CallEnv(transport=TRANSPORT, principal=principal, base_url=base_url(request),
+                          settings=self.settings, session=session)
+            if message.kind == "notification":
+                await self.server.handle_notification(message, env)
+            elif message.kind == "request":
+                requests.append(message)
+        if requests:
+            loop = asyncio.get_running_loop()
+            tasks = []
+            for message in requests:
+                env = CallEnv(transport=TRANSPORT, principal=principal, base_url=base_url(request),
+                              settings=self.settings, session=session)
+                task = loop.create_task(self.server.handle_request(message, env))
+                if message.id is not None:
+                    session.inflight[message.id] = task
+                tasks.append(task)
+            try:
+                results = await asyncio.gather(*tasks, return_exceptions=True)
+            finally:
+                for message, task in zip(requests, tasks, strict=True):
+                    if not task.done():
+                        task.cancel()
+                    if session.inflight.get(message.id) is task:
+                        del session.inflight[message.id]
+            for message, result in zip(requests, results, strict=True):
+                if isinstance(result, BaseException):
+                    result = {"jsonrpc": "2.0", "id": message.id,
+                              "error": JsonRpcError(REQUEST_CANCELLED, "Request cancelled by the client")
+                              .error_object()}
+                answers.append(result)
+        if not answers:
+            return web.Response(status=202)
+        return json_body(answers)
+
+    # -- GET: the server->client stream of a session --------------------------------------------
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        if not self.origins.allowed(request):
+            return forbidden_origin()
+        version = (request.headers.get(VERSION_HEADER) or "").strip()
+        if version in MODERN_VERSIONS:
+            return http_error(405, "Method Not Allowed: protocol 2026-07-28 has no GET stream",
+                              headers={"Allow": "POST"})
+        _, sse_ok = accepts(request)
+        if not sse_ok:
+            return http_error(406, "Not Acceptable: the GET stream needs Accept: text/event-stream")
+        await authenticate(request, [])
+        session_or_error = self._session(request)
+        if isinstance(session_or_error, web.Response):
+            return session_or_error
+        session = session_or_error
+        if session.stream is not None and not session.stream.closed:
+            return http_error(409, "Conflict: this session already has an open GET stream")
+        outbox = session.stream = Outbox()
+        response = await open_sse(request)
+        try:
+            await pump_stream(request, response, outbox, keepalive=self.keepalive_seconds)
+        except ConnectionResetError:
+            pass
+        finally:
+            if session.stream is outbox:
+                session.stream = None
+        return response
+
+    # -- DELETE: end a session --------------------------------------------------------------------
+    async def delete(self, request: web.Request) -> web.Response:
+        if not self.origins.allowed(request):
+            return forbidden_origin()
+        version = (request.headers.get(VERSION_HEADER) or "").strip()
+        if version in MODERN_VERSIONS and not request.headers.get(SESSION_HEADER):
+            return http_error(405, "Method Not Allowed: protocol 2026-07-28 has no sessions",
+                              headers={"Allow": "POST"})
+        await authenticate(request, [])
+        session_or_error = self._session(request)
+        if isinstance(session_or_error, web.Response):
+            return session_or_error
+        self.server.sessions.remove(session_or_error)
+        return web.Response(status=204)
+
+
+def _modern_status(answer: dict[str, Any]) -> int:
+    error = answer.get("error")
+    if error is None:
+        return 200
+    return MODERN_HTTP_STATUS.get(error.get("code"), 200)
