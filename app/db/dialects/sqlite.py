@@ -53,6 +53,11 @@ class SqliteDialect(Dialect):
         return {"autocommit": False}
 
     def setup_connection(self, conn: pyodbc.Connection) -> None:
+        # The driver's UTF-16 entry points mangle characters outside the BMP (emoji) in SQL text; its
+        # narrow entry points take UTF-8, which is SQLite's own encoding.
+        conn.setencoding(encoding="utf-8")
+        conn.setdecoding(pyodbc.SQL_CHAR, encoding="utf-8")
+        conn.setdecoding(pyodbc.SQL_WCHAR, encoding="utf-8")
         if self.settings.read_only_mode:
             # A second lock besides mode=ro (and the only one when ODBC_CONNECTION_STRING is used).
             cursor = conn.cursor()

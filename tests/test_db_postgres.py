@@ -1,0 +1,263 @@
+"""The database layer on a real PostgreSQL 15 through psqlODBC: types, read-only sessions, writes,
+catalog, time limits, cancellation, restarts and start-up while the server is down."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import pytest
+
+from app.db import execute as run
+from app.db.types import DatabaseUnavailable, QueryFailed, QueryTimeout, TableNotFound
+from tests.fixtures.databases import open_database, pg_snapshot
+
+# A slow read the guard allows (no deny-listed function): ~10^10 rows to count.
+SLOW_READ = "SELECT count(*) FROM generate_series(1, 100000) a CROSS JOIN generate_series(1, 100000) b"
+
+
+async def _wait_for(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return bool(predicate())
+
+
+async def test_types_serialize(pg_db) -> None:
+    async with open_database(**pg_db) as database:
+        result = await database.execute(
+            "SELECT 12345678901234567890.0123456789::numeric AS big, 9.99::numeric(10,2) AS price, "
+            "DATE '2024-02-29' AS d, TIME '13:14:15.5' AS t, TIMESTAMP '2024-01-02 03:04:05.678' AS ts, "
+            "'\\x0001ff'::bytea AS b, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid AS u, NULL::int AS n, "
+            "'NaN'::float8 AS nan, 'Infinity'::float8 AS inf, true AS yes, 9007199254740993::bigint AS big_int, "
+            "'{\"k\": [1, 2]}'::jsonb AS j, interval '1 day 2 hours' AS iv, 'héllo ☃ 😀' AS s, 1.5::real AS r")
+        row = dict(zip(result.columns, result.rows[0], strict=True))
+        assert row["big"] == "12345678901234567890.0123456789"  # exact, as a string
+        assert row["price"] == "9.99"
+        assert row["d"] == "2024-02-29"
+        assert row["t"].startswith("13:14:15")
+        assert row["ts"] == "2024-01-02T03:04:05.678000"
+        assert row["b"] == "0x0001FF"
+        assert row["u"].lower() == "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
+        assert row["n"] is None
+        assert (row["nan"], row["inf"]) == ("NaN", "Infinity")
+        assert row["yes"] is True
+        assert row["big_int"] == 9007199254740993
+        assert json.loads(row["j"]) == {"k": [1, 2]}
+        assert "1 day" in row["iv"]
+        assert row["s"] == "héllo ☃ 😀"
+        assert row["r"] == 1.5
+        json.dumps(result.as_dict(), allow_nan=False)
+
+        products = await database.execute("SELECT id, price, weight, picture, guid FROM products ORDER BY id")
+        assert products.rows[0] == [1, "9.99", 0.5, "0x0001FF", "6F9619FF-8B86-D011-B42D-00C04FC964FF"]
+        assert products.rows[2][2:] == [None, "0x68656C6C6F", None]
+
+
+async def test_caps_on_postgres(pg_db) -> None:
+    async with open_database(**pg_db, max_rows=100, max_result_bytes=2000) as database:
+        rows = await database.execute("SELECT g FROM generate_series(1, 1000000) g")
+        assert (rows.row_count, rows.truncated_reason) == (100, "max_rows")
+        wide = await database.execute("SELECT g, repeat('x', 100) FROM generate_series(1, 1000) g")
+        assert wide.truncated_reason == "max_bytes" and len(json.dumps(wide.rows)) <= 2000
+
+
+async def test_session_is_read_only_and_limited(pg_db, postgres_server) -> None:
+    before = pg_snapshot(postgres_server, pg_db["pg_database"])
+    async with open_database(**pg_db, query_timeout_seconds=7) as database:
+        settings = await database.execute(
+            "SELECT current_setting('default_transaction_read_only'), current_setting('statement_timeout'), "
+            "current_setting('application_name')")
+        assert settings.rows == [["on", "7s", "mssql-mcp"]]
+        # Defence in depth: a write handed straight to the pool (no guard) fails in the read-only session.
+        with pytest.raises(QueryFailed) as info:
+            await database.pool.run(lambda s: run.write(s, "DELETE FROM order_lines", (), 10, 10_000), timeout=5)
+        assert info.value.sqlstate == "25006"
+        assert "read-only transaction" in str(info.value)
+        with pytest.raises(QueryFailed):
+            await database.pool.run(lambda s: run.read(s, "SELECT nextval('order_numbers')", (), 10, 10_000),
+                                    timeout=5)
+        assert (await database.execute("SELECT count(*) FROM order_lines")).rows == [[7]]
+    assert pg_snapshot(postgres_server, pg_db["pg_database"]) == before
+
+
+async def test_pg_sleep_past_the_limit_times_out_and_the_connection_survives(pg_db) -> None:
+    # pg_sleep is deny-listed in read-only mode, so this runs with it off.
+    async with open_database(**pg_db, read_only_mode=False, db_pool_size=1, query_timeout_seconds=30) as database:
+        pid = (await database.execute("SELECT pg_backend_pid()")).rows[0][0]
+        started = time.perf_counter()
+        with pytest.raises(QueryTimeout) as info:
+            await database.execute("SELECT pg_sleep(5)", timeout=0.5)
+        assert 0.45 < time.perf_counter() - started < 2.0
+        assert str(info.value) == "query exceeded the 0.5 s time limit and was cancelled"
+        assert (await database.execute("SELECT pg_backend_pid()")).rows == [[pid]]  # same connection
+        assert database.pool.healthy() == 1
+
+
+async def test_slow_read_in_read_only_mode_times_out(pg_db) -> None:
+    async with open_database(**pg_db, db_pool_size=1) as database:
+        with pytest.raises(QueryTimeout):
+            await database.execute(SLOW_READ, timeout=0.4)
+        assert (await database.execute("SELECT 1")).rows == [[1]]
+
+
+async def test_server_side_statement_timeout_is_the_backstop(pg_db) -> None:
+    # With the server's statement_timeout equal to the cap, whichever fires first, the caller sees a timeout.
+    async with open_database(**pg_db, db_pool_size=1, query_timeout_seconds=1) as database:
+        with pytest.raises(QueryTimeout, match="1 s time limit"):
+            await database.execute(SLOW_READ)
+        assert (await database.execute("SELECT 2")).rows == [[2]]
+
+
+async def test_cancelling_the_task_stops_the_query_on_the_server(pg_db, postgres_server) -> None:
+    async with open_database(**pg_db, db_pool_size=1, query_timeout_seconds=30) as database:
+        pid = (await database.execute("SELECT pg_backend_pid()")).rows[0][0]
+        task = asyncio.create_task(database.execute(SLOW_READ))
+
+        def active() -> bool:
+            return postgres_server.execute("SELECT state FROM pg_stat_activity WHERE pid = ?", pid) == [("active",)]
+
+        assert await _wait_for(active, 5)
+        started = time.perf_counter()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert time.perf_counter() - started < 0.5  # the caller is released at once
+        assert await _wait_for(lambda: not active(), 3)  # and the server stopped working on it
+        result = await asyncio.wait_for(database.execute("SELECT pg_backend_pid()"), timeout=5)
+        assert result.rows == [[pid]]  # the same connection, still usable
+
+
+async def test_restart_mid_run_recovers_without_recreating_the_database(pg_db, postgres_server) -> None:
+    async with open_database(**pg_db, db_pool_size=2) as database:
+        await asyncio.gather(*(database.execute("SELECT count(*) FROM customers") for _ in range(4)))
+        assert database.pool.healthy() == 2
+        postgres_server.restart()
+        for _ in range(6):  # every old connection is dead; each call is retried on a fresh one
+            assert (await database.execute("SELECT count(*) FROM customers")).rows == [[5]]
+        assert database.status()["status"] == "ok"
+        reconnects = database.metrics.registry.get_sample_value("mssql_mcp_pool_reconnects_total")
+        assert reconnects is not None and reconnects >= 1
+        assert (await database.describe_table("customers")).primary_key == ["id"]
+
+
+async def test_start_while_down_then_recover_by_itself(pg_db, postgres_server) -> None:
+    postgres_server.stop()
+    try:
+        threads = threading.active_count()
+        async with open_database(**pg_db, db_pool_size=2) as database:
+            status = database.status()
+            assert status["status"] == "degraded"
+            assert status["pool"]["healthy"] == 0
+            assert "refused" in (status["last_error"] or "") or "connect" in (status["last_error"] or "")
+            started = time.perf_counter()
+            with pytest.raises(DatabaseUnavailable) as info:
+                await database.execute("SELECT 1")
+            assert time.perf_counter() - started < 1.0  # fails fast while the server is down
+            assert str(info.value).startswith("database unavailable")
+            assert not await database.ping()
+            assert database.metrics.registry.get_sample_value("mssql_mcp_database_up") == 0
+
+            postgres_server.start()
+            assert await _wait_for(lambda: database.status()["status"] == "ok", 15)
+            assert (await database.execute("SELECT 1")).rows == [[1]]
+            assert database.status()["last_error"] is None
+            assert database.metrics.registry.get_sample_value("mssql_mcp_database_up") == 1
+            assert threading.active_count() == threads + 3  # 2 workers + the watchdog, no more
+    finally:
+        if not postgres_server.is_running():
+            postgres_server.start()
+
+
+async def test_writes_commit_only_on_success(pg_db, postgres_server) -> None:
+    name = pg_db["pg_database"]
+    async with open_database(**pg_db, read_only_mode=False) as database:
+        inserted = await database.execute("INSERT INTO customers (id, name) VALUES (?, ?)", (10, "New Person"))
+        assert inserted.rows_affected == 1
+        returning = await database.execute("INSERT INTO customers (id, name) VALUES (11, 'Other') RETURNING id, name")
+        assert returning.rows == [[11, "Other"]]
+        with pytest.raises(QueryFailed) as info:  # the second statement fails: the first is rolled back too
+            await database.execute("INSERT INTO customers (id, name) VALUES (12, 'Lost'); "
+                                   "INSERT INTO customers (id, name) VALUES (10, 'Duplicate')")
+        assert info.value.sqlstate == "23505"
+        seq = await database.execute("SELECT nextval('order_numbers')")  # allowed as a write when RO is off
+        assert seq.rows == [[1]]
+        await database.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        assert (await database.describe_table("notes")).primary_key == ["id"]
+    rows = postgres_server.execute("SELECT id, name FROM customers WHERE id >= 10 ORDER BY id", database=name)
+    assert rows == [(10, "New Person"), (11, "Other")]
+    assert postgres_server.execute("SELECT last_value FROM order_numbers", database=name) == [(1,)]
+
+
+async def test_catalog_on_postgres(pg_db) -> None:
+    async with open_database(**pg_db) as database:
+        tables = {t.qualified_name: t for t in await database.list_tables()}
+        assert {"public.customers", "public.orders", "public.order_lines", "public.products",
+                "public.customer_totals", "sales.orders", "sales.Regions"} <= set(tables)
+        assert tables["public.customer_totals"].kind == "view"
+        assert tables["public.customers"].row_estimate == 5  # pg_class.reltuples after ANALYZE
+
+        assert (await database.resolve_table("orders")).qualified_name == "public.orders"  # default schema
+        assert (await database.resolve_table("Sales.Orders")).qualified_name == "sales.orders"
+        assert (await database.resolve_table("sales.regions")).qualified_name == "sales.Regions"
+        assert (await database.resolve_table('"sales"."Regions"')).qualified_name == "sales.Regions"
+        assert (await database.resolve_table("REGIONS")).qualified_name == "sales.Regions"
+
+        orders = await database.describe_table("PUBLIC.ORDERS")
+        assert [c.name for c in orders.columns] == ["id", "customer_id", "ordered_on", "status", "note"]
+        status = next(c for c in orders.columns if c.name == "status")
+        assert status.type == "character varying(20)" and not status.nullable
+        assert status.default is not None and "'new'" in status.default
+        assert orders.primary_key == ["id"]
+        assert [(fk.columns, fk.references_table, fk.references_columns) for fk in orders.foreign_keys] == [
+            (["customer_id"], "public.customers", ["id"])]
+        assert [(i.name, i.columns, i.unique) for i in orders.indexes] == [
+            ("ix_orders_customer", ["customer_id", "ordered_on"], False)]
+
+        lines = await database.describe_table("order_lines")
+        assert lines.primary_key == ["order_id", "line_no"]
+        regions = await database.describe_table("sales.regions")
+        assert [c.name for c in regions.columns] == ["id", "Name"]
+        sales_orders = await database.describe_table("sales.orders")
+        assert sales_orders.foreign_keys[0].references_table == "sales.Regions"
+
+        with pytest.raises(TableNotFound) as info:
+            await database.describe_table("custmers")
+        assert "public.customers" in info.value.suggestions
+        with pytest.raises(TableNotFound):
+            await database.resolve_table("nope.customers")
+
+        sample = await database.sample("Customers", 2)
+        assert sample.row_count == 2 and sample.columns[:2] == ["id", "name"]
+        regions_sample = await database.sample("sales.Regions", 10)
+        assert regions_sample.rows == [[1, "North"], [2, "South"]]
+
+        customers = await database.resolve_table("customers")
+        row = await database.fetch_row(customers, {"id": "3"})  # ids arrive as text
+        assert row is not None and row["name"] == "Alan Turing" and row["balance"] == "0.00"
+        assert await database.fetch_row(customers, {"ID": 404}) is None
+        lines_table = await database.resolve_table("order_lines")
+        assert await database.fetch_row(lines_table, {"order_id": 1, "line_no": 2}) == {
+            "order_id": 1, "line_no": 2, "product_id": 2, "qty": 1}
+
+
+async def test_password_with_special_characters_connects(pg_db, postgres_server) -> None:
+    password = "p;w}{=d 'x\""
+    postgres_server.execute("DROP ROLE IF EXISTS pw_user")
+    postgres_server.execute("CREATE ROLE pw_user LOGIN PASSWORD '" + password.replace("'", "''") + "'")
+    try:
+        async with open_database(**{**pg_db, "pg_user": "pw_user", "pg_password": password}) as database:
+            assert (await database.execute("SELECT current_user")).rows == [["pw_user"]]
+        async with open_database(**{**pg_db, "pg_user": "pw_user", "pg_password": "wrong " + password},
+                                 db_pool_size=1) as database:
+            assert database.status()["status"] == "degraded"
+            with pytest.raises(DatabaseUnavailable) as info:
+                await database.execute("SELECT 1")
+            assert "password authentication failed" in str(info.value)
+            assert password not in str(info.value) and password not in str(database.status())
+    finally:
+        postgres_server.execute("DROP ROLE IF EXISTS pw_user")
