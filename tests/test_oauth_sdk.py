@@ -183,3 +183,29 @@ async def test_seed_checks_on_chatgpt_sse(secured_server: Callable[..., Awaitabl
         reg = await http.post(server.url + "/chatgpt/register", json={
             "redirect_uris": ["https://chatgpt.com/connector_platform_oauth_redirect"], "client_name": "ChatGPT"})
         assert reg.status_code == 201 and reg.json()["client_id"] and reg.json()["client_secret"]
+
+
+async def test_restart_keeps_clients_users_keys_and_refresh_tokens(make_settings: Callable[..., Settings],
+                                                                   aiohttp_server: Any) -> None:
+    from app.web import create_app
+
+    settings = make_settings(auth=True)
+    create_user(settings, "alice", role="writer")
+    first = await aiohttp_server(create_app(settings), host="127.0.0.1")
+    port = first.port
+    url = f"http://127.0.0.1:{port}/mcp"
+    browser, storage = Browser("alice"), MemoryTokenStorage()
+    provider = sdk_oauth(url, browser, storage=storage)
+    async with httpx2.AsyncClient(auth=provider, timeout=30) as http:
+        await call_tool(url, http, "list_tables", {})
+        await first.close()
+        # A new process on the same DATA_DIR and address: nothing the client holds is lost.
+        second = await aiohttp_server(create_app(settings), host="127.0.0.1", port=port)
+        result = await call_tool(url, http, "list_tables", {})  # same access token: the signing key survived
+        assert not result.is_error
+        before = storage.tokens
+        provider.context.token_expiry_time = 1.0
+        result = await call_tool(url, http, "list_tables", {})  # refresh token and client survived
+        assert not result.is_error and storage.tokens.refresh_token != before.refresh_token
+    assert len(browser.pages) == 2  # never asked to sign in again
+    assert second.app[keys.METRICS].oauth_tokens.labels("refresh_token")._value.get() == 1
