@@ -162,8 +162,9 @@ async def test_registration_errors_are_rfc7591_shaped(oauth: OAuth, body: Any, e
 
 
 async def test_registration_rejects_malformed_and_oversized_bodies(oauth: OAuth) -> None:
-    resp = await oauth.http.post("/register", data=b"{not json", headers={"Content-Type": "application/json"})
-    assert resp.status == 400 and (await resp.json())["error"] == "invalid_client_metadata"
+    for body in (b"{not json", b"[" * 60_000, b"\xff\xfe"):
+        resp = await oauth.http.post("/register", data=body, headers={"Content-Type": "application/json"})
+        assert resp.status == 400 and (await resp.json())["error"] == "invalid_client_metadata"
     big = json.dumps({"redirect_uris": [CLAUDE_CB], "client_name": "x" * 200_000})
     resp = await oauth.http.post("/register", data=big, headers={"Content-Type": "application/json"})
     assert resp.status == 413 and (await resp.json())["error"] == "invalid_request"
@@ -415,6 +416,7 @@ async def test_token_endpoint_rejects_malformed_bodies(oauth: OAuth) -> None:
     for body, ctype, status in [
         (b"{bad json", "application/json", 400),
         (b"[1,2]", "application/json", 400),
+        (b"[" * 60_000, "application/json", 400),  # nesting deep enough to exhaust a recursive parser
         (b"grant_type=refresh_token&grant_type=authorization_code", "application/x-www-form-urlencoded", 400),
         (b"<xml/>", "text/xml", 400),
         (b"\xff\xfe\xfd", "application/x-www-form-urlencoded", 400),

@@ -8,7 +8,6 @@ addresses (checked on the addresses the connection actually uses, so DNS rebindi
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 import socket
 import ssl
@@ -20,7 +19,7 @@ import aiohttp
 import structlog
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from .common import GRANT_TYPES
+from .common import GRANT_TYPES, load_json
 from .redirects import RedirectUriError, check_redirect_uri
 
 log = structlog.get_logger(__name__)
@@ -204,8 +203,8 @@ class CimdFetcher:
             log.info("oauth.cimd_fetch_failed", client_id=url, error=type(exc).__name__)
             raise CimdError("client metadata document could not be fetched") from None
         try:
-            doc = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+            doc = load_json(body)
+        except ValueError:
             raise CimdError("client metadata document is not valid JSON") from None
         record = validate_document(url, doc, self.allowed_hosts)
         record["fetched_at"] = time.time()

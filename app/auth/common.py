@@ -171,11 +171,20 @@ def parse_form(body: bytes, *, repeatable: frozenset[str] = frozenset()) -> dict
     return out
 
 
+def load_json(body: bytes) -> Any:
+    """json.loads for untrusted bytes: every way it can fail (bad UTF-8, bad JSON, absurd nesting) is a
+    ValueError, so a hostile body can never turn into a server error."""
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ValueError("malformed JSON") from None
+
+
 def parse_json_params(body: bytes, *, repeatable: frozenset[str] = frozenset()) -> dict[str, Any]:
     """A JSON object of string values (the seed's /token accepted JSON): same shape as parse_form."""
     try:
-        data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        data = load_json(body)
+    except ValueError:
         raise OAuthError("invalid_request", "malformed JSON body") from None
     if not isinstance(data, dict):
         raise OAuthError("invalid_request", "the JSON body must be an object")

@@ -12,7 +12,6 @@ Register `{PUBLIC_BASE_URL}/oauth/upstream/callback` as the redirect URI at the 
 from __future__ import annotations
 
 import ipaddress
-import json
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -29,7 +28,7 @@ from joserfc.jwk import KeySet
 
 from ..settings import SettingsError
 from ..urls import base_url
-from .common import sha256_hex
+from .common import load_json, sha256_hex
 from .pages import error_page
 from .store import AuthStore
 
@@ -126,7 +125,7 @@ class UpstreamOidc:
         except (aiohttp.ClientError, TimeoutError, OSError):
             raise UpstreamError(f"{self.label} could not be reached") from None
         try:
-            data = json.loads(body)
+            data = load_json(body)
         except ValueError:
             raise UpstreamError(f"{self.label} sent an unreadable answer") from None
         if not isinstance(data, dict):
@@ -176,7 +175,7 @@ class UpstreamOidc:
         domain = email.rpartition("@")[2]
         return email in self.allowed_emails or domain in self.allowed_domains
 
-    async def _exchange(self, code: str, upstream: dict[str, Any]) -> str:
+    async def exchange(self, code: str, upstream: dict[str, Any]) -> str:
         doc = await self.discovery()
         if self._session is None:
             raise UpstreamError("upstream sign-in is not available right now")
@@ -190,7 +189,7 @@ class UpstreamOidc:
         except (aiohttp.ClientError, TimeoutError, OSError):
             raise UpstreamError(f"{self.label} could not be reached") from None
         try:
-            data = json.loads(body)
+            data = load_json(body)
         except ValueError:
             data = {}
         if status != 200 or not isinstance(data, dict) or not isinstance(data.get("id_token"), str):
@@ -250,7 +249,7 @@ async def upstream_callback(request: web.Request) -> web.StreamResponse:
         state.metrics.login_failures.labels("upstream").inc()
         return error_page("Sign-in cancelled", f"{oidc.label} did not sign you in.", status=403)
     try:
-        id_token = await oidc._exchange(request.query["code"], pending["upstream"])
+        id_token = await oidc.exchange(request.query["code"], pending["upstream"])
         claims = await oidc.verify_id_token(id_token, pending["upstream"]["nonce"])
         email = oidc.email_of(claims)
     except UpstreamError as exc:

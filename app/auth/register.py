@@ -6,7 +6,6 @@ only as a hash. Errors are RFC 7591 §3.2.2 shaped: invalid_redirect_uri / inval
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -19,6 +18,7 @@ from .common import (
     SUPPORTED_SCOPES,
     TOKEN_AUTH_METHODS,
     OAuthError,
+    load_json,
     new_secret,
     parse_scope,
     read_limited_body,
@@ -114,8 +114,8 @@ async def register_endpoint(request: web.Request) -> web.Response:
     try:
         body = await read_limited_body(request)
         try:
-            data = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+            data = load_json(body)
+        except ValueError:
             raise _metadata_error("the registration request must be a JSON object") from None
         metadata = validate_registration(data, tuple(state.settings.allowed_redirect_hosts))
     except OAuthError as exc:

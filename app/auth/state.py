@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -30,7 +30,6 @@ class AuthState:
     cimd: CimdFetcher
     oidc: UpstreamOidc | None = None
     signing: SigningKeys | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def build(cls, settings: Settings, metrics: Metrics) -> AuthState:
