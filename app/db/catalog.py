@@ -18,7 +18,12 @@ MAX_SUGGESTIONS = 5
 
 
 def resolve(name: str, tables: list[TableInfo], dialect: Dialect) -> TableInfo:
-    parts = [p for p in dialect.split_name(str(name).strip())]
+    text = str(name).strip()
+    # A qualified name as this service printed it (a name may itself contain a dot).
+    for table in tables:
+        if table.qualified_name == text:
+            return table
+    parts = dialect.split_name(text)
     if not parts or not parts[-1]:
         raise TableNotFound(str(name), [])
     table_name = parts[-1]

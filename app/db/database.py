@@ -154,8 +154,10 @@ class Database:
     async def list_tables(self) -> list[TableInfo]:
         return list(await self._table_list())
 
-    async def resolve_table(self, name: str) -> TableInfo:
+    async def resolve_table(self, name: str | TableInfo) -> TableInfo:
         """The catalog entry for a user-supplied name (any case, with or without schema)."""
+        if isinstance(name, TableInfo):
+            name = name.qualified_name
         tables = await self._table_list()
         try:
             return resolve(name, tables, self.dialect)
@@ -165,7 +167,7 @@ class Database:
                 raise
         return resolve(name, await self._table_list(refresh=True), self.dialect)
 
-    async def describe_table(self, name: str) -> TableDescription:
+    async def describe_table(self, name: str | TableInfo) -> TableDescription:
         table = await self.resolve_table(name)
         description = await self._catalog(lambda cursor: self.dialect.describe_table(cursor, table))
         self._descriptions[(table.schema, table.name)] = (time.monotonic(), description)
@@ -179,7 +181,7 @@ class Database:
         self._descriptions[(table.schema, table.name)] = (time.monotonic(), description)
         return description
 
-    async def sample(self, name: str, limit: int = 10) -> QueryResult:
+    async def sample(self, name: str | TableInfo, limit: int = 10) -> QueryResult:
         """The first `limit` rows of a table or view (capped by SAMPLE_MAX_ROWS and MAX_ROWS)."""
         table = await self.resolve_table(name)
         n = max(1, min(int(limit), int(self.settings.sample_max_rows), int(self.settings.max_rows)))
