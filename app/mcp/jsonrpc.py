@@ -130,7 +130,9 @@ _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_
 
 
 def dumps(message: Any) -> str:
-    """Serialize a message; a RawJson result is spliced in without re-encoding."""
+    """Serialize a message (or a batch of them); a RawJson result is spliced in without re-encoding."""
+    if isinstance(message, list):
+        return "[" + ",".join(dumps(item) for item in message) + "]"
     if isinstance(message, dict) and isinstance(message.get("result"), RawJson):
         head = _encoder.encode({"jsonrpc": "2.0", "id": message["id"]})
         return f'{head[:-1]},"result":{message["result"].text}}}'

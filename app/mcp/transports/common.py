@@ -152,10 +152,14 @@ async def open_sse(request: web.Request, headers: dict[str, str] | None = None) 
 
 
 async def pump_stream(request: web.Request, response: web.StreamResponse, outbox: Outbox, *,
-                      keepalive: float) -> None:
-    """Forward outbox messages as SSE events until the outbox closes or the client goes away."""
+                      keepalive: float, poll: float = 1.0) -> None:
+    """Forward outbox messages as SSE events until the outbox closes or the client goes away.
+
+    `poll` is how often a silent disconnect is looked for (aiohttp does not cancel handlers when
+    the client leaves, as run_app is configured by default).
+    """
     idle = 0.0
-    step = min(keepalive, 1.0)  # also how often a silent client disconnect is noticed
+    step = min(keepalive, poll)
     while True:
         for message in outbox.drain():
             await response.write(sse_event(message))

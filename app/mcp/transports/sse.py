@@ -39,6 +39,7 @@ class LegacySse:
         self.prefix = prefix
         self.max_body = settings.max_request_bytes
         self.keepalive_seconds = 15.0
+        self.poll_seconds = 1.0  # how often an idle stream checks whether its client is still there
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         """GET {prefix}/sse: open the event stream and announce where to POST messages."""
@@ -61,7 +62,7 @@ class LegacySse:
         try:
             response = await open_sse(request)
             await response.write(f"event: endpoint\ndata: {endpoint}\n\n".encode())
-            await pump_stream(request, response, outbox, keepalive=self.keepalive_seconds)
+            await pump_stream(request, response, outbox, keepalive=self.keepalive_seconds, poll=self.poll_seconds)
         except ConnectionResetError:
             pass
         finally:

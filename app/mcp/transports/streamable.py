@@ -63,7 +63,7 @@ class StreamableHttp:
         # accepts one) so keep-alive comments can hold proxies open; notifications switch it at once.
         self.sse_after_seconds = 5.0
         self.keepalive_seconds = 15.0
-        self.poll_seconds = 0.5  # how often a JSON-mode wait checks for a vanished client
+        self.poll_seconds = 0.5  # how often a running call checks for a vanished client
 
     # -- POST ----------------------------------------------------------------------------------
     async def post(self, request: web.Request) -> web.StreamResponse:
@@ -174,7 +174,8 @@ class StreamableHttp:
         if session is not None and request_id is not None:
             session.inflight[request_id] = task
         try:
-            return await self._respond(request, task, outbox, json_ok, sse_ok, modern=env.envelope is not None)
+                return await self._respond(request, task, outbox, json_ok, sse_ok, request_id=request_id,
+                                       modern=env.envelope is not None)
         finally:
             if not task.done():
                 task.cancel()  # client went away or this handler was cancelled: stop the query
@@ -182,7 +183,7 @@ class StreamableHttp:
                 del session.inflight[request_id]
 
     async def _respond(self, request: web.Request, task: asyncio.Task[dict[str, Any]], outbox: Outbox,
-                       json_ok: bool, sse_ok: bool, *, modern: bool) -> web.StreamResponse:
+                       json_ok: bool, sse_ok: bool, *, request_id: Any, modern: bool) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         switch_at = loop.time() + self.sse_after_seconds
         while not task.done():
@@ -197,7 +198,7 @@ class StreamableHttp:
             return await self._stream(request, task, outbox)  # notifications raced the result: keep order
         if task.cancelled():
             cancelled = JsonRpcError(REQUEST_CANCELLED, "Request cancelled by the client")
-            return rpc_error_response(200, cancelled)
+            return rpc_error_response(200, cancelled, request_id)
         answer = task.result()
         if json_ok:
             return json_body(answer, status=_modern_status(answer) if modern else 200)
@@ -215,7 +216,7 @@ class StreamableHttp:
                     last_write = loop.time()
                 if task.done():
                     break
-                await outbox.wait(min(self.keepalive_seconds, 1.0))
+                await outbox.wait(min(self.keepalive_seconds, self.poll_seconds))
                 if task.done() or outbox:
                     continue
                 if disconnected(request):
@@ -312,7 +313,7 @@ class StreamableHttp:
         outbox = session.stream = Outbox()
         response = await open_sse(request)
         try:
-            await pump_stream(request, response, outbox, keepalive=self.keepalive_seconds)
+            await pump_stream(request, response, outbox, keepalive=self.keepalive_seconds, poll=self.poll_seconds)
         except ConnectionResetError:
             pass
         finally:
