@@ -139,7 +139,7 @@ async def test_real_driver_against_a_closed_port_degrades_cleanly() -> None:
                              mssql_database="Shop", mssql_user="sa", mssql_password=PASSWORD,
                              mssql_driver=driver, trust_server_certificate=True, db_connect_timeout_seconds=1,
                              db_pool_size=1) as database:
-        assert time.perf_counter() - started < 3  # start() waited at most ~1 s and did not raise
+        assert time.perf_counter() - started < 4  # start() waited at most ~1 s and did not raise
         status = database.status()
         assert status["status"] == "degraded"
         assert status["dialect"] == "mssql"

@@ -126,7 +126,7 @@ async def test_cancelling_the_task_stops_the_query_on_the_server(pg_db, postgres
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert time.perf_counter() - started < 0.5  # the caller is released at once
+        assert time.perf_counter() - started < 1.0  # the caller is released at once
         assert await _wait_for(lambda: not active(), 3)  # and the server stopped working on it
         result = await asyncio.wait_for(database.execute("SELECT pg_backend_pid()"), timeout=5)
         assert result.rows == [[pid]]  # the same connection, still usable

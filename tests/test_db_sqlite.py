@@ -243,7 +243,7 @@ async def test_pool_exhaustion_gives_busy_after_the_bounded_wait(sqlite_db) -> N
 
         started = time.perf_counter()
         status = database.status()  # instant while every connection is busy
-        assert time.perf_counter() - started < 0.01
+        assert time.perf_counter() - started < 0.05
         assert status["pool"] == {"size": 2, "in_use": 2, "idle": 0, "waiting": 1, "healthy": 2}
         assert status["status"] == "ok"
 
@@ -251,7 +251,7 @@ async def test_pool_exhaustion_gives_busy_after_the_bounded_wait(sqlite_db) -> N
         with pytest.raises(DatabaseBusy) as info:
             await waiter
         assert str(info.value) == "database busy, retry in a moment"
-        assert time.perf_counter() - started < 0.5
+        assert time.perf_counter() - started < 1.5  # the 0.3 s bounded wait, plus scheduling slack
         with pytest.raises(DatabaseBusy):
             await database.execute("SELECT 1")
         assert threading.active_count() == threads  # no thread per call, no growth under pressure
@@ -276,7 +276,7 @@ async def test_waiting_line_is_bounded(sqlite_db) -> None:
         started = time.perf_counter()
         with pytest.raises(DatabaseBusy):  # the line is full: refused at once, not after 5 s
             await database.execute("SELECT 1")
-        assert time.perf_counter() - started < 0.1
+        assert time.perf_counter() - started < 1.0
         blocker.cancel()
         await asyncio.gather(blocker, return_exceptions=True)
         assert (await queued).rows == [["queued"]]  # the waiter got the freed connection
