@@ -35,7 +35,6 @@ from .metadata import resource_metadata_url
 from .principal import ANONYMOUS, Principal
 from .signing import TokenInvalid
 from .state import AuthState
-from .store import AuthStore
 
 log = structlog.get_logger(__name__)
 
@@ -117,7 +116,7 @@ class Authenticator:
 
     async def _principal(self, request: web.Request, state: AuthState, claims: dict[str, Any]) -> Principal:
         sid = claims.get("sid") if isinstance(claims.get("sid"), str) else None
-        row = await state.store.call(AuthStore.bearer_lookup, claims["sub"], claims["jti"], sid)
+        row = await state.store.bearer_lookup(claims["sub"], claims["jti"], sid)
         if row is None:
             self._reject(request, state, "unknown_user", "invalid_token", "the user no longer exists")
         if row["jti_revoked"] or row["family_revoked_at"] is not None or row["token_version"] != claims.get("ver"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
@@ -101,10 +102,14 @@ def server_resources(base: str) -> set[str]:
     return out
 
 
-def accepted_audiences(base: str, request_path: str) -> set[str]:
+def accepted_audiences(base: str, request_path: str) -> frozenset[str]:
     """Audiences valid at an MCP endpoint: the origin, or either endpoint (/mcp, /sse) of the same prefix."""
-    realm = realm_of_path(request_path)
-    return {normalize_url(base) or base, *(normalize_url(base + realm + p) or "" for p in MCP_PATHS)}
+    return _audiences(base, realm_of_path(request_path))
+
+
+@functools.lru_cache(maxsize=256)
+def _audiences(base: str, realm: str) -> frozenset[str]:
+    return frozenset({normalize_url(base) or base, *(normalize_url(base + realm + p) or "" for p in MCP_PATHS)})
 
 
 def mcp_endpoint_of_path(request_path: str) -> str:

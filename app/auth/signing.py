@@ -7,6 +7,7 @@ favour and authlib depends on it).
 from __future__ import annotations
 
 import secrets
+from collections import OrderedDict
 from typing import Any
 
 from joserfc import jwt
@@ -14,7 +15,8 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet
 
 ALG = "ES256"
-TOKEN_TYPE = "at+jwt"  # RFC 9068: tells access tokens apart from any other JWT signed with the same keys
+TOKEN_TYPE = "at+jwt"
+VERIFIED_CACHE_SIZE = 4096  # RFC 9068: tells access tokens apart from any other JWT signed with the same keys
 
 
 class TokenInvalid(Exception):
@@ -40,6 +42,9 @@ class SigningKeys:
                                                                         "use": "sig"}) for row in rows]
         self._active = self._keys[-1]  # the newest key signs; older ones still verify
         self._keyset = KeySet(self._keys)
+        # A signature never changes its verdict: remember recent good tokens (a client sends the same
+        # one on every request) and skip the ECDSA check, the most expensive part of the bearer check.
+        self._verified: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     def sign(self, claims: dict[str, Any]) -> str:
         header = {"alg": ALG, "typ": TOKEN_TYPE, "kid": self._active.kid}
@@ -49,6 +54,10 @@ class SigningKeys:
         """Signature and header checks only; claims (exp, iss, aud) are the caller's job."""
         if not token or len(token) > 8192 or token.count(".") != 2:
             raise TokenInvalid("malformed")
+        hit = self._verified.get(token)
+        if hit is not None:
+            self._verified.move_to_end(token)
+            return dict(hit)
         try:
             decoded = jwt.decode(token, self._keyset, algorithms=[ALG])
         except JoseError as exc:
@@ -59,7 +68,11 @@ class SigningKeys:
             raise TokenInvalid("malformed") from None
         if decoded.header.get("typ") != TOKEN_TYPE:
             raise TokenInvalid("malformed")
-        return dict(decoded.claims)
+        claims = dict(decoded.claims)
+        self._verified[token] = claims
+        if len(self._verified) > VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return dict(claims)
 
     def jwks(self) -> dict[str, Any]:
         return {"keys": [key.as_dict(private=False) for key in self._keys]}
