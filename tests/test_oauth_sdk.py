@@ -170,7 +170,7 @@ async def test_seed_checks_on_chatgpt_sse(secured_server: Callable[..., Awaitabl
             "Access-Control-Request-Headers": "authorization"})
         assert resp.status_code < 300
         resp = await http.head(server.url + "/chatgpt/sse")
-        assert resp.status_code < 500
+        assert resp.status_code in (200, 204, 401)
         resp = await http.get(server.url + "/chatgpt/sse", headers={"Accept": "text/event-stream"})
         assert resp.status_code == 401
         challenge = resp.headers["WWW-Authenticate"]

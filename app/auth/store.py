@@ -145,7 +145,7 @@ class AuthStore:
     def open(self) -> AuthStore:
         if self._conn is not None:
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # only created private; never chmod'ed
         if not self.path.exists():
             # Create the file private before SQLite writes anything into it.
             fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
