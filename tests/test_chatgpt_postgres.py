@@ -60,7 +60,7 @@ async def test_unusual_names_and_keys_round_trip(pg_db: dict[str, Any], postgres
         row_id = results[1]["id"]
         parsed = parse_id(row_id)
         assert (parsed.table.schema, parsed.table.name, parsed.key) == ("public", "Order Details", ("AL:FKI/1 ?#", 3))
-        assert results[1]["url"] == f"{BASE}/records/{row_id}"  # no escaping needed: the id is URL-safe
+        assert results[1]["url"] == f"{BASE}/chatgpt/records/{row_id}"  # no escaping needed: the id is URL-safe
         tools.cache.clear()
         row = await _fetch(tools, row_id)
         assert "qty: 7" in row["text"] and row["id"] == row_id

@@ -50,13 +50,15 @@ async def test_record_page_json_matches_fetch(client_for: Callable[..., Any]) ->
     client = await client_for(**OPEN)
     tools: ChatGptTools = client.app[keys.FETCH_CACHE]
     record_id = await _customer_id(client)
-    response = await client.get(f"/records/{record_id}", headers={"Accept": "application/json"})
+    response = await client.get(f"/chatgpt/records/{record_id}", headers={"Accept": "application/json"})
     assert response.status == 200 and response.content_type == "application/json"
     body = await response.json()
     assert list(body) == ["id", "title", "text", "url", "metadata"]
     fetched = await tools.fetch({"id": record_id}, ToolContext(base_url=str(client.make_url("")).rstrip("/")))
     assert body == fetched
-    assert body["url"].endswith(f"/records/{record_id}")
+    assert body["url"].endswith(f"/chatgpt/records/{record_id}")
+    plain = await (await client.get(f"/records/{record_id}", headers={"Accept": "application/json"})).json()
+    assert plain["url"] == body["url"].replace("/chatgpt/records/", "/records/")  # each page names itself
     assert (await client.get(f"/records/{record_id}?format=json")).content_type == "application/json"
 
 
@@ -87,3 +89,19 @@ async def test_record_page_needs_the_mcp_bearer_token(client_for: Callable[..., 
     assert response.status == 401
     assert "Bearer" in response.headers.get("WWW-Authenticate", "")
     assert "customer_id" not in await response.text()
+
+
+async def test_record_page_accepts_a_chatgpt_token(client_for: Callable[..., Any],
+                                                  mint_access_token: Callable[..., str]) -> None:
+    client = await client_for()  # auth on
+    base = str(client.make_url("")).rstrip("/")
+    token = mint_access_token(client.app[keys.SETTINGS], base, username="rita", role="reader",
+                              scope="mcp:read", resource=base + "/chatgpt/mcp")
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    response = await client.get("/chatgpt/records/table:customers", headers=headers)
+    assert response.status == 200  # a reader may open records: they are reads
+    assert (await response.json())["url"] == f"{base}/chatgpt/records/table:customers"
+    # The token's audience is the ChatGPT endpoint, so the Claude-side page refuses it.
+    assert (await client.get("/records/table:customers", headers=headers)).status == 401
+    assert (await client.get("/chatgpt/records/table:customers",
+                             headers={"Authorization": "Bearer not-a-token"})).status == 401

@@ -52,7 +52,7 @@ class Harness:
         assert list(out) == ["results"]
         for item in out["results"]:
             assert list(item) == ["id", "title", "url"] and all(isinstance(v, str) and v for v in item.values())
-            assert item["url"] == f"{BASE}/records/{item['id']}"  # ids are URL-safe as they are
+            assert item["url"] == f"{BASE}/chatgpt/records/{item['id']}"  # ids are URL-safe as they are
         return out["results"]
 
     async def fetch(self, record_id: str) -> dict[str, Any]:
@@ -60,7 +60,7 @@ class Harness:
         assert list(out) == ["id", "title", "text", "url", "metadata"]
         assert all(isinstance(out[k], str) for k in ("id", "title", "text", "url"))
         assert isinstance(out["metadata"], dict)
-        assert out["url"] == f"{BASE}/records/{out['id']}"
+        assert out["url"] == f"{BASE}/chatgpt/records/{out['id']}"
         return out
 
     def counts(self) -> tuple[float, float]:

@@ -83,7 +83,7 @@ async def _exercise_chatgpt(client: Client, base: str) -> None:
     assert list(found) == ["results"]
     for item in found["results"]:
         assert list(item) == ["id", "title", "url"] and all(isinstance(v, str) for v in item.values())
-        assert item["url"] == f"{base}/records/{item['id']}"
+        assert item["url"] == f"{base}/chatgpt/records/{item['id']}"
     ids = [r["id"] for r in found["results"]]
     assert ids[0].startswith("query:~") and [re.sub(r".*:", "", i) for i in ids[1:]] == ["1", "2", "3"]
 

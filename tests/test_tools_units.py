@@ -66,8 +66,8 @@ def test_malformed_ids_get_a_helpful_error(bad: str) -> None:
 
 def test_record_url_is_absolute_and_escaped() -> None:
     assert record_url("https://db.example.com/env", "row:main.customers:42") == \
-        "https://db.example.com/env/records/row:main.customers:42"
-    assert record_url("http://127.0.0.1:8008/", "table:main.t") == "http://127.0.0.1:8008/records/table:main.t"
+        "https://db.example.com/env/chatgpt/records/row:main.customers:42"
+    assert record_url("http://127.0.0.1:8008/", "table:~a b", "") == "http://127.0.0.1:8008/records/table:~a%20b"
 
 
 # --- cache ----------------------------------------------------------------------------------

@@ -34,5 +34,5 @@ def build_instructions(settings: Any, toolset: str) -> str:
 
 
 def add_record_routes(app: web.Application) -> None:
-    """GET /records/{id} and /chatgpt/records/{id}: the pages behind search/fetch urls (bearer-protected)."""
+    """GET /chatgpt/records/{id} and /records/{id}: the pages behind search/fetch urls (bearer-protected)."""
     _add_record_routes(app)

@@ -4,8 +4,9 @@ search(query) -> {"results": [{"id", "title", "url"}]}
 fetch(id)     -> {"id", "title", "text", "url", "metadata"}
 
 The MCP layer sends each dict as one text content (its JSON) plus structuredContent. Ids are
-described in app.tools.ids; `url` is `{base_url}/records/{id}`, a page this service serves
-(app.tools.records) behind the same bearer token as MCP.
+described in app.tools.ids; `url` is `{base_url}/chatgpt/records/{id}`, a page this service
+serves (app.tools.records) behind the same bearer token as the ChatGPT MCP endpoint (so a token
+issued for /chatgpt/mcp is accepted there).
 """
 
 from __future__ import annotations
@@ -75,9 +76,13 @@ FETCH_OUTPUT_SCHEMA: dict[str, Any] = {
 }
 
 
-def record_url(base_url: str, record_id: str) -> str:
+# The ChatGPT tool set is served under /chatgpt, and its tokens carry that prefix's audience.
+RECORDS_PREFIX = "/chatgpt"
+
+
+def record_url(base_url: str, record_id: str, prefix: str = RECORDS_PREFIX) -> str:
     # ':' '.' ',' '~' are legal in a path segment; anything else a table name brings is escaped.
-    return f"{base_url.rstrip('/')}/records/{quote(record_id, safe=':.,~')}"
+    return f"{base_url.rstrip('/')}{prefix}/records/{quote(record_id, safe=':.,~')}"
 
 
 # --- reading a query's shape ----------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""GET /records/{id} (and /chatgpt/records/{id}): the page behind each search/fetch `url`.
+"""GET /chatgpt/records/{id} (and /records/{id}): the page behind each search/fetch `url`.
 
 ChatGPT cites a result by its `url`, so every id needs a real page. The page shows what fetch
 returns: HTML for a browser, JSON with `Accept: application/json` (or `?format=json`).
 
 Records are data from the database, so the page is guarded like MCP itself: the same bearer token,
-checked by the app's Authenticator as if the request were a `tools/call`. Opening a citation link
+checked by the app's Authenticator as if the request were a `tools/call` (under /chatgpt a token
+for the ChatGPT endpoint is accepted, under / one for the Claude endpoint). Opening a citation link
 in a browser therefore asks for sign-in (401) unless the server runs with ALLOW_UNAUTH_TOOLS_CALL.
 """
 
@@ -103,7 +104,8 @@ async def record_page(request: web.Request) -> web.StreamResponse:
         document = await tools.document(record_id)
     except (ToolError, DatabaseError) as exc:
         return _error(request, _status_of(exc), str(exc))
-    document = {**document, "url": record_url(base_url(request), document["id"])}
+    prefix = "/chatgpt" if request.path.startswith("/chatgpt/") else ""
+    document = {**document, "url": record_url(base_url(request), document["id"], prefix)}
     if _wants_json(request):
         body = {k: document[k] for k in ("id", "title", "text", "url", "metadata")}
         return web.json_response(body, headers=PAGE_HEADERS, dumps=lambda v: json.dumps(v, ensure_ascii=False))
