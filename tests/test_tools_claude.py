@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 
 from app.auth.principal import Principal
 from app.db.database import Database
-from app.db.types import QueryRefused, TableNotFound
+from app.db.types import QueryRefused, QueryTimeout, TableNotFound
 from app.mcp.tools import Tool, ToolContext, ToolError
 from app.obs.metrics import Metrics
 from app.settings import Settings
@@ -162,6 +163,16 @@ async def test_execute_sql_refuses_writes_in_read_only_mode(tools: dict[str, Too
     assert str(info.value)
     with sqlite3.connect(demo_db_path) as conn:
         assert conn.execute("SELECT COUNT(*) FROM orders").fetchone()[0] == 1500
+
+
+async def test_execute_sql_timeout_seconds_stops_a_long_query(tools: dict[str, Tool]) -> None:
+    endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT COUNT(*) FROM c"
+    started = time.monotonic()
+    with pytest.raises(QueryTimeout):
+        await _call(tools["execute_sql"], {"query": endless, "timeout_seconds": 0.3})
+    assert time.monotonic() - started < 3
+    # the connection is still fine afterwards
+    assert (await _call(tools["execute_sql"], {"query": "SELECT 1 AS one"}))["rows"] == [[1]]
 
 
 async def test_execute_sql_bad_arguments(tools: dict[str, Tool]) -> None:
