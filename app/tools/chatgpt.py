@@ -499,7 +499,7 @@ class ChatGptTools:
         record_id = arguments.get("id")
         if not isinstance(record_id, str) or not record_id.strip():
             raise ToolError("'id' is required: pass an id from a search result.", outcome="invalid")
-        ctx.audit.update(fingerprint=fingerprint(f"fetch {record_id.strip()}"))
+        ctx.audit.update(fingerprint=fingerprint(f"fetch {record_id.strip()}"), id=record_id.strip()[:200])
         document = await self.document(record_id)
         out = {**document, "url": record_url(ctx.base_url, document["id"])}
         out = {k: out[k] for k in ("id", "title", "text", "url", "metadata")}

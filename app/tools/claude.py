@@ -102,7 +102,7 @@ class ClaudeTools:
         description = await self.database.describe_table(name.strip())
         out = description_dict(description)
         ctx.audit.update(fingerprint=fingerprint(f"describe_table {description.table.qualified_name}"),
-                         rows=len(out["columns"]), bytes=json_size(out))
+                         table=description.table.qualified_name, rows=len(out["columns"]), bytes=json_size(out))
         return out
 
     # --- execute_sql ---------------------------------------------------------------------
@@ -124,7 +124,9 @@ class ClaudeTools:
             log.info("tool.write", user=ctx.principal.username, fingerprint=ctx.audit["fingerprint"])
         result = await self.database.execute(sql, max_rows=max_rows, timeout=timeout, write=write)
         ctx.audit.update(rows=result.row_count if result.rows_affected is None else result.rows_affected,
-                         bytes=result.result_bytes)
+                         bytes=result.result_bytes, truncated=result.truncated)
+        if result.truncated_reason:
+            ctx.audit["truncated_reason"] = result.truncated_reason
         return _result_payload(result, truncation_note(result, self.dialect))
 
     # --- get_table_sample ----------------------------------------------------------------
@@ -141,7 +143,8 @@ class ClaudeTools:
                     "Use execute_sql for more rows or specific ones." + (f" {note}" if note else ""))
         out = {"table": table.qualified_name, **_result_payload(result, note)}
         ctx.audit.update(fingerprint=fingerprint(f"get_table_sample {table.qualified_name}"),
-                         rows=result.row_count, bytes=result.result_bytes)
+                         table=table.qualified_name, rows=result.row_count, bytes=result.result_bytes,
+                         truncated=result.truncated)
         return out
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from typing import Any
 
 from ..db.types import QueryResult, TableDescription, TableInfo
 from ..mcp.tools import ToolError
+from ..obs.audit import fingerprint_sql
 
 DIALECT_LABELS = {
     "mssql": "Microsoft SQL Server (T-SQL)",
@@ -17,16 +16,12 @@ DIALECT_LABELS = {
 }
 SQLGLOT_DIALECTS = {"mssql": "tsql", "postgres": "postgres", "sqlite": "sqlite"}
 
-_STRING_LITERAL = re.compile(r"N?'(?:[^']|'')*'")
-_NUMBER_LITERAL = re.compile(r"(?<![\w$@#.])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w$])")
-_SPACES = re.compile(r"\s+")
 
 
 def fingerprint(sql: str) -> str:
-    """Statement shape for audit lines: literals and spacing removed, so repeats of one query group."""
-    shape = _NUMBER_LITERAL.sub("?", _STRING_LITERAL.sub("?", sql))
-    shape = _SPACES.sub(" ", shape).strip().rstrip(";").strip().lower()
-    return hashlib.sha256(shape.encode()).hexdigest()[:16]
+    """Statement shape for audit lines (literals, comments and spacing removed, so repeats of one query
+    group); the audit module's own function, so every path fingerprints a statement the same way."""
+    return fingerprint_sql(sql)
 
 
 def not_read_reason(database: Any, sql: str) -> str:
