@@ -48,7 +48,7 @@ _COOKIE_VALUE = re.compile(r"[A-Za-z0-9_\-]{32,64}")
 MAX_STATE_LENGTH = 2048
 
 
-def _redirect_with(redirect_uri: str, params: dict[str, str]) -> str:
+def _redirect_with(redirect_uri: str, params: dict[str, str | None]) -> str:
     separator = "&" if urlsplit(redirect_uri).query else "?"
     return redirect_uri + separator + urlencode({k: v for k, v in params.items() if v is not None})
 
