@@ -276,3 +276,15 @@ async def test_fetch_ids_of_missing_records(chat: Harness) -> None:
 
 def _path(chat: Harness) -> str:
     return chat.tools.settings.sqlite_path
+
+
+async def test_keyword_search_on_a_slow_catalog_answers_in_time(chat: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.tools.chatgpt as chatgpt
+
+    monkeypatch.setattr(chatgpt, "COLUMN_INDEX_BUDGET_SECONDS", 0)  # no time to read any column names
+    quick = await chat.search("customer email")
+    assert _table_name(quick[0]["id"]) == "customers" and "email" not in quick[0]["title"]  # names only
+    assert "suppliers" not in {_table_name(r["id"]) for r in quick}  # contact_email is a column match
+    monkeypatch.setattr(chatgpt, "COLUMN_INDEX_BUDGET_SECONDS", 8.0)
+    full = await chat.search("customer email")  # the partial index was not cached
+    assert "email" in full[0]["title"] and "suppliers" in {_table_name(r["id"]) for r in full}

@@ -43,6 +43,7 @@ log = structlog.get_logger(__name__)
 
 CACHE_MAX_ENTRIES = 512
 CATALOG_MAX_TABLES = 500  # keyword search looks at columns of at most this many tables
+COLUMN_INDEX_BUDGET_SECONDS = 8.0  # time a keyword search may spend reading column names
 TABLE_FETCH_SAMPLE = 5
 LABEL_COLUMNS = ("name", "title", "full_name", "display_name", "company_name", "username", "email", "sku", "code")
 
@@ -189,9 +190,18 @@ class ChatGptTools:
                     return []
 
         described = tables[:CATALOG_MAX_TABLES]
-        columns = await asyncio.gather(*(columns_of(t) for t in described))
+        tasks = [asyncio.create_task(columns_of(t)) for t in described]
+        # A first search on a large schema must not keep ChatGPT waiting: use what is ready in time,
+        # cache nothing partial (descriptions already read stay cached, so the next search goes on).
+        _, pending = await asyncio.wait(tasks, timeout=COLUMN_INDEX_BUDGET_SECONDS) if tasks else (set(), set())
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        columns = [[] if task in pending else task.result() for task in tasks]
         index = list(zip(described, columns, strict=True)) + [(t, []) for t in tables[CATALOG_MAX_TABLES:]]
-        self.catalog.put("\0columns", index)
+        if not pending:
+            self.catalog.put("\0columns", index)
         return index
 
     # --- titles and documents ------------------------------------------------------------
@@ -218,7 +228,15 @@ class ChatGptTools:
         label = self._row_label(row)
         return f"{table} {keys}" + (f": {render_value(label, 80)}" if label else "")
 
-    def _row_document(self, description: TableDescription, row: dict[str, Any]) -> dict[str, Any]:
+    async def _referenced(self, qualified: str) -> tuple[str | None, str]:
+        """(schema, name) of a foreign key's target, from the catalog (names may contain dots)."""
+        for table in await self._tables():
+            if table.qualified_name.lower() == qualified.lower():
+                return table.schema, table.name
+        schema, _, name = qualified.rpartition(".")
+        return schema or None, name
+
+    async def _row_document(self, description: TableDescription, row: dict[str, Any]) -> dict[str, Any]:
         table = description.table
         lowered = {k.lower(): k for k in row}
         key = {pk: row[lowered[pk.lower()]] for pk in description.primary_key}
@@ -228,8 +246,8 @@ class ChatGptTools:
             values = [row.get(lowered.get(c.lower(), c)) for c in fk.columns]
             if any(v is None for v in values):
                 continue
-            schema, _, name = fk.references_table.rpartition(".")
-            related[",".join(fk.columns)] = ids.row_id(schema or None, name, values)
+            schema, name = await self._referenced(fk.references_table)
+            related[",".join(fk.columns)] = ids.row_id(schema, name, values)
         lines = [f"Row of {table.kind} {table.qualified_name} ({', '.join(f'{k}={v}' for k, v in key.items())})", ""]
         for column, value in row.items():
             link = related.get(column)
@@ -320,7 +338,7 @@ class ChatGptTools:
             raise ToolError(f"No row of {table.qualified_name} has "
                             f"{', '.join(f'{k}={v!r}' for k, v in zip(description.primary_key, key, strict=True))}"
                             " (it may have been deleted).", outcome="error")
-        return self._row_document(description, row)
+        return await self._row_document(description, row)
 
     async def document(self, record_id: str) -> dict[str, Any]:
         """The fetch document of an id (without `url`), from the cache or re-queried."""
@@ -400,7 +418,7 @@ class ChatGptTools:
         hits = [(sample_id, document["title"])]
         if description.primary_key:
             for values in result.rows[: max(0, limit - 1)]:
-                row_doc = self._row_document(description, dict(zip(result.columns, values, strict=False)))
+                row_doc = await self._row_document(description, dict(zip(result.columns, values, strict=False)))
                 self.cache.put(row_doc["id"], row_doc)
                 hits.append((row_doc["id"], row_doc["title"]))
         return hits
@@ -450,7 +468,7 @@ class ChatGptTools:
             key = [values[positions[pk.lower()]] for pk in description.primary_key]
             row = dict(zip(result.columns, values, strict=False))
             if whole_rows:  # a full row: cache it so fetch needs no query
-                row_doc = self._row_document(description, row)
+                row_doc = await self._row_document(description, row)
                 self.cache.put(row_doc["id"], row_doc)
                 hits.append((row_doc["id"], row_doc["title"]))
             else:
