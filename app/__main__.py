@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "users":
             from .auth.cli import users_main
 
-            return users_main(load_settings(), args.users_args)
+            # User management needs only DATA_DIR, not a configured database.
+            return users_main(load_settings(require_database=False), args.users_args)
         return _serve(load_settings())
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)

@@ -281,8 +281,11 @@ def _defaults() -> dict[str, Any]:
 
 
 def load_settings(environ: Mapping[str, str] | None = None, env_file: str | os.PathLike | None = ".env",
-                  **overrides: Any) -> Settings:
-    """Environment wins over the .env file, keyword overrides win over both (tests)."""
+                  *, require_database: bool = True, **overrides: Any) -> Settings:
+    """Environment wins over the .env file, keyword overrides win over both (tests).
+
+    require_database=False is for commands that never connect (user management).
+    """
     source: dict[str, str] = {}
     if env_file and Path(env_file).is_file():
         source.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
@@ -304,11 +307,12 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | os.P
         raise SettingsError(f"unknown settings: {', '.join(sorted(unknown))}")
     values.update(overrides)
     settings = Settings(values)
-    _validate(settings)
+    if require_database:
+        _validate_database(settings)
     return settings
 
 
-def _validate(s: Settings) -> None:
+def _validate_database(s: Settings) -> None:
     if s.odbc_connection_string:
         return
     if s.db_backend == "mssql":
