@@ -347,7 +347,7 @@ async def test_discover(client: TestClient) -> None:
                                               "params": {"_meta": META}}, **_modern_headers("server/discover"))
     assert status == 200
     result = payload["result"]
-    assert result["supportedVersions"] == [MODERN]
+    assert result["supportedVersions"] == ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25", MODERN]
     assert result["resultType"] == "complete"
     assert result["serverInfo"] == {"name": "test", "version": "9.9.9"}
     assert result["_meta"]["io.modelcontextprotocol/serverInfo"] == {"name": "test", "version": "9.9.9"}

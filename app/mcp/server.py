@@ -334,7 +334,8 @@ class McpServer:
 
     async def _discover(self, params: dict[str, Any], env: CallEnv, request_id: RequestId | None) -> Any:
         result: dict[str, Any] = {
-            "supportedVersions": list(MODERN_VERSIONS),
+            # Dual-era: both the envelope version and the handshake versions (same list as -32022 names).
+            "supportedVersions": list(SUPPORTED_VERSIONS),
             "capabilities": {"tools": {"listChanged": False}},
             "serverInfo": self.server_info,
             "ttlMs": CACHE_TTL_MS,
