@@ -208,9 +208,14 @@ class Worker:
     def _maintain(self) -> None:
         """Between jobs: reconnect in the background, or ping a connection that sat idle."""
         if self.conn is None:
-            if time.monotonic() >= self.pool._next_attempt:
-                with contextlib.suppress(DatabaseUnavailable):
-                    self._connect()
+            # One background attempt at a time: with the server down, a slow login timeout (SQL Server)
+            # must not tie up every idle worker at once.
+            if time.monotonic() >= self.pool._next_attempt and self.pool._claim_background_attempt():
+                try:
+                    with contextlib.suppress(DatabaseUnavailable):
+                        self._connect()
+                finally:
+                    self.pool._background_attempt_done()
             return
         if time.monotonic() - self._last_used < KEEPALIVE_SECONDS:
             return
@@ -378,6 +383,7 @@ class Pool:
         self._state_lock = threading.Lock()
         self._fail_streak = 0
         self._next_attempt = 0.0
+        self._background_attempt = False
         self._first_attempt: asyncio.Future[None] | None = None
         self._exits: dict[int, asyncio.Future[None]] = {}
         dialect_label = dialect.name
@@ -555,6 +561,17 @@ class Pool:
             self.last_error = None
         if reconnect:
             self.metrics.pool_reconnects.inc()
+
+    def _claim_background_attempt(self) -> bool:
+        with self._state_lock:
+            if self._background_attempt:
+                return False
+            self._background_attempt = True
+            return True
+
+    def _background_attempt_done(self) -> None:
+        with self._state_lock:
+            self._background_attempt = False
 
     def _may_connect(self) -> bool:
         return time.monotonic() >= self._next_attempt or self.healthy() > 0
