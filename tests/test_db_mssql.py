@@ -155,3 +155,16 @@ async def test_real_driver_against_a_closed_port_degrades_cleanly() -> None:
         assert not await database.ping()
         assert database.metrics.registry.get_sample_value("mssql_mcp_database_up") == 0
     assert threading.active_count() == threads
+
+
+def test_passwords_inside_a_raw_connection_string_are_secrets() -> None:
+    raw = "DRIVER={ODBC Driver 18 for SQL Server};SERVER=h;UID=u;PWD={a;b}}c};Encrypt=yes"
+    dialect = get_dialect(load_settings(environ={}, env_file=None, db_backend="mssql", odbc_connection_string=raw))
+    assert set(dialect.secrets()) == {raw, "a;b}c"}
+    assert "a;b}c" not in dialect_message(dialect, "Login failed: a;b}c")
+
+
+def dialect_message(dialect, text: str) -> str:
+    from app.db.errors import redact
+
+    return redact(text, dialect.secrets())

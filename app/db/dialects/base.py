@@ -9,6 +9,7 @@ pyodbc cursor and run in a pool worker thread, never on the event loop.
 from __future__ import annotations
 
 import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
@@ -18,6 +19,7 @@ import pyodbc
 from ..types import TableDescription, TableInfo
 
 _NEEDS_BRACES = frozenset(";{}=")
+_PASSWORD_IN_STRING = re.compile(r"(?i)(?:^|;)\s*(pwd|password)\s*=\s*(\{(?:[^}]|\}\})*\}|[^;]*)")
 
 
 def odbc_value(value: str, *, always: bool = False) -> str:
@@ -61,8 +63,18 @@ class Dialect(ABC):
         return raw if raw else self.build_connection_string()
 
     def secrets(self) -> tuple[str, ...]:
-        """Strings that must never appear in messages or logs."""
-        return tuple(s for s in (self.settings.odbc_connection_string,) if s)
+        """Strings that must never appear in messages or logs (the raw string and any password in it)."""
+        raw = str(self.settings.odbc_connection_string or "")
+        if not raw:
+            return ()
+        found = [raw]
+        for match in _PASSWORD_IN_STRING.finditer(raw):
+            value = match.group(2)
+            if value.startswith("{") and value.endswith("}"):
+                value = value[1:-1].replace("}}", "}")
+            if value:
+                found.append(value)
+        return tuple(found)
 
     def connect_kwargs(self) -> dict[str, Any]:
         return {"autocommit": False, "timeout": int(self.settings.db_connect_timeout_seconds)}
