@@ -145,6 +145,32 @@ async def test_restart_mid_run_recovers_without_recreating_the_database(pg_db, p
         assert (await database.describe_table("customers")).primary_key == ["id"]
 
 
+async def test_restart_under_load_fails_only_cleanly_and_recovers(pg_db, postgres_server) -> None:
+    async with open_database(**pg_db, db_pool_size=3) as database:
+        outcomes: list[str] = []
+        stop = asyncio.Event()
+
+        async def client() -> None:
+            while not stop.is_set():
+                try:
+                    await database.execute("SELECT count(*) FROM orders")
+                    outcomes.append("ok")
+                except DatabaseUnavailable:  # only while the server is really gone
+                    outcomes.append("unavailable")
+                await asyncio.sleep(0.005)
+
+        clients = [asyncio.create_task(client()) for _ in range(4)]
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(postgres_server.restart)
+        after = len(outcomes)
+        await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.gather(*clients)  # no other exception type escaped
+        # Once the server is back every call succeeds (a call in flight at that moment may still fail).
+        assert outcomes[after:] and set(outcomes[after + len(clients):]) == {"ok"}
+        assert (await database.execute("SELECT 1")).rows == [[1]]
+
+
 async def test_start_while_down_then_recover_by_itself(pg_db, postgres_server) -> None:
     postgres_server.stop()
     try:

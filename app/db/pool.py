@@ -12,9 +12,9 @@ worker completes with `loop.call_soon_threadsafe`. The thread count is fixed: N 
   backstop (statement_timeout, the SQL Server query timeout), set once per session.
 - Dead connections are recognised by SQLSTATE (errors.is_dead_connection), closed and replaced; a read
   that failed that way before returning any rows is retried once on the fresh connection. Connecting
-  failures back off exponentially (shared by all workers, reset by any success). Workers connect in the
-  background at start and keep idle connections alive with a cheap ping, so /health shows the truth and
-  recovery needs no traffic.
+  failures back off exponentially (shared by all workers, reset by any success; see Pool._claim_attempt).
+  Workers connect in the background at start and keep idle connections alive with a cheap ping, so
+  /health shows the truth and recovery needs no traffic.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ INITIAL_BACKOFF_SECONDS = 0.1
 MAX_BACKOFF_SECONDS = 5.0
 KEEPALIVE_SECONDS = 30.0
 MIN_IDLE_WAKE_SECONDS = 0.05
+PROBE_GAP_SECONDS = 0.05
 CLOSE_GRACE_SECONDS = 5.0
 WATCHDOG_IDLE_TICK_SECONDS = 1.0
 BUSY_MESSAGE = "database busy, retry in a moment"
@@ -208,14 +209,12 @@ class Worker:
     def _maintain(self) -> None:
         """Between jobs: reconnect in the background, or ping a connection that sat idle."""
         if self.conn is None:
-            # One background attempt at a time: with the server down, a slow login timeout (SQL Server)
-            # must not tie up every idle worker at once.
-            if time.monotonic() >= self.pool._next_attempt and self.pool._claim_background_attempt():
+            if self.pool._claim_attempt(background=True):
                 try:
                     with contextlib.suppress(DatabaseUnavailable):
                         self._connect()
                 finally:
-                    self.pool._background_attempt_done()
+                    self.pool._attempt_done()
             return
         if time.monotonic() - self._last_used < KEEPALIVE_SECONDS:
             return
@@ -318,9 +317,15 @@ class Worker:
     def _ensure_connected(self) -> None:
         if self.conn is not None:
             return
-        if not self.pool._may_connect():
+        if self.pool.healthy() > 0:  # the server is up (another worker is connected): just connect
+            self._connect()
+            return
+        if not self.pool._claim_attempt(background=False):
             raise DatabaseUnavailable(self.pool.unavailable_message())
-        self._connect()
+        try:
+            self._connect()
+        finally:
+            self.pool._attempt_done()
 
     def _connect(self) -> None:
         try:
@@ -383,7 +388,8 @@ class Pool:
         self._state_lock = threading.Lock()
         self._fail_streak = 0
         self._next_attempt = 0.0
-        self._background_attempt = False
+        self._last_attempt = -math.inf
+        self._attempt_in_flight = False
         self._first_attempt: asyncio.Future[None] | None = None
         self._exits: dict[int, asyncio.Future[None]] = {}
         dialect_label = dialect.name
@@ -562,19 +568,29 @@ class Pool:
         if reconnect:
             self.metrics.pool_reconnects.inc()
 
-    def _claim_background_attempt(self) -> bool:
+    def _claim_attempt(self, *, background: bool) -> bool:
+        """While no connection works, one connection attempt at a time, pool-wide.
+
+        Background attempts (idle workers) follow the exponential backoff, so a down server is not
+        hammered and a slow login timeout (SQL Server) never ties up the whole pool. A call may probe
+        sooner (at most every PROBE_GAP_SECONDS), so the first call after the server is back connects
+        at once instead of failing until the backoff runs out; calls arriving meanwhile fail fast.
+        """
         with self._state_lock:
-            if self._background_attempt:
+            now = time.monotonic()
+            if self._attempt_in_flight:
                 return False
-            self._background_attempt = True
+            if background and now < self._next_attempt:
+                return False
+            if not background and now < self._last_attempt + PROBE_GAP_SECONDS:
+                return False
+            self._attempt_in_flight = True
+            self._last_attempt = now
             return True
 
-    def _background_attempt_done(self) -> None:
+    def _attempt_done(self) -> None:
         with self._state_lock:
-            self._background_attempt = False
-
-    def _may_connect(self) -> bool:
-        return time.monotonic() >= self._next_attempt or self.healthy() > 0
+            self._attempt_in_flight = False
 
     def unavailable_message(self) -> str:
         wait = max(0.0, self._next_attempt - time.monotonic())
