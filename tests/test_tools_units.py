@@ -264,3 +264,11 @@ def test_chatgpt_tools_take_exactly_one_string() -> None:
     for name, param in (("search", "query"), ("fetch", "id")):
         schema = tools[name].input_schema
         assert list(schema["properties"]) == [param] and schema["properties"][param]["type"] == "string"
+
+
+def test_result_size_meta_covers_the_byte_cap() -> None:
+    from app.tools.common import result_size_meta
+
+    assert result_size_meta(_settings()) == {"anthropic/maxResultSizeChars": 120_000}  # 100,000 bytes + room
+    assert result_size_meta(_settings(max_result_bytes=1000)) == {"anthropic/maxResultSizeChars": 50_000}
+    assert result_size_meta(_settings(max_result_bytes=10**9)) == {"anthropic/maxResultSizeChars": 500_000}

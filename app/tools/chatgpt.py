@@ -34,8 +34,10 @@ from .common import (
     json_size,
     not_read_reason,
     render_value,
+    result_size_meta,
     text_table,
     truncation_note,
+    with_meta,
 )
 from .intent import Intent, parse_intent, stem
 
@@ -544,7 +546,7 @@ def build_chatgpt_tools(database: Any, settings: Any, metrics: Any = None) -> li
     tools = shared_tool_set(database, settings, metrics)
     dialect = DIALECT_LABELS.get(settings.db_backend, settings.db_backend)
     read_annotations = {"readOnlyHint": True, "idempotentHint": True, "openWorldHint": False}
-    return [
+    tools_list = [
         Tool(
             name="search",
             title="Search the database",
@@ -593,3 +595,4 @@ def build_chatgpt_tools(database: Any, settings: Any, metrics: Any = None) -> li
             handler=tools.fetch,
         ),
     ]
+    return with_meta(tools_list, {"fetch"}, result_size_meta(settings))

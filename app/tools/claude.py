@@ -17,8 +17,10 @@ from .common import (
     positive_int,
     positive_number,
     required_str,
+    result_size_meta,
     table_info_dict,
     truncation_note,
+    with_meta,
 )
 
 log = structlog.get_logger(__name__)
@@ -164,7 +166,7 @@ def build_claude_tools(database: Any, settings: Any) -> list[Tool]:
         mode = ("Writes are enabled: INSERT/UPDATE/DELETE/DDL run in a transaction committed only on success, "
                 "and only for accounts with the writer role. Double-check any statement that changes data.")
 
-    return [
+    tools_list = [
         Tool(
             name="list_tables",
             title="List tables",
@@ -310,3 +312,4 @@ def build_claude_tools(database: Any, settings: Any) -> list[Tool]:
             handler=tools.get_table_sample,
         ),
     ]
+    return with_meta(tools_list, {"list_tables", "execute_sql", "get_table_sample"}, result_size_meta(settings))

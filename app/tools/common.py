@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 from ..db.types import QueryResult, TableDescription, TableInfo
-from ..mcp.tools import ToolError
+from ..mcp.tools import Tool, ToolError
 from ..obs.audit import fingerprint_sql
 
 DIALECT_LABELS = {
@@ -22,6 +23,25 @@ def fingerprint(sql: str) -> str:
     """Statement shape for audit lines (literals, comments and spacing removed, so repeats of one query
     group); the audit module's own function, so every path fingerprints a statement the same way."""
     return fingerprint_sql(sql)
+
+
+CLAUDE_MAX_RESULT_CHARS = 500_000  # the most Claude Code accepts via anthropic/maxResultSizeChars
+
+
+def result_size_meta(settings: Any) -> dict[str, Any]:
+    """Tool `_meta` telling Claude Code how large a result can get, so results between its default
+    50,000-character threshold and our byte cap stay inline instead of being spilled to a file."""
+    chars = min(CLAUDE_MAX_RESULT_CHARS, max(50_000, int(settings.max_result_bytes) + 20_000))
+    return {"anthropic/maxResultSizeChars": chars}
+
+
+def with_meta(tools: list[Tool], names: set[str], meta: dict[str, Any]) -> list[Tool]:
+    """Attach `_meta` where app.mcp.tools.Tool supports it (a `meta` field); harmless otherwise."""
+    if "meta" in {f.name for f in dataclasses.fields(Tool)}:
+        for tool in tools:
+            if tool.name in names:
+                tool.meta = {**(getattr(tool, "meta", None) or {}), **meta}  # type: ignore[attr-defined]
+    return tools
 
 
 def not_read_reason(database: Any, sql: str) -> str:
