@@ -34,6 +34,7 @@ class CallFailed(Exception):
 @dataclass
 class Stats:
     latencies: list[float] = field(default_factory=list)
+    completed: int = 0  # successful calls including warm-up and tail: for CPU cost per call
     bytes_received: int = 0
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
@@ -126,6 +127,7 @@ async def _worker(client: Client, tool: str, arguments: dict[str, Any], window: 
             await asyncio.sleep(0.01)  # a refusing server must not turn the loop into a busy spin
             continue
         finished = time.perf_counter()
+        stats.completed += 1
         if started >= measure_start and finished <= measure_end:
             stats.latencies.append(finished - started)
             stats.bytes_received += size
@@ -164,6 +166,7 @@ async def run(url: str, tool: str, arguments: dict[str, Any], concurrency: int, 
         "protocol_version": init[0].get("protocolVersion"),
         "session_ids": any("Mcp-Session-Id" in c.headers for c in clients),
         "calls": calls,
+        "calls_total": stats.completed,
         "errors": stats.errors,
         "error_samples": stats.error_samples,
         "calls_per_s": calls / duration,
@@ -173,6 +176,7 @@ async def run(url: str, tool: str, arguments: dict[str, Any], concurrency: int, 
         "max_ms": ordered[-1] * 1000 if ordered else float("nan"),
         "mean_response_bytes": stats.bytes_received / calls if calls else 0,
         "client_cpu_s": client_cpu,
+        "client_cpu_ms_per_call": 1000 * client_cpu / max(stats.completed, 1),
     }
 
 

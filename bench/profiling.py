@@ -20,14 +20,16 @@ PY_SPY = Path(__file__).resolve().parent / ".peers" / "prof" / "bin" / "py-spy"
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
 
 
-async def record(pid: int, duration: float, out: Path, rate: int = 250) -> None:
-    """Sample every thread of `pid` (idle threads excluded) for `duration` seconds into collapsed-stack text."""
+async def record(pid: int, duration: float, out: Path, rate: int = 250, gil_only: bool = True) -> None:
+    """Sample `pid` for `duration` seconds into collapsed-stack text. `gil_only`: only the thread holding the
+    GIL, i.e. where the interpreter's one core goes (what limits a Python server's throughput); otherwise
+    every non-idle thread, including workers blocked in the database driver."""
     if not PY_SPY.exists():
         raise RuntimeError(f"py-spy is not installed at {PY_SPY} (make bench-profiler)")
     out.parent.mkdir(parents=True, exist_ok=True)
     proc = await asyncio.create_subprocess_exec(
         str(PY_SPY), "record", "--pid", str(pid), "--duration", str(int(duration)), "--rate", str(rate),
-        "--format", "raw", "--full-filenames", "--nonblocking", "--output", str(out),
+        "--format", "raw", "--full-filenames", "--nonblocking", "--output", str(out), *(["--gil"] if gil_only else []),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     try:
         _, err = await asyncio.wait_for(proc.communicate(), timeout=duration + 60)
@@ -83,7 +85,7 @@ def summarize(raw_path: Path, top: int = 25) -> str:
         rows += [f"| {100 * n / total:5.1f} | `{name}` |" for name, n in counter.most_common(top)]
         return [*rows, ""]
 
-    lines = [f"## {raw_path.name}: {total} samples (threads on CPU or waiting in C code, idle excluded)", ""]
+    lines = [f"## {raw_path.name}: {total} samples", ""]
     lines += table("Self time by module (file)", self_mod)
     lines += table("Self time by function", self_fn)
     lines += table("Inclusive time by function (on the stack)", incl_fn)

@@ -278,7 +278,8 @@ async def measure(server: RunningServer, query_key: str, concurrency: int, args:
             communicate = asyncio.ensure_future(load.communicate())
             if profile_to is not None:
                 await asyncio.sleep(args.warmup + 0.5)  # + start-up and initialize of the load process
-                await profiling.record(server.proc.pid, args.duration - 1, profile_to)
+                await profiling.record(server.proc.pid, args.duration - 1, profile_to,
+                                       gil_only=args.profile_mode == "gil")
             out, err = await asyncio.wait_for(communicate, timeout=args.duration + args.warmup + 120)
         finally:
             if load.returncode is None:  # timed out or interrupted: never leave a load generator behind
@@ -293,6 +294,9 @@ async def measure(server: RunningServer, query_key: str, concurrency: int, args:
         "query": query_key,
         "peak_rss_mb": sampler.peak_rss_kb / 1024,
         "server_cpu_pct": 100 * sampler.server_cpu / sampler.wall,
+        # CPU the server spent per answered call (all calls of the load run, warm-up included): less
+        # sensitive to other jobs on the machine than calls/s, and what bounds throughput on 2 cores.
+        "server_cpu_ms_per_call": 1000 * sampler.server_cpu / max(report["calls_total"], 1),
         # Everything else on the machine while we measured (other jobs): high values make a run suspect.
         "other_cpu_pct": max(0.0, 100 * (sampler.machine_busy - sampler.server_cpu - client_cpu) / sampler.wall),
         "busy_before_pct": 100 * idle_share * (os.cpu_count() or 1),
@@ -401,8 +405,9 @@ def render_markdown(info: dict[str, Any], args: argparse.Namespace, db_summary: 
         f"best of {args.rounds} round(s); servers run one at a time on 127.0.0.1.",
         "- Columns: calls/s = successful tool results per second; latency percentiles in ms; errors = failed "
         "or non-success results (not counted as calls); RSS = peak resident memory of the server's process tree; "
-        "server CPU = share of one core used by the server; other CPU = load from unrelated processes on the "
-        "machine during the run (a high value means the run was disturbed).",
+        "server CPU = share of one core used by the server; CPU ms/call = server CPU time per answered call; "
+        "other CPU = load from unrelated processes on the machine during the run (a high value means the run "
+        "was disturbed).",
         "",
     ]
     for query_key in args.queries:
@@ -412,18 +417,19 @@ def render_markdown(info: dict[str, Any], args: argparse.Namespace, db_summary: 
                 f"### concurrency {c}",
                 "",
                 "| server | calls/s | p50 ms | p95 ms | p99 ms | max ms | errors | peak RSS MB | server CPU % "
-                "| other CPU % | resp. bytes |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+                "| CPU ms/call | other CPU % | resp. bytes |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             ]
             for key in servers:
                 r = best.get((key, query_key, c))
                 if r is None:
-                    lines.append(f"| {SERVERS[key].title} | failed | | | | | | | | | |")
+                    lines.append(f"| {SERVERS[key].title} | failed | | | | | | | | | | |")
                     continue
                 lines.append(
                     f"| {SERVERS[key].title} | {r['calls_per_s']:,.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
                     f"{r['p99_ms']:.1f} | {r['max_ms']:.1f} | {r['errors']} | {r['peak_rss_mb']:.0f} | "
-                    f"{r['server_cpu_pct']:.0f} | {r['other_cpu_pct']:.0f} | {r['mean_response_bytes']:.0f} |")
+                    f"{r['server_cpu_pct']:.0f} | {r['server_cpu_ms_per_call']:.2f} | {r['other_cpu_pct']:.0f} | "
+                    f"{r['mean_response_bytes']:.0f} |")
             lines.append("")
     lines += ["## Target (issue 2): ahead of DBHub at concurrency 8 and 32, with a lower p99", ""]
     if "ours" in servers and "dbhub" in servers:
@@ -520,7 +526,8 @@ async def main_async(args: argparse.Namespace) -> int:
 def _print_run(label: str, r: dict[str, Any]) -> None:
     print(f"  {label} {r['server']:6} {r['query']:14} c={r['concurrency']:<3} {r['calls_per_s']:8,.0f} calls/s  "
           f"p50 {r['p50_ms']:6.1f}  p99 {r['p99_ms']:6.1f} ms  errors {r['errors']}  rss {r['peak_rss_mb']:.0f} MB  "
-          f"cpu {r['server_cpu_pct']:.0f}%  other {r['other_cpu_pct']:.0f}%", flush=True)
+          f"cpu {r['server_cpu_pct']:.0f}% ({r['server_cpu_ms_per_call']:.2f} ms/call)  "
+          f"other {r['other_cpu_pct']:.0f}%", flush=True)
 
 
 def _csv(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
@@ -541,6 +548,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="add one py-spy profiled run per query at the highest concurrency (not reported in "
                              "RESULTS.md); summaries go to bench/.peers/profiles/SUMMARY.md")
     parser.add_argument("--profile-servers", type=_csv(str), default=["ours"])
+    parser.add_argument("--profile-mode", choices=["gil", "all"], default="gil",
+                        help="gil: only the thread holding the GIL (where the interpreter's time goes); "
+                             "all: every busy thread")
     parser.add_argument("--database", default=str(BENCH / "demo.db"))
     parser.add_argument("--out", default=str(BENCH / "RESULTS.md"))
     parser.add_argument("--json", default=str(BENCH / "results.json"))
