@@ -53,6 +53,9 @@ class Tool:
     handler: ToolHandler
     output_schema: dict[str, Any] | None = None
     annotations: dict[str, Any] = field(default_factory=dict)
+    # Sent as the tool's `_meta`, e.g. {"anthropic/maxResultSizeChars": N} so Claude Code keeps
+    # results up to our byte cap inline instead of spilling them to a file.
+    meta: dict[str, Any] | None = None
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -65,4 +68,6 @@ class Tool:
             out["outputSchema"] = self.output_schema
         if self.annotations:
             out["annotations"] = {"title": self.title, **self.annotations}
+        if self.meta:
+            out["_meta"] = self.meta
         return out

@@ -71,7 +71,7 @@ class OriginPolicy:
         # Behind a trusted proxy the public origin comes from X-Forwarded-*; never from a bare Host
         # header, which is exactly what a DNS-rebinding page controls.
         if "X-Forwarded-Host" in request.headers and self._peer_trusted(request):
-            return origin == _origin_of(base_url(request))
+            return origin == _origin_of(public_base_url(request))
         return False
 
     def _peer_trusted(self, request: web.Request) -> bool:
@@ -80,6 +80,27 @@ class OriginPolicy:
         except ValueError:
             return False
         return any(net is not None and address in net for net in self._trusted)
+
+
+_BASE_URL_CACHE: dict[tuple[Any, ...], str] = {}
+_BASE_URL_CACHE_SIZE = 1024
+
+
+def public_base_url(request: web.Request) -> str:
+    """app.urls.base_url, memoized on everything it reads (it parses the trusted-proxy networks on
+    every call, which is a measurable share of a tools/call round trip)."""
+    settings = request.app[keys.SETTINGS]
+    if settings.public_base_url:
+        return settings.public_base_url + settings.environment_path
+    headers = request.headers
+    key = (id(settings), request.remote, request.scheme, request.host, headers.get("X-Forwarded-Proto"),
+           headers.get("X-Forwarded-Host"), headers.get("X-Environment-Path"))
+    cached = _BASE_URL_CACHE.get(key)
+    if cached is None:
+        if len(_BASE_URL_CACHE) >= _BASE_URL_CACHE_SIZE:
+            _BASE_URL_CACHE.clear()
+        cached = _BASE_URL_CACHE[key] = base_url(request)
+    return cached
 
 
 def accepts(request: web.Request) -> tuple[bool, bool]:

@@ -1,0 +1,146 @@
+"""Protocol core units: JSON-RPC framing, the argument fast path, the session store, era routing."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from app.mcp.jsonrpc import RawJson, dumps, loads, parse_message
+from app.mcp.server import McpServer, decode_header_value, fast_validator, is_modern_request
+from app.mcp.session import Outbox, SessionStore, TooManySessions
+from app.mcp.tools import Tool
+
+SCHEMAS = [
+    {"type": "object", "properties": {"query": {"type": "string", "minLength": 1, "maxLength": 5},
+                                      "max_rows": {"type": "integer", "minimum": 1},
+                                      "timeout_seconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 30},
+                                      "flag": {"type": "boolean", "description": "x"}},
+     "required": ["query"], "additionalProperties": False},
+    {"type": "object", "properties": {"id": {"type": "string"}}},  # extra properties allowed
+]
+VALUES = ["", "a", "abcde", "abcdef", "é" * 5, 0, 1, -1, 2**70, 1.0, 0.5, 30, 30.0, 31, True, False, None, [], {},
+          float("nan")]
+
+
+def _instances() -> list[Any]:
+    out: list[Any] = [None, [], "x", 1, {}]
+    keys = ["query", "max_rows", "timeout_seconds", "flag", "id", "other"]
+    for key, value in itertools.product(keys, VALUES):
+        out.append({key: value})
+        out.append({"query": "ok", key: value})
+    return out
+
+
+@pytest.mark.parametrize("schema", SCHEMAS)
+def test_fast_validator_never_accepts_what_jsonschema_rejects(schema: dict[str, Any]) -> None:
+    fast = fast_validator(schema)
+    assert fast is not None
+    reference = Draft202012Validator(schema)
+    accepted = 0
+    for instance in _instances():
+        if fast(instance):
+            accepted += 1
+            assert reference.is_valid(instance), instance
+    assert accepted > 10
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "object", "properties": {"kind": {"enum": ["a", "b"]}}},
+    {"type": "object", "properties": {"x": {"type": "string", "pattern": "^a"}}},
+    {"type": "object", "anyOf": [{"required": ["a"]}]},
+    {"type": "array"},
+    {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object"},
+])
+def test_fast_validator_declines_what_it_does_not_understand(schema: dict[str, Any]) -> None:
+    assert fast_validator(schema) is None
+
+
+def test_parse_message_kinds() -> None:
+    assert parse_message({"jsonrpc": "2.0", "id": 1, "method": "ping"}).kind == "request"
+    assert parse_message({"jsonrpc": "2.0", "method": "notifications/initialized"}).kind == "notification"
+    assert parse_message({"jsonrpc": "2.0", "id": 1, "result": {}}).kind == "response"
+    with pytest.raises(Exception) as bool_id:
+        parse_message({"jsonrpc": "2.0", "id": True, "method": "ping"})
+    assert bool_id.value.code == -32600
+    with pytest.raises(Exception) as null_id:
+        parse_message({"jsonrpc": "2.0", "id": None, "method": "ping"})
+    assert null_id.value.code == -32600
+
+
+def test_loads_rejects_garbage_without_crashing() -> None:
+    for body in (b"\xff\xfe", b"[" * 100_000, b"1" * 5000, b""):
+        with pytest.raises(Exception) as error:
+            loads(body)
+        assert error.value.code == -32700
+
+
+def test_dumps_splices_raw_results() -> None:
+    text = dumps({"jsonrpc": "2.0", "id": "a", "result": RawJson('{"tools":[]}')})
+    assert json.loads(text) == {"jsonrpc": "2.0", "id": "a", "result": {"tools": []}}
+    batch = dumps([{"jsonrpc": "2.0", "id": 1, "result": RawJson("{}")}, {"jsonrpc": "2.0", "id": 2, "result": {}}])
+    assert json.loads(batch)[0]["result"] == {}
+
+
+def test_base64_header_values() -> None:
+    assert decode_header_value("=?base64?SGVsbG8sIOS4lueVjA==?=") == "Hello, 世界"
+    assert decode_header_value("plain") == "plain"
+    assert decode_header_value("=?base64?%%%?=") is None
+
+
+@pytest.mark.parametrize(("body", "header", "modern"), [
+    ({"method": "tools/list"}, None, False),
+    ({"method": "tools/list"}, "2025-06-18", False),
+    ({"method": "tools/list"}, "2026-07-28", True),
+    ({"method": "server/discover"}, None, True),
+    ({"method": "tools/list", "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "x"}}}, None, True),
+    ({"method": "tools/list", "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "x"}}}, "2025-11-25",
+     False),
+])
+def test_era_routing(body: dict[str, Any], header: str | None, modern: bool) -> None:
+    assert is_modern_request(body, header) is modern
+
+
+async def test_outbox_wakes_on_put_close_and_timeout() -> None:
+    box = Outbox()
+    waiter = asyncio.ensure_future(box.wait(5))
+    await asyncio.sleep(0)
+    box.put({"a": 1})
+    await asyncio.wait_for(waiter, 1)
+    assert box.drain() == [{"a": 1}] and not box
+    await asyncio.wait_for(box.wait(0.01), 1)  # times out quietly
+    box.close()
+    await asyncio.wait_for(box.wait(5), 1)
+    assert box.put({"b": 2}) is False
+
+
+def test_session_store_counts_and_eviction() -> None:
+    counts: list[tuple[str, int]] = []
+    store = SessionStore(max_sessions=2, idle_seconds=3600, on_count=lambda t, d: counts.append((t, d)))
+    first = store.create("streamable_http", "2025-11-25")
+    first.stream = Outbox()  # an open stream: never evicted
+    second = store.create("sse", "2024-11-05")
+    third = store.create("streamable_http", "2025-06-18")
+    assert store.get(second.id) is None and store.get(first.id) is first and store.get(third.id) is third
+    third.stream = Outbox()
+    with pytest.raises(TooManySessions):
+        store.create("streamable_http", "2025-11-25")
+    store.close_all()
+    assert len(store) == 0 and first.stream.closed
+    assert sum(delta for _, delta in counts) == 0
+
+
+def test_duplicate_tool_names_and_bad_schemas_fail_at_start() -> None:
+    async def handler(arguments: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        return {}
+
+    tool = Tool("t", "T", "d", {"type": "object"}, handler)
+    with pytest.raises(ValueError):
+        McpServer(name="x", version="1", instructions="", tools=[tool, tool])
+    with pytest.raises(Exception):  # noqa: B017 - jsonschema's SchemaError
+        McpServer(name="x", version="1", instructions="",
+                  tools=[Tool("u", "U", "d", {"type": "object", "properties": 5}, handler)])
