@@ -121,8 +121,14 @@ class Tokens:
     client_secret: str | None
 
 
-async def sign_in(http: aiohttp.ClientSession, base: str, username: str, *, fail_first: bool) -> Tokens:
-    """Dynamic registration, login page (optionally a wrong password first), consent, code, token, refresh."""
+async def sign_in(http: aiohttp.ClientSession, server: str, username: str, *, fail_first: bool,
+                  realm: str = "") -> Tokens:
+    """Dynamic registration, login page (optionally a wrong password first), consent, code, token, refresh.
+
+    Each MCP prefix is its own resource with its own issuer (`realm`): `/mcp` at the root, `/chatgpt/mcp`
+    under `/chatgpt`, so a client signs in once per endpoint it uses.
+    """
+    base = f"{server}{realm}"
     redirect_uri = "http://127.0.0.1:9/callback"
     async with http.post(f"{base}/register", json={
             "client_name": "obs live test", "redirect_uris": [redirect_uri],
@@ -170,7 +176,7 @@ async def sign_in(http: aiohttp.ClientSession, base: str, username: str, *, fail
                   client_secret=client.get("client_secret"))
 
 
-async def mcp_traffic(base: str, token: str) -> dict[str, bool]:
+async def mcp_traffic(base: str, token: str, chatgpt_token: str) -> dict[str, bool]:
     """Tool calls through the official SDK client; returns tool name -> isError."""
     import httpx2
     from mcp.client.session import ClientSession
@@ -178,30 +184,32 @@ async def mcp_traffic(base: str, token: str) -> dict[str, bool]:
 
     outcomes: dict[str, bool] = {}
     headers = {"Authorization": f"Bearer {token}"}
-    async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
-        async with (streamable_http_client(f"{base}/mcp", http_client=http) as (read, write, *_),
-                    ClientSession(read, write) as session):
-            await session.initialize()
-            tools = {tool.name for tool in (await session.list_tools()).tools}
-            assert "execute_sql" in tools, tools
-            ok = await session.call_tool("execute_sql", {"query": "SELECT id, name FROM customers LIMIT 5"})
-            outcomes["execute_sql:ok"] = bool(ok.isError)
-            bad = await session.call_tool("execute_sql", {"query": "SELECT * FROM no_such_table_xyz"})
-            outcomes["execute_sql:error"] = bool(bad.isError)
-            refused = await session.call_tool("execute_sql", {"query": "DELETE FROM customers"})
-            outcomes["execute_sql:refused"] = bool(refused.isError)
-            sample = await session.call_tool("get_table_sample", {"table_name": "products", "limit": 3})
-            outcomes["get_table_sample:ok"] = bool(sample.isError)
-        async with (streamable_http_client(f"{base}/chatgpt/mcp", http_client=http) as (read, write, *_),
-                    ClientSession(read, write) as session):
-            await session.initialize()
-            found = await session.call_tool("search", {"query": "customers"})
-            outcomes["search:ok"] = bool(found.isError)
-            results = json.loads(found.content[0].text)["results"]
-            assert results, found
-            for _ in range(2):  # the second fetch of the same id is a cache hit
-                fetched = await session.call_tool("fetch", {"id": results[0]["id"]})
-                outcomes["fetch:ok"] = bool(fetched.isError)
+    async with (httpx2.AsyncClient(headers=headers, timeout=30) as http,
+                streamable_http_client(f"{base}/mcp", http_client=http) as (read, write, *_),
+                ClientSession(read, write) as session):
+        await session.initialize()
+        tools = {tool.name for tool in (await session.list_tools()).tools}
+        assert "execute_sql" in tools, tools
+        ok = await session.call_tool("execute_sql", {"query": "SELECT customer_id, last_name FROM customers LIMIT 5"})
+        outcomes["execute_sql:ok"] = bool(ok.is_error)
+        bad = await session.call_tool("execute_sql", {"query": "SELECT * FROM no_such_table_xyz"})
+        outcomes["execute_sql:error"] = bool(bad.is_error)
+        refused = await session.call_tool("execute_sql", {"query": "DELETE FROM customers"})
+        outcomes["execute_sql:refused"] = bool(refused.is_error)
+        sample = await session.call_tool("get_table_sample", {"table_name": "products", "limit": 3})
+        outcomes["get_table_sample:ok"] = bool(sample.is_error)
+    headers = {"Authorization": f"Bearer {chatgpt_token}"}
+    async with (httpx2.AsyncClient(headers=headers, timeout=30) as http,
+                streamable_http_client(f"{base}/chatgpt/mcp", http_client=http) as (read, write, *_),
+                ClientSession(read, write) as session):
+        await session.initialize()
+        found = await session.call_tool("search", {"query": "customers"})
+        outcomes["search:ok"] = bool(found.is_error)
+        results = json.loads(found.content[0].text)["results"]
+        assert results, found
+        for _ in range(2):  # the second fetch of the same id is a cache hit
+            fetched = await session.call_tool("fetch", {"id": results[0]["id"]})
+            outcomes["fetch:ok"] = bool(fetched.is_error)
     return outcomes
 
 
@@ -271,10 +279,11 @@ async def test_every_dashboard_panel_returns_data_and_audit_lines_are_written(
     jar = aiohttp.CookieJar(unsafe=True)  # the sign-in pages bind a cookie to 127.0.0.1
     async with aiohttp.ClientSession(cookie_jar=jar) as http:
         tokens = await sign_in(http, obs_live_app.url, "alice", fail_first=True)
+        chatgpt_tokens = await sign_in(http, obs_live_app.url, "alice", fail_first=False, realm="/chatgpt")
         async with http.post(f"{obs_live_app.url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
                              headers={"Accept": "application/json, text/event-stream"}) as response:
             assert response.status == 401  # no token: a bearer rejection
-    outcomes = await mcp_traffic(obs_live_app.url, tokens.access)
+    outcomes = await mcp_traffic(obs_live_app.url, tokens.access, chatgpt_tokens.access)
     assert outcomes == {"execute_sql:ok": False, "execute_sql:error": True, "execute_sql:refused": True,
                         "get_table_sample:ok": False, "search:ok": False, "fetch:ok": False}, outcomes
 
@@ -291,7 +300,7 @@ async def test_every_dashboard_panel_returns_data_and_audit_lines_are_written(
         assert result, expr
         return float(result[0]["value"][1])
 
-    assert await value(f'sum(mssql_mcp_oauth_tokens_issued_total{{job="{JOB}"}})') == 2
+    assert await value(f'sum(mssql_mcp_oauth_tokens_issued_total{{job="{JOB}"}})') == 4
     assert await value(f'sum(mssql_mcp_login_failures_total{{job="{JOB}",reason="bad_password"}})') == 1
     assert await value(f'sum(mssql_mcp_tool_calls_total{{job="{JOB}",outcome!="ok"}})') >= 2
     assert await value(f'sum(mssql_mcp_guard_refusals_total{{job="{JOB}"}})') >= 1
@@ -304,8 +313,10 @@ async def test_every_dashboard_panel_returns_data_and_audit_lines_are_written(
     assert ("execute_sql", "error") in seen, seen
     assert {"get_table_sample", "search", "fetch"} <= {tool for tool, _ in seen}
     assert len(audit) == 7, seen
+    chatgpt_tools = {"search", "fetch"}
     for line in audit:
-        assert line["logger"] == "audit" and line["user"] == "alice" and line["client"] == tokens.client_id
+        client = chatgpt_tokens.client_id if line["tool"] in chatgpt_tools else tokens.client_id
+        assert line["logger"] == "audit" and line["user"] == "alice" and line["client"] == client
         assert line["request_id"] and isinstance(line["duration_ms"], int | float)
     ok_sql = next(line for line in audit if line["tool"] == "execute_sql" and line["outcome"] == "ok")
     assert ok_sql["rows"] == 5 and ok_sql["bytes"] > 0 and ok_sql["fingerprint"]
@@ -313,6 +324,8 @@ async def test_every_dashboard_panel_returns_data_and_audit_lines_are_written(
 
     # Nothing secret anywhere in the whole log output of the session.
     text = captured_logs.text
-    for secret in (PASSWORD, "wrong password 123", tokens.access, tokens.refresh, tokens.client_secret or "x" * 40):
-        assert secret not in text
+    for signed_in in (tokens, chatgpt_tokens):
+        for secret in (PASSWORD, "wrong password 123", signed_in.access, signed_in.refresh,
+                       signed_in.client_secret or "x" * 40):
+            assert secret not in text
     assert not any(line.get(CLIENT_SECRET_MARK) not in (None, "***") for line in captured_logs.lines())
