@@ -208,7 +208,7 @@ async def test_writes_commit_only_on_success(pg_db, postgres_server) -> None:
         inserted = await database.execute("INSERT INTO customers (id, name) VALUES (?, ?)", (10, "New Person"))
         assert inserted.rows_affected == 1
         returning = await database.execute("INSERT INTO customers (id, name) VALUES (11, 'Other') RETURNING id, name")
-        assert returning.rows == [[11, "Other"]]
+        assert returning.rows == [[11, "Other"]] and returning.rows_affected == 1
         with pytest.raises(QueryFailed) as info:  # the second statement fails: the first is rolled back too
             await database.execute("INSERT INTO customers (id, name) VALUES (12, 'Lost'); "
                                    "INSERT INTO customers (id, name) VALUES (10, 'Duplicate')")

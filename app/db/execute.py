@@ -83,11 +83,11 @@ def write(session: Any, sql: str, params: Sequence[Any], max_rows: int, max_byte
     result: QueryResult | None = None
     affected: int | None = None
     while True:
-        if cursor.description is not None:
-            if result is None:
-                result = collect(cursor, session, max_rows, max_bytes)
-        elif cursor.rowcount is not None and cursor.rowcount >= 0:
-            affected = (affected or 0) + cursor.rowcount
+        count = cursor.rowcount  # -1 when the driver does not know (e.g. a SELECT); INSERT ... RETURNING counts
+        if count is not None and count >= 0:
+            affected = (affected or 0) + count
+        if cursor.description is not None and result is None:
+            result = collect(cursor, session, max_rows, max_bytes)
         if not cursor.nextset():  # later statements of a batch only run as their results are consumed
             break
     session.conn.commit()
