@@ -52,6 +52,7 @@ class LegacySse:
         try:
             session = self.server.sessions.create(TRANSPORT, "2024-11-05")
         except TooManySessions:
+            log.warning("mcp_sessions_exhausted", max_sessions=self.server.sessions.max_sessions)
             return http_error(503, "Too many open MCP sessions; retry later", headers={"Retry-After": "5"})
         outbox = session.stream = Outbox()
         # Path-absolute, so it resolves against the origin the client connected to, and includes the

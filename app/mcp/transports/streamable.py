@@ -119,6 +119,7 @@ class StreamableHttp:
         try:
             answer = await self.server.handle_request(message, env)
         except TooManySessions:
+            log.warning("mcp_sessions_exhausted", max_sessions=self.server.sessions.max_sessions)
             return http_error(503, "Too many open MCP sessions; retry later", headers={"Retry-After": "5"})
         headers = {SESSION_HEADER: env.session.id} if initializing and env.session is not None else None
         return await self._single(request, answer, json_ok, headers=headers)
@@ -195,6 +196,7 @@ class StreamableHttp:
             await outbox.wait(timeout)
             if not task.done() and disconnected(request):
                 task.cancel()  # 2026-07-28: closing the request is its cancellation; also stops abandoned work
+                log.info("mcp_client_went_away", modern=modern)
                 return web.Response(status=499)
         if sse_ok and outbox:
             return await self._stream(request, task, outbox)  # notifications raced the result: keep order
@@ -336,6 +338,7 @@ class StreamableHttp:
         if isinstance(session_or_error, web.Response):
             return session_or_error
         self.server.sessions.remove(session_or_error)
+        log.debug("mcp_session_deleted", transport=TRANSPORT)
         return web.Response(status=204)
 
 
