@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from aiohttp import web
 
 from . import keys
+
+
+@functools.lru_cache(maxsize=8)
+def _networks(trusted: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    # Parsed once per settings value: this runs on every authenticated request.
+    networks = []
+    for entry in trusted:
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            continue
+    return tuple(networks)
 
 
 def _peer_is_trusted(request: web.Request, trusted: tuple[str, ...]) -> bool:
@@ -17,13 +30,7 @@ def _peer_is_trusted(request: web.Request, trusted: tuple[str, ...]) -> bool:
         address = ipaddress.ip_address(peer)
     except ValueError:
         return False
-    for entry in trusted:
-        try:
-            if address in ipaddress.ip_network(entry, strict=False):
-                return True
-        except ValueError:
-            continue
-    return False
+    return any(address in network for network in _networks(trusted))
 
 
 def base_url(request: web.Request) -> str:
