@@ -114,8 +114,16 @@ class Metrics:
     def _preinitialise(self) -> None:
         for grant in GRANTS:
             self.oauth_tokens.labels(grant)
-        for reason in ("bad_password", "unknown_user", "throttled"):
+        for reason in ("bad_password", "unknown_user", "throttled", "csrf", "upstream", "upstream_not_allowed"):
             self.login_failures.labels(reason)
+        for reason in ("missing", "query_token", "malformed", "expired", "wrong_issuer", "wrong_audience",
+                       "unknown_user", "revoked", "insufficient_scope"):
+            self.bearer_rejections.labels(reason)
+        for error in ("invalid_request", "invalid_client", "invalid_grant", "unauthorized_client",
+                      "unsupported_grant_type", "invalid_scope", "invalid_target"):
+            self.oauth_token_errors.labels(error)
+        for outcome in ("ok", "error"):
+            self.oauth_registrations.labels(outcome)
         for transport in ("streamable_http", "sse"):
             self.mcp_sessions_active.labels(transport)
         self.oauth_refresh_reuse.inc(0)
