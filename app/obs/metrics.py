@@ -116,8 +116,8 @@ class Metrics:
             self.oauth_tokens.labels(grant)
         for reason in ("bad_password", "unknown_user", "throttled", "csrf", "upstream", "upstream_not_allowed"):
             self.login_failures.labels(reason)
-        for reason in ("missing", "query_token", "malformed", "expired", "wrong_issuer", "wrong_audience",
-                       "unknown_user", "revoked", "insufficient_scope"):
+        for reason in ("missing", "query_token", "malformed", "bad_signature", "expired", "wrong_issuer",
+                       "wrong_audience", "unknown_user", "revoked", "insufficient_scope"):
             self.bearer_rejections.labels(reason)
         for error in ("invalid_request", "invalid_client", "invalid_grant", "unauthorized_client",
                       "unsupported_grant_type", "invalid_scope", "invalid_target"):
