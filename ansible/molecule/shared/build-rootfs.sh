@@ -19,7 +19,7 @@ key=$(sha256sum "$0" | cut -c1-12)
 rootfs="$cache_dir/bookworm-$key"
 
 BASE_PACKAGES=systemd-sysv,dbus,python3,ca-certificates,curl,iproute2,procps
-ROLE_PACKAGES="python3-venv unixodbc libsqliteodbc odbc-postgresql nginx certbot logrotate openssl acl"
+ROLE_PACKAGES="python3-apt python3-venv unixodbc libsqliteodbc odbc-postgresql nginx certbot logrotate openssl acl"
 
 exec 9>"$cache_dir/.build.lock"
 flock 9
@@ -52,6 +52,9 @@ rm -rf "$rootfs" "$rootfs.tmp"
 } >"$cache_dir/build-$key.log" 2>&1 || { echo "rootfs build failed, see $cache_dir/build-$key.log" >&2; exit 1; }
 touch "$rootfs.tmp/.ready"
 mv "$rootfs.tmp" "$rootfs"
-# Older builds are dead weight.
-find "$cache_dir" -maxdepth 1 -name 'bookworm-*' ! -name "bookworm-$key" -exec rm -rf {} +
+# Older builds are dead weight, unless a running container still has one as its overlay's lower layer.
+for old in "$cache_dir"/bookworm-*; do
+  [[ "$old" == "$rootfs" || ! -d "$old" ]] && continue
+  grep -q "lowerdir=$old[,: ]" /proc/mounts || rm -rf "$old"
+done
 echo "$rootfs"
