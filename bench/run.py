@@ -151,12 +151,13 @@ def _rss_kb(pids: list[int]) -> int:
     return total
 
 
-def _machine_busy_seconds() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine since boot, all cores."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + values[4]
-    total = sum(values[:8])
-    return (total - idle) / CLK_TCK, total / CLK_TCK
+def _machine_cpu_seconds() -> tuple[float, float, float]:
+    """(busy, steal, total) CPU seconds of the whole machine since boot, all cores. Steal is time the
+    hypervisor gave to other virtual machines: not load on this machine, but it slows every run."""
+    user, nice, system, idle, iowait, irq, softirq, steal = (
+        int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9])
+    busy = user + nice + system + irq + softirq
+    return busy / CLK_TCK, steal / CLK_TCK, (busy + steal + idle + iowait) / CLK_TCK
 
 
 class RunningServer:
@@ -238,7 +239,7 @@ class Sampler:
 
     def __enter__(self) -> Sampler:
         self.server_cpu0 = _proc_cpu_seconds(_tree(self.pid))
-        self.machine0 = _machine_busy_seconds()
+        self.machine0 = _machine_cpu_seconds()
         self.wall0 = time.monotonic()
         self._task = asyncio.get_running_loop().create_task(self._loop())
         return self
@@ -248,16 +249,18 @@ class Sampler:
         self._task.cancel()
         self.wall = time.monotonic() - self.wall0
         self.server_cpu = _proc_cpu_seconds(_tree(self.pid)) - self.server_cpu0
-        self.machine_busy = _machine_busy_seconds()[0] - self.machine0[0]
+        busy, steal, _ = _machine_cpu_seconds()
+        self.machine_busy = busy - self.machine0[0]
+        self.machine_steal = steal - self.machine0[1]
 
 
 async def _wait_until_quiet(max_wait: float, threshold: float = 0.25) -> float:
     """Wait (bounded) until the machine is mostly idle, so others' jobs don't skew a run; return busy share."""
     deadline = time.monotonic() + max_wait
     while True:
-        busy0, total0 = _machine_busy_seconds()
+        busy0, _, total0 = _machine_cpu_seconds()
         await asyncio.sleep(1.0)
-        busy1, total1 = _machine_busy_seconds()
+        busy1, _, total1 = _machine_cpu_seconds()
         share = (busy1 - busy0) / max(total1 - total0, 1e-9)
         if share <= threshold or time.monotonic() >= deadline:
             return share
@@ -299,6 +302,7 @@ async def measure(server: RunningServer, query_key: str, concurrency: int, args:
         "server_cpu_ms_per_call": 1000 * sampler.server_cpu / max(report["calls_total"], 1),
         # Everything else on the machine while we measured (other jobs): high values make a run suspect.
         "other_cpu_pct": max(0.0, 100 * (sampler.machine_busy - sampler.server_cpu - client_cpu) / sampler.wall),
+        "steal_pct": 100 * sampler.machine_steal / sampler.wall,
         "busy_before_pct": 100 * idle_share * (os.cpu_count() or 1),
     })
     return report
@@ -406,8 +410,9 @@ def render_markdown(info: dict[str, Any], args: argparse.Namespace, db_summary: 
         "- Columns: calls/s = successful tool results per second; latency percentiles in ms; errors = failed "
         "or non-success results (not counted as calls); RSS = peak resident memory of the server's process tree; "
         "server CPU = share of one core used by the server; CPU ms/call = server CPU time per answered call; "
-        "other CPU = load from unrelated processes on the machine during the run (a high value means the run "
-        "was disturbed).",
+        "other CPU = CPU used by everything else on the machine during the run (unrelated jobs, the kernel's "
+        "loopback networking, the runner itself; a high value means the run was disturbed); steal = CPU the "
+        "hypervisor gave to other virtual machines (all in % of one core).",
         "",
     ]
     for query_key in args.queries:
@@ -417,19 +422,19 @@ def render_markdown(info: dict[str, Any], args: argparse.Namespace, db_summary: 
                 f"### concurrency {c}",
                 "",
                 "| server | calls/s | p50 ms | p95 ms | p99 ms | max ms | errors | peak RSS MB | server CPU % "
-                "| CPU ms/call | other CPU % | resp. bytes |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+                "| CPU ms/call | other CPU % | steal % | resp. bytes |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             ]
             for key in servers:
                 r = best.get((key, query_key, c))
                 if r is None:
-                    lines.append(f"| {SERVERS[key].title} | failed | | | | | | | | | | |")
+                    lines.append(f"| {SERVERS[key].title} | failed | | | | | | | | | | | |")
                     continue
                 lines.append(
                     f"| {SERVERS[key].title} | {r['calls_per_s']:,.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
                     f"{r['p99_ms']:.1f} | {r['max_ms']:.1f} | {r['errors']} | {r['peak_rss_mb']:.0f} | "
                     f"{r['server_cpu_pct']:.0f} | {r['server_cpu_ms_per_call']:.2f} | {r['other_cpu_pct']:.0f} | "
-                    f"{r['mean_response_bytes']:.0f} |")
+                    f"{r['steal_pct']:.0f} | {r['mean_response_bytes']:.0f} |")
             lines.append("")
     lines += ["## Target (issue 2): ahead of DBHub at concurrency 8 and 32, with a lower p99", ""]
     if "ours" in servers and "dbhub" in servers:
@@ -527,7 +532,7 @@ def _print_run(label: str, r: dict[str, Any]) -> None:
     print(f"  {label} {r['server']:6} {r['query']:14} c={r['concurrency']:<3} {r['calls_per_s']:8,.0f} calls/s  "
           f"p50 {r['p50_ms']:6.1f}  p99 {r['p99_ms']:6.1f} ms  errors {r['errors']}  rss {r['peak_rss_mb']:.0f} MB  "
           f"cpu {r['server_cpu_pct']:.0f}% ({r['server_cpu_ms_per_call']:.2f} ms/call)  "
-          f"other {r['other_cpu_pct']:.0f}%", flush=True)
+          f"other {r['other_cpu_pct']:.0f}%  steal {r['steal_pct']:.0f}%", flush=True)
 
 
 def _csv(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
