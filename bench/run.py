@@ -546,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=_csv(int), default=[8, 32])
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--rounds", type=int, default=2, help="repeat everything; the best round is reported")
+    parser.add_argument("--rounds", type=int, default=3, help="repeat everything; the best round is reported")
     parser.add_argument("--quiet-wait", type=float, default=20.0,
                         help="seconds to wait, at most, for other jobs on the machine to go quiet before a run")
     parser.add_argument("--profile", action="store_true",
