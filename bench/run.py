@@ -79,16 +79,33 @@ class ServerSpec:
     env: Callable[[int, Path, Path], dict[str, str]] = lambda port, db, tmp: {}
 
 
+# Set by --ours-ref: a snapshot of app/ at that commit, put first on PYTHONPATH for our server.
+OURS_SNAPSHOT: Path | None = None
+
+
 def _ours_env(port: int, db: Path, tmp: Path) -> dict[str, str]:
     # Production defaults except what the benchmark needs: the demo file, no sign-in (the issue's testing
     # flags), no separate /metrics listener, loopback. Logging stays at INFO (one audit line per call) as
     # in production; it goes to a file.
-    return {
+    env = {
         "DB_BACKEND": "sqlite", "SQLITE_PATH": str(db), "HOST": "127.0.0.1", "PORT": str(port),
         "ALLOW_UNAUTH_METHODS": "true", "ALLOW_UNAUTH_TOOLS_CALL": "true", "METRICS_PORT": "0",
         "DATA_DIR": str(tmp / "ours-data"), "LOG_FORMAT": "json",
         "LOG_LEVEL": os.environ.get("BENCH_OURS_LOG_LEVEL", "INFO"),
     }
+    if OURS_SNAPSHOT is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(OURS_SNAPSHOT), os.environ.get("PYTHONPATH")]))
+    return env
+
+
+def _snapshot_app(ref: str, into: Path) -> tuple[Path, str]:
+    """Export app/ as committed at `ref` (not the working tree, which others may be editing)."""
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", f"{ref}^{{commit}}"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "app"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into, commit
 
 
 def _dbhub_env(port: int, db: Path, tmp: Path) -> dict[str, str]:
@@ -397,7 +414,8 @@ def render_markdown(info: dict[str, Any], args: argparse.Namespace, db_summary: 
         "",
         "## Machine and run",
         "",
-        f"- Date: {info['date']}; commit `{info['git_commit']}`",
+        f"- Date: {info['date']}; checkout at `{info['git_commit']}`; our server's code: "
+        f"`{info.get('ours_commit', info['git_commit'])}`",
         f"- CPU: {info['nproc']} x {info['cpu_model']}; memory {info['mem_gib']} GiB; {info['os']}, "
         f"kernel {info['kernel']}",
         f"- Python {v.get('python')} (aiohttp {v.get('aiohttp')}, pyodbc {v.get('pyodbc')}, mcp {v.get('mcp')}, "
@@ -474,12 +492,18 @@ async def main_async(args: argparse.Namespace) -> int:
     print(f"{runs} load runs of {args.warmup + args.duration:g} s (+ start-up) on {info['nproc']} cores: "
           f"about {runs * (args.warmup + args.duration + 3) / 60:.0f} min", flush=True)
 
+    global OURS_SNAPSHOT
     results: list[dict[str, Any]] = []
     profiles: list[str] = []
     samples: dict[str, dict[str, Any]] = {}
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="mcp-bench-") as tmp_name:
         tmp = Path(tmp_name)
+        if args.ours_ref:
+            OURS_SNAPSHOT, info["ours_commit"] = _snapshot_app(args.ours_ref, tmp / "snapshot")
+        else:
+            dirty = _cmd_output(["git", "-C", str(ROOT), "status", "--porcelain", "--", "app"])
+            info["ours_commit"] = info["git_commit"] + (" + uncommitted changes in app/" if dirty else "")
         for round_no in range(args.rounds):
             # Rotate the order each round so no server always runs first (page cache, CPU boost, neighbours).
             order = servers[round_no % len(servers):] + servers[:round_no % len(servers)]
@@ -556,6 +580,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-mode", choices=["gil", "all"], default="gil",
                         help="gil: only the thread holding the GIL (where the interpreter's time goes); "
                              "all: every busy thread")
+    parser.add_argument("--ours-ref", default="",
+                        help="benchmark our server as committed at this git ref (e.g. HEAD) instead of the "
+                             "working tree")
     parser.add_argument("--database", default=str(BENCH / "demo.db"))
     parser.add_argument("--out", default=str(BENCH / "RESULTS.md"))
     parser.add_argument("--json", default=str(BENCH / "results.json"))
