@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging as stdlib_logging  # plain `logging` would be shadowed by the app.obs.logging submodule
 import re
 import time
 import uuid
@@ -37,6 +38,7 @@ CLIENT_CLOSED = 499  # nginx's convention for "client went away before the answe
 
 log = structlog.get_logger(__name__)
 access_log = structlog.get_logger("access")
+_ACCESS_STDLIB_LOGGER = stdlib_logging.getLogger("access")
 
 
 def _incoming_or_new_request_id(value: str | None) -> str:
@@ -95,11 +97,21 @@ def _make_middleware(metrics: Metrics) -> Any:
             metrics.http_requests.labels(route, method, status_class(status)).inc()
             metrics.http_duration.labels(route, method).observe(elapsed)
             # rel_url.path only: query strings may carry codes or tokens.
-            line = access_log.warning if status >= 500 else access_log.info
-            line("http_request", method=request.method, path=request.rel_url.path[:512], route=route,
-                 status=status, duration_ms=round(elapsed * 1000.0, 2),
-                 bytes=_response_bytes(response), remote=request.remote,
-                 user_agent=(request.headers.get("User-Agent") or "")[:200] or None)
+            # Successful requests at debug: nginx already logs every request, tool calls get an audit
+            # line, and formatting a line per request is most of a cheap call's CPU time.
+            if status >= 500:
+                line = access_log.warning
+            elif status >= 400:
+                line = access_log.info
+            elif _ACCESS_STDLIB_LOGGER.isEnabledFor(stdlib_logging.DEBUG):
+                line = access_log.debug
+            else:
+                line = None
+            if line is not None:
+                line("http_request", method=request.method, path=request.rel_url.path[:512], route=route,
+                     status=status, duration_ms=round(elapsed * 1000.0, 2),
+                     bytes=_response_bytes(response), remote=request.remote,
+                     user_agent=(request.headers.get("User-Agent") or "")[:200] or None)
             structlog.contextvars.reset_contextvars(**tokens)
 
     return observability_middleware

@@ -8,6 +8,7 @@ not log secrets in the first place).
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -42,14 +43,20 @@ _STRING_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 
 
 def _is_secret_key(key: Any) -> bool:
-    if not isinstance(key, str):
-        return False
+    return _is_secret_name(key) if isinstance(key, str) else False
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_secret_name(key: str) -> bool:
+    # Cached: log keys come from a small fixed vocabulary and this runs for every key of every line.
     k = key.lower().replace("-", "_")
     return k in _SECRET_KEYS or any(word in k for word in _SECRET_WORDS)
 
 
 def scrub_text(text: str) -> str:
     """Mask secret-looking fragments inside a free-form string."""
+    if "=" not in text and " " not in text:
+        return text  # fast path: every pattern needs an '=' or a space; ids, paths and names have neither
     for pattern, replacement in _STRING_PATTERNS:
         text = pattern.sub(replacement, text)
     return text
