@@ -138,8 +138,15 @@ class Probe:
             meta = resp.json()
             assert meta["issuer"].startswith(self.base), f"issuer {meta['issuer']} (expected under {self.base})"
             assert meta["token_endpoint"].startswith(self.base), f"token_endpoint {meta['token_endpoint']}"
-            assert resp.header("Access-Control-Allow-Origin") == "*", "no CORS on discovery"
+            cors = resp.headers.get_all("Access-Control-Allow-Origin") or []
+            assert cors == ["*"], f"Access-Control-Allow-Origin {cors} (want exactly one '*')"
             shown.append(f"{doc} issuer={meta['issuer']}")
+        if prefix:  # the seed's quirk: discovery appended to the endpoint path redirects to the document
+            quirk = self.request("GET", f"{self.base}{prefix}/sse/.well-known/oauth-authorization-server")
+            assert quirk.status in (301, 302, 307, 308), f"quirk path: status {quirk.status}"
+            assert quirk.header("Location") == f"{self.base}{prefix}/.well-known/oauth-authorization-server", \
+                f"quirk redirect to {quirk.header('Location')}"
+            shown.append(f"quirk {quirk.status} -> {quirk.header('Location')}")
         resp = self.request("GET", f"{self.base}/.well-known/oauth-protected-resource{prefix}/sse")
         assert resp.status == 200, f"protected resource metadata: status {resp.status}"
         shown.append(f"resource={resp.json()['resource']}")
