@@ -571,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=3, help="repeat everything; the best round is reported")
-    parser.add_argument("--quiet-wait", type=float, default=20.0,
+    parser.add_argument("--quiet-wait", type=float, default=10.0,
                         help="seconds to wait, at most, for other jobs on the machine to go quiet before a run")
     parser.add_argument("--profile", action="store_true",
                         help="add one py-spy profiled run per query at the highest concurrency (not reported in "

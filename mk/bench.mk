@@ -10,8 +10,8 @@ BENCH_NODE_VERSION ?= 22
 BENCH_DBHUB_VERSION ?= 1.4.0
 # Extra arguments for bench/run.py, e.g. BENCH_ARGS="--servers ours,dbhub --rounds 1".
 BENCH_ARGS ?=
-# Hard bound on the whole run (default settings take about 6-10 minutes on 2 cores).
-BENCH_TIMEOUT ?= 1800
+# Hard bound on the whole run (default settings take about 15-20 minutes on 2 cores).
+BENCH_TIMEOUT ?= 2400
 
 .PHONY: bench bench-peers
 
