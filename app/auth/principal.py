@@ -19,4 +19,5 @@ class Principal:
         return self.role == "writer"
 
 
-ANONYMOUS = Principal(subject="anonymous", username="anonymous", role="writer", authenticated=False)
+# Callers let in by ALLOW_UNAUTH_TOOLS_CALL read only: a testing switch must never open writes to anyone.
+ANONYMOUS = Principal(subject="anonymous", username="anonymous", role="reader", authenticated=False)

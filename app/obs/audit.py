@@ -8,6 +8,7 @@ statements without storing the values users searched for.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from typing import Any
@@ -37,6 +38,7 @@ def normalise_sql(sql: str) -> str:
     return _WHITESPACE.sub(" ", text).strip().rstrip(";").strip().lower()
 
 
+@functools.lru_cache(maxsize=2048)  # assistants repeat statements; five regex passes per call add up
 def fingerprint_sql(sql: str) -> str:
     """Short stable id of a statement's shape: the same query with other values gets the same id."""
     return hashlib.sha256(normalise_sql(sql).encode()).hexdigest()[:16]
