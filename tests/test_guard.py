@@ -23,6 +23,18 @@ TSQL_REFUSED: list[tuple[str, str]] = [
     ("SHUTDOWN", "not_a_query"),
     ("SHUTDOWN WITH NOWAIT", "not_a_query"),
     ("SELECT 1 SHUTDOWN", "reserved_word"),
+    # No semicolon needed between T-SQL statements: sqlglot reads the first two as an alias, SQL Server as two
+    # statements (the keyword-list servers' classic hole); sqlglot cannot parse the others at all.
+    ("SELECT 1\nDELETE FROM t", "reserved_word"),
+    ("SELECT GETDATE()\nDELETE FROM t", "reserved_word"),
+    ("SELECT TOP 1 name\nDELETE FROM t", "reserved_word"),
+    ("SELECT 1\nDROP TABLE t", "parse_error"),
+    ("SELECT 1 x\nINSERT INTO t VALUES (1)", "parse_error"),
+    ("SELECT 1\nUPDATE t SET a = 1", "parse_error"),
+    ("SELECT 1\nTRUNCATE TABLE t", "parse_error"),
+    ("SELECT 1 EXEC sp_who", "parse_error"),
+    ("SELECT * FROM t\nMERGE t USING s ON 1 = 1 WHEN MATCHED THEN DELETE;", "parse_error"),
+    ("SELECT 1\nGRANT SELECT ON t TO u", "parse_error"),
     ("SELECT name FROM t SHUTDOWN", "reserved_word"),
     ("BACKUP DATABASE shop TO DISK = 'c:\\x.bak'", "not_a_query"),
     ("RESTORE DATABASE shop FROM DISK = 'c:\\x.bak'", "not_a_query"),
@@ -92,6 +104,8 @@ TSQL_ALLOWED = [
     "SELECT * FROM INFORMATION_SCHEMA.COLUMNS WHERE TABLE_NAME = 'Orders'",
     "SELECT 'EXEC xp_cmdshell ''dir''' AS harmless_text",
     "SELECT [SHUTDOWN] FROM t",
+    "SELECT [DELETE], N'UPDATE t SET a = 1' AS text FROM t",
+    "SELECT a FROM t ORDER BY a OFFSET 10 ROWS FETCH NEXT 5 ROWS ONLY",
     # one bracketed identifier to SQL Server too (']]' is an escaped ']'): nothing is executed
     "SELECT 1 AS [x]]; EXEC xp_cmdshell 'dir'; --]",
     "WITH c AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM c WHERE n < 5) SELECT n FROM c OPTION (MAXRECURSION 10)",

@@ -211,7 +211,10 @@ def _check(sql: str, glot: str) -> Verdict:
     if len(statements) > 1:
         return _refuse("multiple_statements",
                        f"the text contains {len(statements)} statements; send exactly one read query.")
-    return _tree_checks(statements[0], tokens, glot)
+    verdict = _tree_checks(statements[0], tokens, glot)
+    if verdict.allowed and glot == "tsql":
+        return _hidden_statement_check(tokens) or verdict
+    return verdict
 
 
 def _first_hidden_character(sql: str) -> str | None:
@@ -235,6 +238,29 @@ def _lexical_checks(tokens: list, glot: str) -> Verdict | None:
             if index == 0:
                 return _refuse("not_a_query", f"{token.text.upper()} is not a read query; only SELECT, WITH ... "
                                               "SELECT, UNION/INTERSECT/EXCEPT and VALUES are allowed.")
+            return _refuse("reserved_word",
+                           f"'{token.text}' is a T-SQL statement keyword; SQL Server would run it as a separate "
+                           "statement. Quote it as [name] if it is a column or alias.")
+    return None
+
+
+# Statement words that also occur inside an ordinary read (`OFFSET ... FETCH NEXT`, subqueries).
+_WORDS_INSIDE_READS = frozenset({"SELECT", "FETCH"})
+
+
+def _hidden_statement_check(tokens: list) -> Verdict | None:
+    """Refuse a T-SQL statement keyword inside a query the tree checks allowed.
+
+    sqlglot reads `SELECT 1\nDELETE FROM t` as `SELECT 1 AS [DELETE] FROM t`, but SQL Server runs two
+    statements, so such a keyword after the first token is refused whatever token type sqlglot gave it
+    (VAR, or the keyword's own type such as DELETE, DROP, EXECUTE); string literals and [quoted]
+    identifiers are text, not keywords.
+    """
+    for token in tokens[1:]:
+        word = token.text.upper()
+        kind = token.token_type
+        if (word in _TSQL_STATEMENT_WORDS and word not in _WORDS_INSIDE_READS
+                and kind != TokenType.IDENTIFIER and "STRING" not in kind.name):
             return _refuse("reserved_word",
                            f"'{token.text}' is a T-SQL statement keyword; SQL Server would run it as a separate "
                            "statement. Quote it as [name] if it is a column or alias.")
