@@ -288,7 +288,8 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | os.P
     """
     source: dict[str, str] = {}
     if env_file and Path(env_file).is_file():
-        source.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        # No ${VAR} expansion: a password containing "${" must arrive as written.
+        source.update({k: v for k, v in dotenv_values(env_file, interpolate=False).items() if v is not None})
     source.update(os.environ if environ is None else environ)
 
     values = _defaults()

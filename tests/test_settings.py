@@ -38,6 +38,12 @@ def test_environment_wins_over_env_file(tmp_path: Path) -> None:
     assert load_settings(environ={"PORT": "9001"}, env_file=env).port == 9001
 
 
+def test_env_file_values_are_taken_literally(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("DB_BACKEND=sqlite\nSQLITE_PATH=/a.db\nMSSQL_PASSWORD='pa${HOME}ss'\n")
+    assert load_settings(environ={}, env_file=env).mssql_password == "pa${HOME}ss"
+
+
 def test_defaults_are_safe() -> None:
     s = load_settings(environ=SQLITE, env_file=None)
     assert s.read_only_mode is True
