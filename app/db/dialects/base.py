@@ -109,8 +109,14 @@ class Dialect(ABC):
         return f"SELECT * FROM {self.table_sql(table)} WHERE {where} LIMIT 2"
 
     # --- catalog ---------------------------------------------------------------------------------
-    @abstractmethod
-    def list_tables(self, cursor: pyodbc.Cursor) -> list[TableInfo]: ...
+    # Catalog query returning (schema, name, kind, row_estimate) rows; dialects without one override list_tables.
+    list_tables_sql: str = ""
+
+    def list_tables(self, cursor: pyodbc.Cursor) -> list[TableInfo]:
+        cursor.execute(self.list_tables_sql)
+        return [TableInfo(schema=str(schema), name=str(name), kind=str(kind),
+                          row_estimate=None if estimate is None else int(estimate))
+                for schema, name, kind, estimate in cursor.fetchall()]  # catalog rows, bounded by table count
 
     @abstractmethod
     def describe_table(self, cursor: pyodbc.Cursor, table: TableInfo) -> TableDescription: ...

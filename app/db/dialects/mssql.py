@@ -109,6 +109,7 @@ class MssqlDialect(Dialect):
     name = "mssql"
     sqlglot = "tsql"
     default_schema = "dbo"
+    list_tables_sql = LIST_TABLES
 
     def driver(self) -> str:
         return str(self.settings.mssql_driver).strip().strip("{}")
@@ -167,11 +168,6 @@ class MssqlDialect(Dialect):
         where = " AND ".join(f"{self.quote_identifier(c)} = ?" for c in columns)
         return f"SELECT TOP (2) * FROM {self.table_sql(table)} WHERE {where}"
 
-    def list_tables(self, cursor: pyodbc.Cursor) -> list[TableInfo]:
-        cursor.execute(LIST_TABLES)
-        return [TableInfo(schema=str(schema), name=str(name), kind=str(kind),
-                          row_estimate=None if rows is None else int(rows))
-                for schema, name, kind, rows in cursor.fetchall()]  # catalog rows, bounded by table count
 
     def describe_table(self, cursor: pyodbc.Cursor, table: TableInfo) -> TableDescription:
         key = (table.schema or self.default_schema, table.name)

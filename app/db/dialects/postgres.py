@@ -84,6 +84,7 @@ class PostgresDialect(Dialect):
     name = "postgres"
     sqlglot = "postgres"
     default_schema = "public"
+    list_tables_sql = _LIST_TABLES
 
     def fetch_block_rows(self) -> int:
         # Rows per FETCH round trip with UseDeclareFetch: enough for a full capped result in one trip.
@@ -122,11 +123,6 @@ class PostgresDialect(Dialect):
     def quote_identifier(self, name: str) -> str:
         return '"' + name.replace('"', '""') + '"'
 
-    def list_tables(self, cursor: pyodbc.Cursor) -> list[TableInfo]:
-        cursor.execute(_LIST_TABLES)
-        return [TableInfo(schema=str(schema), name=str(name), kind=str(kind),
-                          row_estimate=None if est is None else int(est))
-                for schema, name, kind, est in cursor.fetchall()]  # catalog rows, bounded by table count
 
     def describe_table(self, cursor: pyodbc.Cursor, table: TableInfo) -> TableDescription:
         key = (table.schema or self.default_schema, table.name)
