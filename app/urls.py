@@ -22,15 +22,18 @@ def _networks(trusted: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddre
     return tuple(networks)
 
 
-def _peer_is_trusted(request: web.Request, trusted: tuple[str, ...]) -> bool:
-    peer = request.remote or ""
-    if not peer:
-        return False
+def address_is_trusted(address: str, trusted: tuple[str, ...]) -> bool:
+    """Whether `address` lies in one of the TRUSTED_PROXIES entries (bad addresses are not trusted)."""
     try:
-        address = ipaddress.ip_address(peer)
+        ip = ipaddress.ip_address(address)
     except ValueError:
         return False
-    return any(address in network for network in _networks(trusted))
+    return any(ip in network for network in _networks(trusted))
+
+
+def peer_is_trusted(request: web.Request) -> bool:
+    """Whether the directly connected peer is a trusted proxy whose forwarding headers count."""
+    return address_is_trusted(request.remote or "", request.app[keys.SETTINGS].trusted_proxies)
 
 
 def base_url(request: web.Request) -> str:
@@ -43,7 +46,7 @@ def base_url(request: web.Request) -> str:
     if settings.public_base_url:
         return settings.public_base_url + settings.environment_path
     scheme, host, prefix = request.scheme, request.host, settings.environment_path
-    if _peer_is_trusted(request, settings.trusted_proxies):
+    if peer_is_trusted(request):
         scheme = request.headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip() or scheme
         host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip() or host
         forwarded_prefix = request.headers.get("X-Environment-Path", "").strip().strip("/")

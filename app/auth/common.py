@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import ipaddress
 import json
 import secrets
 from collections.abc import Iterable, Mapping
@@ -14,7 +13,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from aiohttp import web
 
 from .. import keys
-from ..urls import base_url
+from ..urls import address_is_trusted, base_url
 
 SCOPE_READ = "mcp:read"
 SCOPE_WRITE = "mcp:write"
@@ -219,29 +218,15 @@ async def read_params(request: web.Request, *, repeatable: frozenset[str] = froz
                      + (" or application/json" if allow_json else ""))
 
 
-def _trusted(address: str, trusted: tuple[str, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    for entry in trusted:
-        try:
-            if ip in ipaddress.ip_network(entry, strict=False):
-                return True
-        except ValueError:
-            continue
-    return False
-
-
 def client_address(request: web.Request) -> str:
     """The caller's address for throttling: the peer, or the nearest untrusted X-Forwarded-For hop when the
     peer is a trusted proxy (so one client cannot pose as many by forging the header)."""
     peer = request.remote or "unknown"
     trusted = request.app[keys.SETTINGS].trusted_proxies
-    if not _trusted(peer, trusted):
+    if not address_is_trusted(peer, trusted):
         return peer
     hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
     for hop in reversed(hops):
-        if not _trusted(hop, trusted):
+        if not address_is_trusted(hop, trusted):
             return hop[:64]
     return peer

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -11,7 +10,7 @@ from aiohttp import web
 
 from ... import keys
 from ...auth.principal import ANONYMOUS, Principal
-from ...urls import base_url
+from ...urls import base_url, peer_is_trusted
 from ..jsonrpc import INVALID_REQUEST, JsonRpcError, RequestId, dumps, error_message
 from ..session import Outbox
 
@@ -45,14 +44,6 @@ class OriginPolicy:
         if settings.public_base_url:
             allowed.add(_origin_of(settings.public_base_url))
         self._allowed = frozenset(allowed)
-        self._trusted = [self._network(entry) for entry in settings.trusted_proxies]
-
-    @staticmethod
-    def _network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
-        try:
-            return ipaddress.ip_network(entry, strict=False)
-        except ValueError:
-            return None
 
     def allowed(self, request: web.Request) -> bool:
         origin = request.headers.get("Origin")
@@ -70,37 +61,9 @@ class OriginPolicy:
             return True
         # Behind a trusted proxy the public origin comes from X-Forwarded-*; never from a bare Host
         # header, which is exactly what a DNS-rebinding page controls.
-        if "X-Forwarded-Host" in request.headers and self._peer_trusted(request):
-            return origin == _origin_of(public_base_url(request))
+        if "X-Forwarded-Host" in request.headers and peer_is_trusted(request):
+            return origin == _origin_of(base_url(request))
         return False
-
-    def _peer_trusted(self, request: web.Request) -> bool:
-        try:
-            address = ipaddress.ip_address(request.remote or "")
-        except ValueError:
-            return False
-        return any(net is not None and address in net for net in self._trusted)
-
-
-_BASE_URL_CACHE: dict[tuple[Any, ...], str] = {}
-_BASE_URL_CACHE_SIZE = 1024
-
-
-def public_base_url(request: web.Request) -> str:
-    """app.urls.base_url, memoized on everything it reads (it parses the trusted-proxy networks on
-    every call, which is a measurable share of a tools/call round trip)."""
-    settings = request.app[keys.SETTINGS]
-    if settings.public_base_url:
-        return settings.public_base_url + settings.environment_path
-    headers = request.headers
-    key = (id(settings), request.remote, request.scheme, request.host, headers.get("X-Forwarded-Proto"),
-           headers.get("X-Forwarded-Host"), headers.get("X-Environment-Path"))
-    cached = _BASE_URL_CACHE.get(key)
-    if cached is None:
-        if len(_BASE_URL_CACHE) >= _BASE_URL_CACHE_SIZE:
-            _BASE_URL_CACHE.clear()
-        cached = _BASE_URL_CACHE[key] = base_url(request)
-    return cached
 
 
 def accepts(request: web.Request) -> tuple[bool, bool]:

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import structlog
 from aiohttp import web
 
+from ...urls import base_url
 from ..jsonrpc import INVALID_REQUEST, JsonRpcError, Message, loads, parse_message
 from ..server import BATCH_VERSIONS, CallEnv, McpServer
 from ..session import Outbox, Session, TooManySessions
@@ -20,7 +21,6 @@ from .common import (
     forbidden_origin,
     http_error,
     open_sse,
-    public_base_url,
     pump_stream,
     read_body,
     rpc_error_response,
@@ -57,7 +57,7 @@ class LegacySse:
         outbox = session.stream = Outbox()
         # Path-absolute, so it resolves against the origin the client connected to, and includes the
         # public path prefix (ENVIRONMENT_PATH) when the service is published under one.
-        public_path = urlsplit(public_base_url(request)).path.rstrip("/")
+        public_path = urlsplit(base_url(request)).path.rstrip("/")
         endpoint = f"{public_path}{self.prefix}/messages?session_id={session.id}"
         response: web.StreamResponse | None = None
         try:
@@ -99,7 +99,7 @@ class LegacySse:
         if isinstance(payload, list) and session.protocol_version not in BATCH_VERSIONS:
             return http_error(400, f"Invalid request: JSON-RPC batches are not supported in protocol version "
                                    f"{session.protocol_version}")
-        url = public_base_url(request)
+        url = base_url(request)
         for message in messages:
             self.server.observe(message)
             env = CallEnv(transport=TRANSPORT, principal=principal, base_url=url, settings=self.settings,

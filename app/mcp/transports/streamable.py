@@ -8,6 +8,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from ...urls import base_url
 from ..jsonrpc import (
     MODERN_HTTP_STATUS,
     REQUEST_CANCELLED,
@@ -39,7 +40,6 @@ from .common import (
     http_error,
     json_body,
     open_sse,
-    public_base_url,
     pump_stream,
     read_body,
     rpc_error_response,
@@ -107,7 +107,7 @@ class StreamableHttp:
             if isinstance(session_or_error, web.Response):
                 return session_or_error
             session = session_or_error
-        env = CallEnv(transport=TRANSPORT, principal=principal, base_url=public_base_url(request),
+        env = CallEnv(transport=TRANSPORT, principal=principal, base_url=base_url(request),
                       settings=self.settings, session=session)
         if message.kind == "notification":
             await self.server.handle_notification(message, env)
@@ -135,7 +135,7 @@ class StreamableHttp:
             envelope = self.server.check_envelope(message, request.headers)
         except JsonRpcError as exc:
             return rpc_error_response(MODERN_HTTP_STATUS.get(exc.code, 400), exc, message.id)
-        env = CallEnv(transport=TRANSPORT, principal=principal, base_url=public_base_url(request),
+        env = CallEnv(transport=TRANSPORT, principal=principal, base_url=base_url(request),
                       settings=self.settings, envelope=envelope)
         if message.method == "tools/call":
             return await self._run_call(request, message, env, json_ok, sse_ok)
@@ -262,7 +262,7 @@ class StreamableHttp:
             self.server.observe(message)
             if message.kind == "request" and message.method == "initialize":
                 return http_error(400, "Invalid request: initialize must not be part of a JSON-RPC batch")
-            env = CallEnv(transport=TRANSPORT, principal=principal, base_url=public_base_url(request),
+            env = CallEnv(transport=TRANSPORT, principal=principal, base_url=base_url(request),
                           settings=self.settings, session=session)
             if message.kind == "notification":
                 await self.server.handle_notification(message, env)
@@ -272,7 +272,7 @@ class StreamableHttp:
             loop = asyncio.get_running_loop()
             tasks = []
             for message in requests:
-                env = CallEnv(transport=TRANSPORT, principal=principal, base_url=public_base_url(request),
+                env = CallEnv(transport=TRANSPORT, principal=principal, base_url=base_url(request),
                               settings=self.settings, session=session)
                 task = loop.create_task(self.server.handle_request(message, env))
                 if message.id is not None:
