@@ -7,11 +7,12 @@ import re
 import jsonschema
 import pytest
 
+from app.obs.audit import fingerprint_sql as fingerprint
 from app.settings import load_settings
 from app.tools import build_instructions, chatgpt_tools, claude_tools
 from app.tools.cache import TtlLruCache
 from app.tools.chatgpt import record_url, select_shape
-from app.tools.common import fingerprint, text_table
+from app.tools.common import text_table
 from app.tools.ids import InvalidId, RecordId, TableRef, parse_id, query_id, row_id, sample_id, table_id
 from app.tools.intent import parse_intent, stem
 

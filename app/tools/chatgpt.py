@@ -24,13 +24,13 @@ from sqlglot import exp
 
 from ..db.types import DatabaseError, QueryResult, TableDescription, TableInfo, TableNotFound
 from ..mcp.tools import Tool, ToolContext, ToolError
+from ..obs.audit import fingerprint_sql
 from . import ids
 from .cache import TtlLruCache
 from .common import (
     DIALECT_LABELS,
     SQLGLOT_DIALECTS,
     description_dict,
-    fingerprint,
     json_size,
     not_read_reason,
     render_value,
@@ -381,7 +381,7 @@ class ChatGptTools:
             raise ToolError("'query' is required and must be a string.", outcome="invalid")
         intent = parse_intent(query)
         limit = self.settings.max_search_results
-        ctx.audit.update(fingerprint=fingerprint(intent.sql if intent.sql else f"search {query.strip().lower()}"))
+        ctx.audit.update(fingerprint=fingerprint_sql(intent.sql if intent.sql else f"search {query.strip().lower()}"))
         if intent.kind == "sql":
             ctx.audit["sql"] = intent.sql
             hits = await self._search_sql(intent.sql or "", limit)
@@ -519,7 +519,7 @@ class ChatGptTools:
         record_id = arguments.get("id")
         if not isinstance(record_id, str) or not record_id.strip():
             raise ToolError("'id' is required: pass an id from a search result.", outcome="invalid")
-        ctx.audit.update(fingerprint=fingerprint(f"fetch {record_id.strip()}"), id=record_id.strip()[:200])
+        ctx.audit.update(fingerprint=fingerprint_sql(f"fetch {record_id.strip()}"), id=record_id.strip()[:200])
         document = await self.document(record_id)
         out = {**document, "url": record_url(ctx.base_url, document["id"])}
         out = {k: out[k] for k in ("id", "title", "text", "url", "metadata")}

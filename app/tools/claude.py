@@ -8,10 +8,10 @@ import structlog
 
 from ..db.types import QueryResult
 from ..mcp.tools import Tool, ToolContext, ToolError
+from ..obs.audit import fingerprint_sql
 from .common import (
     DIALECT_LABELS,
     description_dict,
-    fingerprint,
     json_size,
     not_read_reason,
     positive_int,
@@ -94,7 +94,7 @@ class ClaudeTools:
         if truncated:
             out["note"] = (f"Only {len(items)} of {len(tables)} tables are listed. "
                            "Pass 'schema' or 'name_contains' to narrow the list.")
-        ctx.audit.update(fingerprint=fingerprint(f"list_tables {schema or ''} {contains or ''}"),
+        ctx.audit.update(fingerprint=fingerprint_sql(f"list_tables {schema or ''} {contains or ''}"),
                          rows=len(items), bytes=json_size(items))
         return out
 
@@ -103,7 +103,7 @@ class ClaudeTools:
         name = required_str(arguments, "table_name")
         description = await self.database.describe_table(name.strip())
         out = description_dict(description)
-        ctx.audit.update(fingerprint=fingerprint(f"describe_table {description.table.qualified_name}"),
+        ctx.audit.update(fingerprint=fingerprint_sql(f"describe_table {description.table.qualified_name}"),
                          table=description.table.qualified_name, rows=len(out["columns"]), bytes=json_size(out))
         return out
 
@@ -115,7 +115,7 @@ class ClaudeTools:
         # Caps can only be lowered by a call (the database layer enforces this too).
         max_rows = min(max_rows, self.settings.max_rows) if max_rows else None
         timeout = min(timeout, self.settings.query_timeout_seconds) if timeout else None
-        ctx.audit.update(fingerprint=fingerprint(sql), sql=sql)
+        ctx.audit.update(fingerprint=fingerprint_sql(sql), sql=sql)
 
         write = False
         if not self.settings.read_only_mode and not self.database.is_read_only(sql):
@@ -144,7 +144,7 @@ class ClaudeTools:
             note = (f"limit lowered from {asked} to the maximum of {cap} rows. "
                     "Use execute_sql for more rows or specific ones." + (f" {note}" if note else ""))
         out = {"table": table.qualified_name, **_result_payload(result, note)}
-        ctx.audit.update(fingerprint=fingerprint(f"get_table_sample {table.qualified_name}"),
+        ctx.audit.update(fingerprint=fingerprint_sql(f"get_table_sample {table.qualified_name}"),
                          table=table.qualified_name, rows=result.row_count, bytes=result.result_bytes,
                          truncated=result.truncated)
         return out

@@ -8,7 +8,6 @@ from typing import Any
 
 from ..db.types import QueryResult, TableDescription, TableInfo
 from ..mcp.tools import Tool, ToolError
-from ..obs.audit import fingerprint_sql
 
 DIALECT_LABELS = {
     "mssql": "Microsoft SQL Server (T-SQL)",
@@ -18,11 +17,6 @@ DIALECT_LABELS = {
 SQLGLOT_DIALECTS = {"mssql": "tsql", "postgres": "postgres", "sqlite": "sqlite"}
 
 
-
-def fingerprint(sql: str) -> str:
-    """Statement shape for audit lines (literals, comments and spacing removed, so repeats of one query
-    group); the audit module's own function, so every path fingerprints a statement the same way."""
-    return fingerprint_sql(sql)
 
 
 CLAUDE_MAX_RESULT_CHARS = 500_000  # the most Claude Code accepts via anthropic/maxResultSizeChars
