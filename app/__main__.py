@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -21,10 +22,23 @@ def _serve(settings: Settings, banner: str | None = None) -> int:
     configure_logging(settings)
     app = create_app(settings)
     shown_host = "127.0.0.1" if settings.host in {"0.0.0.0", "::"} else settings.host
-    print(banner or f"MSSQL MCP Server listening on http://{shown_host}:{settings.port}", flush=True)
-    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None,
-                handle_signals=True)
+    text = banner or f"MSSQL MCP Server listening on http://{shown_host}:{settings.port}"
+    try:
+        # run_app calls `print` once its listeners are bound, so the banner never announces a port we lack.
+        web.run_app(app, host=settings.host, port=settings.port, print=lambda _: print(text, flush=True),
+                    access_log=None, handle_signals=True)
+    except OSError as exc:
+        if exc.errno not in _BIND_ERRORS:
+            raise
+        print(f"cannot listen on {settings.host}:{settings.port}: {os.strerror(exc.errno or 0).lower()} "
+              "(is another server using it? set HOST and PORT)",
+              file=sys.stderr)
+        return 1
     return 0
+
+
+# Errors binding a listener: the operator's to fix, so one line instead of a traceback.
+_BIND_ERRORS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
 
 
 def _demo(args: argparse.Namespace) -> int:
