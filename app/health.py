@@ -3,10 +3,17 @@
 Answers from in-memory state only (`Database.status()` never touches the pool), so it stays instant
 while every connection is busy or the database is down. Routes are registered without
 ENVIRONMENT_PATH; the reverse proxy strips that prefix.
+
+Anyone may ask, so the public answer carries only fields that say nothing about where the database
+is or how it failed: status, dialect, database name and pool counts. The details (`last_error`, which
+holds the driver's text with host, port and user) go only to a request with the METRICS_TOKEN bearer
+or a valid access token for this surface.
 """
 
 from __future__ import annotations
 
+import hmac
+from pathlib import PurePath
 from typing import Any
 
 import structlog
@@ -16,6 +23,30 @@ from . import __version__, keys
 
 log = structlog.get_logger(__name__)
 
+# Database status fields anyone may see; everything else (last_error, ...) needs the details check.
+PUBLIC_DATABASE_FIELDS = ("status", "dialect", "name", "pool")
+PUBLIC_POOL_FIELDS = ("size", "in_use", "idle", "waiting", "healthy")
+
+
+def database_name(settings: Any) -> str | None:
+    """The configured database's name only: never a host, port, user or directory."""
+    name: str | None = None
+    raw = getattr(settings, "odbc_connection_string", "") or ""
+    if raw:
+        for part in raw.split(";"):
+            key, _, value = part.partition("=")
+            if key.strip().lower() in ("database", "dbq", "initial catalog"):
+                name = value.strip().strip("{}")
+    else:
+        backend = getattr(settings, "db_backend", "")
+        name = {"mssql": getattr(settings, "mssql_database", ""), "postgres": getattr(settings, "pg_database", ""),
+                "sqlite": getattr(settings, "sqlite_path", "")}.get(backend)
+    if not name:
+        return None
+    if "/" in name or "\\" in name or name.startswith("file:"):  # a file path (SQLite): its file name
+        name = PurePath(name.split("?", 1)[0].replace("\\", "/")).name
+    return name or None
+
 
 def _database_status(app: web.Application) -> dict[str, Any]:
     database = app.get(keys.DATABASE)
@@ -23,10 +54,47 @@ def _database_status(app: web.Application) -> dict[str, Any]:
     if status is None:
         return {"status": "unknown"}
     try:
-        return status()
+        result = dict(status())
     except Exception:  # health must answer even when the status code has a bug
         log.exception("database_status_failed")
         return {"status": "unknown"}
+    settings = app.get(keys.SETTINGS)
+    name = database_name(settings) if settings is not None else None
+    if name is not None:
+        result.setdefault("name", name)
+    return result
+
+
+def _public(database: dict[str, Any]) -> dict[str, Any]:
+    shown = {key: database[key] for key in PUBLIC_DATABASE_FIELDS if key in database}
+    pool = shown.get("pool")
+    if isinstance(pool, dict):
+        shown["pool"] = {key: pool[key] for key in PUBLIC_POOL_FIELDS if isinstance(pool.get(key), int)}
+    return shown
+
+
+def _bearer(request: web.Request) -> str | None:
+    scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+    credentials = credentials.strip()
+    return credentials if scheme.lower() == "bearer" and credentials else None
+
+
+async def may_see_details(request: web.Request) -> bool:
+    """The METRICS_TOKEN bearer, or an access token the MCP endpoint of this surface would accept."""
+    token = _bearer(request)
+    if token is None:
+        return False
+    metrics_token = getattr(request.app.get(keys.SETTINGS), "metrics_token", "")
+    if metrics_token and hmac.compare_digest(token.encode(), metrics_token.encode()):
+        return True
+    authenticator = request.app.get(keys.AUTHENTICATOR)
+    if authenticator is None:
+        return False
+    try:
+        principal = await authenticator.authenticate(request, [])
+    except web.HTTPException:  # a bad token is not an error here: the public answer it is
+        return False
+    return bool(principal.authenticated)
 
 
 def _health_handler(prefix: str):
@@ -37,13 +105,13 @@ def _health_handler(prefix: str):
         body: dict[str, Any] = {
             "status": "ok" if database.get("status") == "ok" else "degraded",
             "version": __version__,
-            "database": database,
+            "database": database if await may_see_details(request) else _public(database),
             "protocolVersions": server.protocol_versions if server is not None else [],
             "endpoint": f"{prefix}/mcp",
             "tools": server.tool_names if server is not None else [],
         }
         # Always 200: a degraded database is reported, not a reason for a load balancer to kill the service.
-        return web.json_response(body, headers={"Cache-Control": "no-store"})
+        return web.json_response(body, headers={"Cache-Control": "no-store", "Vary": "Authorization"})
 
     return health
 

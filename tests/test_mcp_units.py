@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
+from app.auth.principal import ANONYMOUS, Principal
 from app.mcp.jsonrpc import RawJson, dumps, loads, parse_message
 from app.mcp.server import McpServer, decode_header_value, fast_validator, is_modern_request
 from app.mcp.session import Outbox, SessionStore, TooManySessions
@@ -105,28 +106,77 @@ def test_era_routing(body: dict[str, Any], header: str | None, modern: bool) -> 
     assert is_modern_request(body, header) is modern
 
 
+def _frame(message: Any) -> bytes:
+    return json.dumps(message).encode() + b"\n"
+
+
 async def test_outbox_wakes_on_put_close_and_timeout() -> None:
-    box = Outbox()
+    box = Outbox(_frame)
     waiter = asyncio.ensure_future(box.wait(5))
     await asyncio.sleep(0)
     box.put({"a": 1})
     await asyncio.wait_for(waiter, 1)
-    assert box.drain() == [{"a": 1}] and not box
+    assert box.take() == b'{"a": 1}\n' and not box and box.queued_bytes == 0
     await asyncio.wait_for(box.wait(0.01), 1)  # times out quietly
     box.close()
     await asyncio.wait_for(box.wait(5), 1)
     assert box.put({"b": 2}) is False
 
 
+def test_outbox_overflows_once_at_its_message_or_byte_limit() -> None:
+    seen: list[tuple[int, int]] = []
+    by_count = Outbox(_frame, max_messages=3, on_overflow=lambda box: seen.append((len(box), box.queued_bytes)))
+    assert all(by_count.put({"n": n}) for n in range(3))
+    assert by_count.put({"n": 3}) is False and by_count.overflowed and by_count.closed
+    assert seen == [(3, 3 * len(_frame({"n": 0})))]  # the callback sees the queue it is about to drop
+    assert not by_count and by_count.queued_bytes == 0 and by_count.put({"n": 4}) is False and len(seen) == 1
+
+    by_size = Outbox(_frame, max_bytes=100, on_overflow=lambda box: seen.append((len(box), box.queued_bytes)))
+    assert by_size.put({"big": "x" * 500})  # an empty queue takes any one message
+    assert by_size.put({"more": 1}) is False and by_size.overflowed
+
+
+def test_outbox_take_is_bounded_and_keeps_order() -> None:
+    box = Outbox(_frame)
+    for n in range(10):
+        box.put({"n": n, "pad": "y" * 40})
+    first = box.take(max_bytes=120)
+    assert first.count(b"\n") == 2 and box.queued_bytes == sum(len(_frame({"n": n, "pad": "y" * 40}))
+                                                                 for n in range(2, 10))
+    rest = b"".join(iter(box.take, b""))
+    assert [json.loads(line)["n"] for line in (first + rest).splitlines()] == list(range(10))
+
+
+def test_sessions_belong_to_their_principal() -> None:
+    alice = Principal(subject="u-alice", username="alice", client_id="c1")
+    alice_refreshed = Principal(subject="u-alice", username="alice", client_id="c1", scopes=frozenset({"x"}))
+    alice_other_client = Principal(subject="u-alice", username="alice", client_id="c2")
+    bob = Principal(subject="u-bob", username="bob", client_id="c1")
+    store = SessionStore()
+    owned = store.create("sse", "2024-11-05", owner=alice)
+    assert store.get(owned.id, bob) is None and store.get(owned.id, ANONYMOUS) is None
+    assert store.get(owned.id, alice_other_client) is None
+    assert store.get(owned.id, alice_refreshed) is owned and store.get(owned.id, alice) is owned
+    # Created without a token (testing switches): the first signed-in caller claims it.
+    anonymous = store.create("streamable_http", "2025-11-25", owner=ANONYMOUS)
+    assert store.get(anonymous.id, ANONYMOUS) is anonymous and anonymous.owner is None
+    assert store.get(anonymous.id, bob) is anonymous
+    assert store.get(anonymous.id, alice) is None and store.get(anonymous.id, ANONYMOUS) is None
+    # A dropped session is remembered for its owner only.
+    store.drop(owned)
+    assert store.get(owned.id, alice) is None
+    assert store.was_dropped(owned.id, alice_refreshed) and not store.was_dropped(owned.id, bob)
+
+
 def test_session_store_counts_and_eviction() -> None:
     counts: list[tuple[str, int]] = []
     store = SessionStore(max_sessions=2, idle_seconds=3600, on_count=lambda t, d: counts.append((t, d)))
     first = store.create("streamable_http", "2025-11-25")
-    first.stream = Outbox()  # an open stream: never evicted
+    first.stream = Outbox(_frame)  # an open stream: never evicted
     second = store.create("sse", "2024-11-05")
     third = store.create("streamable_http", "2025-06-18")
     assert store.get(second.id) is None and store.get(first.id) is first and store.get(third.id) is third
-    third.stream = Outbox()
+    third.stream = Outbox(_frame)
     with pytest.raises(TooManySessions):
         store.create("streamable_http", "2025-11-25")
     store.close_all()

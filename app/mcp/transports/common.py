@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+import structlog
 from aiohttp import web
 
 from ... import keys
@@ -13,6 +14,8 @@ from ...auth.principal import ANONYMOUS, Principal
 from ...urls import base_url, peer_is_trusted
 from ..jsonrpc import INVALID_REQUEST, JsonRpcError, RequestId, dumps, error_message
 from ..session import Outbox
+
+log = structlog.get_logger(__name__)
 
 JSON_TYPE = "application/json"
 SSE_TYPE = "text/event-stream"
@@ -135,9 +138,37 @@ async def open_sse(request: web.Request, headers: dict[str, str] | None = None) 
     return response
 
 
+def new_outbox(settings: Any, on_overflow: Callable[[Outbox], None] | None = None) -> Outbox:
+    """An outbox of SSE frames bounded by MCP_STREAM_MAX_MESSAGES / MCP_STREAM_MAX_BYTES."""
+    return Outbox(sse_event, max_messages=settings.stream_max_messages, max_bytes=settings.stream_max_bytes,
+                  on_overflow=on_overflow)
+
+
+def note_stream_dropped(server: Any, transport: str, stream: str, outbox: Outbox) -> None:
+    """The log line (and metric) for a stream dropped because its client stopped reading."""
+    log.warning("mcp_stream_dropped", transport=transport, stream=stream, reason="client_not_reading",
+                queued_messages=len(outbox), queued_bytes=outbox.queued_bytes,
+                max_messages=outbox.max_messages, max_bytes=outbox.max_bytes)
+    # Counted when the metrics registry offers the counter (mssql_mcp_streams_dropped_total{transport}).
+    counter = getattr(getattr(server, "metrics", None), "mcp_streams_dropped", None)
+    if counter is not None:
+        counter.labels(transport).inc()
+
+
+def abort_connection(request: web.Request) -> None:
+    """Drop the client's connection at once, unsent bytes included.
+
+    A writer stuck in `await response.write()` (the client stopped reading) wakes with
+    ConnectionResetError; a graceful close would wait for the client to read first, which is never.
+    """
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
 async def pump_stream(request: web.Request, response: web.StreamResponse, outbox: Outbox, *,
                       keepalive: float, poll: float = 1.0) -> None:
-    """Forward outbox messages as SSE events until the outbox closes or the client goes away.
+    """Forward outbox frames as SSE events until the outbox closes or the client goes away.
 
     `poll` is how often a silent disconnect is looked for (aiohttp does not cancel handlers when
     the client leaves, as run_app is configured by default).
@@ -145,8 +176,8 @@ async def pump_stream(request: web.Request, response: web.StreamResponse, outbox
     idle = 0.0
     step = min(keepalive, poll)
     while True:
-        for message in outbox.drain():
-            await response.write(sse_event(message))
+        while outbox:
+            await response.write(outbox.take())
             idle = 0.0
         if outbox.closed or disconnected(request):
             return

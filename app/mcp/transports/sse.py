@@ -16,10 +16,13 @@ from ..session import Outbox, Session, TooManySessions
 from .common import (
     BodyTooLarge,
     OriginPolicy,
+    abort_connection,
     accepts,
     authenticate,
     forbidden_origin,
     http_error,
+    new_outbox,
+    note_stream_dropped,
     open_sse,
     pump_stream,
     read_body,
@@ -48,13 +51,20 @@ class LegacySse:
         _, sse_ok = accepts(request)
         if not sse_ok:
             return http_error(406, "Not Acceptable: the SSE endpoint needs Accept: text/event-stream")
-        await authenticate(request, [])
+        principal = await authenticate(request, [])
         try:
-            session = self.server.sessions.create(TRANSPORT, "2024-11-05")
+            session = self.server.sessions.create(TRANSPORT, "2024-11-05", owner=principal)
         except TooManySessions:
             log.warning("mcp_sessions_exhausted", max_sessions=self.server.sessions.max_sessions)
             return http_error(503, "Too many open MCP sessions; retry later", headers={"Retry-After": "5"})
-        outbox = session.stream = Outbox()
+
+        def drop_stream(outbox: Outbox) -> None:
+            # The client stopped reading: end the session (its running calls too) rather than queue more.
+            note_stream_dropped(self.server, TRANSPORT, "events", outbox)
+            self.server.sessions.drop(session)
+            abort_connection(request)
+
+        outbox = session.stream = new_outbox(self.settings, drop_stream)
         # Path-absolute, so it resolves against the origin the client connected to, and includes the
         # public path prefix (ENVIRONMENT_PATH) when the service is published under one.
         public_path = urlsplit(base_url(request)).path.rstrip("/")
@@ -93,8 +103,11 @@ class LegacySse:
         principal = await authenticate(request, [m.method for m in messages if m.kind != "response"])
         if not session_id:
             return http_error(400, "Bad Request: the session_id query parameter is required")
-        session = self.server.sessions.get(session_id)
-        if session is None or session.transport != TRANSPORT or session.stream is None:
+        session = self.server.sessions.get(session_id, principal)  # another user's session: None, as unknown
+        if session is None or session.transport != TRANSPORT or session.stream is None or session.stream.closed:
+            if self.server.sessions.was_dropped(session_id, principal):
+                return http_error(410, "Gone: the event stream of this session was dropped because the client "
+                                       "stopped reading it; open a new SSE stream")
             return http_error(404, "Session not found or expired: open a new SSE stream")
         if isinstance(payload, list) and session.protocol_version not in BATCH_VERSIONS:
             return http_error(400, f"Invalid request: JSON-RPC batches are not supported in protocol version "

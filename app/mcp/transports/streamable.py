@@ -8,6 +8,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from ...auth.principal import Principal
 from ...urls import base_url
 from ..jsonrpc import (
     MODERN_HTTP_STATUS,
@@ -26,19 +27,22 @@ from ..server import (
     is_modern_request,
     unsupported_version,
 )
-from ..session import Outbox, Session, TooManySessions
+from ..session import Outbox, Session, SessionOwner, TooManySessions
 from .common import (
     KEEPALIVE,
     SESSION_HEADER,
     VERSION_HEADER,
     BodyTooLarge,
     OriginPolicy,
+    abort_connection,
     accepts,
     authenticate,
     disconnected,
     forbidden_origin,
     http_error,
     json_body,
+    new_outbox,
+    note_stream_dropped,
     open_sse,
     pump_stream,
     read_body,
@@ -103,7 +107,7 @@ class StreamableHttp:
         session: Session | None = None
         initializing = message.kind == "request" and message.method == "initialize"
         if not initializing:
-            session_or_error = self._session(request)
+            session_or_error = self._session(request, principal)
             if isinstance(session_or_error, web.Response):
                 return session_or_error
             session = session_or_error
@@ -121,7 +125,10 @@ class StreamableHttp:
         except TooManySessions:
             log.warning("mcp_sessions_exhausted", max_sessions=self.server.sessions.max_sessions)
             return http_error(503, "Too many open MCP sessions; retry later", headers={"Retry-After": "5"})
-        headers = {SESSION_HEADER: env.session.id} if initializing and env.session is not None else None
+        headers = None
+        if initializing and env.session is not None:
+            env.session.owner = SessionOwner.of(principal)  # before anyone can know the id
+            headers = {SESSION_HEADER: env.session.id}
         return await self._single(request, answer, json_ok, headers=headers)
 
     async def _modern(self, request: web.Request, message: Message, json_ok: bool,
@@ -151,11 +158,12 @@ class StreamableHttp:
         await response.write_eof()
         return response
 
-    def _session(self, request: web.Request) -> Session | web.Response:
+    def _session(self, request: web.Request, principal: Principal) -> Session | web.Response:
         session_id = request.headers.get(SESSION_HEADER)
         if not session_id:
             return http_error(400, f"Bad Request: the {SESSION_HEADER} header is required (send initialize first)")
-        session = self.server.sessions.get(session_id.strip())
+        # Another user's session is None here, and gets the same 404 as an unknown id.
+        session = self.server.sessions.get(session_id.strip(), principal)
         if session is None or session.transport != TRANSPORT:
             return http_error(404, "Session not found or expired: send initialize to start a new session")
         return session
@@ -163,7 +171,16 @@ class StreamableHttp:
     # -- tools/call: the only method that may run long, stream progress, or be cancelled ---------
     async def _run_call(self, request: web.Request, message: Message, env: CallEnv, json_ok: bool,
                         sse_ok: bool) -> web.StreamResponse:
-        outbox = Outbox()
+        task: asyncio.Task[dict[str, Any]] | None = None
+
+        def drop_stream(full: Outbox) -> None:
+            # The client is not reading this response's event stream: stop the call, drop the connection.
+            note_stream_dropped(self.server, TRANSPORT, "call", full)
+            if task is not None:
+                task.cancel()
+            abort_connection(request)
+
+        outbox = new_outbox(self.settings, drop_stream)
         session = env.session
         if sse_ok:
             env.emit = outbox.put
@@ -175,7 +192,7 @@ class StreamableHttp:
         if session is not None and request_id is not None:
             session.inflight[request_id] = task
         try:
-                return await self._respond(request, task, outbox, json_ok, sse_ok, request_id=request_id,
+            return await self._respond(request, task, outbox, json_ok, sse_ok, request_id=request_id,
                                        modern=env.envelope is not None)
         finally:
             if not task.done():
@@ -194,6 +211,8 @@ class StreamableHttp:
                 return await self._stream(request, task, outbox)
             timeout = self.poll_seconds if not sse_ok else max(0.0, min(self.poll_seconds, switch_at - loop.time()))
             await outbox.wait(timeout)
+            if outbox.overflowed:
+                return web.Response(status=499)
             if not task.done() and disconnected(request):
                 task.cancel()  # 2026-07-28: closing the request is its cancellation; also stops abandoned work
                 log.info("mcp_client_went_away", modern=modern)
@@ -215,8 +234,8 @@ class StreamableHttp:
         last_write = loop.time()
         try:
             while True:
-                for note in outbox.drain():
-                    await response.write(sse_event(note))
+                while outbox:
+                    await response.write(outbox.take())
                     last_write = loop.time()
                 if task.done():
                     break
@@ -244,7 +263,7 @@ class StreamableHttp:
             return http_error(400, "Invalid request: JSON-RPC batches are not allowed in protocol 2026-07-28")
         if not payload:
             return http_error(400, "Invalid request: empty JSON-RPC batch")
-        session_or_error = self._session(request)
+        session_or_error = self._session(request, principal)
         if isinstance(session_or_error, web.Response):
             return session_or_error
         session = session_or_error
@@ -307,14 +326,20 @@ class StreamableHttp:
         _, sse_ok = accepts(request)
         if not sse_ok:
             return http_error(406, "Not Acceptable: the GET stream needs Accept: text/event-stream")
-        await authenticate(request, [])
-        session_or_error = self._session(request)
+        principal = await authenticate(request, [])
+        session_or_error = self._session(request, principal)
         if isinstance(session_or_error, web.Response):
             return session_or_error
         session = session_or_error
         if session.stream is not None and not session.stream.closed:
             return http_error(409, "Conflict: this session already has an open GET stream")
-        outbox = session.stream = Outbox()
+
+        def drop_stream(full: Outbox) -> None:
+            # The client stopped reading its GET stream: drop that stream (the session stays; it may reopen).
+            note_stream_dropped(self.server, TRANSPORT, "get", full)
+            abort_connection(request)
+
+        outbox = session.stream = new_outbox(self.settings, drop_stream)
         response = await open_sse(request)
         try:
             await pump_stream(request, response, outbox, keepalive=self.keepalive_seconds, poll=self.poll_seconds)
@@ -333,8 +358,8 @@ class StreamableHttp:
         if version in MODERN_VERSIONS and not request.headers.get(SESSION_HEADER):
             return http_error(405, "Method Not Allowed: protocol 2026-07-28 has no sessions",
                               headers={"Allow": "POST"})
-        await authenticate(request, [])
-        session_or_error = self._session(request)
+        principal = await authenticate(request, [])
+        session_or_error = self._session(request, principal)
         if isinstance(session_or_error, web.Response):
             return session_or_error
         self.server.sessions.remove(session_or_error)
