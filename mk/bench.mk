@@ -18,7 +18,13 @@ BENCH_TIMEOUT ?= 2400
 bench: deps bench-peers ## run the side-by-side benchmark (loopback only) and write bench/RESULTS.md
 	timeout -s INT -k 30 $(BENCH_TIMEOUT) $(PY) bench/run.py $(BENCH_ARGS)
 
-bench-peers: $(BENCH_NODE) $(BENCH_DBHUB)
+bench-peers: $(BENCH_NODE) $(BENCH_DBHUB) bench-wrk
+
+# wrk (Debian) drives the load: a C load generator leaves the second core to the server under test.
+.PHONY: bench-wrk
+bench-wrk:
+	@command -v wrk >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; }
 
 # npm only installs here; the Node it installs (22, which DBHub needs) is the one that runs DBHub.
 $(BENCH_NODE):

@@ -1,0 +1,166 @@
+"""Load generator for MCP `tools/call` driven by wrk (Debian's `wrk`), with the same report as load.py.
+
+A Python load generator takes a core of its own on a 2-core machine and flattens the differences between
+servers; wrk, written in C with one event-loop thread, drives thousands of calls per second from a small
+share of one core. This script opens the MCP session the way a client does (`initialize`, then
+`notifications/initialized`, keeping `Mcp-Session-Id`), checks one call answers correctly, then lets wrk
+send the same `tools/call` back to back over N keep-alive connections, all in that one session. A Lua
+script counts every answer that is not HTTP 200 with a JSON-RPC result, or that is a tool error, as an
+error (wrk only sees bytes; this is the same check load.py makes, done on the raw text). Prints one JSON
+object on stdout with the keys load.py prints.
+
+    python bench/wrk_load.py --url http://127.0.0.1:8101/mcp --query "SELECT 1" -c 8 --duration 10 --warmup 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from load import CallFailed, Client  # bench/ is not a package: load.py is also run as a script
+
+# Per-thread counters are read back in done() through the thread objects setup() kept.
+LUA = r"""
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) bad = 0; bytes = 0; answered = 0; sample = "" end
+function response(status, headers, body)
+  answered = answered + 1
+  bytes = bytes + #body
+  if status ~= 200 or not body:find('"result"', 1, true) or body:find('"isError"%s*:%s*true') then
+    bad = bad + 1
+    if sample == "" then sample = tostring(status) .. " " .. body:sub(1, 200) end
+  end
+end
+function done(summary, latency, requests)
+  local bad, bytes, answered, sample = 0, 0, 0, ""
+  for _, t in ipairs(threads) do
+    bad = bad + t:get("bad"); bytes = bytes + t:get("bytes"); answered = answered + t:get("answered")
+    if sample == "" then sample = t:get("sample") end
+  end
+  sample = sample:gsub('[%c"\\]', function(c) return string.format("\\u%04x", c:byte()) end)
+  local e = summary.errors
+  io.write("WRK_JSON ", string.format(
+    '{"requests":%d,"duration_us":%d,"bad":%d,"bytes":%d,"answered":%d,' ..
+    '"socket_errors":%d,"p50_us":%d,"p95_us":%d,"p99_us":%d,"max_us":%d,"sample":"%s"}',
+    summary.requests, summary.duration, bad, bytes, answered,
+    e.connect + e.read + e.write + e.timeout, latency:percentile(50), latency:percentile(95),
+    latency:percentile(99), latency.max, sample), "\n")
+end
+"""
+
+
+def _lua_string(value: str) -> str:
+    return "[==[" + value + "]==]"
+
+
+async def _open_session(url: str, tool: str, arguments: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        client = Client(http, url)
+        init = await client.initialize()
+        await client.call_tool(tool, arguments)  # fail here, with the server's words, not as N wrk errors
+        return dict(client.headers), init
+
+
+def _script(headers: dict[str, str], body: str) -> str:
+    lines = ['wrk.method = "POST"', f"wrk.body = {_lua_string(body)}"]
+    lines += [f"wrk.headers[ {_lua_string(k)} ] = {_lua_string(v)}" for k, v in headers.items()]
+    return "\n".join(lines) + "\n" + LUA
+
+
+def _run_wrk(wrk: str, script: Path, url: str, concurrency: int, seconds: float, timeout: float) -> dict[str, Any]:
+    cmd = [wrk, "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", f"--timeout={max(1, round(timeout))}s",
+           "-s", str(script), url]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + timeout + 60)
+    for line in done.stdout.splitlines():
+        if line.startswith("WRK_JSON "):
+            return json.loads(line.removeprefix("WRK_JSON "))
+    raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr[-1000:] or done.stdout[-1000:]}")
+
+
+def run(url: str, tool: str, arguments: dict[str, Any], concurrency: int, duration: float, warmup: float,
+        timeout: float, wrk: str) -> dict[str, Any]:
+    headers, init = asyncio.run(_open_session(url, tool, arguments))
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                       "params": {"name": tool, "arguments": arguments}})
+    with tempfile.TemporaryDirectory(prefix="wrk-") as tmp:
+        script = Path(tmp) / "call.lua"
+        script.write_text(_script(headers, body))
+        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        warm = _run_wrk(wrk, script, url, concurrency, warmup, timeout) if warmup > 0 else {"answered": 0}
+        measured = _run_wrk(wrk, script, url, concurrency, duration, timeout)
+        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    seconds = measured["duration_us"] / 1e6
+    errors = measured["bad"] + measured["socket_errors"]
+    calls = max(0, measured["answered"] - measured["bad"])
+    calls_total = calls + max(0, warm["answered"] - warm.get("bad", 0))
+    return {
+        "url": url,
+        "tool": tool,
+        "arguments": arguments,
+        "concurrency": concurrency,
+        "duration_s": seconds,
+        "warmup_s": warmup,
+        "load_generator": "wrk",
+        "server": init.get("serverInfo", {}),
+        "protocol_version": init.get("protocolVersion"),
+        "session_ids": "Mcp-Session-Id" in headers,
+        "calls": calls,
+        "calls_total": calls_total,
+        "errors": errors,
+        "error_samples": [measured["sample"]] if measured["sample"] else [],
+        "calls_per_s": calls / seconds if seconds else 0.0,
+        # wrk's percentiles cover every answer of the measured run (errors too; a run with errors is suspect).
+        "p50_ms": measured["p50_us"] / 1000,
+        "p95_ms": measured["p95_us"] / 1000,
+        "p99_ms": measured["p99_us"] / 1000,
+        "max_ms": measured["max_us"] / 1000,
+        "mean_response_bytes": measured["bytes"] / measured["answered"] if measured["answered"] else 0,
+        "client_cpu_s": client_cpu,
+        "client_cpu_ms_per_call": 1000 * client_cpu / max(calls_total, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", required=True, help="Streamable HTTP endpoint, e.g. http://127.0.0.1:8101/mcp")
+    parser.add_argument("--tool", default="execute_sql")
+    parser.add_argument("--arg-name", default="query", help="the tool argument carrying the SQL (DBHub: sql)")
+    parser.add_argument("--query", required=True)
+    parser.add_argument("-c", "--concurrency", type=int, default=8)
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds (whole seconds for wrk)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
+    parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds")
+    parser.add_argument("--wrk", default=shutil.which("wrk") or "wrk", help="the wrk binary")
+    args = parser.parse_args(argv)
+    host = URL(args.url).host or ""
+    if not (host.startswith("127.") or host in {"localhost", "::1", "[::1]"}):
+        parser.error("only loopback targets are allowed")  # load is only ever sent to this machine
+    if not shutil.which(args.wrk):
+        parser.error(f"{args.wrk} not found (apt-get install wrk; `make bench` installs it)")
+    try:
+        report = run(args.url, args.tool, {args.arg_name: args.query}, args.concurrency, args.duration,
+                     args.warmup, args.timeout, args.wrk)
+    except (CallFailed, aiohttp.ClientError, RuntimeError) as exc:
+        print(f"wrk_load: {exc}", file=sys.stderr)
+        return 1
+    json.dump(report, sys.stdout)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
