@@ -16,7 +16,7 @@ from app.auth.cli import DEMO_PASSWORD_FILE, ensure_demo_user, users_main
 from app.auth.common import OAuthError, grant_scopes, normalize_url, parse_form, parse_json_params
 from app.auth.passwords import verify_password
 from app.auth.redirects import RedirectUriError, check_redirect_uri, redirect_matches
-from app.auth.store import AuthStore, store_path
+from app.auth.store import AuthStore, LoginPolicy, store_path
 from app.auth.token import s256
 
 ALLOWED = ("chatgpt.com", "openai.com", "claude.ai", "claude.com", "anthropic.com")
@@ -155,15 +155,67 @@ def test_store_file_is_private_and_survives_reopen(tmp_path: Any) -> None:
         assert store.get_user_by_name("ALICE")["username"] == "alice"  # case-insensitive names
 
 
-def test_throttle_locks_after_max_failures_and_expires(tmp_path: Any) -> None:
+def test_throttle_locks_the_pair_after_max_reservations_and_expires(tmp_path: Any) -> None:
+    policy = LoginPolicy(max_failures=3, lockout_seconds=60, address_max_failures=100, user_slow_after=100)
+    with AuthStore(store_path(tmp_path)) as store:
+        for _ in range(3):  # each admitted attempt is counted before its password is checked
+            assert store.reserve_login_attempt("A", "x", policy) == ("ok", 0.0)
+        verdict, until = store.reserve_login_attempt("a", "x", policy)
+        assert verdict == "locked" and until > time.time()
+        assert store.reserve_login_attempt("a", "y", policy)[0] == "ok"  # another address: not locked
+        store.conn.execute("UPDATE login_throttle SET locked_until = ?", (time.time() - 1,))
+        assert store.reserve_login_attempt("a", "x", policy)[0] == "ok"
+
+
+def test_a_right_password_releases_its_reservation(tmp_path: Any) -> None:
+    policy = LoginPolicy(max_failures=3, lockout_seconds=60, address_max_failures=100, user_slow_after=100)
     with AuthStore(store_path(tmp_path)) as store:
         for _ in range(2):
-            assert store.record_failure(["user:a", "addr:x"], 3, 60) == 0
-        assert store.throttled_until(["user:a"]) == 0
-        assert store.record_failure(["user:a", "addr:x"], 3, 60) > time.time()
-        assert store.throttled_until(["user:a"]) > 0 and store.throttled_until(["addr:x"]) > 0
-        store.conn.execute("UPDATE login_failures SET locked_until = ?", (time.time() - 1,))
-        assert store.throttled_until(["user:a", "addr:x"]) == 0
+            store.reserve_login_attempt("a", "x", policy)
+        store.release_login_attempt("a", "x", policy)  # the pair starts over
+        for _ in range(3):
+            assert store.reserve_login_attempt("a", "x", policy)[0] == "ok"
+        assert store.reserve_login_attempt("a", "x", policy)[0] == "locked"
+
+
+def test_the_per_user_ceiling_slows_and_never_locks(tmp_path: Any) -> None:
+    policy = LoginPolicy(max_failures=3, lockout_seconds=60, address_max_failures=100, user_slow_after=4,
+                         user_slow_seconds=30)
+    with AuthStore(store_path(tmp_path)) as store:
+        for n in range(4):  # four addresses, one failure each: no pair is locked
+            assert store.reserve_login_attempt("a", f"10.0.0.{n}", policy)[0] == "ok"
+        verdict, next_slot = store.reserve_login_attempt("a", "10.0.0.9", policy)
+        assert verdict == "slowed" and next_slot > time.time()
+        assert store.reserve_login_attempt("b", "10.0.0.9", policy)[0] == "ok"  # other users unaffected
+        store.conn.execute("UPDATE login_throttle SET next_slot_at = ?", (time.time() - 1,))
+        assert store.reserve_login_attempt("a", "10.0.0.9", policy)[0] == "ok"  # the next slot is admitted
+        assert store.reserve_login_attempt("a", "10.0.0.9", policy)[0] == "slowed"
+
+
+def test_the_address_bound_locks_an_address_spraying_user_names(tmp_path: Any) -> None:
+    policy = LoginPolicy(max_failures=3, lockout_seconds=60, address_max_failures=4, user_slow_after=100)
+    with AuthStore(store_path(tmp_path)) as store:
+        for n in range(4):
+            assert store.reserve_login_attempt(f"user{n}", "x", policy)[0] == "ok"
+        assert store.reserve_login_attempt("user9", "x", policy)[0] == "locked"
+        assert store.reserve_login_attempt("user9", "y", policy)[0] == "ok"
+
+
+def test_refresh_within_the_leeway_mints_a_sibling_and_revokes_nothing(tmp_path: Any) -> None:
+    with AuthStore(store_path(tmp_path)) as store:
+        user = store.add_user("bob", "h", "writer")
+        family = store.create_family(client_id="c", user_id=user["id"], token_version=1, ttl=3600)
+        store.add_refresh_token("h1", family_id=family, client_id="c", user_id=user["id"], scope="mcp:read",
+                                resources=[], issuer="i", ttl=3600)
+        assert store.rotate_refresh_token("h1", "h2", "c", 3600, 10)[1][3] is False
+        assert store.rotate_refresh_token("h1", "h3", "c", 3600, 10)[1][3] is True  # within the leeway
+        assert store.rotate_refresh_token("h1", "h3b", "other", 3600, 10)[0] == "client_mismatch"
+        assert store.rotate_refresh_token("h2", "h4", "c", 3600, 10)[0] == "ok"  # both siblings live
+        assert store.rotate_refresh_token("h3", "h5", "c", 3600, 10)[0] == "ok"
+        # Leeway counts from the first use: once it is over the old token is reuse.
+        store.conn.execute("UPDATE refresh_tokens SET used_at = used_at - 11 WHERE token_hash = 'h1'")
+        assert store.rotate_refresh_token("h1", "h6", "c", 3600, 10)[0] == "reused"
+        assert store.rotate_refresh_token("h4", "h7", "c", 3600, 10)[0] == "revoked"
 
 
 def test_refresh_rotation_and_reuse_revokes_family(tmp_path: Any) -> None:

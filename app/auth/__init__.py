@@ -38,7 +38,8 @@ async def _periodic_cleanup(state: AuthState) -> None:
     while True:
         await asyncio.sleep(CLEANUP_INTERVAL_SECONDS)
         try:
-            await state.store.call(AuthStore.cleanup)
+            await state.store.call(AuthStore.cleanup,
+                                   unused_client_seconds=state.settings.unused_client_seconds)
         except Exception:  # keep cleaning next time; a failed sweep loses nothing
             log.exception("auth.cleanup_failed")
 

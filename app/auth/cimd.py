@@ -19,7 +19,7 @@ import aiohttp
 import structlog
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from .common import GRANT_TYPES, load_json
+from .common import GRANT_TYPES, load_json, read_at_most
 from .redirects import RedirectUriError, check_redirect_uri
 
 log = structlog.get_logger(__name__)
@@ -52,6 +52,8 @@ def client_id_url_problem(url: str) -> str | None:
         return "client_id URL must use https"
     if parts.username is not None or "@" in parts.netloc:
         return "client_id URL must not contain user information"
+    if "%" in parts.netloc or not parts.netloc.isascii():
+        return "client_id URL host must not contain percent-encoding or non-ASCII characters"
     if "#" in url:
         return "client_id URL must not contain a fragment"
     if parts.path in {"", "/"}:
@@ -193,7 +195,7 @@ class CimdFetcher:
                     raise CimdError(f"client metadata document answered HTTP {resp.status}")
                 if resp.content_length is not None and resp.content_length > MAX_DOCUMENT_BYTES:
                     raise CimdError("client metadata document is too large")
-                body = await resp.content.read(MAX_DOCUMENT_BYTES + 1)
+                body = await read_at_most(resp.content, MAX_DOCUMENT_BYTES)
                 if len(body) > MAX_DOCUMENT_BYTES:
                     raise CimdError("client metadata document is too large")
                 ttl = _cache_seconds(resp.headers.get("Cache-Control"))

@@ -145,10 +145,28 @@ def grant_scopes(requested: Iterable[str], role: str) -> list[str]:
     return granted or allowed
 
 
+async def read_at_most(stream: Any, limit: int) -> bytes:
+    """The whole body of an aiohttp StreamReader, or limit + 1 bytes when it is longer.
+
+    `StreamReader.read(n)` returns whatever has arrived so far (one TCP segment), not n bytes: a body
+    split across segments would be cut short. Read until EOF or past the limit.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await stream.read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 async def read_limited_body(request: web.Request, limit: int = MAX_OAUTH_BODY) -> bytes:
+    """The whole request body (every TCP segment of it), refusing bodies longer than `limit` with 413."""
     if request.content_length is not None and request.content_length > limit:
         raise OAuthError("invalid_request", "request body too large", status=413)
-    body = await request.content.read(limit + 1)
+    body = await read_at_most(request.content, limit)
     if len(body) > limit:
         raise OAuthError("invalid_request", "request body too large", status=413)
     return body

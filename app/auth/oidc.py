@@ -28,7 +28,7 @@ from joserfc.jwk import KeySet
 
 from ..settings import SettingsError
 from ..urls import base_url
-from .common import load_json, sha256_hex
+from .common import load_json, read_at_most, sha256_hex
 from .pages import error_page
 from .store import AuthStore
 
@@ -119,7 +119,7 @@ class UpstreamOidc:
             raise UpstreamError("upstream sign-in is not available right now")
         try:
             async with self._session.get(url, allow_redirects=False) as resp:
-                body = await resp.content.read(_MAX_DOC_BYTES + 1)
+                body = await read_at_most(resp.content, _MAX_DOC_BYTES)
                 if resp.status != 200 or len(body) > _MAX_DOC_BYTES:
                     raise UpstreamError(f"{self.label} answered HTTP {resp.status}")
         except (aiohttp.ClientError, TimeoutError, OSError):
@@ -184,7 +184,7 @@ class UpstreamOidc:
                 "code_verifier": upstream["verifier"]}
         try:
             async with self._session.post(doc["token_endpoint"], data=form, allow_redirects=False) as resp:
-                body = await resp.content.read(_MAX_DOC_BYTES + 1)
+                body = await read_at_most(resp.content, _MAX_DOC_BYTES)
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError, OSError):
             raise UpstreamError(f"{self.label} could not be reached") from None

@@ -2,8 +2,8 @@
 
 https on an allowed host (or one of its subdomains), or loopback on any port over http(s) for native
 clients (Claude Code, MCP Inspector). Everything that could make a URL mean something other than what it
-looks like is refused outright: userinfo, fragments, backslashes, control characters, raw IPs other than
-loopback, lookalike hosts such as `chatgpt.com.evil.com`.
+looks like is refused outright: userinfo, fragments, backslashes, control characters, percent-encoding or
+non-ASCII in the host, raw IPs other than loopback, lookalike hosts such as `chatgpt.com.evil.com`.
 """
 
 from __future__ import annotations
@@ -46,6 +46,11 @@ def check_redirect_uri(uri: str, allowed_hosts: Iterable[str]) -> None:
         raise RedirectUriError("redirect URI is not a valid URL") from None
     if "@" in parts.netloc:
         raise RedirectUriError("redirect URI must not contain user information")
+    # A percent sign in the authority is an encoded delimiter or a lookalike (evil.com%2f.chatgpt.com,
+    # %2e, %40, %5c, %3f, %23) that browsers and servers decode differently; non-ASCII hosts can fold
+    # into delimiters under IDNA (U+FF0F). Registered hosts are plain ASCII names.
+    if "%" in parts.netloc or not parts.netloc.isascii():
+        raise RedirectUriError("redirect URI host must not contain percent-encoding or non-ASCII characters")
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
     if scheme not in {"https", "http"} or not host:

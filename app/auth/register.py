@@ -1,7 +1,9 @@
 """POST {realm}/register: RFC 7591 dynamic client registration.
 
 Redirect URIs must pass the allowlist; the secret (for confidential clients) is returned once and stored
-only as a hash. Errors are RFC 7591 §3.2.2 shaped: invalid_redirect_uri / invalid_client_metadata.
+only as a hash. Each address may register REGISTRATIONS_PER_HOUR clients an hour, and a client never used
+for an authorization within UNUSED_CLIENT_SECONDS is forgotten. Errors are RFC 7591 §3.2.2 shaped:
+invalid_redirect_uri / invalid_client_metadata.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from .common import (
     SUPPORTED_SCOPES,
     TOKEN_AUTH_METHODS,
     OAuthError,
+    client_address,
     load_json,
     new_secret,
     parse_scope,
@@ -125,12 +128,18 @@ async def register_endpoint(request: web.Request) -> web.Response:
     client_id = "mcp-" + new_secret(18)
     secret = new_secret(32) if metadata["token_endpoint_auth_method"] != "none" else None
     issued_at = int(time.time())
-    await state.store.call(AuthStore.save_client, {
+    address = client_address(request)
+    saved = await state.store.call(AuthStore.register_client, {
         "client_id": client_id, "kind": "dcr", "secret_hash": sha256_hex(secret) if secret else None,
         "auth_method": metadata["token_endpoint_auth_method"], "redirect_uris": metadata["redirect_uris"],
         "grant_types": metadata["grant_types"], "client_name": metadata.get("client_name"),
         "metadata": metadata, "created_at": issued_at,
-    })
+    }, address, state.settings.registrations_per_hour)
+    if not saved:
+        state.metrics.oauth_registrations.labels("error").inc()
+        log.warning("oauth.registration_rate_limited", address=address)
+        return OAuthError("invalid_client_metadata", "too many registrations from this address; try again later",
+                          status=429, headers={"Retry-After": "3600"}).response()
     state.metrics.oauth_registrations.labels("ok").inc()
     log.info("oauth.client_registered", client_id=client_id, client_name=metadata.get("client_name"),
              auth_method=metadata["token_endpoint_auth_method"])

@@ -11,7 +11,8 @@ from aiohttp import web
 
 from .. import keys
 from .cimd import CimdFetcher, is_cimd_client_id
-from .signing import SigningKeys, generate_key
+from .signing import SigningKeys
+from .statekey import StateKey, load_state_key, open_signing_keys
 from .store import AsyncAuthStore, AuthStore, store_path
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ class AuthState:
     cimd: CimdFetcher
     oidc: UpstreamOidc | None = None
     signing: SigningKeys | None = None
+    state_key: StateKey | None = None
 
     @classmethod
     def build(cls, settings: Settings, metrics: Metrics) -> AuthState:
@@ -41,8 +43,9 @@ class AuthState:
                    oidc=UpstreamOidc.from_settings(settings))
 
     async def start(self) -> None:
+        self.state_key = load_state_key(self.settings)
         await self.store.open()
-        rows = await self.store.call(AuthStore.ensure_signing_key, generate_key)
+        rows = await self.store.call(open_signing_keys, self.state_key)
         self.signing = SigningKeys(rows)
         await self.cimd.start()
         if self.oidc is not None:
@@ -60,6 +63,11 @@ class AuthState:
             raise RuntimeError("auth state not started")
         return self.signing
 
+    def _unused_and_expired(self, client: dict[str, Any]) -> bool:
+        """A registration never used for an authorization in time: gone even before the cleanup sweep."""
+        return (client.get("last_used_at") is None
+                and client["created_at"] <= time.time() - self.settings.unused_client_seconds)
+
     async def find_client(self, client_id: str, *, refresh_metadata: bool = False) -> dict[str, Any] | None:
         """A registered client, or a Client ID Metadata Document client (fetched when `refresh_metadata`
         is set and the stored copy is stale or missing). Raises CimdError when a document is unusable."""
@@ -67,7 +75,9 @@ class AuthState:
             return None
         stored = await self.store.call(AuthStore.get_client, client_id)
         if not is_cimd_client_id(client_id):
-            return stored if stored and stored["kind"] == "dcr" else None
+            if stored is None or stored["kind"] != "dcr" or self._unused_and_expired(stored):
+                return None
+            return stored
         if not refresh_metadata:
             return stored
         fresh = self.cimd.cached(client_id)

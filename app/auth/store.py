@@ -6,7 +6,9 @@ every call on one dedicated thread so the event loop never waits on disk and the
 shared between threads. Every read-modify-write runs in a `BEGIN IMMEDIATE` transaction, so two
 processes (the service and `mssql-mcp users ...`) can use the file at the same time.
 Secrets are stored only as hashes: client secrets, codes and refresh tokens as SHA-256 (they are
-high-entropy random strings), passwords as argon2.
+high-entropy random strings), passwords as argon2. Private signing keys are stored encrypted (the
+caller encrypts them with the state key, which never lives in DATA_DIR: see app/auth/statekey.py), and
+`secure_delete` plus a WAL checkpoint after a migration keep no plaintext copy in freed pages or the WAL.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -51,8 +54,11 @@ CREATE TABLE IF NOT EXISTS clients (
     client_name TEXT,
     metadata TEXT NOT NULL,             -- JSON object as registered / fetched
     created_at REAL NOT NULL,
-    fetched_at REAL
+    fetched_at REAL,
+    last_used_at REAL                   -- last authorization (registered clients never used expire)
 );
+CREATE TABLE IF NOT EXISTS registrations (address TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS registrations_address ON registrations(address, at);
 CREATE TABLE IF NOT EXISTS auth_requests (
     id TEXT PRIMARY KEY,
     browser_hash TEXT NOT NULL,
@@ -102,16 +108,18 @@ CREATE TABLE IF NOT EXISTS refresh_tokens (
 );
 CREATE INDEX IF NOT EXISTS refresh_tokens_family ON refresh_tokens(family_id);
 CREATE TABLE IF NOT EXISTS revoked_tokens (jti TEXT PRIMARY KEY, expires_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS login_failures (
-    key TEXT PRIMARY KEY,
-    failures INTEGER NOT NULL,
+CREATE TABLE IF NOT EXISTS login_throttle (
+    key TEXT PRIMARY KEY,               -- 'pair:<user>|<address>', 'addr:<address>' or 'user:<user>'
+    failures INTEGER NOT NULL,          -- attempts counted in the window (reserved before the check)
     window_start REAL NOT NULL,
-    locked_until REAL NOT NULL DEFAULT 0
+    locked_until REAL NOT NULL DEFAULT 0,
+    next_slot_at REAL NOT NULL DEFAULT 0  -- user keys over the ceiling: next attempt admitted then
 );
+DROP TABLE IF EXISTS login_failures;
 CREATE TABLE IF NOT EXISTS signing_keys (
     kid TEXT PRIMARY KEY,
     alg TEXT NOT NULL,
-    private_pem TEXT NOT NULL,
+    private_pem TEXT NOT NULL,          -- encrypted with the state key, 'enc:v1:...' (plain PEM in v1)
     created_at REAL NOT NULL,
     retired_at REAL
 );
@@ -124,6 +132,24 @@ class StoreError(RuntimeError):
 
 class UserExists(StoreError):
     pass
+
+
+@dataclass(frozen=True)
+class LoginPolicy:
+    """Sign-in throttling bounds (LOGIN_* settings)."""
+
+    max_failures: int = 5             # per user and address, then locked for lockout_seconds
+    lockout_seconds: float = 300.0    # also the counting window
+    address_max_failures: int = 20    # per address over all user names, then locked
+    user_slow_after: int = 20         # per user over all addresses, then one attempt per user_slow_seconds
+    user_slow_seconds: float = 5.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> LoginPolicy:
+        return cls(max_failures=settings.login_max_failures, lockout_seconds=settings.login_lockout_seconds,
+                   address_max_failures=settings.login_address_max_failures,
+                   user_slow_after=settings.login_user_slow_after,
+                   user_slow_seconds=settings.login_user_slow_seconds)
 
 
 def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
@@ -156,13 +182,27 @@ class AuthStore:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute("PRAGMA secure_delete=ON")  # freed pages are zeroed: no old copy of a secret survives
         self._conn = conn
         # Statement by statement inside one transaction (executescript would commit on its own).
         with self._tx() as c:
             for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
                 c.execute(statement)
+            self._migrate(c)
             c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            c.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
         return self
+
+    @staticmethod
+    def _migrate(c: sqlite3.Connection) -> None:
+        """Bring a version 1 store up to date (idempotent)."""
+        columns = {row["name"] for row in c.execute("PRAGMA table_info(clients)")}
+        if "last_used_at" not in columns:
+            c.execute("ALTER TABLE clients ADD COLUMN last_used_at REAL")
+            # Clients that already signed someone in count as used, so the expiry of unused
+            # registrations never drops a working connector.
+            c.execute("UPDATE clients SET last_used_at = ? WHERE client_id IN"
+                      " (SELECT client_id FROM token_families)", (time.time(),))
 
     def open_reader(self) -> AuthStore:
         """A read-only connection to an existing store, for tiny lookups on the calling thread. In WAL mode
@@ -284,6 +324,20 @@ class AuthStore:
                  json.dumps(client.get("metadata", {})), client.get("created_at", time.time()),
                  client.get("fetched_at")))
 
+    def register_client(self, client: dict[str, Any], address: str, max_per_hour: int) -> bool:
+        """Save a dynamically registered client unless `address` already registered `max_per_hour` in the
+        last hour (False). The count and the insert are one transaction, so parallel requests cannot
+        slip past the bound."""
+        now = time.time()
+        with self._tx() as c:
+            (recent,) = c.execute("SELECT COUNT(*) FROM registrations WHERE address = ? AND at > ?",
+                                  (address, now - 3600)).fetchone()
+            if recent >= max_per_hour:
+                return False
+            c.execute("INSERT INTO registrations(address, at) VALUES (?, ?)", (address, now))
+        self.save_client(client)
+        return True
+
     def get_client(self, client_id: str) -> dict[str, Any] | None:
         row = _row(self.conn.execute("SELECT * FROM clients WHERE client_id = ?", (client_id,)).fetchone())
         if row is None:
@@ -344,6 +398,7 @@ class AuthStore:
                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                       (code_hash, client_id, user_id, redirect_uri, int(redirect_uri_given), code_challenge, scope,
                        json.dumps(resources), issuer, now, now + ttl))
+            c.execute("UPDATE clients SET last_used_at = ? WHERE client_id = ?", (now, client_id))
         return True
 
     def consume_code(self, code_hash: str) -> tuple[dict[str, Any] | None, bool]:
@@ -391,12 +446,17 @@ class AuthStore:
             row["resources"] = json.loads(row["resources"])
         return row
 
-    def rotate_refresh_token(self, old_hash: str, new_hash: str, client_id: str, ttl: float) -> tuple[str, Any]:
-        """Spend a refresh token and mint its successor in one transaction.
+    def rotate_refresh_token(self, old_hash: str, new_hash: str, client_id: str, ttl: float,
+                             reuse_leeway: float = 0.0) -> tuple[str, Any]:
+        """Spend a refresh token and mint its successor in one transaction (the store's one thread and
+        BEGIN IMMEDIATE serialise concurrent refreshes, so each sees the other's result).
 
-        Returns ("ok", (old row, user row, family row)) or a refusal: "unknown", "client_mismatch",
-        "expired", "revoked", "user_gone", or "reused" - a spent token presented again, which revokes
-        the whole family so a stolen copy and the legitimate one both stop working.
+        Returns ("ok", (old row, user row, family row, within_leeway)) or a refusal: "unknown",
+        "client_mismatch", "expired", "revoked", "user_gone", or "reused" - a spent token presented again
+        more than `reuse_leeway` seconds after it was first spent, which revokes the whole family so a
+        stolen copy and the legitimate one both stop working. Within the leeway the same client gets
+        another successor in the same family (hosted connectors refresh in parallel); the leeway is
+        counted from the first use, so presenting the token again never extends it.
         """
         now = time.time()
         with self._tx() as c:
@@ -409,7 +469,8 @@ class AuthStore:
                                     (row["family_id"],)).fetchone())
             if family is None or family["revoked_at"] is not None:
                 return "revoked", None
-            if row["used_at"] is not None:
+            within_leeway = row["used_at"] is not None and now - row["used_at"] <= reuse_leeway
+            if row["used_at"] is not None and not within_leeway:
                 c.execute("UPDATE token_families SET revoked_at = ?, revoked_reason = 'refresh token reused'"
                           " WHERE family_id = ?", (now, row["family_id"]))
                 return "reused", None
@@ -418,13 +479,14 @@ class AuthStore:
             user = _row(c.execute("SELECT * FROM users WHERE id = ?", (row["user_id"],)).fetchone())
             if user is None or user["token_version"] != family["token_version"]:
                 return "user_gone", None
-            c.execute("UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ?", (now, old_hash))
+            if not within_leeway:
+                c.execute("UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ?", (now, old_hash))
             c.execute("INSERT INTO refresh_tokens(token_hash, family_id, client_id, user_id, scope, resources, issuer,"
                       " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                       (new_hash, row["family_id"], client_id, row["user_id"], row["scope"], row["resources"],
                        row["issuer"], now, min(now + ttl, family["expires_at"])))
             row["resources"] = json.loads(row["resources"])
-            return "ok", (row, user, family)
+            return "ok", (row, user, family, within_leeway)
 
     def revoke_family(self, family_id: str, reason: str) -> None:
         with self._tx() as c:
@@ -445,39 +507,70 @@ class AuthStore:
         return _row(row)
 
     # -- sign-in throttling -----------------------------------------------------------------------
-    def throttled_until(self, keys: list[str]) -> float:
-        now = time.time()
-        marks = ",".join("?" * len(keys))
-        row = self.conn.execute(f"SELECT MAX(locked_until) AS until FROM login_failures WHERE key IN ({marks})"
-                                " AND locked_until > ?", (*keys, now)).fetchone()
-        return float(row["until"] or 0.0)
+    def reserve_login_attempt(self, username: str, address: str, policy: LoginPolicy) -> tuple[str, float]:
+        """Admit one password check, or refuse it, in one transaction: ("ok", 0), ("locked", until) or
+        ("slowed", next attempt time).
 
-    def record_failure(self, keys: list[str], max_failures: int, lockout_seconds: float) -> float:
-        """Count a failed sign-in against each key; returns the lock expiry if one was reached (else 0)."""
+        An admitted attempt is counted as a failure *before* the password is checked (and released by
+        `release_login_attempt` when it was right), so however many attempts arrive at once, at most
+        `policy.max_failures` wrong passwords are ever evaluated per user and address in a window.
+        Three counters: the (user, address) pair locks; the address alone locks at a higher bound
+        (one address spraying many user names); the user alone never locks but, past
+        `policy.user_slow_after` failures from all addresses, admits one attempt per
+        `policy.user_slow_seconds`, so a distributed guesser is slowed and the real user still gets in.
+        """
         now = time.time()
-        locked = 0.0
+        user = username.lower()
+        keys = (f"pair:{user}|{address}", f"addr:{address}", f"user:{user}")
         with self._tx() as c:
-            for key in keys:
-                row = c.execute("SELECT * FROM login_failures WHERE key = ?", (key,)).fetchone()
-                window_over = row is None or row["window_start"] + lockout_seconds <= now
-                lock_over = row is not None and 0 < row["locked_until"] <= now
-                if window_over or lock_over:
-                    failures, start = 1, now
-                else:
-                    failures, start = row["failures"] + 1, row["window_start"]
-                until = now + lockout_seconds if failures >= max_failures else 0.0
-                locked = max(locked, until)
-                c.execute("INSERT INTO login_failures(key, failures, window_start, locked_until) VALUES (?, ?, ?, ?)"
-                          " ON CONFLICT(key) DO UPDATE SET failures = excluded.failures,"
-                          " window_start = excluded.window_start, locked_until = excluded.locked_until",
-                          (key, failures, start, until))
-        return locked
+            pair, addr, per_user = (self._throttle_row(c, key, policy, now) for key in keys)
+            for row in (pair, addr):
+                if row["locked_until"] > now:
+                    return "locked", row["locked_until"]
+            if per_user["failures"] >= policy.user_slow_after and per_user["next_slot_at"] > now:
+                return "slowed", per_user["next_slot_at"]
+            pair["failures"] += 1
+            if pair["failures"] >= policy.max_failures:
+                pair["locked_until"] = now + policy.lockout_seconds
+            addr["failures"] += 1
+            if addr["failures"] >= policy.address_max_failures:
+                addr["locked_until"] = now + policy.lockout_seconds
+            per_user["failures"] += 1
+            per_user["window_start"] = now  # the ceiling lasts while failures keep coming
+            if per_user["failures"] >= policy.user_slow_after:
+                per_user["next_slot_at"] = now + policy.user_slow_seconds
+            for key, row in zip(keys, (pair, addr, per_user), strict=True):
+                c.execute("INSERT INTO login_throttle(key, failures, window_start, locked_until, next_slot_at)"
+                          " VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET failures = excluded.failures,"
+                          " window_start = excluded.window_start, locked_until = excluded.locked_until,"
+                          " next_slot_at = excluded.next_slot_at",
+                          (key, row["failures"], row["window_start"], row["locked_until"], row["next_slot_at"]))
+        return "ok", 0.0
 
-    def clear_failures(self, key: str) -> None:
+    @staticmethod
+    def _throttle_row(c: sqlite3.Connection, key: str, policy: LoginPolicy, now: float) -> dict[str, Any]:
+        row = _row(c.execute("SELECT failures, window_start, locked_until, next_slot_at FROM login_throttle"
+                             " WHERE key = ?", (key,)).fetchone())
+        fresh = {"failures": 0, "window_start": now, "locked_until": 0.0, "next_slot_at": 0.0}
+        if row is None:
+            return fresh
+        lock_over = 0 < row["locked_until"] <= now
+        window_over = row["locked_until"] <= now and row["window_start"] + policy.lockout_seconds <= now
+        return fresh if lock_over or window_over else row
+
+    def release_login_attempt(self, username: str, address: str, policy: LoginPolicy) -> None:
+        """The reserved attempt had the right password: forget the pair's failures and un-count it
+        from the address and user totals."""
+        user = username.lower()
         with self._tx() as c:
-            c.execute("DELETE FROM login_failures WHERE key = ?", (key,))
+            c.execute("DELETE FROM login_throttle WHERE key = ?", (f"pair:{user}|{address}",))
+            c.execute("UPDATE login_throttle SET failures = MAX(failures - 1, 0) WHERE key IN (?, ?)",
+                      (f"addr:{address}", f"user:{user}"))
+            c.execute("UPDATE login_throttle SET locked_until = 0 WHERE key = ? AND failures < ?",
+                      (f"addr:{address}", policy.address_max_failures))
 
     # -- signing keys ----------------------------------------------------------------------------
+    # The store keeps `private_pem` as the caller hands it over: encrypted text (app/auth/statekey.py).
     def signing_keys(self) -> list[dict[str, Any]]:
         rows = self.conn.execute("SELECT * FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at").fetchall()
         return [dict(r) for r in rows]
@@ -491,9 +584,23 @@ class AuthStore:
                           (kid, alg, pem, time.time()))
         return self.signing_keys()
 
+    def encrypt_plain_signing_keys(self, is_plain: Callable[[str], bool],
+                                   encrypt: Callable[[str, str], str]) -> int:
+        """Migrate keys stored in the clear (schema v1) to `encrypt(kid, pem)`; returns how many. Afterwards
+        the file is rewritten (VACUUM) and the WAL truncated, so no page still holds the plain PEM."""
+        with self._tx() as c:
+            rows = c.execute("SELECT kid, private_pem FROM signing_keys").fetchall()
+            plain = [(encrypt(r["kid"], r["private_pem"]), r["kid"]) for r in rows if is_plain(r["private_pem"])]
+            c.executemany("UPDATE signing_keys SET private_pem = ? WHERE kid = ?", plain)
+        if plain:
+            self.conn.execute("VACUUM")
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return len(plain)
+
     # -- maintenance -----------------------------------------------------------------------------
-    def cleanup(self) -> None:
-        """Forget what can no longer be used (runs periodically)."""
+    def cleanup(self, *, unused_client_seconds: float = 86400.0) -> None:
+        """Forget what can no longer be used (runs periodically), and registered clients never used for
+        an authorization within `unused_client_seconds` of registering."""
         now = time.time()
         with self._tx() as c:
             c.execute("DELETE FROM auth_requests WHERE expires_at <= ?", (now,))
@@ -501,7 +608,11 @@ class AuthStore:
             c.execute("DELETE FROM revoked_tokens WHERE expires_at <= ?", (now,))
             c.execute("DELETE FROM token_families WHERE expires_at <= ?", (now,))
             c.execute("DELETE FROM refresh_tokens WHERE expires_at <= ?", (now,))
-            c.execute("DELETE FROM login_failures WHERE locked_until <= ? AND window_start <= ?", (now, now - 86400))
+            c.execute("DELETE FROM login_throttle WHERE locked_until <= ? AND next_slot_at <= ? AND window_start <= ?",
+                      (now, now, now - 86400))
+            c.execute("DELETE FROM registrations WHERE at <= ?", (now - 3600,))
+            c.execute("DELETE FROM clients WHERE kind = 'dcr' AND last_used_at IS NULL AND created_at <= ?",
+                      (now - unused_client_seconds,))
 
 
 class AsyncAuthStore:

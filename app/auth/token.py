@@ -1,7 +1,9 @@
 """POST {realm}/token: authorization_code (PKCE S256) and refresh_token grants.
 
 Access tokens are ES256 JWTs bound to the RFC 8707 resource(s) in `aud`; refresh tokens are opaque,
-stored hashed, rotate on every use, and a spent one presented again revokes its whole family.
+stored hashed, and rotate on every use. A spent one presented again by the same client within
+REFRESH_REUSE_LEEWAY_SECONDS of its first use gets another pair in the same family (connectors refresh in
+parallel); presented later it is reuse and revokes its whole family.
 Form bodies are the standard; JSON bodies are accepted as the seed system did.
 """
 
@@ -152,7 +154,8 @@ async def _refresh_token(request: web.Request, state: AuthState, client: dict[st
         audience = _resources(request, params, current["resources"])
     new = new_refresh_token()
     outcome, data = await state.store.call(AuthStore.rotate_refresh_token, sha256_hex(old), sha256_hex(new),
-                                           client["client_id"], state.settings.refresh_token_ttl_seconds)
+                                           client["client_id"], state.settings.refresh_token_ttl_seconds,
+                                           state.settings.refresh_reuse_leeway_seconds)
     if outcome == "reused":
         state.metrics.oauth_refresh_reuse.inc()
         log.warning("oauth.refresh_reuse_detected", client_id=client["client_id"])
@@ -163,7 +166,9 @@ async def _refresh_token(request: web.Request, state: AuthState, client: dict[st
             "expired": "refresh token expired", "revoked": "refresh token was revoked",
             "user_gone": "the user no longer exists or changed their password",
         }.get(outcome, "invalid refresh token"))
-    row, user, family = data
+    row, user, family, within_leeway = data
+    if within_leeway:  # a parallel refresh (or a retry) by the same client: another pair, same family
+        log.info("oauth.refresh_within_leeway", client_id=client["client_id"])
     granted = row["scope"].split()
     if wanted is not None:
         granted = [s for s in granted if s in wanted]
