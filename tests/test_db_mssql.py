@@ -76,8 +76,9 @@ def test_raw_connection_string_escape_hatch_is_used_verbatim_and_kept_secret() -
 
 
 def test_session_setup_sql() -> None:
-    sql = _dialect(mssql_lock_timeout_ms=2500).session_sql()
-    assert sql == "SET LOCK_TIMEOUT 2500; SET XACT_ABORT ON;"
+    sql = _dialect(mssql_lock_timeout_ms=2500, max_result_bytes=100_000, max_rows=1000).session_sql()
+    assert sql == ("SET LOCK_TIMEOUT 2500; SET XACT_ABORT ON; SET TEXTSIZE 200002; "
+                   "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; SET ROWCOUNT 1001;")
     assert _dialect(query_timeout_seconds=12.2).server_timeout_seconds == 13
 
 

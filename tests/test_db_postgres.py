@@ -18,6 +18,16 @@ from tests.fixtures.databases import open_database, pg_snapshot
 SLOW_READ = "SELECT count(*) FROM generate_series(1, 100000) a CROSS JOIN generate_series(1, 100000) b"
 
 
+async def worker_rows(database, sql: str) -> list[list]:
+    """Run `sql` as a direct worker job (no guard): for session facts the guard keeps from readers."""
+    def job(session) -> list[list]:
+        cursor = session.cursor()
+        cursor.execute(sql)
+        return [list(row) for row in cursor.fetchall()]
+
+    return await database.pool.run(job, timeout=5)
+
+
 async def _wait_for(predicate, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -69,10 +79,10 @@ async def test_caps_on_postgres(pg_db) -> None:
 async def test_session_is_read_only_and_limited(pg_db, postgres_server) -> None:
     before = pg_snapshot(postgres_server, pg_db["pg_database"])
     async with open_database(**pg_db, query_timeout_seconds=7) as database:
-        settings = await database.execute(
-            "SELECT current_setting('default_transaction_read_only'), current_setting('statement_timeout'), "
+        settings = await worker_rows(
+            database, "SELECT current_setting('default_transaction_read_only'), current_setting('statement_timeout'), "
             "current_setting('application_name')")
-        assert settings.rows == [["on", "7s", "mssql-mcp"]]
+        assert settings == [["on", "7s", "mssql-mcp"]]
         # Defence in depth: a write handed straight to the pool (no guard) fails in the read-only session.
         with pytest.raises(QueryFailed) as info:
             await database.pool.run(lambda s: run.write(s, "DELETE FROM order_lines", (), 10, 10_000), timeout=5)
@@ -115,7 +125,7 @@ async def test_server_side_statement_timeout_is_the_backstop(pg_db) -> None:
 
 async def test_cancelling_the_task_stops_the_query_on_the_server(pg_db, postgres_server) -> None:
     async with open_database(**pg_db, db_pool_size=1, query_timeout_seconds=30) as database:
-        pid = (await database.execute("SELECT pg_backend_pid()")).rows[0][0]
+        pid = (await worker_rows(database, "SELECT pg_backend_pid()"))[0][0]
         task = asyncio.create_task(database.execute(SLOW_READ))
 
         def active() -> bool:
@@ -128,8 +138,8 @@ async def test_cancelling_the_task_stops_the_query_on_the_server(pg_db, postgres
             await task
         assert time.perf_counter() - started < 1.0  # the caller is released at once
         assert await _wait_for(lambda: not active(), 3)  # and the server stopped working on it
-        result = await asyncio.wait_for(database.execute("SELECT pg_backend_pid()"), timeout=5)
-        assert result.rows == [[pid]]  # the same connection, still usable
+        result = await asyncio.wait_for(worker_rows(database, "SELECT pg_backend_pid()"), timeout=5)
+        assert result == [[pid]]  # the same connection, still usable
 
 
 async def test_restart_mid_run_recovers_without_recreating_the_database(pg_db, postgres_server) -> None:

@@ -10,10 +10,13 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from typing import Any, TypeVar
 
 import pyodbc
+import sqlglot
 import structlog
+from sqlglot import exp
 
 from . import execute as run
 from . import guard
@@ -42,6 +45,7 @@ class Database:
         self.metrics = metrics
         self.dialect: Dialect = get_dialect(settings)
         self.pool = Pool(self.dialect, settings, metrics)
+        self.read_plans = run.ReadPlans(self.dialect)
         self._tables: list[TableInfo] | None = None
         self._tables_at = 0.0
         self._descriptions: dict[tuple[str | None, str], tuple[float, TableDescription]] = {}
@@ -69,6 +73,7 @@ class Database:
         return guard.is_read_only(sql, self.dialect.name)
 
     def _row_cap(self, max_rows: int | None) -> int:
+        """The one place the row cap is decided: the setting, lowered (never raised) by a call."""
         cap = int(self.settings.max_rows)
         return cap if max_rows is None else max(1, min(cap, int(max_rows)))
 
@@ -84,7 +89,7 @@ class Database:
         as a read in a rolled-back transaction. With read-only mode off, anything the guard would not
         accept as a read (or any call with write=True) runs as a write: committed only if it succeeds.
         `max_rows` and `timeout` can only lower the configured caps."""
-        verdict = guard.check(sql, self.dialect.name)
+        verdict = guard.check(sql, self.dialect.name, extra_functions=guard.extra_functions(self.settings))
         if self.settings.read_only_mode:
             if not verdict.allowed:
                 reason = verdict.reason or "refused"
@@ -94,13 +99,18 @@ class Database:
             as_write = False
         else:
             as_write = write or not verdict.allowed
-        if not as_write:
-            sql = self.dialect.prepare_read(sql, verdict.root)
         rows_cap = self._row_cap(max_rows)
         bytes_cap = int(self.settings.max_result_bytes)
-        job = run.write if as_write else run.read
-        result = await self.pool.run(lambda s: job(s, sql, params, rows_cap, bytes_cap),
-                                     timeout=self._time_cap(timeout), retry=not as_write)
+        if as_write:
+            def job(s: Worker) -> QueryResult:
+                return run.write(s, sql, params, rows_cap, bytes_cap)
+        else:
+            tree = _checked_tree(verdict, sql, self.dialect.sqlglot) if self.dialect.plans_from_tree else None
+            plans = self.read_plans
+
+            def job(s: Worker) -> QueryResult:
+                return run.planned_read(s, plans, sql, tree, params, rows_cap, bytes_cap)
+        result = await self.pool.run(job, timeout=self._time_cap(timeout), retry=not as_write)
         if as_write:
             self._forget_catalog()  # the write may have been DDL
         self._account(result)
@@ -133,10 +143,7 @@ class Database:
     # --- catalog -------------------------------------------------------------------------------------
     async def _catalog(self, fn: Callable[[pyodbc.Cursor], T]) -> T:
         def job(session: Worker) -> T:
-            cursor = session.cursor()
-            out = fn(cursor)
-            session.conn.rollback()
-            return out
+            return fn(session.cursor())  # the worker rolls back and resets the session afterwards
 
         return await self.pool.run(job, timeout=self._time_cap(None), retry=True)
 
@@ -187,7 +194,8 @@ class Database:
         n = max(1, min(int(limit), int(self.settings.sample_max_rows), int(self.settings.max_rows)))
         sql = self.dialect.sample_sql(table, n)
         bytes_cap = int(self.settings.max_result_bytes)
-        result = await self.pool.run(lambda s: run.read(s, sql, (), n, bytes_cap),
+        plans = self.read_plans  # the same caps as any read: wide values cut on the server
+        result = await self.pool.run(lambda s: run.planned_read(s, plans, sql, None, (), n, bytes_cap),
                                      timeout=self._time_cap(None), retry=True)
         self._account(result)
         return result
@@ -215,7 +223,23 @@ def _ping_job(session: Worker) -> None:
     cursor = session.cursor()
     cursor.execute(session.dialect.ping_sql)
     cursor.fetchmany(1)
-    session.conn.rollback()
+
+
+def _checked_tree(verdict: Any, sql: str, glot: str) -> exp.Expression | None:
+    """The statement the guard checked, as a tree (read-only). Uses the guard's own tree when it hands one
+    on (Verdict.tree), else parses once per text."""
+    tree = getattr(verdict, "tree", None)
+    if tree is not None:
+        return tree
+    return _parse(sql, glot) if len(sql) <= run.ReadPlans.MAX_TEXT else None
+
+
+@lru_cache(maxsize=1024)
+def _parse(sql: str, glot: str) -> exp.Expression | None:
+    try:
+        return sqlglot.parse_one(sql, read=glot)
+    except sqlglot.errors.SqlglotError:
+        return None
 
 
 def _coerce(value: Any, column_type: str) -> Any:

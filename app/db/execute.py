@@ -1,10 +1,12 @@
 """Job functions that run a statement on a worker's connection and read its result within the caps.
 
-Reads: execute, read with `fetchmany` until the row cap (`max_rows`, plus one row to know whether
-more exist) or the byte cap (`max_bytes` of JSON row text) is reached, then roll back: a read never
-leaves anything behind, whatever the statement did. Writes (read-only mode off): execute, walk every
-result set (so every statement of a batch runs), commit; any error rolls the whole thing back (the
-pool worker does that). Nothing here ever calls `fetchall` on user results.
+Reads run the dialect's ReadPlan: the user's statement with the row cap (cap + 1, to know whether more
+exist) inside it and wide values cut on the server, so drivers that buffer whole results never hold more
+than that. They read with `fetchmany` until the row cap or the byte cap (`max_bytes` of JSON row text) is
+reached, then close the cursor (which discards unread rows). Writes (read-only mode off): execute, walk
+every result set (so every statement of a batch runs), commit. Every call then ends in the pool worker,
+which rolls back and resets the session (Dialect.end_call): a read never leaves anything behind, whatever
+the statement did. Nothing here ever calls `fetchall` on user results.
 
 The byte cap measures `len(json.dumps(row))` with non-ASCII escaped: the exact size of the row in a
 default `json.dumps` of the result, and an upper bound on both its UTF-8 bytes and its characters.
@@ -13,12 +15,15 @@ default `json.dumps` of the result, and an upper bound on both its UTF-8 bytes a
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import pyodbc
+from sqlglot import exp
 
+from .dialects.base import Dialect, ReadPlan, statement_body
 from .serialize import serialize_row
 from .types import QueryResult
 
@@ -33,15 +38,20 @@ def _execute(cursor: pyodbc.Cursor, sql: str, params: Sequence[Any]) -> None:
         cursor.execute(sql)
 
 
-def collect(cursor: pyodbc.Cursor, session: Any, max_rows: int, max_bytes: int) -> QueryResult:
-    """Read the current result set up to the caps."""
+def collect(cursor: pyodbc.Cursor, session: Any, max_rows: int, max_bytes: int, *,
+            marks_over_cap: bool = False) -> QueryResult:
+    """Read the current result set up to the caps. With `marks_over_cap` the last column is the server's
+    "rows so far passed the byte cap" flag (ReadPlan): it is not shown, and a row with it set ends the result."""
     description = cursor.description
     if description is None:
         return QueryResult(columns=[], rows=[], result_bytes=_EMPTY_JSON_ARRAY)
+    if marks_over_cap:
+        description = description[:-1]
     columns = [str(d[0]) for d in description]
     rows: list[list[Any]] = []
     size = _EMPTY_JSON_ARRAY
     reason: str | None = None
+    too_long: str | None = None
     dumps = json.dumps
     while reason is None:
         want = min(FETCH_BATCH, max_rows + 1 - len(rows))
@@ -53,31 +63,95 @@ def collect(cursor: pyodbc.Cursor, session: Any, max_rows: int, max_bytes: int) 
             if len(rows) >= max_rows:
                 reason = "max_rows"
                 break
+            if marks_over_cap:
+                if raw[-1]:
+                    reason = "max_bytes"
+                    break
+                raw = raw[:-1]
             row = serialize_row(raw)
             cost = len(dumps(row)) + 1  # the row and its separator
             if size + cost > max_bytes:
                 reason = "max_bytes"
+                too_long = _too_long_column(columns, row, max_bytes)
                 break
             rows.append(row)
             size += cost
         if len(batch) < want:  # the driver had no more rows: skip a useless round trip
             break
     return QueryResult(columns=columns, rows=rows, truncated=reason is not None, truncated_reason=reason,
-                       result_bytes=size)
+                       result_bytes=size, too_long_column=too_long)
 
 
-def read(session: Any, sql: str, params: Sequence[Any], max_rows: int, max_bytes: int) -> QueryResult:
+def _too_long_column(columns: list[str], row: list[Any], max_bytes: int) -> str | None:
+    """The first column whose value alone is over the byte cap (cut on the server or not)."""
+    for name, value in zip(columns, row, strict=False):
+        if isinstance(value, str) and len(value) + 2 > max_bytes:
+            return name
+    return None
+
+
+class ReadPlans:
+    """ReadPlans by statement text and row cap, made on a worker thread (the first time with a `LIMIT 0`
+    probe for dialects that need the columns), then reused: a repeated statement pays a dict lookup."""
+
+    MAX_ENTRIES = 2048
+    MAX_TEXT = 16_384  # longer statements are planned every time instead of pinning memory
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self._plans: dict[tuple[str, int, int], ReadPlan] = {}
+        self._lock = threading.Lock()
+
+    def get(self, session: Any, sql: str, tree: exp.Expression | None, params: Sequence[Any],
+            max_rows: int, max_bytes: int) -> ReadPlan:
+        key = (sql, max_rows, max_bytes)
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
+        description = self._probe(session, sql, params) if self.dialect.needs_columns else None
+        plan = self.dialect.plan_read(sql, tree, max_rows, max_bytes, description)
+        if len(sql) <= self.MAX_TEXT:
+            with self._lock:
+                if len(self._plans) >= self.MAX_ENTRIES:
+                    self._plans.pop(next(iter(self._plans)))  # oldest first
+                self._plans[key] = plan
+        return plan
+
+    def _probe(self, session: Any, sql: str, params: Sequence[Any]) -> Any:
+        cursor = session.cursor()
+        try:
+            _execute(cursor, self.dialect.probe_sql(statement_body(sql, self.dialect.sqlglot)), params)
+            return cursor.description
+        finally:
+            cursor.close()
+
+
+def read(session: Any, plan: ReadPlan | str, params: Sequence[Any], max_rows: int, max_bytes: int) -> QueryResult:
+    """Run a planned read (a plain text runs as written); the pool worker rolls back and resets the session
+    afterwards."""
+    if isinstance(plan, str):
+        plan = ReadPlan(plan)
     started = time.perf_counter()
     cursor = session.cursor()
-    _execute(cursor, sql, params)
-    result = collect(cursor, session, max_rows, max_bytes)
-    session.conn.rollback()  # defence in depth: a read commits nothing, ever
+    _execute(cursor, plan.sql, params)
+    result = collect(cursor, session, max_rows, max_bytes, marks_over_cap=plan.marks_over_cap)
+    cursor.close()  # discards unread rows before the rollback (Microsoft's documented way)
+    result.elapsed_ms = (time.perf_counter() - started) * 1000
+    return result
+
+
+def planned_read(session: Any, plans: ReadPlans, sql: str, tree: exp.Expression | None, params: Sequence[Any],
+                 max_rows: int, max_bytes: int) -> QueryResult:
+    started = time.perf_counter()
+    plan = plans.get(session, sql, tree, params, max_rows, max_bytes)
+    result = read(session, plan, params, max_rows, max_bytes)
     result.elapsed_ms = (time.perf_counter() - started) * 1000
     return result
 
 
 def write(session: Any, sql: str, params: Sequence[Any], max_rows: int, max_bytes: int) -> QueryResult:
     started = time.perf_counter()
+    session.wrote = True  # the session reset afterwards also undoes settings a write may have changed
     cursor = session.cursor()
     _execute(cursor, sql, params)
     result: QueryResult | None = None
@@ -104,7 +178,7 @@ def first_row_as_dict(session: Any, sql: str, params: Sequence[Any]) -> dict[str
     _execute(cursor, sql, params)
     columns = [str(d[0]) for d in cursor.description or ()]
     row = cursor.fetchmany(1)
-    session.conn.rollback()
+    cursor.close()
     if not row:
         return None
     return dict(zip(columns, serialize_row(row[0]), strict=False))

@@ -136,7 +136,10 @@ class Watchdog:
 
 class Worker:
     """One thread, one connection. Job functions receive the worker as their session:
-    `session.cursor()` (a cursor the watchdog can cancel), `session.conn`, `session.rows_returned`."""
+    `session.cursor()` (a cursor the watchdog can cancel), `session.conn`, `session.rows_returned`,
+    `session.wrote` (a job that may change the session says so). Jobs need not roll back: after every job
+    the worker ends the call with the dialect's rollback-and-reset (Dialect.end_call), so nothing a call did
+    (transaction, locks, settings, temp objects, prepared statements) outlives it."""
 
     def __init__(self, pool: Pool, index: int) -> None:
         self.pool = pool
@@ -149,6 +152,7 @@ class Worker:
         self.job: object | None = None
         self.cancel_reason: str | None = None
         self.rows_returned = False
+        self.wrote = False
         self._cursors: list[pyodbc.Cursor] = []
         self._had_connection = False
         self._last_used = time.monotonic()
@@ -251,6 +255,7 @@ class Worker:
             self._ensure_connected()
             self._arm(job, deadline)
             self.rows_returned = False
+            self.wrote = False
             failure: Exception | None = None
             try:
                 result = job.fn(self)
@@ -258,6 +263,7 @@ class Worker:
                 failure = exc
             reason = self._disarm()
             if failure is None:
+                self._end_call()
                 return result
             self._recover(failure)
             if isinstance(failure, _Interrupted) or (reason is not None and isinstance(failure, pyodbc.Error)):
@@ -283,14 +289,26 @@ class Worker:
         return QueryTimeout(f"query exceeded the {format_seconds(timeout)} s time limit and was cancelled")
 
     def _recover(self, failure: Exception) -> None:
-        """After a failed job: roll back, or replace the connection if it is dead or will not roll back."""
+        """After a failed job: end the call as usual, or replace the connection if it is dead or will not
+        roll back."""
         if self.conn is None:
             return
         if isinstance(failure, pyodbc.Error) and is_dead_connection(failure):
             self._drop_connection(failure)
             return
+        self._end_call()
+
+    def _end_call(self) -> None:
+        """Roll back and reset the session (the job's cursors are closed already); a connection that will
+        not reset is replaced rather than handed to the next call as it is."""
+        if self.conn is None:
+            return
         try:
-            self.conn.rollback()
+            cursor = self.conn.cursor()
+            try:
+                self.dialect.end_call(self.conn, cursor, wrote=self.wrote)
+            finally:
+                cursor.close()
         except Exception as exc:
             self._drop_connection(exc)
 
@@ -329,7 +347,7 @@ class Worker:
 
     def _connect(self) -> None:
         try:
-            conn = pyodbc.connect(self.pool.connection_string, **self.dialect.connect_kwargs())
+            conn = self.dialect.connect(self.pool.connection_string)
         except pyodbc.Error as exc:
             message = clean_message(exc, self.pool.secrets)
             self.pool._note_failure(message)

@@ -12,6 +12,7 @@ class QueryResult:
     rows: list[list[Any]]  # JSON-ready values (see app.db.serialize)
     truncated: bool = False
     truncated_reason: str | None = None  # "max_rows" | "max_bytes"
+    too_long_column: str | None = None  # with max_bytes: a column whose one value is over the byte cap
     elapsed_ms: float = 0.0
     result_bytes: int = 0
     rows_affected: int | None = None  # writes only
@@ -29,6 +30,8 @@ class QueryResult:
         }
         if self.truncated_reason:
             out["truncated_reason"] = self.truncated_reason
+        if self.too_long_column is not None:
+            out["too_long_column"] = self.too_long_column
         if self.rows_affected is not None:
             out["rows_affected"] = self.rows_affected
         out["elapsed_ms"] = round(self.elapsed_ms, 2)

@@ -8,13 +8,19 @@ pyodbc cursor and run in a pool worker thread, never on the event loop.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, ClassVar
 
 import pyodbc
+import sqlglot
+from sqlglot import exp
+from sqlglot.tokens import TokenType
 
 from ..types import TableDescription, TableInfo
 
@@ -41,6 +47,42 @@ def connection_string(pairs: Iterable[tuple[str, str | None]], *, braced: frozen
             continue
         out.append(f"{key}={odbc_value(value, always=key in braced)};")
     return "".join(out)
+
+
+# Column types a read passes through unchanged: bounded in size, and typed in the JSON result.
+SMALL_VALUE_TYPES: tuple[type, ...] = (int, float, bool, Decimal, dt.date, dt.time, dt.datetime, dt.timedelta)
+OVER_CAP_COLUMN = "mcp_over_cap"
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPlan:
+    """What a read runs: the user's statement inside the caps.
+
+    `sql` holds the row cap (TOP/LIMIT of cap+1) and, where the dialect cuts wide values on the server,
+    each wide column cut to just over the byte cap. With `marks_over_cap` the last column says whether the
+    rows so far already passed the byte cap; that row's values are NULL and it is never shown.
+    """
+
+    sql: str
+    marks_over_cap: bool = False
+
+
+def statement_body(sql: str, glot: str) -> str:
+    """The statement text without trailing semicolons and comments, ready to sit inside parentheses.
+
+    The text that runs is the text the guard checked, byte for byte (no regeneration by sqlglot)."""
+    tokens = sqlglot.Dialect.get_or_raise(glot).tokenize(sql)
+    while tokens and tokens[-1].token_type == TokenType.SEMICOLON:
+        tokens.pop()
+    if not tokens:
+        return sql
+    return sql[: tokens[-1].end + 1]
+
+
+def value_cut_lengths(max_bytes: int) -> tuple[int, int]:
+    """(characters of text, bytes of binary) to keep of a wide value: just enough that a cut value's JSON
+    is longer than the byte cap, so a cut value is never shown as if it were whole (binary is hex, 2 per byte)."""
+    return max_bytes + 1, max_bytes // 2 + 1
 
 
 class Dialect(ABC):
@@ -79,6 +121,10 @@ class Dialect(ABC):
     def connect_kwargs(self) -> dict[str, Any]:
         return {"autocommit": False, "timeout": int(self.settings.db_connect_timeout_seconds)}
 
+    def connect(self, connection_string: str) -> pyodbc.Connection:
+        """Open one connection (on the pool worker's thread); setup_connection runs after it."""
+        return pyodbc.connect(connection_string, **self.connect_kwargs())
+
     def setup_connection(self, conn: pyodbc.Connection) -> None:  # noqa: B027 - optional hook
         """Per-session set-up right after connecting (runs once per connection, not per query)."""
 
@@ -87,9 +133,66 @@ class Dialect(ABC):
         """The server-side backstop: the settings' cap, rounded up to whole seconds."""
         return max(1, math.ceil(float(self.settings.query_timeout_seconds)))
 
-    def prepare_read(self, sql: str, root: str | None) -> str:
-        """The text to run for a read the guard accepted (`root` is the guard's root kind)."""
-        return sql
+    # --- reads inside the caps ----------------------------------------------------------------
+    # True when plan_read needs the result's columns (one `LIMIT 0` probe per new statement text).
+    needs_columns: ClassVar[bool] = True
+    # True when plan_read changes the statement's tree (then Database hands it the checked tree).
+    plans_from_tree: ClassVar[bool] = False
+    # Column types (as pyodbc reports them) whose values are small and pass through uncut.
+    small_value_types: ClassVar[tuple[type, ...]] = SMALL_VALUE_TYPES
+
+    def limited_sql(self, body: str, max_rows: int) -> str:
+        """The statement with an outer LIMIT of max_rows + 1 (a smaller LIMIT inside it still holds)."""
+        return f"SELECT * FROM (\n{body}\n) AS mcp_q LIMIT {int(max_rows) + 1}"
+
+    def probe_sql(self, body: str) -> str:
+        """A statement that returns the result's columns and no rows (planned, not run, by the server)."""
+        return f"SELECT * FROM (\n{body}\n) AS mcp_q LIMIT 0"
+
+    def plan_read(self, sql: str, tree: exp.Expression | None, max_rows: int, max_bytes: int,
+                  description: Sequence[Sequence[Any]] | None) -> ReadPlan:
+        """The statement to run for a read the guard accepted. `tree` is the checked statement (read-only:
+        copy before changing it); `description` the probe's cursor.description when needs_columns."""
+        body = statement_body(sql, self.sqlglot)
+        limited = self.limited_sql(body, max_rows)
+        columns = list(description or ())
+        wide = {i for i, column in enumerate(columns) if not self.is_small_column(column)}
+        if not wide:
+            return ReadPlan(limited)
+        return ReadPlan(self.value_cut_sql(limited, columns, wide, max_bytes), marks_over_cap=True)
+
+    def is_small_column(self, column: Sequence[Any]) -> bool:
+        """A column (a cursor.description row) whose values are small enough to pass uncut."""
+        type_code = column[1]
+        return isinstance(type_code, type) and issubclass(type_code, self.small_value_types)
+
+    def value_cut_sql(self, limited: str, columns: list[Sequence[Any]], wide: set[int], max_bytes: int) -> str:
+        """`limited` with each wide column cut on the server, a running total of their sizes, and the rows
+        past the byte cap dropped but one (the marker, its wide values NULL). Sizes are bytes, never more
+        than the JSON size, so the server never drops a row the byte cap would have kept."""
+        raise NotImplementedError
+
+    def _running_total_sql(self, cut: str, columns: list[Sequence[Any]], wide: set[int], max_bytes: int,
+                           width: str) -> str:
+        """The outer layers shared by dialects: `cut` yields columns c1..cn (wide ones already cut);
+        `width` formats one column's size expression ({col})."""
+        cols = [f"c{i + 1}" for i in range(len(columns))]
+        row_width = " + ".join(width.format(col=f"mcp_c.{cols[i]}") for i in sorted(wide))
+        cap = int(max_bytes)
+        shown = ", ".join(
+            (f"CASE WHEN mcp_w.mcp_total <= {cap} THEN mcp_w.{col} END" if i in wide else f"mcp_w.{col}")
+            + f" AS {self.quote_identifier(str(column[0]))}"
+            for i, (col, column) in enumerate(zip(cols, columns, strict=True)))
+        return (f"SELECT {shown}, mcp_w.mcp_total > {cap} AS {OVER_CAP_COLUMN}\n"
+                f"FROM (SELECT mcp_s.*, SUM(mcp_s.mcp_width) OVER (ROWS UNBOUNDED PRECEDING) AS mcp_total\n"
+                f"      FROM (SELECT mcp_c.*, {row_width} AS mcp_width FROM ({cut}) AS mcp_c) AS mcp_s) AS mcp_w\n"
+                f"WHERE mcp_w.mcp_total - mcp_w.mcp_width <= {cap}")
+
+    # --- session reset when a connection goes back to the pool ---------------------------------
+    def end_call(self, conn: pyodbc.Connection, cursor: pyodbc.Cursor, *, wrote: bool) -> None:
+        """End a call: roll back, and undo what the call may have left on the session. `cursor` is a
+        fresh cursor on `conn`; the call's own cursors are closed already."""
+        conn.rollback()
 
     # --- SQL the service writes itself -----------------------------------------------------------
     @abstractmethod

@@ -9,21 +9,27 @@
 - Catalog: sys.objects/sys.schemas with row counts from sys.partitions (metadata only, no scans);
   every name is bound as a parameter and turned into an object id with OBJECT_ID(QUOTENAME(?) + '.' +
   QUOTENAME(?)), so user text never becomes SQL.
-- pyodbc does not know datetimeoffset (-155) or sql_variant/CLR types (-150/-151): output converters
-  turn them into ISO 8601 text and hex.
+- Caps: a read gets `TOP (max_rows + 1)` (or a lowered FETCH NEXT) in its outermost SELECT; `SET TEXTSIZE`
+  (per session, from MAX_RESULT_BYTES) cuts every (n)varchar(max)/varbinary(max)/text/image value on the
+  server, and in read-only mode `SET ROWCOUNT max_rows + 1` caps what TOP cannot reach (set operations,
+  TOP ... PERCENT / WITH TIES, TOP (@variable)).
+- pyodbc does not know datetimeoffset (-155) or CLR types (-151): output converters turn them into ISO 8601
+  text and hex. pyodbc 5.2+ decodes sql_variant (-150) itself.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
+from typing import Any
 
 import pyodbc
+from sqlglot import exp
 
 from ..serialize import binary_to_json
 from ..types import Column, ForeignKey, Index, TableDescription, TableInfo
-from .base import Dialect, connection_string
+from .base import Dialect, ReadPlan, connection_string
 
-SQL_SS_VARIANT = -150
 SQL_SS_UDT = -151
 SQL_SS_TIMESTAMPOFFSET = -155
 
@@ -92,6 +98,35 @@ def _opaque_to_hex(raw: bytes | None) -> str | None:
     return None if raw is None else binary_to_json(raw)
 
 
+def top_capped(tree: exp.Expression, limit: int) -> exp.Expression | None:
+    """The statement with at most `limit` rows in its outermost SELECT, or None when it needs no change or
+    TOP cannot express it (set operations, TOP ... PERCENT / WITH TIES, TOP (@n)): SET ROWCOUNT caps those.
+    A smaller TOP or FETCH NEXT the user wrote is kept."""
+    if not isinstance(tree, exp.Select):
+        return None
+    current = tree.args.get("limit")
+    if current is None:
+        capped = tree.copy()
+        if capped.args.get("offset") is not None:  # ORDER BY ... OFFSET n ROWS: TOP is not allowed with OFFSET
+            capped.set("limit", exp.Fetch(direction="NEXT", count=exp.Literal.number(limit),
+                                          limit_options=exp.LimitOptions(rows=True)))
+        else:
+            capped.set("limit", exp.Limit(expression=exp.Literal.number(limit)))
+        return capped
+    options = current.args.get("limit_options")
+    if options is not None and (options.args.get("percent") or options.args.get("with_ties")):
+        return None
+    key = "count" if isinstance(current, exp.Fetch) else "expression"
+    value = current.args.get(key)
+    if not (isinstance(value, exp.Literal) and not value.is_string and value.this.isdigit()):
+        return None
+    if int(value.this) <= limit:
+        return None
+    capped = tree.copy()
+    capped.args["limit"].set(key, exp.Literal.number(limit))
+    return capped
+
+
 def format_type(name: str, max_length: int, precision: int, scale: int) -> str:
     lower = name.lower()
     if lower in ("varchar", "char", "varbinary", "binary"):
@@ -145,7 +180,6 @@ class MssqlDialect(Dialect):
 
     def setup_connection(self, conn: pyodbc.Connection) -> None:
         conn.add_output_converter(SQL_SS_TIMESTAMPOFFSET, datetimeoffset_to_iso)
-        conn.add_output_converter(SQL_SS_VARIANT, _opaque_to_hex)
         conn.add_output_converter(SQL_SS_UDT, _opaque_to_hex)
         conn.timeout = self.server_timeout_seconds  # SQL_ATTR_QUERY_TIMEOUT for every cursor
         cursor = conn.cursor()
@@ -155,8 +189,42 @@ class MssqlDialect(Dialect):
             cursor.close()
         conn.commit()
 
+    def text_size_bytes(self) -> int:
+        """SET TEXTSIZE: the bytes of a (max)/LOB value the server sends. Twice the byte cap plus 2, so a
+        value it cuts is longer than the cap in JSON (nvarchar is 2 bytes a character, binary is hex) and is
+        never shown as if whole."""
+        return min(2_147_483_647, 2 * int(self.settings.max_result_bytes) + 2)
+
     def session_sql(self) -> str:
-        return f"SET LOCK_TIMEOUT {int(self.settings.mssql_lock_timeout_ms)}; SET XACT_ABORT ON;"
+        """The session's settings, run at connect and again after a write (our own pool has no
+        sp_reset_connection: re-running this batch puts back what a writer's SET could have changed)."""
+        statements = [
+            f"SET LOCK_TIMEOUT {int(self.settings.mssql_lock_timeout_ms)}",
+            "SET XACT_ABORT ON",
+            f"SET TEXTSIZE {self.text_size_bytes()}",
+            "SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
+        ]
+        if self.settings.read_only_mode:
+            statements.append(f"SET ROWCOUNT {int(self.settings.max_rows) + 1}")
+        else:
+            statements.append("SET ROWCOUNT 0")  # writes must never stop after N rows
+        return "; ".join(x for x in statements if x) + ";"
+
+    needs_columns = False  # TEXTSIZE cuts wide values on the server; no probe, no wrapper
+    plans_from_tree = True
+
+    def plan_read(self, sql: str, tree: exp.Expression | None, max_rows: int, max_bytes: int,
+                  description: Sequence[Sequence[Any]] | None) -> ReadPlan:
+        """TOP (max_rows + 1) in the outermost SELECT (T-SQL allows no ORDER BY in a derived table, so no
+        wrapper); the statement is regenerated by sqlglot only when the cap changes it."""
+        capped = top_capped(tree, int(max_rows) + 1) if tree is not None else None
+        return ReadPlan(sql if capped is None else capped.sql(dialect="tsql"))
+
+    def end_call(self, conn: pyodbc.Connection, cursor: pyodbc.Cursor, *, wrote: bool) -> None:
+        conn.rollback()
+        if wrote:
+            cursor.execute(self.session_sql())
+            conn.commit()
 
     def quote_identifier(self, name: str) -> str:
         return "[" + name.replace("]", "]]") + "]"

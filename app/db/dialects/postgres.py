@@ -11,11 +11,14 @@ pg_class.reltuples (free; -1 means "never analyzed" and is reported as unknown).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
 
 import pyodbc
 
 from ..types import Column, ForeignKey, Index, TableDescription, TableInfo
-from .base import Dialect, connection_string
+from .base import SMALL_VALUE_TYPES, Dialect, connection_string, value_cut_lengths
 
 _LIST_TABLES = """
 SELECT n.nspname, c.relname,
@@ -85,10 +88,71 @@ class PostgresDialect(Dialect):
     sqlglot = "postgres"
     default_schema = "public"
     list_tables_sql = _LIST_TABLES
+    # numeric can hold ~150,000 digits: cut it like text (its JSON is a string either way, and PG's text
+    # form of numeric is the plain notation serialize.decimal_to_json writes).
+    small_value_types = tuple(t for t in SMALL_VALUE_TYPES if t is not Decimal)
 
     def fetch_block_rows(self) -> int:
         # Rows per FETCH round trip with UseDeclareFetch: enough for a full capped result in one trip.
         return max(100, min(int(self.settings.max_rows) + 1, 5000))
+
+    def session_settings_sql(self) -> list[str]:
+        """The session's SET statements: run at connect and again after every reset."""
+        statements = []
+        if self.settings.read_only_mode:
+            statements.append("SET SESSION default_transaction_read_only = on")
+        statements += [
+            f"SET SESSION statement_timeout = {self.server_timeout_seconds * 1000}",
+            # Keep the lexer unambiguous for the guard: backslashes in '...' are literal characters.
+            "SET SESSION standard_conforming_strings = on",
+            "SET SESSION application_name = 'mssql-mcp'",  # visible in pg_stat_activity
+        ]
+        return statements
+
+    def reset_sql(self) -> str:
+        """One batch that ends a call and leaves the session as connecting left it: DISCARD ALL's parts
+        (DISCARD ALL itself cannot run in the transaction psqlODBC opens), then the settings psqlODBC and
+        we make at connect, which RESET ALL undoes. It starts with ROLLBACK, so it also works after a
+        failed statement, and it costs what the plain rollback it replaces cost (one round trip)."""
+        return "; ".join([
+            "ROLLBACK",
+            "CLOSE ALL",
+            "SET SESSION AUTHORIZATION DEFAULT",
+            "RESET ALL",
+            "SELECT pg_catalog.pg_advisory_unlock_all()",
+            "UNLISTEN *",
+            "DEALLOCATE ALL",
+            "DISCARD PLANS",
+            "DISCARD TEMP",
+            "DISCARD SEQUENCES",
+            "SET DateStyle = 'ISO'",  # psqlODBC's own connect-time settings
+            "SET extra_float_digits = 2",
+            *self.session_settings_sql(),
+        ])
+
+    def end_call(self, conn: pyodbc.Connection, cursor: pyodbc.Cursor, *, wrote: bool) -> None:
+        cursor.execute(self.reset_sql())  # psqlODBC reads the transaction state from the server: no BEGIN open
+
+    def is_small_column(self, column: Sequence[Any]) -> bool:
+        # psqlODBC reports a size below its 255 default only from a length the server knows (varchar(n),
+        # char(n)) or a fixed-size type (uuid, interval): those values are small, and stay as the driver
+        # renders them (uuid upper-case).
+        size = column[3]
+        return super().is_small_column(column) or (column[1] is str and isinstance(size, int) and 0 < size < 255)
+
+    def value_cut_sql(self, limited: str, columns: list[Sequence[Any]], wide: set[int], max_bytes: int) -> str:
+        text_chars, binary_bytes = value_cut_lengths(max_bytes)
+        names = [f"c{i + 1}" for i in range(len(columns))]
+        cut = []
+        for i, (name, column) in enumerate(zip(names, columns, strict=True)):
+            if i not in wide:
+                cut.append(f"mcp_r.{name}")
+            elif isinstance(column[1], type) and issubclass(column[1], bytes | bytearray | memoryview):
+                cut.append(f"substring(mcp_r.{name} FROM 1 FOR {binary_bytes}) AS {name}")
+            else:  # text, json, arrays and every other type psqlODBC hands over as text
+                cut.append(f"left(mcp_r.{name}::text, {text_chars}) AS {name}")
+        cut_sql = f"SELECT {', '.join(cut)} FROM ({limited}) AS mcp_r({', '.join(names)})"
+        return self._running_total_sql(cut_sql, columns, wide, max_bytes, "coalesce(octet_length({col}), 0)")
 
     def build_connection_string(self) -> str:
         s = self.settings
@@ -110,12 +174,8 @@ class PostgresDialect(Dialect):
     def setup_connection(self, conn: pyodbc.Connection) -> None:
         cursor = conn.cursor()
         try:
-            if self.settings.read_only_mode:
-                cursor.execute("SET SESSION default_transaction_read_only = on")
-            cursor.execute(f"SET SESSION statement_timeout = {self.server_timeout_seconds * 1000}")
-            # Keep the lexer unambiguous for the guard: backslashes in '...' are literal characters.
-            cursor.execute("SET SESSION standard_conforming_strings = on")
-            cursor.execute("SET SESSION application_name = 'mssql-mcp'")  # visible in pg_stat_activity
+            for statement in self.session_settings_sql():
+                cursor.execute(statement)
         finally:
             cursor.close()
         conn.commit()

@@ -10,14 +10,79 @@ into the URI instead.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import os
+import threading
 import urllib.parse
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pyodbc
-import sqlglot
 
 from ..types import Column, ForeignKey, Index, TableDescription, TableInfo
-from .base import Dialect
+from .base import Dialect, value_cut_lengths
+
+# Largest string or blob SQLite may build for one of our connections (sqlite3_limit LENGTH). Without it a
+# read such as zeroblob(300000000) or printf('%.*c', 300000000, 'x') allocates the whole value in this process
+# (the engine is in-process) before any cut can apply. Wide values reaching the driver are cut much smaller.
+VALUE_LIMIT_BYTES = 16 * 1024 * 1024
+_SQLITE_LIMIT_LENGTH = 0
+
+
+class _NativeSessionHook:
+    """Reaches the `sqlite3*` handle of the connections the ODBC driver opens, to set what the driver cannot.
+
+    The {SQLite3} driver enables `load_extension()` on every connection (there is no option to turn it off)
+    and has no option for SQLite's length limit. It links the process's libsqlite3, so an auto-extension
+    registered here runs inside each sqlite3_open; it records the handle only while a pool worker opens its
+    connection (a thread-local flag), so other SQLite users in the process (the auth store) are untouched.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._lib: ctypes.CDLL | None = None
+        self._callback: Any = None
+        name = ctypes.util.find_library("sqlite3") or "libsqlite3.so.0"
+        with contextlib.suppress(OSError):
+            lib = ctypes.CDLL(name)
+            lib.sqlite3_limit.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+            lib.sqlite3_limit.restype = ctypes.c_int
+            lib.sqlite3_enable_load_extension.argtypes = [ctypes.c_void_p, ctypes.c_int]
+            lib.sqlite3_enable_load_extension.restype = ctypes.c_int
+            entry = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+            self._callback = entry(self._on_open)  # kept for the life of the process: SQLite holds the pointer
+            if lib.sqlite3_auto_extension(self._callback) == 0:
+                self._lib = lib
+
+    @property
+    def available(self) -> bool:
+        return self._lib is not None
+
+    def _on_open(self, db: int, _errors: int, _api: int) -> int:
+        if getattr(self._local, "capturing", False):
+            self._local.handle = db
+        return 0
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[None]:
+        self._local.capturing, self._local.handle = True, None
+        try:
+            yield
+        finally:
+            self._local.capturing = False
+
+    def lock_down(self, value_limit: int) -> bool:
+        """Apply the limits to the connection this thread just opened; False if its handle is unknown."""
+        handle, self._local.handle = getattr(self._local, "handle", None), None
+        if self._lib is None or not handle:
+            return False
+        self._lib.sqlite3_limit(handle, _SQLITE_LIMIT_LENGTH, int(value_limit))
+        return self._lib.sqlite3_enable_load_extension(handle, 0) == 0
+
+
+_native = _NativeSessionHook()
 
 _LIST_TABLES = (
     "SELECT name, type FROM sqlite_master WHERE type IN ('table', 'view') "
@@ -52,6 +117,19 @@ class SqliteDialect(Dialect):
     def connect_kwargs(self) -> dict:
         return {"autocommit": False}
 
+    def connect(self, connection_string: str) -> pyodbc.Connection:
+        with _native.capture():
+            conn = pyodbc.connect(connection_string, **self.connect_kwargs())
+        if not _native.lock_down(self.value_limit_bytes()):
+            conn.close()
+            raise pyodbc.Error("HY000", "could not turn off extension loading and set the value limit on the "
+                                        "SQLite connection (libsqlite3 not reachable)")
+        return conn
+
+    def value_limit_bytes(self) -> int:
+        # Room for any value the byte cap could show (binary is hex, so twice the cap), and never below 16 MiB.
+        return max(VALUE_LIMIT_BYTES, 2 * int(self.settings.max_result_bytes) + 1024)
+
     def setup_connection(self, conn: pyodbc.Connection) -> None:
         # The driver's UTF-16 entry points mangle characters outside the BMP (emoji) in SQL text; its
         # narrow entry points take UTF-8, which is SQLite's own encoding.
@@ -65,12 +143,20 @@ class SqliteDialect(Dialect):
             cursor.close()
             conn.commit()
 
-    def prepare_read(self, sql: str, root: str | None) -> str:
-        # The driver only opens a result set for statements it recognises as queries, and a bare VALUES
-        # is not one of them: run it as SELECT * FROM (VALUES ...), regenerated from the checked tree.
-        if root == "values":
-            return f"SELECT * FROM ({sqlglot.parse_one(sql, read='sqlite').sql('sqlite')})"
-        return sql
+    # A bare VALUES is not a statement the driver opens a result set for; inside the LIMIT wrapper
+    # (SELECT * FROM (VALUES ...)) it is.
+    def value_cut_sql(self, limited: str, columns: list[Sequence[Any]], wide: set[int], max_bytes: int) -> str:
+        # Types are per value in SQLite: cut text and blobs wherever they appear in a wide column, keep
+        # numbers. Columns the driver reports as typed pass through untouched (they keep their declared type).
+        text_chars, binary_bytes = value_cut_lengths(max_bytes)
+        names = [f"c{i + 1}" for i in range(len(columns))]
+        cut = [
+            f"CASE typeof(mcp_r.{name}) WHEN 'text' THEN substr(mcp_r.{name}, 1, {text_chars}) "
+            f"WHEN 'blob' THEN substr(mcp_r.{name}, 1, {binary_bytes}) ELSE mcp_r.{name} END AS {name}"
+            if i in wide else f"mcp_r.{name}"
+            for i, name in enumerate(names)]
+        cut_sql = f"WITH mcp_r({', '.join(names)}) AS ({limited}) SELECT {', '.join(cut)} FROM mcp_r"
+        return self._running_total_sql(cut_sql, columns, wide, max_bytes, "coalesce(length({col}), 0)")
 
     def quote_identifier(self, name: str) -> str:
         return '"' + name.replace('"', '""') + '"'
