@@ -164,6 +164,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("read_only_mode", ("READ_ONLY_MODE",), True,
             "Refuse anything but a single read query (parsed with sqlglot) and run reads in a rolled-back "
             "transaction on a read-only session.", _bool, group="database"),
+    Setting("guard_extra_functions", ("GUARD_EXTRA_FUNCTIONS",), "",
+            "Comma list of extra function names (or schema.name) the read-only guard allows beyond its built-in "
+            "allowlists; names on its never list stay refused.", group="database"),
     # --- MCP ------------------------------------------------------------------------------
     Setting("host", ("HOST", "BIND_HOST"), "127.0.0.1", "Address the HTTP server binds to.", group="server"),
     Setting("port", ("PORT",), 8008, "HTTP port.", _int(1, 65535), group="server"),

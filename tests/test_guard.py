@@ -64,7 +64,7 @@ TSQL_REFUSED: list[tuple[str, str]] = [
     ("SELECT * FROM OPENROWSET('SQLNCLI', 'Server=x;Trusted_Connection=yes;', 'SELECT 1') AS a", "denied_function"),
     ("SELECT * FROM OPENROWSET(BULK 'c:\\secret.txt', SINGLE_CLOB) AS a", "reserved_word"),
     ("SELECT * FROM OPENQUERY(linked, 'DELETE FROM t')", "denied_function"),
-    ("SELECT * FROM OPENDATASOURCE('SQLNCLI', 'Data Source=x').db.dbo.t", "denied_function"),
+    ("SELECT * FROM OPENDATASOURCE('SQLNCLI', 'Data Source=x').db.dbo.t", "linked_server"),
     ("SELECT * FROM OPENXML(@h, '/root')", "denied_function"),
     ("SELECT * FROM master..xp_dirtree", "denied_function"),
     ("SELECT * FROM master.dbo.sp_configure", "denied_function"),

@@ -1,29 +1,42 @@
-"""Read-only guard: a statement passes only if sqlglot proves it is exactly one read query.
+"""Read-only guard: a statement passes only if sqlglot proves it is exactly one read query that uses
+nothing but allowlisted functions, catalog views and hints.
 
-Policy (docs/database.md has the user-facing version):
-- parse in the backend's own dialect (tsql, postgres, sqlite); anything that does not parse is refused,
-  because what cannot be parsed cannot be proven harmless;
+Policy (docs/database.md "Read-only guard" has the user-facing version):
+- parse in the backend's own dialect (tsql, postgres, sqlite) once; anything that does not parse is
+  refused, because what cannot be parsed cannot be proven harmless. Depth and size are limited before
+  and during the parse, and any failure inside the guard is a refusal, never an exception;
 - exactly one statement, whose root is a query: SELECT, a set operation (UNION/INTERSECT/EXCEPT),
   WITH ... SELECT, VALUES (or one of those in parentheses);
 - nothing anywhere in the tree may write or lock: no DML/DDL nodes (this catches data-modifying CTEs),
-  no SELECT ... INTO, no FOR UPDATE/SHARE, no exclusive table hints, no deny-listed functions
-  (file access, external data sources, sleeping, sequences, server control);
+  no SELECT ... INTO, no FOR UPDATE/SHARE;
+- **allowlist**: every function call (by the name as written, after identifier normalisation: quotes,
+  brackets, case, PostgreSQL U&"..." escapes), every system catalog table or view, every T-SQL table hint,
+  join hint and query option must be on the dialect's list in app/db/allowlists/<dialect>.txt (or in
+  GUARD_EXTRA_FUNCTIONS). Names in allowlists/never.txt are refused whatever the lists say;
+- ambiguous parses are refused: a T-SQL table followed by a parenthesised list (`dbo.Orders (HOLDLOCK)`)
+  that is not an allowlisted table-valued function; four-part (linked-server) names;
 - lexical tricks where sqlglot and the engine could disagree are refused outright: nested block
-  comments (SQL Server and PostgreSQL nest them, SQLite does not), control and invisible characters,
-  and, for T-SQL, statement keywords that sqlglot would read as a bare alias (`SELECT 1 SHUTDOWN` is two
-  statements to SQL Server, which needs no semicolons).
+  comments, control, invisible and lone-surrogate characters, and, for T-SQL, statement keywords that
+  sqlglot would read as a bare alias (`SELECT 1 SHUTDOWN` is two statements to SQL Server).
+
+A few T-SQL read constructs sqlglot cannot parse (OPTION (USE HINT / TABLE HINT), WITH XMLNAMESPACES,
+CHANGETABLE(CHANGES ...), graph MATCH, TRY_PARSE ... USING, WITH (INDEX = ix)) are checked token by token
+and then rewritten narrowly into a form sqlglot parses; `Verdict.rewritten` says so.
 
 The guard is one layer: reads also run in a transaction that is always rolled back, SQLite opens the file
 read-only and PostgreSQL sessions are read-only. Verdicts are cached by SQL text (LRU), so repeated
-queries cost a dictionary lookup.
+queries cost a dictionary lookup; a cached verdict's `tree` is shared, so callers copy it before changing it.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import re
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
 
 from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
@@ -37,11 +50,14 @@ from .types import QueryRefused
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 MAX_SQL_CHARS = 100_000
+MAX_NESTING = 200  # parentheses deep; real reads stay far below, the parser recurses per level
+MAX_TREE_DEPTH = 1_000  # syntax-tree depth (long operator chains nest without parentheses)
 _CACHE_MAX_TEXT = 16_384  # longer statements are checked every time instead of pinning memory in the cache
 
 REASONS = (
-    "empty", "too_long", "invisible_character", "parse_error", "nested_comment", "reserved_word",
-    "multiple_statements", "not_a_query", "data_modifying", "select_into", "locking_clause", "denied_function",
+    "empty", "too_long", "invisible_character", "invalid_unicode", "too_deep", "parse_error", "nested_comment",
+    "reserved_word", "multiple_statements", "not_a_query", "data_modifying", "select_into", "locking_clause",
+    "denied_function", "denied_object", "denied_hint", "ambiguous", "linked_server",
 )
 
 # T-SQL needs no semicolons between statements, so a statement keyword that sqlglot accepts as an alias or
@@ -54,81 +70,11 @@ _TSQL_STATEMENT_WORDS = frozenset({
     "RETURN", "REVERT", "REVOKE", "ROLLBACK", "SAVE", "SELECT", "SET", "SETUSER", "SHUTDOWN", "TRUNCATE",
     "UPDATE", "UPDATETEXT", "USE", "WAITFOR", "WHILE", "WRITETEXT",
 })
-
-# Functions refused in every dialect, by exact (lower-case) name, with the reason shown to the user.
-_DENIED_FUNCTIONS: dict[str, str] = {
-    # SQL Server: external data sources and server files
-    "openrowset": "reads external data sources or files",
-    "openquery": "runs a query on a linked server",
-    "opendatasource": "connects to an external data source",
-    "openxml": "needs a prepared XML document handle (sp_xml_preparedocument)",
-    "fn_get_audit_file": "reads server files",
-    "fn_xe_file_target_read_file": "reads server files",
-    "fn_trace_gettable": "reads server files",
-    "fn_dblog": "reads the transaction log",
-    "fn_dump_dblog": "reads log backups",
-    # PostgreSQL: server files, sleeping, sequences, settings, session control, side channels
-    "pg_read_file": "reads server files",
-    "pg_read_binary_file": "reads server files",
-    "pg_stat_file": "reads server file metadata",
-    "pg_terminate_backend": "terminates other sessions",
-    "pg_cancel_backend": "cancels other sessions' queries",
-    "set_config": "changes session settings",
-    "nextval": "advances a sequence (a write)",
-    "setval": "changes a sequence (a write)",
-    "pg_notify": "sends notifications",
-    "pg_reload_conf": "reloads the server configuration",
-    "pg_rotate_logfile": "controls the server",
-    "pg_promote": "controls the server",
-    "pg_switch_wal": "controls the server",
-    "pg_create_restore_point": "controls the server",
-    "pg_log_backend_memory_contexts": "controls the server",
-    "pg_import_system_collations": "writes the catalog",
-    "pg_export_snapshot": "exports a snapshot",
-    "pg_logdir_ls": "lists server files",
-    "pg_truncate_visibility_map": "writes to the server",
-    # SQLite: extensions and file access (shell/extension functions)
-    "load_extension": "loads native code into the server",
-    "writefile": "writes files",
-    "readfile": "reads files",
-    "fts3_tokenizer": "can register native code pointers",
-    "edit": "starts an editor",
-    "fsdir": "lists files",
-    "zipfile": "reads archives from disk",
-}
-# Name prefixes refused in every dialect.
-_DENIED_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("pg_read_", "reads server files"),
-    ("pg_ls_", "lists server files"),
-    ("pg_sleep", "sleeps and holds a connection"),
-    ("lo_", "uses large objects (server-side file import/export)"),
-    ("dblink", "connects to another database"),
-    ("pg_advisory", "takes advisory locks"),
-    ("pg_try_advisory", "takes advisory locks"),
-    ("pg_stat_reset", "resets server statistics"),
-    ("pg_create_", "controls replication or the server"),
-    ("pg_drop_", "controls replication"),
-    ("pg_replication_", "controls replication"),
-    ("pg_logical_", "controls replication"),
-    ("pg_wal_", "controls the server"),
-    ("pg_backup_", "controls backups"),
-    ("pg_start_backup", "controls backups"),
-    ("pg_stop_backup", "controls backups"),
-    ("pg_file_", "writes server files"),
-    ("txid_", "assigns transaction ids"),
-    ("pg_current_xact_id", "assigns transaction ids"),
-    ("query_to_xml", "runs a query given as text"),
-    ("cursor_to_xml", "reads from a cursor"),
-)
-# T-SQL only: extended and system stored procedures (also as table sources).
-_TSQL_DENIED_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("xp_", "is an extended stored procedure"),
-    ("sp_", "is a system stored procedure"),
-)
-# SQL Server table hints that take update/exclusive locks or hold shared locks to the end of the transaction.
-_DENIED_HINTS = frozenset({
-    "UPDLOCK", "XLOCK", "TABLOCK", "TABLOCKX", "HOLDLOCK", "PAGLOCK", "SERIALIZABLE", "REPEATABLEREAD",
+# SQL Server table hints that take update/exclusive locks or hold locks to the end of the transaction.
+_LOCK_HINTS = frozenset({
+    "UPDLOCK", "XLOCK", "TABLOCK", "TABLOCKX", "HOLDLOCK", "PAGLOCK", "ROWLOCK", "SERIALIZABLE", "REPEATABLEREAD",
 })
+_JOIN_HINTS = frozenset({"MERGE", "HASH", "LOOP"})  # REMOTE (run the join on the other server) is not listed
 
 _QUERY_ROOTS = (exp.Select, exp.SetOperation, exp.Values)
 _DML = (exp.Insert, exp.Update, exp.Delete, exp.Merge)
@@ -139,7 +85,98 @@ _NOT_QUERY = (
 )
 _ALLOWED_CONTROL = frozenset("\t\n\r\f\v")
 _SQLGLOT_DIALECTS = {"mssql": "tsql", "tsql": "tsql", "postgres": "postgres", "sqlite": "sqlite"}
+_DIALECT_NAMES = {"tsql": "SQL Server", "postgres": "PostgreSQL", "sqlite": "SQLite"}
+_WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_$#@]*$")
+# SQLite eponymous virtual tables that are not sqlite_* or pragma_* names.
+_SQLITE_VIRTUAL_TABLES = frozenset({"dbstat", "fsdir", "zipfile", "generate_series", "completion", "carray"})
 
+
+# --- the lists -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Allowlist:
+    """One dialect's lists, lower-case; `functions` already includes the [syntax] names."""
+
+    functions: frozenset[str]
+    table_functions: frozenset[str]
+    catalog: frozenset[str]
+    hints: frozenset[str]
+    options: frozenset[str]
+
+
+def _sections(text: str) -> dict[str, list[str]]:
+    sections: dict[str, list[str]] = {}
+    current = sections.setdefault("", [])
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip().lower()
+        if not line:
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], [])
+        else:
+            current.append(" ".join(line.split()))
+    return sections
+
+
+@lru_cache(maxsize=8)
+def allowlist(glot: str) -> Allowlist:
+    """The built-in lists of a sqlglot dialect (tsql, postgres, sqlite), read from app/db/allowlists/."""
+    name = {"tsql": "tsql", "postgres": "postgres", "sqlite": "sqlite"}.get(glot)
+    if name is None:
+        return Allowlist(frozenset(), frozenset(), frozenset(), frozenset(), frozenset())
+    text = resources.files(__package__).joinpath("allowlists", f"{name}.txt").read_text(encoding="utf-8")
+    parts = _sections(text)
+    return Allowlist(
+        functions=frozenset(parts.get("functions", []) + parts.get("syntax", [])),
+        table_functions=frozenset(parts.get("table_functions", [])),
+        catalog=frozenset(parts.get("catalog", [])),
+        hints=frozenset(h.upper() for h in parts.get("hints", [])),
+        options=frozenset(o.upper() for o in parts.get("options", [])),
+    )
+
+
+@lru_cache(maxsize=1)
+def never_list() -> tuple[tuple[str, str], ...]:
+    """(name or prefix*, reason) pairs refused in every dialect; GUARD_EXTRA_FUNCTIONS cannot re-allow them."""
+    text = resources.files(__package__).joinpath("allowlists", "never.txt").read_text(encoding="utf-8")
+    entries = []
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            name, _, why = line.partition(" ")
+            entries.append((name.lower(), why.strip() or "is never allowed"))
+    return tuple(entries)
+
+
+def never_reason(name: str) -> str | None:
+    """Why `name` (any case, optionally schema-qualified) can never be allowed, or None."""
+    lowered = name.lower()
+    candidates = {lowered, lowered.rsplit(".", 1)[-1]}
+    for pattern, why in never_list():
+        for candidate in candidates:
+            if candidate == pattern or (pattern.endswith("*") and candidate.startswith(pattern[:-1])):
+                return why
+    return None
+
+
+def parse_extra_functions(raw: str) -> frozenset[str]:
+    """GUARD_EXTRA_FUNCTIONS: comma-separated names (optionally schema.name), lower-cased; never-list names
+    are dropped (they can never be re-allowed)."""
+    names = {" ".join(part.split()).lower() for part in (raw or "").split(",")}
+    return frozenset(n for n in names if n and never_reason(n) is None)
+
+
+def extra_functions(settings: object) -> frozenset[str]:
+    """GUARD_EXTRA_FUNCTIONS of a settings object, parsed once per distinct value."""
+    return _parsed_extra(str(getattr(settings, "guard_extra_functions", "") or ""))
+
+
+@lru_cache(maxsize=8)
+def _parsed_extra(raw: str) -> frozenset[str]:
+    return parse_extra_functions(raw)
+
+
+# --- verdicts ----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
@@ -147,6 +184,12 @@ class Verdict:
     reason: str | None = None
     message: str | None = None
     root: str | None = None  # for allowed queries: "select", "union", "intersect", "except", "values"
+    # The parsed, checked statement (allowed queries only). Verdicts are cached and shared between calls:
+    # copy it (`verdict.tree.copy()`) before changing it, e.g. to add a TOP/LIMIT.
+    tree: exp.Expression | None = None
+    # True when the tree was parsed from a narrowly rewritten text (T-SQL constructs sqlglot cannot parse,
+    # see the module doc); the original text is what the engine should run.
+    rewritten: bool = False
 
     def raise_if_refused(self) -> None:
         if not self.allowed:
@@ -157,51 +200,79 @@ def _refuse(reason: str, what: str) -> Verdict:
     return Verdict(False, reason, f"Refused in read-only mode: {what}")
 
 
-def check(sql: str, dialect: str) -> Verdict:
-    """The guard's verdict for `sql` in `dialect` ("mssql"/"tsql", "postgres", "sqlite"); never raises."""
+class _Refusal(Exception):
+    def __init__(self, verdict: Verdict) -> None:
+        super().__init__(verdict.message)
+        self.verdict = verdict
+
+
+def _fail(reason: str, what: str) -> _Refusal:
+    return _Refusal(_refuse(reason, what))
+
+
+def check(sql: str, dialect: str, *, extra_functions: frozenset[str] = frozenset()) -> Verdict:
+    """The guard's verdict for `sql` in `dialect` ("mssql"/"tsql", "postgres", "sqlite"); never raises.
+
+    `extra_functions` (lower-case names, see parse_extra_functions) extends the function allowlists."""
     if not isinstance(sql, str):
         return _refuse("empty", "the query must be text.")
     glot = _SQLGLOT_DIALECTS.get(dialect, dialect)
+    extra = frozenset(extra_functions)
     if len(sql) <= _CACHE_MAX_TEXT:
-        return _cached_check(sql, glot)
-    return _check(sql, glot)
+        return _cached_check(sql, glot, extra)
+    return _safe_check(sql, glot, extra)
 
 
-def enforce(sql: str, dialect: str) -> None:
+def enforce(sql: str, dialect: str, *, extra_functions: frozenset[str] = frozenset()) -> None:
     """Raise QueryRefused unless `sql` is a single read query."""
-    check(sql, dialect).raise_if_refused()
+    check(sql, dialect, extra_functions=extra_functions).raise_if_refused()
 
 
-def is_read_only(sql: str, dialect: str) -> bool:
-    return check(sql, dialect).allowed
+def is_read_only(sql: str, dialect: str, *, extra_functions: frozenset[str] = frozenset()) -> bool:
+    return check(sql, dialect, extra_functions=extra_functions).allowed
 
 
 @lru_cache(maxsize=2048)
-def _cached_check(sql: str, glot: str) -> Verdict:
-    return _check(sql, glot)
+def _cached_check(sql: str, glot: str, extra: frozenset[str]) -> Verdict:
+    return _safe_check(sql, glot, extra)
 
 
-def _check(sql: str, glot: str) -> Verdict:
+def _safe_check(sql: str, glot: str, extra: frozenset[str]) -> Verdict:
+    try:
+        return _check(sql, glot, extra)
+    except _Refusal as refusal:
+        return refusal.verdict
+    except RecursionError:
+        return _refuse("too_deep", "the statement is nested too deeply to be checked; simplify it.")
+    except Exception as exc:  # a guard bug must refuse, never run the statement or surface a stack trace
+        logging.getLogger(__name__).warning("guard.check failed: %s", type(exc).__name__)
+        return _refuse("parse_error", "the statement could not be checked, so it cannot be proven read-only.")
+
+
+def _check(sql: str, glot: str, extra: frozenset[str]) -> Verdict:
     if not sql.strip():
         return _refuse("empty", "the query is empty; send one SELECT statement.")
     if len(sql) > MAX_SQL_CHARS:
         return _refuse("too_long", f"the query is longer than {MAX_SQL_CHARS:,} characters.")
-    bad = _first_hidden_character(sql)
-    if bad is not None:
-        return _refuse("invisible_character",
-                       f"the text contains the control or invisible character U+{ord(bad):04X}, which can hide "
-                       "code from a reader; remove it.")
+    _character_checks(sql)
     dialect = Dialect.get_or_raise(glot)
+    tokens = _tokenize(dialect, sql, glot)
+    _nesting_check(tokens)
+    _comment_checks(sql, tokens)
+    text, rewritten = sql, False
+    if glot == "postgres":
+        text, changed = _decode_unicode_identifiers(sql, tokens)
+        rewritten |= changed
+    elif glot == "tsql":
+        text, changed = _tsql_rewrites(sql, tokens)
+        rewritten |= changed
+    if rewritten:
+        _character_checks(text)  # decoded identifiers may hold control characters
+        tokens = _tokenize(dialect, text, glot)
+    _lexical_checks(tokens, glot)
+    _named_syntax_checks(tokens, glot, extra)
     try:
-        tokens = dialect.tokenize(sql)
-    except TokenError as exc:
-        return _refuse("parse_error", f"the text could not be tokenized as {glot} SQL ({_short(exc)}), so it "
-                                      "cannot be proven read-only.")
-    lexical = _lexical_checks(tokens, glot)
-    if lexical is not None:
-        return lexical
-    try:
-        statements = dialect.parser().parse(tokens, sql)
+        statements = dialect.parser().parse(tokens, text)
     except ParseError as exc:
         return _refuse("parse_error", f"the statement could not be parsed as {glot} SQL ({_short(exc)}), so it "
                                       "cannot be proven read-only.")
@@ -211,44 +282,112 @@ def _check(sql: str, glot: str) -> Verdict:
     if len(statements) > 1:
         return _refuse("multiple_statements",
                        f"the text contains {len(statements)} statements; send exactly one read query.")
-    verdict = _tree_checks(statements[0], tokens, glot)
-    if verdict.allowed and glot == "tsql":
-        return _hidden_statement_check(tokens) or verdict
-    return verdict
+    root = statements[0]
+    kind = _tree_checks(root, tokens, text, glot, extra)
+    if glot == "tsql":
+        _hidden_statement_check(tokens)
+    return Verdict(True, root=kind, tree=root, rewritten=rewritten)
 
 
-def _first_hidden_character(sql: str) -> str | None:
+def _tokenize(dialect: Dialect, text: str, glot: str) -> list:
+    try:
+        return dialect.tokenize(text)
+    except TokenError as exc:
+        raise _fail("parse_error", f"the text could not be tokenized as {glot} SQL ({_short(exc)}), so it "
+                                   "cannot be proven read-only.") from None
+
+
+# --- lexical checks ----------------------------------------------------------------------------------
+
+def _character_checks(sql: str) -> None:
     for ch in sql:
         if ch.isascii():
             if (ch < " " and ch not in _ALLOWED_CONTROL) or ch == "\x7f":
-                return ch
-        elif unicodedata.category(ch) in ("Cc", "Cf"):  # C1 controls, zero-width and bidi override characters
-            return ch
-    return None
+                raise _hidden(ch)
+            continue
+        category = unicodedata.category(ch)
+        if category == "Cs":
+            raise _fail("invalid_unicode", f"the text contains a lone surrogate (U+{ord(ch):04X}), which is not "
+                                           "valid Unicode; send the query as valid UTF-8 text.")
+        if category in ("Cc", "Cf"):  # C1 controls, zero-width and bidi override characters
+            raise _hidden(ch)
 
 
-def _lexical_checks(tokens: list, glot: str) -> Verdict | None:
+def _hidden(ch: str) -> _Refusal:
+    return _fail("invisible_character", f"the text contains the control or invisible character U+{ord(ch):04X}, "
+                                        "which can hide code from a reader; remove it.")
+
+
+def _nesting_check(tokens: list) -> None:
+    depth = 0
+    for token in tokens:
+        if token.token_type in (TokenType.L_PAREN, TokenType.L_BRACKET):
+            depth += 1
+            if depth > MAX_NESTING:
+                raise _fail("too_deep", f"the statement nests parentheses more than {MAX_NESTING} deep; "
+                                        "simplify it.")
+        elif token.token_type in (TokenType.R_PAREN, TokenType.R_BRACKET):
+            depth -= 1
+
+
+def _comment_checks(sql: str, tokens: list) -> None:
+    """Refuse a block comment that contains '/*' (SQL Server and PostgreSQL nest them, SQLite and sqlglot
+    do not). Comments live in the gaps between tokens, so each gap is scanned as the engine would."""
+    starts = [t.start for t in tokens] + [len(sql)]
+    ends = [-1] + [t.end for t in tokens]
+    for end, start in zip(ends, starts, strict=True):
+        gap = sql[end + 1:start]
+        position = 0
+        while position < len(gap):
+            if gap.startswith("--", position):
+                newline = gap.find("\n", position)
+                position = len(gap) if newline < 0 else newline + 1
+            elif gap.startswith("/*", position):
+                close = gap.find("*/", position + 2)
+                body = gap[position + 2:close if close >= 0 else len(gap)]
+                if "/*" in body:
+                    raise _fail("nested_comment", "the text contains a nested block comment, which database "
+                                                  "engines read differently; remove the inner '/*'.")
+                position = len(gap) if close < 0 else close + 2
+            else:
+                position += 1
+
+
+def _lexical_checks(tokens: list, glot: str) -> None:
+    if glot != "tsql":
+        return
     for index, token in enumerate(tokens):
-        for comment in token.comments or ():
-            if "/*" in comment:
-                return _refuse("nested_comment",
-                               "the text contains a nested block comment, which database engines read "
-                               "differently; remove the inner '/*'.")
-        if glot == "tsql" and token.token_type == TokenType.VAR and token.text.upper() in _TSQL_STATEMENT_WORDS:
+        if token.token_type == TokenType.VAR and token.text.upper() in _TSQL_STATEMENT_WORDS:
             if index == 0:
-                return _refuse("not_a_query", f"{token.text.upper()} is not a read query; only SELECT, WITH ... "
-                                              "SELECT, UNION/INTERSECT/EXCEPT and VALUES are allowed.")
-            return _refuse("reserved_word",
-                           f"'{token.text}' is a T-SQL statement keyword; SQL Server would run it as a separate "
-                           "statement. Quote it as [name] if it is a column or alias.")
-    return None
+                raise _fail("not_a_query", f"{token.text.upper()} is not a read query; only SELECT, WITH ... "
+                                           "SELECT, UNION/INTERSECT/EXCEPT and VALUES are allowed.")
+            raise _fail("reserved_word",
+                        f"'{token.text}' is a T-SQL statement keyword; SQL Server would run it as a separate "
+                        "statement. Quote it as [name] if it is a column or alias.")
+
+
+def _named_syntax_checks(tokens: list, glot: str, extra: frozenset[str]) -> None:
+    """Functions sqlglot parses as syntax (CAST, TRIM, DECODE, ...) keep no name in the tree, so their
+    names are checked here, as written, against the same lists."""
+    dialect = Dialect.get_or_raise(glot)
+    special = set(dialect.parser_class.FUNCTION_PARSERS) | {"IF"}
+    lists = allowlist(glot)
+    for token, following in itertools.pairwise(tokens):
+        if following.token_type != TokenType.L_PAREN or token.token_type == TokenType.IDENTIFIER:
+            continue
+        word = token.text.upper()
+        if word in special:
+            name = word.lower()
+            allowed = name in lists.functions or name in lists.table_functions or name in extra
+            if not allowed or never_reason(name):
+                raise _function_refusal(name, glot, never_reason(name))
 
 
 # Statement words that also occur inside an ordinary read (`OFFSET ... FETCH NEXT`, subqueries).
 _WORDS_INSIDE_READS = frozenset({"SELECT", "FETCH"})
 
 
-def _hidden_statement_check(tokens: list) -> Verdict | None:
+def _hidden_statement_check(tokens: list) -> None:
     """Refuse a T-SQL statement keyword inside a query the tree checks allowed.
 
     sqlglot reads `SELECT 1\nDELETE FROM t` as `SELECT 1 AS [DELETE] FROM t`, but SQL Server runs two
@@ -256,16 +395,206 @@ def _hidden_statement_check(tokens: list) -> Verdict | None:
     (VAR, or the keyword's own type such as DELETE, DROP, EXECUTE); string literals and [quoted]
     identifiers are text, not keywords.
     """
-    for token in tokens[1:]:
+    for index, token in enumerate(tokens[1:], start=1):
         word = token.text.upper()
         kind = token.token_type
+        if word == "MERGE" and index + 1 < len(tokens) and tokens[index + 1].text.upper() in ("JOIN", "UNION"):
+            continue  # the MERGE JOIN / MERGE UNION hints: JOIN and UNION are reserved, so no MERGE statement
         if (word in _TSQL_STATEMENT_WORDS and word not in _WORDS_INSIDE_READS
                 and kind != TokenType.IDENTIFIER and "STRING" not in kind.name):
-            return _refuse("reserved_word",
-                           f"'{token.text}' is a T-SQL statement keyword; SQL Server would run it as a separate "
-                           "statement. Quote it as [name] if it is a column or alias.")
-    return None
+            raise _fail("reserved_word",
+                        f"'{token.text}' is a T-SQL statement keyword; SQL Server would run it as a separate "
+                        "statement. Quote it as [name] if it is a column or alias.")
 
+
+# --- identifier normalisation and narrow rewrites ----------------------------------------------------
+
+def _adjacent(left: object, right: object) -> bool:
+    return getattr(left, "end", -2) + 1 == getattr(right, "start", -1)
+
+
+def _apply_edits(sql: str, edits: list[tuple[int, int, str]]) -> str:
+    out, position = [], 0
+    for start, end, replacement in sorted(edits):
+        if start < position:
+            raise _fail("parse_error", "the statement could not be normalised, so it cannot be proven read-only.")
+        out.append(sql[position:start])
+        out.append(replacement)
+        position = end + 1
+    out.append(sql[position:])
+    return "".join(out)
+
+
+def _decode_unicode_identifiers(sql: str, tokens: list) -> tuple[str, bool]:
+    """PostgreSQL U&"..." identifiers (with \\XXXX, \\+XXXXXX and UESCAPE) become plain quoted identifiers,
+    so the checks see the name PostgreSQL will use; anything PostgreSQL would decode differently is refused."""
+    edits = []
+    for index, token in enumerate(tokens[:-2]):
+        amp, ident = tokens[index + 1], tokens[index + 2]
+        if not (token.token_type == TokenType.VAR and token.text.upper() == "U" and amp.token_type == TokenType.AMP
+                and ident.token_type == TokenType.IDENTIFIER and _adjacent(token, amp) and _adjacent(amp, ident)):
+            continue
+        escape, end = "\\", ident.end
+        if (index + 4 < len(tokens) and tokens[index + 3].text.upper() == "UESCAPE"
+                and tokens[index + 4].token_type == TokenType.STRING):
+            escape, end = tokens[index + 4].text, tokens[index + 4].end
+            if len(escape) != 1 or escape in "0123456789abcdefABCDEF+'\" \t\r\n":
+                raise _fail("parse_error", "the UESCAPE character of a U& identifier is not valid.")
+        body = sql[ident.start + 1:ident.end].replace('""', '"')
+        decoded = _unescape(body, escape)
+        edits.append((token.start, end, '"' + decoded.replace('"', '""') + '"'))
+    return (_apply_edits(sql, edits), True) if edits else (sql, False)
+
+
+def _unescape(body: str, escape: str) -> str:
+    out, position = [], 0
+    bad = _fail("parse_error", "a U& identifier holds an escape that cannot be decoded, so it cannot be checked.")
+    while position < len(body):
+        ch = body[position]
+        if ch != escape:
+            out.append(ch)
+            position += 1
+            continue
+        if body.startswith(escape, position + 1):
+            out.append(escape)
+            position += 2
+            continue
+        if body.startswith("+", position + 1):
+            digits, position = body[position + 2:position + 8], position + 8
+        else:
+            digits, position = body[position + 1:position + 5], position + 5
+        if not re.fullmatch(r"[0-9A-Fa-f]{4}|[0-9A-Fa-f]{6}", digits):
+            raise bad
+        code = int(digits, 16)
+        if code == 0 or code > 0x10FFFF or 0xD800 <= code <= 0xDFFF:
+            raise bad
+        out.append(chr(code))
+    return "".join(out)
+
+
+def _matching_paren(tokens: list, open_index: int) -> int:
+    depth = 0
+    for index in range(open_index, len(tokens)):
+        kind = tokens[index].token_type
+        if kind == TokenType.L_PAREN:
+            depth += 1
+        elif kind == TokenType.R_PAREN:
+            depth -= 1
+            if depth == 0:
+                return index
+    raise _fail("parse_error", "a parenthesis is not closed.")
+
+
+def _split_items(tokens: list) -> list[list]:
+    items: list[list] = [[]]
+    depth = 0
+    for token in tokens:
+        if token.token_type == TokenType.L_PAREN:
+            depth += 1
+        elif token.token_type == TokenType.R_PAREN:
+            depth -= 1
+        if token.token_type == TokenType.COMMA and depth == 0:
+            items.append([])
+        else:
+            items[-1].append(token)
+    return items
+
+
+_GRAPH_TOKENS = frozenset({
+    TokenType.VAR, TokenType.IDENTIFIER, TokenType.DASH, TokenType.GT, TokenType.LT, TokenType.L_PAREN,
+    TokenType.R_PAREN, TokenType.AND, TokenType.COMMA, TokenType.DOT, TokenType.PLUS, TokenType.L_BRACE,
+    TokenType.R_BRACE, TokenType.NUMBER, TokenType.ARROW,
+})
+
+
+def _tsql_rewrites(sql: str, tokens: list) -> tuple[str, bool]:
+    """Rewrite, after checking them token by token, the T-SQL read constructs sqlglot cannot parse."""
+    edits: list[tuple[int, int, str]] = []
+    words = [t.text.upper() if t.token_type != TokenType.IDENTIFIER else "" for t in tokens]
+    hints = allowlist("tsql").hints
+    count = len(tokens)
+    for index, word in enumerate(words):
+        following = words[index + 1] if index + 1 < count else ""
+        opens = index + 1 < count and tokens[index + 1].token_type == TokenType.L_PAREN
+        if word == "INDEX" and index + 2 < count and tokens[index + 1].token_type == TokenType.EQ:
+            target = tokens[index + 2]  # WITH (INDEX = ix) -> WITH (INDEX(ix))
+            if target.token_type in (TokenType.VAR, TokenType.IDENTIFIER, TokenType.NUMBER):
+                edits.append((tokens[index].start, target.end, f"INDEX({sql[target.start:target.end + 1]})"))
+        elif word == "OPTION" and opens:
+            close = _matching_paren(tokens, index + 1)
+            edit = _option_rewrite(sql, tokens, index, close, hints)
+            if edit:
+                edits.append(edit)
+        elif word == "WITH" and index == 0 and following == "XMLNAMESPACES" and count > 2 \
+                and tokens[2].token_type == TokenType.L_PAREN:
+            close = _matching_paren(tokens, 2)
+            for token in tokens[3:close]:
+                if not ("STRING" in token.token_type.name or token.token_type in (
+                        TokenType.ALIAS, TokenType.VAR, TokenType.IDENTIFIER, TokenType.DEFAULT, TokenType.COMMA)):
+                    raise _fail("parse_error", "WITH XMLNAMESPACES may only hold 'uri' AS prefix pairs.")
+            if close + 1 < count and tokens[close + 1].token_type == TokenType.COMMA:
+                edits.append((tokens[0].start, tokens[close + 1].end, "WITH"))
+            else:
+                edits.append((tokens[0].start, tokens[close].end, ""))
+        elif word == "CHANGETABLE" and opens and index + 2 < count and words[index + 2] in ("CHANGES", "VERSION"):
+            edits.append((tokens[index + 2].start, tokens[index + 2].end, ""))
+        elif word in ("PARSE", "TRY_PARSE") and opens:
+            close = _matching_paren(tokens, index + 1)
+            for inner in range(index + 2, close - 1):
+                if words[inner] == "USING" and "STRING" in tokens[inner + 1].token_type.name:
+                    edits.append((tokens[inner].start, tokens[inner + 1].end, ""))
+        elif word == "MATCH" and opens:
+            close = _matching_paren(tokens, index + 1)
+            inner = tokens[index + 2:close]
+            if not inner or any(t.token_type not in _GRAPH_TOKENS for t in inner):
+                raise _fail("parse_error", "MATCH may only hold a graph pattern (node-(edge)->node).")
+            edits.append((tokens[index].start, tokens[close].end, "(1 = 1)"))
+        elif word == "FOR" and following == "PATH":
+            edits.append((tokens[index].start, tokens[index + 1].end, ""))
+        elif word == "WITHIN" and following == "GROUP" and index + 5 < count and words[index + 3] == "GRAPH" \
+                and words[index + 4] == "PATH" and tokens[index + 5].token_type == TokenType.R_PAREN:
+            edits.append((tokens[index].start, tokens[index + 5].end, ""))
+    return (_apply_edits(sql, edits), True) if edits else (sql, False)
+
+
+def _option_rewrite(sql: str, tokens: list, index: int, close: int,
+                    hints: frozenset[str]) -> tuple[int, int, str] | None:
+    items = _split_items(tokens[index + 2:close])
+    kept, changed = [], False
+    for item in items:
+        words = [t.text.upper() for t in item]
+        if words[:2] == ["USE", "HINT"] or words[:2] == ["USE", "PLAN"]:
+            if not all("STRING" in t.token_type.name or t.token_type in (
+                    TokenType.L_PAREN, TokenType.R_PAREN, TokenType.COMMA) for t in item[2:]):
+                raise _fail("denied_hint", f"OPTION ({' '.join(words[:2])} ...) may only hold string literals.")
+            changed = True
+        elif words[:2] == ["TABLE", "HINT"]:
+            inner = _split_items(item[3:-1]) if len(item) > 3 else []
+            for hint in inner[1:]:
+                name = hint[0].text.upper() if hint else ""
+                if name in _LOCK_HINTS:
+                    raise _lock_hint(name)
+                if name not in hints:
+                    raise _hint_refusal(name)
+            changed = True
+        else:
+            kept.append(sql[item[0].start:item[-1].end + 1] if item else "")
+    if not changed:
+        return None
+    replacement = f"OPTION ({', '.join(kept)})" if kept else ""
+    return tokens[index].start, tokens[close].end, replacement
+
+
+def _lock_hint(name: str) -> _Refusal:
+    return _fail("locking_clause", f"the table hint {name} takes or holds locks meant for writing; use no hint "
+                                   "or NOLOCK.")
+
+
+def _hint_refusal(name: str) -> _Refusal:
+    return _fail("denied_hint", f"the hint {name} is not allowed: it is not on the read-only hint allowlist.")
+
+
+# --- tree checks -------------------------------------------------------------------------------------
 
 def _statement_kind(root: exp.Expression, tokens: list) -> str:
     if isinstance(root, _DML + _NOT_QUERY) and not isinstance(root, exp.Command):
@@ -275,7 +604,7 @@ def _statement_kind(root: exp.Expression, tokens: list) -> str:
     return tokens[0].text.upper() if tokens else root.key.upper()
 
 
-def _tree_checks(root: exp.Expression, tokens: list, glot: str) -> Verdict:
+def _tree_checks(root: exp.Expression, tokens: list, text: str, glot: str, extra: frozenset[str]) -> str:
     body = root
     while isinstance(body, exp.Subquery | exp.Paren):
         body = body.this
@@ -283,67 +612,169 @@ def _tree_checks(root: exp.Expression, tokens: list, glot: str) -> Verdict:
         kind = _statement_kind(root, tokens)
         if isinstance(root, _DML):
             kind = f"{kind} (a data-modifying statement)"
-        return _refuse("not_a_query",
-                       f"{kind} is not a read query; only SELECT, WITH ... SELECT, UNION/INTERSECT/EXCEPT and "
-                       "VALUES are allowed.")
+        raise _fail("not_a_query", f"{kind} is not a read query; only SELECT, WITH ... SELECT, "
+                                   "UNION/INTERSECT/EXCEPT and VALUES are allowed.")
     if isinstance(body, exp.Select) and not body.expressions:
-        return _refuse("parse_error", "the SELECT has no select list, so it is incomplete.")
-    for node in root.walk():
-        verdict = _node_check(node, glot)
-        if verdict is not None:
-            return verdict
-    return Verdict(True, root=body.key)
+        raise _fail("parse_error", "the SELECT has no select list, so it is incomplete.")
+    lists = allowlist(glot)
+    stack: list[tuple[exp.Expression, int]] = [(root, 0)]
+    while stack:  # iterative: a deep tree must not exhaust the interpreter stack here
+        node, depth = stack.pop()
+        if depth > MAX_TREE_DEPTH:
+            raise _fail("too_deep", f"the statement nests more than {MAX_TREE_DEPTH} levels deep; simplify it.")
+        if _node_check(node, text, glot, lists, extra):
+            continue
+        stack.extend((child, depth + 1) for child in node.iter_expressions())
+    return body.key
 
 
-def _node_check(node: exp.Expression, glot: str) -> Verdict | None:
+def _node_check(node: exp.Expression, text: str, glot: str, lists: Allowlist, extra: frozenset[str]) -> bool:
+    """Raise for a refused node; True when its subtree needs no further look."""
     if isinstance(node, _DML):
-        return _refuse("data_modifying",
-                       f"the query contains a {node.key.upper()} (for example inside a WITH clause); "
-                       "data-modifying statements are not allowed.")
+        raise _fail("data_modifying", f"the query contains a {node.key.upper()} (for example inside a WITH "
+                                      "clause); data-modifying statements are not allowed.")
     if isinstance(node, _NOT_QUERY):
-        return _refuse("not_a_query", f"the query contains a {_node_name(node)} statement; only reads are allowed.")
+        name = str(node.this).upper() if isinstance(node, exp.Command) else node.key.upper()
+        raise _fail("not_a_query", f"the query contains a {name} statement; only reads are allowed.")
     if isinstance(node, exp.Into):
-        return _refuse("select_into", "SELECT ... INTO creates a table; remove INTO to read the rows.")
+        raise _fail("select_into", "SELECT ... INTO creates a table; remove INTO to read the rows.")
     if isinstance(node, exp.Lock):
-        return _refuse("locking_clause",
-                       "FOR UPDATE/FOR SHARE takes row locks meant for writing; remove the locking clause.")
+        raise _fail("locking_clause", "FOR UPDATE/FOR SHARE takes row locks meant for writing; remove the "
+                                      "locking clause.")
+    if isinstance(node, exp.NextValueFor):
+        raise _fail("denied_function", "NEXT VALUE FOR advances a sequence, which is a write.")
     if isinstance(node, exp.WithTableHint):
         for hint in node.expressions:
             name = (hint.name or hint.sql(glot)).upper()
-            if name in _DENIED_HINTS:
-                return _refuse("locking_clause",
-                               f"the table hint {name} takes update or exclusive locks; use no hint or NOLOCK.")
-        return None
-    if isinstance(node, exp.NextValueFor):
-        return _refuse("denied_function", "NEXT VALUE FOR advances a sequence, which is a write.")
-    if isinstance(node, exp.Func):
-        return _function_check(node, glot)
-    if glot == "tsql" and isinstance(node, exp.Table):
-        name = node.name.lower()
-        for prefix, why in _TSQL_DENIED_PREFIXES:
-            if name.startswith(prefix):
-                return _refuse("denied_function", f"{node.name} {why}; procedures cannot be used in a query.")
-    return None
+            if name in _LOCK_HINTS:
+                raise _lock_hint(name)
+            if name not in lists.hints:
+                raise _hint_refusal(name)
+        return True
+    if isinstance(node, exp.QueryOption) and node.arg_key == "options":  # not FOR XML/JSON modes
+        name = " ".join(str(node.this.name if isinstance(node.this, exp.Expression) else node.this).upper().split())
+        if name not in lists.options:
+            raise _fail("denied_hint", f"the query option {name} is not allowed: it is not on the read-only "
+                                       "option allowlist.")
+        return True
+    if isinstance(node, exp.Join) and node.args.get("hint"):
+        hint = str(node.args["hint"]).upper()
+        if hint not in _JOIN_HINTS:
+            raise _hint_refusal(f"{hint} JOIN")
+    if isinstance(node, exp.Table):
+        _table_check(node, glot, lists)
+    elif isinstance(node, exp.Func):
+        _function_check(node, text, glot, lists, extra)
+    return False
 
 
-def _node_name(node: exp.Expression) -> str:
-    if isinstance(node, exp.Command):
-        return str(node.this).upper()
-    return node.key.upper()
+def _ident(value: object) -> tuple[str, bool]:
+    if isinstance(value, exp.Identifier):
+        return str(value.this), bool(value.quoted)
+    if isinstance(value, exp.Expression):
+        return value.name, False
+    return ("" if value is None else str(value)), False
 
 
-def _function_check(node: exp.Func, glot: str) -> Verdict | None:
-    # Anonymous: a name sqlglot does not know (pg_sleep, OPENROWSET); others: its canonical SQL name.
-    anonymous = isinstance(node, exp.Anonymous)
-    names = {node.name.lower()} if anonymous else {node.sql_name().lower(), node.key.lower()}
-    for name in names:
-        why = _DENIED_FUNCTIONS.get(name)
-        if why is None:
-            prefixes = _DENIED_PREFIXES + (_TSQL_DENIED_PREFIXES if glot == "tsql" else ())
-            why = next((w for prefix, w in prefixes if name.startswith(prefix)), None)
-        if why is not None:
-            return _refuse("denied_function", f"the function {name.upper()} is not allowed: it {why}.")
-    return None
+def _qualifier(node: exp.Expression) -> list[str]:
+    """Schema (and database) names a function call is qualified with, lower-case, outermost first."""
+    parent = node.parent
+    if isinstance(parent, exp.Table) and node.arg_key == "this":
+        return [_ident(parent.args.get(key))[0].lower() for key in ("catalog", "db") if parent.args.get(key)]
+    if isinstance(parent, exp.Dot) and parent.expression is node:
+        parts = [p for p in parent.this.parts] if isinstance(parent.this, exp.Column | exp.Dot) else [parent.this]
+        return [_ident(p)[0].lower() for p in parts]
+    return []
+
+
+def _function_check(node: exp.Func, text: str, glot: str, lists: Allowlist, extra: frozenset[str]) -> None:
+    if isinstance(node, exp.Anonymous):
+        raw, quoted = _ident(node.this)
+    else:
+        start, end = node.meta.get("start"), node.meta.get("end")
+        if start is None or end is None:
+            return  # syntax (CAST, CASE, ->, ::); a named form was checked on the tokens
+        raw, quoted = text[start:end + 1], False
+        if len(raw) > 2 and (raw[0], raw[-1]) in (('"', '"'), ("[", "]"), ("`", "`")):
+            raw, quoted = raw[1:-1], True  # sqlglot also types quoted names ("upper"(x) is Upper)
+        if not _WORD.match(raw):
+            raise _fail("denied_function", "a function name could not be read, so the call cannot be checked.")
+    why = never_reason(raw)
+    if why is not None:
+        raise _function_refusal(raw.lower(), glot, why)
+    name = raw if (quoted and glot == "postgres") else raw.lower()  # PostgreSQL keeps quoted names' case
+    qualifier = _qualifier(node)
+    parent = node.parent
+    in_from = isinstance(parent, exp.Table) and node.arg_key == "this"
+    # PostgreSQL has one function namespace; SQLite and SQL Server keep table-valued functions apart.
+    pool = lists.table_functions if in_from and glot != "postgres" else lists.functions
+    qualified = ".".join([*qualifier, name.lower()])
+    if qualifier and never_reason(qualified):
+        raise _function_refusal(qualified, glot, never_reason(qualified))
+    if qualified in extra:
+        return
+    if not qualifier and name in pool:
+        return
+    if glot == "postgres" and qualifier == ["pg_catalog"] and name in pool:
+        return
+    if glot == "tsql" and qualifier == ["sys"] and qualified in pool:
+        return
+    if (glot == "tsql" and in_from and isinstance(node, exp.Anonymous) and node.expressions
+            and all(isinstance(arg, exp.Column) and not arg.table for arg in node.expressions)):
+        listed = ", ".join(arg.name.upper() for arg in node.expressions)
+        table = ".".join([*qualifier, raw])
+        raise _fail("ambiguous", f"'{table} ({listed})' is ambiguous: sqlglot reads a table followed by a "
+                                 f"parenthesised list as a function call, SQL Server as table hints. Write the "
+                                 f"hints as WITH ({listed}); only NOLOCK-style hints are allowed.")
+    raise _function_refusal(qualified, glot, None)
+
+
+def _function_refusal(name: str, glot: str, why: str | None) -> _Refusal:
+    if why:
+        return _fail("denied_function", f"the function {name.upper()} is not allowed: it {why}.")
+    engine = _DIALECT_NAMES.get(glot, glot)
+    return _fail("denied_function", f"the function {name.upper()} is not allowed: it is not on the {engine} "
+                                    "read-only allowlist (docs/database.md; an operator can add names with "
+                                    "GUARD_EXTRA_FUNCTIONS).")
+
+
+def _table_check(table: exp.Table, glot: str, lists: Allowlist) -> None:
+    if isinstance(table.this, exp.Dot):  # server.database.schema.table
+        raise _fail("linked_server", f"'{table.sql(glot)}' is a four-part name, which reads through a linked "
+                                     "server; only tables of this server can be read.")
+    if isinstance(table.this, exp.Func) or not isinstance(table.this, exp.Identifier):
+        return  # table-valued function: checked as a function
+    name = table.name.lower()
+    schema = _ident(table.args.get("db"))[0].lower()
+    database = _ident(table.args.get("catalog"))[0].lower()
+    shown = ".".join(p for p in (database, schema, table.name) if p)
+    if glot == "postgres":
+        if schema == "information_schema":
+            return
+        if schema.startswith("pg_") and schema != "pg_catalog":
+            raise _object_refusal(shown, glot)
+        if (schema == "pg_catalog" or (not schema and name.startswith("pg_"))) and name not in lists.catalog:
+            raise _object_refusal(shown, glot)
+    elif glot == "sqlite":
+        if (name.startswith(("sqlite_", "pragma_")) or name in _SQLITE_VIRTUAL_TABLES) and \
+                name not in lists.catalog and name not in lists.table_functions:
+            raise _object_refusal(shown, glot)
+    elif glot == "tsql":
+        if schema == "information_schema":
+            return
+        # A procedure is never a table source; sp_/xp_ names resolve to system procedures when bare, in sys,
+        # or in another database (master..xp_dirtree), so only schema.sp_name in this database is a user table.
+        if name.startswith(("sp_", "xp_")) and (not schema or schema == "sys" or database):
+            why = "an extended stored procedure" if name.startswith("xp_") else "a system stored procedure"
+            raise _fail("denied_function", f"{shown} is {why}; procedures cannot be used in a query.")
+        if (schema == "sys" or (not schema and name.startswith("sys"))) and name not in lists.catalog:
+            raise _object_refusal(shown, glot)
+
+
+def _object_refusal(shown: str, glot: str) -> _Refusal:
+    engine = _DIALECT_NAMES.get(glot, glot)
+    return _fail("denied_object", f"the system table or view {shown} is not allowed: it is not on the {engine} "
+                                  "read-only catalog allowlist (docs/database.md).")
 
 
 def _short(exc: Exception) -> str:
