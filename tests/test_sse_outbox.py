@@ -102,6 +102,11 @@ class StalledClient:
         self.sock.close()
 
 
+def _no_errors_logged(logs: CapturedLogs) -> None:
+    errors = [line for line in logs.lines() if line.get("level") in ("error", "critical") or "exception" in line]
+    assert errors == [], errors
+
+
 def _request(method: str, path: str, headers: dict[str, str], body: bytes = b"") -> bytes:
     lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in headers.items())]
     if body:
@@ -196,6 +201,7 @@ async def test_a_legacy_sse_client_that_stops_reading_is_dropped_and_memory_stay
     assert line["queued_bytes"] <= STREAM_MAX_BYTES
     await stalled.read_to_end(timeout=10)  # what the kernel still held arrives, then the stream ends
     stalled.close()
+    _no_errors_logged(captured_logs)
 
 
 async def test_a_streamable_get_stream_that_is_not_read_is_dropped_and_the_session_lives_on(
@@ -225,6 +231,7 @@ async def test_a_streamable_get_stream_that_is_not_read_is_dropped_and_the_sessi
         async with http.get(server.url + "/mcp", headers={"Accept": "text/event-stream",
                                                           "Mcp-Session-Id": session_id}) as stream:
             assert stream.status == 200
+    _no_errors_logged(captured_logs)
 
 
 async def test_a_call_whose_event_stream_is_not_read_is_cancelled(server: Any, captured_logs: CapturedLogs) -> None:
@@ -243,3 +250,4 @@ async def test_a_call_whose_event_stream_is_not_read_is_cancelled(server: Any, c
     assert line["queued_bytes"] <= STREAM_MAX_BYTES
     await stalled.read_to_end(timeout=10)
     stalled.close()
+    _no_errors_logged(captured_logs)
