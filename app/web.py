@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -16,7 +18,15 @@ from .middlewares import error_middleware
 from .obs import setup_observability
 from .obs.metrics import Metrics
 from .settings import Settings
-from .tools import add_record_routes, build_instructions, chatgpt_tools, claude_tools
+from .tools import (
+    add_record_routes,
+    build_instructions,
+    catalog_prompts,
+    catalog_resources,
+    chatgpt_tools,
+    claude_tools,
+    watch_catalog,
+)
 
 CLAUDE_PREFIX = ""
 CHATGPT_PREFIX = "/chatgpt"
@@ -35,12 +45,33 @@ def _mcp_servers(app: web.Application) -> dict[str, McpServer]:
     chatgpt = chatgpt_tools(database, settings, metrics)
     if settings.chatgpt_include_claude_tools:
         chatgpt = chatgpt + claude
+    # Both surfaces offer the same catalog resources and prompts (ChatGPT ignores them today; MCP
+    # Inspector and other clients pointed at /chatgpt/mcp can use them).
+    resources = catalog_resources(database, settings)
+    prompts = catalog_prompts(database, settings, resources)
     return {
         CLAUDE_PREFIX: McpServer(name="mssql-mcp", version=__version__, tools=claude, metrics=metrics,
-                                 instructions=build_instructions(settings, "claude")),
+                                 instructions=build_instructions(settings, "claude"),
+                                 resources=resources, prompts=prompts),
         CHATGPT_PREFIX: McpServer(name="mssql-mcp-chatgpt", version=__version__, tools=chatgpt,
-                                  metrics=metrics, instructions=build_instructions(settings, "chatgpt")),
+                                  metrics=metrics, instructions=build_instructions(settings, "chatgpt"),
+                                  resources=resources, prompts=prompts),
     }
+
+
+async def _catalog_watch_ctx(app: web.Application) -> AsyncIterator[None]:
+    """notifications/resources/list_changed on every surface when tables or views come or go."""
+    servers = list(app[keys.MCP_SERVERS].values())
+
+    def changed() -> None:
+        for server in servers:
+            server.resource_list_changed()
+
+    task = asyncio.get_running_loop().create_task(watch_catalog(app[keys.DATABASE], changed))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.Application:
@@ -57,6 +88,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
     setup_auth(app)  # OAuth routes, state store, and app[keys.AUTHENTICATOR] for the MCP endpoints
 
     app[keys.MCP_SERVERS] = _mcp_servers(app)
+    app.cleanup_ctx.append(_catalog_watch_ctx)
     for prefix, server in app[keys.MCP_SERVERS].items():
         add_mcp_routes(app, prefix, server)
     add_health_routes(app)

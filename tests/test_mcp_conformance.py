@@ -1,20 +1,37 @@
 """The official MCP conformance suite (npm @modelcontextprotocol/conformance) against our live servers.
 
 Skipped unless `make conformance` (mk/conformance.mk) installed Node 22 and the suite and set
-MCP_CONFORMANCE_BIN / MCP_CONFORMANCE_NODE_DIR. Each case lists the checks expected to fail and why;
-the test fails when anything else fails, or when an expected failure starts passing (update docs/mcp.md).
+MCP_CONFORMANCE_BIN / MCP_CONFORMANCE_NODE_DIR.
+
+Every server scenario the suite lists runs at every spec version it names, against a bare McpServer
+offering the suite's fixture tools, resources and prompts (from this file, never from the product); the
+scenarios that need no fixtures also run against the real app on the demo database. Each case lists the
+checks expected to fail and why; the test fails when anything else fails, or when an expected failure
+starts passing (then update the lists and docs/mcp.md). A test also fails when the suite's scenario list
+differs from SCENARIOS, so a new suite version cannot add scenarios silently.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
 
-from app.mcp.tools import Tool, ToolError
+from app.mcp.resources import (
+    Prompt,
+    PromptArgument,
+    Resource,
+    ResourceContents,
+    ResourceNotFound,
+    ResourceTemplate,
+    text_message,
+)
+from app.mcp.tools import Tool, ToolError, ToolResult
 
 CONFORMANCE_BIN = os.environ.get("MCP_CONFORMANCE_BIN", "")
 NODE_DIR = os.environ.get("MCP_CONFORMANCE_NODE_DIR", "")
@@ -23,40 +40,89 @@ pytestmark = pytest.mark.skipif(not CONFORMANCE_BIN, reason="run `make conforman
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _SUMMARY = re.compile(r"Passed: (\d+)/(\d+), (\d+) failed")
 _FAILED_CHECK = re.compile(r"\[([A-Za-z0-9_.:-]+)\s*\]\s*FAILURE")
+_LISTED = re.compile(r"^\s*- ([a-z0-9-]+) \[([^\]]+)\]", re.MULTILINE)
 
-# The suite's diagnostic tools (test_missing_capability, test_streaming_elicitation) need features a
-# database server has no use for: tools that require client capabilities, and elicitation.
+# The suite's server scenarios and the spec versions each applies to (`conformance list --server`).
+SCENARIOS: dict[str, tuple[str, ...]] = {
+    "server-initialize": ("2025-06-18", "2025-11-25"),
+    "server-session-lifecycle": ("2025-03-26", "2025-06-18", "2025-11-25"),
+    "server-stateless": ("2026-07-28",),
+    "logging-set-level": ("2025-06-18", "2025-11-25"),
+    "ping": ("2025-06-18", "2025-11-25"),
+    "completion-complete": ("2025-06-18", "2025-11-25", "2026-07-28"),
+    "tools-list": ("2025-06-18", "2025-11-25", "2026-07-28"),
+    "tools-call-simple-text": ("2025-06-18", "2025-11-25", "2026-07-28"),
+    "tools-call-image": ("2025-06-18", "2025-11-25", "2026-07-28"),
+    "tools-call-audio": ("2025-06-18", "2025-11-25", "2026-07-28"),
+    "tools-call-embedded-resource": ("2025-06-18", "2025-11-25", "2026-07-28"),
+    "tools-call-mixed-content": ("2025-06-18", "2025-11-25", "2026-07-28"),
+    "tools-call-with-logging": ("2025-06-18", "2025-11-25"),
+    "tools-call-error": ("2025-06-18", "2025-11-25", "2026-07-28"),
+    "tools-call-with-progress": ("2025-06-18", "2025-11-25", "2026-07-28"),
+    "tools-call-sampling": ("2025-06-18", "2025-11-25"),
+    "tools-call-elicitation": ("2025-06-18", "2025-11-25"),
+    "json-schema-2020-12": ("2025-11-25", "2026-07-28"),
+    "elicitation-sep1034-defaults": ("2025-11-25",),
+    "server-sse-polling": ("2025-11-25",),
+    "server-sse-multiple-streams": ("2025-11-25", "2026-07-28"),
+    "elicitation-sep1330-enums": ("2025-11-25",),
+    "resources-list": ("2025-06-18", "2025-11-25", "2026-07-28"),
+    "resources-read-text": ("2025-06-18", "2025-11-25", "2026-07-28"),
+    "resources-read-binary": ("2025-06-18", "2025-11-25", "2026-07-28"),
+    "resources-templates-read": ("2025-06-18", "2025-11-25", "2026-07-28"),
+    "resources-subscribe": ("2025-06-18", "2025-11-25"),
+    "resources-unsubscribe": ("2025-06-18", "2025-11-25"),
+    "sep-2164-resource-not-found": ("2026-07-28",),
+    "sep-2640-skills-directory": ("extension",),
+    "sep-2640-skills-enumeration": ("extension",),
+    "sep-2640-skills-manifest": ("extension",),
+    "prompts-list": ("2025-06-18", "2025-11-25", "2026-07-28"),
+    "prompts-get-simple": ("2025-06-18", "2025-11-25", "2026-07-28"),
+    "prompts-get-with-args": ("2025-06-18", "2025-11-25", "2026-07-28"),
+    "prompts-get-embedded-resource": ("2025-06-18", "2025-11-25", "2026-07-28"),
+    "prompts-get-with-image": ("2025-06-18", "2025-11-25", "2026-07-28"),
+    "dns-rebinding-protection": ("2025-11-25", "2026-07-28"),
+    "caching": ("2026-07-28",),
+    "http-header-validation": ("2026-07-28",),
+    "http-custom-header-server-validation": ("2026-07-28",),
+    **{f"tasks-{name}": ("extension",) for name in (
+        "lifecycle", "capability-negotiation", "wire-fields", "request-state-removal", "mrtr-input",
+        "request-headers", "dispatch-and-envelope", "status-notifications", "required-task-error",
+        "mrtr-composition")},
+    **{f"input-required-result-{name}": ("2026-07-28",) for name in (
+        "basic-elicitation", "basic-sampling", "basic-list-roots", "request-state", "multiple-input-requests",
+        "multi-round", "missing-input-response", "non-tool-request", "result-type", "unsupported-methods",
+        "tampered-state", "capability-check", "ignore-extra-params", "validate-input")},
+}
+
+# Checks expected to fail on the fixture server, by scenario, with the reason. Keep this short and true.
+FIXTURE_EXPECTED: dict[str, set[str]] = {}
+# Optional extensions (tasks, skills) this server does not offer: run for the record, not scored.
+EXTENSION_SCENARIOS = {name for name, versions in SCENARIOS.items() if versions == ("extension",)}
+
+# Scenarios that need no fixtures, on the real app (the product), with the checks expected to fail there.
+# server-stateless probes the suite's diagnostic tools, which the product rightly does not have.
 NEEDS_DIAGNOSTIC_TOOLS = {"sep-2575-server-rejects-undeclared-capability", "sep-2575-missing-capability-http-400",
-                          "sep-2575-http-server-no-independent-requests-on-stream"}
-# We serve tools only; prompts/* and resources/* answer -32601 and are not advertised.
-NO_PROMPTS_OR_RESOURCES = {"sep-2549-prompts-list-caching-hints", "sep-2549-resources-list-caching-hints",
-                           "sep-2549-resources-templates-list-caching-hints"}
-
-# (scenario, spec version or None for the suite's default, checks expected to fail) on the real app.
+                          "sep-2575-http-server-no-independent-requests-on-stream",
+                          "sep-2575-server-no-log-without-loglevel"}
 REAL_APP_CASES = [
-    ("server-initialize", None, set()),
-    ("server-session-lifecycle", None, set()),
-    ("logging-set-level", None, set()),
-    ("ping", None, set()),
-    ("tools-list", None, set()),
+    ("server-initialize", "2025-11-25", set()),
+    ("server-session-lifecycle", "2025-11-25", set()),
+    ("logging-set-level", "2025-11-25", set()),
+    ("ping", "2025-11-25", set()),
+    ("tools-list", "2025-11-25", set()),
     ("tools-list", "2026-07-28", set()),
-    ("dns-rebinding-protection", None, set()),
+    ("resources-list", "2025-11-25", set()),
+    ("resources-list", "2026-07-28", set()),
+    ("prompts-list", "2025-11-25", set()),
+    ("prompts-list", "2026-07-28", set()),
+    ("sep-2164-resource-not-found", "2026-07-28", set()),
+    ("dns-rebinding-protection", "2025-11-25", set()),
     ("dns-rebinding-protection", "2026-07-28", set()),
     ("http-header-validation", "2026-07-28", set()),
-    ("server-sse-multiple-streams", None, set()),
-    ("server-stateless", "2026-07-28", NEEDS_DIAGNOSTIC_TOOLS | {"sep-2575-server-no-log-without-loglevel"}),
-    ("caching", "2026-07-28", NO_PROMPTS_OR_RESOURCES),
-]
-# Scenarios that need the suite's named fixture tools, run on a bare McpServer offering them.
-FIXTURE_CASES = [
-    ("tools-call-with-logging", None, set()),
-    ("tools-call-with-progress", None, set()),
-    ("tools-call-with-progress", "2026-07-28", set()),
-    ("tools-call-error", None, set()),
-    ("tools-call-error", "2026-07-28", set()),
-    ("json-schema-2020-12", None, set()),
-    ("json-schema-2020-12", "2026-07-28", set()),
+    ("server-sse-multiple-streams", "2025-11-25", set()),
     ("server-stateless", "2026-07-28", NEEDS_DIAGNOSTIC_TOOLS),
+    ("caching", "2026-07-28", set()),
 ]
 
 JSON_SCHEMA_2020_12 = {
@@ -71,6 +137,17 @@ JSON_SCHEMA_2020_12 = {
     "then": {"required": ["phone"]}, "else": {"required": ["email"]},
     "additionalProperties": False,
 }
+# A 1x1 red PNG and a 1-sample WAV: the smallest valid media for the content-type scenarios.
+PNG = base64.b64encode(bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c63f8cfc0f01f0005000201e2b8a7d70000000049454e44ae426082")).decode()
+WAV = base64.b64encode(b"RIFF" + (38).to_bytes(4, "little") + b"WAVEfmt " + (16).to_bytes(4, "little")
+                       + bytes.fromhex("01000100401f0000803e000002001000") + b"data"
+                       + (2).to_bytes(4, "little") + b"\x00\x00").decode()
+
+
+def _text(text: str) -> ToolResult:
+    return ToolResult([{"type": "text", "text": text}])
 
 
 def _fixture_tools() -> list[Tool]:
@@ -96,6 +173,30 @@ def _fixture_tools() -> list[Tool]:
     async def schema_tool(arguments: dict[str, Any], ctx: Any) -> dict[str, Any]:
         return {"received": arguments}
 
+    async def simple_text(arguments: dict[str, Any], ctx: Any) -> ToolResult:
+        return _text("This is a simple text response for testing.")
+
+    async def image(arguments: dict[str, Any], ctx: Any) -> ToolResult:
+        return ToolResult([{"type": "image", "data": PNG, "mimeType": "image/png"}])
+
+    async def audio(arguments: dict[str, Any], ctx: Any) -> ToolResult:
+        return ToolResult([{"type": "audio", "data": WAV, "mimeType": "audio/wav"}])
+
+    async def embedded(arguments: dict[str, Any], ctx: Any) -> ToolResult:
+        return ToolResult([{"type": "resource", "resource": {
+            "uri": "test://embedded-resource", "mimeType": "text/plain",
+            "text": "This is an embedded resource content."}}])
+
+    async def mixed(arguments: dict[str, Any], ctx: Any) -> ToolResult:
+        return ToolResult([
+            {"type": "text", "text": "Multiple content types test:"},
+            {"type": "image", "data": PNG, "mimeType": "image/png"},
+            {"type": "resource", "resource": {"uri": "test://mixed-content-resource", "mimeType": "application/json",
+                                              "text": '{"test":"data","value":123}'}}])
+
+    async def needs_sampling(arguments: dict[str, Any], ctx: Any) -> ToolResult:
+        return _text("only reached when the client declared sampling")
+
     empty = {"type": "object", "properties": {}}
     return [
         Tool("test_tool_with_logging", "Logging", "Sends three info log messages.", empty, with_logging),
@@ -104,21 +205,104 @@ def _fixture_tools() -> list[Tool]:
         Tool("test_logging_tool", "Logs", "Logs one message.", empty, logging_tool),
         Tool("json_schema_2020_12_tool", "Schema", "Tool with JSON Schema 2020-12 features", JSON_SCHEMA_2020_12,
              schema_tool),
+        Tool("test_simple_text", "Text", "Returns one text block.", empty, simple_text),
+        Tool("test_image_content", "Image", "Returns a PNG image.", empty, image),
+        Tool("test_audio_content", "Audio", "Returns a WAV sound.", empty, audio),
+        Tool("test_embedded_resource", "Embedded", "Returns an embedded resource.", empty, embedded),
+        Tool("test_multiple_content_types", "Mixed", "Returns text, image and resource.", empty, mixed),
+        Tool("test_missing_capability", "Needs sampling", "Requires the client's sampling capability.", empty,
+             needs_sampling, required_client_capabilities={"sampling": {}}),
     ]
 
 
-async def _run(url: str, scenario: str, spec_version: str | None) -> tuple[str, set[str]]:
-    args = [CONFORMANCE_BIN, "server", "--url", url, "--scenario", scenario]
-    if spec_version:
-        args += ["--spec-version", spec_version]
+class FixtureResources:
+    """The suite's fixture resources: two static ones, a template, and a watched one for subscribe."""
+
+    ttl_ms = 60_000
+    subscribable = True
+
+    STATIC = {
+        "test://static-text": ResourceContents("test://static-text", "text/plain",
+                                               "This is the content of the static text resource."),
+        "test://static-binary": ResourceContents("test://static-binary", "image/png", blob=base64.b64decode(PNG)),
+        "test://watched-resource": ResourceContents("test://watched-resource", "text/plain", "Watched."),
+    }
+
+    async def list_resources(self) -> Sequence[Resource]:
+        return [Resource(uri, uri.removeprefix("test://"), description=f"Fixture {uri}", mime_type=item.mime_type)
+                for uri, item in self.STATIC.items()]
+
+    def list_templates(self) -> Sequence[ResourceTemplate]:
+        return [ResourceTemplate("test://template/{id}/data", "template", description="Data for one id",
+                                 mime_type="application/json")]
+
+    async def read(self, uri: str) -> Sequence[ResourceContents]:
+        if uri in self.STATIC:
+            return [self.STATIC[uri]]
+        match = re.fullmatch(r"test://template/([^/]+)/data", uri)
+        if match is None:
+            raise ResourceNotFound(uri)
+        ident = match.group(1)
+        return [ResourceContents(uri, "application/json",
+                                 f'{{"id":"{ident}","templateTest":true,"data":"Data for ID: {ident}"}}')]
+
+    async def complete(self, uri_template: str, argument: str, value: str,
+                       context: Mapping[str, str]) -> Sequence[str]:
+        return ["123", "456"] if argument == "id" else []
+
+
+def _fixture_prompts() -> list[Prompt]:
+    async def simple(arguments: dict[str, str]) -> list[dict[str, Any]]:
+        return [text_message("This is a simple prompt for testing.")]
+
+    async def with_arguments(arguments: dict[str, str]) -> list[dict[str, Any]]:
+        return [text_message(f"Prompt with arguments: arg1='{arguments['arg1']}', arg2='{arguments['arg2']}'")]
+
+    async def complete_arguments(argument: str, value: str, context: Mapping[str, str]) -> Sequence[str]:
+        return ["paris", "park", "party", "test", "testing"]
+
+    async def embedded(arguments: dict[str, str]) -> list[dict[str, Any]]:
+        return [{"role": "user", "content": {"type": "resource", "resource": {
+                    "uri": arguments["resourceUri"], "mimeType": "text/plain",
+                    "text": "Embedded resource content for testing."}}},
+                text_message("Please process the embedded resource above.")]
+
+    async def image(arguments: dict[str, str]) -> list[dict[str, Any]]:
+        return [{"role": "user", "content": {"type": "image", "data": PNG, "mimeType": "image/png"}},
+                text_message("Please analyze the image above.")]
+
+    return [
+        Prompt("test_simple_prompt", "Simple", "A prompt without arguments.", simple),
+        Prompt("test_prompt_with_arguments", "With arguments", "A prompt with two arguments.", with_arguments,
+               [PromptArgument("arg1", "First test argument", required=True),
+                PromptArgument("arg2", "Second test argument", required=True)], complete_arguments),
+        Prompt("test_prompt_with_embedded_resource", "Embedded resource", "A prompt embedding a resource.",
+               embedded, [PromptArgument("resourceUri", "URI of the resource to embed", required=True)]),
+        Prompt("test_prompt_with_image", "Image", "A prompt with an image.", image),
+    ]
+
+
+async def _suite(*args: str, timeout: float = 120) -> str:
     env = {**os.environ, "PATH": f"{NODE_DIR}{os.pathsep}{os.environ.get('PATH', '')}", "NO_COLOR": "1"}
-    process = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
+    process = await asyncio.create_subprocess_exec(CONFORMANCE_BIN, *args, stdout=asyncio.subprocess.PIPE,
                                                    stderr=asyncio.subprocess.STDOUT, env=env)
-    output, _ = await asyncio.wait_for(process.communicate(), 120)
-    text = _ANSI.sub("", output.decode(errors="replace"))
+    output, _ = await asyncio.wait_for(process.communicate(), timeout)
+    return _ANSI.sub("", output.decode(errors="replace"))
+
+
+async def _run(url: str, scenario: str, spec_version: str | None) -> tuple[str, set[str]]:
+    args = ["server", "--url", url, "--scenario", scenario]
+    if spec_version and spec_version != "extension":
+        args += ["--spec-version", spec_version]
+    text = await _suite(*args)
     summary = _SUMMARY.search(text)
     assert summary is not None, text[-3000:]  # the suite exits 0 even when checks fail: read its summary
     return summary.group(0), set(_FAILED_CHECK.findall(text))
+
+
+async def test_scenario_list_is_the_suites() -> None:
+    listed = {name: tuple(versions.split(",")) for name, versions in _LISTED.findall(await _suite("list", "--server"))}
+    assert listed == SCENARIOS
 
 
 @pytest.mark.parametrize(("scenario", "spec_version", "expected"), REAL_APP_CASES)
@@ -127,9 +311,13 @@ async def test_real_app(live_server: Any, scenario: str, spec_version: str | Non
     assert failed == expected, f"{scenario} ({spec_version or 'default'}): {summary}"
 
 
-@pytest.mark.parametrize(("scenario", "spec_version", "expected"), FIXTURE_CASES)
-async def test_fixture_tools(mcp_test_app: Any, start_live_server: Any, scenario: str, spec_version: str | None,
-                             expected: set[str]) -> None:
-    server = await start_live_server(mcp_test_app(tools=_fixture_tools()).app)
+FIXTURE_CASES = [(scenario, version) for scenario, versions in SCENARIOS.items() for version in versions
+                 if scenario not in EXTENSION_SCENARIOS]
+
+
+@pytest.mark.parametrize(("scenario", "spec_version"), FIXTURE_CASES)
+async def test_fixture_server(mcp_test_app: Any, start_live_server: Any, scenario: str, spec_version: str) -> None:
+    test_app = mcp_test_app(tools=_fixture_tools(), resources=FixtureResources(), prompts=_fixture_prompts())
+    server = await start_live_server(test_app.app)
     summary, failed = await _run(server.url + "/mcp", scenario, spec_version)
-    assert failed == expected, f"{scenario} ({spec_version or 'default'}): {summary}"
+    assert failed == FIXTURE_EXPECTED.get(scenario, set()), f"{scenario} ({spec_version}): {summary}"

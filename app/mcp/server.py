@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ from .jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     METHOD_NOT_FOUND,
+    MISSING_REQUIRED_CLIENT_CAPABILITY,
     UNSUPPORTED_PROTOCOL_VERSION,
     JsonRpcError,
     Message,
@@ -37,8 +39,15 @@ from .jsonrpc import (
     error_message,
     result_message,
 )
+from .resources import (
+    Prompt,
+    PromptArgumentsInvalid,
+    ResourceNotFound,
+    ResourceProvider,
+    rank_completions,
+)
 from .session import Session, SessionStore, TooManySessions
-from .tools import Tool, ToolContext, ToolError
+from .tools import Tool, ToolContext, ToolError, ToolResult
 
 log = structlog.get_logger(__name__)
 
@@ -68,8 +77,12 @@ KNOWN_METHODS = frozenset({
     "initialize", "notifications/initialized", "ping", "tools/list", "tools/call", "notifications/cancelled",
     "logging/setLevel", "server/discover", "notifications/progress", "notifications/roots/list_changed",
     "resources/list", "resources/templates/list", "prompts/list", "completion/complete", "response",
+    "resources/read", "resources/subscribe", "resources/unsubscribe", "prompts/get",
 })
 CACHE_TTL_MS = 300_000  # tools never change while the process runs; 5 minutes keeps clients fresh enough
+PAGE_SIZE = 100  # resources/list entries per page (cursor-paged)
+# The `completions` capability (and its name) arrived in 2025-03-26; 2024-11-05 clients are not told.
+COMPLETIONS_FROM = "2025-03-26"
 _NAME_SHOWN = 80  # longest user-supplied name echoed back in an error
 
 
@@ -210,9 +223,18 @@ def decode_header_value(value: str | None) -> str | None:
 
 class McpServer:
     def __init__(self, *, name: str, version: str, instructions: str, tools: list[Tool],
-                 metrics: Any = None) -> None:
+                 metrics: Any = None, resources: ResourceProvider | None = None,
+                 prompts: list[Prompt] | None = None, page_size: int = PAGE_SIZE) -> None:
         self.name, self.version, self.instructions, self.tools = name, version, instructions, tools
         self.metrics = metrics
+        self.resources = resources
+        self.prompts = list(prompts or [])
+        self._prompts = {prompt.name: prompt for prompt in self.prompts}
+        if len(self._prompts) != len(self.prompts):
+            raise ValueError("duplicate prompt name")
+        self.page_size = max(1, page_size)
+        # resources/subscribe (handshake era): session -> subscribed URIs; a closed session drops out.
+        self._subscriptions: weakref.WeakKeyDictionary[Session, set[str]] = weakref.WeakKeyDictionary()
         self._tools: dict[str, Tool] = {}
         self._validators: dict[str, Any] = {}
         self._fast_validators: dict[str, Callable[[Any], bool] | None] = {}
@@ -226,6 +248,13 @@ class McpServer:
             self._fast_validators[tool.name] = fast_validator(tool.input_schema)
         self.server_info = {"name": name, "version": version}
         self.capabilities: dict[str, Any] = {"tools": {"listChanged": False}, "logging": {}}
+        if resources is not None:
+            # listChanged: the provider tells us when the catalog changes (handshake-era streams only).
+            self.capabilities["resources"] = {"listChanged": True, "subscribe": bool(resources.subscribable)}
+        if self.prompts:
+            self.capabilities["prompts"] = {"listChanged": False}
+        self._completions = resources is not None or any(p.complete is not None for p in self.prompts)
+        self._prompts_list = {"prompts": [prompt.describe() for prompt in self.prompts]}
         self.sessions = SessionStore(on_count=self._count_session)
         # tools/list never changes: serialize it once per era.
         described = [tool.describe() for tool in tools]
@@ -242,12 +271,26 @@ class McpServer:
             "tools/call": self._tools_call,
             "logging/setLevel": self._set_level,
         }
-        # 2026-07-28 removed initialize, ping and logging/setLevel.
+        # 2026-07-28 removed initialize, ping, logging/setLevel and resources/(un)subscribe.
         self._modern_methods = {
             "server/discover": self._discover,
             "tools/list": self._tools_list_handler,
             "tools/call": self._tools_call,
         }
+        if resources is not None:
+            for methods in (self._legacy_methods, self._modern_methods):
+                methods.update({"resources/list": self._resources_list,
+                                "resources/templates/list": self._resource_templates_list,
+                                "resources/read": self._resources_read})
+            if resources.subscribable:
+                self._legacy_methods.update({"resources/subscribe": self._subscribe,
+                                             "resources/unsubscribe": self._unsubscribe})
+        if self.prompts:
+            for methods in (self._legacy_methods, self._modern_methods):
+                methods.update({"prompts/list": self._prompts_list_handler, "prompts/get": self._prompts_get})
+        if self._completions:
+            for methods in (self._legacy_methods, self._modern_methods):
+                methods["completion/complete"] = self._complete
 
     # -- introspection (health, transports) -----------------------------------------------------
     @property
@@ -260,6 +303,21 @@ class McpServer:
 
     def _modern_fields(self, result: dict[str, Any]) -> dict[str, Any]:
         return {**result, "resultType": "complete", "_meta": {META_SERVER_INFO: self.server_info}}
+
+    def capabilities_for(self, version: str) -> dict[str, Any]:
+        """Server capabilities as protocol `version` defines them."""
+        if version in MODERN_VERSIONS:
+            # Stateless: no logging/setLevel, no subscriptions, no list_changed stream to send on.
+            caps: dict[str, Any] = {"tools": {"listChanged": False}}
+            if self.resources is not None:
+                caps["resources"] = {"listChanged": False}
+            if self.prompts:
+                caps["prompts"] = {"listChanged": False}
+        else:
+            caps = dict(self.capabilities)
+        if self._completions and version >= COMPLETIONS_FROM:
+            caps["completions"] = {}
+        return caps
 
     # -- metrics ---------------------------------------------------------------------------------
     def _count_session(self, transport: str, delta: int) -> None:
@@ -367,6 +425,8 @@ class McpServer:
             result = await handler(message.params, env, message.id)
         except JsonRpcError as exc:
             return error_message(message.id, exc)
+        except DatabaseError as exc:  # a catalog read for resources/prompts/completions; the text is safe
+            return error_message(message.id, JsonRpcError(INTERNAL_ERROR, f"Database error: {exc}"))
         except (asyncio.CancelledError, TooManySessions):
             raise
         except Exception:
@@ -403,7 +463,7 @@ class McpServer:
         session.client_info = client_info if isinstance(client_info, dict) else {}
         result: dict[str, Any] = {
             "protocolVersion": version,
-            "capabilities": self.capabilities,
+            "capabilities": self.capabilities_for(version),
             "serverInfo": self.server_info,
         }
         if self.instructions:
@@ -414,7 +474,7 @@ class McpServer:
         result: dict[str, Any] = {
             # Dual-era: both the envelope version and the handshake versions (same list as -32022 names).
             "supportedVersions": list(SUPPORTED_VERSIONS),
-            "capabilities": {"tools": {"listChanged": False}},
+            "capabilities": self.capabilities_for(MODERN_VERSIONS[-1]),
             "serverInfo": self.server_info,
             "ttlMs": CACHE_TTL_MS,
             "cacheScope": "private",
@@ -438,6 +498,139 @@ class McpServer:
                                   request_id: RequestId | None) -> Any:
         return self._tools_list_modern if env.envelope is not None else self._tools_list
 
+    # -- resources ---------------------------------------------------------------------------------
+    def _cached(self, result: dict[str, Any], env: CallEnv, ttl_ms: int) -> dict[str, Any]:
+        """The 2026-07-28 result fields, with SEP-2549 caching hints (answers depend on the caller)."""
+        if env.envelope is None:
+            return result
+        return self._modern_fields({**result, "ttlMs": max(0, int(ttl_ms)), "cacheScope": "private"})
+
+    def _page(self, items: list[dict[str, Any]], params: dict[str, Any], key: str) -> dict[str, Any]:
+        cursor = params.get("cursor")
+        start = 0
+        if cursor is not None:
+            start = _decode_cursor(cursor)
+            if start is None or start > len(items):
+                raise JsonRpcError(INVALID_PARAMS, "Invalid params: unknown cursor (list again from the start)")
+        end = start + self.page_size
+        result: dict[str, Any] = {key: items[start:end]}
+        if end < len(items):
+            result["nextCursor"] = _encode_cursor(end)
+        return result
+
+    async def _resources_list(self, params: dict[str, Any], env: CallEnv, request_id: RequestId | None) -> Any:
+        assert self.resources is not None
+        described = [resource.describe() for resource in await self.resources.list_resources()]
+        return self._cached(self._page(described, params, "resources"), env, self.resources.ttl_ms)
+
+    async def _resource_templates_list(self, params: dict[str, Any], env: CallEnv,
+                                       request_id: RequestId | None) -> Any:
+        assert self.resources is not None
+        described = [template.describe() for template in self.resources.list_templates()]
+        return self._cached(self._page(described, params, "resourceTemplates"), env, CACHE_TTL_MS)
+
+    async def _resources_read(self, params: dict[str, Any], env: CallEnv, request_id: RequestId | None) -> Any:
+        assert self.resources is not None
+        uri = _required_uri(params)
+        try:
+            contents = await self.resources.read(uri)
+        except ResourceNotFound as exc:
+            raise JsonRpcError(INVALID_PARAMS, str(exc), {"uri": uri}) from None
+        except DatabaseError as exc:  # the message is safe to show; the resource exists but cannot be read now
+            raise JsonRpcError(INTERNAL_ERROR, f"Could not read {_shown(uri)}: {exc}", {"uri": uri}) from None
+        if not contents:  # SEP-2164: never an empty contents array
+            raise JsonRpcError(INVALID_PARAMS, f"Resource not found: {_shown(uri)}", {"uri": uri})
+        result = {"contents": [item.describe() for item in contents]}
+        return self._cached(result, env, self.resources.ttl_ms)
+
+    async def _subscribe(self, params: dict[str, Any], env: CallEnv, request_id: RequestId | None) -> Any:
+        uri = _required_uri(params)
+        if env.session is None:
+            raise JsonRpcError(INVALID_PARAMS, "Invalid params: resources/subscribe needs a session")
+        self._subscriptions.setdefault(env.session, set()).add(uri)
+        return {}
+
+    async def _unsubscribe(self, params: dict[str, Any], env: CallEnv, request_id: RequestId | None) -> Any:
+        uri = _required_uri(params)
+        if env.session is not None:
+            self._subscriptions.get(env.session, set()).discard(uri)
+        return {}
+
+    def resource_list_changed(self) -> int:
+        """Tell every handshake-era session with an open stream that resources/list changed."""
+        note = {"jsonrpc": "2.0", "method": "notifications/resources/list_changed"}
+        return sum(1 for session in self.sessions if session.stream is not None and session.stream.put(note))
+
+    def resource_updated(self, uri: str) -> int:
+        """Send notifications/resources/updated to the sessions subscribed to `uri`."""
+        note = {"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": uri}}
+        sent = 0
+        for session, uris in list(self._subscriptions.items()):
+            if uri in uris and session.stream is not None and not session.closed and session.stream.put(note):
+                sent += 1
+        return sent
+
+    # -- prompts -----------------------------------------------------------------------------------
+    async def _prompts_list_handler(self, params: dict[str, Any], env: CallEnv,
+                                    request_id: RequestId | None) -> Any:
+        return self._cached(self._page(self._prompts_list["prompts"], params, "prompts"), env, CACHE_TTL_MS)
+
+    async def _prompts_get(self, params: dict[str, Any], env: CallEnv, request_id: RequestId | None) -> Any:
+        name = params.get("name")
+        if not isinstance(name, str):
+            raise JsonRpcError(INVALID_PARAMS, 'Invalid params: "name" (the prompt name) must be a string')
+        prompt = self._prompts.get(name)
+        if prompt is None:
+            raise JsonRpcError(INVALID_PARAMS, f"Unknown prompt: {_shown(name)!r}. Available prompts: "
+                               f"{', '.join(self._prompts)}.")
+        arguments = params.get("arguments") or {}
+        if not isinstance(arguments, dict) or not all(isinstance(v, str) for v in arguments.values()):
+            raise JsonRpcError(INVALID_PARAMS, 'Invalid params: "arguments" must map argument names to strings')
+        missing = [a.name for a in prompt.arguments if a.required and not str(arguments.get(a.name, "")).strip()]
+        if missing:
+            raise JsonRpcError(INVALID_PARAMS, f"Invalid params: prompt {name} needs {', '.join(missing)}")
+        known = {a.name for a in prompt.arguments}
+        try:
+            messages = await prompt.render({k: v for k, v in arguments.items() if k in known})
+        except PromptArgumentsInvalid as exc:
+            raise JsonRpcError(INVALID_PARAMS, f"Invalid params: {exc}") from None
+        except DatabaseError as exc:
+            raise JsonRpcError(INTERNAL_ERROR, f"Prompt {name} could not read the database: {exc}") from None
+        result = {"description": prompt.description, "messages": messages}
+        return self._modern_fields(result) if env.envelope is not None else result
+
+    # -- completion/complete -----------------------------------------------------------------------
+    async def _complete(self, params: dict[str, Any], env: CallEnv, request_id: RequestId | None) -> Any:
+        ref, argument = params.get("ref"), params.get("argument")
+        if not isinstance(ref, dict) or not isinstance(argument, dict):
+            raise JsonRpcError(INVALID_PARAMS, 'Invalid params: "ref" and "argument" objects are required')
+        arg_name, value = argument.get("name"), argument.get("value", "")
+        if not isinstance(arg_name, str) or not isinstance(value, str):
+            raise JsonRpcError(INVALID_PARAMS, 'Invalid params: argument "name" and "value" must be strings')
+        context = params.get("context")
+        given = context.get("arguments") if isinstance(context, dict) else None
+        others = {k: v for k, v in given.items() if isinstance(v, str)} if isinstance(given, dict) else {}
+        candidates: Any = ()
+        kind = ref.get("type")
+        if kind == "ref/prompt":
+            prompt = self._prompts.get(ref.get("name"))  # type: ignore[arg-type]
+            if prompt is None:
+                raise JsonRpcError(INVALID_PARAMS, f"Unknown prompt: {_shown(ref.get('name'))!r}")
+            if prompt.complete is not None and any(a.name == arg_name for a in prompt.arguments):
+                candidates = await prompt.complete(arg_name, value, others)
+        elif kind == "ref/resource":
+            uri = ref.get("uri")
+            templates = {t.uri_template for t in self.resources.list_templates()} if self.resources else set()
+            if uri not in templates:
+                raise JsonRpcError(INVALID_PARAMS, f"Unknown resource template: {_shown(uri)!r}")
+            assert self.resources is not None
+            candidates = await self.resources.complete(uri, arg_name, value, others)  # type: ignore[arg-type]
+        else:
+            raise JsonRpcError(INVALID_PARAMS, 'Invalid params: ref.type must be "ref/prompt" or "ref/resource"')
+        result = {"completion": rank_completions(candidates, value)}
+        return self._modern_fields(result) if env.envelope is not None else result
+
+    # -- tools -------------------------------------------------------------------------------------
     async def _tools_call(self, params: dict[str, Any], env: CallEnv, request_id: RequestId | None) -> Any:
         name = params.get("name")
         if not isinstance(name, str):
@@ -446,6 +639,8 @@ class McpServer:
         if tool is None:
             raise JsonRpcError(INVALID_PARAMS, f"Unknown tool: {_shown(name)!r}. Available tools: "
                                f"{', '.join(self._tools) or '(none)'}.")
+        if tool.required_client_capabilities:
+            self._require_client_capabilities(tool, env)
         arguments = params.get("arguments")
         if arguments is None:
             arguments = {}
@@ -473,6 +668,8 @@ class McpServer:
                 outcome = "error"
                 log.exception("tool_failed", tool=name)  # traceback stays in the server log
                 return self._error_result(f"Tool {name} failed with an internal error.", modern)
+            if isinstance(structured, ToolResult):
+                return self._content_result(structured, modern)
             return self._success_result(structured, modern)
         finally:
             elapsed = time.perf_counter() - started
@@ -488,6 +685,27 @@ class McpServer:
         text = dumps_value(structured)
         head = f'{{"content":[{{"type":"text","text":{dumps_value(text)}}}],"structuredContent":{text},"isError":false'
         return RawJson(head + (("," + self._modern_meta_suffix) if modern else "}"))
+
+    def _content_result(self, result: ToolResult, modern: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {"content": list(result.content), "isError": result.is_error}
+        if result.structured is not None:
+            out["structuredContent"] = result.structured
+        return self._modern_fields(out) if modern else out
+
+    @staticmethod
+    def _require_client_capabilities(tool: Tool, env: CallEnv) -> None:
+        """-32021 when the tool needs a client capability this caller did not declare."""
+        if env.envelope is not None:
+            declared = env.envelope.client_capabilities
+        else:
+            declared = env.session.client_capabilities if env.session is not None else {}
+        missing = {name: value for name, value in tool.required_client_capabilities.items()
+                   if not isinstance(declared.get(name), dict)}
+        if missing:
+            raise JsonRpcError(MISSING_REQUIRED_CLIENT_CAPABILITY,
+                               f"Missing required client capability: tool {tool.name} needs "
+                               f"{', '.join(missing)}; declare it in the client capabilities",
+                               {"requiredCapabilities": missing})
 
     def _error_result(self, message: str, modern: bool) -> dict[str, Any]:
         result = {"content": [{"type": "text", "text": message}], "isError": True}
@@ -535,6 +753,30 @@ class McpServer:
 
             ctx.log = send_log
         return ctx
+
+
+def _required_uri(params: dict[str, Any]) -> str:
+    uri = params.get("uri")
+    if not isinstance(uri, str) or not uri:
+        raise JsonRpcError(INVALID_PARAMS, 'Invalid params: "uri" (a non-empty string) is required')
+    return uri
+
+
+def _encode_cursor(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode("ascii")
+
+
+def _decode_cursor(cursor: Any) -> int | None:
+    """The offset an opaque cursor stands for, None when it is not one of ours."""
+    if not isinstance(cursor, str):
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor.encode("ascii")).decode("ascii")
+    except (binascii.Error, UnicodeError, ValueError):
+        return None
+    if not text.startswith("o:") or not text[2:].isdigit():
+        return None
+    return int(text[2:])
 
 
 def unsupported_version(requested: Any, *, request_id: RequestId | None = None) -> JsonRpcError:

@@ -39,9 +39,19 @@ class ToolContext:
     audit: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class ToolResult:
+    """A result given as MCP content blocks (text, image, audio, resource...) instead of one JSON object."""
+
+    content: list[dict[str, Any]]
+    structured: dict[str, Any] | None = None
+    is_error: bool = False
+
+
 # A handler returns a JSON object: the MCP layer sends it as one text content (json.dumps) and as
-# structuredContent. It raises ToolError or app.db.types.DatabaseError for an isError result.
-ToolHandler = Callable[[dict[str, Any], ToolContext], Awaitable[dict[str, Any]]]
+# structuredContent; or a ToolResult with content blocks of its own. It raises ToolError or
+# app.db.types.DatabaseError for an isError result.
+ToolHandler = Callable[[dict[str, Any], ToolContext], Awaitable[dict[str, Any] | ToolResult]]
 
 
 @dataclass
@@ -56,6 +66,9 @@ class Tool:
     # Sent as the tool's `_meta`, e.g. {"anthropic/maxResultSizeChars": N} so Claude Code keeps
     # results up to our byte cap inline instead of spilling them to a file.
     meta: dict[str, Any] | None = None
+    # Client capabilities the tool relies on (e.g. {"sampling": {}}); a caller that did not declare
+    # them gets MissingRequiredClientCapabilityError (-32021) instead of a call.
+    required_client_capabilities: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {

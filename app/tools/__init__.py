@@ -1,6 +1,7 @@
-"""The two tool sets (Claude: SQL tools; ChatGPT: search/fetch), server instructions, record pages.
+"""The two tool sets (Claude: SQL tools; ChatGPT: search/fetch), catalog resources and prompts, server
+instructions, record pages.
 
-web.create_app calls these four functions; everything else in this package is internal.
+web.create_app calls these functions; everything else in this package is internal.
 """
 
 from __future__ import annotations
@@ -9,13 +10,18 @@ from typing import Any
 
 from aiohttp import web
 
+from ..mcp.resources import Prompt
 from ..mcp.tools import Tool
 from .chatgpt import build_chatgpt_tools
 from .claude import build_claude_tools
 from .instructions import build_instructions as _build_instructions
+from .prompts import DatabasePrompts
 from .records import add_record_routes as _add_record_routes
+from .resources import CATALOG_WATCH_SECONDS, DatabaseResources
+from .resources import watch_catalog as _watch_catalog
 
-__all__ = ["add_record_routes", "build_instructions", "chatgpt_tools", "claude_tools"]
+__all__ = ["add_record_routes", "build_instructions", "catalog_prompts", "catalog_resources", "chatgpt_tools",
+           "claude_tools", "watch_catalog"]
 
 
 def claude_tools(database: Any, settings: Any) -> list[Tool]:
@@ -26,6 +32,21 @@ def claude_tools(database: Any, settings: Any) -> list[Tool]:
 def chatgpt_tools(database: Any, settings: Any, metrics: Any) -> list[Tool]:
     """search and fetch (OpenAI's deep-research contract)."""
     return build_chatgpt_tools(database, settings, metrics)
+
+
+def catalog_resources(database: Any, settings: Any) -> DatabaseResources:
+    """The catalog as MCP resources: an overview and one description per table (app.tools.resources)."""
+    return DatabaseResources(database, settings)
+
+
+def catalog_prompts(database: Any, settings: Any, resources: DatabaseResources) -> list[Prompt]:
+    """explore_database, write_query, explain_table, review_query (app.tools.prompts)."""
+    return DatabasePrompts(database, settings, resources).prompts()
+
+
+async def watch_catalog(database: Any, on_change: Any, interval_seconds: float = CATALOG_WATCH_SECONDS) -> None:
+    """Poll the table list; call on_change() when tables or views come or go (until cancelled)."""
+    await _watch_catalog(database, on_change, interval_seconds)
 
 
 def build_instructions(settings: Any, toolset: str) -> str:
