@@ -7,6 +7,7 @@ import os
 import sqlite3
 import stat
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -297,3 +298,15 @@ def test_demo_user_is_created_once_with_a_stored_password(auth_settings: Any) ->
     with AuthStore(store_path(settings.data_dir)) as store:
         assert verify_password(store.get_user_by_name("demo")["password_hash"], password)
     assert ensure_demo_user(settings.replace(allow_unauth_methods=True, allow_unauth_tools_call=True)) == ""
+    # The writer's password is not in DATA_DIR in the clear (the file is encrypted with the state key).
+    assert password not in Path(password_file).read_text(encoding="utf-8")
+
+
+def test_a_plain_demo_password_file_of_an_older_version_is_encrypted(auth_settings: Any) -> None:
+    settings = auth_settings()
+    password = ensure_demo_user(settings).rsplit(" ", 1)[1]
+    password_file = os.path.join(settings.data_dir, DEMO_PASSWORD_FILE)
+    with open(password_file, "w", encoding="utf-8") as fh:
+        fh.write(password + "\n")  # what the previous version wrote
+    assert ensure_demo_user(settings).endswith(password)
+    assert password not in Path(password_file).read_text(encoding="utf-8")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .passwords import hash_password, password_problem, verify_password
+from .statekey import StateKey, StateKeyError, is_encrypted, load_state_key
 from .store import AuthStore, UserExists, store_path
 
 ROLES = ("reader", "writer")
@@ -145,16 +146,21 @@ def _write_private(path: Path, text: str) -> None:
 def ensure_demo_user(settings: Any) -> str:
     """Create the demo sign-in user when auth is on; return a line to print (its credentials), or ''.
 
-    The random password is kept in DATA_DIR/demo-password.txt (mode 600) and reused on the next run.
+    The random password is kept in DATA_DIR/demo-password.txt (mode 600) and reused on the next run,
+    encrypted with the state key (app/auth/statekey.py) like the signing keys: the demo user is a writer,
+    so the file must not hand that role to anyone who can read DATA_DIR.
     """
     if not settings.auth_enabled:
         return ""
+    state_key = load_state_key(settings)
     password_file = Path(settings.data_dir) / DEMO_PASSWORD_FILE
-    password = password_file.read_text(encoding="utf-8").strip() if password_file.is_file() else ""
+    password = _read_demo_password(password_file, state_key)
     with AuthStore(store_path(settings.data_dir)) as store:
         user = store.get_user_by_name(DEMO_USERNAME)
         usable = bool(password) and password_problem(password) is None
         if user is not None and usable and verify_password(user["password_hash"], password):
+            if not is_encrypted(password_file.read_text(encoding="utf-8").strip()):
+                _write_private(password_file, state_key.encrypt(DEMO_PASSWORD_FILE, password))  # older plain file
             return f"Sign in as {DEMO_USERNAME} / {password}"
         if not usable:
             password = secrets.token_urlsafe(12)
@@ -162,5 +168,18 @@ def ensure_demo_user(settings: Any) -> str:
             store.add_user(DEMO_USERNAME, hash_password(password), "writer")
         else:  # someone changed it: make the file and the user agree again
             store.set_password(DEMO_USERNAME, hash_password(password))
-        _write_private(password_file, password)
+        _write_private(password_file, state_key.encrypt(DEMO_PASSWORD_FILE, password))
     return f"Sign in as {DEMO_USERNAME} / {password}"
+
+
+def _read_demo_password(path: Path, state_key: StateKey) -> str:
+    """The stored demo password, '' when there is none or it cannot be opened (a new one is made)."""
+    if not path.is_file():
+        return ""
+    stored = path.read_text(encoding="utf-8").strip()
+    if not is_encrypted(stored):
+        return stored
+    try:
+        return state_key.decrypt(DEMO_PASSWORD_FILE, stored)
+    except StateKeyError:
+        return ""
