@@ -185,10 +185,11 @@ class Verdict:
     message: str | None = None
     root: str | None = None  # for allowed queries: "select", "union", "intersect", "except", "values"
     # The parsed, checked statement (allowed queries only). Verdicts are cached and shared between calls:
-    # copy it (`verdict.tree.copy()`) before changing it, e.g. to add a TOP/LIMIT.
+    # copy it (`verdict.tree.copy()`) before changing it, e.g. to add a TOP/LIMIT. Rendering it gives a
+    # statement equivalent to the text (PostgreSQL U& identifiers come out decoded). It is None when the
+    # text had to be rewritten in a way that is not equivalent (`rewritten`): run the original text then.
     tree: exp.Expression | None = None
-    # True when the tree was parsed from a narrowly rewritten text (T-SQL constructs sqlglot cannot parse,
-    # see the module doc); the original text is what the engine should run.
+    # True when the checks ran on a narrowly rewritten text (see the module doc).
     rewritten: bool = False
 
     def raise_if_refused(self) -> None:
@@ -259,17 +260,18 @@ def _check(sql: str, glot: str, extra: frozenset[str]) -> Verdict:
     tokens = _tokenize(dialect, sql, glot)
     _nesting_check(tokens)
     _comment_checks(sql, tokens)
-    text, rewritten = sql, False
-    if glot == "postgres":
-        text, changed = _decode_unicode_identifiers(sql, tokens)
-        rewritten |= changed
-    elif glot == "tsql":
-        text, changed = _tsql_rewrites(sql, tokens)
-        rewritten |= changed
+    original_tokens = tokens
+    _lexical_checks(tokens, glot)  # on the text as sent, so nothing a rewrite removes goes unchecked
+    text, rewritten, equivalent = sql, False, True
+    if glot == "postgres":  # decoding U& identifiers keeps the meaning: the tree can be rendered and run
+        text, rewritten = _decode_unicode_identifiers(sql, tokens)
+    elif glot == "tsql":  # dropping hints, MATCH patterns or CHANGES does not: the tree is for checking only
+        text, rewritten = _tsql_rewrites(sql, tokens)
+        equivalent = not rewritten
     if rewritten:
         _character_checks(text)  # decoded identifiers may hold control characters
         tokens = _tokenize(dialect, text, glot)
-    _lexical_checks(tokens, glot)
+        _lexical_checks(tokens, glot)
     _named_syntax_checks(tokens, glot, extra)
     try:
         statements = dialect.parser().parse(tokens, text)
@@ -285,8 +287,8 @@ def _check(sql: str, glot: str, extra: frozenset[str]) -> Verdict:
     root = statements[0]
     kind = _tree_checks(root, tokens, text, glot, extra)
     if glot == "tsql":
-        _hidden_statement_check(tokens)
-    return Verdict(True, root=kind, tree=root, rewritten=rewritten)
+        _hidden_statement_check(original_tokens)
+    return Verdict(True, root=kind, tree=root if equivalent else None, rewritten=rewritten)
 
 
 def _tokenize(dialect: Dialect, text: str, glot: str) -> list:
@@ -387,6 +389,12 @@ def _named_syntax_checks(tokens: list, glot: str, extra: frozenset[str]) -> None
 _WORDS_INSIDE_READS = frozenset({"SELECT", "FETCH"})
 
 
+def _is_use_hint(following: object, after: object) -> bool:
+    word = getattr(following, "text", "").upper()
+    kind = getattr(after, "token_type", None)
+    return (word == "HINT" and kind == TokenType.L_PAREN) or (word == "PLAN" and "STRING" in getattr(kind, "name", ""))
+
+
 def _hidden_statement_check(tokens: list) -> None:
     """Refuse a T-SQL statement keyword inside a query the tree checks allowed.
 
@@ -400,6 +408,8 @@ def _hidden_statement_check(tokens: list) -> None:
         kind = token.token_type
         if word == "MERGE" and index + 1 < len(tokens) and tokens[index + 1].text.upper() in ("JOIN", "UNION"):
             continue  # the MERGE JOIN / MERGE UNION hints: JOIN and UNION are reserved, so no MERGE statement
+        if word == "USE" and index + 2 < len(tokens) and _is_use_hint(tokens[index + 1], tokens[index + 2]):
+            continue  # OPTION (USE HINT('...')) / (USE PLAN N'...'): no USE statement has that shape
         if (word in _TSQL_STATEMENT_WORDS and word not in _WORDS_INSIDE_READS
                 and kind != TokenType.IDENTIFIER and "STRING" not in kind.name):
             raise _fail("reserved_word",
@@ -570,11 +580,13 @@ def _option_rewrite(sql: str, tokens: list, index: int, close: int,
             changed = True
         elif words[:2] == ["TABLE", "HINT"]:
             inner = _split_items(item[3:-1]) if len(item) > 3 else []
+            if len(inner) < 2 or words[2:3] != ["("] or not item[-1].token_type == TokenType.R_PAREN:
+                raise _fail("denied_hint", "OPTION (TABLE HINT(object, hint, ...)) needs an object and hints.")
             for hint in inner[1:]:
                 name = hint[0].text.upper() if hint else ""
                 if name in _LOCK_HINTS:
                     raise _lock_hint(name)
-                if name not in hints:
+                if name not in hints or not _plain_hint(hint):
                     raise _hint_refusal(name)
             changed = True
         else:
@@ -583,6 +595,16 @@ def _option_rewrite(sql: str, tokens: list, index: int, close: int,
         return None
     replacement = f"OPTION ({', '.join(kept)})" if kept else ""
     return tokens[index].start, tokens[close].end, replacement
+
+
+def _plain_hint(hint: list) -> bool:
+    """NAME, or NAME(...) holding only names, numbers and commas (INDEX(ix), FORCESEEK(ix(a, b)))."""
+    if len(hint) == 1:
+        return True
+    rest = hint[1:]
+    return rest[0].token_type == TokenType.L_PAREN and rest[-1].token_type == TokenType.R_PAREN and all(
+        t.token_type in (TokenType.VAR, TokenType.IDENTIFIER, TokenType.NUMBER, TokenType.COMMA,
+                         TokenType.L_PAREN, TokenType.R_PAREN) for t in rest)
 
 
 def _lock_hint(name: str) -> _Refusal:
