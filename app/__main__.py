@@ -1,4 +1,4 @@
-"""Command line: `mssql-mcp serve | demo | users | settings`."""
+"""Command line: `mssql-mcp serve | demo | users | settings | doctor`."""
 
 from __future__ import annotations
 
@@ -91,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     users.add_argument("users_args", nargs=argparse.REMAINDER)
     settings_cmd = sub.add_parser("settings", help="print every setting with its default and meaning")
     settings_cmd.add_argument("--markdown", action="store_true", help="as the Markdown table in README.md")
+    doctor = sub.add_parser("doctor", help="check the configured database from this machine: connection, TLS, "
+                            "permissions, catalog, types, time limits (exit 1 when a check fails)")
+    doctor.add_argument("--json", action="store_true", help="the report as JSON (keys: name, status, detail, hint)")
+    doctor.add_argument("--strict", action="store_true", help="warnings fail too")
     args = parser.parse_args(argv)
 
     try:
@@ -98,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
             return _print_settings(args.markdown)
         if args.command == "demo":
             return _demo(args)
+        if args.command == "doctor":
+            from .doctor import doctor_main
+
+            return doctor_main(json_output=args.json, strict=args.strict)
         if args.command == "users":
             from .auth.cli import users_main
 
