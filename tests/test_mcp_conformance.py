@@ -31,7 +31,7 @@ from app.mcp.resources import (
     ResourceTemplate,
     text_message,
 )
-from app.mcp.tools import Tool, ToolError, ToolResult
+from app.mcp.tools import InputRequired, Tool, ToolContext, ToolError, ToolResult
 
 CONFORMANCE_BIN = os.environ.get("MCP_CONFORMANCE_BIN", "")
 NODE_DIR = os.environ.get("MCP_CONFORMANCE_NODE_DIR", "")
@@ -150,6 +150,92 @@ def _text(text: str) -> ToolResult:
     return ToolResult([{"type": "text", "text": text}])
 
 
+def _elicit(message: str, field: str, kind: str = "string") -> dict[str, Any]:
+    return {"method": "elicitation/create", "params": {"message": message, "requestedSchema": {
+        "type": "object", "properties": {field: {"type": kind}}, "required": [field]}}}
+
+
+def _sample(text: str, max_tokens: int = 100) -> dict[str, Any]:
+    return {"method": "sampling/createMessage", "params": {
+        "messages": [{"role": "user", "content": {"type": "text", "text": text}}], "maxTokens": max_tokens}}
+
+
+ROOTS = {"method": "roots/list", "params": {}}
+
+
+def _answered(ctx: ToolContext, *keys: str) -> bool:
+    return ctx.input_responses is not None and all(key in ctx.input_responses for key in keys)
+
+
+def _input_required_tools() -> list[Tool]:
+    """The SEP-2322 (InputRequiredResult) fixtures of the input-required-result-* and server-stateless scenarios."""
+
+    async def elicitation(arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
+        if not _answered(ctx, "user_name"):  # also the answer to wrong or missing keys: ask again
+            raise InputRequired({"user_name": _elicit("What is your name?", "name")})
+        name = (ctx.input_responses or {})["user_name"].get("content", {}).get("name", "stranger")
+        return _text(f"Hello, {name}!")
+
+    async def sampling(arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
+        if not _answered(ctx, "capital_question"):
+            raise InputRequired({"capital_question": _sample("What is the capital of France?")})
+        answer = (ctx.input_responses or {})["capital_question"].get("content", {}).get("text", "")
+        return _text(f"LLM response: {answer}")
+
+    async def list_roots(arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
+        if not _answered(ctx, "client_roots"):
+            raise InputRequired({"client_roots": ROOTS})
+        roots = (ctx.input_responses or {})["client_roots"].get("roots", [])
+        return _text("Roots: " + ", ".join(str(root.get("uri")) for root in roots))
+
+    async def request_state(arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
+        if not _answered(ctx, "confirm") or ctx.request_state != {"asked": "confirm"}:
+            raise InputRequired({"confirm": _elicit("Please confirm", "ok", "boolean")}, {"asked": "confirm"})
+        return _text("Confirmed: state-ok")
+
+    async def multiple(arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
+        keys = ("user_name", "greeting", "client_roots")
+        if not _answered(ctx, *keys) or ctx.request_state != {"asked": list(keys)}:
+            raise InputRequired({"user_name": _elicit("What is your name?", "name"),
+                                 "greeting": _sample("Generate a greeting", 50), "client_roots": ROOTS},
+                                {"asked": list(keys)})
+        return _text("Received all three inputs")
+
+    async def multi_round(arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
+        state = ctx.request_state or {}
+        if state.get("round") == 2 and _answered(ctx, "step2"):
+            color = (ctx.input_responses or {})["step2"].get("content", {}).get("color")
+            return _text(f"{state.get('name')} likes {color}")
+        if state.get("round") == 1 and _answered(ctx, "step1"):
+            name = (ctx.input_responses or {})["step1"].get("content", {}).get("name")
+            raise InputRequired({"step2": _elicit("Step 2: What is your favorite color?", "color")},
+                                {"round": 2, "name": name})
+        raise InputRequired({"step1": _elicit("Step 1: What is your name?", "name")}, {"round": 1})
+
+    async def capabilities(arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
+        wanted = {"user_name": _elicit("What is your name?", "name"), "greeting": _sample("Say hello", 20)}
+        declared = {key: request for key, request in wanted.items()
+                    if ("elicitation" if request["method"] == "elicitation/create" else "sampling")
+                    in ctx.client_capabilities}
+        if not _answered(ctx, *declared):
+            raise InputRequired(declared)
+        return _text("Done with what the client supports")
+
+    empty = {"type": "object", "properties": {}}
+    prefix = "test_input_required_result_"
+    return [
+        Tool(prefix + "elicitation", "Elicit", "Asks the user's name.", empty, elicitation),
+        Tool(prefix + "sampling", "Sample", "Asks the client's model.", empty, sampling),
+        Tool(prefix + "list_roots", "Roots", "Asks the client's roots.", empty, list_roots),
+        Tool(prefix + "request_state", "State", "Round-trips requestState.", empty, request_state),
+        Tool(prefix + "tampered_state", "Tampered", "Round-trips signed requestState.", empty, request_state),
+        Tool(prefix + "multiple_inputs", "Multiple", "Asks three things at once.", empty, multiple),
+        Tool(prefix + "multi_round", "Rounds", "Asks twice.", empty, multi_round),
+        Tool(prefix + "capabilities", "Capabilities", "Asks only what the client declared.", empty, capabilities),
+        Tool("test_streaming_elicitation", "Streaming elicitation", "Asks the user's name.", empty, elicitation),
+    ]
+
+
 def _fixture_tools() -> list[Tool]:
     async def with_logging(arguments: dict[str, Any], ctx: Any) -> dict[str, Any]:
         for message in ("Tool execution started", "Tool processing data", "Tool execution completed"):
@@ -212,6 +298,7 @@ def _fixture_tools() -> list[Tool]:
         Tool("test_multiple_content_types", "Mixed", "Returns text, image and resource.", empty, mixed),
         Tool("test_missing_capability", "Needs sampling", "Requires the client's sampling capability.", empty,
              needs_sampling, required_client_capabilities={"sampling": {}}),
+        *_input_required_tools(),
     ]
 
 
@@ -252,27 +339,35 @@ class FixtureResources:
 
 
 def _fixture_prompts() -> list[Prompt]:
-    async def simple(arguments: dict[str, str]) -> list[dict[str, Any]]:
+    async def simple(arguments: dict[str, str], ctx: ToolContext) -> list[dict[str, Any]]:
         return [text_message("This is a simple prompt for testing.")]
 
-    async def with_arguments(arguments: dict[str, str]) -> list[dict[str, Any]]:
+    async def with_arguments(arguments: dict[str, str], ctx: ToolContext) -> list[dict[str, Any]]:
         return [text_message(f"Prompt with arguments: arg1='{arguments['arg1']}', arg2='{arguments['arg2']}'")]
 
     async def complete_arguments(argument: str, value: str, context: Mapping[str, str]) -> Sequence[str]:
         return ["paris", "park", "party", "test", "testing"]
 
-    async def embedded(arguments: dict[str, str]) -> list[dict[str, Any]]:
+    async def embedded(arguments: dict[str, str], ctx: ToolContext) -> list[dict[str, Any]]:
         return [{"role": "user", "content": {"type": "resource", "resource": {
                     "uri": arguments["resourceUri"], "mimeType": "text/plain",
                     "text": "Embedded resource content for testing."}}},
                 text_message("Please process the embedded resource above.")]
 
-    async def image(arguments: dict[str, str]) -> list[dict[str, Any]]:
+    async def image(arguments: dict[str, str], ctx: ToolContext) -> list[dict[str, Any]]:
         return [{"role": "user", "content": {"type": "image", "data": PNG, "mimeType": "image/png"}},
                 text_message("Please analyze the image above.")]
 
+    async def needs_input(arguments: dict[str, str], ctx: ToolContext) -> list[dict[str, Any]]:
+        if not _answered(ctx, "user_context"):
+            raise InputRequired({"user_context": _elicit("What context should the prompt use?", "context")})
+        context = (ctx.input_responses or {})["user_context"].get("content", {}).get("context", "")
+        return [text_message(f"Answer with this context: {context}")]
+
     return [
         Prompt("test_simple_prompt", "Simple", "A prompt without arguments.", simple),
+        Prompt("test_input_required_result_prompt", "Needs input", "Asks the user for context first.",
+               needs_input),
         Prompt("test_prompt_with_arguments", "With arguments", "A prompt with two arguments.", with_arguments,
                [PromptArgument("arg1", "First test argument", required=True),
                 PromptArgument("arg2", "Second test argument", required=True)], complete_arguments),

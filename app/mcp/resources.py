@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .tools import ToolContext
+
 COMPLETION_LIMIT = 100  # the spec's cap on completion values per response
 
 
@@ -109,7 +111,8 @@ class ResourceProvider(Protocol):
         ...
 
 
-PromptRenderer = Callable[[dict[str, str]], Awaitable[list[dict[str, Any]]]]
+# (validated arguments, the request's context: caller, client capabilities, input responses) -> messages.
+PromptRenderer = Callable[[dict[str, str], ToolContext], Awaitable[list[dict[str, Any]]]]
 ArgumentCompleter = Callable[[str, str, Mapping[str, str]], Awaitable[Sequence[str]]]
 
 

@@ -10,6 +10,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
+import hmac
+import json
+import secrets
 import time
 import weakref
 from collections.abc import Callable, Mapping
@@ -47,7 +51,7 @@ from .resources import (
     rank_completions,
 )
 from .session import Session, SessionStore, TooManySessions
-from .tools import Tool, ToolContext, ToolError, ToolResult
+from .tools import InputRequired, Tool, ToolContext, ToolError, ToolResult
 
 log = structlog.get_logger(__name__)
 
@@ -83,6 +87,9 @@ CACHE_TTL_MS = 300_000  # tools never change while the process runs; 5 minutes k
 PAGE_SIZE = 100  # resources/list entries per page (cursor-paged)
 # The `completions` capability (and its name) arrived in 2025-03-26; 2024-11-05 clients are not told.
 COMPLETIONS_FROM = "2025-03-26"
+# The client capability each InputRequiredResult request method needs (2026-07-28, SEP-2322).
+INPUT_REQUEST_CAPABILITIES = {"elicitation/create": "elicitation", "sampling/createMessage": "sampling",
+                              "roots/list": "roots"}
 _NAME_SHOWN = 80  # longest user-supplied name echoed back in an error
 
 
@@ -233,6 +240,9 @@ class McpServer:
         if len(self._prompts) != len(self.prompts):
             raise ValueError("duplicate prompt name")
         self.page_size = max(1, page_size)
+        # Signs InputRequiredResult requestState so a client cannot alter it (per process: a retry must
+        # reach the same process, which holds for one node; several nodes would need a shared key).
+        self._state_key = secrets.token_bytes(32)
         # resources/subscribe (handshake era): session -> subscribed URIs; a closed session drops out.
         self._subscriptions: weakref.WeakKeyDictionary[Session, set[str]] = weakref.WeakKeyDictionary()
         self._tools: dict[str, Tool] = {}
@@ -590,8 +600,12 @@ class McpServer:
         if missing:
             raise JsonRpcError(INVALID_PARAMS, f"Invalid params: prompt {name} needs {', '.join(missing)}")
         known = {a.name for a in prompt.arguments}
+        ctx = self._tool_context(params, env, request_id)
+        self._input_round(params, env, f"prompts/get:{name}", ctx)
         try:
-            messages = await prompt.render({k: v for k, v in arguments.items() if k in known})
+            messages = await prompt.render({k: v for k, v in arguments.items() if k in known}, ctx)
+        except InputRequired as exc:
+            return self._input_required(exc, env, f"prompts/get:{name}")
         except PromptArgumentsInvalid as exc:
             raise JsonRpcError(INVALID_PARAMS, f"Invalid params: {exc}") from None
         except DatabaseError as exc:
@@ -645,6 +659,7 @@ class McpServer:
         if arguments is None:
             arguments = {}
         ctx = self._tool_context(params, env, request_id)
+        self._input_round(params, env, f"tools/call:{name}", ctx)
         modern = env.envelope is not None
         started = time.perf_counter()
         outcome = "ok"
@@ -655,6 +670,8 @@ class McpServer:
                 return self._error_result(problem, modern)
             try:
                 structured = await tool.handler(arguments, ctx)
+            except InputRequired as exc:
+                return self._input_required(exc, env, f"tools/call:{name}")
             except ToolError as exc:
                 outcome = exc.outcome if exc.outcome in TOOL_OUTCOMES else "error"
                 return self._error_result(str(exc), modern)
@@ -685,6 +702,54 @@ class McpServer:
         text = dumps_value(structured)
         head = f'{{"content":[{{"type":"text","text":{dumps_value(text)}}}],"structuredContent":{text},"isError":false'
         return RawJson(head + (("," + self._modern_meta_suffix) if modern else "}"))
+
+    # -- InputRequiredResult (2026-07-28, SEP-2322) ---------------------------------------------------
+    def _input_round(self, params: dict[str, Any], env: CallEnv, bound_to: str, ctx: ToolContext) -> None:
+        """Validate a retried request's inputResponses and requestState into `ctx` (-32602 when bad)."""
+        if env.envelope is None or ("inputResponses" not in params and "requestState" not in params):
+            return
+        responses = params.get("inputResponses")
+        if "inputResponses" in params and (not isinstance(responses, dict)
+                                           or not all(isinstance(v, dict) for v in responses.values())):
+            raise JsonRpcError(INVALID_PARAMS, "Invalid params: inputResponses must map each input request "
+                               "key to the client's result object")
+        ctx.input_responses = responses or {}
+        if "requestState" in params:
+            ctx.request_state = self._verify_state(params["requestState"], bound_to)
+
+    def _sign_state(self, state: Any, bound_to: str) -> str:
+        payload = base64.urlsafe_b64encode(json.dumps(state, separators=(",", ":")).encode()).decode()
+        mac = hmac.new(self._state_key, f"{bound_to}\n{payload}".encode(), hashlib.sha256).hexdigest()
+        return f"{payload}.{mac}"
+
+    def _verify_state(self, token: Any, bound_to: str) -> Any:
+        payload, _, mac = token.rpartition(".") if isinstance(token, str) else ("", "", "")
+        expected = hmac.new(self._state_key, f"{bound_to}\n{payload}".encode(), hashlib.sha256).hexdigest()
+        if not payload or not hmac.compare_digest(mac, expected):
+            raise JsonRpcError(INVALID_PARAMS, "Invalid params: requestState failed its integrity check "
+                               "(send the requestState of the last InputRequiredResult unchanged)")
+        return json.loads(base64.urlsafe_b64decode(payload.encode()))
+
+    def _input_required(self, exc: InputRequired, env: CallEnv, bound_to: str) -> dict[str, Any]:
+        if env.envelope is None:
+            raise JsonRpcError(INVALID_PARAMS, "This request needs input from the client (elicitation, sampling "
+                               "or roots), which this server asks for in protocol 2026-07-28 only")
+        declared = env.envelope.client_capabilities
+        missing = {cap: {} for request in exc.input_requests.values()
+                   if (cap := INPUT_REQUEST_CAPABILITIES.get(request.get("method"), "")) and cap not in declared}
+        unknown = [r.get("method") for r in exc.input_requests.values() if r.get("method") not in
+                   INPUT_REQUEST_CAPABILITIES]
+        if unknown:  # a programming error in the handler: never send the client what it cannot answer
+            raise RuntimeError(f"unsupported input request methods: {unknown}")
+        if missing:
+            raise JsonRpcError(MISSING_REQUIRED_CLIENT_CAPABILITY, f"Missing required client capability: "
+                               f"{', '.join(missing)} (declare it to answer this request's input)",
+                               {"requiredCapabilities": missing})
+        result: dict[str, Any] = {"resultType": "input_required", "inputRequests": exc.input_requests}
+        if exc.state is not None:
+            result["requestState"] = self._sign_state(exc.state, bound_to)
+        result["_meta"] = {META_SERVER_INFO: self.server_info}
+        return result
 
     def _content_result(self, result: ToolResult, modern: bool) -> dict[str, Any]:
         out: dict[str, Any] = {"content": list(result.content), "isError": result.is_error}
@@ -726,6 +791,10 @@ class McpServer:
         ctx = ToolContext(principal=env.principal, base_url=env.base_url,
                           session_id=env.session.id if env.session is not None else None,
                           request_id=None if request_id is None else str(request_id))
+        if env.envelope is not None:
+            ctx.client_capabilities = env.envelope.client_capabilities
+        elif env.session is not None:
+            ctx.client_capabilities = env.session.client_capabilities
         if emit is not None and token is not None:
             with_message = version != "2024-11-05"  # progress `message` arrived in 2025-03-26
 

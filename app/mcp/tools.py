@@ -9,6 +9,22 @@ from typing import Any
 from ..auth.principal import ANONYMOUS, Principal
 
 
+class InputRequired(Exception):
+    """Raised by a tool (or prompt) that needs the client's input first (2026-07-28 InputRequiredResult).
+
+    `input_requests` maps keys of your choice to `{"method": "elicitation/create" | "sampling/createMessage"
+    | "roots/list", "params": {...}}`; the client answers them all and calls again, and the handler then
+    finds the answers in `ToolContext.input_responses` and `state` (any JSON value, signed by the server so
+    the client cannot alter it) in `ToolContext.request_state`. Only ask for what
+    `ToolContext.client_capabilities` declares: anything else is refused with -32021.
+    """
+
+    def __init__(self, input_requests: dict[str, dict[str, Any]], state: Any = None) -> None:
+        super().__init__("input required")
+        self.input_requests = input_requests
+        self.state = state
+
+
 class ToolError(Exception):
     """A failure the model should see as an `isError` tool result (message is shown verbatim)."""
 
@@ -37,6 +53,11 @@ class ToolContext:
     log: Callable[[str, Any], Awaitable[None]] = _no_log
     # Filled by the tool for the audit line: statement fingerprint / text, rows and bytes returned.
     audit: dict[str, Any] = field(default_factory=dict)
+    # What the client declared (session or 2026-07-28 `_meta`), e.g. {"sampling": {}, "elicitation": {}}.
+    client_capabilities: dict[str, Any] = field(default_factory=dict)
+    # A retried 2026-07-28 request: the client's answers to an InputRequired, and its verified state.
+    input_responses: dict[str, Any] | None = None
+    request_state: Any = None
 
 
 @dataclass

@@ -17,6 +17,7 @@ from sqlglot.errors import SqlglotError
 
 from ..db.types import TableInfo, TableNotFound
 from ..mcp.resources import Prompt, PromptArgument, PromptArgumentsInvalid, text_message
+from ..mcp.tools import ToolContext
 from .common import DIALECT_LABELS, SQLGLOT_DIALECTS
 from .resources import OVERVIEW_URI, DatabaseResources, table_uri
 
@@ -66,7 +67,7 @@ class DatabasePrompts:
         return messages
 
     # -- the prompts ------------------------------------------------------------------------------------
-    async def explore_database(self, arguments: dict[str, str]) -> list[dict[str, Any]]:
+    async def explore_database(self, arguments: dict[str, str], ctx: ToolContext) -> list[dict[str, Any]]:
         focus = arguments.get("focus", "").strip()
         goal = f" with this in mind: {focus}" if focus else ""
         return [
@@ -79,7 +80,7 @@ class DatabasePrompts:
                 "relate, and five questions it could answer, each with the read-only query that answers it."),
         ]
 
-    async def write_query(self, arguments: dict[str, str]) -> list[dict[str, Any]]:
+    async def write_query(self, arguments: dict[str, str], ctx: ToolContext) -> list[dict[str, Any]]:
         question = arguments["question"].strip()
         names = [n.strip() for n in arguments.get("tables", "").split(",") if n.strip()]
         embedded = await self._embed_tables(names)
@@ -94,7 +95,7 @@ class DatabasePrompts:
                 "then show the final query and a short explanation of the answer."),
         ]
 
-    async def explain_table(self, arguments: dict[str, str]) -> list[dict[str, Any]]:
+    async def explain_table(self, arguments: dict[str, str], ctx: ToolContext) -> list[dict[str, Any]]:
         embedded = await self._embed_tables([arguments["table"].strip()])
         return [
             *embedded,
@@ -105,7 +106,7 @@ class DatabasePrompts:
                 "get_table_sample to confirm, and finish with three useful example queries."),
         ]
 
-    async def review_query(self, arguments: dict[str, str]) -> list[dict[str, Any]]:
+    async def review_query(self, arguments: dict[str, str], ctx: ToolContext) -> list[dict[str, Any]]:
         query = arguments["query"].strip()
         embedded = await self._embed_tables(self._tables_in(query))
         return [
