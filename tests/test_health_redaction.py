@@ -114,3 +114,24 @@ async def test_no_unauthenticated_answer_names_the_database_server(down: Any, me
         shown = text + json.dumps(dict(resp.headers))
     assert [leak for leak in _leaks(shown, down.db_port) if leak != str(down.db_port)] == [], shown
     assert f":{down.db_port}" not in shown and f"port {down.db_port}" not in shown
+
+
+@pytest.mark.parametrize(("values", "name"), [
+    ({"db_backend": "sqlite", "sqlite_path": "/srv/secret/dir/shop.db"}, "shop.db"),
+    ({"db_backend": "sqlite", "sqlite_path": "file:/srv/x/shop.db?mode=ro"}, "shop.db"),
+    ({"db_backend": "postgres", "pg_database": "sales"}, "sales"),
+    ({"db_backend": "mssql", "mssql_database": "Orders", "mssql_host": "sql.internal"}, "Orders"),
+    ({"db_backend": "mssql", "mssql_database": "", "mssql_host": "sql.internal"}, None),
+    ({"db_backend": "mssql", "odbc_connection_string":
+      "Driver={ODBC Driver 18};Server=tcp:sql.internal,1433;UID=sa;PWD=hunter2;Database={Ledger}"}, "Ledger"),
+    ({"db_backend": "sqlite", "odbc_connection_string": "Driver={SQLite3};Database=/var/lib/app/data.db"},
+     "data.db"),
+])
+def test_database_name_is_only_a_name(values: dict[str, Any], name: str | None) -> None:
+    from types import SimpleNamespace
+
+    from app.health import database_name
+
+    settings = SimpleNamespace(**{"odbc_connection_string": "", "sqlite_path": "", "pg_database": "",
+                                  "mssql_database": "", **values})
+    assert database_name(settings) == name

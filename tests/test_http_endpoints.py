@@ -225,6 +225,8 @@ async def test_health_on_the_real_app(app_client: TestClient) -> None:
     body = await (await app_client.get("/health")).json()
     assert body["status"] == "ok"
     assert body["database"]["dialect"] == "sqlite" and body["database"]["pool"]["size"] == 2
+    # Without credentials: the public fields only (last_error needs the metrics token or a sign-in).
+    assert set(body["database"]) == {"status", "dialect", "name", "pool"} and body["database"]["name"] == "demo.db"
     assert body["tools"] == ["list_tables", "describe_table", "execute_sql", "get_table_sample"]
     chatgpt = await (await app_client.get("/chatgpt/health")).json()
     assert chatgpt["tools"] == ["search", "fetch"] and chatgpt["endpoint"] == "/chatgpt/mcp"
