@@ -178,3 +178,19 @@ async def test_a_session_opened_without_a_token_is_claimed_by_the_first_signed_i
     owned = await _initialize(oauth, alice)
     resp = await oauth.http.post("/mcp", data=json.dumps(TOOLS_LIST), headers=_headers(None, owned))
     assert resp.status == 404
+
+
+async def test_concurrent_first_use_of_an_anonymous_session_has_one_winner(make_oauth: Any) -> None:
+    oauth = await make_oauth(allow_unauth_methods=True)
+    client = await oauth.register()
+    tokens = {name: (await oauth.tokens_for(client, name))["access_token"] for name in ("alice", "rita")}
+    session_id = await _initialize(oauth, None)
+    callers = ["alice", "rita"] * 10
+
+    async def post(name: str) -> int:
+        resp = await oauth.http.post("/mcp", data=json.dumps(TOOLS_LIST), headers=_headers(tokens[name], session_id))
+        return resp.status
+
+    statuses = await asyncio.gather(*(post(name) for name in callers))
+    by_user = {name: {s for n, s in zip(callers, statuses, strict=True) if n == name} for name in tokens}
+    assert sorted(map(sorted, by_user.values())) == [[200], [404]], by_user  # one owner, the other shut out
