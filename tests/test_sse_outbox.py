@@ -191,7 +191,8 @@ async def test_a_legacy_sse_client_that_stops_reading_is_dropped_and_memory_stay
         # Unbounded, 300 answers of ~200 kB each (text + structuredContent) would have stayed queued: ~60 MB.
         assert grown < 24 * 1024 * 1024, f"VmRSS grew by {grown / 2**20:.1f} MiB"
         assert good_answers == len(range(1, CALLS + 1, 20))
-        assert statuses[0] == 202 and statuses[-1] == 410 and set(statuses) == {202, 410}
+        # Accepted until the queue overflowed, then refused (order within one parallel batch is not fixed).
+        assert set(statuses) == {202, 410} and statuses[-20:] == [410] * 20
         status, payload = await _post(http, stalled_url, _call(9999, "blob", {}))
         assert status == 410 and payload["error"]["code"] == -32600
         assert "stopped reading" in payload["error"]["message"]
