@@ -545,7 +545,8 @@ async def main_async(args: argparse.Namespace) -> int:
                                 report = await measure_quietly(server, query_key, c, args)
                                 report["round"] = round_no
                                 results.append(report)
-                                _print_run(f"round {round_no + 1}", report)
+                                _print_run(f"round {round_no + 1}{' (busy: not reported)' if report['busy'] else ''}",
+                                           report)
                             if args.profile and round_no == 0 and key in args.profile_servers:
                                 c = max(args.concurrency)
                                 raw = PROFILES / f"{key}-{query_key}-c{c}.txt"
