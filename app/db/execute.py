@@ -41,7 +41,8 @@ def _execute(cursor: pyodbc.Cursor, sql: str, params: Sequence[Any]) -> None:
 def collect(cursor: pyodbc.Cursor, session: Any, max_rows: int, max_bytes: int, *,
             marks_over_cap: bool = False) -> QueryResult:
     """Read the current result set up to the caps. With `marks_over_cap` the last column is the server's
-    "rows so far passed the byte cap" flag (ReadPlan): it is not shown, and a row with it set ends the result."""
+    byte-cap marker (ReadPlan, Dialect._running_total_sql): it is not shown, and a row where it is set ends
+    the result."""
     description = cursor.description
     if description is None:
         return QueryResult(columns=[], rows=[], result_bytes=_EMPTY_JSON_ARRAY)
@@ -64,8 +65,11 @@ def collect(cursor: pyodbc.Cursor, session: Any, max_rows: int, max_bytes: int, 
                 reason = "max_rows"
                 break
             if marks_over_cap:
-                if raw[-1]:
+                marker = raw[-1]
+                if marker:  # the server found the byte cap passed: -1, or the column whose value alone is over
                     reason = "max_bytes"
+                    if isinstance(marker, int) and 0 < marker <= len(columns):
+                        too_long = columns[marker - 1]
                     break
                 raw = raw[:-1]
             row = serialize_row(raw)

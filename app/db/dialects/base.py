@@ -12,7 +12,7 @@ import datetime as dt
 import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -136,6 +136,9 @@ class Dialect(ABC):
     # --- reads inside the caps ----------------------------------------------------------------
     # True when plan_read needs the result's columns (one `LIMIT 0` probe per new statement text).
     needs_columns: ClassVar[bool] = True
+    # Appended to each layer of the value-cut wrapper so the planner does not inline it (that would repeat the
+    # user's expressions once per reference: k wide columns cost k^2 evaluations of each value).
+    optimization_fence: ClassVar[str] = " OFFSET 0"
     # True when plan_read changes the statement's tree (then Database hands it the checked tree).
     plans_from_tree: ClassVar[bool] = False
     # Column types (as pyodbc reports them) whose values are small and pass through uncut.
@@ -173,20 +176,35 @@ class Dialect(ABC):
         raise NotImplementedError
 
     def _running_total_sql(self, cut: str, columns: list[Sequence[Any]], wide: set[int], max_bytes: int,
-                           width: str) -> str:
+                           width: Callable[[str, Sequence[Any]], str]) -> str:
         """The outer layers shared by dialects: `cut` yields columns c1..cn (wide ones already cut);
-        `width` formats one column's size expression ({col})."""
+        `width(ref, column)` is the SQL for one wide value's size (at most its JSON size).
+
+        The last column is the marker: 0 while the rows so far fit the byte cap, the 1-based number of a
+        column whose value alone is over the cap, or -1 when the rows together passed it."""
         cols = [f"c{i + 1}" for i in range(len(columns))]
-        row_width = " + ".join(width.format(col=f"mcp_c.{cols[i]}") for i in sorted(wide))
+        ordered = sorted(wide)
         cap = int(max_bytes)
+        widths = ", ".join(f"{width(f'mcp_c.{cols[i]}', columns[i])} AS mcp_w{i + 1}" for i in ordered)
+        row_width = " + ".join(f"mcp_s.mcp_w{i + 1}" for i in ordered)
+        # A row over the cap on its own is blanked before the running total, so the engine never buffers
+        # wide rows for the window (SQLite keeps the window's rows in a temporary table).
+        blanked = ", ".join(
+            f"CASE WHEN {row_width} <= {cap} THEN mcp_s.{col} END AS {col}" if i in wide else f"mcp_s.{col}"
+            for i, col in enumerate(cols))
+        width_columns = ", ".join(f"mcp_s.mcp_w{i + 1}" for i in ordered)
         shown = ", ".join(
-            (f"CASE WHEN mcp_w.mcp_total <= {cap} THEN mcp_w.{col} END" if i in wide else f"mcp_w.{col}")
+            (f"CASE WHEN mcp_t.mcp_total <= {cap} THEN mcp_t.{col} END" if i in wide else f"mcp_t.{col}")
             + f" AS {self.quote_identifier(str(column[0]))}"
             for i, (col, column) in enumerate(zip(cols, columns, strict=True)))
-        return (f"SELECT {shown}, mcp_w.mcp_total > {cap} AS {OVER_CAP_COLUMN}\n"
-                f"FROM (SELECT mcp_s.*, SUM(mcp_s.mcp_width) OVER (ROWS UNBOUNDED PRECEDING) AS mcp_total\n"
-                f"      FROM (SELECT mcp_c.*, {row_width} AS mcp_width FROM ({cut}) AS mcp_c) AS mcp_s) AS mcp_w\n"
-                f"WHERE mcp_w.mcp_total - mcp_w.mcp_width <= {cap}")
+        alone = " ".join(f"WHEN mcp_t.mcp_w{i + 1} > {cap} THEN {i + 1}" for i in ordered)
+        fence = self.optimization_fence
+        return (f"SELECT {shown}, CASE WHEN mcp_t.mcp_total <= {cap} THEN 0 {alone} ELSE -1 END AS {OVER_CAP_COLUMN}\n"
+                f"FROM (SELECT mcp_b.*, SUM(mcp_b.mcp_width) OVER (ROWS UNBOUNDED PRECEDING) AS mcp_total\n"
+                f"      FROM (SELECT {blanked}, {width_columns}, {row_width} AS mcp_width\n"
+                f"            FROM (SELECT mcp_c.*, {widths} FROM ({cut}{fence}) AS mcp_c{fence}) AS mcp_s{fence})"
+                f" AS mcp_b) AS mcp_t\n"
+                f"WHERE mcp_t.mcp_total - mcp_t.mcp_width <= {cap}")
 
     # --- session reset when a connection goes back to the pool ---------------------------------
     def end_call(self, conn: pyodbc.Connection, cursor: pyodbc.Cursor, *, wrote: bool) -> None:

@@ -83,6 +83,15 @@ ORDER BY ic.relname
 """
 
 
+def _is_binary(column: Sequence[Any]) -> bool:
+    return isinstance(column[1], type) and issubclass(column[1], bytes | bytearray | memoryview)
+
+
+def _json_width(ref: str, column: Sequence[Any]) -> str:
+    """A cut value's size, never above its JSON size: bytes of text; twice the bytes of bytea (hex)."""
+    return f"{2 if _is_binary(column) else 1} * coalesce(octet_length({ref}), 0)"
+
+
 class PostgresDialect(Dialect):
     name = "postgres"
     sqlglot = "postgres"
@@ -147,12 +156,12 @@ class PostgresDialect(Dialect):
         for i, (name, column) in enumerate(zip(names, columns, strict=True)):
             if i not in wide:
                 cut.append(f"mcp_r.{name}")
-            elif isinstance(column[1], type) and issubclass(column[1], bytes | bytearray | memoryview):
+            elif _is_binary(column):
                 cut.append(f"substring(mcp_r.{name} FROM 1 FOR {binary_bytes}) AS {name}")
             else:  # text, json, arrays and every other type psqlODBC hands over as text
                 cut.append(f"left(mcp_r.{name}::text, {text_chars}) AS {name}")
         cut_sql = f"SELECT {', '.join(cut)} FROM ({limited}) AS mcp_r({', '.join(names)})"
-        return self._running_total_sql(cut_sql, columns, wide, max_bytes, "coalesce(octet_length({col}), 0)")
+        return self._running_total_sql(cut_sql, columns, wide, max_bytes, _json_width)
 
     def build_connection_string(self) -> str:
         s = self.settings

@@ -26,8 +26,11 @@ from .base import Dialect, value_cut_lengths
 
 # Largest string or blob SQLite may build for one of our connections (sqlite3_limit LENGTH). Without it a
 # read such as zeroblob(300000000) or printf('%.*c', 300000000, 'x') allocates the whole value in this process
-# (the engine is in-process) before any cut can apply. Wide values reaching the driver are cut much smaller.
-VALUE_LIMIT_BYTES = 16 * 1024 * 1024
+# (the engine is in-process) before any cut can apply; wide values reaching the driver are cut much smaller.
+# A query can hold a few values of this size at once (a recursive CTE doubling a string holds ~4.5x), so
+# 8 MiB keeps a call well inside 64 MiB. Stored values longer than this can still be selected by length()
+# of a blob or skipped, but not used in expressions.
+VALUE_LIMIT_BYTES = 8 * 1024 * 1024
 _SQLITE_LIMIT_LENGTH = 0
 
 
@@ -97,11 +100,17 @@ _INDEXES = 'SELECT name, "unique", origin FROM pragma_index_list(?) ORDER BY nam
 _INDEX_COLUMNS = "SELECT name FROM pragma_index_info(?) ORDER BY seqno"
 
 
+def _json_width(ref: str, _column: Sequence[Any]) -> str:
+    """A cut value's size, never above its JSON size: characters of text, twice the bytes of a blob (hex)."""
+    return f"CASE typeof({ref}) WHEN 'blob' THEN 2 * length({ref}) ELSE coalesce(length({ref}), 0) END"
+
+
 class SqliteDialect(Dialect):
     name = "sqlite"
     sqlglot = "sqlite"
     default_schema = None
     has_schemas = False
+    optimization_fence = " LIMIT -1"  # SQLite inlines no subquery that has a LIMIT into a query with a WHERE
 
     def database_uri(self) -> str:
         path = os.path.abspath(str(self.settings.sqlite_path))
@@ -156,7 +165,7 @@ class SqliteDialect(Dialect):
             if i in wide else f"mcp_r.{name}"
             for i, name in enumerate(names)]
         cut_sql = f"WITH mcp_r({', '.join(names)}) AS ({limited}) SELECT {', '.join(cut)} FROM mcp_r"
-        return self._running_total_sql(cut_sql, columns, wide, max_bytes, "coalesce(length({col}), 0)")
+        return self._running_total_sql(cut_sql, columns, wide, max_bytes, _json_width)
 
     def quote_identifier(self, name: str) -> str:
         return '"' + name.replace('"', '""') + '"'
