@@ -563,3 +563,22 @@ async def test_huge_recursive_reads_are_allowed_but_time_capped(backend: str, sq
         assert time.monotonic() - started < 10
         assert "internal error" not in str(info.value).lower()
         assert (await database.execute("SELECT 1 AS ok")).rows == [[1]]  # the connection is usable after
+
+
+def test_the_driver_functions_the_corpus_probes_are_real(sqlite_db: Path, tmp_path: Path) -> None:
+    """Control: without the guard, the {SQLite3} ODBC driver's blob_import does read the sentinel and
+    blob_export does write a file, so the corpus tests above would notice a guard that let them through."""
+    import pyodbc
+
+    files = _files(tmp_path)
+    conn = pyodbc.connect(f"DRIVER={{SQLite3}};Database={sqlite_db}", timeout=5)
+    try:
+        cursor = conn.cursor()
+        read = cursor.execute(f"SELECT blob_import('{files['secret']}')").fetchone()[0]
+        assert bytes(read) == files["secret"].read_bytes()
+        cursor.execute(f"SELECT blob_export(x'6f776e6564', '{files['target']}')").fetchall()
+    finally:
+        conn.close()
+    assert files["target"].read_bytes() == b"owned"
+    files["target"].unlink()
+    assert not guard.check(f"SELECT blob_import('{files['secret']}')", "sqlite").allowed

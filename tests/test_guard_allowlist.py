@@ -156,6 +156,13 @@ def test_decoded_unicode_identifiers_that_are_harmless_still_read() -> None:
     assert guard.check('SELECT U&"\\0075pper"(\'a\')', "postgres").allowed
 
 
+def test_tablesample_methods_are_allowlisted() -> None:
+    assert guard.check("SELECT * FROM t TABLESAMPLE BERNOULLI (10)", "postgres").allowed
+    assert guard.check("SELECT * FROM t TABLESAMPLE SYSTEM (10) REPEATABLE (1)", "postgres").allowed
+    verdict = guard.check("SELECT * FROM t TABLESAMPLE system_time (1000)", "postgres")
+    assert (verdict.allowed, verdict.reason) == (False, "denied_function")
+
+
 def test_quoted_and_bracketed_names_are_normalised() -> None:
     assert not guard.check("SELECT [xp_cmdshell]('x')", "tsql").allowed
     assert not guard.check('SELECT "blob_import"(\'/etc/passwd\')', "sqlite").allowed

@@ -679,6 +679,11 @@ def _node_check(node: exp.Expression, text: str, glot: str, lists: Allowlist, ex
             raise _fail("denied_hint", f"the query option {name} is not allowed: it is not on the read-only "
                                        "option allowlist.")
         return True
+    if isinstance(node, exp.TableSample) and node.args.get("method") is not None:
+        method = _ident(node.args["method"])[0].upper()
+        if method not in ("BERNOULLI", "SYSTEM"):  # extension methods (tsm_system_time) are functions too
+            raise _fail("denied_function", f"the TABLESAMPLE method {method} is not allowed; use BERNOULLI or "
+                                           "SYSTEM.")
     if isinstance(node, exp.Join) and node.args.get("hint"):
         hint = str(node.args["hint"]).upper()
         if hint not in _JOIN_HINTS:
