@@ -36,6 +36,7 @@ CANCEL_AFTER_SECONDS = 0.5
 USABLE_WITHIN_SECONDS = 3.0  # after a timeout or cancel, the next statement must run within this
 UNREAD_ROWS_FAST_SECONDS = 3.0
 DESCRIBE_TABLES = 3
+DOCTOR_MIN_RESULT_BYTES = 100_000
 CONNECT_GRACE_SECONDS = 5.0  # on top of the login timeout, for drivers that overrun it
 
 ORDER = ("settings", "connect", "server", "tls", "read_only_session", "write_refused", "guard", "list_tables",
@@ -189,7 +190,10 @@ class Doctor:
             for name in ORDER[2:]:
                 self._result(name, SKIP, "not run: no connection")
             return
-        settings = self.settings.replace(db_pool_size=1)
+        # One connection; and room for the type probe's 9,000-byte value even under a small MAX_RESULT_BYTES
+        # (the checks are about the service's behaviour, not its caps).
+        settings = self.settings.replace(db_pool_size=1, max_result_bytes=max(int(self.settings.max_result_bytes),
+                                                                              DOCTOR_MIN_RESULT_BYTES))
         from ..obs.metrics import Metrics
 
         self.database = Database(settings, Metrics())
@@ -478,7 +482,7 @@ class Doctor:
     async def types(self) -> None:
         result = await self.db.execute(self.probes.types_sql(), max_rows=1)
         values = dict(zip(result.columns, result.rows[0], strict=False)) if result.rows else {}
-        wrong = []
+        wrong = [f"the result was cut ({result.truncated_reason})"] if result.truncated else []
         hints = []
         for probe in self.probes.type_probes:
             value = values.get(probe.column)
