@@ -121,7 +121,7 @@ class DatabasePrompts:
         ]
 
     def _tables_in(self, query: str) -> list[str]:
-        """Table names a query reads (CTE names excluded), in order of appearance."""
+        """Table names a query reads (CTE names excluded)."""
         try:
             trees = sqlglot.parse(query, read=SQLGLOT_DIALECTS.get(self._dialect))
         except SqlglotError:
