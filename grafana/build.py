@@ -178,10 +178,24 @@ RATIO_THRESHOLDS = [(None, "green"), (0.05, "orange"), (0.2, "red")]
 SATURATION_THRESHOLDS = [(None, "green"), (0.8, "orange"), (1, "red")]
 
 
+# Outcomes that are the service's fault (the MssqlMcpToolErrorRate alert counts the same ones) and outcomes that
+# are the caller's: the read-only guard or the role refused the statement, or the arguments were invalid. A model
+# trying a DELETE is not an outage, so the two are shown apart.
+SERVICE_ERROR_OUTCOMES = ("error", "timeout", "busy", "unavailable")
+CALLER_MISTAKE_OUTCOMES = ("refused", "invalid")
+
+
+def outcome_matcher(outcomes: tuple[str, ...]) -> str:
+    return f'outcome=~"{"|".join(outcomes)}"'
+
+
 def overview() -> Dashboard:
-    tool_errors = rate("mssql_mcp_tool_calls_total", 'outcome!="ok"')
+    service_errors = outcome_matcher(SERVICE_ERROR_OUTCOMES)
+    caller_mistakes = outcome_matcher(CALLER_MISTAKE_OUTCOMES)
+    tool_errors = rate("mssql_mcp_tool_calls_total", service_errors)
     tool_all = rate("mssql_mcp_tool_calls_total")
-    tool_errors_by_tool = rate("mssql_mcp_tool_calls_total", 'outcome!="ok"', by="tool")
+    tool_errors_by_tool = rate("mssql_mcp_tool_calls_total", service_errors, by="tool")
+    tool_mistakes = rate("mssql_mcp_tool_calls_total", caller_mistakes)
     hits, misses = rate("mssql_mcp_fetch_cache_hits_total"), rate("mssql_mcp_fetch_cache_misses_total")
     return Dashboard(
         uid="mssql-mcp-overview",
@@ -200,8 +214,9 @@ def overview() -> Dashboard:
                 Panel("Tool calls", [Target(tool_all, "calls/s")], "Tool calls per second.", unit="reqps",
                       kind="stat", width=4, height=4),
                 Panel("Tool error ratio", [Target(f"{tool_errors} / {tool_all}", "errors")],
-                      "Share of tool calls that did not end ok.", unit="percentunit", kind="stat", width=4,
-                      height=4, thresholds=RATIO_THRESHOLDS),
+                      "Share of tool calls the service failed (error, timeout, busy, unavailable). Refusals "
+                      "and invalid arguments are the caller's and are shown apart.", unit="percentunit",
+                      kind="stat", width=4, height=4, thresholds=RATIO_THRESHOLDS),
                 Panel("Version", [Target(f"count by (version) (mssql_mcp_build_info{{{SEL}}})", "{{version}}")],
                       "Running versions (number of instances per version).", kind="stat", width=4, height=4,
                       text_mode="name"),
@@ -214,9 +229,12 @@ def overview() -> Dashboard:
                       "ok, error, refused (read-only guard or role), timeout, cancelled, busy (pool), "
                       "unavailable (database down), invalid (bad arguments).", unit="reqps", stack=True),
                 Panel("Tool error rate", [
-                    Target(f"{tool_errors} / {tool_all}", "all tools"),
+                    Target(f"{tool_errors} / {tool_all}", "service errors, all tools"),
                     Target(f"{tool_errors_by_tool} / {rate('mssql_mcp_tool_calls_total', by='tool')}", "{{tool}}"),
-                ], "Share of tool calls that did not end ok.", unit="percentunit", thresholds=RATIO_THRESHOLDS),
+                    Target(f"{tool_mistakes} / {tool_all}", "refused or invalid (caller)"),
+                ], "Share of tool calls the service failed, by tool, and apart from them the share the caller got "
+                   "wrong (refused by the guard or role, invalid arguments: model mistakes, not outages).",
+                      unit="percentunit", thresholds=RATIO_THRESHOLDS),
                 Panel("Tool latency p95 by tool",
                       [Target(quantile(0.95, "mssql_mcp_tool_call_duration_seconds", by="tool"), "{{tool}}")],
                       "95th percentile of tool call duration.", unit="s"),

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from app.obs.metrics import Metrics
+from app.obs.metrics import TOOL_OUTCOMES, Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAFANA = ROOT / "grafana"
@@ -179,3 +179,19 @@ def test_every_alert_has_a_unit_test_and_a_runbook_entry() -> None:
     docs = (ROOT / "docs" / "observability.md").read_text()
     for alert in alerts:
         assert f"### {alert}" in docs, alert
+
+
+def test_dashboard_error_ratio_counts_what_the_alert_counts() -> None:
+    """The overview's error ratio and the tool error alert agree on which outcomes are the service's fault;
+    refusals and invalid arguments (model mistakes) are shown apart, not as errors."""
+    build = _load_build()
+    rules = "\n".join(path.read_text() for path in RULES)
+    alert_outcomes = re.search(r'outcome=~"([a-z|]+)"', rules)
+    assert alert_outcomes is not None
+    assert set(alert_outcomes.group(1).split("|")) == set(build.SERVICE_ERROR_OUTCOMES)
+    assert not set(build.SERVICE_ERROR_OUTCOMES) & set(build.CALLER_MISTAKE_OUTCOMES)
+    # Every outcome is placed: ok and cancelled (the client gave up) are neither.
+    assert {*build.SERVICE_ERROR_OUTCOMES, *build.CALLER_MISTAKE_OUTCOMES, "ok", "cancelled"} == set(TOOL_OUTCOMES)
+    exprs = json.dumps(json.loads((GRAFANA / "dashboards" / "mssql-mcp-overview.json").read_text()))
+    assert 'outcome!=\\"ok\\"' not in exprs  # no panel lumps refusals in with errors any more
+    assert "refused|invalid" in exprs
