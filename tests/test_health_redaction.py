@@ -64,7 +64,8 @@ async def test_anonymous_health_shows_no_host_port_user_or_driver_text(down: Any
     assert body["status"] == "degraded" and "last_error" not in body["database"]
     assert body["database"]["status"] == "degraded" and body["database"]["dialect"] == "postgres"
     assert body["database"]["name"] == DB_NAME
-    assert body["database"]["pool"] == {"size": 2, "in_use": 0, "idle": 2, "waiting": 0, "healthy": 0}
+    pool = body["database"]["pool"]  # a worker may be mid-attempt (in_use 1): only the shape is fixed
+    assert set(pool) == {"size", "in_use", "idle", "waiting", "healthy"} and (pool["size"], pool["healthy"]) == (2, 0)
     assert body["tools"] and body["protocolVersions"] and body["version"]
     # The metrics token sees what went wrong, host and port included.
     assert str(down.db_port) in detailed["database"]["last_error"], detailed
