@@ -195,3 +195,11 @@ def test_dashboard_error_ratio_counts_what_the_alert_counts() -> None:
     exprs = json.dumps(json.loads((GRAFANA / "dashboards" / "mssql-mcp-overview.json").read_text()))
     assert 'outcome!=\\"ok\\"' not in exprs  # no panel lumps refusals in with errors any more
     assert "refused|invalid" in exprs
+
+
+def test_metrics_export_no_created_series() -> None:
+    from prometheus_client import generate_latest
+
+    text = generate_latest(Metrics().registry).decode()
+    assert "mssql_mcp_tool_calls_total" in text
+    assert "_created" not in text
