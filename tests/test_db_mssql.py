@@ -169,3 +169,85 @@ def dialect_message(dialect, text: str) -> str:
     from app.db.errors import redact
 
     return redact(text, dialect.secrets())
+
+
+# --- caps in the statement (TOP) and per session (TEXTSIZE, ROWCOUNT) ------------------------------
+def _plan(sql: str, max_rows: int = 1000) -> str:
+    dialect = _dialect()
+    return dialect.plan_read(sql, sqlglot.parse_one(sql, read="tsql"), max_rows, 100_000, None).sql
+
+
+@pytest.mark.parametrize(("sql", "expected"), [
+    ("SELECT name FROM dbo.Customers", "SELECT TOP 1001 name FROM dbo.Customers"),
+    ("SELECT DISTINCT name FROM dbo.Customers", "SELECT DISTINCT TOP 1001 name FROM dbo.Customers"),
+    ("SELECT TOP (5000) name FROM dbo.Customers ORDER BY name",
+     "SELECT TOP 1001 name FROM dbo.Customers ORDER BY name"),
+    ("WITH c AS (SELECT 1 AS a) SELECT a FROM c", "WITH c AS (SELECT 1 AS a) SELECT TOP 1001 a FROM c"),
+    ("SELECT name FROM dbo.Customers ORDER BY name OFFSET 10 ROWS",
+     "SELECT name FROM dbo.Customers ORDER BY name OFFSET 10 ROWS FETCH NEXT 1001 ROWS ONLY"),
+    ("SELECT name FROM dbo.Customers ORDER BY name OFFSET 10 ROWS FETCH NEXT 5000 ROWS ONLY",
+     "SELECT name FROM dbo.Customers ORDER BY name OFFSET 10 ROWS FETCH NEXT 1001 ROWS ONLY"),
+])
+def test_reads_get_top_cap_plus_one_in_the_outermost_select(sql, expected) -> None:
+    planned = _plan(sql)
+    assert planned == expected
+    tree = sqlglot.parse_one(planned, read="tsql")  # valid T-SQL, the cap where the server applies it first
+    assert tree.args["limit"] is not None
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT TOP 5 name FROM dbo.Customers",  # a smaller cap the user wrote stays as written
+    "SELECT name FROM dbo.Customers ORDER BY name OFFSET 0 ROWS FETCH NEXT 20 ROWS ONLY",
+    "SELECT TOP 10 PERCENT name FROM dbo.Customers ORDER BY name",  # SET ROWCOUNT caps these
+    "SELECT TOP 3 WITH TIES name FROM dbo.Customers ORDER BY name",
+    "SELECT 1 AS a UNION ALL SELECT 2",
+    "VALUES (1), (2)",
+])
+def test_reads_top_cannot_improve_run_as_written(sql) -> None:
+    assert _plan(sql) == sql
+
+
+def test_a_lowered_row_cap_goes_into_top() -> None:
+    assert _plan("SELECT name FROM dbo.Customers", max_rows=10) == "SELECT TOP 11 name FROM dbo.Customers"
+
+
+def test_session_batch_sets_textsize_and_rowcount_and_parses_as_tsql() -> None:
+    read_only = _dialect(max_result_bytes=50_000, max_rows=200).session_sql()
+    assert "SET TEXTSIZE 100002" in read_only  # 2 bytes a character: a cut nvarchar(max) is over the cap
+    assert "SET ROWCOUNT 201" in read_only
+    writable = _dialect(read_only_mode=False).session_sql()
+    assert "SET ROWCOUNT 0" in writable  # never cap a write's rows
+    for statement in read_only.rstrip(";").split("; "):
+        sqlglot.parse_one(statement, read="tsql")
+
+
+def test_sql_variant_has_no_output_converter() -> None:
+    # pyodbc 5.2+ decodes sql_variant itself (issue 15); only datetimeoffset and CLR types are converted.
+    import app.db.dialects.mssql as mssql
+
+    assert not hasattr(mssql, "SQL_SS_VARIANT")
+    assert (mssql.SQL_SS_UDT, mssql.SQL_SS_TIMESTAMPOFFSET) == (-151, -155)
+
+
+def test_end_call_reruns_the_session_batch_after_a_write() -> None:
+    dialect = _dialect()
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def rollback(self) -> None:
+            self.calls.append("rollback")
+
+        def commit(self) -> None:
+            self.calls.append("commit")
+
+        def execute(self, sql: str) -> None:
+            self.calls.append(sql)
+
+    conn = Recorder()
+    dialect.end_call(conn, conn, wrote=False)
+    assert conn.calls == ["rollback"]
+    conn.calls.clear()
+    dialect.end_call(conn, conn, wrote=True)
+    assert conn.calls == ["rollback", dialect.session_sql(), "commit"]

@@ -300,3 +300,19 @@ async def test_password_with_special_characters_connects(pg_db, postgres_server)
             assert password not in str(info.value) and password not in str(database.status())
     finally:
         postgres_server.execute("DROP ROLE IF EXISTS pw_user")
+
+
+async def test_caps_inside_the_statement_keep_order_limits_and_types(pg_db) -> None:
+    async with open_database(**pg_db, max_result_bytes=1000) as database:
+        assert (await database.execute("SELECT id FROM orders ORDER BY id DESC", max_rows=3)).rows == [[5], [4], [3]]
+        assert (await database.execute("SELECT id FROM orders ORDER BY id LIMIT 2 OFFSET 3")).rows == [[4], [5]]
+        assert (await database.execute("VALUES (1), (2), (3)", max_rows=2)).rows == [[1], [2]]
+        assert (await database.execute("SELECT 1 UNION ALL SELECT 2 ORDER BY 1 DESC;")).rows == [[2], [1]]
+        wide = await database.execute("SELECT id, repeat('x', 5000) AS doc FROM orders ORDER BY id")
+        assert (wide.rows, wide.truncated_reason, wide.too_long_column) == ([], "max_bytes", "doc")
+        binary = await database.execute("SELECT decode(repeat('ab', 600), 'hex') AS b")  # 1204 JSON chars
+        assert (binary.rows, binary.too_long_column) == ([], "b")
+        digits = await database.execute("SELECT repeat('9', 3000)::numeric AS n")
+        assert (digits.rows, digits.too_long_column) == ([], "n")
+        small = await database.execute("SELECT 12.50::numeric AS n, 'ab'::bytea AS b, gen_random_uuid() AS u")
+        assert small.rows[0][:2] == ["12.50", "0x6162"] and small.rows[0][2] == small.rows[0][2].upper()

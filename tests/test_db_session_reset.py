@@ -96,7 +96,7 @@ async def test_sqlite_cannot_load_extensions_even_past_the_guard(sqlite_db, read
         with pytest.raises(Exception, match="not authorized"):
             await database.pool.run(_rows("SELECT load_extension('/nonexistent/libevil')"), timeout=5)
         # And through the service as a call would send it: refused or failing, never loading.
-        with pytest.raises(Exception, match="not authorized|not allowed|refused"):
+        with pytest.raises(Exception, match=r"not authorized|not allowed|refused"):
             await database.execute("SELECT load_extension('/nonexistent/libevil')")
         assert (await database.execute("SELECT 2")).rows == [[2]]
 

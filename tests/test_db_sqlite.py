@@ -313,3 +313,45 @@ async def test_closed_database_refuses_calls(sqlite_db) -> None:
         assert await database.ping()
     with pytest.raises(DatabaseUnavailable):
         await database.execute("SELECT 1")
+
+
+# --- the caps inside the statement ----------------------------------------------------------------
+@pytest.mark.parametrize(("sql", "rows"), [
+    ("SELECT id FROM orders ORDER BY id DESC", [[5], [4], [3]]),  # the statement's order is kept
+    ("SELECT id FROM orders ORDER BY id LIMIT 2", [[1], [2]]),  # a smaller limit the user wrote holds
+    ("SELECT id FROM orders ORDER BY id LIMIT 2 OFFSET 3", [[4], [5]]),
+    ("VALUES (1), (2), (3), (4)", [[1], [2], [3]]),
+    ("SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4", [[1], [2], [3]]),
+    ("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT n FROM r", [[1], [2], [3]]),
+    ("SELECT id FROM orders ORDER BY id; -- trailing comment", [[1], [2], [3]]),
+    ("SELECT id FROM orders ORDER BY id /* trailing block */ ;", [[1], [2], [3]]),
+])
+async def test_row_cap_goes_into_the_statement(sqlite_db, sql, rows) -> None:
+    async with _sqlite(sqlite_db) as database:
+        result = await database.execute(sql, max_rows=3)
+        assert result.rows == rows
+        plan = next(iter(database.read_plans._plans.values()))
+        assert "LIMIT 4" in plan.sql  # cap + 1: the driver never sees more rows than that
+
+
+async def test_wide_values_are_cut_on_the_server_and_typed_values_kept(sqlite_db) -> None:
+    async with _sqlite(sqlite_db, max_result_bytes=1000) as database:
+        typed = await database.execute("SELECT id, created_at, balance, name FROM customers ORDER BY id LIMIT 1")
+        plain = await database.pool.run(lambda s: run.read(
+            s, "SELECT id, created_at, balance, name FROM customers ORDER BY id LIMIT 1", (), 10, 1000), timeout=5)
+        assert typed.rows == plain.rows  # same values and types as the statement run as written
+        wide = await database.execute("SELECT id, printf('%.*c', 5000, 'x') AS doc FROM orders ORDER BY id")
+        assert (wide.rows, wide.truncated_reason, wide.too_long_column) == ([], "max_bytes", "doc")
+        assert wide.as_dict()["too_long_column"] == "doc"
+        some = await database.execute("SELECT id, printf('%.*c', 300, 'x') AS doc FROM orders ORDER BY id")
+        assert [r[0] for r in some.rows] == [1, 2, 3] and some.truncated_reason == "max_bytes"
+        assert some.too_long_column is None  # the rows together, not one value, reached the cap
+        blob = await database.execute("SELECT picture FROM products WHERE picture IS NOT NULL ORDER BY id")
+        assert blob.rows == [["0x0001FF"], ["0x68656C6C6F"]]  # blobs pass the cut whole when they fit
+
+
+async def test_repeated_statements_are_planned_once(sqlite_db) -> None:
+    async with _sqlite(sqlite_db) as database:
+        for _ in range(3):
+            await database.execute("SELECT name FROM customers ORDER BY id")
+        assert len(database.read_plans._plans) == 1
