@@ -280,6 +280,9 @@ def _fixture_tools() -> list[Tool]:
             {"type": "resource", "resource": {"uri": "test://mixed-content-resource", "mimeType": "application/json",
                                               "text": '{"test":"data","value":123}'}}])
 
+    async def echo_region(arguments: dict[str, Any], ctx: Any) -> ToolResult:
+        return _text(f"Region: {arguments['region']}")
+
     async def needs_sampling(arguments: dict[str, Any], ctx: Any) -> ToolResult:
         return _text("only reached when the client declared sampling")
 
@@ -298,6 +301,9 @@ def _fixture_tools() -> list[Tool]:
         Tool("test_multiple_content_types", "Mixed", "Returns text, image and resource.", empty, mixed),
         Tool("test_missing_capability", "Needs sampling", "Requires the client's sampling capability.", empty,
              needs_sampling, required_client_capabilities={"sampling": {}}),
+        Tool("test_header_mirroring", "Region", "Echoes a region mirrored in the Mcp-Param-Region header.",
+             {"type": "object", "properties": {"region": {"type": "string", "x-mcp-header": "Region"}},
+              "required": ["region"]}, echo_region),
         *_input_required_tools(),
     ]
 

@@ -256,6 +256,12 @@ class McpServer:
             self._tools[tool.name] = tool
             self._validators[tool.name] = cls(tool.input_schema)
             self._fast_validators[tool.name] = fast_validator(tool.input_schema)
+        # SEP-2243: arguments whose schema says `x-mcp-header: Name` are mirrored in Mcp-Param-Name.
+        self._param_headers: dict[str, list[tuple[str, str]]] = {
+            tool.name: [(argument, schema["x-mcp-header"])
+                        for argument, schema in (tool.input_schema.get("properties") or {}).items()
+                        if isinstance(schema, dict) and isinstance(schema.get("x-mcp-header"), str)]
+            for tool in tools}
         self.server_info = {"name": name, "version": version}
         self.capabilities: dict[str, Any] = {"tools": {"listChanged": False}, "logging": {}}
         if resources is not None:
@@ -387,8 +393,7 @@ class McpServer:
         return Envelope(version, capabilities, meta.get(META_CLIENT_INFO),
                         level if level in _LEVEL_RANK else None)
 
-    @staticmethod
-    def _check_headers(message: Message, version: Any, headers: Any) -> None:
+    def _check_headers(self, message: Message, version: Any, headers: Any) -> None:
         rid = message.id
 
         def mismatch(text: str) -> JsonRpcError:
@@ -423,6 +428,24 @@ class McpServer:
                 if name != body_name:
                     raise mismatch(f"Mcp-Name header value {_shown(name)!r} does not match body value "
                                    f"{_shown(body_name)!r}")
+        if message.method == "tools/call" and isinstance(message.params.get("name"), str):
+            mirrored = self._param_headers.get(message.params["name"], ())
+            arguments = message.params.get("arguments")
+            for argument, header in mirrored:
+                value = arguments.get(argument) if isinstance(arguments, dict) else None
+                raw, repeated = _header(headers, f"mcp-param-{header}")
+                if repeated:
+                    raise mismatch(f"Mcp-Param-{header} header appears more than once")
+                if value is None:
+                    continue
+                if raw is None:
+                    raise mismatch(f"the Mcp-Param-{header} header is required when '{argument}' is given")
+                decoded = decode_header_value(raw)
+                if decoded is None:
+                    raise mismatch(f"Mcp-Param-{header} header is not valid =?base64?...?= encoding")
+                if decoded != _header_form(value):
+                    raise mismatch(f"Mcp-Param-{header} header value {_shown(decoded)!r} does not match "
+                                   f"argument '{argument}'")
 
     # -- dispatch ----------------------------------------------------------------------------------
     async def handle_request(self, message: Message, env: CallEnv) -> dict[str, Any]:
@@ -822,6 +845,11 @@ class McpServer:
 
             ctx.log = send_log
         return ctx
+
+
+def _header_form(value: Any) -> str:
+    """How a mirrored argument reads as a header value (SEP-2243): strings as-is, JSON otherwise."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _required_uri(params: dict[str, Any]) -> str:
