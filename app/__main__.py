@@ -49,15 +49,16 @@ def _demo(args: argparse.Namespace) -> int:
     created = build_demo_database(db_path)
     settings = load_settings(
         env_file=None,
-        environ={k: v for k, v in os.environ.items() if k in {"PORT", "LOG_LEVEL", "LOG_FORMAT"}},
-        db_backend="sqlite", sqlite_path=str(db_path), host="127.0.0.1",
-        data_dir=str(db_path.parent), metrics_port=0,
+        environ={k: v for k, v in os.environ.items() if k in {"PORT", "METRICS_PORT", "LOG_LEVEL", "LOG_FORMAT"}},
+        db_backend="sqlite", sqlite_path=str(db_path), host="127.0.0.1", metrics_host="127.0.0.1",
+        data_dir=str(db_path.parent),
     )
     login = ensure_demo_user(settings)
     lines = [
         f"Demo database: {db_path} ({'built' if created else 'reused'})",
         f"MSSQL MCP Server (demo) on http://127.0.0.1:{settings.port}",
         f"  Claude:  http://127.0.0.1:{settings.port}/mcp   ChatGPT: http://127.0.0.1:{settings.port}/chatgpt/mcp",
+        f"  Metrics: http://127.0.0.1:{settings.metrics_port}/metrics" if settings.metrics_port else "",
         login,
     ]
     return _serve(settings, banner="\n".join(line for line in lines if line))

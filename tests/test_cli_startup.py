@@ -1,4 +1,5 @@
-"""Start-up as an operator meets it: a port already in use is one line on stderr, not a traceback."""
+"""Start-up as an operator meets it: a port already in use is one line on stderr, not a traceback; the demo
+prints where everything is, metrics included."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,3 +30,35 @@ def test_busy_port_is_one_clear_line(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
     assert "listening on" not in done.stdout  # the banner only follows a successful bind
+
+
+def test_demo_prints_its_urls_and_serves_metrics_on_loopback(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = probe.getsockname()[1]
+    env = {"PATH": os.environ.get("PATH", ""), "PORT": str(port), "METRICS_PORT": str(metrics_port),
+           "LOG_FORMAT": "json"}
+    proc = subprocess.Popen([sys.executable, "-m", "app", "demo", "--database", str(tmp_path / "demo.db")],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        banner = [proc.stdout.readline() for _ in range(5)]
+        assert any(f"http://127.0.0.1:{port}/mcp" in line for line in banner), banner
+        assert any(f"Metrics: http://127.0.0.1:{metrics_port}/metrics" in line for line in banner), banner
+        assert any(line.startswith("Sign in as demo") for line in banner), banner
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
+                    assert b"mssql_mcp_build_info" in resp.read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
