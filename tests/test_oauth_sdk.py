@@ -101,7 +101,7 @@ async def test_sdk_client_with_a_client_id_metadata_document(secured_server: Cal
 
 
 async def test_sdk_refresh_rotation_and_reuse_detection(secured_server: Callable[..., Awaitable[Any]]) -> None:
-    server = await secured_server()
+    server = await secured_server(refresh_reuse_leeway_seconds=0)  # the replay below comes at once
     browser, storage = Browser("alice"), MemoryTokenStorage()
     provider = sdk_oauth(server.url + "/mcp", browser, storage=storage)
     async with httpx2.AsyncClient(auth=provider, timeout=30) as http:
