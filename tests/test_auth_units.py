@@ -310,3 +310,30 @@ def test_a_plain_demo_password_file_of_an_older_version_is_encrypted(auth_settin
         fh.write(password + "\n")  # what the previous version wrote
     assert ensure_demo_user(settings).endswith(password)
     assert password not in Path(password_file).read_text(encoding="utf-8")
+
+
+def test_a_version_1_store_is_migrated_and_keeps_its_used_clients(tmp_path: Any) -> None:
+    path = store_path(tmp_path)
+    with sqlite3.connect(path) as db:  # the v1 tables this migration touches
+        db.executescript(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+            "INSERT INTO meta VALUES ('schema_version', '1');"
+            "CREATE TABLE clients (client_id TEXT PRIMARY KEY, kind TEXT NOT NULL, secret_hash TEXT,"
+            " auth_method TEXT NOT NULL, redirect_uris TEXT NOT NULL, grant_types TEXT NOT NULL, client_name TEXT,"
+            " metadata TEXT NOT NULL, created_at REAL NOT NULL, fetched_at REAL);"
+            "CREATE TABLE token_families (family_id TEXT PRIMARY KEY, client_id TEXT NOT NULL, user_id TEXT NOT NULL,"
+            " token_version INTEGER NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT NULL, revoked_at REAL,"
+            " revoked_reason TEXT);"
+            "CREATE TABLE login_failures (key TEXT PRIMARY KEY, failures INTEGER NOT NULL, window_start REAL NOT NULL,"
+            " locked_until REAL NOT NULL DEFAULT 0);"
+            "INSERT INTO clients VALUES ('used', 'dcr', NULL, 'none', '[]', '[]', NULL, '{}', 1, NULL);"
+            "INSERT INTO clients VALUES ('never', 'dcr', NULL, 'none', '[]', '[]', NULL, '{}', 1, NULL);"
+            "INSERT INTO token_families VALUES ('f', 'used', 'u', 1, 1, 9999999999, NULL, NULL);")
+    with AuthStore(path) as store:
+        assert store.get_client("used")["last_used_at"] is not None
+        assert store.get_client("never")["last_used_at"] is None
+        store.cleanup(unused_client_seconds=3600)
+        assert store.get_client("used") is not None and store.get_client("never") is None
+        tables = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "login_throttle" in tables and "login_failures" not in tables
+        assert store.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
