@@ -90,6 +90,11 @@ async def test_the_per_user_ceiling_slows_a_distributed_guesser_and_lets_the_use
     assert 1 <= wait <= 3
     await asyncio.sleep(wait + 0.2)
     assert await _sign_in(oauth, own, "alice", DEFAULT_PASSWORD, "198.51.100.7") == 200
+    # From now on that address is known for alice: the guessers keep the ceiling up, she is not slowed.
+    await asyncio.gather(*(_sign_in(oauth, fields, "alice", "wrong", f"192.0.2.{n}") for n in range(200, 210)))
+    assert await _sign_in(oauth, await _pending_login(oauth, client), "alice", "wrong", "192.0.2.250") == 429
+    assert await _sign_in(oauth, await _pending_login(oauth, client), "alice", DEFAULT_PASSWORD,
+                          "198.51.100.7") == 200
     # Other users are never slowed by alice's ceiling.
     assert await _sign_in(oauth, await _pending_login(oauth, client), "rita", DEFAULT_PASSWORD, "192.0.2.1") == 200
 

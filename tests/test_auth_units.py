@@ -191,6 +191,9 @@ def test_the_per_user_ceiling_slows_and_never_locks(tmp_path: Any) -> None:
         store.conn.execute("UPDATE login_throttle SET next_slot_at = ?", (time.time() - 1,))
         assert store.reserve_login_attempt("a", "10.0.0.9", policy)[0] == "ok"  # the next slot is admitted
         assert store.reserve_login_attempt("a", "10.0.0.9", policy)[0] == "slowed"
+        store.release_login_attempt("a", "10.0.0.5", policy)  # alice signed in from 10.0.0.5 once
+        assert store.reserve_login_attempt("a", "10.0.0.5", policy)[0] == "ok"  # known address: never slowed
+        assert store.reserve_login_attempt("a", "10.0.0.6", policy)[0] == "slowed"
 
 
 def test_the_address_bound_locks_an_address_spraying_user_names(tmp_path: Any) -> None:

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 SCHEMA_VERSION = 2
+KNOWN_ADDRESS_SECONDS = 30 * 86400  # a user's own recent sign-in address is exempt from the per-user ceiling
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -116,6 +117,10 @@ CREATE TABLE IF NOT EXISTS login_throttle (
     next_slot_at REAL NOT NULL DEFAULT 0  -- user keys over the ceiling: next attempt admitted then
 );
 DROP TABLE IF EXISTS login_failures;
+CREATE TABLE IF NOT EXISTS login_known (
+    key TEXT PRIMARY KEY,               -- 'pair:<user>|<address>' that signed in successfully
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS signing_keys (
     kid TEXT PRIMARY KEY,
     alg TEXT NOT NULL,
@@ -518,6 +523,8 @@ class AuthStore:
         (one address spraying many user names); the user alone never locks but, past
         `policy.user_slow_after` failures from all addresses, admits one attempt per
         `policy.user_slow_seconds`, so a distributed guesser is slowed and the real user still gets in.
+        An address this user signed in from within `KNOWN_ADDRESS_SECONDS` is not slowed at all (the
+        guesser cannot take the user's slots there); its own pair lock still applies.
         """
         now = time.time()
         user = username.lower()
@@ -527,7 +534,9 @@ class AuthStore:
             for row in (pair, addr):
                 if row["locked_until"] > now:
                     return "locked", row["locked_until"]
-            if per_user["failures"] >= policy.user_slow_after and per_user["next_slot_at"] > now:
+            known = c.execute("SELECT 1 FROM login_known WHERE key = ? AND at > ?",
+                              (keys[0], now - KNOWN_ADDRESS_SECONDS)).fetchone() is not None
+            if not known and per_user["failures"] >= policy.user_slow_after and per_user["next_slot_at"] > now:
                 return "slowed", per_user["next_slot_at"]
             pair["failures"] += 1
             if pair["failures"] >= policy.max_failures:
@@ -564,6 +573,8 @@ class AuthStore:
         user = username.lower()
         with self._tx() as c:
             c.execute("DELETE FROM login_throttle WHERE key = ?", (f"pair:{user}|{address}",))
+            c.execute("INSERT INTO login_known(key, at) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET at = excluded.at",
+                      (f"pair:{user}|{address}", time.time()))
             c.execute("UPDATE login_throttle SET failures = MAX(failures - 1, 0) WHERE key IN (?, ?)",
                       (f"addr:{address}", f"user:{user}"))
             c.execute("UPDATE login_throttle SET locked_until = 0 WHERE key = ? AND failures < ?",
@@ -611,6 +622,7 @@ class AuthStore:
             c.execute("DELETE FROM login_throttle WHERE locked_until <= ? AND next_slot_at <= ? AND window_start <= ?",
                       (now, now, now - 86400))
             c.execute("DELETE FROM registrations WHERE at <= ?", (now - 3600,))
+            c.execute("DELETE FROM login_known WHERE at <= ?", (now - KNOWN_ADDRESS_SECONDS,))
             c.execute("DELETE FROM clients WHERE kind = 'dcr' AND last_used_at IS NULL AND created_at <= ?",
                       (now - unused_client_seconds,))
 
