@@ -219,8 +219,10 @@ def test_tsql_types_cover_the_issue_list_with_one_column_each() -> None:
     assert [e.alias for e in select.expressions] == [p.column for p in probes.MssqlProbes.type_probes]
     text = probes.MssqlProbes.types_sql().lower()
     for type_name in ("sql_variant", "datetimeoffset", "money", "uniqueidentifier", "xml", "geography",
-                      "hierarchyid", "rowversion", "varbinary(max)"):
+                      "hierarchyid", "timestamp", "varbinary(max)"):  # timestamp: rowversion's name in CAST
         assert type_name in text, type_name
+    rowversion = next(p for p in probes.MssqlProbes.type_probes if p.column == "rv")
+    assert sqlglot.parse_one(rowversion.expression, read="tsql").to.this == exp.DataType.Type.ROWVERSION
 
 
 def test_tsql_server_properties_are_cast_out_of_sql_variant() -> None:
@@ -258,3 +260,77 @@ def test_mssql_target_and_hints_never_show_the_password() -> None:
     assert "TrustServerCertificate" in _connect_hint("mssql", "08001", "SSL Provider: certificate verify failed")
     assert "MSSQL_USER" in _connect_hint("mssql", "28000", "Login failed for user 'mcp_reader'.")
     assert "firewall" in _connect_hint("mssql", "HYT00", "Login timeout expired")
+
+
+# --- SQL Server: the decisions, on rows shaped exactly like the probes' result sets -----------------
+
+def columns_of(sql: str) -> list[str]:
+    return [e.alias_or_name for e in sqlglot.parse_one(sql, read="tsql").expressions]
+
+
+def row_for(sql: str, **values: Any) -> dict[str, Any]:
+    """A row with the probe's own column names; a value for a column the probe lacks is a test bug."""
+    columns = columns_of(sql)
+    assert set(values) <= set(columns), set(values) - set(columns)
+    return {column: values.get(column) for column in columns}
+
+
+SERVER_2022 = dict(product_version="16.0.4135.4", product_level="RTM", edition="Standard Edition (64-bit)",
+                   engine_edition=2, database_name="Sales", login_name="mcp_reader", user_name="mcp_reader",
+                   updateability="READ_WRITE")
+READER = dict(view_definition=1, is_sysadmin=0, is_db_owner=0, can_alter_database=0, can_create_table=0,
+              writable_tables=0, visible_tables=12)
+
+
+def test_mssql_server_verdict() -> None:
+    from app.doctor.checks import mssql_server_verdict
+
+    status, detail, _ = mssql_server_verdict(row_for(probes.MSSQL_SERVER, **SERVER_2022))
+    assert status == PASS and "SQL Server 16.0.4135.4" in detail and "login mcp_reader" in detail
+    old = row_for(probes.MSSQL_SERVER, **{**SERVER_2022, "product_version": "13.0.6300.2"})
+    assert mssql_server_verdict(old)[0] == WARN
+    azure = row_for(probes.MSSQL_SERVER, **{**SERVER_2022, "product_version": "12.0.2000.8", "engine_edition": 5})
+    assert mssql_server_verdict(azure)[0] == PASS  # Azure SQL Database reports 12.x
+
+
+def test_mssql_tls_verdict() -> None:
+    from app.doctor.checks import mssql_tls_verdict
+
+    encrypted = row_for(probes.MSSQL_TLS, encrypt_option="TRUE", auth_scheme="SQL", net_transport="TCP")
+    assert mssql_tls_verdict({"encrypt": "yes", "trustservercertificate": "no"}, encrypted, visible=True)[0] == PASS
+    assert mssql_tls_verdict({"encrypt": "strict"}, None, visible=False)[0] == PASS  # no VIEW SERVER STATE: fine
+    status, detail, hint = mssql_tls_verdict({"encrypt": "yes", "trustservercertificate": "yes"}, encrypted,
+                                             visible=True)
+    assert status == WARN and "not validated" in detail and "TrustServerCertificate=false" in hint
+    assert mssql_tls_verdict({"encrypt": "no"}, None, visible=False)[0] == WARN
+    plain = row_for(probes.MSSQL_TLS, encrypt_option="FALSE", auth_scheme="SQL", net_transport="TCP")
+    assert mssql_tls_verdict({"encrypt": "optional"}, plain, visible=True)[0] == FAIL
+
+
+def test_mssql_write_verdict() -> None:
+    from app.doctor.checks import mssql_write_verdict
+
+    server = row_for(probes.MSSQL_SERVER, **SERVER_2022)
+    reader = row_for(probes.MSSQL_PERMISSIONS, **READER)
+    gone = row_for(probes.MSSQL_AFTER_ROLLBACK, gone=1)["gone"]
+    status, detail, _ = mssql_write_verdict(reader, server, gone=gone, refused=None)
+    assert status == PASS and "12 tables" in detail and "left nothing after rollback" in detail
+    writer = row_for(probes.MSSQL_PERMISSIONS, **{**READER, "writable_tables": 3, "is_db_owner": 1})
+    status, detail, hint = mssql_write_verdict(writer, server, gone=1, refused=None)
+    assert status == WARN and "db_owner" in detail and "3 tables" in detail and "db_datareader" in hint
+    secondary = row_for(probes.MSSQL_SERVER, **{**SERVER_2022, "updateability": "READ_ONLY"})
+    assert mssql_write_verdict(writer, secondary, gone=1, refused=None)[0] == PASS
+
+
+def test_mssql_view_definition_verdict() -> None:
+    from app.doctor.checks import mssql_view_definition_verdict
+
+    assert mssql_view_definition_verdict(row_for(probes.MSSQL_PERMISSIONS, **READER), "x")[0] == PASS
+    status, _, hint = mssql_view_definition_verdict(
+        row_for(probes.MSSQL_PERMISSIONS, **{**READER, "view_definition": 0}), "x")
+    assert status == WARN and "GRANT VIEW DEFINITION" in hint
+
+
+def test_mssql_for_json_column_name_is_the_one_sql_server_uses() -> None:
+    # SQL Server names the single FOR JSON column JSON_F52E2B61-18A1-11d1-B105-00805F49916B.
+    assert "JSON_F52E2B61-18A1-11d1-B105-00805F49916B".startswith(probes.FOR_JSON_COLUMN_PREFIXES)

@@ -132,6 +132,82 @@ def _connect_hint(dialect_name: str, state: str | None, message: str) -> str:
     return "see the message; the settings are read from .env in this directory and from the environment"
 
 
+# --- SQL Server verdicts (pure: unit-tested with rows keyed by the probes' own column aliases) ------
+
+Verdict = tuple[str, str, str]  # status, detail, hint
+
+
+def mssql_server_verdict(row: dict[str, Any]) -> Verdict:
+    version = str(row["product_version"] or "")
+    head = version.split(".")[0]
+    major = int(head) if head.isdigit() else 0
+    detail = (f"SQL Server {version} {row['product_level'] or ''} ({row['edition']}, engine edition "
+              f"{row['engine_edition']}), database {row['database_name']} ({row['updateability']}), "
+              f"login {row['login_name']} as user {row['user_name']}")
+    azure = row["engine_edition"] in (5, 8)  # Azure SQL Database, Azure SQL Managed Instance
+    if major >= 15 or azure:
+        return PASS, detail, ""
+    return WARN, detail, ("the catalog queries are written for SQL Server 2019 (15.x) and later and Azure SQL; "
+                          "older versions may lack columns they read")
+
+
+def mssql_tls_verdict(options: dict[str, str], row: dict[str, Any] | None, *, visible: bool) -> Verdict:
+    """Driver 18 defaults to Encrypt=yes and validates the certificate unless told not to."""
+    encrypt = options.get("encrypt", "yes").lower()
+    trust = options.get("trustservercertificate", "no").lower() in {"yes", "true", "1"}
+    if not visible:
+        negotiated = ("; the negotiated encryption is not visible to this login (sys.dm_exec_connections needs "
+                      "VIEW SERVER STATE)")
+    elif row is None:
+        negotiated = "; sys.dm_exec_connections shows no row for this session"
+    else:
+        negotiated = (f"; the server reports encrypt_option={row['encrypt_option']}, {row['net_transport']}, "
+                      f"auth {row['auth_scheme']}")
+        if str(row["encrypt_option"]).upper() != "TRUE":
+            return (FAIL, f"Encrypt={encrypt} but the connection is not encrypted{negotiated}",
+                    "set MSSQL_ENCRYPT=yes (or strict) and install a certificate on the server")
+    if encrypt in {"no", "optional", "false"}:
+        return (WARN, f"Encrypt={encrypt}: the login and the data may cross the network unencrypted{negotiated}",
+                "set MSSQL_ENCRYPT=yes (or strict for TDS 8)")
+    if trust:
+        return (WARN, f"encrypted (Encrypt={encrypt}) but TrustServerCertificate=yes: the server's certificate is "
+                f"not validated{negotiated}", "install a certificate the VM trusts whose name matches MSSQL_HOST, "
+                "then set TrustServerCertificate=false")
+    return (PASS, f"Encrypt={encrypt}; the certificate validated against the VM's trust store and the host "
+            f"name{negotiated}", "")
+
+
+def mssql_write_verdict(perms: dict[str, Any], server_row: dict[str, Any], *, gone: Any,
+                        refused: str | None) -> Verdict:
+    """SQL Server has no read-only session: whether user tables could be written is the login's permissions."""
+    if refused is not None:
+        rollback_note = f"the temporary-table probe was refused ({refused})"
+    elif gone == 1:
+        rollback_note = "a temporary-table write inside a transaction left nothing after rollback"
+    else:
+        rollback_note = "the rollback probe could not confirm its temporary table was gone"
+    if str(server_row["updateability"]).upper() == "READ_ONLY":
+        return PASS, f"the database is READ_ONLY: the server refuses every write; {rollback_note}", ""
+    powers = [name for name, flag in (("sysadmin", perms["is_sysadmin"]), ("db_owner", perms["is_db_owner"]),
+                                      ("ALTER on the database", perms["can_alter_database"]),
+                                      ("CREATE TABLE", perms["can_create_table"])) if flag == 1]
+    writable = int(perms["writable_tables"] or 0)
+    if not powers and writable == 0:
+        return (PASS, f"the login may not change any of the {perms['visible_tables']} tables it sees (no INSERT, "
+                f"UPDATE or DELETE); {rollback_note}", "")
+    what = ", ".join(powers + ([f"INSERT/UPDATE/DELETE on {_count(writable, 'table')}"] if writable else []))
+    return (WARN, f"the login could write ({what}): only the service's guard and its rolled-back transactions "
+            f"stop writes; {rollback_note}",
+            "use a login with db_datareader (or GRANT SELECT ON SCHEMA::dbo) only; see docs/database.md")
+
+
+def mssql_view_definition_verdict(perms: dict[str, Any], seen: str) -> Verdict:
+    if perms["view_definition"] == 1:
+        return PASS, f"the login has VIEW DEFINITION; {seen}", ""
+    return (WARN, f"no VIEW DEFINITION: column defaults show as null; {seen}",
+            "GRANT VIEW DEFINITION ON SCHEMA::dbo TO [login] (or on the database) to show defaults")
+
+
 # --- the run ---------------------------------------------------------------------------------------
 
 class Doctor:
@@ -254,17 +330,7 @@ class Doctor:
     async def server(self) -> None:
         row = (await self._rows(self.probes.server_sql))[0]
         if self.engine == "mssql":
-            version = str(row["product_version"] or "")
-            major = int(version.split(".")[0]) if version.split(".")[0].isdigit() else 0
-            detail = (f"SQL Server {version} {row['product_level'] or ''} ({row['edition']}, engine edition "
-                      f"{row['engine_edition']}), database {row['database_name']} "
-                      f"({row['updateability']}), login {row['login_name']} as user {row['user_name']}")
-            azure = row["engine_edition"] in (5, 8)  # Azure SQL Database, Azure SQL Managed Instance
-            if major >= 15 or azure:
-                self._result("server", PASS, detail)
-            else:
-                self._result("server", WARN, detail, "the catalog queries are written for SQL Server 2019 (15.x) "
-                             "and later and Azure SQL; older versions may lack columns they read")
+            self._result("server", *mssql_server_verdict(row))
         elif self.engine == "postgres":
             self._result("server", PASS, f"PostgreSQL {row['product_version']}, database {row['database_name']}, "
                          f"user {row['login_name']}, time zone {row['time_zone']}")
@@ -289,34 +355,11 @@ class Doctor:
                              "require TLS: ODBC_CONNECTION_STRING with SSLmode=verify-full (psqlODBC), and "
                              "hostssl lines in the server's pg_hba.conf")
             return
-        # SQL Server: Driver 18 defaults to Encrypt=yes and validates the certificate unless told not to.
-        encrypt = options.get("encrypt", "yes").lower()
-        trust = options.get("trustservercertificate", "no").lower() in {"yes", "true", "1"}
-        negotiated = ""
         try:
             rows = await self._rows(self.probes.tls_sql or "")
-            if rows:
-                row = rows[0]
-                negotiated = (f"; the server reports encrypt_option={row['encrypt_option']}, "
-                              f"{row['net_transport']}, auth {row['auth_scheme']}")
-                if str(row["encrypt_option"]).upper() != "TRUE":
-                    self._result("tls", FAIL, f"Encrypt={encrypt} but the connection is not encrypted{negotiated}",
-                                 "set MSSQL_ENCRYPT=yes (or strict) and install a certificate on the server")
-                    return
         except DatabaseError:
-            negotiated = ("; the negotiated encryption is not visible to this login (sys.dm_exec_connections "
-                          "needs VIEW SERVER STATE)")
-        if encrypt in {"no", "optional", "false"}:
-            self._result("tls", WARN, f"Encrypt={encrypt}: the login and the data may cross the network "
-                         f"unencrypted{negotiated}", "set MSSQL_ENCRYPT=yes (or strict for TDS 8)")
-        elif trust:
-            self._result("tls", WARN, f"encrypted (Encrypt={encrypt}) but TrustServerCertificate=yes: the "
-                         f"server's certificate is not validated{negotiated}",
-                         "install a certificate the VM trusts whose name matches MSSQL_HOST, then set "
-                         "TrustServerCertificate=false")
-        else:
-            self._result("tls", PASS, f"Encrypt={encrypt}; the certificate validated against the VM's trust "
-                         f"store and the host name{negotiated}")
+            rows = None  # sys.dm_exec_connections needs VIEW SERVER STATE
+        self._result("tls", *mssql_tls_verdict(options, rows[0] if rows else None, visible=rows is not None))
 
     async def read_only_session(self) -> None:
         if not self.settings.read_only_mode:
@@ -349,14 +392,15 @@ class Doctor:
         after = MSSQL_AFTER_ROLLBACK if self.engine == "mssql" else None
         secrets = self.secrets()
 
-        def job(session: Worker) -> tuple[str | None, str, Any]:
+        def job(session: Worker) -> tuple[str | None, Any]:
+            """(the refusal's message, or None if every statement ran; whether the temp table is gone)."""
             cursor = session.cursor()
-            refused: tuple[str | None, str] | None = None
+            refusal: str | None = None
             try:
                 for statement in statements:
                     cursor.execute(statement)
             except pyodbc.Error as exc:
-                refused = (sqlstate_of(exc), clean_message(exc, secrets))
+                refusal = clean_message(exc, secrets)
             finally:
                 session.conn.rollback()  # whatever happened, nothing stays
             gone = None
@@ -365,41 +409,19 @@ class Doctor:
                 cursor.execute(after)
                 gone = cursor.fetchone()[0]
                 session.conn.rollback()
-            if refused:
-                return refused[0], refused[1], gone
-            return None, "", gone
+            return refusal, gone
 
-        state, message, gone = await self._job(job)
+        refusal, gone = await self._job(job)
         if self.engine != "mssql":
-            if state is not None:
-                self._result("write_refused", PASS, f"the session refused a temporary-table write: {message}")
+            if refusal is not None:
+                self._result("write_refused", PASS, f"the session refused a temporary-table write: {refusal}")
             else:
                 self._result("write_refused", FAIL, "the session accepted a write (rolled back, nothing kept)",
                              "the read-only session set-up is not in effect; please report this")
             return
-        rows = await self._rows(MSSQL_PERMISSIONS)
-        perms = rows[0]
+        perms = (await self._rows(MSSQL_PERMISSIONS))[0]
         server_row = (await self._rows(self.probes.server_sql))[0]
-        rollback_note = ("a temporary-table write inside a transaction left nothing after rollback"
-                         if gone == 1 else "the rollback probe could not confirm its temporary table was gone")
-        if state is not None:
-            rollback_note = f"the temporary-table probe was refused ({message})"
-        if str(server_row["updateability"]).upper() == "READ_ONLY":
-            self._result("write_refused", PASS, f"the database is READ_ONLY: the server refuses every write; "
-                         f"{rollback_note}")
-            return
-        powers = [name for name, flag in (("sysadmin", perms["is_sysadmin"]), ("db_owner", perms["is_db_owner"]),
-                                          ("ALTER on the database", perms["can_alter_database"]),
-                                          ("CREATE TABLE", perms["can_create_table"])) if flag == 1]
-        writable = int(perms["writable_tables"] or 0)
-        if not powers and writable == 0:
-            self._result("write_refused", PASS, f"the login may not change any of the {perms['visible_tables']} "
-                         f"tables it sees (no INSERT, UPDATE or DELETE); {rollback_note}")
-            return
-        what = ", ".join(powers + ([f"INSERT/UPDATE/DELETE on {writable} tables"] if writable else []))
-        self._result("write_refused", WARN, f"the login could write ({what}): only the service's guard and its "
-                     f"rolled-back transactions stop writes; {rollback_note}",
-                     "use a login with db_datareader (or GRANT SELECT ON SCHEMA::dbo) only; see docs/database.md")
+        self._result("write_refused", *mssql_write_verdict(perms, server_row, gone=gone, refused=refusal))
 
     async def guard(self) -> None:
         if not self.settings.read_only_mode:
@@ -447,11 +469,7 @@ class Doctor:
             self._result("view_definition", PASS, f"{seen}; column defaults come from catalogs every login reads")
             return
         perms = (await self._rows(MSSQL_PERMISSIONS))[0]
-        if perms["view_definition"] == 1:
-            self._result("view_definition", PASS, f"the login has VIEW DEFINITION; {seen}")
-        else:
-            self._result("view_definition", WARN, f"no VIEW DEFINITION: column defaults show as null; {seen}",
-                         "GRANT VIEW DEFINITION ON SCHEMA::dbo TO [login] (or on the database) to show defaults")
+        self._result("view_definition", *mssql_view_definition_verdict(perms, seen))
 
     async def sample_and_fetch(self) -> None:
         if not self.descriptions:

@@ -181,7 +181,8 @@ class MssqlProbes(Probes):
         TypeProbe("geo", f"CAST({GEOGRAPHY_POINT} AS geography)", f"{GEOGRAPHY_POINT} (serialized point)",
                   _text_ci(GEOGRAPHY_POINT)),
         TypeProbe("hid", "CAST('/1/2/' AS hierarchyid)", "0x5AC0", _text_ci("0x5AC0")),
-        TypeProbe("rv", "CAST(CAST(2001 AS binary(8)) AS rowversion)", "0x00000000000007D1",
+        # rowversion's name in sys.types (and in CAST) is timestamp.
+        TypeProbe("rv", "CAST(CAST(2001 AS binary(8)) AS timestamp)", "0x00000000000007D1",
                   _text_ci("0x00000000000007D1")),
         # Beyond 8,000 bytes: the driver must stream a (max) value, not cut it.
         TypeProbe("big_binary", "CAST(REPLICATE(CAST(0xAB AS varbinary(max)), 9000) AS varbinary(max))",
