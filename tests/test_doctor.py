@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -144,6 +145,23 @@ def test_sql_server_closed_port_with_the_real_driver_fails_within_the_login_time
     connect = statuses(document)
     assert connect["connect"] == FAIL
     assert "mcp_reader@127.0.0.1," in document["target"]
+
+
+def test_a_silent_sql_server_listener_is_a_fail_within_the_login_timeout(tmp_path: Path) -> None:
+    # The kernel completes the TCP handshake and nothing ever answers: the worst case for a hang.
+    driver = _msodbcsql()
+    if driver is None:
+        pytest.skip("mssql-python-odbc (Microsoft ODBC Driver 18) is not installed")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        env = {"DB_BACKEND": "mssql", "MSSQL_HOST": "127.0.0.1", "MSSQL_PORT": str(silent.getsockname()[1]),
+               "MSSQL_DATABASE": "Shop", "MSSQL_USER": "mcp_reader", "MSSQL_PASSWORD": "x",
+               "MSSQL_DRIVER": driver, "DB_CONNECT_TIMEOUT_SECONDS": "1"}
+        code, out, err, took = run_doctor(env, tmp_path, "--json")
+    assert code == 1 and took < 20 and "Traceback" not in err
+    connect = json.loads(out)["checks"][1]
+    assert connect["status"] == FAIL and connect["hint"], connect
 
 
 def test_bad_settings_are_a_fail_line_not_a_traceback(tmp_path: Path) -> None:
