@@ -234,7 +234,8 @@ class Doctor:
     # -- helpers ----------------------------------------------------------------------------------
     def _result(self, name: str, status: str, detail: str, hint: str = "") -> CheckResult:
         secrets = self.secrets()
-        return self.report.add(CheckResult(name, status, redact(detail, secrets), redact(hint, secrets)))
+        # Hints are the doctor's own fixed text: never secret, and masking them only garbles them.
+        return self.report.add(CheckResult(name, status, redact(detail, secrets), hint))
 
     async def _job(self, fn: Callable[[Worker], Any], timeout: float | None = None) -> Any:
         limit = float(self.settings.query_timeout_seconds) if timeout is None else timeout
@@ -322,7 +323,7 @@ class Doctor:
             message = clean_message(exc, secrets)
             state = sqlstate_of(exc)
             self.report.add(CheckResult("connect", FAIL, f"{message} (SQLSTATE {state or 'unknown'})",
-                                        redact(_connect_hint(dialect.name, state, message), secrets)))
+                                        _connect_hint(dialect.name, state, message)))
             return False
         self.report.add(CheckResult("connect", PASS, f"connected and set up the session in {elapsed * 1000:.0f} ms"))
         return True
