@@ -10,11 +10,9 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Sequence
-from functools import lru_cache
 from typing import Any, TypeVar
 
 import pyodbc
-import sqlglot
 import structlog
 from sqlglot import exp
 
@@ -105,7 +103,7 @@ class Database:
             def job(s: Worker) -> QueryResult:
                 return run.write(s, sql, params, rows_cap, bytes_cap)
         else:
-            tree = _checked_tree(verdict, sql, self.dialect.sqlglot) if self.dialect.plans_from_tree else None
+            tree = _checked_tree(verdict) if self.dialect.plans_from_tree else None
             plans = self.read_plans
 
             def job(s: Worker) -> QueryResult:
@@ -225,21 +223,10 @@ def _ping_job(session: Worker) -> None:
     cursor.fetchmany(1)
 
 
-def _checked_tree(verdict: Any, sql: str, glot: str) -> exp.Expression | None:
-    """The statement the guard checked, as a tree (read-only). Uses the guard's own tree when it hands one
-    on (Verdict.tree), else parses once per text."""
-    tree = getattr(verdict, "tree", None)
-    if tree is not None:
-        return tree
-    return _parse(sql, glot) if len(sql) <= run.ReadPlans.MAX_TEXT else None
-
-
-@lru_cache(maxsize=1024)
-def _parse(sql: str, glot: str) -> exp.Expression | None:
-    try:
-        return sqlglot.parse_one(sql, read=glot)
-    except sqlglot.errors.SqlglotError:
-        return None
+def _checked_tree(verdict: Any) -> exp.Expression | None:
+    """The statement the guard checked, as a tree (shared and read-only: copy before changing it). None when
+    the guard checked a rewritten text that would not run the same (then the original text runs as is)."""
+    return getattr(verdict, "tree", None)
 
 
 def _coerce(value: Any, column_type: str) -> Any:

@@ -281,7 +281,8 @@ class Worker:
                 raise self._interrupted_error("timeout", job.timeout)
             if is_cancel(failure):
                 raise QueryCancelled("the query was cancelled by the database server") from None
-            raise QueryFailed(clean_message(failure, self.pool.secrets), sqlstate_of(failure)) from None
+            message = self.dialect.explain_failure(clean_message(failure, self.pool.secrets))
+            raise QueryFailed(message, sqlstate_of(failure)) from None
 
     def _interrupted_error(self, reason: str, timeout: float) -> DatabaseError:
         if reason == "cancelled":

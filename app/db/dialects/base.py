@@ -206,6 +206,11 @@ class Dialect(ABC):
                 f" AS mcp_b) AS mcp_t\n"
                 f"WHERE mcp_t.mcp_total - mcp_t.mcp_width <= {cap}")
 
+    def explain_failure(self, message: str) -> str:
+        """The driver's (cleaned) message for a failed statement, with a hint where the service's own limits
+        caused it."""
+        return message
+
     # --- session reset when a connection goes back to the pool ---------------------------------
     def end_call(self, conn: pyodbc.Connection, cursor: pyodbc.Cursor, *, wrote: bool) -> None:
         """End a call: roll back, and undo what the call may have left on the session. `cursor` is a

@@ -139,6 +139,13 @@ class SqliteDialect(Dialect):
         # Room for any value the byte cap could show (binary is hex, so twice the cap), and never below 16 MiB.
         return max(VALUE_LIMIT_BYTES, 2 * int(self.settings.max_result_bytes) + 1024)
 
+    def explain_failure(self, message: str) -> str:
+        if "string or blob too big" in message:
+            limit = self.value_limit_bytes() // (1024 * 1024)
+            return (f"{message}: a value in this query would be larger than the {limit} MiB limit for one value. "
+                    "Select a part of it (substr), its length(), or leave the column out.")
+        return message
+
     def setup_connection(self, conn: pyodbc.Connection) -> None:
         # The driver's UTF-16 entry points mangle characters outside the BMP (emoji) in SQL text; its
         # narrow entry points take UTF-8, which is SQLite's own encoding.
