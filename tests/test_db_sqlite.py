@@ -355,3 +355,17 @@ async def test_repeated_statements_are_planned_once(sqlite_db) -> None:
         for _ in range(3):
             await database.execute("SELECT name FROM customers ORDER BY id")
         assert len(database.read_plans._plans) == 1
+
+
+async def test_fetch_row_reads_inside_the_byte_cap(sqlite_db) -> None:
+    con = sqlite3.connect(sqlite_db)
+    con.execute("CREATE TABLE docs (id INTEGER PRIMARY KEY, body TEXT)")
+    con.execute("INSERT INTO docs VALUES (1, 'short'), (2, printf('%.*c', 200000, 'x'))")
+    con.commit()
+    con.close()
+    async with _sqlite(sqlite_db, max_result_bytes=10_000) as database:
+        table = await database.resolve_table("docs")
+        assert await database.fetch_row(table, {"id": "1"}) == {"id": 1, "body": "short"}
+        with pytest.raises(QueryFailed, match=r"larger than the 10,000-byte result limit \(column body\)"):
+            await database.fetch_row(table, {"id": "2"})
+        assert await database.fetch_row(table, {"id": "3"}) is None

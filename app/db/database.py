@@ -213,7 +213,8 @@ class Database:
             columns.append(column.name)
             params.append(_coerce(value, column.type))
         sql = self.dialect.row_sql(table, columns)
-        return await self.pool.run(lambda s: run.first_row_as_dict(s, sql, params),
+        plans, bytes_cap = self.read_plans, int(self.settings.max_result_bytes)
+        return await self.pool.run(lambda s: run.first_row_as_dict(s, plans, sql, params, bytes_cap),
                                    timeout=self._time_cap(None), retry=True)
 
 

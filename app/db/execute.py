@@ -25,7 +25,7 @@ from sqlglot import exp
 
 from .dialects.base import Dialect, ReadPlan, statement_body
 from .serialize import serialize_row
-from .types import QueryResult
+from .types import QueryFailed, QueryResult
 
 FETCH_BATCH = 256
 _EMPTY_JSON_ARRAY = 2  # "[]"
@@ -176,13 +176,15 @@ def write(session: Any, sql: str, params: Sequence[Any], max_rows: int, max_byte
     return result
 
 
-def first_row_as_dict(session: Any, sql: str, params: Sequence[Any]) -> dict[str, Any] | None:
-    """One row (by key) as {column: JSON-ready value}, or None; rolled back like every read."""
-    cursor = session.cursor()
-    _execute(cursor, sql, params)
-    columns = [str(d[0]) for d in cursor.description or ()]
-    row = cursor.fetchmany(1)
-    cursor.close()
-    if not row:
-        return None
-    return dict(zip(columns, serialize_row(row[0]), strict=False))
+def first_row_as_dict(session: Any, plans: ReadPlans, sql: str, params: Sequence[Any],
+                      max_bytes: int) -> dict[str, Any] | None:
+    """One row (by key) as {column: JSON-ready value}, or None. Read inside the byte cap like every read: a row
+    larger than the cap is refused with the column to leave out, rather than pulled whole."""
+    result = planned_read(session, plans, sql, None, params, 1, max_bytes)
+    if result.rows:
+        return dict(zip(result.columns, result.rows[0], strict=False))
+    if result.truncated_reason == "max_bytes":
+        where = f" (column {result.too_long_column})" if result.too_long_column else ""
+        raise QueryFailed(f"the row is larger than the {max_bytes:,}-byte result limit{where}; "
+                          "select the columns you need with a query instead")
+    return None
