@@ -138,3 +138,66 @@ def test_postgres_ten_million_rows_stop_at_the_row_cap(pg_db) -> None:
                    "SELECT n, md5(n::text) AS h FROM generate_series(1, 10000000) AS n")
     assert_bounded(out)
     assert (out["rows"], out["truncated"], out["reason"]) == (1000, True, "max_rows")
+
+
+_TOOL_CHILD = textwrap.dedent("""
+    import asyncio, json, sys
+    from aiohttp.test_utils import TestClient, TestServer
+    from app.settings import load_settings
+    from app.web import create_app
+
+    def peak() -> int:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmHWM")
+
+    HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+
+    async def main() -> None:
+        overrides, sql = json.loads(sys.argv[1]), sys.argv[2]
+        settings = load_settings(environ={}, env_file=None, **overrides)
+        async with TestClient(TestServer(create_app(settings))) as client:
+            init = await client.post("/mcp", headers=HEADERS, data=json.dumps({
+                "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "m", "version": "1"}}}))
+            session = {**HEADERS, "Mcp-Session-Id": init.headers["Mcp-Session-Id"],
+                       "MCP-Protocol-Version": "2025-11-25"}
+
+            async def call(query: str) -> dict:
+                response = await client.post("/mcp", headers=session, data=json.dumps({
+                    "jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                    "params": {"name": "execute_sql", "arguments": {"query": query}}}))
+                return (await response.json())["result"]
+
+            await call("SELECT 1")
+            before = peak()
+            result = await call(sql)
+            growth = peak() - before
+        print(json.dumps({"growth": growth, "isError": result.get("isError", False),
+                          "structured": result.get("structuredContent"),
+                          "text": result["content"][0]["text"][:500]}))
+
+    asyncio.run(main())
+""")
+
+
+def test_mcp_tool_10m_rows_and_a_wide_value_stay_within_the_bound(tmp_path: Path) -> None:
+    path = make_sqlite_db(tmp_path / "tool.db")
+    overrides = {"db_backend": "sqlite", "sqlite_path": str(path), "max_result_bytes": BYTE_CAP, "metrics_port": 0,
+                 "db_pool_size": 1, "data_dir": str(tmp_path / "state"), "log_format": "json",
+                 "allow_unauth_methods": True, "allow_unauth_tools_call": True}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for sql, reason in [
+        ("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 10000000) SELECT n FROM r",
+         "max_rows"),
+        ("SELECT 1 AS id, printf('%.*c', 4000000, 'x') AS doc", "max_bytes"),
+    ]:
+        done = subprocess.run([sys.executable, "-c", _TOOL_CHILD, json.dumps(overrides), sql], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        out = json.loads(done.stdout.strip().splitlines()[-1])
+        assert out["growth"] < ALLOWED_GROWTH, out
+        assert not out["isError"], out
+        assert out["structured"]["truncated"] is True and out["structured"]["truncated_reason"] == reason, out
