@@ -623,7 +623,8 @@ class AuthStore:
                       (now, now, now - 86400))
             c.execute("DELETE FROM registrations WHERE at <= ?", (now - 3600,))
             c.execute("DELETE FROM login_known WHERE at <= ?", (now - KNOWN_ADDRESS_SECONDS,))
-            c.execute("DELETE FROM clients WHERE kind = 'dcr' AND last_used_at IS NULL AND created_at <= ?",
+            # Metadata-document clients too: an unused one is only a cached copy, fetched again when needed.
+            c.execute("DELETE FROM clients WHERE last_used_at IS NULL AND created_at <= ?",
                       (now - unused_client_seconds,))
 
 
