@@ -16,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pyodbc
@@ -208,6 +209,14 @@ def mssql_view_definition_verdict(perms: dict[str, Any], seen: str) -> Verdict:
             "GRANT VIEW DEFINITION ON SCHEMA::dbo TO [login] (or on the database) to show defaults")
 
 
+_ERROR_HINTS = {
+    "timeout": "the check ran past QUERY_TIMEOUT_SECONDS: the server is slow or blocked (locks?)",
+    "unavailable": "the connection was lost during the checks: see the connect line and the server's log",
+    "busy": "the doctor's one connection stayed busy: a cancel did not stop the statement before",
+    "query_failed": "the server refused the doctor's query: see the message (permissions, version)",
+}
+
+
 # --- the run ---------------------------------------------------------------------------------------
 
 class Doctor:
@@ -276,19 +285,12 @@ class Doctor:
         self.database = Database(settings, Metrics())
         await self.db.start()
         try:
-            steps: Sequence[tuple[str, Callable[[], Awaitable[None]]]] = (
-                ("server", self.server), ("tls", self.tls), ("read_only_session", self.read_only_session),
-                ("write_refused", self.write_refused), ("guard", self.guard), ("list_tables", self.list_tables),
-                ("describe_table", self.describe_table), ("view_definition", self.view_definition),
-                ("sample_and_fetch", self.sample_and_fetch), ("types", self.types), ("for_json", self.for_json),
-                ("query_timeout", self.query_timeout), ("query_cancel", self.query_cancel),
-                ("unread_rows", self.unread_rows),
-            )
-            for name, step in steps:
+            for name in ORDER[2:]:  # each check is the method of the same name
+                step: Callable[[], Awaitable[None]] = getattr(self, name)
                 try:
                     await step()
                 except DatabaseError as exc:
-                    self._result(name, FAIL, str(exc), "the query failed on the server; see the message")
+                    self._result(name, FAIL, str(exc), _ERROR_HINTS.get(exc.code, _ERROR_HINTS["query_failed"]))
                 except Exception as exc:  # a doctor bug must still end in a report, not a traceback
                     message = clean_message(exc, self.secrets()) if isinstance(exc, pyodbc.Error) else str(exc)
                     self._result(name, FAIL, f"unexpected {type(exc).__name__}: {message}",
@@ -526,7 +528,7 @@ class Doctor:
         column = result.columns[0] if result.columns else ""
         if result.row_count == 1:
             try:
-                document = __import__("json").loads(result.rows[0][0])
+                document = json.loads(result.rows[0][0])
             except (TypeError, ValueError):
                 document = None
             if isinstance(document, list) and len(document) == FOR_JSON_ROWS:
