@@ -244,6 +244,10 @@ def overview() -> Dashboard:
                 Panel("MCP messages by method",
                       [Target(rate("mssql_mcp_messages_total", by="method"), "{{method}}")],
                       "JSON-RPC messages received per second.", unit="reqps", stack=True),
+                Panel("Streams dropped",
+                      [Target(rate("mssql_mcp_streams_dropped_total", by="transport"), "{{transport}}")],
+                      "Event streams cut because the client stopped reading and its queue filled "
+                      "(MCP_STREAM_MAX_MESSAGES / MCP_STREAM_MAX_BYTES).", unit="reqps", stack=True),
             ]),
             Row("Queries", [
                 Panel("Query latency", [

@@ -63,6 +63,7 @@ async def server(mcp_test_app: Any, start_live_server: Any) -> Any:
     test_app = mcp_test_app(tools=_tools(cancelled), stream_max_bytes=STREAM_MAX_BYTES)
     live = await start_live_server(test_app.app)
     live.cancelled = cancelled
+    live.metrics = test_app.metrics
     return live
 
 
@@ -199,6 +200,7 @@ async def test_a_legacy_sse_client_that_stops_reading_is_dropped_and_memory_stay
 
     [line] = captured_logs.events("mcp_stream_dropped", transport="sse")
     assert line["level"] == "warning" and line["reason"] == "client_not_reading"
+    assert server.metrics.mcp_streams_dropped.labels("sse")._value.get() == 1
     assert line["queued_bytes"] <= STREAM_MAX_BYTES
     await stalled.read_to_end(timeout=10)  # what the kernel still held arrives, then the stream ends
     stalled.close()

@@ -62,6 +62,10 @@ class Metrics:
             registry=r)
         self.mcp_messages = Counter(
             "mssql_mcp_messages_total", "JSON-RPC messages received by method.", ["method"], registry=r)
+        self.mcp_streams_dropped = Counter(
+            "mssql_mcp_streams_dropped_total",
+            "Event streams dropped because the client stopped reading (its queue reached MCP_STREAM_MAX_*).",
+            ["transport"], registry=r)
         self.tool_calls = Counter(
             "mssql_mcp_tool_calls_total", "Tool calls by tool and outcome.", ["tool", "outcome"], registry=r)
         self.tool_duration = Histogram(
@@ -138,6 +142,7 @@ class Metrics:
             self.oauth_registrations.labels(outcome)
         for transport in ("streamable_http", "sse"):
             self.mcp_sessions_active.labels(transport)
+            self.mcp_streams_dropped.labels(transport)
         self.oauth_refresh_reuse.inc(0)
         for reason in TRUNCATION_REASONS:
             self.truncations.labels(reason)

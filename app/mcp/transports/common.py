@@ -149,10 +149,9 @@ def note_stream_dropped(server: Any, transport: str, stream: str, outbox: Outbox
     log.warning("mcp_stream_dropped", transport=transport, stream=stream, reason="client_not_reading",
                 queued_messages=len(outbox), queued_bytes=outbox.queued_bytes,
                 max_messages=outbox.max_messages, max_bytes=outbox.max_bytes)
-    # Counted when the metrics registry offers the counter (mssql_mcp_streams_dropped_total{transport}).
-    counter = getattr(getattr(server, "metrics", None), "mcp_streams_dropped", None)
-    if counter is not None:
-        counter.labels(transport).inc()
+    metrics = getattr(server, "metrics", None)  # servers built for protocol tests may have none
+    if metrics is not None:
+        metrics.mcp_streams_dropped.labels(transport).inc()
 
 
 def abort_connection(request: web.Request) -> None:
