@@ -98,8 +98,10 @@ def parse_message(obj: Any) -> Message:
             return Message("request", method, params, request_id)
         return Message("notification", method, params)
     if ("result" in obj or "error" in obj) and "id" in obj:
-        # A reply to a server->client request. This server sends none, so it is accepted and dropped.
-        return Message("response", "", {}, request_id)
+        # A reply to a server->client request (sampling, elicitation, roots): its result or error
+        # travels in `params` for McpServer.handle_response.
+        reply = {"error": obj["error"]} if "error" in obj else {"result": obj["result"]}
+        return Message("response", "", reply, request_id)
     raise JsonRpcError(INVALID_REQUEST, 'Invalid request: a message needs "method" (or "result"/"error" and "id")',
                        request_id=request_id)
 

@@ -90,6 +90,10 @@ COMPLETIONS_FROM = "2025-03-26"
 # The client capability each InputRequiredResult request method needs (2026-07-28, SEP-2322).
 INPUT_REQUEST_CAPABILITIES = {"elicitation/create": "elicitation", "sampling/createMessage": "sampling",
                               "roots/list": "roots"}
+# Handshake era: how long a tool waits for the client to answer one of its requests (a person may be
+# answering an elicitation), and how many rounds of questions one call may ask.
+CLIENT_REQUEST_TIMEOUT_SECONDS = 300.0
+MAX_INPUT_ROUNDS = 10
 _NAME_SHOWN = 80  # longest user-supplied name echoed back in an error
 
 
@@ -243,6 +247,8 @@ class McpServer:
         # Signs InputRequiredResult requestState so a client cannot alter it (per process: a retry must
         # reach the same process, which holds for one node; several nodes would need a shared key).
         self._state_key = secrets.token_bytes(32)
+        # Handshake era: server->client requests awaiting the client's response, by request id.
+        self._client_requests: dict[str, tuple[Session, asyncio.Future[dict[str, Any]]]] = {}
         # resources/subscribe (handshake era): session -> subscribed URIs; a closed session drops out.
         self._subscriptions: weakref.WeakKeyDictionary[Session, set[str]] = weakref.WeakKeyDictionary()
         self._tools: dict[str, Tool] = {}
@@ -466,6 +472,16 @@ class McpServer:
             log.exception("mcp_request_failed", method=message.method)
             return error_message(message.id, JsonRpcError(INTERNAL_ERROR, "Internal error"))
         return result_message(message.id, result)
+
+    def handle_response(self, message: Message, env: CallEnv) -> bool:
+        """A client's response to one of our requests (sampling, elicitation, roots); False if unknown."""
+        key = message.id if isinstance(message.id, str) else None
+        pending = self._client_requests.get(key) if key is not None else None
+        if pending is None or pending[0] is not env.session or pending[1].done():
+            return False  # unknown, another session's, or already answered: ignored
+        del self._client_requests[key]  # type: ignore[arg-type]
+        pending[1].set_result(message.params)
+        return True
 
     async def handle_notification(self, message: Message, env: CallEnv) -> None:
         session = env.session
@@ -692,7 +708,7 @@ class McpServer:
                 outcome = "invalid"
                 return self._error_result(problem, modern)
             try:
-                structured = await tool.handler(arguments, ctx)
+                structured = await self._run_with_input(tool, arguments, ctx, env)
             except InputRequired as exc:
                 return self._input_required(exc, env, f"tools/call:{name}")
             except ToolError as exc:
@@ -703,6 +719,9 @@ class McpServer:
                 return self._error_result(str(exc), modern)
             except asyncio.CancelledError:
                 outcome = "cancelled"
+                raise
+            except JsonRpcError:  # a protocol answer (e.g. -32021 from asking the client), not a tool failure
+                outcome = "invalid"
                 raise
             except Exception:
                 outcome = "error"
@@ -726,7 +745,58 @@ class McpServer:
         head = f'{{"content":[{{"type":"text","text":{dumps_value(text)}}}],"structuredContent":{text},"isError":false'
         return RawJson(head + (("," + self._modern_meta_suffix) if modern else "}"))
 
-    # -- InputRequiredResult (2026-07-28, SEP-2322) ---------------------------------------------------
+    # -- input from the client: InputRequiredResult (2026-07-28) or server->client requests --------------
+    async def _run_with_input(self, tool: Tool, arguments: Any, ctx: ToolContext, env: CallEnv) -> Any:
+        """Run the handler; in the handshake era answer its InputRequired by asking the client directly
+        (requests on the call's stream) and running it again with the answers."""
+        for _ in range(MAX_INPUT_ROUNDS):
+            try:
+                return await tool.handler(arguments, ctx)
+            except InputRequired as exc:
+                if env.envelope is not None:
+                    raise  # 2026-07-28: the client retries the request with inputResponses
+                ctx.input_responses = await self._ask_client(exc, env)
+                ctx.request_state = exc.state
+        raise ToolError(f"Tool {tool.name} kept asking the client for input; giving up after "
+                        f"{MAX_INPUT_ROUNDS} rounds.")
+
+    async def _ask_client(self, exc: InputRequired, env: CallEnv) -> dict[str, Any]:
+        session, emit = env.session, env.emit
+        if session is None or emit is None:
+            raise ToolError("This tool needs to ask the client a question, which needs a session with a stream.")
+        missing = {cap: {} for request in exc.input_requests.values()
+                   if (cap := INPUT_REQUEST_CAPABILITIES.get(request.get("method"), ""))
+                   and cap not in session.client_capabilities}
+        if missing:
+            raise JsonRpcError(MISSING_REQUIRED_CLIENT_CAPABILITY, f"Missing required client capability: "
+                               f"{', '.join(missing)} (declare it at initialize to answer this tool's questions)",
+                               {"requiredCapabilities": missing})
+        loop = asyncio.get_running_loop()
+        waiting: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
+        try:
+            for key, request in exc.input_requests.items():
+                request_id = f"srv-{secrets.token_urlsafe(12)}"  # unguessable: only this client can answer
+                future: asyncio.Future[dict[str, Any]] = loop.create_future()
+                self._client_requests[request_id] = (session, future)
+                waiting[key] = (request_id, future)
+                emit({"jsonrpc": "2.0", "id": request_id, "method": request["method"],
+                      "params": request.get("params", {})})
+            done = await asyncio.wait_for(asyncio.gather(*(f for _, f in waiting.values())),
+                                          CLIENT_REQUEST_TIMEOUT_SECONDS)
+        except TimeoutError:
+            raise ToolError("The client did not answer this tool's question in time.", outcome="timeout") from None
+        finally:
+            for request_id, _ in waiting.values():
+                self._client_requests.pop(request_id, None)
+        answers: dict[str, Any] = {}
+        for key, reply in zip(waiting, done, strict=True):
+            if "error" in reply:
+                error = reply["error"] if isinstance(reply["error"], dict) else {}
+                raise ToolError(f"The client refused {exc.input_requests[key].get('method')}: "
+                                f"{_shown(error.get('message', 'no reason given'))}")
+            answers[key] = reply.get("result") if isinstance(reply.get("result"), dict) else {}
+        return answers
+
     def _input_round(self, params: dict[str, Any], env: CallEnv, bound_to: str, ctx: ToolContext) -> None:
         """Validate a retried request's inputResponses and requestState into `ctx` (-32602 when bad)."""
         if env.envelope is None or ("inputResponses" not in params and "requestState" not in params):
