@@ -354,3 +354,15 @@ async def test_even_a_file_read_that_slips_past_the_guard_finds_only_ciphertext(
     assert answers
     found = leaks(answers, needles)
     assert not found, found
+
+
+def test_processes_starting_together_generate_one_key(auth_settings: Callable[..., Settings],
+                                                      tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = auth_settings(state_encryption_key_file=str(tmp_path / "keys" / "state.key"))
+    with ThreadPoolExecutor(8) as pool:
+        keys = list(pool.map(lambda _: load_state_key(settings), range(8)))
+    sealed = keys[0].encrypt("kid", "secret")
+    assert all(k.decrypt("kid", sealed) == "secret" for k in keys)
+    assert [p.name for p in (tmp_path / "keys").iterdir()] == ["state.key"]  # no partial files left

@@ -111,14 +111,21 @@ def _inside(path: Path, directory: Path) -> bool:
 
 
 def _generate(path: Path) -> str:
+    """Write a new key to `path` atomically (a complete file or none), or read the one another process
+    created first."""
     secret = secrets.token_urlsafe(32)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process generated it first: use theirs
-        return path.read_text(encoding="utf-8")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(secret + "\n")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(secret + "\n")
+        try:
+            os.link(partial, path)  # fails if the file exists: never replaces a key in use
+        except FileExistsError:
+            return path.read_text(encoding="utf-8")
+    finally:
+        partial.unlink(missing_ok=True)
     log.warning("auth.state_key_generated", path=str(path),
                 detail="Generated the key that encrypts the signing keys. Keep it (and back it up apart from "
                        "DATA_DIR): without it the stored signing keys cannot be used.")
