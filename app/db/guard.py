@@ -732,7 +732,7 @@ def _function_check(node: exp.Func, text: str, glot: str, lists: Allowlist, extr
     name = raw if (quoted and glot == "postgres") else raw.lower()  # PostgreSQL keeps quoted names' case
     qualifier = _qualifier(node)
     parent = node.parent
-    in_from = isinstance(parent, exp.Table) and node.arg_key == "this"
+    in_from = isinstance(parent, exp.Table | exp.Lateral) and node.arg_key == "this"  # FROM f(), APPLY f()
     # PostgreSQL has one function namespace; SQLite and SQL Server keep table-valued functions apart.
     pool = lists.table_functions if in_from and glot != "postgres" else lists.functions
     qualified = ".".join([*qualifier, name.lower()])
