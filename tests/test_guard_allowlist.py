@@ -301,6 +301,13 @@ def test_decoded_unicode_identifiers_that_are_harmless_still_read() -> None:
     assert guard.check('SELECT U&"\\0075pper"(\'a\')', "postgres").allowed
 
 
+def test_dollar_quote_tags_postgres_rejects_cannot_hide_calls() -> None:
+    # PostgreSQL reads `$1a$` as the parameter $1 followed by a$, so pg_sleep would be a real call
+    for sql in ("SELECT $1a$, pg_sleep(1), $1a$", "SELECT $9$, pg_sleep(1), $9$"):
+        assert not guard.check(sql, "postgres").allowed, sql
+    assert guard.check("SELECT $a$x$a$, $_b1$y$_b1$, $$z$$", "postgres").allowed
+
+
 def test_pure_syntax_sqlglot_cannot_parse_is_refused_honestly() -> None:
     verdict = guard.check("SELECT COLLATION FOR ('a')", "postgres")  # pure, but sqlglot has no parse for it
     assert (verdict.allowed, verdict.reason) == (False, "parse_error")

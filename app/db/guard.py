@@ -263,6 +263,8 @@ def _check(sql: str, glot: str, extra: frozenset[str]) -> Verdict:
     original_tokens = tokens
     _lexical_checks(tokens, glot)  # on the text as sent, so nothing a rewrite removes goes unchecked
     text, rewritten, equivalent = sql, False, True
+    if glot == "postgres":
+        _dollar_quote_check(sql, tokens)
     if glot == "postgres":  # decoding U& identifiers keeps the meaning: the tree can be rendered and run
         text, rewritten = _decode_unicode_identifiers(sql, tokens)
     elif glot == "tsql":  # dropping hints, MATCH patterns or CHANGES does not: the tree is for checking only
@@ -353,6 +355,21 @@ def _comment_checks(sql: str, tokens: list) -> None:
                 position = len(gap) if close < 0 else close + 2
             else:
                 position += 1
+
+
+_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_\u0080-\U0010ffff]*)?\$")
+
+
+def _dollar_quote_check(sql: str, tokens: list) -> None:
+    """sqlglot takes `$1a$ ... $1a$` as one dollar-quoted string; PostgreSQL does not (a tag cannot start
+    with a digit: `$1` is a parameter), so it would run what sqlglot saw as text. Refuse such tags."""
+    for token in tokens:
+        if token.token_type == TokenType.HEREDOC_STRING:
+            raw = sql[token.start:token.end + 1]
+            opening = _DOLLAR_TAG.match(raw)
+            if opening is None or not raw.endswith(opening.group(0)) or len(raw) < 2 * len(opening.group(0)):
+                raise _fail("parse_error", "a dollar-quoted string has a tag PostgreSQL does not accept (a tag "
+                                           "starts with a letter or _), so the text cannot be proven read-only.")
 
 
 def _lexical_checks(tokens: list, glot: str) -> None:
