@@ -202,6 +202,8 @@ PG_ESCAPES = [
     'SELECT U&"\\00"(1)',
     "SELECT U&\"x\" UESCAPE 'a'",
     'SELECT U&"\\0000"(1)',
+    "SELECT $1a$, pg_sleep(30), $1a$",
+    'SELECT "a\\", pg_sleep(30) --"',
 ]
 PG_ONLY = [
     "SELECT * FROM pg_authid",
