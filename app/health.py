@@ -4,7 +4,9 @@ Answers from in-memory state only (`Database.status()` never touches the pool), 
 while every connection is busy or the database is down. Routes are registered without
 ENVIRONMENT_PATH; the reverse proxy strips that prefix.
 
-Anyone may ask, so the public answer carries only fields that say nothing about where the database
+`status` is the seed system's `healthy` / `degraded` / `unhealthy`, and the seed's other fields
+(transport, oauth, database_name, mcp_version, read_only, compatible_with) are there too, so monitoring
+written for it keeps working. Anyone may ask, so the public answer carries only fields that say nothing about where the database
 is or how it failed: status, dialect, database name and pool counts. The details (`last_error`, which
 holds the driver's text with host, port and user) go only to a request with the METRICS_TOKEN bearer
 or a valid access token for this surface.
@@ -20,6 +22,7 @@ import structlog
 from aiohttp import web
 
 from . import __version__, keys
+from .mcp.server import HANDSHAKE_VERSIONS
 
 log = structlog.get_logger(__name__)
 
@@ -97,23 +100,53 @@ async def may_see_details(request: web.Request) -> bool:
     return bool(principal.authenticated)
 
 
+# The seed system's /health said which assistant a surface is for; its monitoring reads `status`.
+COMPATIBLE_WITH = {"": "Claude", "/chatgpt": "ChatGPT Deep Research"}
+
+
+def overall_status(database: dict[str, Any]) -> str:
+    """The seed's vocabulary: healthy (the database answers), degraded (the service answers and keeps
+    retrying the database), unhealthy (the database refuses the configured login or TLS settings, which
+    retrying will not fix: an operator must act)."""
+    state = database.get("status")
+    if state == "ok":
+        return "healthy"
+    return "unhealthy" if state == "misconfigured" else "degraded"
+
+
 def _health_handler(prefix: str):
     async def health(request: web.Request) -> web.Response:
         app = request.app
         database = _database_status(app)
         server = app.get(keys.MCP_SERVERS, {}).get(prefix)
+        settings = app.get(keys.SETTINGS)
+        versions = server.protocol_versions if server is not None else []
         body: dict[str, Any] = {
-            "status": "ok" if database.get("status") == "ok" else "degraded",
+            "status": overall_status(database),
             "version": __version__,
             "database": database if await may_see_details(request) else _public(database),
-            "protocolVersions": server.protocol_versions if server is not None else [],
+            "protocolVersions": versions,
             "endpoint": f"{prefix}/mcp",
             "tools": server.tool_names if server is not None else [],
+            # The seed's fields, so monitoring written for it keeps working.
+            "transport": "streamable-http, sse",
+            "oauth": "enabled" if settings is None or settings.auth_enabled else "disabled",
+            "database_name": database.get("name"),
+            "mcp_version": _newest_handshake_version(versions),
+            "read_only": bool(getattr(settings, "read_only_mode", True)),
+            "compatible_with": COMPATIBLE_WITH.get(prefix, "MCP clients"),
         }
         # Always 200: a degraded database is reported, not a reason for a load balancer to kill the service.
         return web.json_response(body, headers={"Cache-Control": "no-store", "Vary": "Authorization"})
 
     return health
+
+
+def _newest_handshake_version(versions: list[str]) -> str | None:
+    """The newest version negotiated with `initialize` (the seed reported one version; the stateless
+    2026-07-28 envelope is listed in protocolVersions)."""
+    handshake = [v for v in versions if v in HANDSHAKE_VERSIONS]
+    return max(handshake) if handshake else None
 
 
 def add_health_routes(app: web.Application) -> None:

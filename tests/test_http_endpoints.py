@@ -223,13 +223,18 @@ async def test_health_without_database(client: TestClient, path: str, tools: lis
 
 async def test_health_on_the_real_app(app_client: TestClient) -> None:
     body = await (await app_client.get("/health")).json()
-    assert body["status"] == "ok"
+    assert body["status"] == "healthy"
+    # The seed system's fields, which its monitoring script reads (`status -ne "healthy"`).
+    assert body["transport"] == "streamable-http, sse" and body["oauth"] in {"enabled", "disabled"}
+    assert body["database_name"] == "demo.db" and body["mcp_version"] == "2025-11-25"
+    assert body["read_only"] is True and body["compatible_with"] == "Claude"
     assert body["database"]["dialect"] == "sqlite" and body["database"]["pool"]["size"] == 2
     # Without credentials: the public fields only (last_error needs the metrics token or a sign-in).
     assert set(body["database"]) == {"status", "dialect", "name", "pool"} and body["database"]["name"] == "demo.db"
     assert body["tools"] == ["list_tables", "describe_table", "execute_sql", "get_table_sample"]
     chatgpt = await (await app_client.get("/chatgpt/health")).json()
     assert chatgpt["tools"] == ["search", "fetch"] and chatgpt["endpoint"] == "/chatgpt/mcp"
+    assert chatgpt["status"] == "healthy" and chatgpt["compatible_with"] == "ChatGPT Deep Research"
 
 
 # -- error middleware ------------------------------------------------------------------------------------

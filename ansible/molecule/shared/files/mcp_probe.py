@@ -111,7 +111,7 @@ class Probe:
         resp = self.request("GET", self.base + path)
         assert resp.status == 200, f"status {resp.status}: {resp.body[:200]!r}"
         doc = resp.json()
-        assert doc.get("status") == "ok", f"status field {doc.get('status')!r}"
+        assert doc.get("status") == "healthy", f"status field {doc.get('status')!r}"  # the seed's value
         return f"200 {json.dumps(doc)[:120]}"
 
     def redirect(self) -> str:
