@@ -6,10 +6,10 @@ ENVIRONMENT_PATH; the reverse proxy strips that prefix.
 
 `status` is the seed system's `healthy` / `degraded` / `unhealthy`, and the seed's other fields
 (transport, oauth, database_name, mcp_version, read_only, compatible_with) are there too, so monitoring
-written for it keeps working. Anyone may ask, so the public answer carries only fields that say nothing about where the database
-is or how it failed: status, dialect, database name and pool counts. The details (`last_error`, which
-holds the driver's text with host, port and user) go only to a request with the METRICS_TOKEN bearer
-or a valid access token for this surface.
+written for it keeps working. Anyone may ask, so the public answer carries only fields that say nothing
+about where the database is or how it failed: status, dialect, database name and pool counts. The
+details (`last_error`, which holds the driver's text with host, port and user) go only to a request
+with the METRICS_TOKEN bearer or a valid access token for this surface.
 """
 
 from __future__ import annotations
