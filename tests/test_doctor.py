@@ -164,6 +164,13 @@ def test_a_silent_sql_server_listener_is_a_fail_within_the_login_timeout(tmp_pat
     assert connect["status"] == FAIL and connect["hint"], connect
 
 
+def test_a_missing_sqlite_file_is_named(tmp_path: Path) -> None:
+    code, out, _, _ = run_doctor({"DB_BACKEND": "sqlite", "SQLITE_PATH": str(tmp_path / "nope.db")}, tmp_path)
+    assert code == 1
+    assert f"FAIL  connect            SQLITE_PATH {tmp_path / 'nope.db'} does not exist" in out
+    assert not (tmp_path / "nope.db").exists()
+
+
 def test_bad_settings_are_a_fail_line_not_a_traceback(tmp_path: Path) -> None:
     code, out, err, _ = run_doctor({"DB_BACKEND": "mssql"}, tmp_path, "--json")
     assert code == 1 and "Traceback" not in err

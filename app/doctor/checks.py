@@ -21,6 +21,7 @@ import re
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pyodbc
@@ -305,6 +306,12 @@ class Doctor:
         connection_string = dialect.connection_string()
         secrets = dialect.secrets()
         limit = float(self.settings.db_connect_timeout_seconds) + CONNECT_GRACE_SECONDS
+        if dialect.name == "sqlite" and not self.settings.odbc_connection_string:
+            path = Path(str(self.settings.sqlite_path)).resolve()
+            if not path.is_file():  # the driver itself only says "connect failed"
+                self.report.add(CheckResult("connect", FAIL, f"SQLITE_PATH {path} does not exist or is not a file",
+                                            "set SQLITE_PATH to the database file (the service never creates it)"))
+                return False
 
         def open_and_close() -> float:
             started = time.perf_counter()
