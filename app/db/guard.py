@@ -218,7 +218,7 @@ def check(sql: str, dialect: str, *, extra_functions: frozenset[str] = frozenset
     if not isinstance(sql, str):
         return _refuse("empty", "the query must be text.")
     glot = _SQLGLOT_DIALECTS.get(dialect, dialect)
-    extra = frozenset(extra_functions)
+    extra = frozenset(" ".join(str(n).split()).lower() for n in extra_functions)
     if len(sql) <= _CACHE_MAX_TEXT:
         return _cached_check(sql, glot, extra)
     return _safe_check(sql, glot, extra)
@@ -385,11 +385,15 @@ def _lexical_checks(tokens: list, glot: str) -> None:
                         "statement. Quote it as [name] if it is a column or alias.")
 
 
+@lru_cache(maxsize=8)
+def _syntax_function_words(glot: str) -> frozenset[str]:
+    return frozenset(Dialect.get_or_raise(glot).parser_class.FUNCTION_PARSERS) | {"IF"}
+
+
 def _named_syntax_checks(tokens: list, glot: str, extra: frozenset[str]) -> None:
     """Functions sqlglot parses as syntax (CAST, TRIM, DECODE, ...) keep no name in the tree, so their
     names are checked here, as written, against the same lists."""
-    dialect = Dialect.get_or_raise(glot)
-    special = set(dialect.parser_class.FUNCTION_PARSERS) | {"IF"}
+    special = _syntax_function_words(glot)
     lists = allowlist(glot)
     for token, following in itertools.pairwise(tokens):
         if following.token_type != TokenType.L_PAREN or token.token_type == TokenType.IDENTIFIER:
