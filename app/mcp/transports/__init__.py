@@ -8,7 +8,7 @@ Routes for a prefix P ("" for Claude, "/chatgpt" for ChatGPT):
     GET    P/sse       legacy HTTP+SSE stream (first event: `endpoint`)
     POST   P/messages  legacy HTTP+SSE messages (?session_id=...)
     POST   P/sse       Streamable HTTP, as the seed system accepted (or legacy messages with ?session_id=)
-    HEAD   P/sse, OPTIONS on all of them
+    HEAD   P/mcp, P/sse (a connector's first probe), OPTIONS on all of them
 
 Routes never include ENVIRONMENT_PATH: the proxy strips it; public URLs add it back (app.urls.base_url).
 """
@@ -54,6 +54,11 @@ def add_mcp_routes(app: web.Application, prefix: str, server: McpServer) -> McpE
             return await legacy.message(request)
         return await streamable.post(request)
 
+    async def head_mcp(request: web.Request) -> web.Response:
+        # Connectors probe the URL they were given with HEAD before anything else: say it exists, as for /sse.
+        return web.Response(status=200, headers={"Allow": "GET, POST, DELETE, OPTIONS",
+                                                 "Content-Type": "application/json"})
+
     def options_for(allow: str):
         async def options(request: web.Request) -> web.Response:
             headers = {"Allow": allow, "Access-Control-Allow-Methods": allow,
@@ -67,6 +72,7 @@ def add_mcp_routes(app: web.Application, prefix: str, server: McpServer) -> McpE
 
     app.router.add_post(mcp_path, streamable.post)
     app.router.add_get(mcp_path, streamable.get, allow_head=False)
+    app.router.add_route("HEAD", mcp_path, head_mcp)
     app.router.add_delete(mcp_path, streamable.delete)
     app.router.add_route("OPTIONS", mcp_path, options_for("GET, POST, DELETE, OPTIONS"))
     app.router.add_get(sse_path, legacy.stream, allow_head=False)
