@@ -270,6 +270,8 @@ PG_ONLY = [
     "TABLE pg_authid",
     "SELECT * FROM ONLY pg_catalog.pg_authid",
     "SELECT * FROM pg_catalog.pg_stat_activity",
+    "SELECT * FROM information_schema.user_mapping_options",
+    "SELECT * FROM information_schema._pg_user_mappings",
     "SELECT sum(x) FROM generate_series(1, 10) x WHERE pg_sleep(1) IS NULL",
 ]
 

@@ -798,6 +798,9 @@ def _table_check(table: exp.Table, glot: str, lists: Allowlist) -> None:
     shown = ".".join(p for p in (database, schema, table.name) if p)
     if glot == "postgres":
         if schema == "information_schema":
+            # internal helper views and user-mapping options (which can hold remote passwords) stay out
+            if name.startswith(("_pg_", "user_mapping")):
+                raise _object_refusal(shown, glot)
             return
         if schema.startswith("pg_") and schema != "pg_catalog":
             raise _object_refusal(shown, glot)
