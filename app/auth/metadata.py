@@ -142,6 +142,9 @@ async def prm_handler(request: web.Request) -> web.StreamResponse:
     tail = _strip_public_prefix(request, request.match_info.get("tail", "")).rstrip("/")
     if tail == "" or tail in MCP_ENDPOINTS:
         return _json(protected_resource_metadata(request, tail))
+    if tail in REALMS:
+        # The resource path without /mcp (ChatGPT tries it): the document of that prefix's MCP endpoint.
+        return _redirect(base_url(request) + f"/.well-known/{PRM_DOC}{tail}/mcp")
     return _not_found()
 
 
@@ -173,6 +176,8 @@ def add_metadata_routes(app: web.Application) -> None:
         for endpoint in MCP_ENDPOINTS:  # quirk: appended after the endpoint path
             routes.append((f"{endpoint}/.well-known/{doc}", _redirect_handler(
                 realm_of_path(endpoint) + "/.well-known/" + doc)))
+        for realm in REALMS:  # clients that derive discovery from the token endpoint's URL
+            routes.append((f"{realm}/token/.well-known/{doc}", _realm_as_handler(realm)))
     routes.append((f"/.well-known/{PRM_DOC}{{tail:.*}}", prm_handler))
     for endpoint in MCP_ENDPOINTS:
         routes.append((f"{endpoint}/.well-known/{PRM_DOC}", _redirect_handler(f"/.well-known/{PRM_DOC}{endpoint}")))
