@@ -122,6 +122,7 @@ PG_CASES = [
     "SELECT repeat('x', 300000000) AS big",
     "SELECT decode(repeat('00', 150000000), 'hex') AS big",  # a 150 MB bytea (300 MB of hex)
     "SELECT n, repeat('y', 90000) AS a, repeat('z', 90000) AS b FROM generate_series(1, 5000) AS n",
+    "SELECT n, repeat('y', 90000) AS a FROM generate_series(1, 5000) AS n",  # each row fits, together they do not
 ]
 
 

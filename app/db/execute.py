@@ -23,7 +23,7 @@ from typing import Any
 import pyodbc
 from sqlglot import exp
 
-from .dialects.base import Dialect, ReadPlan, statement_body
+from .dialects.base import Dialect, ReadPlan, rows_per_fetch, statement_body
 from .serialize import serialize_row
 from .types import QueryFailed, QueryResult
 
@@ -54,8 +54,9 @@ def collect(cursor: pyodbc.Cursor, session: Any, max_rows: int, max_bytes: int, 
     reason: str | None = None
     too_long: str | None = None
     dumps = json.dumps
+    batch_rows = min(FETCH_BATCH, rows_per_fetch(max_rows, max_bytes))  # rows may each be up to the cap
     while reason is None:
-        want = min(FETCH_BATCH, max_rows + 1 - len(rows))
+        want = min(batch_rows, max_rows + 1 - len(rows))
         batch = cursor.fetchmany(want)
         if not batch:
             break

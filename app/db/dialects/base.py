@@ -12,7 +12,7 @@ import datetime as dt
 import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -58,9 +58,10 @@ OVER_CAP_COLUMN = "mcp_over_cap"
 class ReadPlan:
     """What a read runs: the user's statement inside the caps.
 
-    `sql` holds the row cap (TOP/LIMIT of cap+1) and, where the dialect cuts wide values on the server,
-    each wide column cut to just over the byte cap. With `marks_over_cap` the last column says whether the
-    rows so far already passed the byte cap; that row's values are NULL and it is never shown.
+    `sql` holds the row cap (TOP/LIMIT of cap+1) and, where the dialect bounds wide values on the server,
+    their size. With `marks_over_cap` the last column is the server's marker: 0 while the row fits; the
+    1-based number of a column whose value alone is over the byte cap, or -1, once it does not. That row's
+    wide values are NULL, it is never shown, and it ends the result.
     """
 
     sql: str
@@ -79,10 +80,13 @@ def statement_body(sql: str, glot: str) -> str:
     return sql[: tokens[-1].end + 1]
 
 
-def value_cut_lengths(max_bytes: int) -> tuple[int, int]:
-    """(characters of text, bytes of binary) to keep of a wide value: just enough that a cut value's JSON
-    is longer than the byte cap, so a cut value is never shown as if it were whole (binary is hex, 2 per byte)."""
-    return max_bytes + 1, max_bytes // 2 + 1
+FETCH_BLOCK_BYTES = 16 * 1024 * 1024  # most row data a driver block or one fetchmany holds at a time
+
+
+def rows_per_fetch(max_rows: int, max_bytes: int) -> int:
+    """Rows per fetch so that a block of rows, each at most the byte cap, stays within FETCH_BLOCK_BYTES
+    (a capped result of small rows is still one round trip)."""
+    return max(8, min(int(max_rows) + 1, FETCH_BLOCK_BYTES // max(1, int(max_bytes))))
 
 
 class Dialect(ABC):
@@ -136,9 +140,6 @@ class Dialect(ABC):
     # --- reads inside the caps ----------------------------------------------------------------
     # True when plan_read needs the result's columns (one `LIMIT 0` probe per new statement text).
     needs_columns: ClassVar[bool] = True
-    # Appended to each layer of the value-cut wrapper so the planner does not inline it (that would repeat the
-    # user's expressions once per reference: k wide columns cost k^2 evaluations of each value).
-    optimization_fence: ClassVar[str] = " OFFSET 0"
     # True when plan_read changes the statement's tree (then Database hands it the checked tree).
     plans_from_tree: ClassVar[bool] = False
     # Column types (as pyodbc reports them) whose values are small and pass through uncut.
@@ -170,41 +171,10 @@ class Dialect(ABC):
         return isinstance(type_code, type) and issubclass(type_code, self.small_value_types)
 
     def value_cut_sql(self, limited: str, columns: list[Sequence[Any]], wide: set[int], max_bytes: int) -> str:
-        """`limited` with each wide column cut on the server, a running total of their sizes, and the rows
-        past the byte cap dropped but one (the marker, its wide values NULL). Sizes are bytes, never more
-        than the JSON size, so the server never drops a row the byte cap would have kept."""
+        """`limited` with the wide columns (indexes in `wide`) measured on the server: a row over the byte cap
+        comes back blanked, with the marker set (ReadPlan). Sizes are never more than the JSON size, so the
+        server never blanks a row the byte cap would have kept."""
         raise NotImplementedError
-
-    def _running_total_sql(self, cut: str, columns: list[Sequence[Any]], wide: set[int], max_bytes: int,
-                           width: Callable[[str, Sequence[Any]], str]) -> str:
-        """The outer layers shared by dialects: `cut` yields columns c1..cn (wide ones already cut);
-        `width(ref, column)` is the SQL for one wide value's size (at most its JSON size).
-
-        The last column is the marker: 0 while the rows so far fit the byte cap, the 1-based number of a
-        column whose value alone is over the cap, or -1 when the rows together passed it."""
-        cols = [f"c{i + 1}" for i in range(len(columns))]
-        ordered = sorted(wide)
-        cap = int(max_bytes)
-        widths = ", ".join(f"{width(f'mcp_c.{cols[i]}', columns[i])} AS mcp_w{i + 1}" for i in ordered)
-        row_width = " + ".join(f"mcp_s.mcp_w{i + 1}" for i in ordered)
-        # A row over the cap on its own is blanked before the running total, so the engine never buffers
-        # wide rows for the window (SQLite keeps the window's rows in a temporary table).
-        blanked = ", ".join(
-            f"CASE WHEN {row_width} <= {cap} THEN mcp_s.{col} END AS {col}" if i in wide else f"mcp_s.{col}"
-            for i, col in enumerate(cols))
-        width_columns = ", ".join(f"mcp_s.mcp_w{i + 1}" for i in ordered)
-        shown = ", ".join(
-            (f"CASE WHEN mcp_t.mcp_total <= {cap} THEN mcp_t.{col} END" if i in wide else f"mcp_t.{col}")
-            + f" AS {self.quote_identifier(str(column[0]))}"
-            for i, (col, column) in enumerate(zip(cols, columns, strict=True)))
-        alone = " ".join(f"WHEN mcp_t.mcp_w{i + 1} > {cap} THEN {i + 1}" for i in ordered)
-        fence = self.optimization_fence
-        return (f"SELECT {shown}, CASE WHEN mcp_t.mcp_total <= {cap} THEN 0 {alone} ELSE -1 END AS {OVER_CAP_COLUMN}\n"
-                f"FROM (SELECT mcp_b.*, SUM(mcp_b.mcp_width) OVER (ROWS UNBOUNDED PRECEDING) AS mcp_total\n"
-                f"      FROM (SELECT {blanked}, {width_columns}, {row_width} AS mcp_width\n"
-                f"            FROM (SELECT mcp_c.*, {widths} FROM ({cut}{fence}) AS mcp_c{fence}) AS mcp_s{fence})"
-                f" AS mcp_b) AS mcp_t\n"
-                f"WHERE mcp_t.mcp_total - mcp_t.mcp_width <= {cap}")
 
     def explain_failure(self, message: str) -> str:
         """The driver's (cleaned) message for a failed statement, with a hint where the service's own limits

@@ -18,7 +18,7 @@ from typing import Any
 import pyodbc
 
 from ..types import Column, ForeignKey, Index, TableDescription, TableInfo
-from .base import SMALL_VALUE_TYPES, Dialect, connection_string, value_cut_lengths
+from .base import OVER_CAP_COLUMN, SMALL_VALUE_TYPES, Dialect, connection_string, rows_per_fetch
 
 _LIST_TABLES = """
 SELECT n.nspname, c.relname,
@@ -88,8 +88,10 @@ def _is_binary(column: Sequence[Any]) -> bool:
 
 
 def _json_width(ref: str, column: Sequence[Any]) -> str:
-    """A cut value's size, never above its JSON size: bytes of text; twice the bytes of bytea (hex)."""
-    return f"{2 if _is_binary(column) else 1} * coalesce(octet_length({ref}), 0)"
+    """A value's size, never above its JSON size: bytes of its text; twice the bytes of bytea (hex)."""
+    if _is_binary(column):
+        return f"2 * coalesce(octet_length({ref}), 0)"
+    return f"coalesce(octet_length({ref}::text), 0)"
 
 
 class PostgresDialect(Dialect):
@@ -102,8 +104,9 @@ class PostgresDialect(Dialect):
     small_value_types = tuple(t for t in SMALL_VALUE_TYPES if t is not Decimal)
 
     def fetch_block_rows(self) -> int:
-        # Rows per FETCH round trip with UseDeclareFetch: enough for a full capped result in one trip.
-        return max(100, min(int(self.settings.max_rows) + 1, 5000))
+        # Rows per FETCH round trip with UseDeclareFetch: a full capped result in one trip, unless rows as wide
+        # as the byte cap would make the block large (each row is at most the cap: see value_cut_sql).
+        return rows_per_fetch(int(self.settings.max_rows), int(self.settings.max_result_bytes))
 
     def session_settings_sql(self) -> list[str]:
         """The session's SET statements: run at connect and again after every reset."""
@@ -150,18 +153,25 @@ class PostgresDialect(Dialect):
         return super().is_small_column(column) or (column[1] is str and isinstance(size, int) and 0 < size < 255)
 
     def value_cut_sql(self, limited: str, columns: list[Sequence[Any]], wide: set[int], max_bytes: int) -> str:
-        text_chars, binary_bytes = value_cut_lengths(max_bytes)
+        """Two levels, cheap to plan: the inner one measures each row's wide values (octet_length of a text
+        reads its stored length, so even a 300 MB value costs nothing to measure), the outer one blanks a row
+        that is over the cap on its own and names the column that is. A row that fits needs no cut, and keeps
+        the types psqlODBC gives it. Rows are read in blocks (UseDeclareFetch, Fetch=rows_per_fetch) and the
+        reader stops at the cap, so no running total across rows is needed. OFFSET 0 keeps the planner from
+        inlining the inner level (that would measure once per reference)."""
+        cap = int(max_bytes)
         names = [f"c{i + 1}" for i in range(len(columns))]
-        cut = []
-        for i, (name, column) in enumerate(zip(names, columns, strict=True)):
-            if i not in wide:
-                cut.append(f"mcp_r.{name}")
-            elif _is_binary(column):
-                cut.append(f"substring(mcp_r.{name} FROM 1 FOR {binary_bytes}) AS {name}")
-            else:  # text, json, arrays and every other type psqlODBC hands over as text
-                cut.append(f"left(mcp_r.{name}::text, {text_chars}) AS {name}")
-        cut_sql = f"SELECT {', '.join(cut)} FROM ({limited}) AS mcp_r({', '.join(names)})"
-        return self._running_total_sql(cut_sql, columns, wide, max_bytes, _json_width)
+        ordered = sorted(wide)
+        row_width = " + ".join(_json_width(f"mcp_r.{names[i]}", columns[i]) for i in ordered)
+        shown = ", ".join(
+            (f"CASE WHEN mcp_s.mcp_width <= {cap} THEN mcp_s.{name} END" if i in wide else f"mcp_s.{name}")
+            + f" AS {self.quote_identifier(str(column[0]))}"
+            for i, (name, column) in enumerate(zip(names, columns, strict=True)))
+        alone = " ".join(f"WHEN {_json_width(f'mcp_s.{names[i]}', columns[i])} > {cap} THEN {i + 1}" for i in ordered)
+        return (f"SELECT {shown}, CASE WHEN mcp_s.mcp_width <= {cap} THEN 0 {alone} ELSE -1 END"
+                f" AS {OVER_CAP_COLUMN}\n"
+                f"FROM (SELECT mcp_r.*, {row_width} AS mcp_width FROM ({limited}) AS mcp_r({', '.join(names)})"
+                f" OFFSET 0) AS mcp_s")
 
     def build_connection_string(self) -> str:
         s = self.settings

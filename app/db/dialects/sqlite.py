@@ -22,7 +22,7 @@ from typing import Any
 import pyodbc
 
 from ..types import Column, ForeignKey, Index, TableDescription, TableInfo
-from .base import Dialect, value_cut_lengths
+from .base import OVER_CAP_COLUMN, Dialect
 
 # Largest string or blob SQLite may build for one of our connections (sqlite3_limit LENGTH). Without it a
 # read such as zeroblob(300000000) or printf('%.*c', 300000000, 'x') allocates the whole value in this process
@@ -100,9 +100,10 @@ _INDEXES = 'SELECT name, "unique", origin FROM pragma_index_list(?) ORDER BY nam
 _INDEX_COLUMNS = "SELECT name FROM pragma_index_info(?) ORDER BY seqno"
 
 
-def _json_width(ref: str, _column: Sequence[Any]) -> str:
-    """A cut value's size, never above its JSON size: characters of text, twice the bytes of a blob (hex)."""
-    return f"CASE typeof({ref}) WHEN 'blob' THEN 2 * length({ref}) ELSE coalesce(length({ref}), 0) END"
+def _json_width(ref: str) -> str:
+    """A value's size, never above its JSON size: length() counts characters of text and bytes of a blob (a
+    blob's JSON is hex, twice as long), and is cheap to plan (a typeof() CASE here doubled the plan cost)."""
+    return f"coalesce(length({ref}), 0)"
 
 
 class SqliteDialect(Dialect):
@@ -110,7 +111,6 @@ class SqliteDialect(Dialect):
     sqlglot = "sqlite"
     default_schema = None
     has_schemas = False
-    optimization_fence = " LIMIT -1"  # SQLite inlines no subquery that has a LIMIT into a query with a WHERE
 
     def database_uri(self) -> str:
         path = os.path.abspath(str(self.settings.sqlite_path))
@@ -162,17 +162,33 @@ class SqliteDialect(Dialect):
     # A bare VALUES is not a statement the driver opens a result set for; inside the LIMIT wrapper
     # (SELECT * FROM (VALUES ...)) it is.
     def value_cut_sql(self, limited: str, columns: list[Sequence[Any]], wide: set[int], max_bytes: int) -> str:
-        # Types are per value in SQLite: cut text and blobs wherever they appear in a wide column, keep
-        # numbers. Columns the driver reports as typed pass through untouched (they keep their declared type).
-        text_chars, binary_bytes = value_cut_lengths(max_bytes)
+        """The driver buffers whole result sets, so the server must bound the rows together, not only each row:
+        the first level measures each row's wide values (types are per value in SQLite: text by characters,
+        blobs by twice their bytes, both never above the JSON size), the second blanks a row over the cap on
+        its own and notes which column is, the third keeps a running total (a window over rows already small),
+        and the outer one drops every row after the one that passes the cap. Columns the driver reports as
+        typed pass through untouched, keeping their declared type. Each level has LIMIT -1, so SQLite does not
+        inline it into the next (that would evaluate the user's expressions once per reference)."""
+        cap = int(max_bytes)
         names = [f"c{i + 1}" for i in range(len(columns))]
-        cut = [
-            f"CASE typeof(mcp_r.{name}) WHEN 'text' THEN substr(mcp_r.{name}, 1, {text_chars}) "
-            f"WHEN 'blob' THEN substr(mcp_r.{name}, 1, {binary_bytes}) ELSE mcp_r.{name} END AS {name}"
-            if i in wide else f"mcp_r.{name}"
-            for i, name in enumerate(names)]
-        cut_sql = f"WITH mcp_r({', '.join(names)}) AS ({limited}) SELECT {', '.join(cut)} FROM mcp_r"
-        return self._running_total_sql(cut_sql, columns, wide, max_bytes, _json_width)
+        ordered = sorted(wide)
+        row_width = " + ".join(_json_width(f"mcp_r.{names[i]}") for i in ordered)
+        blanked = ", ".join(f"CASE WHEN mcp_s.mcp_width <= {cap} THEN mcp_s.{name} END AS {name}" if i in wide
+                            else f"mcp_s.{name}" for i, name in enumerate(names))
+        alone = " ".join(f"WHEN {_json_width(f'mcp_s.{names[i]}')} > {cap} THEN {i + 1}" for i in ordered)
+        shown = ", ".join(
+            (f"CASE WHEN mcp_t.mcp_total <= {cap} THEN mcp_t.{name} END" if i in wide else f"mcp_t.{name}")
+            + f" AS {self.quote_identifier(str(column[0]))}"
+            for i, (name, column) in enumerate(zip(names, columns, strict=True)))
+        return (f"WITH mcp_r({', '.join(names)}) AS ({limited})\n"
+                f"SELECT {shown}, CASE WHEN mcp_t.mcp_total <= {cap} THEN 0 WHEN mcp_t.mcp_alone > 0"
+                f" THEN mcp_t.mcp_alone ELSE -1 END AS {OVER_CAP_COLUMN}\n"
+                f"FROM (SELECT mcp_b.*, SUM(mcp_b.mcp_width) OVER (ROWS UNBOUNDED PRECEDING) AS mcp_total\n"
+                f"      FROM (SELECT {blanked}, mcp_s.mcp_width,\n"
+                f"                   CASE WHEN mcp_s.mcp_width <= {cap} THEN 0 {alone} ELSE -1 END AS mcp_alone\n"
+                f"            FROM (SELECT mcp_r.*, {row_width} AS mcp_width FROM mcp_r LIMIT -1) AS mcp_s"
+                f" LIMIT -1) AS mcp_b LIMIT -1) AS mcp_t\n"
+                f"WHERE mcp_t.mcp_total - mcp_t.mcp_width <= {cap}")
 
     def quote_identifier(self, name: str) -> str:
         return '"' + name.replace('"', '""') + '"'
