@@ -124,7 +124,8 @@ async def _validate_request(request: web.Request, state: AuthState, realm: str) 
         if not redirect_matches(redirect_uri, registered):
             _stop("Invalid request", "The return address (redirect_uri) is not registered for this app.")
     try:
-        check_redirect_uri(redirect_uri, state.settings.allowed_redirect_hosts)
+        check_redirect_uri(redirect_uri, state.settings.allowed_redirect_hosts,
+                           state.settings.allowed_redirect_schemes)
     except RedirectUriError as exc:
         _stop("Invalid request", f"The return address is not allowed: {exc}.")
 

@@ -103,7 +103,8 @@ def _cache_seconds(cache_control: str | None) -> int:
     return max(MIN_CACHE_SECONDS, min(MAX_CACHE_SECONDS, int(match.group(1))))
 
 
-def validate_document(url: str, doc: Any, allowed_hosts: tuple[str, ...]) -> dict[str, Any]:
+def validate_document(url: str, doc: Any, allowed_hosts: tuple[str, ...],
+                      allowed_schemes: tuple[str, ...] = ()) -> dict[str, Any]:
     """The client record for a fetched document, or CimdError."""
     if not isinstance(doc, dict):
         raise CimdError("client metadata document is not a JSON object")
@@ -120,7 +121,7 @@ def validate_document(url: str, doc: Any, allowed_hosts: tuple[str, ...]) -> dic
         raise CimdError("client metadata document needs a redirect_uris list")
     for uri in redirect_uris:
         try:
-            check_redirect_uri(uri, allowed_hosts)
+            check_redirect_uri(uri, allowed_hosts, allowed_schemes)
         except RedirectUriError as exc:
             raise CimdError(str(exc)) from None
     grant_types = doc.get("grant_types", list(GRANT_TYPES))
@@ -147,9 +148,11 @@ def validate_document(url: str, doc: Any, allowed_hosts: tuple[str, ...]) -> dic
 
 
 class CimdFetcher:
-    def __init__(self, *, allow_private: bool, allowed_hosts: tuple[str, ...]) -> None:
+    def __init__(self, *, allow_private: bool, allowed_hosts: tuple[str, ...],
+                 allowed_schemes: tuple[str, ...] = ()) -> None:
         self.allow_private = allow_private
         self.allowed_hosts = allowed_hosts
+        self.allowed_schemes = allowed_schemes
         self._session: aiohttp.ClientSession | None = None
         self._memo: dict[str, tuple[float, dict[str, Any]]] = {}
 
@@ -208,7 +211,7 @@ class CimdFetcher:
             doc = load_json(body)
         except ValueError:
             raise CimdError("client metadata document is not valid JSON") from None
-        record = validate_document(url, doc, self.allowed_hosts)
+        record = validate_document(url, doc, self.allowed_hosts, self.allowed_schemes)
         record["fetched_at"] = time.time()
         if len(self._memo) > 1000:
             self._memo.clear()

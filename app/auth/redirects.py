@@ -1,16 +1,17 @@
 """Which redirect URIs a client may register and use.
 
-https on an allowed host (or one of its subdomains), or loopback on any port over http(s) for native
-clients (Claude Code, MCP Inspector). Everything that could make a URL mean something other than what it
-looks like is refused outright: userinfo, fragments, backslashes, control characters, percent-encoding or
-non-ASCII in the host, raw IPs other than loopback, lookalike hosts such as `chatgpt.com.evil.com`.
+https on an allowed host (or one of its subdomains), loopback on any port over http(s) for native clients
+(Claude Code, MCP Inspector, VS Code), or a private-use scheme the operator allows (Cursor). Everything
+that could make a URL mean something other than what it looks like is refused outright: userinfo,
+fragments, backslashes, control characters, percent-encoding or non-ASCII in the host, raw IPs other than
+loopback, lookalike hosts such as `chatgpt.com.evil.com`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 MAX_REDIRECT_URI_LENGTH = 2000
@@ -29,8 +30,26 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def check_redirect_uri(uri: str, allowed_hosts: Iterable[str]) -> None:
-    """Raise RedirectUriError (message safe to show) unless `uri` may be registered."""
+# Schemes that can never be a private-use redirect: they name the web, files or script (RFC 8252 §7.1 asks
+# for a scheme the app owns, ideally a reverse domain name such as com.example.app).
+_NEVER_PRIVATE_SCHEMES = frozenset({"http", "https", "javascript", "data", "file", "blob", "about", "vbscript",
+                                    "ftp", "ws", "wss", "mailto", "chrome", "view-source"})
+
+
+def _check_private_use(parts: SplitResult, scheme: str, allowed_schemes: Iterable[str]) -> None:
+    allowed = {s.strip().lower().rstrip(":/") for s in allowed_schemes if s.strip()}
+    if scheme in _NEVER_PRIVATE_SCHEMES or scheme not in allowed:
+        raise RedirectUriError(f"redirect URI scheme {scheme}: is not allowed (https, loopback, or a private-use "
+                               "scheme listed in ALLOWED_REDIRECT_SCHEMES)")
+    if not parts.path and not parts.netloc:
+        raise RedirectUriError("redirect URI needs a path after its scheme")
+
+
+def check_redirect_uri(uri: str, allowed_hosts: Iterable[str], allowed_schemes: Iterable[str] = ()) -> None:
+    """Raise RedirectUriError (message safe to show) unless `uri` may be registered.
+
+    `allowed_schemes` are private-use schemes of native apps (RFC 8252 §7.1, e.g. Cursor's `cursor:`);
+    their redirects go to an app on the user's machine, and PKCE binds the code to that app's request."""
     if not isinstance(uri, str) or not uri:
         raise RedirectUriError("redirect URI must be a non-empty string")
     if len(uri) > MAX_REDIRECT_URI_LENGTH:
@@ -53,7 +72,9 @@ def check_redirect_uri(uri: str, allowed_hosts: Iterable[str]) -> None:
         raise RedirectUriError("redirect URI host must not contain percent-encoding or non-ASCII characters")
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
-    if scheme not in {"https", "http"} or not host:
+    if scheme and scheme not in {"https", "http"}:
+        return _check_private_use(parts, scheme, allowed_schemes)
+    if not scheme or not host:
         raise RedirectUriError("redirect URI must be an absolute https URL")
     if _is_loopback(host):
         return  # loopback redirects never leave the user's machine (RFC 8252 §7.3)
@@ -99,4 +120,6 @@ def redirect_host_label(uri: str) -> str:
         return f"{host}:{parts.port} (this computer)"
     if _is_loopback(host):
         return f"{host} (this computer)"
+    if parts.scheme.lower() not in {"http", "https"}:
+        return f"the {parts.scheme.lower()}: app on this computer"
     return host

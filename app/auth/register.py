@@ -51,7 +51,8 @@ def _text(value: Any, name: str, limit: int = 200) -> str | None:
     return cleaned[:limit] or None
 
 
-def validate_registration(data: Any, allowed_hosts: tuple[str, ...]) -> dict[str, Any]:
+def validate_registration(data: Any, allowed_hosts: tuple[str, ...],
+                          allowed_schemes: tuple[str, ...] = ()) -> dict[str, Any]:
     """The client record to store (without id/secret) from a registration request, or OAuthError."""
     if not isinstance(data, dict):
         raise _metadata_error("the registration request must be a JSON object")
@@ -62,7 +63,7 @@ def validate_registration(data: Any, allowed_hosts: tuple[str, ...]) -> dict[str
         raise OAuthError("invalid_redirect_uri", f"at most {MAX_REDIRECT_URIS} redirect_uris")
     for uri in uris:
         try:
-            check_redirect_uri(uri, allowed_hosts)
+            check_redirect_uri(uri, allowed_hosts, allowed_schemes)
         except RedirectUriError as exc:
             raise OAuthError("invalid_redirect_uri", str(exc)) from None
     method = data.get("token_endpoint_auth_method", "client_secret_basic")  # RFC 7591 §2 default
@@ -120,7 +121,8 @@ async def register_endpoint(request: web.Request) -> web.Response:
             data = load_json(body)
         except ValueError:
             raise _metadata_error("the registration request must be a JSON object") from None
-        metadata = validate_registration(data, tuple(state.settings.allowed_redirect_hosts))
+        metadata = validate_registration(data, tuple(state.settings.allowed_redirect_hosts),
+                                         tuple(state.settings.allowed_redirect_schemes))
     except OAuthError as exc:
         state.metrics.oauth_registrations.labels("error").inc()
         log.info("oauth.registration_refused", error=exc.error, reason=exc.description)

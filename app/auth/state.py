@@ -39,7 +39,8 @@ class AuthState:
 
         return cls(settings=settings, metrics=metrics, store=AsyncAuthStore(store_path(settings.data_dir)),
                    cimd=CimdFetcher(allow_private=settings.cimd_allow_private,
-                                    allowed_hosts=tuple(settings.allowed_redirect_hosts)),
+                                    allowed_hosts=tuple(settings.allowed_redirect_hosts),
+                                    allowed_schemes=tuple(settings.allowed_redirect_schemes)),
                    oidc=UpstreamOidc.from_settings(settings))
 
     async def start(self) -> None:
