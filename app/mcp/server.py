@@ -781,8 +781,9 @@ class McpServer:
                 waiting[key] = (request_id, future)
                 emit({"jsonrpc": "2.0", "id": request_id, "method": request["method"],
                       "params": request.get("params", {})})
-            done = await asyncio.wait_for(asyncio.gather(*(f for _, f in waiting.values())),
-                                          CLIENT_REQUEST_TIMEOUT_SECONDS)
+            deadline = loop.time() + CLIENT_REQUEST_TIMEOUT_SECONDS
+            done = [await asyncio.wait_for(future, max(0.0, deadline - loop.time()))
+                    for _, future in waiting.values()]
         except TimeoutError:
             raise ToolError("The client did not answer this tool's question in time.", outcome="timeout") from None
         finally:
