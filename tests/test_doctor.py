@@ -92,6 +92,7 @@ def test_postgres_doctor_passes_every_check(pg_db: dict[str, Any], tmp_path: Pat
     assert "default_transaction_read_only=on" in details["read_only_session"]
     assert "read-only transaction" in details["write_refused"]
     assert "same connection" in details["query_timeout"] and "same connection" in details["unread_rows"]
+    assert "(max_bytes)" in details["unread_rows"]  # cut by the byte cap, with rows left unread
 
 
 def test_postgres_text_report_and_wrong_password_never_show_the_secret(
@@ -226,6 +227,17 @@ def test_tsql_probes_are_single_select_statements(name: str) -> None:
 def test_tsql_probes_run_through_the_guarded_read_path(sql: str) -> None:
     # These go through Database.execute, like a user's query: the guard must accept them.
     assert guard.is_read_only(sql, "mssql"), guard.check(sql, "mssql").message
+
+
+def test_the_service_sends_the_tsql_probes_as_written() -> None:
+    # The read path regenerates a statement with sqlglot only when it must add or lower a TOP; the type and
+    # FOR JSON probes carry a TOP within the cap, so SQL Server gets exactly the text tested here.
+    settings = load_settings(environ={}, env_file=None, db_backend="mssql", mssql_host="h", mssql_database="d",
+                             mssql_user="u")
+    dialect = get_dialect(settings)
+    for sql, max_rows in ((probes.MssqlProbes.types_sql(), 1), (probes.MSSQL_FOR_JSON, settings.max_rows)):
+        verdict = guard.check(sql, "mssql")
+        assert dialect.plan_read(sql, verdict.tree, max_rows, settings.max_result_bytes, None).sql == sql
 
 
 def test_tsql_sleep_and_write_probes_are_what_the_guard_refuses() -> None:

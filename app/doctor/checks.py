@@ -590,14 +590,15 @@ class Doctor:
     async def unread_rows(self) -> None:
         before = await self._job(_connection_of)
         started = time.perf_counter()
-        result = await self.db.execute(self.probes.big_result_sql, max_rows=5)
+        result = await self.db.execute(self.probes.big_result_sql)  # the service's own row and byte caps
         took = time.perf_counter() - started
         same, next_took = await self._same_connection_after(before)
-        detail = (f"a read of a big result cut at {result.row_count} rows (truncated={str(result.truncated).lower()}) "
-                  f"returned in {took * 1000:.0f} ms; the next statement ran {next_took * 1000:.0f} ms later on "
-                  f"{'the same' if same else 'a new'} connection")
+        detail = (f"a big read of wide rows cut at {result.row_count} rows "
+                  f"({result.truncated_reason or 'not cut'}) returned in {took * 1000:.0f} ms; the next statement "
+                  f"ran {next_took * 1000:.0f} ms later on {'the same' if same else 'a new'} connection")
         if not result.truncated:
-            self._result("unread_rows", WARN, detail, "the result was expected to be cut at 5 rows")
+            self._result("unread_rows", WARN, detail, "the result was expected to be cut by MAX_ROWS or "
+                         "MAX_RESULT_BYTES; please report this")
         elif took > UNREAD_ROWS_FAST_SECONDS or not same:
             self._result("unread_rows", WARN, detail, "the driver reads or discards the unread rows slowly, or "
                          "drops the connection: big SELECTs cost time (issue 15 item 5)")

@@ -83,9 +83,11 @@ class Probes:
     for_json_sql: ClassVar[str | None] = None
     type_probes: ClassVar[tuple[TypeProbe, ...]] = ()
 
+    select_prefix: ClassVar[str] = "SELECT "
+
     @classmethod
     def types_sql(cls) -> str:
-        return "SELECT " + ", ".join(f"{p.expression} AS {p.column}" for p in cls.type_probes)
+        return cls.select_prefix + ", ".join(f"{p.expression} AS {p.column}" for p in cls.type_probes)
 
 
 # --- SQL Server ------------------------------------------------------------------------------------
@@ -134,9 +136,11 @@ MSSQL_WRITE_PROBE = (
 )
 MSSQL_AFTER_ROLLBACK = "SELECT CASE WHEN OBJECT_ID(N'tempdb..#mcp_doctor_probe') IS NULL THEN 1 ELSE 0 END AS gone"
 MSSQL_SLEEP = "WAITFOR DELAY '00:00:05'"
-# Millions of rows from catalog views every login can read; the doctor reads five of them.
+# Millions of 4 KB rows from catalog views every login can read. The row cap goes into the statement
+# (TOP, SET ROWCOUNT), and the byte cap then stops the read after a few dozen rows, so about a thousand
+# rows are still unread when the transaction is rolled back (issue 15 item 5).
 MSSQL_BIG_RESULT = """
-SELECT a.object_id AS a_id, b.object_id AS b_id
+SELECT a.object_id AS a_id, b.object_id AS b_id, REPLICATE(N'x', 2000) AS filler
 FROM sys.all_objects AS a CROSS JOIN sys.all_objects AS b
 """
 # Over 2,033 characters of JSON, so SQL Server sends it as several rows of one JSON_F52E2B61-... column.
@@ -158,6 +162,8 @@ _ITEM_1_HINT = ("pyodbc 5.2+ decodes sql_variant itself; the dialect's output co
 
 class MssqlProbes(Probes):
     engine = "mssql"
+    # A TOP within the row cap: the service then sends the statement as written instead of regenerating it.
+    select_prefix = "SELECT TOP (1) "
     server_sql = MSSQL_SERVER
     tls_sql = MSSQL_TLS
     write_probe = MSSQL_WRITE_PROBE
@@ -213,8 +219,9 @@ class PostgresProbes(Probes):
     read_only_sql = PG_READ_ONLY
     write_probe = PG_WRITE_PROBE
     sleep_sql = "SELECT pg_sleep(5)"
-    # Ten million rows made lazily (a nested loop), so the server never builds them all.
-    big_result_sql = ("SELECT a.a * 10000 + b.b AS n "
+    # Ten million 2 KB rows made lazily (a nested loop), so the server never builds them all; the caps stop
+    # the read early.
+    big_result_sql = ("SELECT a.a * 10000 + b.b AS n, repeat('x', 2000) AS filler "
                       "FROM generate_series(1, 1000) AS a(a), generate_series(1, 10000) AS b(b)")
     type_probes = (
         TypeProbe("numeric_value", f"{BIG_DECIMAL}::numeric", BIG_DECIMAL, _equals(BIG_DECIMAL)),
@@ -247,8 +254,8 @@ class SqliteProbes(Probes):
     sleep_sql = ("WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 100000000) "
                  "SELECT MAX(x) FROM n")
     # The SQLite ODBC driver builds a whole result at execute time, so "big" stays moderate here.
-    big_result_sql = ("WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 200000) "
-                      "SELECT x FROM n")
+    big_result_sql = ("WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 5000) "
+                      "SELECT x, printf('%2000s', '') AS filler FROM n")
     type_probes = (
         TypeProbe("integer_value", "42", "42", _equals(42)),
         TypeProbe("big_integer", str(BIG_INTEGER), str(BIG_INTEGER), _equals(BIG_INTEGER),
