@@ -371,3 +371,23 @@ def test_mssql_view_definition_verdict() -> None:
 def test_mssql_for_json_column_name_is_the_one_sql_server_uses() -> None:
     # SQL Server names the single FOR JSON column JSON_F52E2B61-18A1-11d1-B105-00805F49916B.
     assert "JSON_F52E2B61-18A1-11d1-B105-00805F49916B".startswith(probes.FOR_JSON_COLUMN_PREFIXES)
+
+
+def test_read_only_mode_off_skips_the_write_checks_and_changes_nothing(sqlite_db: Path, tmp_path: Path) -> None:
+    from tests.fixtures.databases import sqlite_snapshot
+
+    before = sqlite_snapshot(sqlite_db)
+    code, out, _, _ = run_doctor({"DB_BACKEND": "sqlite", "SQLITE_PATH": str(sqlite_db), "READ_ONLY_MODE": "false"},
+                                 tmp_path, "--json")
+    got = statuses(json.loads(out))
+    assert code == 0, out
+    assert got["read_only_session"] == got["write_refused"] == got["guard"] == SKIP
+    assert sqlite_snapshot(sqlite_db) == before
+
+
+def test_a_raw_connection_string_is_described_without_its_password() -> None:
+    raw = "DRIVER={ODBC Driver 18 for SQL Server};SERVER=sql.example.com,1433;DATABASE=Sales;UID=r;PWD={a;b}}c};"
+    options = connection_options(raw)
+    assert options["pwd"] == "a;b}c"
+    target = describe_target("mssql", options, True)
+    assert target == "mssql r@sql.example.com,1433/Sales (read-only mode)" and "a;b" not in target
