@@ -66,9 +66,13 @@ class Database:
         await self.pool.close()
 
     # --- queries -----------------------------------------------------------------------------------
+    def verdict(self, sql: str) -> guard.Verdict:
+        """The guard's verdict on `sql` as a read, with the operator's GUARD_EXTRA_FUNCTIONS (never raises)."""
+        return guard.check(sql, self.dialect.name, extra_functions=guard.extra_functions(self.settings))
+
     def is_read_only(self, sql: str) -> bool:
         """The guard's verdict without raising (the statement would run as a read)."""
-        return guard.is_read_only(sql, self.dialect.name)
+        return self.verdict(sql).allowed
 
     def _row_cap(self, max_rows: int | None) -> int:
         """The one place the row cap is decided: the setting, lowered (never raised) by a call."""
@@ -87,7 +91,7 @@ class Database:
         as a read in a rolled-back transaction. With read-only mode off, anything the guard would not
         accept as a read (or any call with write=True) runs as a write: committed only if it succeeds.
         `max_rows` and `timeout` can only lower the configured caps."""
-        verdict = guard.check(sql, self.dialect.name, extra_functions=guard.extra_functions(self.settings))
+        verdict = self.verdict(sql)
         if self.settings.read_only_mode:
             if not verdict.allowed:
                 reason = verdict.reason or "refused"
@@ -103,7 +107,7 @@ class Database:
             def job(s: Worker) -> QueryResult:
                 return run.write(s, sql, params, rows_cap, bytes_cap)
         else:
-            tree = _checked_tree(verdict) if self.dialect.plans_from_tree else None
+            tree = _checked_tree(verdict)
             plans = self.read_plans
 
             def job(s: Worker) -> QueryResult:

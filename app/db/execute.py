@@ -139,8 +139,8 @@ def read(session: Any, plan: ReadPlan | str, params: Sequence[Any], max_rows: in
     started = time.perf_counter()
     cursor = session.cursor()
     _execute(cursor, plan.sql, params)
+    # Unread rows are discarded when the worker closes the cursor, before the rollback (Worker._end_call).
     result = collect(cursor, session, max_rows, max_bytes, marks_over_cap=plan.marks_over_cap)
-    cursor.close()  # discards unread rows before the rollback (Microsoft's documented way)
     result.elapsed_ms = (time.perf_counter() - started) * 1000
     return result
 

@@ -261,11 +261,11 @@ class Worker:
                 result = job.fn(self)
             except Exception as exc:
                 failure = exc
-            reason = self._disarm()
+            reason, cursors = self._disarm(close_cursors=False)
             if failure is None:
-                self._end_call()
+                self._end_call(cursors)
                 return result
-            self._recover(failure)
+            self._recover(failure, cursors)
             if isinstance(failure, _Interrupted) or (reason is not None and isinstance(failure, pyodbc.Error)):
                 raise self._interrupted_error(reason or getattr(failure, "reason", "timeout"), job.timeout)
             if not isinstance(failure, pyodbc.Error):
@@ -289,29 +289,35 @@ class Worker:
             return QueryCancelled("the query was cancelled")
         return QueryTimeout(f"query exceeded the {format_seconds(timeout)} s time limit and was cancelled")
 
-    def _recover(self, failure: Exception) -> None:
+    def _recover(self, failure: Exception, cursors: list[pyodbc.Cursor]) -> None:
         """After a failed job: end the call as usual, or replace the connection if it is dead or will not
         roll back."""
-        if self.conn is None:
-            return
-        if isinstance(failure, pyodbc.Error) and is_dead_connection(failure):
+        if self.conn is None or (isinstance(failure, pyodbc.Error) and is_dead_connection(failure)):
+            _close(cursors)
             self._drop_connection(failure)
             return
-        self._end_call()
+        self._end_call(cursors)
 
-    def _end_call(self) -> None:
-        """Roll back and reset the session (the job's cursors are closed already); a connection that will
-        not reset is replaced rather than handed to the next call as it is."""
-        if self.conn is None:
-            return
+    def _end_call(self, cursors: list[pyodbc.Cursor]) -> None:
+        """Close the job's cursors and roll back and reset the session. SQL Server and SQLite close first
+        (closing discards unread rows, Microsoft's documented way); psqlODBC after, since its ROLLBACK ends
+        the server cursor and a close before it would cost a round trip. A connection that will not reset is
+        replaced rather than handed to the next call as it is."""
+        closes_first = self.dialect.close_cursors_before_rollback
+        if closes_first:
+            _close(cursors)
         try:
-            cursor = self.conn.cursor()
-            try:
-                self.dialect.end_call(self.conn, cursor, wrote=self.wrote)
-            finally:
-                cursor.close()
+            if self.conn is not None:
+                cursor = self.conn.cursor()
+                try:
+                    self.dialect.end_call(self.conn, cursor, wrote=self.wrote)
+                finally:
+                    cursor.close()
         except Exception as exc:
             self._drop_connection(exc)
+        finally:
+            if not closes_first:
+                _close(cursors)
 
     def _arm(self, job: object, deadline: float) -> None:
         with self.lock:
@@ -321,16 +327,18 @@ class Worker:
             self._cursors = []
         self.pool.watchdog.arm(self, deadline)
 
-    def _disarm(self) -> str | None:
+    def _disarm(self, *, close_cursors: bool = True) -> tuple[str | None, list[pyodbc.Cursor]]:
+        """Stop the deadline; return the cancel reason and the job's cursors (closed here unless asked not to:
+        then _end_call closes them, in the order the dialect needs)."""
         self.deadline = math.inf
         with self.lock:
             reason = self.cancel_reason
             cursors, self._cursors = self._cursors, []
             self.job = None
-        for cursor in cursors:
-            with contextlib.suppress(Exception):
-                cursor.close()
-        return reason
+        if close_cursors:
+            _close(cursors)
+            cursors = []
+        return reason, cursors
 
     # --- connection lifecycle --------------------------------------------------------------------
     def _ensure_connected(self) -> None:
@@ -384,6 +392,12 @@ class Worker:
                         error=clean_message(cause, self.pool.secrets) if cause else None)
         with contextlib.suppress(Exception):
             conn.close()
+
+
+def _close(cursors: list[pyodbc.Cursor]) -> None:
+    for cursor in cursors:
+        with contextlib.suppress(Exception):
+            cursor.close()
 
 
 class Pool:

@@ -89,6 +89,26 @@ def rows_per_fetch(max_rows: int, max_bytes: int) -> int:
     return max(8, min(int(max_rows) + 1, FETCH_BLOCK_BYTES // max(1, int(max_bytes))))
 
 
+_SMALL_BY_CONSTRUCTION = (exp.Null, exp.Boolean, exp.Count)
+
+
+def literal_columns(tree: exp.Expression | None, width: int) -> set[int]:
+    """Output columns the statement itself makes small: number literals, NULL, booleans, COUNT(...). The probe
+    cannot tell (SQLite reports an expression column with no rows as text), so `SELECT 1` would otherwise pay
+    for the value-cut wrapper."""
+    if not isinstance(tree, exp.Select):
+        return set()
+    projections = tree.expressions
+    if len(projections) != width or any(isinstance(p, exp.Star) or p.find(exp.Star) is p for p in projections):
+        return set()
+    small = set()
+    for i, projection in enumerate(projections):
+        value = projection.this if isinstance(projection, exp.Alias) else projection
+        if (isinstance(value, exp.Literal) and not value.is_string) or isinstance(value, _SMALL_BY_CONSTRUCTION):
+            small.add(i)
+    return small
+
+
 class Dialect(ABC):
     name: ClassVar[str]
     sqlglot: ClassVar[str]
@@ -140,8 +160,6 @@ class Dialect(ABC):
     # --- reads inside the caps ----------------------------------------------------------------
     # True when plan_read needs the result's columns (one `LIMIT 0` probe per new statement text).
     needs_columns: ClassVar[bool] = True
-    # True when plan_read changes the statement's tree (then Database hands it the checked tree).
-    plans_from_tree: ClassVar[bool] = False
     # Column types (as pyodbc reports them) whose values are small and pass through uncut.
     small_value_types: ClassVar[tuple[type, ...]] = SMALL_VALUE_TYPES
 
@@ -160,7 +178,8 @@ class Dialect(ABC):
         body = statement_body(sql, self.sqlglot)
         limited = self.limited_sql(body, max_rows)
         columns = list(description or ())
-        wide = {i for i, column in enumerate(columns) if not self.is_small_column(column)}
+        typed = literal_columns(tree, len(columns))
+        wide = {i for i, column in enumerate(columns) if i not in typed and not self.is_small_column(column)}
         if not wide:
             return ReadPlan(limited)
         return ReadPlan(self.value_cut_sql(limited, columns, wide, max_bytes), marks_over_cap=True)
@@ -182,6 +201,9 @@ class Dialect(ABC):
         return message
 
     # --- session reset when a connection goes back to the pool ---------------------------------
+    # Close a call's cursors before the rollback (discarding unread rows), or after it (see Worker._end_call).
+    close_cursors_before_rollback: ClassVar[bool] = True
+
     def end_call(self, conn: pyodbc.Connection, cursor: pyodbc.Cursor, *, wrote: bool) -> None:
         """End a call: roll back, and undo what the call may have left on the session. `cursor` is a
         fresh cursor on `conn`; the call's own cursors are closed already."""

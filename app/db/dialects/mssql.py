@@ -211,7 +211,6 @@ class MssqlDialect(Dialect):
         return "; ".join(x for x in statements if x) + ";"
 
     needs_columns = False  # TEXTSIZE cuts wide values on the server; no probe, no wrapper
-    plans_from_tree = True
 
     def plan_read(self, sql: str, tree: exp.Expression | None, max_rows: int, max_bytes: int,
                   description: Sequence[Sequence[Any]] | None) -> ReadPlan:

@@ -142,6 +142,8 @@ class PostgresDialect(Dialect):
             *self.session_settings_sql(),
         ])
 
+    close_cursors_before_rollback = False  # the ROLLBACK ends psqlODBC's server cursor; a close first is a round trip
+
     def end_call(self, conn: pyodbc.Connection, cursor: pyodbc.Cursor, *, wrote: bool) -> None:
         cursor.execute(self.reset_sql())  # psqlODBC reads the transaction state from the server: no BEGIN open
 
