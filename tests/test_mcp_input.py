@@ -100,3 +100,12 @@ async def test_handshake_era_client_refusal_is_a_tool_error() -> None:
     assert server.handle_response(Message("response", "", refusal, sent[0]["id"]), env)
     result = (await asyncio.wait_for(call, 2))["result"]
     assert result["isError"] is True and "User rejected" in result["content"][0]["text"]
+
+
+async def test_handshake_era_without_a_stream_fails_at_once() -> None:
+    server = _server()
+    session = server.sessions.create("streamable_http", "2025-11-25")
+    session.client_capabilities = {"elicitation": {}}
+    env = CallEnv(session=session, emit=lambda message: False)  # what a closed or missing stream answers
+    result = (await asyncio.wait_for(server.handle_request(_call(), env), 2))["result"]
+    assert result["isError"] is True and "text/event-stream" in result["content"][0]["text"]

@@ -779,8 +779,11 @@ class McpServer:
                 future: asyncio.Future[dict[str, Any]] = loop.create_future()
                 self._client_requests[request_id] = (session, future)
                 waiting[key] = (request_id, future)
-                emit({"jsonrpc": "2.0", "id": request_id, "method": request["method"],
-                      "params": request.get("params", {})})
+                sent = emit({"jsonrpc": "2.0", "id": request_id, "method": request["method"],
+                             "params": request.get("params", {})})
+                if sent is False:  # no stream to ask on (JSON-only POST and no GET stream): do not wait
+                    raise ToolError("This tool needs to ask the client a question: accept text/event-stream "
+                                    "on the call or open the session's GET stream.")
             deadline = loop.time() + CLIENT_REQUEST_TIMEOUT_SECONDS
             done = [await asyncio.wait_for(future, max(0.0, deadline - loop.time()))
                     for _, future in waiting.values()]
