@@ -36,7 +36,7 @@ async def test_list_get_and_complete(live_server: Any, monkeypatch: pytest.Monke
         assert [prompt.name for prompt in listed] == PROMPTS
         explain = listed[2]
         assert explain.title == "Explain a table" and explain.arguments is not None
-        assert [(a.name, a.required) for a in explain.arguments] == [("table", True)]
+        assert [(a.name, a.required) for a in explain.arguments] == [("table", True), ("column", False)]
 
         table = await client.get_prompt("explain_table", {"table": "Customers"})  # any case, like the tools
         assert _embedded_uris(table) == ["mssql://tables/main/customers"]
@@ -61,6 +61,12 @@ async def test_list_get_and_complete(live_server: Any, monkeypatch: pytest.Monke
         ref = PromptReference(type="ref/prompt", name="explain_table")
         tables = await client.complete(ref, {"name": "table", "value": "ORD"})
         assert tables.completion.values == ["order_lines", "order_totals", "orders"]
+        columns = await client.complete(ref, {"name": "column", "value": "c"}, {"table": "customers"})
+        assert columns.completion.values == ["city", "country", "customer_id"]
+        no_table = await client.complete(ref, {"name": "column", "value": ""}, {"table": "nowhere"})
+        assert no_table.completion.values == []
+        focused = await client.get_prompt("explain_table", {"table": "orders", "column": "status"})
+        assert "column status" in focused.messages[-1].content.text
         many = await client.complete(PromptReference(type="ref/prompt", name="write_query"),
                                      {"name": "tables", "value": "customers, o"})
         assert many.completion.values == ["customers, order_lines", "customers, order_totals", "customers, orders"]

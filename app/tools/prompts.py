@@ -97,13 +97,16 @@ class DatabasePrompts:
 
     async def explain_table(self, arguments: dict[str, str], ctx: ToolContext) -> list[dict[str, Any]]:
         embedded = await self._embed_tables([arguments["table"].strip()])
+        column = arguments.get("column", "").strip()
+        focus = (f" Pay most attention to the column {column}: what its values mean, how they are distributed "
+                 "(use a GROUP BY query) and what refers to it." if column else "")
         return [
             *embedded,
             text_message(
                 "Explain the table described above to someone new to this database: what one row represents, "
                 "what each column means (guess from names and types, and say when you are guessing), the keys "
                 "and what they link to, and which indexes support which lookups. Look at a few rows with "
-                "get_table_sample to confirm, and finish with three useful example queries."),
+                f"get_table_sample to confirm, and finish with three useful example queries.{focus}"),
         ]
 
     async def review_query(self, arguments: dict[str, str], ctx: ToolContext) -> list[dict[str, Any]]:
@@ -143,6 +146,15 @@ class DatabasePrompts:
     async def complete(self, argument: str, value: str, context: Mapping[str, str]) -> list[str]:
         if argument == "table":
             return _table_names(await self.database.list_tables())
+        if argument == "column":  # the columns of the table chosen so far
+            table = context.get("table", "").strip()
+            if not table:
+                return []
+            try:
+                description = await self.database.describe_table(table)
+            except TableNotFound:
+                return []
+            return [column.name for column in description.columns]
         if argument == "tables":  # a comma-separated list: complete its last item
             head = value.rpartition(",")[0]
             prefix = f"{head.strip()}, " if head.strip() else ""
@@ -166,7 +178,10 @@ class DatabasePrompts:
                    self.complete),
             Prompt("explain_table", "Explain a table",
                    "What a table or view holds: its columns, keys, relationships and indexes, with examples.",
-                   self.explain_table, [PromptArgument("table", table_help, required=True)], self.complete),
+                   self.explain_table,
+                   [PromptArgument("table", table_help, required=True),
+                    PromptArgument("column", "Optional: a column to focus on (completes from the table's columns).")],
+                   self.complete),
             Prompt("review_query", "Review a query for performance",
                    "Find what would make a query slow, using the tables' indexes and sizes, and suggest a fix.",
                    self.review_query,
