@@ -157,3 +157,17 @@ async def test_new_tables_send_list_changed(writable_demo_db: Path, make_setting
         assert after - before == {"mssql://tables/main/audit_notes"}
     finally:
         watcher.cancel()
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+async def test_legacy_sse_transport(live_server: Any, monkeypatch: pytest.MonkeyPatch, prefix: str) -> None:
+    from mcp.client.sse import sse_client
+
+    monkeypatch.setattr(sdk_session, "LATEST_HANDSHAKE_VERSION", "2024-11-05")
+    async with Client(sse_client(live_server.url + prefix + "/sse"), mode="legacy") as client:
+        resources = await _all_resources(client)
+        assert "mssql://tables/main/products" in {r.uri for r in resources}
+        text = (await client.read_resource("mssql://tables/main/products")).contents[0].text
+        assert "# Table products" in text
+        prompt = await client.get_prompt("explain_table", {"table": "products"})
+        assert prompt.messages[0].content.resource.text == text
