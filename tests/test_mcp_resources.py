@@ -171,3 +171,15 @@ async def test_legacy_sse_transport(live_server: Any, monkeypatch: pytest.Monkey
         assert "# Table products" in text
         prompt = await client.get_prompt("explain_table", {"table": "products"})
         assert prompt.messages[0].content.resource.text == text
+
+
+async def test_resources_need_a_token_when_auth_is_on(make_settings: Any, start_live_server: Any) -> None:
+    import aiohttp
+
+    server = await start_live_server(make_settings(auth=True))
+    headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2026-07-28",
+               "Mcp-Method": "resources/read", "Mcp-Name": "mssql://overview"}
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+    body = {"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": "mssql://overview", "_meta": meta}}
+    async with aiohttp.ClientSession() as http, http.post(server.url + "/mcp", json=body, headers=headers) as answer:
+        assert answer.status == 401 and "resource_metadata" in answer.headers["WWW-Authenticate"]
