@@ -46,16 +46,17 @@ def _mcp_servers(app: web.Application) -> dict[str, McpServer]:
     if settings.chatgpt_include_claude_tools:
         chatgpt = chatgpt + claude
     # Both surfaces offer the same catalog resources and prompts (ChatGPT ignores them today; MCP
-    # Inspector and other clients pointed at /chatgpt/mcp can use them).
+    # Inspector and other clients pointed at /chatgpt/mcp can use them); prompts name each surface's tools.
     resources = catalog_resources(database, settings)
-    prompts = catalog_prompts(database, settings, resources)
+    chatgpt_steps = "claude" if settings.chatgpt_include_claude_tools else "chatgpt"
     return {
         CLAUDE_PREFIX: McpServer(name="mssql-mcp", version=__version__, tools=claude, metrics=metrics,
-                                 instructions=build_instructions(settings, "claude"),
-                                 resources=resources, prompts=prompts),
+                                 instructions=build_instructions(settings, "claude"), resources=resources,
+                                 prompts=catalog_prompts(database, settings, resources, "claude")),
         CHATGPT_PREFIX: McpServer(name="mssql-mcp-chatgpt", version=__version__, tools=chatgpt,
                                   metrics=metrics, instructions=build_instructions(settings, "chatgpt"),
-                                  resources=resources, prompts=prompts),
+                                  resources=resources,
+                                  prompts=catalog_prompts(database, settings, resources, chatgpt_steps)),
     }
 
 

@@ -48,6 +48,9 @@ async def test_list_get_and_complete(live_server: Any, monkeypatch: pytest.Monke
         assert _embedded_uris(query) == ["mssql://tables/main/customers", "mssql://tables/main/orders"]
         assert "Which city has the most customers?" in query.messages[-1].content.text
         assert "LIMIT n" in query.messages[-1].content.text  # the dialect's row-limit syntax (SQLite)
+        # Each surface's prompts name the tools that surface has.
+        run_with = "execute_sql" if prefix == "" else "search (a read query is a search query)"
+        assert f"Run it with {run_with}" in query.messages[-1].content.text
 
         review = await client.get_prompt("review_query", {
             "query": "WITH big AS (SELECT * FROM orders) SELECT * FROM big JOIN customers c "

@@ -39,9 +39,10 @@ def catalog_resources(database: Any, settings: Any) -> DatabaseResources:
     return DatabaseResources(database, settings)
 
 
-def catalog_prompts(database: Any, settings: Any, resources: DatabaseResources) -> list[Prompt]:
-    """explore_database, write_query, explain_table, review_query (app.tools.prompts)."""
-    return DatabasePrompts(database, settings, resources).prompts()
+def catalog_prompts(database: Any, settings: Any, resources: DatabaseResources, toolset: str) -> list[Prompt]:
+    """explore_database, write_query, explain_table, review_query (app.tools.prompts), worded for the tools
+    of toolset "claude" (the SQL tools) or "chatgpt" (search/fetch)."""
+    return DatabasePrompts(database, settings, resources, toolset).prompts()
 
 
 async def watch_catalog(database: Any, on_change: Any, interval_seconds: float = CATALOG_WATCH_SECONDS) -> None:

@@ -23,6 +23,16 @@ from .resources import OVERVIEW_URI, DatabaseResources, table_uri
 
 MAX_EMBEDDED_TABLES = 8  # descriptions embedded in one prompt (keeps the prompt a readable size)
 
+# How each surface's tools do the steps a prompt asks for ("claude": the SQL tools; "chatgpt": search/fetch).
+STEPS = {
+    "claude": {"describe": "describe_table (or the table resources)", "sample": "get_table_sample",
+               "find": "list_tables and describe_table", "run": "execute_sql"},
+    "chatgpt": {"describe": "search for 'describe <table>' and fetch the result",
+                "sample": "search for 'sample <table> limit 5' and fetch it",
+                "find": "search for 'list tables' and 'describe <table>'",
+                "run": "search (a read query is a search query) and fetch the result"},
+}
+
 
 def _resource_message(uri: str, mime_type: str, text: str) -> dict[str, Any]:
     return {"role": "user", "content": {"type": "resource",
@@ -30,10 +40,11 @@ def _resource_message(uri: str, mime_type: str, text: str) -> dict[str, Any]:
 
 
 class DatabasePrompts:
-    def __init__(self, database: Any, settings: Any, resources: DatabaseResources) -> None:
+    def __init__(self, database: Any, settings: Any, resources: DatabaseResources, toolset: str = "claude") -> None:
         self.database = database
         self.settings = settings
         self.resources = resources
+        self.steps = STEPS[toolset]
 
     @property
     def _dialect(self) -> str:
@@ -75,8 +86,8 @@ class DatabasePrompts:
             text_message(
                 f"Above is the list of tables and views in this {self._label} database. Explore it{goal}. "
                 "Pick the tables that look central (most rows, most referenced), read their descriptions with "
-                "describe_table or the table resources, follow the foreign keys, and look at a few rows with "
-                "get_table_sample. Then summarise: what the database is about, the main entities and how they "
+                f"{self.steps['describe']}, follow the foreign keys, and look at a few rows with "
+                f"{self.steps['sample']}. Then summarise: what the database is about, the main entities and how they "
                 "relate, and five questions it could answer, each with the read-only query that answers it."),
         ]
 
@@ -85,13 +96,13 @@ class DatabasePrompts:
         names = [n.strip() for n in arguments.get("tables", "").split(",") if n.strip()]
         embedded = await self._embed_tables(names)
         where = ("Use the table descriptions above." if embedded else
-                 "Find the relevant tables first with list_tables and describe_table.")
+                 f"Find the relevant tables first with {self.steps['find']}.")
         return [
             *embedded,
             text_message(
                 f"Write one read-only {self._label} query that answers this question:\n\n{question}\n\n{where} "
                 f"Qualify ambiguous columns, join on the foreign keys, and use {self._limit_hint} when only a "
-                "few rows are needed. Run it with execute_sql, check that the result answers the question, "
+                f"few rows are needed. Run it with {self.steps['run']}, check that the result answers the question, "
                 "then show the final query and a short explanation of the answer."),
         ]
 
@@ -106,7 +117,7 @@ class DatabasePrompts:
                 "Explain the table described above to someone new to this database: what one row represents, "
                 "what each column means (guess from names and types, and say when you are guessing), the keys "
                 "and what they link to, and which indexes support which lookups. Look at a few rows with "
-                f"get_table_sample to confirm, and finish with three useful example queries.{focus}"),
+                f"{self.steps['sample']} to confirm, and finish with three useful example queries.{focus}"),
         ]
 
     async def review_query(self, arguments: dict[str, str], ctx: ToolContext) -> list[dict[str, Any]]:
