@@ -183,3 +183,17 @@ async def test_resources_need_a_token_when_auth_is_on(make_settings: Any, start_
     body = {"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": "mssql://overview", "_meta": meta}}
     async with aiohttp.ClientSession() as http, http.post(server.url + "/mcp", json=body, headers=headers) as answer:
         assert answer.status == 401 and "resource_metadata" in answer.headers["WWW-Authenticate"]
+
+
+async def test_database_down_is_a_clear_error(make_settings: Any, start_live_server: Any, tmp_path: Path) -> None:
+    server = await start_live_server(make_settings(sqlite_path=str(tmp_path / "missing" / "nowhere.db")))
+    async with Client(server.url + "/mcp") as client:
+        for call in (client.list_resources(), client.read_resource("mssql://overview"),
+                     client.get_prompt("explain_table", {"table": "customers"})):
+            with pytest.raises(MCPError) as raised:
+                await call
+            assert raised.value.code == -32603
+            assert "database" in raised.value.error.message.lower()
+            assert raised.value.error.message != "Internal error"
+        templates = await client.list_resource_templates()  # needs no database
+        assert len(templates.resource_templates) == 2
