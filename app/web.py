@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -19,6 +19,7 @@ from .obs import setup_observability
 from .obs.metrics import Metrics
 from .settings import Settings
 from .tools import (
+    DatabaseResources,
     add_record_routes,
     build_instructions,
     catalog_prompts,
@@ -39,7 +40,7 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
     await database.close()
 
 
-def _mcp_servers(app: web.Application) -> dict[str, McpServer]:
+def _mcp_servers(app: web.Application, resources: DatabaseResources) -> dict[str, McpServer]:
     settings, database, metrics = app[keys.SETTINGS], app[keys.DATABASE], app[keys.METRICS]
     claude = claude_tools(database, settings)
     chatgpt = chatgpt_tools(database, settings, metrics)
@@ -47,7 +48,6 @@ def _mcp_servers(app: web.Application) -> dict[str, McpServer]:
         chatgpt = chatgpt + claude
     # Both surfaces offer the same catalog resources and prompts (ChatGPT ignores them today; MCP
     # Inspector and other clients pointed at /chatgpt/mcp can use them); prompts name each surface's tools.
-    resources = catalog_resources(database, settings)
     chatgpt_steps = "claude" if settings.chatgpt_include_claude_tools else "chatgpt"
     return {
         CLAUDE_PREFIX: McpServer(name="mssql-mcp", version=__version__, tools=claude, metrics=metrics,
@@ -60,19 +60,18 @@ def _mcp_servers(app: web.Application) -> dict[str, McpServer]:
     }
 
 
-async def _catalog_watch_ctx(app: web.Application) -> AsyncIterator[None]:
-    """notifications/resources/list_changed on every surface when tables or views come or go."""
-    servers = list(app[keys.MCP_SERVERS].values())
+def _catalog_watch_ctx(resources: DatabaseResources) -> Callable[[web.Application], AsyncIterator[None]]:
+    """resources/list_changed and resources/updated notifications on every surface (app.tools.resources)."""
 
-    def changed() -> None:
-        for server in servers:
-            server.resource_list_changed()
+    async def watch(app: web.Application) -> AsyncIterator[None]:
+        servers = list(app[keys.MCP_SERVERS].values())
+        task = asyncio.get_running_loop().create_task(watch_catalog(resources, servers))
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
-    task = asyncio.get_running_loop().create_task(watch_catalog(app[keys.DATABASE], changed))
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    return watch
 
 
 def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.Application:
@@ -88,8 +87,9 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
 
     setup_auth(app)  # OAuth routes, state store, and app[keys.AUTHENTICATOR] for the MCP endpoints
 
-    app[keys.MCP_SERVERS] = _mcp_servers(app)
-    app.cleanup_ctx.append(_catalog_watch_ctx)
+    resources = catalog_resources(app[keys.DATABASE], settings)  # one catalog provider for both surfaces
+    app[keys.MCP_SERVERS] = _mcp_servers(app, resources)
+    app.cleanup_ctx.append(_catalog_watch_ctx(resources))
     for prefix, server in app[keys.MCP_SERVERS].items():
         add_mcp_routes(app, prefix, server)
     add_health_routes(app)

@@ -13,7 +13,7 @@ import mcp.client.session as sdk_session
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
-from mcp.types import ResourceListChangedNotification, ResourceTemplateReference
+from mcp.types import ResourceListChangedNotification, ResourceTemplateReference, ResourceUpdatedNotification
 
 from app import keys
 from app.tools import watch_catalog
@@ -110,7 +110,7 @@ async def test_capabilities_per_version(live_server: Any, monkeypatch: pytest.Mo
             # completions is a capability from 2025-03-26 on; stateless 2026-07-28 has no list_changed stream
             assert (caps.completions is not None) == (mode != "2024-11-05"), mode
             assert caps.resources.list_changed is (mode != "2026-07-28")
-            assert not caps.resources.subscribe
+            assert bool(caps.resources.subscribe) is (mode != "2026-07-28")  # 2026-07-28 removed subscribe
 
 
 async def test_schemas_and_mixed_case_on_postgres(pg_db: dict[str, Any], make_settings: Any,
@@ -132,18 +132,15 @@ async def test_schemas_and_mixed_case_on_postgres(pg_db: dict[str, Any], make_se
 async def test_new_tables_send_list_changed(writable_demo_db: Path, make_settings: Any, start_live_server: Any,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     server = await start_live_server(make_settings(sqlite_path=str(writable_demo_db)))
-    database, servers = server.app[keys.DATABASE], list(server.app[keys.MCP_SERVERS].values())
+    servers = list(server.app[keys.MCP_SERVERS].values())
     changed = asyncio.Event()
 
     async def on_message(message: Any) -> None:
         if isinstance(message, ResourceListChangedNotification):
             changed.set()
 
-    def notify() -> None:
-        for mcp_server in servers:
-            mcp_server.resource_list_changed()
-
-    watcher = asyncio.get_running_loop().create_task(watch_catalog(database, notify, 0.05))
+    # The app's own watcher polls every 60 s; a second one at test speed over the same servers.
+    watcher = asyncio.get_running_loop().create_task(watch_catalog(servers[0].resources, servers, 0.05))
     try:
         async with _client(server.url + "/mcp", "2025-11-25", monkeypatch, message_handler=on_message) as client:
             before = {r.uri for r in await _all_resources(client)}
@@ -197,3 +194,38 @@ async def test_database_down_is_a_clear_error(make_settings: Any, start_live_ser
             assert raised.value.error.message != "Internal error"
         templates = await client.list_resource_templates()  # needs no database
         assert len(templates.resource_templates) == 2
+
+
+@pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")  # subscribe: 2025-11-25 only
+async def test_subscribed_tables_send_updated(writable_demo_db: Path, make_settings: Any, start_live_server: Any,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    server = await start_live_server(make_settings(sqlite_path=str(writable_demo_db)))
+    servers = list(server.app[keys.MCP_SERVERS].values())
+    updated: list[str] = []
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, ResourceUpdatedNotification):
+            updated.append(str(message.params.uri))
+
+    watcher = asyncio.get_running_loop().create_task(watch_catalog(servers[0].resources, servers, 0.05))
+    try:
+        async with _client(server.url + "/mcp", "2025-11-25", monkeypatch, message_handler=on_message) as client:
+            with pytest.raises(MCPError) as raised:
+                await client.subscribe_resource("mssql://tables/main/nope")
+            assert raised.value.code == -32602
+            await client.subscribe_resource("mssql://tables/main/suppliers")
+            await client.subscribe_resource("mssql://tables/main/categories")
+            await asyncio.sleep(0.3)  # the watcher has read both once
+            with sqlite3.connect(writable_demo_db) as connection:
+                connection.execute("ALTER TABLE suppliers ADD COLUMN rating INTEGER")
+            for _ in range(100):
+                if updated:
+                    break
+                await asyncio.sleep(0.05)
+            assert updated == ["mssql://tables/main/suppliers"]  # only the table that changed
+            await client.unsubscribe_resource("mssql://tables/main/suppliers")
+            assert servers[0].subscribed_uris() == {"mssql://tables/main/categories"}
+        # The session ended: nothing is watched any more.
+        assert servers[0].subscribed_uris() == set()
+    finally:
+        watcher.cancel()

@@ -85,6 +85,7 @@ KNOWN_METHODS = frozenset({
 })
 CACHE_TTL_MS = 300_000  # tools never change while the process runs; 5 minutes keeps clients fresh enough
 PAGE_SIZE = 100  # resources/list entries per page (cursor-paged)
+MAX_SUBSCRIPTIONS_PER_SESSION = 100  # each subscribed resource is re-read by the provider's watcher
 # The `completions` capability (and its name) arrived in 2025-03-26; 2024-11-05 clients are not told.
 COMPLETIONS_FROM = "2025-03-26"
 # The client capability each InputRequiredResult request method needs (2026-07-28, SEP-2322).
@@ -593,10 +594,19 @@ class McpServer:
         return self._cached(result, env, self.resources.ttl_ms)
 
     async def _subscribe(self, params: dict[str, Any], env: CallEnv, request_id: RequestId | None) -> Any:
+        assert self.resources is not None
         uri = _required_uri(params)
         if env.session is None:
             raise JsonRpcError(INVALID_PARAMS, "Invalid params: resources/subscribe needs a session")
-        self._subscriptions.setdefault(env.session, set()).add(uri)
+        uris = self._subscriptions.setdefault(env.session, set())
+        if uri not in uris and len(uris) >= MAX_SUBSCRIPTIONS_PER_SESSION:
+            raise JsonRpcError(INVALID_PARAMS, f"Invalid params: at most {MAX_SUBSCRIPTIONS_PER_SESSION} "
+                               "subscriptions per session; unsubscribe from some first")
+        try:
+            await self.resources.read(uri)  # only resources that exist can be watched
+        except ResourceNotFound as exc:
+            raise JsonRpcError(INVALID_PARAMS, str(exc), {"uri": uri}) from None
+        uris.add(uri)
         return {}
 
     async def _unsubscribe(self, params: dict[str, Any], env: CallEnv, request_id: RequestId | None) -> Any:
@@ -609,6 +619,10 @@ class McpServer:
         """Tell every handshake-era session with an open stream that resources/list changed."""
         note = {"jsonrpc": "2.0", "method": "notifications/resources/list_changed"}
         return sum(1 for session in self.sessions if session.stream is not None and session.stream.put(note))
+
+    def subscribed_uris(self) -> set[str]:
+        """Every URI some open session subscribed to (what the provider's watcher re-reads)."""
+        return {uri for session, uris in list(self._subscriptions.items()) if not session.closed for uri in uris}
 
     def resource_updated(self, uri: str) -> int:
         """Send notifications/resources/updated to the sessions subscribed to `uri`."""

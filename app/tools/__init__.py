@@ -6,6 +6,7 @@ web.create_app calls these functions; everything else in this package is interna
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
@@ -20,8 +21,8 @@ from .records import add_record_routes as _add_record_routes
 from .resources import CATALOG_WATCH_SECONDS, DatabaseResources
 from .resources import watch_catalog as _watch_catalog
 
-__all__ = ["add_record_routes", "build_instructions", "catalog_prompts", "catalog_resources", "chatgpt_tools",
-           "claude_tools", "watch_catalog"]
+__all__ = ["DatabaseResources", "add_record_routes", "build_instructions", "catalog_prompts", "catalog_resources",
+           "chatgpt_tools", "claude_tools", "watch_catalog"]
 
 
 def claude_tools(database: Any, settings: Any) -> list[Tool]:
@@ -45,9 +46,11 @@ def catalog_prompts(database: Any, settings: Any, resources: DatabaseResources, 
     return DatabasePrompts(database, settings, resources, toolset).prompts()
 
 
-async def watch_catalog(database: Any, on_change: Any, interval_seconds: float = CATALOG_WATCH_SECONDS) -> None:
-    """Poll the table list; call on_change() when tables or views come or go (until cancelled)."""
-    await _watch_catalog(database, on_change, interval_seconds)
+async def watch_catalog(resources: DatabaseResources, servers: Sequence[Any],
+                        interval_seconds: float = CATALOG_WATCH_SECONDS) -> None:
+    """Until cancelled: notifications/resources/list_changed when tables or views come or go, and
+    notifications/resources/updated when a subscribed resource's content changes, on every server."""
+    await _watch_catalog(resources, servers, interval_seconds)
 
 
 def build_instructions(settings: Any, toolset: str) -> str:

@@ -15,9 +15,10 @@ Database.list_tables / describe_table: the same catalog cache, pool, time limit 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 from urllib.parse import quote, unquote
 
 import structlog
@@ -36,7 +37,8 @@ TABLE_TEMPLATE = f"{TABLES_PREFIX}{{schema}}/{{table}}"
 TABLE_JSON_TEMPLATE = f"{TABLES_PREFIX}{{schema}}/{{table}}.json"
 NO_SCHEMA = "main"  # the schema segment for backends without schemas (SQLite)
 CATALOG_TTL_MS = 30_000  # Database caches the catalog for 30 s; clients may reuse answers as long
-CATALOG_WATCH_SECONDS = 60.0  # how often the table list is compared for notifications/resources/list_changed
+CATALOG_WATCH_SECONDS = 60.0  # how often the catalog and subscribed resources are compared for notifications
+MAX_WATCHED_RESOURCES = 200  # subscribed resources re-read per round (one catalog query each)
 MARKDOWN, JSON_TYPE = "text/markdown", "application/json"
 
 
@@ -54,7 +56,7 @@ class DatabaseResources:
     """A ResourceProvider (app.mcp.resources) over one Database."""
 
     ttl_ms = CATALOG_TTL_MS
-    subscribable = False  # no per-table change detection that would make resources/updated honest
+    subscribable = True  # watch_catalog re-reads subscribed resources and reports real changes
 
     def __init__(self, database: Any, settings: Any) -> None:
         self.database = database
@@ -199,19 +201,57 @@ def table_markdown(description: TableDescription, dialect: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def watch_catalog(database: Any, on_change: Callable[[], None], interval_seconds: float) -> None:
-    """Poll the (cached) table list and call `on_change` when tables or views come or go.
+class CatalogListener(Protocol):
+    """What the watcher tells (McpServer): the list changed, one resource changed, who listens to what."""
 
-    Runs until cancelled; a database that is down is simply tried again at the next interval.
+    def resource_list_changed(self) -> int: ...
+
+    def resource_updated(self, uri: str) -> int: ...
+
+    def subscribed_uris(self) -> set[str]: ...
+
+
+async def watch_catalog(resources: DatabaseResources, listeners: Sequence[CatalogListener],
+                        interval_seconds: float) -> None:
+    """Every `interval_seconds`: compare the (cached) table list and tell listeners when tables or views
+    come or go (notifications/resources/list_changed); read every subscribed resource again and tell its
+    subscribers when its content changed (notifications/resources/updated).
+
+    Runs until cancelled; a database that is down is simply tried again at the next interval. At most
+    MAX_WATCHED_RESOURCES subscribed resources are read per round (McpServer caps subscriptions too).
     """
     seen: tuple[tuple[str, str, str], ...] | None = None
+    contents: dict[str, str] = {}  # uri -> digest of its last content
     while True:
         try:
-            current = catalog_fingerprint(await database.list_tables())
+            current = catalog_fingerprint(await resources.database.list_tables())
         except DatabaseError:
             current = seen
         if seen is not None and current != seen:
             log.info("catalog_changed", tables=len(current or ()))
-            on_change()
+            for listener in listeners:
+                listener.resource_list_changed()
         seen = current
+        watched = sorted(set().union(*(listener.subscribed_uris() for listener in listeners)))
+        contents = {uri: digest for uri, digest in contents.items() if uri in watched}
+        for uri in watched[:MAX_WATCHED_RESOURCES]:
+            digest = await _digest(resources, uri)
+            if digest is None:
+                continue
+            if uri in contents and contents[uri] != digest:
+                log.info("resource_changed", uri=uri)
+                for listener in listeners:
+                    listener.resource_updated(uri)
+            contents[uri] = digest
         await asyncio.sleep(interval_seconds)
+
+
+async def _digest(resources: DatabaseResources, uri: str) -> str | None:
+    """A digest of what resources/read returns for `uri` now; a vanished table reads as its own digest."""
+    try:
+        items = await resources.read(uri)
+    except ResourceNotFound:
+        return "gone"
+    except DatabaseError:
+        return None  # cannot tell now; try again next round
+    return hashlib.sha256("\0".join(item.text or "" for item in items).encode()).hexdigest()
