@@ -47,21 +47,26 @@ class _NativeSessionHook:
         self._local = threading.local()
         self._lib: ctypes.CDLL | None = None
         self._callback: Any = None
-        name = ctypes.util.find_library("sqlite3") or "libsqlite3.so.0"
-        with contextlib.suppress(OSError):
-            lib = ctypes.CDLL(name)
-            lib.sqlite3_limit.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
-            lib.sqlite3_limit.restype = ctypes.c_int
-            lib.sqlite3_enable_load_extension.argtypes = [ctypes.c_void_p, ctypes.c_int]
-            lib.sqlite3_enable_load_extension.restype = ctypes.c_int
-            entry = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
-            self._callback = entry(self._on_open)  # kept for the life of the process: SQLite holds the pointer
-            if lib.sqlite3_auto_extension(self._callback) == 0:
-                self._lib = lib
+        self._installed = False
+        self._install_lock = threading.Lock()
 
-    @property
-    def available(self) -> bool:
-        return self._lib is not None
+    def _install(self) -> None:
+        """Register the auto-extension on first use (a process serving SQL Server or PostgreSQL never does)."""
+        with self._install_lock:
+            if self._installed:
+                return
+            self._installed = True
+            name = ctypes.util.find_library("sqlite3") or "libsqlite3.so.0"
+            with contextlib.suppress(OSError, AttributeError):
+                lib = ctypes.CDLL(name)
+                lib.sqlite3_limit.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+                lib.sqlite3_limit.restype = ctypes.c_int
+                lib.sqlite3_enable_load_extension.argtypes = [ctypes.c_void_p, ctypes.c_int]
+                lib.sqlite3_enable_load_extension.restype = ctypes.c_int
+                entry = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+                self._callback = entry(self._on_open)  # kept for the life of the process: SQLite holds it
+                if lib.sqlite3_auto_extension(self._callback) == 0:
+                    self._lib = lib
 
     def _on_open(self, db: int, _errors: int, _api: int) -> int:
         if getattr(self._local, "capturing", False):
@@ -70,6 +75,9 @@ class _NativeSessionHook:
 
     @contextlib.contextmanager
     def capture(self) -> Iterator[None]:
+        # The callback runs inside sqlite3_open on this thread (pyodbc releases the GIL while connecting, and
+        # the callback takes it back briefly): it only stores the handle.
+        self._install()
         self._local.capturing, self._local.handle = True, None
         try:
             yield
