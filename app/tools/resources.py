@@ -10,6 +10,7 @@ URIs (percent-encoded segments; SQLite has no schemas, so its tables use the pla
 resources/list names the two overviews and the Markdown description of every table (the JSON twin is
 reachable through its template, so a menu lists each table once). Everything is read through
 Database.list_tables / describe_table: the same catalog cache, pool, time limit and caps as the tools.
+watch_catalog (started by app.web) turns catalog changes into list_changed / updated notifications.
 """
 
 from __future__ import annotations
