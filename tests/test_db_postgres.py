@@ -316,3 +316,16 @@ async def test_caps_inside_the_statement_keep_order_limits_and_types(pg_db) -> N
         assert (digits.rows, digits.too_long_column) == ([], "n")
         small = await database.execute("SELECT 12.50::numeric AS n, 'ab'::bytea AS b, gen_random_uuid() AS u")
         assert small.rows[0][:2] == ["12.50", "0x6162"] and small.rows[0][2] == small.rows[0][2].upper()
+
+
+async def test_cached_plans_follow_schema_changes(pg_db, postgres_server) -> None:
+    async with open_database(**pg_db) as database:
+        before = await database.execute("SELECT * FROM orders ORDER BY id LIMIT 1")
+        postgres_server.execute("ALTER TABLE orders ADD COLUMN channel text DEFAULT 'web'",
+                                database=pg_db["pg_database"])
+        try:
+            after = await database.execute("SELECT * FROM orders ORDER BY id LIMIT 1")
+            assert after.columns == [*before.columns, "channel"] and after.rows[0][-1] == "web"
+        finally:
+            postgres_server.execute("ALTER TABLE orders DROP COLUMN channel", database=pg_db["pg_database"])
+        assert (await database.execute("SELECT * FROM orders ORDER BY id LIMIT 1")).columns == before.columns

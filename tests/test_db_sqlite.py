@@ -330,7 +330,7 @@ async def test_row_cap_goes_into_the_statement(sqlite_db, sql, rows) -> None:
     async with _sqlite(sqlite_db) as database:
         result = await database.execute(sql, max_rows=3)
         assert result.rows == rows
-        plan = next(iter(database.read_plans._plans.values()))
+        _, plan = next(iter(database.read_plans._plans.values()))
         assert "LIMIT 4" in plan.sql  # cap + 1: the driver never sees more rows than that
 
 
@@ -369,3 +369,16 @@ async def test_fetch_row_reads_inside_the_byte_cap(sqlite_db) -> None:
         with pytest.raises(QueryFailed, match=r"larger than the 10,000-byte result limit \(column body\)"):
             await database.fetch_row(table, {"id": "2"})
         assert await database.fetch_row(table, {"id": "3"}) is None
+
+
+async def test_cached_plans_follow_schema_changes(sqlite_db) -> None:
+    async with _sqlite(sqlite_db, read_only_mode=False) as database:
+        before = await database.execute("SELECT * FROM orders ORDER BY id LIMIT 1")
+        con = sqlite3.connect(sqlite_db)  # changed behind the service's back: the cached plan is stale
+        con.execute("ALTER TABLE orders ADD COLUMN channel TEXT DEFAULT 'web'")
+        con.commit()
+        con.close()
+        after = await database.execute("SELECT * FROM orders ORDER BY id LIMIT 1")
+        assert after.columns == [*before.columns, "channel"] and after.rows[0][-1] == "web"
+        await database.execute("ALTER TABLE orders DROP COLUMN channel", write=True)  # through the service
+        assert (await database.execute("SELECT * FROM orders ORDER BY id LIMIT 1")).columns == before.columns

@@ -152,6 +152,7 @@ class Database:
     def _forget_catalog(self) -> None:
         self._tables = None
         self._descriptions.clear()
+        self.read_plans.forget()  # plans know their statements' columns
 
     async def _table_list(self, *, refresh: bool = False) -> list[TableInfo]:
         now = time.monotonic()

@@ -24,6 +24,7 @@ import pyodbc
 from sqlglot import exp
 
 from .dialects.base import Dialect, ReadPlan, rows_per_fetch, statement_body
+from .errors import is_cancel, is_server_timeout
 from .serialize import serialize_row
 from .types import QueryFailed, QueryResult
 
@@ -97,30 +98,50 @@ def _too_long_column(columns: list[str], row: list[Any], max_bytes: int) -> str 
 
 class ReadPlans:
     """ReadPlans by statement text and row cap, made on a worker thread (the first time with a `LIMIT 0`
-    probe for dialects that need the columns), then reused: a repeated statement pays a dict lookup."""
+    probe for dialects that need the columns), then reused: a repeated statement pays a dict lookup.
+
+    A plan knows the statement's columns, which a schema change can alter (`SELECT *` after ALTER TABLE), so
+    plans expire after TTL_SECONDS (like the catalog), all are forgotten after a write through the service,
+    and a plan whose statement fails is dropped (the next call probes again)."""
 
     MAX_ENTRIES = 2048
     MAX_TEXT = 16_384  # longer statements are planned every time instead of pinning memory
+    TTL_SECONDS = 30.0
 
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
-        self._plans: dict[tuple[str, int, int], ReadPlan] = {}
+        self._plans: dict[tuple[str, int, int], tuple[float, ReadPlan]] = {}
         self._lock = threading.Lock()
 
     def get(self, session: Any, sql: str, tree: exp.Expression | None, params: Sequence[Any],
             max_rows: int, max_bytes: int) -> ReadPlan:
+        return self.lookup(session, sql, tree, params, max_rows, max_bytes)[0]
+
+    def lookup(self, session: Any, sql: str, tree: exp.Expression | None, params: Sequence[Any],
+               max_rows: int, max_bytes: int) -> tuple[ReadPlan, bool]:
+        """The plan, and whether it came from the cache."""
         key = (sql, max_rows, max_bytes)
-        plan = self._plans.get(key)
-        if plan is not None:
-            return plan
+        cached = self._plans.get(key)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < self.TTL_SECONDS:
+            return cached[1], True
         description = self._probe(session, sql, params) if self.dialect.needs_columns else None
         plan = self.dialect.plan_read(sql, tree, max_rows, max_bytes, description)
         if len(sql) <= self.MAX_TEXT:
             with self._lock:
+                self._plans.pop(key, None)
                 if len(self._plans) >= self.MAX_ENTRIES:
                     self._plans.pop(next(iter(self._plans)))  # oldest first
-                self._plans[key] = plan
-        return plan
+                self._plans[key] = (now, plan)
+        return plan, False
+
+    def discard(self, sql: str, max_rows: int, max_bytes: int) -> None:
+        with self._lock:
+            self._plans.pop((sql, max_rows, max_bytes), None)
+
+    def forget(self) -> None:
+        with self._lock:
+            self._plans.clear()
 
     def _probe(self, session: Any, sql: str, params: Sequence[Any]) -> Any:
         cursor = session.cursor()
@@ -148,8 +169,18 @@ def read(session: Any, plan: ReadPlan | str, params: Sequence[Any], max_rows: in
 def planned_read(session: Any, plans: ReadPlans, sql: str, tree: exp.Expression | None, params: Sequence[Any],
                  max_rows: int, max_bytes: int) -> QueryResult:
     started = time.perf_counter()
-    plan = plans.get(session, sql, tree, params, max_rows, max_bytes)
-    result = read(session, plan, params, max_rows, max_bytes)
+    plan, cached = plans.lookup(session, sql, tree, params, max_rows, max_bytes)
+    try:
+        result = read(session, plan, params, max_rows, max_bytes)
+    except pyodbc.Error as exc:
+        plans.discard(sql, max_rows, max_bytes)
+        # A cached plan knows the columns the statement had (SELECT * after ALTER TABLE may have others): plan
+        # again and run once more, unless the statement was stopped (time limit, cancel) or never ran.
+        if not cached or getattr(session, "cancel_reason", None) or is_cancel(exc) or is_server_timeout(exc):
+            raise
+        session.conn.rollback()
+        plan = plans.get(session, sql, tree, params, max_rows, max_bytes)
+        result = read(session, plan, params, max_rows, max_bytes)
     result.elapsed_ms = (time.perf_counter() - started) * 1000
     return result
 

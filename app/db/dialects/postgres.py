@@ -164,7 +164,14 @@ class PostgresDialect(Dialect):
         cap = int(max_bytes)
         names = [f"c{i + 1}" for i in range(len(columns))]
         ordered = sorted(wide)
-        row_width = " + ".join(_json_width(f"mcp_r.{names[i]}", columns[i]) for i in ordered)
+        # A sentinel column after the statement's own: if its columns change under a cached plan (SELECT *
+        # after ALTER TABLE), the alias list no longer lines up and the sentinel's name is missing or twice
+        # there, so the statement fails (and is planned again) instead of silently dropping a column.
+        prefix = "SELECT * FROM ("
+        assert limited.startswith(prefix)
+        limited = "SELECT mcp_q.*, 0 AS mcp_end FROM (" + limited[len(prefix):]
+        names_and_end = [*names, "mcp_end"]
+        row_width = "mcp_r.mcp_end + " + " + ".join(_json_width(f"mcp_r.{names[i]}", columns[i]) for i in ordered)
         shown = ", ".join(
             (f"CASE WHEN mcp_s.mcp_width <= {cap} THEN mcp_s.{name} END" if i in wide else f"mcp_s.{name}")
             + f" AS {self.quote_identifier(str(column[0]))}"
@@ -172,7 +179,7 @@ class PostgresDialect(Dialect):
         alone = " ".join(f"WHEN {_json_width(f'mcp_s.{names[i]}', columns[i])} > {cap} THEN {i + 1}" for i in ordered)
         return (f"SELECT {shown}, CASE WHEN mcp_s.mcp_width <= {cap} THEN 0 {alone} ELSE -1 END"
                 f" AS {OVER_CAP_COLUMN}\n"
-                f"FROM (SELECT mcp_r.*, {row_width} AS mcp_width FROM ({limited}) AS mcp_r({', '.join(names)})"
+                f"FROM (SELECT mcp_r.*, {row_width} AS mcp_width FROM ({limited}) AS mcp_r({', '.join(names_and_end)})"
                 f" OFFSET 0) AS mcp_s")
 
     def build_connection_string(self) -> str:
