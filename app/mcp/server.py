@@ -557,11 +557,11 @@ class McpServer:
 
     def _page(self, items: list[dict[str, Any]], params: dict[str, Any], key: str) -> dict[str, Any]:
         cursor = params.get("cursor")
-        start = 0
+        start: int | None = 0
         if cursor is not None:
             start = _decode_cursor(cursor)
-            if start is None or start > len(items):
-                raise JsonRpcError(INVALID_PARAMS, "Invalid params: unknown cursor (list again from the start)")
+        if start is None or start > len(items):
+            raise JsonRpcError(INVALID_PARAMS, "Invalid params: unknown cursor (list again from the start)")
         end = start + self.page_size
         result: dict[str, Any] = {key: items[start:end]}
         if end < len(items):
@@ -778,9 +778,7 @@ class McpServer:
         session, emit = env.session, env.emit
         if session is None or emit is None:
             raise ToolError("This tool needs to ask the client a question, which needs a session with a stream.")
-        missing = {cap: {} for request in exc.input_requests.values()
-                   if (cap := INPUT_REQUEST_CAPABILITIES.get(request.get("method"), ""))
-                   and cap not in session.client_capabilities}
+        missing = _missing_capabilities(exc.input_requests, session.client_capabilities)
         if missing:
             raise JsonRpcError(MISSING_REQUIRED_CLIENT_CAPABILITY, f"Missing required client capability: "
                                f"{', '.join(missing)} (declare it at initialize to answer this tool's questions)",
@@ -845,9 +843,7 @@ class McpServer:
         if env.envelope is None:
             raise JsonRpcError(INVALID_PARAMS, "This request needs input from the client (elicitation, sampling "
                                "or roots), which this server asks for in protocol 2026-07-28 only")
-        declared = env.envelope.client_capabilities
-        missing = {cap: {} for request in exc.input_requests.values()
-                   if (cap := INPUT_REQUEST_CAPABILITIES.get(request.get("method"), "")) and cap not in declared}
+        missing = _missing_capabilities(exc.input_requests, env.envelope.client_capabilities)
         unknown = [r.get("method") for r in exc.input_requests.values() if r.get("method") not in
                    INPUT_REQUEST_CAPABILITIES]
         if unknown:  # a programming error in the handler: never send the client what it cannot answer
@@ -933,6 +929,13 @@ class McpServer:
 
             ctx.log = send_log
         return ctx
+
+
+def _missing_capabilities(input_requests: dict[str, dict[str, Any]],
+                          declared: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The client capabilities (as a ClientCapabilities object) these questions need but were not declared."""
+    needed = {INPUT_REQUEST_CAPABILITIES.get(str(request.get("method")), "") for request in input_requests.values()}
+    return {capability: {} for capability in sorted(needed) if capability and capability not in declared}
 
 
 def _header_form(value: Any) -> str:

@@ -224,6 +224,7 @@ async def watch_catalog(resources: DatabaseResources, listeners: Sequence[Catalo
     seen: tuple[tuple[str, str, str], ...] | None = None
     contents: dict[str, str] = {}  # uri -> digest of its last content
     while True:
+        current: tuple[tuple[str, str, str], ...] | None
         try:
             current = catalog_fingerprint(await resources.database.list_tables())
         except DatabaseError:
