@@ -229,7 +229,7 @@ def test_sql_variant_has_no_output_converter() -> None:
     assert (mssql.SQL_SS_UDT, mssql.SQL_SS_TIMESTAMPOFFSET) == (-151, -155)
 
 
-def test_end_call_reruns_the_session_batch_after_a_write() -> None:
+def test_end_call_reruns_the_session_batch_after_anything_but_a_guarded_read() -> None:
     dialect = _dialect()
 
     class Recorder:
@@ -246,8 +246,8 @@ def test_end_call_reruns_the_session_batch_after_a_write() -> None:
             self.calls.append(sql)
 
     conn = Recorder()
-    dialect.end_call(conn, conn, wrote=False)
+    dialect.end_call(conn, conn, guarded_read=True)
     assert conn.calls == ["rollback"]
     conn.calls.clear()
-    dialect.end_call(conn, conn, wrote=True)
+    dialect.end_call(conn, conn, guarded_read=False)
     assert conn.calls == ["rollback", dialect.session_sql(), "commit"]

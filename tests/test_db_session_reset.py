@@ -106,3 +106,19 @@ async def test_sqlite_value_limit_holds_past_the_guard(sqlite_db) -> None:
         with pytest.raises(Exception, match="too big"):
             await database.pool.run(_rows("SELECT length(zeroblob(100000000))"), timeout=5)
         assert (await database.pool.run(_rows("SELECT length(zeroblob(1000000))"), timeout=5)) == [[1000000]]
+
+
+async def test_postgres_lock_taken_by_a_read_that_got_past_the_guard_is_released(pg_db, postgres_server) -> None:
+    # A read the guard accepted gets the lighter reset (rollback + unlock): as if a locking function had
+    # slipped past the allowlist, the lock still does not outlive the call.
+    async with open_database(**pg_db, db_pool_size=1) as database:
+        pid = (await database.pool.run(_rows("SELECT pg_backend_pid()"), timeout=5))[0][0]
+
+        def sneaky_read(session) -> None:
+            session.guarded_read = True
+            cursor = session.cursor()
+            cursor.execute("SELECT pg_advisory_lock(5150)")
+            cursor.fetchall()
+
+        await database.pool.run(sneaky_read, timeout=5)
+        assert await _advisory_locks(postgres_server, pid) == 0

@@ -169,6 +169,7 @@ def read(session: Any, plan: ReadPlan | str, params: Sequence[Any], max_rows: in
 def planned_read(session: Any, plans: ReadPlans, sql: str, tree: exp.Expression | None, params: Sequence[Any],
                  max_rows: int, max_bytes: int) -> QueryResult:
     started = time.perf_counter()
+    session.guarded_read = True  # statements the guard accepted, or the service's own (sample, row by key)
     plan, cached = plans.lookup(session, sql, tree, params, max_rows, max_bytes)
     try:
         result = read(session, plan, params, max_rows, max_bytes)

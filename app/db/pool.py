@@ -137,7 +137,8 @@ class Watchdog:
 class Worker:
     """One thread, one connection. Job functions receive the worker as their session:
     `session.cursor()` (a cursor the watchdog can cancel), `session.conn`, `session.rows_returned`,
-    `session.wrote` (a job that may change the session says so). Jobs need not roll back: after every job
+    `session.wrote` (a job that may change the session says so), `session.guarded_read` (a read the guard
+    accepted, which can leave less behind). Jobs need not roll back: after every job
     the worker ends the call with the dialect's rollback-and-reset (Dialect.end_call), so nothing a call did
     (transaction, locks, settings, temp objects, prepared statements) outlives it."""
 
@@ -153,6 +154,7 @@ class Worker:
         self.cancel_reason: str | None = None
         self.rows_returned = False
         self.wrote = False
+        self.guarded_read = False
         self._cursors: list[pyodbc.Cursor] = []
         self._had_connection = False
         self._last_used = time.monotonic()
@@ -256,6 +258,7 @@ class Worker:
             self._arm(job, deadline)
             self.rows_returned = False
             self.wrote = False
+            self.guarded_read = False
             failure: Exception | None = None
             try:
                 result = job.fn(self)
@@ -263,7 +266,7 @@ class Worker:
                 failure = exc
             reason, cursors = self._disarm(close_cursors=False)
             if failure is None:
-                self._end_call(cursors)
+                self._end_call(cursors, guarded_read=self.guarded_read and not self.wrote)
                 return result
             self._recover(failure, cursors)
             if isinstance(failure, _Interrupted) or (reason is not None and isinstance(failure, pyodbc.Error)):
@@ -296,9 +299,9 @@ class Worker:
             _close(cursors)
             self._drop_connection(failure)
             return
-        self._end_call(cursors)
+        self._end_call(cursors, guarded_read=False)
 
-    def _end_call(self, cursors: list[pyodbc.Cursor]) -> None:
+    def _end_call(self, cursors: list[pyodbc.Cursor], *, guarded_read: bool) -> None:
         """Close the job's cursors and roll back and reset the session. SQL Server and SQLite close first
         (closing discards unread rows, Microsoft's documented way); psqlODBC after, since its ROLLBACK ends
         the server cursor and a close before it would cost a round trip. A connection that will not reset is
@@ -310,7 +313,7 @@ class Worker:
             if self.conn is not None:
                 cursor = self.conn.cursor()
                 try:
-                    self.dialect.end_call(self.conn, cursor, wrote=self.wrote)
+                    self.dialect.end_call(self.conn, cursor, guarded_read=guarded_read)
                 finally:
                     cursor.close()
         except Exception as exc:

@@ -204,9 +204,10 @@ class Dialect(ABC):
     # Close a call's cursors before the rollback (discarding unread rows), or after it (see Worker._end_call).
     close_cursors_before_rollback: ClassVar[bool] = True
 
-    def end_call(self, conn: pyodbc.Connection, cursor: pyodbc.Cursor, *, wrote: bool) -> None:
+    def end_call(self, conn: pyodbc.Connection, cursor: pyodbc.Cursor, *, guarded_read: bool) -> None:
         """End a call: roll back, and undo what the call may have left on the session. `cursor` is a
-        fresh cursor on `conn`; the call's own cursors are closed already."""
+        fresh cursor on `conn`. `guarded_read`: the call was a read the guard accepted and it succeeded, so
+        it can only have left what survives a rollback without a statement (the dialect may reset less)."""
         conn.rollback()
 
     # --- SQL the service writes itself -----------------------------------------------------------

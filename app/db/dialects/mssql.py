@@ -219,9 +219,9 @@ class MssqlDialect(Dialect):
         capped = top_capped(tree, int(max_rows) + 1) if tree is not None else None
         return ReadPlan(sql if capped is None else capped.sql(dialect="tsql"))
 
-    def end_call(self, conn: pyodbc.Connection, cursor: pyodbc.Cursor, *, wrote: bool) -> None:
+    def end_call(self, conn: pyodbc.Connection, cursor: pyodbc.Cursor, *, guarded_read: bool) -> None:
         conn.rollback()
-        if wrote:
+        if not guarded_read:  # a write, a failure or a job of our own: put the session settings back
             cursor.execute(self.session_sql())
             conn.commit()
 
