@@ -96,13 +96,7 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
 }
 
 # Checks expected to fail on the fixture server, by scenario, with the reason. Keep this short and true.
-# Handshake-era sampling/elicitation: McpServer asks the client and resolves its answers in
-# handle_response, but the Streamable HTTP transport still drops client responses (202 without handing
-# them over), so the tool waits until the suite gives up. One line in app/mcp/transports/streamable.py
-# (`self.server.handle_response(message, env)` before its 202 for responses) makes all four pass.
-AWAITS_TRANSPORT_WIRING = {name: {"scenario-timeout"} for name in (
-    "tools-call-sampling", "tools-call-elicitation", "elicitation-sep1034-defaults", "elicitation-sep1330-enums")}
-FIXTURE_EXPECTED: dict[str, set[str]] = {**AWAITS_TRANSPORT_WIRING}
+FIXTURE_EXPECTED: dict[str, set[str]] = {}
 # Optional extensions (tasks, skills) this server does not offer: run for the record, not scored.
 EXTENSION_SCENARIOS = {name for name, versions in SCENARIOS.items() if versions == ("extension",)}
 

@@ -121,6 +121,8 @@ class LegacySse:
                 await self.server.handle_notification(message, env)
             elif message.kind == "request":
                 self._start(message, env, session)
+            else:  # the client answers a request of ours (sampling, elicitation, roots)
+                self.server.handle_response(message, env)
         return web.Response(status=202, text="Accepted")
 
     def _start(self, message: Message, env: CallEnv, session: Session) -> None:

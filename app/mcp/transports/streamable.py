@@ -116,7 +116,8 @@ class StreamableHttp:
         if message.kind == "notification":
             await self.server.handle_notification(message, env)
             return web.Response(status=202)
-        if message.kind == "response":
+        if message.kind == "response":  # the client answers a request of ours (sampling, elicitation, roots)
+            self.server.handle_response(message, env)
             return web.Response(status=202)
         if message.method == "tools/call":
             return await self._run_call(request, message, env, json_ok, sse_ok)
