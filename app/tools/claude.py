@@ -112,9 +112,7 @@ class ClaudeTools:
         sql = required_str(arguments, "query")
         max_rows = positive_int(arguments, "max_rows", None)
         timeout = positive_number(arguments, "timeout_seconds")
-        # Caps can only be lowered by a call (the database layer enforces this too).
-        max_rows = min(max_rows, self.settings.max_rows) if max_rows else None
-        timeout = min(timeout, self.settings.query_timeout_seconds) if timeout else None
+        # A call can only lower the caps; Database applies them (one place for the row and time caps).
         ctx.audit.update(fingerprint=fingerprint_sql(sql), sql=sql)
 
         write = False

@@ -40,12 +40,7 @@ def with_meta(tools: list[Tool], names: set[str], meta: dict[str, Any]) -> list[
 
 def not_read_reason(database: Any, sql: str) -> str:
     """Why the guard would not run `sql` as a read, in words (for refusals outside read-only mode)."""
-    try:
-        from ..db import guard
-
-        message = guard.check(sql, database.dialect_name).message or ""
-    except (ImportError, AttributeError):
-        message = ""
+    message = database.verdict(sql).message or ""
     message = message.removeprefix("Refused in read-only mode: ").strip()
     return message or "it is not a single read query."
 
@@ -114,7 +109,12 @@ def truncation_note(result: QueryResult, dialect: str, *, sample: bool = False) 
     """What the model should do next when a result was cut (it otherwise tends to assume it saw everything)."""
     if not result.truncated:
         return None
-    if result.truncated_reason == "max_bytes":
+    if result.truncated_reason == "max_bytes" and result.too_long_column:
+        why = (f"a value of column {result.too_long_column} alone is larger than the size limit, so the result "
+               f"stops after {result.row_count} rows")
+        how = (f"leave {result.too_long_column} out, or select a part of it (a substring, its length) instead of "
+               "the whole value")
+    elif result.truncated_reason == "max_bytes":
         why = f"the result reached the size limit after {result.row_count} rows"
         how = "select fewer or narrower columns (avoid large text/binary columns), filter with WHERE, or aggregate"
     else:
