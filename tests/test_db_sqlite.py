@@ -59,6 +59,13 @@ async def test_special_floats_and_unicode(sqlite_db) -> None:
     json.dumps(result.as_dict(), allow_nan=False)
 
 
+async def test_64_bit_integers_survive(sqlite_db) -> None:
+    # Without BigInt=1 the driver reads integers as 32-bit: 9007199254740993 would come back as 1.
+    async with _sqlite(sqlite_db) as database:
+        result = await database.execute("SELECT 9007199254740993 AS big, -9223372036854775808 AS smallest")
+    assert result.rows == [[9007199254740993, -9223372036854775808]]
+
+
 async def test_row_cap_truncates_and_callers_can_only_lower_it(sqlite_db) -> None:
     many = "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 50) SELECT x FROM n"
     async with _sqlite(sqlite_db, max_rows=20) as database:

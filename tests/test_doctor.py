@@ -71,8 +71,6 @@ def test_sqlite_doctor_passes_and_json_has_the_documented_keys(sqlite_db: Path, 
     assert document["dialect"] == "sqlite" and str(sqlite_db) in document["target"]
 
 
-@pytest.mark.xfail(reason="the SQLite ODBC driver reads INTEGER values as 32-bit unless the connection string "
-                          "has BigInt=1 (app/db/dialects/sqlite.py)", strict=True)
 def test_sqlite_big_integers_round_trip(sqlite_db: Path, tmp_path: Path) -> None:
     _, out, _, _ = run_doctor({"DB_BACKEND": "sqlite", "SQLITE_PATH": str(sqlite_db)}, tmp_path, "--json")
     assert statuses(json.loads(out))["types"] == PASS, out

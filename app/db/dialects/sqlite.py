@@ -126,10 +126,11 @@ class SqliteDialect(Dialect):
         return f"file:{urllib.parse.quote(path)}?mode={mode}"
 
     def build_connection_string(self) -> str:
+        # BigInt=1: without it the driver reads INTEGER values as 32-bit (9007199254740993 came back as 1).
         busy_ms = min(5000, int(float(self.settings.query_timeout_seconds) * 1000))
         driver = str(self.settings.sqlite_driver)
         return (f"DRIVER={{{driver}}};Database={self.database_uri()};Timeout={busy_ms};NoCreat=1;"
-                "FKSupport=1;")
+                "FKSupport=1;BigInt=1;")
 
     def connect_kwargs(self) -> dict:
         return {"autocommit": False}
