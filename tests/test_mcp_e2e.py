@@ -139,7 +139,7 @@ async def test_health_answers_while_every_connection_is_busy(live_server: Any) -
             elapsed = time.monotonic() - started
         body = response.json()
         assert response.status_code == 200 and elapsed < 0.5
-        assert body["database"]["pool"]["in_use"] == 2 and body["status"] == "ok"
+        assert body["database"]["pool"]["in_use"] == 2 and body["status"] == "healthy"
         for call in calls:
             call.cancel()
         await asyncio.gather(*calls, return_exceptions=True)
