@@ -148,10 +148,11 @@ async def test_real_driver_against_a_closed_port_degrades_cleanly() -> None:
         with pytest.raises(DatabaseUnavailable) as info:
             await database.execute("SELECT 1")
         message = str(info.value)
-        assert message.startswith("database unavailable")
-        # The real driver ran: its own diagnostic, not "can't open lib" or a connection-string error.
-        assert "Login timeout expired" in message or "TCP Provider" in message, message
-        for text in (message, str(database.status()["last_error"])):
+        assert message.startswith("database unavailable") and "127.0.0.1" not in message  # no driver text
+        # The real driver ran: its own diagnostic (for operators), not "can't open lib" or a connection-string error.
+        last_error = str(database.status()["last_error"])
+        assert "Login timeout expired" in last_error or "TCP Provider" in last_error, last_error
+        for text in (message, last_error):
             assert PASSWORD not in text and "Secret" not in text
         assert not await database.ping()
         assert database.metrics.registry.get_sample_value("mssql_mcp_database_up") == 0
@@ -251,3 +252,20 @@ def test_end_call_reruns_the_session_batch_after_anything_but_a_guarded_read() -
     conn.calls.clear()
     dialect.end_call(conn, conn, guarded_read=False)
     assert conn.calls == ["rollback", dialect.session_sql(), "commit"]
+
+
+@pytest.mark.parametrize(("state", "text", "refused"), [
+    ("28000", "[Microsoft][ODBC Driver 18 for SQL Server][SQL Server]Login failed for user 'mcp'. (18456)", True),
+    ("28000", "[Microsoft][ODBC Driver 18 for SQL Server][SQL Server]Login failed: account disabled (18470)", True),
+    ("HYT00", "[Microsoft][ODBC Driver 18 for SQL Server]Login timeout expired (0)", False),
+    ("08001", "[Microsoft][ODBC Driver 18 for SQL Server]TCP Provider: Error code 0x2749 (10057)", False),
+])
+def test_a_refused_sql_server_login_is_told_apart_from_an_unreachable_server(state: str, text: str,
+                                                                            refused: bool) -> None:
+    import pyodbc
+
+    from app.settings import load_settings
+
+    dialect = get_dialect(load_settings(environ={}, env_file=None, db_backend="mssql", mssql_host="db",
+                                        mssql_database="Shop", mssql_user="mcp"))
+    assert dialect.login_refused(pyodbc.Error(state, text), text) is refused

@@ -293,10 +293,11 @@ async def test_password_with_special_characters_connects(pg_db, postgres_server)
             assert (await database.execute("SELECT current_user")).rows == [["pw_user"]]
         async with open_database(**{**pg_db, "pg_user": "pw_user", "pg_password": "wrong " + password},
                                  db_pool_size=1) as database:
-            assert database.status()["status"] == "degraded"
+            assert database.status()["status"] == "misconfigured"  # a wrong password does not heal by retrying
             with pytest.raises(DatabaseUnavailable) as info:
                 await database.execute("SELECT 1")
-            assert "password authentication failed" in str(info.value)
+            assert "refused the service's login" in str(info.value)
+            assert "password authentication failed" in database.status()["last_error"]  # for operators only
             assert password not in str(info.value) and password not in str(database.status())
     finally:
         postgres_server.execute("DROP ROLE IF EXISTS pw_user")
@@ -329,3 +330,29 @@ async def test_cached_plans_follow_schema_changes(pg_db, postgres_server) -> Non
         finally:
             postgres_server.execute("ALTER TABLE orders DROP COLUMN channel", database=pg_db["pg_database"])
         assert (await database.execute("SELECT * FROM orders ORDER BY id LIMIT 1")).columns == before.columns
+
+
+async def test_a_refused_login_backs_off_to_minutes_and_calls_do_not_hammer_it(pg_db, captured_logs) -> None:
+    """SQLSTATE class 28 (here: a role PostgreSQL does not know) is a configuration error: retrying every few
+    seconds would flood the server's log and can lock a SQL Server login. /health says unhealthy, callers get
+    one clear sentence without the driver's text (it names host and port), and it is logged once."""
+    from app.health import overall_status
+
+    settings = {**pg_db, "pg_user": "no_such_role", "db_pool_size": 2}
+    async with open_database(**settings) as database:
+        assert await _wait_for(lambda: database.pool.login_refused, 5)
+        status = database.status()
+        assert status["status"] == "misconfigured" and overall_status(status) == "unhealthy"
+        attempts_before = len(captured_logs.events("db.connect_failed")) + len(captured_logs.events("db.login_refused"))
+        messages = set()
+        for _ in range(50):  # callers arriving at a high rate must not each try to log in
+            with pytest.raises(DatabaseUnavailable) as info:
+                await database.execute("SELECT 1")
+            messages.add(str(info.value).rsplit("(", 1)[0])
+        assert messages == {"database unavailable: the database refused the service's login; an operator must "
+                            "fix its settings "}
+        assert "127.0.0.1" not in str(info.value) and "no_such_role" not in str(info.value)
+        attempts_after = len(captured_logs.events("db.connect_failed")) + len(captured_logs.events("db.login_refused"))
+        assert attempts_after == attempts_before  # no new login attempt: the next one is tens of seconds away
+        assert database.pool._next_attempt - time.monotonic() > 20
+        assert len(captured_logs.events("db.login_refused")) == 1

@@ -136,7 +136,8 @@ class Database:
         """For /health: instant, no driver call, correct while every connection is busy."""
         pool = self.pool.stats()
         return {
-            "status": "ok" if pool["healthy"] > 0 else "degraded",
+            # misconfigured: the server refuses the login, which retrying will not fix (/health: unhealthy).
+            "status": "ok" if pool["healthy"] > 0 else ("misconfigured" if self.pool.login_refused else "degraded"),
             "dialect": self.dialect.name,
             "pool": pool,
             "last_error": self.pool.last_error,

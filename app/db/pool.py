@@ -46,6 +46,10 @@ T = TypeVar("T")
 
 INITIAL_BACKOFF_SECONDS = 0.1
 MAX_BACKOFF_SECONDS = 5.0
+# A refused login is retried slowly: it needs an operator, and SQL Server locks logins after repeated
+# failures where a password policy is on.
+LOGIN_REFUSED_BACKOFF_SECONDS = 30.0
+MAX_LOGIN_REFUSED_BACKOFF_SECONDS = 300.0
 KEEPALIVE_SECONDS = 30.0
 MIN_IDLE_WAKE_SECONDS = 0.05
 PROBE_GAP_SECONDS = 0.05
@@ -362,18 +366,18 @@ class Worker:
             conn = self.dialect.connect(self.pool.connection_string)
         except pyodbc.Error as exc:
             message = clean_message(exc, self.pool.secrets)
-            self.pool._note_failure(message)
-            log.warning("db.connect_failed", worker=self.index, sqlstate=sqlstate_of(exc), error=message)
-            raise DatabaseUnavailable(f"database unavailable: {message}") from None
+            if self.pool._note_failure(message, sqlstate_of(exc), self.dialect.login_refused(exc, message)):
+                log.warning("db.connect_failed", worker=self.index, sqlstate=sqlstate_of(exc), error=message)
+            raise DatabaseUnavailable(self.pool.unavailable_message()) from None
         try:
             self.dialect.setup_connection(conn)
         except pyodbc.Error as exc:
             with contextlib.suppress(Exception):
                 conn.close()
             message = clean_message(exc, self.pool.secrets)
-            self.pool._note_failure(message)
+            self.pool._note_failure(message, sqlstate_of(exc), self.dialect.login_refused(exc, message))
             log.warning("db.session_setup_failed", worker=self.index, sqlstate=sqlstate_of(exc), error=message)
-            raise DatabaseUnavailable(f"database unavailable: {message}") from None
+            raise DatabaseUnavailable(self.pool.unavailable_message()) from None
         except BaseException:
             with contextlib.suppress(Exception):
                 conn.close()
@@ -415,6 +419,7 @@ class Pool:
         self.connection_string = ""
         self.watchdog = Watchdog()
         self.last_error: str | None = None
+        self.login_refused = False  # the server refused the last login (see _note_failure)
         self._workers: list[Worker] = []
         self._idle: list[Worker] = []
         self._waiters: deque[asyncio.Future[Worker | None]] = deque()
@@ -587,20 +592,37 @@ class Pool:
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(lambda: future.done() or future.set_result(None))
 
-    def _note_failure(self, message: str) -> None:
+    def _note_failure(self, message: str, sqlstate: str | None = None, refused: bool = False) -> bool:
+        """Record a failed connection attempt; False when it repeats a known login refusal (not worth a log line).
+
+        A refused login (`Dialect.login_refused`: wrong password, unknown or disabled login) will not heal by
+        retrying, and retrying every few seconds floods the server's error log and can lock the account: it
+        backs off to minutes, calls stop probing, and the change is logged once."""
         with self._state_lock:
+            repeat = refused and self.login_refused
             self.last_error = message
             now = time.monotonic()
+            if refused and not self.login_refused:
+                self._fail_streak = 0  # start the slow schedule from its first step
+            self.login_refused = refused
             if now >= self._next_attempt:  # one step of backoff per round, however many workers failed
                 self._fail_streak += 1
-                delay = min(MAX_BACKOFF_SECONDS, INITIAL_BACKOFF_SECONDS * 2 ** (self._fail_streak - 1))
+                first, ceiling = ((LOGIN_REFUSED_BACKOFF_SECONDS, MAX_LOGIN_REFUSED_BACKOFF_SECONDS) if refused
+                                  else (INITIAL_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS))
+                delay = min(ceiling, first * 2 ** (self._fail_streak - 1))
                 self._next_attempt = now + delay * random.uniform(0.8, 1.2)
+        if refused and not repeat:
+            log.error("db.login_refused", sqlstate=sqlstate, error=message,
+                      retry_seconds=round(max(0.0, self._next_attempt - time.monotonic())),
+                      hint="fix the database login settings; run mssql-mcp doctor on this machine")
+        return not repeat
 
     def _note_connected(self, reconnect: bool) -> None:
         with self._state_lock:
             self._fail_streak = 0
             self._next_attempt = 0.0
             self.last_error = None
+            self.login_refused = False
         if reconnect:
             self.metrics.pool_reconnects.inc()
 
@@ -616,8 +638,8 @@ class Pool:
             now = time.monotonic()
             if self._attempt_in_flight:
                 return False
-            if background and now < self._next_attempt:
-                return False
+            if (background or self.login_refused) and now < self._next_attempt:
+                return False  # calls probe early, but not against a login the server refuses
             if not background and now < self._last_attempt + PROBE_GAP_SECONDS:
                 return False
             self._attempt_in_flight = True
@@ -629,8 +651,13 @@ class Pool:
             self._attempt_in_flight = False
 
     def unavailable_message(self) -> str:
+        """What a caller is told: never the driver's text, which names the server's host, port and login
+        (operators see it in the log and on an authenticated /health)."""
         wait = max(0.0, self._next_attempt - time.monotonic())
-        return f"database unavailable: {self.last_error or 'not connected'} (retrying in {wait:.1f} s)"
+        if self.login_refused:
+            return (f"database unavailable: the database refused the service's login; an operator must fix its "
+                    f"settings (retrying in {wait:.0f} s)")
+        return f"database unavailable, retrying in {wait:.1f} s"
 
     # --- introspection (event loop, no driver calls) ---------------------------------------------
     def healthy(self) -> int:

@@ -22,6 +22,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.tokens import TokenType
 
+from ..errors import sqlstate_of
 from ..types import TableDescription, TableInfo
 
 _NEEDS_BRACES = frozenset(";{}=")
@@ -148,6 +149,12 @@ class Dialect(ABC):
     def connect(self, connection_string: str) -> pyodbc.Connection:
         """Open one connection (on the pool worker's thread); setup_connection runs after it."""
         return pyodbc.connect(connection_string, **self.connect_kwargs())
+
+    def login_refused(self, exc: pyodbc.Error, message: str) -> bool:
+        """The server refused the login itself (wrong password, unknown or disabled login): SQLSTATE class 28,
+        which retrying will not fix."""
+        state = sqlstate_of(exc)
+        return bool(state and state.startswith("28"))
 
     def setup_connection(self, conn: pyodbc.Connection) -> None:  # noqa: B027 - optional hook
         """Per-session set-up right after connecting (runs once per connection, not per query)."""

@@ -11,6 +11,7 @@ pg_class.reltuples (free; -1 means "never analyzed" and is reported as unknown).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
@@ -92,6 +93,12 @@ def _json_width(ref: str, column: Sequence[Any]) -> str:
     if _is_binary(column):
         return f"2 * coalesce(octet_length({ref}), 0)"
     return f"coalesce(octet_length({ref}::text), 0)"
+
+
+# PostgreSQL's FATAL messages for SQLSTATE 28000/28P01 (English server messages, lc_messages=C or en).
+_LOGIN_REFUSED = re.compile(r'FATAL:\s+(?:password authentication failed|\w+ authentication failed for user'
+                            r'|role "[^"]*" does not exist|role "[^"]*" is not permitted to log in'
+                            r'|no pg_hba\.conf entry)')
 
 
 class PostgresDialect(Dialect):
@@ -214,6 +221,11 @@ class PostgresDialect(Dialect):
         finally:
             cursor.close()
         conn.commit()
+
+    def login_refused(self, exc: pyodbc.Error, message: str) -> bool:
+        # psqlODBC reports every failed connect as 08001; the server's own FATAL authentication messages
+        # (libpq passes them through, and they carry no query data) say which ones are refused logins.
+        return super().login_refused(exc, message) or _LOGIN_REFUSED.search(message) is not None
 
     def quote_identifier(self, name: str) -> str:
         return '"' + name.replace('"', '""') + '"'
