@@ -180,8 +180,9 @@ async def run(url: str, tool: str, arguments: dict[str, Any], concurrency: int, 
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def load_arguments(description: str) -> argparse.ArgumentParser:
+    """The command line every load generator here shares (load.py and wrk_load.py)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--url", required=True, help="Streamable HTTP endpoint, e.g. http://127.0.0.1:8101/mcp")
     parser.add_argument("--tool", default="execute_sql")
     parser.add_argument("--arg-name", default="query", help="the tool argument carrying the SQL (DBHub: sql)")
@@ -190,10 +191,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds")
+    return parser
+
+
+def parse_load_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     host = URL(args.url).host or ""
     if not (host.startswith("127.") or host in {"localhost", "::1", "[::1]"}):
         parser.error("only loopback targets are allowed")  # load is only ever sent to this machine
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_load_arguments(load_arguments(__doc__.splitlines()[0]), argv)
     report = asyncio.run(run(args.url, args.tool, {args.arg_name: args.query}, args.concurrency,
                              args.duration, args.warmup, args.timeout))
     json.dump(report, sys.stdout)

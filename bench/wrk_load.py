@@ -14,7 +14,6 @@ object on stdout with the keys load.py prints.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import resource
@@ -26,10 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from yarl import URL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import CallFailed, Client  # bench/ is not a package: load.py is also run as a script
+from load import (  # bench/ is not a package: load.py is also run as a script
+    CallFailed,
+    Client,
+    load_arguments,
+    parse_load_arguments,
+)
 
 # Per-thread counters are read back in done() through the thread objects setup() kept.
 LUA = r"""
@@ -135,20 +138,9 @@ def run(url: str, tool: str, arguments: dict[str, Any], concurrency: int, durati
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", required=True, help="Streamable HTTP endpoint, e.g. http://127.0.0.1:8101/mcp")
-    parser.add_argument("--tool", default="execute_sql")
-    parser.add_argument("--arg-name", default="query", help="the tool argument carrying the SQL (DBHub: sql)")
-    parser.add_argument("--query", required=True)
-    parser.add_argument("-c", "--concurrency", type=int, default=8)
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds (whole seconds for wrk)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
-    parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds")
+    parser = load_arguments(__doc__.splitlines()[0])
     parser.add_argument("--wrk", default=shutil.which("wrk") or "wrk", help="the wrk binary")
-    args = parser.parse_args(argv)
-    host = URL(args.url).host or ""
-    if not (host.startswith("127.") or host in {"localhost", "::1", "[::1]"}):
-        parser.error("only loopback targets are allowed")  # load is only ever sent to this machine
+    args = parse_load_arguments(parser, argv)
     if not shutil.which(args.wrk):
         parser.error(f"{args.wrk} not found (apt-get install wrk; `make bench` installs it)")
     try:
