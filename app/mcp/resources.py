@@ -28,6 +28,15 @@ class PromptArgumentsInvalid(Exception):
     """prompts/get arguments the prompt cannot use (answered as -32602 with this message)."""
 
 
+def _described(out: dict[str, Any], title: str | None, description: str | None,
+               mime_type: str | None) -> dict[str, Any]:
+    """The optional fields resources and templates share, only where they are set."""
+    for key, value in (("title", title), ("description", description), ("mimeType", mime_type)):
+        if value:
+            out[key] = value
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Resource:
     uri: str
@@ -38,13 +47,7 @@ class Resource:
     size: int | None = None
 
     def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"uri": self.uri, "name": self.name}
-        if self.title:
-            out["title"] = self.title
-        if self.description:
-            out["description"] = self.description
-        if self.mime_type:
-            out["mimeType"] = self.mime_type
+        out = _described({"uri": self.uri, "name": self.name}, self.title, self.description, self.mime_type)
         if self.size is not None:
             out["size"] = self.size
         return out
@@ -59,14 +62,8 @@ class ResourceTemplate:
     mime_type: str | None = None
 
     def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"uriTemplate": self.uri_template, "name": self.name}
-        if self.title:
-            out["title"] = self.title
-        if self.description:
-            out["description"] = self.description
-        if self.mime_type:
-            out["mimeType"] = self.mime_type
-        return out
+        return _described({"uriTemplate": self.uri_template, "name": self.name}, self.title, self.description,
+                          self.mime_type)
 
 
 @dataclass(frozen=True, slots=True)
