@@ -193,6 +193,10 @@ SETTINGS: tuple[Setting, ...] = (
             _bool, group="server"),
     Setting("session_idle_seconds", ("MCP_SESSION_IDLE_SECONDS",), 3600,
             "Streamable HTTP sessions idle longer than this are forgotten.", _int(10), group="server"),
+    Setting("session_active_seconds", ("MCP_SESSION_ACTIVE_SECONDS",), 300,
+            "A session used within this many seconds (or streaming, or running a call) counts as active in "
+            "mssql_mcp_sessions; older ones count as idle until MCP_SESSION_IDLE_SECONDS forgets them.",
+            _int(1), group="server"),
     Setting("max_sessions", ("MCP_MAX_SESSIONS",), 10_000, "Most concurrent MCP sessions kept.", _int(1),
             group="server"),
     Setting("stream_max_messages", ("MCP_STREAM_MAX_MESSAGES",), 1000,

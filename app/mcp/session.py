@@ -193,9 +193,12 @@ class SessionStore:
     """Bounded, idle-expiring session table (one per MCP endpoint prefix)."""
 
     def __init__(self, *, max_sessions: int = 10_000, idle_seconds: float = 3600.0,
-                 on_count: Callable[[str, int], None] | None = None) -> None:
+                 active_seconds: float = 300.0, on_count: Callable[[str, int], None] | None = None) -> None:
         self.max_sessions = max_sessions
         self.idle_seconds = idle_seconds
+        # Used this recently (or streaming, or running a call) counts as active; otherwise the session is
+        # idle: kept until idle_seconds in case its client comes back, but probably abandoned.
+        self.active_seconds = active_seconds
         self._sessions: dict[str, Session] = {}
         # Sessions whose stream was dropped for not reading: id -> (owner, when), so their POSTs get
         # a clear 410 for a while instead of a bare 404. Bounded and short-lived.
@@ -273,15 +276,32 @@ class SessionStore:
             self.remove(session)
         return len(expired)
 
+    def counts_by_state(self, now: float | None = None) -> dict[tuple[str, str], int]:
+        """{(transport, "active" | "idle"): n} over every open session, for the sessions gauge.
+
+        Read at scrape time, possibly from another thread: it only reads a snapshot of the table.
+        """
+        now = time.monotonic() if now is None else now
+        counts: dict[tuple[str, str], int] = {}
+        for session in list(self._sessions.values()):
+            key = (session.transport, "active" if self._active(session, now) else "idle")
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
     def close_all(self) -> None:
         for session in list(self._sessions.values()):
             self.remove(session)
 
-    def _expired(self, session: Session, now: float) -> bool:
+    @staticmethod
+    def _in_use(session: Session) -> bool:
         # A session with an open stream or a running call is in use, however long ago it last posted.
-        if session.inflight or (session.stream is not None and not session.stream.closed):
-            return False
-        return now - session.last_seen > self.idle_seconds
+        return bool(session.inflight) or (session.stream is not None and not session.stream.closed)
+
+    def _active(self, session: Session, now: float) -> bool:
+        return self._in_use(session) or now - session.last_seen <= self.active_seconds
+
+    def _expired(self, session: Session, now: float) -> bool:
+        return not self._in_use(session) and now - session.last_seen > self.idle_seconds
 
     def _evict_one(self) -> None:
         # Full: forget the least recently used session that has no open stream and no running call.

@@ -6,7 +6,7 @@ status class, tool, outcome, dialect, reason), never SQL text, user or client id
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -17,6 +17,8 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from .. import __version__
 
@@ -34,6 +36,46 @@ TRUNCATION_REASONS = ("max_rows", "max_bytes")
 # Methods outside this set are counted as "other" so a client cannot mint label values.
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+SESSION_TRANSPORTS = ("streamable_http", "sse")
+SESSION_STATES = ("active", "idle")
+SessionCounts = Callable[[], Mapping[tuple[str, str], int]]
+
+
+class SessionStateCollector(Collector):
+    """`mssql_mcp_sessions{transport, state}`, counted from the session tables at scrape time.
+
+    Whether a session is active depends on how long ago it was used, which changes without any event,
+    so the split is computed when Prometheus asks rather than kept in a gauge.
+    """
+
+    NAME = "mssql_mcp_sessions"
+    HELP = ("Open MCP sessions by transport and state: active = used within MCP_SESSION_ACTIVE_SECONDS, "
+            "streaming or running a call; idle = kept until MCP_SESSION_IDLE_SECONDS but unused.")
+
+    def __init__(self) -> None:
+        self._sources: list[SessionCounts] = []
+
+    def watch(self, counts: SessionCounts) -> None:
+        """Add one session table (each MCP endpoint prefix has its own)."""
+        self._sources.append(counts)
+
+    def totals(self) -> dict[tuple[str, str], int]:
+        totals = {(transport, state): 0 for transport in SESSION_TRANSPORTS for state in SESSION_STATES}
+        for counts in self._sources:
+            for key, n in counts().items():
+                totals[key] = totals.get(key, 0) + n
+        return totals
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return [GaugeMetricFamily(self.NAME, self.HELP, labels=["transport", "state"])]
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=["transport", "state"])
+        for (transport, state), n in sorted(self.totals().items()):
+            family.add_metric([transport, state], n)
+        return [family]
 
 
 class Metrics:
@@ -58,8 +100,11 @@ class Metrics:
 
         # MCP
         self.mcp_sessions_active = Gauge(
-            "mssql_mcp_sessions_active", "Open MCP sessions (Streamable HTTP and SSE).", ["transport"],
-            registry=r)
+            "mssql_mcp_sessions_active",
+            "Open MCP sessions (Streamable HTTP and SSE), idle ones included until MCP_SESSION_IDLE_SECONDS; "
+            "mssql_mcp_sessions splits them by state.", ["transport"], registry=r)
+        self.session_states = SessionStateCollector()
+        r.register(self.session_states)
         self.mcp_messages = Counter(
             "mssql_mcp_messages_total", "JSON-RPC messages received by method.", ["method"], registry=r)
         self.mcp_streams_dropped = Counter(
@@ -140,7 +185,7 @@ class Metrics:
             self.oauth_token_errors.labels(error)
         for outcome in ("ok", "error"):
             self.oauth_registrations.labels(outcome)
-        for transport in ("streamable_http", "sse"):
+        for transport in SESSION_TRANSPORTS:
             self.mcp_sessions_active.labels(transport)
             self.mcp_streams_dropped.labels(transport)
         self.oauth_refresh_reuse.inc(0)

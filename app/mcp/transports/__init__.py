@@ -42,6 +42,9 @@ def add_mcp_routes(app: web.Application, prefix: str, server: McpServer) -> McpE
     settings = app[keys.SETTINGS]
     server.sessions.max_sessions = settings.max_sessions
     server.sessions.idle_seconds = settings.session_idle_seconds
+    server.sessions.active_seconds = settings.session_active_seconds
+    if server.metrics is not None:
+        server.metrics.session_states.watch(server.sessions.counts_by_state)
     origins = OriginPolicy(settings)
     streamable = StreamableHttp(server, settings, origins)
     legacy = LegacySse(server, settings, origins, prefix)

@@ -1,0 +1,107 @@
+"""Operator signal: open sessions split into active and idle (`mssql_mcp_sessions{transport, state}`).
+
+A session abandoned by its client stays open until MCP_SESSION_IDLE_SECONDS (an hour by default); the
+split shows how many of the open ones were used within MCP_SESSION_ACTIVE_SECONDS.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+ACCEPT_BOTH = "application/json, text/event-stream"
+
+
+async def _initialize(client: TestClient, path: str = "/mcp") -> str:
+    response = await client.post(path, json={
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}},
+        headers={"Accept": ACCEPT_BOTH})
+    assert response.status == 200, await response.text()
+    return response.headers["Mcp-Session-Id"]
+
+
+def _scrape(metrics: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the sessions metrics as {(name, sorted labels): value}, through the text format."""
+    text = generate_latest(metrics.registry).decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) if family.name.startswith("mssql_mcp_sessions")
+            for sample in family.samples}
+
+
+def _sessions(scraped: dict, transport: str, state: str) -> float:
+    return scraped[("mssql_mcp_sessions", (("state", state), ("transport", transport)))]
+
+
+def _open(scraped: dict, transport: str) -> float:
+    return scraped[("mssql_mcp_sessions_active", (("transport", transport),))]
+
+
+async def test_active_and_idle_sessions_are_counted_apart(aiohttp_client: Any, mcp_test_app: Any) -> None:
+    test_app = mcp_test_app(session_active_seconds=120)
+    client = await aiohttp_client(test_app.app)
+    claude = test_app.endpoints[""].server.sessions
+    chatgpt = test_app.endpoints["/chatgpt"].server.sessions
+    assert claude.active_seconds == chatgpt.active_seconds == 120  # the setting reaches both tables
+
+    scraped = _scrape(test_app.metrics)
+    for transport in ("streamable_http", "sse"):  # zeros before any session, not gaps
+        assert _sessions(scraped, transport, "active") == _sessions(scraped, transport, "idle") == 0
+
+    first, second = await _initialize(client), await _initialize(client)
+    await _initialize(client, "/chatgpt/mcp")
+    scraped = _scrape(test_app.metrics)
+    assert _sessions(scraped, "streamable_http", "active") == 3
+    assert _sessions(scraped, "streamable_http", "idle") == 0
+    assert _open(scraped, "streamable_http") == 3
+
+    # Nobody used `first` for longer than the active window: still open, now idle.
+    claude.get(first).last_seen = time.monotonic() - 121
+    scraped = _scrape(test_app.metrics)
+    assert _sessions(scraped, "streamable_http", "active") == 2
+    assert _sessions(scraped, "streamable_http", "idle") == 1
+    assert _open(scraped, "streamable_http") == 3  # the open-sessions gauge keeps its meaning
+
+    # A request on it makes it active again.
+    response = await client.post("/mcp", json={"jsonrpc": "2.0", "id": 2, "method": "ping"},
+                                 headers={"Accept": ACCEPT_BOTH, "Mcp-Session-Id": first,
+                                          "MCP-Protocol-Version": "2025-11-25"})
+    assert response.status == 200
+    assert _sessions(_scrape(test_app.metrics), "streamable_http", "active") == 3
+
+    # An open server->client stream is in use however long ago the client last posted.
+    stream = await client.get("/mcp", headers={"Accept": "text/event-stream", "Mcp-Session-Id": second,
+                                               "MCP-Protocol-Version": "2025-11-25"})
+    assert stream.status == 200
+    claude.get(second).last_seen = time.monotonic() - 3600
+    scraped = _scrape(test_app.metrics)
+    assert _sessions(scraped, "streamable_http", "active") == 3
+    assert _sessions(scraped, "streamable_http", "idle") == 0
+    stream.close()
+
+    # Forgotten sessions leave both counts.
+    claude.close_all()
+    chatgpt.close_all()
+    scraped = _scrape(test_app.metrics)
+    assert _sessions(scraped, "streamable_http", "active") == _sessions(scraped, "streamable_http", "idle") == 0
+    assert _open(scraped, "streamable_http") == 0
+
+
+def test_counts_by_state_against_the_clock() -> None:
+    from app.mcp.session import SessionStore
+
+    store = SessionStore(idle_seconds=3600, active_seconds=300)
+    fresh = store.create("streamable_http", "2025-11-25")
+    stale = store.create("streamable_http", "2025-11-25")
+    legacy = store.create("sse", "2024-11-05")
+    now = time.monotonic()
+    fresh.last_seen = now - 299
+    stale.last_seen = now - 301
+    legacy.last_seen = now - 1000
+    assert store.counts_by_state(now) == {("streamable_http", "active"): 1, ("streamable_http", "idle"): 1,
+                                          ("sse", "idle"): 1}
+    store.close_all()
