@@ -72,6 +72,19 @@ def _list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.replace(";", ",").split(",") if item.strip())
 
 
+MSSQL_AUTHENTICATIONS = ("ActiveDirectoryServicePrincipal", "ActiveDirectoryMsi", "AccessToken")
+
+
+def _mssql_authentication(raw: str) -> str:
+    value = raw.strip()
+    for option in MSSQL_AUTHENTICATIONS:
+        if value.lower() == option.lower():
+            return option
+    if value:
+        raise ValueError(f"expected one of {', '.join(MSSQL_AUTHENTICATIONS)} (or empty)")
+    return ""
+
+
 def _str(raw: str) -> str:
     return raw.strip()
 
@@ -129,6 +142,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("mssql_lock_timeout_ms", ("MSSQL_LOCK_TIMEOUT_MS",), 5000,
             "SET LOCK_TIMEOUT for each session, in milliseconds (-1 waits forever).", _int(-1),
             group="database"),
+    Setting("mssql_authentication", ("MSSQL_AUTHENTICATION",), "",
+            "Entra ID sign-in: ActiveDirectoryServicePrincipal (MSSQL_USER = client id, MSSQL_PASSWORD = secret), "
+            "ActiveDirectoryMsi (managed identity; MSSQL_USER = its client id, optional) or AccessToken "
+            "(MSSQL_ACCESS_TOKEN_FILE); empty for a SQL login or Trusted_Connection.", _mssql_authentication,
+            group="database"),
+    Setting("mssql_access_token_file", ("MSSQL_ACCESS_TOKEN_FILE",), "",
+            "File holding an Entra ID access token for MSSQL_AUTHENTICATION=AccessToken, read at every new "
+            "connection (a workload identity federation helper keeps it fresh).", group="database"),
+    Setting("mssql_multi_subnet_failover", ("MSSQL_MULTI_SUBNET_FAILOVER",), True,
+            "MultiSubnetFailover=Yes: try every address of an availability group listener at once (faster "
+            "failover; harmless on a single server).", _bool, group="database"),
     Setting("sqlite_path", ("SQLITE_PATH",), "", "SQLite database file (DB_BACKEND=sqlite).",
             group="database"),
     Setting("sqlite_driver", ("SQLITE_DRIVER",), "SQLite3", "ODBC driver name for SQLite.", group="database"),
@@ -150,8 +174,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("db_pool_max_waiting", ("DB_POOL_MAX_WAITING",), 100,
             "Most calls waiting for a free connection at once; more are refused at once with 'database busy'.",
             _int(0), group="database"),
-    Setting("db_connect_timeout_seconds", ("DB_CONNECT_TIMEOUT_SECONDS",), 5,
-            "Login timeout for each new connection.", _int(1, 120), group="database"),
+    Setting("db_connect_timeout_seconds", ("DB_CONNECT_TIMEOUT_SECONDS",), 0,
+            "Login timeout for each new connection; 0 picks 20 s for SQL Server (Azure SQL serverless resume, "
+            "availability group failover) and 5 s otherwise.", _int(0, 120), group="database"),
     Setting("query_timeout_seconds", ("QUERY_TIMEOUT_SECONDS",), 30.0,
             "Time limit for every query; a call may ask for less, never more.", _float(0.1), group="database"),
     Setting("max_rows", ("MAX_ROWS",), 1000, "Most rows a query returns before it is cut (truncated: true).",
@@ -317,6 +342,12 @@ class Settings:
         return not (self.values["allow_unauth_methods"] and self.values["allow_unauth_tools_call"])
 
 
+# Login timeouts when DB_CONNECT_TIMEOUT_SECONDS is 0. SQL Server's is longer: a paused Azure SQL serverless
+# database takes ~10-60 s to resume and an availability group failover ~10-30 s.
+MSSQL_LOGIN_TIMEOUT_SECONDS = 20
+DEFAULT_LOGIN_TIMEOUT_SECONDS = 5
+
+
 def _defaults() -> dict[str, Any]:
     return {s.name: s.default for s in SETTINGS}
 
@@ -348,6 +379,9 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | os.P
     if unknown:
         raise SettingsError(f"unknown settings: {', '.join(sorted(unknown))}")
     values.update(overrides)
+    if not values["db_connect_timeout_seconds"]:  # 0: the backend's own sane login timeout
+        values["db_connect_timeout_seconds"] = (MSSQL_LOGIN_TIMEOUT_SECONDS if values["db_backend"] == "mssql"
+                                                else DEFAULT_LOGIN_TIMEOUT_SECONDS)
     settings = Settings(values)
     if require_database:
         _validate_database(settings)
@@ -362,7 +396,17 @@ def _validate_database(s: Settings) -> None:
             raise SettingsError("MSSQL_HOST: required when DB_BACKEND=mssql (or set ODBC_CONNECTION_STRING)")
         if not s.mssql_database:
             raise SettingsError("MSSQL_DATABASE: required when DB_BACKEND=mssql")
-        if not s.trusted_connection and not s.mssql_user:
-            raise SettingsError("MSSQL_USER: required unless Trusted_Connection=yes")
+        if "," in s.mssql_host:
+            raise SettingsError(f"MSSQL_HOST: a host name without ',port' (set MSSQL_PORT; got {s.mssql_host!r})")
+        auth = s.mssql_authentication
+        if auth and s.trusted_connection:
+            raise SettingsError("MSSQL_AUTHENTICATION: cannot be combined with Trusted_Connection=yes")
+        if auth == "ActiveDirectoryServicePrincipal" and not (s.mssql_user and s.mssql_password):
+            raise SettingsError("MSSQL_AUTHENTICATION=ActiveDirectoryServicePrincipal: needs MSSQL_USER (the "
+                                "application's client id) and MSSQL_PASSWORD (its client secret)")
+        if auth == "AccessToken" and not s.mssql_access_token_file:
+            raise SettingsError("MSSQL_AUTHENTICATION=AccessToken: needs MSSQL_ACCESS_TOKEN_FILE")
+        if not auth and not s.trusted_connection and not s.mssql_user:
+            raise SettingsError("MSSQL_USER: required unless Trusted_Connection=yes or MSSQL_AUTHENTICATION is set")
     elif s.db_backend == "sqlite" and not s.sqlite_path:
         raise SettingsError("SQLITE_PATH: required when DB_BACKEND=sqlite")
