@@ -251,6 +251,24 @@ class Dialect(ABC):
         """'[dbo].[Order Lines]' / '"public"."orders"' / 'main.t' -> its parts, quotes removed."""
         return split_identifier(name)
 
+    # --- content search (ChatGPT's keyword search over the data, app/tools/search.py) ---------------
+    # One catalog query for every column of every table and view: (schema, table, column, type, pk_position),
+    # pk_position 0 for columns outside the primary key. Keyword search reads it once instead of describing
+    # each table.
+    all_columns_sql: str = ""
+
+    def match_sql(self, column: str) -> str:
+        """A case-insensitive substring test of one column against one bound pattern (`%term%`)."""
+        return f"LOWER(CAST({self.quote_identifier(column)} AS VARCHAR(4000))) LIKE ? ESCAPE '\\'"
+
+    def content_search_sql(self, table: TableInfo, key_columns: Sequence[str], columns: Sequence[str],
+                           term_count: int) -> str:
+        """Rows of `table` whose text `columns` contain any of `term_count` bound patterns (one parameter per
+        term and column, terms outermost). The caller's Database.execute adds the row cap to the statement."""
+        shown = ", ".join(self.quote_identifier(c) for c in dict.fromkeys([*key_columns, *columns]))
+        tests = " OR ".join(self.match_sql(c) for _ in range(term_count) for c in columns)
+        return f"SELECT {shown} FROM {self.table_sql(table)} WHERE {tests}"
+
 
 _CLOSERS = {"[": "]", '"': '"', "`": "`"}
 

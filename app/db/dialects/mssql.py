@@ -259,3 +259,49 @@ class MssqlDialect(Dialect):
                 str(col))
         return TableDescription(table=table, columns=columns, primary_key=primary_key,
                                 foreign_keys=list(fks.values()), indexes=list(indexes.values()))
+
+    # --- content search (app/tools/search.py); T-SQL checked by sqlglot in tests/test_chatgpt_search.py ---
+    # Every column of every user table and view in one query (alias types fall back to their base type).
+    all_columns_sql = """
+SELECT s.name, o.name, c.name, COALESCE(TYPE_NAME(c.user_type_id), TYPE_NAME(c.system_type_id)),
+       COALESCE(ic.key_ordinal, 0)
+FROM sys.columns AS c
+JOIN sys.objects AS o ON o.object_id = c.object_id
+JOIN sys.schemas AS s ON s.schema_id = o.schema_id
+LEFT JOIN sys.indexes AS pk ON pk.object_id = o.object_id AND pk.is_primary_key = 1
+LEFT JOIN sys.index_columns AS ic
+  ON ic.object_id = pk.object_id AND ic.index_id = pk.index_id AND ic.column_id = c.column_id
+WHERE o.type IN ('U', 'V') AND o.is_ms_shipped = 0
+ORDER BY s.name, o.name, c.column_id
+"""
+    # Columns with a full-text index, and the index's key column: (schema, table, column, key_column).
+    fulltext_columns_sql = """
+SELECT s.name, o.name, c.name, kc.name
+FROM sys.fulltext_index_columns AS fic
+JOIN sys.fulltext_indexes AS fi ON fi.object_id = fic.object_id
+JOIN sys.objects AS o ON o.object_id = fic.object_id
+JOIN sys.schemas AS s ON s.schema_id = o.schema_id
+JOIN sys.columns AS c ON c.object_id = fic.object_id AND c.column_id = fic.column_id
+JOIN sys.index_columns AS ic ON ic.object_id = fi.object_id AND ic.index_id = fi.unique_index_id
+JOIN sys.columns AS kc ON kc.object_id = ic.object_id AND kc.column_id = ic.column_id
+WHERE fi.is_enabled = 1
+ORDER BY s.name, o.name, c.name
+"""
+
+    def match_sql(self, column: str) -> str:
+        # The column's collation decides case (CI by default); no LOWER() so an index can still help.
+        return f"CAST({self.quote_identifier(column)} AS nvarchar(4000)) LIKE ? ESCAPE '\\'"
+
+    def fulltext_search_sql(self, table: TableInfo, key_column: str, shown: list[str], columns: list[str]) -> str:
+        """CONTAINSTABLE over the full-text indexed `columns`, best rank first; one bound parameter: the
+        search condition (see fulltext_condition). The row cap is added by Database.execute."""
+        q = self.quote_identifier
+        listed = ", ".join(f"t.{q(c)}" for c in dict.fromkeys(shown))
+        return (f"SELECT {listed}, k.[RANK] AS mcp_rank FROM {self.table_sql(table)} AS t "
+                f"INNER JOIN CONTAINSTABLE({self.table_sql(table)}, ({', '.join(q(c) for c in columns)}), ?) AS k "
+                f"ON t.{q(key_column)} = k.[KEY] ORDER BY k.[RANK] DESC")
+
+    @staticmethod
+    def fulltext_condition(terms: list[str]) -> str:
+        """Prefix terms joined by OR: `"tokyo*" OR "widget*"` (double quotes inside a term are dropped)."""
+        return " OR ".join(f'"{term.replace(chr(34), "")}*"' for term in terms if term.replace('"', ""))

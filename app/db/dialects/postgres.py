@@ -34,6 +34,20 @@ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
   AND pg_catalog.has_any_column_privilege(c.oid, 'SELECT')
 ORDER BY n.nspname, c.relname
 """
+_ALL_COLUMNS = """
+SELECT n.nspname, c.relname, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod),
+       COALESCE(pg_catalog.array_position(i.indkey::int2[], a.attnum), 0)
+FROM pg_catalog.pg_attribute AS a
+JOIN pg_catalog.pg_class AS c ON c.oid = a.attrelid
+JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+LEFT JOIN pg_catalog.pg_index AS i ON i.indrelid = c.oid AND i.indisprimary
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND a.attnum > 0 AND NOT a.attisdropped
+  AND NOT c.relispartition
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+  AND pg_catalog.has_any_column_privilege(c.oid, 'SELECT')
+ORDER BY n.nspname, c.relname, a.attnum
+"""
 _TABLE_FILTER = """
 FROM pg_catalog.pg_class AS c
 JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
@@ -229,6 +243,11 @@ class PostgresDialect(Dialect):
 
     def quote_identifier(self, name: str) -> str:
         return '"' + name.replace('"', '""') + '"'
+
+    all_columns_sql = _ALL_COLUMNS
+
+    def match_sql(self, column: str) -> str:
+        return f"CAST({self.quote_identifier(column)} AS text) ILIKE ? ESCAPE '\\'"
 
 
     def describe_table(self, cursor: pyodbc.Cursor, table: TableInfo) -> TableDescription:

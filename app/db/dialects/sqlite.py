@@ -106,6 +106,10 @@ _COLUMNS = 'SELECT name, type, "notnull", dflt_value, pk FROM pragma_table_info(
 _FOREIGN_KEYS = 'SELECT id, seq, "table", "from", "to" FROM pragma_foreign_key_list(?) ORDER BY id, seq'
 _INDEXES = 'SELECT name, "unique", origin FROM pragma_index_list(?) ORDER BY name'
 _INDEX_COLUMNS = "SELECT name FROM pragma_index_info(?) ORDER BY seqno"
+_ALL_COLUMNS = (
+    "SELECT NULL, m.name, p.name, p.type, p.pk FROM sqlite_master AS m JOIN pragma_table_info(m.name) AS p "
+    "WHERE m.type IN ('table', 'view') AND m.name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY m.name, p.cid"
+)
 
 
 def _json_width(ref: str) -> str:
@@ -198,6 +202,12 @@ class SqliteDialect(Dialect):
                 f"            FROM (SELECT mcp_r.*, {row_width} AS mcp_width FROM mcp_r LIMIT -1) AS mcp_s"
                 f" LIMIT -1) AS mcp_b LIMIT -1) AS mcp_t\n"
                 f"WHERE mcp_t.mcp_total - mcp_t.mcp_width <= {cap}")
+
+    all_columns_sql = _ALL_COLUMNS
+
+    def match_sql(self, column: str) -> str:
+        # SQLite's LIKE ignores ASCII case by itself; CAST keeps numbers and dates searchable as text.
+        return f"CAST({self.quote_identifier(column)} AS TEXT) LIKE ? ESCAPE '\\'"
 
     def quote_identifier(self, name: str) -> str:
         return '"' + name.replace('"', '""') + '"'
