@@ -209,8 +209,12 @@ def overview() -> Dashboard:
                 Panel("Database up", [Target(f"min(mssql_mcp_database_up{{{SEL}}})", "database")],
                       "1 when the last connection attempt to the database succeeded.", kind="stat", width=4,
                       height=4, thresholds=[(None, "red"), (1, "green")]),
-                Panel("Active MCP sessions", [Target(f"sum(mssql_mcp_sessions_active{{{SEL}}})", "sessions")],
-                      "Open Streamable HTTP and SSE sessions.", kind="stat", width=4, height=4),
+                Panel("MCP sessions", [Target(f'sum(mssql_mcp_sessions{{{SEL},state="active"}})', "active"),
+                                       Target(f'sum(mssql_mcp_sessions{{{SEL},state="idle"}})', "idle")],
+                      "Open Streamable HTTP and SSE sessions: active = used within MCP_SESSION_ACTIVE_SECONDS "
+                      "(5 min by default), streaming or running a call; idle = unused since, kept until "
+                      "MCP_SESSION_IDLE_SECONDS (1 h) in case the client comes back.", kind="stat", width=4,
+                      height=4),
                 Panel("Tool calls", [Target(tool_all, "calls/s")], "Tool calls per second.", unit="reqps",
                       kind="stat", width=4, height=4),
                 Panel("Tool error ratio", [Target(f"{tool_errors} / {tool_all}", "errors")],
@@ -238,9 +242,14 @@ def overview() -> Dashboard:
                 Panel("Tool latency p95 by tool",
                       [Target(quantile(0.95, "mssql_mcp_tool_call_duration_seconds", by="tool"), "{{tool}}")],
                       "95th percentile of tool call duration.", unit="s"),
-                Panel("Active sessions by transport",
-                      [Target(f"sum by (transport) (mssql_mcp_sessions_active{{{SEL}}})", "{{transport}}")],
-                      "Open MCP sessions.", stack=True),
+                Panel("Sessions by transport and state",
+                      [Target(f'sum by (transport) (mssql_mcp_sessions{{{SEL},state="active"}})',
+                              "{{transport}} active"),
+                       Target(f'sum by (transport) (mssql_mcp_sessions{{{SEL},state="idle"}})',
+                              "{{transport}} idle")],
+                      "Open MCP sessions, stacked: active ones (used within MCP_SESSION_ACTIVE_SECONDS, streaming "
+                      "or running a call) and idle ones (probably abandoned, forgotten after "
+                      "MCP_SESSION_IDLE_SECONDS). The stack's top is every open session.", stack=True),
                 Panel("MCP messages by method",
                       [Target(rate("mssql_mcp_messages_total", by="method"), "{{method}}")],
                       "JSON-RPC messages received per second.", unit="reqps", stack=True),

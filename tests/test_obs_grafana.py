@@ -92,7 +92,7 @@ def test_dashboard_has_the_required_panels() -> None:
     titles = {title for dashboard in dashboards().values() for title, _ in panel_targets(dashboard)}
     for required in ("Token rate by grant", "Fetch cache hit ratio", "Query latency", "Tool error rate",
                      "Read-only refusals by reason", "Pool saturation", "Pool wait time",
-                     "Active sessions by transport", "HTTP status mix", "Login failures by reason"):
+                     "Sessions by transport and state", "HTTP status mix", "Login failures by reason"):
         assert required in titles
     [(_, *latency)] = [[t["legendFormat"] for t in p["targets"]] for d in dashboards().values()
                        for p in d["panels"] if p["title"] == "Query latency"]
