@@ -285,6 +285,7 @@ def test_users_cli_prompts_twice_for_the_password(auth_settings: Any, monkeypatc
     settings = auth_settings()
     answers = iter(["prompted-pass", "prompted-pass"])
     monkeypatch.setattr("getpass.getpass", lambda prompt="": next(answers))
+    monkeypatch.setattr("app.auth.cli._have_terminal", lambda: True)  # as at a terminal, also in CI
     assert _cli(settings, "add", "dave")[0] == 0
     answers = iter(["prompted-pass", "different-pass"])
     assert _cli(settings, "passwd", "dave")[0] == 1

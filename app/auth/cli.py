@@ -56,16 +56,38 @@ def _parser() -> argparse.ArgumentParser:
 def _read_password(from_stdin: bool, stdin: TextIO) -> str:
     if from_stdin:
         line = stdin.readline()
+        if not line:
+            raise CliError("--password-stdin: standard input is empty; give the password as its first line")
         password = line[:-1] if line.endswith("\n") else line
         password = password[:-1] if password.endswith("\r") else password
     else:
-        password = getpass.getpass("Password: ")
-        if getpass.getpass("Repeat password: ") != password:
-            raise CliError("the passwords do not match")
+        if not _have_terminal():
+            raise CliError("no terminal to ask for the password: pass it on standard input with "
+                           "--password-stdin (e.g. `... --password-stdin < file`, one line)")
+        try:
+            password = getpass.getpass("Password: ")
+            if getpass.getpass("Repeat password: ") != password:
+                raise CliError("the passwords do not match")
+        except (EOFError, KeyboardInterrupt):
+            raise CliError("no password given") from None
     problem = password_problem(password)
     if problem:
         raise CliError(problem)
     return password
+
+
+def _have_terminal() -> bool:
+    """Whether getpass can prompt without echo: it talks to /dev/tty, whatever stdin is.
+
+    Without one (ssh without -t, Ansible, cron, `< /dev/null`) getpass would warn, echo the password and
+    end in EOFError; the caller is told about --password-stdin instead.
+    """
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
 
 
 def _check_username(username: str) -> str:
