@@ -22,6 +22,7 @@ from .common import (
     truncation_note,
     with_meta,
 )
+from .resources import NO_SCHEMA
 
 log = structlog.get_logger(__name__)
 
@@ -64,6 +65,14 @@ def _result_payload(result: QueryResult, note: str | None) -> dict[str, Any]:
     return out
 
 
+# What 'schema' means per backend, for the list_tables description (models copy these names).
+SCHEMA_NAMES = {
+    "mssql": "SQL Server schemas such as dbo, the default one",
+    "postgres": "PostgreSQL schemas such as public, the default one",
+    "sqlite": f"SQLite has no schemas: every table is in '{NO_SCHEMA}' and its 'schema' field is null",
+}
+
+
 class ClaudeTools:
     """Handlers bound to one database and one settings snapshot."""
 
@@ -77,8 +86,14 @@ class ClaudeTools:
         schema = arguments.get("schema")
         contains = arguments.get("name_contains")
         tables = await self.database.list_tables()
+        schema_note = None
         if schema:
-            tables = [t for t in tables if (t.schema or "").lower() == schema.lower()]
+            # SQLite has no schemas: its tables answer to `main`, the name its resources URIs use.
+            in_schema = [t for t in tables if (t.schema or NO_SCHEMA).lower() == schema.lower()]
+            if not in_schema and tables:
+                known = sorted({t.schema or NO_SCHEMA for t in tables}, key=str.lower)
+                schema_note = f"No tables in schema {schema!r}. Schemas here: {', '.join(known[:50])}."
+            tables = in_schema
         if contains:
             tables = [t for t in tables if contains.lower() in t.name.lower()]
         tables = sorted(tables, key=lambda t: ((t.schema or "").lower(), t.name.lower()))
@@ -94,6 +109,8 @@ class ClaudeTools:
         if truncated:
             out["note"] = (f"Only {len(items)} of {len(tables)} tables are listed. "
                            "Pass 'schema' or 'name_contains' to narrow the list.")
+        elif schema_note:
+            out["note"] = schema_note
         ctx.audit.update(fingerprint=fingerprint_sql(f"list_tables {schema or ''} {contains or ''}"),
                          rows=len(items), bytes=json_size(items))
         return out
@@ -164,6 +181,7 @@ def build_claude_tools(database: Any, settings: Any) -> list[Tool]:
         mode = ("Writes are enabled: INSERT/UPDATE/DELETE/DDL run in a transaction committed only on success, "
                 "and only for accounts with the writer role. Double-check any statement that changes data.")
 
+    schema_names = SCHEMA_NAMES.get(settings.db_backend, "the database's schema names")
     tools_list = [
         Tool(
             name="list_tables",
@@ -172,13 +190,13 @@ def build_claude_tools(database: Any, settings: Any) -> list[Tool]:
                 f"List the tables and views of the {dialect} database: schema, name, kind (table or view) and an "
                 "approximate row count where the database keeps one cheaply (null otherwise). Start here to find "
                 "what exists, then use describe_table for columns. Optional filters: 'schema' (exact, "
-                "case-insensitive) and 'name_contains' (substring, case-insensitive)."
+                f"case-insensitive; {schema_names}) and 'name_contains' (substring, case-insensitive)."
             ),
             input_schema={
                 "type": "object",
                 "properties": {
                     "schema": {"type": "string", "minLength": 1, "maxLength": 256,
-                               "description": "Only list objects in this schema (e.g. dbo, public, main)."},
+                               "description": f"Only list objects in this schema ({schema_names})."},
                     "name_contains": {"type": "string", "minLength": 1, "maxLength": 256,
                                       "description": "Only list objects whose name contains this text."},
                 },
