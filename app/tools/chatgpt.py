@@ -11,7 +11,7 @@ issued for /chatgpt/mcp is accepted there).
 
 from __future__ import annotations
 
-import asyncio
+import re
 import time
 import weakref
 from collections.abc import Callable
@@ -40,12 +40,12 @@ from .common import (
     with_meta,
 )
 from .intent import Intent, parse_intent, stem
+from .search import CatalogTable, ContentSearch, RowHit
 
 log = structlog.get_logger(__name__)
 
 CACHE_MAX_ENTRIES = 512
 CATALOG_MAX_TABLES = 500  # keyword search looks at columns of at most this many tables
-COLUMN_INDEX_BUDGET_SECONDS = 8.0  # time a keyword search may spend reading column names
 TABLE_FETCH_SAMPLE = 5
 LABEL_COLUMNS = ("name", "title", "full_name", "display_name", "company_name", "username", "email", "sku", "code")
 
@@ -61,6 +61,8 @@ SEARCH_OUTPUT_SCHEMA: dict[str, Any] = {
                 "additionalProperties": False,
             },
         },
+        # Present (true) only when more results exist than were returned; the last result says how to see them.
+        "truncated": {"type": "boolean"},
     },
     "required": ["results"],
     "additionalProperties": False,
@@ -155,6 +157,7 @@ class ChatGptTools:
         self.cache: TtlLruCache[dict[str, Any]] = TtlLruCache(CACHE_MAX_ENTRIES, ttl, clock)
         # table descriptions and the table list, for titles, row keys and keyword search
         self.catalog: TtlLruCache[Any] = TtlLruCache(CATALOG_MAX_TABLES + 16, ttl, clock)
+        self.content = ContentSearch(database, settings)
 
     # --- catalog helpers -----------------------------------------------------------------
     async def _tables(self) -> list[TableInfo]:
@@ -177,33 +180,26 @@ class ChatGptTools:
     async def _describe_ref(self, ref: ids.TableRef) -> TableDescription:
         return await self._describe(ref.qualified)
 
+    async def _all_columns(self) -> list[CatalogTable]:
+        """Every table's columns and primary key from one catalog query (cached like the table list)."""
+        columns = self.catalog.get("\0all_columns")
+        if columns is None:
+            try:
+                columns, _ = await self.content.catalog()
+            except DatabaseError as exc:  # no catalog access: keyword search still matches table names
+                log.info("chatgpt.catalog_unreadable", error=str(exc)[:200])
+                return []
+            self.catalog.put("\0all_columns", columns)
+        return columns
+
     async def _column_index(self) -> list[tuple[TableInfo, list[str]]]:
         index = self.catalog.get("\0columns")
         if index is not None:
             return index
         tables = await self._tables()
-        limit = asyncio.Semaphore(max(1, min(4, getattr(self.settings, "db_pool_size", 4))))
-
-        async def columns_of(table: TableInfo) -> list[str]:
-            async with limit:
-                try:
-                    return [c.name for c in (await self._describe(table.qualified_name)).columns]
-                except DatabaseError:  # no permission on one table: still match on its name
-                    return []
-
-        described = tables[:CATALOG_MAX_TABLES]
-        tasks = [asyncio.create_task(columns_of(t)) for t in described]
-        # A first search on a large schema must not keep ChatGPT waiting: use what is ready in time,
-        # cache nothing partial (descriptions already read stay cached, so the next search goes on).
-        _, pending = await asyncio.wait(tasks, timeout=COLUMN_INDEX_BUDGET_SECONDS) if tasks else (set(), set())
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-        columns = [[] if task in pending else task.result() for task in tasks]
-        index = list(zip(described, columns, strict=True)) + [(t, []) for t in tables[CATALOG_MAX_TABLES:]]
-        if not pending:
-            self.catalog.put("\0columns", index)
+        by_name = {(t.schema, t.name): [c for c, _ in t.columns] for t in await self._all_columns()}
+        index = [(t, by_name.get((t.schema, t.name), [])) for t in tables]
+        self.catalog.put("\0columns", index)
         return index
 
     # --- titles and documents ------------------------------------------------------------
@@ -361,6 +357,8 @@ class ChatGptTools:
                 document = await self._fetch_row(parsed.table, parsed.key)
             elif parsed.kind == "sample":
                 document = await self._sample_document(parsed.table, parsed.limit or 10)
+            elif parsed.kind == "more":
+                return self._more_document(parsed)
             else:
                 raise ToolError(
                     f"The query result '{key}' is no longer cached (ad-hoc query results are kept for "
@@ -368,6 +366,7 @@ class ChatGptTools:
         except TableNotFound as exc:
             raise ToolError(f"Unknown id '{key}': {exc}", outcome="error") from None
         self.cache.put(key, document)
+        self.cache.put(document["id"], document)  # the canonical form (table:customers for table:main.customers)
         return document
 
     def _count(self, *, hit: bool) -> None:
@@ -395,11 +394,46 @@ class ChatGptTools:
         elif intent.kind == "list":
             hits = [(ids.table_id(t.schema, t.name), self._table_title(t)) for t in await self._tables()]
         else:
-            hits = await self._search_keywords(intent.terms)
-        results = [{"id": i, "title": t, "url": record_url(ctx.base_url, i)} for i, t in hits[:limit]]
-        out = {"results": results}
-        ctx.audit.update(rows=len(results), bytes=json_size(out))
+            hits, cut = await self._search_keywords(intent.terms)
+            if cut:  # a budget cut the search: say so even when the results fit
+                hits.append(("", ""))
+        out = self._page(query, intent, hits, limit, ctx.base_url)
+        ctx.audit.update(rows=len(out["results"]), bytes=json_size(out))
         return out
+
+    def _page(self, query: str, intent: Intent, hits: list[tuple[str, str]], limit: int,
+              base_url: str) -> dict[str, Any]:
+        """One page of results; when more exist, the last result says how to see them (and `truncated`)."""
+        budget_cut = bool(hits) and hits[-1] == ("", "")
+        if budget_cut:
+            hits = hits[:-1]
+        paged = intent.kind in ("list", "keywords")
+        page = intent.page if paged else 1
+        start = (page - 1) * (limit - 1) if paged and limit > 1 else 0
+        more = len(hits) - start > limit or budget_cut
+        shown = hits[start:start + (limit - 1 if more and limit > 1 else limit)]
+        results = [{"id": i, "title": t, "url": record_url(base_url, i)} for i, t in shown]
+        if not more:
+            return {"results": results}
+        base = re.sub(r"[\s,;]+page\s*\d+\s*$", "", query.strip(), flags=re.I) or "list tables"
+        remaining = max(0, len(hits) - start - len(shown))
+        more_id = ids.more_id(base if paged else query, page + 1)
+        title = (f"{remaining} more result(s) not shown: search '{base} page {page + 1}' or narrow the query"
+                 if paged and remaining else
+                 "More results exist than were returned: narrow the query (more keywords, a table name, or a SELECT "
+                 "with WHERE)")
+        results.append({"id": more_id, "title": title, "url": record_url(base_url, more_id)})
+        return {"results": results, "truncated": True}
+
+    def _more_document(self, parsed: ids.RecordId) -> dict[str, Any]:
+        query, page = ids.decode_more(parsed)
+        limit = self.settings.max_search_results
+        text = (f"The search '{query}' had more than {limit} results, so it was cut.\n\n"
+                f"- See the next results: search '{query} page {page}'.\n"
+                "- Or narrow it: add keywords (e.g. a city and a name), name a table ('describe customers', "
+                "'sample orders limit 20'), or write a SELECT with a WHERE clause.")
+        return {"id": ids.more_id(query, page), "title": f"More results for '{query}'", "text": text,
+                "metadata": {"kind": "more", "query": query, "next_page": page}}
 
     async def _search_describe(self, intent: Intent) -> list[tuple[str, str]]:
         description = await self._describe(intent.table or "")
@@ -479,9 +513,42 @@ class ChatGptTools:
                              self._row_title(table.qualified_name, key_map, row)))
         return hits
 
-    async def _search_keywords(self, terms: tuple[str, ...]) -> list[tuple[str, str]]:
+    async def _search_keywords(self, terms: tuple[str, ...]) -> tuple[list[tuple[str, str]], bool]:
+        """Tables named like the terms first, then rows whose data contains them, then weaker name matches.
+        True when a search budget cut the content search."""
         if not terms:
-            return []
+            return [], False
+        names = await self._search_names(terms)
+        strong = [hit for score, hit in names if score >= 10]
+        weak = [hit for score, hit in names if score < 10]
+        rows, cut = await self._search_content(terms)
+        return strong + rows + weak, cut
+
+    async def _search_content(self, terms: tuple[str, ...]) -> tuple[list[tuple[str, str]], bool]:
+        tables = await self._all_columns()
+        if not tables:
+            return [], False
+        result = await self.content.search(tables, terms, await self._fulltext())
+        return [(self._hit_id(hit), self._hit_title(hit)) for hit in result.hits], result.truncated
+
+    async def _fulltext(self) -> dict[tuple[str | None, str], tuple[list[str], str]]:
+        found = self.catalog.get("\0fulltext")
+        if found is None:
+            found = await self.content.fulltext()
+            self.catalog.put("\0fulltext", found)
+        return found
+
+    @staticmethod
+    def _hit_id(hit: RowHit) -> str:
+        return ids.row_id(hit.table.schema, hit.table.name, list(hit.key))
+
+    def _hit_title(self, hit: RowHit) -> str:
+        key = dict(zip(hit.table.primary_key, hit.key, strict=True))
+        title = self._row_title(hit.table.qualified, key, hit.row)
+        matched = [f"{c}: {render_value(hit.row.get(c), 60)}" for c in hit.matched if c not in title]
+        return title + (f" ({'; '.join(matched[:3])})" if matched else "")
+
+    async def _search_names(self, terms: tuple[str, ...]) -> list[tuple[int, tuple[str, str]]]:
         stems = [stem(t) for t in terms]
         scored = []
         for table, columns in await self._column_index():
@@ -506,12 +573,12 @@ class ChatGptTools:
                 scored.append((score, table, matched_columns))
         scored.sort(key=lambda item: (-item[0], (item[1].schema or "").lower(), item[1].name.lower()))
         hits = []
-        for _, table, matched in scored:
+        for score, table, matched in scored:
             title = self._table_title(table)
             if matched:
                 shown = list(dict.fromkeys(matched))
                 title += f"; columns {', '.join(shown[:5])}{'…' if len(shown) > 5 else ''}"
-            hits.append((ids.table_id(table.schema, table.name), title))
+            hits.append((score, (ids.table_id(table.schema, table.name), title)))
         return hits
 
     # --- fetch ---------------------------------------------------------------------------

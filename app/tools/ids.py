@@ -4,6 +4,7 @@
     row:<table>:<key>             one row by primary key   e.g. row:main.order_lines:17,2
     sample:<table>:<limit>        the first rows of a table (tables without a primary key)
     query:~<digest>               an ad-hoc result set; lives only in the fetch cache
+    more:~<b64 [query, page]>     the last result of a cut search: how to see the next page or narrow it
 
 <table> is `schema.name` (or `name` when the backend has no schema) when both parts are plain
 identifiers, otherwise `~` + base64url(JSON [schema, name]). <key> is the primary key values
@@ -23,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-KINDS = ("table", "row", "sample", "query")
+KINDS = ("table", "row", "sample", "query", "more")
 MAX_ID_LENGTH = 2048
 
 _PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
@@ -131,6 +132,17 @@ def query_id(sql: str) -> str:
     return f"query:~{query_digest(sql)}"
 
 
+def more_id(query: str, page: int) -> str:
+    return f"more:~{_b64encode([query[:500], int(page)])}"
+
+
+def decode_more(record_id: RecordId) -> tuple[str, int]:
+    value = _b64decode(record_id.digest or "")
+    if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)):
+        raise InvalidId("bad more part")
+    return value[0], value[1]
+
+
 def parse_id(text: str) -> RecordId:
     """Parse an id this service issued; raise InvalidId with a message that helps the caller."""
     try:
@@ -150,6 +162,12 @@ def _parse(text: str) -> RecordId:
         raise InvalidId("unknown kind")
     if kind == "table":
         return RecordId("table", decode_table(rest))
+    if kind == "more":
+        if not rest.startswith("~"):
+            raise InvalidId("bad more part")
+        record = RecordId("more", digest=rest[1:])
+        decode_more(record)
+        return record
     if kind == "query":
         if not _DIGEST.match(rest):
             raise InvalidId("bad query digest")

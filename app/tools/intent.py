@@ -1,12 +1,13 @@
 """What ChatGPT's single `search(query)` string asks for.
 
 One string has to carry everything, so a few plain forms are recognised and anything else is
-treated as keywords matched against table and column names:
+treated as keywords, matched against the data (app.tools.search) and table and column names.
+`... page N` asks for the next slice of results of a list or a keyword search:
 
     list tables | show tables | tables | (empty)        -> every table and view
     describe X | schema of X | columns of X              -> table X
     sample X [limit N] | sample N rows from X | preview X  -> the first rows of X
-    SELECT ... | WITH ... | VALUES ...                   -> a read-only query
+    SELECT ... | WITH ... | VALUES ...                   -> a read-only query (after comments or `;`)
     INSERT/UPDATE/DELETE/DROP/... statements             -> refused (search never writes)
 """
 
@@ -36,10 +37,13 @@ _SAMPLE = re.compile(
     re.I,
 )
 _SQL = re.compile(
-    r"^\(*\s*(?:select\s|select\*|with\s+(?:recursive\s+)?[\w\"\[\]`]+\s*(?:\([^)]*\)\s*)?as\s*(?:not\s+)?"
-    r"(?:materialized\s+)?\(|values\s*\()",
+    r"^\(*\s*(?:select\s|select\*|with\s+(?:recursive\s+)?(?:\[[^\]]+\]|\"[^\"]+\"|`[^`]+`|[\w$#@]+)\s*"
+    r"(?:\([^)]*\)\s*)?as\s*(?:not\s+)?(?:materialized\s+)?\(|with\s+xmlnamespaces\s*\(|values\s*\()",
     re.I,
 )
+# Leading comments and T-SQL's habit of `;WITH` (the CTE must not continue a previous statement).
+_LEADING_NOISE = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/|;)+", re.S)
+_PAGE = re.compile(r"^(?P<rest>.*?)[\s,;]+page\s*(?P<page>\d{1,6})$", re.I)
 _WRITE = re.compile(
     r"^(?:insert\s+into|insert\s+\w|update\s+\S+\s+set\b|delete\s+from|delete\s+\w|merge\s+into|upsert\b|"
     r"replace\s+into|(?:drop|create|alter)\s+(?:or\s+replace\s+|unique\s+|temp(?:orary)?\s+)?"
@@ -66,6 +70,7 @@ class Intent:
     limit: int | None = None
     sql: str | None = None
     terms: tuple[str, ...] = field(default_factory=tuple)
+    page: int = 1  # "list tables page 2", "tokyo page 3": which slice of MAX_SEARCH_RESULTS results
 
 
 def unquote_name(name: str) -> str:
@@ -81,13 +86,18 @@ def parse_intent(query: str) -> Intent:
         text = fenced.group("body").strip()
     if text.lower().startswith("sql:"):
         text = text[4:].strip()
-    if _SQL.match(text):
-        return Intent("sql", sql=text)
-    if _WRITE.match(text):
+    code = _LEADING_NOISE.sub("", text)
+    if _SQL.match(code):
+        return Intent("sql", sql=re.sub(r"^[\s;]+", "", text))
+    if _WRITE.match(code):
         return Intent("write", sql=text)
     plain = re.sub(r"\s+", " ", text).strip().rstrip("?.!;").strip()
+    page = 1
+    paged = _PAGE.match(plain)
+    if paged:
+        plain, page = paged.group("rest").strip(), max(1, int(paged.group("page")))
     if not plain or _LIST.match(plain):
-        return Intent("list")
+        return Intent("list", page=page)
     described = _DESCRIBE.match(plain)
     if described:
         return Intent("describe", table=unquote_name(described.group("name")))
@@ -96,7 +106,7 @@ def parse_intent(query: str) -> Intent:
         count = sampled.group("n1") or sampled.group("n2")
         return Intent("sample", table=unquote_name(sampled.group("name")),
                       limit=int(count) if count else DEFAULT_SAMPLE)
-    return Intent("keywords", terms=keywords(plain))
+    return Intent("keywords", terms=keywords(plain), page=page)
 
 
 def keywords(text: str) -> tuple[str, ...]:

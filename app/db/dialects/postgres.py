@@ -36,7 +36,8 @@ ORDER BY n.nspname, c.relname
 """
 _ALL_COLUMNS = """
 SELECT n.nspname, c.relname, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod),
-       COALESCE(pg_catalog.array_position(i.indkey::int2[], a.attnum), 0)
+       -- indkey is an int2vector (0-based when cast to an array): its text form makes a 1-based array
+       COALESCE(pg_catalog.array_position(pg_catalog.string_to_array(i.indkey::text, ' ')::int2[], a.attnum), 0)
 FROM pg_catalog.pg_attribute AS a
 JOIN pg_catalog.pg_class AS c ON c.oid = a.attrelid
 JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
