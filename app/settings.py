@@ -182,7 +182,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_rows", ("MAX_ROWS",), 1000, "Most rows a query returns before it is cut (truncated: true).",
             _int(1), group="database"),
     Setting("max_result_bytes", ("MAX_RESULT_BYTES",), 100_000,
-            "Most bytes of JSON row data in one result (fits Claude's ~150,000 character tool-result limit).",
+            "Most bytes of JSON row data in one result. Claude Code keeps results up to MAX_RESULT_BYTES + "
+            "20,000 characters inline (the tools declare that in _meta; 50,000 otherwise, larger ones go to a "
+            "file) and refuses results over its MAX_MCP_OUTPUT_TOKENS (25,000 tokens by default): see docs/tools.md.",
             _int(1000), group="database"),
     Setting("sample_max_rows", ("SAMPLE_MAX_ROWS",), 100, "Cap on get_table_sample's limit.", _int(1),
             group="database"),
@@ -224,6 +226,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("search_time_budget_seconds", ("SEARCH_TIME_BUDGET_SECONDS",), 5.0,
             "Time one keyword search may spend reading data; what is found by then is returned.",
             _float(0.1), group="search"),
+    Setting("records_session_seconds", ("RECORDS_SESSION_SECONDS",), 900,
+            "Lifetime of the browser session a person gets by signing in on a record page (citation links).",
+            _int(60, 86400), group="search"),
+    Setting("records_roles", ("RECORDS_ROLES",), ("reader", "writer"),
+            "Roles whose users may open record pages in a browser; others get a 'No access' page.",
+            _list, group="search"),
     Setting("chatgpt_include_claude_tools", ("CHATGPT_INCLUDE_CLAUDE_TOOLS",), False,
             "Also offer the Claude tool set under /chatgpt (ChatGPT developer mode accepts any tools).",
             _bool, group="server"),
