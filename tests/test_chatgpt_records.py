@@ -39,7 +39,8 @@ async def test_record_page_html(client_for: Callable[..., Any]) -> None:
     response = await client.get(f"/records/{record_id}")
     assert response.status == 200 and response.content_type == "text/html"
     page = await response.text()
-    assert "customer_id=1" in page and "email: " in page
+    assert "customer_id=1" in page and "<th>email</th>" in page and "<table class=record>" in page
+    assert record_id in page and "source table" in page
     assert response.headers["Cache-Control"] == "private, no-store"
     assert "default-src 'none'" in response.headers["Content-Security-Policy"]
     # the same page under the ChatGPT prefix

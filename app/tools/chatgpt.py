@@ -256,6 +256,9 @@ class ChatGptTools:
             "text": "\n".join(lines),
             "metadata": {"kind": "row", "table": table.qualified_name, "primary_key": key,
                          "related": sorted(set(related.values()))},
+            # for the record page only (fetch and the JSON page return the five public keys)
+            "_row": {column: render_value(value, 2000) for column, value in row.items()},
+            "_links": {column: link for column, link in related.items() if "," not in column},
         }
 
     async def _table_document(self, ref: ids.TableRef) -> dict[str, Any]:

@@ -5,8 +5,9 @@ returns: HTML for a browser, JSON with `Accept: application/json` (or `?format=j
 
 Records are data from the database, so the page is guarded like MCP itself: the same bearer token,
 checked by the app's Authenticator as if the request were a `tools/call` (under /chatgpt a token
-for the ChatGPT endpoint is accepted, under / one for the Claude endpoint). Opening a citation link
-in a browser therefore asks for sign-in (401) unless the server runs with ALLOW_UNAUTH_TOOLS_CALL.
+for the ChatGPT endpoint is accepted, under / one for the Claude endpoint). A browser without a token
+is sent to the record sign-in page and back (app.auth.browser: a short-lived session cookie for the
+same users and roles); a row is shown as a table whose foreign keys link to the related records.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import structlog
 from aiohttp import web
 
 from .. import keys
+from ..auth import browser
 from ..db.types import DatabaseBusy, DatabaseError, DatabaseUnavailable, QueryRefused, QueryTimeout
 from ..mcp.tools import ToolError
 from ..urls import base_url
@@ -31,7 +33,7 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
     "Referrer-Policy": "no-referrer",
-    "Vary": "Accept, Authorization",
+    "Vary": "Accept, Authorization, Cookie",
 }
 _STYLE = ("body{font:15px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:70rem;padding:0 1rem;color:#1b1f24}"
           "pre{background:#f4f5f7;padding:1rem;overflow:auto;white-space:pre-wrap}"
@@ -48,31 +50,59 @@ def _wants_json(request: web.Request) -> bool:
     return "text/html" not in accept or accept.index("application/json") < accept.index("text/html")
 
 
-async def _authenticate(request: web.Request) -> None:
+async def _authenticate(request: web.Request) -> web.Response | None:
+    """None when the request may read records; otherwise the answer to send (sign-in redirect, No access)."""
+    if "Authorization" not in request.headers:
+        user = await browser.session_user(request)
+        if user is not None:
+            if user.role in browser.allowed_roles(request):
+                return None
+            return browser.no_access_page(f"You are signed in as {user.username} ({user.role}), and that role may "
+                                          "not open record pages on this server. Ask an administrator for access.")
+        if (browser.wants_page(request) and not request.app[keys.SETTINGS].allow_unauth_tools_call
+                and request.app.get(keys.AUTH_STORE) is not None):
+            return web.Response(status=303, headers={"Location": browser.signin_location(request), **PAGE_HEADERS})
     authenticator = request.app.get(keys.AUTHENTICATOR)
     if authenticator is not None:
         await authenticator.authenticate(request, ["tools/call"])
-        return
+        return None
     # No authenticator wired: fail closed unless the operator allowed unauthenticated tool calls.
     if not request.app[keys.SETTINGS].allow_unauth_tools_call:
         raise web.HTTPUnauthorized(text="authentication required", headers={"WWW-Authenticate": "Bearer"})
+    return None
 
 
-def _render_html(document: dict[str, Any]) -> str:
+def _render_html(document: dict[str, Any], link: Any) -> str:
+    """`link(id)` -> the URL of another record page on this same prefix."""
     e = html.escape
     meta = document.get("metadata") or {}
-    rows = "".join(
-        f"<tr><th>{e(str(k))}</th><td>{e(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False))}</td></tr>"
-        for k, v in meta.items()
-    )
+    source = meta.get("table")
+    head = (f"<h1>{e(document['title'])}</h1><p><small>id <code id=record-id>{e(document['id'])}</code>"
+            + (f" · source table <code id=source-table>{e(str(source))}</code>" if source else "")
+            + "</small></p>")
+    values = document.get("_row")
+    if values is not None:  # a row: the record as a table, foreign keys as links
+        links = document.get("_links") or {}
+        cells = "".join(
+            f"<tr><th>{e(column)}</th><td>"
+            + (f"<a class=related href=\"{e(link(links[column]))}\">{e(value)}</a>" if column in links else e(value))
+            + "</td></tr>" for column, value in values.items())
+        body = f"<table class=record>{cells}</table>"
+        children = document.get("_children") or []
+        if children:
+            items = "".join(f"<li><a class=related href=\"{e(link(child_id))}\">{e(label)}</a></li>"
+                            for child_id, label in children)
+            body += f"<h2>Related records</h2><ul>{items}</ul>"
+    else:
+        rows = "".join(
+            f"<tr><th>{e(str(k))}</th><td>{e(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False))}</td></tr>"
+            for k, v in meta.items()
+        )
+        body = f"<pre>{e(document['text'])}</pre>" + (f"<h2>Metadata</h2><table>{rows}</table>" if rows else "")
     return (
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<meta name=\"viewport\" content=\"width=device-width\"><title>{e(document['title'])}</title>"
-        f"<style>{_STYLE}</style></head><body>"
-        f"<h1>{e(document['title'])}</h1><p><small>id <code>{e(document['id'])}</code></small></p>"
-        f"<pre>{e(document['text'])}</pre>"
-        + (f"<h2>Metadata</h2><table>{rows}</table>" if rows else "")
-        + "</body></html>"
+        f"<style>{_STYLE}</style></head><body>{head}{body}</body></html>"
     )
 
 
@@ -97,7 +127,9 @@ def _status_of(exc: Exception) -> int:
 
 
 async def record_page(request: web.Request) -> web.StreamResponse:
-    await _authenticate(request)
+    stop = await _authenticate(request)
+    if stop is not None:
+        return stop
     tools: ChatGptTools = request.app[keys.FETCH_CACHE]
     record_id = request.match_info["id"]
     try:
@@ -109,10 +141,14 @@ async def record_page(request: web.Request) -> web.StreamResponse:
     if _wants_json(request):
         body = {k: document[k] for k in ("id", "title", "text", "url", "metadata")}
         return web.json_response(body, headers=PAGE_HEADERS, dumps=lambda v: json.dumps(v, ensure_ascii=False))
-    return web.Response(text=_render_html(document), content_type="text/html", headers=PAGE_HEADERS)
+    page = _render_html(document, lambda other: record_url(base_url(request), other, prefix))
+    return web.Response(text=page, content_type="text/html", headers=PAGE_HEADERS)
 
 
 def add_record_routes(app: web.Application) -> None:
     app[keys.FETCH_CACHE] = shared_tool_set(app[keys.DATABASE], app[keys.SETTINGS], app.get(keys.METRICS))
     for prefix in ("", "/chatgpt"):
+        # the sign-in routes first: 'signin' would otherwise be read as a record id
+        app.router.add_get(prefix + "/records/signin", browser.signin_get)
+        app.router.add_post(prefix + "/records/signin", browser.signin_post)
         app.router.add_get(prefix + "/records/{id}", record_page, name=f"records{prefix.replace('/', '_')}")
