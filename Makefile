@@ -5,9 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 # Debian packages the service and its tests use: ODBC drivers, the test database engine, and the
-# real nginx / Prometheus / certbot / pebble the integration tests start on loopback.
+# real nginx / Prometheus / certbot / pebble the integration tests start on loopback, and the chromium
+# that the record-page browser test drives through Playwright.
 APT_PACKAGES := unixodbc libsqliteodbc odbc-postgresql postgresql nginx prometheus certbot pebble \
-	openssl curl logrotate
+	openssl curl logrotate chromium
 APT_STAMP := $(VENV)/.apt-stamp
 PIP_STAMP := $(VENV)/.pip-stamp
 
