@@ -47,7 +47,7 @@ def _dialect(**overrides) -> MssqlDialect:
 def test_connection_string_with_sql_login() -> None:
     assert _dialect().connection_string() == (
         "DRIVER={ODBC Driver 18 for SQL Server};SERVER=db.example.net,1433;DATABASE=Shop;UID=mcp_reader;"
-        "PWD={Sup3r;Secret}}{=pw};Encrypt=yes;TrustServerCertificate=no;APP=mssql-mcp;")
+        "PWD={Sup3r;Secret}}{=pw};Encrypt=yes;TrustServerCertificate=no;MultiSubnetFailover=Yes;APP=mssql-mcp;")
 
 
 def test_connection_string_options() -> None:
@@ -77,7 +77,7 @@ def test_raw_connection_string_escape_hatch_is_used_verbatim_and_kept_secret() -
 
 def test_session_setup_sql() -> None:
     sql = _dialect(mssql_lock_timeout_ms=2500, max_result_bytes=100_000, max_rows=1000).session_sql()
-    assert sql == ("SET LOCK_TIMEOUT 2500; SET XACT_ABORT ON; SET TEXTSIZE 200002; "
+    assert sql == ("SET LOCK_TIMEOUT 2500; SET XACT_ABORT ON; SET DEADLOCK_PRIORITY LOW; SET TEXTSIZE 200002; "
                    "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; SET ROWCOUNT 1001;")
     assert _dialect(query_timeout_seconds=12.2).server_timeout_seconds == 13
 
@@ -93,8 +93,9 @@ def test_generated_tsql_uses_top_and_bracket_quoting() -> None:
         assert tree.find(sqlglot.exp.Table).name == "Order]Lines"
 
 
-@pytest.mark.parametrize(("sql", "params"), [(LIST_TABLES, 0), (COLUMNS, 2), (PRIMARY_KEY, 2), (FOREIGN_KEYS, 2),
-                                             (INDEXES, 2)])
+# Four parameters: the (schema, name) pair twice, for a synonym's base object or the object itself.
+@pytest.mark.parametrize(("sql", "params"), [(LIST_TABLES, 0), (COLUMNS, 4), (PRIMARY_KEY, 4), (FOREIGN_KEYS, 4),
+                                             (INDEXES, 4)])
 def test_catalog_queries_are_parameterized_tsql(sql: str, params: int) -> None:
     tree = sqlglot.parse_one(sql, read="tsql")
     assert isinstance(tree, sqlglot.exp.Select)

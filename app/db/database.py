@@ -211,14 +211,16 @@ class Database:
         description = await self._description(table)
         by_name = {c.name.lower(): c for c in description.columns}
         columns: list[str] = []
+        column_types: list[str | None] = []
         params: list[Any] = []
         for column_name, value in key.items():
             column = by_name.get(str(column_name).lower())
             if column is None:
                 raise QueryFailed(f"column '{column_name}' does not exist in {table.qualified_name}")
             columns.append(column.name)
+            column_types.append(column.base_type or column.type)
             params.append(_coerce(value, column.type))
-        sql = self.dialect.row_sql(table, columns)
+        sql = self.dialect.row_sql(table, columns, column_types)
         plans, bytes_cap = self.read_plans, int(self.settings.max_result_bytes)
         return await self.pool.run(lambda s: run.first_row_as_dict(s, plans, sql, params, bytes_cap),
                                    timeout=self._time_cap(None), retry=True)

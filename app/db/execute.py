@@ -25,6 +25,7 @@ from sqlglot import exp
 
 from .dialects.base import Dialect, ReadPlan, rows_per_fetch, statement_body
 from .errors import is_cancel, is_server_timeout
+from .forjson import collect_document, is_document_result
 from .serialize import serialize_row
 from .types import QueryFailed, QueryResult
 
@@ -47,6 +48,8 @@ def collect(cursor: pyodbc.Cursor, session: Any, max_rows: int, max_bytes: int, 
     description = cursor.description
     if description is None:
         return QueryResult(columns=[], rows=[], result_bytes=_EMPTY_JSON_ARRAY)
+    if is_document_result(description[:-1] if marks_over_cap else description):  # FOR JSON / FOR XML
+        return collect_document(cursor, session, max_rows, max_bytes, marks_over_cap=marks_over_cap)
     if marks_over_cap:
         description = description[:-1]
     columns = [str(d[0]) for d in description]

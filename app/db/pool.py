@@ -34,7 +34,7 @@ import pyodbc
 import structlog
 
 from .dialects.base import Dialect
-from .errors import clean_message, is_cancel, is_dead_connection, is_server_timeout, sqlstate_of
+from .errors import clean_message, is_cancel, is_dead_connection, is_deadlock, is_server_timeout, sqlstate_of
 from .types import DatabaseBusy, DatabaseError, DatabaseUnavailable, QueryCancelled, QueryFailed, QueryTimeout
 
 # Our pool replaces the driver manager's; its pooled handles would survive a server restart as dead ones.
@@ -284,6 +284,13 @@ class Worker:
                     log.info("db.retry_after_dead_connection", worker=self.index, sqlstate=sqlstate_of(failure))
                     continue
                 raise DatabaseUnavailable(f"database connection lost: {message}") from None
+            if is_deadlock(failure) and job.retry and attempt == 0 and time.monotonic() < deadline:
+                # A read chosen as a deadlock victim (SQL Server 1205 under DEADLOCK_PRIORITY LOW, PostgreSQL
+                # 40P01) was rolled back by the server: running it once more almost always succeeds. Writes
+                # (retry=False) are surfaced, since the caller must decide whether to repeat them.
+                attempt += 1
+                log.info("db.retry_after_deadlock", worker=self.index, sqlstate=sqlstate_of(failure))
+                continue
             if is_server_timeout(failure):
                 raise self._interrupted_error("timeout", job.timeout)
             if is_cancel(failure):

@@ -45,6 +45,11 @@ class Column:
     nullable: bool
     default: str | None = None
     primary_key: bool = False
+    # What else a writer or reader should know: "identity", "computed", "hidden", "generated always as row
+    # start/end" (SQL Server; other dialects leave it empty).
+    flags: list[str] = field(default_factory=list)
+    # The built-in type under an alias type, as a CAST target (SQL Server); None where it is `type` itself.
+    base_type: str | None = None
 
 
 @dataclass

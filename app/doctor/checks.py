@@ -544,7 +544,7 @@ class Doctor:
         if column.startswith(FOR_JSON_COLUMN_PREFIXES) and result.row_count > 1:
             self._result("for_json", WARN, f"FOR JSON PATH arrived split over {result.row_count} rows of about 2,033 "
                          "characters: the model sees fragments, and the caps may cut mid-document",
-                         "this build does not join FOR JSON / FOR XML rows yet (issue 15 item 3)")
+                         "the service joins these rows into one value (issue 15 item 3): please report this")
             return
         self._result("for_json", WARN, f"unexpected FOR JSON result: {result.row_count} rows, column {column!r}",
                      "please report this")

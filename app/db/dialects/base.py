@@ -229,8 +229,10 @@ class Dialect(ABC):
     def sample_sql(self, table: TableInfo, limit: int) -> str:
         return f"SELECT * FROM {self.table_sql(table)} LIMIT {int(limit)}"
 
-    def row_sql(self, table: TableInfo, columns: Sequence[str]) -> str:
-        """SELECT of one row by key columns; values are bound as parameters (`?`)."""
+    def row_sql(self, table: TableInfo, columns: Sequence[str],
+                column_types: Sequence[str | None] | None = None) -> str:
+        """SELECT of one row by key columns; values are bound as parameters (`?`). `column_types` (the
+        columns' catalog types) lets a typed server compare each key as its column's type (SQL Server)."""
         where = " AND ".join(f"{self.quote_identifier(c)} = ?" for c in columns)
         return f"SELECT * FROM {self.table_sql(table)} WHERE {where} LIMIT 2"
 

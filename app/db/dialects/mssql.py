@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -26,29 +27,50 @@ from typing import Any
 import pyodbc
 from sqlglot import exp
 
+from ..errors import is_tls_failure
 from ..serialize import binary_to_json
 from ..types import Column, ForeignKey, Index, TableDescription, TableInfo
 from .base import Dialect, ReadPlan, connection_string
 
 SQL_SS_UDT = -151
 SQL_SS_TIMESTAMPOFFSET = -155
+# msodbcsql.h: SQL_COPT_SS_ACCESS_TOKEN, set before connecting (pyodbc's attrs_before) to an
+# ACCESSTOKEN struct: a 4-byte little-endian length, then the token as UTF-16-LE (pyodbc's documented recipe).
+SQL_COPT_SS_ACCESS_TOKEN = 1256
+
+
+def access_token_struct(token: str) -> bytes:
+    """The ACCESSTOKEN struct for an Entra ID access token (the JWT text)."""
+    raw = token.strip().encode("utf-16-le")
+    return struct.pack(f"<I{len(raw)}s", len(raw), raw)
 
 _OBJECT = "OBJECT_ID(QUOTENAME(?) + N'.' + QUOTENAME(?))"
 
+# Tables (U), views (V), external tables (ET, PolyBase / Azure SQL) and synonyms (SN). The tools' `kind` is
+# "table" or "view": an external table reads like a table, a synonym like a view (a name for another object).
 LIST_TABLES = """
 SELECT s.name, o.name,
-       CASE o.type WHEN 'V' THEN 'view' ELSE 'table' END,
+       CASE o.type WHEN 'V' THEN 'view' WHEN 'SN' THEN 'view' ELSE 'table' END,
        (SELECT SUM(p.rows) FROM sys.partitions AS p WHERE p.object_id = o.object_id AND p.index_id IN (0, 1))
 FROM sys.objects AS o
 JOIN sys.schemas AS s ON s.schema_id = o.schema_id
-WHERE o.type IN ('U', 'V') AND o.is_ms_shipped = 0
+WHERE o.type IN ('U', 'V', 'ET', 'SN') AND o.is_ms_shipped = 0
 ORDER BY s.name, o.name
 """
+# The object a name stands for: a synonym's base object when the name is a synonym, else the object itself.
+# Two parameter pairs (schema, name), bound twice.
+_TARGET = (f"COALESCE((SELECT OBJECT_ID(sn.base_object_name) FROM sys.synonyms AS sn WHERE sn.object_id = {_OBJECT}), "
+           f"{_OBJECT})")
+# Alias types show their own name when the login can see the type, else the base type (never "None"). A default
+# needs VIEW DEFINITION to be read: without it OBJECT_DEFINITION is NULL while default_object_id still says one
+# exists. The flags: identity, computed, hidden (temporal period columns), GENERATED ALWAYS (1/2 = row start/end;
+# 2019+ and Azure SQL, where the column exists on every edition). system_type_id gives the CAST type for keys.
 COLUMNS = f"""
-SELECT c.name, TYPE_NAME(c.user_type_id), c.max_length, c.precision, c.scale, c.is_nullable,
-       OBJECT_DEFINITION(c.default_object_id)
+SELECT c.name, COALESCE(TYPE_NAME(c.user_type_id), TYPE_NAME(c.system_type_id)), c.max_length, c.precision,
+       c.scale, c.is_nullable, OBJECT_DEFINITION(c.default_object_id), c.default_object_id, c.is_identity,
+       c.is_computed, c.is_hidden, c.generated_always_type, TYPE_NAME(c.system_type_id)
 FROM sys.columns AS c
-WHERE c.object_id = {_OBJECT}
+WHERE c.object_id = {_TARGET}
 ORDER BY c.column_id
 """
 PRIMARY_KEY = f"""
@@ -56,28 +78,40 @@ SELECT c.name
 FROM sys.indexes AS i
 JOIN sys.index_columns AS ic ON ic.object_id = i.object_id AND ic.index_id = i.index_id
 JOIN sys.columns AS c ON c.object_id = ic.object_id AND c.column_id = ic.column_id
-WHERE i.object_id = {_OBJECT} AND i.is_primary_key = 1
+WHERE i.object_id = {_TARGET} AND i.is_primary_key = 1
 ORDER BY ic.key_ordinal
 """
+# Referenced names by function, not by joins: a join to sys.objects/sys.columns drops the foreign key when the
+# login cannot see the referenced table (another schema); the functions return NULL there and the key stays.
 FOREIGN_KEYS = f"""
-SELECT fk.name, rs.name, rt.name, pc.name, rc.name
+SELECT fk.name, OBJECT_SCHEMA_NAME(fkc.referenced_object_id), OBJECT_NAME(fkc.referenced_object_id), pc.name,
+       COL_NAME(fkc.referenced_object_id, fkc.referenced_column_id), fkc.referenced_object_id
 FROM sys.foreign_keys AS fk
 JOIN sys.foreign_key_columns AS fkc ON fkc.constraint_object_id = fk.object_id
 JOIN sys.columns AS pc ON pc.object_id = fkc.parent_object_id AND pc.column_id = fkc.parent_column_id
-JOIN sys.columns AS rc ON rc.object_id = fkc.referenced_object_id AND rc.column_id = fkc.referenced_column_id
-JOIN sys.objects AS rt ON rt.object_id = fkc.referenced_object_id
-JOIN sys.schemas AS rs ON rs.schema_id = rt.schema_id
-WHERE fk.parent_object_id = {_OBJECT}
+WHERE fk.parent_object_id = {_TARGET}
 ORDER BY fk.name, fkc.constraint_column_id
 """
+# Columnstore indexes (type 5 clustered, 6 nonclustered) mark every column as included with key_ordinal 0:
+# they are listed with their columns in column order. Hypothetical (DTA leftovers) and disabled indexes serve
+# no query and are left out.
 INDEXES = f"""
 SELECT i.name, i.is_unique, c.name
 FROM sys.indexes AS i
 JOIN sys.index_columns AS ic ON ic.object_id = i.object_id AND ic.index_id = i.index_id
 JOIN sys.columns AS c ON c.object_id = ic.object_id AND c.column_id = ic.column_id
-WHERE i.object_id = {_OBJECT} AND i.type > 0 AND i.is_primary_key = 0 AND ic.is_included_column = 0
-ORDER BY i.name, ic.key_ordinal
+WHERE i.object_id = {_TARGET} AND i.type > 0 AND i.is_primary_key = 0 AND i.is_hypothetical = 0
+  AND i.is_disabled = 0 AND (ic.is_included_column = 0 OR i.type IN (5, 6))
+ORDER BY i.name, ic.key_ordinal, ic.index_column_id
 """
+# A default the login may not read (no VIEW DEFINITION): said so instead of looking like "no default".
+HIDDEN_DEFAULT = "(hidden: needs VIEW DEFINITION)"
+_GENERATED_ALWAYS = {1: "generated always as row start", 2: "generated always as row end"}
+# Types a key value can be CAST to from the bound nvarchar: a base type, optionally with its length/precision.
+_CASTABLE_TYPE = re.compile(r"^[a-z0-9_]+(?:\((?:max|\d+(?:,\d+)?)\))?$", re.IGNORECASE)
+_NO_CAST_TYPES = frozenset({"int", "bigint", "smallint", "tinyint", "nvarchar", "nchar", "sysname"})
+_NOT_CASTABLE = frozenset({"text", "ntext", "image", "xml", "sql_variant", "geography", "geometry",
+                           "hierarchyid", "timestamp", "rowversion"})
 
 _DTO = struct.Struct("<6hI2h")
 
@@ -140,6 +174,28 @@ def format_type(name: str, max_length: int, precision: int, scale: int) -> str:
     return name
 
 
+def column_from_catalog(row: Sequence[Any], primary_key: list[str]) -> Column:
+    """One COLUMNS row as a Column: type like SSMS shows it, the default (or that it is hidden), flags."""
+    (name, tname, length, prec, scale, nullable, default, default_id, identity, computed, hidden, generated,
+     system_type) = row
+    flags = [flag for flag, on in (("identity", identity), ("computed", computed), ("hidden", hidden)) if on]
+    if generated:
+        flags.append(_GENERATED_ALWAYS.get(int(generated), "generated always"))
+    shown_default = str(default) if default is not None else (HIDDEN_DEFAULT if default_id else None)
+    base = None if system_type is None else format_type(str(system_type), int(length), int(prec), int(scale))
+    return Column(name=str(name), type=format_type(str(tname), int(length), int(prec), int(scale)),
+                  nullable=bool(nullable), default=shown_default, primary_key=name in primary_key,
+                  flags=flags, base_type=base)
+
+
+def referenced_name(schema: str | None, name: str | None, object_id: int | None) -> str:
+    """schema.table of a foreign key's target, or a placeholder naming its object id when the login cannot
+    see it (the key is kept: the model still learns the column points somewhere)."""
+    if schema is not None and name is not None:
+        return f"{schema}.{name}"
+    return f"(object {object_id}, not visible to this login)"
+
+
 class MssqlDialect(Dialect):
     name = "mssql"
     sqlglot = "tsql"
@@ -149,12 +205,40 @@ class MssqlDialect(Dialect):
     def driver(self) -> str:
         return str(self.settings.mssql_driver).strip().strip("{}")
 
+    def named_instance(self) -> bool:
+        """host\\INSTANCE on the default port: SQL Browser finds the port."""
+        return "\\" in str(self.settings.mssql_host) and int(self.settings.mssql_port) == 1433
+
     def server(self) -> str:
         host = str(self.settings.mssql_host).strip()
-        port = int(self.settings.mssql_port)
-        if "\\" in host and port == 1433:
-            return host  # named instance: SQL Browser finds the port
-        return f"{host},{port}"
+        if self.named_instance():
+            return host
+        return f"{host},{int(self.settings.mssql_port)}"
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        kwargs = super().connect_kwargs()
+        if str(self.settings.mssql_authentication or "") == "AccessToken" and not self.settings.odbc_connection_string:
+            kwargs["attrs_before"] = {SQL_COPT_SS_ACCESS_TOKEN: access_token_struct(self.read_access_token())}
+        return kwargs
+
+    def read_access_token(self) -> str:
+        """The token file's text, read at every new connection (tokens live about an hour; the helper that
+        writes the file renews them). A missing or empty file is a login failure (SQLSTATE 28000), so the pool
+        backs off to minutes and says so, like a wrong password."""
+        path = str(self.settings.mssql_access_token_file)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                token = handle.read().strip()
+        except OSError as exc:
+            raise pyodbc.Error("28000", f"[mssql-mcp]MSSQL_ACCESS_TOKEN_FILE {path!r}: {exc.strerror}") from None
+        if not token:
+            raise pyodbc.Error("28000", f"[mssql-mcp]MSSQL_ACCESS_TOKEN_FILE {path!r} is empty")
+        return token
+
+    def login_refused(self, exc: pyodbc.Error, message: str) -> bool:
+        """A refused login (class 28), or a TLS set-up the driver refused (untrusted or mismatched certificate):
+        configuration errors that retrying every few seconds will not fix (SQLSTATE and driver prefix only)."""
+        return super().login_refused(exc, message) or is_tls_failure(exc)
 
     def build_connection_string(self) -> str:
         s = self.settings
@@ -163,14 +247,24 @@ class MssqlDialect(Dialect):
             ("SERVER", self.server()),
             ("DATABASE", str(s.mssql_database)),
         ]
+        auth = str(s.mssql_authentication or "")
         if s.trusted_connection:
-            pairs.append(("Trusted_Connection", "yes"))
+            pairs.append(("Trusted_Connection", "yes"))  # Kerberos on Linux: a keytab, see docs/deploy.md
+        elif auth == "ActiveDirectoryServicePrincipal":
+            pairs += [("Authentication", auth), ("UID", str(s.mssql_user)), ("PWD", str(s.mssql_password))]
+        elif auth == "ActiveDirectoryMsi":  # UID: a user-assigned identity's client id; none for system-assigned
+            pairs += [("Authentication", auth), ("UID", str(s.mssql_user) or None)]
+        elif auth == "AccessToken":
+            pass  # no UID/PWD/Authentication: the token goes in before connecting (connect_kwargs)
         else:
             pairs += [("UID", str(s.mssql_user)), ("PWD", str(s.mssql_password))]
         pairs += [
             ("Encrypt", str(s.mssql_encrypt)),
             ("TrustServerCertificate", "yes" if s.trust_server_certificate else "no"),
             ("ApplicationIntent", "ReadOnly" if s.mssql_read_only_intent else None),
+            # Every listener address at once: an AG failover or a multi-subnet listener connects in seconds,
+            # not after a timeout per address. The driver refuses it with a named instance (no SQL Browser).
+            ("MultiSubnetFailover", "Yes" if s.mssql_multi_subnet_failover and not self.named_instance() else None),
             ("APP", "mssql-mcp"),
         ]
         return connection_string(pairs, braced=frozenset({"DRIVER", "PWD"}))
@@ -201,6 +295,9 @@ class MssqlDialect(Dialect):
         statements = [
             f"SET LOCK_TIMEOUT {int(self.settings.mssql_lock_timeout_ms)}",
             "SET XACT_ABORT ON",
+            # Our reads lose a deadlock, not the application's writers; a read chosen as the victim (1205,
+            # SQLSTATE 40001) is run once more by the pool (Worker._execute).
+            "SET DEADLOCK_PRIORITY LOW",
             f"SET TEXTSIZE {self.text_size_bytes()}",
             "SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
         ]
@@ -231,27 +328,43 @@ class MssqlDialect(Dialect):
     def sample_sql(self, table: TableInfo, limit: int) -> str:
         return f"SELECT TOP ({int(limit)}) * FROM {self.table_sql(table)}"
 
-    def row_sql(self, table: TableInfo, columns: list[str]) -> str:  # type: ignore[override]
-        where = " AND ".join(f"{self.quote_identifier(c)} = ?" for c in columns)
+    def row_sql(self, table: TableInfo, columns: Sequence[str],
+                column_types: Sequence[str | None] | None = None) -> str:
+        """Key values arrive as text and pyodbc binds text as nvarchar: compared as is, a datetime key with
+        fractions fails (Msg 241), a binary key fails (Msg 257) and a varchar key under a SQL_* collation
+        scans. So each key is `CAST(? AS <the column's base type>)`; integer keys are bound as integers
+        (Database._coerce) and nvarchar keys already match."""
+        types = list(column_types or [None] * len(columns))
+        where = " AND ".join(f"{self.quote_identifier(c)} = {self.key_parameter(t)}"
+                             for c, t in zip(columns, types, strict=True))
         return f"SELECT TOP (2) * FROM {self.table_sql(table)} WHERE {where}"
+
+    @staticmethod
+    def key_parameter(column_type: str | None) -> str:
+        if not column_type:
+            return "?"
+        text = column_type.strip()
+        base = text.split("(", 1)[0].lower()
+        if base in _NO_CAST_TYPES or base in _NOT_CASTABLE or not _CASTABLE_TYPE.match(text):
+            return "?"
+        if base in ("binary", "varbinary"):  # keys arrive as "0x..." text: style 1 reads the hex digits
+            return f"CONVERT({text}, ?, 1)"
+        return f"CAST(? AS {text})"
 
 
     def describe_table(self, cursor: pyodbc.Cursor, table: TableInfo) -> TableDescription:
-        key = (table.schema or self.default_schema, table.name)
+        key = (table.schema or self.default_schema, table.name) * 2  # _TARGET binds the name twice
         cursor.execute(PRIMARY_KEY, *key)
         primary_key = [str(name) for (name,) in cursor.fetchall()]
         cursor.execute(COLUMNS, *key)
-        columns = [Column(name=str(name), type=format_type(str(tname), int(length), int(prec), int(scale)),
-                          nullable=bool(nullable), default=None if default is None else str(default),
-                          primary_key=name in primary_key)
-                   for name, tname, length, prec, scale, nullable, default in cursor.fetchall()]
+        columns = [column_from_catalog(row, primary_key) for row in cursor.fetchall()]
         cursor.execute(FOREIGN_KEYS, *key)
         fks: dict[str, ForeignKey] = {}
-        for name, ref_schema, ref_table, col, ref_col in cursor.fetchall():
-            fk = fks.setdefault(str(name), ForeignKey(columns=[], references_table=f"{ref_schema}.{ref_table}",
-                                                      references_columns=[], name=str(name)))
+        for name, ref_schema, ref_table, col, ref_col, ref_id in cursor.fetchall():
+            fk = fks.setdefault(str(name), ForeignKey(columns=[], references_table=referenced_name(
+                ref_schema, ref_table, ref_id), references_columns=[], name=str(name)))
             fk.columns.append(str(col))
-            fk.references_columns.append(str(ref_col))
+            fk.references_columns.append("?" if ref_col is None else str(ref_col))
         cursor.execute(INDEXES, *key)
         indexes: dict[str, Index] = {}
         for name, unique, col in cursor.fetchall():
