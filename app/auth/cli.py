@@ -28,6 +28,10 @@ DEMO_PASSWORD_FILE = "demo-password.txt"
 _USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+\-]{0,63}")
 
 
+STDIN_HELP = ("read the password from the first line of standard input instead of prompting (needed without a "
+              "terminal: ssh without -t, Ansible, cron)")
+
+
 class CliError(Exception):
     pass
 
@@ -39,14 +43,14 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("username")
     add.add_argument("--role", choices=ROLES, default="reader",
                      help="reader: read-only queries; writer: may also change data when READ_ONLY_MODE=false")
-    add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    add.add_argument("--password-stdin", action="store_true", help=STDIN_HELP)
     remove = sub.add_parser("remove", help="delete a user and stop their tokens")
     remove.add_argument("username")
     lst = sub.add_parser("list", help="list users")
     lst.add_argument("--json", action="store_true", help="machine-readable output")
     passwd = sub.add_parser("passwd", help="set a new password (signs the user out everywhere)")
     passwd.add_argument("username")
-    passwd.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    passwd.add_argument("--password-stdin", action="store_true", help=STDIN_HELP)
     role = sub.add_parser("role", help="change a user's role")
     role.add_argument("username")
     role.add_argument("role", choices=ROLES)
