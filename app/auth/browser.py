@@ -198,9 +198,11 @@ async def signin_post(request: web.Request) -> web.StreamResponse:
                               "open record pages on this server. Ask an administrator for access.")
     lifetime = int(state.settings.records_session_seconds)
     sealed = _seal(request, {"uid": user["id"], "role": user["role"], "exp": int(time.time()) + lifetime})
-    prefix = "/chatgpt" if request.path.startswith("/chatgpt/") else ""
-    target = base_url(request) + (next_path or f"{prefix}/records/signed-in")
-    response = web.Response(status=303, headers={"Location": target, **PAGE_HEADERS})
+    if next_path:
+        response = web.Response(status=303, headers={"Location": base_url(request) + next_path, **PAGE_HEADERS})
+    else:  # no (or no safe) record to go back to
+        response = _page("Signed in", f"<h1>Signed in</h1><p>You are signed in as {escape(user['username'])}. "
+                         "Open the record link again.</p>")
     response.set_cookie(SESSION_COOKIE, sealed, max_age=lifetime, path="/", httponly=True, samesite="Lax",
                         secure=_secure(request))
     response.del_cookie(CSRF_COOKIE, path="/")
