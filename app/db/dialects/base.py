@@ -263,6 +263,11 @@ class Dialect(ABC):
         """A case-insensitive substring test of one column against one bound pattern (`%term%`)."""
         return f"LOWER(CAST({self.quote_identifier(column)} AS VARCHAR(4000))) LIKE ? ESCAPE '\\'"
 
+    def referencing_sql(self, table: TableInfo) -> tuple[str, list[Any]]:
+        """Foreign keys that point at `table`: (child_schema, child_table, child_column, parent_column, fk_name)
+        rows ordered by child and key, and the statement's parameters. ("", []) when the dialect has none."""
+        return "", []
+
     def content_search_sql(self, table: TableInfo, key_columns: Sequence[str], columns: Sequence[str],
                            term_count: int) -> str:
         """Rows of `table` whose text `columns` contain any of `term_count` bound patterns (one parameter per

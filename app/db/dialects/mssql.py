@@ -414,6 +414,19 @@ ORDER BY s.name, o.name, c.name
                 f"INNER JOIN CONTAINSTABLE({self.table_sql(table)}, ({', '.join(q(c) for c in columns)}), ?) AS k "
                 f"ON t.{q(key_column)} = k.[KEY] ORDER BY k.[RANK] DESC")
 
+    def referencing_sql(self, table: TableInfo) -> tuple[str, list[Any]]:
+        return ("""
+SELECT cs.name, co.name, cc.name, pcol.name, fk.name
+FROM sys.foreign_key_columns AS fkc
+JOIN sys.foreign_keys AS fk ON fk.object_id = fkc.constraint_object_id
+JOIN sys.objects AS co ON co.object_id = fkc.parent_object_id
+JOIN sys.schemas AS cs ON cs.schema_id = co.schema_id
+JOIN sys.columns AS cc ON cc.object_id = fkc.parent_object_id AND cc.column_id = fkc.parent_column_id
+JOIN sys.columns AS pcol ON pcol.object_id = fkc.referenced_object_id AND pcol.column_id = fkc.referenced_column_id
+WHERE fkc.referenced_object_id = OBJECT_ID(?)
+ORDER BY cs.name, co.name, fk.name, fkc.constraint_column_id
+""", [self.table_sql(table)])
+
     @staticmethod
     def fulltext_condition(terms: list[str]) -> str:
         """Prefix terms joined by OR: `"tokyo*" OR "widget*"` (double quotes inside a term are dropped)."""

@@ -49,6 +49,19 @@ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND a.attnum > 0 AND NOT a.attisdro
   AND pg_catalog.has_any_column_privilege(c.oid, 'SELECT')
 ORDER BY n.nspname, c.relname, a.attnum
 """
+_REFERENCING = """
+SELECT cn.nspname, cc.relname, ca.attname, pa.attname, con.conname
+FROM pg_catalog.pg_constraint AS con
+JOIN pg_catalog.pg_class AS cc ON cc.oid = con.conrelid
+JOIN pg_catalog.pg_namespace AS cn ON cn.oid = cc.relnamespace
+JOIN pg_catalog.pg_class AS pc ON pc.oid = con.confrelid
+JOIN pg_catalog.pg_namespace AS pn ON pn.oid = pc.relnamespace
+CROSS JOIN LATERAL unnest(con.conkey, con.confkey) AS k(child_attnum, parent_attnum)
+JOIN pg_catalog.pg_attribute AS ca ON ca.attrelid = con.conrelid AND ca.attnum = k.child_attnum
+JOIN pg_catalog.pg_attribute AS pa ON pa.attrelid = con.confrelid AND pa.attnum = k.parent_attnum
+WHERE con.contype = 'f' AND pn.nspname = ? AND pc.relname = ?
+ORDER BY cn.nspname, cc.relname, con.conname
+"""
 _TABLE_FILTER = """
 FROM pg_catalog.pg_class AS c
 JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
@@ -246,6 +259,9 @@ class PostgresDialect(Dialect):
         return '"' + name.replace('"', '""') + '"'
 
     all_columns_sql = _ALL_COLUMNS
+
+    def referencing_sql(self, table: TableInfo) -> tuple[str, list[Any]]:
+        return _REFERENCING, [table.schema or "public", table.name]
 
     def match_sql(self, column: str) -> str:
         return f"CAST({self.quote_identifier(column)} AS text) ILIKE ? ESCAPE '\\'"

@@ -205,6 +205,12 @@ class SqliteDialect(Dialect):
 
     all_columns_sql = _ALL_COLUMNS
 
+    def referencing_sql(self, table: TableInfo) -> tuple[str, list[Any]]:
+        # "to" is NULL when the key names no columns: it then means the parent's primary key.
+        return ('SELECT NULL, m.name, f."from", f."to", f.id FROM sqlite_master AS m '
+                "JOIN pragma_foreign_key_list(m.name) AS f WHERE m.type = 'table' "
+                'AND f."table" = ? COLLATE NOCASE ORDER BY m.name, f.id, f.seq', [table.name])
+
     def match_sql(self, column: str) -> str:
         # SQLite's LIKE ignores ASCII case by itself; CAST keeps numbers and dates searchable as text.
         return f"CAST({self.quote_identifier(column)} AS TEXT) LIKE ? ESCAPE '\\'"
