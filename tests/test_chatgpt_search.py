@@ -63,6 +63,21 @@ async def test_keyword_search_finds_values_in_the_data(start_live_server: Callab
         assert "Tokyo" in (await _fetch(client, row_id))["text"]
 
 
+async def test_a_fetched_row_lists_its_neighbours(start_live_server: Callable[..., Awaitable[LiveServer]],
+                                                  make_settings: Callable[..., Settings]) -> None:
+    server = await start_live_server(make_settings())
+    async with Client(server.url + "/chatgpt/mcp") as client:
+        order = await _fetch(client, "row:orders:1")
+        lines = [i for i in order["metadata"]["referenced_by"] if i.startswith("row:order_lines:")]
+        assert lines and all(f"- {i}:" in order["text"] for i in lines)  # an order with its lines
+        assert any(i.startswith("row:customers:") for i in order["metadata"]["related"])  # and its customer
+        line = await _fetch(client, lines[0])
+        assert "row:orders:1" in line["metadata"]["related"]
+        # both spellings of a SQLite table id are accepted; the canonical one is returned
+        assert (await _fetch(client, "table:main.customers"))["id"] == "table:customers"
+        assert (await _fetch(client, "table:customers"))["id"] == "table:customers"
+
+
 async def test_list_tables_says_when_it_is_cut(start_live_server: Callable[..., Awaitable[LiveServer]],
                                               make_settings: Callable[..., Settings]) -> None:
     server = await start_live_server(make_settings(max_search_results=3))
@@ -81,6 +96,7 @@ async def test_the_same_search_on_postgresql(pg_db: dict[str, Any]) -> None:
         assert "row:sales.Regions:1" in [r["id"] for r in found]
         document = await tools.fetch({"id": "row:sales.Regions:1"}, ToolContext())
         assert "North" in document["text"]
+        assert "row:sales.orders:10" in document["metadata"]["referenced_by"]  # the region's orders
 
 
 def test_sql_server_full_text_sql_parses_and_passes_the_guard() -> None:
@@ -93,7 +109,9 @@ def test_sql_server_full_text_sql_parses_and_passes_the_guard() -> None:
     assert dialect.fulltext_condition(["tokyo", 'we"ird']) == '"tokyo*" OR "weird*"'
     like = dialect.content_search_sql(table, ["id"], ["name", "city"], 2)
     assert like.count("?") == 4 and "LIKE ? ESCAPE" in like
-    for statement in (sql, like, dialect.all_columns_sql, dialect.fulltext_columns_sql):
+    referencing, params = dialect.referencing_sql(table)
+    assert params == ["[dbo].[Order Details]"]
+    for statement in (sql, like, dialect.all_columns_sql, dialect.fulltext_columns_sql, referencing):
         sqlglot.parse_one(statement, read="tsql")
         verdict = guard.check(statement, "mssql")
         assert verdict.allowed, verdict.message

@@ -47,6 +47,8 @@ log = structlog.get_logger(__name__)
 CACHE_MAX_ENTRIES = 512
 CATALOG_MAX_TABLES = 500  # keyword search looks at columns of at most this many tables
 TABLE_FETCH_SAMPLE = 5
+CHILD_TABLES_MAX = 8  # a fetched row lists child rows from at most this many referencing foreign keys
+CHILD_ROWS_MAX = 20   # ... and at most this many rows of each
 LABEL_COLUMNS = ("name", "title", "full_name", "display_name", "company_name", "username", "email", "sku", "code")
 
 SEARCH_OUTPUT_SCHEMA: dict[str, Any] = {
@@ -250,16 +252,64 @@ class ChatGptTools:
         for column, value in row.items():
             link = related.get(column)
             lines.append(f"{column}: {render_value(value, 2000)}" + (f"  (see {link})" if link else ""))
+        children = await self._children(description, row)
+        if children:
+            lines += ["", "Rows that refer to this one:"]
+            lines.extend(f"- {child_id}: {label}" for child_id, label in children)
         return {
             "id": record_id,
             "title": self._row_title(table.qualified_name, key, row),
             "text": "\n".join(lines),
             "metadata": {"kind": "row", "table": table.qualified_name, "primary_key": key,
-                         "related": sorted(set(related.values()))},
+                         "related": sorted(set(related.values())),
+                         "referenced_by": [child_id for child_id, _ in children]},
+            "_children": children,
             # for the record page only (fetch and the JSON page return the five public keys)
             "_row": {column: render_value(value, 2000) for column, value in row.items()},
             "_links": {column: link for column, link in related.items() if "," not in column},
         }
+
+    async def _children(self, description: TableDescription, row: dict[str, Any]) -> list[tuple[str, str]]:
+        """(id, title) of rows whose foreign keys point at `row`, bounded; [] when the catalog cannot say."""
+        sql, params = self.database.dialect.referencing_sql(description.table)
+        if not sql:
+            return []
+        try:
+            found = await self.database.execute(sql, params)
+        except DatabaseError as exc:
+            log.info("chatgpt.children_unreadable", error=str(exc)[:200])
+            return []
+        keys: dict[tuple[Any, Any, str], list[tuple[str, str | None]]] = {}
+        for schema, child, child_column, parent_column, fk_name in found.rows:
+            keys.setdefault((schema, str(child), str(fk_name)), []).append(
+                (str(child_column), None if parent_column is None else str(parent_column)))
+        lowered = {k.lower(): v for k, v in row.items()}
+        catalog = {(t.schema, t.name): t for t in await self._all_columns()}
+        children: list[tuple[str, str]] = []
+        for (schema, child, _), pairs in list(keys.items())[:CHILD_TABLES_MAX]:
+            # a key that names no parent columns means the parent's primary key, in order
+            parents = [p or (description.primary_key[i] if i < len(description.primary_key) else "")
+                       for i, (_, p) in enumerate(pairs)]
+            values = [lowered.get(p.lower()) for p in parents]
+            entry = catalog.get((None if schema is None else str(schema), child))
+            if any(v is None for v in values) or entry is None or not entry.primary_key:
+                continue
+            info = TableInfo(schema=entry.schema, name=entry.name, kind="table", row_estimate=None)
+            dialect = self.database.dialect
+            shown = ", ".join(dialect.quote_identifier(c) for c, _ in entry.columns)
+            where = " AND ".join(f"{dialect.quote_identifier(c)} = ?" for c, _ in pairs)
+            try:
+                rows = await self.database.execute(f"SELECT {shown} FROM {dialect.table_sql(info)} WHERE {where}",
+                                                   values, max_rows=CHILD_ROWS_MAX)
+            except DatabaseError as exc:
+                log.info("chatgpt.children_unreadable", table=entry.qualified, error=str(exc)[:200])
+                continue
+            for child_values in rows.rows:
+                child_row = dict(zip(rows.columns, child_values, strict=False))
+                child_key = {pk: child_row.get(pk) for pk in entry.primary_key}
+                children.append((ids.row_id(entry.schema, entry.name, list(child_key.values())),
+                                 self._row_title(entry.qualified, child_key, child_row)))
+        return children
 
     async def _table_document(self, ref: ids.TableRef) -> dict[str, Any]:
         description = await self._describe_ref(ref)
@@ -625,8 +675,10 @@ def build_chatgpt_tools(database: Any, settings: Any, metrics: Any = None) -> li
                 "(every table and view); 'describe <table>' (that table); 'sample <table> limit <n>' (its first "
                 "rows); a read-only SQL statement (SELECT/WITH/VALUES: the first result is the whole result set, "
                 "then one result per row when the query reads a single table including its primary key); or "
-                "keywords, matched against table and column names (e.g. 'customer email'). Search never changes "
-                f"data. At most {settings.max_search_results} results."
+                "keywords, matched against the data (names, titles, descriptions, cities, emails, ...: one result "
+                "per matching row, best first) and against table and column names (e.g. 'Tokyo', 'customer "
+                f"email'). Search never changes data. At most {settings.max_search_results} results; when there "
+                "are more, the last result says so and how to see the next page (e.g. 'Tokyo page 2')."
             ),
             input_schema={
                 "type": "object",
@@ -647,7 +699,8 @@ def build_chatgpt_tools(database: Any, settings: Any, metrics: Any = None) -> li
             title="Fetch a record",
             description=(
                 "Fetch the full content of a search result by its id: a table's columns, keys, indexes and first "
-                "rows; a row's every column (with ids of the rows its foreign keys point to); or a query's full "
+                "rows; a row's every column (with ids of the rows its foreign keys point to and of the rows that "
+                "refer to it, e.g. an order's lines); or a query's full "
                 "result. Table and row ids stay valid and are re-read from the database; ids of ad-hoc query "
                 f"results are kept for {settings.cache_ttl_seconds} s."
             ),
