@@ -4,6 +4,7 @@ database, the same search SQL on PostgreSQL, and SQL Server's full-text SQL pars
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -97,6 +98,22 @@ async def test_the_same_search_on_postgresql(pg_db: dict[str, Any]) -> None:
         document = await tools.fetch({"id": "row:sales.Regions:1"}, ToolContext())
         assert "North" in document["text"]
         assert "row:sales.orders:10" in document["metadata"]["referenced_by"]  # the region's orders
+
+
+async def test_sqlite_fts5_index_is_used(writable_demo_db: Any) -> None:
+    with sqlite3.connect(writable_demo_db) as conn:  # an external-content FTS5 index over products
+        conn.executescript("CREATE VIRTUAL TABLE products_fts USING fts5(name, content='products', "
+                           "content_rowid='product_id'); INSERT INTO products_fts(products_fts) VALUES ('rebuild');")
+        word = conn.execute("SELECT name FROM products ORDER BY product_id LIMIT 1").fetchone()[0].split()[0]
+    async with open_database(db_backend="sqlite", sqlite_path=str(writable_demo_db), db_pool_size=2,
+                             search_columns=("customers.city",)) as database:
+        tools = ChatGptTools(database, database.settings)
+        found = await tools.content.fulltext()
+        assert found[(None, "products")] == (["name"], "product_id", "products_fts")
+        results = (await tools.search({"query": word}, ToolContext()))["results"]
+        product_rows = [r["id"] for r in results if r["id"].startswith("row:products:")]
+        assert product_rows  # found through the FTS5 index (SEARCH_COLUMNS names no product column)
+        assert word.lower() in (await tools.fetch({"id": product_rows[0]}, ToolContext()))["text"].lower()
 
 
 def test_sql_server_full_text_sql_parses_and_passes_the_guard() -> None:

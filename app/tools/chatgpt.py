@@ -40,7 +40,7 @@ from .common import (
     with_meta,
 )
 from .intent import Intent, parse_intent, stem
-from .search import CatalogTable, ContentSearch, RowHit
+from .search import CatalogTable, ContentSearch, FullText, RowHit
 
 log = structlog.get_logger(__name__)
 
@@ -584,7 +584,7 @@ class ChatGptTools:
         result = await self.content.search(tables, terms, await self._fulltext())
         return [(self._hit_id(hit), self._hit_title(hit)) for hit in result.hits], result.truncated
 
-    async def _fulltext(self) -> dict[tuple[str | None, str], tuple[list[str], str]]:
+    async def _fulltext(self) -> FullText:
         found = self.catalog.get("\0fulltext")
         if found is None:
             found = await self.content.fulltext()

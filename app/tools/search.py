@@ -7,7 +7,8 @@ emails, ...). Only tables with a primary key are searched, so every hit is a re-
 Every query goes through Database.execute (the guard, the row cap in the statement, the value bounds);
 each table gets at most SEARCH_ROWS_PER_TABLE rows, the whole search SEARCH_TIME_BUDGET_SECONDS, and at
 most SEARCH_MAX_TABLES tables are read. SQL Server tables with a full-text index are searched with
-CONTAINSTABLE (its RANK orders the rows); elsewhere a case-insensitive substring test per column.
+CONTAINSTABLE (its RANK orders the rows), SQLite tables with an FTS5 index over them (content='t') with
+MATCH and bm25; elsewhere a case-insensitive substring test per column.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ _TEXT_TYPES = re.compile(r"char|text|clob|string|citext|uniqueidentifier|xml|jso
 _NAME_WORDS = frozenset({"name", "title", "fullname", "firstname", "lastname", "surname", "username", "label"})
 _PARTS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 CATALOG_KEY = "\0all_columns"
+FullText = dict[tuple[str | None, str], tuple[list[str], str, str]]
 
 
 @dataclass
@@ -171,8 +173,10 @@ class ContentSearch:
             log.warning("search.catalog_truncated", rows=result.row_count)
         return parse_catalog_rows(result.rows), bool(result.truncated)
 
-    async def fulltext(self) -> dict[tuple[str | None, str], tuple[list[str], str]]:
-        """SQL Server: {(schema, table): (indexed columns, key column)}; empty elsewhere or when unreadable."""
+    async def fulltext(self) -> FullText:
+        """{(schema, table): (indexed columns, join key column, index table)} of the tables with a full-text
+        index (SQL Server full-text indexes, SQLite FTS5 over a content table); empty elsewhere or when the
+        catalog cannot be read."""
         sql = getattr(self.dialect, "fulltext_columns_sql", "")
         if not sql:
             return {}
@@ -181,17 +185,21 @@ class ContentSearch:
         except DatabaseError as exc:
             log.info("search.fulltext_unavailable", error=str(exc)[:200])
             return {}
-        found: dict[tuple[str | None, str], tuple[list[str], str]] = {}
-        for schema, table, column, key_column in result.rows:
-            columns, _ = found.setdefault((str(schema), str(table)), ([], str(key_column)))
+        convert = getattr(self.dialect, "fulltext_index_rows", None)
+        rows = convert(result.rows) if convert else [(*row, "") for row in result.rows]
+        found: FullText = {}
+        for schema, table, column, key_column, index_name in rows:
+            key = (None if schema is None else str(schema), str(table).lower())
+            columns, _, _ = found.setdefault(key, ([], str(key_column), str(index_name)))
             columns.append(str(column))
         return found
 
     async def search(self, tables: list[CatalogTable], terms: Sequence[str],
-                     fulltext: dict[tuple[str | None, str], tuple[list[str], str]]) -> ContentResult:
+                     fulltext: FullText) -> ContentResult:
         terms = [t.lower() for t in terms if t]
         setting = tuple(getattr(self.settings, "search_columns", ()) or ())
-        candidates = [(t, cols) for t in tables if t.primary_key and (cols := searchable_columns(t, setting))]
+        candidates = [(t, cols) for t in tables if t.primary_key and ((cols := searchable_columns(t, setting))
+                                                                    or (t.schema, t.name.lower()) in fulltext)]
         max_tables = int(self.settings.search_max_tables)
         truncated = len(candidates) > max_tables
         notes = [f"only the first {max_tables} of {len(candidates)} searchable tables were read"] if truncated else []
@@ -222,15 +230,17 @@ class ContentSearch:
         return ContentResult(hits, truncated, notes)
 
     async def _table_rows(self, table: CatalogTable, columns: list[str], terms: list[str], per_table: int,
-                          timeout: float, fulltext: dict[tuple[str | None, str], tuple[list[str], str]],
-                          ) -> tuple[list[dict[str, Any]], bool]:
+                          timeout: float, fulltext: FullText) -> tuple[list[dict[str, Any]], bool]:
         info = TableInfo(schema=table.schema, name=table.name, kind="table", row_estimate=None)
-        indexed = fulltext.get((table.schema, table.name))
+        indexed = fulltext.get((table.schema, table.name.lower()))
         condition = self.dialect.fulltext_condition(terms) if indexed else ""
-        if indexed and condition:
-            indexed_columns, key_column = indexed
-            sql = self.dialect.fulltext_search_sql(info, key_column, [*table.primary_key, *columns], indexed_columns)
+        if indexed and condition:  # the index ranks the rows (CONTAINSTABLE RANK, FTS5 bm25)
+            indexed_columns, key_column, index_name = indexed
+            shown = [*table.primary_key, *dict.fromkeys([*columns, *indexed_columns])]
+            extra = {"index_name": index_name} if index_name else {}
+            sql = self.dialect.fulltext_search_sql(info, key_column, shown, indexed_columns, **extra)
             params: list[Any] = [condition]
+            columns[:] = list(dict.fromkeys([*columns, *indexed_columns]))  # score on what the index matched
         else:
             sql = self.dialect.content_search_sql(info, table.primary_key, columns, len(terms))
             params = [like_pattern(term) for term in terms for _ in columns]

@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import re
 import threading
 import urllib.parse
 from collections.abc import Iterator, Sequence
@@ -204,6 +205,45 @@ class SqliteDialect(Dialect):
                 f"WHERE mcp_t.mcp_total - mcp_t.mcp_width <= {cap}")
 
     all_columns_sql = _ALL_COLUMNS
+
+    # FTS5 indexes over a content table (content='t'): keyword search uses them with their bm25 rank.
+    fulltext_columns_sql = ("SELECT name, sql FROM sqlite_master WHERE type = 'table' "
+                            "AND lower(sql) LIKE 'create virtual table%using fts5%'")
+
+    @staticmethod
+    def fulltext_index_rows(rows: Sequence[Sequence[Any]]) -> list[tuple[None, str, str, str, str]]:
+        """(None, content table, column, join column, fts table) per indexed column of each external-content
+        FTS5 table; FTS5 tables with their own content have no primary key to cite and are left out."""
+        found: list[tuple[None, str, str, str, str]] = []
+        for name, sql in rows:
+            match = re.search(r"using\s+fts5\s*\((?P<args>.*)\)\s*$", str(sql or ""), re.I | re.S)
+            if not match:
+                continue
+            columns, options = [], {}
+            for part in (p.strip() for p in match.group("args").split(",")):
+                key, eq, value = part.partition("=")
+                if eq:
+                    options[key.strip().lower()] = value.strip().strip("'\"")
+                elif part:
+                    columns.append(part.split()[0].strip("'\"`[]"))
+            content = options.get("content")
+            if content:
+                key_column = options.get("content_rowid", "rowid")
+                found.extend((None, content, column, key_column, str(name)) for column in columns)
+        return found
+
+    def fulltext_search_sql(self, table: TableInfo, key_column: str, shown: list[str], columns: list[str],
+                            index_name: str = "") -> str:
+        q = self.quote_identifier
+        listed = ", ".join(f"t.{q(c)}" for c in dict.fromkeys(shown))
+        return (f"SELECT {listed}, f.rank AS mcp_rank FROM {q(index_name)} AS f "
+                f"JOIN {self.table_sql(table)} AS t ON t.{q(key_column)} = f.rowid "
+                f"WHERE f.{q(index_name)} MATCH ? ORDER BY f.rank")
+
+    @staticmethod
+    def fulltext_condition(terms: list[str]) -> str:
+        """FTS5 prefix terms joined by OR: `"tokyo"* OR "widget"*`."""
+        return " OR ".join(f'"{term.replace(chr(34), "")}"*' for term in terms if term.replace('"', ""))
 
     def referencing_sql(self, table: TableInfo) -> tuple[str, list[Any]]:
         # "to" is NULL when the key names no columns: it then means the parent's primary key.
