@@ -231,10 +231,14 @@ async def test_expired_entries_are_requeried_and_query_results_expire(chat: Harn
     assert "1500" in (await chat.fetch(query_id))["text"]
     sample = (await chat.search("sample customers limit 2"))[0]["id"]
 
-    chat.clock.now += chat.tools.settings.cache_ttl_seconds + 1
+    for index in range(600):  # more row documents than the fetch cache holds do not push the result out
+        chat.tools.cache.put(f"row:x:{index}", {"id": f"row:x:{index}"})
+    chat.clock.now += chat.tools.settings.cache_ttl_seconds - 1
+    assert "1500" in (await chat.fetch(query_id))["text"]  # re-fetchable for CACHE_TTL_SECONDS
+    chat.clock.now += 2
     with pytest.raises(ToolError) as info:
         await chat.fetch(query_id)
-    assert "no longer cached" in str(info.value) and "search" in str(info.value)
+    assert "no longer cached" in str(info.value) and "Search again with the same SQL" in str(info.value)
     assert (await chat.fetch(sample))["metadata"]["row_count"] == 2  # sample ids are re-queried
 
 

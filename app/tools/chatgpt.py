@@ -45,6 +45,7 @@ from .search import CatalogTable, ContentSearch, FullText, RowHit
 log = structlog.get_logger(__name__)
 
 CACHE_MAX_ENTRIES = 512
+QUERY_CACHE_MAX_ENTRIES = 256
 CATALOG_MAX_TABLES = 500  # keyword search looks at columns of at most this many tables
 TABLE_FETCH_SAMPLE = 5
 CHILD_TABLES_MAX = 8  # a fetched row lists child rows from at most this many referencing foreign keys
@@ -160,6 +161,8 @@ class ChatGptTools:
         # table descriptions and the table list, for titles, row keys and keyword search
         self.catalog: TtlLruCache[Any] = TtlLruCache(CATALOG_MAX_TABLES + 16, ttl, clock)
         self.content = ContentSearch(database, settings)
+        # query results apart: they cannot be re-read, so row documents must not push them out before the TTL
+        self.queries: TtlLruCache[dict[str, Any]] = TtlLruCache(QUERY_CACHE_MAX_ENTRIES, ttl, clock)
 
     # --- catalog helpers -----------------------------------------------------------------
     async def _tables(self) -> list[TableInfo]:
@@ -398,7 +401,7 @@ class ChatGptTools:
         except ids.InvalidId as exc:
             raise ToolError(str(exc), outcome="invalid") from None
         key = record_id.strip()
-        cached = self.cache.get(key)
+        cached = (self.queries if parsed.kind == "query" else self.cache).get(key)
         if cached is not None:
             self._count(hit=True)
             return cached
@@ -415,7 +418,8 @@ class ChatGptTools:
             else:
                 raise ToolError(
                     f"The query result '{key}' is no longer cached (ad-hoc query results are kept for "
-                    f"{self.settings.cache_ttl_seconds} s). Run the SQL again with search.", outcome="error")
+                    f"{self.settings.cache_ttl_seconds} s and this server does not keep their SQL). Search again "
+                    "with the same SQL to get a fresh result; table: and row: ids never expire.", outcome="error")
         except TableNotFound as exc:
             raise ToolError(f"Unknown id '{key}': {exc}", outcome="error") from None
         self.cache.put(key, document)
@@ -524,7 +528,7 @@ class ChatGptTools:
         short = short if len(short) <= 80 else short[:79] + "…"
         document = self._result_document(record_id, f"Query result ({result.row_count} rows): {short}", result,
                                          {"kind": "query", "sql": sql}, f"Query: {sql}")
-        self.cache.put(record_id, document)
+        self.queries.put(record_id, document)
         hits = [(record_id, document["title"])]
         hits.extend(await self._rows_of_query(sql, result, limit - 1))
         return hits
