@@ -296,3 +296,14 @@ async def test_keyword_search_reads_columns_with_one_catalog_query(chat: Harness
     full = await chat.search("customer email")
     assert "email" in full[0]["title"] and "suppliers" in {_table_name(r["id"]) for r in full}
     assert described == []  # no per-table catalog queries (issue 15 item 10)
+
+
+async def test_a_capped_column_catalog_is_completed_by_describing_the_rest(make_harness: Callable[..., Any]) -> None:
+    chat = await make_harness(max_rows=10)  # the one catalog query is cut after 10 columns
+    tables = await chat.tools._all_columns()
+    by_name = {t.name: t for t in tables}
+    assert {"customers", "orders", "order_lines", "products"} <= set(by_name)
+    assert by_name["customers"].primary_key == ["customer_id"]
+    assert "email" in [c for c, _ in by_name["customers"].columns]
+    rows = [r for r in await chat.search("Tokyo") if r["id"].startswith("row:customers:")]
+    assert rows  # content search still reaches every table

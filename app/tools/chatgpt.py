@@ -11,6 +11,7 @@ issued for /chatgpt/mcp is accepted there).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import weakref
@@ -47,6 +48,7 @@ log = structlog.get_logger(__name__)
 CACHE_MAX_ENTRIES = 512
 QUERY_CACHE_MAX_ENTRIES = 256
 CATALOG_MAX_TABLES = 500  # keyword search looks at columns of at most this many tables
+COLUMN_INDEX_BUDGET_SECONDS = 8.0  # time to describe the tables a capped catalog query did not reach
 TABLE_FETCH_SAMPLE = 5
 CHILD_TABLES_MAX = 8  # a fetched row lists child rows from at most this many referencing foreign keys
 CHILD_ROWS_MAX = 20   # ... and at most this many rows of each
@@ -190,12 +192,41 @@ class ChatGptTools:
         columns = self.catalog.get("\0all_columns")
         if columns is None:
             try:
-                columns, _ = await self.content.catalog()
+                columns, cut = await self.content.catalog()
             except DatabaseError as exc:  # no catalog access: keyword search still matches table names
                 log.info("chatgpt.catalog_unreadable", error=str(exc)[:200])
                 return []
-            self.catalog.put("\0all_columns", columns)
+            complete = True
+            if cut:  # more columns than MAX_ROWS: describe the tables the capped query did not reach
+                columns, complete = await self._complete_catalog(columns[:-1])  # the last one may be partial
+            if complete:
+                self.catalog.put("\0all_columns", columns)
         return columns
+
+    async def _complete_catalog(self, known: list[CatalogTable]) -> tuple[list[CatalogTable], bool]:
+        """Describe the tables missing from a capped catalog read, within a time budget (True: all found).
+        Descriptions read stay cached, so a search after a cut one goes on where it stopped."""
+        have = {(t.schema, t.name) for t in known}
+        missing = [t for t in await self._tables() if (t.schema, t.name) not in have][:CATALOG_MAX_TABLES]
+        limit = asyncio.Semaphore(max(1, min(4, int(getattr(self.settings, "db_pool_size", 4)))))
+
+        async def describe(table: TableInfo) -> CatalogTable | None:
+            async with limit:
+                try:
+                    description = await self._describe(table.qualified_name)
+                except DatabaseError:
+                    return None
+            return CatalogTable(table.schema, table.name, [(c.name, c.type) for c in description.columns],
+                                list(description.primary_key))
+
+        tasks = [asyncio.create_task(describe(t)) for t in missing]
+        done, pending = await asyncio.wait(tasks, timeout=COLUMN_INDEX_BUDGET_SECONDS) if tasks else (set(), set())
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        found = [t for task in tasks if task in done and (t := task.result()) is not None]
+        return known + found, not pending
 
     async def _column_index(self) -> list[tuple[TableInfo, list[str]]]:
         index = self.catalog.get("\0columns")
