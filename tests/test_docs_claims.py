@@ -63,3 +63,23 @@ def test_result_size_statements_match_the_declared_meta() -> None:
 
     [help_text] = [s.help for s in SETTINGS if s.name == "max_result_bytes"]
     assert "150,000" not in help_text and "MAX_MCP_OUTPUT_TOKENS" in help_text
+
+
+async def test_query_ids_live_only_in_the_cache_as_documented(
+        start_live_server: Callable[..., Awaitable[LiveServer]], make_settings: Callable[..., Settings]) -> None:
+    """docs/tools.md: CACHE_TTL_SECONDS=0 turns the cache off and then a query id cannot be fetched at all;
+    table: and row: ids are read again from the database; the same SQL gives the same query id back."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "re-fetchable after the" not in readme  # the old claim covered query ids too
+    server = await start_live_server(make_settings(cache_ttl_seconds=0))
+    sql = "SELECT customer_id, last_name FROM customers LIMIT 2"
+    async with Client(server.url + "/chatgpt/mcp", mode="legacy") as client:
+        first = json.loads((await client.call_tool("search", {"query": sql})).content[0].text)["results"]
+        again = json.loads((await client.call_tool("search", {"query": sql})).content[0].text)["results"]
+        query_id = first[0]["id"]
+        assert query_id.startswith("query:~") and again[0]["id"] == query_id
+        expired = await client.call_tool("fetch", {"id": query_id})
+        assert expired.is_error is True and "no longer cached" in expired.content[0].text
+        assert "search again" in expired.content[0].text.lower()
+        row = await client.call_tool("fetch", {"id": first[1]["id"]})
+        assert row.is_error is not True and first[1]["id"].startswith("row:customers:")
