@@ -743,7 +743,7 @@ def build_chatgpt_tools(database: Any, settings: Any, metrics: Any = None) -> li
                 "type": "object",
                 "properties": {
                     "id": {"type": "string", "minLength": 1, "maxLength": ids.MAX_ID_LENGTH,
-                           "description": "An id from a search result, e.g. table:main.customers."},
+                           "description": "An id from a search result, e.g. table:customers or row:orders:42."},
                 },
                 "required": ["id"],
                 "additionalProperties": False,

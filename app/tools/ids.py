@@ -1,13 +1,15 @@
 """Record ids for ChatGPT's search/fetch: stable, URL-safe, readable where possible.
 
-    table:<table>                 a table or view          e.g. table:main.customers
-    row:<table>:<key>             one row by primary key   e.g. row:main.order_lines:17,2
+    table:<table>                 a table or view          e.g. table:dbo.Customers, table:customers
+    row:<table>:<key>             one row by primary key   e.g. row:sales.order_lines:17,2
     sample:<table>:<limit>        the first rows of a table (tables without a primary key)
     query:~<digest>               an ad-hoc result set; lives only in the fetch cache
     more:~<b64 [query, page]>     the last result of a cut search: how to see the next page or narrow it
 
 <table> is `schema.name` (or `name` when the backend has no schema) when both parts are plain
-identifiers, otherwise `~` + base64url(JSON [schema, name]). <key> is the primary key values
+identifiers, otherwise `~` + base64url(JSON [schema, name]). Ids are canonical: SQLite has no
+schema, so its ids are `table:customers`; `table:main.customers` is accepted too (any name the
+catalog resolves is), and fetch always answers with the canonical id. <key> is the primary key values
 joined by commas when they are all integers, otherwise `~` + base64url(JSON list). Table, row
 and sample ids are re-queried from the database when they are not cached, so they stay valid
 for as long as the record exists. Every id uses only characters that are safe in a URL path
