@@ -292,9 +292,52 @@ def test_the_real_driver_rejects_what_it_does_not_support() -> None:
 
 
 # --- item 4 (TLS) and item 12: configuration errors and error classification ------------------------------
-@pytest.fixture
-def tls_listener(tmp_path: Path) -> Iterator[int]:
-    """A TLS server with a self-signed certificate on loopback (Encrypt=strict speaks TLS first, TDS 8)."""
+def _read_tds_packet(sock: socket.socket) -> tuple[int | None, bytes]:
+    """One TDS packet: 8-byte header (type, status, big-endian length, spid, packet id, window), then body."""
+    data = b""
+    while len(data) < 8 or len(data) < struct.unpack_from(">H", data, 2)[0]:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return None, b""
+        data += chunk
+    return data[0], data[8:]
+
+
+def _tds_packet(kind: int, body: bytes) -> bytes:
+    return struct.pack(">BBHHBB", kind, 1, len(body) + 8, 0, 1, 0) + body
+
+
+# PRELOGIN answer (MS-TDS 2.2.6.5): VERSION 16.0.2000 at offset 11, ENCRYPTION = ENCRYPT_ON at offset 17.
+PRELOGIN_ENCRYPT_ON = (struct.pack(">BHH", 0, 11, 6) + struct.pack(">BHH", 1, 17, 1) + b"\xff"
+                       + bytes([16, 0, 0x07, 0xD0, 0, 0]) + b"\x01")
+
+
+def _tls_in_tds(client: socket.socket, context: ssl.SSLContext) -> None:
+    """Encrypt=yes: PRELOGIN in clear, then the TLS handshake carried in TDS PRELOGIN (0x12) packets."""
+    _read_tds_packet(client)
+    client.sendall(_tds_packet(0x04, PRELOGIN_ENCRYPT_ON))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_side=True)
+    while True:
+        try:
+            tls.do_handshake()
+            return  # the client trusted the certificate; closing now is a plain connect failure
+        except ssl.SSLWantReadError:
+            pass
+        pending = outgoing.read()
+        if pending:
+            client.sendall(_tds_packet(0x12, pending))
+        kind, body = _read_tds_packet(client)
+        if kind is None:
+            return  # the driver hung up on the certificate
+        incoming.write(body)
+
+
+@pytest.fixture(params=["strict", "yes"])
+def tls_listener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int, str]]:
+    """A loopback listener with a self-signed certificate: Encrypt=strict (TDS 8) speaks TLS first,
+    Encrypt=yes (the default) answers PRELOGIN and runs the TLS handshake inside TDS packets, as SQL Server
+    does. Yields (port, Encrypt value)."""
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
                     str(cert), "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True)
@@ -312,22 +355,27 @@ def tls_listener(tmp_path: Path) -> Iterator[int]:
                 client, _ = server.accept()
             except OSError:
                 continue
-            with client, contextlib.suppress(OSError):  # the driver hangs up on the untrusted certificate
-                context.wrap_socket(client, server_side=True).recv(16)
+            client.settimeout(5)
+            with client, contextlib.suppress(OSError):  # ssl.SSLError is an OSError
+                if request.param == "strict":
+                    context.wrap_socket(client, server_side=True).recv(16)
+                else:
+                    _tls_in_tds(client, context)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        yield server.getsockname()[1]
+        yield server.getsockname()[1], request.param
     finally:
         stop.set()
         thread.join(5)
         server.close()
 
 
-async def test_an_untrusted_certificate_is_a_configuration_error(tls_listener: int) -> None:
-    async with open_database(db_backend="mssql", mssql_host="127.0.0.1", mssql_port=tls_listener,
-                             mssql_database="Shop", mssql_user="sa", mssql_password="pw", mssql_encrypt="strict",
+async def test_an_untrusted_certificate_is_a_configuration_error(tls_listener: tuple[int, str]) -> None:
+    port, encrypt = tls_listener
+    async with open_database(db_backend="mssql", mssql_host="127.0.0.1", mssql_port=port,
+                             mssql_database="Shop", mssql_user="sa", mssql_password="pw", mssql_encrypt=encrypt,
                              trust_server_certificate=False, mssql_driver=_msodbcsql(),
                              db_connect_timeout_seconds=2, db_pool_size=1) as database:
         status = database.status()
@@ -337,6 +385,21 @@ async def test_an_untrusted_certificate_is_a_configuration_error(tls_listener: i
             await database.execute("SELECT 1")
         assert "operator must fix its settings" in str(info.value)
         assert "127.0.0.1" not in str(info.value)
+
+
+async def test_a_trusted_certificate_then_a_dropped_link_is_not_a_configuration_error(
+        tls_listener: tuple[int, str]) -> None:
+    # Control: with TrustServerCertificate=yes the handshake passes and the listener hangs up afterwards.
+    port, encrypt = tls_listener
+    if encrypt == "strict":
+        pytest.skip("Encrypt=strict always validates the certificate: Driver 18 ignores TrustServerCertificate")
+    async with open_database(db_backend="mssql", mssql_host="127.0.0.1", mssql_port=port,
+                             mssql_database="Shop", mssql_user="sa", mssql_password="pw", mssql_encrypt=encrypt,
+                             trust_server_certificate=True, mssql_driver=_msodbcsql(),
+                             db_connect_timeout_seconds=2, db_pool_size=1) as database:
+        status = database.status()
+        assert status["status"] == "degraded" and not database.pool.login_refused, status
+        assert "SSL Provider" not in str(status["last_error"])
 
 
 def test_tls_and_dead_connections_are_classified_by_sqlstate_and_driver_prefix_only() -> None:
