@@ -219,7 +219,7 @@ class Database:
                 raise QueryFailed(f"column '{column_name}' does not exist in {table.qualified_name}")
             columns.append(column.name)
             column_types.append(column.base_type or column.type)
-            params.append(_coerce(value, column.type))
+            params.append(_coerce(value, column.base_type or column.type))  # an alias of int is an int key
         sql = self.dialect.row_sql(table, columns, column_types)
         plans, bytes_cap = self.read_plans, int(self.settings.max_result_bytes)
         return await self.pool.run(lambda s: run.first_row_as_dict(s, plans, sql, params, bytes_cap),
