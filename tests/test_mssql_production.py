@@ -479,6 +479,17 @@ def _fragments_db(path: Path, document: str) -> Path:
     return path
 
 
+def test_a_json_document_one_longer_than_the_row_cap_is_cut_to_it() -> None:
+    from app.db.forjson import _row_capped
+
+    column = f"JSON_{FOR_JSON_GUID}"
+    assert _row_capped(column, '[{"a":1},{"a":2},{"a":3}]', 2) == ('[{"a":1},{"a":2}]', True)
+    assert _row_capped(column, '{"rows":[{"a":1},{"a":2},{"a":3}]}', 2) == ('{"rows":[{"a":1},{"a":2}]}', True)
+    assert _row_capped(column, '[{"a":1},{"a":2}]', 2) == ('[{"a":1},{"a":2}]', False)
+    assert _row_capped(f"XML_{FOR_JSON_GUID}", "<r/><r/><r/>", 2) == ("<r/><r/><r/>", False)
+    assert _row_capped(column, '{"a":1,"b":[1,2,3]}', 2)[1] is False  # not a ROOT wrapper
+
+
 def test_document_column_detection() -> None:
     assert is_document_result([("JSON_F52E2B61-18A1-11d1-B105-00805F49916B", str)])
     assert is_document_result([("XML_F52E2B61-18A1-11d1-B105-00805F49916B", str)])

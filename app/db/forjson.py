@@ -77,6 +77,12 @@ def _row_capped(column: str, document: str, max_rows: int) -> tuple[str, bool]:
         parsed = json.loads(document)
     except ValueError:
         return document, False
+    compact = {"ensure_ascii": False, "separators": (",", ":")}
+    if isinstance(parsed, dict) and len(parsed) == 1:  # ROOT('name'): {"name": [...]}
+        (root, items), = parsed.items()
+        if isinstance(items, list) and len(items) > max_rows:
+            return json.dumps({root: items[:max_rows]}, **compact), True
+        return document, False
     if not isinstance(parsed, list) or len(parsed) <= max_rows:
         return document, False
-    return json.dumps(parsed[:max_rows], ensure_ascii=False, separators=(",", ":")), True
+    return json.dumps(parsed[:max_rows], **compact), True
