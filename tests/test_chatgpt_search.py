@@ -3,6 +3,7 @@ database, the same search SQL on PostgreSQL, and SQL Server's full-text SQL pars
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -155,3 +156,20 @@ def test_ranking_and_column_choice() -> None:
     assert like_pattern("50%_off") == "%50\\%\\_off%"
     [table] = parse_catalog_rows([(None, "t", "b", "TEXT", 2), (None, "t", "a", "INTEGER", 1)])
     assert table.primary_key == ["a", "b"]
+
+
+async def test_a_search_over_its_time_budget_says_it_was_cut(demo_db_path: Any) -> None:
+    async with open_database(db_backend="sqlite", sqlite_path=str(demo_db_path), db_pool_size=2,
+                             search_time_budget_seconds=0.2) as database:
+        tools = ChatGptTools(database, database.settings)
+        original = database.execute
+
+        async def slow(sql: str, *args: Any, **kwargs: Any) -> Any:
+            if "LIKE ?" in sql:
+                await asyncio.sleep(0.15)  # every table read is slow: the budget ends the search early
+            return await original(sql, *args, **kwargs)
+
+        database.execute = slow  # type: ignore[method-assign]
+        out = await tools.search({"query": "zzzz-not-there"}, ToolContext())
+        assert out["truncated"] is True
+        assert out["results"][-1]["id"].startswith("more:") and "narrow" in out["results"][-1]["title"]
