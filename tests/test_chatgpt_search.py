@@ -87,6 +87,9 @@ async def test_list_tables_says_when_it_is_cut(start_live_server: Callable[..., 
         first = await _search(client, "list tables")
         assert first["truncated"] is True and len(first["results"]) == 3
         assert "list tables page 2" in first["results"][-1]["title"]
+        sql = await _search(client, "SELECT * FROM customers")  # a query result: narrowed, not paged
+        assert sql["truncated"] is True and sql["results"][-1]["id"].startswith("more:")
+        assert "WHERE" in (await _fetch(client, sql["results"][-1]["id"]))["text"]
         second = await _search(client, "list tables page 2")
         assert {r["id"] for r in second["results"]}.isdisjoint({r["id"] for r in first["results"]})
 

@@ -140,9 +140,11 @@ async def test_search_sql_single_table_gives_query_and_row_ids(chat: Harness) ->
     with sqlite3.connect(f"file:{_path(chat)}?mode=ro", uri=True) as conn:
         german = [r[0] for r in conn.execute("SELECT customer_id FROM customers WHERE country = 'DE' "
                                              "ORDER BY customer_id")]
-    rows = results[1:]
+    rows = [r for r in results[1:] if r["id"].startswith("row:")]
     assert [int(r["id"].rsplit(":", 1)[1]) for r in rows] == german[: len(rows)]
-    assert len(rows) == min(len(german), 19)
+    # the query result, then its rows; when they do not all fit, the last place says so
+    assert len(rows) == (len(german) if len(german) <= 19 else 18)
+    assert results[-1]["id"].startswith("more:") == (len(german) > 19)
     # the title names the row by its key and a human label
     assert re.search(r"customer_id=\d+: \S+ \S+", rows[0]["title"])
 

@@ -505,7 +505,7 @@ class ChatGptTools:
             return {"results": results}
         base = re.sub(r"[\s,;]+page\s*\d+\s*$", "", query.strip(), flags=re.I) or "list tables"
         remaining = max(0, len(hits) - start - len(shown))
-        more_id = ids.more_id(base if paged else query, page + 1)
+        more_id = ids.more_id(base if paged else query, page + 1 if paged else 0)  # 0: cannot be paged
         title = (f"{remaining} more result(s) not shown: search '{base} page {page + 1}' or narrow the query"
                  if paged and remaining else
                  "More results exist than were returned: narrow the query (more keywords, a table name, or a SELECT "
@@ -516,9 +516,12 @@ class ChatGptTools:
     def _more_document(self, parsed: ids.RecordId) -> dict[str, Any]:
         query, page = ids.decode_more(parsed)
         limit = self.settings.max_search_results
-        text = (f"The search '{query}' had more than {limit} results, so it was cut.\n\n"
-                f"- See the next results: search '{query} page {page}'.\n"
-                "- Or narrow it: add keywords (e.g. a city and a name), name a table ('describe customers', "
+        shown = query if len(query) <= 200 else query[:199] + "…"
+        text = (f"The search '{shown}' had more results than the {limit} returned, so it was cut.\n\n"
+                + (f"- See the next results: search '{shown} page {page}'.\n" if page else
+                   "- The full result set is in the query result (fetch its id); to see other rows, add a WHERE "
+                   "clause or an ORDER BY to the SELECT.\n")
+                + "- Or narrow it: add keywords (e.g. a city and a name), name a table ('describe customers', "
                 "'sample orders limit 20'), or write a SELECT with a WHERE clause.")
         return {"id": ids.more_id(query, page), "title": f"More results for '{query}'", "text": text,
                 "metadata": {"kind": "more", "query": query, "next_page": page}}
@@ -561,7 +564,7 @@ class ChatGptTools:
                                          {"kind": "query", "sql": sql}, f"Query: {sql}")
         self.queries.put(record_id, document)
         hits = [(record_id, document["title"])]
-        hits.extend(await self._rows_of_query(sql, result, limit - 1))
+        hits.extend(await self._rows_of_query(sql, result, limit))  # one more than fits: _page then says so
         return hits
 
     async def _rows_of_query(self, sql: str, result: QueryResult, limit: int) -> list[tuple[str, str]]:
