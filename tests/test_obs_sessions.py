@@ -105,3 +105,51 @@ def test_counts_by_state_against_the_clock() -> None:
     assert store.counts_by_state(now) == {("streamable_http", "active"): 1, ("streamable_http", "idle"): 1,
                                           ("sse", "idle"): 1}
     store.close_all()
+
+
+async def test_prometheus_sees_active_and_idle_sessions(demo_db_path: Any, tmp_path: Any, prometheus_factory) -> None:
+    """The real app on its metrics port, scraped by a real Prometheus: the split and the open total agree."""
+    import aiohttp
+    from aiohttp import web
+
+    from app import keys
+    from app.settings import load_settings
+    from app.web import create_app
+    from tests.fixtures.obs import free_tcp_port
+
+    metrics_port = free_tcp_port()
+    settings = load_settings(environ={}, env_file=None, db_backend="sqlite", sqlite_path=str(demo_db_path),
+                             data_dir=str(tmp_path / "data"), metrics_host="127.0.0.1", metrics_port=metrics_port,
+                             allow_unauth_methods=True, log_format="json")
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        async with aiohttp.ClientSession() as http:
+            session_ids = []
+            for path in ("/mcp", "/mcp", "/chatgpt/mcp"):
+                async with http.post(url + path, headers={"Accept": ACCEPT_BOTH}, json={
+                        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+                        "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                                   "clientInfo": {"name": "t", "version": "1"}}}) as response:
+                    assert response.status == 200, await response.text()
+                    session_ids.append(response.headers["Mcp-Session-Id"])
+        claude_sessions = app[keys.MCP_SERVERS][""].sessions
+        claude_sessions.get(session_ids[0]).last_seen -= settings.session_active_seconds + 1  # abandoned
+
+        prometheus = await prometheus_factory({
+            "global": {"scrape_interval": "1s"},
+            "scrape_configs": [{"job_name": "sessions", "scrape_interval": "1s", "scrape_timeout": "900ms",
+                                "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]}]})
+
+        def value(expected: float):
+            return lambda result: bool(result) and float(result[0]["value"][1]) == expected
+
+        await prometheus.wait_for('sum(mssql_mcp_sessions{job="sessions",state="active"})', value(2))
+        await prometheus.wait_for('sum(mssql_mcp_sessions{job="sessions",state="idle"})', value(1))
+        await prometheus.wait_for('sum(mssql_mcp_sessions_active{job="sessions"})', value(3))
+    finally:
+        await runner.cleanup()
