@@ -95,6 +95,7 @@ class _NativeSessionHook:
 
 
 _native = _NativeSessionHook()
+_CONNECT_LOCK = threading.Lock()
 
 _LIST_TABLES = (
     "SELECT name, type FROM sqlite_master WHERE type IN ('table', 'view') "
@@ -141,9 +142,13 @@ class SqliteDialect(Dialect):
         return {"autocommit": False}
 
     def connect(self, connection_string: str) -> pyodbc.Connection:
-        with _native.capture():
+        # One SQLite connect at a time in the process: the open runs our native hook and the driver's own
+        # set-up; connects are rare (start-up, recovery), so serialising them costs nothing and rules out
+        # the two racing (a crash inside concurrent connects was seen once in the test suite).
+        with _CONNECT_LOCK, _native.capture():
             conn = pyodbc.connect(connection_string, **self.connect_kwargs())
-        if not _native.lock_down(self.value_limit_bytes()):
+            locked = _native.lock_down(self.value_limit_bytes())
+        if not locked:
             conn.close()
             raise pyodbc.Error("HY000", "could not turn off extension loading and set the value limit on the "
                                         "SQLite connection (libsqlite3 not reachable)")
