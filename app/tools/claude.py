@@ -241,7 +241,9 @@ def build_claude_tools(database: Any, settings: Any) -> list[Tool]:
                         "type": "object",
                         "properties": {"name": {"type": "string"}, "type": {"type": "string"},
                                        "nullable": {"type": "boolean"}, "default": _NULLABLE_STR,
-                                       "primary_key": {"type": "boolean"}},
+                                       "primary_key": {"type": "boolean"},
+                                       # identity, computed, hidden, generated always ... (SQL Server)
+                                       "flags": {"type": "array", "items": {"type": "string"}}},
                         "required": ["name", "type", "nullable", "default", "primary_key"],
                     }},
                     "primary_key": {"type": "array", "items": {"type": "string"}},

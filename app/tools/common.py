@@ -91,7 +91,7 @@ def description_dict(description: TableDescription) -> dict[str, Any]:
         **table_info_dict(description.table),
         "columns": [
             {"name": c.name, "type": c.type, "nullable": c.nullable, "default": c.default,
-             "primary_key": c.primary_key}
+             "primary_key": c.primary_key, **({"flags": list(c.flags)} if c.flags else {})}
             for c in description.columns
         ],
         "primary_key": list(description.primary_key),

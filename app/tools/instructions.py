@@ -54,8 +54,8 @@ def _chatgpt(settings: Any, dialect: str) -> tuple[str, list[str]]:
     access = "read-only" if settings.read_only_mode else "read-write (search and fetch only read)"
     summary = (
         f"Search and fetch records of a {access} {dialect} database. search takes 'list tables', "
-        "'describe <table>', 'sample <table> limit <n>', a SELECT statement, or keywords matched against "
-        "table and column names, and returns ids. fetch(id) returns a table's columns, keys and first rows, "
+        "'describe <table>', 'sample <table> limit <n>', a SELECT statement, or keywords (found in the data and "
+        "in table names), and returns ids. fetch(id) returns a table's columns, keys and first rows, "
         f"a row's values, or a query's full result. {_limits(settings)}"
     )
     details = [
