@@ -152,7 +152,7 @@ def parse_id(text: str) -> RecordId:
     except InvalidId as exc:
         raise InvalidId(
             f"'{_shorten(text)}' is not a valid id ({exc}). Ids come from search results and look like "
-            "table:main.customers, row:main.customers:42, sample:main.logs:10 or query:~<digest>."
+            "table:dbo.customers, row:dbo.customers:42, sample:dbo.logs:10 (no schema on SQLite) or query:~<digest>."
         ) from None
 
 
