@@ -61,7 +61,7 @@ def test_malformed_ids_get_a_helpful_error(bad: str) -> None:
     with pytest.raises(InvalidId) as info:
         parse_id(bad)
     assert "is not a valid id" in str(info.value)
-    assert "table:main.customers" in str(info.value)  # tells the caller what ids look like
+    assert "table:dbo.customers" in str(info.value)  # tells the caller what ids look like
     assert len(str(info.value)) < 400  # a huge id is not echoed back in full
 
 
