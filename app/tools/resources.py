@@ -224,6 +224,9 @@ async def watch_catalog(resources: DatabaseResources, listeners: Sequence[Catalo
     seen: tuple[tuple[str, str, str], ...] | None = None
     contents: dict[str, str] = {}  # uri -> digest of its last content
     while True:
+        # Sleep first: the first catalog read waits until the service has been up a while, so start-up (and a
+        # short-lived app, as in tests) never races a catalog query against shutting the pool down.
+        await asyncio.sleep(interval_seconds)
         current: tuple[tuple[str, str, str], ...] | None
         try:
             current = catalog_fingerprint(await resources.database.list_tables())
@@ -245,7 +248,6 @@ async def watch_catalog(resources: DatabaseResources, listeners: Sequence[Catalo
                 for listener in listeners:
                     listener.resource_updated(uri)
             contents[uri] = digest
-        await asyncio.sleep(interval_seconds)
 
 
 async def _digest(resources: DatabaseResources, uri: str) -> str | None:
