@@ -46,6 +46,10 @@ T = TypeVar("T")
 
 INITIAL_BACKOFF_SECONDS = 0.1
 MAX_BACKOFF_SECONDS = 5.0
+# Connecting and disconnecting happen one at a time in the process: with several pool threads closing their
+# connections at once (shutdown) the test suite crashed inside the ODBC drivers (SQLDisconnect racing
+# SQLDisconnect or SQLDriverConnect). Both are rare (start-up, recovery, shutdown), so the lock costs nothing.
+DRIVER_LIFECYCLE_LOCK = threading.Lock()
 # A refused login is retried slowly: it needs an operator, and SQL Server locks logins after repeated
 # failures where a password policy is on.
 LOGIN_REFUSED_BACKOFF_SECONDS = 30.0
@@ -370,7 +374,8 @@ class Worker:
 
     def _connect(self) -> None:
         try:
-            conn = self.dialect.connect(self.pool.connection_string)
+            with DRIVER_LIFECYCLE_LOCK:
+                conn = self.dialect.connect(self.pool.connection_string)
         except pyodbc.Error as exc:
             message = clean_message(exc, self.pool.secrets)
             if self.pool._note_failure(message, sqlstate_of(exc), self.dialect.login_refused(exc, message)):
@@ -379,14 +384,14 @@ class Worker:
         try:
             self.dialect.setup_connection(conn)
         except pyodbc.Error as exc:
-            with contextlib.suppress(Exception):
+            with DRIVER_LIFECYCLE_LOCK, contextlib.suppress(Exception):
                 conn.close()
             message = clean_message(exc, self.pool.secrets)
             self.pool._note_failure(message, sqlstate_of(exc), self.dialect.login_refused(exc, message))
             log.warning("db.session_setup_failed", worker=self.index, sqlstate=sqlstate_of(exc), error=message)
             raise DatabaseUnavailable(self.pool.unavailable_message()) from None
         except BaseException:
-            with contextlib.suppress(Exception):
+            with DRIVER_LIFECYCLE_LOCK, contextlib.suppress(Exception):
                 conn.close()
             raise
         self.conn = conn
@@ -404,7 +409,7 @@ class Worker:
             log.warning("db.connection_dropped", worker=self.index,
                         sqlstate=sqlstate_of(cause) if cause else None,
                         error=clean_message(cause, self.pool.secrets) if cause else None)
-        with contextlib.suppress(Exception):
+        with DRIVER_LIFECYCLE_LOCK, contextlib.suppress(Exception):
             conn.close()
 
 

@@ -95,7 +95,6 @@ class _NativeSessionHook:
 
 
 _native = _NativeSessionHook()
-_CONNECT_LOCK = threading.Lock()
 
 _LIST_TABLES = (
     "SELECT name, type FROM sqlite_master WHERE type IN ('table', 'view') "
@@ -142,10 +141,9 @@ class SqliteDialect(Dialect):
         return {"autocommit": False}
 
     def connect(self, connection_string: str) -> pyodbc.Connection:
-        # One SQLite connect at a time in the process: the open runs our native hook and the driver's own
-        # set-up; connects are rare (start-up, recovery), so serialising them costs nothing and rules out
-        # the two racing (a crash inside concurrent connects was seen once in the test suite).
-        with _CONNECT_LOCK, _native.capture():
+        # The pool connects one connection at a time (app.db.pool.DRIVER_LIFECYCLE_LOCK), so the thread-local
+        # capture below sees this connection's handle and no other.
+        with _native.capture():
             conn = pyodbc.connect(connection_string, **self.connect_kwargs())
             locked = _native.lock_down(self.value_limit_bytes())
         if not locked:
