@@ -8,15 +8,14 @@ DELETE on Streamable HTTP and for legacy SSE messages; the owner's refreshed tok
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.fixtures.auth import OAuth
+from tests.fixtures.sse import legacy_sse_stream
 
 ACCEPT_BOTH = "application/json, text/event-stream"
 INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
@@ -103,34 +102,9 @@ async def test_another_users_token_gets_404_on_a_streamable_session(signed_in: d
     assert gone.status == 404
 
 
-@contextlib.asynccontextmanager
-async def _sse_stream(oauth: OAuth, token: str) -> AsyncIterator[tuple[str, asyncio.Queue[dict[str, Any]]]]:
-    """Open GET /sse; yields (messages URL, queue of JSON-RPC messages read from the stream)."""
-    messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    async with oauth.http.get("/sse", headers={"Authorization": f"Bearer {token}",
-                                               "Accept": "text/event-stream"}) as resp:
-        assert resp.status == 200
-        endpoint: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-        async def read() -> None:
-            event = None
-            async for raw in resp.content:
-                line = raw.decode().rstrip("\r\n")
-                if line.startswith("event: "):
-                    event = line[7:]
-                elif line.startswith("data: "):
-                    if event == "endpoint":
-                        endpoint.set_result(line[6:])
-                    else:
-                        messages.put_nowait(json.loads(line[6:]))
-
-        reader = asyncio.create_task(read())
-        try:
-            yield await asyncio.wait_for(endpoint, 5), messages
-        finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+def _sse_stream(oauth: OAuth, token: str) -> Any:
+    """Open GET /sse as the holder of `token`; yields (messages URL, queue of JSON-RPC messages)."""
+    return legacy_sse_stream(oauth.http, "/sse", {"Authorization": f"Bearer {token}"})
 
 
 async def test_another_users_token_gets_404_on_a_legacy_sse_session(signed_in: dict[str, Any]) -> None:

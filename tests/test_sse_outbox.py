@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 
 from tests.fixtures.obs import CapturedLogs
+from tests.fixtures.sse import legacy_sse_stream
 
 ANSWER_BYTES = 100_000
 STREAM_MAX_BYTES = 1_048_576
@@ -125,29 +126,8 @@ def _call(request_id: int, name: str, arguments: dict[str, Any], progress: bool 
 @contextlib.asynccontextmanager
 async def _reading_sse_client(http: aiohttp.ClientSession, url: str) -> AsyncIterator[tuple[str, asyncio.Queue]]:
     """A well-behaved legacy SSE client: reads every event as it arrives."""
-    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    async with http.get(url + "/sse", headers={"Accept": "text/event-stream"}) as resp:
-        endpoint: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-        async def read() -> None:
-            event = None
-            async for raw in resp.content:
-                line = raw.decode().rstrip("\r\n")
-                if line.startswith("event: "):
-                    event = line[7:]
-                elif line.startswith("data: "):
-                    if event == "endpoint":
-                        endpoint.set_result(line[6:])
-                    else:
-                        inbox.put_nowait(json.loads(line[6:]))
-
-        reader = asyncio.create_task(read())
-        try:
-            yield url + await asyncio.wait_for(endpoint, 5), inbox
-        finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+    async with legacy_sse_stream(http, url + "/sse") as (endpoint, inbox):
+        yield url + endpoint, inbox
 
 
 async def _post(http: aiohttp.ClientSession, url: str, body: Any, **headers: str) -> tuple[int, Any]:
