@@ -26,14 +26,11 @@ ALLOWED_GROWTH = 64 * 1024 * 1024 + BYTE_CAP
 _CHILD = textwrap.dedent("""
     import asyncio, json, sys
     from tests.fixtures.databases import open_database
+    from tests.fixtures.memory import status_bytes
     from app.db.types import DatabaseError
 
     def peak() -> int:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmHWM")
+        return status_bytes("VmHWM")
 
     async def main() -> None:
         overrides, sql = json.loads(sys.argv[1]), sys.argv[2]
@@ -146,13 +143,10 @@ _TOOL_CHILD = textwrap.dedent("""
     from aiohttp.test_utils import TestClient, TestServer
     from app.settings import load_settings
     from app.web import create_app
+    from tests.fixtures.memory import status_bytes
 
     def peak() -> int:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmHWM")
+        return status_bytes("VmHWM")
 
     HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
 

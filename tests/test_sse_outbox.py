@@ -19,20 +19,13 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.fixtures.memory import status_bytes
 from tests.fixtures.obs import CapturedLogs
 from tests.fixtures.sse import legacy_sse_stream
 
 ANSWER_BYTES = 100_000
 STREAM_MAX_BYTES = 1_048_576
 CALLS = 300
-
-
-def _vm_rss_bytes() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")  # pragma: no cover - Linux only
 
 
 def _tools(cancelled: asyncio.Event) -> list[Any]:
@@ -154,7 +147,7 @@ async def test_a_legacy_sse_client_that_stops_reading_is_dropped_and_memory_stay
         for n in range(5):  # warm up allocator and code paths before measuring
             await _post(http, good_url, _call(100 + n, "blob", {"n": n}))
             await asyncio.wait_for(good_inbox.get(), 5)
-        baseline = _vm_rss_bytes()
+        baseline = status_bytes("VmRSS")
 
         statuses: list[int] = []
         good_answers = 0
@@ -167,7 +160,7 @@ async def test_a_legacy_sse_client_that_stops_reading_is_dropped_and_memory_stay
             answer = await asyncio.wait_for(good_inbox.get(), 5)  # the reading client is served throughout
             assert answer["id"] == 1000 + start and not answer["result"].get("isError")
             good_answers += 1
-        grown = _vm_rss_bytes() - baseline
+        grown = status_bytes("VmRSS") - baseline
 
         # Unbounded, 300 answers of ~200 kB each (text + structuredContent) would have stayed queued: ~60 MB.
         assert grown < 24 * 1024 * 1024, f"VmRSS grew by {grown / 2**20:.1f} MiB"
