@@ -14,7 +14,6 @@ with the METRICS_TOKEN bearer or a valid access token for this surface.
 
 from __future__ import annotations
 
-import hmac
 from pathlib import PurePath
 from typing import Any
 
@@ -23,6 +22,7 @@ from aiohttp import web
 
 from . import __version__, keys
 from .mcp.server import HANDSHAKE_VERSIONS
+from .obs import bearer_matches
 
 log = structlog.get_logger(__name__)
 
@@ -76,19 +76,13 @@ def _public(database: dict[str, Any]) -> dict[str, Any]:
     return shown
 
 
-def _bearer(request: web.Request) -> str | None:
-    scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
-    credentials = credentials.strip()
-    return credentials if scheme.lower() == "bearer" and credentials else None
-
-
 async def may_see_details(request: web.Request) -> bool:
     """The METRICS_TOKEN bearer, or an access token the MCP endpoint of this surface would accept."""
-    token = _bearer(request)
-    if token is None:
-        return False
+    scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        return False  # no bearer at all: the public answer, without counting a rejected token
     metrics_token = getattr(request.app.get(keys.SETTINGS), "metrics_token", "")
-    if metrics_token and hmac.compare_digest(token.encode(), metrics_token.encode()):
+    if metrics_token and bearer_matches(request, metrics_token):
         return True
     authenticator = request.app.get(keys.AUTHENTICATOR)
     if authenticator is None:

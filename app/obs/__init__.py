@@ -161,7 +161,8 @@ def metrics_response(app: web.Application) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
 
 
-def _bearer_matches(request: web.Request, expected: str) -> bool:
+def bearer_matches(request: web.Request, expected: str) -> bool:
+    """The request carries `Authorization: Bearer <expected>` (compared in constant time)."""
     header = request.headers.get("Authorization", "")
     scheme, _, credentials = header.partition(" ")
     if scheme.lower() != "bearer" or not credentials:
@@ -170,7 +171,7 @@ def _bearer_matches(request: web.Request, expected: str) -> bool:
 
 
 async def _main_port_metrics(request: web.Request) -> web.Response:
-    if not _bearer_matches(request, request.app[keys.SETTINGS].metrics_token):
+    if not bearer_matches(request, request.app[keys.SETTINGS].metrics_token):
         raise web.HTTPUnauthorized(headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
                                    text="metrics need a bearer token\n")
     return metrics_response(request.app)
