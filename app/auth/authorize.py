@@ -8,7 +8,6 @@ pending request and to a cookie of the browser that started it.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import re
 import time
@@ -34,10 +33,10 @@ from .common import (
     sha256_hex,
 )
 from .pages import consent_page, error_page, login_page
-from .passwords import verify_password
 from .redirects import RedirectUriError, check_redirect_uri, redirect_host_label, redirect_matches
+from .signin import check_password
 from .state import AuthState, auth_state
-from .store import AuthStore, LoginPolicy
+from .store import AuthStore
 
 log = structlog.get_logger(__name__)
 
@@ -225,7 +224,6 @@ async def _show_consent(state: AuthState, pending: dict[str, Any], user: dict[st
 
 async def _login(request: web.Request, state: AuthState, pending: dict[str, Any],
                  form: dict[str, Any]) -> web.Response:
-    settings, metrics = state.settings, state.metrics
     username = form.get("username", "").strip()[:200]
     password = form.get("password", "")
     address = client_address(request)
@@ -237,31 +235,19 @@ async def _login(request: web.Request, state: AuthState, pending: dict[str, Any]
 
     if not username or not password:
         return again("Enter your username and password.", 400)
-    policy = LoginPolicy.from_settings(settings)
-    # Reserve the attempt first (counted as a failure until the password proves right): the check and
-    # the count are one transaction, so a burst of parallel guesses cannot all be evaluated.
-    verdict, until = await state.store.call(AuthStore.reserve_login_attempt, username, address, policy)
-    if verdict != "ok":
-        metrics.login_failures.labels("throttled").inc()
-        log.warning("auth.login_throttled", address=address, verdict=verdict)
-        wait = max(1, round(until - time.time()))
-        if verdict == "slowed":
+    checked = await check_password(state, username, password, address, event_prefix="auth")
+    if checked.throttled:
+        wait = max(1, round(checked.until - time.time()))
+        if checked.throttled == "slowed":
             message = f"Too many failed sign-ins for this user. Wait {wait} second(s) and try again."
         else:
             message = f"Too many failed sign-ins. Try again in about {max(1, round(wait / 60))} minute(s)."
         response = again(message, 429)
         response.headers["Retry-After"] = str(wait)
         return response
-    user = await state.store.call(AuthStore.get_user_by_name, username)
-    # argon2 takes tens of milliseconds: off the event loop, and off the store's thread too.
-    ok = await asyncio.to_thread(verify_password, user["password_hash"] if user else None, password)
-    if not ok or user is None:
-        reason = "unknown_user" if user is None else "bad_password"
-        metrics.login_failures.labels(reason).inc()  # already counted by the reservation
-        log.warning("auth.login_failed", reason=reason, username=user["username"] if user else None,
-                    address=address)
+    user = checked.user
+    if user is None:
         return again("Wrong username or password.", 401)
-    await state.store.call(AuthStore.release_login_attempt, username, address, policy)
     log.info("auth.login", username=user["username"], client_id=pending["params"]["client_id"])
     return await _show_consent(state, pending, user)
 

@@ -11,7 +11,6 @@ changed role ends the session. API clients with a bearer token never use it.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hmac
 import json
@@ -32,9 +31,9 @@ from .. import keys
 from ..urls import base_url
 from .common import client_address, new_secret, parse_form, read_limited_body
 from .pages import PAGE_HEADERS, _page
-from .passwords import verify_password
+from .signin import check_password
 from .statekey import StateKeyError
-from .store import AuthStore, LoginPolicy
+from .store import AuthStore
 
 log = structlog.get_logger(__name__)
 
@@ -177,21 +176,15 @@ async def signin_post(request: web.Request) -> web.StreamResponse:
 
     if not username or not password:
         return again("Enter your username and password.", 400)
-    policy = LoginPolicy.from_settings(state.settings)
-    address = client_address(request)
-    verdict, until = await state.store.call(AuthStore.reserve_login_attempt, username, address, policy)
-    if verdict != "ok":
-        state.metrics.login_failures.labels("throttled").inc()
-        response = again(f"Too many failed sign-ins. Try again in {max(1, round(until - time.time()))} s.", 429)
-        response.headers["Retry-After"] = str(max(1, round(until - time.time())))
+    checked = await check_password(state, username, password, client_address(request), event_prefix="records")
+    if checked.throttled:
+        wait = max(1, round(checked.until - time.time()))
+        response = again(f"Too many failed sign-ins. Try again in {wait} s.", 429)
+        response.headers["Retry-After"] = str(wait)
         return response
-    user = await state.store.call(AuthStore.get_user_by_name, username)
-    ok = await asyncio.to_thread(verify_password, user["password_hash"] if user else None, password)
-    if not ok or user is None:
-        state.metrics.login_failures.labels("unknown_user" if user is None else "bad_password").inc()
-        log.warning("records.login_failed", address=address)
+    user = checked.user
+    if user is None:
         return again("Wrong username or password.", 401)
-    await state.store.call(AuthStore.release_login_attempt, username, address, policy)
     if user["role"] not in allowed_roles(request):
         log.info("records.no_access", username=user["username"], role=user["role"])
         return no_access_page(f"You are signed in as {user['username']} ({user['role']}), and that role may not "
