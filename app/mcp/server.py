@@ -18,7 +18,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from jsonschema import Draft202012Validator
@@ -120,6 +120,21 @@ class CallEnv:
     envelope: Envelope | None = None  # set for 2026-07-28 requests
     # Delivers a notification related to this request (progress, log). None drops them.
     emit: Callable[[dict[str, Any]], Any] | None = None
+
+
+T = TypeVar("T")
+
+
+def _named(registry: Mapping[str, T], params: dict[str, Any], kind: str) -> T:
+    """The tool or prompt `params["name"]` names; invalid params (naming what exists) otherwise."""
+    name = params.get("name")
+    if not isinstance(name, str):
+        raise JsonRpcError(INVALID_PARAMS, f'Invalid params: "name" (the {kind} name) must be a string')
+    found = registry.get(name)
+    if found is None:
+        raise JsonRpcError(INVALID_PARAMS, f"Unknown {kind}: {_shown(name)!r}. Available {kind}s: "
+                           f"{', '.join(registry) or '(none)'}.")
+    return found
 
 
 def _shown(value: Any) -> str:
@@ -639,13 +654,8 @@ class McpServer:
         return self._cached(self._page(self._prompts_list["prompts"], params, "prompts"), env, CACHE_TTL_MS)
 
     async def _prompts_get(self, params: dict[str, Any], env: CallEnv, request_id: RequestId | None) -> Any:
-        name = params.get("name")
-        if not isinstance(name, str):
-            raise JsonRpcError(INVALID_PARAMS, 'Invalid params: "name" (the prompt name) must be a string')
-        prompt = self._prompts.get(name)
-        if prompt is None:
-            raise JsonRpcError(INVALID_PARAMS, f"Unknown prompt: {_shown(name)!r}. Available prompts: "
-                               f"{', '.join(self._prompts)}.")
+        prompt = _named(self._prompts, params, "prompt")
+        name = prompt.name
         arguments = params.get("arguments") or {}
         if not isinstance(arguments, dict) or not all(isinstance(v, str) for v in arguments.values()):
             raise JsonRpcError(INVALID_PARAMS, 'Invalid params: "arguments" must map argument names to strings')
@@ -699,13 +709,8 @@ class McpServer:
 
     # -- tools -------------------------------------------------------------------------------------
     async def _tools_call(self, params: dict[str, Any], env: CallEnv, request_id: RequestId | None) -> Any:
-        name = params.get("name")
-        if not isinstance(name, str):
-            raise JsonRpcError(INVALID_PARAMS, 'Invalid params: "name" (the tool name) must be a string')
-        tool = self._tools.get(name)
-        if tool is None:
-            raise JsonRpcError(INVALID_PARAMS, f"Unknown tool: {_shown(name)!r}. Available tools: "
-                               f"{', '.join(self._tools) or '(none)'}.")
+        tool = _named(self._tools, params, "tool")
+        name = tool.name
         if tool.required_client_capabilities:
             self._require_client_capabilities(tool, env)
         arguments = params.get("arguments")
