@@ -22,6 +22,7 @@ test: deps lint ## install everything and run the test suite
 
 lint: deps
 	$(BIN)/ruff check app tests bench
+	$(BIN)/ruff format --check app tests bench
 
 deps: system-deps $(PIP_STAMP)
 

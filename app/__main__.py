@@ -25,14 +25,22 @@ def _serve(settings: Settings, banner: str | None = None) -> int:
     text = banner or f"MSSQL MCP Server listening on http://{shown_host}:{settings.port}"
     try:
         # run_app calls `print` once its listeners are bound, so the banner never announces a port we lack.
-        web.run_app(app, host=settings.host, port=settings.port, print=lambda _: print(text, flush=True),
-                    access_log=None, handle_signals=True)
+        web.run_app(
+            app,
+            host=settings.host,
+            port=settings.port,
+            print=lambda _: print(text, flush=True),
+            access_log=None,
+            handle_signals=True,
+        )
     except OSError as exc:
         if exc.errno not in _BIND_ERRORS:
             raise
-        print(f"cannot listen on {settings.host}:{settings.port}: {os.strerror(exc.errno or 0).lower()} "
-              "(is another server using it? set HOST and PORT)",
-              file=sys.stderr)
+        print(
+            f"cannot listen on {settings.host}:{settings.port}: {os.strerror(exc.errno or 0).lower()} "
+            "(is another server using it? set HOST and PORT)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -50,7 +58,10 @@ def _demo(args: argparse.Namespace) -> int:
     settings = load_settings(
         env_file=None,
         environ={k: v for k, v in os.environ.items() if k in {"PORT", "METRICS_PORT", "LOG_LEVEL", "LOG_FORMAT"}},
-        db_backend="sqlite", sqlite_path=str(db_path), host="127.0.0.1", metrics_host="127.0.0.1",
+        db_backend="sqlite",
+        sqlite_path=str(db_path),
+        host="127.0.0.1",
+        metrics_host="127.0.0.1",
         data_dir=str(db_path.parent),
     )
     login = ensure_demo_user(settings)
@@ -92,8 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     users.add_argument("users_args", nargs=argparse.REMAINDER)
     settings_cmd = sub.add_parser("settings", help="print every setting with its default and meaning")
     settings_cmd.add_argument("--markdown", action="store_true", help="as the Markdown table in README.md")
-    doctor = sub.add_parser("doctor", help="check the configured database from this machine: connection, TLS, "
-                            "permissions, catalog, types, time limits (exit 1 when a check fails)")
+    doctor = sub.add_parser(
+        "doctor",
+        help="check the configured database from this machine: connection, TLS, "
+        "permissions, catalog, types, time limits (exit 1 when a check fails)",
+    )
     doctor.add_argument("--json", action="store_true", help="the report as JSON (keys: name, status, detail, hint)")
     doctor.add_argument("--strict", action="store_true", help="warnings fail too")
     args = parser.parse_args(argv)

@@ -137,48 +137,135 @@ CATEGORIES = [
 # (noun, base price) per category, in CATEGORIES order.
 PRODUCT_NOUNS = [
     [("Ultrabook 13", 1099), ("Workstation 15", 1899), ("Chromebook 14", 349), ("Gaming Laptop 17", 1599)],
-    [("Monitor 24\" FHD", 159), ("Monitor 27\" QHD", 299), ("Monitor 32\" 4K", 549), ("Ultrawide 34\"", 699)],
+    [('Monitor 24" FHD', 159), ('Monitor 27" QHD', 299), ('Monitor 32" 4K', 549), ('Ultrawide 34"', 699)],
     [("Mechanical Keyboard", 119), ("Wireless Keyboard", 59), ("Compact Keyboard", 79)],
     [("Wireless Mouse", 29), ("Ergonomic Mouse", 69), ("Trackball", 89), ("Gaming Mouse", 59)],
     [("Noise-Cancelling Headphones", 249), ("USB Microphone", 129), ("Bluetooth Speaker", 79), ("Earbuds", 99)],
     [("NVMe SSD 1TB", 89), ("NVMe SSD 2TB", 159), ("Portable HDD 4TB", 109), ("microSD 256GB", 29)],
     [("Wi-Fi 6 Router", 149), ("8-port Switch", 39), ("Mesh Access Point", 119)],
-    [("Cable 2m \"USB-C <-> USB-A\"", 12), ("HDMI Cable 2m", 9), ("USB-C Hub 7-in-1", 49), ("DisplayPort Cable", 15)],
+    [('Cable 2m "USB-C <-> USB-A"', 12), ("HDMI Cable 2m", 9), ("USB-C Hub 7-in-1", 49), ("DisplayPort Cable", 15)],
     [("Standing Desk", 499), ("Office Chair", 329), ("LED Desk Lamp", 45)],
     [("Laptop Sleeve", 25), ("Monitor Arm", 89), ("Laptop Stand", 39), ("Webcam Cover (3-pack)", 6)],
 ]
 BRANDS = ["Northwind", "Contoso", "Fabrikam", "Tailspin", "Adatum", "Litware", "Proseware", "Wingtip"]
 
 SUPPLIER_NAMES = [
-    ("Northwind Traders", "US"), ("Contoso Ltd", "GB"), ("Fabrikam GmbH", "DE"), ("Tailspin Toys", "US"),
-    ("Adatum Corporation", "CA"), ("Litware Inc.", "US"), ("Proseware S.A.", "FR"), ("Wingtip Oy", "FI"),
-    ("Lucerne Publishing", "CH"), ("Margie's Travel", "AU"), ("Trey Research", "NL"), ("Woodgrove & Co", "JP"),
+    ("Northwind Traders", "US"),
+    ("Contoso Ltd", "GB"),
+    ("Fabrikam GmbH", "DE"),
+    ("Tailspin Toys", "US"),
+    ("Adatum Corporation", "CA"),
+    ("Litware Inc.", "US"),
+    ("Proseware S.A.", "FR"),
+    ("Wingtip Oy", "FI"),
+    ("Lucerne Publishing", "CH"),
+    ("Margie's Travel", "AU"),
+    ("Trey Research", "NL"),
+    ("Woodgrove & Co", "JP"),
 ]
 
 FIRST_NAMES = [
-    "Ada", "Alan", "Grace", "Linus", "Margaret", "Dennis", "Barbara", "Ken", "Frances", "Edsger", "Radia",
-    "Tim", "Hedy", "Donald", "Katherine", "John", "Sophie", "José", "Zoë", "Łukasz", "Søren", "Chloé",
-    "Mateo", "Aisha", "Hiroshi", "Priya", "Olu", "Ingrid", "Noah", "Mia", "Liam", "Emma", "Yusuf", "Elena",
+    "Ada",
+    "Alan",
+    "Grace",
+    "Linus",
+    "Margaret",
+    "Dennis",
+    "Barbara",
+    "Ken",
+    "Frances",
+    "Edsger",
+    "Radia",
+    "Tim",
+    "Hedy",
+    "Donald",
+    "Katherine",
+    "John",
+    "Sophie",
+    "José",
+    "Zoë",
+    "Łukasz",
+    "Søren",
+    "Chloé",
+    "Mateo",
+    "Aisha",
+    "Hiroshi",
+    "Priya",
+    "Olu",
+    "Ingrid",
+    "Noah",
+    "Mia",
+    "Liam",
+    "Emma",
+    "Yusuf",
+    "Elena",
 ]
 LAST_NAMES = [
-    "Lovelace", "Turing", "Hopper", "Torvalds", "Hamilton", "Ritchie", "Liskov", "Thompson", "Allen",
-    "Dijkstra", "Perlman", "Berners-Lee", "Lamarr", "Knuth", "Johnson", "McCarthy", "Wilson", "García",
-    "Müller", "Kowalski", "Kierkegaard", "Dubois", "Rossi", "Khan", "Tanaka", "Patel", "Adeyemi",
-    "Larsen", "O'Brien", "Nguyen", "Schmidt", "Silva",
+    "Lovelace",
+    "Turing",
+    "Hopper",
+    "Torvalds",
+    "Hamilton",
+    "Ritchie",
+    "Liskov",
+    "Thompson",
+    "Allen",
+    "Dijkstra",
+    "Perlman",
+    "Berners-Lee",
+    "Lamarr",
+    "Knuth",
+    "Johnson",
+    "McCarthy",
+    "Wilson",
+    "García",
+    "Müller",
+    "Kowalski",
+    "Kierkegaard",
+    "Dubois",
+    "Rossi",
+    "Khan",
+    "Tanaka",
+    "Patel",
+    "Adeyemi",
+    "Larsen",
+    "O'Brien",
+    "Nguyen",
+    "Schmidt",
+    "Silva",
 ]
 CITIES = [
-    ("Seattle", "US"), ("Austin", "US"), ("New York", "US"), ("Toronto", "CA"), ("London", "GB"),
-    ("Manchester", "GB"), ("Berlin", "DE"), ("München", "DE"), ("Paris", "FR"), ("Lyon", "FR"),
-    ("Madrid", "ES"), ("Milano", "IT"), ("Warszawa", "PL"), ("København", "DK"), ("Stockholm", "SE"),
-    ("Amsterdam", "NL"), ("Zürich", "CH"), ("Tokyo", "JP"), ("Sydney", "AU"), ("São Paulo", "BR"),
+    ("Seattle", "US"),
+    ("Austin", "US"),
+    ("New York", "US"),
+    ("Toronto", "CA"),
+    ("London", "GB"),
+    ("Manchester", "GB"),
+    ("Berlin", "DE"),
+    ("München", "DE"),
+    ("Paris", "FR"),
+    ("Lyon", "FR"),
+    ("Madrid", "ES"),
+    ("Milano", "IT"),
+    ("Warszawa", "PL"),
+    ("København", "DK"),
+    ("Stockholm", "SE"),
+    ("Amsterdam", "NL"),
+    ("Zürich", "CH"),
+    ("Tokyo", "JP"),
+    ("Sydney", "AU"),
+    ("São Paulo", "BR"),
 ]
 ORDER_NOTES = [
-    "Leave at the front desk", "Gift wrap, please", "Call before delivery", "Deliver after 5 pm",
-    "Invoice to accounts@company", "Fragile: contains a monitor",
+    "Leave at the front desk",
+    "Gift wrap, please",
+    "Call before delivery",
+    "Deliver after 5 pm",
+    "Invoice to accounts@company",
+    "Fragile: contains a monitor",
 ]
 # Weighted so that most orders are finished and a few are still open.
-STATUSES = ["delivered"] * 60 + ["shipped"] * 12 + ["paid"] * 8 + ["pending"] * 6 + ["cancelled"] * 8 + [
-    "returned"] * 6
+STATUSES = ["delivered"] * 60 + ["shipped"] * 12 + ["paid"] * 8 + ["pending"] * 6 + ["cancelled"] * 8 + ["returned"] * 6
 
 
 def _money(value: float) -> float:
@@ -202,19 +289,21 @@ def _generate(rng: random.Random) -> dict[str, list[tuple]]:
         brand = rng.choice(BRANDS)
         price = _money(base * rng.uniform(0.85, 1.25) - 0.01) if base > 10 else _money(base - 0.01)
         thumbnail = bytes([0x89, 0x50, 0x4E, 0x47, product_id % 256, rng.randrange(256)]) if product_id % 3 else None
-        products.append((
-            product_id,
-            f"{brand[:3].upper()}-{category_index + 1:02d}-{product_id:04d}",
-            f"{brand} {noun}",
-            category_index + 1,
-            None if product_id % 17 == 0 else rng.randint(1, len(SUPPLIER_NAMES)),
-            price,
-            rng.choice([0, 0, rng.randint(1, 20), rng.randint(20, 400)]),
-            round(rng.uniform(0.02, 25.0), 3) if category_index in (0, 1, 8) else round(rng.uniform(0.01, 2.5), 3),
-            1 if rng.random() < 0.08 else 0,
-            thumbnail,
-            (start + timedelta(days=rng.randint(0, 1000))).isoformat(),
-        ))
+        products.append(
+            (
+                product_id,
+                f"{brand[:3].upper()}-{category_index + 1:02d}-{product_id:04d}",
+                f"{brand} {noun}",
+                category_index + 1,
+                None if product_id % 17 == 0 else rng.randint(1, len(SUPPLIER_NAMES)),
+                price,
+                rng.choice([0, 0, rng.randint(1, 20), rng.randint(20, 400)]),
+                round(rng.uniform(0.02, 25.0), 3) if category_index in (0, 1, 8) else round(rng.uniform(0.01, 2.5), 3),
+                1 if rng.random() < 0.08 else 0,
+                thumbnail,
+                (start + timedelta(days=rng.randint(0, 1000))).isoformat(),
+            )
+        )
     data["products"] = products
 
     customers: list[tuple] = []
@@ -223,14 +312,22 @@ def _generate(rng: random.Random) -> dict[str, list[tuple]]:
         city, country = rng.choice(CITIES)
         local = f"{first}.{last}".lower().replace("'", "").replace(" ", "")
         local = local.encode("ascii", "ignore").decode() or "customer"
-        customers.append((
-            customer_id, first, last, f"{local}.{customer_id}@example.com",
-            None if rng.random() < 0.25 else f"+{rng.randint(1, 99)} {rng.randint(100, 999)} {rng.randint(1000, 9999)}",
-            city, country,
-            (date(2020, 1, 1) + timedelta(days=rng.randint(0, 1500))).isoformat(),
-            rng.choice([0, 0, rng.randint(10, 500), rng.randint(500, 5000)]),
-            0 if rng.random() < 0.07 else 1,
-        ))
+        customers.append(
+            (
+                customer_id,
+                first,
+                last,
+                f"{local}.{customer_id}@example.com",
+                None
+                if rng.random() < 0.25
+                else f"+{rng.randint(1, 99)} {rng.randint(100, 999)} {rng.randint(1000, 9999)}",
+                city,
+                country,
+                (date(2020, 1, 1) + timedelta(days=rng.randint(0, 1500))).isoformat(),
+                rng.choice([0, 0, rng.randint(10, 500), rng.randint(500, 5000)]),
+                0 if rng.random() < 0.07 else 1,
+            )
+        )
     data["customers"] = customers
 
     orders: list[tuple] = []
@@ -247,19 +344,31 @@ def _generate(rng: random.Random) -> dict[str, list[tuple]]:
         if status in ("shipped", "delivered", "returned"):
             shipped_at = (ordered_at + timedelta(hours=rng.randint(4, 96))).isoformat(sep=" ")
         ship_city, ship_country = (customer[5], customer[6]) if rng.random() < 0.9 else rng.choice(CITIES)
-        orders.append((
-            order_id, customer[0], ordered_at.isoformat(sep=" "), status, shipped_at,
-            rng.choice([0.0, 0.0, 4.99, 9.99, 14.5]), ship_city, ship_country,
-            rng.choice(ORDER_NOTES) if rng.random() < 0.12 else None,
-        ))
+        orders.append(
+            (
+                order_id,
+                customer[0],
+                ordered_at.isoformat(sep=" "),
+                status,
+                shipped_at,
+                rng.choice([0.0, 0.0, 4.99, 9.99, 14.5]),
+                ship_city,
+                ship_country,
+                rng.choice(ORDER_NOTES) if rng.random() < 0.12 else None,
+            )
+        )
         chosen = rng.sample(products, k=rng.choice([1, 1, 2, 2, 3, 3, 4, 5]))
         for line_number, product in enumerate(chosen, start=1):
-            lines.append((
-                order_id, line_number, product[0],
-                rng.choice([1, 1, 1, 2, 2, 3, 5, 10]),
-                product[5],
-                rng.choice([0.0, 0.0, 0.0, 0.05, 0.1, 0.15]),
-            ))
+            lines.append(
+                (
+                    order_id,
+                    line_number,
+                    product[0],
+                    rng.choice([1, 1, 1, 2, 2, 3, 5, 10]),
+                    product[5],
+                    rng.choice([0.0, 0.0, 0.0, 0.05, 0.1, 0.15]),
+                )
+            )
     data["orders"] = orders
     data["order_lines"] = lines
 

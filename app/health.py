@@ -42,8 +42,11 @@ def database_name(settings: Any) -> str | None:
                 name = value.strip().strip("{}")
     else:
         backend = getattr(settings, "db_backend", "")
-        name = {"mssql": getattr(settings, "mssql_database", ""), "postgres": getattr(settings, "pg_database", ""),
-                "sqlite": getattr(settings, "sqlite_path", "")}.get(backend)
+        name = {
+            "mssql": getattr(settings, "mssql_database", ""),
+            "postgres": getattr(settings, "pg_database", ""),
+            "sqlite": getattr(settings, "sqlite_path", ""),
+        }.get(backend)
     if not name:
         return None
     if "/" in name or "\\" in name or name.startswith("file:"):  # a file path (SQLite): its file name

@@ -27,8 +27,12 @@ def _is_api(path: str) -> bool:
     return _is_mcp(path) or path.endswith(_API_SUFFIXES) or path.startswith(_API_PREFIXES)
 
 
-def _json_error(request: web.Request, status: int, message: str, headers: dict[str, str] | None = None,
-                ) -> web.Response:
+def _json_error(
+    request: web.Request,
+    status: int,
+    message: str,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
     if _is_mcp(request.path):
         body = {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": message}}
     else:

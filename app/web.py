@@ -50,13 +50,24 @@ def _mcp_servers(app: web.Application, resources: DatabaseResources) -> dict[str
     # Inspector and other clients pointed at /chatgpt/mcp can use them); prompts name each surface's tools.
     chatgpt_steps = "claude" if settings.chatgpt_include_claude_tools else "chatgpt"
     return {
-        CLAUDE_PREFIX: McpServer(name="mssql-mcp", version=__version__, tools=claude, metrics=metrics,
-                                 instructions=build_instructions(settings, "claude"), resources=resources,
-                                 prompts=catalog_prompts(database, settings, resources, "claude")),
-        CHATGPT_PREFIX: McpServer(name="mssql-mcp-chatgpt", version=__version__, tools=chatgpt,
-                                  metrics=metrics, instructions=build_instructions(settings, "chatgpt"),
-                                  resources=resources,
-                                  prompts=catalog_prompts(database, settings, resources, chatgpt_steps)),
+        CLAUDE_PREFIX: McpServer(
+            name="mssql-mcp",
+            version=__version__,
+            tools=claude,
+            metrics=metrics,
+            instructions=build_instructions(settings, "claude"),
+            resources=resources,
+            prompts=catalog_prompts(database, settings, resources, "claude"),
+        ),
+        CHATGPT_PREFIX: McpServer(
+            name="mssql-mcp-chatgpt",
+            version=__version__,
+            tools=chatgpt,
+            metrics=metrics,
+            instructions=build_instructions(settings, "chatgpt"),
+            resources=resources,
+            prompts=catalog_prompts(database, settings, resources, chatgpt_steps),
+        ),
     }
 
 

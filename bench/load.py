@@ -95,11 +95,14 @@ class Client:
         return result, len(body)
 
     async def initialize(self) -> dict[str, Any]:
-        result, _ = await self.request("initialize", {
-            "protocolVersion": PROTOCOL_VERSION,
-            "capabilities": {},
-            "clientInfo": {"name": "mcp-bench", "version": "1.0"},
-        })
+        result, _ = await self.request(
+            "initialize",
+            {
+                "protocolVersion": PROTOCOL_VERSION,
+                "capabilities": {},
+                "clientInfo": {"name": "mcp-bench", "version": "1.0"},
+            },
+        )
         self.headers["MCP-Protocol-Version"] = result.get("protocolVersion", PROTOCOL_VERSION)
         resp, body = await self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
         if resp.status not in (200, 202, 204):
@@ -115,8 +118,9 @@ class Client:
         return size
 
 
-async def _worker(client: Client, tool: str, arguments: dict[str, Any], window: tuple[float, float],
-                  stats: Stats) -> None:
+async def _worker(
+    client: Client, tool: str, arguments: dict[str, Any], window: tuple[float, float], stats: Stats
+) -> None:
     measure_start, measure_end = window
     while (started := time.perf_counter()) < measure_end:
         try:
@@ -141,8 +145,9 @@ def _percentile(ordered: list[float], q: float) -> float:
     return ordered[index] * 1000
 
 
-async def run(url: str, tool: str, arguments: dict[str, Any], concurrency: int, duration: float,
-              warmup: float, timeout: float) -> dict[str, Any]:
+async def run(
+    url: str, tool: str, arguments: dict[str, Any], concurrency: int, duration: float, warmup: float, timeout: float
+) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as http:
         clients = [Client(http, url) for _ in range(concurrency)]
@@ -204,8 +209,11 @@ def parse_load_arguments(parser: argparse.ArgumentParser, argv: list[str] | None
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_load_arguments(load_arguments(__doc__.splitlines()[0]), argv)
-    report = asyncio.run(run(args.url, args.tool, {args.arg_name: args.query}, args.concurrency,
-                             args.duration, args.warmup, args.timeout))
+    report = asyncio.run(
+        run(
+            args.url, args.tool, {args.arg_name: args.query}, args.concurrency, args.duration, args.warmup, args.timeout
+        )
+    )
     json.dump(report, sys.stdout)
     print()
     return 0

@@ -28,9 +28,24 @@ async def record(pid: int, duration: float, out: Path, rate: int = 250, gil_only
         raise RuntimeError(f"py-spy is not installed at {PY_SPY} (make bench-profiler)")
     out.parent.mkdir(parents=True, exist_ok=True)
     proc = await asyncio.create_subprocess_exec(
-        str(PY_SPY), "record", "--pid", str(pid), "--duration", str(int(duration)), "--rate", str(rate),
-        "--format", "raw", "--full-filenames", "--nonblocking", "--output", str(out), *(["--gil"] if gil_only else []),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        str(PY_SPY),
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(int(duration)),
+        "--rate",
+        str(rate),
+        "--format",
+        "raw",
+        "--full-filenames",
+        "--nonblocking",
+        "--output",
+        str(out),
+        *(["--gil"] if gil_only else []),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         _, err = await asyncio.wait_for(proc.communicate(), timeout=duration + 60)
     finally:

@@ -90,9 +90,15 @@ def _ours_env(port: int, db: Path, tmp: Path) -> dict[str, str]:
     # flags), no separate /metrics listener, loopback. Logging stays at INFO (one audit line per call) as
     # in production; it goes to a file.
     env = {
-        "DB_BACKEND": "sqlite", "SQLITE_PATH": str(db), "HOST": "127.0.0.1", "PORT": str(port),
-        "ALLOW_UNAUTH_METHODS": "true", "ALLOW_UNAUTH_TOOLS_CALL": "true", "METRICS_PORT": "0",
-        "DATA_DIR": str(tmp / "ours-data"), "LOG_FORMAT": "json",
+        "DB_BACKEND": "sqlite",
+        "SQLITE_PATH": str(db),
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "ALLOW_UNAUTH_METHODS": "true",
+        "ALLOW_UNAUTH_TOOLS_CALL": "true",
+        "METRICS_PORT": "0",
+        "DATA_DIR": str(tmp / "ours-data"),
+        "LOG_FORMAT": "json",
         "LOG_LEVEL": os.environ.get("BENCH_OURS_LOG_LEVEL", "INFO"),
     }
     if OURS_SNAPSHOT is not None:
@@ -102,8 +108,12 @@ def _ours_env(port: int, db: Path, tmp: Path) -> dict[str, str]:
 
 def _snapshot_app(ref: str, into: Path) -> tuple[Path, str]:
     """Export app/ as committed at `ref` (not the working tree, which others may be editing)."""
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", f"{ref}^{{commit}}"],
-                            capture_output=True, text=True, check=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", f"{ref}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     into.mkdir(parents=True, exist_ok=True)
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "app"], capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
@@ -116,16 +126,32 @@ def _dbhub_env(port: int, db: Path, tmp: Path) -> dict[str, str]:
 
 SERVERS: dict[str, ServerSpec] = {
     "ours": ServerSpec(
-        "ours", "ours (aiohttp)", "query",
-        lambda port, db: [str(VENV_BIN / "mssql-mcp"), "serve"], _ours_env),
+        "ours", "ours (aiohttp)", "query", lambda port, db: [str(VENV_BIN / "mssql-mcp"), "serve"], _ours_env
+    ),
     "sdk": ServerSpec(
-        "sdk", "official SDK (MCPServer)", "query",
-        lambda port, db: [sys.executable, str(BENCH / "sdk_server.py"), "--port", str(port), "--database", str(db)]),
+        "sdk",
+        "official SDK (MCPServer)",
+        "query",
+        lambda port, db: [sys.executable, str(BENCH / "sdk_server.py"), "--port", str(port), "--database", str(db)],
+    ),
     "dbhub": ServerSpec(
-        "dbhub", "DBHub (Node)", "sql",
-        lambda port, db: [str(NODE_BIN / "node"), str(DBHUB_BIN), "--transport", "http", "--host", "127.0.0.1",
-                          "--port", str(port), "--dsn", f"sqlite://{db}"],
-        _dbhub_env),
+        "dbhub",
+        "DBHub (Node)",
+        "sql",
+        lambda port, db: [
+            str(NODE_BIN / "node"),
+            str(DBHUB_BIN),
+            "--transport",
+            "http",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dsn",
+            f"sqlite://{db}",
+        ],
+        _dbhub_env,
+    ),
 }
 
 
@@ -174,7 +200,8 @@ def _machine_cpu_seconds() -> tuple[float, float, float]:
     """(busy, steal, total) CPU seconds of the whole machine since boot, all cores. Steal is time the
     hypervisor gave to other virtual machines: not load on this machine, but it slows every run."""
     user, nice, system, idle, iowait, irq, softirq, steal = (
-        int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9])
+        int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]
+    )
     busy = user + nice + system + irq + softirq
     return busy / CLK_TCK, steal / CLK_TCK, (busy + steal + idle + iowait) / CLK_TCK
 
@@ -191,8 +218,15 @@ class RunningServer:
         env = {**os.environ, **self.spec.env(self.port, self.db, self.tmp)}
         log = self.log_path.open("wb")
         # cwd=tmp: no stray .env from the checkout changes our server's settings.
-        self.proc = subprocess.Popen(self.spec.command(self.port, self.db), env=env, cwd=self.tmp, stdout=log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.spec.command(self.port, self.db),
+            env=env,
+            cwd=self.tmp,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
@@ -204,8 +238,9 @@ class RunningServer:
                     return
                 except Exception as exc:  # not up yet, or not answering MCP yet
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"{self.spec.key} not ready after {timeout:.0f}s ({exc}):\n"
-                                           f"{self.log_tail()}") from None
+                        raise RuntimeError(
+                            f"{self.spec.key} not ready after {timeout:.0f}s ({exc}):\n{self.log_tail()}"
+                        ) from None
                 await asyncio.sleep(0.25)
 
     def log_tail(self, lines: int = 20) -> str:
@@ -285,24 +320,40 @@ async def _wait_until_quiet(max_wait: float, threshold: float = 0.25) -> float:
             return share
 
 
-async def measure(server: RunningServer, query_key: str, concurrency: int, args: argparse.Namespace,
-                  profile_to: Path | None = None) -> dict[str, Any]:
+async def measure(
+    server: RunningServer, query_key: str, concurrency: int, args: argparse.Namespace, profile_to: Path | None = None
+) -> dict[str, Any]:
     """One load run; with `profile_to`, py-spy samples the server during the measured window."""
     idle_share = await _wait_until_quiet(args.quiet_wait)
     generator = "wrk_load.py" if args.load == "wrk" else "load.py"
-    cmd = [sys.executable, str(BENCH / generator), "--url", server.url, "--arg-name", server.spec.arg_name,
-           "--query", QUERIES[query_key], "-c", str(concurrency), "--duration", str(args.duration),
-           "--warmup", str(args.warmup)]
+    cmd = [
+        sys.executable,
+        str(BENCH / generator),
+        "--url",
+        server.url,
+        "--arg-name",
+        server.spec.arg_name,
+        "--query",
+        QUERIES[query_key],
+        "-c",
+        str(concurrency),
+        "--duration",
+        str(args.duration),
+        "--warmup",
+        str(args.warmup),
+    ]
     assert server.proc is not None
     with Sampler(server.proc.pid) as sampler:
-        load = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.PIPE)
+        load = await asyncio.create_subprocess_exec(
+            *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
         try:
             communicate = asyncio.ensure_future(load.communicate())
             if profile_to is not None:
                 await asyncio.sleep(args.warmup + 0.5)  # + start-up and initialize of the load process
-                await profiling.record(server.proc.pid, args.duration - 1, profile_to,
-                                       gil_only=args.profile_mode == "gil")
+                await profiling.record(
+                    server.proc.pid, args.duration - 1, profile_to, gil_only=args.profile_mode == "gil"
+                )
             out, err = await asyncio.wait_for(communicate, timeout=args.duration + args.warmup + 120)
         finally:
             if load.returncode is None:  # timed out or interrupted: never leave a load generator behind
@@ -312,20 +363,22 @@ async def measure(server: RunningServer, query_key: str, concurrency: int, args:
         raise RuntimeError(f"{generator} failed ({load.returncode}): {err.decode(errors='replace')[-2000:]}")
     report = json.loads(out)
     client_cpu = report["client_cpu_s"]
-    report.update({
-        "server": server.spec.key,
-        "query": query_key,
-        "peak_rss_mb": sampler.peak_rss_kb / 1024,
-        "server_cpu_pct": 100 * sampler.server_cpu / sampler.wall,
-        # CPU the server spent per answered call (all calls of the load run, warm-up included): less
-        # sensitive to other jobs on the machine than calls/s, and what bounds throughput on 2 cores.
-        "server_cpu_ms_per_call": 1000 * sampler.server_cpu / max(report["calls_total"], 1),
-        # Everything else on the machine while we measured (other jobs): high values make a run suspect.
-        "other_cpu_pct": max(0.0, 100 * (sampler.machine_busy - sampler.server_cpu - client_cpu) / sampler.wall),
-        "steal_pct": 100 * sampler.machine_steal / sampler.wall,
-        "busy_before_pct": 100 * idle_share * (os.cpu_count() or 1),
-        "loadavg_1m": os.getloadavg()[0],
-    })
+    report.update(
+        {
+            "server": server.spec.key,
+            "query": query_key,
+            "peak_rss_mb": sampler.peak_rss_kb / 1024,
+            "server_cpu_pct": 100 * sampler.server_cpu / sampler.wall,
+            # CPU the server spent per answered call (all calls of the load run, warm-up included): less
+            # sensitive to other jobs on the machine than calls/s, and what bounds throughput on 2 cores.
+            "server_cpu_ms_per_call": 1000 * sampler.server_cpu / max(report["calls_total"], 1),
+            # Everything else on the machine while we measured (other jobs): high values make a run suspect.
+            "other_cpu_pct": max(0.0, 100 * (sampler.machine_busy - sampler.server_cpu - client_cpu) / sampler.wall),
+            "steal_pct": 100 * sampler.machine_steal / sampler.wall,
+            "busy_before_pct": 100 * idle_share * (os.cpu_count() or 1),
+            "loadavg_1m": os.getloadavg()[0],
+        }
+    )
     return report
 
 
@@ -335,7 +388,8 @@ async def sample_response(server: RunningServer, query_key: str) -> dict[str, An
         client = Client(http, server.url)
         await client.initialize()
         result, size = await client.request(
-            "tools/call", {"name": "execute_sql", "arguments": {server.spec.arg_name: QUERIES[query_key]}})
+            "tools/call", {"name": "execute_sql", "arguments": {server.spec.arg_name: QUERIES[query_key]}}
+        )
     text = "".join(c.get("text", "") for c in result.get("content", []) if c.get("type") == "text")
     return {"bytes": size, "is_error": bool(result.get("isError")), "text_head": text[:600]}
 
@@ -360,8 +414,12 @@ def _ensure_database(path: Path) -> str:
 def _database_summary(path: Path) -> dict[str, int]:
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        tables = [r[0] for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            )
+        ]
         return {t: conn.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0] for t in tables}
     finally:
         conn.close()
@@ -376,10 +434,13 @@ def _cmd_output(cmd: list[str], env: dict[str, str] | None = None) -> str:
 
 def machine_info() -> dict[str, Any]:
     cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
-                 platform.processor() or "unknown")
-    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                  if line.startswith("MemTotal:"))
+    model = next(
+        (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+        platform.processor() or "unknown",
+    )
+    mem_kb = next(
+        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal:")
+    )
     dbhub_pkg = PEERS / "dbhub" / "node_modules" / "@bytebase" / "dbhub" / "package.json"
     versions: dict[str, str] = {"python": platform.python_version()}
     for dist in ("aiohttp", "mcp", "pyodbc", "uvicorn", "starlette"):
@@ -411,8 +472,9 @@ def _best(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
     return max(quiet, key=lambda r: (r["errors"] == 0, r["calls_per_s"])) if quiet else None
 
 
-async def measure_quietly(server: RunningServer, query_key: str, concurrency: int,
-                          args: argparse.Namespace) -> dict[str, Any]:
+async def measure_quietly(
+    server: RunningServer, query_key: str, concurrency: int, args: argparse.Namespace
+) -> dict[str, Any]:
     """measure(), repeated while other processes used more CPU than allowed; the last try is marked busy."""
     for attempt in range(args.busy_retries + 1):
         report = await measure(server, query_key, concurrency, args)
@@ -425,9 +487,15 @@ async def measure_quietly(server: RunningServer, query_key: str, concurrency: in
     return report
 
 
-def render_markdown(info: dict[str, Any], args: argparse.Namespace, db_summary: dict[str, int], db_source: str,
-                    best: dict[tuple[str, str, int], dict[str, Any]], servers: list[str],
-                    failures: list[str]) -> str:
+def render_markdown(
+    info: dict[str, Any],
+    args: argparse.Namespace,
+    db_summary: dict[str, int],
+    db_source: str,
+    best: dict[tuple[str, str, int], dict[str, Any]],
+    servers: list[str],
+    failures: list[str],
+) -> str:
     v = info["versions"]
     lines = [
         "# MCP `tools/call` benchmark: ours vs the official SDK vs DBHub",
@@ -443,12 +511,15 @@ def render_markdown(info: dict[str, Any], args: argparse.Namespace, db_summary: 
         f"- Python {v.get('python')} (aiohttp {v.get('aiohttp')}, pyodbc {v.get('pyodbc')}, mcp {v.get('mcp')}, "
         f"uvicorn {v.get('uvicorn')}); Node {v.get('node')} (DBHub {v.get('dbhub', 'n/a')})",
         f"- Database: demo SQLite file built by `{db_source}` ("
-        + ", ".join(f"{t} {n}" for t, n in db_summary.items()) + "), the same file for every server",
-        ("- Load: `wrk` (bench/wrk_load.py: one MCP session opened by `initialize`, then wrk sends `tools/call` "
-         "back to back over N keep-alive connections in that session, each answer checked by a Lua script)"
-         if args.load == "wrk" else
-         "- Load: `bench/load.py` (separate process, aiohttp), closed loop, each worker initializes once then "
-         "sends `tools/call` back to back")
+        + ", ".join(f"{t} {n}" for t, n in db_summary.items())
+        + "), the same file for every server",
+        (
+            "- Load: `wrk` (bench/wrk_load.py: one MCP session opened by `initialize`, then wrk sends `tools/call` "
+            "back to back over N keep-alive connections in that session, each answer checked by a Lua script)"
+            if args.load == "wrk"
+            else "- Load: `bench/load.py` (separate process, aiohttp), closed loop, each worker initializes once then "
+            "sends `tools/call` back to back"
+        )
         + f"; {args.warmup:g} s warm-up, {args.duration:g} s measured, best of {args.rounds} round(s); servers run "
         f"one at a time on 127.0.0.1. Runs during which other processes used more than {args.max_other_cpu:g}% "
         f"of a core are repeated (up to {args.busy_retries} times) and never reported.",
@@ -479,7 +550,8 @@ def render_markdown(info: dict[str, Any], args: argparse.Namespace, db_summary: 
                     f"| {SERVERS[key].title} | {r['calls_per_s']:,.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
                     f"{r['p99_ms']:.1f} | {r['max_ms']:.1f} | {r['errors']} | {r['peak_rss_mb']:.0f} | "
                     f"{r['server_cpu_pct']:.0f} | {r['server_cpu_ms_per_call']:.2f} | {r['other_cpu_pct']:.0f} | "
-                    f"{r['steal_pct']:.0f} | {r['mean_response_bytes']:.0f} |")
+                    f"{r['steal_pct']:.0f} | {r['mean_response_bytes']:.0f} |"
+                )
             lines.append("")
     lines += [f"## Target (issue 10): one process at least {TARGET_VS_DBHUB:g}x DBHub's calls/s, with a lower p99", ""]
     if "ours" in servers and "dbhub" in servers:
@@ -494,7 +566,8 @@ def render_markdown(info: dict[str, Any], args: argparse.Namespace, db_summary: 
                 vs_sdk = f", {ours['calls_per_s'] / sdk['calls_per_s']:.1f}x the SDK server (goal 10x)" if sdk else ""
                 lines.append(
                     f"- `{query_key}` c={c}: {'met' if ok else 'NOT met'}: ours {ratio:.2f}x DBHub's calls/s{vs_sdk}; "
-                    f"p99 {ours['p99_ms']:.1f} ms vs DBHub {dbhub['p99_ms']:.1f} ms")
+                    f"p99 {ours['p99_ms']:.1f} ms vs DBHub {dbhub['p99_ms']:.1f} ms"
+                )
     else:
         lines.append("- not evaluated (this run did not include both ours and DBHub)")
     if failures:
@@ -516,8 +589,11 @@ async def main_async(args: argparse.Namespace) -> int:
     if "dbhub" in servers and not (DBHUB_BIN.exists() and (NODE_BIN / "node").exists()):
         raise SystemExit(f"DBHub is not installed in {PEERS} (run `make bench`, which installs it)")
     runs = len(servers) * len(args.queries) * len(args.concurrency) * args.rounds
-    print(f"{runs} load runs of {args.warmup + args.duration:g} s (+ start-up) on {info['nproc']} cores: "
-          f"about {runs * (args.warmup + args.duration + 3) / 60:.0f} min", flush=True)
+    print(
+        f"{runs} load runs of {args.warmup + args.duration:g} s (+ start-up) on {info['nproc']} cores: "
+        f"about {runs * (args.warmup + args.duration + 3) / 60:.0f} min",
+        flush=True,
+    )
 
     global OURS_SNAPSHOT
     results: list[dict[str, Any]] = []
@@ -533,7 +609,7 @@ async def main_async(args: argparse.Namespace) -> int:
             info["ours_commit"] = info["git_commit"] + (" + uncommitted changes in app/" if dirty else "")
         for round_no in range(args.rounds):
             # Rotate the order each round so no server always runs first (page cache, CPU boost, neighbours).
-            order = servers[round_no % len(servers):] + servers[:round_no % len(servers)]
+            order = servers[round_no % len(servers) :] + servers[: round_no % len(servers)]
             for key in order:
                 spec = SERVERS[key]
                 try:
@@ -545,8 +621,9 @@ async def main_async(args: argparse.Namespace) -> int:
                                 report = await measure_quietly(server, query_key, c, args)
                                 report["round"] = round_no
                                 results.append(report)
-                                _print_run(f"round {round_no + 1}{' (busy: not reported)' if report['busy'] else ''}",
-                                           report)
+                                _print_run(
+                                    f"round {round_no + 1}{' (busy: not reported)' if report['busy'] else ''}", report
+                                )
                             if args.profile and round_no == 0 and key in args.profile_servers:
                                 c = max(args.concurrency)
                                 raw = PROFILES / f"{key}-{query_key}-c{c}.txt"
@@ -570,14 +647,28 @@ async def main_async(args: argparse.Namespace) -> int:
                 if chosen is not None:
                     best[(key, query_key, c)] = chosen
                 elif rounds:
-                    busy_cells.append(f"{key} `{query_key}` c={c}: every round had other CPU above "
-                                      f"{args.max_other_cpu:g}% (lowest "
-                                      f"{min(r['other_cpu_pct'] for r in rounds):.0f}%): not reported")
+                    busy_cells.append(
+                        f"{key} `{query_key}` c={c}: every round had other CPU above "
+                        f"{args.max_other_cpu:g}% (lowest "
+                        f"{min(r['other_cpu_pct'] for r in rounds):.0f}%): not reported"
+                    )
     markdown = render_markdown(info, args, db_summary, db_source, best, servers, failures + busy_cells)
     Path(args.out).write_text(markdown)
-    Path(args.json).write_text(json.dumps({"machine": info, "database": db_summary, "queries": QUERIES,
-                                           "samples": samples, "runs": results, "failures": failures},
-                                          indent=1, default=str) + "\n")
+    Path(args.json).write_text(
+        json.dumps(
+            {
+                "machine": info,
+                "database": db_summary,
+                "queries": QUERIES,
+                "samples": samples,
+                "runs": results,
+                "failures": failures,
+            },
+            indent=1,
+            default=str,
+        )
+        + "\n"
+    )
     print(f"wrote {args.out} and {args.json}")
     if profiles:
         summary = PROFILES / "SUMMARY.md"
@@ -587,10 +678,13 @@ async def main_async(args: argparse.Namespace) -> int:
 
 
 def _print_run(label: str, r: dict[str, Any]) -> None:
-    print(f"  {label} {r['server']:6} {r['query']:14} c={r['concurrency']:<3} {r['calls_per_s']:8,.0f} calls/s  "
-          f"p50 {r['p50_ms']:6.1f}  p99 {r['p99_ms']:6.1f} ms  errors {r['errors']}  rss {r['peak_rss_mb']:.0f} MB  "
-          f"cpu {r['server_cpu_pct']:.0f}% ({r['server_cpu_ms_per_call']:.2f} ms/call)  "
-          f"other {r['other_cpu_pct']:.0f}%  steal {r['steal_pct']:.0f}%", flush=True)
+    print(
+        f"  {label} {r['server']:6} {r['query']:14} c={r['concurrency']:<3} {r['calls_per_s']:8,.0f} calls/s  "
+        f"p50 {r['p50_ms']:6.1f}  p99 {r['p99_ms']:6.1f} ms  errors {r['errors']}  rss {r['peak_rss_mb']:.0f} MB  "
+        f"cpu {r['server_cpu_pct']:.0f}% ({r['server_cpu_ms_per_call']:.2f} ms/call)  "
+        f"other {r['other_cpu_pct']:.0f}%  steal {r['steal_pct']:.0f}%",
+        flush=True,
+    )
 
 
 def _csv(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
@@ -605,24 +699,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=3, help="repeat everything; the best round is reported")
-    parser.add_argument("--load", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python",
-                        help="load generator: wrk (C, one thread; default when installed) or bench/load.py")
-    parser.add_argument("--max-other-cpu", type=float, default=10.0,
-                        help="a run during which other processes used more than this share of one core (%%) is "
-                             "repeated and, if it stays busy, not reported")
+    parser.add_argument(
+        "--load",
+        choices=["wrk", "python"],
+        default="wrk" if shutil.which("wrk") else "python",
+        help="load generator: wrk (C, one thread; default when installed) or bench/load.py",
+    )
+    parser.add_argument(
+        "--max-other-cpu",
+        type=float,
+        default=10.0,
+        help="a run during which other processes used more than this share of one core (%%) is "
+        "repeated and, if it stays busy, not reported",
+    )
     parser.add_argument("--busy-retries", type=int, default=3, help="repeats of a busy run before giving up on it")
-    parser.add_argument("--quiet-wait", type=float, default=10.0,
-                        help="seconds to wait, at most, for other jobs on the machine to go quiet before a run")
-    parser.add_argument("--profile", action="store_true",
-                        help="add one py-spy profiled run per query at the highest concurrency (not reported in "
-                             "RESULTS.md); summaries go to bench/.peers/profiles/SUMMARY.md")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=10.0,
+        help="seconds to wait, at most, for other jobs on the machine to go quiet before a run",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="add one py-spy profiled run per query at the highest concurrency (not reported in "
+        "RESULTS.md); summaries go to bench/.peers/profiles/SUMMARY.md",
+    )
     parser.add_argument("--profile-servers", type=_csv(str), default=["ours"])
-    parser.add_argument("--profile-mode", choices=["gil", "all"], default="gil",
-                        help="gil: only the thread holding the GIL (where the interpreter's time goes); "
-                             "all: every busy thread")
-    parser.add_argument("--ours-ref", default="",
-                        help="benchmark our server as committed at this git ref (e.g. HEAD) instead of the "
-                             "working tree")
+    parser.add_argument(
+        "--profile-mode",
+        choices=["gil", "all"],
+        default="gil",
+        help="gil: only the thread holding the GIL (where the interpreter's time goes); all: every busy thread",
+    )
+    parser.add_argument(
+        "--ours-ref",
+        default="",
+        help="benchmark our server as committed at this git ref (e.g. HEAD) instead of the working tree",
+    )
     parser.add_argument("--database", default=str(BENCH / "demo.db"))
     parser.add_argument("--out", default=str(BENCH / "RESULTS.md"))
     parser.add_argument("--json", default=str(BENCH / "results.json"))

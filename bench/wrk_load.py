@@ -84,8 +84,16 @@ def _script(headers: dict[str, str], body: str) -> str:
 
 
 def _run_wrk(wrk: str, script: Path, url: str, concurrency: int, seconds: float, timeout: float) -> dict[str, Any]:
-    cmd = [wrk, "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", f"--timeout={max(1, round(timeout))}s",
-           "-s", str(script), url]
+    cmd = [
+        wrk,
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{max(1, round(seconds))}s",
+        f"--timeout={max(1, round(timeout))}s",
+        "-s",
+        str(script),
+        url,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + timeout + 60)
     for line in done.stdout.splitlines():
         if line.startswith("WRK_JSON "):
@@ -93,11 +101,20 @@ def _run_wrk(wrk: str, script: Path, url: str, concurrency: int, seconds: float,
     raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr[-1000:] or done.stdout[-1000:]}")
 
 
-def run(url: str, tool: str, arguments: dict[str, Any], concurrency: int, duration: float, warmup: float,
-        timeout: float, wrk: str) -> dict[str, Any]:
+def run(
+    url: str,
+    tool: str,
+    arguments: dict[str, Any],
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    timeout: float,
+    wrk: str,
+) -> dict[str, Any]:
     headers, init = asyncio.run(_open_session(url, tool, arguments))
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                       "params": {"name": tool, "arguments": arguments}})
+    body = json.dumps(
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}
+    )
     with tempfile.TemporaryDirectory(prefix="wrk-") as tmp:
         script = Path(tmp) / "call.lua"
         script.write_text(_script(headers, body))
@@ -144,8 +161,16 @@ def main(argv: list[str] | None = None) -> int:
     if not shutil.which(args.wrk):
         parser.error(f"{args.wrk} not found (apt-get install wrk; `make bench` installs it)")
     try:
-        report = run(args.url, args.tool, {args.arg_name: args.query}, args.concurrency, args.duration,
-                     args.warmup, args.timeout, args.wrk)
+        report = run(
+            args.url,
+            args.tool,
+            {args.arg_name: args.query},
+            args.concurrency,
+            args.duration,
+            args.warmup,
+            args.timeout,
+            args.wrk,
+        )
     except (CallFailed, aiohttp.ClientError, RuntimeError) as exc:
         print(f"wrk_load: {exc}", file=sys.stderr)
         return 1

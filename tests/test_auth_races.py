@@ -38,9 +38,12 @@ async def _pending_login(oauth: OAuth, client: dict[str, Any]) -> dict[str, str]
 
 
 async def _sign_in(oauth: OAuth, fields: dict[str, str], username: str, password: str, address: str) -> int:
-    resp = await oauth.http.post("/authorize", data={**fields, "action": "login", "username": username,
-                                                     "password": password},
-                                 headers={"X-Forwarded-For": address}, allow_redirects=False)
+    resp = await oauth.http.post(
+        "/authorize",
+        data={**fields, "action": "login", "username": username, "password": password},
+        headers={"X-Forwarded-For": address},
+        allow_redirects=False,
+    )
     await resp.read()
     return resp.status
 
@@ -62,12 +65,12 @@ async def test_a_burst_of_wrong_passwords_evaluates_at_most_the_limit(make_oauth
     # Still locked afterwards, right password or not.
     assert await _sign_in(oauth, fields, "alice", DEFAULT_PASSWORD, attacker) == 429
     # The same user from their own address is not locked out by the attacker.
-    assert await _sign_in(oauth, await _pending_login(oauth, client), "alice", DEFAULT_PASSWORD,
-                          "198.51.100.20") == 200
+    assert await _sign_in(oauth, await _pending_login(oauth, client), "alice", DEFAULT_PASSWORD, "198.51.100.20") == 200
 
 
 async def test_the_per_user_ceiling_slows_a_distributed_guesser_and_lets_the_user_in(
-        make_oauth: Callable[..., Any]) -> None:
+    make_oauth: Callable[..., Any],
+) -> None:
     oauth = await make_oauth(login_max_failures=5, login_user_slow_after=8, login_user_slow_seconds=3)
     client = await oauth.register()
     fields = await _pending_login(oauth, client)
@@ -76,15 +79,19 @@ async def test_the_per_user_ceiling_slows_a_distributed_guesser_and_lets_the_use
     assert statuses == [401] * 8
     # Now a distributed burst: at most one attempt per slot is admitted (evaluated), the rest wait.
     started = time.monotonic()
-    statuses = await asyncio.gather(*(_sign_in(oauth, fields, "alice", "wrong", f"192.0.2.{n}")
-                                      for n in range(100, 130)))
+    statuses = await asyncio.gather(
+        *(_sign_in(oauth, fields, "alice", "wrong", f"192.0.2.{n}") for n in range(100, 130))
+    )
     slots = 1 + int((time.monotonic() - started) / 3)
     assert statuses.count(401) <= slots and statuses.count(429) >= 30 - slots
     # The user from their own address: slowed, told to wait, never locked.
     own = await _pending_login(oauth, client)
-    resp = await oauth.http.post("/authorize", data={**own, "action": "login", "username": "alice",
-                                                     "password": DEFAULT_PASSWORD},
-                                 headers={"X-Forwarded-For": "198.51.100.7"}, allow_redirects=False)
+    resp = await oauth.http.post(
+        "/authorize",
+        data={**own, "action": "login", "username": "alice", "password": DEFAULT_PASSWORD},
+        headers={"X-Forwarded-For": "198.51.100.7"},
+        allow_redirects=False,
+    )
     assert resp.status == 429 and "Wait" in await resp.text()
     wait = int(resp.headers["Retry-After"])
     assert 1 <= wait <= 3
@@ -93,8 +100,7 @@ async def test_the_per_user_ceiling_slows_a_distributed_guesser_and_lets_the_use
     # From now on that address is known for alice: the guessers keep the ceiling up, she is not slowed.
     await asyncio.gather(*(_sign_in(oauth, fields, "alice", "wrong", f"192.0.2.{n}") for n in range(200, 210)))
     assert await _sign_in(oauth, await _pending_login(oauth, client), "alice", "wrong", "192.0.2.250") == 429
-    assert await _sign_in(oauth, await _pending_login(oauth, client), "alice", DEFAULT_PASSWORD,
-                          "198.51.100.7") == 200
+    assert await _sign_in(oauth, await _pending_login(oauth, client), "alice", DEFAULT_PASSWORD, "198.51.100.7") == 200
     # Other users are never slowed by alice's ceiling.
     assert await _sign_in(oauth, await _pending_login(oauth, client), "rita", DEFAULT_PASSWORD, "192.0.2.1") == 200
 
@@ -108,8 +114,9 @@ async def _refresh(oauth: OAuth, client: dict[str, Any], refresh_token: str) -> 
 
 
 @pytest.mark.parametrize("parallel", [2, 10])
-async def test_concurrent_refreshes_within_the_leeway_all_succeed(make_oauth: Callable[..., Any],
-                                                                  parallel: int) -> None:
+async def test_concurrent_refreshes_within_the_leeway_all_succeed(
+    make_oauth: Callable[..., Any], parallel: int
+) -> None:
     oauth = await make_oauth()  # REFRESH_REUSE_LEEWAY_SECONDS default: 10
     client = await oauth.register()
     first = await oauth.tokens_for(client, "alice")
@@ -154,19 +161,22 @@ async def test_the_leeway_is_for_the_same_client_only(make_oauth: Callable[..., 
 # -- request bodies in several TCP segments --------------------------------------------------------
 
 
-async def _split_post(oauth: OAuth, path: str, body: bytes, content_type: str,
-                      extra_headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+async def _split_post(
+    oauth: OAuth, path: str, body: bytes, content_type: str, extra_headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
     """POST with the head and the first half of the body in one write, the rest after a pause."""
     host, port = oauth.http.server.host, oauth.http.server.port
     reader, writer = await asyncio.open_connection(host, port)
-    head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n")
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n"
+    )
     for name, value in (extra_headers or {}).items():
         head += f"{name}: {value}\r\n"
     writer.write(head.encode() + b"\r\n" + body[: len(body) // 2])
     await writer.drain()
     await asyncio.sleep(0.3)
-    writer.write(body[len(body) // 2:])
+    writer.write(body[len(body) // 2 :])
     await writer.drain()
     response = await asyncio.wait_for(reader.read(), 10)
     writer.close()
@@ -177,9 +187,14 @@ async def _split_post(oauth: OAuth, path: str, body: bytes, content_type: str,
 
 async def test_split_bodies_are_read_whole_on_every_oauth_endpoint(oauth: OAuth) -> None:
     # /register (JSON)
-    body = json.dumps({"redirect_uris": [LOOPBACK_CB], "client_name": "Split client",
-                       "token_endpoint_auth_method": "none",
-                       "grant_types": ["authorization_code", "refresh_token"]}).encode()
+    body = json.dumps(
+        {
+            "redirect_uris": [LOOPBACK_CB],
+            "client_name": "Split client",
+            "token_endpoint_auth_method": "none",
+            "grant_types": ["authorization_code", "refresh_token"],
+        }
+    ).encode()
     status, answer = await _split_post(oauth, "/register", body, "application/json")
     assert status == 201, answer
     client = json.loads(answer)
@@ -188,14 +203,22 @@ async def test_split_bodies_are_read_whole_on_every_oauth_endpoint(oauth: OAuth)
     fields = hidden_fields(await oauth.login_page(oauth.authorize_query(client, challenge)))
     cookie = "; ".join(f"{c.key}={c.value}" for c in oauth.http.session.cookie_jar)
     form = urlencode({**fields, "action": "login", "username": "alice", "password": DEFAULT_PASSWORD}).encode()
-    status, answer = await _split_post(oauth, "/authorize", form, "application/x-www-form-urlencoded",
-                                       {"Cookie": cookie})
+    status, answer = await _split_post(
+        oauth, "/authorize", form, "application/x-www-form-urlencoded", {"Cookie": cookie}
+    )
     assert status == 200 and b"Allow" in answer, answer[:300]
     resp = await oauth.post_form("", hidden_fields(answer.decode()), action="consent", decision="allow")
     code = redirect_params(resp.headers["Location"])["code"]
     # /token (form)
-    form = urlencode({"grant_type": "authorization_code", "code": code, "code_verifier": verifier,
-                      "redirect_uri": LOOPBACK_CB, "client_id": client["client_id"]}).encode()
+    form = urlencode(
+        {
+            "grant_type": "authorization_code",
+            "code": code,
+            "code_verifier": verifier,
+            "redirect_uri": LOOPBACK_CB,
+            "client_id": client["client_id"],
+        }
+    ).encode()
     status, answer = await _split_post(oauth, "/token", form, "application/x-www-form-urlencoded")
     assert status == 200, answer
     tokens = json.loads(answer)
@@ -206,17 +229,34 @@ async def test_split_bodies_are_read_whole_on_every_oauth_endpoint(oauth: OAuth)
     assert (await oauth.call(tokens["access_token"])).status == 401
 
 
-async def test_metadata_document_sent_in_two_chunks_is_read_whole(make_oauth: Callable[..., Any],
-                                                                  cimd_server: DocumentServer) -> None:
+async def test_metadata_document_sent_in_two_chunks_is_read_whole(
+    make_oauth: Callable[..., Any], cimd_server: DocumentServer
+) -> None:
     oauth = await make_oauth(cimd_allow_private=True)
     url = cimd_server.url + "/chunked/client.json"
-    cimd_server.serve_json("/chunked/client.json", {
-        "client_id": url, "client_name": "Chunked Client", "redirect_uris": [LOOPBACK_CB],
-        "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
-        "token_endpoint_auth_method": "none"}, headers={"X-Test-Chunk-Pause": "0.3"})
+    cimd_server.serve_json(
+        "/chunked/client.json",
+        {
+            "client_id": url,
+            "client_name": "Chunked Client",
+            "redirect_uris": [LOOPBACK_CB],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "token_endpoint_auth_method": "none",
+        },
+        headers={"X-Test-Chunk-Pause": "0.3"},
+    )
     _, challenge = pkce()
-    query = urlencode({"response_type": "code", "client_id": url, "redirect_uri": LOOPBACK_CB, "state": "s",
-                       "code_challenge": challenge, "code_challenge_method": "S256"})
+    query = urlencode(
+        {
+            "response_type": "code",
+            "client_id": url,
+            "redirect_uri": LOOPBACK_CB,
+            "state": "s",
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+        }
+    )
     html = await oauth.login_page("/authorize?" + query)
     assert "Chunked Client" in html
 
@@ -257,21 +297,24 @@ async def test_unused_registered_clients_expire(oauth: OAuth) -> None:
     assert await state.store.call(AuthStore.get_client, used["client_id"]) is not None
 
 
-@pytest.mark.parametrize("uri", [
-    "https://evil.com%2f.chatgpt.com/cb",
-    "https://evil.com%2F.chatgpt.com/cb",
-    "https://evil%2ecom.chatgpt.com/cb",
-    "https://evil.com%40chatgpt.com/cb",
-    "https://evil.com%5c.chatgpt.com/cb",
-    "https://evil.com%3f.chatgpt.com/cb",
-    "https://evil.com%23.chatgpt.com/cb",
-    "https://chatgpt.com%25/cb",
-    "https://evil.com\\.chatgpt.com/cb",
-    "https://evil.com@chatgpt.com/cb",
-    "https://user:pw@chatgpt.com/cb",
-    "https://evil.com\uff0f.chatgpt.com/cb",
-    "http://127.0.0.1%2f@evil.com/cb",
-])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "https://evil.com%2f.chatgpt.com/cb",
+        "https://evil.com%2F.chatgpt.com/cb",
+        "https://evil%2ecom.chatgpt.com/cb",
+        "https://evil.com%40chatgpt.com/cb",
+        "https://evil.com%5c.chatgpt.com/cb",
+        "https://evil.com%3f.chatgpt.com/cb",
+        "https://evil.com%23.chatgpt.com/cb",
+        "https://chatgpt.com%25/cb",
+        "https://evil.com\\.chatgpt.com/cb",
+        "https://evil.com@chatgpt.com/cb",
+        "https://user:pw@chatgpt.com/cb",
+        "https://evil.com\uff0f.chatgpt.com/cb",
+        "http://127.0.0.1%2f@evil.com/cb",
+    ],
+)
 async def test_redirect_uris_with_encoded_delimiters_in_the_host_are_refused(oauth: OAuth, uri: str) -> None:
     resp = await oauth.http.post("/register", json={"redirect_uris": [uri], "client_name": "x"})
     assert resp.status == 400, uri
@@ -279,8 +322,10 @@ async def test_redirect_uris_with_encoded_delimiters_in_the_host_are_refused(oau
 
 
 async def test_plain_redirect_uris_still_register(oauth: OAuth) -> None:
-    for uri in ("https://chatgpt.com/connector_platform_oauth_redirect", "https://claude.ai/api/mcp/auth_callback",
-                "http://127.0.0.1:33418/callback?x=%2F"):  # percent-encoding outside the host is fine
+    for uri in (
+        "https://chatgpt.com/connector_platform_oauth_redirect",
+        "https://claude.ai/api/mcp/auth_callback",
+        "http://127.0.0.1:33418/callback?x=%2F",
+    ):  # percent-encoding outside the host is fine
         resp = await oauth.http.post("/register", json={"redirect_uris": [uri]})
         assert resp.status == 201, (uri, await resp.text())
-

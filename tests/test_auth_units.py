@@ -23,38 +23,44 @@ from app.auth.token import s256
 ALLOWED = ("chatgpt.com", "openai.com", "claude.ai", "claude.com", "anthropic.com")
 
 
-@pytest.mark.parametrize("uri", [
-    "https://chatgpt.com/connector/oauth/abc123",
-    "https://chatgpt.com/connector_platform_oauth_redirect",
-    "https://claude.ai/api/mcp/auth_callback",
-    "https://claude.com/api/mcp/auth_callback",
-    "https://platform.openai.com/callback",
-    "http://localhost:6274/oauth/callback",
-    "http://127.0.0.1:33418/callback",
-    "http://[::1]:8080/cb",
-    "https://127.0.0.1/cb",
-])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "https://chatgpt.com/connector/oauth/abc123",
+        "https://chatgpt.com/connector_platform_oauth_redirect",
+        "https://claude.ai/api/mcp/auth_callback",
+        "https://claude.com/api/mcp/auth_callback",
+        "https://platform.openai.com/callback",
+        "http://localhost:6274/oauth/callback",
+        "http://127.0.0.1:33418/callback",
+        "http://[::1]:8080/cb",
+        "https://127.0.0.1/cb",
+    ],
+)
 def test_redirect_allowlist_accepts_connector_and_loopback_callbacks(uri: str) -> None:
     check_redirect_uri(uri, ALLOWED)
 
 
-@pytest.mark.parametrize("uri", [
-    "https://chatgpt.com.evil.com/cb",          # lookalike suffix
-    "https://evil.com/chatgpt.com",             # allowed host only in the path
-    "https://evilchatgpt.com/cb",               # no dot boundary
-    "https://chatgpt.com@evil.com/cb",          # userinfo
-    "https://evil.com\\@chatgpt.com/cb",        # backslash trick
-    "http://chatgpt.com/cb",                    # not https, not loopback
-    "https://chatgpt.com/cb#frag",              # fragment
-    "javascript:alert(1)",
-    "cursor://anysphere/callback",
-    "https://chatgpt.com /cb",
-    "https:///cb",
-    "http://192.168.1.10/cb",
-    "http://localhost.evil.com/cb",
-    "",
-    "https://chatgpt.com:99999/cb",
-])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "https://chatgpt.com.evil.com/cb",  # lookalike suffix
+        "https://evil.com/chatgpt.com",  # allowed host only in the path
+        "https://evilchatgpt.com/cb",  # no dot boundary
+        "https://chatgpt.com@evil.com/cb",  # userinfo
+        "https://evil.com\\@chatgpt.com/cb",  # backslash trick
+        "http://chatgpt.com/cb",  # not https, not loopback
+        "https://chatgpt.com/cb#frag",  # fragment
+        "javascript:alert(1)",
+        "cursor://anysphere/callback",
+        "https://chatgpt.com /cb",
+        "https:///cb",
+        "http://192.168.1.10/cb",
+        "http://localhost.evil.com/cb",
+        "",
+        "https://chatgpt.com:99999/cb",
+    ],
+)
 def test_redirect_allowlist_refuses_escapes(uri: str) -> None:
     with pytest.raises(RedirectUriError):
         check_redirect_uri(uri, ALLOWED)
@@ -87,7 +93,9 @@ def test_scopes_follow_the_role() -> None:
 
 def test_form_and_json_parsing_are_strict() -> None:
     assert parse_form(b"a=1&resource=x&resource=y", repeatable=frozenset({"resource"})) == {
-        "a": "1", "resource": ["x", "y"]}
+        "a": "1",
+        "resource": ["x", "y"],
+    }
     with pytest.raises(OAuthError) as exc:
         parse_form(b"code=1&code=2")
     assert exc.value.error == "invalid_request"
@@ -105,23 +113,30 @@ def test_pkce_s256_matches_rfc7636_example() -> None:
     assert s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk") == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
 
 
-@pytest.mark.parametrize(("url", "ok"), [
-    ("https://app.example.com/oauth/client.json", True),
-    ("https://app.example.com/", False),
-    ("https://app.example.com", False),
-    ("http://app.example.com/client.json", False),
-    ("https://user@app.example.com/client.json", False),
-    ("https://app.example.com/a/../client.json", False),
-    ("https://app.example.com/client.json#x", False),
-])
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("https://app.example.com/oauth/client.json", True),
+        ("https://app.example.com/", False),
+        ("https://app.example.com", False),
+        ("http://app.example.com/client.json", False),
+        ("https://user@app.example.com/client.json", False),
+        ("https://app.example.com/a/../client.json", False),
+        ("https://app.example.com/client.json#x", False),
+    ],
+)
 def test_client_id_metadata_url_rules(url: str, ok: bool) -> None:
     assert (client_id_url_problem(url) is None) is ok
 
 
 def test_client_id_metadata_document_validation() -> None:
     url = "https://app.example.com/client.json"
-    good = {"client_id": url, "client_name": "App", "redirect_uris": ["https://claude.ai/api/mcp/auth_callback"],
-            "token_endpoint_auth_method": "none"}
+    good = {
+        "client_id": url,
+        "client_name": "App",
+        "redirect_uris": ["https://claude.ai/api/mcp/auth_callback"],
+        "token_endpoint_auth_method": "none",
+    }
     record = validate_document(url, good, ALLOWED)
     assert record["auth_method"] == "none" and record["client_name"] == "App"
     for bad in (
@@ -138,14 +153,24 @@ def test_client_id_metadata_document_validation() -> None:
 
 
 def test_cimd_address_filter_blocks_private_ranges() -> None:
-    for address in ("127.0.0.1", "10.0.0.5", "192.168.1.1", "169.254.169.254", "::1", "fc00::1",
-                    "::ffff:127.0.0.1", "0.0.0.0", "100.64.0.1"):
+    for address in (
+        "127.0.0.1",
+        "10.0.0.5",
+        "192.168.1.1",
+        "169.254.169.254",
+        "::1",
+        "fc00::1",
+        "::ffff:127.0.0.1",
+        "0.0.0.0",
+        "100.64.0.1",
+    ):
         assert not _address_allowed(address, False), address
     assert _address_allowed("93.184.216.34", False)
     assert _address_allowed("127.0.0.1", True)
 
 
 # -- store -----------------------------------------------------------------------------------------
+
 
 def test_store_file_is_private_and_survives_reopen(tmp_path: Any) -> None:
     path = store_path(tmp_path / "state")
@@ -180,8 +205,9 @@ def test_a_right_password_releases_its_reservation(tmp_path: Any) -> None:
 
 
 def test_the_per_user_ceiling_slows_and_never_locks(tmp_path: Any) -> None:
-    policy = LoginPolicy(max_failures=3, lockout_seconds=60, address_max_failures=100, user_slow_after=4,
-                         user_slow_seconds=30)
+    policy = LoginPolicy(
+        max_failures=3, lockout_seconds=60, address_max_failures=100, user_slow_after=4, user_slow_seconds=30
+    )
     with AuthStore(store_path(tmp_path)) as store:
         for n in range(4):  # four addresses, one failure each: no pair is locked
             assert store.reserve_login_attempt("a", f"10.0.0.{n}", policy)[0] == "ok"
@@ -209,8 +235,16 @@ def test_refresh_within_the_leeway_mints_a_sibling_and_revokes_nothing(tmp_path:
     with AuthStore(store_path(tmp_path)) as store:
         user = store.add_user("bob", "h", "writer")
         family = store.create_family(client_id="c", user_id=user["id"], token_version=1, ttl=3600)
-        store.add_refresh_token("h1", family_id=family, client_id="c", user_id=user["id"], scope="mcp:read",
-                                resources=[], issuer="i", ttl=3600)
+        store.add_refresh_token(
+            "h1",
+            family_id=family,
+            client_id="c",
+            user_id=user["id"],
+            scope="mcp:read",
+            resources=[],
+            issuer="i",
+            ttl=3600,
+        )
         assert store.rotate_refresh_token("h1", "h2", "c", 3600, 10)[1][3] is False
         assert store.rotate_refresh_token("h1", "h3", "c", 3600, 10)[1][3] is True  # within the leeway
         assert store.rotate_refresh_token("h1", "h3b", "other", 3600, 10)[0] == "client_mismatch"
@@ -226,8 +260,16 @@ def test_refresh_rotation_and_reuse_revokes_family(tmp_path: Any) -> None:
     with AuthStore(store_path(tmp_path)) as store:
         user = store.add_user("bob", "h", "writer")
         family = store.create_family(client_id="c", user_id=user["id"], token_version=1, ttl=3600)
-        store.add_refresh_token("h1", family_id=family, client_id="c", user_id=user["id"], scope="mcp:read",
-                                resources=[], issuer="i", ttl=3600)
+        store.add_refresh_token(
+            "h1",
+            family_id=family,
+            client_id="c",
+            user_id=user["id"],
+            scope="mcp:read",
+            resources=[],
+            issuer="i",
+            ttl=3600,
+        )
         assert store.rotate_refresh_token("h1", "h2", "other-client", 3600)[0] == "client_mismatch"
         assert store.rotate_refresh_token("h1", "h2", "c", 3600)[0] == "ok"
         assert store.rotate_refresh_token("h1", "h3", "c", 3600)[0] == "reused"
@@ -241,15 +283,20 @@ def test_writes_are_transactional(tmp_path: Any) -> None:
         family = store.create_family(client_id="c", user_id=user["id"], token_version=1, ttl=3600)
         # The second insert collides: the first must roll back with it.
         with pytest.raises(sqlite3.IntegrityError), store._tx() as c:
-            c.execute("INSERT INTO refresh_tokens(token_hash, family_id, client_id, user_id, scope, resources,"
-                      " issuer, created_at, expires_at) VALUES ('x', ?, 'c', ?, '', '[]', 'i', 0, 9e9)",
-                      (family, user["id"]))
-            c.execute("INSERT INTO users(id, username, role, created_at, updated_at)"
-                      " VALUES (?, 'carol', 'reader', 0, 0)", (user["id"],))
+            c.execute(
+                "INSERT INTO refresh_tokens(token_hash, family_id, client_id, user_id, scope, resources,"
+                " issuer, created_at, expires_at) VALUES ('x', ?, 'c', ?, '', '[]', 'i', 0, 9e9)",
+                (family, user["id"]),
+            )
+            c.execute(
+                "INSERT INTO users(id, username, role, created_at, updated_at) VALUES (?, 'carol', 'reader', 0, 0)",
+                (user["id"],),
+            )
         assert store.get_refresh_token("x") is None
 
 
 # -- users CLI and the demo user -------------------------------------------------------------------
+
 
 def _cli(settings: Any, *argv: str, stdin: str = "") -> tuple[int, str]:
     out = io.StringIO()
@@ -332,7 +379,8 @@ def test_a_version_1_store_is_migrated_and_keeps_its_used_clients(tmp_path: Any)
             " locked_until REAL NOT NULL DEFAULT 0);"
             "INSERT INTO clients VALUES ('used', 'dcr', NULL, 'none', '[]', '[]', NULL, '{}', 1, NULL);"
             "INSERT INTO clients VALUES ('never', 'dcr', NULL, 'none', '[]', '[]', NULL, '{}', 1, NULL);"
-            "INSERT INTO token_families VALUES ('f', 'used', 'u', 1, 1, 9999999999, NULL, NULL);")
+            "INSERT INTO token_families VALUES ('f', 'used', 'u', 1, 1, 9999999999, NULL, NULL);"
+        )
     with AuthStore(path) as store:
         assert store.get_client("used")["last_used_at"] is not None
         assert store.get_client("never")["last_used_at"] is None

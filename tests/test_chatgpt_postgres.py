@@ -25,8 +25,12 @@ async def test_ids_carry_the_schema(pg_db: dict[str, Any]) -> None:
     async with open_database(**pg_db, db_pool_size=2) as database:
         tools = ChatGptTools(database, database.settings)
         ids = {r["id"] for r in await _search(tools, "list tables")}
-        assert {"table:public.customers", "table:sales.orders", "table:sales.Regions",
-                "table:public.customer_totals"} <= ids
+        assert {
+            "table:public.customers",
+            "table:sales.orders",
+            "table:sales.Regions",
+            "table:public.customer_totals",
+        } <= ids
 
         [described] = await _search(tools, "describe SALES.regions")  # any case
         assert described["id"] == "table:sales.Regions"
@@ -48,12 +52,15 @@ async def test_ids_carry_the_schema(pg_db: dict[str, Any]) -> None:
 
 async def test_unusual_names_and_keys_round_trip(pg_db: dict[str, Any], postgres_server: PostgresServer) -> None:
     name = pg_db["pg_database"]
-    postgres_server.execute('CREATE TABLE public."Order Details" (code TEXT, line INTEGER, qty INTEGER, '
-                            "PRIMARY KEY (code, line))", database=name)
+    postgres_server.execute(
+        'CREATE TABLE public."Order Details" (code TEXT, line INTEGER, qty INTEGER, PRIMARY KEY (code, line))',
+        database=name,
+    )
     postgres_server.execute("""INSERT INTO public."Order Details" VALUES ('AL:FKI/1 ?#', 3, 7)""", database=name)
     postgres_server.execute("CREATE TABLE public.tokens (id UUID PRIMARY KEY, label TEXT)", database=name)
-    postgres_server.execute("INSERT INTO public.tokens VALUES ('0e984725-c51c-4bf4-9960-e1c80e27aba0', 'ci')",
-                            database=name)
+    postgres_server.execute(
+        "INSERT INTO public.tokens VALUES ('0e984725-c51c-4bf4-9960-e1c80e27aba0', 'ci')", database=name
+    )
     async with open_database(**pg_db, db_pool_size=2) as database:
         tools = ChatGptTools(database, database.settings)
         results = await _search(tools, 'sample "Order Details" limit 5')

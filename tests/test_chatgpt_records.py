@@ -65,8 +65,10 @@ async def test_record_page_json_matches_fetch(client_for: Callable[..., Any]) ->
 
 async def test_record_page_escapes_html(client_for: Callable[..., Any], writable_demo_db: Path) -> None:
     with sqlite3.connect(writable_demo_db) as conn:
-        conn.execute("UPDATE customers SET first_name = '<script>alert(1)</script>', last_name = 'O''Brien & \"Co\"'"
-                     " WHERE customer_id = 1")
+        conn.execute(
+            "UPDATE customers SET first_name = '<script>alert(1)</script>', last_name = 'O''Brien & \"Co\"'"
+            " WHERE customer_id = 1"
+        )
     client = await client_for(sqlite_path=str(writable_demo_db), **OPEN)
     page = await (await client.get(f"/records/{await _customer_id(client)}")).text()
     assert "<script>" not in page
@@ -92,17 +94,25 @@ async def test_record_page_needs_the_mcp_bearer_token(client_for: Callable[..., 
     assert "customer_id" not in await response.text()
 
 
-async def test_record_page_accepts_a_chatgpt_token(client_for: Callable[..., Any],
-                                                  mint_access_token: Callable[..., str]) -> None:
+async def test_record_page_accepts_a_chatgpt_token(
+    client_for: Callable[..., Any], mint_access_token: Callable[..., str]
+) -> None:
     client = await client_for()  # auth on
     base = str(client.make_url("")).rstrip("/")
-    token = mint_access_token(client.app[keys.SETTINGS], base, username="rita", role="reader",
-                              scope="mcp:read", resource=base + "/chatgpt/mcp")
+    token = mint_access_token(
+        client.app[keys.SETTINGS],
+        base,
+        username="rita",
+        role="reader",
+        scope="mcp:read",
+        resource=base + "/chatgpt/mcp",
+    )
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
     response = await client.get("/chatgpt/records/table:customers", headers=headers)
     assert response.status == 200  # a reader may open records: they are reads
     assert (await response.json())["url"] == f"{base}/chatgpt/records/table:customers"
     # The token's audience is the ChatGPT endpoint, so the Claude-side page refuses it.
     assert (await client.get("/records/table:customers", headers=headers)).status == 401
-    assert (await client.get("/chatgpt/records/table:customers",
-                             headers={"Authorization": "Bearer not-a-token"})).status == 401
+    assert (
+        await client.get("/chatgpt/records/table:customers", headers={"Authorization": "Bearer not-a-token"})
+    ).status == 401

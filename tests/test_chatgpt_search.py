@@ -38,8 +38,9 @@ async def _fetch(client: Client, record_id: str) -> dict[str, Any]:
     return _payload(await client.call_tool("fetch", {"id": record_id}))
 
 
-async def test_keyword_search_finds_values_in_the_data(start_live_server: Callable[..., Awaitable[LiveServer]],
-                                                       make_settings: Callable[..., Settings]) -> None:
+async def test_keyword_search_finds_values_in_the_data(
+    start_live_server: Callable[..., Awaitable[LiveServer]], make_settings: Callable[..., Settings]
+) -> None:
     server = await start_live_server(make_settings())
     async with Client(server.url + "/chatgpt/mcp") as client:
         for value in ("Tokyo", "example.com", "Keyboard"):
@@ -65,8 +66,9 @@ async def test_keyword_search_finds_values_in_the_data(start_live_server: Callab
         assert "Tokyo" in (await _fetch(client, row_id))["text"]
 
 
-async def test_a_fetched_row_lists_its_neighbours(start_live_server: Callable[..., Awaitable[LiveServer]],
-                                                  make_settings: Callable[..., Settings]) -> None:
+async def test_a_fetched_row_lists_its_neighbours(
+    start_live_server: Callable[..., Awaitable[LiveServer]], make_settings: Callable[..., Settings]
+) -> None:
     server = await start_live_server(make_settings())
     async with Client(server.url + "/chatgpt/mcp") as client:
         order = await _fetch(client, "row:orders:1")
@@ -80,8 +82,9 @@ async def test_a_fetched_row_lists_its_neighbours(start_live_server: Callable[..
         assert (await _fetch(client, "table:customers"))["id"] == "table:customers"
 
 
-async def test_list_tables_says_when_it_is_cut(start_live_server: Callable[..., Awaitable[LiveServer]],
-                                              make_settings: Callable[..., Settings]) -> None:
+async def test_list_tables_says_when_it_is_cut(
+    start_live_server: Callable[..., Awaitable[LiveServer]], make_settings: Callable[..., Settings]
+) -> None:
     server = await start_live_server(make_settings(max_search_results=3))
     async with Client(server.url + "/chatgpt/mcp") as client:
         first = await _search(client, "list tables")
@@ -106,11 +109,14 @@ async def test_the_same_search_on_postgresql(pg_db: dict[str, Any]) -> None:
 
 async def test_sqlite_fts5_index_is_used(writable_demo_db: Any) -> None:
     with sqlite3.connect(writable_demo_db) as conn:  # an external-content FTS5 index over products
-        conn.executescript("CREATE VIRTUAL TABLE products_fts USING fts5(name, content='products', "
-                           "content_rowid='product_id'); INSERT INTO products_fts(products_fts) VALUES ('rebuild');")
+        conn.executescript(
+            "CREATE VIRTUAL TABLE products_fts USING fts5(name, content='products', "
+            "content_rowid='product_id'); INSERT INTO products_fts(products_fts) VALUES ('rebuild');"
+        )
         word = conn.execute("SELECT name FROM products ORDER BY product_id LIMIT 1").fetchone()[0].split()[0]
-    async with open_database(db_backend="sqlite", sqlite_path=str(writable_demo_db), db_pool_size=2,
-                             search_columns=("customers.city",)) as database:
+    async with open_database(
+        db_backend="sqlite", sqlite_path=str(writable_demo_db), db_pool_size=2, search_columns=("customers.city",)
+    ) as database:
         tools = ChatGptTools(database, database.settings)
         found = await tools.content.fulltext()
         assert found[(None, "products")] == (["name"], "product_id", "products_fts")
@@ -140,8 +146,12 @@ def test_sql_server_full_text_sql_parses_and_passes_the_guard() -> None:
 
 
 def test_sql_server_queries_are_recognised_as_sql() -> None:
-    for text in (";WITH c AS (SELECT 1 AS x) SELECT x FROM c", "-- the top customers\nSELECT TOP 5 * FROM t",
-                 "/* report */ SELECT 1", "WITH [my cte] AS (SELECT 1 AS x) SELECT * FROM [my cte]"):
+    for text in (
+        ";WITH c AS (SELECT 1 AS x) SELECT x FROM c",
+        "-- the top customers\nSELECT TOP 5 * FROM t",
+        "/* report */ SELECT 1",
+        "WITH [my cte] AS (SELECT 1 AS x) SELECT * FROM [my cte]",
+    ):
         intent = parse_intent(text)
         assert intent.kind == "sql", text
         assert guard.check(intent.sql or "", "mssql").allowed, text
@@ -162,8 +172,9 @@ def test_ranking_and_column_choice() -> None:
 
 
 async def test_a_search_over_its_time_budget_says_it_was_cut(demo_db_path: Any) -> None:
-    async with open_database(db_backend="sqlite", sqlite_path=str(demo_db_path), db_pool_size=2,
-                             search_time_budget_seconds=0.2) as database:
+    async with open_database(
+        db_backend="sqlite", sqlite_path=str(demo_db_path), db_pool_size=2, search_time_budget_seconds=0.2
+    ) as database:
         tools = ChatGptTools(database, database.settings)
         original = database.execute
 

@@ -66,8 +66,10 @@ class Harness:
 
     def counts(self) -> tuple[float, float]:
         registry = self.metrics.registry
-        return (registry.get_sample_value("mssql_mcp_fetch_cache_hits_total") or 0.0,
-                registry.get_sample_value("mssql_mcp_fetch_cache_misses_total") or 0.0)
+        return (
+            registry.get_sample_value("mssql_mcp_fetch_cache_hits_total") or 0.0,
+            registry.get_sample_value("mssql_mcp_fetch_cache_misses_total") or 0.0,
+        )
 
 
 @pytest.fixture
@@ -138,8 +140,9 @@ async def test_search_sql_single_table_gives_query_and_row_ids(chat: Harness) ->
     results = await chat.search(sql)
     assert results[0]["id"].startswith("query:~") and "rows" in results[0]["title"]
     with sqlite3.connect(f"file:{_path(chat)}?mode=ro", uri=True) as conn:
-        german = [r[0] for r in conn.execute("SELECT customer_id FROM customers WHERE country = 'DE' "
-                                             "ORDER BY customer_id")]
+        german = [
+            r[0] for r in conn.execute("SELECT customer_id FROM customers WHERE country = 'DE' ORDER BY customer_id")
+        ]
     rows = [r for r in results[1:] if r["id"].startswith("row:")]
     assert [int(r["id"].rsplit(":", 1)[1]) for r in rows] == german[: len(rows)]
     # the query result, then its rows; when they do not all fit, the last place says so
@@ -158,8 +161,10 @@ async def test_search_sql_single_table_gives_query_and_row_ids(chat: Harness) ->
 
 
 async def test_search_sql_derived_results_are_one_query_result(chat: Harness) -> None:
-    results = await chat.search("SELECT c.country, COUNT(*) AS orders FROM orders o "
-                                "JOIN customers c ON c.customer_id = o.customer_id GROUP BY c.country")
+    results = await chat.search(
+        "SELECT c.country, COUNT(*) AS orders FROM orders o "
+        "JOIN customers c ON c.customer_id = o.customer_id GROUP BY c.country"
+    )
     assert len(results) == 1 and results[0]["id"].startswith("query:~")
     document = await chat.fetch(results[0]["id"])
     assert document["text"].count("\n") > document["metadata"]["row_count"]
@@ -168,8 +173,7 @@ async def test_search_sql_derived_results_are_one_query_result(chat: Harness) ->
 
 async def test_search_never_writes(make_harness: Callable[..., Any], writable_demo_db: Path) -> None:
     chat = await make_harness(sqlite_path=str(writable_demo_db), read_only_mode=False)
-    for statement in ("DELETE FROM orders", "WITH doomed AS (SELECT 1) DELETE FROM orders",
-                      "DROP TABLE customers"):
+    for statement in ("DELETE FROM orders", "WITH doomed AS (SELECT 1) DELETE FROM orders", "DROP TABLE customers"):
         with pytest.raises(ToolError) as info:
             await chat.search(statement)
         assert info.value.outcome == "refused" and "read" in str(info.value)
@@ -258,11 +262,14 @@ async def test_fetch_with_caching_disabled(make_harness: Callable[..., Any]) -> 
     assert chat.counts()[0] == 0
 
 
-@pytest.mark.parametrize(("record_id", "outcome", "message"), [
-    ("nonsense", "invalid", "is not a valid id"),
-    ("row:main.customers:abc", "invalid", "is not a valid id"),
-    ("query:~0123456789abcdef0123", "error", "no longer cached"),
-])
+@pytest.mark.parametrize(
+    ("record_id", "outcome", "message"),
+    [
+        ("nonsense", "invalid", "is not a valid id"),
+        ("row:main.customers:abc", "invalid", "is not a valid id"),
+        ("query:~0123456789abcdef0123", "error", "no longer cached"),
+    ],
+)
 async def test_fetch_bad_ids(chat: Harness, record_id: str, outcome: str, message: str) -> None:
     with pytest.raises(ToolError) as info:
         await chat.fetch(record_id)
@@ -285,8 +292,9 @@ def _path(chat: Harness) -> str:
     return chat.tools.settings.sqlite_path
 
 
-async def test_keyword_search_reads_columns_with_one_catalog_query(chat: Harness,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_keyword_search_reads_columns_with_one_catalog_query(
+    chat: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
     described: list[Any] = []
     original = chat.tools.database.describe_table
 

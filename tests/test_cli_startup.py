@@ -20,12 +20,18 @@ def test_busy_port_is_one_clear_line(tmp_path: Path) -> None:
         holder.listen()
         port = holder.getsockname()[1]
         env = {
-            "PATH": os.environ.get("PATH", ""), "DB_BACKEND": "sqlite", "SQLITE_PATH": str(tmp_path / "x.db"),
-            "HOST": "127.0.0.1", "PORT": str(port), "METRICS_PORT": "0", "DATA_DIR": str(tmp_path),
+            "PATH": os.environ.get("PATH", ""),
+            "DB_BACKEND": "sqlite",
+            "SQLITE_PATH": str(tmp_path / "x.db"),
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "METRICS_PORT": "0",
+            "DATA_DIR": str(tmp_path),
             "LOG_FORMAT": "json",
         }
-        done = subprocess.run([sys.executable, "-m", "app", "serve"], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "app", "serve"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        )
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
@@ -39,10 +45,20 @@ def test_demo_prints_its_urls_and_serves_metrics_on_loopback(tmp_path: Path) -> 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         metrics_port = probe.getsockname()[1]
-    env = {"PATH": os.environ.get("PATH", ""), "PORT": str(port), "METRICS_PORT": str(metrics_port),
-           "LOG_FORMAT": "json"}
-    proc = subprocess.Popen([sys.executable, "-m", "app", "demo", "--database", str(tmp_path / "demo.db")],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PORT": str(port),
+        "METRICS_PORT": str(metrics_port),
+        "LOG_FORMAT": "json",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "demo", "--database", str(tmp_path / "demo.db")],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         banner = [proc.stdout.readline() for _ in range(5)]

@@ -22,9 +22,16 @@ def _run(tmp_path: Path, *args: str, stdin: str | None = None) -> subprocess.Com
     env = {key: value for key, value in os.environ.items() if not key.startswith(("DB_", "MSSQL_", "SQLITE_"))}
     env.update({"DATA_DIR": str(tmp_path / "data"), "LOG_FORMAT": "json"})
     return subprocess.run(
-        [str(CLI), "users", *args], cwd=tmp_path, env=env, text=True, capture_output=True, timeout=60,
-        stdin=subprocess.DEVNULL if stdin is None else None, input=stdin,
-        start_new_session=True)  # no controlling terminal: getpass cannot open /dev/tty
+        [str(CLI), "users", *args],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL if stdin is None else None,
+        input=stdin,
+        start_new_session=True,
+    )  # no controlling terminal: getpass cannot open /dev/tty
 
 
 def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:

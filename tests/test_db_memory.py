@@ -55,8 +55,14 @@ _CHILD = textwrap.dedent("""
 
 def run_case(overrides: dict[str, Any], sql: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(overrides), sql], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, json.dumps(overrides), sql],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -69,8 +75,13 @@ def assert_bounded(out: dict[str, Any]) -> None:
 @pytest.fixture
 def sqlite_overrides(tmp_path: Path) -> dict[str, Any]:
     path = make_sqlite_db(tmp_path / "memory.db")
-    return {"db_backend": "sqlite", "sqlite_path": str(path), "max_result_bytes": BYTE_CAP, "db_pool_size": 1,
-            "query_timeout_seconds": 60}
+    return {
+        "db_backend": "sqlite",
+        "sqlite_path": str(path),
+        "max_result_bytes": BYTE_CAP,
+        "db_pool_size": 1,
+        "query_timeout_seconds": 60,
+    }
 
 
 SQLITE_HUGE_VALUES = [
@@ -101,16 +112,21 @@ def test_sqlite_value_just_over_the_cap_is_cut_on_the_server(sqlite_overrides) -
 
 
 def test_sqlite_ten_million_rows_stop_at_the_row_cap(sqlite_overrides) -> None:
-    out = run_case(sqlite_overrides, "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r "
-                                     "WHERE n < 10000000) SELECT n, 'row ' || n AS label FROM r")
+    out = run_case(
+        sqlite_overrides,
+        "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r "
+        "WHERE n < 10000000) SELECT n, 'row ' || n AS label FROM r",
+    )
     assert_bounded(out)
     assert (out["rows"], out["truncated"], out["reason"]) == (1000, True, "max_rows")
 
 
 def test_sqlite_many_wide_columns_stop_at_the_byte_cap(sqlite_overrides) -> None:
     columns = ", ".join(f"printf('%.*c', 90000, 'x') AS c{i}" for i in range(40))
-    out = run_case(sqlite_overrides, f"WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r "
-                                     f"WHERE n < 1000) SELECT n, {columns} FROM r")
+    out = run_case(
+        sqlite_overrides,
+        f"WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 1000) SELECT n, {columns} FROM r",
+    )
     assert_bounded(out)
     assert (out["rows"], out["truncated"], out["reason"]) == (0, True, "max_bytes")
 
@@ -132,8 +148,10 @@ def test_postgres_huge_values_are_cut_on_the_server(pg_db, sql) -> None:
 
 
 def test_postgres_ten_million_rows_stop_at_the_row_cap(pg_db) -> None:
-    out = run_case({**pg_db, "max_result_bytes": BYTE_CAP, "db_pool_size": 1, "query_timeout_seconds": 60},
-                   "SELECT n, md5(n::text) AS h FROM generate_series(1, 10000000) AS n")
+    out = run_case(
+        {**pg_db, "max_result_bytes": BYTE_CAP, "db_pool_size": 1, "query_timeout_seconds": 60},
+        "SELECT n, md5(n::text) AS h FROM generate_series(1, 10000000) AS n",
+    )
     assert_bounded(out)
     assert (out["rows"], out["truncated"], out["reason"]) == (1000, True, "max_rows")
 
@@ -180,17 +198,33 @@ _TOOL_CHILD = textwrap.dedent("""
 
 def test_mcp_tool_10m_rows_and_a_wide_value_stay_within_the_bound(tmp_path: Path) -> None:
     path = make_sqlite_db(tmp_path / "tool.db")
-    overrides = {"db_backend": "sqlite", "sqlite_path": str(path), "max_result_bytes": BYTE_CAP, "metrics_port": 0,
-                 "db_pool_size": 1, "data_dir": str(tmp_path / "state"), "log_format": "json",
-                 "allow_unauth_methods": True, "allow_unauth_tools_call": True}
+    overrides = {
+        "db_backend": "sqlite",
+        "sqlite_path": str(path),
+        "max_result_bytes": BYTE_CAP,
+        "metrics_port": 0,
+        "db_pool_size": 1,
+        "data_dir": str(tmp_path / "state"),
+        "log_format": "json",
+        "allow_unauth_methods": True,
+        "allow_unauth_tools_call": True,
+    }
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for sql, reason in [
-        ("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 10000000) SELECT n FROM r",
-         "max_rows"),
+        (
+            "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 10000000) SELECT n FROM r",
+            "max_rows",
+        ),
         ("SELECT 1 AS id, printf('%.*c', 4000000, 'x') AS doc", "max_bytes"),
     ]:
-        done = subprocess.run([sys.executable, "-c", _TOOL_CHILD, json.dumps(overrides), sql], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-c", _TOOL_CHILD, json.dumps(overrides), sql],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         out = json.loads(done.stdout.strip().splitlines()[-1])
         assert out["growth"] < ALLOWED_GROWTH, out

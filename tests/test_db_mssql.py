@@ -32,8 +32,13 @@ PASSWORD = "Sup3r;Secret}{=pw"
 
 
 def _settings(**overrides):
-    base = {"db_backend": "mssql", "mssql_host": "db.example.net", "mssql_database": "Shop",
-            "mssql_user": "mcp_reader", "mssql_password": PASSWORD}
+    base = {
+        "db_backend": "mssql",
+        "mssql_host": "db.example.net",
+        "mssql_database": "Shop",
+        "mssql_user": "mcp_reader",
+        "mssql_password": PASSWORD,
+    }
     base.update(overrides)
     return load_settings(environ={}, env_file=None, **base)
 
@@ -47,13 +52,21 @@ def _dialect(**overrides) -> MssqlDialect:
 def test_connection_string_with_sql_login() -> None:
     assert _dialect().connection_string() == (
         "DRIVER={ODBC Driver 18 for SQL Server};SERVER=db.example.net,1433;DATABASE=Shop;UID=mcp_reader;"
-        "PWD={Sup3r;Secret}}{=pw};Encrypt=yes;TrustServerCertificate=no;MultiSubnetFailover=Yes;APP=mssql-mcp;")
+        "PWD={Sup3r;Secret}}{=pw};Encrypt=yes;TrustServerCertificate=no;MultiSubnetFailover=Yes;APP=mssql-mcp;"
+    )
 
 
 def test_connection_string_options() -> None:
-    cs = _dialect(trusted_connection=True, mssql_user="", mssql_password="", trust_server_certificate=True,
-                  mssql_read_only_intent=True, mssql_encrypt="strict", mssql_port=14330,
-                  mssql_database="Shop;Evil=1").connection_string()
+    cs = _dialect(
+        trusted_connection=True,
+        mssql_user="",
+        mssql_password="",
+        trust_server_certificate=True,
+        mssql_read_only_intent=True,
+        mssql_encrypt="strict",
+        mssql_port=14330,
+        mssql_database="Shop;Evil=1",
+    ).connection_string()
     assert "Trusted_Connection=yes;" in cs
     assert "UID=" not in cs and "PWD=" not in cs
     assert "SERVER=db.example.net,14330;" in cs
@@ -64,8 +77,10 @@ def test_connection_string_options() -> None:
 def test_named_instance_and_driver_path() -> None:
     cs = _dialect(mssql_host="sqlhost\\SQLEXPRESS", mssql_driver="/opt/ms/lib/libmsodbcsql-18.so").connection_string()
     assert cs.startswith("DRIVER={/opt/ms/lib/libmsodbcsql-18.so};SERVER=sqlhost\\SQLEXPRESS;")
-    assert "SERVER=sqlhost\\SQLEXPRESS,1500;" in _dialect(mssql_host="sqlhost\\SQLEXPRESS",
-                                                          mssql_port=1500).connection_string()
+    assert (
+        "SERVER=sqlhost\\SQLEXPRESS,1500;"
+        in _dialect(mssql_host="sqlhost\\SQLEXPRESS", mssql_port=1500).connection_string()
+    )
 
 
 def test_raw_connection_string_escape_hatch_is_used_verbatim_and_kept_secret() -> None:
@@ -77,8 +92,10 @@ def test_raw_connection_string_escape_hatch_is_used_verbatim_and_kept_secret() -
 
 def test_session_setup_sql() -> None:
     sql = _dialect(mssql_lock_timeout_ms=2500, max_result_bytes=100_000, max_rows=1000).session_sql()
-    assert sql == ("SET LOCK_TIMEOUT 2500; SET XACT_ABORT ON; SET DEADLOCK_PRIORITY LOW; SET TEXTSIZE 200002; "
-                   "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; SET ROWCOUNT 1001;")
+    assert sql == (
+        "SET LOCK_TIMEOUT 2500; SET XACT_ABORT ON; SET DEADLOCK_PRIORITY LOW; SET TEXTSIZE 200002; "
+        "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; SET ROWCOUNT 1001;"
+    )
     assert _dialect(query_timeout_seconds=12.2).server_timeout_seconds == 13
 
 
@@ -87,15 +104,17 @@ def test_generated_tsql_uses_top_and_bracket_quoting() -> None:
     table = TableInfo("dbo", "Order]Lines", "table")
     assert dialect.sample_sql(table, 10) == "SELECT TOP (10) * FROM [dbo].[Order]]Lines]"
     assert dialect.row_sql(table, ["Order Id", "Line"]) == (
-        "SELECT TOP (2) * FROM [dbo].[Order]]Lines] WHERE [Order Id] = ? AND [Line] = ?")
+        "SELECT TOP (2) * FROM [dbo].[Order]]Lines] WHERE [Order Id] = ? AND [Line] = ?"
+    )
     for sql in (dialect.sample_sql(table, 10), dialect.row_sql(table, ["a"])):
         tree = sqlglot.parse_one(sql, read="tsql")
         assert tree.find(sqlglot.exp.Table).name == "Order]Lines"
 
 
 # Four parameters: the (schema, name) pair twice, for a synonym's base object or the object itself.
-@pytest.mark.parametrize(("sql", "params"), [(LIST_TABLES, 0), (COLUMNS, 4), (PRIMARY_KEY, 4), (FOREIGN_KEYS, 4),
-                                             (INDEXES, 4)])
+@pytest.mark.parametrize(
+    ("sql", "params"), [(LIST_TABLES, 0), (COLUMNS, 4), (PRIMARY_KEY, 4), (FOREIGN_KEYS, 4), (INDEXES, 4)]
+)
 def test_catalog_queries_are_parameterized_tsql(sql: str, params: int) -> None:
     tree = sqlglot.parse_one(sql, read="tsql")
     assert isinstance(tree, sqlglot.exp.Select)
@@ -125,8 +144,9 @@ def _msodbcsql() -> str | None:
         import mssql_python_odbc
     except ImportError:
         return None
-    found = glob.glob(os.path.join(mssql_python_odbc.get_libs_dir(), "linux", "debian_ubuntu", "*", "lib",
-                                   "libmsodbcsql-18*.so*"))
+    found = glob.glob(
+        os.path.join(mssql_python_odbc.get_libs_dir(), "linux", "debian_ubuntu", "*", "lib", "libmsodbcsql-18*.so*")
+    )
     return found[0] if found else None
 
 
@@ -137,10 +157,18 @@ async def test_real_driver_against_a_closed_port_degrades_cleanly() -> None:
     assert Path(driver).is_absolute()
     threads = threading.active_count()
     started = time.perf_counter()
-    async with open_database(db_backend="mssql", mssql_host="127.0.0.1", mssql_port=free_port(),
-                             mssql_database="Shop", mssql_user="sa", mssql_password=PASSWORD,
-                             mssql_driver=driver, trust_server_certificate=True, db_connect_timeout_seconds=1,
-                             db_pool_size=1) as database:
+    async with open_database(
+        db_backend="mssql",
+        mssql_host="127.0.0.1",
+        mssql_port=free_port(),
+        mssql_database="Shop",
+        mssql_user="sa",
+        mssql_password=PASSWORD,
+        mssql_driver=driver,
+        trust_server_certificate=True,
+        db_connect_timeout_seconds=1,
+        db_pool_size=1,
+    ) as database:
         assert time.perf_counter() - started < 4  # start() waited at most ~1 s and did not raise
         status = database.status()
         assert status["status"] == "degraded"
@@ -179,17 +207,26 @@ def _plan(sql: str, max_rows: int = 1000) -> str:
     return dialect.plan_read(sql, sqlglot.parse_one(sql, read="tsql"), max_rows, 100_000, None).sql
 
 
-@pytest.mark.parametrize(("sql", "expected"), [
-    ("SELECT name FROM dbo.Customers", "SELECT TOP 1001 name FROM dbo.Customers"),
-    ("SELECT DISTINCT name FROM dbo.Customers", "SELECT DISTINCT TOP 1001 name FROM dbo.Customers"),
-    ("SELECT TOP (5000) name FROM dbo.Customers ORDER BY name",
-     "SELECT TOP 1001 name FROM dbo.Customers ORDER BY name"),
-    ("WITH c AS (SELECT 1 AS a) SELECT a FROM c", "WITH c AS (SELECT 1 AS a) SELECT TOP 1001 a FROM c"),
-    ("SELECT name FROM dbo.Customers ORDER BY name OFFSET 10 ROWS",
-     "SELECT name FROM dbo.Customers ORDER BY name OFFSET 10 ROWS FETCH NEXT 1001 ROWS ONLY"),
-    ("SELECT name FROM dbo.Customers ORDER BY name OFFSET 10 ROWS FETCH NEXT 5000 ROWS ONLY",
-     "SELECT name FROM dbo.Customers ORDER BY name OFFSET 10 ROWS FETCH NEXT 1001 ROWS ONLY"),
-])
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("SELECT name FROM dbo.Customers", "SELECT TOP 1001 name FROM dbo.Customers"),
+        ("SELECT DISTINCT name FROM dbo.Customers", "SELECT DISTINCT TOP 1001 name FROM dbo.Customers"),
+        (
+            "SELECT TOP (5000) name FROM dbo.Customers ORDER BY name",
+            "SELECT TOP 1001 name FROM dbo.Customers ORDER BY name",
+        ),
+        ("WITH c AS (SELECT 1 AS a) SELECT a FROM c", "WITH c AS (SELECT 1 AS a) SELECT TOP 1001 a FROM c"),
+        (
+            "SELECT name FROM dbo.Customers ORDER BY name OFFSET 10 ROWS",
+            "SELECT name FROM dbo.Customers ORDER BY name OFFSET 10 ROWS FETCH NEXT 1001 ROWS ONLY",
+        ),
+        (
+            "SELECT name FROM dbo.Customers ORDER BY name OFFSET 10 ROWS FETCH NEXT 5000 ROWS ONLY",
+            "SELECT name FROM dbo.Customers ORDER BY name OFFSET 10 ROWS FETCH NEXT 1001 ROWS ONLY",
+        ),
+    ],
+)
 def test_reads_get_top_cap_plus_one_in_the_outermost_select(sql, expected) -> None:
     planned = _plan(sql)
     assert planned == expected
@@ -197,14 +234,17 @@ def test_reads_get_top_cap_plus_one_in_the_outermost_select(sql, expected) -> No
     assert tree.args["limit"] is not None
 
 
-@pytest.mark.parametrize("sql", [
-    "SELECT TOP 5 name FROM dbo.Customers",  # a smaller cap the user wrote stays as written
-    "SELECT name FROM dbo.Customers ORDER BY name OFFSET 0 ROWS FETCH NEXT 20 ROWS ONLY",
-    "SELECT TOP 10 PERCENT name FROM dbo.Customers ORDER BY name",  # SET ROWCOUNT caps these
-    "SELECT TOP 3 WITH TIES name FROM dbo.Customers ORDER BY name",
-    "SELECT 1 AS a UNION ALL SELECT 2",
-    "VALUES (1), (2)",
-])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT TOP 5 name FROM dbo.Customers",  # a smaller cap the user wrote stays as written
+        "SELECT name FROM dbo.Customers ORDER BY name OFFSET 0 ROWS FETCH NEXT 20 ROWS ONLY",
+        "SELECT TOP 10 PERCENT name FROM dbo.Customers ORDER BY name",  # SET ROWCOUNT caps these
+        "SELECT TOP 3 WITH TIES name FROM dbo.Customers ORDER BY name",
+        "SELECT 1 AS a UNION ALL SELECT 2",
+        "VALUES (1), (2)",
+    ],
+)
 def test_reads_top_cannot_improve_run_as_written(sql) -> None:
     assert _plan(sql) == sql
 
@@ -255,18 +295,25 @@ def test_end_call_reruns_the_session_batch_after_anything_but_a_guarded_read() -
     assert conn.calls == ["rollback", dialect.session_sql(), "commit"]
 
 
-@pytest.mark.parametrize(("state", "text", "refused"), [
-    ("28000", "[Microsoft][ODBC Driver 18 for SQL Server][SQL Server]Login failed for user 'mcp'. (18456)", True),
-    ("28000", "[Microsoft][ODBC Driver 18 for SQL Server][SQL Server]Login failed: account disabled (18470)", True),
-    ("HYT00", "[Microsoft][ODBC Driver 18 for SQL Server]Login timeout expired (0)", False),
-    ("08001", "[Microsoft][ODBC Driver 18 for SQL Server]TCP Provider: Error code 0x2749 (10057)", False),
-])
-def test_a_refused_sql_server_login_is_told_apart_from_an_unreachable_server(state: str, text: str,
-                                                                            refused: bool) -> None:
+@pytest.mark.parametrize(
+    ("state", "text", "refused"),
+    [
+        ("28000", "[Microsoft][ODBC Driver 18 for SQL Server][SQL Server]Login failed for user 'mcp'. (18456)", True),
+        ("28000", "[Microsoft][ODBC Driver 18 for SQL Server][SQL Server]Login failed: account disabled (18470)", True),
+        ("HYT00", "[Microsoft][ODBC Driver 18 for SQL Server]Login timeout expired (0)", False),
+        ("08001", "[Microsoft][ODBC Driver 18 for SQL Server]TCP Provider: Error code 0x2749 (10057)", False),
+    ],
+)
+def test_a_refused_sql_server_login_is_told_apart_from_an_unreachable_server(
+    state: str, text: str, refused: bool
+) -> None:
     import pyodbc
 
     from app.settings import load_settings
 
-    dialect = get_dialect(load_settings(environ={}, env_file=None, db_backend="mssql", mssql_host="db",
-                                        mssql_database="Shop", mssql_user="mcp"))
+    dialect = get_dialect(
+        load_settings(
+            environ={}, env_file=None, db_backend="mssql", mssql_host="db", mssql_database="Shop", mssql_user="mcp"
+        )
+    )
     assert dialect.login_refused(pyodbc.Error(state, text), text) is refused

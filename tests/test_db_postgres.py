@@ -20,6 +20,7 @@ SLOW_READ = "SELECT count(*) FROM generate_series(1, 100000) a CROSS JOIN genera
 
 async def worker_rows(database, sql: str) -> list[list]:
     """Run `sql` as a direct worker job (no guard): for session facts the guard keeps from readers."""
+
     def job(session) -> list[list]:
         cursor = session.cursor()
         cursor.execute(sql)
@@ -44,7 +45,8 @@ async def test_types_serialize(pg_db) -> None:
             "DATE '2024-02-29' AS d, TIME '13:14:15.5' AS t, TIMESTAMP '2024-01-02 03:04:05.678' AS ts, "
             "'\\x0001ff'::bytea AS b, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid AS u, NULL::int AS n, "
             "'NaN'::float8 AS nan, 'Infinity'::float8 AS inf, true AS yes, 9007199254740993::bigint AS big_int, "
-            "'{\"k\": [1, 2]}'::jsonb AS j, interval '1 day 2 hours' AS iv, 'héllo ☃ 😀' AS s, 1.5::real AS r")
+            "'{\"k\": [1, 2]}'::jsonb AS j, interval '1 day 2 hours' AS iv, 'héllo ☃ 😀' AS s, 1.5::real AS r"
+        )
         row = dict(zip(result.columns, result.rows[0], strict=True))
         assert row["big"] == "12345678901234567890.0123456789"  # exact, as a string
         assert row["price"] == "9.99"
@@ -80,8 +82,10 @@ async def test_session_is_read_only_and_limited(pg_db, postgres_server) -> None:
     before = pg_snapshot(postgres_server, pg_db["pg_database"])
     async with open_database(**pg_db, query_timeout_seconds=7) as database:
         settings = await worker_rows(
-            database, "SELECT current_setting('default_transaction_read_only'), current_setting('statement_timeout'), "
-            "current_setting('application_name')")
+            database,
+            "SELECT current_setting('default_transaction_read_only'), current_setting('statement_timeout'), "
+            "current_setting('application_name')",
+        )
         assert settings == [["on", "7s", "mssql-mcp"]]
         # Defence in depth: a write handed straight to the pool (no guard) fails in the read-only session.
         with pytest.raises(QueryFailed) as info:
@@ -89,8 +93,7 @@ async def test_session_is_read_only_and_limited(pg_db, postgres_server) -> None:
         assert info.value.sqlstate == "25006"
         assert "read-only transaction" in str(info.value)
         with pytest.raises(QueryFailed):
-            await database.pool.run(lambda s: run.read(s, "SELECT nextval('order_numbers')", (), 10, 10_000),
-                                    timeout=5)
+            await database.pool.run(lambda s: run.read(s, "SELECT nextval('order_numbers')", (), 10, 10_000), timeout=5)
         assert (await database.execute("SELECT count(*) FROM order_lines")).rows == [[7]]
     assert pg_snapshot(postgres_server, pg_db["pg_database"]) == before
 
@@ -220,8 +223,10 @@ async def test_writes_commit_only_on_success(pg_db, postgres_server) -> None:
         returning = await database.execute("INSERT INTO customers (id, name) VALUES (11, 'Other') RETURNING id, name")
         assert returning.rows == [[11, "Other"]] and returning.rows_affected == 1
         with pytest.raises(QueryFailed) as info:  # the second statement fails: the first is rolled back too
-            await database.execute("INSERT INTO customers (id, name) VALUES (12, 'Lost'); "
-                                   "INSERT INTO customers (id, name) VALUES (10, 'Duplicate')")
+            await database.execute(
+                "INSERT INTO customers (id, name) VALUES (12, 'Lost'); "
+                "INSERT INTO customers (id, name) VALUES (10, 'Duplicate')"
+            )
         assert info.value.sqlstate == "23505"
         seq = await database.execute("SELECT nextval('order_numbers')")  # allowed as a write when RO is off
         assert seq.rows == [[1]]
@@ -235,8 +240,15 @@ async def test_writes_commit_only_on_success(pg_db, postgres_server) -> None:
 async def test_catalog_on_postgres(pg_db) -> None:
     async with open_database(**pg_db) as database:
         tables = {t.qualified_name: t for t in await database.list_tables()}
-        assert {"public.customers", "public.orders", "public.order_lines", "public.products",
-                "public.customer_totals", "sales.orders", "sales.Regions"} <= set(tables)
+        assert {
+            "public.customers",
+            "public.orders",
+            "public.order_lines",
+            "public.products",
+            "public.customer_totals",
+            "sales.orders",
+            "sales.Regions",
+        } <= set(tables)
         assert tables["public.customer_totals"].kind == "view"
         assert tables["public.customers"].row_estimate == 5  # pg_class.reltuples after ANALYZE
 
@@ -253,9 +265,11 @@ async def test_catalog_on_postgres(pg_db) -> None:
         assert status.default is not None and "'new'" in status.default
         assert orders.primary_key == ["id"]
         assert [(fk.columns, fk.references_table, fk.references_columns) for fk in orders.foreign_keys] == [
-            (["customer_id"], "public.customers", ["id"])]
+            (["customer_id"], "public.customers", ["id"])
+        ]
         assert [(i.name, i.columns, i.unique) for i in orders.indexes] == [
-            ("ix_orders_customer", ["customer_id", "ordered_on"], False)]
+            ("ix_orders_customer", ["customer_id", "ordered_on"], False)
+        ]
 
         lines = await database.describe_table("order_lines")
         assert lines.primary_key == ["order_id", "line_no"]
@@ -281,7 +295,11 @@ async def test_catalog_on_postgres(pg_db) -> None:
         assert await database.fetch_row(customers, {"ID": 404}) is None
         lines_table = await database.resolve_table("order_lines")
         assert await database.fetch_row(lines_table, {"order_id": 1, "line_no": 2}) == {
-            "order_id": 1, "line_no": 2, "product_id": 2, "qty": 1}
+            "order_id": 1,
+            "line_no": 2,
+            "product_id": 2,
+            "qty": 1,
+        }
 
 
 async def test_password_with_special_characters_connects(pg_db, postgres_server) -> None:
@@ -291,8 +309,9 @@ async def test_password_with_special_characters_connects(pg_db, postgres_server)
     try:
         async with open_database(**{**pg_db, "pg_user": "pw_user", "pg_password": password}) as database:
             assert (await database.execute("SELECT current_user")).rows == [["pw_user"]]
-        async with open_database(**{**pg_db, "pg_user": "pw_user", "pg_password": "wrong " + password},
-                                 db_pool_size=1) as database:
+        async with open_database(
+            **{**pg_db, "pg_user": "pw_user", "pg_password": "wrong " + password}, db_pool_size=1
+        ) as database:
             assert database.status()["status"] == "misconfigured"  # a wrong password does not heal by retrying
             with pytest.raises(DatabaseUnavailable) as info:
                 await database.execute("SELECT 1")
@@ -322,8 +341,9 @@ async def test_caps_inside_the_statement_keep_order_limits_and_types(pg_db) -> N
 async def test_cached_plans_follow_schema_changes(pg_db, postgres_server) -> None:
     async with open_database(**pg_db) as database:
         before = await database.execute("SELECT * FROM orders ORDER BY id LIMIT 1")
-        postgres_server.execute("ALTER TABLE orders ADD COLUMN channel text DEFAULT 'web'",
-                                database=pg_db["pg_database"])
+        postgres_server.execute(
+            "ALTER TABLE orders ADD COLUMN channel text DEFAULT 'web'", database=pg_db["pg_database"]
+        )
         try:
             after = await database.execute("SELECT * FROM orders ORDER BY id LIMIT 1")
             assert after.columns == [*before.columns, "channel"] and after.rows[0][-1] == "web"
@@ -349,8 +369,9 @@ async def test_a_refused_login_backs_off_to_minutes_and_calls_do_not_hammer_it(p
             with pytest.raises(DatabaseUnavailable) as info:
                 await database.execute("SELECT 1")
             messages.add(str(info.value).rsplit("(", 1)[0])
-        assert messages == {"database unavailable: the database refused the service's login; an operator must "
-                            "fix its settings "}
+        assert messages == {
+            "database unavailable: the database refused the service's login; an operator must fix its settings "
+        }
         assert "127.0.0.1" not in str(info.value) and "no_such_role" not in str(info.value)
         attempts_after = len(captured_logs.events("db.connect_failed")) + len(captured_logs.events("db.login_refused"))
         assert attempts_after == attempts_before  # no new login attempt: the next one is tens of seconds away

@@ -32,8 +32,7 @@ def _statements(*sql: str, commit: bool = True):
 
 
 async def _advisory_locks(postgres_server, pid: int) -> int:
-    return postgres_server.execute(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = ?", pid)[0][0]
+    return postgres_server.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = ?", pid)[0][0]
 
 
 async def test_postgres_write_leaves_no_lock_setting_temp_table_or_prepared_statement(pg_db, postgres_server) -> None:
@@ -45,28 +44,44 @@ async def test_postgres_write_leaves_no_lock_setting_temp_table_or_prepared_stat
         await database.execute("CREATE TEMP TABLE scratch (x int)", write=True)
         await database.execute("PREPARE leftover AS SELECT 1", write=True)
         # The next call gets the same connection (pool of one) in a clean state.
-        state = await database.pool.run(_rows(
-            "SELECT pg_backend_pid(), current_setting('work_mem'), to_regclass('pg_temp.scratch') IS NULL, "
-            "(SELECT count(*) FROM pg_prepared_statements)"), timeout=5)
+        state = await database.pool.run(
+            _rows(
+                "SELECT pg_backend_pid(), current_setting('work_mem'), to_regclass('pg_temp.scratch') IS NULL, "
+                "(SELECT count(*) FROM pg_prepared_statements)"
+            ),
+            timeout=5,
+        )
         assert state == [[pid, "4MB", True, 0]]
         assert await _advisory_locks(postgres_server, pid) == 0
         # Our own session settings are back after the reset.
-        assert (await database.pool.run(_rows("SELECT current_setting('application_name'), "
-                                              "current_setting('standard_conforming_strings')"), timeout=5)) == [
-            ["mssql-mcp", "on"]]
+        assert (
+            await database.pool.run(
+                _rows("SELECT current_setting('application_name'), current_setting('standard_conforming_strings')"),
+                timeout=5,
+            )
+        ) == [["mssql-mcp", "on"]]
 
 
 async def test_postgres_read_only_session_stays_read_only_after_a_job_changed_it(pg_db, postgres_server) -> None:
     async with open_database(**pg_db, db_pool_size=1, query_timeout_seconds=7) as database:
         pid = (await database.pool.run(_rows("SELECT pg_backend_pid()"), timeout=5))[0][0]
         # A direct worker job (no guard): a session-level lock and settings that would weaken the session.
-        await database.pool.run(_statements("SELECT pg_advisory_lock(77)",
-                                            "SET SESSION default_transaction_read_only = off",
-                                            "SET SESSION statement_timeout = 0"), timeout=5)
+        await database.pool.run(
+            _statements(
+                "SELECT pg_advisory_lock(77)",
+                "SET SESSION default_transaction_read_only = off",
+                "SET SESSION statement_timeout = 0",
+            ),
+            timeout=5,
+        )
         assert await _advisory_locks(postgres_server, pid) == 0
-        state = await database.pool.run(_rows(
-            "SELECT pg_backend_pid(), current_setting('default_transaction_read_only'), "
-            "current_setting('statement_timeout')"), timeout=5)
+        state = await database.pool.run(
+            _rows(
+                "SELECT pg_backend_pid(), current_setting('default_transaction_read_only'), "
+                "current_setting('statement_timeout')"
+            ),
+            timeout=5,
+        )
         assert state == [[pid, "on", "7s"]]
         # Reads still work and dates still come back typed (psqlODBC's DateStyle is restored too).
         result = await database.execute("SELECT ordered_on FROM orders ORDER BY id LIMIT 1")
@@ -91,8 +106,9 @@ async def test_postgres_reset_after_a_failed_statement(pg_db, postgres_server) -
 
 @pytest.mark.parametrize("read_only", [True, False])
 async def test_sqlite_cannot_load_extensions_even_past_the_guard(sqlite_db, read_only) -> None:
-    async with open_database(db_backend="sqlite", sqlite_path=str(sqlite_db), read_only_mode=read_only,
-                             db_pool_size=1) as database:
+    async with open_database(
+        db_backend="sqlite", sqlite_path=str(sqlite_db), read_only_mode=read_only, db_pool_size=1
+    ) as database:
         with pytest.raises(Exception, match="not authorized"):
             await database.pool.run(_rows("SELECT load_extension('/nonexistent/libevil')"), timeout=5)
         # And through the service as a call would send it: refused or failing, never loading.

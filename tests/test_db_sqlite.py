@@ -36,7 +36,8 @@ async def test_results_and_types_serialize(sqlite_db) -> None:
         result = await database.execute(
             "SELECT p.id, p.price, p.weight, p.picture, p.guid, c.created_at, o.ordered_on, o.note "
             "FROM products p, customers c, orders o "
-            "WHERE p.id = 1 AND c.id = 1 AND o.id = 1")
+            "WHERE p.id = 1 AND c.id = 1 AND o.id = 1"
+        )
     assert result.columns == ["id", "price", "weight", "picture", "guid", "created_at", "ordered_on", "note"]
     (row,) = result.rows
     assert row[0] == 1
@@ -76,15 +77,15 @@ async def test_row_cap_truncates_and_callers_can_only_lower_it(sqlite_db) -> Non
         assert (lowered.row_count, lowered.truncated_reason) == (5, "max_rows")
         exact = await database.execute("SELECT id FROM customers", max_rows=5)
         assert (exact.row_count, exact.truncated) == (5, False)  # exactly at the cap is not truncated
-        assert database.metrics.registry.get_sample_value("mssql_mcp_truncations_total",
-                                                          {"reason": "max_rows"}) == 2
-        assert database.metrics.registry.get_sample_value("mssql_mcp_rows_returned_total",
-                                                          {"dialect": "sqlite"}) == 30
+        assert database.metrics.registry.get_sample_value("mssql_mcp_truncations_total", {"reason": "max_rows"}) == 2
+        assert database.metrics.registry.get_sample_value("mssql_mcp_rows_returned_total", {"dialect": "sqlite"}) == 30
 
 
 async def test_byte_cap_truncates_by_json_size(sqlite_db) -> None:
-    wide = ("WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 100) "
-            "SELECT x, printf('%.200c', 'y') AS pad FROM n")
+    wide = (
+        "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 100) "
+        "SELECT x, printf('%.200c', 'y') AS pad FROM n"
+    )
     async with _sqlite(sqlite_db, max_result_bytes=5000) as database:
         result = await database.execute(wide)
     assert result.truncated and result.truncated_reason == "max_bytes"
@@ -100,8 +101,12 @@ async def test_refused_in_read_only_mode_with_reason_metric(sqlite_db) -> None:
         with pytest.raises(QueryRefused) as info:
             await database.execute("SELECT 1; DELETE FROM customers", write=True)  # write=True changes nothing
         assert info.value.reason == "multiple_statements"
-        assert database.metrics.registry.get_sample_value(
-            "mssql_mcp_guard_refusals_total", {"reason": "multiple_statements"}) == 1
+        assert (
+            database.metrics.registry.get_sample_value(
+                "mssql_mcp_guard_refusals_total", {"reason": "multiple_statements"}
+            )
+            == 1
+        )
 
 
 async def test_read_only_connection_blocks_writes_even_past_the_guard(sqlite_db) -> None:
@@ -169,7 +174,8 @@ async def test_catalog_on_sqlite(sqlite_db) -> None:
         assert orders.foreign_keys[0].references_table == "customers"
         assert orders.foreign_keys[0].references_columns == ["id"]
         assert [(i.name, i.columns, i.unique) for i in orders.indexes] == [
-            ("ix_orders_customer", ["customer_id", "ordered_on"], False)]
+            ("ix_orders_customer", ["customer_id", "ordered_on"], False)
+        ]
 
         lines = await database.describe_table("order_lines")
         assert lines.primary_key == ["order_id", "line_no"]
@@ -189,7 +195,11 @@ async def test_catalog_on_sqlite(sqlite_db) -> None:
 
         table = await database.resolve_table("order_lines")
         assert await database.fetch_row(table, {"ORDER_ID": "3", "line_no": 2}) == {
-            "order_id": 3, "line_no": 2, "product_id": 3, "qty": 2}
+            "order_id": 3,
+            "line_no": 2,
+            "product_id": 3,
+            "qty": 2,
+        }
         assert await database.fetch_row(table, {"order_id": 3, "line_no": 9}) is None
         with pytest.raises(QueryFailed):
             await database.fetch_row(table, {"nope": 1})
@@ -211,8 +221,7 @@ async def test_time_limit_cancels_and_connection_stays_usable(sqlite_db) -> None
         assert str(info.value) == "query exceeded the 0.3 s time limit and was cancelled"
         assert (await database.execute("SELECT 42")).rows == [[42]]  # same (only) connection
         assert database.pool.healthy() == 1
-        assert database.metrics.registry.get_sample_value("mssql_mcp_query_timeouts_total",
-                                                          {"dialect": "sqlite"}) == 1
+        assert database.metrics.registry.get_sample_value("mssql_mcp_query_timeouts_total", {"dialect": "sqlite"}) == 1
 
 
 async def test_a_call_cannot_raise_the_time_limit(sqlite_db) -> None:
@@ -236,8 +245,7 @@ async def test_cancelling_the_caller_cancels_the_statement(sqlite_db) -> None:
         result = await asyncio.wait_for(database.execute("SELECT 'after'"), timeout=3)
         assert result.rows == [["after"]]
         assert time.perf_counter() - started < 2.0
-        assert database.metrics.registry.get_sample_value("mssql_mcp_query_cancels_total",
-                                                          {"dialect": "sqlite"}) == 1
+        assert database.metrics.registry.get_sample_value("mssql_mcp_query_cancels_total", {"dialect": "sqlite"}) == 1
 
 
 async def test_pool_exhaustion_gives_busy_after_the_bounded_wait(sqlite_db) -> None:
@@ -323,16 +331,19 @@ async def test_closed_database_refuses_calls(sqlite_db) -> None:
 
 
 # --- the caps inside the statement ----------------------------------------------------------------
-@pytest.mark.parametrize(("sql", "rows"), [
-    ("SELECT id FROM orders ORDER BY id DESC", [[5], [4], [3]]),  # the statement's order is kept
-    ("SELECT id FROM orders ORDER BY id LIMIT 2", [[1], [2]]),  # a smaller limit the user wrote holds
-    ("SELECT id FROM orders ORDER BY id LIMIT 2 OFFSET 3", [[4], [5]]),
-    ("VALUES (1), (2), (3), (4)", [[1], [2], [3]]),
-    ("SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4", [[1], [2], [3]]),
-    ("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT n FROM r", [[1], [2], [3]]),
-    ("SELECT id FROM orders ORDER BY id; -- trailing comment", [[1], [2], [3]]),
-    ("SELECT id FROM orders ORDER BY id /* trailing block */ ;", [[1], [2], [3]]),
-])
+@pytest.mark.parametrize(
+    ("sql", "rows"),
+    [
+        ("SELECT id FROM orders ORDER BY id DESC", [[5], [4], [3]]),  # the statement's order is kept
+        ("SELECT id FROM orders ORDER BY id LIMIT 2", [[1], [2]]),  # a smaller limit the user wrote holds
+        ("SELECT id FROM orders ORDER BY id LIMIT 2 OFFSET 3", [[4], [5]]),
+        ("VALUES (1), (2), (3), (4)", [[1], [2], [3]]),
+        ("SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4", [[1], [2], [3]]),
+        ("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT n FROM r", [[1], [2], [3]]),
+        ("SELECT id FROM orders ORDER BY id; -- trailing comment", [[1], [2], [3]]),
+        ("SELECT id FROM orders ORDER BY id /* trailing block */ ;", [[1], [2], [3]]),
+    ],
+)
 async def test_row_cap_goes_into_the_statement(sqlite_db, sql, rows) -> None:
     async with _sqlite(sqlite_db) as database:
         result = await database.execute(sql, max_rows=3)
@@ -344,8 +355,12 @@ async def test_row_cap_goes_into_the_statement(sqlite_db, sql, rows) -> None:
 async def test_wide_values_are_cut_on_the_server_and_typed_values_kept(sqlite_db) -> None:
     async with _sqlite(sqlite_db, max_result_bytes=1000) as database:
         typed = await database.execute("SELECT id, created_at, balance, name FROM customers ORDER BY id LIMIT 1")
-        plain = await database.pool.run(lambda s: run.read(
-            s, "SELECT id, created_at, balance, name FROM customers ORDER BY id LIMIT 1", (), 10, 1000), timeout=5)
+        plain = await database.pool.run(
+            lambda s: run.read(
+                s, "SELECT id, created_at, balance, name FROM customers ORDER BY id LIMIT 1", (), 10, 1000
+            ),
+            timeout=5,
+        )
         assert typed.rows == plain.rows  # same values and types as the statement run as written
         wide = await database.execute("SELECT id, printf('%.*c', 5000, 'x') AS doc FROM orders ORDER BY id")
         assert (wide.rows, wide.truncated_reason, wide.too_long_column) == ([], "max_bytes", "doc")

@@ -22,8 +22,7 @@ def test_demo_has_realistic_tables_and_row_counts(demo_db_path: Path) -> None:
     with _connect(demo_db_path) as conn:
         counts = {
             table: conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-            for table in ("categories", "suppliers", "products", "customers", "orders", "order_lines",
-                          "price_history")
+            for table in ("categories", "suppliers", "products", "customers", "orders", "order_lines", "price_history")
         }
         views = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'view'")}
     assert counts["categories"] == 10
@@ -42,9 +41,13 @@ def test_demo_foreign_keys_all_resolve(demo_db_path: Path) -> None:
         fks = {(row[2], row[3]) for row in conn.execute("SELECT * FROM pragma_foreign_key_list('order_lines')")}
         assert fks == {("orders", "order_id"), ("products", "product_id")}
         # Every order has at least one line, every line points at a real product.
-        assert conn.execute(
-            "SELECT COUNT(*) FROM orders o WHERE NOT EXISTS (SELECT 1 FROM order_lines l WHERE l.order_id = o.order_id)"
-        ).fetchone()[0] == 0
+        assert (
+            conn.execute(
+                "SELECT COUNT(*) FROM orders o"
+                " WHERE NOT EXISTS (SELECT 1 FROM order_lines l WHERE l.order_id = o.order_id)"
+            ).fetchone()[0]
+            == 0
+        )
 
 
 def test_demo_schema_has_keys_indexes_and_varied_types(demo_db_path: Path) -> None:
@@ -68,7 +71,8 @@ def test_demo_schema_has_keys_indexes_and_varied_types(demo_db_path: Path) -> No
         ).fetchone()
         total = conn.execute(
             "SELECT ROUND(SUM(total), 2) FROM order_totals WHERE customer_id = ? "
-            "AND status NOT IN ('cancelled', 'returned')", (top[0],)
+            "AND status NOT IN ('cancelled', 'returned')",
+            (top[0],),
         ).fetchone()[0]
         assert top[1] == pytest.approx(total)
 

@@ -34,8 +34,10 @@ STUB = ROOT / "ansible" / "molecule" / "shared" / "files" / "upstream_stub.py"
 ROLE_DEFAULTS = ROOT / "ansible" / "roles" / "nginx" / "defaults" / "main.yml"
 NAME = "mcp.test"
 
-pytestmark = pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
-                                reason="nginx is not installed (make system-deps)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
+    reason="nginx is not installed (make system-deps)",
+)
 
 
 def _free_port() -> int:
@@ -58,8 +60,16 @@ class Site:
     webroot: Path
     prefix: str
 
-    def request(self, method: str, path: str, *, headers: dict[str, str] | None = None, body: bytes | None = None,
-                host: str = NAME, tls: bool = True) -> tuple[int, http.client.HTTPMessage, bytes]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+        host: str = NAME,
+        tls: bool = True,
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
         conn = self.connect(host=host, tls=tls)
         try:
             conn.request(method, path, body=body, headers=headers or {})
@@ -68,13 +78,15 @@ class Site:
         finally:
             conn.close()
 
-    def connect(self, *, host: str = NAME, tls: bool = True,
-                context: ssl.SSLContext | None = None) -> http.client.HTTPConnection:
+    def connect(
+        self, *, host: str = NAME, tls: bool = True, context: ssl.SSLContext | None = None
+    ) -> http.client.HTTPConnection:
         """A connection to 127.0.0.1 that says `host` in SNI and Host, as a client that resolved the name."""
         if not tls:
             return _LoopbackHTTP(host, self.http_port, timeout=5)
-        return _LoopbackHTTPS(host, self.https_port, timeout=5,
-                              context=context or ssl.create_default_context(cafile=str(self.cafile)))
+        return _LoopbackHTTPS(
+            host, self.https_port, timeout=5, context=context or ssl.create_default_context(cafile=str(self.cafile))
+        )
 
 
 class _LoopbackHTTP(http.client.HTTPConnection):
@@ -109,15 +121,43 @@ def _start_site(tmp: Path, upstream_port: int, **overrides: Any) -> tuple[Site, 
     for sub in ("logs", "tmp", "webroot/.well-known/acme-challenge"):
         (tmp / sub).mkdir(parents=True, exist_ok=True)
     cert, key = tmp / "fullchain.pem", tmp / "privkey.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={NAME}",
-                    "-addext", f"subjectAltName=DNS:{NAME}", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    variables = {**_role_defaults(), "nginx_server_names": [NAME], "nginx_http_port": _free_port(),
-                 "nginx_https_port": _free_port(), "nginx_listen_ipv6": False,
-                 "nginx_upstream": f"127.0.0.1:{upstream_port}", "nginx_tls_certificate": str(cert),
-                 "nginx_tls_certificate_key": str(key), "nginx_acme_webroot": str(tmp / "webroot"),
-                 "nginx_log_dir": str(tmp / "logs"), "nginx_auth_rate_limit": "1r/s",
-                 "nginx_auth_rate_limit_burst": 3, **overrides}
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            f"/CN={NAME}",
+            "-addext",
+            f"subjectAltName=DNS:{NAME}",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    variables = {
+        **_role_defaults(),
+        "nginx_server_names": [NAME],
+        "nginx_http_port": _free_port(),
+        "nginx_https_port": _free_port(),
+        "nginx_listen_ipv6": False,
+        "nginx_upstream": f"127.0.0.1:{upstream_port}",
+        "nginx_tls_certificate": str(cert),
+        "nginx_tls_certificate_key": str(key),
+        "nginx_acme_webroot": str(tmp / "webroot"),
+        "nginx_log_dir": str(tmp / "logs"),
+        "nginx_auth_rate_limit": "1r/s",
+        "nginx_auth_rate_limit_burst": 3,
+        **overrides,
+    }
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     site = env.from_string(TEMPLATE.read_text()).render(**variables)
     (tmp / "site.conf").write_text(site)
@@ -156,8 +196,9 @@ http {{
             assert proc.poll() is None, (tmp / "logs" / "error.log").read_text()
             assert time.monotonic() < deadline, "nginx did not start listening"
             time.sleep(0.05)
-    return Site(variables["nginx_http_port"], https_port, cert, tmp / "webroot",
-                variables.get("nginx_location_prefix", "")), proc
+    return Site(
+        variables["nginx_http_port"], https_port, cert, tmp / "webroot", variables.get("nginx_location_prefix", "")
+    ), proc
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -223,8 +264,9 @@ def test_sse_events_arrive_while_the_stream_is_open(site: Site) -> None:
 
 
 def test_the_app_sees_the_public_host_and_scheme_and_the_uri_as_sent(site: Site) -> None:
-    status, _, body = site.request("GET", "/chatgpt/records/t:a%2Fb?x=1",
-                                   headers={"X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "http"})
+    status, _, body = site.request(
+        "GET", "/chatgpt/records/t:a%2Fb?x=1", headers={"X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "http"}
+    )
     seen = json.loads(body)
     assert status == 200
     assert seen["path"] == "/chatgpt/records/t:a%2Fb?x=1"  # encoded ids survive
@@ -276,8 +318,9 @@ def test_sign_in_endpoints_are_rate_limited(site: Site) -> None:
 
 
 def test_oversized_bodies_are_refused_by_nginx(site: Site) -> None:
-    status, _, _ = site.request("POST", "/mcp", body=b"x" * (3 * 1024 * 1024),
-                                headers={"Content-Type": "application/json"})
+    status, _, _ = site.request(
+        "POST", "/mcp", body=b"x" * (3 * 1024 * 1024), headers={"Content-Type": "application/json"}
+    )
     assert status == 413
 
 

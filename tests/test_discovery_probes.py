@@ -46,21 +46,35 @@ def _probes(mcp_path: str) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("mcp_path", ["/mcp", "/chatgpt/mcp"])
-async def test_no_discovery_probe_gets_404_or_405(aiohttp_client: Any, auth_settings: Callable[..., Settings],
-                                                   mcp_path: str) -> None:
+async def test_no_discovery_probe_gets_404_or_405(
+    aiohttp_client: Any, auth_settings: Callable[..., Settings], mcp_path: str
+) -> None:
     client = await aiohttp_client(create_app(auth_settings()))
     seen: dict[str, int] = {}
     for method, path in _probes(mcp_path):
-        body = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                           "clientInfo": {"name": "probe", "version": "1"}}} if method == "POST" else None
-        resp = await client.request(method, path, json=body, allow_redirects=False,
-                                    headers={"Accept": "application/json, text/event-stream"})
+        body = (
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {},
+                    "clientInfo": {"name": "probe", "version": "1"},
+                },
+            }
+            if method == "POST"
+            else None
+        )
+        resp = await client.request(
+            method, path, json=body, allow_redirects=False, headers={"Accept": "application/json, text/event-stream"}
+        )
         seen[f"{method} {path}"] = resp.status
         if resp.status == 401:
             challenge = resp.headers.get("WWW-Authenticate", "")
-            assert re.search(r'resource_metadata="[^"]+/\.well-known/oauth-protected-resource', challenge), \
+            assert re.search(r'resource_metadata="[^"]+/\.well-known/oauth-protected-resource', challenge), (
                 f"{method} {path}: 401 without a resource_metadata hint: {challenge!r}"
+            )
         if resp.status in (301, 302, 303, 307, 308):
             follow = await client.get(resp.headers["Location"].removeprefix(str(client.make_url("")).rstrip("/")))
             assert follow.status == 200, f"{method} {path} -> {resp.headers['Location']}: {follow.status}"
@@ -70,7 +84,8 @@ async def test_no_discovery_probe_gets_404_or_405(aiohttp_client: Any, auth_sett
 
 @pytest.mark.parametrize("mcp_path", ["/mcp", "/chatgpt/mcp"])
 async def test_the_resource_path_without_mcp_leads_to_that_endpoints_document(
-        aiohttp_client: Any, auth_settings: Callable[..., Settings], mcp_path: str) -> None:
+    aiohttp_client: Any, auth_settings: Callable[..., Settings], mcp_path: str
+) -> None:
     client = await aiohttp_client(create_app(auth_settings()))
     realm = mcp_path.removesuffix("/mcp")
     doc = await (await client.get(f"/.well-known/oauth-protected-resource{realm}")).json()

@@ -29,12 +29,18 @@ NOT_DEMO = ("dbo.", "public.", "main.")
 def _examples() -> set[str]:
     found = {m.group(1) for path in ID_DOCS for m in ID_EXAMPLE.finditer(path.read_text(encoding="utf-8"))}
     # `~` names/keys in the docs are the SQL Server `dbo.[Order Details]` example; query ids are all `~`.
-    return {i for i in found if not any(marker in i for marker in NOT_DEMO)
-            and not i.endswith(":~") and (i.startswith("query:~") or "~" not in i)}
+    return {
+        i
+        for i in found
+        if not any(marker in i for marker in NOT_DEMO)
+        and not i.endswith(":~")
+        and (i.startswith("query:~") or "~" not in i)
+    }
 
 
 async def test_demo_id_examples_fetch_as_themselves(
-        start_live_server: Callable[..., Awaitable[LiveServer]], make_settings: Callable[..., Settings]) -> None:
+    start_live_server: Callable[..., Awaitable[LiveServer]], make_settings: Callable[..., Settings]
+) -> None:
     examples = _examples()
     plain = {i for i in examples if not i.startswith("query:")}
     assert {"table:customers", "row:order_lines:17,2"} <= plain, sorted(examples)
@@ -66,7 +72,8 @@ def test_result_size_statements_match_the_declared_meta() -> None:
 
 
 async def test_query_ids_live_only_in_the_cache_as_documented(
-        start_live_server: Callable[..., Awaitable[LiveServer]], make_settings: Callable[..., Settings]) -> None:
+    start_live_server: Callable[..., Awaitable[LiveServer]], make_settings: Callable[..., Settings]
+) -> None:
     """docs/tools.md: CACHE_TTL_SECONDS=0 turns the cache off and then a query id cannot be fetched at all;
     table: and row: ids are read again from the database; the same SQL gives the same query id back."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -38,8 +38,14 @@ KEYS = {"name", "status", "detail", "hint"}
 def run_doctor(env: dict[str, str], cwd: Path, *args: str, timeout: float = 90) -> tuple[int, str, str, float]:
     base = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "DATA_DIR": str(cwd)}
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "app", "doctor", *args], cwd=cwd, env={**base, **env},
-                          capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "doctor", *args],
+        cwd=cwd,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return done.returncode, done.stdout, done.stderr, time.perf_counter() - started
 
 
@@ -57,6 +63,7 @@ def assert_well_formed(document: dict[str, Any]) -> None:
 
 
 # --- real engines ----------------------------------------------------------------------------------
+
 
 def test_sqlite_doctor_passes_and_json_has_the_documented_keys(sqlite_db: Path, tmp_path: Path) -> None:
     code, out, err, _ = run_doctor({"DB_BACKEND": "sqlite", "SQLITE_PATH": str(sqlite_db)}, tmp_path, "--json")
@@ -77,8 +84,13 @@ def test_sqlite_big_integers_round_trip(sqlite_db: Path, tmp_path: Path) -> None
 
 
 def test_postgres_doctor_passes_every_check(pg_db: dict[str, Any], tmp_path: Path) -> None:
-    env = {"DB_BACKEND": "postgres", "PG_HOST": pg_db["pg_host"], "PG_PORT": str(pg_db["pg_port"]),
-           "PG_USER": pg_db["pg_user"], "PG_DATABASE": pg_db["pg_database"]}
+    env = {
+        "DB_BACKEND": "postgres",
+        "PG_HOST": pg_db["pg_host"],
+        "PG_PORT": str(pg_db["pg_port"]),
+        "PG_USER": pg_db["pg_user"],
+        "PG_DATABASE": pg_db["pg_database"],
+    }
     code, out, err, _ = run_doctor(env, tmp_path, "--json")
     assert "Traceback" not in err
     document = json.loads(out)
@@ -94,13 +106,20 @@ def test_postgres_doctor_passes_every_check(pg_db: dict[str, Any], tmp_path: Pat
 
 
 def test_postgres_text_report_and_wrong_password_never_show_the_secret(
-        postgres_server: PostgresServer, pg_db: dict[str, Any], tmp_path: Path) -> None:
+    postgres_server: PostgresServer, pg_db: dict[str, Any], tmp_path: Path
+) -> None:
     password = "Doctor'Secret;{x}"
     postgres_server.execute("DROP ROLE IF EXISTS pw_user")
     postgres_server.execute("CREATE ROLE pw_user LOGIN PASSWORD '" + password.replace("'", "''") + "'")
     try:
-        env = {"DB_BACKEND": "postgres", "PG_HOST": pg_db["pg_host"], "PG_PORT": str(pg_db["pg_port"]),
-               "PG_USER": "pw_user", "PG_DATABASE": pg_db["pg_database"], "PG_PASSWORD": "wrong" + password}
+        env = {
+            "DB_BACKEND": "postgres",
+            "PG_HOST": pg_db["pg_host"],
+            "PG_PORT": str(pg_db["pg_port"]),
+            "PG_USER": "pw_user",
+            "PG_DATABASE": pg_db["pg_database"],
+            "PG_PASSWORD": "wrong" + password,
+        }
         code, out, err, took = run_doctor(env, tmp_path)
     finally:
         postgres_server.execute("DROP ROLE IF EXISTS pw_user")
@@ -115,8 +134,12 @@ def test_postgres_text_report_and_wrong_password_never_show_the_secret(
 
 
 def test_closed_port_fails_fast_with_a_clear_report(tmp_path: Path) -> None:
-    env = {"DB_BACKEND": "postgres", "PG_HOST": "127.0.0.1", "PG_PORT": str(free_port()),
-           "DB_CONNECT_TIMEOUT_SECONDS": "2"}
+    env = {
+        "DB_BACKEND": "postgres",
+        "PG_HOST": "127.0.0.1",
+        "PG_PORT": str(free_port()),
+        "DB_CONNECT_TIMEOUT_SECONDS": "2",
+    }
     code, out, err, took = run_doctor(env, tmp_path, "--json")
     assert code == 1 and took < 15
     assert "Traceback" not in err
@@ -134,9 +157,16 @@ def test_sql_server_closed_port_with_the_real_driver_fails_within_the_login_time
     if driver is None:
         pytest.skip("mssql-python-odbc (Microsoft ODBC Driver 18) is not installed")
     password = "Sup3r;Secret}"
-    env = {"DB_BACKEND": "mssql", "MSSQL_HOST": "127.0.0.1", "MSSQL_PORT": str(free_port()),
-           "MSSQL_DATABASE": "Shop", "MSSQL_USER": "mcp_reader", "MSSQL_PASSWORD": password,
-           "MSSQL_DRIVER": driver, "DB_CONNECT_TIMEOUT_SECONDS": "1"}
+    env = {
+        "DB_BACKEND": "mssql",
+        "MSSQL_HOST": "127.0.0.1",
+        "MSSQL_PORT": str(free_port()),
+        "MSSQL_DATABASE": "Shop",
+        "MSSQL_USER": "mcp_reader",
+        "MSSQL_PASSWORD": password,
+        "MSSQL_DRIVER": driver,
+        "DB_CONNECT_TIMEOUT_SECONDS": "1",
+    }
     code, out, err, took = run_doctor(env, tmp_path, "--json")
     assert code == 1 and took < 20, (out, err)
     assert password not in out + err and "Traceback" not in err
@@ -154,9 +184,16 @@ def test_a_silent_sql_server_listener_is_a_fail_within_the_login_timeout(tmp_pat
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
-        env = {"DB_BACKEND": "mssql", "MSSQL_HOST": "127.0.0.1", "MSSQL_PORT": str(silent.getsockname()[1]),
-               "MSSQL_DATABASE": "Shop", "MSSQL_USER": "mcp_reader", "MSSQL_PASSWORD": "x",
-               "MSSQL_DRIVER": driver, "DB_CONNECT_TIMEOUT_SECONDS": "1"}
+        env = {
+            "DB_BACKEND": "mssql",
+            "MSSQL_HOST": "127.0.0.1",
+            "MSSQL_PORT": str(silent.getsockname()[1]),
+            "MSSQL_DATABASE": "Shop",
+            "MSSQL_USER": "mcp_reader",
+            "MSSQL_PASSWORD": "x",
+            "MSSQL_DRIVER": driver,
+            "DB_CONNECT_TIMEOUT_SECONDS": "1",
+        }
         code, out, err, took = run_doctor(env, tmp_path, "--json")
     assert code == 1 and took < 20 and "Traceback" not in err
     connect = json.loads(out)["checks"][1]
@@ -174,9 +211,14 @@ def test_bad_settings_are_a_fail_line_not_a_traceback(tmp_path: Path) -> None:
     code, out, err, _ = run_doctor({"DB_BACKEND": "mssql"}, tmp_path, "--json")
     assert code == 1 and "Traceback" not in err
     document = json.loads(out)
-    assert document["checks"] == [{"name": "settings", "status": FAIL, "hint": document["checks"][0]["hint"],
-                                   "detail": "MSSQL_HOST: required when DB_BACKEND=mssql (or set "
-                                             "ODBC_CONNECTION_STRING)"}]
+    assert document["checks"] == [
+        {
+            "name": "settings",
+            "status": FAIL,
+            "hint": document["checks"][0]["hint"],
+            "detail": "MSSQL_HOST: required when DB_BACKEND=mssql (or set ODBC_CONNECTION_STRING)",
+        }
+    ]
 
 
 def test_settings_come_from_the_env_file_in_the_working_directory(sqlite_db: Path, tmp_path: Path) -> None:
@@ -187,6 +229,7 @@ def test_settings_come_from_the_env_file_in_the_working_directory(sqlite_db: Pat
 
 
 # --- the report ------------------------------------------------------------------------------------
+
 
 def test_exit_code_warnings_and_strict() -> None:
     report = Report("sqlite", "x")
@@ -206,9 +249,13 @@ def test_exit_code_warnings_and_strict() -> None:
 # --- SQL Server: the generated T-SQL ---------------------------------------------------------------
 
 MSSQL_READS = {
-    "server": probes.MSSQL_SERVER, "tls": probes.MSSQL_TLS, "permissions": probes.MSSQL_PERMISSIONS,
-    "after_rollback": probes.MSSQL_AFTER_ROLLBACK, "big_result": probes.MSSQL_BIG_RESULT,
-    "for_json": probes.MSSQL_FOR_JSON, "types": probes.MssqlProbes.types_sql(),
+    "server": probes.MSSQL_SERVER,
+    "tls": probes.MSSQL_TLS,
+    "permissions": probes.MSSQL_PERMISSIONS,
+    "after_rollback": probes.MSSQL_AFTER_ROLLBACK,
+    "big_result": probes.MSSQL_BIG_RESULT,
+    "for_json": probes.MSSQL_FOR_JSON,
+    "types": probes.MssqlProbes.types_sql(),
 }
 
 
@@ -230,8 +277,9 @@ def test_tsql_probes_run_through_the_guarded_read_path(sql: str) -> None:
 def test_the_service_sends_the_tsql_probes_as_written() -> None:
     # The read path regenerates a statement with sqlglot only when it must add or lower a TOP; the type and
     # FOR JSON probes carry a TOP within the cap, so SQL Server gets exactly the text tested here.
-    settings = load_settings(environ={}, env_file=None, db_backend="mssql", mssql_host="h", mssql_database="d",
-                             mssql_user="u")
+    settings = load_settings(
+        environ={}, env_file=None, db_backend="mssql", mssql_host="h", mssql_database="d", mssql_user="u"
+    )
     dialect = get_dialect(settings)
     for sql, max_rows in ((probes.MssqlProbes.types_sql(), 1), (probes.MSSQL_FOR_JSON, settings.max_rows)):
         verdict = guard.check(sql, "mssql")
@@ -253,8 +301,17 @@ def test_tsql_types_cover_the_issue_list_with_one_column_each() -> None:
     select = sqlglot.parse_one(probes.MssqlProbes.types_sql(), read="tsql")
     assert [e.alias for e in select.expressions] == [p.column for p in probes.MssqlProbes.type_probes]
     text = probes.MssqlProbes.types_sql().lower()
-    for type_name in ("sql_variant", "datetimeoffset", "money", "uniqueidentifier", "xml", "geography",
-                      "hierarchyid", "timestamp", "varbinary(max)"):  # timestamp: rowversion's name in CAST
+    for type_name in (
+        "sql_variant",
+        "datetimeoffset",
+        "money",
+        "uniqueidentifier",
+        "xml",
+        "geography",
+        "hierarchyid",
+        "timestamp",
+        "varbinary(max)",
+    ):  # timestamp: rowversion's name in CAST
         assert type_name in text, type_name
     rowversion = next(p for p in probes.MssqlProbes.type_probes if p.column == "rv")
     assert sqlglot.parse_one(rowversion.expression, read="tsql").to.this == exp.DataType.Type.ROWVERSION
@@ -286,8 +343,15 @@ def test_tsql_expected_values_match_the_dialect_converters() -> None:
 
 
 def test_mssql_target_and_hints_never_show_the_password() -> None:
-    settings = load_settings(environ={}, env_file=None, db_backend="mssql", mssql_host="sql.example.com",
-                             mssql_database="Sales", mssql_user="mcp_reader", mssql_password="p;w}d")
+    settings = load_settings(
+        environ={},
+        env_file=None,
+        db_backend="mssql",
+        mssql_host="sql.example.com",
+        mssql_database="Sales",
+        mssql_user="mcp_reader",
+        mssql_password="p;w}d",
+    )
     options = connection_options(get_dialect(settings).connection_string())
     assert options["pwd"] == "p;w}d" and options["encrypt"] == "yes"
     target = describe_target("mssql", options, True)
@@ -298,6 +362,7 @@ def test_mssql_target_and_hints_never_show_the_password() -> None:
 
 
 # --- SQL Server: the decisions, on rows shaped exactly like the probes' result sets -----------------
+
 
 def columns_of(sql: str) -> list[str]:
     return [e.alias_or_name for e in sqlglot.parse_one(sql, read="tsql").expressions]
@@ -310,11 +375,25 @@ def row_for(sql: str, **values: Any) -> dict[str, Any]:
     return {column: values.get(column) for column in columns}
 
 
-SERVER_2022 = dict(product_version="16.0.4135.4", product_level="RTM", edition="Standard Edition (64-bit)",
-                   engine_edition=2, database_name="Sales", login_name="mcp_reader", user_name="mcp_reader",
-                   updateability="READ_WRITE")
-READER = dict(view_definition=1, is_sysadmin=0, is_db_owner=0, can_alter_database=0, can_create_table=0,
-              writable_tables=0, visible_tables=12)
+SERVER_2022 = dict(
+    product_version="16.0.4135.4",
+    product_level="RTM",
+    edition="Standard Edition (64-bit)",
+    engine_edition=2,
+    database_name="Sales",
+    login_name="mcp_reader",
+    user_name="mcp_reader",
+    updateability="READ_WRITE",
+)
+READER = dict(
+    view_definition=1,
+    is_sysadmin=0,
+    is_db_owner=0,
+    can_alter_database=0,
+    can_create_table=0,
+    writable_tables=0,
+    visible_tables=12,
+)
 
 
 def test_mssql_server_verdict() -> None:
@@ -334,8 +413,9 @@ def test_mssql_tls_verdict() -> None:
     encrypted = row_for(probes.MSSQL_TLS, encrypt_option="TRUE", auth_scheme="SQL", net_transport="TCP")
     assert mssql_tls_verdict({"encrypt": "yes", "trustservercertificate": "no"}, encrypted, visible=True)[0] == PASS
     assert mssql_tls_verdict({"encrypt": "strict"}, None, visible=False)[0] == PASS  # no VIEW SERVER STATE: fine
-    status, detail, hint = mssql_tls_verdict({"encrypt": "yes", "trustservercertificate": "yes"}, encrypted,
-                                             visible=True)
+    status, detail, hint = mssql_tls_verdict(
+        {"encrypt": "yes", "trustservercertificate": "yes"}, encrypted, visible=True
+    )
     assert status == WARN and "not validated" in detail and "TrustServerCertificate=false" in hint
     assert mssql_tls_verdict({"encrypt": "no"}, None, visible=False)[0] == WARN
     plain = row_for(probes.MSSQL_TLS, encrypt_option="FALSE", auth_scheme="SQL", net_transport="TCP")
@@ -362,7 +442,8 @@ def test_mssql_view_definition_verdict() -> None:
 
     assert mssql_view_definition_verdict(row_for(probes.MSSQL_PERMISSIONS, **READER), "x")[0] == PASS
     status, _, hint = mssql_view_definition_verdict(
-        row_for(probes.MSSQL_PERMISSIONS, **{**READER, "view_definition": 0}), "x")
+        row_for(probes.MSSQL_PERMISSIONS, **{**READER, "view_definition": 0}), "x"
+    )
     assert status == WARN and "GRANT VIEW DEFINITION" in hint
 
 
@@ -375,8 +456,9 @@ def test_read_only_mode_off_skips_the_write_checks_and_changes_nothing(sqlite_db
     from tests.fixtures.databases import sqlite_snapshot
 
     before = sqlite_snapshot(sqlite_db)
-    code, out, _, _ = run_doctor({"DB_BACKEND": "sqlite", "SQLITE_PATH": str(sqlite_db), "READ_ONLY_MODE": "false"},
-                                 tmp_path, "--json")
+    code, out, _, _ = run_doctor(
+        {"DB_BACKEND": "sqlite", "SQLITE_PATH": str(sqlite_db), "READ_ONLY_MODE": "false"}, tmp_path, "--json"
+    )
     got = statuses(json.loads(out))
     assert code == 0, out
     assert got["read_only_session"] == got["write_refused"] == got["guard"] == SKIP

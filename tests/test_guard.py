@@ -133,20 +133,23 @@ def test_generated_catalog_sql_is_a_single_tsql_read(sql: str) -> None:
     assert guard.check(sql, "tsql").allowed
 
 
-@pytest.mark.parametrize(("sql", "dialect", "reason", "fragment"), [
-    ("SELECT 1; DELETE FROM t", "postgres", "multiple_statements", "2 statements"),
-    ("DELETE FROM t", "sqlite", "not_a_query", "DELETE"),
-    ("WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x", "postgres", "data_modifying", "DELETE"),
-    ("SELECT * INTO t2 FROM t", "postgres", "select_into", "INTO"),
-    ("SELECT * FROM t FOR UPDATE", "postgres", "locking_clause", "FOR UPDATE"),
-    ("SELECT pg_sleep(5)", "postgres", "denied_function", "PG_SLEEP"),
-    ("SELECT load_extension('x')", "sqlite", "denied_function", "LOAD_EXTENSION"),
-    ("SELECT FROM WHERE", "postgres", "parse_error", "could not be parsed"),
-    ("", "sqlite", "empty", "empty"),
-    ("SELECT 1 /* /* */ */", "postgres", "nested_comment", "nested"),
-    ("SELECT 1\u200b", "postgres", "invisible_character", "U+200B"),
-    ("SELECT 1 " + "-" * guard.MAX_SQL_CHARS, "postgres", "too_long", "longer"),
-])
+@pytest.mark.parametrize(
+    ("sql", "dialect", "reason", "fragment"),
+    [
+        ("SELECT 1; DELETE FROM t", "postgres", "multiple_statements", "2 statements"),
+        ("DELETE FROM t", "sqlite", "not_a_query", "DELETE"),
+        ("WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x", "postgres", "data_modifying", "DELETE"),
+        ("SELECT * INTO t2 FROM t", "postgres", "select_into", "INTO"),
+        ("SELECT * FROM t FOR UPDATE", "postgres", "locking_clause", "FOR UPDATE"),
+        ("SELECT pg_sleep(5)", "postgres", "denied_function", "PG_SLEEP"),
+        ("SELECT load_extension('x')", "sqlite", "denied_function", "LOAD_EXTENSION"),
+        ("SELECT FROM WHERE", "postgres", "parse_error", "could not be parsed"),
+        ("", "sqlite", "empty", "empty"),
+        ("SELECT 1 /* /* */ */", "postgres", "nested_comment", "nested"),
+        ("SELECT 1\u200b", "postgres", "invisible_character", "U+200B"),
+        ("SELECT 1 " + "-" * guard.MAX_SQL_CHARS, "postgres", "too_long", "longer"),
+    ],
+)
 def test_refusals_say_what_and_why(sql: str, dialect: str, reason: str, fragment: str) -> None:
     verdict = guard.check(sql, dialect)
     assert (verdict.allowed, verdict.reason) == (False, reason)

@@ -56,12 +56,12 @@ SQLITE_WRAPPERS = [
     "SELECT CASE WHEN 1 = 1 THEN {f} END",
 ]
 QUOTED_SQLITE = [
-    'SELECT "blob_import"(\'{secret}\')',
+    "SELECT \"blob_import\"('{secret}')",
     "SELECT [blob_import]('{secret}')",
     "SELECT `blob_import`('{secret}')",
     "SELECT BLOB_IMPORT('{secret}')",
     "SELECT Blob_Export(x'00', '{target}')",
-    'SELECT "BLOB_EXPORT"(x\'00\', \'{target}\')',
+    "SELECT \"BLOB_EXPORT\"(x'00', '{target}')",
     "SELECT main.blob_import('{secret}')",
     "SELECT * FROM customers WHERE name IN (SELECT [readfile]('{secret}'))",
     "SELECT coalesce(NULL, blob_import('{secret}'))",
@@ -178,21 +178,21 @@ PG_ESCAPES = [
     'SELECT U&"\\+000070g_sleep"(30)',
     "SELECT U&\"!0070g_sleep\" UESCAPE '!'(30)",
     "SELECT U&\"pg_re!0061d_file\" UESCAPE '!'('{secret}')",
-    'SELECT U&"pg_read_\\0066ile"(\'{secret}\')',
-    'SELECT U&"\\0073et_config"(\'default_transaction_read_only\', \'off\', false)',
+    "SELECT U&\"pg_read_\\0066ile\"('{secret}')",
+    "SELECT U&\"\\0073et_config\"('default_transaction_read_only', 'off', false)",
     'SELECT U&"pg_\\0061dvisory_lock"(42)',
     'SELECT U&"pg_terminate_b\\0061ckend"(1)',
-    'SELECT U&"lo_\\0069mport"(\'{secret}\')',
-    'SELECT U&"lo_export"(1, \'{target}\')',
-    'SELECT U&"ts_st\\0061t"(\'SELECT 1\')',
-    'SELECT U&"nextv\\0061l"(\'order_numbers\')',
+    "SELECT U&\"lo_\\0069mport\"('{secret}')",
+    "SELECT U&\"lo_export\"(1, '{target}')",
+    "SELECT U&\"ts_st\\0061t\"('SELECT 1')",
+    "SELECT U&\"nextv\\0061l\"('order_numbers')",
     'SELECT pg_catalog.U&"\\0070g_sleep"(30)',
     'SELECT U&"pg_catalog".U&"pg_read_file"(\'{secret}\')',
-    'SELECT * FROM U&"\\0070g_ls_dir"(\'/\')',
+    "SELECT * FROM U&\"\\0070g_ls_dir\"('/')",
     'SELECT * FROM U&"pg_\\0061uthid"',
     'SELECT "pg_sleep"(30)',
     'SELECT "pg_catalog"."pg_sleep"(30)',
-    'SELECT pg_catalog."pg_read_file"(\'{secret}\')',
+    "SELECT pg_catalog.\"pg_read_file\"('{secret}')",
     'SELECT "PG_SLEEP"(30)',
     "SELECT PG_SLEEP(30)",
     "SELECT Pg_Sleep(30)",
@@ -393,21 +393,39 @@ TSQL = [
 ]
 
 LEGITIMATE_COMPLEX: list[tuple[str, int | None]] = [
-    ("SELECT c.name, COUNT(o.id) AS n, SUM(l.qty) AS items, MAX(o.ordered_on) AS last FROM customers c "
-     "LEFT JOIN orders o ON o.customer_id = c.id LEFT JOIN order_lines l ON l.order_id = o.id "
-     "GROUP BY c.name HAVING COUNT(o.id) >= 0 ORDER BY items DESC, c.name", 5),
-    ("WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 100) "
-     "SELECT COUNT(*), SUM(x), MIN(x), MAX(x) FROM n", 1),
-    ("SELECT id, status, DENSE_RANK() OVER (ORDER BY status) AS r, NTILE(2) OVER (ORDER BY id) AS half, "
-     "FIRST_VALUE(id) OVER (PARTITION BY status ORDER BY id) AS first, "
-     "LEAD(id, 1) OVER (ORDER BY id) AS next FROM orders ORDER BY id", 5),
-    ("SELECT UPPER(SUBSTR(name, 1, 3)) AS p, LOWER(TRIM(name)) AS l, REPLACE(name, ' ', '_') AS u, "
-     "LENGTH(name) AS n, COALESCE(email, 'none') AS e, NULLIF(status, 'new') AS s "
-     "FROM customers JOIN orders ON orders.customer_id = customers.id ORDER BY orders.id", 5),
-    ("SELECT CASE WHEN qty > 2 THEN 'many' WHEN qty = 2 THEN 'two' ELSE 'one' END AS size, ABS(qty - 5) AS d, "
-     "ROUND(qty * 1.5, 1) AS r FROM order_lines ORDER BY order_id, line_no", 7),
-    ("SELECT o.status, COUNT(DISTINCT o.customer_id) AS c FROM orders o WHERE o.id IN "
-     "(SELECT order_id FROM order_lines WHERE qty > 1) GROUP BY o.status ORDER BY o.status", None),
+    (
+        "SELECT c.name, COUNT(o.id) AS n, SUM(l.qty) AS items, MAX(o.ordered_on) AS last FROM customers c "
+        "LEFT JOIN orders o ON o.customer_id = c.id LEFT JOIN order_lines l ON l.order_id = o.id "
+        "GROUP BY c.name HAVING COUNT(o.id) >= 0 ORDER BY items DESC, c.name",
+        5,
+    ),
+    (
+        "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 100) "
+        "SELECT COUNT(*), SUM(x), MIN(x), MAX(x) FROM n",
+        1,
+    ),
+    (
+        "SELECT id, status, DENSE_RANK() OVER (ORDER BY status) AS r, NTILE(2) OVER (ORDER BY id) AS half, "
+        "FIRST_VALUE(id) OVER (PARTITION BY status ORDER BY id) AS first, "
+        "LEAD(id, 1) OVER (ORDER BY id) AS next FROM orders ORDER BY id",
+        5,
+    ),
+    (
+        "SELECT UPPER(SUBSTR(name, 1, 3)) AS p, LOWER(TRIM(name)) AS l, REPLACE(name, ' ', '_') AS u, "
+        "LENGTH(name) AS n, COALESCE(email, 'none') AS e, NULLIF(status, 'new') AS s "
+        "FROM customers JOIN orders ON orders.customer_id = customers.id ORDER BY orders.id",
+        5,
+    ),
+    (
+        "SELECT CASE WHEN qty > 2 THEN 'many' WHEN qty = 2 THEN 'two' ELSE 'one' END AS size, ABS(qty - 5) AS d, "
+        "ROUND(qty * 1.5, 1) AS r FROM order_lines ORDER BY order_id, line_no",
+        7,
+    ),
+    (
+        "SELECT o.status, COUNT(DISTINCT o.customer_id) AS c FROM orders o WHERE o.id IN "
+        "(SELECT order_id FROM order_lines WHERE qty > 1) GROUP BY o.status ORDER BY o.status",
+        None,
+    ),
 ]
 SQLITE_LEGITIMATE = [
     ("SELECT name, type FROM sqlite_master WHERE type = 'table' ORDER BY name", 4),
@@ -415,24 +433,42 @@ SQLITE_LEGITIMATE = [
     ("SELECT * FROM pragma_foreign_key_list('orders')", 1),
     ("SELECT json_extract('{\"a\": [1, 2]}', '$.a[1]') AS v, json_array_length('[1,2,3]') AS n", 1),
     ("SELECT value FROM json_each('[1, 2, 3]') ORDER BY value", 3),
-    ("SELECT strftime('%Y', ordered_on) AS y, date(ordered_on, '+1 day') AS d, printf('%05d', id) AS p "
-     "FROM orders ORDER BY id", 5),
-    ("SELECT iif(id > 2, 'big', 'small'), ifnull(email, '-'), instr(name, 'a'), typeof(balance), hex(name) "
-     "FROM customers ORDER BY id", 5),
+    (
+        "SELECT strftime('%Y', ordered_on) AS y, date(ordered_on, '+1 day') AS d, printf('%05d', id) AS p "
+        "FROM orders ORDER BY id",
+        5,
+    ),
+    (
+        "SELECT iif(id > 2, 'big', 'small'), ifnull(email, '-'), instr(name, 'a'), typeof(balance), hex(name) "
+        "FROM customers ORDER BY id",
+        5,
+    ),
 ]
 PG_LEGITIMATE = [
     ("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1", None),
-    ("SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-     "WHERE n.nspname = 'public' AND c.relkind = 'r' ORDER BY 1", 4),
-    ("SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-     "WHERE a.attrelid = 'customers'::regclass AND a.attnum > 0 ORDER BY a.attnum", 5),
+    (
+        "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public' AND c.relkind = 'r' ORDER BY 1",
+        4,
+    ),
+    (
+        "SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+        "WHERE a.attrelid = 'customers'::regclass AND a.attnum > 0 ORDER BY a.attnum",
+        5,
+    ),
     ("SELECT jsonb_build_object('id', id, 'name', name) ->> 'name' AS n FROM customers ORDER BY id", 5),
     ("SELECT g, g * 2 AS d FROM generate_series(1, 5) AS g", 5),
-    ("SELECT to_char(ordered_on, 'YYYY-MM') AS m, date_trunc('month', ordered_on) AS t, "
-     "extract(year FROM ordered_on) AS y, ordered_on + interval '1 day' AS next FROM orders ORDER BY id", 5),
+    (
+        "SELECT to_char(ordered_on, 'YYYY-MM') AS m, date_trunc('month', ordered_on) AS t, "
+        "extract(year FROM ordered_on) AS y, ordered_on + interval '1 day' AS next FROM orders ORDER BY id",
+        5,
+    ),
     ("SELECT string_agg(name, ', ' ORDER BY name) AS names, array_agg(id ORDER BY id) AS ids FROM customers", 1),
-    ("SELECT regexp_replace(name, '[aeiou]', '', 'g') AS c, split_part(email, '@', 2) AS d, "
-     "lpad(id::text, 4, '0') AS p, md5(name) AS h FROM customers ORDER BY id", 5),
+    (
+        "SELECT regexp_replace(name, '[aeiou]', '', 'g') AS c, split_part(email, '@', 2) AS d, "
+        "lpad(id::text, 4, '0') AS p, md5(name) AS h FROM customers ORDER BY id",
+        5,
+    ),
     ('SELECT "Name" FROM sales."Regions" ORDER BY id', 2),
     ('SELECT U&"N\\0061me" FROM sales."Regions" ORDER BY id', 2),
     ("SELECT pg_size_pretty(pg_total_relation_size('customers')) IS NOT NULL AS sized, version() IS NOT NULL", 1),
@@ -512,13 +548,15 @@ async def test_sqlite_corpus_is_refused_and_changes_nothing(sqlite_db: Path, tmp
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("written")) == []
 
 
-async def test_postgres_corpus_is_refused_and_changes_nothing(postgres_server: Any, pg_db: dict[str, Any],
-                                                              tmp_path: Path) -> None:
+async def test_postgres_corpus_is_refused_and_changes_nothing(
+    postgres_server: Any, pg_db: dict[str, Any], tmp_path: Path
+) -> None:
     files = _files(tmp_path)
     name = pg_db["pg_database"]
     before, secret_digest = pg_snapshot(postgres_server, name), _digest(files["secret"])
-    corpus = [_fill(sql, {"secret": str(files["secret"]), "target": str(files["target"]), "db": name})
-              for sql in _pg_corpus()]
+    corpus = [
+        _fill(sql, {"secret": str(files["secret"]), "target": str(files["target"]), "db": name}) for sql in _pg_corpus()
+    ]
     async with open_database(**pg_db) as database:
         assert await _run_all(database, corpus) == []
         assert (await database.execute("SELECT COUNT(*) AS n FROM customers")).rows == [[5]]
@@ -551,14 +589,14 @@ async def test_legitimate_complex_reads_run_on_postgres(pg_db: dict[str, Any]) -
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-async def test_huge_recursive_reads_are_allowed_but_time_capped(backend: str, sqlite_db: Path,
-                                                                request: pytest.FixtureRequest) -> None:
+async def test_huge_recursive_reads_are_allowed_but_time_capped(
+    backend: str, sqlite_db: Path, request: pytest.FixtureRequest
+) -> None:
     if backend == "sqlite":
         settings: dict[str, Any] = {"db_backend": "sqlite", "sqlite_path": str(sqlite_db)}
     else:
         settings = dict(request.getfixturevalue("pg_db"))
-    sql = ("WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 1000000000) "
-           "SELECT COUNT(*) FROM n")
+    sql = "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 1000000000) SELECT COUNT(*) FROM n"
     assert guard.check(sql, backend).allowed  # a read: the guard lets it through, the time cap stops it
     async with open_database(query_timeout_seconds=1.0, **settings) as database:
         started = time.monotonic()

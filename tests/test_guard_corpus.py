@@ -54,7 +54,7 @@ ADVERSARIAL: list[str] = [
     # string-escape tricks
     "SELECT 'a\\'; DELETE FROM customers; --'",
     "SELECT 'it''s'; DELETE FROM customers",
-    "SELECT \"a;\" FROM customers; DELETE FROM customers",
+    'SELECT "a;" FROM customers; DELETE FROM customers',
     "SELECT 'x' || ''; DELETE FROM customers; SELECT ''",
     # unicode and whitespace tricks
     "SELECT 1;\u00a0DELETE FROM customers",
@@ -111,7 +111,7 @@ ADVERSARIAL: list[str] = [
     "SELECT fts3_tokenizer('simple')",
     "SELECT pg_sleep(10)",
     "SELECT pg_catalog.pg_sleep(10)",
-    "SELECT \"pg_sleep\"(10)",
+    'SELECT "pg_sleep"(10)',
     "SELECT pg_read_file('/etc/passwd')",
     "SELECT * FROM customers WHERE id IN (SELECT nextval('order_numbers'))",
     "SELECT (SELECT set_config('default_transaction_read_only', 'off', false))",
@@ -135,51 +135,89 @@ ADVERSARIAL: list[str] = [
 ]
 
 LEGITIMATE: list[tuple[str, Any]] = [
-    ("SELECT c.name, COUNT(o.id) AS orders FROM customers c LEFT JOIN orders o ON o.customer_id = c.id "
-     "GROUP BY c.name ORDER BY c.name", 5),
-    ("WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 10) SELECT SUM(x) AS total FROM n",
-     [[55]]),
-    ("WITH spend AS (SELECT o.customer_id, SUM(l.qty) AS items FROM orders o "
-     "JOIN order_lines l ON l.order_id = o.id GROUP BY o.customer_id), "
-     "ranked AS (SELECT customer_id, items, RANK() OVER (ORDER BY items DESC) AS r FROM spend) "
-     "SELECT customer_id, items FROM ranked WHERE r = 1", [[4, 10]]),
-    ("SELECT id, customer_id, ROW_NUMBER() OVER (PARTITION BY customer_id ORDER BY ordered_on) AS n "
-     "FROM orders ORDER BY id", 5),
-    ("SELECT id, LAG(id) OVER (ORDER BY id) AS prev, SUM(id) OVER (ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING "
-     "AND CURRENT ROW) AS running FROM orders ORDER BY id", 5),
-    ("SELECT name FROM customers WHERE id IN (SELECT customer_id FROM orders WHERE status = 'shipped') "
-     "ORDER BY name", [["Ada Lovelace"], ["Grace Hopper"]]),
-    ("SELECT name FROM customers c WHERE EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id "
-     "AND o.status = 'new') ORDER BY name", [["Ada Lovelace"], ["Edsger Dijkstra"]]),
-    ("SELECT c.name, (SELECT COUNT(*) FROM orders o WHERE o.customer_id = c.id) AS n FROM customers c "
-     "ORDER BY c.id", 5),
+    (
+        "SELECT c.name, COUNT(o.id) AS orders FROM customers c LEFT JOIN orders o ON o.customer_id = c.id "
+        "GROUP BY c.name ORDER BY c.name",
+        5,
+    ),
+    (
+        "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 10) SELECT SUM(x) AS total FROM n",
+        [[55]],
+    ),
+    (
+        "WITH spend AS (SELECT o.customer_id, SUM(l.qty) AS items FROM orders o "
+        "JOIN order_lines l ON l.order_id = o.id GROUP BY o.customer_id), "
+        "ranked AS (SELECT customer_id, items, RANK() OVER (ORDER BY items DESC) AS r FROM spend) "
+        "SELECT customer_id, items FROM ranked WHERE r = 1",
+        [[4, 10]],
+    ),
+    (
+        "SELECT id, customer_id, ROW_NUMBER() OVER (PARTITION BY customer_id ORDER BY ordered_on) AS n "
+        "FROM orders ORDER BY id",
+        5,
+    ),
+    (
+        "SELECT id, LAG(id) OVER (ORDER BY id) AS prev, SUM(id) OVER (ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING "
+        "AND CURRENT ROW) AS running FROM orders ORDER BY id",
+        5,
+    ),
+    (
+        "SELECT name FROM customers WHERE id IN (SELECT customer_id FROM orders WHERE status = 'shipped') "
+        "ORDER BY name",
+        [["Ada Lovelace"], ["Grace Hopper"]],
+    ),
+    (
+        "SELECT name FROM customers c WHERE EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id "
+        "AND o.status = 'new') ORDER BY name",
+        [["Ada Lovelace"], ["Edsger Dijkstra"]],
+    ),
+    (
+        "SELECT c.name, (SELECT COUNT(*) FROM orders o WHERE o.customer_id = c.id) AS n FROM customers c ORDER BY c.id",
+        5,
+    ),
     ("SELECT id FROM customers UNION SELECT customer_id FROM orders ORDER BY 1", 5),
     ("SELECT customer_id FROM orders UNION ALL SELECT id FROM customers", 10),
     ("SELECT id FROM customers INTERSECT SELECT customer_id FROM orders ORDER BY 1", [[1], [2], [3], [4]]),
     ("SELECT id FROM customers EXCEPT SELECT customer_id FROM orders", [[5]]),
     ("VALUES (1, 'a'), (2, 'b')", 2),
-    ("SELECT id, CASE WHEN status = 'shipped' THEN 'done' WHEN status = 'new' THEN 'todo' ELSE 'other' END AS s "
-     "FROM orders ORDER BY id", 5),
-    ("SELECT status, COUNT(*) AS n, MIN(ordered_on) AS first, MAX(id) AS last, COUNT(DISTINCT customer_id) AS c "
-     "FROM orders GROUP BY status HAVING COUNT(*) >= 1 ORDER BY status", 3),
-    ("SELECT t.customer_id, t.n FROM (SELECT customer_id, COUNT(*) AS n FROM orders GROUP BY customer_id) AS t "
-     "WHERE t.n > 1", [[1, 2]]),
+    (
+        "SELECT id, CASE WHEN status = 'shipped' THEN 'done' WHEN status = 'new' THEN 'todo' ELSE 'other' END AS s "
+        "FROM orders ORDER BY id",
+        5,
+    ),
+    (
+        "SELECT status, COUNT(*) AS n, MIN(ordered_on) AS first, MAX(id) AS last, COUNT(DISTINCT customer_id) AS c "
+        "FROM orders GROUP BY status HAVING COUNT(*) >= 1 ORDER BY status",
+        3,
+    ),
+    (
+        "SELECT t.customer_id, t.n FROM (SELECT customer_id, COUNT(*) AS n FROM orders GROUP BY customer_id) AS t "
+        "WHERE t.n > 1",
+        [[1, 2]],
+    ),
     ("SELECT a.id, b.id FROM orders a JOIN orders b ON a.customer_id = b.customer_id AND a.id < b.id", [[1, 2]]),
     ("SELECT id FROM orders ORDER BY ordered_on DESC LIMIT 2 OFFSET 1", [[4], [3]]),
-    ("SELECT COALESCE(email, 'none') AS e, NULLIF(name, '') AS n, CAST(id AS VARCHAR(10)) AS s FROM customers "
-     "ORDER BY id", 5),
-    ("SELECT LOWER(name) AS l, UPPER(name) AS u, LENGTH(name) AS n FROM customers WHERE name LIKE 'A%' "
-     "ORDER BY id", 2),
+    (
+        "SELECT COALESCE(email, 'none') AS e, NULLIF(name, '') AS n, CAST(id AS VARCHAR(10)) AS s FROM customers "
+        "ORDER BY id",
+        5,
+    ),
+    ("SELECT LOWER(name) AS l, UPPER(name) AS u, LENGTH(name) AS n FROM customers WHERE name LIKE 'A%' ORDER BY id", 2),
     ("SELECT id FROM orders WHERE ordered_on >= '2024-05-01' ORDER BY id", [[4], [5]]),
     ("-- top customers\nSELECT /* inline */ name FROM customers WHERE id = 1", [["Ada Lovelace"]]),
     ("SELECT 'a; DELETE FROM customers' AS s", [["a; DELETE FROM customers"]]),
-    ("SELECT 'DROP TABLE x' AS txt, name AS \"update\" FROM customers WHERE id = 2",
-     [["DROP TABLE x", "Grace Hopper"]]),
+    (
+        "SELECT 'DROP TABLE x' AS txt, name AS \"update\" FROM customers WHERE id = 2",
+        [["DROP TABLE x", "Grace Hopper"]],
+    ),
     ("SELECT note FROM orders WHERE id = 4;", [["it's; tricky -- note"]]),
     ("SELECT * FROM customer_totals ORDER BY customer_id", 5),
-    ("SELECT c.name, p.name AS product, l.qty FROM customers c JOIN orders o ON o.customer_id = c.id "
-     "JOIN order_lines l ON l.order_id = o.id JOIN products p ON p.id = l.product_id "
-     "WHERE o.status <> 'cancelled' ORDER BY c.name, p.name", 6),
+    (
+        "SELECT c.name, p.name AS product, l.qty FROM customers c JOIN orders o ON o.customer_id = c.id "
+        "JOIN order_lines l ON l.order_id = o.id JOIN products p ON p.id = l.product_id "
+        "WHERE o.status <> 'cancelled' ORDER BY c.name, p.name",
+        6,
+    ),
     ("WITH a AS (SELECT id FROM customers), b AS (SELECT id FROM a WHERE id > 2) SELECT COUNT(*) FROM b", [[3]]),
     ("SELECT sub.id FROM (SELECT id FROM customers WHERE id = 1) AS sub", [[1]]),
     ("SELECT 1 AS one", [[1]]),
@@ -211,8 +249,9 @@ async def test_adversarial_corpus_refused_on_sqlite_and_data_unchanged(sqlite_db
     before = sqlite_snapshot(sqlite_db)
     async with open_database(db_backend="sqlite", sqlite_path=str(sqlite_db)) as database:
         assert await _refusals(database) == []
-        refused = sum(s.value for m in database.metrics.guard_refusals.collect() for s in m.samples
-                      if s.name.endswith("_total"))
+        refused = sum(
+            s.value for m in database.metrics.guard_refusals.collect() for s in m.samples if s.name.endswith("_total")
+        )
         assert refused == len(ADVERSARIAL)
     assert sqlite_snapshot(sqlite_db) == before
 
@@ -251,7 +290,8 @@ async def test_legitimate_reads_run_on_postgres(pg_db) -> None:
 def test_legitimate_reads_also_pass_the_tsql_guard(sql: str) -> None:
     # LIMIT/OFFSET and || are not T-SQL; everything else in the list is portable.
     if "LIMIT" in sql:
-        sql = sql.replace("ORDER BY ordered_on DESC LIMIT 2 OFFSET 1",
-                          "ORDER BY ordered_on DESC OFFSET 1 ROWS FETCH NEXT 2 ROWS ONLY")
+        sql = sql.replace(
+            "ORDER BY ordered_on DESC LIMIT 2 OFFSET 1", "ORDER BY ordered_on DESC OFFSET 1 ROWS FETCH NEXT 2 ROWS ONLY"
+        )
     sql = sql.replace("LENGTH(", "LEN(")  # T-SQL's name; LENGTH is not a SQL Server function (refused)
     assert guard.check(sql, "tsql").allowed, guard.check(sql, "tsql")

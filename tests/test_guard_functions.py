@@ -17,8 +17,14 @@ _WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 def _call_forms(name: str) -> list[str]:
     callee = name if _WORD.match(name) else '"' + name.replace('"', '""') + '"'
-    return [f"SELECT {callee}(1)", f"SELECT {callee}()", f"SELECT {callee}(1, 2)", f"SELECT {callee}(1, 2, 3)",
-            f"SELECT x FROM t WHERE x = {callee}(1)", f"SELECT * FROM {callee}(1)"]
+    return [
+        f"SELECT {callee}(1)",
+        f"SELECT {callee}()",
+        f"SELECT {callee}(1, 2)",
+        f"SELECT {callee}(1, 2, 3)",
+        f"SELECT x FROM t WHERE x = {callee}(1)",
+        f"SELECT * FROM {callee}(1)",
+    ]
 
 
 def _quoted_forms(name: str, dialect: str) -> list[str]:
@@ -37,14 +43,19 @@ def _walk(names: set[str], dialect: str) -> tuple[list[str], list[str]]:
     for name in sorted(names):
         forms = _call_forms(name)
         verdicts = [guard.check(sql, dialect) for sql in forms]
-        if name.lower() in listed and guard.never_reason(name) is None and (
-                dialect != "postgres" or name == name.lower()):
+        if (
+            name.lower() in listed
+            and guard.never_reason(name) is None
+            and (dialect != "postgres" or name == name.lower())
+        ):
             if not any(v.allowed for v in verdicts):
                 unreachable.append(f"{name}: {verdicts[0].message}")
         else:
-            for sql, verdict in zip(forms + _quoted_forms(name, dialect),
-                                    verdicts + [guard.check(s, dialect) for s in _quoted_forms(name, dialect)],
-                                    strict=True):
+            for sql, verdict in zip(
+                forms + _quoted_forms(name, dialect),
+                verdicts + [guard.check(s, dialect) for s in _quoted_forms(name, dialect)],
+                strict=True,
+            ):
                 if verdict.allowed:
                     leaked.append(sql)
                 elif verdict.reason == "denied_function":
@@ -64,8 +75,18 @@ def test_every_sqlite_function_is_allowlisted_or_refused(tmp_path: Path) -> None
     assert leaked == []
     assert unreachable == []
     refused = [n for n in names if not any(guard.check(s, "sqlite").allowed for s in _call_forms(n))]
-    assert {"blob_import", "blob_export", "load_extension", "zeroblob", "randomblob", "fts3_tokenizer",
-            "changes", "last_insert_rowid", "optimize", "sqlite_log"} <= set(refused)
+    assert {
+        "blob_import",
+        "blob_export",
+        "load_extension",
+        "zeroblob",
+        "randomblob",
+        "fts3_tokenizer",
+        "changes",
+        "last_insert_rowid",
+        "optimize",
+        "sqlite_log",
+    } <= set(refused)
 
 
 def test_every_postgres_function_is_allowlisted_or_refused(postgres_server) -> None:
@@ -76,13 +97,43 @@ def test_every_postgres_function_is_allowlisted_or_refused(postgres_server) -> N
     assert unreachable == []
     refused = {n for n in names if not any(guard.check(s, "postgres").allowed for s in _call_forms(n))}
     must_refuse = {
-        "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "lo_import", "lo_export",
-        "pg_sleep", "pg_sleep_for", "pg_sleep_until", "set_config", "current_setting", "pg_terminate_backend",
-        "pg_cancel_backend", "pg_advisory_lock", "pg_advisory_xact_lock", "pg_try_advisory_lock", "nextval",
-        "setval", "ts_stat", "ts_rewrite", "query_to_xml", "table_to_xml", "database_to_xml", "cursor_to_xml",
-        "brin_summarize_new_values", "brin_summarize_range", "gin_clean_pending_list", "pg_reload_conf",
-        "pg_notify", "txid_current", "pg_current_xact_id", "pg_stat_get_activity", "inet_server_addr",
-        "pg_logical_emit_message", "pg_create_restore_point", "pg_switch_wal", "pg_export_snapshot",
+        "pg_read_file",
+        "pg_read_binary_file",
+        "pg_ls_dir",
+        "pg_stat_file",
+        "lo_import",
+        "lo_export",
+        "pg_sleep",
+        "pg_sleep_for",
+        "pg_sleep_until",
+        "set_config",
+        "current_setting",
+        "pg_terminate_backend",
+        "pg_cancel_backend",
+        "pg_advisory_lock",
+        "pg_advisory_xact_lock",
+        "pg_try_advisory_lock",
+        "nextval",
+        "setval",
+        "ts_stat",
+        "ts_rewrite",
+        "query_to_xml",
+        "table_to_xml",
+        "database_to_xml",
+        "cursor_to_xml",
+        "brin_summarize_new_values",
+        "brin_summarize_range",
+        "gin_clean_pending_list",
+        "pg_reload_conf",
+        "pg_notify",
+        "txid_current",
+        "pg_current_xact_id",
+        "pg_stat_get_activity",
+        "inet_server_addr",
+        "pg_logical_emit_message",
+        "pg_create_restore_point",
+        "pg_switch_wal",
+        "pg_export_snapshot",
     }
     assert must_refuse <= refused, must_refuse - refused
 
@@ -97,6 +148,9 @@ def test_allowlists_hold_no_never_name() -> None:
 @pytest.mark.parametrize("dialect", ["sqlite", "postgres", "tsql"])
 def test_allowlisted_functions_pass_the_guard(dialect: str) -> None:
     lists = guard.allowlist(dialect)
-    unreachable = [n for n in sorted(lists.functions)
-                   if not any(guard.check(s, dialect).allowed for s in [*_call_forms(n), f"SELECT {n}"])]
+    unreachable = [
+        n
+        for n in sorted(lists.functions)
+        if not any(guard.check(s, dialect).allowed for s in [*_call_forms(n), f"SELECT {n}"])
+    ]
     assert unreachable == []

@@ -31,9 +31,17 @@ def _closed_port() -> int:
 @pytest.fixture
 async def down(start_live_server: Any, make_settings: Any) -> Any:
     port = _closed_port()
-    settings = make_settings(auth=True, db_backend="postgres", pg_host=DB_HOST, pg_port=port, pg_user=DB_USER,
-                             pg_password="not-the-password", pg_database=DB_NAME, metrics_token=METRICS_TOKEN,
-                             db_connect_timeout_seconds=2)
+    settings = make_settings(
+        auth=True,
+        db_backend="postgres",
+        pg_host=DB_HOST,
+        pg_port=port,
+        pg_user=DB_USER,
+        pg_password="not-the-password",
+        pg_database=DB_NAME,
+        metrics_token=METRICS_TOKEN,
+        db_connect_timeout_seconds=2,
+    )
     server = await start_live_server(settings)
     server.settings, server.db_port = settings, port
     async with aiohttp.ClientSession() as http:
@@ -47,8 +55,11 @@ async def down(start_live_server: Any, make_settings: Any) -> Any:
 
 def _leaks(text: str, port: int) -> list[str]:
     lowered = text.lower()
-    found = [word for word in (DB_HOST, DB_USER, "not-the-password", "refused", "could not connect", "08001",
-                               "psqlodbc", "odbc") if word in lowered]
+    found = [
+        word
+        for word in (DB_HOST, DB_USER, "not-the-password", "refused", "could not connect", "08001", "psqlodbc", "odbc")
+        if word in lowered
+    ]
     return found + ([str(port)] if str(port) in text else [])
 
 
@@ -82,34 +93,53 @@ async def test_signed_in_caller_sees_details_and_a_bad_token_does_not(down: Any,
                 text = await resp.text()
                 assert _leaks(text, down.db_port) == [] and "last_error" not in text, (header, text)
         # A token for the other surface is not a sign-in at this one.
-        chatgpt_token = mint_access_token(down.settings, down.url, username="operator", role="reader",
-                                          scope="mcp:read", resource=down.url + "/chatgpt/mcp")
+        chatgpt_token = mint_access_token(
+            down.settings,
+            down.url,
+            username="operator",
+            role="reader",
+            scope="mcp:read",
+            resource=down.url + "/chatgpt/mcp",
+        )
         async with http.get(down.url + "/health", headers={"Authorization": f"Bearer {chatgpt_token}"}) as resp:
             assert "last_error" not in await resp.text()
-        async with http.get(down.url + "/chatgpt/health",
-                            headers={"Authorization": f"Bearer {chatgpt_token}"}) as resp:
+        async with http.get(down.url + "/chatgpt/health", headers={"Authorization": f"Bearer {chatgpt_token}"}) as resp:
             assert (await resp.json())["database"]["last_error"]
     assert str(down.db_port) in signed_in["database"]["last_error"]
 
 
-@pytest.mark.parametrize(("method", "path", "body"), [
-    ("GET", "/chatgpt/health", None),
-    ("POST", "/mcp", {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                      "params": {"name": "execute_sql", "arguments": {"query": "SELECT 1"}}}),
-    ("POST", "/mcp", b"{not json"),
-    ("GET", "/sse", None),
-    ("POST", "/messages?session_id=nope", {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
-    ("GET", "/metrics", None),
-    ("GET", "/no/such/page", None),
-    ("GET", "/.well-known/oauth-protected-resource/mcp", None),
-    ("GET", "/chatgpt/records/table:public.customers", None),
-])
-async def test_no_unauthenticated_answer_names_the_database_server(down: Any, method: str, path: str,
-                                                                   body: Any) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/chatgpt/health", None),
+        (
+            "POST",
+            "/mcp",
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "tools/call",
+                "params": {"name": "execute_sql", "arguments": {"query": "SELECT 1"}},
+            },
+        ),
+        ("POST", "/mcp", b"{not json"),
+        ("GET", "/sse", None),
+        ("POST", "/messages?session_id=nope", {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+        ("GET", "/metrics", None),
+        ("GET", "/no/such/page", None),
+        ("GET", "/.well-known/oauth-protected-resource/mcp", None),
+        ("GET", "/chatgpt/records/table:public.customers", None),
+    ],
+)
+async def test_no_unauthenticated_answer_names_the_database_server(
+    down: Any, method: str, path: str, body: Any
+) -> None:
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
     headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
-    async with aiohttp.ClientSession() as http, http.request(method, down.url + path, data=data,
-                                                              headers=headers) as resp:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(method, down.url + path, data=data, headers=headers) as resp,
+    ):
         assert resp.status < 500
         text = await resp.text()
         shown = text + json.dumps(dict(resp.headers))
@@ -117,22 +147,35 @@ async def test_no_unauthenticated_answer_names_the_database_server(down: Any, me
     assert f":{down.db_port}" not in shown and f"port {down.db_port}" not in shown
 
 
-@pytest.mark.parametrize(("values", "name"), [
-    ({"db_backend": "sqlite", "sqlite_path": "/srv/secret/dir/shop.db"}, "shop.db"),
-    ({"db_backend": "sqlite", "sqlite_path": "file:/srv/x/shop.db?mode=ro"}, "shop.db"),
-    ({"db_backend": "postgres", "pg_database": "sales"}, "sales"),
-    ({"db_backend": "mssql", "mssql_database": "Orders", "mssql_host": "sql.internal"}, "Orders"),
-    ({"db_backend": "mssql", "mssql_database": "", "mssql_host": "sql.internal"}, None),
-    ({"db_backend": "mssql", "odbc_connection_string":
-      "Driver={ODBC Driver 18};Server=tcp:sql.internal,1433;UID=sa;PWD=hunter2;Database={Ledger}"}, "Ledger"),
-    ({"db_backend": "sqlite", "odbc_connection_string": "Driver={SQLite3};Database=/var/lib/app/data.db"},
-     "data.db"),
-])
+@pytest.mark.parametrize(
+    ("values", "name"),
+    [
+        ({"db_backend": "sqlite", "sqlite_path": "/srv/secret/dir/shop.db"}, "shop.db"),
+        ({"db_backend": "sqlite", "sqlite_path": "file:/srv/x/shop.db?mode=ro"}, "shop.db"),
+        ({"db_backend": "postgres", "pg_database": "sales"}, "sales"),
+        ({"db_backend": "mssql", "mssql_database": "Orders", "mssql_host": "sql.internal"}, "Orders"),
+        ({"db_backend": "mssql", "mssql_database": "", "mssql_host": "sql.internal"}, None),
+        (
+            {
+                "db_backend": "mssql",
+                "odbc_connection_string": (
+                    "Driver={ODBC Driver 18};Server=tcp:sql.internal,1433;UID=sa;PWD=hunter2;Database={Ledger}"
+                ),
+            },
+            "Ledger",
+        ),
+        (
+            {"db_backend": "sqlite", "odbc_connection_string": "Driver={SQLite3};Database=/var/lib/app/data.db"},
+            "data.db",
+        ),
+    ],
+)
 def test_database_name_is_only_a_name(values: dict[str, Any], name: str | None) -> None:
     from types import SimpleNamespace
 
     from app.health import database_name
 
-    settings = SimpleNamespace(**{"odbc_connection_string": "", "sqlite_path": "", "pg_database": "",
-                                  "mssql_database": "", **values})
+    settings = SimpleNamespace(
+        **{"odbc_connection_string": "", "sqlite_path": "", "pg_database": "", "mssql_database": "", **values}
+    )
     assert database_name(settings) == name

@@ -10,15 +10,20 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+}
 HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
 
 
 @pytest.fixture
 async def client(aiohttp_client: Any, mcp_test_app: Any) -> TestClient:
-    test_app = mcp_test_app(allowed_origins=("https://intranet.example.org",),
-                            public_base_url="https://mcp.example.com")
+    test_app = mcp_test_app(
+        allowed_origins=("https://intranet.example.org",), public_base_url="https://mcp.example.com"
+    )
     c = await aiohttp_client(test_app.app)
     c.test_app = test_app
     return c
@@ -26,8 +31,17 @@ async def client(aiohttp_client: Any, mcp_test_app: Any) -> TestClient:
 
 # -- Origin ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("origin", ["https://evil.example.com", "http://evil.example.com", "null",
-                                    "https://chatgpt.com.evil.net", "http://localhost.evil.net"])
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://evil.example.com",
+        "http://evil.example.com",
+        "null",
+        "https://chatgpt.com.evil.net",
+        "http://localhost.evil.net",
+    ],
+)
 @pytest.mark.parametrize("path", ["/mcp", "/sse", "/messages?session_id=x", "/chatgpt/mcp"])
 async def test_foreign_origin_is_403(client: TestClient, origin: str, path: str) -> None:
     response = await client.post(path, data=json.dumps(INIT), headers={**HEADERS, "Origin": origin})
@@ -39,8 +53,11 @@ async def test_foreign_origin_is_403(client: TestClient, origin: str, path: str)
 
 async def test_dns_rebinding_host_and_origin_are_refused(client: TestClient) -> None:
     # A rebinding page controls both Host and Origin; the Host header must not make its origin trusted.
-    response = await client.post("/mcp", data=json.dumps(INIT),
-                                 headers={**HEADERS, "Host": "evil.example.com", "Origin": "http://evil.example.com"})
+    response = await client.post(
+        "/mcp",
+        data=json.dumps(INIT),
+        headers={**HEADERS, "Host": "evil.example.com", "Origin": "http://evil.example.com"},
+    )
     assert response.status == 403
     for path in ("/mcp", "/sse"):
         response = await client.get(path, headers={"Accept": "text/event-stream", "Origin": "http://evil.example.com"})
@@ -49,9 +66,20 @@ async def test_dns_rebinding_host_and_origin_are_refused(client: TestClient) -> 
     assert response.status == 403
 
 
-@pytest.mark.parametrize("origin", ["http://localhost:6274", "http://127.0.0.1", "https://[::1]:8443",
-                                    "https://chatgpt.com", "https://claude.ai", "https://claude.com",
-                                    "https://mcp.example.com", "https://intranet.example.org", "HTTPS://Claude.AI/"])
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://localhost:6274",
+        "http://127.0.0.1",
+        "https://[::1]:8443",
+        "https://chatgpt.com",
+        "https://claude.ai",
+        "https://claude.com",
+        "https://mcp.example.com",
+        "https://intranet.example.org",
+        "HTTPS://Claude.AI/",
+    ],
+)
 async def test_allowed_origins_get_cors(client: TestClient, origin: str) -> None:
     response = await client.post("/mcp", data=json.dumps(INIT), headers={**HEADERS, "Origin": origin})
     assert response.status == 200
@@ -68,16 +96,19 @@ async def test_forwarded_public_origin_only_from_trusted_proxy(aiohttp_client: A
     app = mcp_test_app(trusted_proxies=("127.0.0.1", "::1")).app
     c = await aiohttp_client(app)
     forwarded = {"X-Forwarded-Host": "db.example.net", "X-Forwarded-Proto": "https"}
-    response = await c.post("/mcp", data=json.dumps(INIT),
-                            headers={**HEADERS, **forwarded, "Origin": "https://db.example.net"})
+    response = await c.post(
+        "/mcp", data=json.dumps(INIT), headers={**HEADERS, **forwarded, "Origin": "https://db.example.net"}
+    )
     assert response.status == 200
     untrusted = await aiohttp_client(mcp_test_app(trusted_proxies=("10.9.9.9",)).app)
-    response = await untrusted.post("/mcp", data=json.dumps(INIT),
-                                    headers={**HEADERS, **forwarded, "Origin": "https://db.example.net"})
+    response = await untrusted.post(
+        "/mcp", data=json.dumps(INIT), headers={**HEADERS, **forwarded, "Origin": "https://db.example.net"}
+    )
     assert response.status == 403
 
 
 # -- HEAD / OPTIONS ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("prefix", ["", "/chatgpt"])
 async def test_head_and_options_on_sse(client: TestClient, prefix: str) -> None:
@@ -85,8 +116,9 @@ async def test_head_and_options_on_sse(client: TestClient, prefix: str) -> None:
     assert head.status == 200
     assert head.headers["Content-Type"].startswith("text/event-stream")
     assert "GET" in head.headers["Allow"]
-    options = await client.options(prefix + "/sse", headers={"Origin": "https://claude.ai",
-                                                              "Access-Control-Request-Method": "POST"})
+    options = await client.options(
+        prefix + "/sse", headers={"Origin": "https://claude.ai", "Access-Control-Request-Method": "POST"}
+    )
     assert options.status == 200
     assert options.headers["Allow"] == "GET, POST, HEAD, OPTIONS"
     assert options.headers["Access-Control-Allow-Origin"] == "https://claude.ai"
@@ -104,6 +136,7 @@ async def test_options_from_foreign_origin_gets_no_cors(client: TestClient) -> N
 
 
 # -- legacy SSE over raw HTTP ----------------------------------------------------------------------------
+
 
 async def _read_event(stream: Any) -> tuple[str, str]:
     event, data = "message", ""
@@ -135,9 +168,13 @@ async def test_sse_endpoint_event_and_messages(client: TestClient, prefix: str) 
     event, data = await _read_event(stream)
     assert event == "message" and json.loads(data)["result"]["protocolVersion"] == "2025-11-25"
     # POST {prefix}/sse?session_id= is the same legacy endpoint.
-    response = await client.post(endpoint.replace("/messages", "/sse"), headers=HEADERS,
-                                 data=json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-                                                  "params": {"name": "echo", "arguments": {"text": "s"}}}))
+    response = await client.post(
+        endpoint.replace("/messages", "/sse"),
+        headers=HEADERS,
+        data=json.dumps(
+            {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "s"}}}
+        ),
+    )
     assert response.status == 202
     event, data = await _read_event(stream)
     assert json.loads(data)["result"]["structuredContent"]["echo"] == "s"
@@ -151,8 +188,9 @@ async def test_sse_message_session_rules(client: TestClient) -> None:
     ping = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"})
     assert (await client.post("/messages", data=ping, headers=HEADERS)).status == 400
     assert (await client.post("/messages?session_id=unknown", data=ping, headers=HEADERS)).status == 404
-    assert (await client.post("/messages?session_id=x", data=ping, headers={"Content-Type": "text/plain"})).status \
-        == 415
+    assert (
+        await client.post("/messages?session_id=x", data=ping, headers={"Content-Type": "text/plain"})
+    ).status == 415
 
 
 async def test_sse_endpoint_includes_environment_path(aiohttp_client: Any, mcp_test_app: Any) -> None:
@@ -178,9 +216,18 @@ async def test_sse_disconnect_ends_session_and_cancels_calls(client: TestClient)
     stream = await client.get("/sse", headers={"Accept": "text/event-stream"})
     _, endpoint = await _read_event(stream)
     await client.post(endpoint, data=json.dumps(INIT), headers=HEADERS)
-    await client.post(endpoint, headers=HEADERS, data=json.dumps(
-        {"jsonrpc": "2.0", "id": 5, "method": "tools/call",
-         "params": {"name": "slow", "arguments": {"steps": 200, "step_seconds": 0.05}}}))
+    await client.post(
+        endpoint,
+        headers=HEADERS,
+        data=json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": 5,
+                "method": "tools/call",
+                "params": {"name": "slow", "arguments": {"steps": 200, "step_seconds": 0.05}},
+            }
+        ),
+    )
     await asyncio.wait_for(probe.started.wait(), 5)
     assert len(server.sessions) == 1
     stream.close()
@@ -195,10 +242,26 @@ async def test_sse_disconnect_ends_session_and_cancels_calls(client: TestClient)
 async def test_streamable_disconnect_cancels_call(client: TestClient) -> None:
     probe = client.test_app.probe
     meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
-    call = asyncio.create_task(client.post("/mcp", headers={
-        **HEADERS, "Accept": "application/json", "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call",
-        "Mcp-Name": "slow"}, data=json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
-            "name": "slow", "arguments": {"steps": 200, "step_seconds": 0.05}, "_meta": meta}})))
+    call = asyncio.create_task(
+        client.post(
+            "/mcp",
+            headers={
+                **HEADERS,
+                "Accept": "application/json",
+                "MCP-Protocol-Version": "2026-07-28",
+                "Mcp-Method": "tools/call",
+                "Mcp-Name": "slow",
+            },
+            data=json.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "tools/call",
+                    "params": {"name": "slow", "arguments": {"steps": 200, "step_seconds": 0.05}, "_meta": meta},
+                }
+            ),
+        )
+    )
     await asyncio.wait_for(probe.started.wait(), 5)
     call.cancel()  # the client goes away mid-call: the tool must stop, not run to the end
     with pytest.raises(asyncio.CancelledError):
@@ -209,8 +272,11 @@ async def test_streamable_disconnect_cancels_call(client: TestClient) -> None:
 
 # -- /health ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("path", "tools"), [("/health", ["echo", "slow", "fail", "chatty"]),
-                                             ("/chatgpt/health", ["echo", "slow", "fail", "chatty"])])
+
+@pytest.mark.parametrize(
+    ("path", "tools"),
+    [("/health", ["echo", "slow", "fail", "chatty"]), ("/chatgpt/health", ["echo", "slow", "fail", "chatty"])],
+)
 async def test_health_without_database(client: TestClient, path: str, tools: list[str]) -> None:
     response = await client.get(path)
     assert response.status == 200
@@ -238,6 +304,7 @@ async def test_health_on_the_real_app(app_client: TestClient) -> None:
 
 
 # -- error middleware ------------------------------------------------------------------------------------
+
 
 async def test_unknown_paths_and_methods_are_json_on_api_paths(client: TestClient) -> None:
     response = await client.get("/nope/health")

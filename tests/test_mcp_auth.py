@@ -23,21 +23,33 @@ async def secured(start_live_server: Any, make_settings: Any, writable_demo_db: 
     return server
 
 
-@pytest.mark.parametrize(("method", "path", "body"), [
-    ("POST", "/mcp", {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
-    ("POST", "/chatgpt/mcp", {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                              "params": {"name": "search", "arguments": {"query": "x"}}}),
-    ("POST", "/mcp", {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": META}}),
-    ("GET", "/sse", None),
-    ("POST", "/mcp", None),  # malformed body: still 401 first, nothing learned without a token
-])
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/mcp", {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+        (
+            "POST",
+            "/chatgpt/mcp",
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "tools/call",
+                "params": {"name": "search", "arguments": {"query": "x"}},
+            },
+        ),
+        ("POST", "/mcp", {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": META}}),
+        ("GET", "/sse", None),
+        ("POST", "/mcp", None),  # malformed body: still 401 first, nothing learned without a token
+    ],
+)
 async def test_no_token_is_401_with_resource_metadata(secured: Any, method: str, path: str, body: Any) -> None:
     headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
     if body is not None and body.get("method") == "server/discover":
         headers.update({"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "server/discover"})
     async with httpx.AsyncClient() as http:
-        response = await http.request(method, secured.url + path, headers=headers,
-                                      content=json.dumps(body) if body is not None else b"{nope")
+        response = await http.request(
+            method, secured.url + path, headers=headers, content=json.dumps(body) if body is not None else b"{nope"
+        )
     assert response.status_code == 401
     challenge = response.headers["WWW-Authenticate"]
     assert challenge.startswith("Bearer") and "resource_metadata=" in challenge
@@ -48,8 +60,14 @@ async def test_token_reaches_the_tools(secured: Any, mint_access_token: Any, tra
     results = {}
     for role in ("reader", "writer"):
         resource = secured.url + ("/sse" if transport == "sse" else "/mcp")
-        token = mint_access_token(secured.settings, secured.url, username=f"user-{role}", role=role,
-                                  scope="mcp:read mcp:write" if role == "writer" else "mcp:read", resource=resource)
+        token = mint_access_token(
+            secured.settings,
+            secured.url,
+            username=f"user-{role}",
+            role=role,
+            scope="mcp:read mcp:write" if role == "writer" else "mcp:read",
+            resource=resource,
+        )
         headers = {"Authorization": f"Bearer {token}"}
         async with httpx2.AsyncClient(headers=headers) as http:
             if transport == "sse":
@@ -60,7 +78,8 @@ async def test_token_reaches_the_tools(secured: Any, mint_access_token: Any, tra
                 read = await client.call_tool("execute_sql", {"query": "SELECT count(*) AS n FROM customers"})
                 assert read.is_error is not True
                 results[role] = await client.call_tool(
-                    "execute_sql", {"query": "UPDATE customers SET email = email WHERE 1 = 0"})
+                    "execute_sql", {"query": "UPDATE customers SET email = email WHERE 1 = 0"}
+                )
     # The principal from the bearer check is what the tool sees: readers cannot write, writers can.
     assert results["reader"].is_error is True
     assert results["writer"].is_error is not True, results["writer"].content[0].text
@@ -69,9 +88,16 @@ async def test_token_reaches_the_tools(secured: Any, mint_access_token: Any, tra
 async def test_token_for_another_endpoint_is_refused(secured: Any, mint_access_token: Any) -> None:
     token = mint_access_token(secured.settings, secured.url, resource=secured.url + "/chatgpt/mcp")
     async with httpx.AsyncClient() as http:
-        response = await http.post(secured.url + "/mcp", headers={
-            "Authorization": f"Bearer {token}", "Content-Type": "application/json", "Accept": "application/json"},
-            content=json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                                "params": {"protocolVersion": "2025-11-25"}}))
+        response = await http.post(
+            secured.url + "/mcp",
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+            },
+            content=json.dumps(
+                {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25"}}
+            ),
+        )
     assert response.status_code == 401
     assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]

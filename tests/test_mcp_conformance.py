@@ -85,14 +85,40 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "caching": ("2026-07-28",),
     "http-header-validation": ("2026-07-28",),
     "http-custom-header-server-validation": ("2026-07-28",),
-    **{f"tasks-{name}": ("extension",) for name in (
-        "lifecycle", "capability-negotiation", "wire-fields", "request-state-removal", "mrtr-input",
-        "request-headers", "dispatch-and-envelope", "status-notifications", "required-task-error",
-        "mrtr-composition")},
-    **{f"input-required-result-{name}": ("2026-07-28",) for name in (
-        "basic-elicitation", "basic-sampling", "basic-list-roots", "request-state", "multiple-input-requests",
-        "multi-round", "missing-input-response", "non-tool-request", "result-type", "unsupported-methods",
-        "tampered-state", "capability-check", "ignore-extra-params", "validate-input")},
+    **{
+        f"tasks-{name}": ("extension",)
+        for name in (
+            "lifecycle",
+            "capability-negotiation",
+            "wire-fields",
+            "request-state-removal",
+            "mrtr-input",
+            "request-headers",
+            "dispatch-and-envelope",
+            "status-notifications",
+            "required-task-error",
+            "mrtr-composition",
+        )
+    },
+    **{
+        f"input-required-result-{name}": ("2026-07-28",)
+        for name in (
+            "basic-elicitation",
+            "basic-sampling",
+            "basic-list-roots",
+            "request-state",
+            "multiple-input-requests",
+            "multi-round",
+            "missing-input-response",
+            "non-tool-request",
+            "result-type",
+            "unsupported-methods",
+            "tampered-state",
+            "capability-check",
+            "ignore-extra-params",
+            "validate-input",
+        )
+    },
 }
 
 # Checks expected to fail on the fixture server, by scenario, with the reason. Keep this short and true.
@@ -102,9 +128,12 @@ EXTENSION_SCENARIOS = {name for name, versions in SCENARIOS.items() if versions 
 
 # Scenarios that need no fixtures, on the real app (the product), with the checks expected to fail there.
 # server-stateless probes the suite's diagnostic tools, which the product rightly does not have.
-NEEDS_DIAGNOSTIC_TOOLS = {"sep-2575-server-rejects-undeclared-capability", "sep-2575-missing-capability-http-400",
-                          "sep-2575-http-server-no-independent-requests-on-stream",
-                          "sep-2575-server-no-log-without-loglevel"}
+NEEDS_DIAGNOSTIC_TOOLS = {
+    "sep-2575-server-rejects-undeclared-capability",
+    "sep-2575-missing-capability-http-400",
+    "sep-2575-http-server-no-independent-requests-on-stream",
+    "sep-2575-server-no-log-without-loglevel",
+}
 REAL_APP_CASES = [
     ("server-initialize", "2025-11-25", set()),
     ("server-session-lifecycle", "2025-11-25", set()),
@@ -126,24 +155,45 @@ REAL_APP_CASES = [
 ]
 
 JSON_SCHEMA_2020_12 = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
-    "$defs": {"address": {"$anchor": "addressDef", "type": "object",
-                          "properties": {"street": {"type": "string"}, "city": {"type": "string"}}}},
-    "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"},
-                   "contactMethod": {"type": "string", "enum": ["phone", "email"]},
-                   "phone": {"type": "string"}, "email": {"type": "string"}},
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "$defs": {
+        "address": {
+            "$anchor": "addressDef",
+            "type": "object",
+            "properties": {"street": {"type": "string"}, "city": {"type": "string"}},
+        }
+    },
+    "properties": {
+        "name": {"type": "string"},
+        "address": {"$ref": "#/$defs/address"},
+        "contactMethod": {"type": "string", "enum": ["phone", "email"]},
+        "phone": {"type": "string"},
+        "email": {"type": "string"},
+    },
     "allOf": [{"anyOf": [{"required": ["phone"]}, {"required": ["email"]}]}],
     "if": {"properties": {"contactMethod": {"const": "phone"}}, "required": ["contactMethod"]},
-    "then": {"required": ["phone"]}, "else": {"required": ["email"]},
+    "then": {"required": ["phone"]},
+    "else": {"required": ["email"]},
     "additionalProperties": False,
 }
 # A 1x1 red PNG and a 1-sample WAV: the smallest valid media for the content-type scenarios.
-PNG = base64.b64encode(bytes.fromhex(
-    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
-    "1f15c4890000000d49444154789c63f8cfc0f01f0005000201e2b8a7d70000000049454e44ae426082")).decode()
-WAV = base64.b64encode(b"RIFF" + (38).to_bytes(4, "little") + b"WAVEfmt " + (16).to_bytes(4, "little")
-                       + bytes.fromhex("01000100401f0000803e000002001000") + b"data"
-                       + (2).to_bytes(4, "little") + b"\x00\x00").decode()
+PNG = base64.b64encode(
+    bytes.fromhex(
+        "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+        "1f15c4890000000d49444154789c63f8cfc0f01f0005000201e2b8a7d70000000049454e44ae426082"
+    )
+).decode()
+WAV = base64.b64encode(
+    b"RIFF"
+    + (38).to_bytes(4, "little")
+    + b"WAVEfmt "
+    + (16).to_bytes(4, "little")
+    + bytes.fromhex("01000100401f0000803e000002001000")
+    + b"data"
+    + (2).to_bytes(4, "little")
+    + b"\x00\x00"
+).decode()
 
 
 def _text(text: str) -> ToolResult:
@@ -151,13 +201,20 @@ def _text(text: str) -> ToolResult:
 
 
 def _elicit(message: str, field: str, kind: str = "string") -> dict[str, Any]:
-    return {"method": "elicitation/create", "params": {"message": message, "requestedSchema": {
-        "type": "object", "properties": {field: {"type": kind}}, "required": [field]}}}
+    return {
+        "method": "elicitation/create",
+        "params": {
+            "message": message,
+            "requestedSchema": {"type": "object", "properties": {field: {"type": kind}}, "required": [field]},
+        },
+    }
 
 
 def _sample(text: str, max_tokens: int = 100) -> dict[str, Any]:
-    return {"method": "sampling/createMessage", "params": {
-        "messages": [{"role": "user", "content": {"type": "text", "text": text}}], "maxTokens": max_tokens}}
+    return {
+        "method": "sampling/createMessage",
+        "params": {"messages": [{"role": "user", "content": {"type": "text", "text": text}}], "maxTokens": max_tokens},
+    }
 
 
 ROOTS = {"method": "roots/list", "params": {}}
@@ -196,9 +253,14 @@ def _input_required_tools() -> list[Tool]:
     async def multiple(arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
         keys = ("user_name", "greeting", "client_roots")
         if not _answered(ctx, *keys) or ctx.request_state != {"asked": list(keys)}:
-            raise InputRequired({"user_name": _elicit("What is your name?", "name"),
-                                 "greeting": _sample("Generate a greeting", 50), "client_roots": ROOTS},
-                                {"asked": list(keys)})
+            raise InputRequired(
+                {
+                    "user_name": _elicit("What is your name?", "name"),
+                    "greeting": _sample("Generate a greeting", 50),
+                    "client_roots": ROOTS,
+                },
+                {"asked": list(keys)},
+            )
         return _text("Received all three inputs")
 
     async def multi_round(arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
@@ -208,15 +270,18 @@ def _input_required_tools() -> list[Tool]:
             return _text(f"{state.get('name')} likes {color}")
         if state.get("round") == 1 and _answered(ctx, "step1"):
             name = (ctx.input_responses or {})["step1"].get("content", {}).get("name")
-            raise InputRequired({"step2": _elicit("Step 2: What is your favorite color?", "color")},
-                                {"round": 2, "name": name})
+            raise InputRequired(
+                {"step2": _elicit("Step 2: What is your favorite color?", "color")}, {"round": 2, "name": name}
+            )
         raise InputRequired({"step1": _elicit("Step 1: What is your name?", "name")}, {"round": 1})
 
     async def capabilities(arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
         wanted = {"user_name": _elicit("What is your name?", "name"), "greeting": _sample("Say hello", 20)}
-        declared = {key: request for key, request in wanted.items()
-                    if ("elicitation" if request["method"] == "elicitation/create" else "sampling")
-                    in ctx.client_capabilities}
+        declared = {
+            key: request
+            for key, request in wanted.items()
+            if ("elicitation" if request["method"] == "elicitation/create" else "sampling") in ctx.client_capabilities
+        }
         if not _answered(ctx, *declared):
             raise InputRequired(declared)
         return _text("Done with what the client supports")
@@ -247,39 +312,76 @@ def _client_request_tools() -> list[Tool]:
 
     async def elicitation(arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
         if not _answered(ctx, "user"):
-            raise InputRequired({"user": {"method": "elicitation/create", "params": {
-                "message": arguments.get("message", ""), "requestedSchema": {"type": "object", "properties": {
-                    "username": {"type": "string", "description": "User's response"},
-                    "email": {"type": "string", "description": "User's email address"}},
-                    "required": ["username", "email"]}}}})
+            raise InputRequired(
+                {
+                    "user": {
+                        "method": "elicitation/create",
+                        "params": {
+                            "message": arguments.get("message", ""),
+                            "requestedSchema": {
+                                "type": "object",
+                                "properties": {
+                                    "username": {"type": "string", "description": "User's response"},
+                                    "email": {"type": "string", "description": "User's email address"},
+                                },
+                                "required": ["username", "email"],
+                            },
+                        },
+                    }
+                }
+            )
         answer = (ctx.input_responses or {})["user"]
         return _text(f"User response: action={answer.get('action')}, content={answer.get('content')}")
 
     def elicit_with(schema: dict[str, Any]) -> Any:
         async def handler(arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
             if not _answered(ctx, "form"):
-                raise InputRequired({"form": {"method": "elicitation/create", "params": {
-                    "message": "Please review and update the form fields",
-                    "requestedSchema": {"type": "object", "properties": schema}}}})
+                raise InputRequired(
+                    {
+                        "form": {
+                            "method": "elicitation/create",
+                            "params": {
+                                "message": "Please review and update the form fields",
+                                "requestedSchema": {"type": "object", "properties": schema},
+                            },
+                        }
+                    }
+                )
             answer = (ctx.input_responses or {})["form"]
             return _text(f"Elicitation completed: action={answer.get('action')}, content={answer.get('content')}")
 
         return handler
 
-    defaults = {"name": {"type": "string", "default": "John Doe"}, "age": {"type": "integer", "default": 30},
-                "score": {"type": "number", "default": 95.5},
-                "status": {"type": "string", "enum": ["active", "inactive", "pending"], "default": "active"},
-                "verified": {"type": "boolean", "default": True}}
-    titled = [{"const": f"value{n}", "title": title} for n, title in
-              ((1, "First Option"), (2, "Second Option"), (3, "Third Option"))]
-    enums = {"untitledSingle": {"type": "string", "enum": ["option1", "option2", "option3"]},
-             "titledSingle": {"type": "string", "oneOf": titled},
-             "legacyEnum": {"type": "string", "enum": ["opt1", "opt2", "opt3"],
-                            "enumNames": ["Option One", "Option Two", "Option Three"]},
-             "untitledMulti": {"type": "array", "items": {"type": "string", "enum": ["option1", "option2", "option3"]}},
-             "titledMulti": {"type": "array", "items": {"anyOf": [
-                 {"const": f"value{n}", "title": title} for n, title in
-                 ((1, "First Choice"), (2, "Second Choice"), (3, "Third Choice"))]}}}
+    defaults = {
+        "name": {"type": "string", "default": "John Doe"},
+        "age": {"type": "integer", "default": 30},
+        "score": {"type": "number", "default": 95.5},
+        "status": {"type": "string", "enum": ["active", "inactive", "pending"], "default": "active"},
+        "verified": {"type": "boolean", "default": True},
+    }
+    titled = [
+        {"const": f"value{n}", "title": title}
+        for n, title in ((1, "First Option"), (2, "Second Option"), (3, "Third Option"))
+    ]
+    enums = {
+        "untitledSingle": {"type": "string", "enum": ["option1", "option2", "option3"]},
+        "titledSingle": {"type": "string", "oneOf": titled},
+        "legacyEnum": {
+            "type": "string",
+            "enum": ["opt1", "opt2", "opt3"],
+            "enumNames": ["Option One", "Option Two", "Option Three"],
+        },
+        "untitledMulti": {"type": "array", "items": {"type": "string", "enum": ["option1", "option2", "option3"]}},
+        "titledMulti": {
+            "type": "array",
+            "items": {
+                "anyOf": [
+                    {"const": f"value{n}", "title": title}
+                    for n, title in ((1, "First Choice"), (2, "Second Choice"), (3, "Third Choice"))
+                ]
+            },
+        },
+    }
     prompt = {"type": "object", "properties": {"prompt": {"type": "string"}}, "required": ["prompt"]}
     message = {"type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"]}
     empty = {"type": "object", "properties": {}}
@@ -324,16 +426,34 @@ def _fixture_tools() -> list[Tool]:
         return ToolResult([{"type": "audio", "data": WAV, "mimeType": "audio/wav"}])
 
     async def embedded(arguments: dict[str, Any], ctx: Any) -> ToolResult:
-        return ToolResult([{"type": "resource", "resource": {
-            "uri": "test://embedded-resource", "mimeType": "text/plain",
-            "text": "This is an embedded resource content."}}])
+        return ToolResult(
+            [
+                {
+                    "type": "resource",
+                    "resource": {
+                        "uri": "test://embedded-resource",
+                        "mimeType": "text/plain",
+                        "text": "This is an embedded resource content.",
+                    },
+                }
+            ]
+        )
 
     async def mixed(arguments: dict[str, Any], ctx: Any) -> ToolResult:
-        return ToolResult([
-            {"type": "text", "text": "Multiple content types test:"},
-            {"type": "image", "data": PNG, "mimeType": "image/png"},
-            {"type": "resource", "resource": {"uri": "test://mixed-content-resource", "mimeType": "application/json",
-                                              "text": '{"test":"data","value":123}'}}])
+        return ToolResult(
+            [
+                {"type": "text", "text": "Multiple content types test:"},
+                {"type": "image", "data": PNG, "mimeType": "image/png"},
+                {
+                    "type": "resource",
+                    "resource": {
+                        "uri": "test://mixed-content-resource",
+                        "mimeType": "application/json",
+                        "text": '{"test":"data","value":123}',
+                    },
+                },
+            ]
+        )
 
     async def echo_region(arguments: dict[str, Any], ctx: Any) -> ToolResult:
         return _text(f"Region: {arguments['region']}")
@@ -347,18 +467,37 @@ def _fixture_tools() -> list[Tool]:
         Tool("test_tool_with_progress", "Progress", "Reports 0, 50 and 100 of 100.", empty, with_progress),
         Tool("test_error_handling", "Error", "Always fails.", empty, error),
         Tool("test_logging_tool", "Logs", "Logs one message.", empty, logging_tool),
-        Tool("json_schema_2020_12_tool", "Schema", "Tool with JSON Schema 2020-12 features", JSON_SCHEMA_2020_12,
-             schema_tool),
+        Tool(
+            "json_schema_2020_12_tool",
+            "Schema",
+            "Tool with JSON Schema 2020-12 features",
+            JSON_SCHEMA_2020_12,
+            schema_tool,
+        ),
         Tool("test_simple_text", "Text", "Returns one text block.", empty, simple_text),
         Tool("test_image_content", "Image", "Returns a PNG image.", empty, image),
         Tool("test_audio_content", "Audio", "Returns a WAV sound.", empty, audio),
         Tool("test_embedded_resource", "Embedded", "Returns an embedded resource.", empty, embedded),
         Tool("test_multiple_content_types", "Mixed", "Returns text, image and resource.", empty, mixed),
-        Tool("test_missing_capability", "Needs sampling", "Requires the client's sampling capability.", empty,
-             needs_sampling, required_client_capabilities={"sampling": {}}),
-        Tool("test_header_mirroring", "Region", "Echoes a region mirrored in the Mcp-Param-Region header.",
-             {"type": "object", "properties": {"region": {"type": "string", "x-mcp-header": "Region"}},
-              "required": ["region"]}, echo_region),
+        Tool(
+            "test_missing_capability",
+            "Needs sampling",
+            "Requires the client's sampling capability.",
+            empty,
+            needs_sampling,
+            required_client_capabilities={"sampling": {}},
+        ),
+        Tool(
+            "test_header_mirroring",
+            "Region",
+            "Echoes a region mirrored in the Mcp-Param-Region header.",
+            {
+                "type": "object",
+                "properties": {"region": {"type": "string", "x-mcp-header": "Region"}},
+                "required": ["region"],
+            },
+            echo_region,
+        ),
         *_input_required_tools(),
         *_client_request_tools(),
     ]
@@ -371,19 +510,25 @@ class FixtureResources:
     subscribable = True
 
     STATIC = {
-        "test://static-text": ResourceContents("test://static-text", "text/plain",
-                                               "This is the content of the static text resource."),
+        "test://static-text": ResourceContents(
+            "test://static-text", "text/plain", "This is the content of the static text resource."
+        ),
         "test://static-binary": ResourceContents("test://static-binary", "image/png", blob=base64.b64decode(PNG)),
         "test://watched-resource": ResourceContents("test://watched-resource", "text/plain", "Watched."),
     }
 
     async def list_resources(self) -> Sequence[Resource]:
-        return [Resource(uri, uri.removeprefix("test://"), description=f"Fixture {uri}", mime_type=item.mime_type)
-                for uri, item in self.STATIC.items()]
+        return [
+            Resource(uri, uri.removeprefix("test://"), description=f"Fixture {uri}", mime_type=item.mime_type)
+            for uri, item in self.STATIC.items()
+        ]
 
     def list_templates(self) -> Sequence[ResourceTemplate]:
-        return [ResourceTemplate("test://template/{id}/data", "template", description="Data for one id",
-                                 mime_type="application/json")]
+        return [
+            ResourceTemplate(
+                "test://template/{id}/data", "template", description="Data for one id", mime_type="application/json"
+            )
+        ]
 
     async def read(self, uri: str) -> Sequence[ResourceContents]:
         if uri in self.STATIC:
@@ -392,11 +537,13 @@ class FixtureResources:
         if match is None:
             raise ResourceNotFound(uri)
         ident = match.group(1)
-        return [ResourceContents(uri, "application/json",
-                                 f'{{"id":"{ident}","templateTest":true,"data":"Data for ID: {ident}"}}')]
+        return [
+            ResourceContents(
+                uri, "application/json", f'{{"id":"{ident}","templateTest":true,"data":"Data for ID: {ident}"}}'
+            )
+        ]
 
-    async def complete(self, uri_template: str, argument: str, value: str,
-                       context: Mapping[str, str]) -> Sequence[str]:
+    async def complete(self, uri_template: str, argument: str, value: str, context: Mapping[str, str]) -> Sequence[str]:
         return ["123", "456"] if argument == "id" else []
 
 
@@ -411,14 +558,26 @@ def _fixture_prompts() -> list[Prompt]:
         return ["paris", "park", "party", "test", "testing"]
 
     async def embedded(arguments: dict[str, str], ctx: ToolContext) -> list[dict[str, Any]]:
-        return [{"role": "user", "content": {"type": "resource", "resource": {
-                    "uri": arguments["resourceUri"], "mimeType": "text/plain",
-                    "text": "Embedded resource content for testing."}}},
-                text_message("Please process the embedded resource above.")]
+        return [
+            {
+                "role": "user",
+                "content": {
+                    "type": "resource",
+                    "resource": {
+                        "uri": arguments["resourceUri"],
+                        "mimeType": "text/plain",
+                        "text": "Embedded resource content for testing.",
+                    },
+                },
+            },
+            text_message("Please process the embedded resource above."),
+        ]
 
     async def image(arguments: dict[str, str], ctx: ToolContext) -> list[dict[str, Any]]:
-        return [{"role": "user", "content": {"type": "image", "data": PNG, "mimeType": "image/png"}},
-                text_message("Please analyze the image above.")]
+        return [
+            {"role": "user", "content": {"type": "image", "data": PNG, "mimeType": "image/png"}},
+            text_message("Please analyze the image above."),
+        ]
 
     async def needs_input(arguments: dict[str, str], ctx: ToolContext) -> list[dict[str, Any]]:
         if not _answered(ctx, "user_context"):
@@ -428,21 +587,34 @@ def _fixture_prompts() -> list[Prompt]:
 
     return [
         Prompt("test_simple_prompt", "Simple", "A prompt without arguments.", simple),
-        Prompt("test_input_required_result_prompt", "Needs input", "Asks the user for context first.",
-               needs_input),
-        Prompt("test_prompt_with_arguments", "With arguments", "A prompt with two arguments.", with_arguments,
-               [PromptArgument("arg1", "First test argument", required=True),
-                PromptArgument("arg2", "Second test argument", required=True)], complete_arguments),
-        Prompt("test_prompt_with_embedded_resource", "Embedded resource", "A prompt embedding a resource.",
-               embedded, [PromptArgument("resourceUri", "URI of the resource to embed", required=True)]),
+        Prompt("test_input_required_result_prompt", "Needs input", "Asks the user for context first.", needs_input),
+        Prompt(
+            "test_prompt_with_arguments",
+            "With arguments",
+            "A prompt with two arguments.",
+            with_arguments,
+            [
+                PromptArgument("arg1", "First test argument", required=True),
+                PromptArgument("arg2", "Second test argument", required=True),
+            ],
+            complete_arguments,
+        ),
+        Prompt(
+            "test_prompt_with_embedded_resource",
+            "Embedded resource",
+            "A prompt embedding a resource.",
+            embedded,
+            [PromptArgument("resourceUri", "URI of the resource to embed", required=True)],
+        ),
         Prompt("test_prompt_with_image", "Image", "A prompt with an image.", image),
     ]
 
 
 async def _suite(*args: str, timeout: float = 120) -> str:
     env = {**os.environ, "PATH": f"{NODE_DIR}{os.pathsep}{os.environ.get('PATH', '')}", "NO_COLOR": "1"}
-    process = await asyncio.create_subprocess_exec(CONFORMANCE_BIN, *args, stdout=asyncio.subprocess.PIPE,
-                                                   stderr=asyncio.subprocess.STDOUT, env=env)
+    process = await asyncio.create_subprocess_exec(
+        CONFORMANCE_BIN, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env
+    )
     output, _ = await asyncio.wait_for(process.communicate(), timeout)
     return _ANSI.sub("", output.decode(errors="replace"))
 
@@ -470,8 +642,12 @@ async def test_real_app(live_server: Any, scenario: str, spec_version: str | Non
     assert failed == expected, f"{scenario} ({spec_version or 'default'}): {summary}"
 
 
-FIXTURE_CASES = [(scenario, version) for scenario, versions in SCENARIOS.items() for version in versions
-                 if scenario not in EXTENSION_SCENARIOS]
+FIXTURE_CASES = [
+    (scenario, version)
+    for scenario, versions in SCENARIOS.items()
+    for version in versions
+    if scenario not in EXTENSION_SCENARIOS
+]
 
 
 @pytest.mark.parametrize(("scenario", "spec_version"), FIXTURE_CASES)

@@ -17,11 +17,19 @@ from mcp.client.sse import sse_client
 from app import keys
 
 # (transport, handshake version or mode)
-VARIANTS = [("streamable", "2024-11-05"), ("streamable", "2025-03-26"), ("streamable", "2025-06-18"),
-            ("streamable", "2025-11-25"), ("streamable", "2026-07-28"), ("sse", "2024-11-05"), ("sse", "2025-11-25")]
+VARIANTS = [
+    ("streamable", "2024-11-05"),
+    ("streamable", "2025-03-26"),
+    ("streamable", "2025-06-18"),
+    ("streamable", "2025-11-25"),
+    ("streamable", "2026-07-28"),
+    ("sse", "2024-11-05"),
+    ("sse", "2025-11-25"),
+]
 CLAUDE_TOOLS = ["list_tables", "describe_table", "execute_sql", "get_table_sample"]
-SLOW_SQL = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 500000000) "
-            "SELECT count(*) AS n FROM c")
+SLOW_SQL = (
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 500000000) SELECT count(*) AS n FROM c"
+)
 
 
 @asynccontextmanager

@@ -13,8 +13,13 @@ from app.mcp.jsonrpc import Message
 from app.mcp.server import CallEnv, Envelope, McpServer
 from app.mcp.tools import InputRequired, Tool, ToolContext, ToolResult
 
-ASK_NAME = {"method": "elicitation/create", "params": {"message": "Your name?", "requestedSchema": {
-    "type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}}}
+ASK_NAME = {
+    "method": "elicitation/create",
+    "params": {
+        "message": "Your name?",
+        "requestedSchema": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]},
+    },
+}
 
 
 async def greet(arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
@@ -25,8 +30,12 @@ async def greet(arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
 
 
 def _server() -> McpServer:
-    return McpServer(name="t", version="1", instructions="", tools=[
-        Tool("greet", "Greet", "Asks a name.", {"type": "object", "properties": {}}, greet)])
+    return McpServer(
+        name="t",
+        version="1",
+        instructions="",
+        tools=[Tool("greet", "Greet", "Asks a name.", {"type": "object", "properties": {}}, greet)],
+    )
 
 
 def _modern(capabilities: dict[str, Any]) -> CallEnv:

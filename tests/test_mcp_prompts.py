@@ -29,8 +29,7 @@ def _embedded_uris(result: Any) -> list[str]:
 
 @pytest.mark.parametrize("prefix", PREFIXES)
 @pytest.mark.parametrize("mode", MODES)
-async def test_list_get_and_complete(live_server: Any, monkeypatch: pytest.MonkeyPatch, mode: str,
-                                     prefix: str) -> None:
+async def test_list_get_and_complete(live_server: Any, monkeypatch: pytest.MonkeyPatch, mode: str, prefix: str) -> None:
     async with _client(live_server.url + prefix + "/mcp", mode, monkeypatch) as client:
         listed = (await client.list_prompts()).prompts
         assert [prompt.name for prompt in listed] == PROMPTS
@@ -43,8 +42,9 @@ async def test_list_get_and_complete(live_server: Any, monkeypatch: pytest.Monke
         assert "# Table customers" in table.messages[0].content.resource.text
         assert "one row represents" in table.messages[-1].content.text
 
-        query = await client.get_prompt("write_query", {"question": "Which city has the most customers?",
-                                                        "tables": "customers, orders"})
+        query = await client.get_prompt(
+            "write_query", {"question": "Which city has the most customers?", "tables": "customers, orders"}
+        )
         assert _embedded_uris(query) == ["mssql://tables/main/customers", "mssql://tables/main/orders"]
         assert "Which city has the most customers?" in query.messages[-1].content.text
         assert "LIMIT n" in query.messages[-1].content.text  # the dialect's row-limit syntax (SQLite)
@@ -52,9 +52,13 @@ async def test_list_get_and_complete(live_server: Any, monkeypatch: pytest.Monke
         run_with = "execute_sql" if prefix == "" else "search (a read query is a search query)"
         assert f"Run it with {run_with}" in query.messages[-1].content.text
 
-        review = await client.get_prompt("review_query", {
-            "query": "WITH big AS (SELECT * FROM orders) SELECT * FROM big JOIN customers c "
-                     "ON c.customer_id = big.customer_id WHERE lower(c.email) LIKE '%x'"})
+        review = await client.get_prompt(
+            "review_query",
+            {
+                "query": "WITH big AS (SELECT * FROM orders) SELECT * FROM big JOIN customers c "
+                "ON c.customer_id = big.customer_id WHERE lower(c.email) LIKE '%x'"
+            },
+        )
         assert sorted(_embedded_uris(review)) == ["mssql://tables/main/customers", "mssql://tables/main/orders"]
         assert "ix_orders_customer" in str(review.messages)  # the indexes to judge the query by
 
@@ -70,17 +74,20 @@ async def test_list_get_and_complete(live_server: Any, monkeypatch: pytest.Monke
         assert no_table.completion.values == []
         focused = await client.get_prompt("explain_table", {"table": "orders", "column": "status"})
         assert "column status" in focused.messages[-1].content.text
-        many = await client.complete(PromptReference(type="ref/prompt", name="write_query"),
-                                     {"name": "tables", "value": "customers, o"})
+        many = await client.complete(
+            PromptReference(type="ref/prompt", name="write_query"), {"name": "tables", "value": "customers, o"}
+        )
         assert many.completion.values == ["customers, order_lines", "customers, order_totals", "customers, orders"]
-        nothing = await client.complete(PromptReference(type="ref/prompt", name="review_query"),
-                                        {"name": "query", "value": "SEL"})
+        nothing = await client.complete(
+            PromptReference(type="ref/prompt", name="review_query"), {"name": "query", "value": "SEL"}
+        )
         assert nothing.completion.values == []
 
 
 @pytest.mark.parametrize("mode", ["2025-11-25", "2026-07-28"])
-async def test_bad_prompt_requests_are_clear_invalid_params(live_server: Any, monkeypatch: pytest.MonkeyPatch,
-                                                            mode: str) -> None:
+async def test_bad_prompt_requests_are_clear_invalid_params(
+    live_server: Any, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
     async with _client(live_server.url + "/mcp", mode, monkeypatch) as client:
         cases = [
             ("explain_table", {}, "prompt explain_table needs table"),
@@ -94,8 +101,9 @@ async def test_bad_prompt_requests_are_clear_invalid_params(live_server: Any, mo
             assert raised.value.code == -32602 and text in raised.value.error.message, raised.value.error.message
 
 
-async def test_completions_are_capped_at_100_with_has_more(writable_demo_db: Any, make_settings: Any,
-                                                           start_live_server: Any) -> None:
+async def test_completions_are_capped_at_100_with_has_more(
+    writable_demo_db: Any, make_settings: Any, start_live_server: Any
+) -> None:
     import sqlite3
 
     with sqlite3.connect(writable_demo_db) as connection:
@@ -103,7 +111,8 @@ async def test_completions_are_capped_at_100_with_has_more(writable_demo_db: Any
             connection.execute(f"CREATE TABLE t_{n:03d} (id INTEGER PRIMARY KEY)")
     server = await start_live_server(make_settings(sqlite_path=str(writable_demo_db)))
     async with Client(server.url + "/mcp") as client:
-        result = await client.complete(PromptReference(type="ref/prompt", name="explain_table"),
-                                       {"name": "table", "value": "T_"})
+        result = await client.complete(
+            PromptReference(type="ref/prompt", name="explain_table"), {"name": "table", "value": "T_"}
+        )
     assert len(result.completion.values) == 100 and result.completion.values[0] == "t_000"
     assert result.completion.total == 120 and result.completion.has_more is True

@@ -42,13 +42,18 @@ async def _all_resources(client: Client) -> list[Any]:
 
 @pytest.mark.parametrize("prefix", PREFIXES)
 @pytest.mark.parametrize("mode", MODES)
-async def test_list_read_template_and_complete(live_server: Any, monkeypatch: pytest.MonkeyPatch, mode: str,
-                                               prefix: str) -> None:
+async def test_list_read_template_and_complete(
+    live_server: Any, monkeypatch: pytest.MonkeyPatch, mode: str, prefix: str
+) -> None:
     async with _client(live_server.url + prefix + "/mcp", mode, monkeypatch) as client:
         assert client.protocol_version == mode
         resources = {resource.uri: resource for resource in await _all_resources(client)}
-        assert {"mssql://overview", "mssql://overview.json", "mssql://tables/main/customers",
-                "mssql://tables/main/order_totals"} <= set(resources)
+        assert {
+            "mssql://overview",
+            "mssql://overview.json",
+            "mssql://tables/main/customers",
+            "mssql://tables/main/order_totals",
+        } <= set(resources)
         customers = resources["mssql://tables/main/customers"]
         assert customers.mime_type == "text/markdown" and "about 400 rows" in (customers.description or "")
 
@@ -81,8 +86,9 @@ async def test_unknown_resources_are_invalid_params_naming_the_uri(live_server: 
                 await client.read_resource(uri)
             assert raised.value.code == -32602 and raised.value.error.data == {"uri": uri}
         with pytest.raises(MCPError) as raised:
-            await client.complete(ResourceTemplateReference(type="ref/resource", uri="mssql://nope/{x}"),
-                                  {"name": "x", "value": ""})
+            await client.complete(
+                ResourceTemplateReference(type="ref/resource", uri="mssql://nope/{x}"), {"name": "x", "value": ""}
+            )
         assert raised.value.code == -32602
 
 
@@ -101,8 +107,11 @@ async def test_resources_list_is_paged(live_server: Any, monkeypatch: pytest.Mon
 async def test_capabilities_per_version(live_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     for mode in MODES:
         # mode="auto" probes server/discover, so the 2026-07-28 capabilities are the server's own.
-        client = Client(live_server.url + "/mcp") if mode == "2026-07-28" else _client(
-            live_server.url + "/mcp", mode, monkeypatch)
+        client = (
+            Client(live_server.url + "/mcp")
+            if mode == "2026-07-28"
+            else _client(live_server.url + "/mcp", mode, monkeypatch)
+        )
         async with client:
             assert client.protocol_version == mode
             caps = client.server_capabilities
@@ -113,8 +122,9 @@ async def test_capabilities_per_version(live_server: Any, monkeypatch: pytest.Mo
             assert bool(caps.resources.subscribe) is (mode != "2026-07-28")  # 2026-07-28 removed subscribe
 
 
-async def test_schemas_and_mixed_case_on_postgres(pg_db: dict[str, Any], make_settings: Any,
-                                                  start_live_server: Any) -> None:
+async def test_schemas_and_mixed_case_on_postgres(
+    pg_db: dict[str, Any], make_settings: Any, start_live_server: Any
+) -> None:
     server = await start_live_server(make_settings(**pg_db))
     async with Client(server.url + "/mcp") as client:
         uris = {resource.uri for resource in await _all_resources(client)}
@@ -129,8 +139,9 @@ async def test_schemas_and_mixed_case_on_postgres(pg_db: dict[str, Any], make_se
         assert in_sales.completion.values == ["Regions"]
 
 
-async def test_new_tables_send_list_changed(writable_demo_db: Path, make_settings: Any, start_live_server: Any,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_new_tables_send_list_changed(
+    writable_demo_db: Path, make_settings: Any, start_live_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     server = await start_live_server(make_settings(sqlite_path=str(writable_demo_db)))
     servers = list(server.app[keys.MCP_SERVERS].values())
     changed = asyncio.Event()
@@ -174,8 +185,12 @@ async def test_resources_need_a_token_when_auth_is_on(make_settings: Any, start_
     import aiohttp
 
     server = await start_live_server(make_settings(auth=True))
-    headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2026-07-28",
-               "Mcp-Method": "resources/read", "Mcp-Name": "mssql://overview"}
+    headers = {
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "resources/read",
+        "Mcp-Name": "mssql://overview",
+    }
     meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
     body = {"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": "mssql://overview", "_meta": meta}}
     async with aiohttp.ClientSession() as http, http.post(server.url + "/mcp", json=body, headers=headers) as answer:
@@ -185,8 +200,11 @@ async def test_resources_need_a_token_when_auth_is_on(make_settings: Any, start_
 async def test_database_down_is_a_clear_error(make_settings: Any, start_live_server: Any, tmp_path: Path) -> None:
     server = await start_live_server(make_settings(sqlite_path=str(tmp_path / "missing" / "nowhere.db")))
     async with Client(server.url + "/mcp") as client:
-        for call in (client.list_resources(), client.read_resource("mssql://overview"),
-                     client.get_prompt("explain_table", {"table": "customers"})):
+        for call in (
+            client.list_resources(),
+            client.read_resource("mssql://overview"),
+            client.get_prompt("explain_table", {"table": "customers"}),
+        ):
             with pytest.raises(MCPError) as raised:
                 await call
             assert raised.value.code == -32603
@@ -197,8 +215,9 @@ async def test_database_down_is_a_clear_error(make_settings: Any, start_live_ser
 
 
 @pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")  # subscribe: 2025-11-25 only
-async def test_subscribed_tables_send_updated(writable_demo_db: Path, make_settings: Any, start_live_server: Any,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_subscribed_tables_send_updated(
+    writable_demo_db: Path, make_settings: Any, start_live_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     server = await start_live_server(make_settings(sqlite_path=str(writable_demo_db)))
     servers = list(server.app[keys.MCP_SERVERS].values())
     updated: list[str] = []

@@ -44,8 +44,9 @@ async def _list_and_call(client: Client) -> None:
 
 @pytest.mark.parametrize("prefix", PREFIXES)
 @pytest.mark.parametrize("version", HANDSHAKE_VERSIONS)
-async def test_streamable_http_each_handshake_version(live: Any, monkeypatch: pytest.MonkeyPatch, version: str,
-                                                      prefix: str) -> None:
+async def test_streamable_http_each_handshake_version(
+    live: Any, monkeypatch: pytest.MonkeyPatch, version: str, prefix: str
+) -> None:
     _offer(monkeypatch, version)
     async with Client(live.url + prefix + "/mcp", mode="legacy") as client:
         assert client.protocol_version == version

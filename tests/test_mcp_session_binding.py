@@ -18,9 +18,16 @@ from tests.fixtures.auth import OAuth
 from tests.fixtures.sse import legacy_sse_stream
 
 ACCEPT_BOTH = "application/json, text/event-stream"
-INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-              "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                         "clientInfo": {"name": "binding-test", "version": "1"}}}
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "binding-test", "version": "1"},
+    },
+}
 TOOLS_LIST = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
 
 
@@ -43,8 +50,11 @@ async def _initialize(oauth: OAuth, token: str | None, path: str = "/mcp") -> st
     resp = await oauth.http.post(path, data=json.dumps(INITIALIZE), headers=_headers(token))
     assert resp.status == 200, await resp.text()
     session_id = resp.headers["Mcp-Session-Id"]
-    resp = await oauth.http.post(path, data=json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-                                 headers=_headers(token, session_id))
+    resp = await oauth.http.post(
+        path,
+        data=json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        headers=_headers(token, session_id),
+    )
     assert resp.status == 202
     return session_id
 
@@ -59,30 +69,40 @@ async def signed_in(make_oauth: Any) -> dict[str, Any]:
     oauth = await make_oauth()
     claude = await oauth.register(client_name="Claude")
     other_client = await oauth.register(client_name="Another connector")
-    return {"oauth": oauth, "client": claude,
-            "alice": await oauth.tokens_for(claude, "alice"),
-            "rita": await oauth.tokens_for(claude, "rita"),
-            "alice_elsewhere": await oauth.tokens_for(other_client, "alice")}
+    return {
+        "oauth": oauth,
+        "client": claude,
+        "alice": await oauth.tokens_for(claude, "alice"),
+        "rita": await oauth.tokens_for(claude, "rita"),
+        "alice_elsewhere": await oauth.tokens_for(other_client, "alice"),
+    }
 
 
 async def test_another_users_token_gets_404_on_a_streamable_session(signed_in: dict[str, Any]) -> None:
     oauth: OAuth = signed_in["oauth"]
     alice, rita = signed_in["alice"]["access_token"], signed_in["rita"]["access_token"]
     session_id = await _initialize(oauth, alice)
-    unknown_post = await _answer(await oauth.http.post("/mcp", data=json.dumps(TOOLS_LIST),
-                                                       headers=_headers(rita, "no-such-session-" + "x" * 20)))
+    unknown_post = await _answer(
+        await oauth.http.post(
+            "/mcp", data=json.dumps(TOOLS_LIST), headers=_headers(rita, "no-such-session-" + "x" * 20)
+        )
+    )
     assert unknown_post[0] == 404
 
     for intruder in (rita, signed_in["alice_elsewhere"]["access_token"]):
-        post = await _answer(await oauth.http.post("/mcp", data=json.dumps(TOOLS_LIST),
-                                                   headers=_headers(intruder, session_id)))
+        post = await _answer(
+            await oauth.http.post("/mcp", data=json.dumps(TOOLS_LIST), headers=_headers(intruder, session_id))
+        )
         assert post == unknown_post  # same status, same body: the session's existence is not revealed
         get = await oauth.http.get("/mcp", headers=_headers(intruder, session_id, accept="text/event-stream"))
         assert get.status == 404 and (await get.json())["error"]["message"] == unknown_post[1]["error"]["message"]
         delete = await oauth.http.delete("/mcp", headers=_headers(intruder, session_id))
         assert delete.status == 404
-        cancel = await oauth.http.post("/mcp", headers=_headers(intruder, session_id), data=json.dumps(
-            {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 2}}))
+        cancel = await oauth.http.post(
+            "/mcp",
+            headers=_headers(intruder, session_id),
+            data=json.dumps({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 2}}),
+        )
         assert cancel.status == 404
         batch = await oauth.http.post("/mcp", data=json.dumps([TOOLS_LIST]), headers=_headers(intruder, session_id))
         assert batch.status == 404
@@ -90,11 +110,15 @@ async def test_another_users_token_gets_404_on_a_streamable_session(signed_in: d
     # The owner, with a refreshed token (new jti, same user and client), still has the session.
     refreshed = await _refresh(oauth, signed_in["client"], signed_in["alice"])
     assert refreshed["access_token"] != alice
-    status, payload = await _answer(await oauth.http.post("/mcp", data=json.dumps(TOOLS_LIST),
-                                                          headers=_headers(refreshed["access_token"], session_id)))
+    status, payload = await _answer(
+        await oauth.http.post(
+            "/mcp", data=json.dumps(TOOLS_LIST), headers=_headers(refreshed["access_token"], session_id)
+        )
+    )
     assert status == 200 and payload["result"]["tools"], payload
-    async with oauth.http.get("/mcp", headers=_headers(refreshed["access_token"], session_id,
-                                                       accept="text/event-stream")) as stream:
+    async with oauth.http.get(
+        "/mcp", headers=_headers(refreshed["access_token"], session_id, accept="text/event-stream")
+    ) as stream:
         assert stream.status == 200 and stream.content_type == "text/event-stream"
     delete = await oauth.http.delete("/mcp", headers=_headers(refreshed["access_token"], session_id))
     assert delete.status == 204
@@ -111,8 +135,9 @@ async def test_another_users_token_gets_404_on_a_legacy_sse_session(signed_in: d
     oauth: OAuth = signed_in["oauth"]
     alice, rita = signed_in["alice"]["access_token"], signed_in["rita"]["access_token"]
     async with _sse_stream(oauth, alice) as (messages_url, inbox):
-        unknown = await oauth.http.post("/messages?session_id=no-such-session", data=json.dumps(TOOLS_LIST),
-                                        headers=_headers(rita))
+        unknown = await oauth.http.post(
+            "/messages?session_id=no-such-session", data=json.dumps(TOOLS_LIST), headers=_headers(rita)
+        )
         for intruder in (rita, signed_in["alice_elsewhere"]["access_token"]):
             resp = await oauth.http.post(messages_url, data=json.dumps(TOOLS_LIST), headers=_headers(intruder))
             assert resp.status == unknown.status == 404
@@ -125,15 +150,15 @@ async def test_another_users_token_gets_404_on_a_legacy_sse_session(signed_in: d
 
         refreshed = await _refresh(oauth, signed_in["client"], signed_in["alice"])
         for body in (INITIALIZE, {"jsonrpc": "2.0", "method": "notifications/initialized"}, TOOLS_LIST):
-            resp = await oauth.http.post(messages_url, data=json.dumps(body),
-                                         headers=_headers(refreshed["access_token"]))
+            resp = await oauth.http.post(
+                messages_url, data=json.dumps(body), headers=_headers(refreshed["access_token"])
+            )
             assert resp.status == 202, await resp.text()
         answers = [await asyncio.wait_for(inbox.get(), 5) for _ in range(2)]
         assert [a["id"] for a in answers] == [1, 2] and answers[1]["result"]["tools"]
 
 
-async def test_a_session_opened_without_a_token_is_claimed_by_the_first_signed_in_user(
-        make_oauth: Any) -> None:
+async def test_a_session_opened_without_a_token_is_claimed_by_the_first_signed_in_user(make_oauth: Any) -> None:
     # The testing switch: methods other than tools/call without a token; sign-in comes at the first call.
     oauth = await make_oauth(allow_unauth_methods=True)
     client = await oauth.register()

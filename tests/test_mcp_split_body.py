@@ -14,9 +14,18 @@ from typing import Any
 
 import pytest
 
-INITIALIZE = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "initialize",
-                         "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                                    "clientInfo": {"name": "split-" + "x" * 2000, "version": "1"}}}).encode()
+INITIALIZE = json.dumps(
+    {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "split-" + "x" * 2000, "version": "1"},
+        },
+    }
+).encode()
 
 
 @pytest.fixture
@@ -41,8 +50,14 @@ async def _send_in_pieces(url: str, head: bytes, pieces: list[bytes], pause: flo
 
 
 def _head(path: str, length: int | None, *extra: str) -> bytes:
-    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json",
-             "Accept: application/json", "Connection: close", *extra]
+    lines = [
+        f"POST {path} HTTP/1.1",
+        "Host: 127.0.0.1",
+        "Content-Type: application/json",
+        "Accept: application/json",
+        "Connection: close",
+        *extra,
+    ]
     lines.append(f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked")
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
@@ -52,15 +67,19 @@ def _chunk(data: bytes) -> bytes:
 
 
 async def test_a_post_mcp_body_in_two_segments_is_read_whole(server: Any) -> None:
-    status, body = await _send_in_pieces(server.url, _head("/mcp", len(INITIALIZE)) + INITIALIZE[:40],
-                                         [INITIALIZE[40:]])
+    status, body = await _send_in_pieces(
+        server.url, _head("/mcp", len(INITIALIZE)) + INITIALIZE[:40], [INITIALIZE[40:]]
+    )
     assert status == 200, body
     assert json.loads(body)["id"] == 7 and json.loads(body)["result"]["protocolVersion"] == "2025-11-25"
 
 
 async def test_a_chunked_body_in_three_segments_is_read_whole(server: Any) -> None:
-    status, body = await _send_in_pieces(server.url, _head("/mcp", None) + _chunk(INITIALIZE[:10]),
-                                         [_chunk(INITIALIZE[10:1500]), _chunk(INITIALIZE[1500:]) + b"0\r\n\r\n"])
+    status, body = await _send_in_pieces(
+        server.url,
+        _head("/mcp", None) + _chunk(INITIALIZE[:10]),
+        [_chunk(INITIALIZE[10:1500]), _chunk(INITIALIZE[1500:]) + b"0\r\n\r\n"],
+    )
     assert status == 200, body
     assert json.loads(body)["result"]["serverInfo"]
 
@@ -74,8 +93,7 @@ async def test_legacy_messages_body_in_two_segments_is_read_whole(server: Any) -
     while (match := re.search(rb"(/messages\?session_id=[A-Za-z0-9_-]+)", seen)) is None:
         seen += await asyncio.wait_for(reader.read(4096), 5)
     path = match.group(1).decode()
-    status, body = await _send_in_pieces(server.url, _head(path, len(INITIALIZE)) + INITIALIZE[:25],
-                                         [INITIALIZE[25:]])
+    status, body = await _send_in_pieces(server.url, _head(path, len(INITIALIZE)) + INITIALIZE[:25], [INITIALIZE[25:]])
     assert status == 202, body
     seen = b""
     while b'"id":7' not in seen:
@@ -85,6 +103,7 @@ async def test_legacy_messages_body_in_two_segments_is_read_whole(server: Any) -
 
 async def test_a_body_over_the_limit_in_pieces_is_413_not_a_parse_error(server: Any) -> None:
     big = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"pad": "z" * 9000}}).encode()
-    status, body = await _send_in_pieces(server.url, _head("/mcp", None) + _chunk(big[:4000]),
-                                         [_chunk(big[4000:]) + b"0\r\n\r\n"])
+    status, body = await _send_in_pieces(
+        server.url, _head("/mcp", None) + _chunk(big[:4000]), [_chunk(big[4000:]) + b"0\r\n\r\n"]
+    )
     assert status == 413 and "too large" in json.loads(body)["error"]["message"]

@@ -17,15 +17,41 @@ from app.mcp.session import Outbox, SessionStore, TooManySessions
 from app.mcp.tools import Tool
 
 SCHEMAS = [
-    {"type": "object", "properties": {"query": {"type": "string", "minLength": 1, "maxLength": 5},
-                                      "max_rows": {"type": "integer", "minimum": 1},
-                                      "timeout_seconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 30},
-                                      "flag": {"type": "boolean", "description": "x"}},
-     "required": ["query"], "additionalProperties": False},
+    {
+        "type": "object",
+        "properties": {
+            "query": {"type": "string", "minLength": 1, "maxLength": 5},
+            "max_rows": {"type": "integer", "minimum": 1},
+            "timeout_seconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 30},
+            "flag": {"type": "boolean", "description": "x"},
+        },
+        "required": ["query"],
+        "additionalProperties": False,
+    },
     {"type": "object", "properties": {"id": {"type": "string"}}},  # extra properties allowed
 ]
-VALUES = ["", "a", "abcde", "abcdef", "é" * 5, 0, 1, -1, 2**70, 1.0, 0.5, 30, 30.0, 31, True, False, None, [], {},
-          float("nan")]
+VALUES = [
+    "",
+    "a",
+    "abcde",
+    "abcdef",
+    "é" * 5,
+    0,
+    1,
+    -1,
+    2**70,
+    1.0,
+    0.5,
+    30,
+    30.0,
+    31,
+    True,
+    False,
+    None,
+    [],
+    {},
+    float("nan"),
+]
 
 
 def _instances() -> list[Any]:
@@ -50,13 +76,16 @@ def test_fast_validator_never_accepts_what_jsonschema_rejects(schema: dict[str, 
     assert accepted > 10
 
 
-@pytest.mark.parametrize("schema", [
-    {"type": "object", "properties": {"kind": {"enum": ["a", "b"]}}},
-    {"type": "object", "properties": {"x": {"type": "string", "pattern": "^a"}}},
-    {"type": "object", "anyOf": [{"required": ["a"]}]},
-    {"type": "array"},
-    {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object"},
-])
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "object", "properties": {"kind": {"enum": ["a", "b"]}}},
+        {"type": "object", "properties": {"x": {"type": "string", "pattern": "^a"}}},
+        {"type": "object", "anyOf": [{"required": ["a"]}]},
+        {"type": "array"},
+        {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object"},
+    ],
+)
 def test_fast_validator_declines_what_it_does_not_understand(schema: dict[str, Any]) -> None:
     assert fast_validator(schema) is None
 
@@ -93,15 +122,21 @@ def test_base64_header_values() -> None:
     assert decode_header_value("=?base64?%%%?=") is None
 
 
-@pytest.mark.parametrize(("body", "header", "modern"), [
-    ({"method": "tools/list"}, None, False),
-    ({"method": "tools/list"}, "2025-06-18", False),
-    ({"method": "tools/list"}, "2026-07-28", True),
-    ({"method": "server/discover"}, None, True),
-    ({"method": "tools/list", "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "x"}}}, None, True),
-    ({"method": "tools/list", "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "x"}}}, "2025-11-25",
-     False),
-])
+@pytest.mark.parametrize(
+    ("body", "header", "modern"),
+    [
+        ({"method": "tools/list"}, None, False),
+        ({"method": "tools/list"}, "2025-06-18", False),
+        ({"method": "tools/list"}, "2026-07-28", True),
+        ({"method": "server/discover"}, None, True),
+        ({"method": "tools/list", "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "x"}}}, None, True),
+        (
+            {"method": "tools/list", "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "x"}}},
+            "2025-11-25",
+            False,
+        ),
+    ],
+)
 def test_era_routing(body: dict[str, Any], header: str | None, modern: bool) -> None:
     assert is_modern_request(body, header) is modern
 
@@ -141,8 +176,9 @@ def test_outbox_take_is_bounded_and_keeps_order() -> None:
     for n in range(10):
         box.put({"n": n, "pad": "y" * 40})
     first = box.take(max_bytes=120)
-    assert first.count(b"\n") == 2 and box.queued_bytes == sum(len(_frame({"n": n, "pad": "y" * 40}))
-                                                                 for n in range(2, 10))
+    assert first.count(b"\n") == 2 and box.queued_bytes == sum(
+        len(_frame({"n": n, "pad": "y" * 40})) for n in range(2, 10)
+    )
     rest = b"".join(iter(box.take, b""))
     assert [json.loads(line)["n"] for line in (first + rest).splitlines()] == list(range(10))
 
@@ -192,5 +228,9 @@ def test_duplicate_tool_names_and_bad_schemas_fail_at_start() -> None:
     with pytest.raises(ValueError):
         McpServer(name="x", version="1", instructions="", tools=[tool, tool])
     with pytest.raises(Exception):  # noqa: B017 - jsonschema's SchemaError
-        McpServer(name="x", version="1", instructions="",
-                  tools=[Tool("u", "U", "d", {"type": "object", "properties": 5}, handler)])
+        McpServer(
+            name="x",
+            version="1",
+            instructions="",
+            tools=[Tool("u", "U", "d", {"type": "object", "properties": 5}, handler)],
+        )

@@ -50,8 +50,13 @@ MS = "[Microsoft][ODBC Driver 18 for SQL Server]"
 
 
 def _settings(**overrides: Any) -> Any:
-    base = {"db_backend": "mssql", "mssql_host": "db.example.net", "mssql_database": "Shop",
-            "mssql_user": "mcp_reader", "mssql_password": "pw"}
+    base = {
+        "db_backend": "mssql",
+        "mssql_host": "db.example.net",
+        "mssql_database": "Shop",
+        "mssql_user": "mcp_reader",
+        "mssql_password": "pw",
+    }
     base.update(overrides)
     return load_settings(environ={}, env_file=None, **base)
 
@@ -73,8 +78,9 @@ def _msodbcsql() -> str:
         import mssql_python_odbc
     except ImportError:
         pytest.skip("mssql-python-odbc (Microsoft ODBC Driver 18) is not installed")
-    found = glob.glob(os.path.join(mssql_python_odbc.get_libs_dir(), "linux", "debian_ubuntu", "*", "lib",
-                                   "libmsodbcsql-18*.so*"))
+    found = glob.glob(
+        os.path.join(mssql_python_odbc.get_libs_dir(), "linux", "debian_ubuntu", "*", "lib", "libmsodbcsql-18*.so*")
+    )
     if not found:
         pytest.skip("no libmsodbcsql-18 in the mssql-python-odbc wheel")
     return found[0]
@@ -89,8 +95,11 @@ def test_alias_types_fall_back_to_the_base_type_and_fks_survive_invisible_target
     tables = {t.name for t in fks.find_all(exp.Table)}
     # No join to the referenced table's sys.objects/sys.schemas/sys.columns rows the login may not see.
     assert tables == {"foreign_keys", "foreign_key_columns", "columns", "synonyms"}  # synonyms: the target
-    for function in ("OBJECT_SCHEMA_NAME(fkc.referenced_object_id)", "OBJECT_NAME(fkc.referenced_object_id)",
-                     "COL_NAME(fkc.referenced_object_id, fkc.referenced_column_id)"):
+    for function in (
+        "OBJECT_SCHEMA_NAME(fkc.referenced_object_id)",
+        "OBJECT_NAME(fkc.referenced_object_id)",
+        "COL_NAME(fkc.referenced_object_id, fkc.referenced_column_id)",
+    ):
         assert function in FOREIGN_KEYS
     assert referenced_name("sales", "Customers", 7) == "sales.Customers"
     assert referenced_name(None, None, 1234) == "(object 1234, not visible to this login)"
@@ -109,17 +118,18 @@ def test_a_default_hidden_by_missing_view_definition_says_so() -> None:
 
 # --- item 9: describe gaps -----------------------------------------------------------------------------------
 def test_column_flags_identity_computed_hidden_generated_always() -> None:
-    assert all(name in COLUMNS for name in ("c.is_identity", "c.is_computed", "c.is_hidden",
-                                            "c.generated_always_type"))
+    assert all(name in COLUMNS for name in ("c.is_identity", "c.is_computed", "c.is_hidden", "c.generated_always_type"))
     identity = column_from_catalog(("Id", "int", 4, 10, 0, False, None, 0, True, False, False, 0, "int"), ["Id"])
     assert identity.flags == ["identity"] and identity.primary_key
     computed = column_from_catalog(("Total", "money", 8, 19, 4, True, None, 0, False, True, False, 0, "money"), [])
     assert computed.flags == ["computed"]
-    start = column_from_catalog(("ValidFrom", "datetime2", 8, 27, 7, False, None, 0, False, False, True, 1,
-                                 "datetime2"), [])
+    start = column_from_catalog(
+        ("ValidFrom", "datetime2", 8, 27, 7, False, None, 0, False, False, True, 1, "datetime2"), []
+    )
     assert start.flags == ["hidden", "generated always as row start"] and start.type == "datetime2(7)"
-    end = column_from_catalog(("ValidTo", "datetime2", 8, 27, 7, False, None, 0, False, False, False, 2,
-                               "datetime2"), [])
+    end = column_from_catalog(
+        ("ValidTo", "datetime2", 8, 27, 7, False, None, 0, False, False, False, 2, "datetime2"), []
+    )
     assert end.flags == ["generated always as row end"]
 
 
@@ -153,8 +163,10 @@ def test_describe_table_binds_the_name_twice_and_reads_every_part() -> None:
             if "is_primary_key = 1" in sql and "is_unique" not in sql:
                 self.rows = [("Id",)]
             elif sql is COLUMNS:
-                self.rows = [("Id", "int", 4, 10, 0, False, None, 0, True, False, False, 0, "int"),
-                             ("CustomerId", "int", 4, 10, 0, False, None, 0, False, False, False, 0, "int")]
+                self.rows = [
+                    ("Id", "int", 4, 10, 0, False, None, 0, True, False, False, 0, "int"),
+                    ("CustomerId", "int", 4, 10, 0, False, None, 0, False, False, False, 0, "int"),
+                ]
             elif sql is FOREIGN_KEYS:
                 self.rows = [("FK_Orders_Customers", None, None, "CustomerId", None, 901)]
             else:
@@ -176,11 +188,16 @@ def test_describe_table_binds_the_name_twice_and_reads_every_part() -> None:
 def test_row_by_key_casts_each_key_to_its_column_type() -> None:
     dialect = _dialect()
     table = TableInfo("dbo", "Events", "table")
-    sql = dialect.row_sql(table, ["At", "Hash", "Code", "Id", "Name", "Guid"],
-                          ["datetime", "varbinary(32)", "varchar(20)", "int", "nvarchar(50)", "uniqueidentifier"])
-    assert sql == ("SELECT TOP (2) * FROM [dbo].[Events] WHERE [At] = CAST(? AS datetime) AND "
-                   "[Hash] = CONVERT(varbinary(32), ?, 1) AND [Code] = CAST(? AS varchar(20)) AND [Id] = ? AND "
-                   "[Name] = ? AND [Guid] = CAST(? AS uniqueidentifier)")
+    sql = dialect.row_sql(
+        table,
+        ["At", "Hash", "Code", "Id", "Name", "Guid"],
+        ["datetime", "varbinary(32)", "varchar(20)", "int", "nvarchar(50)", "uniqueidentifier"],
+    )
+    assert sql == (
+        "SELECT TOP (2) * FROM [dbo].[Events] WHERE [At] = CAST(? AS datetime) AND "
+        "[Hash] = CONVERT(varbinary(32), ?, 1) AND [Code] = CAST(? AS varchar(20)) AND [Id] = ? AND "
+        "[Name] = ? AND [Guid] = CAST(? AS uniqueidentifier)"
+    )
     tree = _tsql(sql)
     assert len(list(tree.find_all(exp.Cast))) == 3
     assert sql.count("?") == 6
@@ -208,31 +225,48 @@ def test_multi_subnet_failover_and_login_timeout_defaults() -> None:
     assert "MultiSubnetFailover" not in _dialect(mssql_host="h\\SQLEXPRESS").connection_string()  # named instance
     assert _settings().db_connect_timeout_seconds == 20
     assert _settings(db_connect_timeout_seconds=3).db_connect_timeout_seconds == 3
-    assert load_settings(environ={"DB_BACKEND": "sqlite", "SQLITE_PATH": "/x.db"},
-                         env_file=None).db_connect_timeout_seconds == 5
-    assert load_settings(environ={"DB_BACKEND": "mssql", "MSSQL_HOST": "h", "MSSQL_DATABASE": "d",
-                                  "MSSQL_USER": "u", "DB_CONNECT_TIMEOUT_SECONDS": "7"},
-                         env_file=None).db_connect_timeout_seconds == 7
+    assert (
+        load_settings(
+            environ={"DB_BACKEND": "sqlite", "SQLITE_PATH": "/x.db"}, env_file=None
+        ).db_connect_timeout_seconds
+        == 5
+    )
+    assert (
+        load_settings(
+            environ={
+                "DB_BACKEND": "mssql",
+                "MSSQL_HOST": "h",
+                "MSSQL_DATABASE": "d",
+                "MSSQL_USER": "u",
+                "DB_CONNECT_TIMEOUT_SECONDS": "7",
+            },
+            env_file=None,
+        ).db_connect_timeout_seconds
+        == 7
+    )
 
 
-@pytest.mark.parametrize(("environ", "message"), [
-    ({"MSSQL_HOST": "sql.example.net,1433"}, "MSSQL_HOST: a host name without ',port'"),
-    ({"MSSQL_AUTHENTICATION": "ActiveDirectoryServicePrincipal", "MSSQL_PASSWORD": ""}, "client secret"),
-    ({"MSSQL_AUTHENTICATION": "AccessToken"}, "needs MSSQL_ACCESS_TOKEN_FILE"),
-    ({"MSSQL_AUTHENTICATION": "ActiveDirectoryMsi", "Trusted_Connection": "yes"}, "Trusted_Connection"),
-    ({"MSSQL_AUTHENTICATION": "Kerberos"}, "MSSQL_AUTHENTICATION: expected one of"),
-])
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"MSSQL_HOST": "sql.example.net,1433"}, "MSSQL_HOST: a host name without ',port'"),
+        ({"MSSQL_AUTHENTICATION": "ActiveDirectoryServicePrincipal", "MSSQL_PASSWORD": ""}, "client secret"),
+        ({"MSSQL_AUTHENTICATION": "AccessToken"}, "needs MSSQL_ACCESS_TOKEN_FILE"),
+        ({"MSSQL_AUTHENTICATION": "ActiveDirectoryMsi", "Trusted_Connection": "yes"}, "Trusted_Connection"),
+        ({"MSSQL_AUTHENTICATION": "Kerberos"}, "MSSQL_AUTHENTICATION: expected one of"),
+    ],
+)
 def test_bad_sql_server_settings_stop_start_up_with_one_line(environ: dict[str, str], message: str) -> None:
-    base = {"DB_BACKEND": "mssql", "MSSQL_HOST": "h", "MSSQL_DATABASE": "d", "MSSQL_USER": "u",
-            "MSSQL_PASSWORD": "p"}
+    base = {"DB_BACKEND": "mssql", "MSSQL_HOST": "h", "MSSQL_DATABASE": "d", "MSSQL_USER": "u", "MSSQL_PASSWORD": "p"}
     with pytest.raises(SettingsError) as info:
         load_settings(environ={**base, **environ}, env_file=None)
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
 def test_entra_id_connection_strings(tmp_path: Path) -> None:
-    sp = _dialect(mssql_authentication="ActiveDirectoryServicePrincipal", mssql_user="0000-app-id",
-                  mssql_password="s3cret").connection_string()
+    sp = _dialect(
+        mssql_authentication="ActiveDirectoryServicePrincipal", mssql_user="0000-app-id", mssql_password="s3cret"
+    ).connection_string()
     assert "Authentication=ActiveDirectoryServicePrincipal;UID=0000-app-id;PWD={s3cret};" in sp
     msi = _dialect(mssql_authentication="ActiveDirectoryMsi", mssql_user="", mssql_password="").connection_string()
     assert "Authentication=ActiveDirectoryMsi;" in msi and "UID=" not in msi and "PWD=" not in msi
@@ -257,17 +291,27 @@ def test_a_missing_token_file_is_a_refused_login(tmp_path: Path) -> None:
         _dialect(mssql_authentication="AccessToken", mssql_access_token_file=str(tmp_path / "empty")).connect_kwargs()
 
 
-@pytest.mark.parametrize("settings", [
-    {"mssql_authentication": "ActiveDirectoryServicePrincipal", "mssql_user": "app-id", "mssql_password": "x"},
-    {"mssql_authentication": "ActiveDirectoryMsi", "mssql_user": "", "mssql_password": ""},
-    {"mssql_authentication": "AccessToken", "mssql_user": "", "mssql_password": ""},
-])
-def test_the_real_driver_accepts_the_attributes_and_fails_only_to_connect(tmp_path: Path,
-                                                                         settings: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"mssql_authentication": "ActiveDirectoryServicePrincipal", "mssql_user": "app-id", "mssql_password": "x"},
+        {"mssql_authentication": "ActiveDirectoryMsi", "mssql_user": "", "mssql_password": ""},
+        {"mssql_authentication": "AccessToken", "mssql_user": "", "mssql_password": ""},
+    ],
+)
+def test_the_real_driver_accepts_the_attributes_and_fails_only_to_connect(
+    tmp_path: Path, settings: dict[str, str]
+) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("eyJ0eXAiOiJKV1Qi.payload.sig")
-    dialect = _dialect(mssql_driver=_msodbcsql(), mssql_host="127.0.0.1", mssql_port=free_port(),
-                       mssql_access_token_file=str(token_file), db_connect_timeout_seconds=1, **settings)
+    dialect = _dialect(
+        mssql_driver=_msodbcsql(),
+        mssql_host="127.0.0.1",
+        mssql_port=free_port(),
+        mssql_access_token_file=str(token_file),
+        db_connect_timeout_seconds=1,
+        **settings,
+    )
     assert "MultiSubnetFailover=Yes;" in dialect.connection_string()
     started = time.perf_counter()
     with pytest.raises(pyodbc.Error) as info:
@@ -286,8 +330,9 @@ def test_the_real_driver_rejects_what_it_does_not_support() -> None:
         pyodbc.connect(base + "Authentication=Bogus;", timeout=1)
     assert "Invalid value specified for connection string attribute 'Authentication'" in str(bogus.value)
     with pytest.raises(pyodbc.Error) as both:
-        pyodbc.connect(base + "UID=u;PWD=p;", timeout=1,
-                       attrs_before={SQL_COPT_SS_ACCESS_TOKEN: access_token_struct("t")})
+        pyodbc.connect(
+            base + "UID=u;PWD=p;", timeout=1, attrs_before={SQL_COPT_SS_ACCESS_TOKEN: access_token_struct("t")}
+        )
     assert both.value.args[0] == "FA005"
 
 
@@ -308,8 +353,9 @@ def _tds_packet(kind: int, body: bytes) -> bytes:
 
 
 # PRELOGIN answer (MS-TDS 2.2.6.5): VERSION 16.0.2000 at offset 11, ENCRYPTION = ENCRYPT_ON at offset 17.
-PRELOGIN_ENCRYPT_ON = (struct.pack(">BHH", 0, 11, 6) + struct.pack(">BHH", 1, 17, 1) + b"\xff"
-                       + bytes([16, 0, 0x07, 0xD0, 0, 0]) + b"\x01")
+PRELOGIN_ENCRYPT_ON = (
+    struct.pack(">BHH", 0, 11, 6) + struct.pack(">BHH", 1, 17, 1) + b"\xff" + bytes([16, 0, 0x07, 0xD0, 0, 0]) + b"\x01"
+)
 
 
 def _tls_in_tds(client: socket.socket, context: ssl.SSLContext) -> None:
@@ -339,8 +385,26 @@ def tls_listener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tup
     Encrypt=yes (the default) answers PRELOGIN and runs the TLS handshake inside TDS packets, as SQL Server
     does. Yields (port, Encrypt value)."""
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(str(cert), str(key))
     server = socket.socket()
@@ -374,10 +438,19 @@ def tls_listener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tup
 
 async def test_an_untrusted_certificate_is_a_configuration_error(tls_listener: tuple[int, str]) -> None:
     port, encrypt = tls_listener
-    async with open_database(db_backend="mssql", mssql_host="127.0.0.1", mssql_port=port,
-                             mssql_database="Shop", mssql_user="sa", mssql_password="pw", mssql_encrypt=encrypt,
-                             trust_server_certificate=False, mssql_driver=_msodbcsql(),
-                             db_connect_timeout_seconds=2, db_pool_size=1) as database:
+    async with open_database(
+        db_backend="mssql",
+        mssql_host="127.0.0.1",
+        mssql_port=port,
+        mssql_database="Shop",
+        mssql_user="sa",
+        mssql_password="pw",
+        mssql_encrypt=encrypt,
+        trust_server_certificate=False,
+        mssql_driver=_msodbcsql(),
+        db_connect_timeout_seconds=2,
+        db_pool_size=1,
+    ) as database:
         status = database.status()
         assert "SSL Provider" in str(status["last_error"]), status
         assert status["status"] == "misconfigured" and database.pool.login_refused
@@ -388,33 +461,52 @@ async def test_an_untrusted_certificate_is_a_configuration_error(tls_listener: t
 
 
 async def test_a_trusted_certificate_then_a_dropped_link_is_not_a_configuration_error(
-        tls_listener: tuple[int, str]) -> None:
+    tls_listener: tuple[int, str],
+) -> None:
     # Control: with TrustServerCertificate=yes the handshake passes and the listener hangs up afterwards.
     port, encrypt = tls_listener
     if encrypt == "strict":
         pytest.skip("Encrypt=strict always validates the certificate: Driver 18 ignores TrustServerCertificate")
-    async with open_database(db_backend="mssql", mssql_host="127.0.0.1", mssql_port=port,
-                             mssql_database="Shop", mssql_user="sa", mssql_password="pw", mssql_encrypt=encrypt,
-                             trust_server_certificate=True, mssql_driver=_msodbcsql(),
-                             db_connect_timeout_seconds=2, db_pool_size=1) as database:
+    async with open_database(
+        db_backend="mssql",
+        mssql_host="127.0.0.1",
+        mssql_port=port,
+        mssql_database="Shop",
+        mssql_user="sa",
+        mssql_password="pw",
+        mssql_encrypt=encrypt,
+        trust_server_certificate=True,
+        mssql_driver=_msodbcsql(),
+        db_connect_timeout_seconds=2,
+        db_pool_size=1,
+    ) as database:
         status = database.status()
         assert status["status"] == "degraded" and not database.pool.login_refused, status
         assert "SSL Provider" not in str(status["last_error"])
 
 
 def test_tls_and_dead_connections_are_classified_by_sqlstate_and_driver_prefix_only() -> None:
-    tls = pyodbc.Error("08001", f"[08001] {MS}SSL Provider: [error:0A000086:SSL routines::certificate verify "
-                                "failed:self-signed certificate] (-1) (SQLDriverConnect)")
+    tls = pyodbc.Error(
+        "08001",
+        f"[08001] {MS}SSL Provider: [error:0A000086:SSL routines::certificate verify "
+        "failed:self-signed certificate] (-1) (SQLDriverConnect)",
+    )
     assert is_tls_failure(tls) and _dialect().login_refused(tls, str(tls))
     # A server message quoting user data with the driver's phrases in it is not a dead link or a TLS error.
-    quoted = pyodbc.Error("42000", f"[42000] {MS}[SQL Server]Invalid object name 'TCP Provider: SSL Provider: "
-                                   "Communication link failure'. (208) (SQLExecDirectW)")
+    quoted = pyodbc.Error(
+        "42000",
+        f"[42000] {MS}[SQL Server]Invalid object name 'TCP Provider: SSL Provider: "
+        "Communication link failure'. (208) (SQLExecDirectW)",
+    )
     assert driver_text(quoted) is None
     assert not is_dead_connection(quoted) and not is_tls_failure(quoted)
     raised = pyodbc.Error("HY000", f"[HY000] {MS}[SQL Server]communication link failure interrupted (50000)")
     assert not is_dead_connection(raised) and not is_cancel(raised)
-    pg = pyodbc.Error("HY000", '[HY000] ERROR: value "server closed the connection" is bad;\nError while '
-                               "executing the query (1) (SQLExecDirectW)")
+    pg = pyodbc.Error(
+        "HY000",
+        '[HY000] ERROR: value "server closed the connection" is bad;\nError while '
+        "executing the query (1) (SQLExecDirectW)",
+    )
     assert not is_dead_connection(pg)
     assert is_dead_connection(pyodbc.Error("HY000", f"[HY000] {MS}Communication link failure (0)"))
     assert is_dead_connection(pyodbc.Error("01000", f"[01000] {MS}TCP Provider: Error code 0x68 (104)"))
@@ -422,9 +514,12 @@ def test_tls_and_dead_connections_are_classified_by_sqlstate_and_driver_prefix_o
 
 
 # --- item 8: deadlock victims -------------------------------------------------------------------------------
-DEADLOCK = ("40001", f"[40001] {MS}[SQL Server]Transaction (Process ID 61) was deadlocked on lock resources "
-                     "with another process and has been chosen as the deadlock victim. Rerun the transaction. "
-                     "(1205) (SQLExecDirectW)")
+DEADLOCK = (
+    "40001",
+    f"[40001] {MS}[SQL Server]Transaction (Process ID 61) was deadlocked on lock resources "
+    "with another process and has been chosen as the deadlock victim. Rerun the transaction. "
+    "(1205) (SQLExecDirectW)",
+)
 
 
 def test_deadlock_classification_and_session_priority() -> None:
@@ -474,8 +569,9 @@ JSON_COLUMN = f"JSON_{FOR_JSON_GUID.replace('D', 'd', 1)}"  # the driver reports
 def _fragments_db(path: Path, document: str) -> Path:
     with sqlite3.connect(path) as conn:
         conn.execute("CREATE TABLE fragments (seq INTEGER PRIMARY KEY, part TEXT)")
-        conn.executemany("INSERT INTO fragments VALUES (?, ?)",
-                         [(i, document[i:i + 2033]) for i in range(0, len(document), 2033)])
+        conn.executemany(
+            "INSERT INTO fragments VALUES (?, ?)", [(i, document[i : i + 2033]) for i in range(0, len(document), 2033)]
+        )
     return path
 
 
@@ -527,8 +623,17 @@ async def test_doctor_for_json_check_passes_on_joined_fragments(tmp_path: Path) 
     from app.doctor import checks, probes
     from app.doctor.report import Report
 
-    document = json.dumps([{"object_id": i, "name": f"sysobject_{i:04d}", "type_desc": "SYSTEM_TABLE",
-                            "create_date": "2019-01-01T00:00:00"} for i in range(probes.FOR_JSON_ROWS)])
+    document = json.dumps(
+        [
+            {
+                "object_id": i,
+                "name": f"sysobject_{i:04d}",
+                "type_desc": "SYSTEM_TABLE",
+                "create_date": "2019-01-01T00:00:00",
+            }
+            for i in range(probes.FOR_JSON_ROWS)
+        ]
+    )
     path = _fragments_db(tmp_path / "d.db", document)
     settings = load_settings(environ={}, env_file=None, db_backend="sqlite", sqlite_path=str(path))
     doctor = checks.Doctor(settings, Report(dialect="sqlite", target="test"))

@@ -28,21 +28,33 @@ async def test_client_registers_with_its_redirect_uris(oauth: OAuth, name: str) 
     assert client["redirect_uris"] == CLIENTS[name]
 
 
-@pytest.mark.parametrize("uri", [
-    "javascript:alert(1)", "data:text/html,hi", "file:///etc/passwd", "vscode://evil/callback",
-    "cursor:", "cursor://user@host/cb", "cursor://evil.com%2f.x/cb", "CHROME://settings",
-])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "javascript:alert(1)",
+        "data:text/html,hi",
+        "file:///etc/passwd",
+        "vscode://evil/callback",
+        "cursor:",
+        "cursor://user@host/cb",
+        "cursor://evil.com%2f.x/cb",
+        "CHROME://settings",
+    ],
+)
 async def test_other_schemes_are_refused(oauth: OAuth, uri: str) -> None:
-    resp = await oauth.http.post("/register", json={"redirect_uris": [uri], "client_name": "x",
-                                                    "token_endpoint_auth_method": "none"})
+    resp = await oauth.http.post(
+        "/register", json={"redirect_uris": [uri], "client_name": "x", "token_endpoint_auth_method": "none"}
+    )
     assert resp.status == 400
     assert (await resp.json())["error"] == "invalid_redirect_uri"
 
 
 async def test_no_private_use_scheme_when_the_operator_allows_none(make_oauth: Any) -> None:
     oauth = await make_oauth(allowed_redirect_schemes=())
-    resp = await oauth.http.post("/register", json={"redirect_uris": CLIENTS["Cursor"], "client_name": "Cursor",
-                                                    "token_endpoint_auth_method": "none"})
+    resp = await oauth.http.post(
+        "/register",
+        json={"redirect_uris": CLIENTS["Cursor"], "client_name": "Cursor", "token_endpoint_auth_method": "none"},
+    )
     assert resp.status == 400 and "ALLOWED_REDIRECT_SCHEMES" in (await resp.json())["error_description"]
 
 
@@ -60,8 +72,15 @@ async def test_cursor_signs_in_and_gets_its_code_on_its_own_scheme(oauth: OAuth)
     location = urlsplit(resp.headers["Location"])
     assert f"{location.scheme}://{location.netloc}{location.path}" == redirect
     code = parse_qs(location.query)["code"][0]
-    token = await oauth.http.post("/token", data={"grant_type": "authorization_code", "code": code,
-                                                  "code_verifier": verifier, "redirect_uri": redirect,
-                                                  "client_id": client["client_id"]})
+    token = await oauth.http.post(
+        "/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "code_verifier": verifier,
+            "redirect_uri": redirect,
+            "client_id": client["client_id"],
+        },
+    )
     assert token.status == 200, await token.text()
     assert (await token.json())["token_type"].lower() == "bearer"

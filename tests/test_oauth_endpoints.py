@@ -38,6 +38,7 @@ from tests.fixtures.auth import (
 
 # -- discovery -------------------------------------------------------------------------------------
 
+
 async def test_discovery_at_root_and_under_chatgpt_names_the_right_issuer(oauth: OAuth) -> None:
     base = oauth.base
     for path, issuer in [
@@ -60,7 +61,8 @@ async def test_discovery_at_root_and_under_chatgpt_names_the_right_issuer(oauth:
         assert doc["grant_types_supported"] == ["authorization_code", "refresh_token"]
         assert doc["code_challenge_methods_supported"] == ["S256"]
         assert {"none", "client_secret_post", "client_secret_basic"} <= set(
-            doc["token_endpoint_auth_methods_supported"])
+            doc["token_endpoint_auth_methods_supported"]
+        )
         assert doc["client_id_metadata_document_supported"] is True
         assert doc["authorization_response_iss_parameter_supported"] is True
         assert doc["scopes_supported"] == ["mcp:read", "mcp:write"]
@@ -109,8 +111,11 @@ async def test_issuer_follows_trusted_proxy_headers_only(make_oauth: Callable[..
     doc = await (await trusted.http.get("/.well-known/oauth-authorization-server/chatgpt", headers=headers)).json()
     assert doc["issuer"] == "https://db.example.com/prod/chatgpt"
     prm = await (await trusted.http.get("/.well-known/oauth-protected-resource/mcp", headers=headers)).json()
-    assert prm == {**prm, "resource": "https://db.example.com/prod/mcp",
-                   "authorization_servers": ["https://db.example.com/prod"]}
+    assert prm == {
+        **prm,
+        "resource": "https://db.example.com/prod/mcp",
+        "authorization_servers": ["https://db.example.com/prod"],
+    }
     # A proxy forwarding the root well-known path unchanged leaves its prefix in the path.
     prm = await (await trusted.http.get("/.well-known/oauth-protected-resource/prod/mcp", headers=headers)).json()
     assert prm["resource"] == "https://db.example.com/prod/mcp"
@@ -124,9 +129,14 @@ async def test_issuer_follows_trusted_proxy_headers_only(make_oauth: Callable[..
 
 # -- registration ----------------------------------------------------------------------------------
 
+
 async def test_registration_returns_credentials_and_stores_only_a_hash(oauth: OAuth) -> None:
-    client = await oauth.register(redirect_uris=["https://chatgpt.com/connector_platform_oauth_redirect",
-                                                 "https://chatgpt.com/connector/oauth/x1"])
+    client = await oauth.register(
+        redirect_uris=[
+            "https://chatgpt.com/connector_platform_oauth_redirect",
+            "https://chatgpt.com/connector/oauth/x1",
+        ]
+    )
     assert client["client_id"] and client["client_secret"] and client["client_secret_expires_at"] == 0
     assert client["token_endpoint_auth_method"] == "client_secret_basic"
     public = await oauth.register(token_endpoint_auth_method="none", redirect_uris=[CLAUDE_CB])
@@ -139,22 +149,25 @@ async def test_registration_returns_credentials_and_stores_only_a_hash(oauth: OA
         assert client["client_secret"].encode() not in file.read_bytes()
 
 
-@pytest.mark.parametrize(("body", "error"), [
-    ({"redirect_uris": ["https://chatgpt.com.evil.com/cb"]}, "invalid_redirect_uri"),
-    ({"redirect_uris": ["https://evil.com/chatgpt.com"]}, "invalid_redirect_uri"),
-    ({"redirect_uris": ["https://claude.ai@evil.com/cb"]}, "invalid_redirect_uri"),
-    ({"redirect_uris": ["http://claude.ai/api/mcp/auth_callback"]}, "invalid_redirect_uri"),
-    ({"redirect_uris": ["https://claude.ai/api/mcp/auth_callback#x"]}, "invalid_redirect_uri"),
-    ({"redirect_uris": []}, "invalid_redirect_uri"),
-    ({"redirect_uris": "https://claude.ai/api/mcp/auth_callback"}, "invalid_redirect_uri"),
-    ({}, "invalid_redirect_uri"),
-    ({"redirect_uris": [CLAUDE_CB], "grant_types": ["client_credentials"]}, "invalid_client_metadata"),
-    ({"redirect_uris": [CLAUDE_CB], "grant_types": ["implicit"]}, "invalid_client_metadata"),
-    ({"redirect_uris": [CLAUDE_CB], "response_types": ["token"]}, "invalid_client_metadata"),
-    ({"redirect_uris": [CLAUDE_CB], "token_endpoint_auth_method": "private_key_jwt"}, "invalid_client_metadata"),
-    ({"redirect_uris": [CLAUDE_CB], "client_name": 42}, "invalid_client_metadata"),
-    ([CLAUDE_CB], "invalid_client_metadata"),
-])
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ({"redirect_uris": ["https://chatgpt.com.evil.com/cb"]}, "invalid_redirect_uri"),
+        ({"redirect_uris": ["https://evil.com/chatgpt.com"]}, "invalid_redirect_uri"),
+        ({"redirect_uris": ["https://claude.ai@evil.com/cb"]}, "invalid_redirect_uri"),
+        ({"redirect_uris": ["http://claude.ai/api/mcp/auth_callback"]}, "invalid_redirect_uri"),
+        ({"redirect_uris": ["https://claude.ai/api/mcp/auth_callback#x"]}, "invalid_redirect_uri"),
+        ({"redirect_uris": []}, "invalid_redirect_uri"),
+        ({"redirect_uris": "https://claude.ai/api/mcp/auth_callback"}, "invalid_redirect_uri"),
+        ({}, "invalid_redirect_uri"),
+        ({"redirect_uris": [CLAUDE_CB], "grant_types": ["client_credentials"]}, "invalid_client_metadata"),
+        ({"redirect_uris": [CLAUDE_CB], "grant_types": ["implicit"]}, "invalid_client_metadata"),
+        ({"redirect_uris": [CLAUDE_CB], "response_types": ["token"]}, "invalid_client_metadata"),
+        ({"redirect_uris": [CLAUDE_CB], "token_endpoint_auth_method": "private_key_jwt"}, "invalid_client_metadata"),
+        ({"redirect_uris": [CLAUDE_CB], "client_name": 42}, "invalid_client_metadata"),
+        ([CLAUDE_CB], "invalid_client_metadata"),
+    ],
+)
 async def test_registration_errors_are_rfc7591_shaped(oauth: OAuth, body: Any, error: str) -> None:
     resp = await oauth.http.post("/register", json=body)
     assert resp.status == 400
@@ -171,6 +184,7 @@ async def test_registration_rejects_malformed_and_oversized_bodies(oauth: OAuth)
 
 
 # -- authorize: sign-in and consent ----------------------------------------------------------------
+
 
 async def test_login_and_consent_pages(oauth: OAuth) -> None:
     client = await oauth.register(client_name="<script>alert(1)</script> Connector")
@@ -203,8 +217,9 @@ async def test_deny_sends_access_denied_back(oauth: OAuth) -> None:
     client = await oauth.register()
     _, challenge = pkce()
     html = await oauth.login_page(oauth.authorize_query(client, challenge, "/chatgpt"))
-    resp = await oauth.post_form("/chatgpt", hidden_fields(html), action="login", username="alice",
-                                 password=DEFAULT_PASSWORD)
+    resp = await oauth.post_form(
+        "/chatgpt", hidden_fields(html), action="login", username="alice", password=DEFAULT_PASSWORD
+    )
     resp = await oauth.post_form("/chatgpt", hidden_fields(await resp.text()), action="consent", decision="deny")
     params = redirect_params(resp.headers["Location"])
     assert resp.status == 303 and params["error"] == "access_denied"
@@ -228,18 +243,22 @@ async def test_authorize_never_redirects_to_an_unchecked_uri(oauth: OAuth) -> No
     assert resp.status == 400 and "Location" not in resp.headers
 
 
-@pytest.mark.parametrize(("change", "error"), [
-    ({"code_challenge": None}, "invalid_request"),
-    ({"code_challenge_method": "plain"}, "invalid_request"),
-    ({"code_challenge_method": None}, "invalid_request"),
-    ({"code_challenge": "short"}, "invalid_request"),
-    ({"response_type": "token"}, "unsupported_response_type"),
-    ({"resource": "https://other.example/mcp"}, "invalid_target"),
-    ({"scope": 'mcp:read "bad'}, "invalid_scope"),
-    ({"prompt": "none"}, "login_required"),
-])
-async def test_authorize_errors_go_back_to_the_registered_redirect(oauth: OAuth, change: dict[str, Any],
-                                                                    error: str) -> None:
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"code_challenge": None}, "invalid_request"),
+        ({"code_challenge_method": "plain"}, "invalid_request"),
+        ({"code_challenge_method": None}, "invalid_request"),
+        ({"code_challenge": "short"}, "invalid_request"),
+        ({"response_type": "token"}, "unsupported_response_type"),
+        ({"resource": "https://other.example/mcp"}, "invalid_target"),
+        ({"scope": 'mcp:read "bad'}, "invalid_scope"),
+        ({"prompt": "none"}, "login_required"),
+    ],
+)
+async def test_authorize_errors_go_back_to_the_registered_redirect(
+    oauth: OAuth, change: dict[str, Any], error: str
+) -> None:
     client = await oauth.register()
     _, challenge = pkce()
     resp = await oauth.http.get(oauth.authorize_query(client, challenge, **change), allow_redirects=False)
@@ -255,12 +274,16 @@ async def test_loopback_redirect_may_use_another_port(oauth: OAuth) -> None:
     other_port = "http://127.0.0.1:50001/callback"
     code, verifier, params = await oauth.code_for(client, "alice", redirect_uri=other_port)
     assert params["location"].startswith(other_port + "?")
-    resp = await oauth.token(client, {"grant_type": "authorization_code", "code": code, "code_verifier": verifier,
-                                      "redirect_uri": LOOPBACK_CB})
+    resp = await oauth.token(
+        client,
+        {"grant_type": "authorization_code", "code": code, "code_verifier": verifier, "redirect_uri": LOOPBACK_CB},
+    )
     assert resp.status == 400  # the code is bound to the redirect actually used
     code, verifier, _ = await oauth.code_for(client, "alice", redirect_uri=other_port)
-    resp = await oauth.token(client, {"grant_type": "authorization_code", "code": code, "code_verifier": verifier,
-                                      "redirect_uri": other_port})
+    resp = await oauth.token(
+        client,
+        {"grant_type": "authorization_code", "code": code, "code_verifier": verifier, "redirect_uri": other_port},
+    )
     assert resp.status == 200
 
 
@@ -268,8 +291,9 @@ async def test_forms_need_the_csrf_token_and_the_browser_cookie(oauth: OAuth) ->
     client = await oauth.register()
     _, challenge = pkce()
     fields = hidden_fields(await oauth.login_page(oauth.authorize_query(client, challenge)))
-    resp = await oauth.post_form("", {**fields, "csrf_token": "forged"}, action="login", username="alice",
-                                 password=DEFAULT_PASSWORD)
+    resp = await oauth.post_form(
+        "", {**fields, "csrf_token": "forged"}, action="login", username="alice", password=DEFAULT_PASSWORD
+    )
     assert resp.status == 403
     oauth.http.session.cookie_jar.clear()
     resp = await oauth.post_form("", fields, action="login", username="alice", password=DEFAULT_PASSWORD)
@@ -287,9 +311,12 @@ async def test_failed_sign_ins_are_throttled_per_user_and_per_address(make_oauth
     async def attempt(username: str, password: str, address: str) -> int:
         _, challenge = pkce()
         fields = hidden_fields(await oauth.login_page(oauth.authorize_query(client, challenge)))
-        resp = await oauth.http.post("/authorize", data={**fields, "action": "login", "username": username,
-                                                         "password": password},
-                                     headers={"X-Forwarded-For": address}, allow_redirects=False)
+        resp = await oauth.http.post(
+            "/authorize",
+            data={**fields, "action": "login", "username": username, "password": password},
+            headers={"X-Forwarded-For": address},
+            allow_redirects=False,
+        )
         return resp.status
 
     for _ in range(3):
@@ -307,23 +334,32 @@ async def test_failed_sign_ins_are_throttled_per_user_and_per_address(make_oauth
 
 # -- token endpoint --------------------------------------------------------------------------------
 
+
 async def test_code_exchange_issues_a_bound_jwt_and_a_refresh_token(oauth: OAuth) -> None:
     client = await oauth.register()
     code, verifier, _ = await oauth.code_for(client, "alice")
-    resp = await oauth.token(client, {"grant_type": "authorization_code", "code": code, "code_verifier": verifier,
-                                      "redirect_uri": LOOPBACK_CB})
+    resp = await oauth.token(
+        client,
+        {"grant_type": "authorization_code", "code": code, "code_verifier": verifier, "redirect_uri": LOOPBACK_CB},
+    )
     assert resp.status == 200 and resp.headers["Cache-Control"] == "no-store"
     tokens = await resp.json()
     assert tokens["token_type"] == "Bearer" and tokens["expires_in"] == 3600
     assert tokens["refresh_token"].startswith("rt_") and tokens["scope"] == "mcp:read mcp:write"
-    header, claims = (json.loads(base64.urlsafe_b64decode(part + "==")) for part in
-                      tokens["access_token"].split(".")[:2])
+    header, claims = (
+        json.loads(base64.urlsafe_b64decode(part + "==")) for part in tokens["access_token"].split(".")[:2]
+    )
     assert header["alg"] == "ES256" and header["typ"] == "at+jwt"
     assert claims["aud"] == oauth.base + "/mcp" and claims["iss"] == oauth.base
     assert claims["exp"] - claims["iat"] == 3600
     body = await (await oauth.call(tokens["access_token"])).json()
-    assert body == {"username": "alice", "role": "writer", "scopes": ["mcp:read", "mcp:write"],
-                    "authenticated": True, "client_id": client["client_id"]}
+    assert body == {
+        "username": "alice",
+        "role": "writer",
+        "scopes": ["mcp:read", "mcp:write"],
+        "authenticated": True,
+        "client_id": client["client_id"],
+    }
     # Bound to the Claude endpoints: refused on the ChatGPT prefix.
     resp = await oauth.call(tokens["access_token"], "/chatgpt/_test/mcp")
     assert resp.status == 401 and 'error="invalid_token"' in resp.headers["WWW-Authenticate"]
@@ -332,9 +368,17 @@ async def test_code_exchange_issues_a_bound_jwt_and_a_refresh_token(oauth: OAuth
 async def test_token_endpoint_accepts_json_and_client_secret_post(oauth: OAuth) -> None:
     client = await oauth.register(token_endpoint_auth_method="client_secret_post")
     code, verifier, _ = await oauth.code_for(client, "alice", realm="/chatgpt")
-    resp = await oauth.http.post("/chatgpt/token", json={
-        "grant_type": "authorization_code", "code": code, "code_verifier": verifier, "redirect_uri": LOOPBACK_CB,
-        "client_id": client["client_id"], "client_secret": client["client_secret"]})
+    resp = await oauth.http.post(
+        "/chatgpt/token",
+        json={
+            "grant_type": "authorization_code",
+            "code": code,
+            "code_verifier": verifier,
+            "redirect_uri": LOOPBACK_CB,
+            "client_id": client["client_id"],
+            "client_secret": client["client_secret"],
+        },
+    )
     assert resp.status == 200, await resp.text()
     token = (await resp.json())["access_token"]
     assert (await oauth.call(token, "/chatgpt/_test/mcp")).status == 200
@@ -345,8 +389,15 @@ async def test_public_client_with_pkce_only(oauth: OAuth) -> None:
     client = await oauth.register(token_endpoint_auth_method="none")
     tokens = await oauth.tokens_for(client, "alice")
     assert (await oauth.call(tokens["access_token"])).status == 200
-    resp = await oauth.http.post("/token", data={"grant_type": "refresh_token", "client_id": client["client_id"],
-                                                 "client_secret": "made-up", "refresh_token": tokens["refresh_token"]})
+    resp = await oauth.http.post(
+        "/token",
+        data={
+            "grant_type": "refresh_token",
+            "client_id": client["client_id"],
+            "client_secret": "made-up",
+            "refresh_token": tokens["refresh_token"],
+        },
+    )
     assert resp.status == 401 and (await resp.json())["error"] == "invalid_client"
 
 
@@ -371,16 +422,19 @@ async def test_expired_code_is_refused(oauth: OAuth) -> None:
     assert resp.status == 400 and (await resp.json())["error"] == "invalid_grant"
 
 
-@pytest.mark.parametrize(("change", "status", "error"), [
-    ({"code_verifier": "x" * 43}, 400, "invalid_grant"),
-    ({"code_verifier": None}, 400, "invalid_request"),
-    ({"code": "made-up"}, 400, "invalid_grant"),
-    ({"code": None}, 400, "invalid_request"),
-    ({"redirect_uri": "http://127.0.0.1:43123/elsewhere"}, 400, "invalid_grant"),
-    ({"grant_type": "password"}, 400, "unsupported_grant_type"),
-    ({"grant_type": None}, 400, "invalid_request"),
-    ({"resource": "https://other.example/mcp"}, 400, "invalid_target"),
-])
+@pytest.mark.parametrize(
+    ("change", "status", "error"),
+    [
+        ({"code_verifier": "x" * 43}, 400, "invalid_grant"),
+        ({"code_verifier": None}, 400, "invalid_request"),
+        ({"code": "made-up"}, 400, "invalid_grant"),
+        ({"code": None}, 400, "invalid_request"),
+        ({"redirect_uri": "http://127.0.0.1:43123/elsewhere"}, 400, "invalid_grant"),
+        ({"grant_type": "password"}, 400, "unsupported_grant_type"),
+        ({"grant_type": None}, 400, "invalid_request"),
+        ({"resource": "https://other.example/mcp"}, 400, "invalid_target"),
+    ],
+)
 async def test_token_request_errors(oauth: OAuth, change: dict[str, Any], status: int, error: str) -> None:
     client = await oauth.register()
     code, verifier, _ = await oauth.code_for(client, "alice")
@@ -407,8 +461,9 @@ async def test_client_authentication_failures_are_invalid_client_401(oauth: OAut
         resp = await oauth.http.post("/token", data=body, headers=headers)
         assert resp.status == 401, headers
         assert (await resp.json())["error"] == "invalid_client"
-    resp = await oauth.http.post("/token", data={**data, "client_secret": "x"},
-                                 headers=basic(client["client_id"], client["client_secret"]))
+    resp = await oauth.http.post(
+        "/token", data={**data, "client_secret": "x"}, headers=basic(client["client_id"], client["client_secret"])
+    )
     assert resp.status == 400 and (await resp.json())["error"] == "invalid_request"
 
 
@@ -448,11 +503,18 @@ async def test_refresh_rotates_and_reuse_revokes_the_family(make_oauth: Callable
 async def test_refresh_can_narrow_but_not_widen(oauth: OAuth) -> None:
     client = await oauth.register()
     tokens = await oauth.tokens_for(client, "rita")
-    resp = await oauth.token(client, {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
-                                      "scope": "mcp:read mcp:write"})
+    resp = await oauth.token(
+        client, {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"], "scope": "mcp:read mcp:write"}
+    )
     assert resp.status == 400 and (await resp.json())["error"] == "invalid_scope"
-    resp = await oauth.token(client, {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
-                                      "resource": oauth.base + "/chatgpt/mcp"})
+    resp = await oauth.token(
+        client,
+        {
+            "grant_type": "refresh_token",
+            "refresh_token": tokens["refresh_token"],
+            "resource": oauth.base + "/chatgpt/mcp",
+        },
+    )
     assert resp.status == 400 and (await resp.json())["error"] == "invalid_target"
     resp = await oauth.token(client, {"grant_type": "refresh_token", "refresh_token": "rt_made-up"})
     assert resp.status == 400 and (await resp.json())["error"] == "invalid_grant"
@@ -460,12 +522,15 @@ async def test_refresh_can_narrow_but_not_widen(oauth: OAuth) -> None:
 
 # -- revocation ------------------------------------------------------------------------------------
 
+
 async def test_revoking_a_refresh_token_ends_the_sign_in(oauth: OAuth) -> None:
     client = await oauth.register()
     tokens = await oauth.tokens_for(client, "alice")
-    resp = await oauth.http.post("/revoke", data={"token": tokens["refresh_token"],
-                                                  "token_type_hint": "refresh_token"},
-                                 headers=basic(client["client_id"], client["client_secret"]))
+    resp = await oauth.http.post(
+        "/revoke",
+        data={"token": tokens["refresh_token"], "token_type_hint": "refresh_token"},
+        headers=basic(client["client_id"], client["client_secret"]),
+    )
     assert resp.status == 200
     assert (await oauth.call(tokens["access_token"])).status == 401
     resp = await oauth.token(client, {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]})
@@ -484,14 +549,17 @@ async def test_revoking_an_access_token(oauth: OAuth) -> None:
     assert resp.status == 200
     resp = await oauth.call(tokens["access_token"])
     assert resp.status == 401 and "revoked" in resp.headers["WWW-Authenticate"]
-    for data, status in [({"token": "garbage", "client_id": client["client_id"]}, 200),
-                         ({"client_id": client["client_id"]}, 400),
-                         ({"token": "x", "client_id": "unknown"}, 401),
-                         ({"token": "x", "client_id": client["client_id"], "token_type_hint": "id_token"}, 400)]:
+    for data, status in [
+        ({"token": "garbage", "client_id": client["client_id"]}, 200),
+        ({"client_id": client["client_id"]}, 400),
+        ({"token": "x", "client_id": "unknown"}, 401),
+        ({"token": "x", "client_id": client["client_id"], "token_type_hint": "id_token"}, 400),
+    ]:
         assert (await oauth.http.post("/revoke", data=data)).status == status
 
 
 # -- the bearer check ------------------------------------------------------------------------------
+
 
 async def test_no_token_gets_a_discovery_challenge(oauth: OAuth) -> None:
     resp = await oauth.call(None)
@@ -543,8 +611,12 @@ async def test_removed_users_and_changed_passwords_stop_tokens(oauth: OAuth) -> 
     rita = await oauth.tokens_for(client, "rita")
     import io
 
-    users_main(oauth.settings, ["passwd", "alice", "--password-stdin"], stdin=io.StringIO("brand-new-pass\n"),
-               stdout=io.StringIO())
+    users_main(
+        oauth.settings,
+        ["passwd", "alice", "--password-stdin"],
+        stdin=io.StringIO("brand-new-pass\n"),
+        stdout=io.StringIO(),
+    )
     assert (await oauth.call(alice["access_token"])).status == 401
     resp = await oauth.token(client, {"grant_type": "refresh_token", "refresh_token": alice["refresh_token"]})
     assert resp.status == 400
@@ -562,20 +634,31 @@ async def test_role_drop_takes_effect_on_the_next_request(oauth: OAuth) -> None:
     assert (await (await oauth.call(tokens["access_token"])).json())["role"] == "writer"
     users_main(oauth.settings, ["role", "alice", "reader"], stdout=io.StringIO())
     assert (await (await oauth.call(tokens["access_token"])).json())["role"] == "reader"
-    refreshed = await (await oauth.token(client, {"grant_type": "refresh_token",
-                                                  "refresh_token": tokens["refresh_token"]})).json()
+    refreshed = await (
+        await oauth.token(client, {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]})
+    ).json()
     assert refreshed["scope"] == "mcp:read"
 
 
-@pytest.mark.parametrize(("flags", "allowed", "refused"), [
-    ({"allow_unauth_methods": True}, [["initialize"], ["tools/list"], []], [["tools/call"],
-                                                                              ["tools/list", "tools/call"]]),
-    ({"allow_unauth_tools_call": True}, [["tools/call"]], [["initialize"], []]),
-    ({"allow_unauth_methods": True, "allow_unauth_tools_call": True}, [["tools/call", "initialize"], []], []),
-])
-async def test_unauthenticated_switches_keep_their_seed_meaning(make_oauth: Callable[..., Any], captured_logs: Any,
-                                                                 flags: dict[str, bool], allowed: list[list[str]],
-                                                                 refused: list[list[str]]) -> None:
+@pytest.mark.parametrize(
+    ("flags", "allowed", "refused"),
+    [
+        (
+            {"allow_unauth_methods": True},
+            [["initialize"], ["tools/list"], []],
+            [["tools/call"], ["tools/list", "tools/call"]],
+        ),
+        ({"allow_unauth_tools_call": True}, [["tools/call"]], [["initialize"], []]),
+        ({"allow_unauth_methods": True, "allow_unauth_tools_call": True}, [["tools/call", "initialize"], []], []),
+    ],
+)
+async def test_unauthenticated_switches_keep_their_seed_meaning(
+    make_oauth: Callable[..., Any],
+    captured_logs: Any,
+    flags: dict[str, bool],
+    allowed: list[list[str]],
+    refused: list[list[str]],
+) -> None:
     oauth = await make_oauth(**flags)
     warnings = captured_logs.events("auth.UNAUTHENTICATED_ACCESS_ENABLED")
     assert warnings and all(w["level"] == "warning" for w in warnings)
@@ -592,8 +675,10 @@ async def test_unauthenticated_switches_keep_their_seed_meaning(make_oauth: Call
 
 # -- persistence and logs ---------------------------------------------------------------------------
 
-async def test_restart_keeps_clients_users_keys_and_refresh_tokens(auth_settings: Callable[..., Settings],
-                                                                   aiohttp_client: Any) -> None:
+
+async def test_restart_keeps_clients_users_keys_and_refresh_tokens(
+    auth_settings: Callable[..., Settings], aiohttp_client: Any
+) -> None:
     settings = auth_settings()
     create_user(settings, "alice", role="writer")
     first = OAuth(await aiohttp_client(build_app(settings)), settings)
@@ -603,9 +688,11 @@ async def test_restart_keeps_clients_users_keys_and_refresh_tokens(auth_settings
     second = OAuth(await aiohttp_client(build_app(settings)), settings)
     # Tokens are bound to the URL; the restarted server listens on a new port, so re-mint the check
     # against the same keys by refreshing at the new server (the client and the family are remembered).
-    resp = await second.http.post("/token", data={"grant_type": "refresh_token",
-                                                  "refresh_token": tokens["refresh_token"]},
-                                  headers=basic(client["client_id"], client["client_secret"]))
+    resp = await second.http.post(
+        "/token",
+        data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
+        headers=basic(client["client_id"], client["client_secret"]),
+    )
     assert resp.status == 200, await resp.text()
     refreshed = await resp.json()
     assert refreshed["refresh_token"] != tokens["refresh_token"]
@@ -617,13 +704,18 @@ async def test_restart_keeps_clients_users_keys_and_refresh_tokens(auth_settings
     await second.tokens_for(client, "alice")
 
 
-async def test_nothing_secret_reaches_the_logs(oauth: OAuth, captured_logs: Any,
-                                               caplog: pytest.LogCaptureFixture) -> None:
+async def test_nothing_secret_reaches_the_logs(
+    oauth: OAuth, captured_logs: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     client = await oauth.register()
     code, verifier, _ = await oauth.code_for(client, "alice")
-    exchange = {"grant_type": "authorization_code", "code": code, "code_verifier": verifier,
-                "redirect_uri": LOOPBACK_CB}
+    exchange = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "code_verifier": verifier,
+        "redirect_uri": LOOPBACK_CB,
+    }
     tokens = await (await oauth.token(client, exchange)).json()
     await oauth.token(client, exchange)
     await oauth.token(client, {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]})
@@ -634,10 +726,18 @@ async def test_nothing_secret_reaches_the_logs(oauth: OAuth, captured_logs: Any,
     await oauth.post_form("", fields, action="login", username=DEFAULT_PASSWORD, password=DEFAULT_PASSWORD)
     await oauth.call(tokens["access_token"])
     await oauth.http.post("/_test/mcp?access_token=" + tokens["access_token"], json={})
-    await oauth.http.post("/revoke", data={"token": tokens["access_token"]},
-                          headers=basic(client["client_id"], client["client_secret"]))
-    secrets_used = [DEFAULT_PASSWORD, client["client_secret"], code, verifier, tokens["access_token"],
-                    tokens["refresh_token"], fields["csrf_token"]]
+    await oauth.http.post(
+        "/revoke", data={"token": tokens["access_token"]}, headers=basic(client["client_id"], client["client_secret"])
+    )
+    secrets_used = [
+        DEFAULT_PASSWORD,
+        client["client_secret"],
+        code,
+        verifier,
+        tokens["access_token"],
+        tokens["refresh_token"],
+        fields["csrf_token"],
+    ]
     for text in (captured_logs.text, caplog.text):
         assert "oauth.token_issued" in text
         for secret in secrets_used:
@@ -653,10 +753,22 @@ async def test_upstream_settings_are_validated(auth_settings: Callable[..., Sett
     with pytest.raises(SettingsError, match="OIDC_ALLOWED"):
         create_app(auth_settings(oidc_provider="google", oidc_client_id="id", oidc_client_secret="secret"))
     with pytest.raises(SettingsError, match="OIDC_PROVIDER"):
-        create_app(auth_settings(oidc_provider="http://idp.example.com", oidc_client_id="id",
-                                 oidc_client_secret="secret", oidc_allowed_domains=("example.com",)))
-    app = create_app(auth_settings(oidc_provider="microsoft", oidc_tenant="contoso.onmicrosoft.com",
-                                   oidc_client_id="id", oidc_client_secret="secret",
-                                   oidc_allowed_domains=("contoso.com",)))
+        create_app(
+            auth_settings(
+                oidc_provider="http://idp.example.com",
+                oidc_client_id="id",
+                oidc_client_secret="secret",
+                oidc_allowed_domains=("example.com",),
+            )
+        )
+    app = create_app(
+        auth_settings(
+            oidc_provider="microsoft",
+            oidc_tenant="contoso.onmicrosoft.com",
+            oidc_client_id="id",
+            oidc_client_secret="secret",
+            oidc_allowed_domains=("contoso.com",),
+        )
+    )
     assert app[keys.AUTH_STORE].oidc.issuer == "https://login.microsoftonline.com/contoso.onmicrosoft.com/v2.0"
     assert urlsplit(app[keys.AUTH_STORE].oidc.issuer).scheme == "https"

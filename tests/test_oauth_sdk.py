@@ -23,16 +23,23 @@ from tests.fixtures.auth import (
     sdk_oauth,
 )
 
-INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-              "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                         "clientInfo": {"name": "raw", "version": "1"}}}
-MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
-               "MCP-Protocol-Version": "2025-11-25"}
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+}
+MCP_HEADERS = {
+    "Accept": "application/json, text/event-stream",
+    "Content-Type": "application/json",
+    "MCP-Protocol-Version": "2025-11-25",
+}
 
 
 @pytest.fixture
-async def secured_server(make_settings: Callable[..., Settings],
-                         start_live_server: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+async def secured_server(
+    make_settings: Callable[..., Settings], start_live_server: Callable[..., Awaitable[Any]]
+) -> Callable[..., Awaitable[Any]]:
     async def start(**overrides: Any) -> Any:
         settings = make_settings(auth=True, **overrides)
         create_user(settings, "alice", role="writer")
@@ -50,7 +57,8 @@ async def call_tool(url: str, http: httpx2.AsyncClient, tool: str, arguments: di
 
 
 async def test_sdk_client_signs_in_with_dynamic_registration_and_calls_tools(
-        secured_server: Callable[..., Awaitable[Any]]) -> None:
+    secured_server: Callable[..., Awaitable[Any]],
+) -> None:
     server = await secured_server()
     browser, storage = Browser("rita"), MemoryTokenStorage()
     provider = sdk_oauth(server.url + "/mcp", browser, storage=storage)
@@ -71,8 +79,9 @@ async def test_sdk_client_signs_in_with_dynamic_registration_and_calls_tools(
 async def test_sdk_client_on_the_chatgpt_endpoint(secured_server: Callable[..., Awaitable[Any]]) -> None:
     server = await secured_server()
     browser = Browser("alice")
-    provider = sdk_oauth(server.url + "/chatgpt/mcp", browser,
-                         redirect_uri="https://chatgpt.com/connector_platform_oauth_redirect")
+    provider = sdk_oauth(
+        server.url + "/chatgpt/mcp", browser, redirect_uri="https://chatgpt.com/connector_platform_oauth_redirect"
+    )
     async with httpx2.AsyncClient(auth=provider, timeout=30) as http:
         result = await call_tool(server.url + "/chatgpt/mcp", http, "search", {"query": "list tables"})
         assert not result.is_error
@@ -81,15 +90,23 @@ async def test_sdk_client_on_the_chatgpt_endpoint(secured_server: Callable[..., 
     assert f"iss={server.url.replace(':', '%3A').replace('/', '%2F')}%2Fchatgpt" in browser.last_redirect
 
 
-async def test_sdk_client_with_a_client_id_metadata_document(secured_server: Callable[..., Awaitable[Any]],
-                                                            cimd_server: DocumentServer) -> None:
+async def test_sdk_client_with_a_client_id_metadata_document(
+    secured_server: Callable[..., Awaitable[Any]], cimd_server: DocumentServer
+) -> None:
     server = await secured_server(cimd_allow_private=True)
     redirect_uri = "http://127.0.0.1:33418/callback"
     url = cimd_server.url + "/mcp-client.json"
-    cimd_server.serve_json("/mcp-client.json", {
-        "client_id": url, "client_name": "CIMD SDK client", "redirect_uris": [redirect_uri],
-        "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
-        "token_endpoint_auth_method": "none"})
+    cimd_server.serve_json(
+        "/mcp-client.json",
+        {
+            "client_id": url,
+            "client_name": "CIMD SDK client",
+            "redirect_uris": [redirect_uri],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "token_endpoint_auth_method": "none",
+        },
+    )
     browser = Browser("alice")
     provider = sdk_oauth(server.url + "/mcp", browser, redirect_uri=redirect_uri, client_metadata_url=url)
     async with httpx2.AsyncClient(auth=provider, timeout=30) as http:
@@ -117,12 +134,17 @@ async def test_sdk_refresh_rotation_and_reuse_detection(secured_server: Callable
     # Someone replays the spent refresh token: the whole sign-in is revoked.
     client = storage.client_info
     async with httpx2.AsyncClient(timeout=30) as raw:
-        resp = await raw.post(server.url + "/token", data={"grant_type": "refresh_token",
-                                                          "refresh_token": first.refresh_token},
-                              auth=(client.client_id, client.client_secret))
+        resp = await raw.post(
+            server.url + "/token",
+            data={"grant_type": "refresh_token", "refresh_token": first.refresh_token},
+            auth=(client.client_id, client.client_secret),
+        )
         assert resp.status_code == 400 and resp.json()["error"] == "invalid_grant"
-        resp = await raw.post(server.url + "/mcp", json=INITIALIZE,
-                              headers={**MCP_HEADERS, "Authorization": f"Bearer {second.access_token}"})
+        resp = await raw.post(
+            server.url + "/mcp",
+            json=INITIALIZE,
+            headers={**MCP_HEADERS, "Authorization": f"Bearer {second.access_token}"},
+        )
         assert resp.status_code == 401
         assert 'error="invalid_token"' in resp.headers["WWW-Authenticate"]
 
@@ -137,23 +159,30 @@ async def test_mcp_endpoints_refuse_bad_tokens(secured_server: Callable[..., Awa
         "forged": good[:-8] + ("A" * 8 if not good.endswith("A" * 8) else "B" * 8),
     }
     async with httpx2.AsyncClient(timeout=30) as http:
-        resp = await http.post(base + "/mcp", json=INITIALIZE, headers={**MCP_HEADERS,
-                                                                        "Authorization": f"Bearer {good}"})
+        resp = await http.post(
+            base + "/mcp", json=INITIALIZE, headers={**MCP_HEADERS, "Authorization": f"Bearer {good}"}
+        )
         assert resp.status_code == 200
         resp = await http.post(base + "/mcp", json=INITIALIZE, headers=MCP_HEADERS)
         assert resp.status_code == 401
-        assert f'resource_metadata="{base}/.well-known/oauth-protected-resource/mcp"' in resp.headers[
-            "WWW-Authenticate"]
+        assert (
+            f'resource_metadata="{base}/.well-known/oauth-protected-resource/mcp"' in resp.headers["WWW-Authenticate"]
+        )
         for name, token in bad.items():
-            resp = await http.post(base + "/mcp", json=INITIALIZE,
-                                   headers={**MCP_HEADERS, "Authorization": f"Bearer {token}"})
+            resp = await http.post(
+                base + "/mcp", json=INITIALIZE, headers={**MCP_HEADERS, "Authorization": f"Bearer {token}"}
+            )
             assert resp.status_code == 401, name
             assert 'error="invalid_token"' in resp.headers["WWW-Authenticate"], name
         resp = await http.post(base + "/mcp?access_token=" + good, json=INITIALIZE, headers=MCP_HEADERS)
         assert resp.status_code == 401
         # Revoked through RFC 7009 by the client it was issued to: refused from then on.
-        reg = (await http.post(base + "/register", json={"redirect_uris": ["http://127.0.0.1:9/cb"],
-                                                          "token_endpoint_auth_method": "none"})).json()
+        reg = (
+            await http.post(
+                base + "/register",
+                json={"redirect_uris": ["http://127.0.0.1:9/cb"], "token_endpoint_auth_method": "none"},
+            )
+        ).json()
         token = mint_token(settings, base, username="alice", client_id=reg["client_id"])
         headers = {**MCP_HEADERS, "Authorization": f"Bearer {token}"}
         assert (await http.post(base + "/mcp", json=INITIALIZE, headers=headers)).status_code == 200
@@ -165,9 +194,14 @@ async def test_mcp_endpoints_refuse_bad_tokens(secured_server: Callable[..., Awa
 async def test_seed_checks_on_chatgpt_sse(secured_server: Callable[..., Awaitable[Any]]) -> None:
     server = await secured_server()
     async with httpx2.AsyncClient(timeout=10) as http:
-        resp = await http.options(server.url + "/chatgpt/sse", headers={
-            "Origin": "https://chatgpt.com", "Access-Control-Request-Method": "GET",
-            "Access-Control-Request-Headers": "authorization"})
+        resp = await http.options(
+            server.url + "/chatgpt/sse",
+            headers={
+                "Origin": "https://chatgpt.com",
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "authorization",
+            },
+        )
         assert resp.status_code < 300
         resp = await http.head(server.url + "/chatgpt/sse")
         assert resp.status_code in (200, 204, 401)
@@ -180,13 +214,16 @@ async def test_seed_checks_on_chatgpt_sse(secured_server: Callable[..., Awaitabl
         assert prm["authorization_servers"] == [server.url + "/chatgpt"]
         doc = (await http.get(server.url + "/chatgpt/.well-known/oauth-authorization-server")).json()
         assert doc["issuer"] == server.url + "/chatgpt"
-        reg = await http.post(server.url + "/chatgpt/register", json={
-            "redirect_uris": ["https://chatgpt.com/connector_platform_oauth_redirect"], "client_name": "ChatGPT"})
+        reg = await http.post(
+            server.url + "/chatgpt/register",
+            json={"redirect_uris": ["https://chatgpt.com/connector_platform_oauth_redirect"], "client_name": "ChatGPT"},
+        )
         assert reg.status_code == 201 and reg.json()["client_id"] and reg.json()["client_secret"]
 
 
-async def test_restart_keeps_clients_users_keys_and_refresh_tokens(make_settings: Callable[..., Settings],
-                                                                   aiohttp_server: Any) -> None:
+async def test_restart_keeps_clients_users_keys_and_refresh_tokens(
+    make_settings: Callable[..., Settings], aiohttp_server: Any
+) -> None:
     from app.web import create_app
 
     settings = make_settings(auth=True)

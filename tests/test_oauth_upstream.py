@@ -35,8 +35,14 @@ async def provider() -> AsyncIterator[Provider]:
     state = Provider(url="", key=key)
 
     async def discovery(request: web.Request) -> web.Response:
-        return web.json_response({"issuer": state.url, "authorization_endpoint": state.url + "/authorize",
-                                  "token_endpoint": state.url + "/token", "jwks_uri": state.url + "/jwks"})
+        return web.json_response(
+            {
+                "issuer": state.url,
+                "authorization_endpoint": state.url + "/authorize",
+                "token_endpoint": state.url + "/token",
+                "jwks_uri": state.url + "/jwks",
+            }
+        )
 
     async def token(request: web.Request) -> web.Response:
         form = dict(await request.post())
@@ -44,10 +50,22 @@ async def provider() -> AsyncIterator[Provider]:
         if form.get("code") != "upstream-code":
             return web.json_response({"error": "invalid_grant"}, status=400)
         now = int(time.time())
-        claims = {"iss": state.url, "aud": "upstream-client", "iat": now, "exp": now + 300,
-                  "nonce": state.authorize_params.get("nonce"), "sub": "u-1", **state.claims}
-        return web.json_response({"id_token": jwt.encode({"alg": "ES256", "kid": "up1"}, claims, key),
-                                  "access_token": "upstream-access", "token_type": "Bearer"})
+        claims = {
+            "iss": state.url,
+            "aud": "upstream-client",
+            "iat": now,
+            "exp": now + 300,
+            "nonce": state.authorize_params.get("nonce"),
+            "sub": "u-1",
+            **state.claims,
+        }
+        return web.json_response(
+            {
+                "id_token": jwt.encode({"alg": "ES256", "kid": "up1"}, claims, key),
+                "access_token": "upstream-access",
+                "token_type": "Bearer",
+            }
+        )
 
     async def jwks(request: web.Request) -> web.Response:
         return web.json_response({"keys": [key.as_dict(private=False)]})
@@ -88,15 +106,20 @@ async def start_upstream(oauth: OAuth, provider: Provider) -> tuple[str, str, di
 @pytest.fixture
 def upstream_oauth(make_oauth: Callable[..., Any], provider: Provider) -> Callable[..., Any]:
     async def make(**overrides: Any) -> OAuth:
-        return await make_oauth(oidc_provider=provider.url, oidc_client_id="upstream-client",
-                                oidc_client_secret="upstream-secret", oidc_allowed_domains=("example.com",),
-                                **overrides)
+        return await make_oauth(
+            oidc_provider=provider.url,
+            oidc_client_id="upstream-client",
+            oidc_client_secret="upstream-secret",
+            oidc_allowed_domains=("example.com",),
+            **overrides,
+        )
 
     return make
 
 
-async def test_upstream_sign_in_leads_to_the_same_consent(upstream_oauth: Callable[..., Any],
-                                                          provider: Provider) -> None:
+async def test_upstream_sign_in_leads_to_the_same_consent(
+    upstream_oauth: Callable[..., Any], provider: Provider
+) -> None:
     oauth = await upstream_oauth()
     provider.claims = {"email": "Erin@Example.com", "email_verified": True}
     callback, verifier, client = await start_upstream(oauth, provider)
@@ -113,8 +136,10 @@ async def test_upstream_sign_in_leads_to_the_same_consent(upstream_oauth: Callab
     resp = await oauth.post_form("", hidden_fields(consent), action="consent", decision="allow")
     assert resp.status == 303
     code = redirect_params(resp.headers["Location"])["code"]
-    resp = await oauth.token(client, {"grant_type": "authorization_code", "code": code, "code_verifier": verifier,
-                                      "redirect_uri": LOOPBACK_CB})
+    resp = await oauth.token(
+        client,
+        {"grant_type": "authorization_code", "code": code, "code_verifier": verifier, "redirect_uri": LOOPBACK_CB},
+    )
     tokens = await resp.json()
     me = await (await oauth.call(tokens["access_token"])).json()
     assert me["username"] == "erin@example.com" and me["role"] == "reader"  # OIDC_DEFAULT_ROLE
@@ -123,15 +148,19 @@ async def test_upstream_sign_in_leads_to_the_same_consent(upstream_oauth: Callab
     assert resp.status == 400
 
 
-@pytest.mark.parametrize(("claims", "message"), [
-    ({"email": "mallory@evil.example", "email_verified": True}, "may not sign in"),
-    ({"email": "erin@example.com", "email_verified": False}, "not verified"),
-    ({"email": "erin@example.com", "email_verified": True, "aud": "someone-else"}, "could not be verified"),
-    ({"email": "erin@example.com", "email_verified": True, "nonce": "replayed"}, "could not be verified"),
-    ({"email_verified": True}, "did not share an e-mail"),
-])
-async def test_upstream_sign_in_refusals(upstream_oauth: Callable[..., Any], provider: Provider,
-                                         claims: dict[str, Any], message: str) -> None:
+@pytest.mark.parametrize(
+    ("claims", "message"),
+    [
+        ({"email": "mallory@evil.example", "email_verified": True}, "may not sign in"),
+        ({"email": "erin@example.com", "email_verified": False}, "not verified"),
+        ({"email": "erin@example.com", "email_verified": True, "aud": "someone-else"}, "could not be verified"),
+        ({"email": "erin@example.com", "email_verified": True, "nonce": "replayed"}, "could not be verified"),
+        ({"email_verified": True}, "did not share an e-mail"),
+    ],
+)
+async def test_upstream_sign_in_refusals(
+    upstream_oauth: Callable[..., Any], provider: Provider, claims: dict[str, Any], message: str
+) -> None:
     oauth = await upstream_oauth()
     provider.claims = claims
     callback, _, _ = await start_upstream(oauth, provider)
@@ -140,8 +169,9 @@ async def test_upstream_sign_in_refusals(upstream_oauth: Callable[..., Any], pro
     assert message in await resp.text()
 
 
-async def test_upstream_callback_needs_the_starting_browser(upstream_oauth: Callable[..., Any],
-                                                            provider: Provider) -> None:
+async def test_upstream_callback_needs_the_starting_browser(
+    upstream_oauth: Callable[..., Any], provider: Provider
+) -> None:
     oauth = await upstream_oauth()
     provider.claims = {"email": "erin@example.com", "email_verified": True}
     callback, _, _ = await start_upstream(oauth, provider)

@@ -39,8 +39,12 @@ def dashboards() -> dict[str, dict[str, Any]]:
 
 
 def panel_targets(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(panel["title"], target["expr"]) for panel in dashboard["panels"] if panel["type"] != "row"
-            for target in panel["targets"]]
+    return [
+        (panel["title"], target["expr"])
+        for panel in dashboard["panels"]
+        if panel["type"] != "row"
+        for target in panel["targets"]
+    ]
 
 
 def known_metric_names() -> set[str]:
@@ -90,12 +94,25 @@ def test_dashboard_shape() -> None:
 
 def test_dashboard_has_the_required_panels() -> None:
     titles = {title for dashboard in dashboards().values() for title, _ in panel_targets(dashboard)}
-    for required in ("Token rate by grant", "Fetch cache hit ratio", "Query latency", "Tool error rate",
-                     "Read-only refusals by reason", "Pool saturation", "Pool wait time",
-                     "Sessions by transport and state", "HTTP status mix", "Login failures by reason"):
+    for required in (
+        "Token rate by grant",
+        "Fetch cache hit ratio",
+        "Query latency",
+        "Tool error rate",
+        "Read-only refusals by reason",
+        "Pool saturation",
+        "Pool wait time",
+        "Sessions by transport and state",
+        "HTTP status mix",
+        "Login failures by reason",
+    ):
         assert required in titles
-    [(_, *latency)] = [[t["legendFormat"] for t in p["targets"]] for d in dashboards().values()
-                       for p in d["panels"] if p["title"] == "Query latency"]
+    [(_, *latency)] = [
+        [t["legendFormat"] for t in p["targets"]]
+        for d in dashboards().values()
+        for p in d["panels"]
+        if p["title"] == "Query latency"
+    ]
     assert latency == ["p95", "p99"]
 
 
@@ -166,16 +183,22 @@ def test_promtool_checks_config_and_rules() -> None:
 
 
 def test_promtool_rule_unit_tests() -> None:
-    assert "SUCCESS" in _promtool("test", "rules", *(str(p.relative_to(PROMETHEUS)) for p in RULE_TESTS),
-                                  cwd=PROMETHEUS)
+    assert "SUCCESS" in _promtool(
+        "test", "rules", *(str(p.relative_to(PROMETHEUS)) for p in RULE_TESTS), cwd=PROMETHEUS
+    )
 
 
 def test_every_alert_has_a_unit_test_and_a_runbook_entry() -> None:
     alerts = {name for path in RULES for name in re.findall(r"- alert: (\w+)", path.read_text())}
     tested = {name for path in RULE_TESTS for name in re.findall(r"alertname: (\w+)", path.read_text())}
     assert alerts == tested
-    assert {"MssqlMcpInstanceDown", "MssqlMcpPoolSaturated", "MssqlMcpToolErrorRate", "MssqlMcpQueryLatencyHigh",
-            "MssqlMcpLoginFailureBurst"} <= alerts
+    assert {
+        "MssqlMcpInstanceDown",
+        "MssqlMcpPoolSaturated",
+        "MssqlMcpToolErrorRate",
+        "MssqlMcpQueryLatencyHigh",
+        "MssqlMcpLoginFailureBurst",
+    } <= alerts
     docs = (ROOT / "docs" / "observability.md").read_text()
     for alert in alerts:
         assert f"### {alert}" in docs, alert

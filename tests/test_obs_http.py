@@ -23,8 +23,9 @@ stdlib_log = logging.getLogger("tests.obs.handler")
 
 def make_obs_app(**overrides: Any) -> web.Application:
     """A small app with only the observability layer, so these tests don't depend on other areas."""
-    settings = load_settings(environ={}, env_file=None, db_backend="sqlite", sqlite_path="unused.db",
-                             **{"metrics_port": 0, **overrides})
+    settings = load_settings(
+        environ={}, env_file=None, db_backend="sqlite", sqlite_path="unused.db", **{"metrics_port": 0, **overrides}
+    )
     app = web.Application()
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = Metrics()
@@ -57,10 +58,21 @@ def sample(app: web.Application, name: str, **labels: str) -> float:
     return app[keys.METRICS].registry.get_sample_value(name, labels) or 0.0
 
 
-@pytest.mark.parametrize(("status", "expected"), [
-    (101, "1xx"), (200, "2xx"), (204, "2xx"), (302, "3xx"), (404, "4xx"), (499, "4xx"), (500, "5xx"),
-    (503, "5xx"), (99, "5xx"), (600, "5xx"),
-])
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (101, "1xx"),
+        (200, "2xx"),
+        (204, "2xx"),
+        (302, "3xx"),
+        (404, "4xx"),
+        (499, "4xx"),
+        (500, "5xx"),
+        (503, "5xx"),
+        (99, "5xx"),
+        (600, "5xx"),
+    ],
+)
 def test_status_class(status: int, expected: str) -> None:
     assert status_class(status) == expected
 
@@ -73,8 +85,9 @@ async def test_request_id_generated_echoed_and_on_every_log_line(aiohttp_client,
     assert len(request_id) == 32 and int(request_id, 16) >= 0
     assert body["request_id"] == request_id
 
-    lines = [line for line in captured_logs.lines() if line.get("logger") in {"tests.obs", "tests.obs.handler",
-                                                                              "access"}]
+    lines = [
+        line for line in captured_logs.lines() if line.get("logger") in {"tests.obs", "tests.obs.handler", "access"}
+    ]
     assert {line["event"] for line in lines} == {"structlog_in_handler", "stdlib in handler", "http_request"}
     assert all(line["request_id"] == request_id for line in lines), lines
 
@@ -87,8 +100,7 @@ async def test_sane_incoming_request_id_is_honoured(aiohttp_client, captured_log
     assert captured_logs.events("http_request", request_id=incoming)
 
 
-@pytest.mark.parametrize("incoming", ["", "a" * 129, "has space", "semi;colon", "<script>", "-leading-dash",
-                                      "ünïcode"])
+@pytest.mark.parametrize("incoming", ["", "a" * 129, "has space", "semi;colon", "<script>", "-leading-dash", "ünïcode"])
 async def test_insane_incoming_request_id_is_replaced(aiohttp_client, incoming: str) -> None:
     client = await aiohttp_client(make_obs_app())
     response = await client.get("/items/1", headers={"X-Request-ID": incoming})
@@ -140,8 +152,7 @@ async def test_http_metrics_use_route_templates_and_status_classes(aiohttp_clien
     assert sample(app, "mssql_mcp_http_request_duration_seconds_sum", route="/items/{id}", method="GET") >= 0.03
     assert sample(app, "mssql_mcp_http_requests_in_flight") == 0
 
-    labels = {s.labels.get("route") for m in app[keys.METRICS].registry.collect() for s in m.samples
-              if s.name == total}
+    labels = {s.labels.get("route") for m in app[keys.METRICS].registry.collect() for s in m.samples if s.name == total}
     assert labels == {"/items/{id}", "/missing", "/boom", "unmatched", "/any"}
 
 
@@ -168,8 +179,12 @@ async def test_metrics_on_main_port_need_the_token(aiohttp_client) -> None:
     response = await client.get("/metrics")
     assert response.status == 401
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
-    for header in ("Bearer wrong", "Bearer s3cret-scrape-token-and-more", "Basic s3cret-scrape-token",
-                   "s3cret-scrape-token"):
+    for header in (
+        "Bearer wrong",
+        "Bearer s3cret-scrape-token-and-more",
+        "Basic s3cret-scrape-token",
+        "s3cret-scrape-token",
+    ):
         assert (await client.get("/metrics", headers={"Authorization": header})).status == 401, header
     assert (await client.get("/metrics?token=s3cret-scrape-token")).status == 401
 
@@ -226,8 +241,12 @@ class _PoolStatus:
     dialect_name = "sqlite"
 
     def status(self) -> dict[str, Any]:
-        return {"status": "ok", "dialect": "sqlite",
-                "pool": {"size": 4, "in_use": 3, "idle": 1, "waiting": 2, "healthy": 4}, "last_error": None}
+        return {
+            "status": "ok",
+            "dialect": "sqlite",
+            "pool": {"size": 4, "in_use": 3, "idle": 1, "waiting": 2, "healthy": 4},
+            "last_error": None,
+        }
 
 
 async def test_pool_gauges_refreshed_at_scrape_time(aiohttp_client) -> None:

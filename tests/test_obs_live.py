@@ -53,9 +53,18 @@ def _routes(app: web.Application) -> set[str]:
 @pytest.fixture
 async def obs_live_app(tmp_path: Path, demo_db_path: Path) -> AsyncIterator[LiveApp]:
     metrics_port = free_tcp_port()
-    settings = load_settings(environ={}, env_file=None, db_backend="sqlite", sqlite_path=str(demo_db_path),
-                             data_dir=str(tmp_path / "data"), metrics_host="127.0.0.1", metrics_port=metrics_port,
-                             host="127.0.0.1", log_format="json", log_level="DEBUG")
+    settings = load_settings(
+        environ={},
+        env_file=None,
+        db_backend="sqlite",
+        sqlite_path=str(demo_db_path),
+        data_dir=str(tmp_path / "data"),
+        metrics_host="127.0.0.1",
+        metrics_port=metrics_port,
+        host="127.0.0.1",
+        log_format="json",
+        log_level="DEBUG",
+    )
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -79,8 +88,9 @@ def _add_user(settings: Settings, username: str, role: str) -> None:
     from app.auth.cli import users_main
 
     out = io.StringIO()
-    code = users_main(settings, ["add", username, "--role", role, "--password-stdin"],
-                      stdin=io.StringIO(PASSWORD + "\n"), stdout=out)
+    code = users_main(
+        settings, ["add", username, "--role", role, "--password-stdin"], stdin=io.StringIO(PASSWORD + "\n"), stdout=out
+    )
     assert code == 0, out.getvalue()
 
 
@@ -121,8 +131,9 @@ class Tokens:
     client_secret: str | None
 
 
-async def sign_in(http: aiohttp.ClientSession, server: str, username: str, *, fail_first: bool,
-                  realm: str = "") -> Tokens:
+async def sign_in(
+    http: aiohttp.ClientSession, server: str, username: str, *, fail_first: bool, realm: str = ""
+) -> Tokens:
     """Dynamic registration, login page (optionally a wrong password first), consent, code, token, refresh.
 
     Each MCP prefix is its own resource with its own issuer (`realm`): `/mcp` at the root, `/chatgpt/mcp`
@@ -130,22 +141,35 @@ async def sign_in(http: aiohttp.ClientSession, server: str, username: str, *, fa
     """
     base = f"{server}{realm}"
     redirect_uri = "http://127.0.0.1:9/callback"
-    async with http.post(f"{base}/register", json={
-            "client_name": "obs live test", "redirect_uris": [redirect_uri],
-            "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
-            "token_endpoint_auth_method": "client_secret_post"}) as response:
+    async with http.post(
+        f"{base}/register",
+        json={
+            "client_name": "obs live test",
+            "redirect_uris": [redirect_uri],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "token_endpoint_auth_method": "client_secret_post",
+        },
+    ) as response:
         assert response.status == 201, await response.text()
         client = await response.json()
     verifier, challenge = _pkce()
-    query = {"response_type": "code", "client_id": client["client_id"], "redirect_uri": redirect_uri,
-             "code_challenge": challenge, "code_challenge_method": "S256", "state": "st4te",
-             "resource": f"{base}/mcp"}
+    query = {
+        "response_type": "code",
+        "client_id": client["client_id"],
+        "redirect_uri": redirect_uri,
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        "state": "st4te",
+        "resource": f"{base}/mcp",
+    }
     async with http.get(f"{base}/authorize", params=query) as response:
         assert response.status == 200, await response.text()
         fields = _hidden_fields(await response.text())
     if fail_first:
-        async with http.post(f"{base}/authorize", data={**fields, "username": username,
-                                                          "password": "wrong password 123"}) as response:
+        async with http.post(
+            f"{base}/authorize", data={**fields, "username": username, "password": "wrong password 123"}
+        ) as response:
             assert response.status == 401
             fields = _hidden_fields(await response.text())
     async with http.post(f"{base}/authorize", data={**fields, "username": username, "password": PASSWORD}) as response:
@@ -158,22 +182,42 @@ async def sign_in(http: aiohttp.ClientSession, server: str, username: str, *, fa
     credentials = {"client_id": client["client_id"]}
     if client.get("client_secret"):
         credentials["client_secret"] = client["client_secret"]
-    async with http.post(f"{base}/token", data={
-            "grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
-            "code_verifier": verifier, "resource": f"{base}/mcp", **credentials}) as response:
+    async with http.post(
+        f"{base}/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": redirect_uri,
+            "code_verifier": verifier,
+            "resource": f"{base}/mcp",
+            **credentials,
+        },
+    ) as response:
         assert response.status == 200, await response.text()
         first = await response.json()
     # A made-up code is refused (a token endpoint error on the dashboard).
-    async with http.post(f"{base}/token", data={
-            "grant_type": "authorization_code", "code": "made-up-code", "redirect_uri": redirect_uri,
-            "code_verifier": verifier, **credentials}) as response:
+    async with http.post(
+        f"{base}/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": "made-up-code",
+            "redirect_uri": redirect_uri,
+            "code_verifier": verifier,
+            **credentials,
+        },
+    ) as response:
         assert response.status == 400
-    async with http.post(f"{base}/token", data={
-            "grant_type": "refresh_token", "refresh_token": first["refresh_token"], **credentials}) as response:
+    async with http.post(
+        f"{base}/token", data={"grant_type": "refresh_token", "refresh_token": first["refresh_token"], **credentials}
+    ) as response:
         assert response.status == 200, await response.text()
         second = await response.json()
-    return Tokens(access=second["access_token"], refresh=second["refresh_token"], client_id=client["client_id"],
-                  client_secret=client.get("client_secret"))
+    return Tokens(
+        access=second["access_token"],
+        refresh=second["refresh_token"],
+        client_id=client["client_id"],
+        client_secret=client.get("client_secret"),
+    )
 
 
 async def mcp_traffic(base: str, token: str, chatgpt_token: str) -> dict[str, bool]:
@@ -184,9 +228,11 @@ async def mcp_traffic(base: str, token: str, chatgpt_token: str) -> dict[str, bo
 
     outcomes: dict[str, bool] = {}
     headers = {"Authorization": f"Bearer {token}"}
-    async with (httpx2.AsyncClient(headers=headers, timeout=30) as http,
-                streamable_http_client(f"{base}/mcp", http_client=http) as (read, write, *_),
-                ClientSession(read, write) as session):
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=30) as http,
+        streamable_http_client(f"{base}/mcp", http_client=http) as (read, write, *_),
+        ClientSession(read, write) as session,
+    ):
         await session.initialize()
         tools = {tool.name for tool in (await session.list_tools()).tools}
         assert "execute_sql" in tools, tools
@@ -199,9 +245,11 @@ async def mcp_traffic(base: str, token: str, chatgpt_token: str) -> dict[str, bo
         sample = await session.call_tool("get_table_sample", {"table_name": "products", "limit": 3})
         outcomes["get_table_sample:ok"] = bool(sample.is_error)
     headers = {"Authorization": f"Bearer {chatgpt_token}"}
-    async with (httpx2.AsyncClient(headers=headers, timeout=30) as http,
-                streamable_http_client(f"{base}/chatgpt/mcp", http_client=http) as (read, write, *_),
-                ClientSession(read, write) as session):
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=30) as http,
+        streamable_http_client(f"{base}/chatgpt/mcp", http_client=http) as (read, write, *_),
+        ClientSession(read, write) as session,
+    ):
         await session.initialize()
         found = await session.call_tool("search", {"query": "customers"})
         outcomes["search:ok"] = bool(found.is_error)
@@ -217,8 +265,14 @@ def _scrape_config(live: LiveApp) -> dict[str, Any]:
     return {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(path) for path in sorted(RULES_DIR.glob("*.yml"))],
-        "scrape_configs": [{"job_name": JOB, "scrape_interval": "1s", "scrape_timeout": "900ms",
-                            "static_configs": [{"targets": [f"127.0.0.1:{live.metrics_port}"]}]}],
+        "scrape_configs": [
+            {
+                "job_name": JOB,
+                "scrape_interval": "1s",
+                "scrape_timeout": "900ms",
+                "static_configs": [{"targets": [f"127.0.0.1:{live.metrics_port}"]}],
+            }
+        ],
     }
 
 
@@ -227,8 +281,7 @@ def _panel_queries() -> list[tuple[str, str, str]]:
     for path in DASHBOARDS:
         for panel in json.loads(path.read_text())["panels"]:
             for target in panel.get("targets", []):
-                expr = (target["expr"].replace("$__rate_interval", "1m").replace("$job", JOB)
-                        .replace("$instance", ".+"))
+                expr = target["expr"].replace("$__rate_interval", "1m").replace("$job", JOB).replace("$instance", ".+")
                 out.append((path.name, f"{panel['title']} [{target['legendFormat']}]", expr))
     assert out
     return out
@@ -248,8 +301,9 @@ def require_prometheus() -> None:
         pytest.fail("the Debian 'prometheus' package is required (make system-deps)")
 
 
-async def test_prometheus_scrapes_the_live_app_and_loads_the_rules(obs_live_app: LiveApp, prometheus_factory,
-                                                                   require_prometheus) -> None:
+async def test_prometheus_scrapes_the_live_app_and_loads_the_rules(
+    obs_live_app: LiveApp, prometheus_factory, require_prometheus
+) -> None:
     prometheus = await prometheus_factory(_scrape_config(obs_live_app))
     await prometheus.wait_for(f'up{{job="{JOB}"}} == 1', bool)
     async with aiohttp.ClientSession() as http:
@@ -269,7 +323,8 @@ async def test_prometheus_scrapes_the_live_app_and_loads_the_rules(obs_live_app:
 
 
 async def test_every_dashboard_panel_returns_data_and_audit_lines_are_written(
-        obs_live_app: LiveApp, prometheus_factory, captured_logs: CapturedLogs, require_prometheus) -> None:
+    obs_live_app: LiveApp, prometheus_factory, captured_logs: CapturedLogs, require_prometheus
+) -> None:
     _require_layers(obs_live_app)
     _add_user(obs_live_app.settings, "alice", "writer")
     prometheus = await prometheus_factory(_scrape_config(obs_live_app))
@@ -280,12 +335,21 @@ async def test_every_dashboard_panel_returns_data_and_audit_lines_are_written(
     async with aiohttp.ClientSession(cookie_jar=jar) as http:
         tokens = await sign_in(http, obs_live_app.url, "alice", fail_first=True)
         chatgpt_tokens = await sign_in(http, obs_live_app.url, "alice", fail_first=False, realm="/chatgpt")
-        async with http.post(f"{obs_live_app.url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
-                             headers={"Accept": "application/json, text/event-stream"}) as response:
+        async with http.post(
+            f"{obs_live_app.url}/mcp",
+            json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+            headers={"Accept": "application/json, text/event-stream"},
+        ) as response:
             assert response.status == 401  # no token: a bearer rejection
     outcomes = await mcp_traffic(obs_live_app.url, tokens.access, chatgpt_tokens.access)
-    assert outcomes == {"execute_sql:ok": False, "execute_sql:error": True, "execute_sql:refused": True,
-                        "get_table_sample:ok": False, "search:ok": False, "fetch:ok": False}, outcomes
+    assert outcomes == {
+        "execute_sql:ok": False,
+        "execute_sql:error": True,
+        "execute_sql:refused": True,
+        "get_table_sample:ok": False,
+        "search:ok": False,
+        "fetch:ok": False,
+    }, outcomes
 
     await _wait_for_scrapes(prometheus, 3)
     empty = []
@@ -325,7 +389,12 @@ async def test_every_dashboard_panel_returns_data_and_audit_lines_are_written(
     # Nothing secret anywhere in the whole log output of the session.
     text = captured_logs.text
     for signed_in in (tokens, chatgpt_tokens):
-        for secret in (PASSWORD, "wrong password 123", signed_in.access, signed_in.refresh,
-                       signed_in.client_secret or "x" * 40):
+        for secret in (
+            PASSWORD,
+            "wrong password 123",
+            signed_in.access,
+            signed_in.refresh,
+            signed_in.client_secret or "x" * 40,
+        ):
             assert secret not in text
     assert not any(line.get(CLIENT_SECRET_MARK) not in (None, "***") for line in captured_logs.lines())

@@ -14,8 +14,14 @@ from app.obs.audit import audit_tool_call, fingerprint_sql, normalise_sql
 from app.obs.logging import configure_logging, scrub_text, unconfigure_logging
 from app.settings import load_settings
 
-SECRETS = ("hunter2-pass", "tok.en-value-123", "client-secret-xyz", "verifier-abcdefgh", "refresh-777777",
-           "Zm9vOmJhcmJheg")
+SECRETS = (
+    "hunter2-pass",
+    "tok.en-value-123",
+    "client-secret-xyz",
+    "verifier-abcdefgh",
+    "refresh-777777",
+    "Zm9vOmJhcmJheg",
+)
 
 
 def settings(**overrides):
@@ -32,10 +38,16 @@ def test_json_lines_with_level_logger_timestamp(captured_logs) -> None:
 
 def test_secret_keys_are_redacted_at_any_depth(captured_logs) -> None:
     log = structlog.get_logger("app.example")
-    log.info("login", username="alice", password="hunter2-pass", client_secret="client-secret-xyz",
-             headers={"Authorization": "Bearer tok.en-value-123", "Accept": "application/json"},
-             form=[{"code_verifier": "verifier-abcdefgh", "refresh_token": "refresh-777777"}],
-             Access_Token="tok.en-value-123", empty_password="")
+    log.info(
+        "login",
+        username="alice",
+        password="hunter2-pass",
+        client_secret="client-secret-xyz",
+        headers={"Authorization": "Bearer tok.en-value-123", "Accept": "application/json"},
+        form=[{"code_verifier": "verifier-abcdefgh", "refresh_token": "refresh-777777"}],
+        Access_Token="tok.en-value-123",
+        empty_password="",
+    )
     [line] = captured_logs.lines()
     assert line["username"] == "alice"
     assert line["password"] == "***" and line["client_secret"] == "***" and line["Access_Token"] == "***"
@@ -132,12 +144,15 @@ def test_configure_twice_keeps_one_handler() -> None:
     assert first.getvalue() == "" and second.getvalue().count("once") == 1
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("Driver=x;Uid=u;Pwd={a;b};Server=s", "Driver=x;Uid=u;Pwd=***;Server=s"),
-    ("GET /cb?state=1&code=abc HTTP/1.1", "GET /cb?state=1&code=*** HTTP/1.1"),
-    ("nothing to see", "nothing to see"),
-    ("a basic idea", "a basic idea"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Driver=x;Uid=u;Pwd={a;b};Server=s", "Driver=x;Uid=u;Pwd=***;Server=s"),
+        ("GET /cb?state=1&code=abc HTTP/1.1", "GET /cb?state=1&code=*** HTTP/1.1"),
+        ("nothing to see", "nothing to see"),
+        ("a basic idea", "a basic idea"),
+    ],
+)
 def test_scrub_text(text: str, expected: str) -> None:
     assert scrub_text(text) == expected
 
@@ -146,9 +161,14 @@ ALICE = Principal(subject="u-1", username="alice", role="reader", client_id="cli
 
 
 def test_audit_line(captured_logs) -> None:
-    audit_tool_call(principal=ALICE, tool="execute_sql", outcome="ok", duration_seconds=0.01234,
-                    audit={"sql": "SELECT * FROM orders WHERE id = 42", "rows": 1, "bytes": 120},
-                    settings=settings())
+    audit_tool_call(
+        principal=ALICE,
+        tool="execute_sql",
+        outcome="ok",
+        duration_seconds=0.01234,
+        audit={"sql": "SELECT * FROM orders WHERE id = 42", "rows": 1, "bytes": 120},
+        settings=settings(),
+    )
     [line] = captured_logs.events("tool_call")
     assert line["logger"] == "audit" and line["level"] == "info"
     assert line["user"] == "alice" and line["subject"] == "u-1" and line["client"] == "client-abc"
@@ -159,9 +179,14 @@ def test_audit_line(captured_logs) -> None:
 
 
 def test_audit_sql_text_only_when_enabled(captured_logs) -> None:
-    audit_tool_call(principal=ALICE, tool="execute_sql", outcome="refused", duration_seconds=0.001,
-                    audit={"sql": "DELETE FROM orders", "fingerprint": "f" * 16, "reason": "not_a_query"},
-                    settings=settings(audit_sql_text=True))
+    audit_tool_call(
+        principal=ALICE,
+        tool="execute_sql",
+        outcome="refused",
+        duration_seconds=0.001,
+        audit={"sql": "DELETE FROM orders", "fingerprint": "f" * 16, "reason": "not_a_query"},
+        settings=settings(audit_sql_text=True),
+    )
     [line] = captured_logs.events("tool_call")
     assert line["sql"] == "DELETE FROM orders" and line["fingerprint"] == "f" * 16
     assert line["outcome"] == "refused" and line["reason"] == "not_a_query"

@@ -17,10 +17,20 @@ ACCEPT_BOTH = "application/json, text/event-stream"
 
 
 async def _initialize(client: TestClient, path: str = "/mcp") -> str:
-    response = await client.post(path, json={
-        "jsonrpc": "2.0", "id": 1, "method": "initialize",
-        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}},
-        headers={"Accept": ACCEPT_BOTH})
+    response = await client.post(
+        path,
+        json={
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        },
+        headers={"Accept": ACCEPT_BOTH},
+    )
     assert response.status == 200, await response.text()
     return response.headers["Mcp-Session-Id"]
 
@@ -28,9 +38,12 @@ async def _initialize(client: TestClient, path: str = "/mcp") -> str:
 def _scrape(metrics: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of the sessions metrics as {(name, sorted labels): value}, through the text format."""
     text = generate_latest(metrics.registry).decode()
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) if family.name.startswith("mssql_mcp_sessions")
-            for sample in family.samples}
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name.startswith("mssql_mcp_sessions")
+        for sample in family.samples
+    }
 
 
 def _sessions(scraped: dict, transport: str, state: str) -> float:
@@ -67,15 +80,18 @@ async def test_active_and_idle_sessions_are_counted_apart(aiohttp_client: Any, m
     assert _open(scraped, "streamable_http") == 3  # the open-sessions gauge keeps its meaning
 
     # A request on it makes it active again.
-    response = await client.post("/mcp", json={"jsonrpc": "2.0", "id": 2, "method": "ping"},
-                                 headers={"Accept": ACCEPT_BOTH, "Mcp-Session-Id": first,
-                                          "MCP-Protocol-Version": "2025-11-25"})
+    response = await client.post(
+        "/mcp",
+        json={"jsonrpc": "2.0", "id": 2, "method": "ping"},
+        headers={"Accept": ACCEPT_BOTH, "Mcp-Session-Id": first, "MCP-Protocol-Version": "2025-11-25"},
+    )
     assert response.status == 200
     assert _sessions(_scrape(test_app.metrics), "streamable_http", "active") == 3
 
     # An open server->client stream is in use however long ago the client last posted.
-    stream = await client.get("/mcp", headers={"Accept": "text/event-stream", "Mcp-Session-Id": second,
-                                               "MCP-Protocol-Version": "2025-11-25"})
+    stream = await client.get(
+        "/mcp", headers={"Accept": "text/event-stream", "Mcp-Session-Id": second, "MCP-Protocol-Version": "2025-11-25"}
+    )
     assert stream.status == 200
     claude.get(second).last_seen = time.monotonic() - 3600
     scraped = _scrape(test_app.metrics)
@@ -102,8 +118,11 @@ def test_counts_by_state_against_the_clock() -> None:
     fresh.last_seen = now - 299
     stale.last_seen = now - 301
     legacy.last_seen = now - 1000
-    assert store.counts_by_state(now) == {("streamable_http", "active"): 1, ("streamable_http", "idle"): 1,
-                                          ("sse", "idle"): 1}
+    assert store.counts_by_state(now) == {
+        ("streamable_http", "active"): 1,
+        ("streamable_http", "idle"): 1,
+        ("sse", "idle"): 1,
+    }
     store.close_all()
 
 
@@ -118,9 +137,17 @@ async def test_prometheus_sees_active_and_idle_sessions(demo_db_path: Any, tmp_p
     from tests.fixtures.obs import free_tcp_port
 
     metrics_port = free_tcp_port()
-    settings = load_settings(environ={}, env_file=None, db_backend="sqlite", sqlite_path=str(demo_db_path),
-                             data_dir=str(tmp_path / "data"), metrics_host="127.0.0.1", metrics_port=metrics_port,
-                             allow_unauth_methods=True, log_format="json")
+    settings = load_settings(
+        environ={},
+        env_file=None,
+        db_backend="sqlite",
+        sqlite_path=str(demo_db_path),
+        data_dir=str(tmp_path / "data"),
+        metrics_host="127.0.0.1",
+        metrics_port=metrics_port,
+        allow_unauth_methods=True,
+        log_format="json",
+    )
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -131,19 +158,38 @@ async def test_prometheus_sees_active_and_idle_sessions(demo_db_path: Any, tmp_p
         async with aiohttp.ClientSession() as http:
             session_ids = []
             for path in ("/mcp", "/mcp", "/chatgpt/mcp"):
-                async with http.post(url + path, headers={"Accept": ACCEPT_BOTH}, json={
-                        "jsonrpc": "2.0", "id": 1, "method": "initialize",
-                        "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                                   "clientInfo": {"name": "t", "version": "1"}}}) as response:
+                async with http.post(
+                    url + path,
+                    headers={"Accept": ACCEPT_BOTH},
+                    json={
+                        "jsonrpc": "2.0",
+                        "id": 1,
+                        "method": "initialize",
+                        "params": {
+                            "protocolVersion": "2025-11-25",
+                            "capabilities": {},
+                            "clientInfo": {"name": "t", "version": "1"},
+                        },
+                    },
+                ) as response:
                     assert response.status == 200, await response.text()
                     session_ids.append(response.headers["Mcp-Session-Id"])
         claude_sessions = app[keys.MCP_SERVERS][""].sessions
         claude_sessions.get(session_ids[0]).last_seen -= settings.session_active_seconds + 1  # abandoned
 
-        prometheus = await prometheus_factory({
-            "global": {"scrape_interval": "1s"},
-            "scrape_configs": [{"job_name": "sessions", "scrape_interval": "1s", "scrape_timeout": "900ms",
-                                "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]}]})
+        prometheus = await prometheus_factory(
+            {
+                "global": {"scrape_interval": "1s"},
+                "scrape_configs": [
+                    {
+                        "job_name": "sessions",
+                        "scrape_interval": "1s",
+                        "scrape_timeout": "900ms",
+                        "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}],
+                    }
+                ],
+            }
+        )
 
         def value(expected: float):
             return lambda result: bool(result) and float(result[0]["value"][1]) == expected

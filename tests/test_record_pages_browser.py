@@ -38,7 +38,8 @@ async def _sign_in(page: Any, username: str) -> None:
 
 
 async def test_a_citation_link_signs_in_and_follows_related_records(
-        start_live_server: Callable[..., Awaitable[LiveServer]], auth_settings: Callable[..., Settings]) -> None:
+    start_live_server: Callable[..., Awaitable[LiveServer]], auth_settings: Callable[..., Settings]
+) -> None:
     playwright_api = _need_browser()
     settings = auth_settings(records_roles=("writer",))
     create_user(settings, "rita", role="writer")
@@ -83,14 +84,19 @@ async def signed_client(aiohttp_client: Callable[..., Any], auth_settings: Calla
     return await aiohttp_client(create_app(settings))
 
 
-async def _signin(client: TestClient, next_path: str, headers: dict[str, str] | None = None,
-                  password: str = DEFAULT_PASSWORD) -> Any:
+async def _signin(
+    client: TestClient, next_path: str, headers: dict[str, str] | None = None, password: str = DEFAULT_PASSWORD
+) -> Any:
     page = await client.get(f"/chatgpt/records/signin?next={next_path}", headers=headers)
     fields = hidden_fields(await page.text())
     # sent explicitly: behind https the form's cookie is Secure, which this plain-http client would not send
-    return await client.post("/chatgpt/records/signin", allow_redirects=False, headers=headers,
-                             cookies={CSRF_COOKIE: fields["csrf_token"]},
-                             data={**fields, "next": next_path, "username": "rita", "password": password})
+    return await client.post(
+        "/chatgpt/records/signin",
+        allow_redirects=False,
+        headers=headers,
+        cookies={CSRF_COOKIE: fields["csrf_token"]},
+        data={**fields, "next": next_path, "username": "rita", "password": password},
+    )
 
 
 async def test_browser_redirect_cookie_flags_and_api_clients(signed_client: TestClient) -> None:
@@ -106,26 +112,35 @@ async def test_browser_redirect_cookie_flags_and_api_clients(signed_client: Test
 
     wrong = await _signin(client, "/chatgpt/records/table:customers", password="nope")
     assert wrong.status == 401 and "Wrong username or password" in await wrong.text()
-    done = await _signin(client, "/chatgpt/records/table:customers",
-                         headers={"X-Forwarded-Proto": "https"})  # behind a TLS proxy (loopback is trusted)
+    done = await _signin(
+        client, "/chatgpt/records/table:customers", headers={"X-Forwarded-Proto": "https"}
+    )  # behind a TLS proxy (loopback is trusted)
     assert done.status == 303 and done.headers["Location"].endswith("/chatgpt/records/table:customers")
     cookie = done.cookies[SESSION_COOKIE]
     assert cookie["httponly"] and cookie["samesite"] == "Lax" and cookie["secure"]
     assert 0 < int(cookie["max-age"]) <= 900
-    page = await client.get("/chatgpt/records/table:customers", headers=browser_accept,
-                            cookies={SESSION_COOKIE: cookie.value})
+    page = await client.get(
+        "/chatgpt/records/table:customers", headers=browser_accept, cookies={SESSION_COOKIE: cookie.value}
+    )
     assert page.status == 200 and "customer_id" in await page.text()
 
 
 async def test_signin_refuses_forged_forms_and_foreign_next(signed_client: TestClient) -> None:
     client = signed_client
-    forged = await client.post("/chatgpt/records/signin", allow_redirects=False,
-                               data={"csrf_token": "x" * 32, "username": "rita", "password": DEFAULT_PASSWORD})
+    forged = await client.post(
+        "/chatgpt/records/signin",
+        allow_redirects=False,
+        data={"csrf_token": "x" * 32, "username": "rita", "password": DEFAULT_PASSWORD},
+    )
     assert forged.status == 403 and "could not be verified" in await forged.text()
     client.session.cookie_jar.clear()
     offsite = await _signin(client, "https://evil.example/x")
     assert offsite.status == 200 and "Signed in" in await offsite.text()  # signed in, but sent nowhere
     assert "evil.example" not in offsite.headers.get("Location", "")
-    tampered = await client.get("/chatgpt/records/table:customers", allow_redirects=False,
-                                headers={"Accept": "text/html"}, cookies={SESSION_COOKIE: "v1:AAAA"})
+    tampered = await client.get(
+        "/chatgpt/records/table:customers",
+        allow_redirects=False,
+        headers={"Accept": "text/html"},
+        cookies={SESSION_COOKIE: "v1:AAAA"},
+    )
     assert tampered.status == 303  # an unreadable cookie is no session

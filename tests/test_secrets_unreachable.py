@@ -38,12 +38,12 @@ from app.settings import Settings
 def _forms(blob: bytes, window: int) -> set[str]:
     """Hex (both cases), base64 and base64url of `blob` and of every `window`-byte slice of it."""
     out: set[str] = set()
-    pieces = [blob] + [blob[i:i + window] for i in range(0, max(1, len(blob) - window + 1), 4)]
+    pieces = [blob] + [blob[i : i + window] for i in range(0, max(1, len(blob) - window + 1), 4)]
     for piece in pieces:
         out.add(piece.hex())
         out.add(piece.hex().upper())
     for encoded in (base64.b64encode(blob).decode(), base64.urlsafe_b64encode(blob).decode().rstrip("=")):
-        out.update(encoded[i:i + 24] for i in range(0, max(1, len(encoded) - 24 + 1), 8))
+        out.update(encoded[i : i + 24] for i in range(0, max(1, len(encoded) - 24 + 1), 8))
     return out
 
 
@@ -57,17 +57,22 @@ def secret_needles(settings: Settings) -> dict[str, set[str]]:
         pem = row["private_pem"]
         key = serialization.load_pem_private_key(pem.encode(), None)
         body = "".join(line for line in pem.splitlines() if not line.startswith("-----"))
-        forms = {body[i:i + 24] for i in range(0, len(body) - 24 + 1, 8)}
-        for der in (key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()),
-                    key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL,
-                                      serialization.NoEncryption())):
+        forms = {body[i : i + 24] for i in range(0, len(body) - 24 + 1, 8)}
+        for der in (
+            key.private_bytes(
+                serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ),
+            key.private_bytes(
+                serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+            ),
+        ):
             forms |= _forms(der, 16)
         forms |= _forms(key.private_numbers().private_value.to_bytes(32, "big"), 12)  # type: ignore[union-attr]
         needles[f"signing key {row['kid']}"] = forms
     secret = settings.state_encryption_key or key_file_path(settings)[0].read_text().strip()
     needles["state key"] = {secret, secret.encode().hex(), secret.encode().hex().upper()} | {
-        secret[i:i + 16] for i in range(0, len(secret) - 16 + 1, 4)}
+        secret[i : i + 16] for i in range(0, len(secret) - 16 + 1, 4)
+    }
     password_file = Path(settings.data_dir) / DEMO_PASSWORD_FILE
     if password_file.exists():
         password = _demo_password(settings)
@@ -94,8 +99,15 @@ def leaks(texts: list[tuple[str, str]], needles: dict[str, set[str]]) -> list[st
 
 def sqlite_corpus(data_dir: Path, key_file: Path, auth_db_size: int) -> list[str]:
     auth = data_dir / "auth.db"
-    targets = [auth, Path(f"{auth}-wal"), Path(f"{auth}-shm"), key_file, data_dir / DEMO_PASSWORD_FILE,
-               Path("/proc/self/environ"), Path("/proc/self/cmdline")]
+    targets = [
+        auth,
+        Path(f"{auth}-wal"),
+        Path(f"{auth}-shm"),
+        key_file,
+        data_dir / DEMO_PASSWORD_FILE,
+        Path("/proc/self/environ"),
+        Path("/proc/self/cmdline"),
+    ]
     out: list[str] = []
     for target in targets:
         p = str(target).replace("'", "''")
@@ -107,7 +119,7 @@ def sqlite_corpus(data_dir: Path, key_file: Path, auth_db_size: int) -> list[str
             f"SELECT readfile('{p}')",
             f"WITH f(b) AS (SELECT blob_import('{p}')) SELECT hex(b) FROM f",
             f"SELECT * FROM (SELECT blob_import('{p}') AS b) AS x",
-            f'SELECT "blob_import"(\'{p}\')',
+            f"SELECT \"blob_import\"('{p}')",
             f"SELECT [blob_import]('{p}')",
             f"SELECT BLOB_IMPORT('{p}')",
         ]
@@ -163,25 +175,35 @@ def _answer_text(result: Any) -> str:
     return "\n".join(parts)
 
 
-async def run_as_reader(server: Any, settings: Settings, mint: Callable[..., str], statements: list[str],
-                        chatgpt_statements: list[str]) -> list[tuple[str, str]]:
+async def run_as_reader(
+    server: Any, settings: Settings, mint: Callable[..., str], statements: list[str], chatgpt_statements: list[str]
+) -> list[tuple[str, str]]:
     """(statement, everything that came back) for execute_sql, and for ChatGPT's search then fetch of each id."""
     answers: list[tuple[str, str]] = []
-    token = mint(settings, server.url, username="reader1", role="reader", scope="mcp:read",
-                 resource=server.url + "/mcp")
-    async with (httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http,
-                Client(streamable_http_client(server.url + "/mcp", http_client=http), mode="legacy") as client):
+    token = mint(
+        settings, server.url, username="reader1", role="reader", scope="mcp:read", resource=server.url + "/mcp"
+    )
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http,
+        Client(streamable_http_client(server.url + "/mcp", http_client=http), mode="legacy") as client,
+    ):
         for sql in statements:
             answers.append((sql, _answer_text(await client.call_tool("execute_sql", {"query": sql}))))
-    token = mint(settings, server.url, username="reader1", role="reader", scope="mcp:read",
-                 resource=server.url + "/chatgpt/mcp")
-    async with (httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http,
-                Client(streamable_http_client(server.url + "/chatgpt/mcp", http_client=http), mode="legacy") as client):
+    token = mint(
+        settings, server.url, username="reader1", role="reader", scope="mcp:read", resource=server.url + "/chatgpt/mcp"
+    )
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http,
+        Client(streamable_http_client(server.url + "/chatgpt/mcp", http_client=http), mode="legacy") as client,
+    ):
         for sql in chatgpt_statements:
             found = await client.call_tool("search", {"query": sql})
             answers.append((f"search {sql}", _answer_text(found)))
-            ids = [r["id"] for r in (found.structured_content or {}).get("results", [])
-                   if isinstance(r, dict) and "id" in r]
+            ids = [
+                r["id"]
+                for r in (found.structured_content or {}).get("results", [])
+                if isinstance(r, dict) and "id" in r
+            ]
             for record_id in ids[:5]:
                 fetched = await client.call_tool("fetch", {"id": record_id})
                 answers.append((f"fetch {record_id} of {sql}", _answer_text(fetched)))
@@ -246,8 +268,9 @@ def test_a_wrong_state_key_stops_start_up_with_one_clear_line(auth_settings: Cal
         load_state_key(settings.replace(state_encryption_key="", state_encryption_key_file=str(inside)))
 
 
-def test_a_missing_systemd_credential_is_an_error_not_a_new_key(auth_settings: Callable[..., Settings],
-                                                                tmp_path: Path) -> None:
+def test_a_missing_systemd_credential_is_an_error_not_a_new_key(
+    auth_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
     from app.auth.statekey import StateKeyError
 
     settings = auth_settings()
@@ -256,7 +279,8 @@ def test_a_missing_systemd_credential_is_an_error_not_a_new_key(auth_settings: C
     (tmp_path / "creds").mkdir()
     (tmp_path / "creds" / "state_encryption_key").write_text("c" * 44 + "\n")
     assert load_state_key(settings, environ={"CREDENTIALS_DIRECTORY": str(tmp_path / "creds")}).source.endswith(
-        "state_encryption_key")
+        "state_encryption_key"
+    )
 
 
 # -- through the database path ---------------------------------------------------------------------
@@ -271,8 +295,9 @@ def demo_layout(demo_db_path: Path, tmp_path: Path) -> Path:
     return directory
 
 
-async def test_sqlite_reader_cannot_read_any_key(demo_layout: Path, auth_settings: Callable[..., Settings],
-                                                 start_live_server: Any, mint_access_token: Any) -> None:
+async def test_sqlite_reader_cannot_read_any_key(
+    demo_layout: Path, auth_settings: Callable[..., Settings], start_live_server: Any, mint_access_token: Any
+) -> None:
     settings = auth_settings(sqlite_path=str(demo_layout / "demo.db"), data_dir=str(demo_layout))
     ensure_demo_user(settings)
     server = await start_live_server(settings)
@@ -298,9 +323,13 @@ def pg_readable_parent() -> Iterator[Path]:
         shutil.rmtree(parent, ignore_errors=True)
 
 
-async def test_postgres_reader_cannot_read_any_key(pg_db: dict[str, Any], pg_readable_parent: Path,
-                                                   auth_settings: Callable[..., Settings], start_live_server: Any,
-                                                   mint_access_token: Any) -> None:
+async def test_postgres_reader_cannot_read_any_key(
+    pg_db: dict[str, Any],
+    pg_readable_parent: Path,
+    auth_settings: Callable[..., Settings],
+    start_live_server: Any,
+    mint_access_token: Any,
+) -> None:
     data_dir = pg_readable_parent / "state"
     key_file = pg_readable_parent / "state.key"
     settings = auth_settings(**pg_db, data_dir=str(data_dir), state_encryption_key_file=str(key_file))
@@ -314,7 +343,6 @@ async def test_postgres_reader_cannot_read_any_key(pg_db: dict[str, Any], pg_rea
     assert not (data_dir / "planted").exists()
 
 
-
 def test_the_leak_check_finds_every_form_it_looks_for(auth_settings: Callable[..., Settings]) -> None:
     """A control: the needles do match key material when it is there (hex, base64, PEM lines, the scalar)."""
     settings = auth_settings()
@@ -322,17 +350,23 @@ def test_the_leak_check_finds_every_form_it_looks_for(auth_settings: Callable[..
         pem = open_signing_keys(store, load_state_key(settings))[0]["private_pem"]
     needles = secret_needles(settings)
     key = serialization.load_pem_private_key(pem.encode(), None)
-    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     scalar = key.private_numbers().private_value.to_bytes(32, "big")  # type: ignore[union-attr]
-    for text in (pem, "0x" + der.hex().upper(), der[20:60].hex(), base64.b64encode(der).decode(),
-                 scalar.hex(), base64.urlsafe_b64encode(scalar).decode().rstrip("="),
-                 key_file_path(settings)[0].read_text()):
+    for text in (
+        pem,
+        "0x" + der.hex().upper(),
+        der[20:60].hex(),
+        base64.b64encode(der).decode(),
+        scalar.hex(),
+        base64.urlsafe_b64encode(scalar).decode().rstrip("="),
+        key_file_path(settings)[0].read_text(),
+    ):
         assert leaks([("control", text)], needles), text[:40]
 
 
 async def test_even_a_file_read_that_slips_past_the_guard_finds_only_ciphertext(
-        demo_layout: Path, auth_settings: Callable[..., Settings], start_live_server: Any) -> None:
+    demo_layout: Path, auth_settings: Callable[..., Settings], start_live_server: Any
+) -> None:
     """Defence in depth: blob_import run directly on the SQLite ODBC driver (no guard at all) while the
     service runs (so the WAL is live) reads the store's files and gets no key material from them."""
     import pyodbc
@@ -356,8 +390,7 @@ async def test_even_a_file_read_that_slips_past_the_guard_finds_only_ciphertext(
     assert not found, found
 
 
-def test_processes_starting_together_generate_one_key(auth_settings: Callable[..., Settings],
-                                                      tmp_path: Path) -> None:
+def test_processes_starting_together_generate_one_key(auth_settings: Callable[..., Settings], tmp_path: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     settings = auth_settings(state_encryption_key_file=str(tmp_path / "keys" / "state.key"))

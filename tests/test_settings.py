@@ -24,8 +24,12 @@ def test_seed_env_file_is_understood(tmp_path: Path) -> None:
         "ALLOW_UNAUTH_TOOLS_CALL=false\nLOG_LEVEL=debug\n"
     )
     s = load_settings(environ={}, env_file=env)
-    assert (s.mssql_host, s.mssql_port, s.mssql_user, s.mssql_database) == ("sql.example.com", 14330, "reporter",
-                                                                             "Sales")
+    assert (s.mssql_host, s.mssql_port, s.mssql_user, s.mssql_database) == (
+        "sql.example.com",
+        14330,
+        "reporter",
+        "Sales",
+    )
     assert s.trust_server_certificate is True and s.trusted_connection is False and s.read_only_mode is True
     assert s.allowed_redirect_hosts == ("chatgpt.com", "claude.ai")
     assert (s.max_search_results, s.cache_ttl_seconds, s.environment_path, s.log_level) == (7, 60, "/prod", "DEBUG")
@@ -88,9 +92,19 @@ def test_secret_values_never_appear_in_errors() -> None:
 
 def test_command_line_stops_with_one_line_naming_the_setting(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "app", "serve"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
-        env={"PATH": "/usr/bin:/bin", "DB_BACKEND": "sqlite", "SQLITE_PATH": "/x.db", "PORT": "eighty",
-             "MSSQL_PASSWORD": "hunter2", "PYTHONPATH": str(ROOT)},
+        [sys.executable, "-m", "app", "serve"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "DB_BACKEND": "sqlite",
+            "SQLITE_PATH": "/x.db",
+            "PORT": "eighty",
+            "MSSQL_PASSWORD": "hunter2",
+            "PYTHONPATH": str(ROOT),
+        },
     )
     assert result.returncode == 2
     assert result.stderr.strip() == "configuration error: PORT: expected an integer (got 'eighty')"

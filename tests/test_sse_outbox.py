@@ -45,10 +45,16 @@ def _tools(cancelled: asyncio.Event) -> list[Any]:
             raise
         return {"sent": arguments["notes"]}
 
-    return [Tool(name="blob", title="Blob", description="A 100 kB answer.", input_schema={"type": "object"},
-                 handler=blob),
-            Tool(name="noisy", title="Noisy", description="Many big progress notes.",
-                 input_schema={"type": "object", "properties": {"notes": {"type": "integer"}}}, handler=noisy)]
+    return [
+        Tool(name="blob", title="Blob", description="A 100 kB answer.", input_schema={"type": "object"}, handler=blob),
+        Tool(
+            name="noisy",
+            title="Noisy",
+            description="Many big progress notes.",
+            input_schema={"type": "object", "properties": {"notes": {"type": "integer"}}},
+            handler=noisy,
+        ),
+    ]
 
 
 @pytest.fixture
@@ -124,23 +130,37 @@ async def _reading_sse_client(http: aiohttp.ClientSession, url: str) -> AsyncIte
 
 
 async def _post(http: aiohttp.ClientSession, url: str, body: Any, **headers: str) -> tuple[int, Any]:
-    async with http.post(url, data=json.dumps(body), headers={"Content-Type": "application/json",
-                                                               "Accept": "application/json", **headers}) as resp:
+    async with http.post(
+        url,
+        data=json.dumps(body),
+        headers={"Content-Type": "application/json", "Accept": "application/json", **headers},
+    ) as resp:
         text = await resp.text()
         return resp.status, json.loads(text) if resp.content_type == "application/json" else text
 
 
 async def test_a_legacy_sse_client_that_stops_reading_is_dropped_and_memory_stays_bounded(
-        server: Any, captured_logs: CapturedLogs) -> None:
+    server: Any, captured_logs: CapturedLogs
+) -> None:
     stalled = StalledClient(server.url)
-    match = await stalled.open(_request("GET", "/sse", {"Accept": "text/event-stream"}),
-                               rb"(/messages\?session_id=[A-Za-z0-9_-]+)")
+    match = await stalled.open(
+        _request("GET", "/sse", {"Accept": "text/event-stream"}), rb"(/messages\?session_id=[A-Za-z0-9_-]+)"
+    )
     stalled_url = server.url + match.group(1).decode()
     async with aiohttp.ClientSession() as http, _reading_sse_client(http, server.url) as (good_url, good_inbox):
-        for body in ({"jsonrpc": "2.0", "id": 0, "method": "initialize",
-                      "params": {"protocolVersion": "2024-11-05", "capabilities": {},
-                                 "clientInfo": {"name": "t", "version": "1"}}},
-                     {"jsonrpc": "2.0", "method": "notifications/initialized"}):
+        for body in (
+            {
+                "jsonrpc": "2.0",
+                "id": 0,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2024-11-05",
+                    "capabilities": {},
+                    "clientInfo": {"name": "t", "version": "1"},
+                },
+            },
+            {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        ):
             assert (await _post(http, stalled_url, body))[0] == 202
             assert (await _post(http, good_url, body))[0] == 202
         assert (await asyncio.wait_for(good_inbox.get(), 5))["id"] == 0
@@ -181,31 +201,53 @@ async def test_a_legacy_sse_client_that_stops_reading_is_dropped_and_memory_stay
 
 
 async def test_a_streamable_get_stream_that_is_not_read_is_dropped_and_the_session_lives_on(
-        server: Any, captured_logs: CapturedLogs) -> None:
+    server: Any, captured_logs: CapturedLogs
+) -> None:
     async with aiohttp.ClientSession() as http:
-        async with http.post(server.url + "/mcp", data=json.dumps(
-                {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                 "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                            "clientInfo": {"name": "t", "version": "1"}}}),
-                headers={"Content-Type": "application/json", "Accept": "application/json"}) as resp:
+        async with http.post(
+            server.url + "/mcp",
+            data=json.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "initialize",
+                    "params": {
+                        "protocolVersion": "2025-11-25",
+                        "capabilities": {},
+                        "clientInfo": {"name": "t", "version": "1"},
+                    },
+                }
+            ),
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+        ) as resp:
             session_id = resp.headers["Mcp-Session-Id"]
         stalled = StalledClient(server.url)
-        await stalled.open(_request("GET", "/mcp", {"Accept": "text/event-stream", "Mcp-Session-Id": session_id}),
-                           rb"200 OK")
+        await stalled.open(
+            _request("GET", "/mcp", {"Accept": "text/event-stream", "Mcp-Session-Id": session_id}), rb"200 OK"
+        )
         # A JSON-only POST: its progress notes travel on the session's GET stream, which nobody reads.
-        status, payload = await _post(http, server.url + "/mcp", _call(2, "noisy", {"notes": 200}, progress=True),
-                                      **{"Mcp-Session-Id": session_id})
+        status, payload = await _post(
+            http,
+            server.url + "/mcp",
+            _call(2, "noisy", {"notes": 200}, progress=True),
+            **{"Mcp-Session-Id": session_id},
+        )
         assert status == 200 and payload["result"]["structuredContent"] == {"sent": 200}
         [line] = captured_logs.events("mcp_stream_dropped", transport="streamable_http", stream="get")
         assert line["queued_bytes"] <= STREAM_MAX_BYTES
         await stalled.read_to_end(timeout=10)
         stalled.close()
         # The session itself is fine: it answers, and a reading client may open a new GET stream.
-        status, payload = await _post(http, server.url + "/mcp", {"jsonrpc": "2.0", "id": 3, "method": "tools/list"},
-                                      **{"Mcp-Session-Id": session_id})
+        status, payload = await _post(
+            http,
+            server.url + "/mcp",
+            {"jsonrpc": "2.0", "id": 3, "method": "tools/list"},
+            **{"Mcp-Session-Id": session_id},
+        )
         assert status == 200 and payload["result"]["tools"]
-        async with http.get(server.url + "/mcp", headers={"Accept": "text/event-stream",
-                                                          "Mcp-Session-Id": session_id}) as stream:
+        async with http.get(
+            server.url + "/mcp", headers={"Accept": "text/event-stream", "Mcp-Session-Id": session_id}
+        ) as stream:
             assert stream.status == 200
     _no_errors_logged(captured_logs)
 
@@ -214,13 +256,26 @@ async def test_a_call_whose_event_stream_is_not_read_is_cancelled(server: Any, c
     body = json.dumps(_call(1, "noisy", {"notes": 100_000}, progress=True)).encode()
     stalled = StalledClient(server.url)
     # Headerless (2025-03-26 style, no session) POST that accepts only an event stream, never read.
-    await stalled.open(_request("POST", "/mcp", {"Accept": "text/event-stream", "Content-Type": "application/json",
-                                                 "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call",
-                                                 "Mcp-Name": "noisy"},
-                                body.replace(b'"progressToken"', b'"io.modelcontextprotocol/protocolVersion": '
-                                             b'"2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}, '
-                                             b'"progressToken"')),
-                       rb"200 OK")
+    await stalled.open(
+        _request(
+            "POST",
+            "/mcp",
+            {
+                "Accept": "text/event-stream",
+                "Content-Type": "application/json",
+                "MCP-Protocol-Version": "2026-07-28",
+                "Mcp-Method": "tools/call",
+                "Mcp-Name": "noisy",
+            },
+            body.replace(
+                b'"progressToken"',
+                b'"io.modelcontextprotocol/protocolVersion": '
+                b'"2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}, '
+                b'"progressToken"',
+            ),
+        ),
+        rb"200 OK",
+    )
     await asyncio.wait_for(server.cancelled.wait(), 10)  # the tool was stopped, not left to run 100,000 steps
     [line] = captured_logs.events("mcp_stream_dropped", transport="streamable_http", stream="call")
     assert line["queued_bytes"] <= STREAM_MAX_BYTES

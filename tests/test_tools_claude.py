@@ -62,8 +62,9 @@ async def test_list_tables_shows_tables_and_views(tools: dict[str, Tool]) -> Non
     ctx = ToolContext()
     out = await _call(tools["list_tables"], {}, ctx)
     by_name = {t["name"]: t for t in out["tables"]}
-    assert {"customers", "orders", "order_lines", "products", "categories", "suppliers", "price_history"} \
-        <= set(by_name)
+    assert {"customers", "orders", "order_lines", "products", "categories", "suppliers", "price_history"} <= set(
+        by_name
+    )
     assert by_name["orders"]["kind"] == "table" and by_name["order_totals"]["kind"] == "view"
     assert by_name["customer_lifetime_value"]["kind"] == "view"
     assert out["count"] == len(out["tables"]) and out["truncated"] is False
@@ -102,8 +103,10 @@ async def test_describe_table_shows_keys_and_indexes(tools: dict[str, Tool]) -> 
     assert columns["quantity"]["nullable"] is False
     assert "INT" in columns["quantity"]["type"].upper()
     assert columns["discount"]["default"] is not None
-    references = {(tuple(fk["columns"]), fk["references_table"].split(".")[-1], tuple(fk["references_columns"]))
-                  for fk in out["foreign_keys"]}
+    references = {
+        (tuple(fk["columns"]), fk["references_table"].split(".")[-1], tuple(fk["references_columns"]))
+        for fk in out["foreign_keys"]
+    }
     assert references == {(("order_id",), "orders", ("order_id",)), (("product_id",), "products", ("product_id",))}
     assert any(ix["columns"] == ["product_id"] and not ix["unique"] for ix in out["indexes"])
 
@@ -145,8 +148,9 @@ async def test_execute_sql_truncation_says_how_to_narrow(tools: dict[str, Tool])
 
 async def test_execute_sql_caps_can_only_be_lowered(started: Callable[..., Any]) -> None:
     _, tools = await started(max_rows=50)
-    out = await _call(tools["execute_sql"], {"query": "SELECT * FROM customers", "max_rows": 100000,
-                                             "timeout_seconds": 3600})
+    out = await _call(
+        tools["execute_sql"], {"query": "SELECT * FROM customers", "max_rows": 100000, "timeout_seconds": 3600}
+    )
     assert out["row_count"] == 50 and out["truncated"] is True
 
 
@@ -178,15 +182,18 @@ async def test_execute_sql_timeout_seconds_stops_a_long_query(tools: dict[str, T
 
 async def test_execute_sql_bad_arguments(tools: dict[str, Tool]) -> None:
     handler = tools["execute_sql"].handler
-    for arguments in ({"query": "  "}, {"query": "SELECT 1", "max_rows": 0},
-                      {"query": "SELECT 1", "timeout_seconds": -1}, {"query": "SELECT 1", "max_rows": True}):
+    for arguments in (
+        {"query": "  "},
+        {"query": "SELECT 1", "max_rows": 0},
+        {"query": "SELECT 1", "timeout_seconds": -1},
+        {"query": "SELECT 1", "max_rows": True},
+    ):
         with pytest.raises(ToolError) as info:
             await handler(arguments, ToolContext())
         assert info.value.outcome == "invalid"
 
 
-async def test_write_mode_reader_is_refused_writer_commits(started: Callable[..., Any],
-                                                          writable_demo_db: Path) -> None:
+async def test_write_mode_reader_is_refused_writer_commits(started: Callable[..., Any], writable_demo_db: Path) -> None:
     _, tools = await started(sqlite_path=str(writable_demo_db), read_only_mode=False)
     assert tools["execute_sql"].annotations["destructiveHint"] is True
     update = "UPDATE customers SET loyalty_points = loyalty_points + 1 WHERE country = 'DE'"
@@ -200,8 +207,7 @@ async def test_write_mode_reader_is_refused_writer_commits(started: Callable[...
         german = conn.execute("SELECT COUNT(*) FROM customers WHERE country = 'DE'").fetchone()[0]
 
     # A reader can still read in write mode.
-    read = await _call(tools["execute_sql"], {"query": "SELECT COUNT(*) FROM customers"},
-                       ToolContext(principal=READER))
+    read = await _call(tools["execute_sql"], {"query": "SELECT COUNT(*) FROM customers"}, ToolContext(principal=READER))
     assert read["rows"] == [[400]]
 
     ctx = ToolContext(principal=WRITER)

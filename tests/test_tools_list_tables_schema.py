@@ -19,7 +19,8 @@ def _payload(result: Any) -> dict[str, Any]:
 
 
 async def test_sqlite_tables_are_listed_under_schema_main(
-        start_live_server: Callable[..., Awaitable[LiveServer]], make_settings: Callable[..., Settings]) -> None:
+    start_live_server: Callable[..., Awaitable[LiveServer]], make_settings: Callable[..., Settings]
+) -> None:
     server = await start_live_server(make_settings())
     async with Client(server.url + "/mcp", mode="legacy") as client:
         everything = _payload(await client.call_tool("list_tables", {}))

@@ -30,8 +30,7 @@ TRANSPORTS = [
 ]
 
 
-def _client(server: LiveServer, prefix: str, transport: str, version: str,
-            monkeypatch: pytest.MonkeyPatch) -> Client:
+def _client(server: LiveServer, prefix: str, transport: str, version: str, monkeypatch: pytest.MonkeyPatch) -> Client:
     if transport == "envelope":
         return Client(server.url + prefix + "/mcp")  # auto: discovers the envelope (and the instructions)
     monkeypatch.setattr(sdk_session, "LATEST_HANDSHAKE_VERSION", version)
@@ -55,8 +54,9 @@ def _error(result: Any) -> str:
 
 
 @pytest.fixture
-async def server(start_live_server: Callable[..., Awaitable[LiveServer]],
-                 make_settings: Callable[..., Settings]) -> LiveServer:
+async def server(
+    start_live_server: Callable[..., Awaitable[LiveServer]], make_settings: Callable[..., Settings]
+) -> LiveServer:
     return await start_live_server(make_settings())
 
 
@@ -99,8 +99,9 @@ async def _exercise_chatgpt(client: Client, base: str) -> None:
 
 
 @pytest.mark.parametrize(("transport", "version"), TRANSPORTS)
-async def test_claude_tools_over_mcp(server: LiveServer, monkeypatch: pytest.MonkeyPatch, transport: str,
-                                     version: str) -> None:
+async def test_claude_tools_over_mcp(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch, transport: str, version: str
+) -> None:
     async with _client(server, "", transport, version, monkeypatch) as client:
         assert client.protocol_version == version
         assert client.instructions == build_instructions(_settings(server), "claude")
@@ -113,8 +114,9 @@ async def test_claude_tools_over_mcp(server: LiveServer, monkeypatch: pytest.Mon
 
 
 @pytest.mark.parametrize(("transport", "version"), TRANSPORTS)
-async def test_chatgpt_tools_over_mcp(server: LiveServer, monkeypatch: pytest.MonkeyPatch, transport: str,
-                                      version: str) -> None:
+async def test_chatgpt_tools_over_mcp(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch, transport: str, version: str
+) -> None:
     async with _client(server, "/chatgpt", transport, version, monkeypatch) as client:
         assert client.protocol_version == version
         assert client.instructions == build_instructions(_settings(server), "chatgpt")
@@ -125,8 +127,9 @@ async def test_chatgpt_tools_over_mcp(server: LiveServer, monkeypatch: pytest.Mo
         await _exercise_chatgpt(client, server.url)
 
 
-async def test_chatgpt_prefix_can_offer_the_claude_tools(start_live_server: Callable[..., Awaitable[LiveServer]],
-                                                         make_settings: Callable[..., Settings]) -> None:
+async def test_chatgpt_prefix_can_offer_the_claude_tools(
+    start_live_server: Callable[..., Awaitable[LiveServer]], make_settings: Callable[..., Settings]
+) -> None:
     server = await start_live_server(make_settings(chatgpt_include_claude_tools=True))
     async with Client(server.url + "/chatgpt/mcp", mode="legacy") as client:
         assert {tool.name for tool in (await client.list_tools()).tools} == CLAUDE | CHATGPT
@@ -134,9 +137,11 @@ async def test_chatgpt_prefix_can_offer_the_claude_tools(start_live_server: Call
         await _exercise_chatgpt(client, server.url)
 
 
-async def test_write_mode_annotations_over_mcp(start_live_server: Callable[..., Awaitable[LiveServer]],
-                                               make_settings: Callable[..., Settings],
-                                               writable_demo_db: Any) -> None:
+async def test_write_mode_annotations_over_mcp(
+    start_live_server: Callable[..., Awaitable[LiveServer]],
+    make_settings: Callable[..., Settings],
+    writable_demo_db: Any,
+) -> None:
     server = await start_live_server(make_settings(read_only_mode=False, sqlite_path=str(writable_demo_db)))
     async with Client(server.url + "/mcp", mode="legacy") as client:
         listed = {tool.name: tool for tool in (await client.list_tools()).tools}

@@ -23,16 +23,22 @@ def _settings(**overrides):
 
 
 # --- ids ------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("record_id", "expected"), [
-    (table_id("main", "customers"), RecordId("table", TableRef("main", "customers"))),
-    (table_id(None, "customers"), RecordId("table", TableRef(None, "customers"))),
-    (row_id("main", "customers", [42]), RecordId("row", TableRef("main", "customers"), key=(42,))),
-    (row_id("dbo", "order_lines", [17, 2]), RecordId("row", TableRef("dbo", "order_lines"), key=(17, 2))),
-    (row_id("dbo", "Order Details", ["ALFKI", 3]), RecordId("row", TableRef("dbo", "Order Details"), key=("ALFKI", 3))),
-    (row_id("public", "users", ["a:b/c?d#e"]), RecordId("row", TableRef("public", "users"), key=("a:b/c?d#e",))),
-    (row_id("x.y", "we:ird", [True]), RecordId("row", TableRef("x.y", "we:ird"), key=(True,))),
-    (sample_id("main", "price_history", 10), RecordId("sample", TableRef("main", "price_history"), limit=10)),
-])
+@pytest.mark.parametrize(
+    ("record_id", "expected"),
+    [
+        (table_id("main", "customers"), RecordId("table", TableRef("main", "customers"))),
+        (table_id(None, "customers"), RecordId("table", TableRef(None, "customers"))),
+        (row_id("main", "customers", [42]), RecordId("row", TableRef("main", "customers"), key=(42,))),
+        (row_id("dbo", "order_lines", [17, 2]), RecordId("row", TableRef("dbo", "order_lines"), key=(17, 2))),
+        (
+            row_id("dbo", "Order Details", ["ALFKI", 3]),
+            RecordId("row", TableRef("dbo", "Order Details"), key=("ALFKI", 3)),
+        ),
+        (row_id("public", "users", ["a:b/c?d#e"]), RecordId("row", TableRef("public", "users"), key=("a:b/c?d#e",))),
+        (row_id("x.y", "we:ird", [True]), RecordId("row", TableRef("x.y", "we:ird"), key=(True,))),
+        (sample_id("main", "price_history", 10), RecordId("sample", TableRef("main", "price_history"), limit=10)),
+    ],
+)
 def test_ids_round_trip(record_id: str, expected: RecordId) -> None:
     assert parse_id(record_id) == expected
     # Every id is usable in a URL path segment as is.
@@ -52,11 +58,28 @@ def test_ids_are_stable() -> None:
     assert re.fullmatch(r"query:~[0-9a-f]{20}", query_id("SELECT 1"))
 
 
-@pytest.mark.parametrize("bad", [
-    "", "customers", "table:", "row:main.customers", "row:main.customers:", "row:main.customers:1.5",
-    "row:main.customers:~!!", "row:main.customers:~e30", "table:a.b.c", "table:~bm90IGpzb24", "query:abc",
-    "query:~XYZ", "sample:main.t:0", "sample:main.t:ten", "file:/etc/passwd", "row::1", "x" * 3000,
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "customers",
+        "table:",
+        "row:main.customers",
+        "row:main.customers:",
+        "row:main.customers:1.5",
+        "row:main.customers:~!!",
+        "row:main.customers:~e30",
+        "table:a.b.c",
+        "table:~bm90IGpzb24",
+        "query:abc",
+        "query:~XYZ",
+        "sample:main.t:0",
+        "sample:main.t:ten",
+        "file:/etc/passwd",
+        "row::1",
+        "x" * 3000,
+    ],
+)
 def test_malformed_ids_get_a_helpful_error(bad: str) -> None:
     with pytest.raises(InvalidId) as info:
         parse_id(bad)
@@ -66,8 +89,10 @@ def test_malformed_ids_get_a_helpful_error(bad: str) -> None:
 
 
 def test_record_url_is_absolute_and_escaped() -> None:
-    assert record_url("https://db.example.com/env", "row:main.customers:42") == \
-        "https://db.example.com/env/chatgpt/records/row:main.customers:42"
+    assert (
+        record_url("https://db.example.com/env", "row:main.customers:42")
+        == "https://db.example.com/env/chatgpt/records/row:main.customers:42"
+    )
     assert record_url("http://127.0.0.1:8008/", "table:~a b", "") == "http://127.0.0.1:8008/records/table:~a%20b"
 
 
@@ -93,40 +118,61 @@ def test_cache_with_zero_ttl_stores_nothing() -> None:
 
 
 # --- intents --------------------------------------------------------------------------------
-@pytest.mark.parametrize(("query", "kind", "table", "limit"), [
-    ("", "list", None, None),
-    ("list tables", "list", None, None),
-    ("Show me all tables?", "list", None, None),
-    ("tables", "list", None, None),
-    ("describe customers", "describe", "customers", None),
-    ("DESCRIBE main.Customers", "describe", "main.Customers", None),
-    ("describe [dbo].[Order Details]", "describe", "dbo.Order Details", None),
-    ("columns of order_lines", "describe", "order_lines", None),
-    ("sample orders", "sample", "orders", 10),
-    ("sample orders limit 5", "sample", "orders", 5),
-    ("sample 3 rows from orders", "sample", "orders", 3),
-    ("preview \"public\".\"my table\" limit 2", "sample", "public.my table", 2),
-])
+@pytest.mark.parametrize(
+    ("query", "kind", "table", "limit"),
+    [
+        ("", "list", None, None),
+        ("list tables", "list", None, None),
+        ("Show me all tables?", "list", None, None),
+        ("tables", "list", None, None),
+        ("describe customers", "describe", "customers", None),
+        ("DESCRIBE main.Customers", "describe", "main.Customers", None),
+        ("describe [dbo].[Order Details]", "describe", "dbo.Order Details", None),
+        ("columns of order_lines", "describe", "order_lines", None),
+        ("sample orders", "sample", "orders", 10),
+        ("sample orders limit 5", "sample", "orders", 5),
+        ("sample 3 rows from orders", "sample", "orders", 3),
+        ('preview "public"."my table" limit 2', "sample", "public.my table", 2),
+    ],
+)
 def test_intent_commands(query: str, kind: str, table: str | None, limit: int | None) -> None:
     intent = parse_intent(query)
     assert (intent.kind, intent.table, intent.limit) == (kind, table, limit)
 
 
-@pytest.mark.parametrize("query", [
-    "SELECT * FROM customers", "select count(*) from orders", "WITH t AS (SELECT 1 AS n) SELECT n FROM t",
-    "with recursive t(n) as (select 1) select n from t", "VALUES (1), (2)", "(SELECT 1) UNION (SELECT 2)",
-    "```sql\nSELECT 1\n```", "sql: select 1",
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT * FROM customers",
+        "select count(*) from orders",
+        "WITH t AS (SELECT 1 AS n) SELECT n FROM t",
+        "with recursive t(n) as (select 1) select n from t",
+        "VALUES (1), (2)",
+        "(SELECT 1) UNION (SELECT 2)",
+        "```sql\nSELECT 1\n```",
+        "sql: select 1",
+    ],
+)
 def test_intent_sql(query: str) -> None:
     intent = parse_intent(query)
-    assert intent.kind == "sql" and intent.sql and intent.sql.lower().lstrip("(").startswith(("select", "with",
-                                                                                               "values"))
+    assert (
+        intent.kind == "sql" and intent.sql and intent.sql.lower().lstrip("(").startswith(("select", "with", "values"))
+    )
 
 
-@pytest.mark.parametrize("query", [
-    "DELETE FROM orders", "drop table customers", "UPDATE orders SET status = 'paid'", "insert into t values (1)",
-    "EXEC sp_who", "truncate table orders", "create view v as select 1", "GRANT SELECT ON t TO bob",
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "DELETE FROM orders",
+        "drop table customers",
+        "UPDATE orders SET status = 'paid'",
+        "insert into t values (1)",
+        "EXEC sp_who",
+        "truncate table orders",
+        "create view v as select 1",
+        "GRANT SELECT ON t TO bob",
+    ],
+)
 def test_intent_write_statements_are_recognised(query: str) -> None:
     assert parse_intent(query).kind == "write"
 
@@ -138,14 +184,23 @@ def test_intent_keywords_drop_stopwords() -> None:
 
 
 def test_stem() -> None:
-    assert [stem(w) for w in ("customers", "categories", "addresses", "status", "orders", "boxes")] == \
-        ["customer", "category", "address", "status", "order", "box"]
+    assert [stem(w) for w in ("customers", "categories", "addresses", "status", "orders", "boxes")] == [
+        "customer",
+        "category",
+        "address",
+        "status",
+        "order",
+        "box",
+    ]
 
 
 # --- query shapes ---------------------------------------------------------------------------
 def test_select_shape_single_table() -> None:
-    shape = select_shape("SELECT c.customer_id, email AS mail, upper(city) AS city FROM main.customers c "
-                         "WHERE country = 'DE' ORDER BY 1 LIMIT 5", "sqlite")
+    shape = select_shape(
+        "SELECT c.customer_id, email AS mail, upper(city) AS city FROM main.customers c "
+        "WHERE country = 'DE' ORDER BY 1 LIMIT 5",
+        "sqlite",
+    )
     assert shape is not None
     assert (shape.schema, shape.name) == ("main", "customers")
     assert shape.source_of("CUSTOMER_ID") == "customer_id"
@@ -161,17 +216,20 @@ def test_select_shape_star_and_shadowing() -> None:
     assert shape.source_of("order_id") is None
 
 
-@pytest.mark.parametrize("sql", [
-    "SELECT c.name, o.order_id FROM customers c JOIN orders o ON o.customer_id = c.customer_id",
-    "SELECT customer_id, COUNT(*) FROM orders GROUP BY customer_id",
-    "SELECT DISTINCT country FROM customers",
-    "SELECT max(order_id) FROM orders",
-    "SELECT 1 UNION SELECT 2",
-    "WITH t AS (SELECT * FROM orders) SELECT * FROM t",
-    "SELECT * FROM (SELECT * FROM orders) x",
-    "SELECT 1",
-    "this is not sql",
-])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT c.name, o.order_id FROM customers c JOIN orders o ON o.customer_id = c.customer_id",
+        "SELECT customer_id, COUNT(*) FROM orders GROUP BY customer_id",
+        "SELECT DISTINCT country FROM customers",
+        "SELECT max(order_id) FROM orders",
+        "SELECT 1 UNION SELECT 2",
+        "WITH t AS (SELECT * FROM orders) SELECT * FROM t",
+        "SELECT * FROM (SELECT * FROM orders) x",
+        "SELECT 1",
+        "this is not sql",
+    ],
+)
 def test_select_shape_derived_results(sql: str) -> None:
     assert select_shape(sql, "sqlite") is None
 
@@ -195,8 +253,9 @@ def test_text_table_escapes_separators() -> None:
 @pytest.mark.parametrize("read_only", [True, False])
 @pytest.mark.parametrize("toolset", ["claude", "chatgpt"])
 def test_instructions_first_512_characters_stand_alone(backend: str, read_only: bool, toolset: str) -> None:
-    settings = _settings(db_backend=backend, mssql_host="db", mssql_database="shop", mssql_user="u",
-                         read_only_mode=read_only)
+    settings = _settings(
+        db_backend=backend, mssql_host="db", mssql_database="shop", mssql_user="u", read_only_mode=read_only
+    )
     text = build_instructions(settings, toolset)
     visible = text[:512]
     summary = text.split("\n\n")[0]
@@ -204,8 +263,11 @@ def test_instructions_first_512_characters_stand_alone(backend: str, read_only: 
     dialect = {"mssql": "SQL Server", "postgres": "PostgreSQL", "sqlite": "SQLite"}[backend]
     assert dialect in visible
     assert ("read-only" in visible) == read_only or (toolset == "chatgpt" and "search and fetch only read" in visible)
-    names = ("list_tables", "describe_table", "get_table_sample", "execute_sql") if toolset == "claude" \
+    names = (
+        ("list_tables", "describe_table", "get_table_sample", "execute_sql")
+        if toolset == "claude"
         else ("search", "fetch")
+    )
     for name in names:
         assert name in visible
     assert "1,000 rows" in visible and "30 s" in visible

@@ -38,8 +38,7 @@ async def _periodic_cleanup(state: AuthState) -> None:
     while True:
         await asyncio.sleep(CLEANUP_INTERVAL_SECONDS)
         try:
-            await state.store.call(AuthStore.cleanup,
-                                   unused_client_seconds=state.settings.unused_client_seconds)
+            await state.store.call(AuthStore.cleanup, unused_client_seconds=state.settings.unused_client_seconds)
         except Exception:  # keep cleaning next time; a failed sweep loses nothing
             log.exception("auth.cleanup_failed")
 
@@ -47,13 +46,17 @@ async def _periodic_cleanup(state: AuthState) -> None:
 def _warn_if_open(state: AuthState) -> None:
     settings = state.settings
     if settings.allow_unauth_methods:
-        log.warning("auth.UNAUTHENTICATED_ACCESS_ENABLED",
-                    detail="ALLOW_UNAUTH_METHODS is on: MCP methods other than tools/call work WITHOUT a token. "
-                           "Testing only; never in production.")
+        log.warning(
+            "auth.UNAUTHENTICATED_ACCESS_ENABLED",
+            detail="ALLOW_UNAUTH_METHODS is on: MCP methods other than tools/call work WITHOUT a token. "
+            "Testing only; never in production.",
+        )
     if settings.allow_unauth_tools_call:
-        log.warning("auth.UNAUTHENTICATED_ACCESS_ENABLED",
-                    detail="ALLOW_UNAUTH_TOOLS_CALL is on: anyone who can reach this server can run queries "
-                           "WITHOUT signing in. Testing only; never in production.")
+        log.warning(
+            "auth.UNAUTHENTICATED_ACCESS_ENABLED",
+            detail="ALLOW_UNAUTH_TOOLS_CALL is on: anyone who can reach this server can run queries "
+            "WITHOUT signing in. Testing only; never in production.",
+        )
 
 
 async def _auth_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -79,8 +82,11 @@ def setup_auth(app: web.Application) -> None:
     for realm in REALMS:
         router.add_get(f"{realm}/authorize", authorize_get(realm))
         router.add_post(f"{realm}/authorize", authorize_post(realm))
-        for path, handler in ((f"{realm}/token", token_endpoint), (f"{realm}/register", register_endpoint),
-                              (f"{realm}/revoke", revoke_endpoint)):
+        for path, handler in (
+            (f"{realm}/token", token_endpoint),
+            (f"{realm}/register", register_endpoint),
+            (f"{realm}/revoke", revoke_endpoint),
+        ):
             router.add_post(path, with_cors(handler))
             router.add_route("OPTIONS", path, preflight)
     router.add_get(CALLBACK_PATH, upstream_callback)

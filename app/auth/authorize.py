@@ -70,8 +70,9 @@ def redirect_response(location: str, status: int = 302) -> web.Response:
 
 
 def _error_redirect(redirect_uri: str, error: str, description: str, state: str | None, issuer: str) -> NoReturn:
-    location = _redirect_with(redirect_uri, {"error": error, "error_description": description, "state": state,
-                                             "iss": issuer})
+    location = _redirect_with(
+        redirect_uri, {"error": error, "error_description": description, "state": state, "iss": issuer}
+    )
     raise ShowPage(redirect_response(location))
 
 
@@ -92,8 +93,15 @@ def _browser_nonce(request: web.Request) -> tuple[str, bool]:
 
 
 def _set_browser_cookie(response: web.StreamResponse, request: web.Request, nonce: str) -> None:
-    response.set_cookie(BROWSER_COOKIE, nonce, max_age=86400, path="/", httponly=True, samesite="Lax",
-                        secure=base_url(request).startswith("https://"))
+    response.set_cookie(
+        BROWSER_COOKIE,
+        nonce,
+        max_age=86400,
+        path="/",
+        httponly=True,
+        samesite="Lax",
+        secure=base_url(request).startswith("https://"),
+    )
 
 
 async def _validate_request(request: web.Request, state: AuthState, realm: str) -> dict[str, Any]:
@@ -110,8 +118,11 @@ async def _validate_request(request: web.Request, state: AuthState, realm: str) 
     except CimdError as exc:
         _stop("Unknown app", f"The app's metadata document could not be used: {exc}.")
     if client is None:
-        _stop("Unknown app", "This app is not registered with this server. Remove the connector and "
-                         "add it again.", status=400)
+        _stop(
+            "Unknown app",
+            "This app is not registered with this server. Remove the connector and add it again.",
+            status=400,
+        )
     registered = client["redirect_uris"]
     redirect_uri = query.get("redirect_uri")
     if redirect_uri is None:
@@ -123,8 +134,7 @@ async def _validate_request(request: web.Request, state: AuthState, realm: str) 
         if not redirect_matches(redirect_uri, registered):
             _stop("Invalid request", "The return address (redirect_uri) is not registered for this app.")
     try:
-        check_redirect_uri(redirect_uri, state.settings.allowed_redirect_hosts,
-                           state.settings.allowed_redirect_schemes)
+        check_redirect_uri(redirect_uri, state.settings.allowed_redirect_hosts, state.settings.allowed_redirect_schemes)
     except RedirectUriError as exc:
         _stop("Invalid request", f"The return address is not allowed: {exc}.")
 
@@ -169,9 +179,17 @@ async def _validate_request(request: web.Request, state: AuthState, realm: str) 
             resources.append(normalized)
     name, note = _client_label(client)
     return {
-        "client_id": client["client_id"], "redirect_uri": redirect_uri, "redirect_uri_given": given,
-        "state": client_state, "code_challenge": challenge, "scopes": requested_scopes, "resources": resources,
-        "issuer": issuer, "realm": realm, "client_name": name, "client_note": note,
+        "client_id": client["client_id"],
+        "redirect_uri": redirect_uri,
+        "redirect_uri_given": given,
+        "state": client_state,
+        "code_challenge": challenge,
+        "scopes": requested_scopes,
+        "resources": resources,
+        "issuer": issuer,
+        "realm": realm,
+        "client_name": name,
+        "client_note": note,
         "redirect_host": redirect_host_label(redirect_uri),
     }
 
@@ -185,10 +203,15 @@ def authorize_get(realm: str):
             return stop.response
         nonce, new_cookie = _browser_nonce(request)
         request_id, csrf = new_secret(24), new_secret(24)
-        await state.store.call(AuthStore.create_auth_request, request_id, sha256_hex(nonce), csrf, params,
-                               PENDING_REQUEST_TTL)
-        response = login_page(request_id=request_id, csrf=csrf, client_name=params["client_name"],
-                              upstream_label=state.oidc.label if state.oidc else None)
+        await state.store.call(
+            AuthStore.create_auth_request, request_id, sha256_hex(nonce), csrf, params, PENDING_REQUEST_TTL
+        )
+        response = login_page(
+            request_id=request_id,
+            csrf=csrf,
+            client_name=params["client_name"],
+            upstream_label=state.oidc.label if state.oidc else None,
+        )
         if new_cookie:
             _set_browser_cookie(response, request, nonce)
         return response
@@ -206,32 +229,48 @@ async def _load_pending(request: web.Request, state: AuthState, form: dict[str, 
     if not (csrf_ok and browser_ok):
         state.metrics.login_failures.labels("csrf").inc()
         log.warning("auth.csrf_rejected", client_id=pending["params"]["client_id"], address=client_address(request))
-        _stop("Request not verified", "The form could not be verified. Make sure cookies are enabled, "
-                         "then start connecting again from your app.", status=403)
+        _stop(
+            "Request not verified",
+            "The form could not be verified. Make sure cookies are enabled, then start connecting again from your app.",
+            status=403,
+        )
     return pending
 
 
-async def _show_consent(state: AuthState, pending: dict[str, Any], user: dict[str, Any],
-                        action: str = "authorize") -> web.Response:
+async def _show_consent(
+    state: AuthState, pending: dict[str, Any], user: dict[str, Any], action: str = "authorize"
+) -> web.Response:
     params = pending["params"]
     csrf = new_secret(24)  # a fresh token per step: the login form's token cannot approve
     await state.store.call(AuthStore.update_auth_request, pending["id"], csrf=csrf, user_id=user["id"])
-    return consent_page(request_id=pending["id"], csrf=csrf, client_name=params["client_name"],
-                        client_note=params["client_note"], redirect_host=params["redirect_host"],
-                        username=user["username"], scopes=grant_scopes(params["scopes"], user["role"]),
-                        read_only_server=state.settings.read_only_mode, action=action)
+    return consent_page(
+        request_id=pending["id"],
+        csrf=csrf,
+        client_name=params["client_name"],
+        client_note=params["client_note"],
+        redirect_host=params["redirect_host"],
+        username=user["username"],
+        scopes=grant_scopes(params["scopes"], user["role"]),
+        read_only_server=state.settings.read_only_mode,
+        action=action,
+    )
 
 
-async def _login(request: web.Request, state: AuthState, pending: dict[str, Any],
-                 form: dict[str, Any]) -> web.Response:
+async def _login(request: web.Request, state: AuthState, pending: dict[str, Any], form: dict[str, Any]) -> web.Response:
     username = form.get("username", "").strip()[:200]
     password = form.get("password", "")
     address = client_address(request)
 
     def again(error: str, status: int) -> web.Response:
-        return login_page(request_id=pending["id"], csrf=pending["csrf"], client_name=pending["params"]["client_name"],
-                          error=error, username=username, status=status,
-                          upstream_label=state.oidc.label if state.oidc else None)
+        return login_page(
+            request_id=pending["id"],
+            csrf=pending["csrf"],
+            client_name=pending["params"]["client_name"],
+            error=error,
+            username=username,
+            status=status,
+            upstream_label=state.oidc.label if state.oidc else None,
+        )
 
     if not username or not password:
         return again("Enter your username and password.", 400)
@@ -252,8 +291,9 @@ async def _login(request: web.Request, state: AuthState, pending: dict[str, Any]
     return await _show_consent(state, pending, user)
 
 
-async def _consent(request: web.Request, state: AuthState, pending: dict[str, Any],
-                   form: dict[str, Any]) -> web.StreamResponse:
+async def _consent(
+    request: web.Request, state: AuthState, pending: dict[str, Any], form: dict[str, Any]
+) -> web.StreamResponse:
     params = pending["params"]
     user = await state.store.call(AuthStore.get_user, pending["user_id"]) if pending["user_id"] else None
     if user is None:
@@ -264,22 +304,36 @@ async def _consent(request: web.Request, state: AuthState, pending: dict[str, An
     if decision == "deny":
         await state.store.call(AuthStore.delete_auth_request, pending["id"])
         log.info("auth.consent_denied", username=user["username"], client_id=params["client_id"])
-        location = _redirect_with(params["redirect_uri"], {"error": "access_denied", "error_description":
-                                                           "the user denied access", "state": params["state"],
-                                                           "iss": params["issuer"]})
+        location = _redirect_with(
+            params["redirect_uri"],
+            {
+                "error": "access_denied",
+                "error_description": "the user denied access",
+                "state": params["state"],
+                "iss": params["issuer"],
+            },
+        )
         return redirect_response(location, 303)
     code = new_secret(32)
     scopes = grant_scopes(params["scopes"], user["role"])
     stored = await state.store.call(
-        AuthStore.create_code, sha256_hex(code), client_id=params["client_id"], user_id=user["id"],
-        redirect_uri=params["redirect_uri"], redirect_uri_given=params["redirect_uri_given"],
-        code_challenge=params["code_challenge"], scope=" ".join(scopes), resources=params["resources"],
-        issuer=params["issuer"], ttl=state.settings.auth_code_ttl_seconds, consume_request=pending["id"])
+        AuthStore.create_code,
+        sha256_hex(code),
+        client_id=params["client_id"],
+        user_id=user["id"],
+        redirect_uri=params["redirect_uri"],
+        redirect_uri_given=params["redirect_uri_given"],
+        code_challenge=params["code_challenge"],
+        scope=" ".join(scopes),
+        resources=params["resources"],
+        issuer=params["issuer"],
+        ttl=state.settings.auth_code_ttl_seconds,
+        consume_request=pending["id"],
+    )
     if not stored:
         return error_page("Sign-in expired", "This sign-in page has expired or was already used.")
     log.info("auth.consent_granted", username=user["username"], client_id=params["client_id"], scope=" ".join(scopes))
-    location = _redirect_with(params["redirect_uri"], {"code": code, "state": params["state"],
-                                                       "iss": params["issuer"]})
+    location = _redirect_with(params["redirect_uri"], {"code": code, "state": params["state"], "iss": params["issuer"]})
     return redirect_response(location, 303)
 
 
@@ -304,16 +358,16 @@ def authorize_post(realm: str):
                 return await state.oidc.begin(request, state, pending)
             return error_page("Invalid request", "Unknown form action.")
         except OAuthError as exc:
-            return error_page("Invalid request", exc.description or exc.error,
-                              status=413 if exc.status == 413 else 400)
+            return error_page("Invalid request", exc.description or exc.error, status=413 if exc.status == 413 else 400)
         except ShowPage as stop:
             return stop.response
 
     return handler
 
 
-async def continue_after_upstream(request: web.Request, state: AuthState, pending: dict[str, Any],
-                                  user: dict[str, Any]) -> web.Response:
+async def continue_after_upstream(
+    request: web.Request, state: AuthState, pending: dict[str, Any], user: dict[str, Any]
+) -> web.Response:
     """Upstream sign-in done: the same consent page as after a local sign-in. The page is served at
     /oauth/upstream/callback, so its form points back up to {realm}/authorize (same origin, any prefix)."""
     return await _show_consent(state, pending, user, action="../.." + pending["params"]["realm"] + "/authorize")

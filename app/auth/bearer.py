@@ -61,8 +61,13 @@ class Authenticator:
         settings = state.settings
         header = request.headers.get("Authorization")
         if any(name in request.query for name in _QUERY_TOKEN_NAMES) and header is None:
-            self._reject(request, state, "query_token", "invalid_request",
-                         "send the access token in the Authorization header, not the URL")
+            self._reject(
+                request,
+                state,
+                "query_token",
+                "invalid_request",
+                "send the access token in the Authorization header, not the URL",
+            )
         if header is None:
             if self._unauthenticated_allowed(methods, settings):
                 return ANONYMOUS
@@ -107,8 +112,9 @@ class Authenticator:
         audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
         accepted = accepted_audiences(base, request.path)
         if not any(isinstance(a, str) and normalize_url(a) in accepted for a in audiences):
-            self._reject(request, state, "wrong_audience", "invalid_token",
-                         "the access token is for a different resource")
+            self._reject(
+                request, state, "wrong_audience", "invalid_token", "the access token is for a different resource"
+            )
         for name in ("sub", "jti"):
             if not isinstance(claims.get(name), str):
                 self._reject(request, state, "malformed", "invalid_token", "the access token is not valid")
@@ -125,37 +131,53 @@ class Authenticator:
         if SCOPE_READ not in scopes:
             self._forbid(request, state, SCOPE_READ)
         role = "writer" if row["role"] == "writer" and SCOPE_WRITE in scopes else "reader"
-        return Principal(subject=row["id"], username=row["username"], role=role,
-                         client_id=claims.get("client_id") if isinstance(claims.get("client_id"), str) else None,
-                         scopes=scopes, authenticated=True)
+        return Principal(
+            subject=row["id"],
+            username=row["username"],
+            role=role,
+            client_id=claims.get("client_id") if isinstance(claims.get("client_id"), str) else None,
+            scopes=scopes,
+            authenticated=True,
+        )
 
-    def _challenge(self, request: web.Request, error: str | None, description: str | None,
-                   scope: str = " ".join(SUPPORTED_SCOPES)) -> str:
-        parts = [f"resource_metadata={_quote(resource_metadata_url(request, mcp_endpoint_of_path(request.path)))}",
-                 f"scope={_quote(scope)}"]
+    def _challenge(
+        self, request: web.Request, error: str | None, description: str | None, scope: str = " ".join(SUPPORTED_SCOPES)
+    ) -> str:
+        parts = [
+            f"resource_metadata={_quote(resource_metadata_url(request, mcp_endpoint_of_path(request.path)))}",
+            f"scope={_quote(scope)}",
+        ]
         if error:
             parts.append(f"error={_quote(error)}")
         if description:
             parts.append(f"error_description={_quote(description)}")
         return "Bearer " + ", ".join(parts)
 
-    def _reject(self, request: web.Request, state: AuthState, reason: str, error: str | None,
-                description: str | None) -> NoReturn:
+    def _reject(
+        self, request: web.Request, state: AuthState, reason: str, error: str | None, description: str | None
+    ) -> NoReturn:
         state.metrics.bearer_rejections.labels(reason).inc()
         if reason != "missing":
             log.info("auth.bearer_rejected", reason=reason, path=request.path)
-        body = {"error": error or "unauthorized",
-                "error_description": description or "this endpoint needs an OAuth access token"}
-        raise web.HTTPUnauthorized(headers={"WWW-Authenticate": self._challenge(request, error, description),
-                                            "Cache-Control": "no-store"},
-                                   text=json.dumps(body), content_type="application/json")
+        body = {
+            "error": error or "unauthorized",
+            "error_description": description or "this endpoint needs an OAuth access token",
+        }
+        raise web.HTTPUnauthorized(
+            headers={"WWW-Authenticate": self._challenge(request, error, description), "Cache-Control": "no-store"},
+            text=json.dumps(body),
+            content_type="application/json",
+        )
 
     def _forbid(self, request: web.Request, state: AuthState, scope: str) -> NoReturn:
         state.metrics.bearer_rejections.labels("insufficient_scope").inc()
         log.info("auth.bearer_rejected", reason="insufficient_scope", path=request.path)
         description = f"this request needs the {scope} scope"
         raise web.HTTPForbidden(
-            headers={"WWW-Authenticate": self._challenge(request, "insufficient_scope", description, scope),
-                     "Cache-Control": "no-store"},
+            headers={
+                "WWW-Authenticate": self._challenge(request, "insufficient_scope", description, scope),
+                "Cache-Control": "no-store",
+            },
             text=json.dumps({"error": "insufficient_scope", "error_description": description}),
-            content_type="application/json")
+            content_type="application/json",
+        )

@@ -122,33 +122,41 @@ def _safe_next(raw: str) -> str:
     return raw if _NEXT.match(raw or "") else ""
 
 
-def _signin_form(next_path: str, csrf: str, error: str | None = None, username: str = "",
-                 status: int = 200) -> web.Response:
+def _signin_form(
+    next_path: str, csrf: str, error: str | None = None, username: str = "", status: int = 200
+) -> web.Response:
     err = f"<p class=error role=alert>{escape(error)}</p>" if error else ""
-    body = (f"<h1>Sign in to read this record</h1>"
-            f"<p class=muted>Records of this database are shown to its users only.</p>{err}"
-            f"<form method=post action=signin>"
-            f"<input type=hidden name=next value='{escape(next_path, quote=True)}'>"
-            f"<input type=hidden name=csrf_token value='{escape(csrf, quote=True)}'>"
-            f"<label for=username>Username</label>"
-            f"<input id=username name=username type=text autocomplete=username required autofocus "
-            f"value='{escape(username, quote=True)}'>"
-            f"<label for=password>Password</label>"
-            f"<input id=password name=password type=password autocomplete=current-password required>"
-            f"<button type=submit>Sign in</button></form>")
+    body = (
+        f"<h1>Sign in to read this record</h1>"
+        f"<p class=muted>Records of this database are shown to its users only.</p>{err}"
+        f"<form method=post action=signin>"
+        f"<input type=hidden name=next value='{escape(next_path, quote=True)}'>"
+        f"<input type=hidden name=csrf_token value='{escape(csrf, quote=True)}'>"
+        f"<label for=username>Username</label>"
+        f"<input id=username name=username type=text autocomplete=username required autofocus "
+        f"value='{escape(username, quote=True)}'>"
+        f"<label for=password>Password</label>"
+        f"<input id=password name=password type=password autocomplete=current-password required>"
+        f"<button type=submit>Sign in</button></form>"
+    )
     return _page("Sign in", body, status)
 
 
 def _with_csrf_cookie(request: web.Request, response: web.Response, csrf: str) -> web.Response:
-    response.set_cookie(CSRF_COOKIE, csrf, max_age=900, path="/", httponly=True, samesite="Strict",
-                        secure=_secure(request))
+    response.set_cookie(
+        CSRF_COOKIE, csrf, max_age=900, path="/", httponly=True, samesite="Strict", secure=_secure(request)
+    )
     return response
 
 
 async def signin_get(request: web.Request) -> web.StreamResponse:
     if request.app.get(keys.AUTH_STORE) is None:
-        return _page("Sign-in unavailable", "<h1>Sign-in unavailable</h1><p class=error>This server has no "
-                     "user accounts; open records with an access token.</p>", 404)
+        return _page(
+            "Sign-in unavailable",
+            "<h1>Sign-in unavailable</h1><p class=error>This server has no "
+            "user accounts; open records with an access token.</p>",
+            404,
+        )
     next_path = _safe_next(request.query.get("next", ""))
     csrf = request.cookies.get(CSRF_COOKIE, "")
     csrf = csrf if _CSRF.match(csrf) else new_secret(24)
@@ -166,13 +174,20 @@ async def signin_post(request: web.Request) -> web.StreamResponse:
     cookie_csrf = request.cookies.get(CSRF_COOKIE, "")
     if not (_CSRF.match(cookie_csrf) and hmac.compare_digest(cookie_csrf, form.get("csrf_token", ""))):
         csrf = new_secret(24)
-        return _with_csrf_cookie(request, _signin_form(next_path, csrf, "The form could not be verified: make "
-                                                       "sure cookies are enabled and sign in again.", username,
-                                                       403), csrf)
+        return _with_csrf_cookie(
+            request,
+            _signin_form(
+                next_path,
+                csrf,
+                "The form could not be verified: make sure cookies are enabled and sign in again.",
+                username,
+                403,
+            ),
+            csrf,
+        )
 
     def again(message: str, status: int) -> web.Response:
-        return _with_csrf_cookie(request, _signin_form(next_path, cookie_csrf, message, username, status),
-                                 cookie_csrf)
+        return _with_csrf_cookie(request, _signin_form(next_path, cookie_csrf, message, username, status), cookie_csrf)
 
     if not username or not password:
         return again("Enter your username and password.", 400)
@@ -187,17 +202,22 @@ async def signin_post(request: web.Request) -> web.StreamResponse:
         return again("Wrong username or password.", 401)
     if user["role"] not in allowed_roles(request):
         log.info("records.no_access", username=user["username"], role=user["role"])
-        return no_access_page(f"You are signed in as {user['username']} ({user['role']}), and that role may not "
-                              "open record pages on this server. Ask an administrator for access.")
+        return no_access_page(
+            f"You are signed in as {user['username']} ({user['role']}), and that role may not "
+            "open record pages on this server. Ask an administrator for access."
+        )
     lifetime = int(state.settings.records_session_seconds)
     sealed = _seal(request, {"uid": user["id"], "role": user["role"], "exp": int(time.time()) + lifetime})
     if next_path:
         response = web.Response(status=303, headers={"Location": base_url(request) + next_path, **PAGE_HEADERS})
     else:  # no (or no safe) record to go back to
-        response = _page("Signed in", f"<h1>Signed in</h1><p>You are signed in as {escape(user['username'])}. "
-                         "Open the record link again.</p>")
-    response.set_cookie(SESSION_COOKIE, sealed, max_age=lifetime, path="/", httponly=True, samesite="Lax",
-                        secure=_secure(request))
+        response = _page(
+            "Signed in",
+            f"<h1>Signed in</h1><p>You are signed in as {escape(user['username'])}. Open the record link again.</p>",
+        )
+    response.set_cookie(
+        SESSION_COOKIE, sealed, max_age=lifetime, path="/", httponly=True, samesite="Lax", secure=_secure(request)
+    )
     response.del_cookie(CSRF_COOKIE, path="/")
     log.info("records.login", username=user["username"])
     return response

@@ -82,8 +82,9 @@ class _PublicOnlyResolver(AbstractResolver):
         self._inner = aiohttp.ThreadedResolver()
         self._allow_private = allow_private
 
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-                      ) -> list[ResolveResult]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
         safe = [r for r in results if _address_allowed(r["host"], self._allow_private)]
         if not safe or len(safe) != len(results):
@@ -103,8 +104,9 @@ def _cache_seconds(cache_control: str | None) -> int:
     return max(MIN_CACHE_SECONDS, min(MAX_CACHE_SECONDS, int(match.group(1))))
 
 
-def validate_document(url: str, doc: Any, allowed_hosts: tuple[str, ...],
-                      allowed_schemes: tuple[str, ...] = ()) -> dict[str, Any]:
+def validate_document(
+    url: str, doc: Any, allowed_hosts: tuple[str, ...], allowed_schemes: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """The client record for a fetched document, or CimdError."""
     if not isinstance(doc, dict):
         raise CimdError("client metadata document is not a JSON object")
@@ -114,8 +116,9 @@ def validate_document(url: str, doc: Any, allowed_hosts: tuple[str, ...],
         raise CimdError("client metadata document must not contain a client secret")
     method = doc.get("token_endpoint_auth_method", "none")
     if method != "none":
-        raise CimdError("client metadata documents are supported for public clients only "
-                        "(token_endpoint_auth_method none)")
+        raise CimdError(
+            "client metadata documents are supported for public clients only (token_endpoint_auth_method none)"
+        )
     redirect_uris = doc.get("redirect_uris")
     if not isinstance(redirect_uris, list) or not redirect_uris or len(redirect_uris) > 20:
         raise CimdError("client metadata document needs a redirect_uris list")
@@ -125,12 +128,15 @@ def validate_document(url: str, doc: Any, allowed_hosts: tuple[str, ...],
         except RedirectUriError as exc:
             raise CimdError(str(exc)) from None
     grant_types = doc.get("grant_types", list(GRANT_TYPES))
-    if (not isinstance(grant_types, list) or not all(isinstance(g, str) for g in grant_types)
-            or "authorization_code" not in grant_types):
+    if (
+        not isinstance(grant_types, list)
+        or not all(isinstance(g, str) for g in grant_types)
+        or "authorization_code" not in grant_types
+    ):
         raise CimdError("client metadata document grant_types must include authorization_code")
     response_types = doc.get("response_types", ["code"])
     if response_types != ["code"]:
-        raise CimdError("client metadata document response_types must be [\"code\"]")
+        raise CimdError('client metadata document response_types must be ["code"]')
     name = doc.get("client_name")
     client_name = name.strip()[:200] if isinstance(name, str) and name.strip() else None
     return {
@@ -141,15 +147,32 @@ def validate_document(url: str, doc: Any, allowed_hosts: tuple[str, ...],
         "redirect_uris": list(redirect_uris),
         "grant_types": [g for g in grant_types if g in GRANT_TYPES],
         "client_name": client_name,
-        "metadata": {k: v for k, v in doc.items() if k in {
-            "client_id", "client_name", "client_uri", "logo_uri", "redirect_uris", "grant_types", "response_types",
-            "token_endpoint_auth_method", "scope", "software_id", "software_version", "application_type"}},
+        "metadata": {
+            k: v
+            for k, v in doc.items()
+            if k
+            in {
+                "client_id",
+                "client_name",
+                "client_uri",
+                "logo_uri",
+                "redirect_uris",
+                "grant_types",
+                "response_types",
+                "token_endpoint_auth_method",
+                "scope",
+                "software_id",
+                "software_version",
+                "application_type",
+            }
+        },
     }
 
 
 class CimdFetcher:
-    def __init__(self, *, allow_private: bool, allowed_hosts: tuple[str, ...],
-                 allowed_schemes: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, *, allow_private: bool, allowed_hosts: tuple[str, ...], allowed_schemes: tuple[str, ...] = ()
+    ) -> None:
         self.allow_private = allow_private
         self.allowed_hosts = allowed_hosts
         self.allowed_schemes = allowed_schemes
@@ -159,11 +182,15 @@ class CimdFetcher:
     async def start(self) -> None:
         # The default context honours SSL_CERT_FILE, which is how tests trust their own CA.
         context = ssl.create_default_context()
-        connector = aiohttp.TCPConnector(resolver=_PublicOnlyResolver(self.allow_private), ssl=context,
-                                         limit=10, force_close=True)
+        connector = aiohttp.TCPConnector(
+            resolver=_PublicOnlyResolver(self.allow_private), ssl=context, limit=10, force_close=True
+        )
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT_SECONDS),
-            headers={"Accept": "application/json", "User-Agent": "mssql-mcp-oauth"}, trust_env=False)
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT_SECONDS),
+            headers={"Accept": "application/json", "User-Agent": "mssql-mcp-oauth"},
+            trust_env=False,
+        )
 
     async def close(self) -> None:
         if self._session is not None:

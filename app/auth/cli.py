@@ -28,8 +28,10 @@ DEMO_PASSWORD_FILE = "demo-password.txt"
 _USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+\-]{0,63}")
 
 
-STDIN_HELP = ("read the password from the first line of standard input instead of prompting (needed without a "
-              "terminal: ssh without -t, Ansible, cron)")
+STDIN_HELP = (
+    "read the password from the first line of standard input instead of prompting (needed without a "
+    "terminal: ssh without -t, Ansible, cron)"
+)
 
 
 class CliError(Exception):
@@ -41,8 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="action", required=True)
     add = sub.add_parser("add", help="create a user")
     add.add_argument("username")
-    add.add_argument("--role", choices=ROLES, default="reader",
-                     help="reader: read-only queries; writer: may also change data when READ_ONLY_MODE=false")
+    add.add_argument(
+        "--role",
+        choices=ROLES,
+        default="reader",
+        help="reader: read-only queries; writer: may also change data when READ_ONLY_MODE=false",
+    )
     add.add_argument("--password-stdin", action="store_true", help=STDIN_HELP)
     remove = sub.add_parser("remove", help="delete a user and stop their tokens")
     remove.add_argument("username")
@@ -66,8 +72,10 @@ def _read_password(from_stdin: bool, stdin: TextIO) -> str:
         password = password[:-1] if password.endswith("\r") else password
     else:
         if not _have_terminal():
-            raise CliError("no terminal to ask for the password: pass it on standard input with "
-                           "--password-stdin (e.g. `... --password-stdin < file`, one line)")
+            raise CliError(
+                "no terminal to ask for the password: pass it on standard input with "
+                "--password-stdin (e.g. `... --password-stdin < file`, one line)"
+            )
         try:
             password = getpass.getpass("Password: ")
             if getpass.getpass("Repeat password: ") != password:
@@ -123,16 +131,19 @@ def _run(store: AuthStore, args: argparse.Namespace, stdin: TextIO, stdout: Text
     if args.action == "list":
         users = store.list_users()
         if args.json:
-            print(json.dumps([{k: u[k] for k in ("username", "role", "source", "created_at")} for u in users]),
-                  file=stdout)
+            print(
+                json.dumps([{k: u[k] for k in ("username", "role", "source", "created_at")} for u in users]),
+                file=stdout,
+            )
         elif not users:
             print("no users yet: add one with `mssql-mcp users add NAME --role reader|writer`", file=stdout)
         else:
             width = max(8, *(len(u["username"]) for u in users))
             print(f"{'USERNAME':<{width}}  ROLE    SOURCE  CREATED", file=stdout)
             for u in users:
-                print(f"{u['username']:<{width}}  {u['role']:<6}  {u['source']:<6}  {_when(u['created_at'])}",
-                      file=stdout)
+                print(
+                    f"{u['username']:<{width}}  {u['role']:<6}  {u['source']:<6}  {_when(u['created_at'])}", file=stdout
+                )
         return 0
     username = _check_username(args.username)
     if args.action == "add":

@@ -59,7 +59,10 @@ async def authenticate_client(request: web.Request, state: AuthState, params: di
         if secret:
             raise _invalid_client("this client is public and must not send a secret", basic)
         return client
-    if not secret or not client.get("secret_hash") or not hmac.compare_digest(
-            sha256_hex(secret), client["secret_hash"]):
+    if (
+        not secret
+        or not client.get("secret_hash")
+        or not hmac.compare_digest(sha256_hex(secret), client["secret_hash"])
+    ):
         raise _invalid_client("client authentication failed", basic)
     return client

@@ -37,8 +37,9 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 class OAuthError(Exception):
     """An RFC 6749 §5.2-shaped error; handlers turn it into a JSON response."""
 
-    def __init__(self, error: str, description: str = "", status: int = 400,
-                 headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, error: str, description: str = "", status: int = 400, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(description or error)
         self.error = error
         self.description = description
@@ -114,7 +115,7 @@ def _audiences(base: str, realm: str) -> frozenset[str]:
 def mcp_endpoint_of_path(request_path: str) -> str:
     """The MCP endpoint path (e.g. /chatgpt/sse) a request belongs to, for resource metadata links."""
     realm = realm_of_path(request_path)
-    rest = request_path[len(realm):]
+    rest = request_path[len(realm) :]
     return realm + ("/sse" if rest.startswith("/sse") or rest.startswith("/messages") else "/mcp")
 
 
@@ -224,16 +225,18 @@ def parse_json_params(body: bytes, *, repeatable: frozenset[str] = frozenset()) 
     return out
 
 
-async def read_params(request: web.Request, *, repeatable: frozenset[str] = frozenset(),
-                      allow_json: bool = True) -> dict[str, Any]:
+async def read_params(
+    request: web.Request, *, repeatable: frozenset[str] = frozenset(), allow_json: bool = True
+) -> dict[str, Any]:
     body = await read_limited_body(request)
     ctype = request.content_type
     if ctype == "application/x-www-form-urlencoded":
         return parse_form(body, repeatable=repeatable)
     if allow_json and (ctype == "application/json" or ctype.endswith("+json")):
         return parse_json_params(body, repeatable=repeatable)
-    raise OAuthError("invalid_request", "use application/x-www-form-urlencoded"
-                     + (" or application/json" if allow_json else ""))
+    raise OAuthError(
+        "invalid_request", "use application/x-www-form-urlencoded" + (" or application/json" if allow_json else "")
+    )
 
 
 def client_address(request: web.Request) -> str:

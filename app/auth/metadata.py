@@ -117,7 +117,7 @@ def _strip_public_prefix(request: web.Request, tail: str) -> str:
     # A proxy that forwards /.well-known/* unchanged leaves its own path prefix inside the tail.
     prefix = urlsplit(base_url(request)).path.rstrip("/")
     if prefix and (tail == prefix or tail.startswith(prefix + "/")):
-        return tail[len(prefix):]
+        return tail[len(prefix) :]
     return tail
 
 
@@ -174,8 +174,9 @@ def add_metadata_routes(app: web.Application) -> None:
             if realm:
                 routes.append((f"{realm}/.well-known/{doc}", _realm_as_handler(realm)))
         for endpoint in MCP_ENDPOINTS:  # quirk: appended after the endpoint path
-            routes.append((f"{endpoint}/.well-known/{doc}", _redirect_handler(
-                realm_of_path(endpoint) + "/.well-known/" + doc)))
+            routes.append(
+                (f"{endpoint}/.well-known/{doc}", _redirect_handler(realm_of_path(endpoint) + "/.well-known/" + doc))
+            )
         for realm in REALMS:  # clients that derive discovery from the token endpoint's URL
             routes.append((f"{realm}/token/.well-known/{doc}", _realm_as_handler(realm)))
     routes.append((f"/.well-known/{PRM_DOC}{{tail:.*}}", prm_handler))

@@ -64,9 +64,18 @@ def _loopback_http(url: str) -> bool:
 
 
 class UpstreamOidc:
-    def __init__(self, *, issuer: str, label: str, client_id: str, client_secret: str,
-                 allowed_domains: tuple[str, ...], allowed_emails: tuple[str, ...], default_role: str,
-                 multi_tenant: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        label: str,
+        client_id: str,
+        client_secret: str,
+        allowed_domains: tuple[str, ...],
+        allowed_emails: tuple[str, ...],
+        default_role: str,
+        multi_tenant: bool = False,
+    ) -> None:
         self.issuer = issuer
         self.label = label
         self.client_id = client_id
@@ -101,10 +110,16 @@ class UpstreamOidc:
             issuer, label = provider.rstrip("/"), urlsplit(provider).hostname or provider
         else:
             raise SettingsError("OIDC_PROVIDER: expected google, microsoft or an https issuer URL")
-        return cls(issuer=issuer, label=label, client_id=settings.oidc_client_id,
-                   client_secret=settings.oidc_client_secret, allowed_domains=tuple(settings.oidc_allowed_domains),
-                   allowed_emails=tuple(settings.oidc_allowed_emails), default_role=settings.oidc_default_role,
-                   multi_tenant=multi_tenant)
+        return cls(
+            issuer=issuer,
+            label=label,
+            client_id=settings.oidc_client_id,
+            client_secret=settings.oidc_client_secret,
+            allowed_domains=tuple(settings.oidc_allowed_domains),
+            allowed_emails=tuple(settings.oidc_allowed_emails),
+            default_role=settings.oidc_default_role,
+            multi_tenant=multi_tenant,
+        )
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10), trust_env=True)
@@ -160,14 +175,28 @@ class UpstreamOidc:
         except UpstreamError as exc:
             return error_page("Sign-in unavailable", str(exc), status=502)
         upstream_state, nonce, verifier = generate_token(40), generate_token(40), generate_token(64)
-        await state.store.call(AuthStore.update_auth_request, pending["id"], upstream={
-            "state_hash": sha256_hex(upstream_state), "nonce": nonce, "verifier": verifier,
-            "redirect_uri": self.callback_url(request)})
+        await state.store.call(
+            AuthStore.update_auth_request,
+            pending["id"],
+            upstream={
+                "state_hash": sha256_hex(upstream_state),
+                "nonce": nonce,
+                "verifier": verifier,
+                "redirect_uri": self.callback_url(request),
+            },
+        )
         location = prepare_grant_uri(
-            doc["authorization_endpoint"], self.client_id, "code", redirect_uri=self.callback_url(request),
-            scope="openid email profile", state=upstream_state, nonce=nonce,
-            code_challenge=create_s256_code_challenge(verifier), code_challenge_method="S256",
-            prompt="select_account")
+            doc["authorization_endpoint"],
+            self.client_id,
+            "code",
+            redirect_uri=self.callback_url(request),
+            scope="openid email profile",
+            state=upstream_state,
+            nonce=nonce,
+            code_challenge=create_s256_code_challenge(verifier),
+            code_challenge_method="S256",
+            prompt="select_account",
+        )
         return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
 
     def email_allowed(self, email: str) -> bool:
@@ -179,9 +208,14 @@ class UpstreamOidc:
         doc = await self.discovery()
         if self._session is None:
             raise UpstreamError("upstream sign-in is not available right now")
-        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": upstream["redirect_uri"],
-                "client_id": self.client_id, "client_secret": self._client_secret,
-                "code_verifier": upstream["verifier"]}
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": upstream["redirect_uri"],
+            "client_id": self.client_id,
+            "client_secret": self._client_secret,
+            "code_verifier": upstream["verifier"],
+        }
         try:
             async with self._session.post(doc["token_endpoint"], data=form, allow_redirects=False) as resp:
                 body = await read_at_most(resp.content, _MAX_DOC_BYTES)
@@ -203,8 +237,7 @@ class UpstreamOidc:
             try:
                 token = jwt.decode(id_token, keyset, algorithms=["RS256", "ES256", "PS256"])
             except JoseError:
-                token = jwt.decode(id_token, await self._keyset(refresh=True), algorithms=["RS256", "ES256",
-                                                                                           "PS256"])
+                token = jwt.decode(id_token, await self._keyset(refresh=True), algorithms=["RS256", "ES256", "PS256"])
         except (JoseError, ValueError, TypeError):
             raise UpstreamError(f"{self.label}'s answer could not be verified") from None
         claims = dict(token.claims)
@@ -213,10 +246,13 @@ class UpstreamOidc:
             expected_issuer = f"https://login.microsoftonline.com/{claims['tid']}/v2.0"
         aud = claims.get("aud")
         now = time.time()
-        if (claims.get("iss") != expected_issuer
-                or not (aud == self.client_id or (isinstance(aud, list) and self.client_id in aud))
-                or not isinstance(claims.get("exp"), int | float) or claims["exp"] + 60 < now
-                or claims.get("nonce") != nonce):
+        if (
+            claims.get("iss") != expected_issuer
+            or not (aud == self.client_id or (isinstance(aud, list) and self.client_id in aud))
+            or not isinstance(claims.get("exp"), int | float)
+            or claims["exp"] + 60 < now
+            or claims.get("nonce") != nonce
+        ):
             raise UpstreamError(f"{self.label}'s answer could not be verified")
         return claims
 
@@ -238,13 +274,17 @@ async def upstream_callback(request: web.Request) -> web.StreamResponse:
     if oidc is None:
         return error_page("Not available", "Upstream sign-in is not configured.", status=404)
     upstream_state = request.query.get("state", "")
-    pending = await state.store.call(AuthStore.find_auth_request_by_upstream_state,
-                                     sha256_hex(upstream_state)) if upstream_state else None
+    pending = (
+        await state.store.call(AuthStore.find_auth_request_by_upstream_state, sha256_hex(upstream_state))
+        if upstream_state
+        else None
+    )
     if pending is None or pending["upstream"] is None:
         return error_page("Sign-in expired", "This sign-in has expired or was already used.")
     if sha256_hex(request.cookies.get(BROWSER_COOKIE, "")) != pending["browser_hash"]:
-        return error_page("Request not verified", "The sign-in could not be verified. Make sure cookies are "
-                          "enabled.", status=403)
+        return error_page(
+            "Request not verified", "The sign-in could not be verified. Make sure cookies are enabled.", status=403
+        )
     if "error" in request.query or not request.query.get("code"):
         state.metrics.login_failures.labels("upstream").inc()
         return error_page("Sign-in cancelled", f"{oidc.label} did not sign you in.", status=403)
@@ -260,6 +300,5 @@ async def upstream_callback(request: web.Request) -> web.StreamResponse:
         log.warning("auth.upstream_refused", provider=oidc.label, domain=email.rpartition("@")[2])
         return error_page("Not allowed", f"{email} may not sign in to this server.", status=403)
     user = await state.store.call(AuthStore.upsert_upstream_user, email, oidc.default_role)
-    log.info("auth.login", username=user["username"], provider=oidc.label,
-             client_id=pending["params"]["client_id"])
+    log.info("auth.login", username=user["username"], provider=oidc.label, client_id=pending["params"]["client_id"])
     return await continue_after_upstream(request, state, pending, user)

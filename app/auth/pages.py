@@ -19,8 +19,7 @@ ul{padding-left:1.2rem}.row{display:flex;gap:.6rem}hr{border:0;border-top:1px so
 
 # No scripts, no framing (clickjacking on the consent button), no referrer leaking the request id.
 PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; "
-                               "base-uri 'none'",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
@@ -34,55 +33,88 @@ SCOPE_TEXT = {
 
 
 def _page(title: str, body: str, status: int = 200) -> web.Response:
-    html = (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
-            f"<meta name=viewport content='width=device-width,initial-scale=1'><title>{escape(title)}</title>"
-            f"<style>{_STYLE}</style></head><body><main>{body}</main></body></html>")
+    html = (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f"<meta name=viewport content='width=device-width,initial-scale=1'><title>{escape(title)}</title>"
+        f"<style>{_STYLE}</style></head><body><main>{body}</main></body></html>"
+    )
     return web.Response(text=html, status=status, content_type="text/html", charset="utf-8", headers=PAGE_HEADERS)
 
 
 def _hidden(request_id: str, csrf: str, action: str) -> str:
-    return (f"<input type=hidden name=request_id value='{escape(request_id, quote=True)}'>"
-            f"<input type=hidden name=csrf_token value='{escape(csrf, quote=True)}'>"
-            f"<input type=hidden name=action value='{escape(action, quote=True)}'>")
+    return (
+        f"<input type=hidden name=request_id value='{escape(request_id, quote=True)}'>"
+        f"<input type=hidden name=csrf_token value='{escape(csrf, quote=True)}'>"
+        f"<input type=hidden name=action value='{escape(action, quote=True)}'>"
+    )
 
 
-def login_page(*, request_id: str, csrf: str, client_name: str, error: str | None = None, username: str = "",
-               status: int = 200, upstream_label: str | None = None) -> web.Response:
+def login_page(
+    *,
+    request_id: str,
+    csrf: str,
+    client_name: str,
+    error: str | None = None,
+    username: str = "",
+    status: int = 200,
+    upstream_label: str | None = None,
+) -> web.Response:
     err = f"<p class=error role=alert>{escape(error)}</p>" if error else ""
     upstream = ""
     if upstream_label:
-        upstream = (f"<hr><form method=post action=authorize>{_hidden(request_id, csrf, 'upstream')}"
-                    f"<button class=secondary type=submit>Sign in with {escape(upstream_label)}</button></form>")
-    body = (f"<h1>Sign in to MSSQL MCP Server</h1>"
-            f"<p class=muted>{escape(client_name)} is asking to connect to this server.</p>{err}"
-            f"<form method=post action=authorize>{_hidden(request_id, csrf, 'login')}"
-            f"<label for=username>Username</label>"
-            f"<input id=username name=username type=text autocomplete=username required autofocus "
-            f"value='{escape(username, quote=True)}'>"
-            f"<label for=password>Password</label>"
-            f"<input id=password name=password type=password autocomplete=current-password required>"
-            f"<button type=submit>Sign in</button></form>{upstream}")
+        upstream = (
+            f"<hr><form method=post action=authorize>{_hidden(request_id, csrf, 'upstream')}"
+            f"<button class=secondary type=submit>Sign in with {escape(upstream_label)}</button></form>"
+        )
+    body = (
+        f"<h1>Sign in to MSSQL MCP Server</h1>"
+        f"<p class=muted>{escape(client_name)} is asking to connect to this server.</p>{err}"
+        f"<form method=post action=authorize>{_hidden(request_id, csrf, 'login')}"
+        f"<label for=username>Username</label>"
+        f"<input id=username name=username type=text autocomplete=username required autofocus "
+        f"value='{escape(username, quote=True)}'>"
+        f"<label for=password>Password</label>"
+        f"<input id=password name=password type=password autocomplete=current-password required>"
+        f"<button type=submit>Sign in</button></form>{upstream}"
+    )
     return _page("Sign in", body, status)
 
 
-def consent_page(*, request_id: str, csrf: str, client_name: str, client_note: str, redirect_host: str,
-                 username: str, scopes: list[str], read_only_server: bool, action: str = "authorize") -> web.Response:
+def consent_page(
+    *,
+    request_id: str,
+    csrf: str,
+    client_name: str,
+    client_note: str,
+    redirect_host: str,
+    username: str,
+    scopes: list[str],
+    read_only_server: bool,
+    action: str = "authorize",
+) -> web.Response:
     items = "".join(f"<li>{escape(SCOPE_TEXT.get(s, s))}</li>" for s in scopes)
-    ro = "<p class=muted>This server is in read-only mode: writes are refused regardless.</p>" \
-        if read_only_server and "mcp:write" in scopes else ""
-    body = (f"<h1>Allow access?</h1>"
-            f"<p><strong>{escape(client_name)}</strong> wants to use this server as "
-            f"<strong>{escape(username)}</strong>.</p>"
-            f"<p class=muted>{escape(client_note)}</p>"
-            f"<p>After you decide, you will be sent back to <strong>{escape(redirect_host)}</strong>.</p>"
-            f"<p>It will be able to:</p><ul>{items}</ul>{ro}"
-            f"<form method=post action='{escape(action, quote=True)}'>{_hidden(request_id, csrf, 'consent')}"
-            f"<div class=row><button type=submit name=decision value=allow>Allow</button>"
-            f"<button class=secondary type=submit name=decision value=deny>Deny</button></div></form>")
+    ro = (
+        "<p class=muted>This server is in read-only mode: writes are refused regardless.</p>"
+        if read_only_server and "mcp:write" in scopes
+        else ""
+    )
+    body = (
+        f"<h1>Allow access?</h1>"
+        f"<p><strong>{escape(client_name)}</strong> wants to use this server as "
+        f"<strong>{escape(username)}</strong>.</p>"
+        f"<p class=muted>{escape(client_note)}</p>"
+        f"<p>After you decide, you will be sent back to <strong>{escape(redirect_host)}</strong>.</p>"
+        f"<p>It will be able to:</p><ul>{items}</ul>{ro}"
+        f"<form method=post action='{escape(action, quote=True)}'>{_hidden(request_id, csrf, 'consent')}"
+        f"<div class=row><button type=submit name=decision value=allow>Allow</button>"
+        f"<button class=secondary type=submit name=decision value=deny>Deny</button></div></form>"
+    )
     return _page("Allow access", body)
 
 
 def error_page(title: str, message: str, status: int = 400) -> web.Response:
-    body = (f"<h1>{escape(title)}</h1><p class=error role=alert>{escape(message)}</p>"
-            f"<p class=muted>Go back to the app you were connecting and try again.</p>")
+    body = (
+        f"<h1>{escape(title)}</h1><p class=error role=alert>{escape(message)}</p>"
+        f"<p class=muted>Go back to the app you were connecting and try again.</p>"
+    )
     return _page(title, body, status)

@@ -32,15 +32,33 @@ def _is_loopback(host: str) -> bool:
 
 # Schemes that can never be a private-use redirect: they name the web, files or script (RFC 8252 §7.1 asks
 # for a scheme the app owns, ideally a reverse domain name such as com.example.app).
-_NEVER_PRIVATE_SCHEMES = frozenset({"http", "https", "javascript", "data", "file", "blob", "about", "vbscript",
-                                    "ftp", "ws", "wss", "mailto", "chrome", "view-source"})
+_NEVER_PRIVATE_SCHEMES = frozenset(
+    {
+        "http",
+        "https",
+        "javascript",
+        "data",
+        "file",
+        "blob",
+        "about",
+        "vbscript",
+        "ftp",
+        "ws",
+        "wss",
+        "mailto",
+        "chrome",
+        "view-source",
+    }
+)
 
 
 def _check_private_use(parts: SplitResult, scheme: str, allowed_schemes: Iterable[str]) -> None:
     allowed = {s.strip().lower().rstrip(":/") for s in allowed_schemes if s.strip()}
     if scheme in _NEVER_PRIVATE_SCHEMES or scheme not in allowed:
-        raise RedirectUriError(f"redirect URI scheme {scheme}: is not allowed (https, loopback, or a private-use "
-                               "scheme listed in ALLOWED_REDIRECT_SCHEMES)")
+        raise RedirectUriError(
+            f"redirect URI scheme {scheme}: is not allowed (https, loopback, or a private-use "
+            "scheme listed in ALLOWED_REDIRECT_SCHEMES)"
+        )
     if not parts.path and not parts.netloc:
         raise RedirectUriError("redirect URI needs a path after its scheme")
 
@@ -106,8 +124,12 @@ def redirect_matches(requested: str, registered: Iterable[str]) -> bool:
             reg.port  # noqa: B018
         except ValueError:
             continue
-        if (reg.scheme == req.scheme and (reg.hostname or "").lower() == req_host and reg.path == req.path
-                and reg.query == req.query):
+        if (
+            reg.scheme == req.scheme
+            and (reg.hostname or "").lower() == req_host
+            and reg.path == req.path
+            and reg.query == req.query
+        ):
             return True
     return False
 

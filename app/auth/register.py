@@ -51,8 +51,9 @@ def _text(value: Any, name: str, limit: int = 200) -> str | None:
     return cleaned[:limit] or None
 
 
-def validate_registration(data: Any, allowed_hosts: tuple[str, ...],
-                          allowed_schemes: tuple[str, ...] = ()) -> dict[str, Any]:
+def validate_registration(
+    data: Any, allowed_hosts: tuple[str, ...], allowed_schemes: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """The client record to store (without id/secret) from a registration request, or OAuthError."""
     if not isinstance(data, dict):
         raise _metadata_error("the registration request must be a JSON object")
@@ -92,8 +93,10 @@ def validate_registration(data: Any, allowed_hosts: tuple[str, ...],
     if application_type is not None and application_type not in {"web", "native"}:
         raise _metadata_error("application_type must be web or native")
     metadata: dict[str, Any] = {
-        "redirect_uris": list(uris), "token_endpoint_auth_method": method, "grant_types": list(dict.fromkeys(
-            grant_types)), "response_types": ["code"],
+        "redirect_uris": list(uris),
+        "token_endpoint_auth_method": method,
+        "grant_types": list(dict.fromkeys(grant_types)),
+        "response_types": ["code"],
     }
     for name in _TEXT_FIELDS:
         value = _text(data.get(name), name)
@@ -121,8 +124,9 @@ async def register_endpoint(request: web.Request) -> web.Response:
             data = load_json(body)
         except ValueError:
             raise _metadata_error("the registration request must be a JSON object") from None
-        metadata = validate_registration(data, tuple(state.settings.allowed_redirect_hosts),
-                                         tuple(state.settings.allowed_redirect_schemes))
+        metadata = validate_registration(
+            data, tuple(state.settings.allowed_redirect_hosts), tuple(state.settings.allowed_redirect_schemes)
+        )
     except OAuthError as exc:
         state.metrics.oauth_registrations.labels("error").inc()
         log.info("oauth.registration_refused", error=exc.error, reason=exc.description)
@@ -131,20 +135,38 @@ async def register_endpoint(request: web.Request) -> web.Response:
     secret = new_secret(32) if metadata["token_endpoint_auth_method"] != "none" else None
     issued_at = int(time.time())
     address = client_address(request)
-    saved = await state.store.call(AuthStore.register_client, {
-        "client_id": client_id, "kind": "dcr", "secret_hash": sha256_hex(secret) if secret else None,
-        "auth_method": metadata["token_endpoint_auth_method"], "redirect_uris": metadata["redirect_uris"],
-        "grant_types": metadata["grant_types"], "client_name": metadata.get("client_name"),
-        "metadata": metadata, "created_at": issued_at,
-    }, address, state.settings.registrations_per_hour)
+    saved = await state.store.call(
+        AuthStore.register_client,
+        {
+            "client_id": client_id,
+            "kind": "dcr",
+            "secret_hash": sha256_hex(secret) if secret else None,
+            "auth_method": metadata["token_endpoint_auth_method"],
+            "redirect_uris": metadata["redirect_uris"],
+            "grant_types": metadata["grant_types"],
+            "client_name": metadata.get("client_name"),
+            "metadata": metadata,
+            "created_at": issued_at,
+        },
+        address,
+        state.settings.registrations_per_hour,
+    )
     if not saved:
         state.metrics.oauth_registrations.labels("error").inc()
         log.warning("oauth.registration_rate_limited", address=address)
-        return OAuthError("invalid_client_metadata", "too many registrations from this address; try again later",
-                          status=429, headers={"Retry-After": "3600"}).response()
+        return OAuthError(
+            "invalid_client_metadata",
+            "too many registrations from this address; try again later",
+            status=429,
+            headers={"Retry-After": "3600"},
+        ).response()
     state.metrics.oauth_registrations.labels("ok").inc()
-    log.info("oauth.client_registered", client_id=client_id, client_name=metadata.get("client_name"),
-             auth_method=metadata["token_endpoint_auth_method"])
+    log.info(
+        "oauth.client_registered",
+        client_id=client_id,
+        client_name=metadata.get("client_name"),
+        auth_method=metadata["token_endpoint_auth_method"],
+    )
     response: dict[str, Any] = {"client_id": client_id, "client_id_issued_at": issued_at, **metadata}
     if secret:
         response["client_secret"] = secret

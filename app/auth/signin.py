@@ -26,8 +26,9 @@ class SignInCheck:
     until: float = 0.0  # with `throttled`: when another attempt may come
 
 
-async def check_password(state: AuthState, username: str, password: str, address: str, *,
-                         event_prefix: str) -> SignInCheck:
+async def check_password(
+    state: AuthState, username: str, password: str, address: str, *, event_prefix: str
+) -> SignInCheck:
     """Throttle, then verify; metrics and one log line per refusal (`{event_prefix}.login_throttled` /
     `.login_failed`). A right password gives its reserved attempt back."""
     policy = LoginPolicy.from_settings(state.settings)
@@ -42,8 +43,9 @@ async def check_password(state: AuthState, username: str, password: str, address
     if not ok or user is None:
         reason = "unknown_user" if user is None else "bad_password"
         state.metrics.login_failures.labels(reason).inc()  # already counted by the reservation
-        log.warning(f"{event_prefix}.login_failed", reason=reason, username=user["username"] if user else None,
-                    address=address)
+        log.warning(
+            f"{event_prefix}.login_failed", reason=reason, username=user["username"] if user else None, address=address
+        )
         return SignInCheck(None)
     await state.store.call(AuthStore.release_login_attempt, username, address, policy)
     return SignInCheck(user)

@@ -38,8 +38,10 @@ class SigningKeys:
     def __init__(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
             raise ValueError("no signing key")
-        self._keys = [ECKey.import_key(row["private_pem"], parameters={"kid": row["kid"], "alg": row["alg"],
-                                                                        "use": "sig"}) for row in rows]
+        self._keys = [
+            ECKey.import_key(row["private_pem"], parameters={"kid": row["kid"], "alg": row["alg"], "use": "sig"})
+            for row in rows
+        ]
         self._active = self._keys[-1]  # the newest key signs; older ones still verify
         self._keyset = KeySet(self._keys)
         # A signature never changes its verdict: remember recent good tokens (a client sends the same

@@ -37,11 +37,17 @@ class AuthState:
     def build(cls, settings: Settings, metrics: Metrics) -> AuthState:
         from .oidc import UpstreamOidc  # optional feature; imported lazily
 
-        return cls(settings=settings, metrics=metrics, store=AsyncAuthStore(store_path(settings.data_dir)),
-                   cimd=CimdFetcher(allow_private=settings.cimd_allow_private,
-                                    allowed_hosts=tuple(settings.allowed_redirect_hosts),
-                                    allowed_schemes=tuple(settings.allowed_redirect_schemes)),
-                   oidc=UpstreamOidc.from_settings(settings))
+        return cls(
+            settings=settings,
+            metrics=metrics,
+            store=AsyncAuthStore(store_path(settings.data_dir)),
+            cimd=CimdFetcher(
+                allow_private=settings.cimd_allow_private,
+                allowed_hosts=tuple(settings.allowed_redirect_hosts),
+                allowed_schemes=tuple(settings.allowed_redirect_schemes),
+            ),
+            oidc=UpstreamOidc.from_settings(settings),
+        )
 
     async def start(self) -> None:
         self.state_key = load_state_key(self.settings)
@@ -66,8 +72,10 @@ class AuthState:
 
     def _unused_and_expired(self, client: dict[str, Any]) -> bool:
         """A registration never used for an authorization in time: gone even before the cleanup sweep."""
-        return (client.get("last_used_at") is None
-                and client["created_at"] <= time.time() - self.settings.unused_client_seconds)
+        return (
+            client.get("last_used_at") is None
+            and client["created_at"] <= time.time() - self.settings.unused_client_seconds
+        )
 
     async def find_client(self, client_id: str, *, refresh_metadata: bool = False) -> dict[str, Any] | None:
         """A registered client, or a Client ID Metadata Document client (fetched when `refresh_metadata`
@@ -84,8 +92,9 @@ class AuthState:
         fresh = self.cimd.cached(client_id)
         if fresh is None:
             fresh = await self.cimd.fetch(client_id)
-            await self.store.call(AuthStore.save_client, {**fresh, "created_at": (stored or {}).get(
-                "created_at", time.time())})
+            await self.store.call(
+                AuthStore.save_client, {**fresh, "created_at": (stored or {}).get("created_at", time.time())}
+            )
         return await self.store.call(AuthStore.get_client, client_id)
 
 

@@ -65,9 +65,11 @@ class StateKey:
     def from_secret(cls, secret: str, source: str) -> StateKey:
         secret = secret.strip()
         if len(secret) < MIN_KEY_CHARACTERS:
-            raise StateKeyError(f"{source}: the state encryption key must be at least {MIN_KEY_CHARACTERS} "
-                                "characters (generate one with: python -c 'import secrets; "
-                                "print(secrets.token_urlsafe(32))')")
+            raise StateKeyError(
+                f"{source}: the state encryption key must be at least {MIN_KEY_CHARACTERS} "
+                "characters (generate one with: python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))')"
+            )
         # HKDF turns any long secret (a token, a passphrase) into exactly 256 uniform bits.
         raw = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(secret.encode("utf-8"))
         return cls(aead=AESGCM(raw), source=source)
@@ -81,13 +83,15 @@ class StateKey:
         if not is_encrypted(stored):
             raise StateKeyError(f"signing key {kid} is not encrypted")
         try:
-            blob = base64.urlsafe_b64decode(stored[len(ENCRYPTED_PREFIX):])
+            blob = base64.urlsafe_b64decode(stored[len(ENCRYPTED_PREFIX) :])
             return self.aead.decrypt(blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], kid.encode("utf-8")).decode("utf-8")
         except (InvalidTag, ValueError):
-            raise StateKeyError(f"the signing keys in the auth store cannot be opened with the state encryption key "
-                                f"from {self.source}: it is not the key they were stored with. Restore that key "
-                                "(or, to start over, delete the signing_keys rows: every issued token stops "
-                                "working).") from None
+            raise StateKeyError(
+                f"the signing keys in the auth store cannot be opened with the state encryption key "
+                f"from {self.source}: it is not the key they were stored with. Restore that key "
+                "(or, to start over, delete the signing_keys rows: every issued token stops "
+                "working)."
+            ) from None
 
 
 def key_file_path(settings: Any, environ: Mapping[str, str] | None = None) -> tuple[Path, bool]:
@@ -126,9 +130,12 @@ def _generate(path: Path) -> str:
             return path.read_text(encoding="utf-8")
     finally:
         partial.unlink(missing_ok=True)
-    log.warning("auth.state_key_generated", path=str(path),
-                detail="Generated the key that encrypts the signing keys. Keep it (and back it up apart from "
-                       "DATA_DIR): without it the stored signing keys cannot be used.")
+    log.warning(
+        "auth.state_key_generated",
+        path=str(path),
+        detail="Generated the key that encrypts the signing keys. Keep it (and back it up apart from "
+        "DATA_DIR): without it the stored signing keys cannot be used.",
+    )
     return secret
 
 
@@ -138,20 +145,25 @@ def load_state_key(settings: Any, environ: Mapping[str, str] | None = None) -> S
         return StateKey.from_secret(settings.state_encryption_key, "STATE_ENCRYPTION_KEY")
     path, may_generate = key_file_path(settings, environ)
     if _inside(path, Path(settings.data_dir)):
-        raise StateKeyError(f"STATE_ENCRYPTION_KEY_FILE: {path} is inside DATA_DIR; keep the key apart from "
-                            "the state it protects")
+        raise StateKeyError(
+            f"STATE_ENCRYPTION_KEY_FILE: {path} is inside DATA_DIR; keep the key apart from the state it protects"
+        )
     try:
         if path.is_file():
             return StateKey.from_secret(path.read_text(encoding="utf-8"), str(path))
         if not may_generate:
-            raise StateKeyError(f"the systemd credential {CREDENTIAL_NAME} is missing ({path}): add "
-                                f"LoadCredential={CREDENTIAL_NAME}:/path/to/key to the unit, or set "
-                                "STATE_ENCRYPTION_KEY")
+            raise StateKeyError(
+                f"the systemd credential {CREDENTIAL_NAME} is missing ({path}): add "
+                f"LoadCredential={CREDENTIAL_NAME}:/path/to/key to the unit, or set "
+                "STATE_ENCRYPTION_KEY"
+            )
         return StateKey.from_secret(_generate(path), str(path))
     except OSError as exc:
-        raise StateKeyError(f"STATE_ENCRYPTION_KEY_FILE: cannot read or create {path} ({exc.strerror}); set "
-                            "STATE_ENCRYPTION_KEY or STATE_ENCRYPTION_KEY_FILE, or provide the systemd "
-                            f"credential {CREDENTIAL_NAME}") from None
+        raise StateKeyError(
+            f"STATE_ENCRYPTION_KEY_FILE: cannot read or create {path} ({exc.strerror}); set "
+            "STATE_ENCRYPTION_KEY or STATE_ENCRYPTION_KEY_FILE, or provide the systemd "
+            f"credential {CREDENTIAL_NAME}"
+        ) from None
 
 
 def open_signing_keys(store: Any, state_key: StateKey) -> list[dict[str, Any]]:

@@ -143,18 +143,21 @@ class UserExists(StoreError):
 class LoginPolicy:
     """Sign-in throttling bounds (LOGIN_* settings)."""
 
-    max_failures: int = 5             # per user and address, then locked for lockout_seconds
-    lockout_seconds: float = 300.0    # also the counting window
-    address_max_failures: int = 20    # per address over all user names, then locked
-    user_slow_after: int = 20         # per user over all addresses, then one attempt per user_slow_seconds
+    max_failures: int = 5  # per user and address, then locked for lockout_seconds
+    lockout_seconds: float = 300.0  # also the counting window
+    address_max_failures: int = 20  # per address over all user names, then locked
+    user_slow_after: int = 20  # per user over all addresses, then one attempt per user_slow_seconds
     user_slow_seconds: float = 5.0
 
     @classmethod
     def from_settings(cls, settings: Any) -> LoginPolicy:
-        return cls(max_failures=settings.login_max_failures, lockout_seconds=settings.login_lockout_seconds,
-                   address_max_failures=settings.login_address_max_failures,
-                   user_slow_after=settings.login_user_slow_after,
-                   user_slow_seconds=settings.login_user_slow_seconds)
+        return cls(
+            max_failures=settings.login_max_failures,
+            lockout_seconds=settings.login_lockout_seconds,
+            address_max_failures=settings.login_address_max_failures,
+            user_slow_after=settings.login_user_slow_after,
+            user_slow_seconds=settings.login_user_slow_seconds,
+        )
 
 
 def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
@@ -206,8 +209,10 @@ class AuthStore:
             c.execute("ALTER TABLE clients ADD COLUMN last_used_at REAL")
             # Clients that already signed someone in count as used, so the expiry of unused
             # registrations never drops a working connector.
-            c.execute("UPDATE clients SET last_used_at = ? WHERE client_id IN"
-                      " (SELECT client_id FROM token_families)", (time.time(),))
+            c.execute(
+                "UPDATE clients SET last_used_at = ? WHERE client_id IN (SELECT client_id FROM token_families)",
+                (time.time(),),
+            )
 
     def open_reader(self) -> AuthStore:
         """A read-only connection to an existing store, for tiny lookups on the calling thread. In WAL mode
@@ -248,15 +253,18 @@ class AuthStore:
         conn.execute("COMMIT")
 
     # -- users -----------------------------------------------------------------------------------
-    def add_user(self, username: str, password_hash: str | None, role: str, *, source: str = "local",
-                 email: str | None = None) -> dict[str, Any]:
+    def add_user(
+        self, username: str, password_hash: str | None, role: str, *, source: str = "local", email: str | None = None
+    ) -> dict[str, Any]:
         now = time.time()
         user_id = uuid.uuid4().hex
         try:
             with self._tx() as c:
-                c.execute("INSERT INTO users(id, username, password_hash, role, source, email, created_at, updated_at)"
-                          " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                          (user_id, username, password_hash, role, source, email, now, now))
+                c.execute(
+                    "INSERT INTO users(id, username, password_hash, role, source, email, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (user_id, username, password_hash, role, source, email, now, now),
+                )
         except sqlite3.IntegrityError:
             raise UserExists(username) from None
         return self.get_user(user_id) or {}
@@ -268,8 +276,10 @@ class AuthStore:
         return _row(self.conn.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone())
 
     def list_users(self) -> list[dict[str, Any]]:
-        rows = self.conn.execute("SELECT id, username, role, source, email, created_at, updated_at FROM users"
-                                 " ORDER BY username COLLATE NOCASE").fetchall()
+        rows = self.conn.execute(
+            "SELECT id, username, role, source, email, created_at, updated_at FROM users"
+            " ORDER BY username COLLATE NOCASE"
+        ).fetchall()
         return [dict(r) for r in rows]
 
     def remove_user(self, username: str) -> bool:
@@ -288,15 +298,18 @@ class AuthStore:
             user = c.execute("SELECT id FROM users WHERE username = ?", (username,)).fetchone()
             if user is None:
                 return False
-            c.execute("UPDATE users SET password_hash = ?, token_version = token_version + 1, updated_at = ?"
-                      " WHERE id = ?", (password_hash, time.time(), user["id"]))
+            c.execute(
+                "UPDATE users SET password_hash = ?, token_version = token_version + 1, updated_at = ? WHERE id = ?",
+                (password_hash, time.time(), user["id"]),
+            )
             self._revoke_user_families(c, user["id"], "password changed")
         return True
 
     def set_role(self, username: str, role: str) -> bool:
         with self._tx() as c:
-            cur = c.execute("UPDATE users SET role = ?, updated_at = ? WHERE username = ?",
-                            (role, time.time(), username))
+            cur = c.execute(
+                "UPDATE users SET role = ?, updated_at = ? WHERE username = ?", (role, time.time(), username)
+            )
             return cur.rowcount == 1
 
     def upsert_upstream_user(self, email: str, role: str) -> dict[str, Any]:
@@ -311,8 +324,10 @@ class AuthStore:
 
     @staticmethod
     def _revoke_user_families(c: sqlite3.Connection, user_id: str, reason: str) -> None:
-        c.execute("UPDATE token_families SET revoked_at = ?, revoked_reason = ? WHERE user_id = ?"
-                  " AND revoked_at IS NULL", (time.time(), reason, user_id))
+        c.execute(
+            "UPDATE token_families SET revoked_at = ?, revoked_reason = ? WHERE user_id = ? AND revoked_at IS NULL",
+            (time.time(), reason, user_id),
+        )
 
     # -- clients ---------------------------------------------------------------------------------
     def save_client(self, client: dict[str, Any]) -> None:
@@ -324,10 +339,19 @@ class AuthStore:
                 " auth_method = excluded.auth_method, redirect_uris = excluded.redirect_uris,"
                 " grant_types = excluded.grant_types, client_name = excluded.client_name,"
                 " metadata = excluded.metadata, fetched_at = excluded.fetched_at",
-                (client["client_id"], client["kind"], client.get("secret_hash"), client["auth_method"],
-                 json.dumps(client["redirect_uris"]), json.dumps(client["grant_types"]), client.get("client_name"),
-                 json.dumps(client.get("metadata", {})), client.get("created_at", time.time()),
-                 client.get("fetched_at")))
+                (
+                    client["client_id"],
+                    client["kind"],
+                    client.get("secret_hash"),
+                    client["auth_method"],
+                    json.dumps(client["redirect_uris"]),
+                    json.dumps(client["grant_types"]),
+                    client.get("client_name"),
+                    json.dumps(client.get("metadata", {})),
+                    client.get("created_at", time.time()),
+                    client.get("fetched_at"),
+                ),
+            )
 
     def register_client(self, client: dict[str, Any], address: str, max_per_hour: int) -> bool:
         """Save a dynamically registered client unless `address` already registered `max_per_hour` in the
@@ -335,8 +359,9 @@ class AuthStore:
         slip past the bound."""
         now = time.time()
         with self._tx() as c:
-            (recent,) = c.execute("SELECT COUNT(*) FROM registrations WHERE address = ? AND at > ?",
-                                  (address, now - 3600)).fetchone()
+            (recent,) = c.execute(
+                "SELECT COUNT(*) FROM registrations WHERE address = ? AND at > ?", (address, now - 3600)
+            ).fetchone()
             if recent >= max_per_hour:
                 return False
             c.execute("INSERT INTO registrations(address, at) VALUES (?, ?)", (address, now))
@@ -353,24 +378,36 @@ class AuthStore:
         return row
 
     # -- pending authorization requests (the login and consent pages) -----------------------------
-    def create_auth_request(self, request_id: str, browser_hash: str, csrf: str, params: dict[str, Any],
-                            ttl: float) -> None:
+    def create_auth_request(
+        self, request_id: str, browser_hash: str, csrf: str, params: dict[str, Any], ttl: float
+    ) -> None:
         now = time.time()
         with self._tx() as c:
-            c.execute("INSERT INTO auth_requests(id, browser_hash, csrf, params, created_at, expires_at)"
-                      " VALUES (?, ?, ?, ?, ?, ?)",
-                      (request_id, browser_hash, csrf, json.dumps(params), now, now + ttl))
+            c.execute(
+                "INSERT INTO auth_requests(id, browser_hash, csrf, params, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (request_id, browser_hash, csrf, json.dumps(params), now, now + ttl),
+            )
 
     def get_auth_request(self, request_id: str) -> dict[str, Any] | None:
-        row = _row(self.conn.execute("SELECT * FROM auth_requests WHERE id = ? AND expires_at > ?",
-                                     (request_id, time.time())).fetchone())
+        row = _row(
+            self.conn.execute(
+                "SELECT * FROM auth_requests WHERE id = ? AND expires_at > ?", (request_id, time.time())
+            ).fetchone()
+        )
         if row is not None:
             row["params"] = json.loads(row["params"])
             row["upstream"] = json.loads(row["upstream"]) if row["upstream"] else None
         return row
 
-    def update_auth_request(self, request_id: str, *, csrf: str | None = None, user_id: str | None = None,
-                            upstream: dict[str, Any] | None = None) -> None:
+    def update_auth_request(
+        self,
+        request_id: str,
+        *,
+        csrf: str | None = None,
+        user_id: str | None = None,
+        upstream: dict[str, Any] | None = None,
+    ) -> None:
         with self._tx() as c:
             if csrf is not None:
                 c.execute("UPDATE auth_requests SET csrf = ? WHERE id = ?", (csrf, request_id))
@@ -380,8 +417,10 @@ class AuthStore:
                 c.execute("UPDATE auth_requests SET upstream = ? WHERE id = ?", (json.dumps(upstream), request_id))
 
     def find_auth_request_by_upstream_state(self, state_hash: str) -> dict[str, Any] | None:
-        row = self.conn.execute("SELECT id FROM auth_requests WHERE json_extract(upstream, '$.state_hash') = ?"
-                                " AND expires_at > ?", (state_hash, time.time())).fetchone()
+        row = self.conn.execute(
+            "SELECT id FROM auth_requests WHERE json_extract(upstream, '$.state_hash') = ? AND expires_at > ?",
+            (state_hash, time.time()),
+        ).fetchone()
         return self.get_auth_request(row["id"]) if row else None
 
     def delete_auth_request(self, request_id: str) -> bool:
@@ -389,20 +428,47 @@ class AuthStore:
             return c.execute("DELETE FROM auth_requests WHERE id = ?", (request_id,)).rowcount == 1
 
     # -- authorization codes ---------------------------------------------------------------------
-    def create_code(self, code_hash: str, *, client_id: str, user_id: str, redirect_uri: str,
-                    redirect_uri_given: bool, code_challenge: str, scope: str, resources: list[str], issuer: str,
-                    ttl: float, consume_request: str | None = None) -> bool:
+    def create_code(
+        self,
+        code_hash: str,
+        *,
+        client_id: str,
+        user_id: str,
+        redirect_uri: str,
+        redirect_uri_given: bool,
+        code_challenge: str,
+        scope: str,
+        resources: list[str],
+        issuer: str,
+        ttl: float,
+        consume_request: str | None = None,
+    ) -> bool:
         """Store a code, deleting the pending request in the same transaction (False if it was gone)."""
         now = time.time()
         with self._tx() as c:
-            if consume_request is not None and c.execute(
-                    "DELETE FROM auth_requests WHERE id = ?", (consume_request,)).rowcount != 1:
+            if (
+                consume_request is not None
+                and c.execute("DELETE FROM auth_requests WHERE id = ?", (consume_request,)).rowcount != 1
+            ):
                 return False
-            c.execute("INSERT INTO auth_codes(code_hash, client_id, user_id, redirect_uri, redirect_uri_given,"
-                      " code_challenge, scope, resources, issuer, created_at, expires_at)"
-                      " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                      (code_hash, client_id, user_id, redirect_uri, int(redirect_uri_given), code_challenge, scope,
-                       json.dumps(resources), issuer, now, now + ttl))
+            c.execute(
+                "INSERT INTO auth_codes(code_hash, client_id, user_id, redirect_uri, redirect_uri_given,"
+                " code_challenge, scope, resources, issuer, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    code_hash,
+                    client_id,
+                    user_id,
+                    redirect_uri,
+                    int(redirect_uri_given),
+                    code_challenge,
+                    scope,
+                    json.dumps(resources),
+                    issuer,
+                    now,
+                    now + ttl,
+                ),
+            )
             c.execute("UPDATE clients SET last_used_at = ? WHERE client_id = ?", (now, client_id))
         return True
 
@@ -417,8 +483,11 @@ class AuthStore:
             row["resources"] = json.loads(row["resources"])
             if row["used_at"] is not None:
                 if row["family_id"]:
-                    c.execute("UPDATE token_families SET revoked_at = ?, revoked_reason = 'code reused'"
-                              " WHERE family_id = ? AND revoked_at IS NULL", (now, row["family_id"]))
+                    c.execute(
+                        "UPDATE token_families SET revoked_at = ?, revoked_reason = 'code reused'"
+                        " WHERE family_id = ? AND revoked_at IS NULL",
+                        (now, row["family_id"]),
+                    )
                 return row, True
             c.execute("UPDATE auth_codes SET used_at = ? WHERE code_hash = ?", (now, code_hash))
             return row, False
@@ -432,18 +501,32 @@ class AuthStore:
         family_id = uuid.uuid4().hex
         now = time.time()
         with self._tx() as c:
-            c.execute("INSERT INTO token_families(family_id, client_id, user_id, token_version, created_at,"
-                      " expires_at) VALUES (?, ?, ?, ?, ?, ?)", (family_id, client_id, user_id, token_version, now,
-                                                                 now + ttl))
+            c.execute(
+                "INSERT INTO token_families(family_id, client_id, user_id, token_version, created_at,"
+                " expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (family_id, client_id, user_id, token_version, now, now + ttl),
+            )
         return family_id
 
-    def add_refresh_token(self, token_hash: str, *, family_id: str, client_id: str, user_id: str, scope: str,
-                          resources: list[str], issuer: str, ttl: float) -> None:
+    def add_refresh_token(
+        self,
+        token_hash: str,
+        *,
+        family_id: str,
+        client_id: str,
+        user_id: str,
+        scope: str,
+        resources: list[str],
+        issuer: str,
+        ttl: float,
+    ) -> None:
         now = time.time()
         with self._tx() as c:
-            c.execute("INSERT INTO refresh_tokens(token_hash, family_id, client_id, user_id, scope, resources, issuer,"
-                      " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                      (token_hash, family_id, client_id, user_id, scope, json.dumps(resources), issuer, now, now + ttl))
+            c.execute(
+                "INSERT INTO refresh_tokens(token_hash, family_id, client_id, user_id, scope, resources, issuer,"
+                " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (token_hash, family_id, client_id, user_id, scope, json.dumps(resources), issuer, now, now + ttl),
+            )
 
     def get_refresh_token(self, token_hash: str) -> dict[str, Any] | None:
         row = _row(self.conn.execute("SELECT * FROM refresh_tokens WHERE token_hash = ?", (token_hash,)).fetchone())
@@ -451,8 +534,9 @@ class AuthStore:
             row["resources"] = json.loads(row["resources"])
         return row
 
-    def rotate_refresh_token(self, old_hash: str, new_hash: str, client_id: str, ttl: float,
-                             reuse_leeway: float = 0.0) -> tuple[str, Any]:
+    def rotate_refresh_token(
+        self, old_hash: str, new_hash: str, client_id: str, ttl: float, reuse_leeway: float = 0.0
+    ) -> tuple[str, Any]:
         """Spend a refresh token and mint its successor in one transaction (the store's one thread and
         BEGIN IMMEDIATE serialise concurrent refreshes, so each sees the other's result).
 
@@ -470,14 +554,16 @@ class AuthStore:
                 return "unknown", None
             if row["client_id"] != client_id:
                 return "client_mismatch", None
-            family = _row(c.execute("SELECT * FROM token_families WHERE family_id = ?",
-                                    (row["family_id"],)).fetchone())
+            family = _row(c.execute("SELECT * FROM token_families WHERE family_id = ?", (row["family_id"],)).fetchone())
             if family is None or family["revoked_at"] is not None:
                 return "revoked", None
             within_leeway = row["used_at"] is not None and now - row["used_at"] <= reuse_leeway
             if row["used_at"] is not None and not within_leeway:
-                c.execute("UPDATE token_families SET revoked_at = ?, revoked_reason = 'refresh token reused'"
-                          " WHERE family_id = ?", (now, row["family_id"]))
+                c.execute(
+                    "UPDATE token_families SET revoked_at = ?, revoked_reason = 'refresh token reused'"
+                    " WHERE family_id = ?",
+                    (now, row["family_id"]),
+                )
                 return "reused", None
             if row["expires_at"] <= now or family["expires_at"] <= now:
                 return "expired", None
@@ -486,17 +572,31 @@ class AuthStore:
                 return "user_gone", None
             if not within_leeway:
                 c.execute("UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ?", (now, old_hash))
-            c.execute("INSERT INTO refresh_tokens(token_hash, family_id, client_id, user_id, scope, resources, issuer,"
-                      " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                      (new_hash, row["family_id"], client_id, row["user_id"], row["scope"], row["resources"],
-                       row["issuer"], now, min(now + ttl, family["expires_at"])))
+            c.execute(
+                "INSERT INTO refresh_tokens(token_hash, family_id, client_id, user_id, scope, resources, issuer,"
+                " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    new_hash,
+                    row["family_id"],
+                    client_id,
+                    row["user_id"],
+                    row["scope"],
+                    row["resources"],
+                    row["issuer"],
+                    now,
+                    min(now + ttl, family["expires_at"]),
+                ),
+            )
             row["resources"] = json.loads(row["resources"])
             return "ok", (row, user, family, within_leeway)
 
     def revoke_family(self, family_id: str, reason: str) -> None:
         with self._tx() as c:
-            c.execute("UPDATE token_families SET revoked_at = ?, revoked_reason = ? WHERE family_id = ?"
-                      " AND revoked_at IS NULL", (time.time(), reason, family_id))
+            c.execute(
+                "UPDATE token_families SET revoked_at = ?, revoked_reason = ? WHERE family_id = ?"
+                " AND revoked_at IS NULL",
+                (time.time(), reason, family_id),
+            )
 
     def revoke_jti(self, jti: str, expires_at: float) -> None:
         with self._tx() as c:
@@ -508,7 +608,9 @@ class AuthStore:
             "SELECT u.id, u.username, u.role, u.token_version,"
             " EXISTS(SELECT 1 FROM revoked_tokens WHERE jti = ?) AS jti_revoked,"
             " (SELECT revoked_at FROM token_families WHERE family_id = ?) AS family_revoked_at"
-            " FROM users u WHERE u.id = ?", (jti, family_id or "", user_id)).fetchone()
+            " FROM users u WHERE u.id = ?",
+            (jti, family_id or "", user_id),
+        ).fetchone()
         return _row(row)
 
     # -- sign-in throttling -----------------------------------------------------------------------
@@ -534,8 +636,12 @@ class AuthStore:
             for row in (pair, addr):
                 if row["locked_until"] > now:
                     return "locked", row["locked_until"]
-            known = c.execute("SELECT 1 FROM login_known WHERE key = ? AND at > ?",
-                              (keys[0], now - KNOWN_ADDRESS_SECONDS)).fetchone() is not None
+            known = (
+                c.execute(
+                    "SELECT 1 FROM login_known WHERE key = ? AND at > ?", (keys[0], now - KNOWN_ADDRESS_SECONDS)
+                ).fetchone()
+                is not None
+            )
             if not known and per_user["failures"] >= policy.user_slow_after and per_user["next_slot_at"] > now:
                 return "slowed", per_user["next_slot_at"]
             pair["failures"] += 1
@@ -549,17 +655,22 @@ class AuthStore:
             if per_user["failures"] >= policy.user_slow_after:
                 per_user["next_slot_at"] = now + policy.user_slow_seconds
             for key, row in zip(keys, (pair, addr, per_user), strict=True):
-                c.execute("INSERT INTO login_throttle(key, failures, window_start, locked_until, next_slot_at)"
-                          " VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET failures = excluded.failures,"
-                          " window_start = excluded.window_start, locked_until = excluded.locked_until,"
-                          " next_slot_at = excluded.next_slot_at",
-                          (key, row["failures"], row["window_start"], row["locked_until"], row["next_slot_at"]))
+                c.execute(
+                    "INSERT INTO login_throttle(key, failures, window_start, locked_until, next_slot_at)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET failures = excluded.failures,"
+                    " window_start = excluded.window_start, locked_until = excluded.locked_until,"
+                    " next_slot_at = excluded.next_slot_at",
+                    (key, row["failures"], row["window_start"], row["locked_until"], row["next_slot_at"]),
+                )
         return "ok", 0.0
 
     @staticmethod
     def _throttle_row(c: sqlite3.Connection, key: str, policy: LoginPolicy, now: float) -> dict[str, Any]:
-        row = _row(c.execute("SELECT failures, window_start, locked_until, next_slot_at FROM login_throttle"
-                             " WHERE key = ?", (key,)).fetchone())
+        row = _row(
+            c.execute(
+                "SELECT failures, window_start, locked_until, next_slot_at FROM login_throttle WHERE key = ?", (key,)
+            ).fetchone()
+        )
         fresh = {"failures": 0, "window_start": now, "locked_until": 0.0, "next_slot_at": 0.0}
         if row is None:
             return fresh
@@ -573,12 +684,18 @@ class AuthStore:
         user = username.lower()
         with self._tx() as c:
             c.execute("DELETE FROM login_throttle WHERE key = ?", (f"pair:{user}|{address}",))
-            c.execute("INSERT INTO login_known(key, at) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET at = excluded.at",
-                      (f"pair:{user}|{address}", time.time()))
-            c.execute("UPDATE login_throttle SET failures = MAX(failures - 1, 0) WHERE key IN (?, ?)",
-                      (f"addr:{address}", f"user:{user}"))
-            c.execute("UPDATE login_throttle SET locked_until = 0 WHERE key = ? AND failures < ?",
-                      (f"addr:{address}", policy.address_max_failures))
+            c.execute(
+                "INSERT INTO login_known(key, at) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET at = excluded.at",
+                (f"pair:{user}|{address}", time.time()),
+            )
+            c.execute(
+                "UPDATE login_throttle SET failures = MAX(failures - 1, 0) WHERE key IN (?, ?)",
+                (f"addr:{address}", f"user:{user}"),
+            )
+            c.execute(
+                "UPDATE login_throttle SET locked_until = 0 WHERE key = ? AND failures < ?",
+                (f"addr:{address}", policy.address_max_failures),
+            )
 
     # -- signing keys ----------------------------------------------------------------------------
     # The store keeps `private_pem` as the caller hands it over: encrypted text (app/auth/statekey.py).
@@ -591,12 +708,13 @@ class AuthStore:
         with self._tx() as c:
             if c.execute("SELECT 1 FROM signing_keys WHERE retired_at IS NULL").fetchone() is None:
                 kid, alg, pem = make()
-                c.execute("INSERT INTO signing_keys(kid, alg, private_pem, created_at) VALUES (?, ?, ?, ?)",
-                          (kid, alg, pem, time.time()))
+                c.execute(
+                    "INSERT INTO signing_keys(kid, alg, private_pem, created_at) VALUES (?, ?, ?, ?)",
+                    (kid, alg, pem, time.time()),
+                )
         return self.signing_keys()
 
-    def encrypt_plain_signing_keys(self, is_plain: Callable[[str], bool],
-                                   encrypt: Callable[[str, str], str]) -> int:
+    def encrypt_plain_signing_keys(self, is_plain: Callable[[str], bool], encrypt: Callable[[str, str], str]) -> int:
         """Migrate keys stored in the clear (schema v1) to `encrypt(kid, pem)`; returns how many. Afterwards
         the file is rewritten (VACUUM) and the WAL truncated, so no page still holds the plain PEM."""
         with self._tx() as c:
@@ -619,13 +737,16 @@ class AuthStore:
             c.execute("DELETE FROM revoked_tokens WHERE expires_at <= ?", (now,))
             c.execute("DELETE FROM token_families WHERE expires_at <= ?", (now,))
             c.execute("DELETE FROM refresh_tokens WHERE expires_at <= ?", (now,))
-            c.execute("DELETE FROM login_throttle WHERE locked_until <= ? AND next_slot_at <= ? AND window_start <= ?",
-                      (now, now, now - 86400))
+            c.execute(
+                "DELETE FROM login_throttle WHERE locked_until <= ? AND next_slot_at <= ? AND window_start <= ?",
+                (now, now, now - 86400),
+            )
             c.execute("DELETE FROM registrations WHERE at <= ?", (now - 3600,))
             c.execute("DELETE FROM login_known WHERE at <= ?", (now - KNOWN_ADDRESS_SECONDS,))
             # Metadata-document clients too: an unused one is only a cached copy, fetched again when needed.
-            c.execute("DELETE FROM clients WHERE last_used_at IS NULL AND created_at <= ?",
-                      (now - unused_client_seconds,))
+            c.execute(
+                "DELETE FROM clients WHERE last_used_at IS NULL AND created_at <= ?", (now - unused_client_seconds,)
+            )
 
 
 class AsyncAuthStore:

@@ -69,8 +69,16 @@ def _resources(request: web.Request, params: dict[str, Any], granted: list[str])
     return [normalize_url(base_url(request)) or base_url(request)]
 
 
-def issue_access_token(state: AuthState, *, issuer: str, user: dict[str, Any], client_id: str, scope: str,
-                       audience: list[str], family_id: str) -> tuple[str, int]:
+def issue_access_token(
+    state: AuthState,
+    *,
+    issuer: str,
+    user: dict[str, Any],
+    client_id: str,
+    scope: str,
+    audience: list[str],
+    family_id: str,
+) -> tuple[str, int]:
     now = int(time.time())
     ttl = int(state.settings.access_token_ttl_seconds)
     claims = {
@@ -89,8 +97,9 @@ def issue_access_token(state: AuthState, *, issuer: str, user: dict[str, Any], c
     return state.keys.sign(claims), ttl
 
 
-async def _authorization_code(request: web.Request, state: AuthState, client: dict[str, Any],
-                              params: dict[str, Any]) -> dict[str, Any]:
+async def _authorization_code(
+    request: web.Request, state: AuthState, client: dict[str, Any], params: dict[str, Any]
+) -> dict[str, Any]:
     code, verifier = params.get("code"), params.get("code_verifier")
     if not code:
         raise OAuthError("invalid_request", "code is required")
@@ -116,27 +125,51 @@ async def _authorization_code(request: web.Request, state: AuthState, client: di
     user = await state.store.call(AuthStore.get_user, row["user_id"])
     if user is None:
         raise OAuthError("invalid_grant", "the user no longer exists")
-    family_id = await state.store.call(AuthStore.create_family, client_id=client["client_id"], user_id=user["id"],
-                                       token_version=user["token_version"],
-                                       ttl=state.settings.refresh_token_ttl_seconds)
+    family_id = await state.store.call(
+        AuthStore.create_family,
+        client_id=client["client_id"],
+        user_id=user["id"],
+        token_version=user["token_version"],
+        ttl=state.settings.refresh_token_ttl_seconds,
+    )
     await state.store.call(AuthStore.attach_family_to_code, code_hash, family_id)
-    access, ttl = issue_access_token(state, issuer=row["issuer"], user=user, client_id=client["client_id"],
-                                     scope=row["scope"], audience=audience, family_id=family_id)
+    access, ttl = issue_access_token(
+        state,
+        issuer=row["issuer"],
+        user=user,
+        client_id=client["client_id"],
+        scope=row["scope"],
+        audience=audience,
+        family_id=family_id,
+    )
     body: dict[str, Any] = {"access_token": access, "token_type": "Bearer", "expires_in": ttl, "scope": row["scope"]}
     if "refresh_token" in client["grant_types"]:
         refresh = new_refresh_token()
-        await state.store.call(AuthStore.add_refresh_token, sha256_hex(refresh), family_id=family_id,
-                               client_id=client["client_id"], user_id=user["id"], scope=row["scope"],
-                               resources=row["resources"], issuer=row["issuer"],
-                               ttl=state.settings.refresh_token_ttl_seconds)
+        await state.store.call(
+            AuthStore.add_refresh_token,
+            sha256_hex(refresh),
+            family_id=family_id,
+            client_id=client["client_id"],
+            user_id=user["id"],
+            scope=row["scope"],
+            resources=row["resources"],
+            issuer=row["issuer"],
+            ttl=state.settings.refresh_token_ttl_seconds,
+        )
         body["refresh_token"] = refresh
-    log.info("oauth.token_issued", grant="authorization_code", client_id=client["client_id"],
-             username=user["username"], scope=row["scope"])
+    log.info(
+        "oauth.token_issued",
+        grant="authorization_code",
+        client_id=client["client_id"],
+        username=user["username"],
+        scope=row["scope"],
+    )
     return body
 
 
-async def _refresh_token(request: web.Request, state: AuthState, client: dict[str, Any],
-                         params: dict[str, Any]) -> dict[str, Any]:
+async def _refresh_token(
+    request: web.Request, state: AuthState, client: dict[str, Any], params: dict[str, Any]
+) -> dict[str, Any]:
     old = params.get("refresh_token")
     if not old:
         raise OAuthError("invalid_request", "refresh_token is required")
@@ -153,19 +186,29 @@ async def _refresh_token(request: web.Request, state: AuthState, client: dict[st
                 raise OAuthError("invalid_scope", "scope exceeds what was granted")
         audience = _resources(request, params, current["resources"])
     new = new_refresh_token()
-    outcome, data = await state.store.call(AuthStore.rotate_refresh_token, sha256_hex(old), sha256_hex(new),
-                                           client["client_id"], state.settings.refresh_token_ttl_seconds,
-                                           state.settings.refresh_reuse_leeway_seconds)
+    outcome, data = await state.store.call(
+        AuthStore.rotate_refresh_token,
+        sha256_hex(old),
+        sha256_hex(new),
+        client["client_id"],
+        state.settings.refresh_token_ttl_seconds,
+        state.settings.refresh_reuse_leeway_seconds,
+    )
     if outcome == "reused":
         state.metrics.oauth_refresh_reuse.inc()
         log.warning("oauth.refresh_reuse_detected", client_id=client["client_id"])
         raise OAuthError("invalid_grant", "refresh token was already used; the session has been revoked")
     if outcome != "ok":
-        raise OAuthError("invalid_grant", {
-            "unknown": "unknown refresh token", "client_mismatch": "refresh token was issued to another client",
-            "expired": "refresh token expired", "revoked": "refresh token was revoked",
-            "user_gone": "the user no longer exists or changed their password",
-        }.get(outcome, "invalid refresh token"))
+        raise OAuthError(
+            "invalid_grant",
+            {
+                "unknown": "unknown refresh token",
+                "client_mismatch": "refresh token was issued to another client",
+                "expired": "refresh token expired",
+                "revoked": "refresh token was revoked",
+                "user_gone": "the user no longer exists or changed their password",
+            }.get(outcome, "invalid refresh token"),
+        )
     row, user, family, within_leeway = data
     if within_leeway:  # a parallel refresh (or a retry) by the same client: another pair, same family
         log.info("oauth.refresh_within_leeway", client_id=client["client_id"])
@@ -175,9 +218,15 @@ async def _refresh_token(request: web.Request, state: AuthState, client: dict[st
     # The user's role may have dropped since: never keep write access a reader no longer has.
     allowed = grant_scopes(granted, user["role"])
     scope = " ".join(s for s in granted if s in allowed)
-    access, ttl = issue_access_token(state, issuer=row["issuer"], user=user, client_id=client["client_id"],
-                                     scope=scope, audience=audience or _resources(request, params, row["resources"]),
-                                     family_id=family["family_id"])
+    access, ttl = issue_access_token(
+        state,
+        issuer=row["issuer"],
+        user=user,
+        client_id=client["client_id"],
+        scope=scope,
+        audience=audience or _resources(request, params, row["resources"]),
+        family_id=family["family_id"],
+    )
     log.info("oauth.token_issued", grant="refresh_token", client_id=client["client_id"], username=user["username"])
     return {"access_token": access, "token_type": "Bearer", "expires_in": ttl, "scope": scope, "refresh_token": new}
 
@@ -199,8 +248,12 @@ async def token_endpoint(request: web.Request) -> web.Response:
             body = await _refresh_token(request, state, client, params)
     except OAuthError as exc:
         state.metrics.oauth_token_errors.labels(exc.error).inc()
-        log.info("oauth.token_error", error=exc.error, grant=grant if grant in {
-            "authorization_code", "refresh_token"} else "other", reason=exc.description)
+        log.info(
+            "oauth.token_error",
+            error=exc.error,
+            grant=grant if grant in {"authorization_code", "refresh_token"} else "other",
+            reason=exc.description,
+        )
         return exc.response()
     state.metrics.oauth_tokens.labels(grant).inc()
     return web.json_response(body, headers=NO_STORE)

@@ -35,8 +35,9 @@ def resolve(name: str, tables: list[TableInfo], dialect: Dialect) -> TableInfo:
         exact = [t for t in tables if t.schema == schema and t.name == table_name]
         if exact:
             return exact[0]
-        folded = [t for t in tables if (t.schema or "").lower() == schema.lower()
-                  and t.name.lower() == table_name.lower()]
+        folded = [
+            t for t in tables if (t.schema or "").lower() == schema.lower() and t.name.lower() == table_name.lower()
+        ]
     else:
         exact = [t for t in tables if t.name == table_name]
         if len(exact) == 1:
@@ -65,8 +66,9 @@ def suggest(name: str, tables: list[TableInfo]) -> list[str]:
         by_key.setdefault(t.qualified_name.lower(), t.qualified_name)
         by_key.setdefault(t.name.lower(), t.qualified_name)
     out: list[str] = []
-    for key in difflib.get_close_matches(wanted, by_key.keys(), n=MAX_SUGGESTIONS * 2, cutoff=0.6) + \
-            difflib.get_close_matches(bare, by_key.keys(), n=MAX_SUGGESTIONS * 2, cutoff=0.6):
+    for key in difflib.get_close_matches(
+        wanted, by_key.keys(), n=MAX_SUGGESTIONS * 2, cutoff=0.6
+    ) + difflib.get_close_matches(bare, by_key.keys(), n=MAX_SUGGESTIONS * 2, cutoff=0.6):
         if by_key[key] not in out:
             out.append(by_key[key])
     if len(bare) >= 3:

@@ -59,8 +59,13 @@ class Database:
     async def start(self) -> None:
         """Start the pool. Never raises because the database is down: status() says degraded."""
         await self.pool.start()
-        log.info("db.started", dialect=self.dialect.name, pool_size=self.pool.size,
-                 read_only=bool(self.settings.read_only_mode), healthy=self.pool.healthy())
+        log.info(
+            "db.started",
+            dialect=self.dialect.name,
+            pool_size=self.pool.size,
+            read_only=bool(self.settings.read_only_mode),
+            healthy=self.pool.healthy(),
+        )
 
     async def close(self) -> None:
         await self.pool.close()
@@ -85,8 +90,15 @@ class Database:
             return cap
         return min(cap, float(timeout))
 
-    async def execute(self, sql: str, params: Sequence[Any] = (), *, max_rows: int | None = None,
-                      timeout: float | None = None, write: bool = False) -> QueryResult:
+    async def execute(
+        self,
+        sql: str,
+        params: Sequence[Any] = (),
+        *,
+        max_rows: int | None = None,
+        timeout: float | None = None,
+        write: bool = False,
+    ) -> QueryResult:
         """Run one statement. In read-only mode the guard must accept it (else QueryRefused) and it runs
         as a read in a rolled-back transaction. With read-only mode off, anything the guard would not
         accept as a read (or any call with write=True) runs as a write: committed only if it succeeds.
@@ -104,6 +116,7 @@ class Database:
         rows_cap = self._row_cap(max_rows)
         bytes_cap = int(self.settings.max_result_bytes)
         if as_write:
+
             def job(s: Worker) -> QueryResult:
                 return run.write(s, sql, params, rows_cap, bytes_cap)
         else:
@@ -112,6 +125,7 @@ class Database:
 
             def job(s: Worker) -> QueryResult:
                 return run.planned_read(s, plans, sql, tree, params, rows_cap, bytes_cap)
+
         result = await self.pool.run(job, timeout=self._time_cap(timeout), retry=not as_write)
         if as_write:
             self._forget_catalog()  # the write may have been DDL
@@ -199,8 +213,9 @@ class Database:
         sql = self.dialect.sample_sql(table, n)
         bytes_cap = int(self.settings.max_result_bytes)
         plans = self.read_plans  # the same caps as any read: wide values cut on the server
-        result = await self.pool.run(lambda s: run.planned_read(s, plans, sql, None, (), n, bytes_cap),
-                                     timeout=self._time_cap(None), retry=True)
+        result = await self.pool.run(
+            lambda s: run.planned_read(s, plans, sql, None, (), n, bytes_cap), timeout=self._time_cap(None), retry=True
+        )
         self._account(result)
         return result
 
@@ -222,8 +237,9 @@ class Database:
             params.append(_coerce(value, column.base_type or column.type))  # an alias of int is an int key
         sql = self.dialect.row_sql(table, columns, column_types)
         plans, bytes_cap = self.read_plans, int(self.settings.max_result_bytes)
-        return await self.pool.run(lambda s: run.first_row_as_dict(s, plans, sql, params, bytes_cap),
-                                   timeout=self._time_cap(None), retry=True)
+        return await self.pool.run(
+            lambda s: run.first_row_as_dict(s, plans, sql, params, bytes_cap), timeout=self._time_cap(None), retry=True
+        )
 
 
 def _ping_job(session: Worker) -> None:

@@ -106,7 +106,7 @@ def driver_text(exc: BaseException) -> str | None:
         tags = [tag.strip().lower() for tag in _BRACKETS.findall(prefix.group(0))]
         if tags and tags[-1] in _SERVER_TAGS:
             return None
-        record = record[prefix.end():]
+        record = record[prefix.end() :]
     return " ".join(record.split()).lower()
 
 

@@ -40,8 +40,9 @@ def _execute(cursor: pyodbc.Cursor, sql: str, params: Sequence[Any]) -> None:
         cursor.execute(sql)
 
 
-def collect(cursor: pyodbc.Cursor, session: Any, max_rows: int, max_bytes: int, *,
-            marks_over_cap: bool = False) -> QueryResult:
+def collect(
+    cursor: pyodbc.Cursor, session: Any, max_rows: int, max_bytes: int, *, marks_over_cap: bool = False
+) -> QueryResult:
     """Read the current result set up to the caps. With `marks_over_cap` the last column is the server's
     byte-cap marker (ReadPlan, Dialect._running_total_sql): it is not shown, and a row where it is set ends
     the result."""
@@ -87,8 +88,14 @@ def collect(cursor: pyodbc.Cursor, session: Any, max_rows: int, max_bytes: int, 
             size += cost
         if len(batch) < want:  # the driver had no more rows: skip a useless round trip
             break
-    return QueryResult(columns=columns, rows=rows, truncated=reason is not None, truncated_reason=reason,
-                       result_bytes=size, too_long_column=too_long)
+    return QueryResult(
+        columns=columns,
+        rows=rows,
+        truncated=reason is not None,
+        truncated_reason=reason,
+        result_bytes=size,
+        too_long_column=too_long,
+    )
 
 
 def _too_long_column(columns: list[str], row: list[Any], max_bytes: int) -> str | None:
@@ -116,12 +123,14 @@ class ReadPlans:
         self._plans: dict[tuple[str, int, int], tuple[float, ReadPlan]] = {}
         self._lock = threading.Lock()
 
-    def get(self, session: Any, sql: str, tree: exp.Expression | None, params: Sequence[Any],
-            max_rows: int, max_bytes: int) -> ReadPlan:
+    def get(
+        self, session: Any, sql: str, tree: exp.Expression | None, params: Sequence[Any], max_rows: int, max_bytes: int
+    ) -> ReadPlan:
         return self.lookup(session, sql, tree, params, max_rows, max_bytes)[0]
 
-    def lookup(self, session: Any, sql: str, tree: exp.Expression | None, params: Sequence[Any],
-               max_rows: int, max_bytes: int) -> tuple[ReadPlan, bool]:
+    def lookup(
+        self, session: Any, sql: str, tree: exp.Expression | None, params: Sequence[Any], max_rows: int, max_bytes: int
+    ) -> tuple[ReadPlan, bool]:
         """The plan, and whether it came from the cache."""
         key = (sql, max_rows, max_bytes)
         cached = self._plans.get(key)
@@ -169,8 +178,15 @@ def read(session: Any, plan: ReadPlan | str, params: Sequence[Any], max_rows: in
     return result
 
 
-def planned_read(session: Any, plans: ReadPlans, sql: str, tree: exp.Expression | None, params: Sequence[Any],
-                 max_rows: int, max_bytes: int) -> QueryResult:
+def planned_read(
+    session: Any,
+    plans: ReadPlans,
+    sql: str,
+    tree: exp.Expression | None,
+    params: Sequence[Any],
+    max_rows: int,
+    max_bytes: int,
+) -> QueryResult:
     started = time.perf_counter()
     session.guarded_read = True  # statements the guard accepted, or the service's own (sample, row by key)
     plan, cached = plans.lookup(session, sql, tree, params, max_rows, max_bytes)
@@ -212,8 +228,9 @@ def write(session: Any, sql: str, params: Sequence[Any], max_rows: int, max_byte
     return result
 
 
-def first_row_as_dict(session: Any, plans: ReadPlans, sql: str, params: Sequence[Any],
-                      max_bytes: int) -> dict[str, Any] | None:
+def first_row_as_dict(
+    session: Any, plans: ReadPlans, sql: str, params: Sequence[Any], max_bytes: int
+) -> dict[str, Any] | None:
     """One row (by key) as {column: JSON-ready value}, or None. Read inside the byte cap like every read: a row
     larger than the cap is refused with the column to leave out, rather than pulled whole."""
     result = planned_read(session, plans, sql, None, params, 1, max_bytes)
@@ -221,6 +238,8 @@ def first_row_as_dict(session: Any, plans: ReadPlans, sql: str, params: Sequence
         return dict(zip(result.columns, result.rows[0], strict=False))
     if result.truncated_reason == "max_bytes":
         where = f" (column {result.too_long_column})" if result.too_long_column else ""
-        raise QueryFailed(f"the row is larger than the {max_bytes:,}-byte result limit{where}; "
-                          "select the columns you need with a query instead")
+        raise QueryFailed(
+            f"the row is larger than the {max_bytes:,}-byte result limit{where}; "
+            "select the columns you need with a query instead"
+        )
     return None

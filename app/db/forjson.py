@@ -28,8 +28,9 @@ def is_document_result(description: Sequence[Sequence[Any]] | None) -> bool:
     return bool(description) and len(description) == 1 and str(description[0][0]).upper() in DOCUMENT_COLUMNS
 
 
-def collect_document(cursor: pyodbc.Cursor, session: Any, max_rows: int, max_bytes: int, *,
-                     marks_over_cap: bool = False) -> QueryResult:
+def collect_document(
+    cursor: pyodbc.Cursor, session: Any, max_rows: int, max_bytes: int, *, marks_over_cap: bool = False
+) -> QueryResult:
     """Join the fragment rows into one row with one value, reading no more than the byte cap needs (the rest is
     discarded when the worker closes the cursor). With `marks_over_cap` each row ends with the server's
     byte-cap marker (ReadPlan): once it is set the document is over the cap."""
@@ -62,10 +63,21 @@ def collect_document(cursor: pyodbc.Cursor, session: Any, max_rows: int, max_byt
     row = [document]
     cost = len(json.dumps(row)) + 1
     if over or empty + cost > max_bytes:
-        return QueryResult(columns=[column], rows=[], truncated=True, truncated_reason="max_bytes",
-                           too_long_column=column, result_bytes=empty)
-    return QueryResult(columns=[column], rows=[row], result_bytes=empty + cost, truncated=rows_cut,
-                       truncated_reason="max_rows" if rows_cut else None)
+        return QueryResult(
+            columns=[column],
+            rows=[],
+            truncated=True,
+            truncated_reason="max_bytes",
+            too_long_column=column,
+            result_bytes=empty,
+        )
+    return QueryResult(
+        columns=[column],
+        rows=[row],
+        result_bytes=empty + cost,
+        truncated=rows_cut,
+        truncated_reason="max_rows" if rows_cut else None,
+    )
 
 
 def _row_capped(column: str, document: str, max_rows: int) -> tuple[str, bool]:
@@ -79,7 +91,7 @@ def _row_capped(column: str, document: str, max_rows: int) -> tuple[str, bool]:
         return document, False
     compact = {"ensure_ascii": False, "separators": (",", ":")}
     if isinstance(parsed, dict) and len(parsed) == 1:  # ROOT('name'): {"name": [...]}
-        (root, items), = parsed.items()
+        ((root, items),) = parsed.items()
         if isinstance(items, list) and len(items) > max_rows:
             return json.dumps({root: items[:max_rows]}, **compact), True
         return document, False

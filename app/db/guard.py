@@ -55,33 +55,125 @@ MAX_TREE_DEPTH = 1_000  # syntax-tree depth (long operator chains nest without p
 _CACHE_MAX_TEXT = 16_384  # longer statements are checked every time instead of pinning memory in the cache
 
 REASONS = (
-    "empty", "too_long", "invisible_character", "invalid_unicode", "too_deep", "parse_error", "nested_comment",
-    "reserved_word", "multiple_statements", "not_a_query", "data_modifying", "select_into", "locking_clause",
-    "denied_function", "denied_object", "denied_hint", "ambiguous", "linked_server",
+    "empty",
+    "too_long",
+    "invisible_character",
+    "invalid_unicode",
+    "too_deep",
+    "parse_error",
+    "nested_comment",
+    "reserved_word",
+    "multiple_statements",
+    "not_a_query",
+    "data_modifying",
+    "select_into",
+    "locking_clause",
+    "denied_function",
+    "denied_object",
+    "denied_hint",
+    "ambiguous",
+    "linked_server",
 )
 
 # T-SQL needs no semicolons between statements, so a statement keyword that sqlglot accepts as an alias or
 # column name (`SELECT 1 SHUTDOWN`, `SELECT 1 x WAITFOR ...`) would start a second statement on the server.
 # These are all reserved words in T-SQL: as unquoted identifiers SQL Server itself would reject them.
-_TSQL_STATEMENT_WORDS = frozenset({
-    "ALTER", "BACKUP", "BEGIN", "BREAK", "BULK", "CHECKPOINT", "CLOSE", "COMMIT", "CONTINUE", "CREATE", "DBCC",
-    "DEALLOCATE", "DECLARE", "DELETE", "DENY", "DROP", "DUMP", "EXEC", "EXECUTE", "FETCH", "GOTO", "GRANT", "IF",
-    "INSERT", "KILL", "LOAD", "MERGE", "OPEN", "PRINT", "RAISERROR", "READTEXT", "RECONFIGURE", "RESTORE",
-    "RETURN", "REVERT", "REVOKE", "ROLLBACK", "SAVE", "SELECT", "SET", "SETUSER", "SHUTDOWN", "TRUNCATE",
-    "UPDATE", "UPDATETEXT", "USE", "WAITFOR", "WHILE", "WRITETEXT",
-})
+_TSQL_STATEMENT_WORDS = frozenset(
+    {
+        "ALTER",
+        "BACKUP",
+        "BEGIN",
+        "BREAK",
+        "BULK",
+        "CHECKPOINT",
+        "CLOSE",
+        "COMMIT",
+        "CONTINUE",
+        "CREATE",
+        "DBCC",
+        "DEALLOCATE",
+        "DECLARE",
+        "DELETE",
+        "DENY",
+        "DROP",
+        "DUMP",
+        "EXEC",
+        "EXECUTE",
+        "FETCH",
+        "GOTO",
+        "GRANT",
+        "IF",
+        "INSERT",
+        "KILL",
+        "LOAD",
+        "MERGE",
+        "OPEN",
+        "PRINT",
+        "RAISERROR",
+        "READTEXT",
+        "RECONFIGURE",
+        "RESTORE",
+        "RETURN",
+        "REVERT",
+        "REVOKE",
+        "ROLLBACK",
+        "SAVE",
+        "SELECT",
+        "SET",
+        "SETUSER",
+        "SHUTDOWN",
+        "TRUNCATE",
+        "UPDATE",
+        "UPDATETEXT",
+        "USE",
+        "WAITFOR",
+        "WHILE",
+        "WRITETEXT",
+    }
+)
 # SQL Server table hints that take update/exclusive locks or hold locks to the end of the transaction.
-_LOCK_HINTS = frozenset({
-    "UPDLOCK", "XLOCK", "TABLOCK", "TABLOCKX", "HOLDLOCK", "PAGLOCK", "ROWLOCK", "SERIALIZABLE", "REPEATABLEREAD",
-})
+_LOCK_HINTS = frozenset(
+    {
+        "UPDLOCK",
+        "XLOCK",
+        "TABLOCK",
+        "TABLOCKX",
+        "HOLDLOCK",
+        "PAGLOCK",
+        "ROWLOCK",
+        "SERIALIZABLE",
+        "REPEATABLEREAD",
+    }
+)
 _JOIN_HINTS = frozenset({"MERGE", "HASH", "LOOP"})  # REMOTE (run the join on the other server) is not listed
 
 _QUERY_ROOTS = (exp.Select, exp.SetOperation, exp.Values)
 _DML = (exp.Insert, exp.Update, exp.Delete, exp.Merge)
 _NOT_QUERY = (
-    exp.Create, exp.Drop, exp.Alter, exp.TruncateTable, exp.Command, exp.Copy, exp.Grant, exp.Revoke,
-    exp.Transaction, exp.Commit, exp.Rollback, exp.Set, exp.Use, exp.Execute, exp.Pragma, exp.Attach,
-    exp.Detach, exp.Kill, exp.Analyze, exp.Declare, exp.LoadData, exp.Cache, exp.Uncache, exp.Refresh,
+    exp.Create,
+    exp.Drop,
+    exp.Alter,
+    exp.TruncateTable,
+    exp.Command,
+    exp.Copy,
+    exp.Grant,
+    exp.Revoke,
+    exp.Transaction,
+    exp.Commit,
+    exp.Rollback,
+    exp.Set,
+    exp.Use,
+    exp.Execute,
+    exp.Pragma,
+    exp.Attach,
+    exp.Detach,
+    exp.Kill,
+    exp.Analyze,
+    exp.Declare,
+    exp.LoadData,
+    exp.Cache,
+    exp.Uncache,
+    exp.Refresh,
 )
 _ALLOWED_CONTROL = frozenset("\t\n\r\f\v")
 _SQLGLOT_DIALECTS = {"mssql": "tsql", "tsql": "tsql", "postgres": "postgres", "sqlite": "sqlite"}
@@ -92,6 +184,7 @@ _SQLITE_VIRTUAL_TABLES = frozenset({"dbstat", "fsdir", "zipfile", "generate_seri
 
 
 # --- the lists -------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class Allowlist:
@@ -177,6 +270,7 @@ def _parsed_extra(raw: str) -> frozenset[str]:
 
 
 # --- verdicts ----------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
@@ -278,14 +372,17 @@ def _check(sql: str, glot: str, extra: frozenset[str]) -> Verdict:
     try:
         statements = dialect.parser().parse(tokens, text)
     except ParseError as exc:
-        return _refuse("parse_error", f"the statement could not be parsed as {glot} SQL ({_short(exc)}), so it "
-                                      "cannot be proven read-only.")
+        return _refuse(
+            "parse_error",
+            f"the statement could not be parsed as {glot} SQL ({_short(exc)}), so it cannot be proven read-only.",
+        )
     statements = [s for s in statements if s is not None and not isinstance(s, exp.Semicolon)]
     if not statements:
         return _refuse("empty", "the text contains no statement; send one SELECT statement.")
     if len(statements) > 1:
-        return _refuse("multiple_statements",
-                       f"the text contains {len(statements)} statements; send exactly one read query.")
+        return _refuse(
+            "multiple_statements", f"the text contains {len(statements)} statements; send exactly one read query."
+        )
     root = statements[0]
     kind = _tree_checks(root, tokens, text, glot, extra)
     if glot == "tsql":
@@ -297,11 +394,14 @@ def _tokenize(dialect: Dialect, text: str, glot: str) -> list:
     try:
         return dialect.tokenize(text)
     except TokenError as exc:
-        raise _fail("parse_error", f"the text could not be tokenized as {glot} SQL ({_short(exc)}), so it "
-                                   "cannot be proven read-only.") from None
+        raise _fail(
+            "parse_error",
+            f"the text could not be tokenized as {glot} SQL ({_short(exc)}), so it cannot be proven read-only.",
+        ) from None
 
 
 # --- lexical checks ----------------------------------------------------------------------------------
+
 
 def _character_checks(sql: str) -> None:
     for ch in sql:
@@ -311,15 +411,21 @@ def _character_checks(sql: str) -> None:
             continue
         category = unicodedata.category(ch)
         if category == "Cs":
-            raise _fail("invalid_unicode", f"the text contains a lone surrogate (U+{ord(ch):04X}), which is not "
-                                           "valid Unicode; send the query as valid UTF-8 text.")
+            raise _fail(
+                "invalid_unicode",
+                f"the text contains a lone surrogate (U+{ord(ch):04X}), which is not "
+                "valid Unicode; send the query as valid UTF-8 text.",
+            )
         if category in ("Cc", "Cf"):  # C1 controls, zero-width and bidi override characters
             raise _hidden(ch)
 
 
 def _hidden(ch: str) -> _Refusal:
-    return _fail("invisible_character", f"the text contains the control or invisible character U+{ord(ch):04X}, "
-                                        "which can hide code from a reader; remove it.")
+    return _fail(
+        "invisible_character",
+        f"the text contains the control or invisible character U+{ord(ch):04X}, "
+        "which can hide code from a reader; remove it.",
+    )
 
 
 def _nesting_check(tokens: list) -> None:
@@ -328,8 +434,7 @@ def _nesting_check(tokens: list) -> None:
         if token.token_type in (TokenType.L_PAREN, TokenType.L_BRACKET):
             depth += 1
             if depth > MAX_NESTING:
-                raise _fail("too_deep", f"the statement nests parentheses more than {MAX_NESTING} deep; "
-                                        "simplify it.")
+                raise _fail("too_deep", f"the statement nests parentheses more than {MAX_NESTING} deep; simplify it.")
         elif token.token_type in (TokenType.R_PAREN, TokenType.R_BRACKET):
             depth -= 1
 
@@ -340,7 +445,7 @@ def _comment_checks(sql: str, tokens: list) -> None:
     starts = [t.start for t in tokens] + [len(sql)]
     ends = [-1] + [t.end for t in tokens]
     for end, start in zip(ends, starts, strict=True):
-        gap = sql[end + 1:start]
+        gap = sql[end + 1 : start]
         position = 0
         while position < len(gap):
             if gap.startswith("--", position):
@@ -348,10 +453,13 @@ def _comment_checks(sql: str, tokens: list) -> None:
                 position = len(gap) if newline < 0 else newline + 1
             elif gap.startswith("/*", position):
                 close = gap.find("*/", position + 2)
-                body = gap[position + 2:close if close >= 0 else len(gap)]
+                body = gap[position + 2 : close if close >= 0 else len(gap)]
                 if "/*" in body:
-                    raise _fail("nested_comment", "the text contains a nested block comment, which database "
-                                                  "engines read differently; remove the inner '/*'.")
+                    raise _fail(
+                        "nested_comment",
+                        "the text contains a nested block comment, which database "
+                        "engines read differently; remove the inner '/*'.",
+                    )
                 position = len(gap) if close < 0 else close + 2
             else:
                 position += 1
@@ -365,11 +473,14 @@ def _dollar_quote_check(sql: str, tokens: list) -> None:
     with a digit: `$1` is a parameter), so it would run what sqlglot saw as text. Refuse such tags."""
     for token in tokens:
         if token.token_type == TokenType.HEREDOC_STRING:
-            raw = sql[token.start:token.end + 1]
+            raw = sql[token.start : token.end + 1]
             opening = _DOLLAR_TAG.match(raw)
             if opening is None or not raw.endswith(opening.group(0)) or len(raw) < 2 * len(opening.group(0)):
-                raise _fail("parse_error", "a dollar-quoted string has a tag PostgreSQL does not accept (a tag "
-                                           "starts with a letter or _), so the text cannot be proven read-only.")
+                raise _fail(
+                    "parse_error",
+                    "a dollar-quoted string has a tag PostgreSQL does not accept (a tag "
+                    "starts with a letter or _), so the text cannot be proven read-only.",
+                )
 
 
 def _lexical_checks(tokens: list, glot: str) -> None:
@@ -378,11 +489,16 @@ def _lexical_checks(tokens: list, glot: str) -> None:
     for index, token in enumerate(tokens):
         if token.token_type == TokenType.VAR and token.text.upper() in _TSQL_STATEMENT_WORDS:
             if index == 0:
-                raise _fail("not_a_query", f"{token.text.upper()} is not a read query; only SELECT, WITH ... "
-                                           "SELECT, UNION/INTERSECT/EXCEPT and VALUES are allowed.")
-            raise _fail("reserved_word",
-                        f"'{token.text}' is a T-SQL statement keyword; SQL Server would run it as a separate "
-                        "statement. Quote it as [name] if it is a column or alias.")
+                raise _fail(
+                    "not_a_query",
+                    f"{token.text.upper()} is not a read query; only SELECT, WITH ... "
+                    "SELECT, UNION/INTERSECT/EXCEPT and VALUES are allowed.",
+                )
+            raise _fail(
+                "reserved_word",
+                f"'{token.text}' is a T-SQL statement keyword; SQL Server would run it as a separate "
+                "statement. Quote it as [name] if it is a column or alias.",
+            )
 
 
 @lru_cache(maxsize=8)
@@ -431,14 +547,21 @@ def _hidden_statement_check(tokens: list) -> None:
             continue  # the MERGE JOIN / MERGE UNION hints: JOIN and UNION are reserved, so no MERGE statement
         if word == "USE" and index + 2 < len(tokens) and _is_use_hint(tokens[index + 1], tokens[index + 2]):
             continue  # OPTION (USE HINT('...')) / (USE PLAN N'...'): no USE statement has that shape
-        if (word in _TSQL_STATEMENT_WORDS and word not in _WORDS_INSIDE_READS
-                and kind != TokenType.IDENTIFIER and "STRING" not in kind.name):
-            raise _fail("reserved_word",
-                        f"'{token.text}' is a T-SQL statement keyword; SQL Server would run it as a separate "
-                        "statement. Quote it as [name] if it is a column or alias.")
+        if (
+            word in _TSQL_STATEMENT_WORDS
+            and word not in _WORDS_INSIDE_READS
+            and kind != TokenType.IDENTIFIER
+            and "STRING" not in kind.name
+        ):
+            raise _fail(
+                "reserved_word",
+                f"'{token.text}' is a T-SQL statement keyword; SQL Server would run it as a separate "
+                "statement. Quote it as [name] if it is a column or alias.",
+            )
 
 
 # --- identifier normalisation and narrow rewrites ----------------------------------------------------
+
 
 def _adjacent(left: object, right: object) -> bool:
     return getattr(left, "end", -2) + 1 == getattr(right, "start", -1)
@@ -462,16 +585,25 @@ def _decode_unicode_identifiers(sql: str, tokens: list) -> tuple[str, bool]:
     edits = []
     for index, token in enumerate(tokens[:-2]):
         amp, ident = tokens[index + 1], tokens[index + 2]
-        if not (token.token_type == TokenType.VAR and token.text.upper() == "U" and amp.token_type == TokenType.AMP
-                and ident.token_type == TokenType.IDENTIFIER and _adjacent(token, amp) and _adjacent(amp, ident)):
+        if not (
+            token.token_type == TokenType.VAR
+            and token.text.upper() == "U"
+            and amp.token_type == TokenType.AMP
+            and ident.token_type == TokenType.IDENTIFIER
+            and _adjacent(token, amp)
+            and _adjacent(amp, ident)
+        ):
             continue
         escape, end = "\\", ident.end
-        if (index + 4 < len(tokens) and tokens[index + 3].text.upper() == "UESCAPE"
-                and tokens[index + 4].token_type == TokenType.STRING):
+        if (
+            index + 4 < len(tokens)
+            and tokens[index + 3].text.upper() == "UESCAPE"
+            and tokens[index + 4].token_type == TokenType.STRING
+        ):
             escape, end = tokens[index + 4].text, tokens[index + 4].end
             if len(escape) != 1 or escape in "0123456789abcdefABCDEF+'\" \t\r\n":
                 raise _fail("parse_error", "the UESCAPE character of a U& identifier is not valid.")
-        body = sql[ident.start + 1:ident.end].replace('""', '"')
+        body = sql[ident.start + 1 : ident.end].replace('""', '"')
         decoded = _unescape(body, escape)
         edits.append((token.start, end, '"' + decoded.replace('"', '""') + '"'))
     return (_apply_edits(sql, edits), True) if edits else (sql, False)
@@ -491,9 +623,9 @@ def _unescape(body: str, escape: str) -> str:
             position += 2
             continue
         if body.startswith("+", position + 1):
-            digits, position = body[position + 2:position + 8], position + 8
+            digits, position = body[position + 2 : position + 8], position + 8
         else:
-            digits, position = body[position + 1:position + 5], position + 5
+            digits, position = body[position + 1 : position + 5], position + 5
         if not re.fullmatch(r"[0-9A-Fa-f]{4}|[0-9A-Fa-f]{6}", digits):
             raise bad
         code = int(digits, 16)
@@ -531,11 +663,25 @@ def _split_items(tokens: list) -> list[list]:
     return items
 
 
-_GRAPH_TOKENS = frozenset({
-    TokenType.VAR, TokenType.IDENTIFIER, TokenType.DASH, TokenType.GT, TokenType.LT, TokenType.L_PAREN,
-    TokenType.R_PAREN, TokenType.AND, TokenType.COMMA, TokenType.DOT, TokenType.PLUS, TokenType.L_BRACE,
-    TokenType.R_BRACE, TokenType.NUMBER, TokenType.ARROW,
-})
+_GRAPH_TOKENS = frozenset(
+    {
+        TokenType.VAR,
+        TokenType.IDENTIFIER,
+        TokenType.DASH,
+        TokenType.GT,
+        TokenType.LT,
+        TokenType.L_PAREN,
+        TokenType.R_PAREN,
+        TokenType.AND,
+        TokenType.COMMA,
+        TokenType.DOT,
+        TokenType.PLUS,
+        TokenType.L_BRACE,
+        TokenType.R_BRACE,
+        TokenType.NUMBER,
+        TokenType.ARROW,
+    }
+)
 
 
 def _tsql_rewrites(sql: str, tokens: list) -> tuple[str, bool]:
@@ -550,18 +696,26 @@ def _tsql_rewrites(sql: str, tokens: list) -> tuple[str, bool]:
         if word == "INDEX" and index + 2 < count and tokens[index + 1].token_type == TokenType.EQ:
             target = tokens[index + 2]  # WITH (INDEX = ix) -> WITH (INDEX(ix))
             if target.token_type in (TokenType.VAR, TokenType.IDENTIFIER, TokenType.NUMBER):
-                edits.append((tokens[index].start, target.end, f"INDEX({sql[target.start:target.end + 1]})"))
+                edits.append((tokens[index].start, target.end, f"INDEX({sql[target.start : target.end + 1]})"))
         elif word == "OPTION" and opens:
             close = _matching_paren(tokens, index + 1)
             edit = _option_rewrite(sql, tokens, index, close, hints)
             if edit:
                 edits.append(edit)
-        elif word == "WITH" and index == 0 and following == "XMLNAMESPACES" and count > 2 \
-                and tokens[2].token_type == TokenType.L_PAREN:
+        elif (
+            word == "WITH"
+            and index == 0
+            and following == "XMLNAMESPACES"
+            and count > 2
+            and tokens[2].token_type == TokenType.L_PAREN
+        ):
             close = _matching_paren(tokens, 2)
             for token in tokens[3:close]:
-                if not ("STRING" in token.token_type.name or token.token_type in (
-                        TokenType.ALIAS, TokenType.VAR, TokenType.IDENTIFIER, TokenType.DEFAULT, TokenType.COMMA)):
+                if not (
+                    "STRING" in token.token_type.name
+                    or token.token_type
+                    in (TokenType.ALIAS, TokenType.VAR, TokenType.IDENTIFIER, TokenType.DEFAULT, TokenType.COMMA)
+                ):
                     raise _fail("parse_error", "WITH XMLNAMESPACES may only hold 'uri' AS prefix pairs.")
             if close + 1 < count and tokens[close + 1].token_type == TokenType.COMMA:
                 edits.append((tokens[0].start, tokens[close + 1].end, "WITH"))
@@ -576,27 +730,36 @@ def _tsql_rewrites(sql: str, tokens: list) -> tuple[str, bool]:
                     edits.append((tokens[inner].start, tokens[inner + 1].end, ""))
         elif word == "MATCH" and opens:
             close = _matching_paren(tokens, index + 1)
-            inner = tokens[index + 2:close]
+            inner = tokens[index + 2 : close]
             if not inner or any(t.token_type not in _GRAPH_TOKENS for t in inner):
                 raise _fail("parse_error", "MATCH may only hold a graph pattern (node-(edge)->node).")
             edits.append((tokens[index].start, tokens[close].end, "(1 = 1)"))
         elif word == "FOR" and following == "PATH":
             edits.append((tokens[index].start, tokens[index + 1].end, ""))
-        elif word == "WITHIN" and following == "GROUP" and index + 5 < count and words[index + 3] == "GRAPH" \
-                and words[index + 4] == "PATH" and tokens[index + 5].token_type == TokenType.R_PAREN:
+        elif (
+            word == "WITHIN"
+            and following == "GROUP"
+            and index + 5 < count
+            and words[index + 3] == "GRAPH"
+            and words[index + 4] == "PATH"
+            and tokens[index + 5].token_type == TokenType.R_PAREN
+        ):
             edits.append((tokens[index].start, tokens[index + 5].end, ""))
     return (_apply_edits(sql, edits), True) if edits else (sql, False)
 
 
-def _option_rewrite(sql: str, tokens: list, index: int, close: int,
-                    hints: frozenset[str]) -> tuple[int, int, str] | None:
-    items = _split_items(tokens[index + 2:close])
+def _option_rewrite(
+    sql: str, tokens: list, index: int, close: int, hints: frozenset[str]
+) -> tuple[int, int, str] | None:
+    items = _split_items(tokens[index + 2 : close])
     kept, changed = [], False
     for item in items:
         words = [t.text.upper() for t in item]
         if words[:2] == ["USE", "HINT"] or words[:2] == ["USE", "PLAN"]:
-            if not all("STRING" in t.token_type.name or t.token_type in (
-                    TokenType.L_PAREN, TokenType.R_PAREN, TokenType.COMMA) for t in item[2:]):
+            if not all(
+                "STRING" in t.token_type.name or t.token_type in (TokenType.L_PAREN, TokenType.R_PAREN, TokenType.COMMA)
+                for t in item[2:]
+            ):
                 raise _fail("denied_hint", f"OPTION ({' '.join(words[:2])} ...) may only hold string literals.")
             changed = True
         elif words[:2] == ["TABLE", "HINT"]:
@@ -611,7 +774,7 @@ def _option_rewrite(sql: str, tokens: list, index: int, close: int,
                     raise _hint_refusal(name)
             changed = True
         else:
-            kept.append(sql[item[0].start:item[-1].end + 1] if item else "")
+            kept.append(sql[item[0].start : item[-1].end + 1] if item else "")
     if not changed:
         return None
     replacement = f"OPTION ({', '.join(kept)})" if kept else ""
@@ -623,14 +786,28 @@ def _plain_hint(hint: list) -> bool:
     if len(hint) == 1:
         return True
     rest = hint[1:]
-    return rest[0].token_type == TokenType.L_PAREN and rest[-1].token_type == TokenType.R_PAREN and all(
-        t.token_type in (TokenType.VAR, TokenType.IDENTIFIER, TokenType.NUMBER, TokenType.COMMA,
-                         TokenType.L_PAREN, TokenType.R_PAREN) for t in rest)
+    return (
+        rest[0].token_type == TokenType.L_PAREN
+        and rest[-1].token_type == TokenType.R_PAREN
+        and all(
+            t.token_type
+            in (
+                TokenType.VAR,
+                TokenType.IDENTIFIER,
+                TokenType.NUMBER,
+                TokenType.COMMA,
+                TokenType.L_PAREN,
+                TokenType.R_PAREN,
+            )
+            for t in rest
+        )
+    )
 
 
 def _lock_hint(name: str) -> _Refusal:
-    return _fail("locking_clause", f"the table hint {name} takes or holds locks meant for writing; use no hint "
-                                   "or NOLOCK.")
+    return _fail(
+        "locking_clause", f"the table hint {name} takes or holds locks meant for writing; use no hint or NOLOCK."
+    )
 
 
 def _hint_refusal(name: str) -> _Refusal:
@@ -638,6 +815,7 @@ def _hint_refusal(name: str) -> _Refusal:
 
 
 # --- tree checks -------------------------------------------------------------------------------------
+
 
 def _statement_kind(root: exp.Expression, tokens: list) -> str:
     if isinstance(root, _DML + _NOT_QUERY) and not isinstance(root, exp.Command):
@@ -655,8 +833,10 @@ def _tree_checks(root: exp.Expression, tokens: list, text: str, glot: str, extra
         kind = _statement_kind(root, tokens)
         if isinstance(root, _DML):
             kind = f"{kind} (a data-modifying statement)"
-        raise _fail("not_a_query", f"{kind} is not a read query; only SELECT, WITH ... SELECT, "
-                                   "UNION/INTERSECT/EXCEPT and VALUES are allowed.")
+        raise _fail(
+            "not_a_query",
+            f"{kind} is not a read query; only SELECT, WITH ... SELECT, UNION/INTERSECT/EXCEPT and VALUES are allowed.",
+        )
     if isinstance(body, exp.Select) and not body.expressions:
         raise _fail("parse_error", "the SELECT has no select list, so it is incomplete.")
     lists = allowlist(glot)
@@ -674,16 +854,20 @@ def _tree_checks(root: exp.Expression, tokens: list, text: str, glot: str, extra
 def _node_check(node: exp.Expression, text: str, glot: str, lists: Allowlist, extra: frozenset[str]) -> bool:
     """Raise for a refused node; True when its subtree needs no further look."""
     if isinstance(node, _DML):
-        raise _fail("data_modifying", f"the query contains a {node.key.upper()} (for example inside a WITH "
-                                      "clause); data-modifying statements are not allowed.")
+        raise _fail(
+            "data_modifying",
+            f"the query contains a {node.key.upper()} (for example inside a WITH "
+            "clause); data-modifying statements are not allowed.",
+        )
     if isinstance(node, _NOT_QUERY):
         name = str(node.this).upper() if isinstance(node, exp.Command) else node.key.upper()
         raise _fail("not_a_query", f"the query contains a {name} statement; only reads are allowed.")
     if isinstance(node, exp.Into):
         raise _fail("select_into", "SELECT ... INTO creates a table; remove INTO to read the rows.")
     if isinstance(node, exp.Lock):
-        raise _fail("locking_clause", "FOR UPDATE/FOR SHARE takes row locks meant for writing; remove the "
-                                      "locking clause.")
+        raise _fail(
+            "locking_clause", "FOR UPDATE/FOR SHARE takes row locks meant for writing; remove the locking clause."
+        )
     if isinstance(node, exp.NextValueFor):
         raise _fail("denied_function", "NEXT VALUE FOR advances a sequence, which is a write.")
     if isinstance(node, exp.WithTableHint):
@@ -697,14 +881,14 @@ def _node_check(node: exp.Expression, text: str, glot: str, lists: Allowlist, ex
     if isinstance(node, exp.QueryOption) and node.arg_key == "options":  # not FOR XML/JSON modes
         name = " ".join(str(node.this.name if isinstance(node.this, exp.Expression) else node.this).upper().split())
         if name not in lists.options:
-            raise _fail("denied_hint", f"the query option {name} is not allowed: it is not on the read-only "
-                                       "option allowlist.")
+            raise _fail(
+                "denied_hint", f"the query option {name} is not allowed: it is not on the read-only option allowlist."
+            )
         return True
     if isinstance(node, exp.TableSample) and node.args.get("method") is not None:
         method = _ident(node.args["method"])[0].upper()
         if method not in ("BERNOULLI", "SYSTEM"):  # extension methods (tsm_system_time) are functions too
-            raise _fail("denied_function", f"the TABLESAMPLE method {method} is not allowed; use BERNOULLI or "
-                                           "SYSTEM.")
+            raise _fail("denied_function", f"the TABLESAMPLE method {method} is not allowed; use BERNOULLI or SYSTEM.")
     if isinstance(node, exp.Join) and node.args.get("hint"):
         hint = str(node.args["hint"]).upper()
         if hint not in _JOIN_HINTS:
@@ -742,7 +926,7 @@ def _function_check(node: exp.Func, text: str, glot: str, lists: Allowlist, extr
         start, end = node.meta.get("start"), node.meta.get("end")
         if start is None or end is None:
             return  # syntax (CAST, CASE, ->, ::); a named form was checked on the tokens
-        raw, quoted = text[start:end + 1], False
+        raw, quoted = text[start : end + 1], False
         if len(raw) > 2 and (raw[0], raw[-1]) in (('"', '"'), ("[", "]"), ("`", "`")):
             raw, quoted = raw[1:-1], True  # sqlglot also types quoted names ("upper"(x) is Upper)
         if not _WORD.match(raw):
@@ -767,13 +951,21 @@ def _function_check(node: exp.Func, text: str, glot: str, lists: Allowlist, extr
         return
     if glot == "tsql" and qualifier == ["sys"] and qualified in pool:
         return
-    if (glot == "tsql" and in_from and isinstance(node, exp.Anonymous) and node.expressions
-            and all(isinstance(arg, exp.Column) and not arg.table for arg in node.expressions)):
+    if (
+        glot == "tsql"
+        and in_from
+        and isinstance(node, exp.Anonymous)
+        and node.expressions
+        and all(isinstance(arg, exp.Column) and not arg.table for arg in node.expressions)
+    ):
         listed = ", ".join(arg.name.upper() for arg in node.expressions)
         table = ".".join([*qualifier, raw])
-        raise _fail("ambiguous", f"'{table} ({listed})' is ambiguous: sqlglot reads a table followed by a "
-                                 f"parenthesised list as a function call, SQL Server as table hints. Write the "
-                                 f"hints as WITH ({listed}); only NOLOCK-style hints are allowed.")
+        raise _fail(
+            "ambiguous",
+            f"'{table} ({listed})' is ambiguous: sqlglot reads a table followed by a "
+            f"parenthesised list as a function call, SQL Server as table hints. Write the "
+            f"hints as WITH ({listed}); only NOLOCK-style hints are allowed.",
+        )
     raise _function_refusal(qualified, glot, None)
 
 
@@ -781,15 +973,21 @@ def _function_refusal(name: str, glot: str, why: str | None) -> _Refusal:
     if why:
         return _fail("denied_function", f"the function {name.upper()} is not allowed: it {why}.")
     engine = _DIALECT_NAMES.get(glot, glot)
-    return _fail("denied_function", f"the function {name.upper()} is not allowed: it is not on the {engine} "
-                                    "read-only allowlist (docs/database.md; an operator can add names with "
-                                    "GUARD_EXTRA_FUNCTIONS).")
+    return _fail(
+        "denied_function",
+        f"the function {name.upper()} is not allowed: it is not on the {engine} "
+        "read-only allowlist (docs/database.md; an operator can add names with "
+        "GUARD_EXTRA_FUNCTIONS).",
+    )
 
 
 def _table_check(table: exp.Table, glot: str, lists: Allowlist) -> None:
     if isinstance(table.this, exp.Dot):  # server.database.schema.table
-        raise _fail("linked_server", f"'{table.sql(glot)}' is a four-part name, which reads through a linked "
-                                     "server; only tables of this server can be read.")
+        raise _fail(
+            "linked_server",
+            f"'{table.sql(glot)}' is a four-part name, which reads through a linked "
+            "server; only tables of this server can be read.",
+        )
     if isinstance(table.this, exp.Func) or not isinstance(table.this, exp.Identifier):
         return  # table-valued function: checked as a function
     name = table.name.lower()
@@ -807,8 +1005,11 @@ def _table_check(table: exp.Table, glot: str, lists: Allowlist) -> None:
         if (schema == "pg_catalog" or (not schema and name.startswith("pg_"))) and name not in lists.catalog:
             raise _object_refusal(shown, glot)
     elif glot == "sqlite":
-        if (name.startswith(("sqlite_", "pragma_")) or name in _SQLITE_VIRTUAL_TABLES) and \
-                name not in lists.catalog and name not in lists.table_functions:
+        if (
+            (name.startswith(("sqlite_", "pragma_")) or name in _SQLITE_VIRTUAL_TABLES)
+            and name not in lists.catalog
+            and name not in lists.table_functions
+        ):
             raise _object_refusal(shown, glot)
     elif glot == "tsql":
         if schema == "information_schema":
@@ -824,8 +1025,11 @@ def _table_check(table: exp.Table, glot: str, lists: Allowlist) -> None:
 
 def _object_refusal(shown: str, glot: str) -> _Refusal:
     engine = _DIALECT_NAMES.get(glot, glot)
-    return _fail("denied_object", f"the system table or view {shown} is not allowed: it is not on the {engine} "
-                                  "read-only catalog allowlist (docs/database.md).")
+    return _fail(
+        "denied_object",
+        f"the system table or view {shown} is not allowed: it is not on the {engine} "
+        "read-only catalog allowlist (docs/database.md).",
+    )
 
 
 def _short(exc: Exception) -> str:

@@ -406,9 +406,12 @@ class Worker:
         if conn is None:
             return
         if log_it:
-            log.warning("db.connection_dropped", worker=self.index,
-                        sqlstate=sqlstate_of(cause) if cause else None,
-                        error=clean_message(cause, self.pool.secrets) if cause else None)
+            log.warning(
+                "db.connection_dropped",
+                worker=self.index,
+                sqlstate=sqlstate_of(cause) if cause else None,
+                error=clean_message(cause, self.pool.secrets) if cause else None,
+            )
         with DRIVER_LIFECYCLE_LOCK, contextlib.suppress(Exception):
             conn.close()
 
@@ -619,14 +622,21 @@ class Pool:
             self.login_refused = refused
             if now >= self._next_attempt:  # one step of backoff per round, however many workers failed
                 self._fail_streak += 1
-                first, ceiling = ((LOGIN_REFUSED_BACKOFF_SECONDS, MAX_LOGIN_REFUSED_BACKOFF_SECONDS) if refused
-                                  else (INITIAL_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS))
+                first, ceiling = (
+                    (LOGIN_REFUSED_BACKOFF_SECONDS, MAX_LOGIN_REFUSED_BACKOFF_SECONDS)
+                    if refused
+                    else (INITIAL_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS)
+                )
                 delay = min(ceiling, first * 2 ** (self._fail_streak - 1))
                 self._next_attempt = now + delay * random.uniform(0.8, 1.2)
         if refused and not repeat:
-            log.error("db.login_refused", sqlstate=sqlstate, error=message,
-                      retry_seconds=round(max(0.0, self._next_attempt - time.monotonic())),
-                      hint="fix the database login settings; run mssql-mcp doctor on this machine")
+            log.error(
+                "db.login_refused",
+                sqlstate=sqlstate,
+                error=message,
+                retry_seconds=round(max(0.0, self._next_attempt - time.monotonic())),
+                hint="fix the database login settings; run mssql-mcp doctor on this machine",
+            )
         return not repeat
 
     def _note_connected(self, reconnect: bool) -> None:
@@ -667,8 +677,10 @@ class Pool:
         (operators see it in the log and on an authenticated /health)."""
         wait = max(0.0, self._next_attempt - time.monotonic())
         if self.login_refused:
-            return (f"database unavailable: the database refused the service's login; an operator must fix its "
-                    f"settings (retrying in {wait:.0f} s)")
+            return (
+                f"database unavailable: the database refused the service's login; an operator must fix its "
+                f"settings (retrying in {wait:.0f} s)"
+            )
         return f"database unavailable, retrying in {wait:.1f} s"
 
     # --- introspection (event loop, no driver calls) ---------------------------------------------
@@ -683,5 +695,10 @@ class Pool:
 
     def stats(self) -> dict[str, int]:
         in_use = self.in_use()
-        return {"size": self.size, "in_use": in_use, "idle": self.size - in_use, "waiting": self.waiting(),
-                "healthy": self.healthy()}
+        return {
+            "size": self.size,
+            "in_use": in_use,
+            "idle": self.size - in_use,
+            "waiting": self.waiting(),
+            "healthy": self.healthy(),
+        }

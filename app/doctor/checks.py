@@ -41,9 +41,24 @@ DESCRIBE_TABLES = 3
 DOCTOR_MIN_RESULT_BYTES = 100_000
 CONNECT_GRACE_SECONDS = 5.0  # on top of the login timeout, for drivers that overrun it
 
-ORDER = ("settings", "connect", "server", "tls", "read_only_session", "write_refused", "guard", "list_tables",
-         "describe_table", "view_definition", "sample_and_fetch", "types", "for_json", "query_timeout",
-         "query_cancel", "unread_rows")
+ORDER = (
+    "settings",
+    "connect",
+    "server",
+    "tls",
+    "read_only_session",
+    "write_refused",
+    "guard",
+    "list_tables",
+    "describe_table",
+    "view_definition",
+    "sample_and_fetch",
+    "types",
+    "for_json",
+    "query_timeout",
+    "query_cancel",
+    "unread_rows",
+)
 
 
 # --- connection strings (to describe the target without secrets) ----------------------------------
@@ -86,6 +101,7 @@ def _is_loopback(host: str) -> bool:
 
 # --- running driver work off the loop with a hard limit --------------------------------------------
 
+
 async def _in_daemon_thread(fn: Callable[[], Any], limit: float) -> Any:
     """Run fn on a daemon thread; a driver that hangs past `limit` cannot keep the process alive."""
     loop = asyncio.get_running_loop()
@@ -113,20 +129,26 @@ def _connect_hint(dialect_name: str, state: str | None, message: str) -> str:
     lowered = message.lower()
     user_vars = {"mssql": "MSSQL_USER / MSSQL_PASSWORD", "postgres": "PG_USER / PG_PASSWORD"}.get(dialect_name, "")
     if state == "IM002" or "can't open lib" in lowered or ("driver" in lowered and "not found" in lowered):
-        return ("the ODBC driver is not installed or misnamed: install it or set MSSQL_DRIVER / PG_DRIVER / "
-                "SQLITE_DRIVER")
+        return (
+            "the ODBC driver is not installed or misnamed: install it or set MSSQL_DRIVER / PG_DRIVER / SQLITE_DRIVER"
+        )
     if "certificate" in lowered or "ssl" in lowered or "tls" in lowered:
-        return ("TLS failed: install a certificate the VM trusts (its CA in /usr/local/share/ca-certificates, "
-                "then update-ca-certificates) whose name matches MSSQL_HOST; TrustServerCertificate=true only "
-                "for a test server")
+        return (
+            "TLS failed: install a certificate the VM trusts (its CA in /usr/local/share/ca-certificates, "
+            "then update-ca-certificates) whose name matches MSSQL_HOST; TrustServerCertificate=true only "
+            "for a test server"
+        )
     if state == "28000" or "login failed" in lowered or "authentication failed" in lowered:
-        return (f"the server refused the login: check {user_vars}, that the login is enabled and has a user in "
-                "the database")
+        return (
+            f"the server refused the login: check {user_vars}, that the login is enabled and has a user in the database"
+        )
     if state in {"08001", "HYT00", "08S01", "08004"}:
         if dialect_name == "sqlite":
             return "check SQLITE_PATH and that the service user may read the file"
-        return ("the server did not answer: check the host and port, the server's firewall and the VM's egress "
-                "rules (gcloud compute firewall-rules list), and that the server listens on TCP")
+        return (
+            "the server did not answer: check the host and port, the server's firewall and the VM's egress "
+            "rules (gcloud compute firewall-rules list), and that the server listens on TCP"
+        )
     if "cannot open database" in lowered or ("database" in lowered and "does not exist" in lowered):
         return "check MSSQL_DATABASE / PG_DATABASE and that the login has a user in that database"
     if dialect_name == "sqlite":
@@ -143,14 +165,22 @@ def mssql_server_verdict(row: dict[str, Any]) -> Verdict:
     version = str(row["product_version"] or "")
     head = version.split(".")[0]
     major = int(head) if head.isdigit() else 0
-    detail = (f"SQL Server {version} {row['product_level'] or ''} ({row['edition']}, engine edition "
-              f"{row['engine_edition']}), database {row['database_name']} ({row['updateability']}), "
-              f"login {row['login_name']} as user {row['user_name']}")
+    detail = (
+        f"SQL Server {version} {row['product_level'] or ''} ({row['edition']}, engine edition "
+        f"{row['engine_edition']}), database {row['database_name']} ({row['updateability']}), "
+        f"login {row['login_name']} as user {row['user_name']}"
+    )
     azure = row["engine_edition"] in (5, 8)  # Azure SQL Database, Azure SQL Managed Instance
     if major >= 15 or azure:
         return PASS, detail, ""
-    return WARN, detail, ("the catalog queries are written for SQL Server 2019 (15.x) and later and Azure SQL; "
-                          "older versions may lack columns they read")
+    return (
+        WARN,
+        detail,
+        (
+            "the catalog queries are written for SQL Server 2019 (15.x) and later and Azure SQL; "
+            "older versions may lack columns they read"
+        ),
+    )
 
 
 def mssql_tls_verdict(options: dict[str, str], row: dict[str, Any] | None, *, visible: bool) -> Verdict:
@@ -158,29 +188,45 @@ def mssql_tls_verdict(options: dict[str, str], row: dict[str, Any] | None, *, vi
     encrypt = options.get("encrypt", "yes").lower()
     trust = options.get("trustservercertificate", "no").lower() in {"yes", "true", "1"}
     if not visible:
-        negotiated = ("; the negotiated encryption is not visible to this login (sys.dm_exec_connections needs "
-                      "VIEW SERVER STATE)")
+        negotiated = (
+            "; the negotiated encryption is not visible to this login (sys.dm_exec_connections needs VIEW SERVER STATE)"
+        )
     elif row is None:
         negotiated = "; sys.dm_exec_connections shows no row for this session"
     else:
-        negotiated = (f"; the server reports encrypt_option={row['encrypt_option']}, {row['net_transport']}, "
-                      f"auth {row['auth_scheme']}")
+        negotiated = (
+            f"; the server reports encrypt_option={row['encrypt_option']}, {row['net_transport']}, "
+            f"auth {row['auth_scheme']}"
+        )
         if str(row["encrypt_option"]).upper() != "TRUE":
-            return (FAIL, f"Encrypt={encrypt} but the connection is not encrypted{negotiated}",
-                    "set MSSQL_ENCRYPT=yes (or strict) and install a certificate on the server")
+            return (
+                FAIL,
+                f"Encrypt={encrypt} but the connection is not encrypted{negotiated}",
+                "set MSSQL_ENCRYPT=yes (or strict) and install a certificate on the server",
+            )
     if encrypt in {"no", "optional", "false"}:
-        return (WARN, f"Encrypt={encrypt}: the login and the data may cross the network unencrypted{negotiated}",
-                "set MSSQL_ENCRYPT=yes (or strict for TDS 8)")
+        return (
+            WARN,
+            f"Encrypt={encrypt}: the login and the data may cross the network unencrypted{negotiated}",
+            "set MSSQL_ENCRYPT=yes (or strict for TDS 8)",
+        )
     if trust:
-        return (WARN, f"encrypted (Encrypt={encrypt}) but TrustServerCertificate=yes: the server's certificate is "
-                f"not validated{negotiated}", "install a certificate the VM trusts whose name matches MSSQL_HOST, "
-                "then set TrustServerCertificate=false")
-    return (PASS, f"Encrypt={encrypt}; the certificate validated against the VM's trust store and the host "
-            f"name{negotiated}", "")
+        return (
+            WARN,
+            f"encrypted (Encrypt={encrypt}) but TrustServerCertificate=yes: the server's certificate is "
+            f"not validated{negotiated}",
+            "install a certificate the VM trusts whose name matches MSSQL_HOST, then set TrustServerCertificate=false",
+        )
+    return (
+        PASS,
+        f"Encrypt={encrypt}; the certificate validated against the VM's trust store and the host name{negotiated}",
+        "",
+    )
 
 
-def mssql_write_verdict(perms: dict[str, Any], server_row: dict[str, Any], *, gone: Any,
-                        refused: str | None) -> Verdict:
+def mssql_write_verdict(
+    perms: dict[str, Any], server_row: dict[str, Any], *, gone: Any, refused: str | None
+) -> Verdict:
     """SQL Server has no read-only session: whether user tables could be written is the login's permissions."""
     if refused is not None:
         rollback_note = f"the temporary-table probe was refused ({refused})"
@@ -190,24 +236,41 @@ def mssql_write_verdict(perms: dict[str, Any], server_row: dict[str, Any], *, go
         rollback_note = "the rollback probe could not confirm its temporary table was gone"
     if str(server_row["updateability"]).upper() == "READ_ONLY":
         return PASS, f"the database is READ_ONLY: the server refuses every write; {rollback_note}", ""
-    powers = [name for name, flag in (("sysadmin", perms["is_sysadmin"]), ("db_owner", perms["is_db_owner"]),
-                                      ("ALTER on the database", perms["can_alter_database"]),
-                                      ("CREATE TABLE", perms["can_create_table"])) if flag == 1]
+    powers = [
+        name
+        for name, flag in (
+            ("sysadmin", perms["is_sysadmin"]),
+            ("db_owner", perms["is_db_owner"]),
+            ("ALTER on the database", perms["can_alter_database"]),
+            ("CREATE TABLE", perms["can_create_table"]),
+        )
+        if flag == 1
+    ]
     writable = int(perms["writable_tables"] or 0)
     if not powers and writable == 0:
-        return (PASS, f"the login may not change any of the {perms['visible_tables']} tables it sees (no INSERT, "
-                f"UPDATE or DELETE); {rollback_note}", "")
+        return (
+            PASS,
+            f"the login may not change any of the {perms['visible_tables']} tables it sees (no INSERT, "
+            f"UPDATE or DELETE); {rollback_note}",
+            "",
+        )
     what = ", ".join(powers + ([f"INSERT/UPDATE/DELETE on {_count(writable, 'table')}"] if writable else []))
-    return (WARN, f"the login could write ({what}): only the service's guard and its rolled-back transactions "
-            f"stop writes; {rollback_note}",
-            "use a login with db_datareader (or GRANT SELECT ON SCHEMA::dbo) only; see docs/database.md")
+    return (
+        WARN,
+        f"the login could write ({what}): only the service's guard and its rolled-back transactions "
+        f"stop writes; {rollback_note}",
+        "use a login with db_datareader (or GRANT SELECT ON SCHEMA::dbo) only; see docs/database.md",
+    )
 
 
 def mssql_view_definition_verdict(perms: dict[str, Any], seen: str) -> Verdict:
     if perms["view_definition"] == 1:
         return PASS, f"the login has VIEW DEFINITION; {seen}", ""
-    return (WARN, f"no VIEW DEFINITION: column defaults show as null; {seen}",
-            "GRANT VIEW DEFINITION ON SCHEMA::dbo TO [login] (or on the database) to show defaults")
+    return (
+        WARN,
+        f"no VIEW DEFINITION: column defaults show as null; {seen}",
+        "GRANT VIEW DEFINITION ON SCHEMA::dbo TO [login] (or on the database) to show defaults",
+    )
 
 
 _ERROR_HINTS = {
@@ -219,6 +282,7 @@ _ERROR_HINTS = {
 
 
 # --- the run ---------------------------------------------------------------------------------------
+
 
 class Doctor:
     def __init__(self, settings: Any, report: Report) -> None:
@@ -279,8 +343,9 @@ class Doctor:
             return
         # One connection; and room for the type probe's 9,000-byte value even under a small MAX_RESULT_BYTES
         # (the checks are about the service's behaviour, not its caps).
-        settings = self.settings.replace(db_pool_size=1, max_result_bytes=max(int(self.settings.max_result_bytes),
-                                                                              DOCTOR_MIN_RESULT_BYTES))
+        settings = self.settings.replace(
+            db_pool_size=1, max_result_bytes=max(int(self.settings.max_result_bytes), DOCTOR_MIN_RESULT_BYTES)
+        )
         from ..obs.metrics import Metrics
 
         self.database = Database(settings, Metrics())
@@ -294,8 +359,12 @@ class Doctor:
                     self._result(name, FAIL, str(exc), _ERROR_HINTS.get(exc.code, _ERROR_HINTS["query_failed"]))
                 except Exception as exc:  # a doctor bug must still end in a report, not a traceback
                     message = clean_message(exc, self.secrets()) if isinstance(exc, pyodbc.Error) else str(exc)
-                    self._result(name, FAIL, f"unexpected {type(exc).__name__}: {message}",
-                                 "please report this with the rest of the report")
+                    self._result(
+                        name,
+                        FAIL,
+                        f"unexpected {type(exc).__name__}: {message}",
+                        "please report this with the rest of the report",
+                    )
         finally:
             await self.db.close()
 
@@ -309,8 +378,14 @@ class Doctor:
         if dialect.name == "sqlite" and not self.settings.odbc_connection_string:
             path = Path(str(self.settings.sqlite_path)).resolve()
             if not path.is_file():  # the driver itself only says "connect failed"
-                self.report.add(CheckResult("connect", FAIL, f"SQLITE_PATH {path} does not exist or is not a file",
-                                            "set SQLITE_PATH to the database file (the service never creates it)"))
+                self.report.add(
+                    CheckResult(
+                        "connect",
+                        FAIL,
+                        f"SQLITE_PATH {path} does not exist or is not a file",
+                        "set SQLITE_PATH to the database file (the service never creates it)",
+                    )
+                )
                 return False
 
         def open_and_close() -> float:
@@ -325,14 +400,21 @@ class Doctor:
         try:
             elapsed = await _in_daemon_thread(open_and_close, limit)
         except TimeoutError:
-            self.report.add(CheckResult("connect", FAIL, f"no answer within {limit:g} s",
-                                        _connect_hint(dialect.name, "HYT00", "")))
+            self.report.add(
+                CheckResult("connect", FAIL, f"no answer within {limit:g} s", _connect_hint(dialect.name, "HYT00", ""))
+            )
             return False
         except pyodbc.Error as exc:
             message = clean_message(exc, secrets)
             state = sqlstate_of(exc)
-            self.report.add(CheckResult("connect", FAIL, f"{message} (SQLSTATE {state or 'unknown'})",
-                                        _connect_hint(dialect.name, state, message)))
+            self.report.add(
+                CheckResult(
+                    "connect",
+                    FAIL,
+                    f"{message} (SQLSTATE {state or 'unknown'})",
+                    _connect_hint(dialect.name, state, message),
+                )
+            )
             return False
         self.report.add(CheckResult("connect", PASS, f"connected and set up the session in {elapsed * 1000:.0f} ms"))
         return True
@@ -342,8 +424,12 @@ class Doctor:
         if self.engine == "mssql":
             self._result("server", *mssql_server_verdict(row))
         elif self.engine == "postgres":
-            self._result("server", PASS, f"PostgreSQL {row['product_version']}, database {row['database_name']}, "
-                         f"user {row['login_name']}, time zone {row['time_zone']}")
+            self._result(
+                "server",
+                PASS,
+                f"PostgreSQL {row['product_version']}, database {row['database_name']}, "
+                f"user {row['login_name']}, time zone {row['time_zone']}",
+            )
         else:
             path = connection_options(self.db.pool.connection_string).get("database", "")
             self._result("server", PASS, f"SQLite {row['product_version']}, file {path}")
@@ -361,9 +447,13 @@ class Doctor:
             elif _is_loopback(host):
                 self._result("tls", PASS, f"not encrypted, on a loopback connection to {host}")
             else:
-                self._result("tls", WARN, f"the connection to {host} is not encrypted",
-                             "require TLS: ODBC_CONNECTION_STRING with SSLmode=verify-full (psqlODBC), and "
-                             "hostssl lines in the server's pg_hba.conf")
+                self._result(
+                    "tls",
+                    WARN,
+                    f"the connection to {host} is not encrypted",
+                    "require TLS: ODBC_CONNECTION_STRING with SSLmode=verify-full (psqlODBC), and "
+                    "hostssl lines in the server's pg_hba.conf",
+                )
             return
         try:
             rows = await self._rows(self.probes.tls_sql or "")
@@ -378,8 +468,10 @@ class Doctor:
         if self.engine == "mssql":
             row = (await self._rows(self.probes.server_sql))[0]
             intent = connection_options(self.db.pool.connection_string).get("applicationintent", "ReadWrite")
-            detail = (f"database {row['updateability']}, ApplicationIntent={intent}; SQL Server has no read-only "
-                      "session, so every read runs in a transaction that is rolled back")
+            detail = (
+                f"database {row['updateability']}, ApplicationIntent={intent}; SQL Server has no read-only "
+                "session, so every read runs in a transaction that is rolled back"
+            )
             self._result("read_only_session", PASS, detail)
             return
         row = (await self._rows(self.probes.read_only_sql or ""))[0]
@@ -391,8 +483,12 @@ class Doctor:
             mode_ro = "mode=ro" in connection_options(self.db.pool.connection_string).get("database", "")
             ok = values[0] == "1"
             detail = f"PRAGMA query_only={values[0]}, file opened {'mode=ro' if mode_ro else 'read-write'}"
-        self._result("read_only_session", PASS if ok else FAIL, detail,
-                     "" if ok else "the session set-up did not make the session read-only; please report this")
+        self._result(
+            "read_only_session",
+            PASS if ok else FAIL,
+            detail,
+            "" if ok else "the session set-up did not make the session read-only; please report this",
+        )
 
     async def write_refused(self) -> None:
         if not self.settings.read_only_mode:
@@ -426,8 +522,12 @@ class Doctor:
             if refusal is not None:
                 self._result("write_refused", PASS, f"the session refused a temporary-table write: {refusal}")
             else:
-                self._result("write_refused", FAIL, "the session accepted a write (rolled back, nothing kept)",
-                             "the read-only session set-up is not in effect; please report this")
+                self._result(
+                    "write_refused",
+                    FAIL,
+                    "the session accepted a write (rolled back, nothing kept)",
+                    "the read-only session set-up is not in effect; please report this",
+                )
             return
         perms = (await self._rows(MSSQL_PERMISSIONS))[0]
         server_row = (await self._rows(self.probes.server_sql))[0]
@@ -448,9 +548,13 @@ class Doctor:
         self.tables = await self.db.list_tables()
         views = sum(1 for t in self.tables if t.kind == "view")
         if not self.tables:
-            self._result("list_tables", WARN, "the login sees no tables or views",
-                         "grant read access: ALTER ROLE db_datareader ADD MEMBER [login] or GRANT SELECT ON "
-                         "SCHEMA::dbo TO [login] (PostgreSQL: GRANT SELECT ON ALL TABLES IN SCHEMA public)")
+            self._result(
+                "list_tables",
+                WARN,
+                "the login sees no tables or views",
+                "grant read access: ALTER ROLE db_datareader ADD MEMBER [login] or GRANT SELECT ON "
+                "SCHEMA::dbo TO [login] (PostgreSQL: GRANT SELECT ON ALL TABLES IN SCHEMA public)",
+            )
             return
         tables = len(self.tables) - views
         self._result("list_tables", PASS, f"sees {_count(tables, 'table')} and {_count(views, 'view')}")
@@ -467,8 +571,12 @@ class Doctor:
             described.append(f"{table.qualified_name} ({len(description.columns)} columns)")
         empty = [d.table.qualified_name for d in self.descriptions if not d.columns]
         if empty:
-            self._result("describe_table", WARN, f"no columns visible for {', '.join(empty)}",
-                         "the login needs SELECT (or VIEW DEFINITION) on those objects")
+            self._result(
+                "describe_table",
+                WARN,
+                f"no columns visible for {', '.join(empty)}",
+                "the login needs SELECT (or VIEW DEFINITION) on those objects",
+            )
             return
         self._result("describe_table", PASS, "described " + ", ".join(described))
 
@@ -489,8 +597,12 @@ class Doctor:
         sample = await self.db.sample(first.table, 1)
         keyed = next((d for d in self.descriptions if d.primary_key), None)
         if keyed is None:
-            self._result("sample_and_fetch", PASS, f"sampled {first.table.qualified_name} ({sample.row_count} "
-                         "rows); no described table has a primary key to fetch a row by")
+            self._result(
+                "sample_and_fetch",
+                PASS,
+                f"sampled {first.table.qualified_name} ({sample.row_count} "
+                "rows); no described table has a primary key to fetch a row by",
+            )
             return
         keyed_sample = sample if keyed is first else await self.db.sample(keyed.table, 1)
         if not keyed_sample.rows:
@@ -500,12 +612,20 @@ class Doctor:
         key = {name: row[name] for name in keyed.primary_key}
         found = await self.db.fetch_row(keyed.table, key)
         if found is None:
-            self._result("sample_and_fetch", FAIL, f"{keyed.table.qualified_name}: the sampled row was not found "
-                         f"again by its key {sorted(key)}", "fetching rows by key (ChatGPT fetch) will not work "
-                         "for this table; please report the key's column types")
+            self._result(
+                "sample_and_fetch",
+                FAIL,
+                f"{keyed.table.qualified_name}: the sampled row was not found again by its key {sorted(key)}",
+                "fetching rows by key (ChatGPT fetch) will not work "
+                "for this table; please report the key's column types",
+            )
             return
-        self._result("sample_and_fetch", PASS, f"sampled {keyed.table.qualified_name} and fetched the row again by "
-                     f"its key ({', '.join(keyed.primary_key)})")
+        self._result(
+            "sample_and_fetch",
+            PASS,
+            f"sampled {keyed.table.qualified_name} and fetched the row again by "
+            f"its key ({', '.join(keyed.primary_key)})",
+        )
 
     async def types(self) -> None:
         result = await self.db.execute(self.probes.types_sql(), max_rows=1)
@@ -520,9 +640,13 @@ class Doctor:
                 if probe.hint:
                     hints.append(probe.hint)
         if wrong:
-            self._result("types", WARN, f"{len(wrong)} of {len(self.probes.type_probes)} values differ: "
-                         + "; ".join(wrong), "; ".join(hints) or "the service's serialization differs from the "
-                         "documented one (docs/database.md); please report this")
+            self._result(
+                "types",
+                WARN,
+                f"{len(wrong)} of {len(self.probes.type_probes)} values differ: " + "; ".join(wrong),
+                "; ".join(hints)
+                or "the service's serialization differs from the documented one (docs/database.md); please report this",
+            )
             return
         names = ", ".join(p.column for p in self.probes.type_probes)
         self._result("types", PASS, f"{len(self.probes.type_probes)} values round-trip as documented ({names})")
@@ -542,12 +666,20 @@ class Doctor:
                 self._result("for_json", PASS, f"FOR JSON PATH arrived as one value ({len(result.rows[0][0])} chars)")
                 return
         if column.startswith(FOR_JSON_COLUMN_PREFIXES) and result.row_count > 1:
-            self._result("for_json", WARN, f"FOR JSON PATH arrived split over {result.row_count} rows of about 2,033 "
-                         "characters: the model sees fragments, and the caps may cut mid-document",
-                         "the service joins these rows into one value (issue 15 item 3): please report this")
+            self._result(
+                "for_json",
+                WARN,
+                f"FOR JSON PATH arrived split over {result.row_count} rows of about 2,033 "
+                "characters: the model sees fragments, and the caps may cut mid-document",
+                "the service joins these rows into one value (issue 15 item 3): please report this",
+            )
             return
-        self._result("for_json", WARN, f"unexpected FOR JSON result: {result.row_count} rows, column {column!r}",
-                     "please report this")
+        self._result(
+            "for_json",
+            WARN,
+            f"unexpected FOR JSON result: {result.row_count} rows, column {column!r}",
+            "please report this",
+        )
 
     async def query_timeout(self) -> None:
         before = await self._job(_connection_of)
@@ -558,18 +690,28 @@ class Doctor:
         except QueryTimeout:
             pass
         else:
-            self._result("query_timeout", FAIL, f"a 5 s statement finished despite a {SHORT_TIMEOUT_SECONDS:g} s "
-                         "time limit", "the time limit is not enforced; please report this")
+            self._result(
+                "query_timeout",
+                FAIL,
+                f"a 5 s statement finished despite a {SHORT_TIMEOUT_SECONDS:g} s time limit",
+                "the time limit is not enforced; please report this",
+            )
             return
         stopped = time.perf_counter() - started
         same, next_took = await self._same_connection_after(before)
-        detail = (f"a 5 s statement was stopped after {stopped:.1f} s (limit {SHORT_TIMEOUT_SECONDS:g} s); the next "
-                  f"statement ran {next_took * 1000:.0f} ms later on {'the same' if same else 'a new'} connection")
+        detail = (
+            f"a 5 s statement was stopped after {stopped:.1f} s (limit {SHORT_TIMEOUT_SECONDS:g} s); the next "
+            f"statement ran {next_took * 1000:.0f} ms later on {'the same' if same else 'a new'} connection"
+        )
         if stopped > SHORT_TIMEOUT_SECONDS + USABLE_WITHIN_SECONDS:
             self._result("query_timeout", WARN, detail, "cancelling is slow on this server or network")
         elif not same:
-            self._result("query_timeout", WARN, detail, "the driver dropped the connection on cancel: each timeout "
-                         "costs a reconnect")
+            self._result(
+                "query_timeout",
+                WARN,
+                detail,
+                "the driver dropped the connection on cancel: each timeout costs a reconnect",
+            )
         else:
             self._result("query_timeout", PASS, detail)
 
@@ -582,10 +724,16 @@ class Doctor:
         with contextlib.suppress(asyncio.CancelledError, DatabaseError):
             await task
         same, next_took = await self._same_connection_after(before)
-        detail = (f"a statement cancelled after {CANCEL_AFTER_SECONDS:g} s (as when a client goes away); the next "
-                  f"statement ran {next_took * 1000:.0f} ms later on {'the same' if same else 'a new'} connection")
-        self._result("query_cancel", PASS if same else WARN, detail,
-                     "" if same else "the driver dropped the connection on cancel: each cancel costs a reconnect")
+        detail = (
+            f"a statement cancelled after {CANCEL_AFTER_SECONDS:g} s (as when a client goes away); the next "
+            f"statement ran {next_took * 1000:.0f} ms later on {'the same' if same else 'a new'} connection"
+        )
+        self._result(
+            "query_cancel",
+            PASS if same else WARN,
+            detail,
+            "" if same else "the driver dropped the connection on cancel: each cancel costs a reconnect",
+        )
 
     async def unread_rows(self) -> None:
         before = await self._job(_connection_of)
@@ -593,15 +741,26 @@ class Doctor:
         result = await self.db.execute(self.probes.big_result_sql)  # the service's own row and byte caps
         took = time.perf_counter() - started
         same, next_took = await self._same_connection_after(before)
-        detail = (f"a big read of wide rows cut at {result.row_count} rows "
-                  f"({result.truncated_reason or 'not cut'}) returned in {took * 1000:.0f} ms; the next statement "
-                  f"ran {next_took * 1000:.0f} ms later on {'the same' if same else 'a new'} connection")
+        detail = (
+            f"a big read of wide rows cut at {result.row_count} rows "
+            f"({result.truncated_reason or 'not cut'}) returned in {took * 1000:.0f} ms; the next statement "
+            f"ran {next_took * 1000:.0f} ms later on {'the same' if same else 'a new'} connection"
+        )
         if not result.truncated:
-            self._result("unread_rows", WARN, detail, "the result was expected to be cut by MAX_ROWS or "
-                         "MAX_RESULT_BYTES; please report this")
+            self._result(
+                "unread_rows",
+                WARN,
+                detail,
+                "the result was expected to be cut by MAX_ROWS or MAX_RESULT_BYTES; please report this",
+            )
         elif took > UNREAD_ROWS_FAST_SECONDS or not same:
-            self._result("unread_rows", WARN, detail, "the driver reads or discards the unread rows slowly, or "
-                         "drops the connection: big SELECTs cost time (issue 15 item 5)")
+            self._result(
+                "unread_rows",
+                WARN,
+                detail,
+                "the driver reads or discards the unread rows slowly, or "
+                "drops the connection: big SELECTs cost time (issue 15 item 5)",
+            )
         else:
             self._result("unread_rows", PASS, detail)
 

@@ -156,8 +156,10 @@ FOR_JSON_COLUMN_PREFIXES = ("JSON_F52E2B61-", "XML_F52E2B61-")
 # MS-SSCLRT 2.1: SRID 4326, version 1, properties 0C (valid, single point), latitude, longitude (little-endian).
 GEOGRAPHY_POINT = "0x" + (struct.pack("<iBB", 4326, 1, 0x0C) + struct.pack("<2d", 47.65, -122.35)).hex().upper()
 
-_ITEM_1_HINT = ("pyodbc 5.2+ decodes sql_variant itself; the dialect's output converter for SQL type -150 "
-                "turns it into hex (issue 15 item 1)")
+_ITEM_1_HINT = (
+    "pyodbc 5.2+ decodes sql_variant itself; the dialect's output converter for SQL type -150 "
+    "turns it into hex (issue 15 item 1)"
+)
 
 
 class MssqlProbes(Probes):
@@ -172,10 +174,18 @@ class MssqlProbes(Probes):
     for_json_sql = MSSQL_FOR_JSON
     type_probes = (
         TypeProbe("variant_value", "CAST(42 AS sql_variant)", "42", lambda v: v in (42, "42"), _ITEM_1_HINT),
-        TypeProbe("dto", "CAST('2024-01-02T03:04:05.1234567+02:00' AS datetimeoffset(7))",
-                  "2024-01-02T03:04:05.1234567+02:00", _equals("2024-01-02T03:04:05.1234567+02:00")),
-        TypeProbe("datetime2_value", "CAST('2024-01-02T03:04:05.123456' AS datetime2(6))",
-                  "2024-01-02T03:04:05.123456", _equals("2024-01-02T03:04:05.123456")),
+        TypeProbe(
+            "dto",
+            "CAST('2024-01-02T03:04:05.1234567+02:00' AS datetimeoffset(7))",
+            "2024-01-02T03:04:05.1234567+02:00",
+            _equals("2024-01-02T03:04:05.1234567+02:00"),
+        ),
+        TypeProbe(
+            "datetime2_value",
+            "CAST('2024-01-02T03:04:05.123456' AS datetime2(6))",
+            "2024-01-02T03:04:05.123456",
+            _equals("2024-01-02T03:04:05.123456"),
+        ),
         TypeProbe("money_value", "CAST(12.3456 AS money)", "12.3456", _equals("12.3456")),
         TypeProbe("decimal_value", f"CAST({BIG_DECIMAL} AS decimal(38, 10))", BIG_DECIMAL, _equals(BIG_DECIMAL)),
         TypeProbe("bigint_value", f"CAST({BIG_INTEGER} AS bigint)", str(BIG_INTEGER), _equals(BIG_INTEGER)),
@@ -184,15 +194,24 @@ class MssqlProbes(Probes):
         TypeProbe("xml_value", "CAST(N'<a b=\"1\"/>' AS xml)", '<a b="1"/>', _equals('<a b="1"/>')),
         # CLR types arrive as their serialized bytes. A cast from bytes, not geography::Point(): the guard
         # allowlists functions, and a column value is what users meet anyway.
-        TypeProbe("geo", f"CAST({GEOGRAPHY_POINT} AS geography)", f"{GEOGRAPHY_POINT} (serialized point)",
-                  _text_ci(GEOGRAPHY_POINT)),
+        TypeProbe(
+            "geo",
+            f"CAST({GEOGRAPHY_POINT} AS geography)",
+            f"{GEOGRAPHY_POINT} (serialized point)",
+            _text_ci(GEOGRAPHY_POINT),
+        ),
         TypeProbe("hid", "CAST('/1/2/' AS hierarchyid)", "0x5AC0", _text_ci("0x5AC0")),
         # rowversion's name in sys.types (and in CAST) is timestamp.
-        TypeProbe("rv", "CAST(CAST(2001 AS binary(8)) AS timestamp)", "0x00000000000007D1",
-                  _text_ci("0x00000000000007D1")),
+        TypeProbe(
+            "rv", "CAST(CAST(2001 AS binary(8)) AS timestamp)", "0x00000000000007D1", _text_ci("0x00000000000007D1")
+        ),
         # Beyond 8,000 bytes: the driver must stream a (max) value, not cut it.
-        TypeProbe("big_binary", "CAST(REPLICATE(CAST(0xAB AS varbinary(max)), 9000) AS varbinary(max))",
-                  "0x + 'AB' x 9000", _equals("0x" + "AB" * 9000)),
+        TypeProbe(
+            "big_binary",
+            "CAST(REPLICATE(CAST(0xAB AS varbinary(max)), 9000) AS varbinary(max))",
+            "0x + 'AB' x 9000",
+            _equals("0x" + "AB" * 9000),
+        ),
     )
 
 
@@ -204,8 +223,10 @@ SELECT current_setting('server_version') AS product_version, version() AS editio
        current_setting('TimeZone') AS time_zone
 """
 PG_TLS = "SELECT ssl, version, cipher FROM pg_catalog.pg_stat_ssl WHERE pid = pg_catalog.pg_backend_pid()"
-PG_READ_ONLY = ("SELECT current_setting('default_transaction_read_only') AS default_read_only, "
-                "current_setting('transaction_read_only') AS transaction_read_only")
+PG_READ_ONLY = (
+    "SELECT current_setting('default_transaction_read_only') AS default_read_only, "
+    "current_setting('transaction_read_only') AS transaction_read_only"
+)
 PG_WRITE_PROBE = (
     "CREATE TEMPORARY TABLE mcp_doctor_probe (id integer NOT NULL)",
     "INSERT INTO mcp_doctor_probe (id) VALUES (1)",
@@ -221,13 +242,19 @@ class PostgresProbes(Probes):
     sleep_sql = "SELECT pg_sleep(5)"
     # Ten million 2 KB rows made lazily (a nested loop), so the server never builds them all; the caps stop
     # the read early.
-    big_result_sql = ("SELECT a.a * 10000 + b.b AS n, repeat('x', 2000) AS filler "
-                      "FROM generate_series(1, 1000) AS a(a), generate_series(1, 10000) AS b(b)")
+    big_result_sql = (
+        "SELECT a.a * 10000 + b.b AS n, repeat('x', 2000) AS filler "
+        "FROM generate_series(1, 1000) AS a(a), generate_series(1, 10000) AS b(b)"
+    )
     type_probes = (
         TypeProbe("numeric_value", f"{BIG_DECIMAL}::numeric", BIG_DECIMAL, _equals(BIG_DECIMAL)),
         TypeProbe("bigint_value", f"{BIG_INTEGER}::bigint", str(BIG_INTEGER), _equals(BIG_INTEGER)),
-        TypeProbe("timestamptz_value", "TIMESTAMPTZ '2024-01-02 03:04:05.123456+02'",
-                  "2024-01-02T01:04:05.123456+00:00 (the same instant)", _same_instant(_INSTANT)),
+        TypeProbe(
+            "timestamptz_value",
+            "TIMESTAMPTZ '2024-01-02 03:04:05.123456+02'",
+            "2024-01-02T01:04:05.123456+00:00 (the same instant)",
+            _same_instant(_INSTANT),
+        ),
         TypeProbe("date_value", "DATE '2024-01-02'", "2024-01-02", _equals("2024-01-02")),
         TypeProbe("uuid_value", f"'{GUID.lower()}'::uuid", GUID.lower(), _text_ci(GUID)),
         TypeProbe("bytea_value", "'\\x00ff'::bytea", "0x00FF", _equals("0x00FF")),
@@ -242,6 +269,7 @@ class PostgresProbes(Probes):
 
 # --- SQLite ----------------------------------------------------------------------------------------
 
+
 class SqliteProbes(Probes):
     engine = "sqlite"
     server_sql = "SELECT sqlite_version() AS product_version"
@@ -251,16 +279,24 @@ class SqliteProbes(Probes):
         "INSERT INTO mcp_doctor_probe (id) VALUES (1)",
     )
     # No sleep function: a bounded recursive count that runs for many seconds unless it is interrupted.
-    sleep_sql = ("WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 100000000) "
-                 "SELECT MAX(x) FROM n")
+    sleep_sql = (
+        "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 100000000) SELECT MAX(x) FROM n"
+    )
     # The SQLite ODBC driver builds a whole result at execute time, so "big" stays moderate here.
-    big_result_sql = ("WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 5000) "
-                      "SELECT x, printf('%2000s', '') AS filler FROM n")
+    big_result_sql = (
+        "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 5000) "
+        "SELECT x, printf('%2000s', '') AS filler FROM n"
+    )
     type_probes = (
         TypeProbe("integer_value", "42", "42", _equals(42)),
-        TypeProbe("big_integer", str(BIG_INTEGER), str(BIG_INTEGER), _equals(BIG_INTEGER),
-                  "the SQLite ODBC driver reads INTEGER columns and expressions as 32-bit unless the "
-                  "connection string has BigInt=1"),
+        TypeProbe(
+            "big_integer",
+            str(BIG_INTEGER),
+            str(BIG_INTEGER),
+            _equals(BIG_INTEGER),
+            "the SQLite ODBC driver reads INTEGER columns and expressions as 32-bit unless the "
+            "connection string has BigInt=1",
+        ),
         TypeProbe("real_value", "1.5", "1.5", _equals(1.5)),
         TypeProbe("unicode_text", f"'{UNICODE_TEXT}'", UNICODE_TEXT, _equals(UNICODE_TEXT)),
         TypeProbe("blob_value", "X'00FF'", "0x00FF", _equals("0x00FF")),

@@ -53,8 +53,12 @@ class Report:
 
     def as_json(self, strict: bool = False) -> str:
         document: dict[str, Any] = {
-            "ok": self.ok(strict), "strict": strict, "dialect": self.dialect, "target": self.target,
-            "summary": self.summary(), "checks": [c.as_dict() for c in self.checks],
+            "ok": self.ok(strict),
+            "strict": strict,
+            "dialect": self.dialect,
+            "target": self.target,
+            "summary": self.summary(),
+            "checks": [c.as_dict() for c in self.checks],
         }
         return json.dumps(document, indent=2)
 
@@ -68,6 +72,8 @@ class Report:
         counts = self.summary()
         verdict = "OK" if self.ok(strict) else "FAILED"
         warnings = "1 warning" if counts[WARN] == 1 else f"{counts[WARN]} warnings"
-        lines.append(f"{counts[PASS]} passed, {warnings}, {counts[FAIL]} failed, "
-                     f"{counts[SKIP]} skipped: {verdict}" + (" (strict: warnings fail)" if strict else ""))
+        lines.append(
+            f"{counts[PASS]} passed, {warnings}, {counts[FAIL]} failed, "
+            f"{counts[SKIP]} skipped: {verdict}" + (" (strict: warnings fail)" if strict else "")
+        )
         return "\n".join(lines)

@@ -85,8 +85,9 @@ def parse_message(obj: Any) -> Message:
     if "method" in obj:
         method = obj["method"]
         if not isinstance(method, str) or not method:
-            raise JsonRpcError(INVALID_REQUEST, 'Invalid request: "method" must be a non-empty string',
-                               request_id=request_id)
+            raise JsonRpcError(
+                INVALID_REQUEST, 'Invalid request: "method" must be a non-empty string', request_id=request_id
+            )
         if "id" in obj and request_id is None:
             raise JsonRpcError(INVALID_REQUEST, 'Invalid request: "id" must be a string or an integer')
         params = obj.get("params")
@@ -102,8 +103,11 @@ def parse_message(obj: Any) -> Message:
         # travels in `params` for McpServer.handle_response.
         reply = {"error": obj["error"]} if "error" in obj else {"result": obj["result"]}
         return Message("response", "", reply, request_id)
-    raise JsonRpcError(INVALID_REQUEST, 'Invalid request: a message needs "method" (or "result"/"error" and "id")',
-                       request_id=request_id)
+    raise JsonRpcError(
+        INVALID_REQUEST,
+        'Invalid request: a message needs "method" (or "result"/"error" and "id")',
+        request_id=request_id,
+    )
 
 
 def result_message(request_id: RequestId | None, result: Any) -> dict[str, Any]:

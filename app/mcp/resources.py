@@ -28,8 +28,9 @@ class PromptArgumentsInvalid(Exception):
     """prompts/get arguments the prompt cannot use (answered as -32602 with this message)."""
 
 
-def _described(out: dict[str, Any], title: str | None, description: str | None,
-               mime_type: str | None) -> dict[str, Any]:
+def _described(
+    out: dict[str, Any], title: str | None, description: str | None, mime_type: str | None
+) -> dict[str, Any]:
     """The optional fields resources and templates share, only where they are set."""
     for key, value in (("title", title), ("description", description), ("mimeType", mime_type)):
         if value:
@@ -62,8 +63,9 @@ class ResourceTemplate:
     mime_type: str | None = None
 
     def describe(self) -> dict[str, Any]:
-        return _described({"uriTemplate": self.uri_template, "name": self.name}, self.title, self.description,
-                          self.mime_type)
+        return _described(
+            {"uriTemplate": self.uri_template, "name": self.name}, self.title, self.description, self.mime_type
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +104,7 @@ class ResourceProvider(Protocol):
         """The contents of `uri`; raises ResourceNotFound when no resource has it."""
         ...
 
-    async def complete(self, uri_template: str, argument: str, value: str,
-                       context: Mapping[str, str]) -> Sequence[str]:
+    async def complete(self, uri_template: str, argument: str, value: str, context: Mapping[str, str]) -> Sequence[str]:
         """Candidate values for one template variable (McpServer filters, ranks and caps them)."""
         ...
 
@@ -149,8 +150,7 @@ def text_message(text: str, role: str = "user") -> dict[str, Any]:
     return {"role": role, "content": {"type": "text", "text": text}}
 
 
-def rank_completions(candidates: Iterable[str], value: str,
-                     limit: int = COMPLETION_LIMIT) -> dict[str, Any]:
+def rank_completions(candidates: Iterable[str], value: str, limit: int = COMPLETION_LIMIT) -> dict[str, Any]:
     """The `completion` object: case-insensitive prefix matches, exact-case matches first, then
     alphabetical (what a person typing expects), at most `limit` with `total` and `hasMore`."""
     typed = value.casefold()

@@ -77,20 +77,40 @@ _LEVEL_ALIASES = {"warn": "warning", "fatal": "critical", "exception": "error"}
 
 TOOL_OUTCOMES = frozenset({"ok", "error", "refused", "timeout", "cancelled", "busy", "unavailable", "invalid"})
 # Bounded label set for mcp_messages{method}; anything else counts as "other".
-KNOWN_METHODS = frozenset({
-    "initialize", "notifications/initialized", "ping", "tools/list", "tools/call", "notifications/cancelled",
-    "logging/setLevel", "server/discover", "notifications/progress", "notifications/roots/list_changed",
-    "resources/list", "resources/templates/list", "prompts/list", "completion/complete", "response",
-    "resources/read", "resources/subscribe", "resources/unsubscribe", "prompts/get",
-})
+KNOWN_METHODS = frozenset(
+    {
+        "initialize",
+        "notifications/initialized",
+        "ping",
+        "tools/list",
+        "tools/call",
+        "notifications/cancelled",
+        "logging/setLevel",
+        "server/discover",
+        "notifications/progress",
+        "notifications/roots/list_changed",
+        "resources/list",
+        "resources/templates/list",
+        "prompts/list",
+        "completion/complete",
+        "response",
+        "resources/read",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "prompts/get",
+    }
+)
 CACHE_TTL_MS = 300_000  # tools never change while the process runs; 5 minutes keeps clients fresh enough
 PAGE_SIZE = 100  # resources/list entries per page (cursor-paged)
 MAX_SUBSCRIPTIONS_PER_SESSION = 100  # each subscribed resource is re-read by the provider's watcher
 # The `completions` capability (and its name) arrived in 2025-03-26; 2024-11-05 clients are not told.
 COMPLETIONS_FROM = "2025-03-26"
 # The client capability each InputRequiredResult request method needs (2026-07-28, SEP-2322).
-INPUT_REQUEST_CAPABILITIES = {"elicitation/create": "elicitation", "sampling/createMessage": "sampling",
-                              "roots/list": "roots"}
+INPUT_REQUEST_CAPABILITIES = {
+    "elicitation/create": "elicitation",
+    "sampling/createMessage": "sampling",
+    "roots/list": "roots",
+}
 # Handshake era: how long a tool waits for the client to answer one of its requests (a person may be
 # answering an elicitation), and how many rounds of questions one call may ask.
 CLIENT_REQUEST_TIMEOUT_SECONDS = 300.0
@@ -132,8 +152,9 @@ def _named(registry: Mapping[str, T], params: dict[str, Any], kind: str) -> T:
         raise JsonRpcError(INVALID_PARAMS, f'Invalid params: "name" (the {kind} name) must be a string')
     found = registry.get(name)
     if found is None:
-        raise JsonRpcError(INVALID_PARAMS, f"Unknown {kind}: {_shown(name)!r}. Available {kind}s: "
-                           f"{', '.join(registry) or '(none)'}.")
+        raise JsonRpcError(
+            INVALID_PARAMS, f"Unknown {kind}: {_shown(name)!r}. Available {kind}s: {', '.join(registry) or '(none)'}."
+        )
     return found
 
 
@@ -143,8 +164,15 @@ def _shown(value: Any) -> str:
 
 
 _FAST_ANNOTATIONS = frozenset({"description", "title", "default", "examples", "$comment"})
-_FAST_PROPERTY_KEYS = _FAST_ANNOTATIONS | {"type", "minLength", "maxLength", "minimum", "maximum",
-                                           "exclusiveMinimum", "exclusiveMaximum"}
+_FAST_PROPERTY_KEYS = _FAST_ANNOTATIONS | {
+    "type",
+    "minLength",
+    "maxLength",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+}
 _FAST_ROOT_KEYS = _FAST_ANNOTATIONS | {"type", "properties", "required", "additionalProperties", "$schema"}
 
 
@@ -152,8 +180,9 @@ def _fast_property(schema: Any) -> Callable[[Any], bool] | None:
     if not isinstance(schema, dict) or set(schema) - _FAST_PROPERTY_KEYS:
         return None
     kind = schema.get("type")
-    bounds = [(key, schema[key]) for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
-              if key in schema]
+    bounds = [
+        (key, schema[key]) for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum") if key in schema
+    ]
     if any(not isinstance(v, int | float) or isinstance(v, bool) for _, v in bounds):
         return None
     if kind == "string" and not bounds:
@@ -168,8 +197,12 @@ def _fast_property(schema: Any) -> Callable[[Any], bool] | None:
             if type(v) not in types:
                 return False  # bool, integral floats and the rest: let jsonschema decide
             for key, bound in bounds:
-                if ((key == "minimum" and v < bound) or (key == "maximum" and v > bound)
-                        or (key == "exclusiveMinimum" and v <= bound) or (key == "exclusiveMaximum" and v >= bound)):
+                if (
+                    (key == "minimum" and v < bound)
+                    or (key == "maximum" and v > bound)
+                    or (key == "exclusiveMinimum" and v <= bound)
+                    or (key == "exclusiveMaximum" and v >= bound)
+                ):
                     return False
             return True
 
@@ -185,8 +218,10 @@ def fast_validator(schema: Any) -> Callable[[Any], bool] | None:
     judge (and writes the message). None when the schema uses anything else."""
     if not isinstance(schema, dict) or set(schema) - _FAST_ROOT_KEYS or schema.get("type") != "object":
         return None
-    if schema.get("$schema", "https://json-schema.org/draft/2020-12/schema") != \
-            "https://json-schema.org/draft/2020-12/schema":
+    if (
+        schema.get("$schema", "https://json-schema.org/draft/2020-12/schema")
+        != "https://json-schema.org/draft/2020-12/schema"
+    ):
         return None
     properties = schema.get("properties", {})
     required = schema.get("required", [])
@@ -216,8 +251,7 @@ def fast_validator(schema: Any) -> Callable[[Any], bool] | None:
     return check
 
 
-def _argument_problem(validator: Any, fast: Callable[[Any], bool] | None, tool: Tool,
-                      arguments: Any) -> str | None:
+def _argument_problem(validator: Any, fast: Callable[[Any], bool] | None, tool: Tool, arguments: Any) -> str | None:
     # jsonschema costs tens of microseconds per call; the fast path keeps the common case cheap.
     if (fast is not None and fast(arguments)) or validator.is_valid(arguments):
         return None
@@ -241,7 +275,7 @@ def decode_header_value(value: str | None) -> str | None:
     """Undo the `=?base64?...?=` sentinel encoding of Mcp-Name / Mcp-Param-* values (None if malformed)."""
     if value is None or not (value.startswith("=?base64?") and value.endswith("?=")):
         return value
-    payload = value[len("=?base64?"):-2]
+    payload = value[len("=?base64?") : -2]
     try:
         return base64.b64decode(payload, validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
@@ -249,9 +283,18 @@ def decode_header_value(value: str | None) -> str | None:
 
 
 class McpServer:
-    def __init__(self, *, name: str, version: str, instructions: str, tools: list[Tool],
-                 metrics: Any = None, resources: ResourceProvider | None = None,
-                 prompts: list[Prompt] | None = None, page_size: int = PAGE_SIZE) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        version: str,
+        instructions: str,
+        tools: list[Tool],
+        metrics: Any = None,
+        resources: ResourceProvider | None = None,
+        prompts: list[Prompt] | None = None,
+        page_size: int = PAGE_SIZE,
+    ) -> None:
         self.name, self.version, self.instructions, self.tools = name, version, instructions, tools
         self.metrics = metrics
         self.resources = resources
@@ -280,10 +323,13 @@ class McpServer:
             self._fast_validators[tool.name] = fast_validator(tool.input_schema)
         # SEP-2243: arguments whose schema says `x-mcp-header: Name` are mirrored in Mcp-Param-Name.
         self._param_headers: dict[str, list[tuple[str, str]]] = {
-            tool.name: [(argument, schema["x-mcp-header"])
-                        for argument, schema in (tool.input_schema.get("properties") or {}).items()
-                        if isinstance(schema, dict) and isinstance(schema.get("x-mcp-header"), str)]
-            for tool in tools}
+            tool.name: [
+                (argument, schema["x-mcp-header"])
+                for argument, schema in (tool.input_schema.get("properties") or {}).items()
+                if isinstance(schema, dict) and isinstance(schema.get("x-mcp-header"), str)
+            ]
+            for tool in tools
+        }
         self.server_info = {"name": name, "version": version}
         self.capabilities: dict[str, Any] = {"tools": {"listChanged": False}, "logging": {}}
         if resources is not None:
@@ -297,8 +343,9 @@ class McpServer:
         # tools/list never changes: serialize it once per era.
         described = [tool.describe() for tool in tools]
         self._tools_list = RawJson(dumps_value({"tools": described}))
-        self._tools_list_modern = RawJson(dumps_value(self._modern_fields(
-            {"tools": described, "ttlMs": CACHE_TTL_MS, "cacheScope": "private"})))
+        self._tools_list_modern = RawJson(
+            dumps_value(self._modern_fields({"tools": described, "ttlMs": CACHE_TTL_MS, "cacheScope": "private"}))
+        )
         self._modern_meta_suffix = dumps_value(self._modern_fields({}))[1:]  # ',"resultType":...}' tail
         self._tool_metrics: dict[tuple[str, str], Any] = {}
         self._message_counters: dict[str, Any] = {}
@@ -317,12 +364,17 @@ class McpServer:
         }
         if resources is not None:
             for methods in (self._legacy_methods, self._modern_methods):
-                methods.update({"resources/list": self._resources_list,
-                                "resources/templates/list": self._resource_templates_list,
-                                "resources/read": self._resources_read})
+                methods.update(
+                    {
+                        "resources/list": self._resources_list,
+                        "resources/templates/list": self._resource_templates_list,
+                        "resources/read": self._resources_read,
+                    }
+                )
             if resources.subscribable:
-                self._legacy_methods.update({"resources/subscribe": self._subscribe,
-                                             "resources/unsubscribe": self._unsubscribe})
+                self._legacy_methods.update(
+                    {"resources/subscribe": self._subscribe, "resources/unsubscribe": self._unsubscribe}
+                )
         if self.prompts:
             for methods in (self._legacy_methods, self._modern_methods):
                 methods.update({"prompts/list": self._prompts_list_handler, "prompts/get": self._prompts_get})
@@ -379,7 +431,9 @@ class McpServer:
         pair = self._tool_metrics.get((tool, outcome))
         if pair is None:
             pair = self._tool_metrics[(tool, outcome)] = (
-                self.metrics.tool_calls.labels(tool, outcome), self.metrics.tool_duration.labels(tool))
+                self.metrics.tool_calls.labels(tool, outcome),
+                self.metrics.tool_duration.labels(tool),
+            )
         pair[0].inc()
         pair[1].observe(seconds)
 
@@ -393,27 +447,33 @@ class McpServer:
         rid = message.id
         meta = message.params.get("_meta")
         if not isinstance(meta, dict):
-            raise JsonRpcError(INVALID_PARAMS, f"Invalid params: params._meta must be an object carrying "
-                               f"{META_PROTOCOL_VERSION} and {META_CLIENT_CAPABILITIES}", request_id=rid)
+            raise JsonRpcError(
+                INVALID_PARAMS,
+                f"Invalid params: params._meta must be an object carrying "
+                f"{META_PROTOCOL_VERSION} and {META_CLIENT_CAPABILITIES}",
+                request_id=rid,
+            )
         missing = [key for key in (META_PROTOCOL_VERSION, META_CLIENT_CAPABILITIES) if key not in meta]
         if missing:
-            raise JsonRpcError(INVALID_PARAMS, f"Invalid params: params._meta is missing {', '.join(missing)}",
-                               request_id=rid)
+            raise JsonRpcError(
+                INVALID_PARAMS, f"Invalid params: params._meta is missing {', '.join(missing)}", request_id=rid
+            )
         version = meta[META_PROTOCOL_VERSION]
         if headers is not None:
             self._check_headers(message, version, headers)
         if not isinstance(version, str):
-            raise JsonRpcError(INVALID_PARAMS, f"Invalid params: {META_PROTOCOL_VERSION} must be a string",
-                               request_id=rid)
+            raise JsonRpcError(
+                INVALID_PARAMS, f"Invalid params: {META_PROTOCOL_VERSION} must be a string", request_id=rid
+            )
         if version not in MODERN_VERSIONS:
             raise unsupported_version(version, request_id=rid)
         capabilities = meta[META_CLIENT_CAPABILITIES]
         if not isinstance(capabilities, dict):
-            raise JsonRpcError(INVALID_PARAMS, f"Invalid params: {META_CLIENT_CAPABILITIES} must be an object",
-                               request_id=rid)
+            raise JsonRpcError(
+                INVALID_PARAMS, f"Invalid params: {META_CLIENT_CAPABILITIES} must be an object", request_id=rid
+            )
         level = meta.get(META_LOG_LEVEL)
-        return Envelope(version, capabilities, meta.get(META_CLIENT_INFO),
-                        level if level in _LEVEL_RANK else None)
+        return Envelope(version, capabilities, meta.get(META_CLIENT_INFO), level if level in _LEVEL_RANK else None)
 
     def _check_headers(self, message: Message, version: Any, headers: Any) -> None:
         rid = message.id
@@ -427,16 +487,19 @@ class McpServer:
         if header_version is None:
             raise mismatch("the MCP-Protocol-Version header is required")
         if header_version != version:
-            raise mismatch(f"MCP-Protocol-Version header {_shown(header_version)!r} does not match "
-                           f"_meta protocol version {_shown(version)!r}")
+            raise mismatch(
+                f"MCP-Protocol-Version header {_shown(header_version)!r} does not match "
+                f"_meta protocol version {_shown(version)!r}"
+            )
         method, repeated = _header(headers, "mcp-method")
         if repeated:
             raise mismatch("Mcp-Method header appears more than once")
         if method is None:
             raise mismatch("the Mcp-Method header is required")
         if method != message.method:
-            raise mismatch(f"Mcp-Method header {_shown(method)!r} does not match body method "
-                           f"{_shown(message.method)!r}")
+            raise mismatch(
+                f"Mcp-Method header {_shown(method)!r} does not match body method {_shown(message.method)!r}"
+            )
         key = NAME_BEARING_METHODS.get(message.method)
         if key is not None:
             body_name = message.params.get(key)
@@ -448,8 +511,9 @@ class McpServer:
                     raise mismatch(f"the Mcp-Name header is required for {message.method}")
                 name = decode_header_value(raw_name)
                 if name != body_name:
-                    raise mismatch(f"Mcp-Name header value {_shown(name)!r} does not match body value "
-                                   f"{_shown(body_name)!r}")
+                    raise mismatch(
+                        f"Mcp-Name header value {_shown(name)!r} does not match body value {_shown(body_name)!r}"
+                    )
         if message.method == "tools/call" and isinstance(message.params.get("name"), str):
             mirrored = self._param_headers.get(message.params["name"], ())
             arguments = message.params.get("arguments")
@@ -466,8 +530,9 @@ class McpServer:
                 if decoded is None:
                     raise mismatch(f"Mcp-Param-{header} header is not valid =?base64?...?= encoding")
                 if decoded != _header_form(value):
-                    raise mismatch(f"Mcp-Param-{header} header value {_shown(decoded)!r} does not match "
-                                   f"argument '{argument}'")
+                    raise mismatch(
+                        f"Mcp-Param-{header} header value {_shown(decoded)!r} does not match argument '{argument}'"
+                    )
 
     # -- dispatch ----------------------------------------------------------------------------------
     async def handle_request(self, message: Message, env: CallEnv) -> dict[str, Any]:
@@ -559,8 +624,7 @@ class McpServer:
             env.session.log_level = level
         return {}
 
-    async def _tools_list_handler(self, params: dict[str, Any], env: CallEnv,
-                                  request_id: RequestId | None) -> Any:
+    async def _tools_list_handler(self, params: dict[str, Any], env: CallEnv, request_id: RequestId | None) -> Any:
         return self._tools_list_modern if env.envelope is not None else self._tools_list
 
     # -- resources ---------------------------------------------------------------------------------
@@ -588,8 +652,7 @@ class McpServer:
         described = [resource.describe() for resource in await self.resources.list_resources()]
         return self._cached(self._page(described, params, "resources"), env, self.resources.ttl_ms)
 
-    async def _resource_templates_list(self, params: dict[str, Any], env: CallEnv,
-                                       request_id: RequestId | None) -> Any:
+    async def _resource_templates_list(self, params: dict[str, Any], env: CallEnv, request_id: RequestId | None) -> Any:
         assert self.resources is not None
         described = [template.describe() for template in self.resources.list_templates()]
         return self._cached(self._page(described, params, "resourceTemplates"), env, CACHE_TTL_MS)
@@ -615,8 +678,11 @@ class McpServer:
             raise JsonRpcError(INVALID_PARAMS, "Invalid params: resources/subscribe needs a session")
         uris = self._subscriptions.setdefault(env.session, set())
         if uri not in uris and len(uris) >= MAX_SUBSCRIPTIONS_PER_SESSION:
-            raise JsonRpcError(INVALID_PARAMS, f"Invalid params: at most {MAX_SUBSCRIPTIONS_PER_SESSION} "
-                               "subscriptions per session; unsubscribe from some first")
+            raise JsonRpcError(
+                INVALID_PARAMS,
+                f"Invalid params: at most {MAX_SUBSCRIPTIONS_PER_SESSION} "
+                "subscriptions per session; unsubscribe from some first",
+            )
         try:
             await self.resources.read(uri)  # only resources that exist can be watched
         except ResourceNotFound as exc:
@@ -649,8 +715,7 @@ class McpServer:
         return sent
 
     # -- prompts -----------------------------------------------------------------------------------
-    async def _prompts_list_handler(self, params: dict[str, Any], env: CallEnv,
-                                    request_id: RequestId | None) -> Any:
+    async def _prompts_list_handler(self, params: dict[str, Any], env: CallEnv, request_id: RequestId | None) -> Any:
         return self._cached(self._page(self._prompts_list["prompts"], params, "prompts"), env, CACHE_TTL_MS)
 
     async def _prompts_get(self, params: dict[str, Any], env: CallEnv, request_id: RequestId | None) -> Any:
@@ -753,8 +818,14 @@ class McpServer:
             elapsed = time.perf_counter() - started
             self._observe_tool(name, outcome, elapsed)
             try:
-                audit_tool_call(principal=env.principal, tool=name, outcome=outcome, duration_seconds=elapsed,
-                                audit=ctx.audit, settings=env.settings)
+                audit_tool_call(
+                    principal=env.principal,
+                    tool=name,
+                    outcome=outcome,
+                    duration_seconds=elapsed,
+                    audit=ctx.audit,
+                    settings=env.settings,
+                )
             except Exception:
                 log.exception("audit_failed", tool=name)
 
@@ -776,8 +847,9 @@ class McpServer:
                     raise  # 2026-07-28: the client retries the request with inputResponses
                 ctx.input_responses = await self._ask_client(exc, env)
                 ctx.request_state = exc.state
-        raise ToolError(f"Tool {tool.name} kept asking the client for input; giving up after "
-                        f"{MAX_INPUT_ROUNDS} rounds.")
+        raise ToolError(
+            f"Tool {tool.name} kept asking the client for input; giving up after {MAX_INPUT_ROUNDS} rounds."
+        )
 
     async def _ask_client(self, exc: InputRequired, env: CallEnv) -> dict[str, Any]:
         session, emit = env.session, env.emit
@@ -785,9 +857,12 @@ class McpServer:
             raise ToolError("This tool needs to ask the client a question, which needs a session with a stream.")
         missing = _missing_capabilities(exc.input_requests, session.client_capabilities)
         if missing:
-            raise JsonRpcError(MISSING_REQUIRED_CLIENT_CAPABILITY, f"Missing required client capability: "
-                               f"{', '.join(missing)} (declare it at initialize to answer this tool's questions)",
-                               {"requiredCapabilities": missing})
+            raise JsonRpcError(
+                MISSING_REQUIRED_CLIENT_CAPABILITY,
+                f"Missing required client capability: "
+                f"{', '.join(missing)} (declare it at initialize to answer this tool's questions)",
+                {"requiredCapabilities": missing},
+            )
         loop = asyncio.get_running_loop()
         waiting: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
         try:
@@ -796,14 +871,21 @@ class McpServer:
                 future: asyncio.Future[dict[str, Any]] = loop.create_future()
                 self._client_requests[request_id] = (session, future)
                 waiting[key] = (request_id, future)
-                sent = emit({"jsonrpc": "2.0", "id": request_id, "method": request["method"],
-                             "params": request.get("params", {})})
+                sent = emit(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": request_id,
+                        "method": request["method"],
+                        "params": request.get("params", {}),
+                    }
+                )
                 if sent is False:  # no stream to ask on (JSON-only POST and no GET stream): do not wait
-                    raise ToolError("This tool needs to ask the client a question: accept text/event-stream "
-                                    "on the call or open the session's GET stream.")
+                    raise ToolError(
+                        "This tool needs to ask the client a question: accept text/event-stream "
+                        "on the call or open the session's GET stream."
+                    )
             deadline = loop.time() + CLIENT_REQUEST_TIMEOUT_SECONDS
-            done = [await asyncio.wait_for(future, max(0.0, deadline - loop.time()))
-                    for _, future in waiting.values()]
+            done = [await asyncio.wait_for(future, max(0.0, deadline - loop.time())) for _, future in waiting.values()]
         except TimeoutError:
             raise ToolError("The client did not answer this tool's question in time.", outcome="timeout") from None
         finally:
@@ -813,8 +895,10 @@ class McpServer:
         for key, reply in zip(waiting, done, strict=True):
             if "error" in reply:
                 error = reply["error"] if isinstance(reply["error"], dict) else {}
-                raise ToolError(f"The client refused {exc.input_requests[key].get('method')}: "
-                                f"{_shown(error.get('message', 'no reason given'))}")
+                raise ToolError(
+                    f"The client refused {exc.input_requests[key].get('method')}: "
+                    f"{_shown(error.get('message', 'no reason given'))}"
+                )
             answers[key] = reply.get("result") if isinstance(reply.get("result"), dict) else {}
         return answers
 
@@ -823,10 +907,13 @@ class McpServer:
         if env.envelope is None or ("inputResponses" not in params and "requestState" not in params):
             return
         responses = params.get("inputResponses")
-        if "inputResponses" in params and (not isinstance(responses, dict)
-                                           or not all(isinstance(v, dict) for v in responses.values())):
-            raise JsonRpcError(INVALID_PARAMS, "Invalid params: inputResponses must map each input request "
-                               "key to the client's result object")
+        if "inputResponses" in params and (
+            not isinstance(responses, dict) or not all(isinstance(v, dict) for v in responses.values())
+        ):
+            raise JsonRpcError(
+                INVALID_PARAMS,
+                "Invalid params: inputResponses must map each input request key to the client's result object",
+            )
         ctx.input_responses = responses or {}
         if "requestState" in params:
             ctx.request_state = self._verify_state(params["requestState"], bound_to)
@@ -840,23 +927,32 @@ class McpServer:
         payload, _, mac = token.rpartition(".") if isinstance(token, str) else ("", "", "")
         expected = hmac.new(self._state_key, f"{bound_to}\n{payload}".encode(), hashlib.sha256).hexdigest()
         if not payload or not hmac.compare_digest(mac, expected):
-            raise JsonRpcError(INVALID_PARAMS, "Invalid params: requestState failed its integrity check "
-                               "(send the requestState of the last InputRequiredResult unchanged)")
+            raise JsonRpcError(
+                INVALID_PARAMS,
+                "Invalid params: requestState failed its integrity check "
+                "(send the requestState of the last InputRequiredResult unchanged)",
+            )
         return json.loads(base64.urlsafe_b64decode(payload.encode()))
 
     def _input_required(self, exc: InputRequired, env: CallEnv, bound_to: str) -> dict[str, Any]:
         if env.envelope is None:
-            raise JsonRpcError(INVALID_PARAMS, "This request needs input from the client (elicitation, sampling "
-                               "or roots), which this server asks for in protocol 2026-07-28 only")
+            raise JsonRpcError(
+                INVALID_PARAMS,
+                "This request needs input from the client (elicitation, sampling "
+                "or roots), which this server asks for in protocol 2026-07-28 only",
+            )
         missing = _missing_capabilities(exc.input_requests, env.envelope.client_capabilities)
-        unknown = [r.get("method") for r in exc.input_requests.values() if r.get("method") not in
-                   INPUT_REQUEST_CAPABILITIES]
+        unknown = [
+            r.get("method") for r in exc.input_requests.values() if r.get("method") not in INPUT_REQUEST_CAPABILITIES
+        ]
         if unknown:  # a programming error in the handler: never send the client what it cannot answer
             raise RuntimeError(f"unsupported input request methods: {unknown}")
         if missing:
-            raise JsonRpcError(MISSING_REQUIRED_CLIENT_CAPABILITY, f"Missing required client capability: "
-                               f"{', '.join(missing)} (declare it to answer this request's input)",
-                               {"requiredCapabilities": missing})
+            raise JsonRpcError(
+                MISSING_REQUIRED_CLIENT_CAPABILITY,
+                f"Missing required client capability: {', '.join(missing)} (declare it to answer this request's input)",
+                {"requiredCapabilities": missing},
+            )
         result: dict[str, Any] = {"resultType": "input_required", "inputRequests": exc.input_requests}
         if exc.state is not None:
             result["requestState"] = self._sign_state(exc.state, bound_to)
@@ -876,13 +972,18 @@ class McpServer:
             declared = env.envelope.client_capabilities
         else:
             declared = env.session.client_capabilities if env.session is not None else {}
-        missing = {name: value for name, value in tool.required_client_capabilities.items()
-                   if not isinstance(declared.get(name), dict)}
+        missing = {
+            name: value
+            for name, value in tool.required_client_capabilities.items()
+            if not isinstance(declared.get(name), dict)
+        }
         if missing:
-            raise JsonRpcError(MISSING_REQUIRED_CLIENT_CAPABILITY,
-                               f"Missing required client capability: tool {tool.name} needs "
-                               f"{', '.join(missing)}; declare it in the client capabilities",
-                               {"requiredCapabilities": missing})
+            raise JsonRpcError(
+                MISSING_REQUIRED_CLIENT_CAPABILITY,
+                f"Missing required client capability: tool {tool.name} needs "
+                f"{', '.join(missing)}; declare it in the client capabilities",
+                {"requiredCapabilities": missing},
+            )
 
     def _error_result(self, message: str, modern: bool) -> dict[str, Any]:
         result = {"content": [{"type": "text", "text": message}], "isError": True}
@@ -900,9 +1001,12 @@ class McpServer:
         else:
             threshold = env.session.log_level if env.session is not None else None
             version = env.session.protocol_version if env.session is not None else DEFAULT_HEADERLESS_VERSION
-        ctx = ToolContext(principal=env.principal, base_url=env.base_url,
-                          session_id=env.session.id if env.session is not None else None,
-                          request_id=None if request_id is None else str(request_id))
+        ctx = ToolContext(
+            principal=env.principal,
+            base_url=env.base_url,
+            session_id=env.session.id if env.session is not None else None,
+            request_id=None if request_id is None else str(request_id),
+        )
         if env.envelope is not None:
             ctx.client_capabilities = env.envelope.client_capabilities
         elif env.session is not None:
@@ -910,8 +1014,7 @@ class McpServer:
         if emit is not None and token is not None:
             with_message = version != "2024-11-05"  # progress `message` arrived in 2025-03-26
 
-            async def report_progress(progress: float, total: float | None = None,
-                                      message: str | None = None) -> None:
+            async def report_progress(progress: float, total: float | None = None, message: str | None = None) -> None:
                 progress_params: dict[str, Any] = {"progressToken": token, "progress": progress}
                 if total is not None:
                     progress_params["total"] = total
@@ -929,15 +1032,21 @@ class McpServer:
                 if level not in _LEVEL_RANK:
                     level = "info"
                 if _LEVEL_RANK[level] >= floor:
-                    emit({"jsonrpc": "2.0", "method": "notifications/message",
-                          "params": {"level": level, "logger": logger_name, "data": data}})
+                    emit(
+                        {
+                            "jsonrpc": "2.0",
+                            "method": "notifications/message",
+                            "params": {"level": level, "logger": logger_name, "data": data},
+                        }
+                    )
 
             ctx.log = send_log
         return ctx
 
 
-def _missing_capabilities(input_requests: dict[str, dict[str, Any]],
-                          declared: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def _missing_capabilities(
+    input_requests: dict[str, dict[str, Any]], declared: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
     """The client capabilities (as a ClientCapabilities object) these questions need but were not declared."""
     needed = {INPUT_REQUEST_CAPABILITIES.get(str(request.get("method")), "") for request in input_requests.values()}
     return {capability: {} for capability in sorted(needed) if capability and capability not in declared}
@@ -974,8 +1083,12 @@ def _decode_cursor(cursor: Any) -> int | None:
 
 def unsupported_version(requested: Any, *, request_id: RequestId | None = None) -> JsonRpcError:
     """-32022 naming every version this server speaks (both eras, so a client can pick either path)."""
-    return JsonRpcError(UNSUPPORTED_PROTOCOL_VERSION, "Unsupported protocol version",
-                        {"supported": list(SUPPORTED_VERSIONS), "requested": requested}, request_id=request_id)
+    return JsonRpcError(
+        UNSUPPORTED_PROTOCOL_VERSION,
+        "Unsupported protocol version",
+        {"supported": list(SUPPORTED_VERSIONS), "requested": requested},
+        request_id=request_id,
+    )
 
 
 def is_modern_request(body: Mapping[str, Any], header_version: str | None) -> bool:

@@ -24,11 +24,26 @@ class Outbox:
     `on_overflow` once, so the transport can drop that client's stream instead of growing forever.
     """
 
-    __slots__ = ("_encode", "_items", "_waiter", "closed", "max_bytes", "max_messages", "on_overflow",
-                 "overflowed", "queued_bytes")
+    __slots__ = (
+        "_encode",
+        "_items",
+        "_waiter",
+        "closed",
+        "max_bytes",
+        "max_messages",
+        "on_overflow",
+        "overflowed",
+        "queued_bytes",
+    )
 
-    def __init__(self, encode: Callable[[Any], bytes], *, max_messages: int | None = None,
-                 max_bytes: int | None = None, on_overflow: Callable[[Outbox], None] | None = None) -> None:
+    def __init__(
+        self,
+        encode: Callable[[Any], bytes],
+        *,
+        max_messages: int | None = None,
+        max_bytes: int | None = None,
+        on_overflow: Callable[[Outbox], None] | None = None,
+    ) -> None:
         self._items: deque[bytes] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._encode = encode
@@ -46,8 +61,7 @@ class Outbox:
         frame = self._encode(message)
         too_many = self.max_messages is not None and len(self._items) >= self.max_messages
         # An empty queue always takes one frame, so a single large answer never counts as a stall.
-        too_big = (self.max_bytes is not None and bool(self._items)
-                   and self.queued_bytes + len(frame) > self.max_bytes)
+        too_big = self.max_bytes is not None and bool(self._items) and self.queued_bytes + len(frame) > self.max_bytes
         if too_many or too_big:
             self._overflow()
             return False
@@ -192,8 +206,14 @@ class TooManySessions(Exception):
 class SessionStore:
     """Bounded, idle-expiring session table (one per MCP endpoint prefix)."""
 
-    def __init__(self, *, max_sessions: int = 10_000, idle_seconds: float = 3600.0,
-                 active_seconds: float = 300.0, on_count: Callable[[str, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_sessions: int = 10_000,
+        idle_seconds: float = 3600.0,
+        active_seconds: float = 300.0,
+        on_count: Callable[[str, int], None] | None = None,
+    ) -> None:
         self.max_sessions = max_sessions
         self.idle_seconds = idle_seconds
         # Used this recently (or streaming, or running a call) counts as active; otherwise the session is
@@ -218,8 +238,14 @@ class SessionStore:
             self.sweep(now)
         if len(self._sessions) >= self.max_sessions:
             self._evict_one()
-        session = Session(id=secrets.token_urlsafe(24), transport=transport, protocol_version=protocol_version,
-                          created=now, last_seen=now, owner=SessionOwner.of(owner) if owner else None)
+        session = Session(
+            id=secrets.token_urlsafe(24),
+            transport=transport,
+            protocol_version=protocol_version,
+            created=now,
+            last_seen=now,
+            owner=SessionOwner.of(owner) if owner else None,
+        )
         self._sessions[session.id] = session
         if self._on_count:
             self._on_count(transport, 1)
@@ -305,8 +331,7 @@ class SessionStore:
 
     def _evict_one(self) -> None:
         # Full: forget the least recently used session that has no open stream and no running call.
-        idle = [s for s in self._sessions.values()
-                if not s.inflight and (s.stream is None or s.stream.closed)]
+        idle = [s for s in self._sessions.values() if not s.inflight and (s.stream is None or s.stream.closed)]
         if not idle:
             raise TooManySessions("too many open MCP sessions")
         self.remove(min(idle, key=lambda s: s.last_seen))

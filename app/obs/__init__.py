@@ -53,7 +53,7 @@ def request_id_of(request: web.Request) -> str | None:
 
 
 def status_class(status: int) -> str:
-    """"2xx" .. "5xx" (anything out of range counts as a server error)."""
+    """ "2xx" .. "5xx" (anything out of range counts as a server error)."""
     return f"{status // 100}xx" if 100 <= status <= 599 else "5xx"
 
 
@@ -108,10 +108,17 @@ def _make_middleware(metrics: Metrics) -> Any:
             else:
                 line = None
             if line is not None:
-                line("http_request", method=request.method, path=request.rel_url.path[:512], route=route,
-                     status=status, duration_ms=round(elapsed * 1000.0, 2),
-                     bytes=_response_bytes(response), remote=request.remote,
-                     user_agent=(request.headers.get("User-Agent") or "")[:200] or None)
+                line(
+                    "http_request",
+                    method=request.method,
+                    path=request.rel_url.path[:512],
+                    route=route,
+                    status=status,
+                    duration_ms=round(elapsed * 1000.0, 2),
+                    bytes=_response_bytes(response),
+                    remote=request.remote,
+                    user_agent=(request.headers.get("User-Agent") or "")[:200] or None,
+                )
             structlog.contextvars.reset_contextvars(**tokens)
 
     return observability_middleware
@@ -147,8 +154,11 @@ def _refresh_scrape_time_gauges(app: web.Application) -> None:
         return
     metrics = app[keys.METRICS]
     pool = info.get("pool") or {}
-    for field, gauge in (("size", metrics.pool_size), ("in_use", metrics.pool_in_use),
-                         ("waiting", metrics.pool_waiting)):
+    for field, gauge in (
+        ("size", metrics.pool_size),
+        ("in_use", metrics.pool_in_use),
+        ("waiting", metrics.pool_waiting),
+    ):
         value = pool.get(field)
         if isinstance(value, int | float) and not isinstance(value, bool):
             gauge.set(value)
@@ -172,8 +182,9 @@ def bearer_matches(request: web.Request, expected: str) -> bool:
 
 async def _main_port_metrics(request: web.Request) -> web.Response:
     if not bearer_matches(request, request.app[keys.SETTINGS].metrics_token):
-        raise web.HTTPUnauthorized(headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
-                                   text="metrics need a bearer token\n")
+        raise web.HTTPUnauthorized(
+            headers={"WWW-Authenticate": 'Bearer realm="metrics"'}, text="metrics need a bearer token\n"
+        )
     return metrics_response(request.app)
 
 
@@ -182,6 +193,7 @@ async def _metrics_listener_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     runner: web.AppRunner | None = None
     if settings.metrics_port:
+
         async def handle(request: web.Request) -> web.Response:
             return metrics_response(app)
 
@@ -194,8 +206,7 @@ async def _metrics_listener_ctx(app: web.Application) -> AsyncIterator[None]:
             await site.start()
         except OSError as exc:
             # Losing metrics must not take the database service down with it: say so loudly.
-            log.error("metrics_listener_failed", host=settings.metrics_host, port=settings.metrics_port,
-                      error=str(exc))
+            log.error("metrics_listener_failed", host=settings.metrics_host, port=settings.metrics_port, error=str(exc))
             await runner.cleanup()
             runner = None
         else:
@@ -214,8 +225,12 @@ async def _preinitialise(app: web.Application) -> None:
     dialect = getattr(database, "dialect_name", None)
     metrics.preinitialise_dialect(dialect if isinstance(dialect, str) and dialect else settings.db_backend)
     servers = app.get(keys.MCP_SERVERS) or {}
-    names = {tool.name for server in servers.values() for tool in getattr(server, "tools", ()) or ()
-             if isinstance(getattr(tool, "name", None), str)}
+    names = {
+        tool.name
+        for server in servers.values()
+        for tool in getattr(server, "tools", ()) or ()
+        if isinstance(getattr(tool, "name", None), str)
+    }
     metrics.preinitialise_tools(sorted(names))
 
 

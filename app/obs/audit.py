@@ -44,8 +44,9 @@ def fingerprint_sql(sql: str) -> str:
     return hashlib.sha256(normalise_sql(sql).encode()).hexdigest()[:16]
 
 
-def audit_tool_call(*, principal: Principal, tool: str, outcome: str, duration_seconds: float,
-                    audit: dict[str, Any], settings: Any) -> None:
+def audit_tool_call(
+    *, principal: Principal, tool: str, outcome: str, duration_seconds: float, audit: dict[str, Any], settings: Any
+) -> None:
     audit = audit or {}
     sql = audit.get("sql")
     fingerprint = audit.get("fingerprint") or (fingerprint_sql(sql) if isinstance(sql, str) and sql else None)

@@ -21,13 +21,40 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 REDACTED = "***"
 
 # Keys whose values are secrets wherever they appear (compared lower-cased, '-' as '_').
-_SECRET_KEYS = frozenset({
-    "password", "passwd", "pwd", "new_password", "old_password", "secret", "client_secret",
-    "token", "access_token", "refresh_token", "id_token", "metrics_token", "authorization",
-    "proxy_authorization", "cookie", "set_cookie", "code_verifier", "authorization_code", "auth_code",
-    "api_key", "apikey", "private_key", "signing_key", "odbc_connection_string", "connection_string",
-    "mssql_password", "pg_password", "oidc_client_secret", "assertion", "client_assertion",
-})
+_SECRET_KEYS = frozenset(
+    {
+        "password",
+        "passwd",
+        "pwd",
+        "new_password",
+        "old_password",
+        "secret",
+        "client_secret",
+        "token",
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "metrics_token",
+        "authorization",
+        "proxy_authorization",
+        "cookie",
+        "set_cookie",
+        "code_verifier",
+        "authorization_code",
+        "auth_code",
+        "api_key",
+        "apikey",
+        "private_key",
+        "signing_key",
+        "odbc_connection_string",
+        "connection_string",
+        "mssql_password",
+        "pg_password",
+        "oidc_client_secret",
+        "assertion",
+        "client_assertion",
+    }
+)
 # Any key containing one of these words is treated as secret too (e.g. "upstream_client_secret").
 _SECRET_WORDS = ("password", "secret", "passwd", "private_key")
 
@@ -37,8 +64,13 @@ _STRING_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Authorization header values.
     (re.compile(r"\b(Bearer|bearer|BEARER|Basic|BASIC) +[A-Za-z0-9._~+/-]{8,}=*"), r"\1 " + REDACTED),
     # Secrets in query strings or form bodies.
-    (re.compile(r"(?i)([?&;](?:access_token|refresh_token|id_token|token|client_secret|code|code_verifier|"
-                r"password|assertion)=)[^&;\s\"']*"), r"\1" + REDACTED),
+    (
+        re.compile(
+            r"(?i)([?&;](?:access_token|refresh_token|id_token|token|client_secret|code|code_verifier|"
+            r"password|assertion)=)[^&;\s\"']*"
+        ),
+        r"\1" + REDACTED,
+    ),
 )
 
 
@@ -68,8 +100,10 @@ def _redact_value(value: Any, depth: int = 0) -> Any:
     if isinstance(value, str):
         return scrub_text(value)
     if isinstance(value, Mapping):
-        return {k: (REDACTED if _is_secret_key(k) and v not in (None, "") else _redact_value(v, depth + 1))
-                for k, v in value.items()}
+        return {
+            k: (REDACTED if _is_secret_key(k) and v not in (None, "") else _redact_value(v, depth + 1))
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
         return type(value)(_redact_value(v, depth + 1) for v in value)
     return value
@@ -131,8 +165,7 @@ def configure_logging(settings: Any, *, stream: IO[str] | None = None) -> None:
 
     final: list[Processor]
     if fmt == "json":
-        final = [structlog.processors.format_exc_info, redact_secrets,
-                 structlog.processors.JSONRenderer(default=str)]
+        final = [structlog.processors.format_exc_info, redact_secrets, structlog.processors.JSONRenderer(default=str)]
     else:
         final = [redact_secrets, structlog.dev.ConsoleRenderer(colors=False), _scrub_rendered]
     formatter = structlog.stdlib.ProcessorFormatter(

@@ -51,8 +51,10 @@ class SessionStateCollector(Collector):
     """
 
     NAME = "mssql_mcp_sessions"
-    HELP = ("Open MCP sessions by transport and state: active = used within MCP_SESSION_ACTIVE_SECONDS, "
-            "streaming or running a call; idle = kept until MCP_SESSION_IDLE_SECONDS but unused.")
+    HELP = (
+        "Open MCP sessions by transport and state: active = used within MCP_SESSION_ACTIVE_SECONDS, "
+        "streaming or running a call; idle = kept until MCP_SESSION_IDLE_SECONDS but unused."
+    )
 
     def __init__(self) -> None:
         self._sources: list[SessionCounts] = []
@@ -89,86 +91,118 @@ class Metrics:
 
         # HTTP
         self.http_requests = Counter(
-            "mssql_mcp_http_requests_total", "HTTP requests by route template, method and status class.",
-            ["route", "method", "status"], registry=r)
+            "mssql_mcp_http_requests_total",
+            "HTTP requests by route template, method and status class.",
+            ["route", "method", "status"],
+            registry=r,
+        )
         self.http_duration = Histogram(
-            "mssql_mcp_http_request_duration_seconds", "HTTP request duration.", ["route", "method"],
-            buckets=LATENCY_BUCKETS, registry=r)
+            "mssql_mcp_http_request_duration_seconds",
+            "HTTP request duration.",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.http_in_flight = Gauge(
-            "mssql_mcp_http_requests_in_flight", "HTTP requests being handled (open SSE streams included).",
-            registry=r)
+            "mssql_mcp_http_requests_in_flight", "HTTP requests being handled (open SSE streams included).", registry=r
+        )
 
         # MCP
         self.mcp_sessions_active = Gauge(
             "mssql_mcp_sessions_active",
             "Open MCP sessions (Streamable HTTP and SSE), idle ones included until MCP_SESSION_IDLE_SECONDS; "
-            "mssql_mcp_sessions splits them by state.", ["transport"], registry=r)
+            "mssql_mcp_sessions splits them by state.",
+            ["transport"],
+            registry=r,
+        )
         self.session_states = SessionStateCollector()
         r.register(self.session_states)
         self.mcp_messages = Counter(
-            "mssql_mcp_messages_total", "JSON-RPC messages received by method.", ["method"], registry=r)
+            "mssql_mcp_messages_total", "JSON-RPC messages received by method.", ["method"], registry=r
+        )
         self.mcp_streams_dropped = Counter(
             "mssql_mcp_streams_dropped_total",
             "Event streams dropped because the client stopped reading (its queue reached MCP_STREAM_MAX_*).",
-            ["transport"], registry=r)
+            ["transport"],
+            registry=r,
+        )
         self.tool_calls = Counter(
-            "mssql_mcp_tool_calls_total", "Tool calls by tool and outcome.", ["tool", "outcome"], registry=r)
+            "mssql_mcp_tool_calls_total", "Tool calls by tool and outcome.", ["tool", "outcome"], registry=r
+        )
         self.tool_duration = Histogram(
-            "mssql_mcp_tool_call_duration_seconds", "Tool call duration.", ["tool"],
-            buckets=LATENCY_BUCKETS, registry=r)
+            "mssql_mcp_tool_call_duration_seconds", "Tool call duration.", ["tool"], buckets=LATENCY_BUCKETS, registry=r
+        )
 
         # Queries
         self.query_duration = Histogram(
-            "mssql_mcp_query_duration_seconds", "Database query duration (execute and fetch).",
-            ["dialect", "outcome"], buckets=LATENCY_BUCKETS, registry=r)
+            "mssql_mcp_query_duration_seconds",
+            "Database query duration (execute and fetch).",
+            ["dialect", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.rows_returned = Counter(
-            "mssql_mcp_rows_returned_total", "Rows returned to callers.", ["dialect"], registry=r)
+            "mssql_mcp_rows_returned_total", "Rows returned to callers.", ["dialect"], registry=r
+        )
         self.bytes_returned = Counter(
-            "mssql_mcp_result_bytes_total", "Bytes of row data returned to callers.", ["dialect"], registry=r)
+            "mssql_mcp_result_bytes_total", "Bytes of row data returned to callers.", ["dialect"], registry=r
+        )
         self.truncations = Counter(
-            "mssql_mcp_truncations_total", "Results cut by the row or byte cap.", ["reason"], registry=r)
+            "mssql_mcp_truncations_total", "Results cut by the row or byte cap.", ["reason"], registry=r
+        )
         self.guard_refusals = Counter(
-            "mssql_mcp_guard_refusals_total", "Statements refused by the read-only guard.", ["reason"],
-            registry=r)
+            "mssql_mcp_guard_refusals_total", "Statements refused by the read-only guard.", ["reason"], registry=r
+        )
         self.query_timeouts = Counter(
-            "mssql_mcp_query_timeouts_total", "Queries stopped by the time limit.", ["dialect"], registry=r)
+            "mssql_mcp_query_timeouts_total", "Queries stopped by the time limit.", ["dialect"], registry=r
+        )
         self.query_cancels = Counter(
-            "mssql_mcp_query_cancels_total", "Queries cancelled by the client.", ["dialect"], registry=r)
+            "mssql_mcp_query_cancels_total", "Queries cancelled by the client.", ["dialect"], registry=r
+        )
 
         # Pool
         self.pool_size = Gauge("mssql_mcp_pool_size", "Configured pool connections.", registry=r)
         self.pool_in_use = Gauge("mssql_mcp_pool_in_use", "Connections running a call.", registry=r)
         self.pool_waiting = Gauge("mssql_mcp_pool_waiting", "Calls waiting for a free connection.", registry=r)
         self.pool_wait = Histogram(
-            "mssql_mcp_pool_wait_seconds", "Time spent waiting for a free connection.",
-            buckets=LATENCY_BUCKETS, registry=r)
+            "mssql_mcp_pool_wait_seconds",
+            "Time spent waiting for a free connection.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.pool_reconnects = Counter(
-            "mssql_mcp_pool_reconnects_total", "Connections replaced after a failure.", registry=r)
+            "mssql_mcp_pool_reconnects_total", "Connections replaced after a failure.", registry=r
+        )
         self.pool_busy_rejections = Counter(
-            "mssql_mcp_pool_busy_rejections_total", "Calls refused because no connection freed up in time.",
-            registry=r)
+            "mssql_mcp_pool_busy_rejections_total", "Calls refused because no connection freed up in time.", registry=r
+        )
         self.db_up = Gauge("mssql_mcp_database_up", "1 when the last connection attempt succeeded.", registry=r)
 
         # OAuth
         self.oauth_registrations = Counter(
-            "mssql_mcp_oauth_registrations_total", "Dynamic client registrations.", ["outcome"], registry=r)
+            "mssql_mcp_oauth_registrations_total", "Dynamic client registrations.", ["outcome"], registry=r
+        )
         self.oauth_tokens = Counter(
-            "mssql_mcp_oauth_tokens_issued_total", "Access tokens issued by grant type.", ["grant"], registry=r)
+            "mssql_mcp_oauth_tokens_issued_total", "Access tokens issued by grant type.", ["grant"], registry=r
+        )
         self.oauth_token_errors = Counter(
-            "mssql_mcp_oauth_token_errors_total", "Token endpoint errors by OAuth error code.", ["error"],
-            registry=r)
+            "mssql_mcp_oauth_token_errors_total", "Token endpoint errors by OAuth error code.", ["error"], registry=r
+        )
         self.oauth_refresh_reuse = Counter(
-            "mssql_mcp_oauth_refresh_reuse_total", "Refresh token reuse detected (family revoked).", registry=r)
+            "mssql_mcp_oauth_refresh_reuse_total", "Refresh token reuse detected (family revoked).", registry=r
+        )
         self.login_failures = Counter(
-            "mssql_mcp_login_failures_total", "Failed sign-ins by reason.", ["reason"], registry=r)
+            "mssql_mcp_login_failures_total", "Failed sign-ins by reason.", ["reason"], registry=r
+        )
         self.bearer_rejections = Counter(
-            "mssql_mcp_bearer_rejections_total", "MCP requests refused by the bearer check.", ["reason"],
-            registry=r)
+            "mssql_mcp_bearer_rejections_total", "MCP requests refused by the bearer check.", ["reason"], registry=r
+        )
 
         # Fetch cache (ChatGPT fetch)
         self.cache_hits = Counter("mssql_mcp_fetch_cache_hits_total", "fetch served from cache.", registry=r)
         self.cache_misses = Counter(
-            "mssql_mcp_fetch_cache_misses_total", "fetch that had to query the database.", registry=r)
+            "mssql_mcp_fetch_cache_misses_total", "fetch that had to query the database.", registry=r
+        )
 
         self._preinitialise()
 
@@ -177,11 +211,28 @@ class Metrics:
             self.oauth_tokens.labels(grant)
         for reason in ("bad_password", "unknown_user", "throttled", "csrf", "upstream", "upstream_not_allowed"):
             self.login_failures.labels(reason)
-        for reason in ("missing", "query_token", "malformed", "bad_signature", "expired", "wrong_issuer",
-                       "wrong_audience", "unknown_user", "revoked", "insufficient_scope"):
+        for reason in (
+            "missing",
+            "query_token",
+            "malformed",
+            "bad_signature",
+            "expired",
+            "wrong_issuer",
+            "wrong_audience",
+            "unknown_user",
+            "revoked",
+            "insufficient_scope",
+        ):
             self.bearer_rejections.labels(reason)
-        for error in ("invalid_request", "invalid_client", "invalid_grant", "unauthorized_client",
-                      "unsupported_grant_type", "invalid_scope", "invalid_target"):
+        for error in (
+            "invalid_request",
+            "invalid_client",
+            "invalid_grant",
+            "unauthorized_client",
+            "unsupported_grant_type",
+            "invalid_scope",
+            "invalid_target",
+        ):
             self.oauth_token_errors.labels(error)
         for outcome in ("ok", "error"):
             self.oauth_registrations.labels(outcome)

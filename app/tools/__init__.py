@@ -21,8 +21,16 @@ from .records import add_record_routes as _add_record_routes
 from .resources import CATALOG_WATCH_SECONDS, DatabaseResources
 from .resources import watch_catalog as _watch_catalog
 
-__all__ = ["DatabaseResources", "add_record_routes", "build_instructions", "catalog_prompts", "catalog_resources",
-           "chatgpt_tools", "claude_tools", "watch_catalog"]
+__all__ = [
+    "DatabaseResources",
+    "add_record_routes",
+    "build_instructions",
+    "catalog_prompts",
+    "catalog_resources",
+    "chatgpt_tools",
+    "claude_tools",
+    "watch_catalog",
+]
 
 
 def claude_tools(database: Any, settings: Any) -> list[Tool]:
@@ -46,8 +54,9 @@ def catalog_prompts(database: Any, settings: Any, resources: DatabaseResources, 
     return DatabasePrompts(database, settings, resources, toolset).prompts()
 
 
-async def watch_catalog(resources: DatabaseResources, servers: Sequence[Any],
-                        interval_seconds: float = CATALOG_WATCH_SECONDS) -> None:
+async def watch_catalog(
+    resources: DatabaseResources, servers: Sequence[Any], interval_seconds: float = CATALOG_WATCH_SECONDS
+) -> None:
     """Until cancelled: notifications/resources/list_changed when tables or views come or go, and
     notifications/resources/updated when a subscribed resource's content changes, on every server."""
     await _watch_catalog(resources, servers, interval_seconds)

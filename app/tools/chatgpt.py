@@ -51,7 +51,7 @@ CATALOG_MAX_TABLES = 500  # keyword search looks at columns of at most this many
 COLUMN_INDEX_BUDGET_SECONDS = 8.0  # time to describe the tables a capped catalog query did not reach
 TABLE_FETCH_SAMPLE = 5
 CHILD_TABLES_MAX = 8  # a fetched row lists child rows from at most this many referencing foreign keys
-CHILD_ROWS_MAX = 20   # ... and at most this many rows of each
+CHILD_ROWS_MAX = 20  # ... and at most this many rows of each
 LABEL_COLUMNS = ("name", "title", "full_name", "display_name", "company_name", "username", "email", "sku", "code")
 
 SEARCH_OUTPUT_SCHEMA: dict[str, Any] = {
@@ -133,8 +133,9 @@ def select_shape(sql: str, dialect: str) -> SelectShape | None:
         return None
     star, plain, computed = False, {}, set()
     for projection in tree.expressions:
-        if isinstance(projection, exp.Star) or (isinstance(projection, exp.Column)
-                                                and isinstance(projection.this, exp.Star)):
+        if isinstance(projection, exp.Star) or (
+            isinstance(projection, exp.Column) and isinstance(projection.this, exp.Star)
+        ):
             star = True
             continue
         output = projection.alias_or_name.lower()
@@ -151,8 +152,9 @@ def select_shape(sql: str, dialect: str) -> SelectShape | None:
 
 # --- the tool set ---------------------------------------------------------------------------
 class ChatGptTools:
-    def __init__(self, database: Any, settings: Any, metrics: Any = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, database: Any, settings: Any, metrics: Any = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.database = database
         self.settings = settings
         self.metrics = metrics
@@ -170,8 +172,7 @@ class ChatGptTools:
     async def _tables(self) -> list[TableInfo]:
         tables = self.catalog.get("\0tables")
         if tables is None:
-            tables = sorted(await self.database.list_tables(),
-                            key=lambda t: ((t.schema or "").lower(), t.name.lower()))
+            tables = sorted(await self.database.list_tables(), key=lambda t: ((t.schema or "").lower(), t.name.lower()))
             self.catalog.put("\0tables", tables)
         return tables
 
@@ -216,8 +217,9 @@ class ChatGptTools:
                     description = await self._describe(table.qualified_name)
                 except DatabaseError:
                     return None
-            return CatalogTable(table.schema, table.name, [(c.name, c.type) for c in description.columns],
-                                list(description.primary_key))
+            return CatalogTable(
+                table.schema, table.name, [(c.name, c.type) for c in description.columns], list(description.primary_key)
+            )
 
         tasks = [asyncio.create_task(describe(t)) for t in missing]
         done, pending = await asyncio.wait(tasks, timeout=COLUMN_INDEX_BUDGET_SECONDS) if tasks else (set(), set())
@@ -294,9 +296,13 @@ class ChatGptTools:
             "id": record_id,
             "title": self._row_title(table.qualified_name, key, row),
             "text": "\n".join(lines),
-            "metadata": {"kind": "row", "table": table.qualified_name, "primary_key": key,
-                         "related": sorted(set(related.values())),
-                         "referenced_by": [child_id for child_id, _ in children]},
+            "metadata": {
+                "kind": "row",
+                "table": table.qualified_name,
+                "primary_key": key,
+                "related": sorted(set(related.values())),
+                "referenced_by": [child_id for child_id, _ in children],
+            },
             "_children": children,
             # for the record page only (fetch and the JSON page return the five public keys)
             "_row": {column: render_value(value, 2000) for column, value in row.items()},
@@ -316,14 +322,17 @@ class ChatGptTools:
         keys: dict[tuple[Any, Any, str], list[tuple[str, str | None]]] = {}
         for schema, child, child_column, parent_column, fk_name in found.rows:
             keys.setdefault((schema, str(child), str(fk_name)), []).append(
-                (str(child_column), None if parent_column is None else str(parent_column)))
+                (str(child_column), None if parent_column is None else str(parent_column))
+            )
         lowered = {k.lower(): v for k, v in row.items()}
         catalog = {(t.schema, t.name): t for t in await self._all_columns()}
         children: list[tuple[str, str]] = []
         for (schema, child, _), pairs in list(keys.items())[:CHILD_TABLES_MAX]:
             # a key that names no parent columns means the parent's primary key, in order
-            parents = [p or (description.primary_key[i] if i < len(description.primary_key) else "")
-                       for i, (_, p) in enumerate(pairs)]
+            parents = [
+                p or (description.primary_key[i] if i < len(description.primary_key) else "")
+                for i, (_, p) in enumerate(pairs)
+            ]
             values = [lowered.get(p.lower()) for p in parents]
             entry = catalog.get((None if schema is None else str(schema), child))
             if any(v is None for v in values) or entry is None or not entry.primary_key:
@@ -333,16 +342,21 @@ class ChatGptTools:
             shown = ", ".join(dialect.quote_identifier(c) for c, _ in entry.columns)
             where = " AND ".join(f"{dialect.quote_identifier(c)} = ?" for c, _ in pairs)
             try:
-                rows = await self.database.execute(f"SELECT {shown} FROM {dialect.table_sql(info)} WHERE {where}",
-                                                   values, max_rows=CHILD_ROWS_MAX)
+                rows = await self.database.execute(
+                    f"SELECT {shown} FROM {dialect.table_sql(info)} WHERE {where}", values, max_rows=CHILD_ROWS_MAX
+                )
             except DatabaseError as exc:
                 log.info("chatgpt.children_unreadable", table=entry.qualified, error=str(exc)[:200])
                 continue
             for child_values in rows.rows:
                 child_row = dict(zip(rows.columns, child_values, strict=False))
                 child_key = {pk: child_row.get(pk) for pk in entry.primary_key}
-                children.append((ids.row_id(entry.schema, entry.name, list(child_key.values())),
-                                 self._row_title(entry.qualified, child_key, child_row)))
+                children.append(
+                    (
+                        ids.row_id(entry.schema, entry.name, list(child_key.values())),
+                        self._row_title(entry.qualified, child_key, child_row),
+                    )
+                )
         return children
 
     async def _table_document(self, ref: ids.TableRef) -> dict[str, Any]:
@@ -362,12 +376,15 @@ class ChatGptTools:
             lines.append(f"Primary key: {', '.join(description.primary_key)}")
         if description.foreign_keys:
             lines.append("Foreign keys:")
-            lines.extend(f"- ({', '.join(fk.columns)}) references {fk.references_table} "
-                         f"({', '.join(fk.references_columns)})" for fk in description.foreign_keys)
+            lines.extend(
+                f"- ({', '.join(fk.columns)}) references {fk.references_table} ({', '.join(fk.references_columns)})"
+                for fk in description.foreign_keys
+            )
         if description.indexes:
             lines.append("Indexes:")
-            lines.extend(f"- {ix.name}{' (unique)' if ix.unique else ''}: {', '.join(ix.columns)}"
-                         for ix in description.indexes)
+            lines.extend(
+                f"- {ix.name}{' (unique)' if ix.unique else ''}: {', '.join(ix.columns)}" for ix in description.indexes
+            )
         sample_rows = min(TABLE_FETCH_SAMPLE, self.settings.sample_max_rows)
         try:
             sample = await self.database.sample(table.qualified_name, sample_rows)
@@ -378,13 +395,19 @@ class ChatGptTools:
             "id": ids.table_id(table.schema, table.name),
             "title": self._table_title(table),
             "text": "\n".join(lines),
-            "metadata": {"kind": table.kind, "schema": table.schema, "name": table.name,
-                         "row_estimate": table.row_estimate, "primary_key": info["primary_key"],
-                         "columns": [c["name"] for c in info["columns"]]},
+            "metadata": {
+                "kind": table.kind,
+                "schema": table.schema,
+                "name": table.name,
+                "row_estimate": table.row_estimate,
+                "primary_key": info["primary_key"],
+                "columns": [c["name"] for c in info["columns"]],
+            },
         }
 
-    def _result_document(self, record_id: str, title: str, result: QueryResult, metadata: dict[str, Any],
-                         header: str) -> dict[str, Any]:
+    def _result_document(
+        self, record_id: str, title: str, result: QueryResult, metadata: dict[str, Any], header: str
+    ) -> dict[str, Any]:
         note = truncation_note(result, self.dialect)
         text = f"{header}\nRows: {result.row_count}{' (truncated)' if result.truncated else ''}\n"
         if note:
@@ -394,8 +417,12 @@ class ChatGptTools:
             "id": record_id,
             "title": title,
             "text": text,
-            "metadata": {**metadata, "columns": result.columns, "row_count": result.row_count,
-                         "truncated": result.truncated},
+            "metadata": {
+                **metadata,
+                "columns": result.columns,
+                "row_count": result.row_count,
+                "truncated": result.truncated,
+            },
         }
 
     async def _sample_document(self, ref: ids.TableRef, limit: int) -> dict[str, Any]:
@@ -405,7 +432,8 @@ class ChatGptTools:
         result = await self.database.sample(table.qualified_name, limit)
         return self._result_document(
             ids.sample_id(table.schema, table.name, limit),
-            f"First {result.row_count} rows of {table.qualified_name}", result,
+            f"First {result.row_count} rows of {table.qualified_name}",
+            result,
             {"kind": "sample", "table": table.qualified_name, "limit": limit},
             f"First rows of {table.kind} {table.qualified_name} (no particular order).",
         )
@@ -416,13 +444,19 @@ class ChatGptTools:
         if not description.primary_key:
             raise ToolError(f"{table.qualified_name} has no primary key, so its rows have no ids.", outcome="invalid")
         if len(key) != len(description.primary_key):
-            raise ToolError(f"Row ids of {table.qualified_name} need {len(description.primary_key)} key value(s) "
-                            f"({', '.join(description.primary_key)}).", outcome="invalid")
+            raise ToolError(
+                f"Row ids of {table.qualified_name} need {len(description.primary_key)} key value(s) "
+                f"({', '.join(description.primary_key)}).",
+                outcome="invalid",
+            )
         row = await self.database.fetch_row(table, dict(zip(description.primary_key, key, strict=True)))
         if row is None:
-            raise ToolError(f"No row of {table.qualified_name} has "
-                            f"{', '.join(f'{k}={v!r}' for k, v in zip(description.primary_key, key, strict=True))}"
-                            " (it may have been deleted).", outcome="error")
+            raise ToolError(
+                f"No row of {table.qualified_name} has "
+                f"{', '.join(f'{k}={v!r}' for k, v in zip(description.primary_key, key, strict=True))}"
+                " (it may have been deleted).",
+                outcome="error",
+            )
         return await self._row_document(description, row)
 
     async def document(self, record_id: str) -> dict[str, Any]:
@@ -450,7 +484,9 @@ class ChatGptTools:
                 raise ToolError(
                     f"The query result '{key}' is no longer cached (ad-hoc query results are kept for "
                     f"{self.settings.cache_ttl_seconds} s and this server does not keep their SQL). Search again "
-                    "with the same SQL to get a fresh result; table: and row: ids never expire.", outcome="error")
+                    "with the same SQL to get a fresh result; table: and row: ids never expire.",
+                    outcome="error",
+                )
         except TableNotFound as exc:
             raise ToolError(f"Unknown id '{key}': {exc}", outcome="error") from None
         self.cache.put(key, document)
@@ -473,8 +509,11 @@ class ChatGptTools:
             ctx.audit["sql"] = intent.sql
             hits = await self._search_sql(intent.sql or "", limit)
         elif intent.kind == "write":
-            raise ToolError("search only runs read queries (SELECT, WITH ... SELECT, VALUES); it never changes "
-                            "data. Rephrase as a SELECT.", outcome="refused")
+            raise ToolError(
+                "search only runs read queries (SELECT, WITH ... SELECT, VALUES); it never changes "
+                "data. Rephrase as a SELECT.",
+                outcome="refused",
+            )
         elif intent.kind == "describe":
             hits = await self._search_describe(intent)
         elif intent.kind == "sample":
@@ -489,8 +528,9 @@ class ChatGptTools:
         ctx.audit.update(rows=len(out["results"]), bytes=json_size(out))
         return out
 
-    def _page(self, query: str, intent: Intent, hits: list[tuple[str, str]], limit: int,
-              base_url: str) -> dict[str, Any]:
+    def _page(
+        self, query: str, intent: Intent, hits: list[tuple[str, str]], limit: int, base_url: str
+    ) -> dict[str, Any]:
         """One page of results; when more exist, the last result says how to see them (and `truncated`)."""
         budget_cut = bool(hits) and hits[-1] == ("", "")
         if budget_cut:
@@ -499,17 +539,19 @@ class ChatGptTools:
         page = intent.page if paged else 1
         start = (page - 1) * (limit - 1) if paged and limit > 1 else 0
         more = len(hits) - start > limit or budget_cut
-        shown = hits[start:start + (limit - 1 if more and limit > 1 else limit)]
+        shown = hits[start : start + (limit - 1 if more and limit > 1 else limit)]
         results = [{"id": i, "title": t, "url": record_url(base_url, i)} for i, t in shown]
         if not more:
             return {"results": results}
         base = re.sub(r"[\s,;]+page\s*\d+\s*$", "", query.strip(), flags=re.I) or "list tables"
         remaining = max(0, len(hits) - start - len(shown))
         more_id = ids.more_id(base if paged else query, page + 1 if paged else 0)  # 0: cannot be paged
-        title = (f"{remaining} more result(s) not shown: search '{base} page {page + 1}' or narrow the query"
-                 if paged and remaining else
-                 "More results exist than were returned: narrow the query (more keywords, a table name, or a SELECT "
-                 "with WHERE)")
+        title = (
+            f"{remaining} more result(s) not shown: search '{base} page {page + 1}' or narrow the query"
+            if paged and remaining
+            else "More results exist than were returned: narrow the query (more keywords, a table name, or a SELECT "
+            "with WHERE)"
+        )
         results.append({"id": more_id, "title": title, "url": record_url(base_url, more_id)})
         return {"results": results, "truncated": True}
 
@@ -517,14 +559,23 @@ class ChatGptTools:
         query, page = ids.decode_more(parsed)
         limit = self.settings.max_search_results
         shown = query if len(query) <= 200 else query[:199] + "…"
-        text = (f"The search '{shown}' had more results than the {limit} returned, so it was cut.\n\n"
-                + (f"- See the next results: search '{shown} page {page}'.\n" if page else
-                   "- The full result set is in the query result (fetch its id); to see other rows, add a WHERE "
-                   "clause or an ORDER BY to the SELECT.\n")
-                + "- Or narrow it: add keywords (e.g. a city and a name), name a table ('describe customers', "
-                "'sample orders limit 20'), or write a SELECT with a WHERE clause.")
-        return {"id": ids.more_id(query, page), "title": f"More results for '{query}'", "text": text,
-                "metadata": {"kind": "more", "query": query, "next_page": page}}
+        text = (
+            f"The search '{shown}' had more results than the {limit} returned, so it was cut.\n\n"
+            + (
+                f"- See the next results: search '{shown} page {page}'.\n"
+                if page
+                else "- The full result set is in the query result (fetch its id); to see other rows, add a WHERE "
+                "clause or an ORDER BY to the SELECT.\n"
+            )
+            + "- Or narrow it: add keywords (e.g. a city and a name), name a table ('describe customers', "
+            "'sample orders limit 20'), or write a SELECT with a WHERE clause."
+        )
+        return {
+            "id": ids.more_id(query, page),
+            "title": f"More results for '{query}'",
+            "text": text,
+            "metadata": {"kind": "more", "query": query, "next_page": page},
+        }
 
     async def _search_describe(self, intent: Intent) -> list[tuple[str, str]]:
         description = await self._describe(intent.table or "")
@@ -538,9 +589,12 @@ class ChatGptTools:
         result = await self.database.sample(table.qualified_name, rows)
         sample_id = ids.sample_id(table.schema, table.name, rows)
         document = self._result_document(
-            sample_id, f"First {result.row_count} rows of {table.qualified_name}", result,
+            sample_id,
+            f"First {result.row_count} rows of {table.qualified_name}",
+            result,
             {"kind": "sample", "table": table.qualified_name, "limit": rows},
-            f"First rows of {table.kind} {table.qualified_name} (no particular order).")
+            f"First rows of {table.kind} {table.qualified_name} (no particular order).",
+        )
         self.cache.put(sample_id, document)
         hits = [(sample_id, document["title"])]
         if description.primary_key:
@@ -553,15 +607,22 @@ class ChatGptTools:
     async def _search_sql(self, sql: str, limit: int) -> list[tuple[str, str]]:
         # search is read-only whatever READ_ONLY_MODE says: ChatGPT treats it as a read tool.
         if not self.database.is_read_only(sql):
-            raise ToolError("search only runs read queries (SELECT, WITH ... SELECT, VALUES) and this statement "
-                            f"is not one: {not_read_reason(self.database, sql)} Rephrase as a single SELECT.",
-                            outcome="refused")
+            raise ToolError(
+                "search only runs read queries (SELECT, WITH ... SELECT, VALUES) and this statement "
+                f"is not one: {not_read_reason(self.database, sql)} Rephrase as a single SELECT.",
+                outcome="refused",
+            )
         result = await self.database.execute(sql, write=False)
         record_id = ids.query_id(sql)
         short = " ".join(sql.split())
         short = short if len(short) <= 80 else short[:79] + "…"
-        document = self._result_document(record_id, f"Query result ({result.row_count} rows): {short}", result,
-                                         {"kind": "query", "sql": sql}, f"Query: {sql}")
+        document = self._result_document(
+            record_id,
+            f"Query result ({result.row_count} rows): {short}",
+            result,
+            {"kind": "query", "sql": sql},
+            f"Query: {sql}",
+        )
         self.queries.put(record_id, document)
         hits = [(record_id, document["title"])]
         hits.extend(await self._rows_of_query(sql, result, limit))  # one more than fits: _page then says so
@@ -600,8 +661,9 @@ class ChatGptTools:
                 hits.append((row_doc["id"], row_doc["title"]))
             else:
                 key_map = dict(zip(description.primary_key, key, strict=True))
-                hits.append((ids.row_id(table.schema, table.name, key),
-                             self._row_title(table.qualified_name, key_map, row)))
+                hits.append(
+                    (ids.row_id(table.schema, table.name, key), self._row_title(table.qualified_name, key_map, row))
+                )
         return hits
 
     async def _search_keywords(self, terms: tuple[str, ...]) -> tuple[list[tuple[str, str]], bool]:
@@ -721,9 +783,12 @@ def build_chatgpt_tools(database: Any, settings: Any, metrics: Any = None) -> li
             input_schema={
                 "type": "object",
                 "properties": {
-                    "query": {"type": "string", "maxLength": 100_000,
-                              "description": "'list tables', 'describe X', 'sample X limit N', a SELECT "
-                                             "statement, or keywords."},
+                    "query": {
+                        "type": "string",
+                        "maxLength": 100_000,
+                        "description": "'list tables', 'describe X', 'sample X limit N', a SELECT "
+                        "statement, or keywords.",
+                    },
                 },
                 "required": ["query"],
                 "additionalProperties": False,
@@ -745,8 +810,12 @@ def build_chatgpt_tools(database: Any, settings: Any, metrics: Any = None) -> li
             input_schema={
                 "type": "object",
                 "properties": {
-                    "id": {"type": "string", "minLength": 1, "maxLength": ids.MAX_ID_LENGTH,
-                           "description": "An id from a search result, e.g. table:customers or row:orders:42."},
+                    "id": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": ids.MAX_ID_LENGTH,
+                        "description": "An id from a search result, e.g. table:customers or row:orders:42.",
+                    },
                 },
                 "required": ["id"],
                 "additionalProperties": False,

@@ -107,12 +107,17 @@ class ClaudeTools:
             items.append(item)
         out: dict[str, Any] = {"tables": items, "count": len(items), "truncated": truncated}
         if truncated:
-            out["note"] = (f"Only {len(items)} of {len(tables)} tables are listed. "
-                           "Pass 'schema' or 'name_contains' to narrow the list.")
+            out["note"] = (
+                f"Only {len(items)} of {len(tables)} tables are listed. "
+                "Pass 'schema' or 'name_contains' to narrow the list."
+            )
         elif schema_note:
             out["note"] = schema_note
-        ctx.audit.update(fingerprint=fingerprint_sql(f"list_tables {schema or ''} {contains or ''}"),
-                         rows=len(items), bytes=json_size(items))
+        ctx.audit.update(
+            fingerprint=fingerprint_sql(f"list_tables {schema or ''} {contains or ''}"),
+            rows=len(items),
+            bytes=json_size(items),
+        )
         return out
 
     # --- describe_table ------------------------------------------------------------------
@@ -120,8 +125,12 @@ class ClaudeTools:
         name = required_str(arguments, "table_name")
         description = await self.database.describe_table(name.strip())
         out = description_dict(description)
-        ctx.audit.update(fingerprint=fingerprint_sql(f"describe_table {description.table.qualified_name}"),
-                         table=description.table.qualified_name, rows=len(out["columns"]), bytes=json_size(out))
+        ctx.audit.update(
+            fingerprint=fingerprint_sql(f"describe_table {description.table.qualified_name}"),
+            table=description.table.qualified_name,
+            rows=len(out["columns"]),
+            bytes=json_size(out),
+        )
         return out
 
     # --- execute_sql ---------------------------------------------------------------------
@@ -140,8 +149,11 @@ class ClaudeTools:
             write = True
             log.info("tool.write", user=ctx.principal.username, fingerprint=ctx.audit["fingerprint"])
         result = await self.database.execute(sql, max_rows=max_rows, timeout=timeout, write=write)
-        ctx.audit.update(rows=result.row_count if result.rows_affected is None else result.rows_affected,
-                         bytes=result.result_bytes, truncated=result.truncated)
+        ctx.audit.update(
+            rows=result.row_count if result.rows_affected is None else result.rows_affected,
+            bytes=result.result_bytes,
+            truncated=result.truncated,
+        )
         if result.truncated_reason:
             ctx.audit["truncated_reason"] = result.truncated_reason
         return _result_payload(result, truncation_note(result, self.dialect))
@@ -156,12 +168,18 @@ class ClaudeTools:
         result = await self.database.sample(table.qualified_name, limit)
         note = truncation_note(result, self.dialect, sample=True)
         if asked > cap:
-            note = (f"limit lowered from {asked} to the maximum of {cap} rows. "
-                    "Use execute_sql for more rows or specific ones." + (f" {note}" if note else ""))
+            note = (
+                f"limit lowered from {asked} to the maximum of {cap} rows. "
+                "Use execute_sql for more rows or specific ones." + (f" {note}" if note else "")
+            )
         out = {"table": table.qualified_name, **_result_payload(result, note)}
-        ctx.audit.update(fingerprint=fingerprint_sql(f"get_table_sample {table.qualified_name}"),
-                         table=table.qualified_name, rows=result.row_count, bytes=result.result_bytes,
-                         truncated=result.truncated)
+        ctx.audit.update(
+            fingerprint=fingerprint_sql(f"get_table_sample {table.qualified_name}"),
+            table=table.qualified_name,
+            rows=result.row_count,
+            bytes=result.result_bytes,
+            truncated=result.truncated,
+        )
         return out
 
 
@@ -173,13 +191,21 @@ def build_claude_tools(database: Any, settings: Any) -> list[Tool]:
     read_annotations = {"readOnlyHint": True, "idempotentHint": True, "openWorldHint": False}
     if read_only:
         sql_annotations = dict(read_annotations)
-        mode = ("The server is in read-only mode: only a single read query is accepted (SELECT, WITH ... SELECT, "
-                "set operations, VALUES); anything else is refused with the reason.")
+        mode = (
+            "The server is in read-only mode: only a single read query is accepted (SELECT, WITH ... SELECT, "
+            "set operations, VALUES); anything else is refused with the reason."
+        )
     else:
-        sql_annotations = {"readOnlyHint": False, "destructiveHint": True, "idempotentHint": False,
-                           "openWorldHint": False}
-        mode = ("Writes are enabled: INSERT/UPDATE/DELETE/DDL run in a transaction committed only on success, "
-                "and only for accounts with the writer role. Double-check any statement that changes data.")
+        sql_annotations = {
+            "readOnlyHint": False,
+            "destructiveHint": True,
+            "idempotentHint": False,
+            "openWorldHint": False,
+        }
+        mode = (
+            "Writes are enabled: INSERT/UPDATE/DELETE/DDL run in a transaction committed only on success, "
+            "and only for accounts with the writer role. Double-check any statement that changes data."
+        )
 
     schema_names = SCHEMA_NAMES.get(settings.db_backend, "the database's schema names")
     tools_list = [
@@ -195,10 +221,18 @@ def build_claude_tools(database: Any, settings: Any) -> list[Tool]:
             input_schema={
                 "type": "object",
                 "properties": {
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 256,
-                               "description": f"Only list objects in this schema ({schema_names})."},
-                    "name_contains": {"type": "string", "minLength": 1, "maxLength": 256,
-                                      "description": "Only list objects whose name contains this text."},
+                    "schema": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 256,
+                        "description": f"Only list objects in this schema ({schema_names}).",
+                    },
+                    "name_contains": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 256,
+                        "description": "Only list objects whose name contains this text.",
+                    },
                 },
                 "additionalProperties": False,
             },
@@ -227,8 +261,12 @@ def build_claude_tools(database: Any, settings: Any) -> list[Tool]:
             input_schema={
                 "type": "object",
                 "properties": {
-                    "table_name": {"type": "string", "minLength": 1, "maxLength": 512,
-                                   "description": "Table or view name, optionally schema.name."},
+                    "table_name": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 512,
+                        "description": "Table or view name, optionally schema.name.",
+                    },
                 },
                 "required": ["table_name"],
                 "additionalProperties": False,
@@ -237,31 +275,48 @@ def build_claude_tools(database: Any, settings: Any) -> list[Tool]:
                 "type": "object",
                 "properties": {
                     **TABLE_INFO_SCHEMA["properties"],
-                    "columns": {"type": "array", "items": {
-                        "type": "object",
-                        "properties": {"name": {"type": "string"}, "type": {"type": "string"},
-                                       "nullable": {"type": "boolean"}, "default": _NULLABLE_STR,
-                                       "primary_key": {"type": "boolean"},
-                                       # identity, computed, hidden, generated always ... (SQL Server)
-                                       "flags": {"type": "array", "items": {"type": "string"}}},
-                        "required": ["name", "type", "nullable", "default", "primary_key"],
-                    }},
+                    "columns": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "name": {"type": "string"},
+                                "type": {"type": "string"},
+                                "nullable": {"type": "boolean"},
+                                "default": _NULLABLE_STR,
+                                "primary_key": {"type": "boolean"},
+                                # identity, computed, hidden, generated always ... (SQL Server)
+                                "flags": {"type": "array", "items": {"type": "string"}},
+                            },
+                            "required": ["name", "type", "nullable", "default", "primary_key"],
+                        },
+                    },
                     "primary_key": {"type": "array", "items": {"type": "string"}},
-                    "foreign_keys": {"type": "array", "items": {
-                        "type": "object",
-                        "properties": {"name": _NULLABLE_STR,
-                                       "columns": {"type": "array", "items": {"type": "string"}},
-                                       "references_table": {"type": "string"},
-                                       "references_columns": {"type": "array", "items": {"type": "string"}}},
-                        "required": ["columns", "references_table", "references_columns"],
-                    }},
-                    "indexes": {"type": "array", "items": {
-                        "type": "object",
-                        "properties": {"name": {"type": "string"},
-                                       "columns": {"type": "array", "items": {"type": "string"}},
-                                       "unique": {"type": "boolean"}},
-                        "required": ["name", "columns", "unique"],
-                    }},
+                    "foreign_keys": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "name": _NULLABLE_STR,
+                                "columns": {"type": "array", "items": {"type": "string"}},
+                                "references_table": {"type": "string"},
+                                "references_columns": {"type": "array", "items": {"type": "string"}},
+                            },
+                            "required": ["columns", "references_table", "references_columns"],
+                        },
+                    },
+                    "indexes": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "name": {"type": "string"},
+                                "columns": {"type": "array", "items": {"type": "string"}},
+                                "unique": {"type": "boolean"},
+                            },
+                            "required": ["name", "columns", "unique"],
+                        },
+                    },
                 },
                 "required": [*TABLE_INFO_SCHEMA["required"], "columns", "primary_key", "foreign_keys", "indexes"],
             },
@@ -283,13 +338,23 @@ def build_claude_tools(database: Any, settings: Any) -> list[Tool]:
             input_schema={
                 "type": "object",
                 "properties": {
-                    "query": {"type": "string", "minLength": 1, "maxLength": 100_000,
-                              "description": f"One SQL statement ({dialect})."},
-                    "max_rows": {"type": "integer", "minimum": 1,
-                                 "description": f"Return at most this many rows (limit {settings.max_rows})."},
-                    "timeout_seconds": {"type": "number", "exclusiveMinimum": 0,
-                                        "description": "Stop the query after this many seconds "
-                                                       f"(limit {settings.query_timeout_seconds:g})."},
+                    "query": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 100_000,
+                        "description": f"One SQL statement ({dialect}).",
+                    },
+                    "max_rows": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": f"Return at most this many rows (limit {settings.max_rows}).",
+                    },
+                    "timeout_seconds": {
+                        "type": "number",
+                        "exclusiveMinimum": 0,
+                        "description": "Stop the query after this many seconds "
+                        f"(limit {settings.query_timeout_seconds:g}).",
+                    },
                 },
                 "required": ["query"],
                 "additionalProperties": False,
@@ -313,10 +378,18 @@ def build_claude_tools(database: Any, settings: Any) -> list[Tool]:
             input_schema={
                 "type": "object",
                 "properties": {
-                    "table_name": {"type": "string", "minLength": 1, "maxLength": 512,
-                                   "description": "Table or view name, optionally schema.name."},
-                    "limit": {"type": "integer", "minimum": 1, "default": 10,
-                              "description": f"Number of rows (default 10, at most {settings.sample_max_rows})."},
+                    "table_name": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 512,
+                        "description": "Table or view name, optionally schema.name.",
+                    },
+                    "limit": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "default": 10,
+                        "description": f"Number of rows (default 10, at most {settings.sample_max_rows}).",
+                    },
                 },
                 "required": ["table_name"],
                 "additionalProperties": False,

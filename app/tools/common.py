@@ -17,8 +17,6 @@ DIALECT_LABELS = {
 SQLGLOT_DIALECTS = {"mssql": "tsql", "postgres": "postgres", "sqlite": "sqlite"}
 
 
-
-
 CLAUDE_MAX_RESULT_CHARS = 500_000  # the most Claude Code accepts via anthropic/maxResultSizeChars
 
 
@@ -90,18 +88,27 @@ def description_dict(description: TableDescription) -> dict[str, Any]:
     return {
         **table_info_dict(description.table),
         "columns": [
-            {"name": c.name, "type": c.type, "nullable": c.nullable, "default": c.default,
-             "primary_key": c.primary_key, **({"flags": list(c.flags)} if c.flags else {})}
+            {
+                "name": c.name,
+                "type": c.type,
+                "nullable": c.nullable,
+                "default": c.default,
+                "primary_key": c.primary_key,
+                **({"flags": list(c.flags)} if c.flags else {}),
+            }
             for c in description.columns
         ],
         "primary_key": list(description.primary_key),
         "foreign_keys": [
-            {"name": fk.name, "columns": list(fk.columns), "references_table": fk.references_table,
-             "references_columns": list(fk.references_columns)}
+            {
+                "name": fk.name,
+                "columns": list(fk.columns),
+                "references_table": fk.references_table,
+                "references_columns": list(fk.references_columns),
+            }
             for fk in description.foreign_keys
         ],
-        "indexes": [{"name": ix.name, "columns": list(ix.columns), "unique": ix.unique}
-                    for ix in description.indexes],
+        "indexes": [{"name": ix.name, "columns": list(ix.columns), "unique": ix.unique} for ix in description.indexes],
     }
 
 
@@ -110,10 +117,14 @@ def truncation_note(result: QueryResult, dialect: str, *, sample: bool = False) 
     if not result.truncated:
         return None
     if result.truncated_reason == "max_bytes" and result.too_long_column:
-        why = (f"a value of column {result.too_long_column} alone is larger than the size limit, so the result "
-               f"stops after {result.row_count} rows")
-        how = (f"leave {result.too_long_column} out, or select a part of it (a substring, its length) instead of "
-               "the whole value")
+        why = (
+            f"a value of column {result.too_long_column} alone is larger than the size limit, so the result "
+            f"stops after {result.row_count} rows"
+        )
+        how = (
+            f"leave {result.too_long_column} out, or select a part of it (a substring, its length) instead of "
+            "the whole value"
+        )
     elif result.truncated_reason == "max_bytes":
         why = f"the result reached the size limit after {result.row_count} rows"
         how = "select fewer or narrower columns (avoid large text/binary columns), filter with WHERE, or aggregate"

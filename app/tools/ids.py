@@ -81,8 +81,13 @@ def encode_table(schema: str | None, name: str) -> str:
 def decode_table(text: str) -> TableRef:
     if text.startswith("~"):
         value = _b64decode(text[1:])
-        if (not isinstance(value, list) or len(value) != 2 or not isinstance(value[1], str) or not value[1]
-                or not (value[0] is None or isinstance(value[0], str))):
+        if (
+            not isinstance(value, list)
+            or len(value) != 2
+            or not isinstance(value[1], str)
+            or not value[1]
+            or not (value[0] is None or isinstance(value[0], str))
+        ):
             raise InvalidId("bad table part")
         return TableRef(value[0], value[1])
     parts = text.split(".")

@@ -14,8 +14,10 @@ SUMMARY_LIMIT = 512
 
 
 def _limits(settings: Any) -> str:
-    return (f"Results hold at most {settings.max_rows:,} rows and about {settings.max_result_bytes:,} bytes; "
-            f"each query stops after {settings.query_timeout_seconds:g} s.")
+    return (
+        f"Results hold at most {settings.max_rows:,} rows and about {settings.max_result_bytes:,} bytes; "
+        f"each query stops after {settings.query_timeout_seconds:g} s."
+    )
 
 
 def _claude(settings: Any, dialect: str) -> tuple[str, list[str]]:
@@ -42,11 +44,15 @@ def _claude(settings: Any, dialect: str) -> tuple[str, list[str]]:
         "be made cheaper (filter on indexed columns).",
     ]
     if settings.read_only_mode:
-        details.append("Read-only mode: exactly one read statement per call (SELECT, WITH ... SELECT, set "
-                       "operations, VALUES). INSERT/UPDATE/DELETE, DDL, EXEC, transactions and SET are refused.")
+        details.append(
+            "Read-only mode: exactly one read statement per call (SELECT, WITH ... SELECT, set "
+            "operations, VALUES). INSERT/UPDATE/DELETE, DDL, EXEC, transactions and SET are refused."
+        )
     else:
-        details.append("Writes are enabled for accounts with the writer role: each statement runs in a transaction "
-                       "committed only on success. Confirm with the user before changing data.")
+        details.append(
+            "Writes are enabled for accounts with the writer role: each statement runs in a transaction "
+            "committed only on success. Confirm with the user before changing data."
+        )
     return summary, details
 
 
@@ -69,20 +75,28 @@ def _chatgpt(settings: Any, dialect: str) -> tuple[str, list[str]]:
         _dialect_tips(settings.db_backend),
     ]
     if settings.chatgpt_include_claude_tools:
-        details.append("This endpoint also offers list_tables, describe_table, get_table_sample and execute_sql "
-                       "for direct SQL work.")
+        details.append(
+            "This endpoint also offers list_tables, describe_table, get_table_sample and execute_sql "
+            "for direct SQL work."
+        )
     return summary, details
 
 
 def _dialect_tips(backend: str) -> str:
     if backend == "mssql":
-        return ("SQL dialect: T-SQL. Use TOP n (not LIMIT), [brackets] or \"double quotes\" for names, "
-                "schema-qualified names such as dbo.Orders, and INFORMATION_SCHEMA or sys.* views for metadata.")
+        return (
+            'SQL dialect: T-SQL. Use TOP n (not LIMIT), [brackets] or "double quotes" for names, '
+            "schema-qualified names such as dbo.Orders, and INFORMATION_SCHEMA or sys.* views for metadata."
+        )
     if backend == "postgres":
-        return ("SQL dialect: PostgreSQL. Use LIMIT n, \"double quotes\" for mixed-case names, schema-qualified "
-                "names such as public.orders, and information_schema for metadata.")
-    return ("SQL dialect: SQLite. Use LIMIT n, \"double quotes\" for unusual names; dates are stored as ISO 8601 "
-            "text, so compare them as strings or with date()/strftime().")
+        return (
+            'SQL dialect: PostgreSQL. Use LIMIT n, "double quotes" for mixed-case names, schema-qualified '
+            "names such as public.orders, and information_schema for metadata."
+        )
+    return (
+        'SQL dialect: SQLite. Use LIMIT n, "double quotes" for unusual names; dates are stored as ISO 8601 '
+        "text, so compare them as strings or with date()/strftime()."
+    )
 
 
 def build_instructions(settings: Any, toolset: str) -> str:
@@ -91,5 +105,5 @@ def build_instructions(settings: Any, toolset: str) -> str:
     dialect = DIALECT_LABELS.get(settings.db_backend, settings.db_backend)
     summary, details = (_claude if toolset == "claude" else _chatgpt)(settings, dialect)
     if len(summary) > SUMMARY_LIMIT:  # only with absurd limits; keep the visible part whole sentences
-        summary = summary[: SUMMARY_LIMIT].rsplit(". ", 1)[0] + "."
+        summary = summary[:SUMMARY_LIMIT].rsplit(". ", 1)[0] + "."
     return "\n\n".join([summary, *details])

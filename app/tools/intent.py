@@ -54,13 +54,69 @@ _WRITE = re.compile(
     re.I,
 )
 _WORD = re.compile(r"[^\W_]+(?:_[^\W_]+)*|\d+", re.U)
-STOPWORDS = frozenset({
-    "a", "an", "and", "any", "are", "as", "at", "about", "all", "be", "by", "can", "do", "does", "find", "for",
-    "from", "get", "give", "has", "have", "how", "i", "in", "info", "information", "is", "it", "list", "look",
-    "me", "my", "of", "on", "or", "please", "record", "records", "row", "rows", "search", "show", "some", "that",
-    "the", "their", "them", "there", "these", "this", "those", "to", "what", "when", "where", "which", "who",
-    "with", "whose",
-})
+STOPWORDS = frozenset(
+    {
+        "a",
+        "an",
+        "and",
+        "any",
+        "are",
+        "as",
+        "at",
+        "about",
+        "all",
+        "be",
+        "by",
+        "can",
+        "do",
+        "does",
+        "find",
+        "for",
+        "from",
+        "get",
+        "give",
+        "has",
+        "have",
+        "how",
+        "i",
+        "in",
+        "info",
+        "information",
+        "is",
+        "it",
+        "list",
+        "look",
+        "me",
+        "my",
+        "of",
+        "on",
+        "or",
+        "please",
+        "record",
+        "records",
+        "row",
+        "rows",
+        "search",
+        "show",
+        "some",
+        "that",
+        "the",
+        "their",
+        "them",
+        "there",
+        "these",
+        "this",
+        "those",
+        "to",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "with",
+        "whose",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -104,8 +160,9 @@ def parse_intent(query: str) -> Intent:
     sampled = _SAMPLE.match(plain)
     if sampled:
         count = sampled.group("n1") or sampled.group("n2")
-        return Intent("sample", table=unquote_name(sampled.group("name")),
-                      limit=int(count) if count else DEFAULT_SAMPLE)
+        return Intent(
+            "sample", table=unquote_name(sampled.group("name")), limit=int(count) if count else DEFAULT_SAMPLE
+        )
     return Intent("keywords", terms=keywords(plain), page=page)
 
 

@@ -25,18 +25,26 @@ MAX_EMBEDDED_TABLES = 8  # descriptions embedded in one prompt (keeps the prompt
 
 # How each surface's tools do the steps a prompt asks for ("claude": the SQL tools; "chatgpt": search/fetch).
 STEPS = {
-    "claude": {"describe": "describe_table (or the table resources)", "sample": "get_table_sample",
-               "find": "list_tables and describe_table", "run": "execute_sql"},
-    "chatgpt": {"describe": "search for 'describe <table>' and fetch the result",
-                "sample": "search for 'sample <table> limit 5' and fetch it",
-                "find": "search for 'list tables' and 'describe <table>'",
-                "run": "search (a read query is a search query) and fetch the result"},
+    "claude": {
+        "describe": "describe_table (or the table resources)",
+        "sample": "get_table_sample",
+        "find": "list_tables and describe_table",
+        "run": "execute_sql",
+    },
+    "chatgpt": {
+        "describe": "search for 'describe <table>' and fetch the result",
+        "sample": "search for 'sample <table> limit 5' and fetch it",
+        "find": "search for 'list tables' and 'describe <table>'",
+        "run": "search (a read query is a search query) and fetch the result",
+    },
 }
 
 
 def _resource_message(uri: str, mime_type: str, text: str) -> dict[str, Any]:
-    return {"role": "user", "content": {"type": "resource",
-                                        "resource": {"uri": uri, "mimeType": mime_type, "text": text}}}
+    return {
+        "role": "user",
+        "content": {"type": "resource", "resource": {"uri": uri, "mimeType": mime_type, "text": text}},
+    }
 
 
 class DatabasePrompts:
@@ -88,36 +96,46 @@ class DatabasePrompts:
                 "Pick the tables that look central (most rows, most referenced), read their descriptions with "
                 f"{self.steps['describe']}, follow the foreign keys, and look at a few rows with "
                 f"{self.steps['sample']}. Then summarise: what the database is about, the main entities and how they "
-                "relate, and five questions it could answer, each with the read-only query that answers it."),
+                "relate, and five questions it could answer, each with the read-only query that answers it."
+            ),
         ]
 
     async def write_query(self, arguments: dict[str, str], ctx: ToolContext) -> list[dict[str, Any]]:
         question = arguments["question"].strip()
         names = [n.strip() for n in arguments.get("tables", "").split(",") if n.strip()]
         embedded = await self._embed_tables(names)
-        where = ("Use the table descriptions above." if embedded else
-                 f"Find the relevant tables first with {self.steps['find']}.")
+        where = (
+            "Use the table descriptions above."
+            if embedded
+            else f"Find the relevant tables first with {self.steps['find']}."
+        )
         return [
             *embedded,
             text_message(
                 f"Write one read-only {self._label} query that answers this question:\n\n{question}\n\n{where} "
                 f"Qualify ambiguous columns, join on the foreign keys, and use {self._limit_hint} when only a "
                 f"few rows are needed. Run it with {self.steps['run']}, check that the result answers the question, "
-                "then show the final query and a short explanation of the answer."),
+                "then show the final query and a short explanation of the answer."
+            ),
         ]
 
     async def explain_table(self, arguments: dict[str, str], ctx: ToolContext) -> list[dict[str, Any]]:
         embedded = await self._embed_tables([arguments["table"].strip()])
         column = arguments.get("column", "").strip()
-        focus = (f" Pay most attention to the column {column}: what its values mean, how they are distributed "
-                 "(use a GROUP BY query) and what refers to it." if column else "")
+        focus = (
+            f" Pay most attention to the column {column}: what its values mean, how they are distributed "
+            "(use a GROUP BY query) and what refers to it."
+            if column
+            else ""
+        )
         return [
             *embedded,
             text_message(
                 "Explain the table described above to someone new to this database: what one row represents, "
                 "what each column means (guess from names and types, and say when you are guessing), the keys "
                 "and what they link to, and which indexes support which lookups. Look at a few rows with "
-                f"{self.steps['sample']} to confirm, and finish with three useful example queries.{focus}"),
+                f"{self.steps['sample']} to confirm, and finish with three useful example queries.{focus}"
+            ),
         ]
 
     async def review_query(self, arguments: dict[str, str], ctx: ToolContext) -> list[dict[str, Any]]:
@@ -131,7 +149,8 @@ class DatabasePrompts:
                 "would be slow: scans where an index could seek, non-sargable predicates (functions on indexed "
                 "columns, leading wildcards, implicit conversions), SELECT *, missing join conditions, "
                 "row-by-row patterns, sorting or DISTINCT without need. Suggest a rewritten query and any index "
-                "that would help (as a suggestion only; this service does not change the schema)."),
+                "that would help (as a suggestion only; this service does not change the schema)."
+            ),
         ]
 
     def _tables_in(self, query: str) -> list[str]:
@@ -170,33 +189,50 @@ class DatabasePrompts:
             head = value.rpartition(",")[0]
             prefix = f"{head.strip()}, " if head.strip() else ""
             done = {n.strip().casefold() for n in head.split(",") if n.strip()}
-            return [prefix + name for name in _table_names(await self.database.list_tables())
-                    if name.casefold() not in done]
+            return [
+                prefix + name for name in _table_names(await self.database.list_tables()) if name.casefold() not in done
+            ]
         return []
 
     def prompts(self) -> list[Prompt]:
         table_help = "A table or view name, e.g. customers or sales.orders (completes from the catalog)."
         return [
-            Prompt("explore_database", "Explore the database",
-                   "Get to know this database: its tables, how they relate, and what it can answer.",
-                   self.explore_database,
-                   [PromptArgument("focus", "Optional: what you care about (e.g. 'sales by region').")]),
-            Prompt("write_query", "Write a query for a question",
-                   "Turn a question in plain words into a read-only SQL query, run it and explain the answer.",
-                   self.write_query,
-                   [PromptArgument("question", "The question the query should answer.", required=True),
-                    PromptArgument("tables", "Optional: comma-separated tables to start from (completes).")],
-                   self.complete),
-            Prompt("explain_table", "Explain a table",
-                   "What a table or view holds: its columns, keys, relationships and indexes, with examples.",
-                   self.explain_table,
-                   [PromptArgument("table", table_help, required=True),
-                    PromptArgument("column", "Optional: a column to focus on (completes from the table's columns).")],
-                   self.complete),
-            Prompt("review_query", "Review a query for performance",
-                   "Find what would make a query slow, using the tables' indexes and sizes, and suggest a fix.",
-                   self.review_query,
-                   [PromptArgument("query", "The SQL query to review.", required=True)]),
+            Prompt(
+                "explore_database",
+                "Explore the database",
+                "Get to know this database: its tables, how they relate, and what it can answer.",
+                self.explore_database,
+                [PromptArgument("focus", "Optional: what you care about (e.g. 'sales by region').")],
+            ),
+            Prompt(
+                "write_query",
+                "Write a query for a question",
+                "Turn a question in plain words into a read-only SQL query, run it and explain the answer.",
+                self.write_query,
+                [
+                    PromptArgument("question", "The question the query should answer.", required=True),
+                    PromptArgument("tables", "Optional: comma-separated tables to start from (completes)."),
+                ],
+                self.complete,
+            ),
+            Prompt(
+                "explain_table",
+                "Explain a table",
+                "What a table or view holds: its columns, keys, relationships and indexes, with examples.",
+                self.explain_table,
+                [
+                    PromptArgument("table", table_help, required=True),
+                    PromptArgument("column", "Optional: a column to focus on (completes from the table's columns)."),
+                ],
+                self.complete,
+            ),
+            Prompt(
+                "review_query",
+                "Review a query for performance",
+                "Find what would make a query slow, using the tables' indexes and sizes, and suggest a fix.",
+                self.review_query,
+                [PromptArgument("query", "The SQL query to review.", required=True)],
+            ),
         ]
 
 

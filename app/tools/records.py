@@ -35,10 +35,12 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Vary": "Accept, Authorization, Cookie",
 }
-_STYLE = ("body{font:15px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:70rem;padding:0 1rem;color:#1b1f24}"
-          "pre{background:#f4f5f7;padding:1rem;overflow:auto;white-space:pre-wrap}"
-          "table{border-collapse:collapse}td,th{border:1px solid #ccd;padding:.2rem .5rem;text-align:left}"
-          "small{color:#555}")
+_STYLE = (
+    "body{font:15px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:70rem;padding:0 1rem;color:#1b1f24}"
+    "pre{background:#f4f5f7;padding:1rem;overflow:auto;white-space:pre-wrap}"
+    "table{border-collapse:collapse}td,th{border:1px solid #ccd;padding:.2rem .5rem;text-align:left}"
+    "small{color:#555}"
+)
 
 
 def _wants_json(request: web.Request) -> bool:
@@ -57,10 +59,15 @@ async def _authenticate(request: web.Request) -> web.Response | None:
         if user is not None:
             if user.role in browser.allowed_roles(request):
                 return None
-            return browser.no_access_page(f"You are signed in as {user.username} ({user.role}), and that role may "
-                                          "not open record pages on this server. Ask an administrator for access.")
-        if (browser.wants_page(request) and not request.app[keys.SETTINGS].allow_unauth_tools_call
-                and request.app.get(keys.AUTH_STORE) is not None):
+            return browser.no_access_page(
+                f"You are signed in as {user.username} ({user.role}), and that role may "
+                "not open record pages on this server. Ask an administrator for access."
+            )
+        if (
+            browser.wants_page(request)
+            and not request.app[keys.SETTINGS].allow_unauth_tools_call
+            and request.app.get(keys.AUTH_STORE) is not None
+        ):
             return web.Response(status=303, headers={"Location": browser.signin_location(request), **PAGE_HEADERS})
     authenticator = request.app.get(keys.AUTHENTICATOR)
     if authenticator is not None:
@@ -77,21 +84,26 @@ def _render_html(document: dict[str, Any], link: Any) -> str:
     e = html.escape
     meta = document.get("metadata") or {}
     source = meta.get("table")
-    head = (f"<h1>{e(document['title'])}</h1><p><small>id <code id=record-id>{e(document['id'])}</code>"
-            + (f" · source table <code id=source-table>{e(str(source))}</code>" if source else "")
-            + "</small></p>")
+    head = (
+        f"<h1>{e(document['title'])}</h1><p><small>id <code id=record-id>{e(document['id'])}</code>"
+        + (f" · source table <code id=source-table>{e(str(source))}</code>" if source else "")
+        + "</small></p>"
+    )
     values = document.get("_row")
     if values is not None:  # a row: the record as a table, foreign keys as links
         links = document.get("_links") or {}
         cells = "".join(
             f"<tr><th>{e(column)}</th><td>"
-            + (f"<a class=related href=\"{e(link(links[column]))}\">{e(value)}</a>" if column in links else e(value))
-            + "</td></tr>" for column, value in values.items())
+            + (f'<a class=related href="{e(link(links[column]))}">{e(value)}</a>' if column in links else e(value))
+            + "</td></tr>"
+            for column, value in values.items()
+        )
         body = f"<table class=record>{cells}</table>"
         children = document.get("_children") or []
         if children:
-            items = "".join(f"<li><a class=related href=\"{e(link(child_id))}\">{e(label)}</a></li>"
-                            for child_id, label in children)
+            items = "".join(
+                f'<li><a class=related href="{e(link(child_id))}">{e(label)}</a></li>' for child_id, label in children
+            )
             body += f"<h2>Related records</h2><ul>{items}</ul>"
     else:
         rows = "".join(
@@ -100,8 +112,8 @@ def _render_html(document: dict[str, Any], link: Any) -> str:
         )
         body = f"<pre>{e(document['text'])}</pre>" + (f"<h2>Metadata</h2><table>{rows}</table>" if rows else "")
     return (
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<meta name=\"viewport\" content=\"width=device-width\"><title>{e(document['title'])}</title>"
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width"><title>{e(document["title"])}</title>'
         f"<style>{_STYLE}</style></head><body>{head}{body}</body></html>"
     )
 
@@ -109,8 +121,10 @@ def _render_html(document: dict[str, Any], link: Any) -> str:
 def _error(request: web.Request, status: int, message: str) -> web.Response:
     if _wants_json(request):
         return web.json_response({"error": message}, status=status, headers=PAGE_HEADERS)
-    page = (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{status}</title>"
-            f"<style>{_STYLE}</style></head><body><h1>{status}</h1><p>{html.escape(message)}</p></body></html>")
+    page = (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{status}</title>'
+        f"<style>{_STYLE}</style></head><body><h1>{status}</h1><p>{html.escape(message)}</p></body></html>"
+    )
     return web.Response(text=page, status=status, content_type="text/html", headers=PAGE_HEADERS)
 
 

@@ -71,25 +71,52 @@ class DatabaseResources:
     async def list_resources(self) -> list[Resource]:
         label = DIALECT_LABELS.get(self.database.dialect_name, self.database.dialect_name)
         out = [
-            Resource(OVERVIEW_URI, "overview", "Database overview",
-                     f"Every table and view of this {label} database with its kind and row estimate.", MARKDOWN),
-            Resource(OVERVIEW_JSON_URI, "overview.json", "Database overview (JSON)",
-                     "The database overview as JSON.", JSON_TYPE),
+            Resource(
+                OVERVIEW_URI,
+                "overview",
+                "Database overview",
+                f"Every table and view of this {label} database with its kind and row estimate.",
+                MARKDOWN,
+            ),
+            Resource(
+                OVERVIEW_JSON_URI,
+                "overview.json",
+                "Database overview (JSON)",
+                "The database overview as JSON.",
+                JSON_TYPE,
+            ),
         ]
         for table in await self._tables():
             rows = f", about {table.row_estimate:,} rows" if table.row_estimate is not None else ""
-            out.append(Resource(table_uri(table), table.qualified_name, f"{table.qualified_name} ({table.kind})",
-                                f"{table.kind.capitalize()} {table.qualified_name}{rows}: columns, types, keys "
-                                f"and indexes. JSON: {table_uri(table, as_json=True)}", MARKDOWN))
+            out.append(
+                Resource(
+                    table_uri(table),
+                    table.qualified_name,
+                    f"{table.qualified_name} ({table.kind})",
+                    f"{table.kind.capitalize()} {table.qualified_name}{rows}: columns, types, keys "
+                    f"and indexes. JSON: {table_uri(table, as_json=True)}",
+                    MARKDOWN,
+                )
+            )
         return out
 
     def list_templates(self) -> list[ResourceTemplate]:
         return [
-            ResourceTemplate(TABLE_TEMPLATE, "table", "Table or view description",
-                             "Columns, types, primary and foreign keys, indexes and row estimate of one table "
-                             f"or view, as Markdown. Use schema '{NO_SCHEMA}' on SQLite.", MARKDOWN),
-            ResourceTemplate(TABLE_JSON_TEMPLATE, "table.json", "Table or view description (JSON)",
-                             "The same description as JSON (the describe_table tool's shape).", JSON_TYPE),
+            ResourceTemplate(
+                TABLE_TEMPLATE,
+                "table",
+                "Table or view description",
+                "Columns, types, primary and foreign keys, indexes and row estimate of one table "
+                f"or view, as Markdown. Use schema '{NO_SCHEMA}' on SQLite.",
+                MARKDOWN,
+            ),
+            ResourceTemplate(
+                TABLE_JSON_TEMPLATE,
+                "table.json",
+                "Table or view description (JSON)",
+                "The same description as JSON (the describe_table tool's shape).",
+                JSON_TYPE,
+            ),
         ]
 
     # -- reading ------------------------------------------------------------------------------------
@@ -97,8 +124,13 @@ class DatabaseResources:
         if uri == OVERVIEW_URI:
             return [ResourceContents(uri, MARKDOWN, self._overview_markdown(await self._tables()))]
         if uri == OVERVIEW_JSON_URI:
-            return [ResourceContents(uri, JSON_TYPE, json.dumps(self._overview_json(await self._tables()),
-                                                                ensure_ascii=False, default=str))]
+            return [
+                ResourceContents(
+                    uri,
+                    JSON_TYPE,
+                    json.dumps(self._overview_json(await self._tables()), ensure_ascii=False, default=str),
+                )
+            ]
         table, as_json = await self._table_for(uri)
         description = await self.database.describe_table(table)
         if as_json:
@@ -109,7 +141,7 @@ class DatabaseResources:
     async def _table_for(self, uri: str) -> tuple[TableInfo, bool]:
         if not uri.startswith(TABLES_PREFIX):
             raise ResourceNotFound(uri)
-        parts = uri[len(TABLES_PREFIX):].split("/")
+        parts = uri[len(TABLES_PREFIX) :].split("/")
         if len(parts) != 2 or not all(parts):
             raise ResourceNotFound(uri, f"Resource not found: {uri} (expected {TABLE_TEMPLATE})")
         schema, name = unquote(parts[0]), unquote(parts[1])
@@ -131,38 +163,47 @@ class DatabaseResources:
             if budget < 0:  # thousands of tables: stay inside the result cap like list_tables does
                 break
             items.append(item)
-        out: dict[str, Any] = {"dialect": self.database.dialect_name,
-                               "dialect_label": DIALECT_LABELS.get(self.database.dialect_name),
-                               "table_count": sum(t.kind == "table" for t in tables),
-                               "view_count": sum(t.kind == "view" for t in tables),
-                               "tables": items, "truncated": len(items) < len(tables)}
+        out: dict[str, Any] = {
+            "dialect": self.database.dialect_name,
+            "dialect_label": DIALECT_LABELS.get(self.database.dialect_name),
+            "table_count": sum(t.kind == "table" for t in tables),
+            "view_count": sum(t.kind == "view" for t in tables),
+            "tables": items,
+            "truncated": len(items) < len(tables),
+        }
         return out
 
     def _overview_markdown(self, tables: list[TableInfo]) -> str:
         overview = self._overview_json(tables)
         label = overview["dialect_label"] or overview["dialect"]
-        lines = [f"# Database overview ({label})", "",
-                 f"{overview['table_count']} tables and {overview['view_count']} views. Read "
-                 f"`{TABLE_TEMPLATE}` for one table's columns, keys and indexes.", "",
-                 "| Name | Kind | Rows (estimate) |", "| --- | --- | --- |"]
+        lines = [
+            f"# Database overview ({label})",
+            "",
+            f"{overview['table_count']} tables and {overview['view_count']} views. Read "
+            f"`{TABLE_TEMPLATE}` for one table's columns, keys and indexes.",
+            "",
+            "| Name | Kind | Rows (estimate) |",
+            "| --- | --- | --- |",
+        ]
         for item in overview["tables"]:
             rows = f"{item['row_estimate']:,}" if item["row_estimate"] is not None else "?"
             lines.append(f"| {render_value(item['qualified_name'])} | {item['kind']} | {rows} |")
         if overview["truncated"]:
-            lines += ["", f"Only {len(overview['tables'])} of {len(tables)} are listed (size limit); use the "
-                          "list_tables tool with a filter for the rest."]
+            lines += [
+                "",
+                f"Only {len(overview['tables'])} of {len(tables)} are listed (size limit); use the "
+                "list_tables tool with a filter for the rest.",
+            ]
         return "\n".join(lines) + "\n"
 
     # -- completions ----------------------------------------------------------------------------------
-    async def complete(self, uri_template: str, argument: str, value: str,
-                       context: Mapping[str, str]) -> list[str]:
+    async def complete(self, uri_template: str, argument: str, value: str, context: Mapping[str, str]) -> list[str]:
         tables = await self._tables()
         if argument == "schema":
             return sorted({t.schema or NO_SCHEMA for t in tables})
         if argument == "table":
             schema = context.get("schema")
-            return [t.name for t in tables
-                    if not schema or (t.schema or NO_SCHEMA).casefold() == schema.casefold()]
+            return [t.name for t in tables if not schema or (t.schema or NO_SCHEMA).casefold() == schema.casefold()]
         return []
 
 
@@ -173,32 +214,43 @@ def _find(tables: list[TableInfo], schema: str, name: str) -> TableInfo | None:
     for table in tables:
         if schema_of(table) == schema and table.name == name:
             return table
-    folded = [t for t in tables
-              if schema_of(t).casefold() == schema.casefold() and t.name.casefold() == name.casefold()]
+    folded = [
+        t for t in tables if schema_of(t).casefold() == schema.casefold() and t.name.casefold() == name.casefold()
+    ]
     return folded[0] if len(folded) == 1 else None
 
 
 def table_markdown(description: TableDescription, dialect: str) -> str:
     table = description.table
     rows = f"about {table.row_estimate:,} rows (estimate)" if table.row_estimate is not None else "row count unknown"
-    lines = [f"# {table.kind.capitalize()} {table.qualified_name}", "",
-             f"{DIALECT_LABELS.get(dialect, dialect)} {table.kind}, {rows}, {len(description.columns)} columns.", "",
-             "| Column | Type | Nullable | Default | Primary key |", "| --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# {table.kind.capitalize()} {table.qualified_name}",
+        "",
+        f"{DIALECT_LABELS.get(dialect, dialect)} {table.kind}, {rows}, {len(description.columns)} columns.",
+        "",
+        "| Column | Type | Nullable | Default | Primary key |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for column in description.columns:
         default = render_value(column.default) if column.default is not None else ""
-        lines.append(f"| {render_value(column.name)} | {render_value(column.type)} | "
-                     f"{'yes' if column.nullable else 'no'} | {default} | {'yes' if column.primary_key else ''} |")
+        lines.append(
+            f"| {render_value(column.name)} | {render_value(column.type)} | "
+            f"{'yes' if column.nullable else 'no'} | {default} | {'yes' if column.primary_key else ''} |"
+        )
     if description.primary_key:
         lines += ["", f"Primary key: ({', '.join(description.primary_key)})"]
     if description.foreign_keys:
         lines += ["", "## Foreign keys", ""]
-        lines += [f"- ({', '.join(fk.columns)}) references {fk.references_table} "
-                  f"({', '.join(fk.references_columns)})" + (f" — {fk.name}" if fk.name else "")
-                  for fk in description.foreign_keys]
+        lines += [
+            f"- ({', '.join(fk.columns)}) references {fk.references_table} "
+            f"({', '.join(fk.references_columns)})" + (f" — {fk.name}" if fk.name else "")
+            for fk in description.foreign_keys
+        ]
     if description.indexes:
         lines += ["", "## Indexes", ""]
-        lines += [f"- {ix.name}: ({', '.join(ix.columns)})" + (" unique" if ix.unique else "")
-                  for ix in description.indexes]
+        lines += [
+            f"- {ix.name}: ({', '.join(ix.columns)})" + (" unique" if ix.unique else "") for ix in description.indexes
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -212,8 +264,9 @@ class CatalogListener(Protocol):
     def subscribed_uris(self) -> set[str]: ...
 
 
-async def watch_catalog(resources: DatabaseResources, listeners: Sequence[CatalogListener],
-                        interval_seconds: float) -> None:
+async def watch_catalog(
+    resources: DatabaseResources, listeners: Sequence[CatalogListener], interval_seconds: float
+) -> None:
     """Every `interval_seconds`: compare the (cached) table list and tell listeners when tables or views
     come or go (notifications/resources/list_changed); read every subscribed resource again and tell its
     subscribers when its content changed (notifications/resources/updated).

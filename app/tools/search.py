@@ -27,12 +27,50 @@ from ..db.types import DatabaseError, TableInfo
 log = structlog.get_logger(__name__)
 
 # Column names people search by; matched against the name's underscore/camelCase parts.
-_SEARCHABLE_WORDS = frozenset({
-    "name", "names", "title", "description", "desc", "summary", "city", "town", "country", "region", "state",
-    "province", "address", "street", "email", "mail", "company", "organization", "organisation", "label",
-    "category", "brand", "tag", "tags", "sku", "code", "note", "notes", "comment", "comments", "subject",
-    "keywords", "keyword", "username", "login", "firstname", "lastname", "surname", "fullname", "product",
-})
+_SEARCHABLE_WORDS = frozenset(
+    {
+        "name",
+        "names",
+        "title",
+        "description",
+        "desc",
+        "summary",
+        "city",
+        "town",
+        "country",
+        "region",
+        "state",
+        "province",
+        "address",
+        "street",
+        "email",
+        "mail",
+        "company",
+        "organization",
+        "organisation",
+        "label",
+        "category",
+        "brand",
+        "tag",
+        "tags",
+        "sku",
+        "code",
+        "note",
+        "notes",
+        "comment",
+        "comments",
+        "subject",
+        "keywords",
+        "keyword",
+        "username",
+        "login",
+        "firstname",
+        "lastname",
+        "surname",
+        "fullname",
+        "product",
+    }
+)
 _TEXT_TYPES = re.compile(r"char|text|clob|string|citext|uniqueidentifier|xml|json|varchar", re.I)
 _NAME_WORDS = frozenset({"name", "title", "fullname", "firstname", "lastname", "surname", "username", "label"})
 _PARTS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
@@ -194,12 +232,14 @@ class ContentSearch:
             columns.append(str(column))
         return found
 
-    async def search(self, tables: list[CatalogTable], terms: Sequence[str],
-                     fulltext: FullText) -> ContentResult:
+    async def search(self, tables: list[CatalogTable], terms: Sequence[str], fulltext: FullText) -> ContentResult:
         terms = [t.lower() for t in terms if t]
         setting = tuple(getattr(self.settings, "search_columns", ()) or ())
-        candidates = [(t, cols) for t in tables if t.primary_key and ((cols := searchable_columns(t, setting))
-                                                                    or (t.schema, t.name.lower()) in fulltext)]
+        candidates = [
+            (t, cols)
+            for t in tables
+            if t.primary_key and ((cols := searchable_columns(t, setting)) or (t.schema, t.name.lower()) in fulltext)
+        ]
         max_tables = int(self.settings.search_max_tables)
         truncated = len(candidates) > max_tables
         notes = [f"only the first {max_tables} of {len(candidates)} searchable tables were read"] if truncated else []
@@ -215,7 +255,8 @@ class ContentSearch:
                 break
             try:
                 rows, cut = await asyncio.wait_for(
-                    self._table_rows(table, columns, terms, per_table, remaining, fulltext), timeout=remaining + 1)
+                    self._table_rows(table, columns, terms, per_table, remaining, fulltext), timeout=remaining + 1
+                )
             except (DatabaseError, TimeoutError) as exc:  # one unreadable table does not end the search
                 log.info("search.table_skipped", table=table.qualified, error=str(exc)[:200])
                 continue
@@ -229,8 +270,15 @@ class ContentSearch:
         hits.sort(key=lambda h: (-h.score, h.table.qualified.lower(), [str(k) for k in h.key]))
         return ContentResult(hits, truncated, notes)
 
-    async def _table_rows(self, table: CatalogTable, columns: list[str], terms: list[str], per_table: int,
-                          timeout: float, fulltext: FullText) -> tuple[list[dict[str, Any]], bool]:
+    async def _table_rows(
+        self,
+        table: CatalogTable,
+        columns: list[str],
+        terms: list[str],
+        per_table: int,
+        timeout: float,
+        fulltext: FullText,
+    ) -> tuple[list[dict[str, Any]], bool]:
         info = TableInfo(schema=table.schema, name=table.name, kind="table", row_estimate=None)
         indexed = fulltext.get((table.schema, table.name.lower()))
         condition = self.dialect.fulltext_condition(terms) if indexed else ""

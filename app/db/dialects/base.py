@@ -178,8 +178,14 @@ class Dialect(ABC):
         """A statement that returns the result's columns and no rows (planned, not run, by the server)."""
         return f"SELECT * FROM (\n{body}\n) AS mcp_q LIMIT 0"
 
-    def plan_read(self, sql: str, tree: exp.Expression | None, max_rows: int, max_bytes: int,
-                  description: Sequence[Sequence[Any]] | None) -> ReadPlan:
+    def plan_read(
+        self,
+        sql: str,
+        tree: exp.Expression | None,
+        max_rows: int,
+        max_bytes: int,
+        description: Sequence[Sequence[Any]] | None,
+    ) -> ReadPlan:
         """The statement to run for a read the guard accepted. `tree` is the checked statement (read-only:
         copy before changing it); `description` the probe's cursor.description when needs_columns."""
         body = statement_body(sql, self.sqlglot)
@@ -229,8 +235,9 @@ class Dialect(ABC):
     def sample_sql(self, table: TableInfo, limit: int) -> str:
         return f"SELECT * FROM {self.table_sql(table)} LIMIT {int(limit)}"
 
-    def row_sql(self, table: TableInfo, columns: Sequence[str],
-                column_types: Sequence[str | None] | None = None) -> str:
+    def row_sql(
+        self, table: TableInfo, columns: Sequence[str], column_types: Sequence[str | None] | None = None
+    ) -> str:
         """SELECT of one row by key columns; values are bound as parameters (`?`). `column_types` (the
         columns' catalog types) lets a typed server compare each key as its column's type (SQL Server)."""
         where = " AND ".join(f"{self.quote_identifier(c)} = ?" for c in columns)
@@ -242,9 +249,15 @@ class Dialect(ABC):
 
     def list_tables(self, cursor: pyodbc.Cursor) -> list[TableInfo]:
         cursor.execute(self.list_tables_sql)
-        return [TableInfo(schema=str(schema), name=str(name), kind=str(kind),
-                          row_estimate=None if estimate is None else int(estimate))
-                for schema, name, kind, estimate in cursor.fetchall()]  # catalog rows, bounded by table count
+        return [
+            TableInfo(
+                schema=str(schema),
+                name=str(name),
+                kind=str(kind),
+                row_estimate=None if estimate is None else int(estimate),
+            )
+            for schema, name, kind, estimate in cursor.fetchall()
+        ]  # catalog rows, bounded by table count
 
     @abstractmethod
     def describe_table(self, cursor: pyodbc.Cursor, table: TableInfo) -> TableDescription: ...
@@ -268,8 +281,9 @@ class Dialect(ABC):
         rows ordered by child and key, and the statement's parameters. ("", []) when the dialect has none."""
         return "", []
 
-    def content_search_sql(self, table: TableInfo, key_columns: Sequence[str], columns: Sequence[str],
-                           term_count: int) -> str:
+    def content_search_sql(
+        self, table: TableInfo, key_columns: Sequence[str], columns: Sequence[str], term_count: int
+    ) -> str:
         """Rows of `table` whose text `columns` contain any of `term_count` bound patterns (one parameter per
         term and column, terms outermost). The caller's Database.execute adds the row cap to the statement."""
         shown = ", ".join(self.quote_identifier(c) for c in dict.fromkeys([*key_columns, *columns]))

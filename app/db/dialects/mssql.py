@@ -44,6 +44,7 @@ def access_token_struct(token: str) -> bytes:
     raw = token.strip().encode("utf-16-le")
     return struct.pack(f"<I{len(raw)}s", len(raw), raw)
 
+
 _OBJECT = "OBJECT_ID(QUOTENAME(?) + N'.' + QUOTENAME(?))"
 
 # Tables (U), views (V), external tables (ET, PolyBase / Azure SQL) and synonyms (SN). The tools' `kind` is
@@ -59,8 +60,10 @@ ORDER BY s.name, o.name
 """
 # The object a name stands for: a synonym's base object when the name is a synonym, else the object itself.
 # Two parameter pairs (schema, name), bound twice.
-_TARGET = (f"COALESCE((SELECT OBJECT_ID(sn.base_object_name) FROM sys.synonyms AS sn WHERE sn.object_id = {_OBJECT}), "
-           f"{_OBJECT})")
+_TARGET = (
+    f"COALESCE((SELECT OBJECT_ID(sn.base_object_name) FROM sys.synonyms AS sn WHERE sn.object_id = {_OBJECT}), "
+    f"{_OBJECT})"
+)
 # Alias types show their own name when the login can see the type, else the base type (never "None"). A default
 # needs VIEW DEFINITION to be read: without it OBJECT_DEFINITION is NULL while default_object_id still says one
 # exists. The flags: identity, computed, hidden (temporal period columns), GENERATED ALWAYS (1/2 = row start/end;
@@ -110,8 +113,9 @@ _GENERATED_ALWAYS = {1: "generated always as row start", 2: "generated always as
 # Types a key value can be CAST to from the bound nvarchar: a base type, optionally with its length/precision.
 _CASTABLE_TYPE = re.compile(r"^[a-z0-9_]+(?:\((?:max|\d+(?:,\d+)?)\))?$", re.IGNORECASE)
 _NO_CAST_TYPES = frozenset({"int", "bigint", "smallint", "tinyint", "nvarchar", "nchar", "sysname"})
-_NOT_CASTABLE = frozenset({"text", "ntext", "image", "xml", "sql_variant", "geography", "geometry",
-                           "hierarchyid", "timestamp", "rowversion"})
+_NOT_CASTABLE = frozenset(
+    {"text", "ntext", "image", "xml", "sql_variant", "geography", "geometry", "hierarchyid", "timestamp", "rowversion"}
+)
 
 _DTO = struct.Struct("<6hI2h")
 
@@ -120,7 +124,7 @@ def datetimeoffset_to_iso(raw: bytes | None) -> str | None:
     """SQL_SS_TIMESTAMPOFFSET_STRUCT -> '2024-01-02T03:04:05.1234567+02:00'."""
     if raw is None:
         return None
-    year, month, day, hour, minute, second, nanos, tz_hour, tz_minute = _DTO.unpack(raw[:_DTO.size])
+    year, month, day, hour, minute, second, nanos, tz_hour, tz_minute = _DTO.unpack(raw[: _DTO.size])
     text = f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}"
     if nanos:
         text += "." + f"{nanos:09d}".rstrip("0")
@@ -142,8 +146,10 @@ def top_capped(tree: exp.Expression, limit: int) -> exp.Expression | None:
     if current is None:
         capped = tree.copy()
         if capped.args.get("offset") is not None:  # ORDER BY ... OFFSET n ROWS: TOP is not allowed with OFFSET
-            capped.set("limit", exp.Fetch(direction="NEXT", count=exp.Literal.number(limit),
-                                          limit_options=exp.LimitOptions(rows=True)))
+            capped.set(
+                "limit",
+                exp.Fetch(direction="NEXT", count=exp.Literal.number(limit), limit_options=exp.LimitOptions(rows=True)),
+            )
         else:
             capped.set("limit", exp.Limit(expression=exp.Literal.number(limit)))
         return capped
@@ -176,16 +182,35 @@ def format_type(name: str, max_length: int, precision: int, scale: int) -> str:
 
 def column_from_catalog(row: Sequence[Any], primary_key: list[str]) -> Column:
     """One COLUMNS row as a Column: type like SSMS shows it, the default (or that it is hidden), flags."""
-    (name, tname, length, prec, scale, nullable, default, default_id, identity, computed, hidden, generated,
-     system_type) = row
+    (
+        name,
+        tname,
+        length,
+        prec,
+        scale,
+        nullable,
+        default,
+        default_id,
+        identity,
+        computed,
+        hidden,
+        generated,
+        system_type,
+    ) = row
     flags = [flag for flag, on in (("identity", identity), ("computed", computed), ("hidden", hidden)) if on]
     if generated:
         flags.append(_GENERATED_ALWAYS.get(int(generated), "generated always"))
     shown_default = str(default) if default is not None else (HIDDEN_DEFAULT if default_id else None)
     base = None if system_type is None else format_type(str(system_type), int(length), int(prec), int(scale))
-    return Column(name=str(name), type=format_type(str(tname), int(length), int(prec), int(scale)),
-                  nullable=bool(nullable), default=shown_default, primary_key=name in primary_key,
-                  flags=flags, base_type=base)
+    return Column(
+        name=str(name),
+        type=format_type(str(tname), int(length), int(prec), int(scale)),
+        nullable=bool(nullable),
+        default=shown_default,
+        primary_key=name in primary_key,
+        flags=flags,
+        base_type=base,
+    )
 
 
 def referenced_name(schema: str | None, name: str | None, object_id: int | None) -> str:
@@ -309,8 +334,14 @@ class MssqlDialect(Dialect):
 
     needs_columns = False  # TEXTSIZE cuts wide values on the server; no probe, no wrapper
 
-    def plan_read(self, sql: str, tree: exp.Expression | None, max_rows: int, max_bytes: int,
-                  description: Sequence[Sequence[Any]] | None) -> ReadPlan:
+    def plan_read(
+        self,
+        sql: str,
+        tree: exp.Expression | None,
+        max_rows: int,
+        max_bytes: int,
+        description: Sequence[Sequence[Any]] | None,
+    ) -> ReadPlan:
         """TOP (max_rows + 1) in the outermost SELECT (T-SQL allows no ORDER BY in a derived table, so no
         wrapper); the statement is regenerated by sqlglot only when the cap changes it."""
         capped = top_capped(tree, int(max_rows) + 1) if tree is not None else None
@@ -328,15 +359,17 @@ class MssqlDialect(Dialect):
     def sample_sql(self, table: TableInfo, limit: int) -> str:
         return f"SELECT TOP ({int(limit)}) * FROM {self.table_sql(table)}"
 
-    def row_sql(self, table: TableInfo, columns: Sequence[str],
-                column_types: Sequence[str | None] | None = None) -> str:
+    def row_sql(
+        self, table: TableInfo, columns: Sequence[str], column_types: Sequence[str | None] | None = None
+    ) -> str:
         """Key values arrive as text and pyodbc binds text as nvarchar: compared as is, a datetime key with
         fractions fails (Msg 241), a binary key fails (Msg 257) and a varchar key under a SQL_* collation
         scans. So each key is `CAST(? AS <the column's base type>)`; integer keys are bound as integers
         (Database._coerce) and nvarchar keys already match."""
         types = list(column_types or [None] * len(columns))
-        where = " AND ".join(f"{self.quote_identifier(c)} = {self.key_parameter(t)}"
-                             for c, t in zip(columns, types, strict=True))
+        where = " AND ".join(
+            f"{self.quote_identifier(c)} = {self.key_parameter(t)}" for c, t in zip(columns, types, strict=True)
+        )
         return f"SELECT TOP (2) * FROM {self.table_sql(table)} WHERE {where}"
 
     @staticmethod
@@ -351,7 +384,6 @@ class MssqlDialect(Dialect):
             return f"CONVERT({text}, ?, 1)"
         return f"CAST(? AS {text})"
 
-
     def describe_table(self, cursor: pyodbc.Cursor, table: TableInfo) -> TableDescription:
         key = (table.schema or self.default_schema, table.name) * 2  # _TARGET binds the name twice
         cursor.execute(PRIMARY_KEY, *key)
@@ -361,17 +393,30 @@ class MssqlDialect(Dialect):
         cursor.execute(FOREIGN_KEYS, *key)
         fks: dict[str, ForeignKey] = {}
         for name, ref_schema, ref_table, col, ref_col, ref_id in cursor.fetchall():
-            fk = fks.setdefault(str(name), ForeignKey(columns=[], references_table=referenced_name(
-                ref_schema, ref_table, ref_id), references_columns=[], name=str(name)))
+            fk = fks.setdefault(
+                str(name),
+                ForeignKey(
+                    columns=[],
+                    references_table=referenced_name(ref_schema, ref_table, ref_id),
+                    references_columns=[],
+                    name=str(name),
+                ),
+            )
             fk.columns.append(str(col))
             fk.references_columns.append("?" if ref_col is None else str(ref_col))
         cursor.execute(INDEXES, *key)
         indexes: dict[str, Index] = {}
         for name, unique, col in cursor.fetchall():
             indexes.setdefault(str(name), Index(name=str(name), columns=[], unique=bool(unique))).columns.append(
-                str(col))
-        return TableDescription(table=table, columns=columns, primary_key=primary_key,
-                                foreign_keys=list(fks.values()), indexes=list(indexes.values()))
+                str(col)
+            )
+        return TableDescription(
+            table=table,
+            columns=columns,
+            primary_key=primary_key,
+            foreign_keys=list(fks.values()),
+            indexes=list(indexes.values()),
+        )
 
     # --- content search (app/tools/search.py); T-SQL checked by sqlglot in tests/test_chatgpt_search.py ---
     # Every column of every user table and view in one query (alias types fall back to their base type).
@@ -410,12 +455,15 @@ ORDER BY s.name, o.name, c.name
         search condition (see fulltext_condition). The row cap is added by Database.execute."""
         q = self.quote_identifier
         listed = ", ".join(f"t.{q(c)}" for c in dict.fromkeys(shown))
-        return (f"SELECT {listed}, k.[RANK] AS mcp_rank FROM {self.table_sql(table)} AS t "
-                f"INNER JOIN CONTAINSTABLE({self.table_sql(table)}, ({', '.join(q(c) for c in columns)}), ?) AS k "
-                f"ON t.{q(key_column)} = k.[KEY] ORDER BY k.[RANK] DESC")
+        return (
+            f"SELECT {listed}, k.[RANK] AS mcp_rank FROM {self.table_sql(table)} AS t "
+            f"INNER JOIN CONTAINSTABLE({self.table_sql(table)}, ({', '.join(q(c) for c in columns)}), ?) AS k "
+            f"ON t.{q(key_column)} = k.[KEY] ORDER BY k.[RANK] DESC"
+        )
 
     def referencing_sql(self, table: TableInfo) -> tuple[str, list[Any]]:
-        return ("""
+        return (
+            """
 SELECT cs.name, co.name, cc.name, pcol.name, fk.name
 FROM sys.foreign_key_columns AS fkc
 JOIN sys.foreign_keys AS fk ON fk.object_id = fkc.constraint_object_id
@@ -425,7 +473,9 @@ JOIN sys.columns AS cc ON cc.object_id = fkc.parent_object_id AND cc.column_id =
 JOIN sys.columns AS pcol ON pcol.object_id = fkc.referenced_object_id AND pcol.column_id = fkc.referenced_column_id
 WHERE fkc.referenced_object_id = OBJECT_ID(?)
 ORDER BY cs.name, co.name, fk.name, fkc.constraint_column_id
-""", [self.table_sql(table)])
+""",
+            [self.table_sql(table)],
+        )
 
     @staticmethod
     def fulltext_condition(terms: list[str]) -> str:

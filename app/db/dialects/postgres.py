@@ -77,14 +77,19 @@ LEFT JOIN pg_catalog.pg_attrdef AS d ON d.adrelid = a.attrelid AND d.adnum = a.a
 WHERE n.nspname = ? AND c.relname = ? AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
 """
-_PRIMARY_KEY = """
+_PRIMARY_KEY = (
+    """
 SELECT array_to_json(ARRAY(
          SELECT a.attname FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(num, ord)
          JOIN pg_catalog.pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = k.num
          ORDER BY k.ord))::text
 FROM pg_catalog.pg_index AS i
-WHERE i.indisprimary AND i.indrelid = (SELECT c.oid """ + _TABLE_FILTER + ")"
-_FOREIGN_KEYS = """
+WHERE i.indisprimary AND i.indrelid = (SELECT c.oid """
+    + _TABLE_FILTER
+    + ")"
+)
+_FOREIGN_KEYS = (
+    """
 SELECT con.conname, fn.nspname, fc.relname,
        array_to_json(ARRAY(
          SELECT a.attname FROM unnest(con.conkey) WITH ORDINALITY AS k(num, ord)
@@ -97,19 +102,26 @@ SELECT con.conname, fn.nspname, fc.relname,
 FROM pg_catalog.pg_constraint AS con
 JOIN pg_catalog.pg_class AS fc ON fc.oid = con.confrelid
 JOIN pg_catalog.pg_namespace AS fn ON fn.oid = fc.relnamespace
-WHERE con.contype = 'f' AND con.conrelid = (SELECT c.oid """ + _TABLE_FILTER + """)
+WHERE con.contype = 'f' AND con.conrelid = (SELECT c.oid """
+    + _TABLE_FILTER
+    + """)
 ORDER BY con.conname
 """
-_INDEXES = """
+)
+_INDEXES = (
+    """
 SELECT ic.relname, i.indisunique,
        array_to_json(ARRAY(
          SELECT pg_catalog.pg_get_indexdef(i.indexrelid, k, true)
          FROM generate_series(1, i.indnkeyatts) AS k ORDER BY k))::text
 FROM pg_catalog.pg_index AS i
 JOIN pg_catalog.pg_class AS ic ON ic.oid = i.indexrelid
-WHERE NOT i.indisprimary AND i.indrelid = (SELECT c.oid """ + _TABLE_FILTER + """)
+WHERE NOT i.indisprimary AND i.indrelid = (SELECT c.oid """
+    + _TABLE_FILTER
+    + """)
 ORDER BY ic.relname
 """
+)
 
 
 def _is_binary(column: Sequence[Any]) -> bool:
@@ -124,9 +136,11 @@ def _json_width(ref: str, column: Sequence[Any]) -> str:
 
 
 # PostgreSQL's FATAL messages for SQLSTATE 28000/28P01 (English server messages, lc_messages=C or en).
-_LOGIN_REFUSED = re.compile(r'FATAL:\s+(?:password authentication failed|\w+ authentication failed for user'
-                            r'|role "[^"]*" does not exist|role "[^"]*" is not permitted to log in'
-                            r'|no pg_hba\.conf entry)')
+_LOGIN_REFUSED = re.compile(
+    r"FATAL:\s+(?:password authentication failed|\w+ authentication failed for user"
+    r'|role "[^"]*" does not exist|role "[^"]*" is not permitted to log in'
+    r"|no pg_hba\.conf entry)"
+)
 
 
 class PostgresDialect(Dialect):
@@ -161,21 +175,23 @@ class PostgresDialect(Dialect):
         (DISCARD ALL itself cannot run in the transaction psqlODBC opens), then the settings psqlODBC and
         we make at connect, which RESET ALL undoes. It starts with ROLLBACK, so it also works after a
         failed statement, and it costs what the plain rollback it replaces cost (one round trip)."""
-        return "; ".join([
-            "ROLLBACK",
-            "CLOSE ALL",
-            "SET SESSION AUTHORIZATION DEFAULT",
-            "RESET ALL",
-            "SELECT pg_catalog.pg_advisory_unlock_all()",
-            "UNLISTEN *",
-            "DEALLOCATE ALL",
-            "DISCARD PLANS",
-            "DISCARD TEMP",
-            "DISCARD SEQUENCES",
-            "SET DateStyle = 'ISO'",  # psqlODBC's own connect-time settings
-            "SET extra_float_digits = 2",
-            *self.session_settings_sql(),
-        ])
+        return "; ".join(
+            [
+                "ROLLBACK",
+                "CLOSE ALL",
+                "SET SESSION AUTHORIZATION DEFAULT",
+                "RESET ALL",
+                "SELECT pg_catalog.pg_advisory_unlock_all()",
+                "UNLISTEN *",
+                "DEALLOCATE ALL",
+                "DISCARD PLANS",
+                "DISCARD TEMP",
+                "DISCARD SEQUENCES",
+                "SET DateStyle = 'ISO'",  # psqlODBC's own connect-time settings
+                "SET extra_float_digits = 2",
+                *self.session_settings_sql(),
+            ]
+        )
 
     close_cursors_before_rollback = False  # the ROLLBACK ends psqlODBC's server cursor; a close first is a round trip
 
@@ -211,32 +227,38 @@ class PostgresDialect(Dialect):
         # there, so the statement fails (and is planned again) instead of silently dropping a column.
         prefix = "SELECT * FROM ("
         assert limited.startswith(prefix)
-        limited = "SELECT mcp_q.*, 0 AS mcp_end FROM (" + limited[len(prefix):]
+        limited = "SELECT mcp_q.*, 0 AS mcp_end FROM (" + limited[len(prefix) :]
         names_and_end = [*names, "mcp_end"]
         row_width = "mcp_r.mcp_end + " + " + ".join(_json_width(f"mcp_r.{names[i]}", columns[i]) for i in ordered)
         shown = ", ".join(
             (f"CASE WHEN mcp_s.mcp_width <= {cap} THEN mcp_s.{name} END" if i in wide else f"mcp_s.{name}")
             + f" AS {self.quote_identifier(str(column[0]))}"
-            for i, (name, column) in enumerate(zip(names, columns, strict=True)))
+            for i, (name, column) in enumerate(zip(names, columns, strict=True))
+        )
         alone = " ".join(f"WHEN {_json_width(f'mcp_s.{names[i]}', columns[i])} > {cap} THEN {i + 1}" for i in ordered)
-        return (f"SELECT {shown}, CASE WHEN mcp_s.mcp_width <= {cap} THEN 0 {alone} ELSE -1 END"
-                f" AS {OVER_CAP_COLUMN}\n"
-                f"FROM (SELECT mcp_r.*, {row_width} AS mcp_width FROM ({limited}) AS mcp_r({', '.join(names_and_end)})"
-                f" OFFSET 0) AS mcp_s")
+        return (
+            f"SELECT {shown}, CASE WHEN mcp_s.mcp_width <= {cap} THEN 0 {alone} ELSE -1 END"
+            f" AS {OVER_CAP_COLUMN}\n"
+            f"FROM (SELECT mcp_r.*, {row_width} AS mcp_width FROM ({limited}) AS mcp_r({', '.join(names_and_end)})"
+            f" OFFSET 0) AS mcp_s"
+        )
 
     def build_connection_string(self) -> str:
         s = self.settings
-        return connection_string([
-            ("DRIVER", str(s.pg_driver)),
-            ("SERVER", str(s.pg_host)),
-            ("PORT", str(s.pg_port)),
-            ("DATABASE", str(s.pg_database)),
-            ("UID", str(s.pg_user)),
-            ("PWD", str(s.pg_password)),
-            ("UseDeclareFetch", "1"),
-            ("Fetch", str(self.fetch_block_rows())),
-            ("BoolsAsChar", "0"),  # booleans as booleans, not '1'/'0' strings
-        ], braced=frozenset({"DRIVER", "PWD"}))
+        return connection_string(
+            [
+                ("DRIVER", str(s.pg_driver)),
+                ("SERVER", str(s.pg_host)),
+                ("PORT", str(s.pg_port)),
+                ("DATABASE", str(s.pg_database)),
+                ("UID", str(s.pg_user)),
+                ("PWD", str(s.pg_password)),
+                ("UseDeclareFetch", "1"),
+                ("Fetch", str(self.fetch_block_rows())),
+                ("BoolsAsChar", "0"),  # booleans as booleans, not '1'/'0' strings
+            ],
+            braced=frozenset({"DRIVER", "PWD"}),
+        )
 
     def secrets(self) -> tuple[str, ...]:
         return tuple(x for x in (str(self.settings.pg_password), *super().secrets()) if x)
@@ -266,7 +288,6 @@ class PostgresDialect(Dialect):
     def match_sql(self, column: str) -> str:
         return f"CAST({self.quote_identifier(column)} AS text) ILIKE ? ESCAPE '\\'"
 
-
     def describe_table(self, cursor: pyodbc.Cursor, table: TableInfo) -> TableDescription:
         key = (table.schema or self.default_schema, table.name)
         cursor.execute(_PRIMARY_KEY, *key)
@@ -274,17 +295,33 @@ class PostgresDialect(Dialect):
         primary_key = json.loads(row[0]) if row and row[0] else []
 
         cursor.execute(_COLUMNS, *key)
-        columns = [Column(name=str(name), type=str(ctype), nullable=bool(nullable),
-                          default=None if default is None else str(default), primary_key=name in primary_key)
-                   for name, ctype, nullable, default in cursor.fetchall()]
+        columns = [
+            Column(
+                name=str(name),
+                type=str(ctype),
+                nullable=bool(nullable),
+                default=None if default is None else str(default),
+                primary_key=name in primary_key,
+            )
+            for name, ctype, nullable, default in cursor.fetchall()
+        ]
 
         cursor.execute(_FOREIGN_KEYS, *key)
-        foreign_keys = [ForeignKey(columns=json.loads(cols), references_table=f"{ref_schema}.{ref_table}",
-                                   references_columns=json.loads(ref_cols), name=str(name))
-                        for name, ref_schema, ref_table, cols, ref_cols in cursor.fetchall()]
+        foreign_keys = [
+            ForeignKey(
+                columns=json.loads(cols),
+                references_table=f"{ref_schema}.{ref_table}",
+                references_columns=json.loads(ref_cols),
+                name=str(name),
+            )
+            for name, ref_schema, ref_table, cols, ref_cols in cursor.fetchall()
+        ]
 
         cursor.execute(_INDEXES, *key)
-        indexes = [Index(name=str(name), columns=json.loads(cols), unique=bool(unique))
-                   for name, unique, cols in cursor.fetchall()]
-        return TableDescription(table=table, columns=columns, primary_key=primary_key,
-                                foreign_keys=foreign_keys, indexes=indexes)
+        indexes = [
+            Index(name=str(name), columns=json.loads(cols), unique=bool(unique))
+            for name, unique, cols in cursor.fetchall()
+        ]
+        return TableDescription(
+            table=table, columns=columns, primary_key=primary_key, foreign_keys=foreign_keys, indexes=indexes
+        )

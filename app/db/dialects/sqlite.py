@@ -134,8 +134,7 @@ class SqliteDialect(Dialect):
         # BigInt=1: without it the driver reads INTEGER values as 32-bit (9007199254740993 came back as 1).
         busy_ms = min(5000, int(float(self.settings.query_timeout_seconds) * 1000))
         driver = str(self.settings.sqlite_driver)
-        return (f"DRIVER={{{driver}}};Database={self.database_uri()};Timeout={busy_ms};NoCreat=1;"
-                "FKSupport=1;BigInt=1;")
+        return f"DRIVER={{{driver}}};Database={self.database_uri()};Timeout={busy_ms};NoCreat=1;FKSupport=1;BigInt=1;"
 
     def connect_kwargs(self) -> dict:
         return {"autocommit": False}
@@ -148,8 +147,11 @@ class SqliteDialect(Dialect):
             locked = _native.lock_down(self.value_limit_bytes())
         if not locked:
             conn.close()
-            raise pyodbc.Error("HY000", "could not turn off extension loading and set the value limit on the "
-                                        "SQLite connection (libsqlite3 not reachable)")
+            raise pyodbc.Error(
+                "HY000",
+                "could not turn off extension loading and set the value limit on the "
+                "SQLite connection (libsqlite3 not reachable)",
+            )
         return conn
 
     def value_limit_bytes(self) -> int:
@@ -159,8 +161,10 @@ class SqliteDialect(Dialect):
     def explain_failure(self, message: str) -> str:
         if "string or blob too big" in message:
             limit = self.value_limit_bytes() // (1024 * 1024)
-            return (f"{message}: a value in this query would be larger than the {limit} MiB limit for one value. "
-                    "Select a part of it (substr), its length(), or leave the column out.")
+            return (
+                f"{message}: a value in this query would be larger than the {limit} MiB limit for one value. "
+                "Select a part of it (substr), its length(), or leave the column out."
+            )
         return message
 
     def setup_connection(self, conn: pyodbc.Connection) -> None:
@@ -190,28 +194,35 @@ class SqliteDialect(Dialect):
         names = [f"c{i + 1}" for i in range(len(columns))]
         ordered = sorted(wide)
         row_width = " + ".join(_json_width(f"mcp_r.{names[i]}") for i in ordered)
-        blanked = ", ".join(f"CASE WHEN mcp_s.mcp_width <= {cap} THEN mcp_s.{name} END AS {name}" if i in wide
-                            else f"mcp_s.{name}" for i, name in enumerate(names))
+        blanked = ", ".join(
+            f"CASE WHEN mcp_s.mcp_width <= {cap} THEN mcp_s.{name} END AS {name}" if i in wide else f"mcp_s.{name}"
+            for i, name in enumerate(names)
+        )
         alone = " ".join(f"WHEN {_json_width(f'mcp_s.{names[i]}')} > {cap} THEN {i + 1}" for i in ordered)
         shown = ", ".join(
             (f"CASE WHEN mcp_t.mcp_total <= {cap} THEN mcp_t.{name} END" if i in wide else f"mcp_t.{name}")
             + f" AS {self.quote_identifier(str(column[0]))}"
-            for i, (name, column) in enumerate(zip(names, columns, strict=True)))
-        return (f"WITH mcp_r({', '.join(names)}) AS ({limited})\n"
-                f"SELECT {shown}, CASE WHEN mcp_t.mcp_total <= {cap} THEN 0 WHEN mcp_t.mcp_alone > 0"
-                f" THEN mcp_t.mcp_alone ELSE -1 END AS {OVER_CAP_COLUMN}\n"
-                f"FROM (SELECT mcp_b.*, SUM(mcp_b.mcp_width) OVER (ROWS UNBOUNDED PRECEDING) AS mcp_total\n"
-                f"      FROM (SELECT {blanked}, mcp_s.mcp_width,\n"
-                f"                   CASE WHEN mcp_s.mcp_width <= {cap} THEN 0 {alone} ELSE -1 END AS mcp_alone\n"
-                f"            FROM (SELECT mcp_r.*, {row_width} AS mcp_width FROM mcp_r LIMIT -1) AS mcp_s"
-                f" LIMIT -1) AS mcp_b LIMIT -1) AS mcp_t\n"
-                f"WHERE mcp_t.mcp_total - mcp_t.mcp_width <= {cap}")
+            for i, (name, column) in enumerate(zip(names, columns, strict=True))
+        )
+        return (
+            f"WITH mcp_r({', '.join(names)}) AS ({limited})\n"
+            f"SELECT {shown}, CASE WHEN mcp_t.mcp_total <= {cap} THEN 0 WHEN mcp_t.mcp_alone > 0"
+            f" THEN mcp_t.mcp_alone ELSE -1 END AS {OVER_CAP_COLUMN}\n"
+            f"FROM (SELECT mcp_b.*, SUM(mcp_b.mcp_width) OVER (ROWS UNBOUNDED PRECEDING) AS mcp_total\n"
+            f"      FROM (SELECT {blanked}, mcp_s.mcp_width,\n"
+            f"                   CASE WHEN mcp_s.mcp_width <= {cap} THEN 0 {alone} ELSE -1 END AS mcp_alone\n"
+            f"            FROM (SELECT mcp_r.*, {row_width} AS mcp_width FROM mcp_r LIMIT -1) AS mcp_s"
+            f" LIMIT -1) AS mcp_b LIMIT -1) AS mcp_t\n"
+            f"WHERE mcp_t.mcp_total - mcp_t.mcp_width <= {cap}"
+        )
 
     all_columns_sql = _ALL_COLUMNS
 
     # FTS5 indexes over a content table (content='t'): keyword search uses them with their bm25 rank.
-    fulltext_columns_sql = ("SELECT name, sql FROM sqlite_master WHERE type = 'table' "
-                            "AND lower(sql) LIKE 'create virtual table%using fts5%'")
+    fulltext_columns_sql = (
+        "SELECT name, sql FROM sqlite_master WHERE type = 'table' "
+        "AND lower(sql) LIKE 'create virtual table%using fts5%'"
+    )
 
     @staticmethod
     def fulltext_index_rows(rows: Sequence[Sequence[Any]]) -> list[tuple[None, str, str, str, str]]:
@@ -235,13 +246,16 @@ class SqliteDialect(Dialect):
                 found.extend((None, content, column, key_column, str(name)) for column in columns)
         return found
 
-    def fulltext_search_sql(self, table: TableInfo, key_column: str, shown: list[str], columns: list[str],
-                            index_name: str = "") -> str:
+    def fulltext_search_sql(
+        self, table: TableInfo, key_column: str, shown: list[str], columns: list[str], index_name: str = ""
+    ) -> str:
         q = self.quote_identifier
         listed = ", ".join(f"t.{q(c)}" for c in dict.fromkeys(shown))
-        return (f"SELECT {listed}, f.rank AS mcp_rank FROM {q(index_name)} AS f "
-                f"JOIN {self.table_sql(table)} AS t ON t.{q(key_column)} = f.rowid "
-                f"WHERE f.{q(index_name)} MATCH ? ORDER BY f.rank")
+        return (
+            f"SELECT {listed}, f.rank AS mcp_rank FROM {q(index_name)} AS f "
+            f"JOIN {self.table_sql(table)} AS t ON t.{q(key_column)} = f.rowid "
+            f"WHERE f.{q(index_name)} MATCH ? ORDER BY f.rank"
+        )
 
     @staticmethod
     def fulltext_condition(terms: list[str]) -> str:
@@ -250,9 +264,12 @@ class SqliteDialect(Dialect):
 
     def referencing_sql(self, table: TableInfo) -> tuple[str, list[Any]]:
         # "to" is NULL when the key names no columns: it then means the parent's primary key.
-        return ('SELECT NULL, m.name, f."from", f."to", f.id FROM sqlite_master AS m '
-                "JOIN pragma_foreign_key_list(m.name) AS f WHERE m.type = 'table' "
-                'AND f."table" = ? COLLATE NOCASE ORDER BY m.name, f.id, f.seq', [table.name])
+        return (
+            'SELECT NULL, m.name, f."from", f."to", f.id FROM sqlite_master AS m '
+            "JOIN pragma_foreign_key_list(m.name) AS f WHERE m.type = 'table' "
+            'AND f."table" = ? COLLATE NOCASE ORDER BY m.name, f.id, f.seq',
+            [table.name],
+        )
 
     def match_sql(self, column: str) -> str:
         # SQLite's LIKE ignores ASCII case by itself; CAST keeps numbers and dates searchable as text.
@@ -278,23 +295,38 @@ class SqliteDialect(Dialect):
         if cursor.fetchone():
             cursor.execute(_ROW_ESTIMATES)
             estimates = {str(t).lower(): int(n) for t, n in cursor.fetchall() if n is not None}
-        return [TableInfo(schema=None, name=name, kind="view" if kind == "view" else "table",
-                          row_estimate=estimates.get(name.lower())) for name, kind in rows]
+        return [
+            TableInfo(
+                schema=None,
+                name=name,
+                kind="view" if kind == "view" else "table",
+                row_estimate=estimates.get(name.lower()),
+            )
+            for name, kind in rows
+        ]
 
     def describe_table(self, cursor: pyodbc.Cursor, table: TableInfo) -> TableDescription:
         cursor.execute(_COLUMNS, table.name)
         cols = cursor.fetchall()
         pk_order = sorted((int(pk), name) for name, _t, _nn, _d, pk in cols if pk)
         primary_key = [name for _, name in pk_order]
-        columns = [Column(name=name, type=str(ctype or ""), nullable=not bool(notnull) and name not in primary_key,
-                          default=None if default is None else str(default), primary_key=name in primary_key)
-                   for name, ctype, notnull, default, _pk in cols]
+        columns = [
+            Column(
+                name=name,
+                type=str(ctype or ""),
+                nullable=not bool(notnull) and name not in primary_key,
+                default=None if default is None else str(default),
+                primary_key=name in primary_key,
+            )
+            for name, ctype, notnull, default, _pk in cols
+        ]
 
         cursor.execute(_FOREIGN_KEYS, table.name)
         fks: dict[int, ForeignKey] = {}
         for fk_id, _seq, ref_table, from_col, to_col in cursor.fetchall():
-            fk = fks.setdefault(int(fk_id), ForeignKey(columns=[], references_table=str(ref_table),
-                                                       references_columns=[]))
+            fk = fks.setdefault(
+                int(fk_id), ForeignKey(columns=[], references_table=str(ref_table), references_columns=[])
+            )
             fk.columns.append(str(from_col))
             fk.references_columns.append(str(to_col) if to_col is not None else "")
 
@@ -308,5 +340,6 @@ class SqliteDialect(Dialect):
             names = [str(n) if n is not None else "<expression>" for (n,) in cursor.fetchall()]
             indexes.append(Index(name=str(index_name), columns=names, unique=bool(unique)))
         # An INTEGER PRIMARY KEY is the rowid and has no index row; others have origin 'pk'.
-        return TableDescription(table=table, columns=columns, primary_key=primary_key,
-                                foreign_keys=list(fks.values()), indexes=indexes)
+        return TableDescription(
+            table=table, columns=columns, primary_key=primary_key, foreign_keys=list(fks.values()), indexes=indexes
+        )

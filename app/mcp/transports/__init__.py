@@ -59,13 +59,18 @@ def add_mcp_routes(app: web.Application, prefix: str, server: McpServer) -> McpE
 
     async def head_mcp(request: web.Request) -> web.Response:
         # Connectors probe the URL they were given with HEAD before anything else: say it exists, as for /sse.
-        return web.Response(status=200, headers={"Allow": "GET, POST, DELETE, OPTIONS",
-                                                 "Content-Type": "application/json"})
+        return web.Response(
+            status=200, headers={"Allow": "GET, POST, DELETE, OPTIONS", "Content-Type": "application/json"}
+        )
 
     def options_for(allow: str):
         async def options(request: web.Request) -> web.Response:
-            headers = {"Allow": allow, "Access-Control-Allow-Methods": allow,
-                       "Access-Control-Allow-Headers": CORS_ALLOW_HEADERS, "Access-Control-Max-Age": "86400"}
+            headers = {
+                "Allow": allow,
+                "Access-Control-Allow-Methods": allow,
+                "Access-Control-Allow-Headers": CORS_ALLOW_HEADERS,
+                "Access-Control-Max-Age": "86400",
+            }
             if not origins.allowed(request):
                 headers.pop("Access-Control-Allow-Methods")
                 headers.pop("Access-Control-Allow-Headers")

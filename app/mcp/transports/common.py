@@ -26,8 +26,9 @@ SSE_HEADERS = {
 }
 ALWAYS_ALLOWED_ORIGINS = ("https://chatgpt.com", "https://claude.ai", "https://claude.com")
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
-CORS_ALLOW_HEADERS = ("Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version, Mcp-Method, "
-                      "Mcp-Name, Last-Event-ID")
+CORS_ALLOW_HEADERS = (
+    "Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version, Mcp-Method, Mcp-Name, Last-Event-ID"
+)
 CORS_EXPOSE_HEADERS = "Mcp-Session-Id, MCP-Protocol-Version, WWW-Authenticate"
 SESSION_HEADER = "Mcp-Session-Id"
 VERSION_HEADER = "MCP-Protocol-Version"
@@ -76,15 +77,19 @@ def accepts(request: web.Request) -> tuple[bool, bool]:
         return True, True
     types = {part.split(";", 1)[0].strip().lower() for part in header.split(",")}
     wildcard = "*/*" in types
-    return (wildcard or JSON_TYPE in types or "application/*" in types,
-            wildcard or SSE_TYPE in types or "text/*" in types)
+    return (
+        wildcard or JSON_TYPE in types or "application/*" in types,
+        wildcard or SSE_TYPE in types or "text/*" in types,
+    )
 
 
-def rpc_error_response(status: int, error: JsonRpcError, request_id: RequestId | None = None,
-                       headers: dict[str, str] | None = None) -> web.Response:
+def rpc_error_response(
+    status: int, error: JsonRpcError, request_id: RequestId | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
     rid = request_id if request_id is not None else error.request_id
-    return web.Response(status=status, body=dumps(error_message(rid, error)).encode(), content_type=JSON_TYPE,
-                        headers=headers)
+    return web.Response(
+        status=status, body=dumps(error_message(rid, error)).encode(), content_type=JSON_TYPE, headers=headers
+    )
 
 
 def http_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -140,15 +145,26 @@ async def open_sse(request: web.Request, headers: dict[str, str] | None = None) 
 
 def new_outbox(settings: Any, on_overflow: Callable[[Outbox], None] | None = None) -> Outbox:
     """An outbox of SSE frames bounded by MCP_STREAM_MAX_MESSAGES / MCP_STREAM_MAX_BYTES."""
-    return Outbox(sse_event, max_messages=settings.stream_max_messages, max_bytes=settings.stream_max_bytes,
-                  on_overflow=on_overflow)
+    return Outbox(
+        sse_event,
+        max_messages=settings.stream_max_messages,
+        max_bytes=settings.stream_max_bytes,
+        on_overflow=on_overflow,
+    )
 
 
 def note_stream_dropped(server: Any, transport: str, stream: str, outbox: Outbox) -> None:
     """The log line (and metric) for a stream dropped because its client stopped reading."""
-    log.warning("mcp_stream_dropped", transport=transport, stream=stream, reason="client_not_reading",
-                queued_messages=len(outbox), queued_bytes=outbox.queued_bytes,
-                max_messages=outbox.max_messages, max_bytes=outbox.max_bytes)
+    log.warning(
+        "mcp_stream_dropped",
+        transport=transport,
+        stream=stream,
+        reason="client_not_reading",
+        queued_messages=len(outbox),
+        queued_bytes=outbox.queued_bytes,
+        max_messages=outbox.max_messages,
+        max_bytes=outbox.max_bytes,
+    )
     metrics = getattr(server, "metrics", None)  # servers built for protocol tests may have none
     if metrics is not None:
         metrics.mcp_streams_dropped.labels(transport).inc()
@@ -165,8 +181,9 @@ def abort_connection(request: web.Request) -> None:
         transport.abort()
 
 
-async def pump_stream(request: web.Request, response: web.StreamResponse, outbox: Outbox, *,
-                      keepalive: float, poll: float = 1.0) -> None:
+async def pump_stream(
+    request: web.Request, response: web.StreamResponse, outbox: Outbox, *, keepalive: float, poll: float = 1.0
+) -> None:
     """Forward outbox frames as SSE events until the outbox closes or the client goes away.
 
     `poll` is how often a silent disconnect is looked for (aiohttp does not cancel handlers when
@@ -197,8 +214,9 @@ async def authenticate(request: web.Request, methods: Sequence[str]) -> Principa
     settings = request.app[keys.SETTINGS]
     if settings.allow_unauth_methods and settings.allow_unauth_tools_call:
         return ANONYMOUS
-    raise web.HTTPUnauthorized(headers={"WWW-Authenticate": 'Bearer realm="mcp"'},
-                               text='{"error":"invalid_token"}', content_type=JSON_TYPE)
+    raise web.HTTPUnauthorized(
+        headers={"WWW-Authenticate": 'Bearer realm="mcp"'}, text='{"error":"invalid_token"}', content_type=JSON_TYPE
+    )
 
 
 def cors_headers(request: web.Request) -> dict[str, str]:

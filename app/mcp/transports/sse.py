@@ -106,17 +106,28 @@ class LegacySse:
         session = self.server.sessions.get(session_id, principal)  # another user's session: None, as unknown
         if session is None or session.transport != TRANSPORT or session.stream is None or session.stream.closed:
             if self.server.sessions.was_dropped(session_id, principal):
-                return http_error(410, "Gone: the event stream of this session was dropped because the client "
-                                       "stopped reading it; open a new SSE stream")
+                return http_error(
+                    410,
+                    "Gone: the event stream of this session was dropped because the client "
+                    "stopped reading it; open a new SSE stream",
+                )
             return http_error(404, "Session not found or expired: open a new SSE stream")
         if isinstance(payload, list) and session.protocol_version not in BATCH_VERSIONS:
-            return http_error(400, f"Invalid request: JSON-RPC batches are not supported in protocol version "
-                                   f"{session.protocol_version}")
+            return http_error(
+                400,
+                f"Invalid request: JSON-RPC batches are not supported in protocol version {session.protocol_version}",
+            )
         url = base_url(request)
         for message in messages:
             self.server.observe(message)
-            env = CallEnv(transport=TRANSPORT, principal=principal, base_url=url, settings=self.settings,
-                          session=session, emit=session.stream.put)
+            env = CallEnv(
+                transport=TRANSPORT,
+                principal=principal,
+                base_url=url,
+                settings=self.settings,
+                session=session,
+                emit=session.stream.put,
+            )
             if message.kind == "notification":
                 await self.server.handle_notification(message, env)
             elif message.kind == "request":
@@ -147,6 +158,11 @@ class LegacySse:
             session.stream.put(answer)
 
     async def head(self, request: web.Request) -> web.Response:
-        return web.Response(status=200, headers={"Content-Type": "text/event-stream",
-                                                 "Cache-Control": "no-cache, no-transform",
-                                                 "Allow": "GET, POST, HEAD, OPTIONS"})
+        return web.Response(
+            status=200,
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache, no-transform",
+                "Allow": "GET, POST, HEAD, OPTIONS",
+            },
+        )

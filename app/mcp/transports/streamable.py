@@ -98,8 +98,9 @@ class StreamableHttp:
             return await self._modern(request, message, json_ok, sse_ok)
         return await self._legacy(request, message, header_version, json_ok, sse_ok)
 
-    async def _legacy(self, request: web.Request, message: Message, header_version: str | None,
-                      json_ok: bool, sse_ok: bool) -> web.StreamResponse:
+    async def _legacy(
+        self, request: web.Request, message: Message, header_version: str | None, json_ok: bool, sse_ok: bool
+    ) -> web.StreamResponse:
         methods = [message.method] if message.kind != "response" else []
         principal = await authenticate(request, methods)
         if header_version is not None and header_version not in SUPPORTED_VERSIONS:
@@ -111,8 +112,13 @@ class StreamableHttp:
             if isinstance(session_or_error, web.Response):
                 return session_or_error
             session = session_or_error
-        env = CallEnv(transport=TRANSPORT, principal=principal, base_url=base_url(request),
-                      settings=self.settings, session=session)
+        env = CallEnv(
+            transport=TRANSPORT,
+            principal=principal,
+            base_url=base_url(request),
+            settings=self.settings,
+            session=session,
+        )
         if message.kind == "notification":
             await self.server.handle_notification(message, env)
             return web.Response(status=202)
@@ -132,8 +138,7 @@ class StreamableHttp:
             headers = {SESSION_HEADER: env.session.id}
         return await self._single(request, answer, json_ok, headers=headers)
 
-    async def _modern(self, request: web.Request, message: Message, json_ok: bool,
-                      sse_ok: bool) -> web.StreamResponse:
+    async def _modern(self, request: web.Request, message: Message, json_ok: bool, sse_ok: bool) -> web.StreamResponse:
         principal = await authenticate(request, [message.method] if message.kind != "response" else [])
         if message.kind == "notification":
             return web.Response(status=202)  # 2026-07-28 defines no client notifications on HTTP
@@ -143,15 +148,27 @@ class StreamableHttp:
             envelope = self.server.check_envelope(message, request.headers)
         except JsonRpcError as exc:
             return rpc_error_response(MODERN_HTTP_STATUS.get(exc.code, 400), exc, message.id)
-        env = CallEnv(transport=TRANSPORT, principal=principal, base_url=base_url(request),
-                      settings=self.settings, envelope=envelope)
+        env = CallEnv(
+            transport=TRANSPORT,
+            principal=principal,
+            base_url=base_url(request),
+            settings=self.settings,
+            envelope=envelope,
+        )
         if message.method == "tools/call":
             return await self._run_call(request, message, env, json_ok, sse_ok)
         answer = await self.server.handle_request(message, env)
         return await self._single(request, answer, json_ok, status=_modern_status(answer))
 
-    async def _single(self, request: web.Request, answer: dict[str, Any], json_ok: bool, *, status: int = 200,
-                      headers: dict[str, str] | None = None) -> web.StreamResponse:
+    async def _single(
+        self,
+        request: web.Request,
+        answer: dict[str, Any],
+        json_ok: bool,
+        *,
+        status: int = 200,
+        headers: dict[str, str] | None = None,
+    ) -> web.StreamResponse:
         if json_ok:
             return json_body(answer, status=status, headers=headers)
         response = await open_sse(request, headers)  # the client accepts only text/event-stream
@@ -170,8 +187,9 @@ class StreamableHttp:
         return session
 
     # -- tools/call: the only method that may run long, stream progress, or be cancelled ---------
-    async def _run_call(self, request: web.Request, message: Message, env: CallEnv, json_ok: bool,
-                        sse_ok: bool) -> web.StreamResponse:
+    async def _run_call(
+        self, request: web.Request, message: Message, env: CallEnv, json_ok: bool, sse_ok: bool
+    ) -> web.StreamResponse:
         task: asyncio.Task[dict[str, Any]] | None = None
 
         def drop_stream(full: Outbox) -> None:
@@ -193,16 +211,26 @@ class StreamableHttp:
         if session is not None and request_id is not None:
             session.inflight[request_id] = task
         try:
-            return await self._respond(request, task, outbox, json_ok, sse_ok, request_id=request_id,
-                                       modern=env.envelope is not None)
+            return await self._respond(
+                request, task, outbox, json_ok, sse_ok, request_id=request_id, modern=env.envelope is not None
+            )
         finally:
             if not task.done():
                 task.cancel()  # client went away or this handler was cancelled: stop the query
             if session is not None and session.inflight.get(request_id) is task:
                 del session.inflight[request_id]
 
-    async def _respond(self, request: web.Request, task: asyncio.Task[dict[str, Any]], outbox: Outbox,
-                       json_ok: bool, sse_ok: bool, *, request_id: Any, modern: bool) -> web.StreamResponse:
+    async def _respond(
+        self,
+        request: web.Request,
+        task: asyncio.Task[dict[str, Any]],
+        outbox: Outbox,
+        json_ok: bool,
+        sse_ok: bool,
+        *,
+        request_id: Any,
+        modern: bool,
+    ) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         switch_at = loop.time() + self.sse_after_seconds
         if not task.done():
@@ -228,8 +256,9 @@ class StreamableHttp:
             return json_body(answer, status=_modern_status(answer) if modern else 200)
         return await self._stream(request, task, outbox)
 
-    async def _stream(self, request: web.Request, task: asyncio.Task[dict[str, Any]],
-                      outbox: Outbox) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, task: asyncio.Task[dict[str, Any]], outbox: Outbox
+    ) -> web.StreamResponse:
         response = await open_sse(request)
         loop = asyncio.get_running_loop()
         last_write = loop.time()
@@ -258,8 +287,14 @@ class StreamableHttp:
 
     # -- batches (2025-03-26 only) ----------------------------------------------------------------
     async def _batch(self, request: web.Request, payload: list[Any], header_version: str | None) -> web.Response:
-        principal = await authenticate(request, [item.get("method", "") for item in payload
-                                                 if isinstance(item, dict) and isinstance(item.get("method"), str)])
+        principal = await authenticate(
+            request,
+            [
+                item.get("method", "")
+                for item in payload
+                if isinstance(item, dict) and isinstance(item.get("method"), str)
+            ],
+        )
         if header_version in MODERN_VERSIONS:
             return http_error(400, "Invalid request: JSON-RPC batches are not allowed in protocol 2026-07-28")
         if not payload:
@@ -269,8 +304,11 @@ class StreamableHttp:
             return session_or_error
         session = session_or_error
         if session.protocol_version not in BATCH_VERSIONS:
-            return http_error(400, f"Invalid request: JSON-RPC batches are not supported in protocol version "
-                                   f"{session.protocol_version} (only 2025-03-26)")
+            return http_error(
+                400,
+                f"Invalid request: JSON-RPC batches are not supported in protocol version "
+                f"{session.protocol_version} (only 2025-03-26)",
+            )
         answers: list[dict[str, Any]] = []
         requests: list[Message] = []
         for item in payload:
@@ -282,8 +320,13 @@ class StreamableHttp:
             self.server.observe(message)
             if message.kind == "request" and message.method == "initialize":
                 return http_error(400, "Invalid request: initialize must not be part of a JSON-RPC batch")
-            env = CallEnv(transport=TRANSPORT, principal=principal, base_url=base_url(request),
-                          settings=self.settings, session=session)
+            env = CallEnv(
+                transport=TRANSPORT,
+                principal=principal,
+                base_url=base_url(request),
+                settings=self.settings,
+                session=session,
+            )
             if message.kind == "notification":
                 await self.server.handle_notification(message, env)
             elif message.kind == "request":
@@ -292,8 +335,13 @@ class StreamableHttp:
             loop = asyncio.get_running_loop()
             tasks = []
             for message in requests:
-                env = CallEnv(transport=TRANSPORT, principal=principal, base_url=base_url(request),
-                              settings=self.settings, session=session)
+                env = CallEnv(
+                    transport=TRANSPORT,
+                    principal=principal,
+                    base_url=base_url(request),
+                    settings=self.settings,
+                    session=session,
+                )
                 task = loop.create_task(self.server.handle_request(message, env))
                 if message.id is not None:
                     session.inflight[message.id] = task
@@ -308,9 +356,11 @@ class StreamableHttp:
                         del session.inflight[message.id]
             for message, result in zip(requests, results, strict=True):
                 if isinstance(result, BaseException):
-                    result = {"jsonrpc": "2.0", "id": message.id,
-                              "error": JsonRpcError(REQUEST_CANCELLED, "Request cancelled by the client")
-                              .error_object()}
+                    result = {
+                        "jsonrpc": "2.0",
+                        "id": message.id,
+                        "error": JsonRpcError(REQUEST_CANCELLED, "Request cancelled by the client").error_object(),
+                    }
                 answers.append(result)
         if not answers:
             return web.Response(status=202)
@@ -322,8 +372,9 @@ class StreamableHttp:
             return forbidden_origin()
         version = (request.headers.get(VERSION_HEADER) or "").strip()
         if version in MODERN_VERSIONS:
-            return http_error(405, "Method Not Allowed: protocol 2026-07-28 has no GET stream",
-                              headers={"Allow": "POST"})
+            return http_error(
+                405, "Method Not Allowed: protocol 2026-07-28 has no GET stream", headers={"Allow": "POST"}
+            )
         _, sse_ok = accepts(request)
         if not sse_ok:
             return http_error(406, "Not Acceptable: the GET stream needs Accept: text/event-stream")
@@ -357,8 +408,7 @@ class StreamableHttp:
             return forbidden_origin()
         version = (request.headers.get(VERSION_HEADER) or "").strip()
         if version in MODERN_VERSIONS and not request.headers.get(SESSION_HEADER):
-            return http_error(405, "Method Not Allowed: protocol 2026-07-28 has no sessions",
-                              headers={"Allow": "POST"})
+            return http_error(405, "Method Not Allowed: protocol 2026-07-28 has no sessions", headers={"Allow": "POST"})
         principal = await authenticate(request, [])
         session_or_error = self._session(request, principal)
         if isinstance(session_or_error, web.Response):
