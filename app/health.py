@@ -21,6 +21,7 @@ import structlog
 from aiohttp import web
 
 from . import __version__, keys
+from .core import surface_by_prefix
 from .mcp.server import HANDSHAKE_VERSIONS
 from .obs import bearer_matches
 
@@ -97,10 +98,6 @@ async def may_see_details(request: web.Request) -> bool:
     return bool(principal.authenticated)
 
 
-# The seed system's /health said which assistant a surface is for; its monitoring reads `status`.
-COMPATIBLE_WITH = {"": "Claude", "/chatgpt": "ChatGPT Deep Research"}
-
-
 def overall_status(database: dict[str, Any]) -> str:
     """The seed's vocabulary: healthy (the database answers), degraded (the service answers and keeps
     retrying the database), unhealthy (the database refuses the configured login or TLS settings, which
@@ -116,6 +113,7 @@ def _health_handler(prefix: str):
         app = request.app
         database = _database_status(app)
         server = app.get(keys.MCP_SERVERS, {}).get(prefix)
+        surface = surface_by_prefix(prefix)
         settings = app.get(keys.SETTINGS)
         versions = server.protocol_versions if server is not None else []
         body: dict[str, Any] = {
@@ -131,7 +129,7 @@ def _health_handler(prefix: str):
             "database_name": database.get("name"),
             "mcp_version": _newest_handshake_version(versions),
             "read_only": bool(getattr(settings, "read_only_mode", True)),
-            "compatible_with": COMPATIBLE_WITH.get(prefix, "MCP clients"),
+            "compatible_with": surface.compatible_with if surface else "MCP clients",
         }
         # Always 200: a degraded database is reported, not a reason for a load balancer to kill the service.
         return web.json_response(body, headers={"Cache-Control": "no-store", "Vary": "Authorization"})

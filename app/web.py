@@ -10,6 +10,7 @@ from aiohttp import web
 
 from . import __version__, keys
 from .auth import setup_auth
+from .core import SURFACES, Toolset
 from .db.database import Database
 from .health import add_health_routes
 from .mcp.server import McpServer
@@ -29,9 +30,6 @@ from .tools import (
     watch_catalog,
 )
 
-CLAUDE_PREFIX = ""
-CHATGPT_PREFIX = "/chatgpt"
-
 
 async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
     database = app[keys.DATABASE]
@@ -41,33 +39,27 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def _mcp_servers(app: web.Application, resources: DatabaseResources) -> dict[str, McpServer]:
+    """One MCP server per surface (app.core.SURFACES), keyed by its URL prefix."""
     settings, database, metrics = app[keys.SETTINGS], app[keys.DATABASE], app[keys.METRICS]
-    claude = claude_tools(database, settings)
-    chatgpt = chatgpt_tools(database, settings, metrics)
+    toolsets = {"claude": claude_tools(database, settings), "chatgpt": chatgpt_tools(database, settings, metrics)}
+    # Prompts name the steps in the surface's own tools; ChatGPT developer mode may get the SQL tools too.
+    steps: dict[str, Toolset] = {"claude": "claude", "chatgpt": "chatgpt"}
     if settings.chatgpt_include_claude_tools:
-        chatgpt = chatgpt + claude
-    # Both surfaces offer the same catalog resources and prompts (ChatGPT ignores them today; MCP
-    # Inspector and other clients pointed at /chatgpt/mcp can use them); prompts name each surface's tools.
-    chatgpt_steps = "claude" if settings.chatgpt_include_claude_tools else "chatgpt"
+        toolsets["chatgpt"] = toolsets["chatgpt"] + toolsets["claude"]
+        steps["chatgpt"] = "claude"
+    # Every surface offers the same catalog resources and prompts (ChatGPT ignores them today; MCP
+    # Inspector and other clients pointed at /chatgpt/mcp can use them).
     return {
-        CLAUDE_PREFIX: McpServer(
-            name="mssql-mcp",
+        surface.prefix: McpServer(
+            name=surface.server_name,
             version=__version__,
-            tools=claude,
+            tools=toolsets[surface.toolset],
             metrics=metrics,
-            instructions=build_instructions(settings, "claude"),
+            instructions=build_instructions(settings, surface.toolset),
             resources=resources,
-            prompts=catalog_prompts(database, settings, resources, "claude"),
-        ),
-        CHATGPT_PREFIX: McpServer(
-            name="mssql-mcp-chatgpt",
-            version=__version__,
-            tools=chatgpt,
-            metrics=metrics,
-            instructions=build_instructions(settings, "chatgpt"),
-            resources=resources,
-            prompts=catalog_prompts(database, settings, resources, chatgpt_steps),
-        ),
+            prompts=catalog_prompts(database, settings, resources, steps[surface.toolset]),
+        )
+        for surface in SURFACES
     }
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from app.auth.principal import ANONYMOUS, Principal
+from app.core import ANONYMOUS, Principal
 from app.mcp.jsonrpc import RawJson, dumps, loads, parse_message
 from app.mcp.server import McpServer, decode_header_value, fast_validator, is_modern_request
 from app.mcp.session import Outbox, SessionStore, TooManySessions

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from app.obs.metrics import TOOL_OUTCOMES, Metrics
+from app.core import TOOL_OUTCOMES
+from app.obs.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAFANA = ROOT / "grafana"

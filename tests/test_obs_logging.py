@@ -9,7 +9,7 @@ import logging
 import pytest
 import structlog
 
-from app.auth.principal import Principal
+from app.core import Principal
 from app.obs.audit import audit_tool_call, fingerprint_sql, normalise_sql
 from app.obs.logging import configure_logging, scrub_text, unconfigure_logging
 from app.settings import load_settings

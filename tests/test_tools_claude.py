@@ -11,7 +11,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from app.auth.principal import Principal
+from app.core import Principal
 from app.db.database import Database
 from app.db.types import QueryRefused, QueryTimeout, TableNotFound
 from app.mcp.tools import Tool, ToolContext, ToolError

@@ -21,6 +21,7 @@ import structlog
 from aiohttp import web
 
 from .. import keys
+from ..core import ANONYMOUS, Principal
 from ..urls import base_url
 from .common import (
     REALMS,
@@ -32,7 +33,6 @@ from .common import (
     normalize_url,
 )
 from .metadata import resource_metadata_url
-from .principal import ANONYMOUS, Principal
 from .signing import TokenInvalid
 from .state import AuthState
 

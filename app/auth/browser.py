@@ -28,6 +28,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .. import keys
+from ..core import surface_of
 from ..urls import base_url
 from .common import client_address, new_secret, parse_form, read_limited_body
 from .pages import PAGE_HEADERS, _page
@@ -113,7 +114,7 @@ def wants_page(request: web.Request) -> bool:
 
 
 def signin_location(request: web.Request) -> str:
-    prefix = "/chatgpt" if request.path.startswith("/chatgpt/") else ""
+    prefix = surface_of(request.path).prefix
     here = request.rel_url.path_qs
     return f"{base_url(request)}{prefix}/records/signin?next={quote(here, safe='')}"
 

@@ -13,15 +13,16 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from aiohttp import web
 
 from .. import keys
+from ..core import SURFACES
 from ..urls import address_is_trusted, base_url
 
 SCOPE_READ = "mcp:read"
 SCOPE_WRITE = "mcp:write"
 SUPPORTED_SCOPES = (SCOPE_READ, SCOPE_WRITE)
 
-# The service publishes two MCP servers (Claude's tool set at the root, ChatGPT's under /chatgpt), and
-# each has its own issuer identity so discovery under /chatgpt returns an issuer that matches its URL.
-REALMS = ("", "/chatgpt")
+# Each surface (app.core.SURFACES) has its own issuer identity, so discovery under its prefix returns an
+# issuer that matches its URL.
+REALMS = tuple(surface.realm for surface in SURFACES)
 MCP_PATHS = ("/mcp", "/sse")
 
 TOKEN_AUTH_METHODS = ("none", "client_secret_post", "client_secret_basic")

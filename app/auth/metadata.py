@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from ..core import SURFACES, surface_by_prefix
 from ..urls import base_url
 from .common import (
     GRANT_TYPES,
@@ -97,7 +98,8 @@ def protected_resource_metadata(request: web.Request, endpoint: str) -> dict[str
     user enters, and the first authorization server is the issuer for that prefix."""
     base = base_url(request)
     realm = realm_of_path(endpoint)
-    name = "MSSQL MCP Server" + (" (ChatGPT)" if realm == "/chatgpt" else "")
+    surface = surface_by_prefix(realm)
+    name = "MSSQL MCP Server" + (surface.title_suffix if surface else "")
     return {
         "resource": base + endpoint,
         "authorization_servers": [base + realm],
@@ -182,7 +184,14 @@ def add_metadata_routes(app: web.Application) -> None:
     routes.append((f"/.well-known/{PRM_DOC}{{tail:.*}}", prm_handler))
     for endpoint in MCP_ENDPOINTS:
         routes.append((f"{endpoint}/.well-known/{PRM_DOC}", _redirect_handler(f"/.well-known/{PRM_DOC}{endpoint}")))
-    routes.append((f"/chatgpt/.well-known/{PRM_DOC}", _redirect_handler(f"/.well-known/{PRM_DOC}/chatgpt/mcp")))
+    for surface in SURFACES:
+        if surface.prefix:  # "{prefix}/.well-known/..." guessed from the surface's own URL
+            routes.append(
+                (
+                    f"{surface.prefix}/.well-known/{PRM_DOC}",
+                    _redirect_handler(f"/.well-known/{PRM_DOC}{surface.mcp_path}"),
+                )
+            )
     routes.append((JWKS_PATH, jwks_handler))
     for path, handler in routes:
         app.router.add_get(path, with_cors(handler))

@@ -25,7 +25,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 from jsonschema.validators import validator_for
 
-from ..auth.principal import ANONYMOUS, Principal
+from ..core import ANONYMOUS, Principal, known_outcome
 from ..db.types import DatabaseError
 from ..obs.audit import audit_tool_call
 from .jsonrpc import (
@@ -75,7 +75,6 @@ LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert"
 _LEVEL_RANK = {level: rank for rank, level in enumerate(LOG_LEVELS)}
 _LEVEL_ALIASES = {"warn": "warning", "fatal": "critical", "exception": "error"}
 
-TOOL_OUTCOMES = frozenset({"ok", "error", "refused", "timeout", "cancelled", "busy", "unavailable", "invalid"})
 # Bounded label set for mcp_messages{method}; anything else counts as "other".
 KNOWN_METHODS = frozenset(
     {
@@ -796,10 +795,10 @@ class McpServer:
             except InputRequired as exc:
                 return self._input_required(exc, env, f"tools/call:{name}")
             except ToolError as exc:
-                outcome = exc.outcome if exc.outcome in TOOL_OUTCOMES else "error"
+                outcome = known_outcome(exc.outcome)
                 return self._error_result(str(exc), modern)
             except DatabaseError as exc:
-                outcome = exc.code if exc.code in TOOL_OUTCOMES else "error"
+                outcome = known_outcome(exc.code)
                 return self._error_result(str(exc), modern)
             except asyncio.CancelledError:
                 outcome = "cancelled"

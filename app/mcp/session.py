@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..auth.principal import Principal
+from ..core import Principal
 from .jsonrpc import RequestId
 
 

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..auth.principal import ANONYMOUS, Principal
+from ..core import ANONYMOUS, Principal
 
 
 class InputRequired(Exception):
@@ -30,7 +30,7 @@ class ToolError(Exception):
 
     def __init__(self, message: str, outcome: str = "error") -> None:
         super().__init__(message)
-        self.outcome = outcome  # metrics label, one of app.obs.metrics.TOOL_OUTCOMES
+        self.outcome = outcome  # metrics label, one of app.core.TOOL_OUTCOMES
 
 
 async def _no_progress(progress: float, total: float | None = None, message: str | None = None) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from ..auth.principal import Principal
+from ..core import Principal
 
 log = structlog.get_logger("audit")
 

@@ -21,6 +21,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .. import __version__
+from ..core import TOOL_OUTCOMES
 
 # Every counter and histogram would also export a `_created` timestamp series (about 150 of them), which no
 # dashboard or alert reads; Prometheus derives resets from the values.
@@ -29,7 +30,6 @@ disable_created_metrics()
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 # Closed label vocabularies, pre-initialised so dashboards show zeros instead of gaps.
-TOOL_OUTCOMES = ("ok", "error", "refused", "timeout", "cancelled", "busy", "unavailable", "invalid")
 QUERY_OUTCOMES = ("ok", "error", "timeout", "cancelled")
 GRANTS = ("authorization_code", "refresh_token")
 TRUNCATION_REASONS = ("max_rows", "max_bytes")

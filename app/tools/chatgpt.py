@@ -23,6 +23,7 @@ import sqlglot
 import structlog
 from sqlglot import exp
 
+from ..core import RECORDS_SURFACE
 from ..db.types import DatabaseError, QueryResult, TableDescription, TableInfo, TableNotFound
 from ..mcp.tools import Tool, ToolContext, ToolError
 from ..obs.audit import fingerprint_sql
@@ -86,8 +87,8 @@ FETCH_OUTPUT_SCHEMA: dict[str, Any] = {
 }
 
 
-# The ChatGPT tool set is served under /chatgpt, and its tokens carry that prefix's audience.
-RECORDS_PREFIX = "/chatgpt"
+# Record links point below the surface that serves search/fetch, whose tokens carry that prefix's audience.
+RECORDS_PREFIX = RECORDS_SURFACE.prefix
 
 
 def record_url(base_url: str, record_id: str, prefix: str = RECORDS_PREFIX) -> str:

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from .. import keys
 from ..auth import browser
+from ..core import SURFACES, surface_of
 from ..db.types import DatabaseBusy, DatabaseError, DatabaseUnavailable, QueryRefused, QueryTimeout
 from ..mcp.tools import ToolError
 from ..urls import base_url
@@ -150,7 +151,7 @@ async def record_page(request: web.Request) -> web.StreamResponse:
         document = await tools.document(record_id)
     except (ToolError, DatabaseError) as exc:
         return _error(request, _status_of(exc), str(exc))
-    prefix = "/chatgpt" if request.path.startswith("/chatgpt/") else ""
+    prefix = surface_of(request.path).prefix
     document = {**document, "url": record_url(base_url(request), document["id"], prefix)}
     if _wants_json(request):
         body = {k: document[k] for k in ("id", "title", "text", "url", "metadata")}
@@ -161,8 +162,8 @@ async def record_page(request: web.Request) -> web.StreamResponse:
 
 def add_record_routes(app: web.Application) -> None:
     app[keys.FETCH_CACHE] = shared_tool_set(app[keys.DATABASE], app[keys.SETTINGS], app.get(keys.METRICS))
-    for prefix in ("", "/chatgpt"):
+    for surface in SURFACES:  # record links work under every surface (older links used the root)
         # the sign-in routes first: 'signin' would otherwise be read as a record id
-        app.router.add_get(prefix + "/records/signin", browser.signin_get)
-        app.router.add_post(prefix + "/records/signin", browser.signin_post)
-        app.router.add_get(prefix + "/records/{id}", record_page, name=f"records{prefix.replace('/', '_')}")
+        app.router.add_get(surface.records_path + "/signin", browser.signin_get)
+        app.router.add_post(surface.records_path + "/signin", browser.signin_post)
+        app.router.add_get(surface.records_path + "/{id}", record_page, name=f"records_{surface.name}")

@@ -10,7 +10,7 @@ import structlog
 from aiohttp import web
 
 from ... import keys
-from ...auth.principal import ANONYMOUS, Principal
+from ...core import ANONYMOUS, Principal
 from ...urls import base_url, peer_is_trusted
 from ..jsonrpc import INVALID_REQUEST, JsonRpcError, RequestId, dumps, error_message
 from ..session import Outbox

@@ -8,7 +8,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from ...auth.principal import Principal
+from ...core import Principal
 from ...urls import base_url
 from ..jsonrpc import (
     MODERN_HTTP_STATUS,
