@@ -6,6 +6,7 @@ no area has to depend on another just to name a caller or a surface.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -31,6 +32,15 @@ class Principal:
 
 # Callers let in by ALLOW_UNAUTH_TOOLS_CALL read only: a testing switch must never open writes to anyone.
 ANONYMOUS = Principal(subject="anonymous", username="anonymous", role="reader", authenticated=False)
+
+
+def unauthenticated_allowed(methods: Sequence[str], *, allow_methods: bool, allow_tools_call: bool) -> bool:
+    """The one rule for a request without a token (the seed's testing switches): ALLOW_UNAUTH_METHODS
+    admits everything but tools/call (GET streams, with no methods, included), ALLOW_UNAUTH_TOOLS_CALL
+    admits tools/call; a batch passes only if every method in it does. Both off (the default): none."""
+    if not methods:
+        return allow_methods
+    return all(allow_tools_call if method == "tools/call" else allow_methods for method in methods)
 
 
 # --- how a tool call ended ----------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import structlog
 from aiohttp import web
 
 from .. import keys
-from ..core import ANONYMOUS, Principal
+from ..core import ANONYMOUS, Principal, unauthenticated_allowed
 from ..urls import base_url
 from .common import (
     REALMS,
@@ -69,7 +69,9 @@ class Authenticator:
                 "send the access token in the Authorization header, not the URL",
             )
         if header is None:
-            if self._unauthenticated_allowed(methods, settings):
+            if unauthenticated_allowed(
+                methods, allow_methods=settings.allow_unauth_methods, allow_tools_call=settings.allow_unauth_tools_call
+            ):
                 return ANONYMOUS
             self._reject(request, state, "missing", None, None)
         scheme, _, token = header.strip().partition(" ")
@@ -80,18 +82,6 @@ class Authenticator:
         return await self._principal(request, state, claims)
 
     # -- internals --------------------------------------------------------------------------------
-    @staticmethod
-    def _unauthenticated_allowed(methods: Sequence[str], settings: Any) -> bool:
-        """The seed's testing switches: ALLOW_UNAUTH_METHODS (everything but tools/call, including GET
-        streams) and ALLOW_UNAUTH_TOOLS_CALL; a batch passes only if every method in it does."""
-        if not methods:
-            return bool(settings.allow_unauth_methods)
-        for method in methods:
-            allowed = settings.allow_unauth_tools_call if method == "tools/call" else settings.allow_unauth_methods
-            if not allowed:
-                return False
-        return True
-
     def _verify(self, request: web.Request, state: AuthState, token: str) -> dict[str, Any]:
         try:
             claims = state.keys.verify(token)
