@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core import SafeError
+
 
 @dataclass
 class QueryResult:
@@ -88,7 +90,7 @@ class TableDescription:
     indexes: list[Index] = field(default_factory=list)
 
 
-class DatabaseError(Exception):
+class DatabaseError(SafeError):
     """Base for errors a tool turns into an `isError` result; `str()` is safe to show the user."""
 
     code = "database_error"
