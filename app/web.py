@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import enum
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Literal
 
 from aiohttp import web
 
@@ -13,13 +15,16 @@ from .auth import setup_auth
 from .core import SURFACES, Toolset
 from .db.database import Database
 from .health import add_health_routes
+from .mcp.resources import Prompt, ResourceProvider
 from .mcp.server import McpServer
+from .mcp.tools import Tool
 from .mcp.transports import add_mcp_routes
 from .middlewares import error_middleware
 from .obs import setup_observability
 from .obs.metrics import Metrics
 from .settings import Settings
 from .tools import (
+    ChatGptTools,
     DatabaseResources,
     add_record_routes,
     build_instructions,
@@ -31,6 +36,14 @@ from .tools import (
 )
 
 
+class _Default(enum.Enum):
+    CATALOG = "catalog"
+
+
+# create_app's default for `resources` and `prompts`: the database catalog's (None means "offer none").
+CATALOG: Literal[_Default.CATALOG] = _Default.CATALOG
+
+
 async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
     database = app[keys.DATABASE]
     await database.start()  # never fails because the database is down: /health reports degraded
@@ -38,26 +51,40 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
     await database.close()
 
 
-def _mcp_servers(app: web.Application, resources: DatabaseResources) -> dict[str, McpServer]:
-    """One MCP server per surface (app.core.SURFACES), keyed by its URL prefix."""
+def _database_toolsets(app: web.Application) -> tuple[dict[Toolset, list[Tool]], dict[Toolset, Toolset]]:
+    """The service's own tool sets, and for each the tool set its prompts name the steps in."""
     settings, database, metrics = app[keys.SETTINGS], app[keys.DATABASE], app[keys.METRICS]
-    toolsets = {"claude": claude_tools(database, settings), "chatgpt": chatgpt_tools(database, settings, metrics)}
+    # One ChatGPT tool set per app: its fetch cache serves both MCP and the record pages.
+    app[keys.FETCH_CACHE] = chatgpt = ChatGptTools(database, settings, metrics)
+    toolsets: dict[Toolset, list[Tool]] = {
+        "claude": claude_tools(database, settings),
+        "chatgpt": chatgpt_tools(chatgpt),
+    }
     # Prompts name the steps in the surface's own tools; ChatGPT developer mode may get the SQL tools too.
-    steps: dict[str, Toolset] = {"claude": "claude", "chatgpt": "chatgpt"}
+    steps: dict[Toolset, Toolset] = {"claude": "claude", "chatgpt": "chatgpt"}
     if settings.chatgpt_include_claude_tools:
         toolsets["chatgpt"] = toolsets["chatgpt"] + toolsets["claude"]
         steps["chatgpt"] = "claude"
-    # Every surface offers the same catalog resources and prompts (ChatGPT ignores them today; MCP
-    # Inspector and other clients pointed at /chatgpt/mcp can use them).
+    return toolsets, steps
+
+
+def _mcp_servers(
+    app: web.Application,
+    toolsets: Mapping[Toolset, Sequence[Tool]],
+    resources: ResourceProvider | None,
+    prompts_for: Callable[[Toolset], Sequence[Prompt]],
+) -> dict[str, McpServer]:
+    """One MCP server per surface (app.core.SURFACES), keyed by its URL prefix."""
+    settings, metrics = app[keys.SETTINGS], app[keys.METRICS]
     return {
         surface.prefix: McpServer(
             name=surface.server_name,
             version=__version__,
-            tools=toolsets[surface.toolset],
+            tools=list(toolsets.get(surface.toolset, ())),
             metrics=metrics,
             instructions=build_instructions(settings, surface.toolset),
             resources=resources,
-            prompts=catalog_prompts(database, settings, resources, steps[surface.toolset]),
+            prompts=list(prompts_for(surface.toolset)),
         )
         for surface in SURFACES
     }
@@ -77,7 +104,17 @@ def _catalog_watch_ctx(resources: DatabaseResources) -> Callable[[web.Applicatio
     return watch
 
 
-def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.Application:
+def create_app(
+    settings: Settings,
+    *,
+    metrics: Metrics | None = None,
+    toolsets: Mapping[Toolset, Sequence[Tool]] | None = None,
+    resources: ResourceProvider | Literal[_Default.CATALOG] | None = CATALOG,
+    prompts: Sequence[Prompt] | Literal[_Default.CATALOG] = CATALOG,
+) -> web.Application:
+    """The whole service. A test may serve tool sets of its own on every surface: `toolsets` maps a
+    surface's tool set ("claude", "chatgpt") to its tools (a tool set left out serves none); `resources`
+    and `prompts` replace the catalog's (`resources=None` / `prompts=()`: offer none)."""
     app = web.Application(client_max_size=settings.max_request_bytes)
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics or Metrics()
@@ -90,9 +127,22 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> web.App
 
     setup_auth(app)  # OAuth routes, state store, and app[keys.AUTHENTICATOR] for the MCP endpoints
 
-    resources = catalog_resources(app[keys.DATABASE], settings)  # one catalog provider for both surfaces
-    app[keys.MCP_SERVERS] = _mcp_servers(app, resources)
-    app.cleanup_ctx.append(_catalog_watch_ctx(resources))
+    # The ChatGPT tool set is built even when a test brings its own tools: the record pages read it.
+    served, steps = _database_toolsets(app)
+    if toolsets is not None:
+        served, steps = {toolset: list(tools) for toolset, tools in toolsets.items()}, {}
+    # Every surface offers the same resources and prompts (ChatGPT ignores them today; MCP Inspector and
+    # other clients pointed at /chatgpt/mcp can use them), from one catalog provider.
+    catalog = catalog_resources(app[keys.DATABASE], settings)
+
+    def prompts_for(toolset: Toolset) -> Sequence[Prompt]:
+        if prompts is CATALOG:  # worded for the tools the surface's steps name
+            return catalog_prompts(app[keys.DATABASE], settings, catalog, steps.get(toolset, toolset))
+        return prompts
+
+    app[keys.MCP_SERVERS] = _mcp_servers(app, served, catalog if resources is CATALOG else resources, prompts_for)
+    if resources is CATALOG:  # the catalog is watched only when it is served
+        app.cleanup_ctx.append(_catalog_watch_ctx(catalog))
     for prefix, server in app[keys.MCP_SERVERS].items():
         add_mcp_routes(app, prefix, server)
     add_health_routes(app)

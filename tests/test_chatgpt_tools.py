@@ -35,7 +35,7 @@ class Harness:
 
     def __init__(self, database: Database, settings: Settings, metrics: Metrics, clock: Clock) -> None:
         self.tools = ChatGptTools(database, settings, metrics, clock=clock)
-        self.definitions = {t.name: t for t in build_chatgpt_tools(database, settings, metrics)}
+        self.definitions = {t.name: t for t in build_chatgpt_tools(self.tools)}
         self.metrics, self.clock = metrics, clock
 
     async def _call(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:

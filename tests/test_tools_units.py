@@ -11,7 +11,7 @@ from app.obs.audit import fingerprint_sql as fingerprint
 from app.settings import load_settings
 from app.tools import build_instructions, chatgpt_tools, claude_tools
 from app.tools.cache import TtlLruCache
-from app.tools.chatgpt import record_url, select_shape
+from app.tools.chatgpt import ChatGptTools, record_url, select_shape
 from app.tools.common import text_table
 from app.tools.ids import InvalidId, RecordId, TableRef, parse_id, query_id, row_id, sample_id, table_id
 from app.tools.intent import parse_intent, stem
@@ -289,7 +289,7 @@ def test_instructions_reject_unknown_toolset() -> None:
 # --- tool definitions -----------------------------------------------------------------------
 def _tool_map(read_only: bool = True) -> dict:
     settings = _settings(read_only_mode=read_only)
-    return {t.name: t for t in claude_tools(object(), settings) + chatgpt_tools(object(), settings, None)}
+    return {t.name: t for t in claude_tools(object(), settings) + chatgpt_tools(ChatGptTools(object(), settings))}
 
 
 def test_tool_definitions_are_complete_and_valid_json_schema() -> None:

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from ..mcp.resources import Prompt
 from ..mcp.tools import Tool
-from .chatgpt import build_chatgpt_tools
+from .chatgpt import ChatGptTools, build_chatgpt_tools
 from .claude import build_claude_tools
 from .instructions import build_instructions as _build_instructions
 from .prompts import DatabasePrompts
@@ -22,6 +22,7 @@ from .resources import CATALOG_WATCH_SECONDS, DatabaseResources
 from .resources import watch_catalog as _watch_catalog
 
 __all__ = [
+    "ChatGptTools",
     "DatabaseResources",
     "add_record_routes",
     "build_instructions",
@@ -38,9 +39,10 @@ def claude_tools(database: Any, settings: Any) -> list[Tool]:
     return build_claude_tools(database, settings)
 
 
-def chatgpt_tools(database: Any, settings: Any, metrics: Any) -> list[Tool]:
-    """search and fetch (OpenAI's deep-research contract)."""
-    return build_chatgpt_tools(database, settings, metrics)
+def chatgpt_tools(tool_set: ChatGptTools) -> list[Tool]:
+    """search and fetch (OpenAI's deep-research contract) over one ChatGptTools, which also serves the
+    record pages (create_app builds one per app and hands it to both)."""
+    return build_chatgpt_tools(tool_set)
 
 
 def catalog_resources(database: Any, settings: Any) -> DatabaseResources:

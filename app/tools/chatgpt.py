@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-import weakref
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -748,23 +747,9 @@ class ChatGptTools:
         return out
 
 
-# One tool set per Database, so /records pages share the fetch cache with the MCP tools.
-_SHARED: weakref.WeakKeyDictionary[Any, ChatGptTools] = weakref.WeakKeyDictionary()
-
-
-def shared_tool_set(database: Any, settings: Any, metrics: Any = None) -> ChatGptTools:
-    try:
-        existing = _SHARED.get(database)
-    except TypeError:  # not weak-referenceable: no sharing, still correct (ids are re-queried)
-        return ChatGptTools(database, settings, metrics)
-    if existing is None or existing.settings is not settings:
-        existing = ChatGptTools(database, settings, metrics)
-        _SHARED[database] = existing
-    return existing
-
-
-def build_chatgpt_tools(database: Any, settings: Any, metrics: Any = None) -> list[Tool]:
-    tools = shared_tool_set(database, settings, metrics)
+def build_chatgpt_tools(tools: ChatGptTools) -> list[Tool]:
+    """search and fetch over one tool set (create_app builds one per app: the record pages share it)."""
+    settings = tools.settings
     dialect = DIALECT_LABELS.get(settings.db_backend, settings.db_backend)
     read_annotations = {"readOnlyHint": True, "idempotentHint": True, "openWorldHint": False}
     tools_list = [

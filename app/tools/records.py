@@ -21,11 +21,11 @@ from aiohttp import web
 
 from .. import keys
 from ..auth import browser
-from ..core import SURFACES, surface_of
+from ..core import SURFACES, surface_of, unauthenticated_allowed
 from ..db.types import DatabaseBusy, DatabaseError, DatabaseUnavailable, QueryRefused, QueryTimeout
 from ..mcp.tools import ToolError
 from ..urls import base_url
-from .chatgpt import ChatGptTools, record_url, shared_tool_set
+from .chatgpt import record_url
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +44,10 @@ _STYLE = (
 )
 
 
+# A record page reads data as fetch does, so it is authorized as a tools/call.
+_RECORD_METHODS = ("tools/call",)
+
+
 def _wants_json(request: web.Request) -> bool:
     if request.query.get("format") == "json":
         return True
@@ -54,7 +58,10 @@ def _wants_json(request: web.Request) -> bool:
 
 
 async def _authenticate(request: web.Request) -> web.Response | None:
-    """None when the request may read records; otherwise the answer to send (sign-in redirect, No access)."""
+    """None when the request may read records; otherwise the answer to send (sign-in redirect, No access).
+
+    A bearer token (or none) is checked by the app's Authenticator as a `tools/call`, so the pages follow
+    the one rule for unauthenticated calls (app.core.unauthenticated_allowed)."""
     if "Authorization" not in request.headers:
         user = await browser.session_user(request)
         if user is not None:
@@ -64,19 +71,15 @@ async def _authenticate(request: web.Request) -> web.Response | None:
                 f"You are signed in as {user.username} ({user.role}), and that role may "
                 "not open record pages on this server. Ask an administrator for access."
             )
-        if (
-            browser.wants_page(request)
-            and not request.app[keys.SETTINGS].allow_unauth_tools_call
-            and request.app.get(keys.AUTH_STORE) is not None
-        ):
+        settings = request.app[keys.SETTINGS]
+        open_to_all = unauthenticated_allowed(
+            _RECORD_METHODS,
+            allow_methods=settings.allow_unauth_methods,
+            allow_tools_call=settings.allow_unauth_tools_call,
+        )
+        if browser.wants_page(request) and not open_to_all:
             return web.Response(status=303, headers={"Location": browser.signin_location(request), **PAGE_HEADERS})
-    authenticator = request.app.get(keys.AUTHENTICATOR)
-    if authenticator is not None:
-        await authenticator.authenticate(request, ["tools/call"])
-        return None
-    # No authenticator wired: fail closed unless the operator allowed unauthenticated tool calls.
-    if not request.app[keys.SETTINGS].allow_unauth_tools_call:
-        raise web.HTTPUnauthorized(text="authentication required", headers={"WWW-Authenticate": "Bearer"})
+    await request.app[keys.AUTHENTICATOR].authenticate(request, _RECORD_METHODS)
     return None
 
 
@@ -145,7 +148,7 @@ async def record_page(request: web.Request) -> web.StreamResponse:
     stop = await _authenticate(request)
     if stop is not None:
         return stop
-    tools: ChatGptTools = request.app[keys.FETCH_CACHE]
+    tools = request.app[keys.FETCH_CACHE]
     record_id = request.match_info["id"]
     try:
         document = await tools.document(record_id)
@@ -161,7 +164,7 @@ async def record_page(request: web.Request) -> web.StreamResponse:
 
 
 def add_record_routes(app: web.Application) -> None:
-    app[keys.FETCH_CACHE] = shared_tool_set(app[keys.DATABASE], app[keys.SETTINGS], app.get(keys.METRICS))
+    """The pages read app[keys.FETCH_CACHE] (the app's one ChatGptTools) and app[keys.AUTHENTICATOR]."""
     for surface in SURFACES:  # record links work under every surface (older links used the root)
         # the sign-in routes first: 'signin' would otherwise be read as a record id
         app.router.add_get(surface.records_path + "/signin", browser.signin_get)
