@@ -15,7 +15,7 @@ with the METRICS_TOKEN bearer or a valid access token for this surface.
 from __future__ import annotations
 
 from pathlib import PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -25,6 +25,10 @@ from .core import surface_by_prefix
 from .mcp.server import HANDSHAKE_VERSIONS
 from .obs import bearer_matches
 
+if TYPE_CHECKING:
+    from .mcp.server import McpServer
+    from .settings import Settings
+
 log = structlog.get_logger(__name__)
 
 # Database status fields anyone may see; everything else (last_error, ...) needs the details check.
@@ -32,22 +36,21 @@ PUBLIC_DATABASE_FIELDS = ("status", "dialect", "name", "pool")
 PUBLIC_POOL_FIELDS = ("size", "in_use", "idle", "waiting", "healthy")
 
 
-def database_name(settings: Any) -> str | None:
+def database_name(settings: Settings) -> str | None:
     """The configured database's name only: never a host, port, user or directory."""
     name: str | None = None
-    raw = getattr(settings, "odbc_connection_string", "") or ""
+    raw = settings.odbc_connection_string
     if raw:
         for part in raw.split(";"):
             key, _, value = part.partition("=")
             if key.strip().lower() in ("database", "dbq", "initial catalog"):
                 name = value.strip().strip("{}")
     else:
-        backend = getattr(settings, "db_backend", "")
         name = {
-            "mssql": getattr(settings, "mssql_database", ""),
-            "postgres": getattr(settings, "pg_database", ""),
-            "sqlite": getattr(settings, "sqlite_path", ""),
-        }.get(backend)
+            "mssql": settings.mssql_database,
+            "postgres": settings.pg_database,
+            "sqlite": settings.sqlite_path,
+        }.get(settings.db_backend)
     if not name:
         return None
     if "/" in name or "\\" in name or name.startswith("file:"):  # a file path (SQLite): its file name
@@ -85,7 +88,8 @@ async def may_see_details(request: web.Request) -> bool:
     scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
     if scheme.lower() != "bearer" or not credentials.strip():
         return False  # no bearer at all: the public answer, without counting a rejected token
-    metrics_token = getattr(request.app.get(keys.SETTINGS), "metrics_token", "")
+    settings = request.app.get(keys.SETTINGS)
+    metrics_token = settings.metrics_token if settings is not None else ""
     if metrics_token and bearer_matches(request, metrics_token):
         return True
     authenticator = request.app.get(keys.AUTHENTICATOR)
@@ -112,7 +116,8 @@ def _health_handler(prefix: str):
     async def health(request: web.Request) -> web.Response:
         app = request.app
         database = _database_status(app)
-        server = app.get(keys.MCP_SERVERS, {}).get(prefix)
+        servers: dict[str, McpServer] = app.get(keys.MCP_SERVERS, {})
+        server = servers.get(prefix)
         surface = surface_by_prefix(prefix)
         settings = app.get(keys.SETTINGS)
         versions = server.protocol_versions if server is not None else []
@@ -128,7 +133,7 @@ def _health_handler(prefix: str):
             "oauth": "enabled" if settings is None or settings.auth_enabled else "disabled",
             "database_name": database.get("name"),
             "mcp_version": _newest_handshake_version(versions),
-            "read_only": bool(getattr(settings, "read_only_mode", True)),
+            "read_only": settings.read_only_mode if settings is not None else True,
             "compatible_with": surface.compatible_with if surface else "MCP clients",
         }
         # Always 200: a degraded database is reported, not a reason for a load balancer to kill the service.
@@ -145,6 +150,7 @@ def _newest_handshake_version(versions: list[str]) -> str | None:
 
 
 def add_health_routes(app: web.Application) -> None:
-    prefixes = list(app.get(keys.MCP_SERVERS, {}) or {"": None})
+    servers: dict[str, McpServer] = app.get(keys.MCP_SERVERS, {})
+    prefixes = list(servers) or [""]
     for prefix in prefixes:
         app.router.add_get(f"{prefix}/health", _health_handler(prefix))  # HEAD is added by aiohttp

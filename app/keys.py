@@ -1,22 +1,33 @@
-"""Every web.AppKey in one place: typed application state, no module globals."""
+"""Every web.AppKey in one place: typed application state, no module globals.
+
+The value classes are imported for the type checker only: most of their modules import this one, so a
+runtime import would be a cycle. With postponed annotations the key's type lives in its annotation.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from .auth.bearer import Authenticator
+    from .auth.state import AuthState
+    from .db.database import Database
     from .mcp.server import McpServer
+    from .obs.metrics import Metrics
+    from .settings import Settings
+    from .tools.chatgpt import ChatGptTools
 
-SETTINGS = web.AppKey("settings", "Settings")
-METRICS = web.AppKey("metrics", "Metrics")
-DATABASE = web.AppKey("database", "Database")
-AUTHENTICATOR = web.AppKey("authenticator", "Authenticator")
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+DATABASE: web.AppKey[Database] = web.AppKey("database")
+AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("authenticator")
 # MCP servers by URL prefix: "" (Claude tool set) and "/chatgpt" (ChatGPT tool set).
-MCP_SERVERS = web.AppKey("mcp_servers", dict[str, "McpServer"])
-# Anything an area needs to keep per app (auth store, fetch cache, ...) gets its own key below.
-AUTH_STORE = web.AppKey("auth_store", Any)
-FETCH_CACHE = web.AppKey("fetch_cache", Any)
+MCP_SERVERS: web.AppKey[dict[str, McpServer]] = web.AppKey("mcp_servers")
+# Anything an area needs to keep per app gets its own key below.
+AUTH_STORE: web.AppKey[AuthState] = web.AppKey("auth_store")
+# The ChatGPT tool set whose fetch cache the record pages read (built once per app).
+FETCH_CACHE: web.AppKey[ChatGptTools] = web.AppKey("fetch_cache")
 # Per-request id (honoured X-Request-ID or generated), set by app.obs's middleware; also bound to logs.
-REQUEST_ID = web.RequestKey("request_id", str)
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)

@@ -33,6 +33,7 @@ def _json_error(
     message: str,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
+    body: dict[str, object]
     if _is_mcp(request.path):
         body = {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": message}}
     else:
@@ -42,7 +43,7 @@ def _json_error(
 
 def _limit(request: web.Request) -> int | None:
     settings = request.app.get(keys.SETTINGS)
-    return getattr(settings, "max_request_bytes", None)
+    return settings.max_request_bytes if settings is not None else None
 
 
 @web.middleware

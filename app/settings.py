@@ -1,4 +1,4 @@
-"""Every setting in one table: name, environment variable(s), default, help.
+"""Every setting in one table: the fields of `Settings`, each with its environment variable(s), default, help.
 
 Values come from the process environment and, below it, a `.env` file (the seed system's
 format). The first environment variable listed for a setting is its canonical name; the others
@@ -8,11 +8,12 @@ naming the setting, and secrets are never echoed back.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dotenv import dotenv_values
 
@@ -102,90 +103,116 @@ def _url(raw: str) -> str:
     return value
 
 
+_T = TypeVar("_T")
+_SPEC = "setting"  # the dataclasses.field metadata key holding a field's _Spec
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """What a Settings field needs beyond its name, type and default: where it comes from and how it is read."""
+
+    env: tuple[str, ...]
+    help: str
+    parse: Callable[[str], object]
+    secret: bool
+    group: str
+
+
+def setting(
+    env: tuple[str, ...],
+    default: _T,
+    help: str,
+    parse: Callable[[str], _T] | None = None,
+    *,
+    secret: bool = False,
+    group: str = "general",
+) -> _T:
+    """A Settings field: its default, plus the environment names, help, parser, secret flag and group."""
+    spec = _Spec(env=env, help=help, parse=parse or _str, secret=secret, group=group)
+    return field(default=default, metadata={_SPEC: spec})
+
+
 @dataclass(frozen=True)
 class Setting:
+    """One row of the settings table (derived from a Settings field): what `mssql-mcp settings` and README show."""
+
     name: str
     env: tuple[str, ...]
-    default: Any
+    default: object
     help: str
-    parse: Callable[[str], Any] = _str
-    secret: bool = False
-    group: str = "general"
+    parse: Callable[[str], object]
+    secret: bool
+    group: str
 
 
-# The one table. README's settings section is generated from / checked against this.
-SETTINGS: tuple[Setting, ...] = (
+# The one table: the fields themselves carry their environment names and help (no second list to keep in
+# step). README's settings section is generated from / checked against SETTINGS, which is derived from it.
+@dataclass(frozen=True)
+class Settings:
+    """Every setting, typed; build with load_settings(), change with replace()."""
+
     # --- database -------------------------------------------------------------------------
-    Setting(
-        "db_backend",
+    db_backend: str = setting(
         ("DB_BACKEND",),
         "mssql",
         "Which database to serve: mssql (SQL Server), postgres or sqlite (demo and tests).",
         _choice("mssql", "postgres", "sqlite"),
         group="database",
-    ),
-    Setting(
-        "mssql_host",
+    )
+    mssql_host: str = setting(
         ("MSSQL_HOST", "MSSQL_SERVER"),
         "",
         "SQL Server host name or address (required for mssql unless ODBC_CONNECTION_STRING is set).",
         group="database",
-    ),
-    Setting("mssql_port", ("MSSQL_PORT",), 1433, "SQL Server TCP port.", _int(1, 65535), group="database"),
-    Setting("mssql_user", ("MSSQL_USER",), "", "SQL login name (empty with Trusted_Connection).", group="database"),
-    Setting("mssql_password", ("MSSQL_PASSWORD",), "", "SQL login password.", secret=True, group="database"),
-    Setting(
-        "mssql_database", ("MSSQL_DATABASE",), "", "Database to connect to (required for mssql).", group="database"
-    ),
-    Setting(
-        "mssql_driver",
+    )
+    mssql_port: int = setting(("MSSQL_PORT",), 1433, "SQL Server TCP port.", _int(1, 65535), group="database")
+    mssql_user: str = setting(("MSSQL_USER",), "", "SQL login name (empty with Trusted_Connection).", group="database")
+    mssql_password: str = setting(("MSSQL_PASSWORD",), "", "SQL login password.", secret=True, group="database")
+    mssql_database: str = setting(
+        ("MSSQL_DATABASE",), "", "Database to connect to (required for mssql).", group="database"
+    )
+    mssql_driver: str = setting(
         ("MSSQL_DRIVER",),
         "ODBC Driver 18 for SQL Server",
         "ODBC driver name, or an absolute path to the driver library.",
         group="database",
-    ),
-    Setting(
-        "trust_server_certificate",
+    )
+    trust_server_certificate: bool = setting(
         ("TrustServerCertificate", "MSSQL_TRUST_SERVER_CERTIFICATE"),
         False,
         "Accept the server's TLS certificate without validation (self-signed servers).",
         _bool,
         group="database",
-    ),
-    Setting(
-        "trusted_connection",
+    )
+    trusted_connection: bool = setting(
         ("Trusted_Connection", "MSSQL_TRUSTED_CONNECTION"),
         False,
         "Use integrated (Kerberos) authentication instead of a SQL login.",
         _bool,
         group="database",
-    ),
-    Setting(
-        "mssql_encrypt",
+    )
+    mssql_encrypt: str = setting(
         ("MSSQL_ENCRYPT",),
         "yes",
         "Driver 18 Encrypt= value: yes, no or strict.",
         _choice("yes", "no", "strict", "mandatory", "optional"),
         group="database",
-    ),
-    Setting(
-        "mssql_read_only_intent",
+    )
+    mssql_read_only_intent: bool = setting(
         ("MSSQL_READ_ONLY_INTENT",),
         False,
         "Connect with ApplicationIntent=ReadOnly (routes to a readable secondary in an AG).",
         _bool,
         group="database",
-    ),
-    Setting(
-        "mssql_lock_timeout_ms",
+    )
+    mssql_lock_timeout_ms: int = setting(
         ("MSSQL_LOCK_TIMEOUT_MS",),
         5000,
         "SET LOCK_TIMEOUT for each session, in milliseconds (-1 waits forever).",
         _int(-1),
         group="database",
-    ),
-    Setting(
-        "mssql_authentication",
+    )
+    mssql_authentication: str = setting(
         ("MSSQL_AUTHENTICATION",),
         "",
         "Entra ID sign-in: ActiveDirectoryServicePrincipal (MSSQL_USER = client id, MSSQL_PASSWORD = secret), "
@@ -193,91 +220,73 @@ SETTINGS: tuple[Setting, ...] = (
         "(MSSQL_ACCESS_TOKEN_FILE); empty for a SQL login or Trusted_Connection.",
         _mssql_authentication,
         group="database",
-    ),
-    Setting(
-        "mssql_access_token_file",
+    )
+    mssql_access_token_file: str = setting(
         ("MSSQL_ACCESS_TOKEN_FILE",),
         "",
         "File holding an Entra ID access token for MSSQL_AUTHENTICATION=AccessToken, read at every new "
         "connection (a workload identity federation helper keeps it fresh).",
         group="database",
-    ),
-    Setting(
-        "mssql_multi_subnet_failover",
+    )
+    mssql_multi_subnet_failover: bool = setting(
         ("MSSQL_MULTI_SUBNET_FAILOVER",),
         True,
         "MultiSubnetFailover=Yes: try every address of an availability group listener at once (faster "
         "failover; harmless on a single server).",
         _bool,
         group="database",
-    ),
-    Setting("sqlite_path", ("SQLITE_PATH",), "", "SQLite database file (DB_BACKEND=sqlite).", group="database"),
-    Setting("sqlite_driver", ("SQLITE_DRIVER",), "SQLite3", "ODBC driver name for SQLite.", group="database"),
-    Setting("pg_host", ("PG_HOST",), "127.0.0.1", "PostgreSQL host (DB_BACKEND=postgres).", group="database"),
-    Setting("pg_port", ("PG_PORT",), 5432, "PostgreSQL port.", _int(1, 65535), group="database"),
-    Setting("pg_user", ("PG_USER",), "postgres", "PostgreSQL user.", group="database"),
-    Setting("pg_password", ("PG_PASSWORD",), "", "PostgreSQL password.", secret=True, group="database"),
-    Setting("pg_database", ("PG_DATABASE",), "postgres", "PostgreSQL database.", group="database"),
-    Setting("pg_driver", ("PG_DRIVER",), "PostgreSQL Unicode", "ODBC driver name for PostgreSQL.", group="database"),
-    Setting(
-        "odbc_connection_string",
+    )
+    sqlite_path: str = setting(("SQLITE_PATH",), "", "SQLite database file (DB_BACKEND=sqlite).", group="database")
+    sqlite_driver: str = setting(("SQLITE_DRIVER",), "SQLite3", "ODBC driver name for SQLite.", group="database")
+    pg_host: str = setting(("PG_HOST",), "127.0.0.1", "PostgreSQL host (DB_BACKEND=postgres).", group="database")
+    pg_port: int = setting(("PG_PORT",), 5432, "PostgreSQL port.", _int(1, 65535), group="database")
+    pg_user: str = setting(("PG_USER",), "postgres", "PostgreSQL user.", group="database")
+    pg_password: str = setting(("PG_PASSWORD",), "", "PostgreSQL password.", secret=True, group="database")
+    pg_database: str = setting(("PG_DATABASE",), "postgres", "PostgreSQL database.", group="database")
+    pg_driver: str = setting(("PG_DRIVER",), "PostgreSQL Unicode", "ODBC driver name for PostgreSQL.", group="database")
+    odbc_connection_string: str = setting(
         ("ODBC_CONNECTION_STRING",),
         "",
         "Raw ODBC connection string; overrides the host/user/password settings of the backend.",
         secret=True,
         group="database",
-    ),
-    Setting(
-        "db_pool_size",
-        ("DB_POOL_SIZE",),
-        4,
-        "Number of database connections (one worker thread each).",
-        _int(1, 64),
-        group="database",
-    ),
-    Setting(
-        "db_pool_wait_seconds",
+    )
+    db_pool_size: int = setting(
+        ("DB_POOL_SIZE",), 4, "Number of database connections (one worker thread each).", _int(1, 64), group="database"
+    )
+    db_pool_wait_seconds: float = setting(
         ("DB_POOL_WAIT_SECONDS",),
         5.0,
         "How long a call waits for a free connection before failing with 'database busy, retry'.",
         _float(0.0),
         group="database",
-    ),
-    Setting(
-        "db_pool_max_waiting",
+    )
+    db_pool_max_waiting: int = setting(
         ("DB_POOL_MAX_WAITING",),
         100,
         "Most calls waiting for a free connection at once; more are refused at once with 'database busy'.",
         _int(0),
         group="database",
-    ),
-    Setting(
-        "db_connect_timeout_seconds",
+    )
+    db_connect_timeout_seconds: int = setting(
         ("DB_CONNECT_TIMEOUT_SECONDS",),
         0,
         "Login timeout for each new connection; 0 picks 20 s for SQL Server (Azure SQL serverless resume, "
         "availability group failover) and 5 s otherwise.",
         _int(0, 120),
         group="database",
-    ),
-    Setting(
-        "query_timeout_seconds",
+    )
+    query_timeout_seconds: float = setting(
         ("QUERY_TIMEOUT_SECONDS",),
         30.0,
         "Time limit for every query; a call may ask for less, never more.",
         _float(0.1),
         group="database",
-    ),
-    Setting(
-        "max_rows",
-        ("MAX_ROWS",),
-        1000,
-        "Most rows a query returns before it is cut (truncated: true).",
-        _int(1),
-        group="database",
-    ),
-    Setting(
-        "max_result_bytes",
+    )
+    max_rows: int = setting(
+        ("MAX_ROWS",), 1000, "Most rows a query returns before it is cut (truncated: true).", _int(1), group="database"
+    )
+    max_result_bytes: int = setting(
         ("MAX_RESULT_BYTES",),
         100_000,
         "Most bytes of JSON row data in one result. Claude Code keeps results up to MAX_RESULT_BYTES + "
@@ -285,452 +294,356 @@ SETTINGS: tuple[Setting, ...] = (
         "file) and refuses results over its MAX_MCP_OUTPUT_TOKENS (25,000 tokens by default): see docs/tools.md.",
         _int(1000),
         group="database",
-    ),
-    Setting(
-        "sample_max_rows", ("SAMPLE_MAX_ROWS",), 100, "Cap on get_table_sample's limit.", _int(1), group="database"
-    ),
-    Setting(
-        "read_only_mode",
+    )
+    sample_max_rows: int = setting(
+        ("SAMPLE_MAX_ROWS",), 100, "Cap on get_table_sample's limit.", _int(1), group="database"
+    )
+    read_only_mode: bool = setting(
         ("READ_ONLY_MODE",),
         True,
         "Refuse anything but a single read query (parsed with sqlglot) and run reads in a rolled-back "
         "transaction on a read-only session.",
         _bool,
         group="database",
-    ),
-    Setting(
-        "guard_extra_functions",
+    )
+    guard_extra_functions: str = setting(
         ("GUARD_EXTRA_FUNCTIONS",),
         "",
         "Comma list of extra function names (or schema.name) the read-only guard allows beyond its built-in "
         "allowlists; names on its never list stay refused.",
         group="database",
-    ),
+    )
     # --- MCP ------------------------------------------------------------------------------
-    Setting("host", ("HOST", "BIND_HOST"), "127.0.0.1", "Address the HTTP server binds to.", group="server"),
-    Setting("port", ("PORT",), 8008, "HTTP port.", _int(1, 65535), group="server"),
-    Setting(
-        "public_base_url",
+    host: str = setting(("HOST", "BIND_HOST"), "127.0.0.1", "Address the HTTP server binds to.", group="server")
+    port: int = setting(("PORT",), 8008, "HTTP port.", _int(1, 65535), group="server")
+    public_base_url: str = setting(
         ("PUBLIC_BASE_URL", "BASE_URL"),
         "",
         "Public https URL users enter (without /mcp); derived from the request when empty.",
         _url,
         group="server",
-    ),
-    Setting(
-        "environment_path",
+    )
+    environment_path: str = setting(
         ("ENVIRONMENT_PATH",),
         "",
         "Path prefix the service is published under behind a proxy (the seed's X-Environment-Path).",
         _path_prefix,
         group="server",
-    ),
-    Setting(
-        "trusted_proxies",
+    )
+    trusted_proxies: tuple[str, ...] = setting(
         ("TRUSTED_PROXIES",),
         ("127.0.0.1", "::1"),
         "Peers whose X-Forwarded-Proto/Host and X-Environment-Path headers are believed.",
         _list,
         group="server",
-    ),
-    Setting(
-        "allowed_origins",
+    )
+    allowed_origins: tuple[str, ...] = setting(
         ("ALLOWED_ORIGINS",),
         (),
         "Extra browser Origins allowed on MCP endpoints (the public URL, loopback, chatgpt.com and "
         "claude.ai are always allowed).",
         _list,
         group="server",
-    ),
-    Setting(
-        "max_request_bytes",
+    )
+    max_request_bytes: int = setting(
         ("MAX_REQUEST_BYTES",),
         1_048_576,
         "Largest request body accepted; larger ones get 413.",
         _int(1024),
         group="server",
-    ),
-    Setting(
-        "max_search_results",
-        ("MAX_SEARCH_RESULTS",),
-        20,
-        "Most results ChatGPT's search returns.",
-        _int(1, 500),
-        group="server",
-    ),
-    Setting(
-        "cache_ttl_seconds",
-        ("CACHE_TTL_SECONDS",),
-        300,
-        "How long fetch results found by search stay cached.",
-        _int(0),
-        group="server",
-    ),
-    Setting(
-        "search_columns",
+    )
+    max_search_results: int = setting(
+        ("MAX_SEARCH_RESULTS",), 20, "Most results ChatGPT's search returns.", _int(1, 500), group="server"
+    )
+    cache_ttl_seconds: int = setting(
+        ("CACHE_TTL_SECONDS",), 300, "How long fetch results found by search stay cached.", _int(0), group="server"
+    )
+    search_columns: tuple[str, ...] = setting(
         ("SEARCH_COLUMNS",),
         (),
         "Columns ChatGPT's keyword search reads (table.column, schema.table.column or table.*, comma-"
         "separated); empty: text columns named like names, titles, descriptions, cities, emails, ...",
         _list,
         group="search",
-    ),
-    Setting(
-        "search_rows_per_table",
+    )
+    search_rows_per_table: int = setting(
         ("SEARCH_ROWS_PER_TABLE",),
         50,
         "Most rows one keyword search reads from each table.",
         _int(1, 1000),
         group="search",
-    ),
-    Setting(
-        "search_max_tables",
-        ("SEARCH_MAX_TABLES",),
-        50,
-        "Most tables one keyword search reads.",
-        _int(1, 1000),
-        group="search",
-    ),
-    Setting(
-        "search_time_budget_seconds",
+    )
+    search_max_tables: int = setting(
+        ("SEARCH_MAX_TABLES",), 50, "Most tables one keyword search reads.", _int(1, 1000), group="search"
+    )
+    search_time_budget_seconds: float = setting(
         ("SEARCH_TIME_BUDGET_SECONDS",),
         5.0,
         "Time one keyword search may spend reading data; what is found by then is returned.",
         _float(0.1),
         group="search",
-    ),
-    Setting(
-        "records_session_seconds",
+    )
+    records_session_seconds: int = setting(
         ("RECORDS_SESSION_SECONDS",),
         900,
         "Lifetime of the browser session a person gets by signing in on a record page (citation links).",
         _int(60, 86400),
         group="search",
-    ),
-    Setting(
-        "records_roles",
+    )
+    records_roles: tuple[str, ...] = setting(
         ("RECORDS_ROLES",),
         ("reader", "writer"),
         "Roles whose users may open record pages in a browser; others get a 'No access' page.",
         _list,
         group="search",
-    ),
-    Setting(
-        "chatgpt_include_claude_tools",
+    )
+    chatgpt_include_claude_tools: bool = setting(
         ("CHATGPT_INCLUDE_CLAUDE_TOOLS",),
         False,
         "Also offer the Claude tool set under /chatgpt (ChatGPT developer mode accepts any tools).",
         _bool,
         group="server",
-    ),
-    Setting(
-        "session_idle_seconds",
+    )
+    session_idle_seconds: int = setting(
         ("MCP_SESSION_IDLE_SECONDS",),
         3600,
         "Streamable HTTP sessions idle longer than this are forgotten.",
         _int(10),
         group="server",
-    ),
-    Setting(
-        "session_active_seconds",
+    )
+    session_active_seconds: int = setting(
         ("MCP_SESSION_ACTIVE_SECONDS",),
         300,
         "A session used within this many seconds (or streaming, or running a call) counts as active in "
         "mssql_mcp_sessions; older ones count as idle until MCP_SESSION_IDLE_SECONDS forgets them.",
         _int(1),
         group="server",
-    ),
-    Setting(
-        "max_sessions", ("MCP_MAX_SESSIONS",), 10_000, "Most concurrent MCP sessions kept.", _int(1), group="server"
-    ),
-    Setting(
-        "stream_max_messages",
+    )
+    max_sessions: int = setting(
+        ("MCP_MAX_SESSIONS",), 10_000, "Most concurrent MCP sessions kept.", _int(1), group="server"
+    )
+    stream_max_messages: int = setting(
         ("MCP_STREAM_MAX_MESSAGES",),
         1000,
         "Most messages queued for one SSE stream whose client is not reading; more drop that stream.",
         _int(1),
         group="server",
-    ),
-    Setting(
-        "stream_max_bytes",
+    )
+    stream_max_bytes: int = setting(
         ("MCP_STREAM_MAX_BYTES",),
         8_388_608,
         "Most bytes queued for one SSE stream whose client is not reading; more drop that stream.",
         _int(65_536),
         group="server",
-    ),
-    Setting(
-        "allow_unauth_methods",
+    )
+    allow_unauth_methods: bool = setting(
         ("ALLOW_UNAUTH_METHODS",),
         False,
         "Testing only: allow MCP methods other than tools/call without a token.",
         _bool,
         group="auth",
-    ),
-    Setting(
-        "allow_unauth_tools_call",
-        ("ALLOW_UNAUTH_TOOLS_CALL",),
-        False,
-        "Testing only: allow tools/call without a token.",
-        _bool,
-        group="auth",
-    ),
+    )
+    allow_unauth_tools_call: bool = setting(
+        ("ALLOW_UNAUTH_TOOLS_CALL",), False, "Testing only: allow tools/call without a token.", _bool, group="auth"
+    )
     # --- OAuth ----------------------------------------------------------------------------
-    Setting(
-        "data_dir",
+    data_dir: str = setting(
         ("DATA_DIR",),
         "./var",
         "Directory for the service's state (users, clients, tokens, signing keys).",
         group="auth",
-    ),
-    Setting(
-        "allowed_redirect_hosts",
+    )
+    allowed_redirect_hosts: tuple[str, ...] = setting(
         ("ALLOWED_REDIRECT_HOSTS",),
         ("chatgpt.com", "openai.com", "claude.ai", "claude.com", "anthropic.com", "vscode.dev"),
         "Hosts (and their subdomains) OAuth clients may redirect to over https; loopback is always allowed.",
         _list,
         group="auth",
-    ),
-    Setting(
-        "allowed_redirect_schemes",
+    )
+    allowed_redirect_schemes: tuple[str, ...] = setting(
         ("ALLOWED_REDIRECT_SCHEMES",),
         ("cursor",),
         "Private-use URI schemes native apps may redirect to (RFC 8252), e.g. cursor; empty allows none.",
         _list,
         group="auth",
-    ),
-    Setting(
-        "access_token_ttl_seconds",
-        ("ACCESS_TOKEN_TTL_SECONDS",),
-        3600,
-        "Access token lifetime.",
-        _int(60),
-        group="auth",
-    ),
-    Setting(
-        "refresh_token_ttl_seconds",
-        ("REFRESH_TOKEN_TTL_SECONDS",),
-        30 * 86400,
-        "Refresh token lifetime.",
-        _int(300),
-        group="auth",
-    ),
-    Setting(
-        "auth_code_ttl_seconds",
-        ("AUTH_CODE_TTL_SECONDS",),
-        300,
-        "Authorization code lifetime.",
-        _int(10, 600),
-        group="auth",
-    ),
-    Setting(
-        "login_max_failures",
+    )
+    access_token_ttl_seconds: int = setting(
+        ("ACCESS_TOKEN_TTL_SECONDS",), 3600, "Access token lifetime.", _int(60), group="auth"
+    )
+    refresh_token_ttl_seconds: int = setting(
+        ("REFRESH_TOKEN_TTL_SECONDS",), 30 * 86400, "Refresh token lifetime.", _int(300), group="auth"
+    )
+    auth_code_ttl_seconds: int = setting(
+        ("AUTH_CODE_TTL_SECONDS",), 300, "Authorization code lifetime.", _int(10, 600), group="auth"
+    )
+    login_max_failures: int = setting(
         ("LOGIN_MAX_FAILURES",),
         5,
         "Failed sign-ins per user and address before that pair is locked.",
         _int(1),
         group="auth",
-    ),
-    Setting(
-        "login_lockout_seconds",
+    )
+    login_lockout_seconds: int = setting(
         ("LOGIN_LOCKOUT_SECONDS",),
         300,
         "How long a lock lasts; also the window failures are counted in.",
         _int(1),
         group="auth",
-    ),
-    Setting(
-        "login_address_max_failures",
+    )
+    login_address_max_failures: int = setting(
         ("LOGIN_ADDRESS_MAX_FAILURES",),
         20,
         "Failed sign-ins from one address (any user names) before that address is locked.",
         _int(1),
         group="auth",
-    ),
-    Setting(
-        "login_user_slow_after",
+    )
+    login_user_slow_after: int = setting(
         ("LOGIN_USER_SLOW_AFTER",),
         20,
         "Failed sign-ins for one user from all addresses after which that user's attempts are slowed (never locked).",
         _int(1),
         group="auth",
-    ),
-    Setting(
-        "login_user_slow_seconds",
+    )
+    login_user_slow_seconds: int = setting(
         ("LOGIN_USER_SLOW_SECONDS",),
         5,
         "While slowed, one sign-in attempt per this many seconds is admitted for the user.",
         _int(1, 3600),
         group="auth",
-    ),
-    Setting(
-        "refresh_reuse_leeway_seconds",
+    )
+    refresh_reuse_leeway_seconds: int = setting(
         ("REFRESH_REUSE_LEEWAY_SECONDS",),
         10,
         "A spent refresh token presented again by the same client this soon still works (parallel "
         "refreshes); later it is reuse and revokes the sign-in. 0 turns the leeway off.",
         _int(0, 300),
         group="auth",
-    ),
-    Setting(
-        "registrations_per_hour",
+    )
+    registrations_per_hour: int = setting(
         ("REGISTRATIONS_PER_HOUR",),
         60,
         "Dynamic client registrations accepted per address per hour.",
         _int(1),
         group="auth",
-    ),
-    Setting(
-        "unused_client_seconds",
+    )
+    unused_client_seconds: int = setting(
         ("UNUSED_CLIENT_SECONDS",),
         86400,
         "Registered clients never used for an authorization this long after registering are removed.",
         _int(60),
         group="auth",
-    ),
-    Setting(
-        "state_encryption_key",
+    )
+    state_encryption_key: str = setting(
         ("STATE_ENCRYPTION_KEY",),
         "",
         "Key (32+ characters) that encrypts the signing keys in DATA_DIR; empty: read from STATE_ENCRYPTION_KEY_FILE.",
         secret=True,
         group="auth",
-    ),
-    Setting(
-        "state_encryption_key_file",
+    )
+    state_encryption_key_file: str = setting(
         ("STATE_ENCRYPTION_KEY_FILE",),
         "",
         "File holding the state encryption key (outside DATA_DIR); empty: the systemd credential "
         "state_encryption_key, else ~/.config/mssql-mcp/state-encryption.key (created if missing).",
         group="auth",
-    ),
-    Setting(
-        "cimd_allow_private",
+    )
+    cimd_allow_private: bool = setting(
         ("CIMD_ALLOW_PRIVATE_ADDRESSES",),
         False,
         "Allow Client ID Metadata Documents on private or loopback addresses (tests only).",
         _bool,
         group="auth",
-    ),
-    Setting(
-        "oidc_provider",
+    )
+    oidc_provider: str = setting(
         ("OIDC_PROVIDER",),
         "",
         "Upstream sign-in: empty (local users only), google, microsoft, or an issuer URL.",
         group="auth",
-    ),
-    Setting("oidc_client_id", ("OIDC_CLIENT_ID",), "", "Upstream OpenID Connect client id.", group="auth"),
-    Setting(
-        "oidc_client_secret",
-        ("OIDC_CLIENT_SECRET",),
-        "",
-        "Upstream OpenID Connect client secret.",
-        secret=True,
-        group="auth",
-    ),
-    Setting("oidc_tenant", ("OIDC_TENANT",), "common", "Microsoft Entra ID tenant.", group="auth"),
-    Setting(
-        "oidc_allowed_domains",
-        ("OIDC_ALLOWED_DOMAINS",),
-        (),
-        "Email domains allowed to sign in upstream.",
-        _list,
-        group="auth",
-    ),
-    Setting(
-        "oidc_allowed_emails",
-        ("OIDC_ALLOWED_EMAILS",),
-        (),
-        "Email addresses allowed to sign in upstream.",
-        _list,
-        group="auth",
-    ),
-    Setting(
-        "oidc_default_role",
+    )
+    oidc_client_id: str = setting(("OIDC_CLIENT_ID",), "", "Upstream OpenID Connect client id.", group="auth")
+    oidc_client_secret: str = setting(
+        ("OIDC_CLIENT_SECRET",), "", "Upstream OpenID Connect client secret.", secret=True, group="auth"
+    )
+    oidc_tenant: str = setting(("OIDC_TENANT",), "common", "Microsoft Entra ID tenant.", group="auth")
+    oidc_allowed_domains: tuple[str, ...] = setting(
+        ("OIDC_ALLOWED_DOMAINS",), (), "Email domains allowed to sign in upstream.", _list, group="auth"
+    )
+    oidc_allowed_emails: tuple[str, ...] = setting(
+        ("OIDC_ALLOWED_EMAILS",), (), "Email addresses allowed to sign in upstream.", _list, group="auth"
+    )
+    oidc_default_role: str = setting(
         ("OIDC_DEFAULT_ROLE",),
         "reader",
         "Role of users who sign in upstream.",
         _choice("reader", "writer"),
         group="auth",
-    ),
+    )
     # --- observability ----------------------------------------------------------------------
-    Setting(
-        "log_level",
+    log_level: str = setting(
         ("LOG_LEVEL",),
         "INFO",
         "DEBUG, INFO, WARNING or ERROR.",
         lambda raw: _choice("debug", "info", "warning", "error", "critical")(raw).upper(),
         group="observability",
-    ),
-    Setting(
-        "log_format",
+    )
+    log_format: str = setting(
         ("LOG_FORMAT",),
         "auto",
         "json (production), console (development) or auto (console on a terminal).",
         _choice("json", "console", "auto"),
         group="observability",
-    ),
-    Setting(
-        "audit_sql_text",
+    )
+    audit_sql_text: bool = setting(
         ("AUDIT_SQL_TEXT",),
         False,
         "Put the SQL text in audit lines (otherwise only its fingerprint).",
         _bool,
         group="observability",
-    ),
-    Setting(
-        "metrics_host",
-        ("METRICS_HOST",),
-        "127.0.0.1",
-        "Address of the separate /metrics listener.",
-        group="observability",
-    ),
-    Setting(
-        "metrics_port",
+    )
+    metrics_host: str = setting(
+        ("METRICS_HOST",), "127.0.0.1", "Address of the separate /metrics listener.", group="observability"
+    )
+    metrics_port: int = setting(
         ("METRICS_PORT",),
         9108,
         "Port of the separate /metrics listener (0 disables it).",
         _int(0, 65535),
         group="observability",
-    ),
-    Setting(
-        "metrics_token",
+    )
+    metrics_token: str = setting(
         ("METRICS_TOKEN",),
         "",
         "If set, /metrics on the main port is served to requests with this bearer token.",
         secret=True,
         group="observability",
-    ),
-)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Typed view of SETTINGS; build with load_settings()."""
-
-    values: Mapping[str, Any] = field(default_factory=dict)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.values[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    )
 
     def replace(self, **changes: Any) -> Settings:
-        unknown = set(changes) - set(self.values)
+        unknown = set(changes) - _NAMES
         if unknown:
             raise AttributeError(f"unknown settings: {', '.join(sorted(unknown))}")
-        return Settings({**self.values, **changes})
+        return dataclasses.replace(self, **changes)
 
     def redacted(self) -> dict[str, Any]:
         """For logs and /health: secrets replaced by '***' when set."""
-        by_name = {s.name: s for s in SETTINGS}
-        return {k: ("***" if by_name[k].secret and v else v) for k, v in self.values.items()}
+        shown: dict[str, Any] = {}
+        for s in SETTINGS:
+            value = getattr(self, s.name)
+            shown[s.name] = "***" if s.secret and value else value
+        return shown
 
     # Convenience derived values -------------------------------------------------------------
     @property
     def auth_enabled(self) -> bool:
-        return not (self.values["allow_unauth_methods"] and self.values["allow_unauth_tools_call"])
+        return not (self.allow_unauth_methods and self.allow_unauth_tools_call)
+
+
+SETTINGS: tuple[Setting, ...] = tuple(
+    Setting(f.name, spec.env, f.default, spec.help, spec.parse, spec.secret, spec.group)
+    for f in dataclasses.fields(Settings)
+    for spec in [f.metadata[_SPEC]]
+)
+_NAMES = frozenset(s.name for s in SETTINGS)
 
 
 # Login timeouts when DB_CONNECT_TIMEOUT_SECONDS is 0. SQL Server's is longer: a paused Azure SQL serverless
@@ -739,13 +652,9 @@ MSSQL_LOGIN_TIMEOUT_SECONDS = 20
 DEFAULT_LOGIN_TIMEOUT_SECONDS = 5
 
 
-def _defaults() -> dict[str, Any]:
-    return {s.name: s.default for s in SETTINGS}
-
-
 def load_settings(
     environ: Mapping[str, str] | None = None,
-    env_file: str | os.PathLike | None = ".env",
+    env_file: str | os.PathLike[str] | None = ".env",
     *,
     require_database: bool = True,
     **overrides: Any,
@@ -760,7 +669,7 @@ def load_settings(
         source.update({k: v for k, v in dotenv_values(env_file, interpolate=False).items() if v is not None})
     source.update(os.environ if environ is None else environ)
 
-    values = _defaults()
+    values: dict[str, Any] = {}
     for setting in SETTINGS:
         for var in setting.env:
             if var in source:
@@ -771,15 +680,14 @@ def load_settings(
                     shown = "" if setting.secret else f" (got {raw!r})"
                     raise SettingsError(f"{var}: {exc}{shown}") from None
                 break
-    unknown = set(overrides) - set(values)
+    unknown = set(overrides) - _NAMES
     if unknown:
         raise SettingsError(f"unknown settings: {', '.join(sorted(unknown))}")
     values.update(overrides)
-    if not values["db_connect_timeout_seconds"]:  # 0: the backend's own sane login timeout
-        values["db_connect_timeout_seconds"] = (
-            MSSQL_LOGIN_TIMEOUT_SECONDS if values["db_backend"] == "mssql" else DEFAULT_LOGIN_TIMEOUT_SECONDS
-        )
-    settings = Settings(values)
+    settings = Settings(**values)
+    if not settings.db_connect_timeout_seconds:  # 0: the backend's own sane login timeout
+        login_timeout = MSSQL_LOGIN_TIMEOUT_SECONDS if settings.db_backend == "mssql" else DEFAULT_LOGIN_TIMEOUT_SECONDS
+        settings = settings.replace(db_connect_timeout_seconds=login_timeout)
     if require_database:
         _validate_database(settings)
     return settings

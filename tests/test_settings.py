@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
 
-from app.settings import SETTINGS, SettingsError, load_settings
+from app.settings import SETTINGS, Settings, SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SQLITE = {"DB_BACKEND": "sqlite", "SQLITE_PATH": "/tmp/x.db"}
@@ -115,3 +117,34 @@ def test_every_setting_is_documented_in_readme() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = [s.env[0] for s in SETTINGS if f"`{s.env[0]}`" not in readme]
     assert not missing, f"settings missing from README.md: {missing}"
+
+
+def _as_written(default: object) -> str:
+    """A default as `mssql-mcp settings` writes it into a .env template."""
+    if isinstance(default, tuple):
+        return ",".join(default)
+    return str(default).lower() if isinstance(default, bool) else str(default)
+
+
+def test_every_field_has_its_real_type_and_its_default_reads_back() -> None:
+    # One table: SETTINGS is derived from the Settings fields, so names and order agree by construction.
+    assert [s.name for s in SETTINGS] == [f.name for f in dataclasses.fields(Settings)]
+    hints = typing.get_type_hints(Settings)
+    for setting in SETTINGS:
+        declared = hints[setting.name]
+        assert declared in (str, int, float, bool, tuple[str, ...]), setting.name
+        assert isinstance(setting.default, typing.get_origin(declared) or declared), setting.name
+        parsed = setting.parse(_as_written(setting.default))
+        assert parsed == setting.default and type(parsed) is type(setting.default), setting.name
+
+
+def test_settings_are_frozen_and_replace_checks_names() -> None:
+    s = load_settings(environ=SQLITE, env_file=None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.port = 1  # type: ignore[misc]  # the point: assignment is refused
+    changed = s.replace(port=9009)
+    assert (changed.port, s.port) == (9009, 8008) and changed.sqlite_path == s.sqlite_path
+    with pytest.raises(AttributeError, match="unknown settings: no_such"):
+        s.replace(no_such=1)
+    with pytest.raises(SettingsError, match="unknown settings: no_such"):
+        load_settings(environ=SQLITE, env_file=None, no_such=1)

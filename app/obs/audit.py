@@ -11,11 +11,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from ..core import Principal
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 log = structlog.get_logger("audit")
 
@@ -45,7 +48,13 @@ def fingerprint_sql(sql: str) -> str:
 
 
 def audit_tool_call(
-    *, principal: Principal, tool: str, outcome: str, duration_seconds: float, audit: dict[str, Any], settings: Any
+    *,
+    principal: Principal,
+    tool: str,
+    outcome: str,
+    duration_seconds: float,
+    audit: dict[str, Any],
+    settings: Settings | None,
 ) -> None:
     audit = audit or {}
     sql = audit.get("sql")
@@ -62,7 +71,7 @@ def audit_tool_call(
         "rows": audit.get("rows"),
         "bytes": audit.get("bytes"),
     }
-    if sql and getattr(settings, "audit_sql_text", False):
+    if sql and settings is not None and settings.audit_sql_text:
         fields["sql"] = sql
     for key in _PASSTHROUGH:
         if key in audit:

@@ -13,10 +13,13 @@ import logging
 import re
 import sys
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 REDACTED = "***"
 
@@ -134,14 +137,14 @@ def _resolve_format(log_format: str, stream: IO[str]) -> str:
 _HANDLER_MARK = "_mssql_mcp_handler"
 
 
-def configure_logging(settings: Any, *, stream: IO[str] | None = None) -> None:
+def configure_logging(settings: Settings, *, stream: IO[str] | None = None) -> None:
     """Configure structlog and stdlib logging once per process (idempotent; tests call it again).
 
     `stream` defaults to stderr; tests pass a StringIO to read the lines back.
     """
     stream = stream if stream is not None else sys.stderr
-    level = getattr(logging, str(getattr(settings, "log_level", "INFO")).upper(), logging.INFO)
-    fmt = _resolve_format(str(getattr(settings, "log_format", "auto")), stream)
+    level = logging.getLevelNamesMapping().get(settings.log_level, logging.INFO)  # LOG_LEVEL is upper case
+    fmt = _resolve_format(settings.log_format, stream)
 
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
