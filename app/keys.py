@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .auth.state import AuthState
     from .db.database import Database
     from .mcp.server import McpServer
+    from .mcp.transports import McpEndpoints
     from .obs.metrics import Metrics
     from .settings import Settings
     from .tools.chatgpt import ChatGptTools
@@ -25,6 +26,8 @@ DATABASE: web.AppKey[Database] = web.AppKey("database")
 AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("authenticator")
 # MCP servers by URL prefix: "" (Claude tool set) and "/chatgpt" (ChatGPT tool set).
 MCP_SERVERS: web.AppKey[dict[str, McpServer]] = web.AppKey("mcp_servers")
+# What create_app wired for each prefix (transports and their timings: tests tune them through it).
+MCP_ENDPOINTS: web.AppKey[dict[str, McpEndpoints]] = web.AppKey("mcp_endpoints")
 # Anything an area needs to keep per app gets its own key below.
 AUTH_STORE: web.AppKey[AuthState] = web.AppKey("auth_store")
 # The ChatGPT tool set whose fetch cache the record pages read (built once per app).

@@ -143,8 +143,9 @@ def create_app(
     app[keys.MCP_SERVERS] = _mcp_servers(app, served, catalog if resources is CATALOG else resources, prompts_for)
     if resources is CATALOG:  # the catalog is watched only when it is served
         app.cleanup_ctx.append(_catalog_watch_ctx(catalog))
-    for prefix, server in app[keys.MCP_SERVERS].items():
-        add_mcp_routes(app, prefix, server)
+    app[keys.MCP_ENDPOINTS] = {
+        prefix: add_mcp_routes(app, prefix, server) for prefix, server in app[keys.MCP_SERVERS].items()
+    }
     add_health_routes(app)
     add_record_routes(app)
     return app
