@@ -179,7 +179,7 @@ def _parts(text: str, where: str, fail: Fail, forms: str) -> list[NamePart]:
         raise fail(where, f"is empty; write {forms}")
     bad = sorted(_FORBIDDEN_IN_NAMES.intersection(stripped))
     if bad:
-        raise fail(where, f'"{text}" contains {"".join(bad)}; write names without quotes or brackets ({forms})')
+        raise fail(where, f'"{text}" contains {"".join(bad)}; write names without quotes or brackets')
     parts = [p.strip() for p in stripped.split(".")]
     if any(not p for p in parts):
         raise fail(where, f'"{text}" has an empty part; write {forms}')
