@@ -129,7 +129,6 @@ def test_every_queried_metric_exists() -> None:
 
 def test_dashboards_decode_with_grafana_schema_models() -> None:
     """Offline validation: Grafana's own schema models (grafana-foundation-sdk) decode every field we emit."""
-    pytest.importorskip("grafana_foundation_sdk")
     from grafana_foundation_sdk.cog import plugins
     from grafana_foundation_sdk.cog.encoder import JSONEncoder
     from grafana_foundation_sdk.models import prometheus, stat, timeseries

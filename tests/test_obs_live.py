@@ -46,10 +46,6 @@ class LiveApp:
     settings: Settings
 
 
-def _routes(app: web.Application) -> set[str]:
-    return {route.resource.canonical for route in app.router.routes() if route.resource is not None}
-
-
 @pytest.fixture
 async def obs_live_app(tmp_path: Path, demo_db_path: Path) -> AsyncIterator[LiveApp]:
     metrics_port = free_tcp_port()
@@ -75,13 +71,6 @@ async def obs_live_app(tmp_path: Path, demo_db_path: Path) -> AsyncIterator[Live
         yield LiveApp(url=f"http://127.0.0.1:{port}", metrics_port=metrics_port, app=app, settings=settings)
     finally:
         await runner.cleanup()
-
-
-def _require_layers(live: LiveApp) -> None:
-    routes = _routes(live.app)
-    missing = [name for name, path in (("MCP transports", "/mcp"), ("OAuth", "/token")) if path not in routes]
-    if missing:
-        pytest.skip(f"waiting for {', '.join(missing)} to land")
 
 
 def _add_user(settings: Settings, username: str, role: str) -> None:
@@ -325,7 +314,6 @@ async def test_prometheus_scrapes_the_live_app_and_loads_the_rules(
 async def test_every_dashboard_panel_returns_data_and_audit_lines_are_written(
     obs_live_app: LiveApp, prometheus_factory, captured_logs: CapturedLogs, require_prometheus
 ) -> None:
-    _require_layers(obs_live_app)
     _add_user(obs_live_app.settings, "alice", "writer")
     prometheus = await prometheus_factory(_scrape_config(obs_live_app))
     await prometheus.wait_for(f'up{{job="{JOB}"}} == 1', bool)
