@@ -176,14 +176,14 @@ async def test_a_search_over_its_time_budget_says_it_was_cut(demo_db_path: Any) 
         db_backend="sqlite", sqlite_path=str(demo_db_path), db_pool_size=2, search_time_budget_seconds=0.2
     ) as database:
         tools = ChatGptTools(database, database.settings)
-        original = database.execute
+        original = database.read
 
         async def slow(sql: str, *args: Any, **kwargs: Any) -> Any:
             if "LIKE ?" in sql:
                 await asyncio.sleep(0.15)  # every table read is slow: the budget ends the search early
             return await original(sql, *args, **kwargs)
 
-        database.execute = slow  # type: ignore[method-assign]
+        database.read = slow  # type: ignore[method-assign]
         out = await tools.search({"query": "zzzz-not-there"}, ToolContext())
         assert out["truncated"] is True
         assert out["results"][-1]["id"].startswith("more:") and "narrow" in out["results"][-1]["title"]

@@ -35,10 +35,10 @@ _CHILD = textwrap.dedent("""
     async def main() -> None:
         overrides, sql = json.loads(sys.argv[1]), sys.argv[2]
         async with open_database(**overrides) as database:
-            await database.execute("SELECT 1")
+            await database.read("SELECT 1")
             before = peak()
             try:
-                result = await database.execute(sql)
+                result = await database.read(sql)
                 out = {"rows": result.row_count, "truncated": result.truncated,
                        "reason": result.truncated_reason, "too_long_column": result.too_long_column,
                        "bytes": result.result_bytes}
@@ -46,7 +46,7 @@ _CHILD = textwrap.dedent("""
                 out = {"error": type(exc).__name__, "message": str(exc)}
             out["growth"] = peak() - before
             # The connection is still usable afterwards.
-            out["after"] = (await database.execute("SELECT 2")).rows
+            out["after"] = (await database.read("SELECT 2")).rows
         print(json.dumps(out))
 
     asyncio.run(main())

@@ -175,7 +175,7 @@ async def test_real_driver_against_a_closed_port_degrades_cleanly() -> None:
         assert status["dialect"] == "mssql"
         assert status["pool"]["healthy"] == 0
         with pytest.raises(DatabaseUnavailable) as info:
-            await database.execute("SELECT 1")
+            await database.read("SELECT 1")
         message = str(info.value)
         assert message.startswith("database unavailable") and "127.0.0.1" not in message  # no driver text
         # The real driver ran: its own diagnostic (for operators), not "can't open lib" or a connection-string error.

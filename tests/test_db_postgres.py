@@ -10,12 +10,21 @@ import time
 
 import pytest
 
+from app.core import Principal
 from app.db import execute as run
+from app.db.database import Database, Writer
 from app.db.types import DatabaseUnavailable, QueryFailed, QueryTimeout, TableNotFound
 from tests.fixtures.databases import open_database, pg_snapshot
 
+WRITER = Principal(subject="w", username="writer", role="writer")
 # A slow read the guard allows (no deny-listed function): ~10^10 rows to count.
 SLOW_READ = "SELECT count(*) FROM generate_series(1, 100000) a CROSS JOIN generate_series(1, 100000) b"
+
+
+def _writer(database: Database) -> Writer:
+    writer = database.writer_for(WRITER)
+    assert writer is not None
+    return writer
 
 
 async def worker_rows(database, sql: str) -> list[list]:
@@ -40,7 +49,7 @@ async def _wait_for(predicate, timeout: float) -> bool:
 
 async def test_types_serialize(pg_db) -> None:
     async with open_database(**pg_db) as database:
-        result = await database.execute(
+        result = await database.read(
             "SELECT 12345678901234567890.0123456789::numeric AS big, 9.99::numeric(10,2) AS price, "
             "DATE '2024-02-29' AS d, TIME '13:14:15.5' AS t, TIMESTAMP '2024-01-02 03:04:05.678' AS ts, "
             "'\\x0001ff'::bytea AS b, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid AS u, NULL::int AS n, "
@@ -65,16 +74,16 @@ async def test_types_serialize(pg_db) -> None:
         assert row["r"] == 1.5
         json.dumps(result.as_dict(), allow_nan=False)
 
-        products = await database.execute("SELECT id, price, weight, picture, guid FROM products ORDER BY id")
+        products = await database.read("SELECT id, price, weight, picture, guid FROM products ORDER BY id")
         assert products.rows[0] == [1, "9.99", 0.5, "0x0001FF", "6F9619FF-8B86-D011-B42D-00C04FC964FF"]
         assert products.rows[2][2:] == [None, "0x68656C6C6F", None]
 
 
 async def test_caps_on_postgres(pg_db) -> None:
     async with open_database(**pg_db, max_rows=100, max_result_bytes=2000) as database:
-        rows = await database.execute("SELECT g FROM generate_series(1, 1000000) g")
+        rows = await database.read("SELECT g FROM generate_series(1, 1000000) g")
         assert (rows.row_count, rows.truncated_reason) == (100, "max_rows")
-        wide = await database.execute("SELECT g, repeat('x', 100) FROM generate_series(1, 1000) g")
+        wide = await database.read("SELECT g, repeat('x', 100) FROM generate_series(1, 1000) g")
         assert wide.truncated_reason == "max_bytes" and len(json.dumps(wide.rows)) <= 2000
 
 
@@ -94,42 +103,43 @@ async def test_session_is_read_only_and_limited(pg_db, postgres_server) -> None:
         assert "read-only transaction" in str(info.value)
         with pytest.raises(QueryFailed):
             await database.pool.run(lambda s: run.read(s, "SELECT nextval('order_numbers')", (), 10, 10_000), timeout=5)
-        assert (await database.execute("SELECT count(*) FROM order_lines")).rows == [[7]]
+        assert (await database.read("SELECT count(*) FROM order_lines")).rows == [[7]]
     assert pg_snapshot(postgres_server, pg_db["pg_database"]) == before
 
 
 async def test_pg_sleep_past_the_limit_times_out_and_the_connection_survives(pg_db) -> None:
     # pg_sleep is deny-listed in read-only mode, so this runs with it off.
     async with open_database(**pg_db, read_only_mode=False, db_pool_size=1, query_timeout_seconds=30) as database:
-        pid = (await database.execute("SELECT pg_backend_pid()")).rows[0][0]
+        writer = _writer(database)  # both functions are refused as reads: a writer runs them
+        pid = (await writer.write("SELECT pg_backend_pid()")).rows[0][0]
         started = time.perf_counter()
         with pytest.raises(QueryTimeout) as info:
-            await database.execute("SELECT pg_sleep(5)", timeout=0.5)
+            await writer.write("SELECT pg_sleep(5)", timeout=0.5)
         assert 0.45 < time.perf_counter() - started < 2.0
         assert str(info.value) == "query exceeded the 0.5 s time limit and was cancelled"
-        assert (await database.execute("SELECT pg_backend_pid()")).rows == [[pid]]  # same connection
+        assert (await writer.write("SELECT pg_backend_pid()")).rows == [[pid]]  # same connection
         assert database.pool.healthy() == 1
 
 
 async def test_slow_read_in_read_only_mode_times_out(pg_db) -> None:
     async with open_database(**pg_db, db_pool_size=1) as database:
         with pytest.raises(QueryTimeout):
-            await database.execute(SLOW_READ, timeout=0.4)
-        assert (await database.execute("SELECT 1")).rows == [[1]]
+            await database.read(SLOW_READ, timeout=0.4)
+        assert (await database.read("SELECT 1")).rows == [[1]]
 
 
 async def test_server_side_statement_timeout_is_the_backstop(pg_db) -> None:
     # With the server's statement_timeout equal to the cap, whichever fires first, the caller sees a timeout.
     async with open_database(**pg_db, db_pool_size=1, query_timeout_seconds=1) as database:
         with pytest.raises(QueryTimeout, match="1 s time limit"):
-            await database.execute(SLOW_READ)
-        assert (await database.execute("SELECT 2")).rows == [[2]]
+            await database.read(SLOW_READ)
+        assert (await database.read("SELECT 2")).rows == [[2]]
 
 
 async def test_cancelling_the_task_stops_the_query_on_the_server(pg_db, postgres_server) -> None:
     async with open_database(**pg_db, db_pool_size=1, query_timeout_seconds=30) as database:
         pid = (await worker_rows(database, "SELECT pg_backend_pid()"))[0][0]
-        task = asyncio.create_task(database.execute(SLOW_READ))
+        task = asyncio.create_task(database.read(SLOW_READ))
 
         def active() -> bool:
             return postgres_server.execute("SELECT state FROM pg_stat_activity WHERE pid = ?", pid) == [("active",)]
@@ -147,11 +157,11 @@ async def test_cancelling_the_task_stops_the_query_on_the_server(pg_db, postgres
 
 async def test_restart_mid_run_recovers_without_recreating_the_database(pg_db, postgres_server) -> None:
     async with open_database(**pg_db, db_pool_size=2) as database:
-        await asyncio.gather(*(database.execute("SELECT count(*) FROM customers") for _ in range(4)))
+        await asyncio.gather(*(database.read("SELECT count(*) FROM customers") for _ in range(4)))
         assert database.pool.healthy() == 2
         postgres_server.restart()
         for _ in range(6):  # every old connection is dead; each call is retried on a fresh one
-            assert (await database.execute("SELECT count(*) FROM customers")).rows == [[5]]
+            assert (await database.read("SELECT count(*) FROM customers")).rows == [[5]]
         assert database.status()["status"] == "ok"
         reconnects = database.metrics.registry.get_sample_value("mssql_mcp_pool_reconnects_total")
         assert reconnects is not None and reconnects >= 1
@@ -167,7 +177,7 @@ async def test_restart_under_load_fails_only_cleanly_and_recovers(pg_db, postgre
             while not stop.is_set():
                 started = time.monotonic()
                 try:
-                    await database.execute("SELECT count(*) FROM orders")
+                    await database.read("SELECT count(*) FROM orders")
                     outcomes.append((started, "ok"))
                 except DatabaseUnavailable:  # only while the server is really gone
                     outcomes.append((started, "unavailable"))
@@ -184,7 +194,7 @@ async def test_restart_under_load_fails_only_cleanly_and_recovers(pg_db, postgre
         # one probe interval).
         later = [outcome for started, outcome in outcomes if started >= back + 0.15]
         assert later and set(later) == {"ok"}
-        assert (await database.execute("SELECT 1")).rows == [[1]]
+        assert (await database.read("SELECT 1")).rows == [[1]]
 
 
 async def test_start_while_down_then_recover_by_itself(pg_db, postgres_server) -> None:
@@ -198,7 +208,7 @@ async def test_start_while_down_then_recover_by_itself(pg_db, postgres_server) -
             assert "refused" in (status["last_error"] or "") or "connect" in (status["last_error"] or "")
             started = time.perf_counter()
             with pytest.raises(DatabaseUnavailable) as info:
-                await database.execute("SELECT 1")
+                await database.read("SELECT 1")
             assert time.perf_counter() - started < 1.0  # fails fast while the server is down
             assert str(info.value).startswith("database unavailable")
             assert not await database.ping()
@@ -206,7 +216,7 @@ async def test_start_while_down_then_recover_by_itself(pg_db, postgres_server) -
 
             postgres_server.start()
             assert await _wait_for(lambda: database.status()["status"] == "ok", 15)
-            assert (await database.execute("SELECT 1")).rows == [[1]]
+            assert (await database.read("SELECT 1")).rows == [[1]]
             assert database.status()["last_error"] is None
             assert database.metrics.registry.get_sample_value("mssql_mcp_database_up") == 1
             assert threading.active_count() == threads + 3  # 2 workers + the watchdog, no more
@@ -218,19 +228,20 @@ async def test_start_while_down_then_recover_by_itself(pg_db, postgres_server) -
 async def test_writes_commit_only_on_success(pg_db, postgres_server) -> None:
     name = pg_db["pg_database"]
     async with open_database(**pg_db, read_only_mode=False) as database:
-        inserted = await database.execute("INSERT INTO customers (id, name) VALUES (?, ?)", (10, "New Person"))
+        writer = _writer(database)
+        inserted = await writer.write("INSERT INTO customers (id, name) VALUES (?, ?)", (10, "New Person"))
         assert inserted.rows_affected == 1
-        returning = await database.execute("INSERT INTO customers (id, name) VALUES (11, 'Other') RETURNING id, name")
+        returning = await writer.write("INSERT INTO customers (id, name) VALUES (11, 'Other') RETURNING id, name")
         assert returning.rows == [[11, "Other"]] and returning.rows_affected == 1
         with pytest.raises(QueryFailed) as info:  # the second statement fails: the first is rolled back too
-            await database.execute(
+            await writer.write(
                 "INSERT INTO customers (id, name) VALUES (12, 'Lost'); "
                 "INSERT INTO customers (id, name) VALUES (10, 'Duplicate')"
             )
         assert info.value.sqlstate == "23505"
-        seq = await database.execute("SELECT nextval('order_numbers')")  # allowed as a write when RO is off
+        seq = await writer.write("SELECT nextval('order_numbers')")  # allowed as a write when RO is off
         assert seq.rows == [[1]]
-        await database.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        await writer.write("CREATE TABLE notes (id int PRIMARY KEY, body text)")
         assert (await database.describe_table("notes")).primary_key == ["id"]
     rows = postgres_server.execute("SELECT id, name FROM customers WHERE id >= 10 ORDER BY id", database=name)
     assert rows == [(10, "New Person"), (11, "Other")]
@@ -308,13 +319,13 @@ async def test_password_with_special_characters_connects(pg_db, postgres_server)
     postgres_server.execute("CREATE ROLE pw_user LOGIN PASSWORD '" + password.replace("'", "''") + "'")
     try:
         async with open_database(**{**pg_db, "pg_user": "pw_user", "pg_password": password}) as database:
-            assert (await database.execute("SELECT current_user")).rows == [["pw_user"]]
+            assert (await database.read("SELECT current_user")).rows == [["pw_user"]]
         async with open_database(
             **{**pg_db, "pg_user": "pw_user", "pg_password": "wrong " + password}, db_pool_size=1
         ) as database:
             assert database.status()["status"] == "misconfigured"  # a wrong password does not heal by retrying
             with pytest.raises(DatabaseUnavailable) as info:
-                await database.execute("SELECT 1")
+                await database.read("SELECT 1")
             assert "refused the service's login" in str(info.value)
             assert "password authentication failed" in database.status()["last_error"]  # for operators only
             assert password not in str(info.value) and password not in str(database.status())
@@ -324,32 +335,32 @@ async def test_password_with_special_characters_connects(pg_db, postgres_server)
 
 async def test_caps_inside_the_statement_keep_order_limits_and_types(pg_db) -> None:
     async with open_database(**pg_db, max_result_bytes=1000) as database:
-        assert (await database.execute("SELECT id FROM orders ORDER BY id DESC", max_rows=3)).rows == [[5], [4], [3]]
-        assert (await database.execute("SELECT id FROM orders ORDER BY id LIMIT 2 OFFSET 3")).rows == [[4], [5]]
-        assert (await database.execute("VALUES (1), (2), (3)", max_rows=2)).rows == [[1], [2]]
-        assert (await database.execute("SELECT 1 UNION ALL SELECT 2 ORDER BY 1 DESC;")).rows == [[2], [1]]
-        wide = await database.execute("SELECT id, repeat('x', 5000) AS doc FROM orders ORDER BY id")
+        assert (await database.read("SELECT id FROM orders ORDER BY id DESC", max_rows=3)).rows == [[5], [4], [3]]
+        assert (await database.read("SELECT id FROM orders ORDER BY id LIMIT 2 OFFSET 3")).rows == [[4], [5]]
+        assert (await database.read("VALUES (1), (2), (3)", max_rows=2)).rows == [[1], [2]]
+        assert (await database.read("SELECT 1 UNION ALL SELECT 2 ORDER BY 1 DESC;")).rows == [[2], [1]]
+        wide = await database.read("SELECT id, repeat('x', 5000) AS doc FROM orders ORDER BY id")
         assert (wide.rows, wide.truncated_reason, wide.too_long_column) == ([], "max_bytes", "doc")
-        binary = await database.execute("SELECT decode(repeat('ab', 600), 'hex') AS b")  # 1204 JSON chars
+        binary = await database.read("SELECT decode(repeat('ab', 600), 'hex') AS b")  # 1204 JSON chars
         assert (binary.rows, binary.too_long_column) == ([], "b")
-        digits = await database.execute("SELECT repeat('9', 3000)::numeric AS n")
+        digits = await database.read("SELECT repeat('9', 3000)::numeric AS n")
         assert (digits.rows, digits.too_long_column) == ([], "n")
-        small = await database.execute("SELECT 12.50::numeric AS n, 'ab'::bytea AS b, gen_random_uuid() AS u")
+        small = await database.read("SELECT 12.50::numeric AS n, 'ab'::bytea AS b, gen_random_uuid() AS u")
         assert small.rows[0][:2] == ["12.50", "0x6162"] and small.rows[0][2] == small.rows[0][2].upper()
 
 
 async def test_cached_plans_follow_schema_changes(pg_db, postgres_server) -> None:
     async with open_database(**pg_db) as database:
-        before = await database.execute("SELECT * FROM orders ORDER BY id LIMIT 1")
+        before = await database.read("SELECT * FROM orders ORDER BY id LIMIT 1")
         postgres_server.execute(
             "ALTER TABLE orders ADD COLUMN channel text DEFAULT 'web'", database=pg_db["pg_database"]
         )
         try:
-            after = await database.execute("SELECT * FROM orders ORDER BY id LIMIT 1")
+            after = await database.read("SELECT * FROM orders ORDER BY id LIMIT 1")
             assert after.columns == [*before.columns, "channel"] and after.rows[0][-1] == "web"
         finally:
             postgres_server.execute("ALTER TABLE orders DROP COLUMN channel", database=pg_db["pg_database"])
-        assert (await database.execute("SELECT * FROM orders ORDER BY id LIMIT 1")).columns == before.columns
+        assert (await database.read("SELECT * FROM orders ORDER BY id LIMIT 1")).columns == before.columns
 
 
 async def test_a_refused_login_backs_off_to_minutes_and_calls_do_not_hammer_it(pg_db, captured_logs) -> None:
@@ -367,7 +378,7 @@ async def test_a_refused_login_backs_off_to_minutes_and_calls_do_not_hammer_it(p
         messages = set()
         for _ in range(50):  # callers arriving at a high rate must not each try to log in
             with pytest.raises(DatabaseUnavailable) as info:
-                await database.execute("SELECT 1")
+                await database.read("SELECT 1")
             messages.add(str(info.value).rsplit("(", 1)[0])
         assert messages == {
             "database unavailable: the database refused the service's login; an operator must fix its settings "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from app.core import Principal
 from tests.fixtures.databases import open_database
 
 
@@ -39,10 +40,12 @@ async def test_postgres_write_leaves_no_lock_setting_temp_table_or_prepared_stat
     async with open_database(**pg_db, read_only_mode=False, db_pool_size=1) as database:
         pid = (await database.pool.run(_rows("SELECT pg_backend_pid()"), timeout=5))[0][0]
         # Through the write path (the guard refuses each of these as a read).
-        await database.execute("SELECT pg_advisory_lock(4242)", write=True)
-        await database.execute("SET work_mem = '7MB'", write=True)
-        await database.execute("CREATE TEMP TABLE scratch (x int)", write=True)
-        await database.execute("PREPARE leftover AS SELECT 1", write=True)
+        writer = database.writer_for(Principal(subject="w", username="writer", role="writer"))
+        assert writer is not None
+        await writer.write("SELECT pg_advisory_lock(4242)")
+        await writer.write("SET work_mem = '7MB'")
+        await writer.write("CREATE TEMP TABLE scratch (x int)")
+        await writer.write("PREPARE leftover AS SELECT 1")
         # The next call gets the same connection (pool of one) in a clean state.
         state = await database.pool.run(
             _rows(
@@ -84,7 +87,7 @@ async def test_postgres_read_only_session_stays_read_only_after_a_job_changed_it
         )
         assert state == [[pid, "on", "7s"]]
         # Reads still work and dates still come back typed (psqlODBC's DateStyle is restored too).
-        result = await database.execute("SELECT ordered_on FROM orders ORDER BY id LIMIT 1")
+        result = await database.read("SELECT ordered_on FROM orders ORDER BY id LIMIT 1")
         assert result.rows == [["2024-04-01"]]
 
 
@@ -101,7 +104,7 @@ async def test_postgres_reset_after_a_failed_statement(pg_db, postgres_server) -
         with pytest.raises(Exception, match="division by zero"):
             await database.pool.run(lock_then_fail, timeout=5)
         assert await _advisory_locks(postgres_server, pid) == 0
-        assert (await database.execute("SELECT 2")).rows == [[2]]
+        assert (await database.read("SELECT 2")).rows == [[2]]
 
 
 @pytest.mark.parametrize("read_only", [True, False])
@@ -112,9 +115,11 @@ async def test_sqlite_cannot_load_extensions_even_past_the_guard(sqlite_db, read
         with pytest.raises(Exception, match="not authorized"):
             await database.pool.run(_rows("SELECT load_extension('/nonexistent/libevil')"), timeout=5)
         # And through the service as a call would send it: refused or failing, never loading.
+        writer = database.writer_for(Principal(subject="w", username="writer", role="writer"))
+        run = database.read if writer is None else writer.write  # a writer's statement is sent as a write
         with pytest.raises(Exception, match=r"not authorized|not allowed|refused"):
-            await database.execute("SELECT load_extension('/nonexistent/libevil')")
-        assert (await database.execute("SELECT 2")).rows == [[2]]
+            await run("SELECT load_extension('/nonexistent/libevil')")
+        assert (await database.read("SELECT 2")).rows == [[2]]
 
 
 async def test_sqlite_value_limit_holds_past_the_guard(sqlite_db) -> None:

@@ -521,7 +521,7 @@ async def _run_all(database: Any, corpus: list[str]) -> list[str]:
     for sql in corpus:
         started = time.monotonic()
         try:
-            await database.execute(sql)
+            await database.read(sql)
         except QueryRefused as exc:
             assert exc.reason in guard.REASONS, (sql[:80], exc.reason)
             assert "internal error" not in str(exc).lower()
@@ -541,7 +541,7 @@ async def test_sqlite_corpus_is_refused_and_changes_nothing(sqlite_db: Path, tmp
     async with open_database(db_backend="sqlite", sqlite_path=str(sqlite_db)) as database:
         assert await _run_all(database, corpus) == []
         # the pooled connections still work, and still read the same data
-        assert (await database.execute("SELECT COUNT(*) FROM customers")).rows == [[5]]
+        assert (await database.read("SELECT COUNT(*) FROM customers")).rows == [[5]]
     assert sqlite_snapshot(sqlite_db) == before
     assert _digest(files["secret"]) == secret_digest
     assert not files["target"].exists()
@@ -559,7 +559,7 @@ async def test_postgres_corpus_is_refused_and_changes_nothing(
     ]
     async with open_database(**pg_db) as database:
         assert await _run_all(database, corpus) == []
-        assert (await database.execute("SELECT COUNT(*) AS n FROM customers")).rows == [[5]]
+        assert (await database.read("SELECT COUNT(*) AS n FROM customers")).rows == [[5]]
         locks = postgres_server.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
         assert locks == [(0,)]
     assert pg_snapshot(postgres_server, name) == before
@@ -573,7 +573,7 @@ async def test_legitimate_complex_reads_run_on_sqlite(sqlite_db: Path) -> None:
         for sql, rows in LEGITIMATE_COMPLEX + SQLITE_LEGITIMATE:
             verdict = guard.check(sql, "sqlite")
             assert verdict.allowed, verdict
-            result = await database.execute(sql)
+            result = await database.read(sql)
             if rows is not None:
                 assert result.row_count == rows, (sql, result.rows)
 
@@ -583,7 +583,7 @@ async def test_legitimate_complex_reads_run_on_postgres(pg_db: dict[str, Any]) -
         for sql, rows in [(s.replace("SUBSTR(", "SUBSTRING("), r) for s, r in LEGITIMATE_COMPLEX] + PG_LEGITIMATE:
             verdict = guard.check(sql, "postgres")
             assert verdict.allowed, verdict
-            result = await database.execute(sql)
+            result = await database.read(sql)
             if rows is not None:
                 assert result.row_count == rows, (sql, result.rows)
 
@@ -601,10 +601,10 @@ async def test_huge_recursive_reads_are_allowed_but_time_capped(
     async with open_database(query_timeout_seconds=1.0, **settings) as database:
         started = time.monotonic()
         with pytest.raises(DatabaseError) as info:
-            await database.execute(sql)
+            await database.read(sql)
         assert time.monotonic() - started < 10
         assert "internal error" not in str(info.value).lower()
-        assert (await database.execute("SELECT 1 AS ok")).rows == [[1]]  # the connection is usable after
+        assert (await database.read("SELECT 1 AS ok")).rows == [[1]]  # the connection is usable after
 
 
 def test_the_driver_functions_the_corpus_probes_are_real(sqlite_db: Path, tmp_path: Path) -> None:

@@ -229,7 +229,7 @@ async def _refusals(database: Any) -> list[str]:
     passed = []
     for sql in ADVERSARIAL:
         try:
-            await database.execute(sql)
+            await database.read(sql)
         except QueryRefused as exc:
             assert exc.reason in guard.REASONS, (sql, exc.reason)
             assert str(exc).startswith("Refused in read-only mode:"), str(exc)
@@ -276,14 +276,14 @@ async def test_legitimate_reads_run_on_sqlite(sqlite_db) -> None:
     async with open_database(db_backend="sqlite", sqlite_path=str(sqlite_db)) as database:
         for sql, expected in LEGITIMATE:
             assert database.is_read_only(sql), sql
-            _check_rows(sql, expected, await database.execute(sql))
+            _check_rows(sql, expected, await database.read(sql))
 
 
 async def test_legitimate_reads_run_on_postgres(pg_db) -> None:
     async with open_database(**pg_db) as database:
         for sql, expected in LEGITIMATE:
             assert database.is_read_only(sql), sql
-            _check_rows(sql, expected, await database.execute(sql))
+            _check_rows(sql, expected, await database.read(sql))
 
 
 @pytest.mark.parametrize("sql", [s for s, _ in LEGITIMATE])

@@ -455,7 +455,7 @@ async def test_an_untrusted_certificate_is_a_configuration_error(tls_listener: t
         assert "SSL Provider" in str(status["last_error"]), status
         assert status["status"] == "misconfigured" and database.pool.login_refused
         with pytest.raises(DatabaseUnavailable) as info:
-            await database.execute("SELECT 1")
+            await database.read("SELECT 1")
         assert "operator must fix its settings" in str(info.value)
         assert "127.0.0.1" not in str(info.value)
 
@@ -559,7 +559,7 @@ async def test_a_read_chosen_as_deadlock_victim_runs_once_more_and_a_write_does_
         with pytest.raises(QueryFailed):
             await database.pool.run(always_victim, timeout=5, retry=False)  # a write is never repeated
         assert len(attempts) == 1
-        assert (await database.execute("SELECT 2 AS x")).rows == [[2]]  # the connection is still good
+        assert (await database.read("SELECT 2 AS x")).rows == [[2]]  # the connection is still good
 
 
 # --- item 3: FOR JSON / FOR XML -------------------------------------------------------------------------------
@@ -601,19 +601,19 @@ async def test_for_json_fragments_are_joined_before_the_caps(tmp_path: Path) -> 
     sql = f'SELECT part AS "{JSON_COLUMN}" FROM fragments ORDER BY seq'
     assert len(document) > 10 * 2033
     async with open_database(db_backend="sqlite", sqlite_path=str(path)) as database:
-        result = await database.execute(sql)
+        result = await database.read(sql)
         assert result.columns == [JSON_COLUMN] and result.row_count == 1 and not result.truncated
         assert json.loads(result.rows[0][0]) == json.loads(document)
     # SQL Server's TOP (MAX_ROWS + 1) sits under FOR JSON: an array one longer than the cap was cut.
     async with open_database(db_backend="sqlite", sqlite_path=str(path), max_rows=399) as database:
-        capped = await database.execute(sql)
+        capped = await database.read(sql)
         assert capped.truncated and capped.truncated_reason == "max_rows"
         assert json.loads(capped.rows[0][0]) == json.loads(document)[:399]
     async with open_database(db_backend="sqlite", sqlite_path=str(path), max_result_bytes=5000) as database:
-        cut = await database.execute(sql)
+        cut = await database.read(sql)
         assert cut.truncated and cut.truncated_reason == "max_bytes" and cut.too_long_column == JSON_COLUMN
         assert cut.rows == []  # never a fragment that is not JSON
-        small = await database.execute(f'SELECT part AS "{JSON_COLUMN}" FROM fragments WHERE seq = 0')
+        small = await database.read(f'SELECT part AS "{JSON_COLUMN}" FROM fragments WHERE seq = 0')
         assert small.row_count == 1 and not small.truncated
 
 

@@ -16,6 +16,7 @@ import pyodbc
 import structlog
 from sqlglot import exp
 
+from ..core import Principal
 from . import execute as run
 from . import guard
 from .catalog import resolve
@@ -90,47 +91,73 @@ class Database:
             return cap
         return min(cap, float(timeout))
 
-    async def execute(
+    def _refuse_unless_read(self, verdict: guard.Verdict) -> None:
+        if verdict.allowed:
+            return
+        reason = verdict.reason or "refused"
+        self.metrics.guard_refusals.labels(reason).inc()
+        log.info("db.refused", reason=reason)
+        raise QueryRefused(reason, verdict.message or "refused: not a single read query")
+
+    async def read(
+        self, sql: str, params: Sequence[Any] = (), *, max_rows: int | None = None, timeout: float | None = None
+    ) -> QueryResult:
+        """Run one read query: the guard must accept it (else QueryRefused), whatever READ_ONLY_MODE says, and
+        it runs in a transaction that is rolled back. `max_rows` and `timeout` can only lower the caps."""
+        verdict = self.verdict(sql)
+        self._refuse_unless_read(verdict)
+        return await self._read(sql, _checked_tree(verdict), params, max_rows=max_rows, timeout=timeout)
+
+    async def _read(
         self,
         sql: str,
-        params: Sequence[Any] = (),
+        tree: exp.Expression | None,
+        params: Sequence[Any],
         *,
         max_rows: int | None = None,
         timeout: float | None = None,
-        write: bool = False,
     ) -> QueryResult:
-        """Run one statement. In read-only mode the guard must accept it (else QueryRefused) and it runs
-        as a read in a rolled-back transaction. With read-only mode off, anything the guard would not
-        accept as a read (or any call with write=True) runs as a write: committed only if it succeeds.
-        `max_rows` and `timeout` can only lower the configured caps."""
-        verdict = self.verdict(sql)
-        if self.settings.read_only_mode:
-            if not verdict.allowed:
-                reason = verdict.reason or "refused"
-                self.metrics.guard_refusals.labels(reason).inc()
-                log.info("db.refused", reason=reason)
-                raise QueryRefused(reason, verdict.message or "refused in read-only mode")
-            as_write = False
-        else:
-            as_write = write or not verdict.allowed
-        rows_cap = self._row_cap(max_rows)
-        bytes_cap = int(self.settings.max_result_bytes)
-        if as_write:
+        """A read of a statement the guard accepted or the service wrote itself (sample, row by key)."""
+        plans = self.read_plans
 
-            def job(s: Worker) -> QueryResult:
-                return run.write(s, sql, params, rows_cap, bytes_cap)
-        else:
-            tree = _checked_tree(verdict)
-            plans = self.read_plans
+        def job(session: Worker, rows_cap: int, bytes_cap: int) -> QueryResult:
+            return run.planned_read(session, plans, sql, tree, params, rows_cap, bytes_cap)
 
-            def job(s: Worker) -> QueryResult:
-                return run.planned_read(s, plans, sql, tree, params, rows_cap, bytes_cap)
+        return await self._capped(job, max_rows=max_rows, timeout=timeout, retry=True)
 
-        result = await self.pool.run(job, timeout=self._time_cap(timeout), retry=not as_write)
-        if as_write:
-            self._forget_catalog()  # the write may have been DDL
+    async def _capped(
+        self,
+        job: Callable[[Worker, int, int], QueryResult],
+        *,
+        max_rows: int | None,
+        timeout: float | None,
+        retry: bool,
+    ) -> QueryResult:
+        """The one place a statement's row, byte and time caps are applied (reads and writes alike)."""
+        rows_cap, bytes_cap = self._row_cap(max_rows), int(self.settings.max_result_bytes)
+        result = await self.pool.run(
+            lambda session: job(session, rows_cap, bytes_cap), timeout=self._time_cap(timeout), retry=retry
+        )
         self._account(result)
         return result
+
+    def writer_for(self, principal: Principal) -> Writer | None:
+        """The capability to write, for a writer while writes are enabled; None otherwise (READ_ONLY_MODE on,
+        or a caller whose role may not write), so a reader's statement can only ever reach read()."""
+        if self.settings.read_only_mode or not principal.can_write:
+            return None
+        return Writer(self, principal)
+
+    async def _write(
+        self, sql: str, params: Sequence[Any], *, max_rows: int | None, timeout: float | None
+    ) -> QueryResult:
+        def job(session: Worker, rows_cap: int, bytes_cap: int) -> QueryResult:
+            return run.write(session, sql, params, rows_cap, bytes_cap)
+
+        try:
+            return await self._capped(job, max_rows=max_rows, timeout=timeout, retry=False)
+        finally:
+            self._forget_catalog()  # the write may have been DDL
 
     def _account(self, result: QueryResult) -> None:
         self._rows_counter.inc(result.row_count)
@@ -211,13 +238,7 @@ class Database:
         table = await self.resolve_table(name)
         n = max(1, min(int(limit), int(self.settings.sample_max_rows), int(self.settings.max_rows)))
         sql = self.dialect.sample_sql(table, n)
-        bytes_cap = int(self.settings.max_result_bytes)
-        plans = self.read_plans  # the same caps as any read: wide values cut on the server
-        result = await self.pool.run(
-            lambda s: run.planned_read(s, plans, sql, None, (), n, bytes_cap), timeout=self._time_cap(None), retry=True
-        )
-        self._account(result)
-        return result
+        return await self._read(sql, None, (), max_rows=n)  # the same caps as any read: wide values cut on the server
 
     async def fetch_row(self, table: TableInfo, key: dict[str, Any]) -> dict[str, Any] | None:
         """The row whose key columns equal `key` (column names matched case-insensitively), or None."""
@@ -236,10 +257,35 @@ class Database:
             column_types.append(column.base_type or column.type)
             params.append(_coerce(value, column.base_type or column.type))  # an alias of int is an int key
         sql = self.dialect.row_sql(table, columns, column_types)
-        plans, bytes_cap = self.read_plans, int(self.settings.max_result_bytes)
-        return await self.pool.run(
-            lambda s: run.first_row_as_dict(s, plans, sql, params, bytes_cap), timeout=self._time_cap(None), retry=True
-        )
+        # Read inside the byte cap like every read: a row larger than the cap is refused with the column to
+        # leave out, rather than pulled whole.
+        result = await self._read(sql, None, params, max_rows=1)
+        if result.rows:
+            return dict(zip(result.columns, result.rows[0], strict=False))
+        if result.truncated_reason == "max_bytes":
+            where = f" (column {result.too_long_column})" if result.too_long_column else ""
+            raise QueryFailed(
+                f"the row is larger than the {int(self.settings.max_result_bytes):,}-byte result limit{where}; "
+                "select the columns you need with a query instead"
+            )
+        return None
+
+
+class Writer:
+    """The capability to write, handed out by Database.writer_for only to a writer while writes are enabled.
+
+    A write runs any statement and commits it only if it succeeds (a failing batch is rolled back whole),
+    within the same row, byte and time caps as a read."""
+
+    def __init__(self, database: Database, principal: Principal) -> None:
+        self._database = database
+        self.principal = principal
+
+    async def write(
+        self, sql: str, params: Sequence[Any] = (), *, max_rows: int | None = None, timeout: float | None = None
+    ) -> QueryResult:
+        log.info("db.write", user=self.principal.username)
+        return await self._database._write(sql, params, max_rows=max_rows, timeout=timeout)
 
 
 def _ping_job(session: Worker) -> None:

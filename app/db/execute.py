@@ -27,7 +27,7 @@ from .dialects.base import Dialect, ReadPlan, rows_per_fetch, statement_body
 from .errors import is_cancel, is_server_timeout
 from .forjson import collect_document, is_document_result
 from .serialize import serialize_row
-from .types import QueryFailed, QueryResult
+from .types import QueryResult
 
 FETCH_BATCH = 256
 _EMPTY_JSON_ARRAY = 2  # "[]"
@@ -226,20 +226,3 @@ def write(session: Any, sql: str, params: Sequence[Any], max_rows: int, max_byte
     result.rows_affected = affected if affected is not None else 0
     result.elapsed_ms = (time.perf_counter() - started) * 1000
     return result
-
-
-def first_row_as_dict(
-    session: Any, plans: ReadPlans, sql: str, params: Sequence[Any], max_bytes: int
-) -> dict[str, Any] | None:
-    """One row (by key) as {column: JSON-ready value}, or None. Read inside the byte cap like every read: a row
-    larger than the cap is refused with the column to leave out, rather than pulled whole."""
-    result = planned_read(session, plans, sql, None, params, 1, max_bytes)
-    if result.rows:
-        return dict(zip(result.columns, result.rows[0], strict=False))
-    if result.truncated_reason == "max_bytes":
-        where = f" (column {result.too_long_column})" if result.too_long_column else ""
-        raise QueryFailed(
-            f"the row is larger than the {max_bytes:,}-byte result limit{where}; "
-            "select the columns you need with a query instead"
-        )
-    return None

@@ -538,7 +538,7 @@ class Doctor:
             self._result("guard", SKIP, "READ_ONLY_MODE=false: statements the guard would refuse run as writes")
             return
         try:
-            await self.db.execute("DELETE FROM mcp_doctor_probe")
+            await self.db.read("DELETE FROM mcp_doctor_probe")
         except QueryRefused as exc:
             self._result("guard", PASS, f"the guard refused a DELETE before it reached the server ({exc})")
             return
@@ -628,7 +628,7 @@ class Doctor:
         )
 
     async def types(self) -> None:
-        result = await self.db.execute(self.probes.types_sql(), max_rows=1)
+        result = await self.db.read(self.probes.types_sql(), max_rows=1)
         values = dict(zip(result.columns, result.rows[0], strict=False)) if result.rows else {}
         wrong = [f"the result was cut ({result.truncated_reason})"] if result.truncated else []
         hints = []
@@ -655,7 +655,7 @@ class Doctor:
         if self.probes.for_json_sql is None:
             self._result("for_json", SKIP, "SQL Server only")
             return
-        result = await self.db.execute(self.probes.for_json_sql)
+        result = await self.db.read(self.probes.for_json_sql)
         column = result.columns[0] if result.columns else ""
         if result.row_count == 1:
             try:
@@ -738,7 +738,7 @@ class Doctor:
     async def unread_rows(self) -> None:
         before = await self._job(_connection_of)
         started = time.perf_counter()
-        result = await self.db.execute(self.probes.big_result_sql)  # the service's own row and byte caps
+        result = await self.db.read(self.probes.big_result_sql)  # the service's own row and byte caps
         took = time.perf_counter() - started
         same, next_took = await self._same_connection_after(before)
         detail = (

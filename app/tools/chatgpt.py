@@ -315,7 +315,7 @@ class ChatGptTools:
         if not sql:
             return []
         try:
-            found = await self.database.execute(sql, params)
+            found = await self.database.read(sql, params)
         except DatabaseError as exc:
             log.info("chatgpt.children_unreadable", error=str(exc)[:200])
             return []
@@ -342,7 +342,7 @@ class ChatGptTools:
             shown = ", ".join(dialect.quote_identifier(c) for c, _ in entry.columns)
             where = " AND ".join(f"{dialect.quote_identifier(c)} = ?" for c, _ in pairs)
             try:
-                rows = await self.database.execute(
+                rows = await self.database.read(
                     f"SELECT {shown} FROM {dialect.table_sql(info)} WHERE {where}", values, max_rows=CHILD_ROWS_MAX
                 )
             except DatabaseError as exc:
@@ -606,13 +606,14 @@ class ChatGptTools:
 
     async def _search_sql(self, sql: str, limit: int) -> list[tuple[str, str]]:
         # search is read-only whatever READ_ONLY_MODE says: ChatGPT treats it as a read tool.
-        if not self.database.is_read_only(sql):
+        verdict = self.database.verdict(sql)
+        if not verdict.allowed:
             raise ToolError(
                 "search only runs read queries (SELECT, WITH ... SELECT, VALUES) and this statement "
-                f"is not one: {not_read_reason(self.database, sql)} Rephrase as a single SELECT.",
+                f"is not one: {not_read_reason(verdict)} Rephrase as a single SELECT.",
                 outcome="refused",
             )
-        result = await self.database.execute(sql, write=False)
+        result = await self.database.read(sql)
         record_id = ids.query_id(sql)
         short = " ".join(sql.split())
         short = short if len(short) <= 80 else short[:79] + "…"

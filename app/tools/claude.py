@@ -141,14 +141,17 @@ class ClaudeTools:
         # A call can only lower the caps; Database applies them (one place for the row and time caps).
         ctx.audit.update(fingerprint=fingerprint_sql(sql), sql=sql)
 
-        write = False
-        if not self.settings.read_only_mode and not self.database.is_read_only(sql):
-            if not ctx.principal.can_write:
-                why = not_read_reason(self.database, sql)
-                raise ToolError(READER_REFUSAL.format(why=why), outcome="refused")
-            write = True
+        verdict = self.database.verdict(sql)
+        # Only a writer, while writes are enabled, holds a Writer; everything else can only reach read().
+        writer = None if verdict.allowed else self.database.writer_for(ctx.principal)
+        if writer is not None:
             log.info("tool.write", user=ctx.principal.username, fingerprint=ctx.audit["fingerprint"])
-        result = await self.database.execute(sql, max_rows=max_rows, timeout=timeout, write=write)
+            result = await writer.write(sql, max_rows=max_rows, timeout=timeout)
+        elif verdict.allowed or self.settings.read_only_mode:
+            # In read-only mode read() refuses what the guard does not accept, with the guard's reason.
+            result = await self.database.read(sql, max_rows=max_rows, timeout=timeout)
+        else:
+            raise ToolError(READER_REFUSAL.format(why=not_read_reason(verdict)), outcome="refused")
         ctx.audit.update(
             rows=result.row_count if result.rows_affected is None else result.rows_affected,
             bytes=result.result_bytes,

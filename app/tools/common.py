@@ -6,6 +6,7 @@ import dataclasses
 import json
 from typing import Any
 
+from ..db.guard import Verdict
 from ..db.types import QueryResult, TableDescription, TableInfo
 from ..mcp.tools import Tool, ToolError
 
@@ -36,9 +37,9 @@ def with_meta(tools: list[Tool], names: set[str], meta: dict[str, Any]) -> list[
     return tools
 
 
-def not_read_reason(database: Any, sql: str) -> str:
-    """Why the guard would not run `sql` as a read, in words (for refusals outside read-only mode)."""
-    message = database.verdict(sql).message or ""
+def not_read_reason(verdict: Verdict) -> str:
+    """Why the guard would not run a statement as a read, in words (for refusals outside read-only mode)."""
+    message = verdict.message or ""
     message = message.removeprefix("Refused in read-only mode: ").strip()
     return message or "it is not a single read query."
 

@@ -206,7 +206,7 @@ class ContentSearch:
         sql = self.dialect.all_columns_sql
         if not sql:
             return [], False
-        result = await self.database.execute(sql)
+        result = await self.database.read(sql)
         if result.truncated:
             log.warning("search.catalog_truncated", rows=result.row_count)
         return parse_catalog_rows(result.rows), bool(result.truncated)
@@ -219,7 +219,7 @@ class ContentSearch:
         if not sql:
             return {}
         try:
-            result = await self.database.execute(sql)
+            result = await self.database.read(sql)
         except DatabaseError as exc:
             log.info("search.fulltext_unavailable", error=str(exc)[:200])
             return {}
@@ -292,6 +292,6 @@ class ContentSearch:
         else:
             sql = self.dialect.content_search_sql(info, table.primary_key, columns, len(terms))
             params = [like_pattern(term) for term in terms for _ in columns]
-        result = await self.database.execute(sql, params, max_rows=per_table, timeout=timeout)
+        result = await self.database.read(sql, params, max_rows=per_table, timeout=timeout)
         rows = [dict(zip(result.columns, values, strict=False)) for values in result.rows]
         return rows, bool(result.truncated)
