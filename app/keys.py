@@ -13,6 +13,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from .auth.bearer import Authenticator
     from .auth.state import AuthState
+    from .cors import CorsRoutes
     from .db.database import Database
     from .mcp.server import McpServer
     from .mcp.transports import McpEndpoints
@@ -29,6 +30,8 @@ MCP_SERVERS: web.AppKey[dict[str, McpServer]] = web.AppKey("mcp_servers")
 # What create_app wired for each prefix (transports and their timings: tests tune them through it).
 MCP_ENDPOINTS: web.AppKey[dict[str, McpEndpoints]] = web.AppKey("mcp_endpoints")
 # Anything an area needs to keep per app gets its own key below.
+# Which CORS policy each route path has (app.cors: filled by auth and the MCP transports).
+CORS_ROUTES: web.AppKey[CorsRoutes] = web.AppKey("cors_routes")
 AUTH_STORE: web.AppKey[AuthState] = web.AppKey("auth_store")
 # The ChatGPT tool set whose fetch cache the record pages read (built once per app).
 FETCH_CACHE: web.AppKey[ChatGptTools] = web.AppKey("fetch_cache")

@@ -16,10 +16,11 @@ import structlog
 from aiohttp import web
 
 from .. import keys
+from ..cors import PUBLIC, allow_cors
 from .authorize import authorize_get, authorize_post
 from .bearer import Authenticator
 from .common import REALMS
-from .metadata import add_metadata_routes, preflight, with_cors
+from .metadata import add_metadata_routes
 from .oidc import CALLBACK_PATH, upstream_callback
 from .register import register_endpoint
 from .revoke import revoke_endpoint
@@ -87,7 +88,7 @@ def setup_auth(app: web.Application) -> None:
             (f"{realm}/register", register_endpoint),
             (f"{realm}/revoke", revoke_endpoint),
         ):
-            router.add_post(path, with_cors(handler))
-            router.add_route("OPTIONS", path, preflight)
+            router.add_post(path, handler)
+            allow_cors(app, path, PUBLIC, methods="POST, OPTIONS")  # browser clients register and sign in
     router.add_get(CALLBACK_PATH, upstream_callback)
     app.cleanup_ctx.append(_auth_ctx)

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from ..core import SURFACES, surface_by_prefix
+from ..cors import PUBLIC, allow_cors
 from ..urls import base_url
 from .common import (
     GRANT_TYPES,
@@ -33,30 +34,6 @@ MCP_ENDPOINTS = tuple(realm + path for realm in REALMS for path in MCP_PATHS)  #
 JWKS_PATH = "/.well-known/jwks.json"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-CORS_HEADERS = {
-    "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-    "Access-Control-Allow-Headers": "Authorization, Content-Type, MCP-Protocol-Version",
-    "Access-Control-Max-Age": "86400",
-}
-
-
-def with_cors(handler: Handler) -> Handler:
-    """Browser-based MCP clients (the Inspector) call discovery, registration and the token endpoint
-    cross-origin. None of these use cookies, so any origin may read them."""
-
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        response = await handler(request)
-        response.headers["Access-Control-Allow-Origin"] = "*"
-        response.headers.setdefault("Access-Control-Expose-Headers", "WWW-Authenticate")
-        return response
-
-    return wrapped
-
-
-async def preflight(request: web.Request) -> web.Response:
-    return web.Response(status=204, headers=CORS_HEADERS)
 
 
 def _json(data: dict[str, Any], status: int = 200) -> web.Response:
@@ -194,5 +171,6 @@ def add_metadata_routes(app: web.Application) -> None:
             )
     routes.append((JWKS_PATH, jwks_handler))
     for path, handler in routes:
-        app.router.add_get(path, with_cors(handler))
-        app.router.add_route("OPTIONS", path, preflight)
+        # Browser-based MCP clients (the Inspector) read discovery cross-origin; app.cors.PUBLIC: any origin.
+        app.router.add_get(path, handler)
+        allow_cors(app, path, PUBLIC, methods="GET, OPTIONS")
