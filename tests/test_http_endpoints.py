@@ -10,6 +10,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from app import keys
+from app.health import add_health_routes
+
 INIT = {
     "jsonrpc": "2.0",
     "id": 1,
@@ -211,7 +214,7 @@ async def test_sse_keepalive_comments(client: TestClient) -> None:
 
 
 async def test_sse_disconnect_ends_session_and_cancels_calls(client: TestClient) -> None:
-    server = client.test_app.endpoints[""].server
+    sessions = client.test_app.endpoints[""].sessions  # the transport's session manager
     probe = client.test_app.probe
     stream = await client.get("/sse", headers={"Accept": "text/event-stream"})
     _, endpoint = await _read_event(stream)
@@ -229,14 +232,14 @@ async def test_sse_disconnect_ends_session_and_cancels_calls(client: TestClient)
         ),
     )
     await asyncio.wait_for(probe.started.wait(), 5)
-    assert len(server.sessions) == 1
+    assert len(sessions) == 1
     stream.close()
     await asyncio.wait_for(probe.cancelled.wait(), 5)
     for _ in range(100):
-        if not len(server.sessions):
+        if not len(sessions):
             break
         await asyncio.sleep(0.02)
-    assert len(server.sessions) == 0
+    assert len(sessions) == 0
 
 
 async def test_streamable_disconnect_cancels_call(client: TestClient) -> None:
@@ -277,7 +280,12 @@ async def test_streamable_disconnect_cancels_call(client: TestClient) -> None:
     ("path", "tools"),
     [("/health", ["echo", "slow", "fail", "chatty"]), ("/chatgpt/health", ["echo", "slow", "fail", "chatty"])],
 )
-async def test_health_without_database(client: TestClient, path: str, tools: list[str]) -> None:
+async def test_health_without_database(aiohttp_client: Any, mcp_test_app: Any, path: str, tools: list[str]) -> None:
+    # The service always has a Database; health must still answer on an app that has none registered.
+    bare = web.Application()
+    bare[keys.MCP_SERVERS] = mcp_test_app().app[keys.MCP_SERVERS]
+    add_health_routes(bare)
+    client = await aiohttp_client(bare)
     response = await client.get(path)
     assert response.status == 200
     body = await response.json()

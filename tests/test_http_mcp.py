@@ -285,7 +285,7 @@ async def test_bad_protocol_version_header_is_400(client: TestClient) -> None:
 async def test_session_store_is_bounded_and_expires(aiohttp_client: Any, mcp_test_app: Any) -> None:
     test_app = mcp_test_app(max_sessions=3)
     client = await aiohttp_client(test_app.app)
-    sessions = test_app.endpoints[""].server.sessions
+    sessions = test_app.endpoints[""].sessions
     first = await _initialize(client)
     others = [await _initialize(client) for _ in range(3)]
     assert len(sessions) == 3

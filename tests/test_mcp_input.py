@@ -11,6 +11,7 @@ import pytest
 
 from app.mcp.jsonrpc import Message
 from app.mcp.server import CallEnv, Envelope, McpServer
+from app.mcp.session import SessionRecord
 from app.mcp.tools import InputRequired, Tool, ToolContext, ToolResult
 
 ASK_NAME = {
@@ -36,6 +37,11 @@ def _server() -> McpServer:
         instructions="",
         tools=[Tool("greet", "Greet", "Asks a name.", {"type": "object", "properties": {}}, greet)],
     )
+
+
+def _record(session_id: str) -> SessionRecord:
+    """A handshake-era session as a transport's session manager would hand it to the protocol."""
+    return SessionRecord(id=session_id, transport="streamable_http", protocol_version="2025-11-25")
 
 
 def _modern(capabilities: dict[str, Any]) -> CallEnv:
@@ -72,7 +78,7 @@ async def test_modern_refuses_questions_the_client_cannot_answer() -> None:
 @pytest.mark.parametrize("declared", [True, False])
 async def test_handshake_era_asks_the_client_on_the_stream(declared: bool) -> None:
     server = _server()
-    session = server.sessions.create("streamable_http", "2025-11-25")
+    session = _record("s-1")
     session.client_capabilities = {"elicitation": {}} if declared else {}
     sent: list[dict[str, Any]] = []
     env = CallEnv(session=session, emit=sent.append)
@@ -88,7 +94,7 @@ async def test_handshake_era_asks_the_client_on_the_stream(declared: bool) -> No
     question = sent[0]
     assert question["method"] == "elicitation/create" and question["params"] == ASK_NAME["params"]
     # Only the session that was asked can answer; an unknown id is ignored.
-    other = server.sessions.create("streamable_http", "2025-11-25")
+    other = _record("s-2")
     reply = {"result": {"action": "accept", "content": {"name": "Grace"}}}
     assert not server.handle_response(Message("response", "", reply, question["id"]), CallEnv(session=other))
     assert not server.handle_response(Message("response", "", reply, "srv-unknown"), env)
@@ -99,7 +105,7 @@ async def test_handshake_era_asks_the_client_on_the_stream(declared: bool) -> No
 
 async def test_handshake_era_client_refusal_is_a_tool_error() -> None:
     server = _server()
-    session = server.sessions.create("streamable_http", "2025-11-25")
+    session = _record("s-1")
     session.client_capabilities = {"elicitation": {}}
     sent: list[dict[str, Any]] = []
     env = CallEnv(session=session, emit=sent.append)
@@ -114,7 +120,7 @@ async def test_handshake_era_client_refusal_is_a_tool_error() -> None:
 
 async def test_handshake_era_without_a_stream_fails_at_once() -> None:
     server = _server()
-    session = server.sessions.create("streamable_http", "2025-11-25")
+    session = _record("s-1")
     session.client_capabilities = {"elicitation": {}}
     env = CallEnv(session=session, emit=lambda message: False)  # what a closed or missing stream answers
     result = (await asyncio.wait_for(server.handle_request(_call(), env), 2))["result"]

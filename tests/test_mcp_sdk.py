@@ -63,7 +63,7 @@ async def test_stateless_2026_envelope_auto_negotiated(live: Any, prefix: str) -
         assert client.instructions == "Test server: echo, slow, fail and chatty tools."
         await _list_and_call(client)
     # Stateless: nothing was kept per client.
-    assert len(live.test_app.endpoints[prefix].server.sessions) == 0
+    assert len(live.test_app.endpoints[prefix].sessions) == 0
 
 
 @pytest.mark.parametrize("prefix", PREFIXES)
@@ -73,12 +73,12 @@ async def test_legacy_sse_transport(live: Any, monkeypatch: pytest.MonkeyPatch, 
     async with Client(sse_client(live.url + prefix + "/sse"), mode="legacy") as client:
         assert client.protocol_version == version
         await _list_and_call(client)
-        assert len(live.test_app.endpoints[prefix].server.sessions) == 1
+        assert len(live.test_app.endpoints[prefix].sessions) == 1
     for _ in range(50):  # the stream closing ends the session
-        if not live.test_app.endpoints[prefix].server.sessions:
+        if not live.test_app.endpoints[prefix].sessions:
             break
         await asyncio.sleep(0.02)
-    assert len(live.test_app.endpoints[prefix].server.sessions) == 0
+    assert len(live.test_app.endpoints[prefix].sessions) == 0
 
 
 @pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])

@@ -57,8 +57,8 @@ def _open(scraped: dict, transport: str) -> float:
 async def test_active_and_idle_sessions_are_counted_apart(aiohttp_client: Any, mcp_test_app: Any) -> None:
     test_app = mcp_test_app(session_active_seconds=120)
     client = await aiohttp_client(test_app.app)
-    claude = test_app.endpoints[""].server.sessions
-    chatgpt = test_app.endpoints["/chatgpt"].server.sessions
+    claude = test_app.endpoints[""].sessions
+    chatgpt = test_app.endpoints["/chatgpt"].sessions
     assert claude.active_seconds == chatgpt.active_seconds == 120  # the setting reaches both tables
 
     scraped = _scrape(test_app.metrics)
@@ -73,7 +73,7 @@ async def test_active_and_idle_sessions_are_counted_apart(aiohttp_client: Any, m
     assert _open(scraped, "streamable_http") == 3
 
     # Nobody used `first` for longer than the active window: still open, now idle.
-    claude.get(first).last_seen = time.monotonic() - 121
+    claude.get(first).record.last_seen = time.monotonic() - 121
     scraped = _scrape(test_app.metrics)
     assert _sessions(scraped, "streamable_http", "active") == 2
     assert _sessions(scraped, "streamable_http", "idle") == 1
@@ -93,7 +93,7 @@ async def test_active_and_idle_sessions_are_counted_apart(aiohttp_client: Any, m
         "/mcp", headers={"Accept": "text/event-stream", "Mcp-Session-Id": second, "MCP-Protocol-Version": "2025-11-25"}
     )
     assert stream.status == 200
-    claude.get(second).last_seen = time.monotonic() - 3600
+    claude.get(second).record.last_seen = time.monotonic() - 3600
     scraped = _scrape(test_app.metrics)
     assert _sessions(scraped, "streamable_http", "active") == 3
     assert _sessions(scraped, "streamable_http", "idle") == 0
@@ -108,16 +108,16 @@ async def test_active_and_idle_sessions_are_counted_apart(aiohttp_client: Any, m
 
 
 def test_counts_by_state_against_the_clock() -> None:
-    from app.mcp.session import SessionStore
+    from app.mcp.transports.sessions import SessionManager
 
-    store = SessionStore(idle_seconds=3600, active_seconds=300)
+    store = SessionManager(idle_seconds=3600, active_seconds=300)
     fresh = store.create("streamable_http", "2025-11-25")
     stale = store.create("streamable_http", "2025-11-25")
     legacy = store.create("sse", "2024-11-05")
     now = time.monotonic()
-    fresh.last_seen = now - 299
-    stale.last_seen = now - 301
-    legacy.last_seen = now - 1000
+    fresh.record.last_seen = now - 299
+    stale.record.last_seen = now - 301
+    legacy.record.last_seen = now - 1000
     assert store.counts_by_state(now) == {
         ("streamable_http", "active"): 1,
         ("streamable_http", "idle"): 1,
@@ -174,8 +174,8 @@ async def test_prometheus_sees_active_and_idle_sessions(demo_db_path: Any, tmp_p
                 ) as response:
                     assert response.status == 200, await response.text()
                     session_ids.append(response.headers["Mcp-Session-Id"])
-        claude_sessions = app[keys.MCP_SERVERS][""].sessions
-        claude_sessions.get(session_ids[0]).last_seen -= settings.session_active_seconds + 1  # abandoned
+        claude_sessions = app[keys.MCP_ENDPOINTS][""].sessions
+        claude_sessions.get(session_ids[0]).record.last_seen -= settings.session_active_seconds + 1  # abandoned
 
         prometheus = await prometheus_factory(
             {

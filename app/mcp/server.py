@@ -15,23 +15,19 @@ import hmac
 import json
 import secrets
 import time
-import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
-from jsonschema.validators import validator_for
 
-from ..core import ANONYMOUS, Principal, known_outcome
-from ..db.types import DatabaseError
+from ..core import ANONYMOUS, Principal, SafeError, known_outcome
 from ..obs.audit import audit_tool_call
 from .jsonrpc import (
     HEADER_MISMATCH,
     INTERNAL_ERROR,
     INVALID_PARAMS,
+    INVALID_REQUEST,
     METHOD_NOT_FOUND,
     MISSING_REQUIRED_CLIENT_CAPABILITY,
     UNSUPPORTED_PROTOCOL_VERSION,
@@ -50,7 +46,8 @@ from .resources import (
     ResourceProvider,
     rank_completions,
 )
-from .session import Session, SessionStore, TooManySessions
+from .schema import ArgumentSchema
+from .session import SessionNotifier, SessionRecord, TooManySessions
 from .tools import InputRequired, Tool, ToolContext, ToolError, ToolResult
 
 log = structlog.get_logger(__name__)
@@ -129,16 +126,20 @@ class Envelope:
 
 @dataclass(slots=True)
 class CallEnv:
-    """Everything about one incoming HTTP exchange that the protocol logic needs."""
+    """Everything about one incoming exchange that the protocol logic needs; the transport fills it in."""
 
-    transport: str = "streamable_http"  # "streamable_http" | "sse"
     principal: Principal = ANONYMOUS
     base_url: str = "http://127.0.0.1:8008"
     settings: Any = None
-    session: Session | None = None  # handshake-era session, if any
+    session: SessionRecord | None = None  # handshake-era session, if any
     envelope: Envelope | None = None  # set for 2026-07-28 requests
     # Delivers a notification related to this request (progress, log). None drops them.
     emit: Callable[[dict[str, Any]], Any] | None = None
+    # Handshake era, set by a transport whose sessions start at `initialize`: opens one at the negotiated
+    # version (may raise TooManySessions). Without it, initialize answers for the session already in `session`.
+    open_session: Callable[[str], SessionRecord] | None = None
+    # Stops this session's running request with that id (notifications/cancelled); True if one was stopped.
+    cancel: Callable[[Any], bool] | None = None
 
 
 T = TypeVar("T")
@@ -160,106 +161,6 @@ def _named(registry: Mapping[str, T], params: dict[str, Any], kind: str) -> T:
 def _shown(value: Any) -> str:
     text = str(value)
     return text if len(text) <= _NAME_SHOWN else text[:_NAME_SHOWN] + "..."
-
-
-_FAST_ANNOTATIONS = frozenset({"description", "title", "default", "examples", "$comment"})
-_FAST_PROPERTY_KEYS = _FAST_ANNOTATIONS | {
-    "type",
-    "minLength",
-    "maxLength",
-    "minimum",
-    "maximum",
-    "exclusiveMinimum",
-    "exclusiveMaximum",
-}
-_FAST_ROOT_KEYS = _FAST_ANNOTATIONS | {"type", "properties", "required", "additionalProperties", "$schema"}
-
-
-def _fast_property(schema: Any) -> Callable[[Any], bool] | None:
-    if not isinstance(schema, dict) or set(schema) - _FAST_PROPERTY_KEYS:
-        return None
-    kind = schema.get("type")
-    bounds = [
-        (key, schema[key]) for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum") if key in schema
-    ]
-    if any(not isinstance(v, int | float) or isinstance(v, bool) for _, v in bounds):
-        return None
-    if kind == "string" and not bounds:
-        low, high = schema.get("minLength", 0), schema.get("maxLength")
-        if not isinstance(low, int) or (high is not None and not isinstance(high, int)):
-            return None
-        return lambda v: type(v) is str and len(v) >= low and (high is None or len(v) <= high)
-    if kind in ("integer", "number") and "minLength" not in schema and "maxLength" not in schema:
-        types = (int,) if kind == "integer" else (int, float)
-
-        def check_number(v: Any) -> bool:
-            if type(v) not in types:
-                return False  # bool, integral floats and the rest: let jsonschema decide
-            for key, bound in bounds:
-                if (
-                    (key == "minimum" and v < bound)
-                    or (key == "maximum" and v > bound)
-                    or (key == "exclusiveMinimum" and v <= bound)
-                    or (key == "exclusiveMaximum" and v >= bound)
-                ):
-                    return False
-            return True
-
-        return check_number
-    if kind == "boolean" and len(schema.keys() - _FAST_ANNOTATIONS) == 1:
-        return lambda v: type(v) is bool
-    return None
-
-
-def fast_validator(schema: Any) -> Callable[[Any], bool] | None:
-    """A quick check for the simple object schemas tools use (primitive properties, required,
-    additionalProperties). True means valid for certain; False means "ask jsonschema", which stays the
-    judge (and writes the message). None when the schema uses anything else."""
-    if not isinstance(schema, dict) or set(schema) - _FAST_ROOT_KEYS or schema.get("type") != "object":
-        return None
-    if (
-        schema.get("$schema", "https://json-schema.org/draft/2020-12/schema")
-        != "https://json-schema.org/draft/2020-12/schema"
-    ):
-        return None
-    properties = schema.get("properties", {})
-    required = schema.get("required", [])
-    additional = schema.get("additionalProperties", True)
-    if not isinstance(properties, dict) or not isinstance(required, list) or not isinstance(additional, bool):
-        return None
-    checks = {name: _fast_property(sub) for name, sub in properties.items()}
-    if any(check is None for check in checks.values()):
-        return None
-    required_names = tuple(required)
-
-    def check(arguments: Any) -> bool:
-        if type(arguments) is not dict:
-            return False
-        for name in required_names:
-            if name not in arguments:
-                return False
-        for name, value in arguments.items():
-            prop = checks.get(name)
-            if prop is None:
-                if not additional:
-                    return False
-            elif not prop(value):
-                return False
-        return True
-
-    return check
-
-
-def _argument_problem(validator: Any, fast: Callable[[Any], bool] | None, tool: Tool, arguments: Any) -> str | None:
-    # jsonschema costs tens of microseconds per call; the fast path keeps the common case cheap.
-    if (fast is not None and fast(arguments)) or validator.is_valid(arguments):
-        return None
-    error = best_match(validator.iter_errors(arguments))
-    if error is None:  # pragma: no cover - is_valid said otherwise
-        return f"Invalid arguments for tool {tool.name}."
-    where = "/".join(str(part) for part in error.absolute_path)
-    at = f" (at '{where}')" if where else ""
-    return f"Invalid arguments for tool {tool.name}: {error.message}{at}."
 
 
 def _header(headers: Any, name: str) -> tuple[str | None, bool]:
@@ -306,20 +207,17 @@ class McpServer:
         # reach the same process, which holds for one node; several nodes would need a shared key).
         self._state_key = secrets.token_bytes(32)
         # Handshake era: server->client requests awaiting the client's response, by request id.
-        self._client_requests: dict[str, tuple[Session, asyncio.Future[dict[str, Any]]]] = {}
-        # resources/subscribe (handshake era): session -> subscribed URIs; a closed session drops out.
-        self._subscriptions: weakref.WeakKeyDictionary[Session, set[str]] = weakref.WeakKeyDictionary()
+        # (session id, future) by request id.
+        self._client_requests: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
+        # Where notifications to open sessions go: the transports' session managers (attach_sessions).
+        self._notifiers: list[SessionNotifier] = []
         self._tools: dict[str, Tool] = {}
-        self._validators: dict[str, Any] = {}
-        self._fast_validators: dict[str, Callable[[Any], bool] | None] = {}
+        self._argument_schemas: dict[str, ArgumentSchema] = {}
         for tool in tools:
             if tool.name in self._tools:
                 raise ValueError(f"duplicate tool name {tool.name!r}")
-            cls = validator_for(tool.input_schema, default=Draft202012Validator)
-            cls.check_schema(tool.input_schema)  # a broken schema is a programming error: fail at start-up
             self._tools[tool.name] = tool
-            self._validators[tool.name] = cls(tool.input_schema)
-            self._fast_validators[tool.name] = fast_validator(tool.input_schema)
+            self._argument_schemas[tool.name] = ArgumentSchema(tool.name, tool.input_schema)
         # SEP-2243: arguments whose schema says `x-mcp-header: Name` are mirrored in Mcp-Param-Name.
         self._param_headers: dict[str, list[tuple[str, str]]] = {
             tool.name: [
@@ -338,7 +236,6 @@ class McpServer:
             self.capabilities["prompts"] = {"listChanged": False}
         self._completions = resources is not None or any(p.complete is not None for p in self.prompts)
         self._prompts_list = {"prompts": [prompt.describe() for prompt in self.prompts]}
-        self.sessions = SessionStore(on_count=self._count_session)
         # tools/list never changes: serialize it once per era.
         described = [tool.describe() for tool in tools]
         self._tools_list = RawJson(dumps_value({"tools": described}))
@@ -408,11 +305,11 @@ class McpServer:
             caps["completions"] = {}
         return caps
 
-    # -- metrics ---------------------------------------------------------------------------------
-    def _count_session(self, transport: str, delta: int) -> None:
-        if self.metrics is not None:
-            self.metrics.mcp_sessions_active.labels(transport).inc(delta)
+    def attach_sessions(self, notifier: SessionNotifier) -> None:
+        """Let the protocol reach the open sessions a transport serves (resources notifications)."""
+        self._notifiers.append(notifier)
 
+    # -- metrics ---------------------------------------------------------------------------------
     def observe(self, message: Message) -> None:
         """Count one received message under a bounded method label."""
         if self.metrics is None:
@@ -544,7 +441,7 @@ class McpServer:
             result = await handler(message.params, env, message.id)
         except JsonRpcError as exc:
             return error_message(message.id, exc)
-        except DatabaseError as exc:  # a catalog read for resources/prompts/completions; the text is safe
+        except SafeError as exc:  # a catalog read for resources/prompts/completions; the text is safe
             return error_message(message.id, JsonRpcError(INTERNAL_ERROR, f"Database error: {exc}"))
         except (asyncio.CancelledError, TooManySessions):
             raise
@@ -555,11 +452,11 @@ class McpServer:
 
     def handle_response(self, message: Message, env: CallEnv) -> bool:
         """A client's response to one of our requests (sampling, elicitation, roots); False if unknown."""
-        key = message.id if isinstance(message.id, str) else None
-        pending = self._client_requests.get(key) if key is not None else None
-        if pending is None or pending[0] is not env.session or pending[1].done():
+        key = message.id
+        pending = self._client_requests.get(key) if isinstance(key, str) else None
+        if pending is None or env.session is None or pending[0] != env.session.id or pending[1].done():
             return False  # unknown, another session's, or already answered: ignored
-        del self._client_requests[key]  # type: ignore[arg-type]
+        del self._client_requests[str(key)]
         pending[1].set_result(message.params)
         return True
 
@@ -568,9 +465,9 @@ class McpServer:
         if message.method == "notifications/initialized":
             if session is not None:
                 session.initialized = True
-        elif message.method == "notifications/cancelled" and session is not None:
+        elif message.method == "notifications/cancelled" and env.cancel is not None:
             request_id = message.params.get("requestId")
-            if session.cancel(request_id):
+            if env.cancel(request_id):
                 log.info("mcp_request_cancelled", request_id=_shown(request_id))
         # Anything else (progress from the client, roots changes, unknown) is accepted and ignored.
 
@@ -582,10 +479,12 @@ class McpServer:
         # Answer the client's version when we speak it, else our latest handshake version.
         version = requested if requested in HANDSHAKE_VERSIONS else LATEST_HANDSHAKE_VERSION
         session = env.session
-        if env.transport == "sse" and session is not None:
-            session.protocol_version = version  # the SSE stream created the session already
+        if env.open_session is not None:
+            session = env.session = env.open_session(version)
+        elif session is not None:
+            session.protocol_version = version  # the transport opened the session before (legacy SSE)
         else:
-            session = env.session = self.sessions.create(env.transport, version)
+            raise JsonRpcError(INVALID_REQUEST, "Invalid request: initialize needs a transport with sessions")
         capabilities = params.get("capabilities")
         client_info = params.get("clientInfo")
         session.client_capabilities = capabilities if isinstance(capabilities, dict) else {}
@@ -663,7 +562,7 @@ class McpServer:
             contents = await self.resources.read(uri)
         except ResourceNotFound as exc:
             raise JsonRpcError(INVALID_PARAMS, str(exc), {"uri": uri}) from None
-        except DatabaseError as exc:  # the message is safe to show; the resource exists but cannot be read now
+        except SafeError as exc:  # the message is safe to show; the resource exists but cannot be read now
             raise JsonRpcError(INTERNAL_ERROR, f"Could not read {_shown(uri)}: {exc}", {"uri": uri}) from None
         if not contents:  # SEP-2164: never an empty contents array
             raise JsonRpcError(INVALID_PARAMS, f"Resource not found: {_shown(uri)}", {"uri": uri})
@@ -675,7 +574,7 @@ class McpServer:
         uri = _required_uri(params)
         if env.session is None:
             raise JsonRpcError(INVALID_PARAMS, "Invalid params: resources/subscribe needs a session")
-        uris = self._subscriptions.setdefault(env.session, set())
+        uris = env.session.subscriptions
         if uri not in uris and len(uris) >= MAX_SUBSCRIPTIONS_PER_SESSION:
             raise JsonRpcError(
                 INVALID_PARAMS,
@@ -692,26 +591,22 @@ class McpServer:
     async def _unsubscribe(self, params: dict[str, Any], env: CallEnv, request_id: RequestId | None) -> Any:
         uri = _required_uri(params)
         if env.session is not None:
-            self._subscriptions.get(env.session, set()).discard(uri)
+            env.session.subscriptions.discard(uri)
         return {}
 
     def resource_list_changed(self) -> int:
         """Tell every handshake-era session with an open stream that resources/list changed."""
         note = {"jsonrpc": "2.0", "method": "notifications/resources/list_changed"}
-        return sum(1 for session in self.sessions if session.stream is not None and session.stream.put(note))
+        return sum(notifier.notify_all(note) for notifier in self._notifiers)
 
     def subscribed_uris(self) -> set[str]:
         """Every URI some open session subscribed to (what the provider's watcher re-reads)."""
-        return {uri for session, uris in list(self._subscriptions.items()) if not session.closed for uri in uris}
+        return {uri for notifier in self._notifiers for uri in notifier.subscribed_uris()}
 
     def resource_updated(self, uri: str) -> int:
         """Send notifications/resources/updated to the sessions subscribed to `uri`."""
         note = {"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": uri}}
-        sent = 0
-        for session, uris in list(self._subscriptions.items()):
-            if uri in uris and session.stream is not None and not session.closed and session.stream.put(note):
-                sent += 1
-        return sent
+        return sum(notifier.notify_subscribers(uri, note) for notifier in self._notifiers)
 
     # -- prompts -----------------------------------------------------------------------------------
     async def _prompts_list_handler(self, params: dict[str, Any], env: CallEnv, request_id: RequestId | None) -> Any:
@@ -735,7 +630,7 @@ class McpServer:
             return self._input_required(exc, env, f"prompts/get:{name}")
         except PromptArgumentsInvalid as exc:
             raise JsonRpcError(INVALID_PARAMS, f"Invalid params: {exc}") from None
-        except DatabaseError as exc:
+        except SafeError as exc:
             raise JsonRpcError(INTERNAL_ERROR, f"Prompt {name} could not read the database: {exc}") from None
         result = {"description": prompt.description, "messages": messages}
         return self._modern_fields(result) if env.envelope is not None else result
@@ -765,7 +660,7 @@ class McpServer:
             if uri not in templates:
                 raise JsonRpcError(INVALID_PARAMS, f"Unknown resource template: {_shown(uri)!r}")
             assert self.resources is not None
-            candidates = await self.resources.complete(uri, arg_name, value, others)  # type: ignore[arg-type]
+            candidates = await self.resources.complete(uri, arg_name, value, others)
         else:
             raise JsonRpcError(INVALID_PARAMS, 'Invalid params: ref.type must be "ref/prompt" or "ref/resource"')
         result = {"completion": rank_completions(candidates, value)}
@@ -786,7 +681,7 @@ class McpServer:
         started = time.perf_counter()
         outcome = "ok"
         try:
-            problem = _argument_problem(self._validators[name], self._fast_validators[name], tool, arguments)
+            problem = self._argument_schemas[name].problem(arguments)
             if problem is not None:
                 outcome = "invalid"
                 return self._error_result(problem, modern)
@@ -797,8 +692,8 @@ class McpServer:
             except ToolError as exc:
                 outcome = known_outcome(exc.outcome)
                 return self._error_result(str(exc), modern)
-            except DatabaseError as exc:
-                outcome = known_outcome(exc.code)
+            except SafeError as exc:  # a database error: its class names the outcome (QueryRefused: "refused")
+                outcome = known_outcome(getattr(exc, "code", "database_error"))
                 return self._error_result(str(exc), modern)
             except asyncio.CancelledError:
                 outcome = "cancelled"
@@ -868,7 +763,7 @@ class McpServer:
             for key, request in exc.input_requests.items():
                 request_id = f"srv-{secrets.token_urlsafe(12)}"  # unguessable: only this client can answer
                 future: asyncio.Future[dict[str, Any]] = loop.create_future()
-                self._client_requests[request_id] = (session, future)
+                self._client_requests[request_id] = (session.id, future)
                 waiting[key] = (request_id, future)
                 sent = emit(
                     {

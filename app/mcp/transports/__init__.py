@@ -20,36 +20,48 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from ... import keys
+from ...cors import allow_cors, credentialed
 from ..server import McpServer
-from .common import CORS_ALLOW_HEADERS, OriginPolicy, cors_headers
+from .common import OriginPolicy
+from .sessions import SessionManager
 from .sse import LegacySse
 from .streamable import StreamableHttp
 
-__all__ = ["McpEndpoints", "add_mcp_routes"]
+__all__ = ["McpEndpoints", "SessionManager", "add_mcp_routes"]
 
 
 @dataclass
 class McpEndpoints:
-    """What add_mcp_routes wired for one prefix (tests tune timings through it)."""
+    """What add_mcp_routes wired for one prefix (tests tune timings and look at sessions through it)."""
 
     prefix: str
     server: McpServer
+    sessions: SessionManager
     streamable: StreamableHttp
     sse: LegacySse
 
 
 def add_mcp_routes(app: web.Application, prefix: str, server: McpServer) -> McpEndpoints:
     settings = app[keys.SETTINGS]
-    server.sessions.max_sessions = settings.max_sessions
-    server.sessions.idle_seconds = settings.session_idle_seconds
-    server.sessions.active_seconds = settings.session_active_seconds
-    if server.metrics is not None:
-        server.metrics.session_states.watch(server.sessions.counts_by_state)
+    metrics = server.metrics
+
+    def count_session(transport: str, delta: int) -> None:
+        if metrics is not None:
+            metrics.mcp_sessions_active.labels(transport).inc(delta)
+
+    sessions = SessionManager(
+        max_sessions=settings.max_sessions,
+        idle_seconds=settings.session_idle_seconds,
+        active_seconds=settings.session_active_seconds,
+        on_count=count_session,
+    )
+    server.attach_sessions(sessions)  # resources notifications reach this prefix's open sessions
+    if metrics is not None:
+        metrics.session_states.watch(sessions.counts_by_state)
     origins = OriginPolicy(settings)
-    streamable = StreamableHttp(server, settings, origins)
-    legacy = LegacySse(server, settings, origins, prefix)
+    streamable = StreamableHttp(server, sessions, settings, origins)
+    legacy = LegacySse(server, sessions, settings, origins, prefix)
     mcp_path, sse_path, messages_path = f"{prefix}/mcp", f"{prefix}/sse", f"{prefix}/messages"
-    paths = {mcp_path, sse_path, messages_path}
 
     async def post_sse(request: web.Request) -> web.StreamResponse:
         # The seed accepted Streamable HTTP on /sse; clients that append ?session_id= mean legacy messages.
@@ -63,43 +75,23 @@ def add_mcp_routes(app: web.Application, prefix: str, server: McpServer) -> McpE
             status=200, headers={"Allow": "GET, POST, DELETE, OPTIONS", "Content-Type": "application/json"}
         )
 
-    def options_for(allow: str):
-        async def options(request: web.Request) -> web.Response:
-            headers = {
-                "Allow": allow,
-                "Access-Control-Allow-Methods": allow,
-                "Access-Control-Allow-Headers": CORS_ALLOW_HEADERS,
-                "Access-Control-Max-Age": "86400",
-            }
-            if not origins.allowed(request):
-                headers.pop("Access-Control-Allow-Methods")
-                headers.pop("Access-Control-Allow-Headers")
-            return web.Response(status=200, headers=headers)
-
-        return options
-
+    # Browser-based MCP clients need CORS on every answer, errors and 401s included; only allowed Origins.
+    cors = credentialed(origins.allowed)
     app.router.add_post(mcp_path, streamable.post)
     app.router.add_get(mcp_path, streamable.get, allow_head=False)
     app.router.add_route("HEAD", mcp_path, head_mcp)
     app.router.add_delete(mcp_path, streamable.delete)
-    app.router.add_route("OPTIONS", mcp_path, options_for("GET, POST, DELETE, OPTIONS"))
+    allow_cors(app, mcp_path, cors, methods="GET, POST, DELETE, OPTIONS")
     app.router.add_get(sse_path, legacy.stream, allow_head=False)
     app.router.add_route("HEAD", sse_path, legacy.head)
     app.router.add_post(sse_path, post_sse)
-    app.router.add_route("OPTIONS", sse_path, options_for("GET, POST, HEAD, OPTIONS"))
+    allow_cors(app, sse_path, cors, methods="GET, POST, HEAD, OPTIONS")
     app.router.add_post(messages_path, legacy.message)
-    app.router.add_route("OPTIONS", messages_path, options_for("POST, OPTIONS"))
-
-    async def add_cors(request: web.Request, response: web.StreamResponse) -> None:
-        # Browser-based MCP clients need CORS on every answer, errors and 401s included.
-        if request.path in paths and "Origin" in request.headers and origins.allowed(request):
-            for name, value in cors_headers(request).items():
-                response.headers.setdefault(name, value)
+    allow_cors(app, messages_path, cors, methods="POST, OPTIONS")
 
     async def close_sessions(_app: web.Application) -> None:
         # Before aiohttp waits for handlers: ends open SSE streams so shutdown is not held up.
-        server.sessions.close_all()
+        sessions.close_all()
 
-    app.on_response_prepare.append(add_cors)
     app.on_shutdown.append(close_sessions)
-    return McpEndpoints(prefix, server, streamable, legacy)
+    return McpEndpoints(prefix, server, sessions, streamable, legacy)

@@ -13,7 +13,7 @@ from ... import keys
 from ...core import ANONYMOUS, Principal
 from ...urls import base_url, peer_is_trusted
 from ..jsonrpc import INVALID_REQUEST, JsonRpcError, RequestId, dumps, error_message
-from ..session import Outbox
+from .outbox import Outbox
 
 log = structlog.get_logger(__name__)
 
@@ -26,10 +26,6 @@ SSE_HEADERS = {
 }
 ALWAYS_ALLOWED_ORIGINS = ("https://chatgpt.com", "https://claude.ai", "https://claude.com")
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
-CORS_ALLOW_HEADERS = (
-    "Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version, Mcp-Method, Mcp-Name, Last-Event-ID"
-)
-CORS_EXPOSE_HEADERS = "Mcp-Session-Id, MCP-Protocol-Version, WWW-Authenticate"
 SESSION_HEADER = "Mcp-Session-Id"
 VERSION_HEADER = "MCP-Protocol-Version"
 
@@ -217,15 +213,3 @@ async def authenticate(request: web.Request, methods: Sequence[str]) -> Principa
     raise web.HTTPUnauthorized(
         headers={"WWW-Authenticate": 'Bearer realm="mcp"'}, text='{"error":"invalid_token"}', content_type=JSON_TYPE
     )
-
-
-def cors_headers(request: web.Request) -> dict[str, str]:
-    origin = request.headers.get("Origin")
-    if not origin:
-        return {}
-    return {
-        "Access-Control-Allow-Origin": origin,
-        "Access-Control-Allow-Credentials": "true",
-        "Access-Control-Expose-Headers": CORS_EXPOSE_HEADERS,
-        "Vary": "Origin",
-    }

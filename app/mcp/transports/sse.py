@@ -12,7 +12,7 @@ from aiohttp import web
 from ...urls import base_url
 from ..jsonrpc import INVALID_REQUEST, JsonRpcError, Message, loads, parse_message
 from ..server import BATCH_VERSIONS, CallEnv, McpServer
-from ..session import Outbox, Session, TooManySessions
+from ..session import TooManySessions
 from .common import (
     BodyTooLarge,
     OriginPolicy,
@@ -29,14 +29,19 @@ from .common import (
     rpc_error_response,
     too_large,
 )
+from .outbox import Outbox
+from .sessions import Session, SessionManager
 
 log = structlog.get_logger(__name__)
 TRANSPORT = "sse"
 
 
 class LegacySse:
-    def __init__(self, server: McpServer, settings: Any, origins: OriginPolicy, prefix: str) -> None:
+    def __init__(
+        self, server: McpServer, sessions: SessionManager, settings: Any, origins: OriginPolicy, prefix: str
+    ) -> None:
         self.server = server
+        self.sessions = sessions
         self.settings = settings
         self.origins = origins
         self.prefix = prefix
@@ -53,15 +58,15 @@ class LegacySse:
             return http_error(406, "Not Acceptable: the SSE endpoint needs Accept: text/event-stream")
         principal = await authenticate(request, [])
         try:
-            session = self.server.sessions.create(TRANSPORT, "2024-11-05", owner=principal)
+            session = self.sessions.create(TRANSPORT, "2024-11-05", owner=principal)
         except TooManySessions:
-            log.warning("mcp_sessions_exhausted", max_sessions=self.server.sessions.max_sessions)
+            log.warning("mcp_sessions_exhausted", max_sessions=self.sessions.max_sessions)
             return http_error(503, "Too many open MCP sessions; retry later", headers={"Retry-After": "5"})
 
         def drop_stream(outbox: Outbox) -> None:
             # The client stopped reading: end the session (its running calls too) rather than queue more.
             note_stream_dropped(self.server, TRANSPORT, "events", outbox)
-            self.server.sessions.drop(session)
+            self.sessions.drop(session)
             abort_connection(request)
 
         outbox = session.stream = new_outbox(self.settings, drop_stream)
@@ -77,7 +82,7 @@ class LegacySse:
         except ConnectionResetError:
             pass
         finally:
-            self.server.sessions.remove(session)  # the stream is the session: cancel anything still running
+            self.sessions.remove(session)  # the stream is the session: cancel anything still running
         return response if response is not None else web.Response(status=499)
 
     async def message(self, request: web.Request) -> web.Response:
@@ -103,30 +108,28 @@ class LegacySse:
         principal = await authenticate(request, [m.method for m in messages if m.kind != "response"])
         if not session_id:
             return http_error(400, "Bad Request: the session_id query parameter is required")
-        session = self.server.sessions.get(session_id, principal)  # another user's session: None, as unknown
-        if session is None or session.transport != TRANSPORT or session.stream is None or session.stream.closed:
-            if self.server.sessions.was_dropped(session_id, principal):
+        session = self.sessions.get(session_id, principal)  # another user's session: None, as unknown
+        if session is None or session.record.transport != TRANSPORT or session.stream is None or session.stream.closed:
+            if self.sessions.was_dropped(session_id, principal):
                 return http_error(
                     410,
                     "Gone: the event stream of this session was dropped because the client "
                     "stopped reading it; open a new SSE stream",
                 )
             return http_error(404, "Session not found or expired: open a new SSE stream")
-        if isinstance(payload, list) and session.protocol_version not in BATCH_VERSIONS:
-            return http_error(
-                400,
-                f"Invalid request: JSON-RPC batches are not supported in protocol version {session.protocol_version}",
-            )
+        version = session.record.protocol_version
+        if isinstance(payload, list) and version not in BATCH_VERSIONS:
+            return http_error(400, f"Invalid request: JSON-RPC batches are not supported in protocol version {version}")
         url = base_url(request)
         for message in messages:
             self.server.observe(message)
             env = CallEnv(
-                transport=TRANSPORT,
                 principal=principal,
                 base_url=url,
                 settings=self.settings,
-                session=session,
-                emit=session.stream.put,
+                session=session.record,  # opened by the stream: initialize negotiates on it
+                emit=session.send,
+                cancel=session.cancel,
             )
             if message.kind == "notification":
                 await self.server.handle_notification(message, env)
@@ -134,6 +137,7 @@ class LegacySse:
                 self._start(message, env, session)
             else:  # the client answers a request of ours (sampling, elicitation, roots)
                 self.server.handle_response(message, env)
+        self.sessions.save(session)
         return web.Response(status=202, text="Accepted")
 
     def _start(self, message: Message, env: CallEnv, session: Session) -> None:
@@ -142,7 +146,7 @@ class LegacySse:
             previous = session.inflight.get(message.id)
             if previous is not None and not previous.done():
                 previous.cancel()  # a reused id supersedes the old request
-            session.inflight[message.id] = task
+        session.track(message.id, task)
 
     async def _answer(self, message: Message, env: CallEnv, session: Session) -> None:
         try:
@@ -152,10 +156,11 @@ class LegacySse:
         except TooManySessions:  # pragma: no cover - SSE sessions exist before initialize
             return
         finally:
-            if session.inflight.get(message.id) is asyncio.current_task():
-                del session.inflight[message.id]
-        if session.stream is not None:
-            session.stream.put(answer)
+            task = asyncio.current_task()
+            if task is not None:
+                session.untrack(message.id, task)
+            self.sessions.save(session)  # initialize and logging/setLevel change the record
+        session.send(answer)
 
     async def head(self, request: web.Request) -> web.Response:
         return web.Response(

@@ -27,7 +27,7 @@ from ..server import (
     is_modern_request,
     unsupported_version,
 )
-from ..session import Outbox, Session, SessionOwner, TooManySessions
+from ..session import SessionRecord, TooManySessions
 from .common import (
     KEEPALIVE,
     SESSION_HEADER,
@@ -50,6 +50,8 @@ from .common import (
     sse_event,
     too_large,
 )
+from .outbox import Outbox
+from .sessions import Session, SessionManager
 
 log = structlog.get_logger(__name__)
 TRANSPORT = "streamable_http"
@@ -58,8 +60,9 @@ TRANSPORT = "streamable_http"
 class StreamableHttp:
     """aiohttp handlers for one MCP endpoint; protocol decisions stay in McpServer."""
 
-    def __init__(self, server: McpServer, settings: Any, origins: OriginPolicy) -> None:
+    def __init__(self, server: McpServer, sessions: SessionManager, settings: Any, origins: OriginPolicy) -> None:
         self.server = server
+        self.sessions = sessions
         self.settings = settings
         self.origins = origins
         self.max_body = settings.max_request_bytes
@@ -112,31 +115,40 @@ class StreamableHttp:
             if isinstance(session_or_error, web.Response):
                 return session_or_error
             session = session_or_error
-        env = CallEnv(
-            transport=TRANSPORT,
-            principal=principal,
-            base_url=base_url(request),
-            settings=self.settings,
-            session=session,
-        )
-        if message.kind == "notification":
-            await self.server.handle_notification(message, env)
-            return web.Response(status=202)
-        if message.kind == "response":  # the client answers a request of ours (sampling, elicitation, roots)
-            self.server.handle_response(message, env)
-            return web.Response(status=202)
-        if message.method == "tools/call":
-            return await self._run_call(request, message, env, json_ok, sse_ok)
+        env = self._env(request, principal, session)
+        if initializing:
+
+            def open_session(version: str) -> SessionRecord:
+                nonlocal session
+                session = self.sessions.create(TRANSPORT, version, owner=principal)  # owned before its id is known
+                return session.record
+
+            env.open_session = open_session
         try:
-            answer = await self.server.handle_request(message, env)
-        except TooManySessions:
-            log.warning("mcp_sessions_exhausted", max_sessions=self.server.sessions.max_sessions)
-            return http_error(503, "Too many open MCP sessions; retry later", headers={"Retry-After": "5"})
-        headers = None
-        if initializing and env.session is not None:
-            env.session.owner = SessionOwner.of(principal)  # before anyone can know the id
-            headers = {SESSION_HEADER: env.session.id}
+            if message.kind == "notification":
+                await self.server.handle_notification(message, env)
+                return web.Response(status=202)
+            if message.kind == "response":  # the client answers a request of ours (sampling, elicitation, roots)
+                self.server.handle_response(message, env)
+                return web.Response(status=202)
+            if message.method == "tools/call":
+                return await self._run_call(request, message, env, json_ok, sse_ok, session)
+            try:
+                answer = await self.server.handle_request(message, env)
+            except TooManySessions:
+                log.warning("mcp_sessions_exhausted", max_sessions=self.sessions.max_sessions)
+                return http_error(503, "Too many open MCP sessions; retry later", headers={"Retry-After": "5"})
+        finally:
+            if session is not None:
+                self.sessions.save(session)
+        headers = {SESSION_HEADER: session.id} if initializing and session is not None else None
         return await self._single(request, answer, json_ok, headers=headers)
+
+    def _env(self, request: web.Request, principal: Principal, session: Session | None) -> CallEnv:
+        env = CallEnv(principal=principal, base_url=base_url(request), settings=self.settings)
+        if session is not None:
+            env.session, env.cancel = session.record, session.cancel
+        return env
 
     async def _modern(self, request: web.Request, message: Message, json_ok: bool, sse_ok: bool) -> web.StreamResponse:
         principal = await authenticate(request, [message.method] if message.kind != "response" else [])
@@ -148,15 +160,10 @@ class StreamableHttp:
             envelope = self.server.check_envelope(message, request.headers)
         except JsonRpcError as exc:
             return rpc_error_response(MODERN_HTTP_STATUS.get(exc.code, 400), exc, message.id)
-        env = CallEnv(
-            transport=TRANSPORT,
-            principal=principal,
-            base_url=base_url(request),
-            settings=self.settings,
-            envelope=envelope,
-        )
+        env = self._env(request, principal, None)
+        env.envelope = envelope
         if message.method == "tools/call":
-            return await self._run_call(request, message, env, json_ok, sse_ok)
+            return await self._run_call(request, message, env, json_ok, sse_ok, None)
         answer = await self.server.handle_request(message, env)
         return await self._single(request, answer, json_ok, status=_modern_status(answer))
 
@@ -181,14 +188,20 @@ class StreamableHttp:
         if not session_id:
             return http_error(400, f"Bad Request: the {SESSION_HEADER} header is required (send initialize first)")
         # Another user's session is None here, and gets the same 404 as an unknown id.
-        session = self.server.sessions.get(session_id.strip(), principal)
-        if session is None or session.transport != TRANSPORT:
+        session = self.sessions.get(session_id.strip(), principal)
+        if session is None or session.record.transport != TRANSPORT:
             return http_error(404, "Session not found or expired: send initialize to start a new session")
         return session
 
     # -- tools/call: the only method that may run long, stream progress, or be cancelled ---------
     async def _run_call(
-        self, request: web.Request, message: Message, env: CallEnv, json_ok: bool, sse_ok: bool
+        self,
+        request: web.Request,
+        message: Message,
+        env: CallEnv,
+        json_ok: bool,
+        sse_ok: bool,
+        session: Session | None,
     ) -> web.StreamResponse:
         task: asyncio.Task[dict[str, Any]] | None = None
 
@@ -200,16 +213,15 @@ class StreamableHttp:
             abort_connection(request)
 
         outbox = new_outbox(self.settings, drop_stream)
-        session = env.session
         if sse_ok:
             env.emit = outbox.put
         elif session is not None:
-            env.emit = lambda note: session.stream.put(note) if session.stream is not None else False
+            env.emit = session.send  # the session's GET stream, if one is open
         task = asyncio.get_running_loop().create_task(self.server.handle_request(message, env))
         task.add_done_callback(lambda _task: outbox.wake())
         request_id = message.id
-        if session is not None and request_id is not None:
-            session.inflight[request_id] = task
+        if session is not None:
+            session.track(request_id, task)
         try:
             return await self._respond(
                 request, task, outbox, json_ok, sse_ok, request_id=request_id, modern=env.envelope is not None
@@ -217,8 +229,8 @@ class StreamableHttp:
         finally:
             if not task.done():
                 task.cancel()  # client went away or this handler was cancelled: stop the query
-            if session is not None and session.inflight.get(request_id) is task:
-                del session.inflight[request_id]
+            if session is not None:
+                session.untrack(request_id, task)
 
     async def _respond(
         self,
@@ -303,11 +315,11 @@ class StreamableHttp:
         if isinstance(session_or_error, web.Response):
             return session_or_error
         session = session_or_error
-        if session.protocol_version not in BATCH_VERSIONS:
+        if session.record.protocol_version not in BATCH_VERSIONS:
             return http_error(
                 400,
                 f"Invalid request: JSON-RPC batches are not supported in protocol version "
-                f"{session.protocol_version} (only 2025-03-26)",
+                f"{session.record.protocol_version} (only 2025-03-26)",
             )
         answers: list[dict[str, Any]] = []
         requests: list[Message] = []
@@ -320,31 +332,16 @@ class StreamableHttp:
             self.server.observe(message)
             if message.kind == "request" and message.method == "initialize":
                 return http_error(400, "Invalid request: initialize must not be part of a JSON-RPC batch")
-            env = CallEnv(
-                transport=TRANSPORT,
-                principal=principal,
-                base_url=base_url(request),
-                settings=self.settings,
-                session=session,
-            )
             if message.kind == "notification":
-                await self.server.handle_notification(message, env)
+                await self.server.handle_notification(message, self._env(request, principal, session))
             elif message.kind == "request":
                 requests.append(message)
         if requests:
             loop = asyncio.get_running_loop()
             tasks = []
             for message in requests:
-                env = CallEnv(
-                    transport=TRANSPORT,
-                    principal=principal,
-                    base_url=base_url(request),
-                    settings=self.settings,
-                    session=session,
-                )
-                task = loop.create_task(self.server.handle_request(message, env))
-                if message.id is not None:
-                    session.inflight[message.id] = task
+                task = loop.create_task(self.server.handle_request(message, self._env(request, principal, session)))
+                session.track(message.id, task)
                 tasks.append(task)
             try:
                 results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -352,8 +349,7 @@ class StreamableHttp:
                 for message, task in zip(requests, tasks, strict=True):
                     if not task.done():
                         task.cancel()
-                    if session.inflight.get(message.id) is task:
-                        del session.inflight[message.id]
+                    session.untrack(message.id, task)
             for message, result in zip(requests, results, strict=True):
                 if isinstance(result, BaseException):
                     result = {
@@ -362,6 +358,7 @@ class StreamableHttp:
                         "error": JsonRpcError(REQUEST_CANCELLED, "Request cancelled by the client").error_object(),
                     }
                 answers.append(result)
+        self.sessions.save(session)
         if not answers:
             return web.Response(status=202)
         return json_body(answers)
@@ -413,7 +410,7 @@ class StreamableHttp:
         session_or_error = self._session(request, principal)
         if isinstance(session_or_error, web.Response):
             return session_or_error
-        self.server.sessions.remove(session_or_error)
+        self.sessions.remove(session_or_error)
         log.debug("mcp_session_deleted", transport=TRANSPORT)
         return web.Response(status=204)
 
