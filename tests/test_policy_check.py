@@ -236,6 +236,21 @@ REFUSED: list[tuple[str, str, str]] = [
     ("postgres", "SELECT to_jsonb(c) FROM customers c", "leave out ssn"),
     ("postgres", "SELECT count(e.*) FROM employees e", "leave out salary"),
     ("tsql", "SELECT * FROM dbo.Customers FOR JSON AUTO", "leave out Ssn"),
+    # more ways to reach a column: renamed by a table alias, scalar subqueries, clauses, PostgreSQL shorthands
+    ("postgres", "SELECT c FROM employees AS e(a, b, c)", "public.employees.salary"),
+    ("postgres", "SELECT name AS salary FROM employees ORDER BY salary + 0", "salary"),
+    ("postgres", "SELECT (SELECT salary) FROM employees", "salary"),
+    ("postgres", "TABLE employees", "leave out salary"),
+    ("postgres", "SELECT (e).salary FROM employees e", "salary"),
+    ("postgres", "SELECT jsonb_agg(to_jsonb(e) - 'salary') FROM employees e", "leave out salary"),
+    ("postgres", "SELECT DISTINCT ON (salary) name FROM employees", "salary"),
+    ("postgres", "SELECT count(*) FILTER (WHERE salary > 1) FROM employees", "salary"),
+    ("postgres", "SELECT string_agg(name, ',' ORDER BY salary) FROM employees", "salary"),
+    ("postgres", "SELECT name FROM employees e, LATERAL unnest(ARRAY[e.salary]) u", "salary"),
+    ("tsql", "SELECT v FROM dbo.Employees UNPIVOT (v FOR c IN (Salary, Name)) u", "Salary"),
+    ("tsql", "SELECT TOP (SELECT COUNT(Salary) FROM Employees) Id FROM Orders", "Salary"),
+    ("tsql", "SELECT (SELECT e.* FOR JSON PATH) FROM dbo.Employees e", "leave out Salary"),
+    ("sqlite", "SELECT * FROM orders UNION ALL SELECT id, name, salary, dept_id FROM employees", "salary"),
     # a view is checked by its own name and columns
     ("sqlite", "SELECT salary FROM salaries", "salaries.salary"),
     ("tsql", "SELECT * FROM dbo.Salaries", "leave out Salary"),
@@ -265,6 +280,10 @@ ALLOWED: list[tuple[str, str]] = [
     ("postgres", "SELECT region FROM sales.orders"),
     ("postgres", "SELECT name, rank() OVER (PARTITION BY dept_id ORDER BY name) FROM employees"),
     ("postgres", "SELECT 1"),
+    ("postgres", "SELECT name FROM employees e WHERE EXISTS (SELECT * FROM customers c WHERE c.id = e.id)"),
+    ("postgres", "SELECT a, b FROM employees AS e(a, b)"),  # renamed id and name
+    ("postgres", "SELECT name AS salary FROM employees ORDER BY salary"),  # the alias, not the column
+    ("postgres", "SELECT name FROM employees ORDER BY name FETCH FIRST 1 ROWS ONLY"),
     ("postgres", "SELECT name FROM employees UNION ALL SELECT name FROM customers"),
     ("tsql", "SELECT TOP 10 Name, DeptId FROM dbo.Employees WITH (NOLOCK) ORDER BY Name"),
     (
@@ -272,6 +291,11 @@ ALLOWED: list[tuple[str, str]] = [
         "SELECT e.Name, x.Total FROM Employees e CROSS APPLY (SELECT TOP 1 o.Total FROM Orders o WHERE o.Id = e.Id) x",
     ),
     ("tsql", "SELECT Name FROM dbo.Customers FOR JSON PATH"),
+    ("tsql", "SELECT o.Id, c.Name FROM dbo.Orders o JOIN dbo.Customers c ON c.Id = o.CustomerId WHERE o.Total > 10"),
+    ("tsql", "SELECT COUNT(*) FROM dbo.Employees WHERE EXISTS (SELECT * FROM dbo.Orders)"),
+    ("tsql", "SELECT * FROM dbo.EmployeeDirectory"),
+    ("tsql", "SELECT Region, COUNT(*) FROM sales.Orders GROUP BY Region"),
+    ("tsql", "SELECT e.Name FROM Employees e WHERE e.Id IN (SELECT ManagerId FROM Employees)"),
     ("tsql", "WITH d AS (SELECT Id, Name FROM dbo.Departments) SELECT d.* FROM d"),
     ("tsql", "SELECT c.Name, c.Email FROM dbo.Customers c WHERE c.Id IN (SELECT CustomerId FROM dbo.Orders)"),
 ]

@@ -120,6 +120,20 @@ class _Source:
     written: str
     candidates: tuple[CatalogTable, ...]
     known: bool  # False: not in the catalog, so `candidates` holds the name as written, columns unknown
+    # PostgreSQL's `employees AS e(a, b, c)` renames columns by position: lower-case new name -> position.
+    renamed: dict[str, int] = field(default_factory=dict)
+
+    def meanings(self, table: CatalogTable, name: str) -> list[str] | None:
+        """The columns of `table` a column written `name` may be; None when it could be any of them."""
+        position = self.renamed.get(name.lower())
+        if position is None:
+            return [name]
+        if table.columns is None or len(self.candidates) > 1 or position >= len(table.columns):
+            return None
+        return [table.columns[position], name]
+
+    def may_have(self, table: CatalogTable, name: str) -> bool:
+        return name.lower() in self.renamed or table.has_column(name)
 
 
 @dataclass(slots=True)
@@ -232,6 +246,10 @@ def _resolve_table(table: exp.Table, catalog: Catalog, cache: dict[int, _Source]
     else:  # not in the catalog: a system view, or a table created since; judged by the written name
         assumed = CatalogTable(schema or catalog.default_schema, table.name, columns=None)
         source = _Source(written, (assumed,), known=False)
+    alias = table.args.get("alias")
+    if isinstance(alias, exp.TableAlias):
+        for position, column in enumerate(alias.columns):
+            source.renamed[column.name.lower()] = position
     cache[id(table)] = source
     return source
 
@@ -315,10 +333,12 @@ def _check_scope(
     levels = [_sources(scope, catalog, cache)] + [_sources(s, catalog, cache) for s in _outer_scopes(scope)]
     own = levels[0]
     select_aliases = _select_aliases(scope.expression)
+    # EXISTS (SELECT * ...) only asks whether a row exists: its select list is never read.
+    exists = isinstance(scope.expression.parent, exp.Exists)
     for node in walk_in_scope(scope.expression):
         if isinstance(node, exp.Join):
             _check_join(node, scope, own, findings)
-        if isinstance(node, exp.Star) and _is_select_item(node, scope.expression):
+        if isinstance(node, exp.Star) and _is_select_item(node, scope.expression) and not exists:
             for source in own.values():
                 if isinstance(source, _Source):
                     _check_star(source, findings)
@@ -329,10 +349,17 @@ def _check_scope(
             _check_qualified_star(node, levels, findings)
         elif node.table:
             _check_qualified(node, levels, findings)
-        elif node.name.lower() in select_aliases and node.find_ancestor(exp.Order) is not None:
-            continue  # ORDER BY a select alias: its expression is checked where it is defined
+        elif node.name.lower() in select_aliases and _is_order_key(node):
+            continue  # ORDER BY a select alias: its expression is checked in the select list
         else:
             _check_unqualified(node, levels, findings)
+
+
+def _is_order_key(column: exp.Column) -> bool:
+    """`ORDER BY alias` names the output column; inside an expression (`alias + 0`) PostgreSQL reads the
+    table's column of that name instead, so only the bare key counts as the alias."""
+    ordered = column.parent
+    return isinstance(ordered, exp.Ordered) and ordered.this is column and isinstance(ordered.parent, exp.Order)
 
 
 def _select_aliases(expression: exp.Expr) -> set[str]:
@@ -401,7 +428,7 @@ def _check_unqualified(column: exp.Column, levels: list[dict[str, _Source | Scop
         _check_candidates(name, bases, f, ambiguous=True)
         for source in level.values():
             if isinstance(source, _Source):
-                definite = definite or any(t.has_column(name) for t in source.candidates)
+                definite = definite or any(source.may_have(t, name) for t in source.candidates)
             elif isinstance(source, Scope):
                 outputs = _output_names(source)
                 definite = definite or (outputs is not None and name.lower() in outputs)
@@ -432,12 +459,23 @@ def _check_candidates(name: str, sources: Sequence[_Source], findings: _Findings
     hits = innocent = 0
     for source in sources:
         for table in source.candidates:
+            meanings = source.meanings(table, name)
+            if meanings is None:  # a renamed column we cannot place: any denied column of the table
+                denied = role.denied_columns(table.schema, table.name, table.columns or ())
+                if denied or (table.columns is None and role.may_deny_columns_of(table.schema, table.name)):
+                    findings.other.append(
+                        f"{name} renames a column of {table.qualified_name} that cannot be placed, "
+                        "and some of its columns may be denied."
+                    )
+                    hits += 1
+                continue
             # A table whose columns are unknown may have this one: judged by the patterns alone.
-            may_have = table.columns is None or table.has_column(name)
-            if may_have and role.column_denied(table.schema, table.name, name):
-                findings.deny_column(table, name)
+            may_have = table.columns is None or source.may_have(table, name)
+            denied = [m for m in meanings if role.column_denied(table.schema, table.name, m)]
+            if may_have and denied:
+                findings.deny_column(table, denied[0])
                 hits += 1
-            elif table.has_column(name):
+            elif may_have:
                 innocent += 1
     if hits and innocent and ambiguous:  # the caller may have meant the table whose column is allowed
         hint = (
