@@ -422,3 +422,21 @@ def test_a_check_failure_refuses_instead_of_raising(catalogs: dict[str, Catalog]
 
     decision = check_statement(_tree("SELECT 1 FROM orders", "sqlite"), Broken(), READER)
     assert not decision.allowed and "could not be checked" in (decision.message or "")
+
+
+def test_a_statement_without_a_tree_passes_only_for_an_unrestricted_role(catalogs: dict[str, Catalog]) -> None:
+    sql = "SELECT Name FROM dbo.Employees OPTION (USE HINT ('DISABLE_OPTIMIZER_ROWGOAL'))"
+    verdict = guard.check(sql, "tsql")
+    assert verdict.allowed and verdict.rewritten and verdict.tree is None
+    refused = check_statement(verdict.tree, catalogs["tsql"], READER)
+    assert not refused.allowed and "only be checked after a rewrite" in (refused.message or "")
+    assert check_statement(verdict.tree, catalogs["tsql"], POLICY.role("writer")).allowed
+
+
+def test_the_shared_guard_tree_is_not_changed(catalogs: dict[str, Catalog]) -> None:
+    tree = _tree(
+        "WITH x AS (SELECT * FROM employees) SELECT e.*, x.name FROM employees e JOIN x ON x.id = e.id", "postgres"
+    )
+    before = repr(tree)
+    check_statement(tree, catalogs["postgres"], READER)
+    assert repr(tree) == before

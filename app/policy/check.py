@@ -153,8 +153,19 @@ class _Unfollowable(Exception):
     """The statement has a shape the check cannot resolve: refuse it."""
 
 
-def check_statement(tree: exp.Expr, catalog: Catalog, role: RolePolicy) -> Decision:
-    """Whether `role` may run the parsed statement `tree`; a refusal names what was denied. Never raises."""
+def check_statement(tree: exp.Expr | None, catalog: Catalog, role: RolePolicy) -> Decision:
+    """Whether `role` may run the parsed statement `tree`; a refusal names what was denied. Never raises.
+
+    `tree` is the guard's `Verdict.tree`; None (a T-SQL statement the guard checked only after rewriting
+    it) cannot be checked, so it passes only for a role the policy does not restrict."""
+    if tree is None:
+        if not role.restricts:
+            return Decision(True)
+        return _refused(
+            role,
+            "this statement can only be checked after a rewrite (OPTION (USE HINT ...), WITH XMLNAMESPACES, ...), "
+            "so its tables and columns cannot be resolved; write it without that clause.",
+        )
     findings = _Findings(role)
     try:
         _check(tree, catalog, findings)
@@ -168,7 +179,7 @@ def check_statement(tree: exp.Expr, catalog: Catalog, role: RolePolicy) -> Decis
     return _decision(findings)
 
 
-def tables_read(tree: exp.Expr, catalog: Catalog) -> tuple[str, ...]:
+def tables_read(tree: exp.Expr | None, catalog: Catalog) -> tuple[str, ...]:
     """The qualified names of the tables a statement reads (CTE names excluded), for the audit line."""
     return check_statement(tree, catalog, RolePolicy("audit")).tables
 
