@@ -14,11 +14,12 @@ import pytest
 
 from app.auth.cimd import CimdError, _address_allowed, client_id_url_problem, validate_document
 from app.auth.cli import DEMO_PASSWORD_FILE, ensure_demo_user, users_main
-from app.auth.common import OAuthError, grant_scopes, normalize_url, parse_form, parse_json_params
+from app.auth.params import OAuthError, grant_scopes, normalize_url, parse_form, parse_json_params
 from app.auth.passwords import verify_password
+from app.auth.records import LoginAdmission
 from app.auth.redirects import RedirectUriError, check_redirect_uri, redirect_matches
 from app.auth.store import AuthStore, LoginPolicy, store_path
-from app.auth.token import s256
+from app.auth.validate import verifier_matches
 
 ALLOWED = ("chatgpt.com", "openai.com", "claude.ai", "claude.com", "anthropic.com")
 
@@ -110,7 +111,8 @@ def test_form_and_json_parsing_are_strict() -> None:
 
 def test_pkce_s256_matches_rfc7636_example() -> None:
     # RFC 7636 Appendix B
-    assert s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk") == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+    verifier, challenge = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk", "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+    assert verifier_matches(verifier, challenge)
 
 
 @pytest.mark.parametrize(
@@ -138,7 +140,7 @@ def test_client_id_metadata_document_validation() -> None:
         "token_endpoint_auth_method": "none",
     }
     record = validate_document(url, good, ALLOWED)
-    assert record["auth_method"] == "none" and record["client_name"] == "App"
+    assert record.auth_method == "none" and record.client_name == "App"
     for bad in (
         {**good, "client_id": "https://other.example.com/client.json"},
         {**good, "client_secret": "s3cret"},
@@ -178,19 +180,20 @@ def test_store_file_is_private_and_survives_reopen(tmp_path: Any) -> None:
         store.add_user("alice", "hash", "reader")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     with AuthStore(path) as store:
-        assert store.get_user_by_name("ALICE")["username"] == "alice"  # case-insensitive names
+        assert store.get_user_by_name("ALICE").username == "alice"  # case-insensitive names
 
 
 def test_throttle_locks_the_pair_after_max_reservations_and_expires(tmp_path: Any) -> None:
     policy = LoginPolicy(max_failures=3, lockout_seconds=60, address_max_failures=100, user_slow_after=100)
     with AuthStore(store_path(tmp_path)) as store:
         for _ in range(3):  # each admitted attempt is counted before its password is checked
-            assert store.reserve_login_attempt("A", "x", policy) == ("ok", 0.0)
-        verdict, until = store.reserve_login_attempt("a", "x", policy)
+            assert store.reserve_login_attempt("A", "x", policy) == LoginAdmission("ok", 0.0)
+        admission = store.reserve_login_attempt("a", "x", policy)
+        verdict, until = admission.verdict, admission.until
         assert verdict == "locked" and until > time.time()
-        assert store.reserve_login_attempt("a", "y", policy)[0] == "ok"  # another address: not locked
+        assert store.reserve_login_attempt("a", "y", policy).verdict == "ok"  # another address: not locked
         store.conn.execute("UPDATE login_throttle SET locked_until = ?", (time.time() - 1,))
-        assert store.reserve_login_attempt("a", "x", policy)[0] == "ok"
+        assert store.reserve_login_attempt("a", "x", policy).verdict == "ok"
 
 
 def test_a_right_password_releases_its_reservation(tmp_path: Any) -> None:
@@ -200,8 +203,8 @@ def test_a_right_password_releases_its_reservation(tmp_path: Any) -> None:
             store.reserve_login_attempt("a", "x", policy)
         store.release_login_attempt("a", "x", policy)  # the pair starts over
         for _ in range(3):
-            assert store.reserve_login_attempt("a", "x", policy)[0] == "ok"
-        assert store.reserve_login_attempt("a", "x", policy)[0] == "locked"
+            assert store.reserve_login_attempt("a", "x", policy).verdict == "ok"
+        assert store.reserve_login_attempt("a", "x", policy).verdict == "locked"
 
 
 def test_the_per_user_ceiling_slows_and_never_locks(tmp_path: Any) -> None:
@@ -210,87 +213,88 @@ def test_the_per_user_ceiling_slows_and_never_locks(tmp_path: Any) -> None:
     )
     with AuthStore(store_path(tmp_path)) as store:
         for n in range(4):  # four addresses, one failure each: no pair is locked
-            assert store.reserve_login_attempt("a", f"10.0.0.{n}", policy)[0] == "ok"
-        verdict, next_slot = store.reserve_login_attempt("a", "10.0.0.9", policy)
+            assert store.reserve_login_attempt("a", f"10.0.0.{n}", policy).verdict == "ok"
+        admission = store.reserve_login_attempt("a", "10.0.0.9", policy)
+        verdict, next_slot = admission.verdict, admission.until
         assert verdict == "slowed" and next_slot > time.time()
-        assert store.reserve_login_attempt("b", "10.0.0.9", policy)[0] == "ok"  # other users unaffected
+        assert store.reserve_login_attempt("b", "10.0.0.9", policy).verdict == "ok"  # other users unaffected
         store.conn.execute("UPDATE login_throttle SET next_slot_at = ?", (time.time() - 1,))
-        assert store.reserve_login_attempt("a", "10.0.0.9", policy)[0] == "ok"  # the next slot is admitted
-        assert store.reserve_login_attempt("a", "10.0.0.9", policy)[0] == "slowed"
+        assert store.reserve_login_attempt("a", "10.0.0.9", policy).verdict == "ok"  # the next slot is admitted
+        assert store.reserve_login_attempt("a", "10.0.0.9", policy).verdict == "slowed"
         store.release_login_attempt("a", "10.0.0.5", policy)  # alice signed in from 10.0.0.5 once
-        assert store.reserve_login_attempt("a", "10.0.0.5", policy)[0] == "ok"  # known address: never slowed
-        assert store.reserve_login_attempt("a", "10.0.0.6", policy)[0] == "slowed"
+        assert store.reserve_login_attempt("a", "10.0.0.5", policy).verdict == "ok"  # known address: never slowed
+        assert store.reserve_login_attempt("a", "10.0.0.6", policy).verdict == "slowed"
 
 
 def test_the_address_bound_locks_an_address_spraying_user_names(tmp_path: Any) -> None:
     policy = LoginPolicy(max_failures=3, lockout_seconds=60, address_max_failures=4, user_slow_after=100)
     with AuthStore(store_path(tmp_path)) as store:
         for n in range(4):
-            assert store.reserve_login_attempt(f"user{n}", "x", policy)[0] == "ok"
-        assert store.reserve_login_attempt("user9", "x", policy)[0] == "locked"
-        assert store.reserve_login_attempt("user9", "y", policy)[0] == "ok"
+            assert store.reserve_login_attempt(f"user{n}", "x", policy).verdict == "ok"
+        assert store.reserve_login_attempt("user9", "x", policy).verdict == "locked"
+        assert store.reserve_login_attempt("user9", "y", policy).verdict == "ok"
 
 
 def test_refresh_within_the_leeway_mints_a_sibling_and_revokes_nothing(tmp_path: Any) -> None:
     with AuthStore(store_path(tmp_path)) as store:
         user = store.add_user("bob", "h", "writer")
-        family = store.create_family(client_id="c", user_id=user["id"], token_version=1, ttl=3600)
+        family = store.create_family(client_id="c", user_id=user.id, token_version=1, ttl=3600)
         store.add_refresh_token(
             "h1",
             family_id=family,
             client_id="c",
-            user_id=user["id"],
+            user_id=user.id,
             scope="mcp:read",
             resources=[],
             issuer="i",
             ttl=3600,
         )
-        assert store.rotate_refresh_token("h1", "h2", "c", 3600, 10)[1][3] is False
-        assert store.rotate_refresh_token("h1", "h3", "c", 3600, 10)[1][3] is True  # within the leeway
-        assert store.rotate_refresh_token("h1", "h3b", "other", 3600, 10)[0] == "client_mismatch"
-        assert store.rotate_refresh_token("h2", "h4", "c", 3600, 10)[0] == "ok"  # both siblings live
-        assert store.rotate_refresh_token("h3", "h5", "c", 3600, 10)[0] == "ok"
+        assert store.rotate_refresh_token("h1", "h2", "c", 3600, 10).within_leeway is False
+        assert store.rotate_refresh_token("h1", "h3", "c", 3600, 10).within_leeway is True  # within the leeway
+        assert store.rotate_refresh_token("h1", "h3b", "other", 3600, 10).outcome == "client_mismatch"
+        assert store.rotate_refresh_token("h2", "h4", "c", 3600, 10).outcome == "ok"  # both siblings live
+        assert store.rotate_refresh_token("h3", "h5", "c", 3600, 10).outcome == "ok"
         # Leeway counts from the first use: once it is over the old token is reuse.
         store.conn.execute("UPDATE refresh_tokens SET used_at = used_at - 11 WHERE token_hash = 'h1'")
-        assert store.rotate_refresh_token("h1", "h6", "c", 3600, 10)[0] == "reused"
-        assert store.rotate_refresh_token("h4", "h7", "c", 3600, 10)[0] == "revoked"
+        assert store.rotate_refresh_token("h1", "h6", "c", 3600, 10).outcome == "reused"
+        assert store.rotate_refresh_token("h4", "h7", "c", 3600, 10).outcome == "revoked"
 
 
 def test_refresh_rotation_and_reuse_revokes_family(tmp_path: Any) -> None:
     with AuthStore(store_path(tmp_path)) as store:
         user = store.add_user("bob", "h", "writer")
-        family = store.create_family(client_id="c", user_id=user["id"], token_version=1, ttl=3600)
+        family = store.create_family(client_id="c", user_id=user.id, token_version=1, ttl=3600)
         store.add_refresh_token(
             "h1",
             family_id=family,
             client_id="c",
-            user_id=user["id"],
+            user_id=user.id,
             scope="mcp:read",
             resources=[],
             issuer="i",
             ttl=3600,
         )
-        assert store.rotate_refresh_token("h1", "h2", "other-client", 3600)[0] == "client_mismatch"
-        assert store.rotate_refresh_token("h1", "h2", "c", 3600)[0] == "ok"
-        assert store.rotate_refresh_token("h1", "h3", "c", 3600)[0] == "reused"
-        assert store.rotate_refresh_token("h2", "h4", "c", 3600)[0] == "revoked"  # the whole family is gone
-        assert store.rotate_refresh_token("nope", "h5", "c", 3600)[0] == "unknown"
+        assert store.rotate_refresh_token("h1", "h2", "other-client", 3600).outcome == "client_mismatch"
+        assert store.rotate_refresh_token("h1", "h2", "c", 3600).outcome == "ok"
+        assert store.rotate_refresh_token("h1", "h3", "c", 3600).outcome == "reused"
+        assert store.rotate_refresh_token("h2", "h4", "c", 3600).outcome == "revoked"  # the whole family is gone
+        assert store.rotate_refresh_token("nope", "h5", "c", 3600).outcome == "unknown"
 
 
 def test_writes_are_transactional(tmp_path: Any) -> None:
     with AuthStore(store_path(tmp_path)) as store:
         user = store.add_user("carol", "h", "reader")
-        family = store.create_family(client_id="c", user_id=user["id"], token_version=1, ttl=3600)
+        family = store.create_family(client_id="c", user_id=user.id, token_version=1, ttl=3600)
         # The second insert collides: the first must roll back with it.
         with pytest.raises(sqlite3.IntegrityError), store._tx() as c:
             c.execute(
                 "INSERT INTO refresh_tokens(token_hash, family_id, client_id, user_id, scope, resources,"
                 " issuer, created_at, expires_at) VALUES ('x', ?, 'c', ?, '', '[]', 'i', 0, 9e9)",
-                (family, user["id"]),
+                (family, user.id),
             )
             c.execute(
                 "INSERT INTO users(id, username, role, created_at, updated_at) VALUES (?, 'carol', 'reader', 0, 0)",
-                (user["id"],),
+                (user.id,),
             )
         assert store.get_refresh_token("x") is None
 
@@ -315,14 +319,14 @@ def test_users_cli_manages_users(auth_settings: Any, capsys: pytest.CaptureFixtu
     code, out = _cli(settings, "list")
     assert code == 0 and "alice" in out and "writer" in out and "s3cret" not in out
     with AuthStore(store_path(settings.data_dir)) as store:
-        old_hash = store.get_user_by_name("alice")["password_hash"]
+        old_hash = store.get_user_by_name("alice").password_hash
         assert old_hash.startswith("$argon2id$") and verify_password(old_hash, "s3cret-pass!")
     assert _cli(settings, "passwd", "alice", "--password-stdin", stdin="new-pass-123\n")[0] == 0
     assert _cli(settings, "role", "alice", "reader")[0] == 0
     with AuthStore(store_path(settings.data_dir)) as store:
         alice = store.get_user_by_name("alice")
-        assert verify_password(alice["password_hash"], "new-pass-123") and alice["role"] == "reader"
-        assert alice["token_version"] == 2
+        assert verify_password(alice.password_hash, "new-pass-123") and alice.role == "reader"
+        assert alice.token_version == 2
     assert _cli(settings, "remove", "alice")[0] == 0
     assert _cli(settings, "remove", "alice")[0] == 1
     assert '"username"' not in _cli(settings, "list", "--json")[1]
@@ -347,7 +351,7 @@ def test_demo_user_is_created_once_with_a_stored_password(auth_settings: Any) ->
     password_file = os.path.join(settings.data_dir, DEMO_PASSWORD_FILE)
     assert stat.S_IMODE(os.stat(password_file).st_mode) == 0o600
     with AuthStore(store_path(settings.data_dir)) as store:
-        assert verify_password(store.get_user_by_name("demo")["password_hash"], password)
+        assert verify_password(store.get_user_by_name("demo").password_hash, password)
     assert ensure_demo_user(settings.replace(allow_unauth_methods=True, allow_unauth_tools_call=True)) == ""
     # The writer's password is not in DATA_DIR in the clear (the file is encrypted with the state key).
     assert password not in Path(password_file).read_text(encoding="utf-8")
@@ -382,8 +386,8 @@ def test_a_version_1_store_is_migrated_and_keeps_its_used_clients(tmp_path: Any)
             "INSERT INTO token_families VALUES ('f', 'used', 'u', 1, 1, 9999999999, NULL, NULL);"
         )
     with AuthStore(path) as store:
-        assert store.get_client("used")["last_used_at"] is not None
-        assert store.get_client("never")["last_used_at"] is None
+        assert store.get_client("used").last_used_at is not None
+        assert store.get_client("never").last_used_at is None
         store.cleanup(unused_client_seconds=3600)
         assert store.get_client("used") is not None and store.get_client("never") is None
         tables = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}

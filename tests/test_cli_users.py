@@ -65,7 +65,7 @@ def test_password_stdin_without_terminal_adds_and_changes_the_password(tmp_path:
     from app.auth.store import AuthStore, store_path
 
     with AuthStore(store_path(tmp_path / "data")) as store:
-        assert verify_password(store.get_user_by_name("carol")["password_hash"], PASSWORD)
+        assert verify_password(store.get_user_by_name("carol").password_hash, PASSWORD)
 
     line = _one_line_error(_run(tmp_path, "passwd", "carol"))
     assert "no terminal" in line and "--password-stdin" in line
@@ -74,7 +74,7 @@ def test_password_stdin_without_terminal_adds_and_changes_the_password(tmp_path:
     changed = _run(tmp_path, "passwd", "carol", "--password-stdin", stdin=new_password + "\r\n")  # CRLF too
     assert changed.returncode == 0, changed.stderr
     with AuthStore(store_path(tmp_path / "data")) as store:
-        assert verify_password(store.get_user_by_name("carol")["password_hash"], new_password)
+        assert verify_password(store.get_user_by_name("carol").password_hash, new_password)
 
 
 def test_password_stdin_problems_are_one_line(tmp_path: Path) -> None:

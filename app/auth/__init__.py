@@ -19,14 +19,14 @@ from .. import keys
 from ..cors import PUBLIC, allow_cors
 from .authorize import authorize_get, authorize_post
 from .bearer import Authenticator
-from .common import REALMS
 from .metadata import add_metadata_routes
-from .oidc import CALLBACK_PATH, upstream_callback
+from .params import REALMS
 from .register import register_endpoint
 from .revoke import revoke_endpoint
 from .state import AuthState
 from .store import AuthStore
 from .token import token_endpoint
+from .upstream import CALLBACK_PATH, upstream_callback
 
 __all__ = ["Authenticator", "setup_auth"]
 

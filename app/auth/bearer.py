@@ -23,7 +23,8 @@ from aiohttp import web
 from .. import keys
 from ..core import ANONYMOUS, Principal, unauthenticated_allowed
 from ..urls import base_url
-from .common import (
+from .metadata import resource_metadata_url
+from .params import (
     REALMS,
     SCOPE_READ,
     SCOPE_WRITE,
@@ -32,7 +33,6 @@ from .common import (
     mcp_endpoint_of_path,
     normalize_url,
 )
-from .metadata import resource_metadata_url
 from .signing import TokenInvalid
 from .state import AuthState
 
@@ -112,18 +112,18 @@ class Authenticator:
 
     async def _principal(self, request: web.Request, state: AuthState, claims: dict[str, Any]) -> Principal:
         sid = claims.get("sid") if isinstance(claims.get("sid"), str) else None
-        row = await state.store.bearer_lookup(claims["sub"], claims["jti"], sid)
-        if row is None:
+        record = await state.store.bearer_lookup(claims["sub"], claims["jti"], sid)
+        if record is None:
             self._reject(request, state, "unknown_user", "invalid_token", "the user no longer exists")
-        if row["jti_revoked"] or row["family_revoked_at"] is not None or row["token_version"] != claims.get("ver"):
+        if record.jti_revoked or record.family_revoked_at is not None or record.token_version != claims.get("ver"):
             self._reject(request, state, "revoked", "invalid_token", "the access token was revoked")
         scopes = frozenset(s for s in str(claims.get("scope", "")).split() if s in SUPPORTED_SCOPES)
         if SCOPE_READ not in scopes:
             self._forbid(request, state, SCOPE_READ)
-        role = "writer" if row["role"] == "writer" and SCOPE_WRITE in scopes else "reader"
+        role = "writer" if record.role == "writer" and SCOPE_WRITE in scopes else "reader"
         return Principal(
-            subject=row["id"],
-            username=row["username"],
+            subject=record.id,
+            username=record.username,
             role=role,
             client_id=claims.get("client_id") if isinstance(claims.get("client_id"), str) else None,
             scopes=scopes,

@@ -30,8 +30,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from .. import keys
 from ..core import surface_of
 from ..urls import base_url
-from .common import client_address, new_secret, parse_form, read_limited_body
+from .common import client_address, read_limited_body
 from .pages import PAGE_HEADERS, _page
+from .params import new_secret, parse_form
 from .signin import check_password
 from .statekey import StateKeyError
 from .store import AuthStore
@@ -95,10 +96,10 @@ async def session_user(request: web.Request) -> BrowserUser | None:
     if not payload or not isinstance(payload.get("exp"), int | float) or payload["exp"] < time.time():
         return None
     user = await state.store.call(AuthStore.get_user, str(payload.get("uid", "")))
-    if user is None or user["role"] != payload.get("role"):
+    if user is None or user.role != payload.get("role"):
         log.info("records.session_ended", reason="user_changed")
         return None
-    return BrowserUser(user["id"], user["username"], user["role"])
+    return BrowserUser(user.id, user.username, user.role)
 
 
 def allowed_roles(request: web.Request) -> tuple[str, ...]:
@@ -201,26 +202,26 @@ async def signin_post(request: web.Request) -> web.StreamResponse:
     user = checked.user
     if user is None:
         return again("Wrong username or password.", 401)
-    if user["role"] not in allowed_roles(request):
-        log.info("records.no_access", username=user["username"], role=user["role"])
+    if user.role not in allowed_roles(request):
+        log.info("records.no_access", username=user.username, role=user.role)
         return no_access_page(
-            f"You are signed in as {user['username']} ({user['role']}), and that role may not "
+            f"You are signed in as {user.username} ({user.role}), and that role may not "
             "open record pages on this server. Ask an administrator for access."
         )
     lifetime = int(state.settings.records_session_seconds)
-    sealed = _seal(request, {"uid": user["id"], "role": user["role"], "exp": int(time.time()) + lifetime})
+    sealed = _seal(request, {"uid": user.id, "role": user.role, "exp": int(time.time()) + lifetime})
     if next_path:
         response = web.Response(status=303, headers={"Location": base_url(request) + next_path, **PAGE_HEADERS})
     else:  # no (or no safe) record to go back to
         response = _page(
             "Signed in",
-            f"<h1>Signed in</h1><p>You are signed in as {escape(user['username'])}. Open the record link again.</p>",
+            f"<h1>Signed in</h1><p>You are signed in as {escape(user.username)}. Open the record link again.</p>",
         )
     response.set_cookie(
         SESSION_COOKIE, sealed, max_age=lifetime, path="/", httponly=True, samesite="Lax", secure=_secure(request)
     )
     response.del_cookie(CSRF_COOKIE, path="/")
-    log.info("records.login", username=user["username"])
+    log.info("records.login", username=user.username)
     return response
 
 

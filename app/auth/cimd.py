@@ -12,6 +12,7 @@ import re
 import socket
 import ssl
 import time
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,7 +20,9 @@ import aiohttp
 import structlog
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from .common import GRANT_TYPES, load_json, read_at_most
+from .common import read_at_most
+from .params import GRANT_TYPES, load_json
+from .records import Client
 from .redirects import RedirectUriError, check_redirect_uri
 
 log = structlog.get_logger(__name__)
@@ -32,10 +35,6 @@ MAX_CLIENT_ID_LENGTH = 2000
 
 class CimdError(Exception):
     """The document could not be used; the message is safe to show the user."""
-
-
-def is_cimd_client_id(client_id: str) -> bool:
-    return client_id.startswith("https://")
 
 
 def client_id_url_problem(url: str) -> str | None:
@@ -106,7 +105,7 @@ def _cache_seconds(cache_control: str | None) -> int:
 
 def validate_document(
     url: str, doc: Any, allowed_hosts: tuple[str, ...], allowed_schemes: tuple[str, ...] = ()
-) -> dict[str, Any]:
+) -> Client:
     """The client record for a fetched document, or CimdError."""
     if not isinstance(doc, dict):
         raise CimdError("client metadata document is not a JSON object")
@@ -139,15 +138,15 @@ def validate_document(
         raise CimdError('client metadata document response_types must be ["code"]')
     name = doc.get("client_name")
     client_name = name.strip()[:200] if isinstance(name, str) and name.strip() else None
-    return {
-        "client_id": url,
-        "kind": "cimd",
-        "secret_hash": None,
-        "auth_method": "none",
-        "redirect_uris": list(redirect_uris),
-        "grant_types": [g for g in grant_types if g in GRANT_TYPES],
-        "client_name": client_name,
-        "metadata": {
+    return Client(
+        client_id=url,
+        kind="cimd",
+        secret_hash=None,
+        auth_method="none",
+        redirect_uris=tuple(redirect_uris),
+        grant_types=tuple(g for g in grant_types if g in GRANT_TYPES),
+        client_name=client_name,
+        metadata={
             k: v
             for k, v in doc.items()
             if k
@@ -166,7 +165,7 @@ def validate_document(
                 "application_type",
             }
         },
-    }
+    )
 
 
 class CimdFetcher:
@@ -177,7 +176,7 @@ class CimdFetcher:
         self.allowed_hosts = allowed_hosts
         self.allowed_schemes = allowed_schemes
         self._session: aiohttp.ClientSession | None = None
-        self._memo: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._memo: dict[str, tuple[float, Client]] = {}
 
     async def start(self) -> None:
         # The default context honours SSL_CERT_FILE, which is how tests trust their own CA.
@@ -197,11 +196,11 @@ class CimdFetcher:
             await self._session.close()
             self._session = None
 
-    def cached(self, url: str) -> dict[str, Any] | None:
+    def cached(self, url: str) -> Client | None:
         hit = self._memo.get(url)
         return hit[1] if hit and hit[0] > time.monotonic() else None
 
-    async def fetch(self, url: str) -> dict[str, Any]:
+    async def fetch(self, url: str) -> Client:
         """The validated client record for `url` (from the short-lived cache when fresh)."""
         hit = self.cached(url)
         if hit is not None:
@@ -238,8 +237,7 @@ class CimdFetcher:
             doc = load_json(body)
         except ValueError:
             raise CimdError("client metadata document is not valid JSON") from None
-        record = validate_document(url, doc, self.allowed_hosts, self.allowed_schemes)
-        record["fetched_at"] = time.time()
+        record = replace(validate_document(url, doc, self.allowed_hosts, self.allowed_schemes), fetched_at=time.time())
         if len(self._memo) > 1000:
             self._memo.clear()
         self._memo[url] = (time.monotonic() + ttl, record)

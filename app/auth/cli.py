@@ -16,8 +16,9 @@ import secrets
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
+from ..settings import Settings
 from .passwords import hash_password, password_problem, verify_password
 from .statekey import StateKey, StateKeyError, is_encrypted, load_state_key
 from .store import AuthStore, UserExists, store_path
@@ -112,7 +113,9 @@ def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def users_main(settings: Any, argv: list[str], *, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+def users_main(
+    settings: Settings, argv: list[str], *, stdin: TextIO | None = None, stdout: TextIO | None = None
+) -> int:
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
     try:
@@ -131,19 +134,15 @@ def _run(store: AuthStore, args: argparse.Namespace, stdin: TextIO, stdout: Text
     if args.action == "list":
         users = store.list_users()
         if args.json:
-            print(
-                json.dumps([{k: u[k] for k in ("username", "role", "source", "created_at")} for u in users]),
-                file=stdout,
-            )
+            fields = ("username", "role", "source", "created_at")
+            print(json.dumps([{name: getattr(u, name) for name in fields} for u in users]), file=stdout)
         elif not users:
             print("no users yet: add one with `mssql-mcp users add NAME --role reader|writer`", file=stdout)
         else:
-            width = max(8, *(len(u["username"]) for u in users))
+            width = max(8, *(len(u.username) for u in users))
             print(f"{'USERNAME':<{width}}  ROLE    SOURCE  CREATED", file=stdout)
             for u in users:
-                print(
-                    f"{u['username']:<{width}}  {u['role']:<6}  {u['source']:<6}  {_when(u['created_at'])}", file=stdout
-                )
+                print(f"{u.username:<{width}}  {u.role:<6}  {u.source:<6}  {_when(u.created_at)}", file=stdout)
         return 0
     username = _check_username(args.username)
     if args.action == "add":
@@ -180,7 +179,7 @@ def _write_private(path: Path, text: str) -> None:
         fh.write(text + "\n")
 
 
-def ensure_demo_user(settings: Any) -> str:
+def ensure_demo_user(settings: Settings) -> str:
     """Create the demo sign-in user when auth is on; return a line to print (its credentials), or ''.
 
     The random password is kept in DATA_DIR/demo-password.txt (mode 600) and reused on the next run,
@@ -195,7 +194,7 @@ def ensure_demo_user(settings: Any) -> str:
     with AuthStore(store_path(settings.data_dir)) as store:
         user = store.get_user_by_name(DEMO_USERNAME)
         usable = bool(password) and password_problem(password) is None
-        if user is not None and usable and verify_password(user["password_hash"], password):
+        if user is not None and usable and verify_password(user.password_hash, password):
             if not is_encrypted(password_file.read_text(encoding="utf-8").strip()):
                 _write_private(password_file, state_key.encrypt(DEMO_PASSWORD_FILE, password))  # older plain file
             return f"Sign in as {DEMO_USERNAME} / {password}"

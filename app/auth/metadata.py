@@ -18,7 +18,7 @@ from aiohttp import web
 from ..core import SURFACES, surface_by_prefix
 from ..cors import PUBLIC, allow_cors
 from ..urls import base_url
-from .common import (
+from .params import (
     GRANT_TYPES,
     MCP_PATHS,
     REALMS,

@@ -6,39 +6,36 @@ against the provider's keys; only verified e-mail addresses on OIDC_ALLOWED_DOMA
 get in. They become users with OIDC_DEFAULT_ROLE (an existing user with the same name keeps their role),
 then see the same consent page as after a local sign-in.
 
-Register `{PUBLIC_BASE_URL}/oauth/upstream/callback` as the redirect URI at the provider.
+This module is the provider's client (discovery, the authorization URL, the code exchange, the ID token
+check); the browser's side of the flow (the button and the callback) is app/auth/upstream.py.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
-from aiohttp import web
 from authlib.common.security import generate_token
 from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
+from joserfc.jwk import KeySet, KeySetSerialization
 
 from ..settings import SettingsError
-from ..urls import base_url
-from .common import load_json, read_at_most, sha256_hex
-from .pages import error_page
-from .store import AuthStore
+from .common import read_at_most
+from .params import load_json, sha256_hex
+from .records import UpstreamSignIn
 
 if TYPE_CHECKING:
     from ..settings import Settings
-    from .state import AuthState
 
 log = structlog.get_logger(__name__)
 
-CALLBACK_PATH = "/oauth/upstream/callback"
 _ISSUERS = {
     "google": ("https://accounts.google.com", "Google"),
     "microsoft": ("https://login.microsoftonline.com/{tenant}/v2.0", "Microsoft"),
@@ -160,36 +157,21 @@ class UpstreamOidc:
         if self._jwks is None or refresh or self._jwks[0] < time.monotonic():
             data = await self._get_json((await self.discovery())["jwks_uri"])
             try:
-                self._jwks = (time.monotonic() + 3600, KeySet.import_key_set(data))
+                # The provider's JSON as it came: import_key_set checks its shape itself (errors caught here).
+                self._jwks = (time.monotonic() + 3600, KeySet.import_key_set(cast(KeySetSerialization, data)))
             except (JoseError, ValueError, TypeError, KeyError):
                 raise UpstreamError(f"{self.label}'s signing keys are unreadable") from None
         return self._jwks[1]
 
-    def callback_url(self, request: web.Request) -> str:
-        return base_url(request) + CALLBACK_PATH
-
-    async def begin(self, request: web.Request, state: AuthState, pending: dict[str, Any]) -> web.Response:
-        """The login page's "Sign in with ..." button: off to the provider."""
-        try:
-            doc = await self.discovery()
-        except UpstreamError as exc:
-            return error_page("Sign-in unavailable", str(exc), status=502)
+    async def authorization_url(self, callback_url: str) -> tuple[str, UpstreamSignIn]:
+        """Where the "Sign in with ..." button sends the browser, and what the callback will need."""
+        doc = await self.discovery()
         upstream_state, nonce, verifier = generate_token(40), generate_token(40), generate_token(64)
-        await state.store.call(
-            AuthStore.update_auth_request,
-            pending["id"],
-            upstream={
-                "state_hash": sha256_hex(upstream_state),
-                "nonce": nonce,
-                "verifier": verifier,
-                "redirect_uri": self.callback_url(request),
-            },
-        )
         location = prepare_grant_uri(
             doc["authorization_endpoint"],
             self.client_id,
             "code",
-            redirect_uri=self.callback_url(request),
+            redirect_uri=callback_url,
             scope="openid email profile",
             state=upstream_state,
             nonce=nonce,
@@ -197,24 +179,27 @@ class UpstreamOidc:
             code_challenge_method="S256",
             prompt="select_account",
         )
-        return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
+        pending = UpstreamSignIn(
+            state_hash=sha256_hex(upstream_state), nonce=nonce, verifier=verifier, redirect_uri=callback_url
+        )
+        return str(location), pending
 
     def email_allowed(self, email: str) -> bool:
         email = email.lower()
         domain = email.rpartition("@")[2]
         return email in self.allowed_emails or domain in self.allowed_domains
 
-    async def exchange(self, code: str, upstream: dict[str, Any]) -> str:
+    async def exchange(self, code: str, upstream: UpstreamSignIn) -> str:
         doc = await self.discovery()
         if self._session is None:
             raise UpstreamError("upstream sign-in is not available right now")
         form = {
             "grant_type": "authorization_code",
             "code": code,
-            "redirect_uri": upstream["redirect_uri"],
+            "redirect_uri": upstream.redirect_uri,
             "client_id": self.client_id,
             "client_secret": self._client_secret,
-            "code_verifier": upstream["verifier"],
+            "code_verifier": upstream.verifier,
         }
         try:
             async with self._session.post(doc["token_endpoint"], data=form, allow_redirects=False) as resp:
@@ -263,42 +248,3 @@ class UpstreamOidc:
         if claims.get("email_verified") is False or (claims.get("email_verified") is None and self.label == "Google"):
             raise UpstreamError(f"{self.label} has not verified this e-mail address")
         return email.strip().lower()
-
-
-async def upstream_callback(request: web.Request) -> web.StreamResponse:
-    from .authorize import BROWSER_COOKIE, continue_after_upstream
-    from .state import auth_state
-
-    state = auth_state(request)
-    oidc = state.oidc
-    if oidc is None:
-        return error_page("Not available", "Upstream sign-in is not configured.", status=404)
-    upstream_state = request.query.get("state", "")
-    pending = (
-        await state.store.call(AuthStore.find_auth_request_by_upstream_state, sha256_hex(upstream_state))
-        if upstream_state
-        else None
-    )
-    if pending is None or pending["upstream"] is None:
-        return error_page("Sign-in expired", "This sign-in has expired or was already used.")
-    if sha256_hex(request.cookies.get(BROWSER_COOKIE, "")) != pending["browser_hash"]:
-        return error_page(
-            "Request not verified", "The sign-in could not be verified. Make sure cookies are enabled.", status=403
-        )
-    if "error" in request.query or not request.query.get("code"):
-        state.metrics.login_failures.labels("upstream").inc()
-        return error_page("Sign-in cancelled", f"{oidc.label} did not sign you in.", status=403)
-    try:
-        id_token = await oidc.exchange(request.query["code"], pending["upstream"])
-        claims = await oidc.verify_id_token(id_token, pending["upstream"]["nonce"])
-        email = oidc.email_of(claims)
-    except UpstreamError as exc:
-        state.metrics.login_failures.labels("upstream").inc()
-        return error_page("Sign-in failed", str(exc), status=403)
-    if not oidc.email_allowed(email):
-        state.metrics.login_failures.labels("upstream_not_allowed").inc()
-        log.warning("auth.upstream_refused", provider=oidc.label, domain=email.rpartition("@")[2])
-        return error_page("Not allowed", f"{email} may not sign in to this server.", status=403)
-    user = await state.store.call(AuthStore.upsert_upstream_user, email, oidc.default_role)
-    log.info("auth.login", username=user["username"], provider=oidc.label, client_id=pending["params"]["client_id"])
-    return await continue_after_upstream(request, state, pending, user)

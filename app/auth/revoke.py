@@ -13,10 +13,12 @@ import structlog
 from aiohttp import web
 
 from .clientauth import authenticate_client
-from .common import NO_STORE, OAuthError, read_params, sha256_hex
+from .common import error_response, read_params
+from .params import NO_STORE, OAuthError, sha256_hex
 from .signing import TokenInvalid
 from .state import auth_state
 from .store import AuthStore
+from .validate import revocation_params
 
 log = structlog.get_logger(__name__)
 
@@ -26,26 +28,21 @@ async def revoke_endpoint(request: web.Request) -> web.Response:
     try:
         params = await read_params(request)
         client = await authenticate_client(request, state, params)
-        token = params.get("token")
-        if not token:
-            raise OAuthError("invalid_request", "token is required")
-        hint = params.get("token_type_hint")
-        if hint is not None and hint not in {"access_token", "refresh_token"}:
-            raise OAuthError("unsupported_token_type", "token_type_hint must be access_token or refresh_token")
+        token, _hint = revocation_params(params)  # the hint is checked, then not needed: both kinds are tried
     except OAuthError as exc:
-        return exc.response()
-    row = await state.store.call(AuthStore.get_refresh_token, sha256_hex(token))
-    if row is not None:
-        if row["client_id"] == client["client_id"]:
-            await state.store.call(AuthStore.revoke_family, row["family_id"], "revoked by client")
-            log.info("oauth.revoked", kind="refresh_token", client_id=client["client_id"])
+        return error_response(exc)
+    stored = await state.store.call(AuthStore.get_refresh_token, sha256_hex(token))
+    if stored is not None:
+        if stored.client_id == client.client_id:
+            await state.store.call(AuthStore.revoke_family, stored.family_id, "revoked by client")
+            log.info("oauth.revoked", kind="refresh_token", client_id=client.client_id)
         return web.Response(status=200, headers=NO_STORE)
     try:
         claims = state.keys.verify(token)
     except TokenInvalid:
         return web.Response(status=200, headers=NO_STORE)
-    if claims.get("client_id") == client["client_id"] and isinstance(claims.get("jti"), str):
+    if claims.get("client_id") == client.client_id and isinstance(claims.get("jti"), str):
         expires = float(claims.get("exp") or time.time() + state.settings.access_token_ttl_seconds)
         await state.store.call(AuthStore.revoke_jti, claims["jti"], expires)
-        log.info("oauth.revoked", kind="access_token", client_id=client["client_id"])
+        log.info("oauth.revoked", kind="access_token", client_id=client.client_id)
     return web.Response(status=200, headers=NO_STORE)

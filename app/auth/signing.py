@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import secrets
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import ECKey, KeySet
+from joserfc.jwk import ECKey, Key, KeySet
+
+from .records import SigningKeyRow
 
 ALG = "ES256"
 TOKEN_TYPE = "at+jwt"
@@ -35,7 +38,7 @@ def generate_key() -> tuple[str, str, str]:
 
 
 class SigningKeys:
-    def __init__(self, rows: list[dict[str, Any]]) -> None:
+    def __init__(self, rows: Sequence[SigningKeyRow]) -> None:
         if not rows:
             raise ValueError("no signing key")
         self._keys = [
@@ -43,7 +46,7 @@ class SigningKeys:
             for row in rows
         ]
         self._active = self._keys[-1]  # the newest key signs; older ones still verify
-        self._keyset = KeySet(self._keys)
+        self._keyset = KeySet(list[Key](self._keys))
         # A signature never changes its verdict: remember recent good tokens (a client sends the same
         # one on every request) and skip the ECDSA check, the most expensive part of the bearer check.
         self._verified: OrderedDict[str, dict[str, Any]] = OrderedDict()

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
 
 from .. import keys
-from .cimd import CimdFetcher, is_cimd_client_id
+from .cimd import CimdFetcher
+from .oidc import UpstreamOidc
+from .params import is_cimd_client_id
+from .records import Client
 from .signing import SigningKeys
 from .statekey import StateKey, load_state_key, open_signing_keys
 from .store import AsyncAuthStore, AuthStore, store_path
@@ -18,7 +21,6 @@ from .store import AsyncAuthStore, AuthStore, store_path
 if TYPE_CHECKING:
     from ..obs.metrics import Metrics
     from ..settings import Settings
-    from .oidc import UpstreamOidc
 
 log = structlog.get_logger(__name__)
 
@@ -35,8 +37,6 @@ class AuthState:
 
     @classmethod
     def build(cls, settings: Settings, metrics: Metrics) -> AuthState:
-        from .oidc import UpstreamOidc  # optional feature; imported lazily
-
         return cls(
             settings=settings,
             metrics=metrics,
@@ -70,21 +70,18 @@ class AuthState:
             raise RuntimeError("auth state not started")
         return self.signing
 
-    def _unused_and_expired(self, client: dict[str, Any]) -> bool:
+    def _unused_and_expired(self, client: Client) -> bool:
         """A registration never used for an authorization in time: gone even before the cleanup sweep."""
-        return (
-            client.get("last_used_at") is None
-            and client["created_at"] <= time.time() - self.settings.unused_client_seconds
-        )
+        return client.last_used_at is None and client.created_at <= time.time() - self.settings.unused_client_seconds
 
-    async def find_client(self, client_id: str, *, refresh_metadata: bool = False) -> dict[str, Any] | None:
+    async def find_client(self, client_id: str, *, refresh_metadata: bool = False) -> Client | None:
         """A registered client, or a Client ID Metadata Document client (fetched when `refresh_metadata`
         is set and the stored copy is stale or missing). Raises CimdError when a document is unusable."""
         if not client_id or len(client_id) > 2000:
             return None
         stored = await self.store.call(AuthStore.get_client, client_id)
         if not is_cimd_client_id(client_id):
-            if stored is None or stored["kind"] != "dcr" or self._unused_and_expired(stored):
+            if stored is None or stored.kind != "dcr" or self._unused_and_expired(stored):
                 return None
             return stored
         if not refresh_metadata:
@@ -92,9 +89,8 @@ class AuthState:
         fresh = self.cimd.cached(client_id)
         if fresh is None:
             fresh = await self.cimd.fetch(client_id)
-            await self.store.call(
-                AuthStore.save_client, {**fresh, "created_at": (stored or {}).get("created_at", time.time())}
-            )
+            created_at = stored.created_at if stored is not None else time.time()
+            await self.store.call(AuthStore.save_client, replace(fresh, created_at=created_at))
         return await self.store.call(AuthStore.get_client, client_id)
 
 

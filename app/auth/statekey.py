@@ -24,7 +24,6 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import structlog
 from cryptography.exceptions import InvalidTag
@@ -32,7 +31,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ..settings import SettingsError
+from ..settings import Settings, SettingsError
+from .records import AuthStorage, SigningKeyRow
+from .signing import generate_key
 
 log = structlog.get_logger(__name__)
 
@@ -94,7 +95,7 @@ class StateKey:
             ) from None
 
 
-def key_file_path(settings: Any, environ: Mapping[str, str] | None = None) -> tuple[Path, bool]:
+def key_file_path(settings: Settings, environ: Mapping[str, str] | None = None) -> tuple[Path, bool]:
     """(path of the key file, whether it may be generated when missing)."""
     environ = os.environ if environ is None else environ
     if settings.state_encryption_key_file:
@@ -139,7 +140,7 @@ def _generate(path: Path) -> str:
     return secret
 
 
-def load_state_key(settings: Any, environ: Mapping[str, str] | None = None) -> StateKey:
+def load_state_key(settings: Settings, environ: Mapping[str, str] | None = None) -> StateKey:
     """The configured state key, generating its file on first start where that is allowed."""
     if settings.state_encryption_key:
         return StateKey.from_secret(settings.state_encryption_key, "STATE_ENCRYPTION_KEY")
@@ -166,10 +167,9 @@ def load_state_key(settings: Any, environ: Mapping[str, str] | None = None) -> S
         ) from None
 
 
-def open_signing_keys(store: Any, state_key: StateKey) -> list[dict[str, Any]]:
+def open_signing_keys(store: AuthStorage, state_key: StateKey) -> list[SigningKeyRow]:
     """The signing key rows with their private PEM decrypted, on a synchronous AuthStore: encrypts keys
     a previous version stored in the clear, and creates the first key (encrypted) when there is none."""
-    from .signing import generate_key
 
     def make() -> tuple[str, str, str]:
         kid, alg, pem = generate_key()
@@ -179,4 +179,4 @@ def open_signing_keys(store: Any, state_key: StateKey) -> list[dict[str, Any]]:
     if migrated:
         log.info("auth.signing_keys_encrypted", count=migrated, key_source=state_key.source)
     rows = store.ensure_signing_key(make)
-    return [{**row, "private_pem": state_key.decrypt(row["kid"], row["private_pem"])} for row in rows]
+    return [SigningKeyRow(**{**row, "private_pem": state_key.decrypt(row["kid"], row["private_pem"])}) for row in rows]

@@ -20,14 +20,37 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Concatenate, ParamSpec, TypeVar
+
+from .records import (
+    AuthorizationCode,
+    AuthorizationRequest,
+    AuthStorage,
+    BearerRecord,
+    Client,
+    CodeRedemption,
+    LoginAdmission,
+    LoginPolicy,
+    PendingSignIn,
+    RefreshToken,
+    Rotated,
+    Rotation,
+    RotationRefused,
+    SigningKeyRow,
+    ThrottleCounter,
+    TokenFamily,
+    UpstreamSignIn,
+    User,
+    UserListing,
+)
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 SCHEMA_VERSION = 2
 KNOWN_ADDRESS_SECONDS = 30 * 86400  # a user's own recent sign-in address is exempt from the per-user ceiling
@@ -139,37 +162,122 @@ class UserExists(StoreError):
     pass
 
 
-@dataclass(frozen=True)
-class LoginPolicy:
-    """Sign-in throttling bounds (LOGIN_* settings)."""
-
-    max_failures: int = 5  # per user and address, then locked for lockout_seconds
-    lockout_seconds: float = 300.0  # also the counting window
-    address_max_failures: int = 20  # per address over all user names, then locked
-    user_slow_after: int = 20  # per user over all addresses, then one attempt per user_slow_seconds
-    user_slow_seconds: float = 5.0
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> LoginPolicy:
-        return cls(
-            max_failures=settings.login_max_failures,
-            lockout_seconds=settings.login_lockout_seconds,
-            address_max_failures=settings.login_address_max_failures,
-            user_slow_after=settings.login_user_slow_after,
-            user_slow_seconds=settings.login_user_slow_seconds,
-        )
+# -- rows to records (column names are the field names; JSON columns decoded) ---------------------
+def _user(row: sqlite3.Row | None) -> User | None:
+    if row is None:
+        return None
+    return User(
+        id=row["id"],
+        username=row["username"],
+        password_hash=row["password_hash"],
+        role=row["role"],
+        source=row["source"],
+        email=row["email"],
+        token_version=row["token_version"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
 
 
-def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
-    return dict(row) if row is not None else None
+def _client(row: sqlite3.Row | None) -> Client | None:
+    if row is None:
+        return None
+    return Client(
+        client_id=row["client_id"],
+        kind=row["kind"],
+        auth_method=row["auth_method"],
+        redirect_uris=tuple(json.loads(row["redirect_uris"])),
+        grant_types=tuple(json.loads(row["grant_types"])),
+        metadata=json.loads(row["metadata"]),
+        client_name=row["client_name"],
+        secret_hash=row["secret_hash"],
+        created_at=row["created_at"],
+        fetched_at=row["fetched_at"],
+        last_used_at=row["last_used_at"],
+    )
+
+
+def _pending(row: sqlite3.Row | None) -> PendingSignIn | None:
+    if row is None:
+        return None
+    return PendingSignIn(
+        id=row["id"],
+        browser_hash=row["browser_hash"],
+        csrf=row["csrf"],
+        params=AuthorizationRequest.from_json(json.loads(row["params"])),
+        user_id=row["user_id"],
+        upstream=UpstreamSignIn.from_json(json.loads(row["upstream"])) if row["upstream"] else None,
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+    )
+
+
+def _code(row: sqlite3.Row) -> AuthorizationCode:
+    return AuthorizationCode(
+        code_hash=row["code_hash"],
+        client_id=row["client_id"],
+        user_id=row["user_id"],
+        redirect_uri=row["redirect_uri"],
+        redirect_uri_given=bool(row["redirect_uri_given"]),
+        code_challenge=row["code_challenge"],
+        scope=row["scope"],
+        resources=tuple(json.loads(row["resources"])),
+        issuer=row["issuer"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        used_at=row["used_at"],
+        family_id=row["family_id"],
+    )
+
+
+def _family(row: sqlite3.Row | None) -> TokenFamily | None:
+    if row is None:
+        return None
+    return TokenFamily(
+        family_id=row["family_id"],
+        client_id=row["client_id"],
+        user_id=row["user_id"],
+        token_version=row["token_version"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        revoked_at=row["revoked_at"],
+        revoked_reason=row["revoked_reason"],
+    )
+
+
+def _refresh(row: sqlite3.Row | None) -> RefreshToken | None:
+    if row is None:
+        return None
+    return RefreshToken(
+        token_hash=row["token_hash"],
+        family_id=row["family_id"],
+        client_id=row["client_id"],
+        user_id=row["user_id"],
+        scope=row["scope"],
+        resources=tuple(json.loads(row["resources"])),
+        issuer=row["issuer"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        used_at=row["used_at"],
+    )
+
+
+def _signing_key(row: sqlite3.Row) -> SigningKeyRow:
+    return SigningKeyRow(
+        kid=row["kid"],
+        alg=row["alg"],
+        private_pem=row["private_pem"],
+        created_at=row["created_at"],
+        retired_at=row["retired_at"],
+    )
 
 
 def store_path(data_dir: str | os.PathLike[str]) -> Path:
     return Path(data_dir) / "auth.db"
 
 
-class AuthStore:
-    """Synchronous store; not thread-safe by itself (AsyncAuthStore confines it to one thread)."""
+class AuthStore(AuthStorage):
+    """Synchronous SQLite store; not thread-safe by itself (AsyncAuthStore confines it to one thread)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -255,7 +363,7 @@ class AuthStore:
     # -- users -----------------------------------------------------------------------------------
     def add_user(
         self, username: str, password_hash: str | None, role: str, *, source: str = "local", email: str | None = None
-    ) -> dict[str, Any]:
+    ) -> User:
         now = time.time()
         user_id = uuid.uuid4().hex
         try:
@@ -267,20 +375,23 @@ class AuthStore:
                 )
         except sqlite3.IntegrityError:
             raise UserExists(username) from None
-        return self.get_user(user_id) or {}
+        user = self.get_user(user_id)
+        if user is None:  # only if another process removed it in between
+            raise StoreError(f"user {username} vanished right after it was added")
+        return user
 
-    def get_user(self, user_id: str) -> dict[str, Any] | None:
-        return _row(self.conn.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone())
+    def get_user(self, user_id: str) -> User | None:
+        return _user(self.conn.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone())
 
-    def get_user_by_name(self, username: str) -> dict[str, Any] | None:
-        return _row(self.conn.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone())
+    def get_user_by_name(self, username: str) -> User | None:
+        return _user(self.conn.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone())
 
-    def list_users(self) -> list[dict[str, Any]]:
+    def list_users(self) -> list[UserListing]:
         rows = self.conn.execute(
             "SELECT id, username, role, source, email, created_at, updated_at FROM users"
             " ORDER BY username COLLATE NOCASE"
         ).fetchall()
-        return [dict(r) for r in rows]
+        return [UserListing(**dict(r)) for r in rows]
 
     def remove_user(self, username: str) -> bool:
         with self._tx() as c:
@@ -312,15 +423,18 @@ class AuthStore:
             )
             return cur.rowcount == 1
 
-    def upsert_upstream_user(self, email: str, role: str) -> dict[str, Any]:
+    def upsert_upstream_user(self, email: str, role: str) -> User:
         """A user signed in through OpenID Connect: found by e-mail (as username) or created."""
         existing = self.get_user_by_name(email)
         if existing is not None:
             return existing
         try:
             return self.add_user(email, None, role, source="oidc", email=email)
-        except UserExists:
-            return self.get_user_by_name(email) or {}
+        except UserExists:  # created by a parallel sign-in a moment ago
+            user = self.get_user_by_name(email)
+            if user is None:
+                raise StoreError(f"user {email} vanished right after it was added") from None
+            return user
 
     @staticmethod
     def _revoke_user_families(c: sqlite3.Connection, user_id: str, reason: str) -> None:
@@ -330,7 +444,7 @@ class AuthStore:
         )
 
     # -- clients ---------------------------------------------------------------------------------
-    def save_client(self, client: dict[str, Any]) -> None:
+    def save_client(self, client: Client) -> None:
         with self._tx() as c:
             c.execute(
                 "INSERT INTO clients(client_id, kind, secret_hash, auth_method, redirect_uris, grant_types,"
@@ -340,20 +454,20 @@ class AuthStore:
                 " grant_types = excluded.grant_types, client_name = excluded.client_name,"
                 " metadata = excluded.metadata, fetched_at = excluded.fetched_at",
                 (
-                    client["client_id"],
-                    client["kind"],
-                    client.get("secret_hash"),
-                    client["auth_method"],
-                    json.dumps(client["redirect_uris"]),
-                    json.dumps(client["grant_types"]),
-                    client.get("client_name"),
-                    json.dumps(client.get("metadata", {})),
-                    client.get("created_at", time.time()),
-                    client.get("fetched_at"),
+                    client.client_id,
+                    client.kind,
+                    client.secret_hash,
+                    client.auth_method,
+                    json.dumps(list(client.redirect_uris)),
+                    json.dumps(list(client.grant_types)),
+                    client.client_name,
+                    json.dumps(dict(client.metadata)),
+                    client.created_at,
+                    client.fetched_at,
                 ),
             )
 
-    def register_client(self, client: dict[str, Any], address: str, max_per_hour: int) -> bool:
+    def register_client(self, client: Client, address: str, max_per_hour: int) -> bool:
         """Save a dynamically registered client unless `address` already registered `max_per_hour` in the
         last hour (False). The count and the insert are one transaction, so parallel requests cannot
         slip past the bound."""
@@ -368,37 +482,27 @@ class AuthStore:
         self.save_client(client)
         return True
 
-    def get_client(self, client_id: str) -> dict[str, Any] | None:
-        row = _row(self.conn.execute("SELECT * FROM clients WHERE client_id = ?", (client_id,)).fetchone())
-        if row is None:
-            return None
-        row["redirect_uris"] = json.loads(row["redirect_uris"])
-        row["grant_types"] = json.loads(row["grant_types"])
-        row["metadata"] = json.loads(row["metadata"])
-        return row
+    def get_client(self, client_id: str) -> Client | None:
+        return _client(self.conn.execute("SELECT * FROM clients WHERE client_id = ?", (client_id,)).fetchone())
 
     # -- pending authorization requests (the login and consent pages) -----------------------------
     def create_auth_request(
-        self, request_id: str, browser_hash: str, csrf: str, params: dict[str, Any], ttl: float
+        self, request_id: str, browser_hash: str, csrf: str, params: AuthorizationRequest, ttl: float
     ) -> None:
         now = time.time()
         with self._tx() as c:
             c.execute(
                 "INSERT INTO auth_requests(id, browser_hash, csrf, params, created_at, expires_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (request_id, browser_hash, csrf, json.dumps(params), now, now + ttl),
+                (request_id, browser_hash, csrf, json.dumps(params.to_json()), now, now + ttl),
             )
 
-    def get_auth_request(self, request_id: str) -> dict[str, Any] | None:
-        row = _row(
+    def get_auth_request(self, request_id: str) -> PendingSignIn | None:
+        return _pending(
             self.conn.execute(
                 "SELECT * FROM auth_requests WHERE id = ? AND expires_at > ?", (request_id, time.time())
             ).fetchone()
         )
-        if row is not None:
-            row["params"] = json.loads(row["params"])
-            row["upstream"] = json.loads(row["upstream"]) if row["upstream"] else None
-        return row
 
     def update_auth_request(
         self,
@@ -406,7 +510,7 @@ class AuthStore:
         *,
         csrf: str | None = None,
         user_id: str | None = None,
-        upstream: dict[str, Any] | None = None,
+        upstream: UpstreamSignIn | None = None,
     ) -> None:
         with self._tx() as c:
             if csrf is not None:
@@ -414,9 +518,11 @@ class AuthStore:
             if user_id is not None:
                 c.execute("UPDATE auth_requests SET user_id = ? WHERE id = ?", (user_id, request_id))
             if upstream is not None:
-                c.execute("UPDATE auth_requests SET upstream = ? WHERE id = ?", (json.dumps(upstream), request_id))
+                c.execute(
+                    "UPDATE auth_requests SET upstream = ? WHERE id = ?", (json.dumps(upstream.to_json()), request_id)
+                )
 
-    def find_auth_request_by_upstream_state(self, state_hash: str) -> dict[str, Any] | None:
+    def find_auth_request_by_upstream_state(self, state_hash: str) -> PendingSignIn | None:
         row = self.conn.execute(
             "SELECT id FROM auth_requests WHERE json_extract(upstream, '$.state_hash') = ? AND expires_at > ?",
             (state_hash, time.time()),
@@ -438,7 +544,7 @@ class AuthStore:
         redirect_uri_given: bool,
         code_challenge: str,
         scope: str,
-        resources: list[str],
+        resources: Sequence[str],
         issuer: str,
         ttl: float,
         consume_request: str | None = None,
@@ -463,7 +569,7 @@ class AuthStore:
                     int(redirect_uri_given),
                     code_challenge,
                     scope,
-                    json.dumps(resources),
+                    json.dumps(list(resources)),
                     issuer,
                     now,
                     now + ttl,
@@ -472,25 +578,25 @@ class AuthStore:
             c.execute("UPDATE clients SET last_used_at = ? WHERE client_id = ?", (now, client_id))
         return True
 
-    def consume_code(self, code_hash: str) -> tuple[dict[str, Any] | None, bool]:
-        """(code row, reused). A code presented twice revokes what the first exchange produced
+    def consume_code(self, code_hash: str) -> CodeRedemption:
+        """The code, marked used. A code presented twice revokes what the first exchange produced
         (RFC 6749 §4.1.2): the family id recorded on it."""
         now = time.time()
         with self._tx() as c:
-            row = _row(c.execute("SELECT * FROM auth_codes WHERE code_hash = ?", (code_hash,)).fetchone())
+            row = c.execute("SELECT * FROM auth_codes WHERE code_hash = ?", (code_hash,)).fetchone()
             if row is None:
-                return None, False
-            row["resources"] = json.loads(row["resources"])
-            if row["used_at"] is not None:
-                if row["family_id"]:
+                return CodeRedemption(None, reused=False)
+            code = _code(row)
+            if code.used_at is not None:
+                if code.family_id:
                     c.execute(
                         "UPDATE token_families SET revoked_at = ?, revoked_reason = 'code reused'"
                         " WHERE family_id = ? AND revoked_at IS NULL",
-                        (now, row["family_id"]),
+                        (now, code.family_id),
                     )
-                return row, True
+                return CodeRedemption(code, reused=True)
             c.execute("UPDATE auth_codes SET used_at = ? WHERE code_hash = ?", (now, code_hash))
-            return row, False
+            return CodeRedemption(code, reused=False)
 
     def attach_family_to_code(self, code_hash: str, family_id: str) -> None:
         with self._tx() as c:
@@ -516,7 +622,7 @@ class AuthStore:
         client_id: str,
         user_id: str,
         scope: str,
-        resources: list[str],
+        resources: Sequence[str],
         issuer: str,
         ttl: float,
     ) -> None:
@@ -525,22 +631,22 @@ class AuthStore:
             c.execute(
                 "INSERT INTO refresh_tokens(token_hash, family_id, client_id, user_id, scope, resources, issuer,"
                 " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (token_hash, family_id, client_id, user_id, scope, json.dumps(resources), issuer, now, now + ttl),
+                (token_hash, family_id, client_id, user_id, scope, json.dumps(list(resources)), issuer, now, now + ttl),
             )
 
-    def get_refresh_token(self, token_hash: str) -> dict[str, Any] | None:
-        row = _row(self.conn.execute("SELECT * FROM refresh_tokens WHERE token_hash = ?", (token_hash,)).fetchone())
-        if row is not None:
-            row["resources"] = json.loads(row["resources"])
-        return row
+    def get_refresh_token(self, token_hash: str) -> RefreshToken | None:
+        return _refresh(
+            self.conn.execute("SELECT * FROM refresh_tokens WHERE token_hash = ?", (token_hash,)).fetchone()
+        )
 
     def rotate_refresh_token(
         self, old_hash: str, new_hash: str, client_id: str, ttl: float, reuse_leeway: float = 0.0
-    ) -> tuple[str, Any]:
+    ) -> Rotation:
         """Spend a refresh token and mint its successor in one transaction (the store's one thread and
         BEGIN IMMEDIATE serialise concurrent refreshes, so each sees the other's result).
 
-        Returns ("ok", (old row, user row, family row, within_leeway)) or a refusal: "unknown",
+        Returns `Rotated` (the spent token, its user and family, whether within the leeway) or a
+        `RotationRefused` whose outcome is "unknown",
         "client_mismatch", "expired", "revoked", "user_gone", or "reused" - a spent token presented again
         more than `reuse_leeway` seconds after it was first spent, which revokes the whole family so a
         stolen copy and the legitimate one both stop working. Within the leeway the same client gets
@@ -549,27 +655,29 @@ class AuthStore:
         """
         now = time.time()
         with self._tx() as c:
-            row = _row(c.execute("SELECT * FROM refresh_tokens WHERE token_hash = ?", (old_hash,)).fetchone())
-            if row is None:
-                return "unknown", None
-            if row["client_id"] != client_id:
-                return "client_mismatch", None
-            family = _row(c.execute("SELECT * FROM token_families WHERE family_id = ?", (row["family_id"],)).fetchone())
-            if family is None or family["revoked_at"] is not None:
-                return "revoked", None
-            within_leeway = row["used_at"] is not None and now - row["used_at"] <= reuse_leeway
-            if row["used_at"] is not None and not within_leeway:
+            token = _refresh(c.execute("SELECT * FROM refresh_tokens WHERE token_hash = ?", (old_hash,)).fetchone())
+            if token is None:
+                return RotationRefused("unknown")
+            if token.client_id != client_id:
+                return RotationRefused("client_mismatch")
+            family = _family(
+                c.execute("SELECT * FROM token_families WHERE family_id = ?", (token.family_id,)).fetchone()
+            )
+            if family is None or family.revoked_at is not None:
+                return RotationRefused("revoked")
+            within_leeway = token.used_at is not None and now - token.used_at <= reuse_leeway
+            if token.used_at is not None and not within_leeway:
                 c.execute(
                     "UPDATE token_families SET revoked_at = ?, revoked_reason = 'refresh token reused'"
                     " WHERE family_id = ?",
-                    (now, row["family_id"]),
+                    (now, token.family_id),
                 )
-                return "reused", None
-            if row["expires_at"] <= now or family["expires_at"] <= now:
-                return "expired", None
-            user = _row(c.execute("SELECT * FROM users WHERE id = ?", (row["user_id"],)).fetchone())
-            if user is None or user["token_version"] != family["token_version"]:
-                return "user_gone", None
+                return RotationRefused("reused")
+            if token.expires_at <= now or family.expires_at <= now:
+                return RotationRefused("expired")
+            user = _user(c.execute("SELECT * FROM users WHERE id = ?", (token.user_id,)).fetchone())
+            if user is None or user.token_version != family.token_version:
+                return RotationRefused("user_gone")
             if not within_leeway:
                 c.execute("UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ?", (now, old_hash))
             c.execute(
@@ -577,18 +685,17 @@ class AuthStore:
                 " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     new_hash,
-                    row["family_id"],
+                    token.family_id,
                     client_id,
-                    row["user_id"],
-                    row["scope"],
-                    row["resources"],
-                    row["issuer"],
+                    token.user_id,
+                    token.scope,
+                    json.dumps(list(token.resources)),
+                    token.issuer,
                     now,
-                    min(now + ttl, family["expires_at"]),
+                    min(now + ttl, family.expires_at),
                 ),
             )
-            row["resources"] = json.loads(row["resources"])
-            return "ok", (row, user, family, within_leeway)
+            return Rotated(token, user, family, within_leeway)
 
     def revoke_family(self, family_id: str, reason: str) -> None:
         with self._tx() as c:
@@ -602,7 +709,7 @@ class AuthStore:
         with self._tx() as c:
             c.execute("INSERT OR IGNORE INTO revoked_tokens(jti, expires_at) VALUES (?, ?)", (jti, expires_at))
 
-    def bearer_lookup(self, user_id: str, jti: str, family_id: str | None) -> dict[str, Any] | None:
+    def bearer_lookup(self, user_id: str, jti: str, family_id: str | None) -> BearerRecord | None:
         """Everything the bearer check needs in one read: the user, and whether the token was revoked."""
         row = self.conn.execute(
             "SELECT u.id, u.username, u.role, u.token_version,"
@@ -611,12 +718,21 @@ class AuthStore:
             " FROM users u WHERE u.id = ?",
             (jti, family_id or "", user_id),
         ).fetchone()
-        return _row(row)
+        if row is None:
+            return None
+        return BearerRecord(
+            id=row["id"],
+            username=row["username"],
+            role=row["role"],
+            token_version=row["token_version"],
+            jti_revoked=bool(row["jti_revoked"]),
+            family_revoked_at=row["family_revoked_at"],
+        )
 
     # -- sign-in throttling -----------------------------------------------------------------------
-    def reserve_login_attempt(self, username: str, address: str, policy: LoginPolicy) -> tuple[str, float]:
-        """Admit one password check, or refuse it, in one transaction: ("ok", 0), ("locked", until) or
-        ("slowed", next attempt time).
+    def reserve_login_attempt(self, username: str, address: str, policy: LoginPolicy) -> LoginAdmission:
+        """Admit one password check, or refuse it, in one transaction: verdict "ok", "locked" (until
+        then) or "slowed" (until the next attempt time).
 
         An admitted attempt is counted as a failure *before* the password is checked (and released by
         `release_login_attempt` when it was right), so however many attempts arrive at once, at most
@@ -632,51 +748,55 @@ class AuthStore:
         user = username.lower()
         keys = (f"pair:{user}|{address}", f"addr:{address}", f"user:{user}")
         with self._tx() as c:
-            pair, addr, per_user = (self._throttle_row(c, key, policy, now) for key in keys)
-            for row in (pair, addr):
-                if row["locked_until"] > now:
-                    return "locked", row["locked_until"]
+            pair, addr, per_user = (self._throttle_counter(c, key, policy, now) for key in keys)
+            for counter in (pair, addr):
+                if counter.locked_until > now:
+                    return LoginAdmission("locked", counter.locked_until)
             known = (
                 c.execute(
                     "SELECT 1 FROM login_known WHERE key = ? AND at > ?", (keys[0], now - KNOWN_ADDRESS_SECONDS)
                 ).fetchone()
                 is not None
             )
-            if not known and per_user["failures"] >= policy.user_slow_after and per_user["next_slot_at"] > now:
-                return "slowed", per_user["next_slot_at"]
-            pair["failures"] += 1
-            if pair["failures"] >= policy.max_failures:
-                pair["locked_until"] = now + policy.lockout_seconds
-            addr["failures"] += 1
-            if addr["failures"] >= policy.address_max_failures:
-                addr["locked_until"] = now + policy.lockout_seconds
-            per_user["failures"] += 1
-            per_user["window_start"] = now  # the ceiling lasts while failures keep coming
-            if per_user["failures"] >= policy.user_slow_after:
-                per_user["next_slot_at"] = now + policy.user_slow_seconds
-            for key, row in zip(keys, (pair, addr, per_user), strict=True):
+            if not known and per_user.failures >= policy.user_slow_after and per_user.next_slot_at > now:
+                return LoginAdmission("slowed", per_user.next_slot_at)
+            pair = replace(pair, failures=pair.failures + 1)
+            if pair.failures >= policy.max_failures:
+                pair = replace(pair, locked_until=now + policy.lockout_seconds)
+            addr = replace(addr, failures=addr.failures + 1)
+            if addr.failures >= policy.address_max_failures:
+                addr = replace(addr, locked_until=now + policy.lockout_seconds)
+            # The ceiling lasts while failures keep coming: the user's window restarts with each one.
+            per_user = replace(per_user, failures=per_user.failures + 1, window_start=now)
+            if per_user.failures >= policy.user_slow_after:
+                per_user = replace(per_user, next_slot_at=now + policy.user_slow_seconds)
+            for key, counter in zip(keys, (pair, addr, per_user), strict=True):
                 c.execute(
                     "INSERT INTO login_throttle(key, failures, window_start, locked_until, next_slot_at)"
                     " VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET failures = excluded.failures,"
                     " window_start = excluded.window_start, locked_until = excluded.locked_until,"
                     " next_slot_at = excluded.next_slot_at",
-                    (key, row["failures"], row["window_start"], row["locked_until"], row["next_slot_at"]),
+                    (key, counter.failures, counter.window_start, counter.locked_until, counter.next_slot_at),
                 )
-        return "ok", 0.0
+        return LoginAdmission("ok", 0.0)
 
     @staticmethod
-    def _throttle_row(c: sqlite3.Connection, key: str, policy: LoginPolicy, now: float) -> dict[str, Any]:
-        row = _row(
-            c.execute(
-                "SELECT failures, window_start, locked_until, next_slot_at FROM login_throttle WHERE key = ?", (key,)
-            ).fetchone()
-        )
-        fresh = {"failures": 0, "window_start": now, "locked_until": 0.0, "next_slot_at": 0.0}
+    def _throttle_counter(c: sqlite3.Connection, key: str, policy: LoginPolicy, now: float) -> ThrottleCounter:
+        row = c.execute(
+            "SELECT failures, window_start, locked_until, next_slot_at FROM login_throttle WHERE key = ?", (key,)
+        ).fetchone()
+        fresh = ThrottleCounter(failures=0, window_start=now)
         if row is None:
             return fresh
-        lock_over = 0 < row["locked_until"] <= now
-        window_over = row["locked_until"] <= now and row["window_start"] + policy.lockout_seconds <= now
-        return fresh if lock_over or window_over else row
+        counter = ThrottleCounter(
+            failures=row["failures"],
+            window_start=row["window_start"],
+            locked_until=row["locked_until"],
+            next_slot_at=row["next_slot_at"],
+        )
+        lock_over = 0 < counter.locked_until <= now
+        window_over = counter.locked_until <= now and counter.window_start + policy.lockout_seconds <= now
+        return fresh if lock_over or window_over else counter
 
     def release_login_attempt(self, username: str, address: str, policy: LoginPolicy) -> None:
         """The reserved attempt had the right password: forget the pair's failures and un-count it
@@ -699,11 +819,11 @@ class AuthStore:
 
     # -- signing keys ----------------------------------------------------------------------------
     # The store keeps `private_pem` as the caller hands it over: encrypted text (app/auth/statekey.py).
-    def signing_keys(self) -> list[dict[str, Any]]:
+    def signing_keys(self) -> list[SigningKeyRow]:
         rows = self.conn.execute("SELECT * FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at").fetchall()
-        return [dict(r) for r in rows]
+        return [_signing_key(r) for r in rows]
 
-    def ensure_signing_key(self, make: Callable[[], tuple[str, str, str]]) -> list[dict[str, Any]]:
+    def ensure_signing_key(self, make: Callable[[], tuple[str, str, str]]) -> list[SigningKeyRow]:
         """Create the first signing key if there is none (atomically, in case two processes start together)."""
         with self._tx() as c:
             if c.execute("SELECT 1 FROM signing_keys WHERE retired_at IS NULL").fetchone() is None:
@@ -766,7 +886,7 @@ class AsyncAuthStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="auth-store")
         await self.call(AuthStore.open)
 
-    async def bearer_lookup(self, user_id: str, jti: str, family_id: str | None) -> dict[str, Any] | None:
+    async def bearer_lookup(self, user_id: str, jti: str, family_id: str | None) -> BearerRecord | None:
         try:
             if self._reader is None:
                 self._reader = AuthStore(self.sync.path).open_reader()
@@ -784,7 +904,8 @@ class AsyncAuthStore:
         executor, self._executor = self._executor, None
         executor.shutdown(wait=True)
 
-    async def call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def call(self, method: Callable[Concatenate[AuthStore, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`method`'s result, run on the store's thread; the arguments are type-checked against it."""
         if self._executor is None:
             raise StoreError("auth store is not open")
         loop = asyncio.get_running_loop()
