@@ -70,8 +70,8 @@ class ToolResult:
 
 
 # A handler returns a JSON object: the MCP layer sends it as one text content (json.dumps) and as
-# structuredContent; or a ToolResult with content blocks of its own. It raises ToolError or
-# app.db.types.DatabaseError for an isError result.
+# structuredContent; or a ToolResult with content blocks of its own. It raises ToolError or an
+# app.core.SafeError (the database's errors are) for an isError result.
 ToolHandler = Callable[[dict[str, Any], ToolContext], Awaitable[dict[str, Any] | ToolResult]]
 
 
