@@ -28,7 +28,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .. import keys
-from ..core import surface_of
+from ..core import SURFACES, surface_of
 from ..urls import base_url
 from .common import client_address, read_limited_body
 from .pages import PAGE_HEADERS, _page
@@ -42,7 +42,9 @@ log = structlog.get_logger(__name__)
 SESSION_COOKIE = "mssql_mcp_records"
 CSRF_COOKIE = "mssql_mcp_records_csrf"
 _SESSION_KID = "records-session"
-_NEXT = re.compile(r"^/(?:chatgpt/)?records/[^/?#\\]+(?:\?[^#\\]*)?$")
+# Where a sign-in may send the browser back to: a record page of one of the surfaces (app.core.SURFACES).
+_RECORD_PATHS = "|".join(re.escape(surface.records_path) for surface in SURFACES)
+_NEXT = re.compile(rf"^(?:{_RECORD_PATHS})/[^/?#\\]+(?:\?[^#\\]*)?$")
 _CSRF = re.compile(r"^[A-Za-z0-9_\-]{24,64}$")
 # Without a state key (no auth store, e.g. a test app) sessions are sealed with a per-process key.
 _PROCESS_KEY = AESGCM(os.urandom(32))
@@ -121,7 +123,7 @@ def signin_location(request: web.Request) -> str:
 
 
 def _safe_next(raw: str) -> str:
-    return raw if _NEXT.match(raw or "") else ""
+    return raw if _NEXT.fullmatch(raw or "") else ""
 
 
 def _signin_form(
