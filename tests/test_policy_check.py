@@ -175,6 +175,11 @@ REFUSED: list[tuple[str, str, str]] = [
     ("sqlite", "SELECT 1 WHERE EXISTS (SELECT 1 FROM payroll WHERE amount > 1000)", "payroll"),
     # a CTE named like an allowed table does not hide the denied table inside it
     ("sqlite", "WITH employees AS (SELECT employee_id AS id FROM payroll) SELECT id FROM employees", "payroll"),
+    # without RECURSIVE, a CTE's body naming itself or a later CTE reads the real table (PostgreSQL)
+    ("postgres", "WITH payroll AS (SELECT * FROM payroll) SELECT * FROM payroll", "public.payroll"),
+    ("postgres", "WITH employees AS (SELECT * FROM employees) SELECT name FROM employees", "leave out salary"),
+    ("postgres", "WITH a AS (SELECT * FROM payroll), payroll AS (SELECT 1 AS x) SELECT * FROM a", "public.payroll"),
+    ("postgres", "SELECT * FROM (WITH payroll AS (SELECT 1 AS a) SELECT * FROM payroll) d, payroll", "public.payroll"),
     # --- a denied column, named -------------------------------------------------------------------------
     ("sqlite", "SELECT salary FROM employees", "employees.salary"),
     ("sqlite", "SELECT e.salary FROM employees AS e", "employees.salary"),
@@ -291,6 +296,7 @@ ALLOWED: list[tuple[str, str]] = [
         "SELECT e.Name, x.Total FROM Employees e CROSS APPLY (SELECT TOP 1 o.Total FROM Orders o WHERE o.Id = e.Id) x",
     ),
     ("tsql", "SELECT Name FROM dbo.Customers FOR JSON PATH"),
+    ("tsql", "WITH n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5) SELECT i FROM n"),  # recursion
     ("tsql", "SELECT o.Id, c.Name FROM dbo.Orders o JOIN dbo.Customers c ON c.Id = o.CustomerId WHERE o.Total > 10"),
     ("tsql", "SELECT COUNT(*) FROM dbo.Employees WHERE EXISTS (SELECT * FROM dbo.Orders)"),
     ("tsql", "SELECT * FROM dbo.EmployeeDirectory"),

@@ -224,20 +224,41 @@ def _decision(findings: _Findings) -> Decision:
 # --- tables -------------------------------------------------------------------------------------------
 
 
-def _is_cte_reference(table: exp.Table) -> bool:
-    """Whether an unqualified table name refers to a CTE of an enclosing WITH (which shadows any table)."""
+def _cte_binding(table: exp.Table) -> str:
+    """What an unqualified table name means: "cte", "table", or "maybe" (a CTE's body naming itself or a
+    later CTE without RECURSIVE: PostgreSQL reads the real table then, SQL Server and SQLite recurse)."""
     if table.args.get("db") or table.args.get("catalog"):
-        return False
+        return "table"
     name = table.name.lower()
-    node: exp.Expr | None = table.parent
+    child: exp.Expr = table
+    node = table.parent
     while node is not None:
-        with_ = node.args.get("with_") or node.args.get("with")  # sqlglot 30 renamed the key
-        if isinstance(with_, exp.With):
-            for cte in with_.expressions:
-                if cte.alias_or_name.lower() == name:
-                    return True
-        node = node.parent
-    return False
+        if isinstance(node, exp.With):  # inside a CTE body: earlier CTEs are visible, itself only if recursive
+            ctes = list(node.expressions)
+            position = next((i for i, cte in enumerate(ctes) if cte is child), len(ctes))
+            if any(cte.alias_or_name.lower() == name for cte in ctes[:position]):
+                return "cte"
+            if any(cte.alias_or_name.lower() == name for cte in ctes[position:]):
+                return "cte" if node.args.get("recursive") else "maybe"
+        else:
+            with_ = node.args.get("with_") or node.args.get("with")  # sqlglot 30 renamed the key
+            if isinstance(with_, exp.With) and with_ is not child and _defines(with_, name):
+                return "cte"
+        child, node = node, node.parent
+    return "table"
+
+
+def _defines(with_: exp.With, name: str) -> bool:
+    return any(cte.alias_or_name.lower() == name for cte in with_.expressions)
+
+
+def _is_cte_reference(table: exp.Table, catalog: Catalog) -> bool:
+    """Whether a table node names a CTE (which shadows any table) rather than a table; fail closed: a
+    reference that may be either is a table when the catalog has one by that name."""
+    binding = _cte_binding(table)
+    if binding == "maybe":
+        return not catalog.resolve(table.db or None, table.name)
+    return binding == "cte"
 
 
 def _is_function_source(table: exp.Table) -> bool:
@@ -267,7 +288,7 @@ def _resolve_table(table: exp.Table, catalog: Catalog, cache: dict[int, _Source]
 
 def _check_tables(tree: exp.Expr, catalog: Catalog, findings: _Findings, cache: dict[int, _Source]) -> None:
     for table in tree.find_all(exp.Table):
-        if _is_function_source(table) or _is_cte_reference(table):
+        if _is_function_source(table) or _is_cte_reference(table, catalog):
             continue
         if not table.name:
             raise _Unfollowable("a table reference has no name,")
@@ -299,7 +320,7 @@ def _check(tree: exp.Expr, catalog: Catalog, findings: _Findings) -> None:
         every = [
             _resolve_table(t, catalog, cache)
             for t in tree.find_all(exp.Table)
-            if not _is_function_source(t) and not _is_cte_reference(t)
+            if not _is_function_source(t) and not _is_cte_reference(t, catalog)
         ]
         for column in leftovers:
             if isinstance(column.this, exp.Star):
