@@ -43,6 +43,8 @@ from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import TokenType
 
+from .dialects import DIALECTS
+from .shape import SelectShape, select_shape_of
 from .types import QueryRefused
 
 # sqlglot logs a warning for every statement it falls back to parsing as a Command; the guard refuses
@@ -176,8 +178,12 @@ _NOT_QUERY = (
     exp.Refresh,
 )
 _ALLOWED_CONTROL = frozenset("\t\n\r\f\v")
-_SQLGLOT_DIALECTS = {"mssql": "tsql", "tsql": "tsql", "postgres": "postgres", "sqlite": "sqlite"}
-_DIALECT_NAMES = {"tsql": "SQL Server", "postgres": "PostgreSQL", "sqlite": "SQLite"}
+# Each dialect names its own sqlglot dialect and engine (app.db.dialects); the guard also takes sqlglot names.
+_SQLGLOT_DIALECTS = {
+    **{d.name: d.sqlglot for d in DIALECTS.values()},
+    **{d.sqlglot: d.sqlglot for d in DIALECTS.values()},
+}
+_DIALECT_NAMES = {d.sqlglot: d.engine for d in DIALECTS.values()}
 _WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_$#@]*$")
 # SQLite eponymous virtual tables that are not sqlite_* or pragma_* names.
 _SQLITE_VIRTUAL_TABLES = frozenset({"dbstat", "fsdir", "zipfile", "generate_series", "completion", "carray"})
@@ -285,6 +291,9 @@ class Verdict:
     tree: exp.Expression | None = None
     # True when the checks ran on a narrowly rewritten text (see the module doc).
     rewritten: bool = False
+    # For an allowed plain single-table SELECT: its table and which output columns are the table's own (from
+    # the checked tree, also when `tree` is None: dropping T-SQL hints changes neither).
+    shape: SelectShape | None = None
 
     def raise_if_refused(self) -> None:
         if not self.allowed:
@@ -387,7 +396,7 @@ def _check(sql: str, glot: str, extra: frozenset[str]) -> Verdict:
     kind = _tree_checks(root, tokens, text, glot, extra)
     if glot == "tsql":
         _hidden_statement_check(original_tokens)
-    return Verdict(True, root=kind, tree=root if equivalent else None, rewritten=rewritten)
+    return Verdict(True, root=kind, tree=root if equivalent else None, rewritten=rewritten, shape=select_shape_of(root))
 
 
 def _tokenize(dialect: Dialect, text: str, glot: str) -> list:

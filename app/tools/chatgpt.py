@@ -18,19 +18,18 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-import sqlglot
 import structlog
-from sqlglot import exp
 
 from ..core import RECORDS_SURFACE
+from ..db import guard
+from ..db.dialects import dialect_class
+from ..db.shape import SelectShape
 from ..db.types import DatabaseError, QueryResult, TableDescription, TableInfo, TableNotFound
 from ..mcp.tools import Tool, ToolContext, ToolError
 from ..obs.audit import fingerprint_sql
 from . import ids
 from .cache import TtlLruCache
 from .common import (
-    DIALECT_LABELS,
-    SQLGLOT_DIALECTS,
     description_dict,
     json_size,
     not_read_reason,
@@ -96,58 +95,9 @@ def record_url(base_url: str, record_id: str, prefix: str = RECORDS_PREFIX) -> s
 
 
 # --- reading a query's shape ----------------------------------------------------------------
-class SelectShape:
-    """A single-table SELECT: which table, and which output columns are that table's own columns."""
-
-    def __init__(self, schema: str | None, name: str, star: bool, plain: dict[str, str], computed: set[str]) -> None:
-        self.schema, self.name, self.star, self.plain, self.computed = schema, name, star, plain, computed
-
-    def source_of(self, output: str) -> str | None:
-        """The table column an output column shows unchanged, if any (case-insensitive)."""
-        key = output.lower()
-        if key in self.plain:
-            return self.plain[key]
-        if key in self.computed:  # an expression named like a column is not that column
-            return None
-        return key if self.star else None
-
-
 def select_shape(sql: str, dialect: str) -> SelectShape | None:
-    """Recognise `SELECT cols FROM one_table [WHERE/ORDER/LIMIT]` so its rows can become row ids.
-
-    Anything with joins, grouping, DISTINCT, aggregates, CTEs or set operations is a derived result
-    set and stays a query result (None).
-    """
-    try:
-        tree = sqlglot.parse_one(sql, read=SQLGLOT_DIALECTS.get(dialect, dialect))
-    except (sqlglot.errors.ParseError, sqlglot.errors.TokenError, ValueError):
-        return None
-    if not isinstance(tree, exp.Select) or tree.args.get("with_") or tree.args.get("with"):
-        return None
-    if tree.args.get("joins") or tree.args.get("group") or tree.args.get("distinct") or tree.args.get("having"):
-        return None
-    source = tree.args.get("from_") or tree.args.get("from")
-    if source is None or not isinstance(source.this, exp.Table) or not source.this.name:
-        return None
-    if any(projection.find(exp.AggFunc) is not None for projection in tree.expressions):
-        return None
-    star, plain, computed = False, {}, set()
-    for projection in tree.expressions:
-        if isinstance(projection, exp.Star) or (
-            isinstance(projection, exp.Column) and isinstance(projection.this, exp.Star)
-        ):
-            star = True
-            continue
-        output = projection.alias_or_name.lower()
-        inner = projection.this if isinstance(projection, exp.Alias) else projection
-        if isinstance(inner, exp.Column) and isinstance(inner.this, exp.Identifier) and output not in plain:
-            plain[output] = inner.name.lower()
-        else:
-            computed.add(output)
-    for output in computed:
-        plain.pop(output, None)
-    table = source.this
-    return SelectShape(table.db or None, table.name, star, plain, computed)
+    """The shape of a single-table SELECT the guard accepts (guard.Verdict.shape), else None."""
+    return guard.check(sql, dialect).shape
 
 
 # --- the tool set ---------------------------------------------------------------------------
@@ -626,14 +576,13 @@ class ChatGptTools:
         )
         self.queries.put(record_id, document)
         hits = [(record_id, document["title"])]
-        hits.extend(await self._rows_of_query(sql, result, limit))  # one more than fits: _page then says so
+        hits.extend(await self._rows_of_query(verdict.shape, result, limit))  # one more than fits: _page then says so
         return hits
 
-    async def _rows_of_query(self, sql: str, result: QueryResult, limit: int) -> list[tuple[str, str]]:
+    async def _rows_of_query(self, shape: SelectShape | None, result: QueryResult, limit: int) -> list[tuple[str, str]]:
         """Rows of a single-table SELECT that include the primary key become re-fetchable row ids."""
         if limit <= 0 or not result.rows:
             return []
-        shape = select_shape(sql, self.dialect)
         if shape is None:
             return []
         try:
@@ -751,7 +700,7 @@ class ChatGptTools:
 def build_chatgpt_tools(tools: ChatGptTools) -> list[Tool]:
     """search and fetch over one tool set (create_app builds one per app: the record pages share it)."""
     settings = tools.settings
-    dialect = DIALECT_LABELS.get(settings.db_backend, settings.db_backend)
+    dialect = dialect_class(settings.db_backend).label
     read_annotations = {"readOnlyHint": True, "idempotentHint": True, "openWorldHint": False}
     tools_list = [
         Tool(

@@ -6,11 +6,11 @@ from typing import Any
 
 import structlog
 
+from ..db.dialects import dialect_class
 from ..db.types import QueryResult
 from ..mcp.tools import Tool, ToolContext, ToolError
 from ..obs.audit import fingerprint_sql
 from .common import (
-    DIALECT_LABELS,
     description_dict,
     json_size,
     not_read_reason,
@@ -188,9 +188,9 @@ class ClaudeTools:
 
 def build_claude_tools(database: Any, settings: Any) -> list[Tool]:
     tools = ClaudeTools(database, settings)
-    dialect = DIALECT_LABELS.get(settings.db_backend, settings.db_backend)
+    backend = dialect_class(settings.db_backend)
+    dialect, limit_word = backend.label, backend.limit_syntax
     read_only = settings.read_only_mode
-    limit_word = "TOP n" if settings.db_backend == "mssql" else "LIMIT n"
     read_annotations = {"readOnlyHint": True, "idempotentHint": True, "openWorldHint": False}
     if read_only:
         sql_annotations = dict(read_annotations)

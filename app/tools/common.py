@@ -6,17 +6,10 @@ import dataclasses
 import json
 from typing import Any
 
+from ..db.dialects import dialect_class
 from ..db.guard import Verdict
 from ..db.types import QueryResult, TableDescription, TableInfo
 from ..mcp.tools import Tool, ToolError
-
-DIALECT_LABELS = {
-    "mssql": "Microsoft SQL Server (T-SQL)",
-    "postgres": "PostgreSQL",
-    "sqlite": "SQLite",
-}
-SQLGLOT_DIALECTS = {"mssql": "tsql", "postgres": "postgres", "sqlite": "sqlite"}
-
 
 CLAUDE_MAX_RESULT_CHARS = 500_000  # the most Claude Code accepts via anthropic/maxResultSizeChars
 
@@ -134,7 +127,7 @@ def truncation_note(result: QueryResult, dialect: str, *, sample: bool = False) 
         how = "filter with WHERE, aggregate with GROUP BY/COUNT, or page with ORDER BY plus a key range"
     if sample:
         return f"Result truncated: {why}. Use execute_sql with a WHERE clause to look at specific rows."
-    limit = "TOP n" if dialect == "mssql" else "LIMIT n"
+    limit = dialect_class(dialect).limit_syntax
     return f"Result truncated: {why}. To see what you need, {how}; use {limit} to ask for fewer rows on purpose."
 
 

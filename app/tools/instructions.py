@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import DIALECT_LABELS
+from ..db.dialects import dialect_class
 
 SUMMARY_LIMIT = 512
 
@@ -36,7 +36,7 @@ def _claude(settings: Any, dialect: str) -> tuple[str, list[str]]:
     details = [
         "Workflow: list_tables -> describe_table on the tables that matter -> execute_sql. Prefer filtering "
         "(WHERE), aggregation (GROUP BY, COUNT, SUM) and "
-        + ("TOP n" if backend == "mssql" else "LIMIT n")
+        + dialect_class(backend).limit_syntax
         + " in SQL over fetching whole tables; results that hit a limit come back with truncated=true and a note.",
         _dialect_tips(backend),
         "Table names may be given with or without schema and in any case; an unknown name gets an error listing "
@@ -83,26 +83,13 @@ def _chatgpt(settings: Any, dialect: str) -> tuple[str, list[str]]:
 
 
 def _dialect_tips(backend: str) -> str:
-    if backend == "mssql":
-        return (
-            'SQL dialect: T-SQL. Use TOP n (not LIMIT), [brackets] or "double quotes" for names, '
-            "schema-qualified names such as dbo.Orders, and INFORMATION_SCHEMA or sys.* views for metadata."
-        )
-    if backend == "postgres":
-        return (
-            'SQL dialect: PostgreSQL. Use LIMIT n, "double quotes" for mixed-case names, schema-qualified '
-            "names such as public.orders, and information_schema for metadata."
-        )
-    return (
-        'SQL dialect: SQLite. Use LIMIT n, "double quotes" for unusual names; dates are stored as ISO 8601 '
-        "text, so compare them as strings or with date()/strftime()."
-    )
+    return dialect_class(backend).sql_tips
 
 
 def build_instructions(settings: Any, toolset: str) -> str:
     if toolset not in ("claude", "chatgpt"):
         raise ValueError(f"unknown tool set {toolset!r}")
-    dialect = DIALECT_LABELS.get(settings.db_backend, settings.db_backend)
+    dialect = dialect_class(settings.db_backend).label
     summary, details = (_claude if toolset == "claude" else _chatgpt)(settings, dialect)
     if len(summary) > SUMMARY_LIMIT:  # only with absurd limits; keep the visible part whole sentences
         summary = summary[:SUMMARY_LIMIT].rsplit(". ", 1)[0] + "."

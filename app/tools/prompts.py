@@ -18,7 +18,6 @@ from sqlglot.errors import SqlglotError
 from ..db.types import TableInfo, TableNotFound
 from ..mcp.resources import Prompt, PromptArgument, PromptArgumentsInvalid, text_message
 from ..mcp.tools import ToolContext
-from .common import DIALECT_LABELS, SQLGLOT_DIALECTS
 from .resources import OVERVIEW_URI, DatabaseResources, table_uri
 
 MAX_EMBEDDED_TABLES = 8  # descriptions embedded in one prompt (keeps the prompt a readable size)
@@ -60,11 +59,11 @@ class DatabasePrompts:
 
     @property
     def _label(self) -> str:
-        return DIALECT_LABELS.get(self._dialect, self._dialect)
+        return self.database.dialect.label
 
     @property
     def _limit_hint(self) -> str:
-        return "SELECT TOP (n)" if self._dialect == "mssql" else "LIMIT n"
+        return self.database.dialect.limit_example
 
     # -- embedded resources ---------------------------------------------------------------------------
     async def _embed(self, uri: str) -> dict[str, Any]:
@@ -156,7 +155,7 @@ class DatabasePrompts:
     def _tables_in(self, query: str) -> list[str]:
         """Table names a query reads (CTE names excluded)."""
         try:
-            trees = sqlglot.parse(query, read=SQLGLOT_DIALECTS.get(self._dialect))
+            trees = sqlglot.parse(query, read=self.database.dialect.sqlglot)
         except SqlglotError:
             raise PromptArgumentsInvalid("the query could not be parsed; check its syntax") from None
         names: list[str] = []

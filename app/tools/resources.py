@@ -24,9 +24,10 @@ from urllib.parse import quote, unquote
 
 import structlog
 
+from ..db.dialects import dialect_class
 from ..db.types import DatabaseError, TableDescription, TableInfo
 from ..mcp.resources import Resource, ResourceContents, ResourceNotFound, ResourceTemplate
-from .common import DIALECT_LABELS, description_dict, json_size, render_value, table_info_dict
+from .common import description_dict, json_size, render_value, table_info_dict
 
 log = structlog.get_logger(__name__)
 
@@ -69,7 +70,7 @@ class DatabaseResources:
         return sorted(tables, key=lambda t: ((t.schema or "").lower(), t.name.lower(), t.name))
 
     async def list_resources(self) -> list[Resource]:
-        label = DIALECT_LABELS.get(self.database.dialect_name, self.database.dialect_name)
+        label = self.database.dialect.label
         out = [
             Resource(
                 OVERVIEW_URI,
@@ -165,7 +166,7 @@ class DatabaseResources:
             items.append(item)
         out: dict[str, Any] = {
             "dialect": self.database.dialect_name,
-            "dialect_label": DIALECT_LABELS.get(self.database.dialect_name),
+            "dialect_label": self.database.dialect.label,
             "table_count": sum(t.kind == "table" for t in tables),
             "view_count": sum(t.kind == "view" for t in tables),
             "tables": items,
@@ -226,7 +227,7 @@ def table_markdown(description: TableDescription, dialect: str) -> str:
     lines = [
         f"# {table.kind.capitalize()} {table.qualified_name}",
         "",
-        f"{DIALECT_LABELS.get(dialect, dialect)} {table.kind}, {rows}, {len(description.columns)} columns.",
+        f"{dialect_class(dialect).label} {table.kind}, {rows}, {len(description.columns)} columns.",
         "",
         "| Column | Type | Nullable | Default | Primary key |",
         "| --- | --- | --- | --- | --- |",

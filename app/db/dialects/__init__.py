@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Dialect
+from .base import Dialect, ServerCutDialect
 from .mssql import MssqlDialect
 from .postgres import PostgresDialect
 from .sqlite import SqliteDialect
@@ -17,7 +17,22 @@ DIALECTS: dict[str, type[Dialect]] = {
 
 
 def get_dialect(settings: Any) -> Dialect:
-    return DIALECTS[str(settings.db_backend)](settings)
+    return dialect_class(str(settings.db_backend))(settings)
 
 
-__all__ = ["DIALECTS", "Dialect", "MssqlDialect", "PostgresDialect", "SqliteDialect", "get_dialect"]
+def dialect_class(backend: str) -> type[Dialect]:
+    """The dialect of a DB_BACKEND value ("mssql", "postgres", "sqlite"): its names, labels and limit syntax
+    are class attributes, readable without settings or a connection."""
+    return DIALECTS[backend]
+
+
+__all__ = [
+    "DIALECTS",
+    "Dialect",
+    "MssqlDialect",
+    "PostgresDialect",
+    "ServerCutDialect",
+    "SqliteDialect",
+    "dialect_class",
+    "get_dialect",
+]

@@ -111,8 +111,16 @@ def literal_columns(tree: exp.Expression | None, width: int) -> set[int]:
 
 
 class Dialect(ABC):
-    name: ClassVar[str]
-    sqlglot: ClassVar[str]
+    """One backend. Everything the service knows about its SQL lives here (and in its allowlist file):
+    names, limit syntax, session set-up, the statements the service writes itself, and the catalog SQL."""
+
+    name: ClassVar[str]  # DB_BACKEND value: "mssql", "postgres", "sqlite"
+    sqlglot: ClassVar[str]  # the sqlglot dialect the guard parses with
+    label: ClassVar[str]  # for tool descriptions and resources: "Microsoft SQL Server (T-SQL)"
+    engine: ClassVar[str]  # short, for the guard's messages: "SQL Server"
+    limit_syntax: ClassVar[str] = "LIMIT n"  # how a query asks for fewer rows ("TOP n" in T-SQL)
+    limit_example: ClassVar[str] = "LIMIT n"  # the same, as a prompt shows it ("SELECT TOP (n)")
+    sql_tips: ClassVar[str]  # one paragraph for the server instructions: how to write SQL here
     default_schema: ClassVar[str | None]
     has_schemas: ClassVar[bool] = True
     ping_sql: ClassVar[str] = "SELECT 1"
@@ -165,8 +173,11 @@ class Dialect(ABC):
         return max(1, math.ceil(float(self.settings.query_timeout_seconds)))
 
     # --- reads inside the caps ----------------------------------------------------------------
+    # How a read is bounded on the server is the dialect's strategy: ServerCutDialect (the statement inside a
+    # LIMIT wrapper that measures and cuts wide values: PostgreSQL, SQLite), or a plan_read of its own (SQL
+    # Server: TOP in the statement, TEXTSIZE cuts values).
     # True when plan_read needs the result's columns (one `LIMIT 0` probe per new statement text).
-    needs_columns: ClassVar[bool] = True
+    needs_columns: ClassVar[bool] = False
     # Column types (as pyodbc reports them) whose values are small and pass through uncut.
     small_value_types: ClassVar[tuple[type, ...]] = SMALL_VALUE_TYPES
 
@@ -178,6 +189,7 @@ class Dialect(ABC):
         """A statement that returns the result's columns and no rows (planned, not run, by the server)."""
         return f"SELECT * FROM (\n{body}\n) AS mcp_q LIMIT 0"
 
+    @abstractmethod
     def plan_read(
         self,
         sql: str,
@@ -188,25 +200,11 @@ class Dialect(ABC):
     ) -> ReadPlan:
         """The statement to run for a read the guard accepted. `tree` is the checked statement (read-only:
         copy before changing it); `description` the probe's cursor.description when needs_columns."""
-        body = statement_body(sql, self.sqlglot)
-        limited = self.limited_sql(body, max_rows)
-        columns = list(description or ())
-        typed = literal_columns(tree, len(columns))
-        wide = {i for i, column in enumerate(columns) if i not in typed and not self.is_small_column(column)}
-        if not wide:
-            return ReadPlan(limited)
-        return ReadPlan(self.value_cut_sql(limited, columns, wide, max_bytes), marks_over_cap=True)
 
     def is_small_column(self, column: Sequence[Any]) -> bool:
         """A column (a cursor.description row) whose values are small enough to pass uncut."""
         type_code = column[1]
         return isinstance(type_code, type) and issubclass(type_code, self.small_value_types)
-
-    def value_cut_sql(self, limited: str, columns: list[Sequence[Any]], wide: set[int], max_bytes: int) -> str:
-        """`limited` with the wide columns (indexes in `wide`) measured on the server: a row over the byte cap
-        comes back blanked, with the marker set (ReadPlan). Sizes are never more than the JSON size, so the
-        server never blanks a row the byte cap would have kept."""
-        raise NotImplementedError
 
     def explain_failure(self, message: str) -> str:
         """The driver's (cleaned) message for a failed statement, with a hint where the service's own limits
@@ -289,6 +287,37 @@ class Dialect(ABC):
         shown = ", ".join(self.quote_identifier(c) for c in dict.fromkeys([*key_columns, *columns]))
         tests = " OR ".join(self.match_sql(c) for _ in range(term_count) for c in columns)
         return f"SELECT {shown} FROM {self.table_sql(table)} WHERE {tests}"
+
+
+class ServerCutDialect(Dialect):
+    """The read strategy of dialects whose drivers may buffer whole results: the statement runs inside a LIMIT
+    wrapper of cap + 1 rows, and wide columns (from a `LIMIT 0` probe) are measured on the server by
+    value_cut_sql, so a row over the byte cap comes back blanked with the marker set (ReadPlan)."""
+
+    needs_columns: ClassVar[bool] = True
+
+    def plan_read(
+        self,
+        sql: str,
+        tree: exp.Expression | None,
+        max_rows: int,
+        max_bytes: int,
+        description: Sequence[Sequence[Any]] | None,
+    ) -> ReadPlan:
+        body = statement_body(sql, self.sqlglot)
+        limited = self.limited_sql(body, max_rows)
+        columns = list(description or ())
+        typed = literal_columns(tree, len(columns))
+        wide = {i for i, column in enumerate(columns) if i not in typed and not self.is_small_column(column)}
+        if not wide:
+            return ReadPlan(limited)
+        return ReadPlan(self.value_cut_sql(limited, columns, wide, max_bytes), marks_over_cap=True)
+
+    @abstractmethod
+    def value_cut_sql(self, limited: str, columns: list[Sequence[Any]], wide: set[int], max_bytes: int) -> str:
+        """`limited` with the wide columns (indexes in `wide`) measured on the server: a row over the byte cap
+        comes back blanked, with the marker set (ReadPlan). Sizes are never more than the JSON size, so the
+        server never blanks a row the byte cap would have kept."""
 
 
 _CLOSERS = {"[": "]", '"': '"', "`": "`"}

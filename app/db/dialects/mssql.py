@@ -224,6 +224,14 @@ def referenced_name(schema: str | None, name: str | None, object_id: int | None)
 class MssqlDialect(Dialect):
     name = "mssql"
     sqlglot = "tsql"
+    label = "Microsoft SQL Server (T-SQL)"
+    engine = "SQL Server"
+    limit_syntax = "TOP n"
+    limit_example = "SELECT TOP (n)"
+    sql_tips = (
+        'SQL dialect: T-SQL. Use TOP n (not LIMIT), [brackets] or "double quotes" for names, '
+        "schema-qualified names such as dbo.Orders, and INFORMATION_SCHEMA or sys.* views for metadata."
+    )
     default_schema = "dbo"
     list_tables_sql = LIST_TABLES
 

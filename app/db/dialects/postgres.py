@@ -19,7 +19,7 @@ from typing import Any
 import pyodbc
 
 from ..types import Column, ForeignKey, Index, TableDescription, TableInfo
-from .base import OVER_CAP_COLUMN, SMALL_VALUE_TYPES, Dialect, connection_string, rows_per_fetch
+from .base import OVER_CAP_COLUMN, SMALL_VALUE_TYPES, ServerCutDialect, connection_string, rows_per_fetch
 
 _LIST_TABLES = """
 SELECT n.nspname, c.relname,
@@ -143,9 +143,15 @@ _LOGIN_REFUSED = re.compile(
 )
 
 
-class PostgresDialect(Dialect):
+class PostgresDialect(ServerCutDialect):
     name = "postgres"
     sqlglot = "postgres"
+    label = "PostgreSQL"
+    engine = "PostgreSQL"
+    sql_tips = (
+        'SQL dialect: PostgreSQL. Use LIMIT n, "double quotes" for mixed-case names, schema-qualified '
+        "names such as public.orders, and information_schema for metadata."
+    )
     default_schema = "public"
     list_tables_sql = _LIST_TABLES
     # numeric can hold ~150,000 digits: cut it like text (its JSON is a string either way, and PG's text

@@ -23,7 +23,7 @@ from typing import Any
 import pyodbc
 
 from ..types import Column, ForeignKey, Index, TableDescription, TableInfo
-from .base import OVER_CAP_COLUMN, Dialect
+from .base import OVER_CAP_COLUMN, ServerCutDialect
 
 # Largest string or blob SQLite may build for one of our connections (sqlite3_limit LENGTH). Without it a
 # read such as zeroblob(300000000) or printf('%.*c', 300000000, 'x') allocates the whole value in this process
@@ -119,9 +119,15 @@ def _json_width(ref: str) -> str:
     return f"coalesce(length({ref}), 0)"
 
 
-class SqliteDialect(Dialect):
+class SqliteDialect(ServerCutDialect):
     name = "sqlite"
     sqlglot = "sqlite"
+    label = "SQLite"
+    engine = "SQLite"
+    sql_tips = (
+        'SQL dialect: SQLite. Use LIMIT n, "double quotes" for unusual names; dates are stored as ISO 8601 '
+        "text, so compare them as strings or with date()/strftime()."
+    )
     default_schema = None
     has_schemas = False
 
