@@ -256,6 +256,10 @@ REFUSED: list[tuple[str, str, str]] = [
     ("tsql", "SELECT TOP (SELECT COUNT(Salary) FROM Employees) Id FROM Orders", "Salary"),
     ("tsql", "SELECT (SELECT e.* FOR JSON PATH) FROM dbo.Employees e", "leave out Salary"),
     ("sqlite", "SELECT * FROM orders UNION ALL SELECT id, name, salary, dept_id FROM employees", "salary"),
+    ("sqlite", "VALUES ((SELECT salary FROM employees LIMIT 1))", "employees.salary"),
+    ("postgres", "SELECT ARRAY(SELECT salary FROM employees)", "salary"),
+    ("postgres", "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY salary) FROM employees", "salary"),
+    ("tsql", "SELECT x = Salary FROM dbo.Employees", "Salary"),  # T-SQL's alias = expression
     # a view is checked by its own name and columns
     ("sqlite", "SELECT salary FROM salaries", "salaries.salary"),
     ("tsql", "SELECT * FROM dbo.Salaries", "leave out Salary"),
@@ -285,6 +289,7 @@ ALLOWED: list[tuple[str, str]] = [
     ("postgres", "SELECT region FROM sales.orders"),
     ("postgres", "SELECT name, rank() OVER (PARTITION BY dept_id ORDER BY name) FROM employees"),
     ("postgres", "SELECT 1"),
+    ("postgres", "VALUES ((SELECT name FROM employees LIMIT 1))"),
     ("postgres", "SELECT name FROM employees e WHERE EXISTS (SELECT * FROM customers c WHERE c.id = e.id)"),
     ("postgres", "SELECT a, b FROM employees AS e(a, b)"),  # renamed id and name
     ("postgres", "SELECT name AS salary FROM employees ORDER BY salary"),  # the alias, not the column

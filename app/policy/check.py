@@ -308,9 +308,7 @@ def _check(tree: exp.Expr, catalog: Catalog, findings: _Findings) -> None:
     _check_tables(tree, catalog, findings, cache)
     if not findings.role.deny_columns:
         return  # tables alone decide; no need to resolve columns
-    scopes = traverse_scope(tree)
-    if not scopes and tree.find(exp.Column) is not None:
-        raise _Unfollowable("the statement's columns cannot be resolved,")
+    scopes = [scope for root in _query_roots(tree) for scope in traverse_scope(root)]
     seen: set[int] = set()
     for scope in scopes:
         _check_scope(scope, catalog, findings, cache, seen)
@@ -328,6 +326,13 @@ def _check(tree: exp.Expr, catalog: Catalog, findings: _Findings) -> None:
                     _check_star(source, findings)
             else:
                 _check_candidates(column.name, every, findings, ambiguous=True)
+
+
+def _query_roots(tree: exp.Expr) -> list[exp.Expr]:
+    """The queries scope analysis starts from: the statement, or the outermost queries inside a VALUES."""
+    if isinstance(tree, exp.Query):
+        return [tree]
+    return [q for q in tree.find_all(exp.Query) if q.find_ancestor(exp.Query) is None]
 
 
 def _sources(scope: Scope, catalog: Catalog, cache: dict[int, _Source]) -> dict[str, _Source | Scope | None]:
