@@ -32,7 +32,6 @@ def _closed_port() -> int:
 async def down(start_live_server: Any, make_settings: Any) -> Any:
     port = _closed_port()
     settings = make_settings(
-        auth=True,
         db_backend="postgres",
         pg_host=DB_HOST,
         pg_port=port,
@@ -42,7 +41,7 @@ async def down(start_live_server: Any, make_settings: Any) -> Any:
         metrics_token=METRICS_TOKEN,
         db_connect_timeout_seconds=2,
     )
-    server = await start_live_server(settings)
+    server = await start_live_server(settings, signed_in_as=None)
     server.settings, server.db_port = settings, port
     async with aiohttp.ClientSession() as http:
         for _ in range(100):  # until the pool has tried (and failed) to connect

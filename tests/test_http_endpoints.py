@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from app import keys
 from app.health import add_health_routes
+from app.web import create_app
 
 INIT = {
     "jsonrpc": "2.0",
@@ -295,7 +296,8 @@ async def test_health_without_database(aiohttp_client: Any, mcp_test_app: Any, p
     assert (await client.head(path)).status == 200
 
 
-async def test_health_on_the_real_app(app_client: TestClient) -> None:
+async def test_health_on_the_real_app(aiohttp_client: Any, make_settings: Any) -> None:
+    app_client = await aiohttp_client(create_app(make_settings()))  # sign-in on, and this caller has no token
     body = await (await app_client.get("/health")).json()
     assert body["status"] == "healthy"
     # The seed system's fields, which its monitoring script reads (`status -ne "healthy"`).

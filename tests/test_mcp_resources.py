@@ -184,7 +184,7 @@ async def test_legacy_sse_transport(live_server: Any, monkeypatch: pytest.Monkey
 async def test_resources_need_a_token_when_auth_is_on(make_settings: Any, start_live_server: Any) -> None:
     import aiohttp
 
-    server = await start_live_server(make_settings(auth=True))
+    server = await start_live_server(make_settings(), signed_in_as=None)
     headers = {
         "Accept": "application/json, text/event-stream",
         "MCP-Protocol-Version": "2026-07-28",

@@ -41,10 +41,10 @@ async def secured_server(
     make_settings: Callable[..., Settings], start_live_server: Callable[..., Awaitable[Any]]
 ) -> Callable[..., Awaitable[Any]]:
     async def start(**overrides: Any) -> Any:
-        settings = make_settings(auth=True, **overrides)
+        settings = make_settings(**overrides)
         create_user(settings, "alice", role="writer")
         create_user(settings, "rita", role="reader")
-        return await start_live_server(settings)
+        return await start_live_server(settings, signed_in_as=None)
 
     return start
 
@@ -226,7 +226,7 @@ async def test_restart_keeps_clients_users_keys_and_refresh_tokens(
 ) -> None:
     from app.web import create_app
 
-    settings = make_settings(auth=True)
+    settings = make_settings()
     create_user(settings, "alice", role="writer")
     first = await aiohttp_server(create_app(settings), host="127.0.0.1")
     port = first.port

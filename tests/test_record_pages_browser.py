@@ -44,7 +44,7 @@ async def test_a_citation_link_signs_in_and_follows_related_records(
     settings = auth_settings(records_roles=("writer",))
     create_user(settings, "rita", role="writer")
     create_user(settings, "reggie", role="reader")
-    server = await start_live_server(settings)
+    server = await start_live_server(settings, signed_in_as=None)
     record = f"{server.url}/chatgpt/records/row:orders:1"
     async with playwright_api.async_playwright() as driver:
         browser = await driver.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS, headless=True)

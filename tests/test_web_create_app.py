@@ -49,7 +49,10 @@ async def test_each_surface_serves_the_tool_set_given(
     aiohttp_client: Any, make_settings: Callable[..., Settings]
 ) -> None:
     app = create_app(
-        make_settings(), toolsets={"claude": [_tool("alpha")], "chatgpt": [_tool("beta")]}, resources=None, prompts=()
+        make_settings(unauthenticated=True),
+        toolsets={"claude": [_tool("alpha")], "chatgpt": [_tool("beta")]},
+        resources=None,
+        prompts=(),
     )
     client = await aiohttp_client(app)
     expected = {"claude": "alpha", "chatgpt": "beta"}
@@ -67,7 +70,9 @@ async def test_each_surface_serves_the_tool_set_given(
 async def test_a_tool_set_left_out_serves_no_tools_and_catalog_stays_by_default(
     aiohttp_client: Any, make_settings: Callable[..., Settings]
 ) -> None:
-    client = await aiohttp_client(create_app(make_settings(), toolsets={"claude": [_tool("alpha")]}))
+    client = await aiohttp_client(
+        create_app(make_settings(unauthenticated=True), toolsets={"claude": [_tool("alpha")]})
+    )
     chatgpt = next(surface for surface in SURFACES if surface.toolset == "chatgpt")
     assert (await _rpc(client, chatgpt.prefix, "tools/list"))["result"]["tools"] == []
     resources = (await _rpc(client, "", "resources/list"))["result"]["resources"]
