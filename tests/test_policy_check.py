@@ -142,7 +142,8 @@ REFUSED: list[tuple[str, str, str]] = [
     ("postgres", "SELECT score FROM hr.reviews", "hr.reviews"),
     ("tsql", "SELECT Score FROM [hr].[Reviews]", "hr.Reviews"),
     ("tsql", "SELECT TOP 5 r.Notes FROM HR.Reviews AS r WITH (NOLOCK)", "hr.Reviews"),
-    ("postgres", 'SELECT "score" FROM "HR"."REVIEWS"', "hr.reviews"),
+    ("postgres", 'SELECT "score" FROM "hr"."reviews"', "hr.reviews"),
+    ("postgres", "SELECT Score FROM HR.Reviews", "hr.reviews"),
     ("postgres", "SELECT name FROM employees WHERE id IN (SELECT employee_id FROM hr.reviews WHERE score > 4)", "hr"),
     (
         "tsql",
