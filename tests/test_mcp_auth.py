@@ -17,8 +17,8 @@ META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontex
 
 @pytest.fixture
 async def secured(start_live_server: Any, make_settings: Any, writable_demo_db: Any) -> Any:
-    settings = make_settings(auth=True, read_only_mode=False, sqlite_path=str(writable_demo_db))
-    server = await start_live_server(settings)
+    settings = make_settings(read_only_mode=False, sqlite_path=str(writable_demo_db))
+    server = await start_live_server(settings, signed_in_as=None)
     server.settings = settings
     return server
 
@@ -101,3 +101,49 @@ async def test_token_for_another_endpoint_is_refused(secured: Any, mint_access_t
         )
     assert response.status_code == 401
     assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("POST", "/mcp"), ("GET", "/sse"), ("POST", "/messages?session_id=x"), ("DELETE", "/mcp")]
+)
+async def test_an_app_without_an_authenticator_fails_closed(
+    aiohttp_client: Any, tmp_path: Any, method: str, path: str
+) -> None:
+    """No fallback of the transports' own: without the app's authenticator nothing runs, even with the
+    unauthenticated testing switches on (they are the authenticator's rule, app.core.unauthenticated_allowed)."""
+    from aiohttp import web
+
+    from app import keys
+    from app.mcp.server import McpServer
+    from app.mcp.transports import add_mcp_routes
+    from app.obs.metrics import Metrics
+    from app.settings import load_settings
+
+    settings = load_settings(
+        environ={},
+        env_file=None,
+        db_backend="sqlite",
+        sqlite_path=str(tmp_path / "unused.db"),
+        metrics_port=0,
+        allow_unauth_methods=True,
+        allow_unauth_tools_call=True,
+    )
+    app = web.Application()
+    app[keys.SETTINGS] = settings
+    app[keys.METRICS] = Metrics()
+    add_mcp_routes(app, "", McpServer(name="bare", version="1", instructions="", tools=[]))
+    client = await aiohttp_client(app)
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    response = await client.request(
+        method,
+        path,
+        json=initialize if method == "POST" else None,
+        headers={"Accept": "application/json, text/event-stream", "Mcp-Session-Id": "x"},
+    )
+    assert response.status == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")

@@ -10,7 +10,7 @@ import structlog
 from aiohttp import web
 
 from ... import keys
-from ...core import ANONYMOUS, Principal
+from ...core import Principal
 from ...urls import base_url, peer_is_trusted
 from ..jsonrpc import INVALID_REQUEST, JsonRpcError, RequestId, dumps, error_message
 from .outbox import Outbox
@@ -202,14 +202,14 @@ async def pump_stream(
 
 
 async def authenticate(request: web.Request, methods: Sequence[str]) -> Principal:
-    """The bearer check; its HTTP exceptions (401/403 with WWW-Authenticate) propagate unchanged."""
+    """The app's bearer check; its HTTP exceptions (401/403 with WWW-Authenticate) propagate unchanged.
+
+    Whether a call without a token may run is the authenticator's decision (app.core.unauthenticated_allowed,
+    the one rule). create_app always wires one; an app without it fails closed.
+    """
     authenticator = request.app.get(keys.AUTHENTICATOR)
-    if authenticator is not None:
-        return await authenticator.authenticate(request, methods)
-    # No authenticator wired: only acceptable when the operator explicitly allowed unauthenticated use.
-    settings = request.app[keys.SETTINGS]
-    if settings.allow_unauth_methods and settings.allow_unauth_tools_call:
-        return ANONYMOUS
-    raise web.HTTPUnauthorized(
-        headers={"WWW-Authenticate": 'Bearer realm="mcp"'}, text='{"error":"invalid_token"}', content_type=JSON_TYPE
-    )
+    if authenticator is None:
+        raise web.HTTPUnauthorized(
+            headers={"WWW-Authenticate": 'Bearer realm="mcp"'}, text='{"error":"invalid_token"}', content_type=JSON_TYPE
+        )
+    return await authenticator.authenticate(request, methods)
