@@ -227,7 +227,7 @@ async def test_ids_are_stable_and_refetchable_after_the_cache_is_cleared(chat: H
 
     table = await chat.fetch("table:" + row_id.split(":")[1])
     chat.tools.cache.clear()
-    chat.tools.catalog.clear()
+    chat.tools.database.forget_catalog()
     assert await chat.fetch(table["id"]) == table
 
 

@@ -48,6 +48,7 @@ class Database:
         self._tables: list[TableInfo] | None = None
         self._tables_at = 0.0
         self._descriptions: dict[tuple[str | None, str], tuple[float, TableDescription]] = {}
+        self.derived = DerivedCatalog(CATALOG_TTL_SECONDS)
         name = self.dialect.name
         self._rows_counter = metrics.rows_returned.labels(name)
         self._bytes_counter = metrics.bytes_returned.labels(name)
@@ -157,7 +158,7 @@ class Database:
         try:
             return await self._capped(job, max_rows=max_rows, timeout=timeout, retry=False)
         finally:
-            self._forget_catalog()  # the write may have been DDL
+            self.forget_catalog()  # the write may have been DDL
 
     def _account(self, result: QueryResult) -> None:
         self._rows_counter.inc(result.row_count)
@@ -191,7 +192,9 @@ class Database:
 
         return await self.pool.run(job, timeout=self._time_cap(None), retry=True)
 
-    def _forget_catalog(self) -> None:
+    def forget_catalog(self) -> None:
+        """Drop every cached catalog fact (tables, descriptions, derived values, read plans)."""
+        self.derived.clear()
         self._tables = None
         self._descriptions.clear()
         self.read_plans.forget()  # plans know their statements' columns
@@ -224,6 +227,11 @@ class Database:
         description = await self._catalog(lambda cursor: self.dialect.describe_table(cursor, table))
         self._descriptions[(table.schema, table.name)] = (time.monotonic(), description)
         return description
+
+    async def cached_description(self, name: str | TableInfo) -> TableDescription:
+        """describe_table, served from the catalog cache while it is fresh (for callers that describe the same
+        tables again and again, such as ChatGPT's search and fetch)."""
+        return await self._description(await self.resolve_table(name))
 
     async def _description(self, table: TableInfo) -> TableDescription:
         cached = self._descriptions.get((table.schema, table.name))
@@ -269,6 +277,28 @@ class Database:
                 "select the columns you need with a query instead"
             )
         return None
+
+
+class DerivedCatalog:
+    """Values callers derive from the catalog (ChatGPT's column index, its full-text map, ...), kept with the
+    catalog's lifetime: they expire with its TTL and are forgotten with it after a write through the service,
+    so the catalog is cached in one place (Database) and nobody keeps a stale copy of their own."""
+
+    def __init__(self, ttl_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_seconds, self._clock = ttl_seconds, clock
+        self._values: dict[str, tuple[float, Any]] = {}
+
+    def get(self, key: str) -> Any | None:
+        entry = self._values.get(key)
+        if entry is None or self._clock() - entry[0] >= self.ttl_seconds:
+            return None
+        return entry[1]
+
+    def put(self, key: str, value: Any) -> None:
+        self._values[key] = (self._clock(), value)
+
+    def clear(self) -> None:
+        self._values.clear()
 
 
 class Writer:

@@ -112,35 +112,29 @@ class ChatGptTools:
         ttl = settings.cache_ttl_seconds
         # fetch documents (without url: it depends on the caller's base URL)
         self.cache: TtlLruCache[dict[str, Any]] = TtlLruCache(CACHE_MAX_ENTRIES, ttl, clock)
-        # table descriptions and the table list, for titles, row keys and keyword search
-        self.catalog: TtlLruCache[Any] = TtlLruCache(CATALOG_MAX_TABLES + 16, ttl, clock)
+        # The table list, descriptions and what keyword search derives from them are cached by Database
+        # (database.derived, database.cached_description): one catalog cache for the whole service.
         self.content = ContentSearch(database, settings)
         # query results apart: they cannot be re-read, so row documents must not push them out before the TTL
         self.queries: TtlLruCache[dict[str, Any]] = TtlLruCache(QUERY_CACHE_MAX_ENTRIES, ttl, clock)
 
     # --- catalog helpers -----------------------------------------------------------------
     async def _tables(self) -> list[TableInfo]:
-        tables = self.catalog.get("\0tables")
+        tables: list[TableInfo] | None = self.database.derived.get("chatgpt.tables")
         if tables is None:
             tables = sorted(await self.database.list_tables(), key=lambda t: ((t.schema or "").lower(), t.name.lower()))
-            self.catalog.put("\0tables", tables)
+            self.database.derived.put("chatgpt.tables", tables)
         return tables
 
     async def _describe(self, name: str) -> TableDescription:
-        key = name.lower()
-        description = self.catalog.get(key)
-        if description is None:
-            description = await self.database.describe_table(name)
-            self.catalog.put(key, description)
-            self.catalog.put(description.table.qualified_name.lower(), description)
-        return description
+        return await self.database.cached_description(name)
 
     async def _describe_ref(self, ref: ids.TableRef) -> TableDescription:
         return await self._describe(ref.qualified)
 
     async def _all_columns(self) -> list[CatalogTable]:
         """Every table's columns and primary key from one catalog query (cached like the table list)."""
-        columns = self.catalog.get("\0all_columns")
+        columns: list[CatalogTable] | None = self.database.derived.get("chatgpt.all_columns")
         if columns is None:
             try:
                 columns, cut = await self.content.catalog()
@@ -151,7 +145,7 @@ class ChatGptTools:
             if cut:  # more columns than MAX_ROWS: describe the tables the capped query did not reach
                 columns, complete = await self._complete_catalog(columns[:-1])  # the last one may be partial
             if complete:
-                self.catalog.put("\0all_columns", columns)
+                self.database.derived.put("chatgpt.all_columns", columns)
         return columns
 
     async def _complete_catalog(self, known: list[CatalogTable]) -> tuple[list[CatalogTable], bool]:
@@ -181,13 +175,13 @@ class ChatGptTools:
         return known + found, not pending
 
     async def _column_index(self) -> list[tuple[TableInfo, list[str]]]:
-        index = self.catalog.get("\0columns")
+        index: list[tuple[TableInfo, list[str]]] | None = self.database.derived.get("chatgpt.columns")
         if index is not None:
             return index
         tables = await self._tables()
         by_name = {(t.schema, t.name): [c for c, _ in t.columns] for t in await self._all_columns()}
         index = [(t, by_name.get((t.schema, t.name), [])) for t in tables]
-        self.catalog.put("\0columns", index)
+        self.database.derived.put("chatgpt.columns", index)
         return index
 
     # --- titles and documents ------------------------------------------------------------
@@ -635,10 +629,10 @@ class ChatGptTools:
         return [(self._hit_id(hit), self._hit_title(hit)) for hit in result.hits], result.truncated
 
     async def _fulltext(self) -> FullText:
-        found = self.catalog.get("\0fulltext")
+        found: FullText | None = self.database.derived.get("chatgpt.fulltext")
         if found is None:
             found = await self.content.fulltext()
-            self.catalog.put("\0fulltext", found)
+            self.database.derived.put("chatgpt.fulltext", found)
         return found
 
     @staticmethod
