@@ -184,6 +184,7 @@ REFUSED: list[tuple[str, str, str]] = [
     # --- a denied column, named -------------------------------------------------------------------------
     ("sqlite", "SELECT salary FROM employees", "employees.salary"),
     ("sqlite", "SELECT e.salary FROM employees AS e", "employees.salary"),
+    ("sqlite", "SELECT main.employees.salary FROM main.employees", "employees.salary"),
     ("postgres", "SELECT public.employees.salary FROM public.employees", "public.employees.salary"),
     ("tsql", "SELECT [Salary] FROM dbo.Employees", "dbo.Employees.Salary"),
     ("tsql", "SELECT SALARY FROM EMPLOYEES", "dbo.Employees.Salary"),
@@ -269,6 +270,7 @@ REFUSED: list[tuple[str, str, str]] = [
 ALLOWED: list[tuple[str, str]] = [
     ("sqlite", "SELECT name, dept_id FROM employees"),
     ("sqlite", "SELECT count(*) FROM employees"),
+    ("sqlite", "SELECT main.employees.name FROM main.employees"),
     ("sqlite", "SELECT e.name, d.name FROM employees e JOIN departments d ON d.id = e.dept_id"),
     ("sqlite", "SELECT * FROM orders"),
     ("sqlite", "SELECT o.*, c.name FROM orders o JOIN customers c ON c.id = o.customer_id"),
@@ -452,3 +454,24 @@ def test_the_shared_guard_tree_is_not_changed(catalogs: dict[str, Catalog]) -> N
     before = repr(tree)
     check_statement(tree, catalogs["postgres"], READER)
     assert repr(tree) == before
+
+
+def test_a_renamed_column_of_an_ambiguous_table_is_refused() -> None:
+    # `people` is in two schemas and neither is the default: the rename cannot be placed on one of them
+    two = InMemoryCatalog(
+        [CatalogTable("a", "people", ("id", "ssn")), CatalogTable("b", "people", ("id", "name"))], default_schema=None
+    )
+    decision = check_statement(_tree("SELECT x FROM people AS p(x, y)", "postgres"), two, READER)
+    assert not decision.allowed
+    assert "x renames a column of a.people that cannot be placed" in (decision.message or "")
+
+
+def test_star_over_a_table_whose_columns_are_unknown() -> None:
+    unknown = InMemoryCatalog(
+        [CatalogTable("public", "people", None), CatalogTable("public", "orders", None)], "public"
+    )
+    refused = check_statement(_tree("SELECT * FROM people", "postgres"), unknown, READER)
+    assert not refused.allowed and "columns are not in the catalog" in (refused.message or "")
+    # no column pattern names `orders` except *.ssn, which names every table
+    assert not check_statement(_tree("SELECT ssn FROM orders", "postgres"), unknown, READER).allowed
+    assert check_statement(_tree("SELECT id FROM orders", "postgres"), unknown, READER).allowed

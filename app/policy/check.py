@@ -117,9 +117,8 @@ class Decision:
 class _Source:
     """A base table read by a statement: the catalog tables it may be (several if ambiguous)."""
 
-    written: str
+    # Not in the catalog: one CatalogTable with the name as written and columns None (unknown).
     candidates: tuple[CatalogTable, ...]
-    known: bool  # False: not in the catalog, so `candidates` holds the name as written, columns unknown
     # PostgreSQL's `employees AS e(a, b, c)` renames columns by position: lower-case new name -> position.
     renamed: dict[str, int] = field(default_factory=dict)
 
@@ -271,13 +270,12 @@ def _resolve_table(table: exp.Table, catalog: Catalog, cache: dict[int, _Source]
     if cached is not None:
         return cached
     schema = table.db or None
-    written = ".".join(part for part in (table.catalog, table.db, table.name) if part)
     found = tuple(catalog.resolve(schema, table.name))
     if found:
-        source = _Source(written, found, known=True)
+        source = _Source(found)
     else:  # not in the catalog: a system view, or a table created since; judged by the written name
         assumed = CatalogTable(schema or catalog.default_schema, table.name, columns=None)
-        source = _Source(written, (assumed,), known=False)
+        source = _Source((assumed,))
     alias = table.args.get("alias")
     if isinstance(alias, exp.TableAlias):
         for position, column in enumerate(alias.columns):
