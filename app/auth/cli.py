@@ -20,6 +20,7 @@ from typing import TextIO
 
 from ..settings import Settings
 from .passwords import hash_password, password_problem, verify_password
+from .records import AuthStorage
 from .statekey import StateKey, StateKeyError, is_encrypted, load_state_key
 from .store import AuthStore, UserExists, store_path
 
@@ -130,7 +131,7 @@ def users_main(
         return 1
 
 
-def _run(store: AuthStore, args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
+def _run(store: AuthStorage, args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
     if args.action == "list":
         users = store.list_users()
         if args.json:
