@@ -12,13 +12,16 @@ APT_PACKAGES := unixodbc libsqliteodbc odbc-postgresql postgresql nginx promethe
 APT_STAMP := $(VENV)/.apt-stamp
 PIP_STAMP := $(VENV)/.pip-stamp
 
-.PHONY: run test lint deps system-deps clean ci-extra
+.PHONY: run test test-unit lint deps system-deps clean ci-extra
 
 run: deps ## serve the embedded demo database on http://127.0.0.1:8008
 	$(BIN)/mssql-mcp demo
 
 test: deps lint ## install everything and run the test suite
 	$(BIN)/pytest -q -p no:cacheprovider
+
+test-unit: deps ## only the fast unit tests: no server, no database process, no subprocess
+	$(BIN)/pytest -q -p no:cacheprovider -m unit
 
 lint: deps
 	$(BIN)/ruff check app tests bench

@@ -1,5 +1,5 @@
-"""Start-up as an operator meets it: a port already in use is one line on stderr, not a traceback; the demo
-prints where everything is, metrics included."""
+"""Start-up as an operator meets it: a bad setting or a port already in use is one line on stderr, not a
+traceback; the demo prints where everything is, metrics included."""
 
 from __future__ import annotations
 
@@ -78,3 +78,24 @@ def test_demo_prints_its_urls_and_serves_metrics_on_loopback(tmp_path: Path) -> 
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_command_line_stops_with_one_line_naming_the_setting(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "serve"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "DB_BACKEND": "sqlite",
+            "SQLITE_PATH": "/x.db",
+            "PORT": "eighty",
+            "MSSQL_PASSWORD": "hunter2",
+            "PYTHONPATH": str(ROOT),
+        },
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "configuration error: PORT: expected an integer (got 'eighty')"
+    assert "hunter2" not in result.stdout + result.stderr
