@@ -112,7 +112,7 @@ class Database:
     async def _read(
         self,
         sql: str,
-        tree: exp.Expression | None,
+        tree: exp.Expr | None,
         params: Sequence[Any],
         *,
         max_rows: int | None = None,
@@ -324,7 +324,7 @@ def _ping_job(session: Worker) -> None:
     cursor.fetchmany(1)
 
 
-def _checked_tree(verdict: Any) -> exp.Expression | None:
+def _checked_tree(verdict: Any) -> exp.Expr | None:
     """The statement the guard checked, as a tree (shared and read-only: copy before changing it). None when
     the guard checked a rewritten text that would not run the same (then the original text runs as is)."""
     return getattr(verdict, "tree", None)

@@ -55,14 +55,14 @@ _RECORD_SPLIT = re.compile(r";\s*(?=\[[0-9A-Z]{5}\])")
 
 def sqlstate_of(exc: BaseException) -> str | None:
     """The SQLSTATE pyodbc put in args[0], if it looks like one."""
-    args = getattr(exc, "args", ())
+    args = exc.args
     if len(args) >= 2 and isinstance(args[0], str) and len(args[0]) == 5:
         return args[0]
     return None
 
 
 def raw_message(exc: BaseException) -> str:
-    args = getattr(exc, "args", ())
+    args = exc.args
     if len(args) >= 2 and isinstance(args[1], str):
         return args[1]
     if args and isinstance(args[0], str):

@@ -124,12 +124,12 @@ class ReadPlans:
         self._lock = threading.Lock()
 
     def get(
-        self, session: Any, sql: str, tree: exp.Expression | None, params: Sequence[Any], max_rows: int, max_bytes: int
+        self, session: Any, sql: str, tree: exp.Expr | None, params: Sequence[Any], max_rows: int, max_bytes: int
     ) -> ReadPlan:
         return self.lookup(session, sql, tree, params, max_rows, max_bytes)[0]
 
     def lookup(
-        self, session: Any, sql: str, tree: exp.Expression | None, params: Sequence[Any], max_rows: int, max_bytes: int
+        self, session: Any, sql: str, tree: exp.Expr | None, params: Sequence[Any], max_rows: int, max_bytes: int
     ) -> tuple[ReadPlan, bool]:
         """The plan, and whether it came from the cache."""
         key = (sql, max_rows, max_bytes)
@@ -182,7 +182,7 @@ def planned_read(
     session: Any,
     plans: ReadPlans,
     sql: str,
-    tree: exp.Expression | None,
+    tree: exp.Expr | None,
     params: Sequence[Any],
     max_rows: int,
     max_bytes: int,

@@ -25,7 +25,7 @@ FRAGMENTS_PER_FETCH = 256  # ~0.5 MB of fragments a round trip
 
 def is_document_result(description: Sequence[Sequence[Any]] | None) -> bool:
     """One column, named like SQL Server's FOR JSON / FOR XML result column."""
-    return bool(description) and len(description) == 1 and str(description[0][0]).upper() in DOCUMENT_COLUMNS
+    return description is not None and len(description) == 1 and str(description[0][0]).upper() in DOCUMENT_COLUMNS
 
 
 def collect_document(
@@ -89,12 +89,15 @@ def _row_capped(column: str, document: str, max_rows: int) -> tuple[str, bool]:
         parsed = json.loads(document)
     except ValueError:
         return document, False
-    compact = {"ensure_ascii": False, "separators": (",", ":")}
     if isinstance(parsed, dict) and len(parsed) == 1:  # ROOT('name'): {"name": [...]}
         ((root, items),) = parsed.items()
         if isinstance(items, list) and len(items) > max_rows:
-            return json.dumps({root: items[:max_rows]}, **compact), True
+            return _compact({root: items[:max_rows]}), True
         return document, False
     if not isinstance(parsed, list) or len(parsed) <= max_rows:
         return document, False
-    return json.dumps(parsed[:max_rows], **compact), True
+    return _compact(parsed[:max_rows]), True
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

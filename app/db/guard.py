@@ -288,7 +288,7 @@ class Verdict:
     # copy it (`verdict.tree.copy()`) before changing it, e.g. to add a TOP/LIMIT. Rendering it gives a
     # statement equivalent to the text (PostgreSQL U& identifiers come out decoded). It is None when the
     # text had to be rewritten in a way that is not equivalent (`rewritten`): run the original text then.
-    tree: exp.Expression | None = None
+    tree: exp.Expr | None = None
     # True when the checks ran on a narrowly rewritten text (see the module doc).
     rewritten: bool = False
     # For an allowed plain single-table SELECT: its table and which output columns are the table's own (from
@@ -385,14 +385,14 @@ def _check(sql: str, glot: str, extra: frozenset[str]) -> Verdict:
             "parse_error",
             f"the statement could not be parsed as {glot} SQL ({_short(exc)}), so it cannot be proven read-only.",
         )
-    statements = [s for s in statements if s is not None and not isinstance(s, exp.Semicolon)]
-    if not statements:
+    found = [s for s in statements if s is not None and not isinstance(s, exp.Semicolon)]
+    if not found:
         return _refuse("empty", "the text contains no statement; send one SELECT statement.")
-    if len(statements) > 1:
+    if len(found) > 1:
         return _refuse(
-            "multiple_statements", f"the text contains {len(statements)} statements; send exactly one read query."
+            "multiple_statements", f"the text contains {len(found)} statements; send exactly one read query."
         )
-    root = statements[0]
+    root = found[0]
     kind = _tree_checks(root, tokens, text, glot, extra)
     if glot == "tsql":
         _hidden_statement_check(original_tokens)
@@ -739,8 +739,8 @@ def _tsql_rewrites(sql: str, tokens: list) -> tuple[str, bool]:
                     edits.append((tokens[inner].start, tokens[inner + 1].end, ""))
         elif word == "MATCH" and opens:
             close = _matching_paren(tokens, index + 1)
-            inner = tokens[index + 2 : close]
-            if not inner or any(t.token_type not in _GRAPH_TOKENS for t in inner):
+            pattern = tokens[index + 2 : close]
+            if not pattern or any(t.token_type not in _GRAPH_TOKENS for t in pattern):
                 raise _fail("parse_error", "MATCH may only hold a graph pattern (node-(edge)->node).")
             edits.append((tokens[index].start, tokens[close].end, "(1 = 1)"))
         elif word == "FOR" and following == "PATH":
@@ -826,7 +826,7 @@ def _hint_refusal(name: str) -> _Refusal:
 # --- tree checks -------------------------------------------------------------------------------------
 
 
-def _statement_kind(root: exp.Expression, tokens: list) -> str:
+def _statement_kind(root: exp.Expr, tokens: list) -> str:
     if isinstance(root, _DML + _NOT_QUERY) and not isinstance(root, exp.Command):
         return root.key.upper()
     if isinstance(root, exp.Command):
@@ -834,7 +834,7 @@ def _statement_kind(root: exp.Expression, tokens: list) -> str:
     return tokens[0].text.upper() if tokens else root.key.upper()
 
 
-def _tree_checks(root: exp.Expression, tokens: list, text: str, glot: str, extra: frozenset[str]) -> str:
+def _tree_checks(root: exp.Expr, tokens: list, text: str, glot: str, extra: frozenset[str]) -> str:
     body = root
     while isinstance(body, exp.Subquery | exp.Paren):
         body = body.this
@@ -849,7 +849,7 @@ def _tree_checks(root: exp.Expression, tokens: list, text: str, glot: str, extra
     if isinstance(body, exp.Select) and not body.expressions:
         raise _fail("parse_error", "the SELECT has no select list, so it is incomplete.")
     lists = allowlist(glot)
-    stack: list[tuple[exp.Expression, int]] = [(root, 0)]
+    stack: list[tuple[exp.Expr, int]] = [(root, 0)]
     while stack:  # iterative: a deep tree must not exhaust the interpreter stack here
         node, depth = stack.pop()
         if depth > MAX_TREE_DEPTH:
@@ -860,7 +860,7 @@ def _tree_checks(root: exp.Expression, tokens: list, text: str, glot: str, extra
     return body.key
 
 
-def _node_check(node: exp.Expression, text: str, glot: str, lists: Allowlist, extra: frozenset[str]) -> bool:
+def _node_check(node: exp.Expr, text: str, glot: str, lists: Allowlist, extra: frozenset[str]) -> bool:
     """Raise for a refused node; True when its subtree needs no further look."""
     if isinstance(node, _DML):
         raise _fail(
@@ -917,7 +917,7 @@ def _ident(value: object) -> tuple[str, bool]:
     return ("" if value is None else str(value)), False
 
 
-def _qualifier(node: exp.Expression) -> list[str]:
+def _qualifier(node: exp.Expr) -> list[str]:
     """Schema (and database) names a function call is qualified with, lower-case, outermost first."""
     parent = node.parent
     if isinstance(parent, exp.Table) and node.arg_key == "this":

@@ -169,6 +169,12 @@ class Worker:
         self.thread = threading.Thread(target=self._main, name=f"db-worker-{index}", daemon=True)
 
     # --- the session API job functions use ------------------------------------------------------
+    @property
+    def connection(self) -> pyodbc.Connection:
+        """The open connection: a job always runs on one (a worker connects before it takes a job)."""
+        assert self.conn is not None
+        return self.conn
+
     def cursor(self) -> pyodbc.Cursor:
         assert self.conn is not None
         cursor = self.conn.cursor()
@@ -278,7 +284,7 @@ class Worker:
                 return result
             self._recover(failure, cursors)
             if isinstance(failure, _Interrupted) or (reason is not None and isinstance(failure, pyodbc.Error)):
-                raise self._interrupted_error(reason or getattr(failure, "reason", "timeout"), job.timeout)
+                raise self._interrupted_error(reason or str(getattr(failure, "reason", "timeout")), job.timeout)
             if not isinstance(failure, pyodbc.Error):
                 raise failure
             if is_dead_connection(failure):
@@ -598,14 +604,14 @@ class Pool:
         if future is None or loop is None:
             return
         with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(None))
+            loop.call_soon_threadsafe(_resolve, future)
 
     def _worker_exited(self, worker: Worker) -> None:
         future, loop = self._exits.get(worker.index), self._loop
         if future is None or loop is None:
             return
         with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(None))
+            loop.call_soon_threadsafe(_resolve, future)
 
     def _note_failure(self, message: str, sqlstate: str | None = None, refused: bool = False) -> bool:
         """Record a failed connection attempt; False when it repeats a known login refusal (not worth a log line).
@@ -702,3 +708,9 @@ class Pool:
             "waiting": self.waiting(),
             "healthy": self.healthy(),
         }
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    """Set a waiter's result once (on the loop's thread; it may be done already)."""
+    if not future.done():
+        future.set_result(None)

@@ -31,7 +31,7 @@ class SelectShape:
         return key if self.star else None
 
 
-def select_shape_of(tree: exp.Expression | None) -> SelectShape | None:
+def select_shape_of(tree: exp.Expr | None) -> SelectShape | None:
     """Recognise `SELECT cols FROM one_table [WHERE/ORDER/LIMIT]` so its rows can become row ids.
 
     Anything with joins, grouping, DISTINCT, aggregates, CTEs or set operations is a derived result

@@ -325,7 +325,7 @@ class Doctor:
                 names = [str(d[0]) for d in cursor.description or ()]
                 rows = [dict(zip(names, row, strict=False)) for row in cursor.fetchmany(100)]
             finally:
-                session.conn.rollback()
+                session.connection.rollback()
             return rows
 
         return await self._job(job)
@@ -455,11 +455,12 @@ class Doctor:
                     "hostssl lines in the server's pg_hba.conf",
                 )
             return
+        visible: list[dict[str, Any]] | None
         try:
-            rows = await self._rows(self.probes.tls_sql or "")
+            visible = await self._rows(self.probes.tls_sql or "")
         except DatabaseError:
-            rows = None  # sys.dm_exec_connections needs VIEW SERVER STATE
-        self._result("tls", *mssql_tls_verdict(options, rows[0] if rows else None, visible=rows is not None))
+            visible = None  # sys.dm_exec_connections needs VIEW SERVER STATE
+        self._result("tls", *mssql_tls_verdict(options, visible[0] if visible else None, visible=visible is not None))
 
     async def read_only_session(self) -> None:
         if not self.settings.read_only_mode:
@@ -508,13 +509,13 @@ class Doctor:
             except pyodbc.Error as exc:
                 refusal = clean_message(exc, secrets)
             finally:
-                session.conn.rollback()  # whatever happened, nothing stays
+                session.connection.rollback()  # whatever happened, nothing stays
             gone = None
             if after:
                 cursor = session.cursor()
                 cursor.execute(after)
                 gone = cursor.fetchone()[0]
-                session.conn.rollback()
+                session.connection.rollback()
             return refusal, gone
 
         refusal, gone = await self._job(job)
@@ -781,4 +782,4 @@ def _run_to_end(session: Worker, sql: str) -> None:
         while cursor.description is not None and cursor.fetchmany(1000):
             pass
     finally:
-        session.conn.rollback()
+        session.connection.rollback()

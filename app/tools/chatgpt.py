@@ -415,13 +415,16 @@ class ChatGptTools:
             self._count(hit=True)
             return cached
         self._count(hit=False)
+        table = parsed.table
+        if parsed.kind in ("table", "row", "sample") and table is None:  # parse_id names one for these kinds
+            raise ToolError(f"The id {key[:200]!r} names no table.", outcome="invalid")
         try:
-            if parsed.kind == "table":
-                document = await self._table_document(parsed.table)
-            elif parsed.kind == "row":
-                document = await self._fetch_row(parsed.table, parsed.key)
-            elif parsed.kind == "sample":
-                document = await self._sample_document(parsed.table, parsed.limit or 10)
+            if parsed.kind == "table" and table is not None:
+                document = await self._table_document(table)
+            elif parsed.kind == "row" and table is not None:
+                document = await self._fetch_row(table, parsed.key)
+            elif parsed.kind == "sample" and table is not None:
+                document = await self._sample_document(table, parsed.limit or 10)
             elif parsed.kind == "more":
                 return self._more_document(parsed)
             else:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
 
@@ -22,11 +21,10 @@ def result_size_meta(settings: Any) -> dict[str, Any]:
 
 
 def with_meta(tools: list[Tool], names: set[str], meta: dict[str, Any]) -> list[Tool]:
-    """Attach `_meta` where app.mcp.tools.Tool supports it (a `meta` field); harmless otherwise."""
-    if "meta" in {f.name for f in dataclasses.fields(Tool)}:
-        for tool in tools:
-            if tool.name in names:
-                tool.meta = {**(getattr(tool, "meta", None) or {}), **meta}  # type: ignore[attr-defined]
+    """Merge `meta` into the `_meta` of the named tools."""
+    for tool in tools:
+        if tool.name in names:
+            tool.meta = {**(tool.meta or {}), **meta}
     return tools
 
 

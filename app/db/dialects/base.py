@@ -93,7 +93,7 @@ def rows_per_fetch(max_rows: int, max_bytes: int) -> int:
 _SMALL_BY_CONSTRUCTION = (exp.Null, exp.Boolean, exp.Count)
 
 
-def literal_columns(tree: exp.Expression | None, width: int) -> set[int]:
+def literal_columns(tree: exp.Expr | None, width: int) -> set[int]:
     """Output columns the statement itself makes small: number literals, NULL, booleans, COUNT(...). The probe
     cannot tell (SQLite reports an expression column with no rows as text), so `SELECT 1` would otherwise pay
     for the value-cut wrapper."""
@@ -193,7 +193,7 @@ class Dialect(ABC):
     def plan_read(
         self,
         sql: str,
-        tree: exp.Expression | None,
+        tree: exp.Expr | None,
         max_rows: int,
         max_bytes: int,
         description: Sequence[Sequence[Any]] | None,
@@ -299,7 +299,7 @@ class ServerCutDialect(Dialect):
     def plan_read(
         self,
         sql: str,
-        tree: exp.Expression | None,
+        tree: exp.Expr | None,
         max_rows: int,
         max_bytes: int,
         description: Sequence[Sequence[Any]] | None,

@@ -136,7 +136,7 @@ def _opaque_to_hex(raw: bytes | None) -> str | None:
     return None if raw is None else binary_to_json(raw)
 
 
-def top_capped(tree: exp.Expression, limit: int) -> exp.Expression | None:
+def top_capped(tree: exp.Expr, limit: int) -> exp.Expr | None:
     """The statement with at most `limit` rows in its outermost SELECT, or None when it needs no change or
     TOP cannot express it (set operations, TOP ... PERCENT / WITH TIES, TOP (@n)): SET ROWCOUNT caps those.
     A smaller TOP or FETCH NEXT the user wrote is kept."""
@@ -345,7 +345,7 @@ class MssqlDialect(Dialect):
     def plan_read(
         self,
         sql: str,
-        tree: exp.Expression | None,
+        tree: exp.Expr | None,
         max_rows: int,
         max_bytes: int,
         description: Sequence[Sequence[Any]] | None,
