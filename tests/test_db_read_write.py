@@ -63,3 +63,25 @@ async def test_only_a_writer_gets_a_writer_and_only_while_writes_are_enabled(bac
         assert int((await reopened.read("SELECT COUNT(*) FROM order_lines WHERE order_id = 1")).rows[0][0]) == 0
     async with backend() as read_only:  # READ_ONLY_MODE=true (the default): nobody writes
         assert read_only.writer_for(WRITER) is None
+
+
+async def test_a_statement_is_parsed_once_per_call_even_past_the_guard_cache(
+    sqlite_db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.db import guard
+
+    checked: list[str] = []
+    check = guard.check
+
+    def counting(sql: str, *args: Any, **kwargs: Any) -> guard.Verdict:
+        checked.append(sql)
+        return check(sql, *args, **kwargs)
+
+    monkeypatch.setattr(guard, "check", counting)
+    long_sql = "SELECT id FROM customers WHERE id IN (" + ", ".join(["1"] * 6000) + ")"
+    assert len(long_sql) > 16_384  # longer than the guard's own cache keeps
+    async with open_database(db_backend="sqlite", sqlite_path=str(sqlite_db)) as database:
+        verdict = database.verdict(long_sql)  # a tool asks first (read or write?) ...
+        assert verdict.allowed and verdict.shape is not None and verdict.shape.name == "customers"
+        assert (await database.read(long_sql)).rows == [[1]]  # ... and read() checks again
+    assert checked == [long_sql]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -31,6 +32,7 @@ T = TypeVar("T")
 CATALOG_TTL_SECONDS = 30.0
 CATALOG_MIN_REFRESH_SECONDS = 2.0  # an unknown name refreshes the catalog at most this often
 PING_TIMEOUT_SECONDS = 5.0
+RECENT_VERDICTS = 8  # a call's statement, checked by its tool and again by read(); a few calls in flight
 _INTEGER = re.compile(r"^[+-]?\d{1,18}$")
 
 
@@ -49,6 +51,8 @@ class Database:
         self._tables_at = 0.0
         self._descriptions: dict[tuple[str | None, str], tuple[float, TableDescription]] = {}
         self.derived = DerivedCatalog(CATALOG_TTL_SECONDS)
+        self._extra_functions = guard.extra_functions(settings)
+        self._recent_verdicts: OrderedDict[str, guard.Verdict] = OrderedDict()
         name = self.dialect.name
         self._rows_counter = metrics.rows_returned.labels(name)
         self._bytes_counter = metrics.bytes_returned.labels(name)
@@ -74,8 +78,18 @@ class Database:
 
     # --- queries -----------------------------------------------------------------------------------
     def verdict(self, sql: str) -> guard.Verdict:
-        """The guard's verdict on `sql` as a read, with the operator's GUARD_EXTRA_FUNCTIONS (never raises)."""
-        return guard.check(sql, self.dialect.name, extra_functions=guard.extra_functions(self.settings))
+        """The guard's verdict on `sql` as a read, with the operator's GUARD_EXTRA_FUNCTIONS (never raises).
+
+        A tool asks first (to choose read or write, or to word a refusal) and read() asks again: the last few
+        verdicts are kept here so a statement is parsed once per call, also when it is too long for the
+        guard's own cache."""
+        verdict = self._recent_verdicts.get(sql)
+        if verdict is None:
+            verdict = guard.check(sql, self.dialect.name, extra_functions=self._extra_functions)
+            self._recent_verdicts[sql] = verdict
+            if len(self._recent_verdicts) > RECENT_VERDICTS:
+                self._recent_verdicts.popitem(last=False)
+        return verdict
 
     def is_read_only(self, sql: str) -> bool:
         """The guard's verdict without raising (the statement would run as a read)."""
@@ -324,10 +338,10 @@ def _ping_job(session: Worker) -> None:
     cursor.fetchmany(1)
 
 
-def _checked_tree(verdict: Any) -> exp.Expr | None:
+def _checked_tree(verdict: guard.Verdict) -> exp.Expr | None:
     """The statement the guard checked, as a tree (shared and read-only: copy before changing it). None when
     the guard checked a rewritten text that would not run the same (then the original text runs as is)."""
-    return getattr(verdict, "tree", None)
+    return verdict.tree
 
 
 def _coerce(value: Any, column_type: str) -> Any:
