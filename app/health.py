@@ -60,11 +60,10 @@ def database_name(settings: Settings) -> str | None:
 
 def _database_status(app: web.Application) -> dict[str, Any]:
     database = app.get(keys.DATABASE)
-    status = getattr(database, "status", None)
-    if status is None:
+    if database is None:
         return {"status": "unknown"}
     try:
-        result = dict(status())
+        result = dict(database.status())
     except Exception:  # health must answer even when the status code has a bug
         log.exception("database_status_failed")
         return {"status": "unknown"}

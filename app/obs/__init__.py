@@ -18,11 +18,10 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import keys
@@ -62,13 +61,13 @@ def _route_label(request: web.Request) -> str:
     match_info = request.match_info
     if match_info.http_exception is not None:
         return UNMATCHED_ROUTE
-    resource = getattr(match_info.route, "resource", None)
+    resource = match_info.route.resource
     if resource is None:
         return UNMATCHED_ROUTE
     return resource.canonical or UNMATCHED_ROUTE
 
 
-def _make_middleware(metrics: Metrics) -> Any:
+def _make_middleware(metrics: Metrics) -> Middleware:
     @web.middleware
     async def observability_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         request_id = _incoming_or_new_request_id(request.headers.get(REQUEST_ID_HEADER))
@@ -142,15 +141,12 @@ async def _echo_request_id(request: web.BaseRequest, response: web.StreamRespons
 def _refresh_scrape_time_gauges(app: web.Application) -> None:
     """Pool gauges straight from the pool at scrape time, so they are never stale."""
     database = app.get(keys.DATABASE)
-    status = getattr(database, "status", None)
-    if not callable(status):
+    if database is None:
         return
     try:
-        info = status()
+        info = database.status()
     except Exception:  # a scrape must not fail because the database layer did
         log.debug("pool_status_failed", exc_info=True)
-        return
-    if not isinstance(info, dict):
         return
     metrics = app[keys.METRICS]
     pool = info.get("pool") or {}
@@ -222,15 +218,9 @@ async def _preinitialise(app: web.Application) -> None:
     """Zero-valued series for the served dialect and every tool, so panels show 0, not 'no data'."""
     metrics, settings = app[keys.METRICS], app[keys.SETTINGS]
     database = app.get(keys.DATABASE)
-    dialect = getattr(database, "dialect_name", None)
-    metrics.preinitialise_dialect(dialect if isinstance(dialect, str) and dialect else settings.db_backend)
-    servers = app.get(keys.MCP_SERVERS) or {}
-    names = {
-        tool.name
-        for server in servers.values()
-        for tool in getattr(server, "tools", ()) or ()
-        if isinstance(getattr(tool, "name", None), str)
-    }
+    metrics.preinitialise_dialect(database.dialect_name if database is not None else settings.db_backend)
+    servers = app.get(keys.MCP_SERVERS, {})
+    names = {tool.name for server in servers.values() for tool in server.tools}
     metrics.preinitialise_tools(sorted(names))
 
 
