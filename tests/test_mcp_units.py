@@ -161,3 +161,38 @@ def test_duplicate_tool_names_and_bad_schemas_fail_at_start() -> None:
             instructions="",
             tools=[Tool("u", "U", "d", {"type": "object", "properties": 5}, handler)],
         )
+
+
+def test_session_records_live_in_a_replaceable_storage() -> None:
+    """The manager keeps only process-local parts (tasks, streams); records come from its SessionStorage,
+    so a record another process stored (a shared store) is served here too, and changes are saved back."""
+    from app.mcp.session import SessionRecord
+    from app.mcp.transports.sessions import InMemorySessionStorage
+
+    class CountingStorage(InMemorySessionStorage):
+        def __init__(self) -> None:
+            super().__init__()
+            self.saved: list[str] = []
+
+        def save(self, record: SessionRecord) -> None:
+            self.saved.append(record.id)
+
+    alice = Principal(subject="u-alice", username="alice", client_id="c1")
+    storage = CountingStorage()
+    manager = SessionManager(storage=storage)
+    elsewhere = SessionRecord(id="from-another-node", transport="streamable_http", protocol_version="2025-11-25")
+    elsewhere.subscriptions.add("mssql://tables/main/t")
+    storage.add(elsewhere)
+    session = manager.get("from-another-node", alice)
+    assert session is not None and session.record is elsewhere and session.inflight == {} and session.stream is None
+    assert elsewhere.owner is not None and elsewhere.owner.subject == "u-alice"  # claimed, as any anonymous one
+    assert manager.subscribed_uris() == {"mssql://tables/main/t"}
+    note = {"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": "mssql://tables/main/t"}}
+    assert manager.notify_subscribers("mssql://tables/main/t", note) == 0  # no stream open in this process
+    session.stream = Outbox(_frame)
+    assert manager.notify_subscribers("mssql://tables/main/t", note) == 1 and manager.notify_all(note) == 1
+    manager.save(session)
+    assert storage.saved == ["from-another-node"]
+    assert manager.counts_by_state() == {("streamable_http", "active"): 1}
+    manager.remove(session)
+    assert len(storage) == 0 and session.stream.closed and manager.subscribed_uris() == set()
