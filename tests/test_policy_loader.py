@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,13 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(PolicyError, match=r"binary.yaml: cannot be read \(UnicodeDecodeError\)$"):
         load_policy(binary)
+
+
+def test_the_example_in_docs_policy_md_loads() -> None:
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "policy.md").read_text(encoding="utf-8")
+    example = re.search(r"```yaml\n(.*?)```", docs, re.DOTALL)
+    assert example is not None
+    policy = parse_policy_text(example.group(1), max_rows=1000, timeout_seconds=30)
+    assert set(policy.roles) == {"reader", "analyst", "writer"}
+    assert not policy.role("analyst").may_read_table("dbo", "Orders")
+    assert policy.role("analyst").column_denied("dbo", "SalariesView", "anything")
