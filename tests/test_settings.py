@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import typing
 from pathlib import Path
@@ -125,3 +126,20 @@ def test_settings_are_frozen_and_replace_checks_names() -> None:
         s.replace(no_such=1)
     with pytest.raises(SettingsError, match="unknown settings: no_such"):
         load_settings(environ=SQLITE, env_file=None, no_such=1)
+
+
+def test_every_app_key_is_typed_with_a_class() -> None:
+    # app/keys.py imports the value classes for the type checker only, so check the annotations as written.
+    tree = ast.parse((ROOT / "app" / "keys.py").read_text())
+    declared = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.Assign | ast.AnnAssign)
+        and isinstance(node.value, ast.Call)
+        and ast.unparse(node.value.func) in {"web.AppKey", "web.RequestKey"}
+    ]
+    assert len(declared) >= 8
+    for node in declared:
+        assert isinstance(node, ast.AnnAssign), ast.unparse(node)
+        annotation = ast.unparse(node.annotation)
+        assert annotation.startswith(("web.AppKey[", "web.RequestKey[")) and "Any" not in annotation, annotation
