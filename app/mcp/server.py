@@ -23,6 +23,8 @@ import structlog
 
 from ..core import ANONYMOUS, Principal, SafeError, known_outcome
 from ..obs.audit import audit_tool_call
+from ..obs.metrics import Metrics
+from ..settings import Settings
 from .jsonrpc import (
     HEADER_MISMATCH,
     INTERNAL_ERROR,
@@ -130,7 +132,7 @@ class CallEnv:
 
     principal: Principal = ANONYMOUS
     base_url: str = "http://127.0.0.1:8008"
-    settings: Any = None
+    settings: Settings | None = None  # for the audit log
     session: SessionRecord | None = None  # handshake-era session, if any
     envelope: Envelope | None = None  # set for 2026-07-28 requests
     # Delivers a notification related to this request (progress, log). None drops them.
@@ -190,7 +192,7 @@ class McpServer:
         version: str,
         instructions: str,
         tools: list[Tool],
-        metrics: Any = None,
+        metrics: Metrics | None = None,
         resources: ResourceProvider | None = None,
         prompts: list[Prompt] | None = None,
         page_size: int = PAGE_SIZE,

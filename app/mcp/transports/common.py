@@ -11,8 +11,10 @@ from aiohttp import web
 
 from ... import keys
 from ...core import Principal
+from ...settings import Settings
 from ...urls import base_url, peer_is_trusted
 from ..jsonrpc import INVALID_REQUEST, JsonRpcError, RequestId, dumps, error_message
+from ..server import McpServer
 from .outbox import Outbox
 
 log = structlog.get_logger(__name__)
@@ -38,7 +40,7 @@ def _origin_of(url: str) -> str:
 class OriginPolicy:
     """Which browser Origins may talk to the MCP endpoints (DNS-rebinding protection)."""
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Settings) -> None:
         allowed = {origin.lower() for origin in ALWAYS_ALLOWED_ORIGINS}
         allowed.update(_origin_of(origin) for origin in settings.allowed_origins if origin.strip())
         if settings.public_base_url:
@@ -139,7 +141,7 @@ async def open_sse(request: web.Request, headers: dict[str, str] | None = None) 
     return response
 
 
-def new_outbox(settings: Any, on_overflow: Callable[[Outbox], None] | None = None) -> Outbox:
+def new_outbox(settings: Settings, on_overflow: Callable[[Outbox], None] | None = None) -> Outbox:
     """An outbox of SSE frames bounded by MCP_STREAM_MAX_MESSAGES / MCP_STREAM_MAX_BYTES."""
     return Outbox(
         sse_event,
@@ -149,7 +151,7 @@ def new_outbox(settings: Any, on_overflow: Callable[[Outbox], None] | None = Non
     )
 
 
-def note_stream_dropped(server: Any, transport: str, stream: str, outbox: Outbox) -> None:
+def note_stream_dropped(server: McpServer, transport: str, stream: str, outbox: Outbox) -> None:
     """The log line (and metric) for a stream dropped because its client stopped reading."""
     log.warning(
         "mcp_stream_dropped",
@@ -161,9 +163,8 @@ def note_stream_dropped(server: Any, transport: str, stream: str, outbox: Outbox
         max_messages=outbox.max_messages,
         max_bytes=outbox.max_bytes,
     )
-    metrics = getattr(server, "metrics", None)  # servers built for protocol tests may have none
-    if metrics is not None:
-        metrics.mcp_streams_dropped.labels(transport).inc()
+    if server.metrics is not None:  # servers built for protocol tests may have none
+        server.metrics.mcp_streams_dropped.labels(transport).inc()
 
 
 def abort_connection(request: web.Request) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
 
+from ...settings import Settings
 from ...urls import base_url
 from ..jsonrpc import INVALID_REQUEST, JsonRpcError, Message, loads, parse_message
 from ..server import BATCH_VERSIONS, CallEnv, McpServer
@@ -38,7 +38,7 @@ TRANSPORT = "sse"
 
 class LegacySse:
     def __init__(
-        self, server: McpServer, sessions: SessionManager, settings: Any, origins: OriginPolicy, prefix: str
+        self, server: McpServer, sessions: SessionManager, settings: Settings, origins: OriginPolicy, prefix: str
     ) -> None:
         self.server = server
         self.sessions = sessions

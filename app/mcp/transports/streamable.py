@@ -9,6 +9,7 @@ import structlog
 from aiohttp import web
 
 from ...core import Principal
+from ...settings import Settings
 from ...urls import base_url
 from ..jsonrpc import (
     MODERN_HTTP_STATUS,
@@ -60,7 +61,7 @@ TRANSPORT = "streamable_http"
 class StreamableHttp:
     """aiohttp handlers for one MCP endpoint; protocol decisions stay in McpServer."""
 
-    def __init__(self, server: McpServer, sessions: SessionManager, settings: Any, origins: OriginPolicy) -> None:
+    def __init__(self, server: McpServer, sessions: SessionManager, settings: Settings, origins: OriginPolicy) -> None:
         self.server = server
         self.sessions = sessions
         self.settings = settings
