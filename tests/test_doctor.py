@@ -270,7 +270,7 @@ def test_tsql_probes_are_single_select_statements(name: str) -> None:
 
 @pytest.mark.parametrize("sql", [probes.MssqlProbes.types_sql(), probes.MSSQL_FOR_JSON, probes.MSSQL_BIG_RESULT])
 def test_tsql_probes_run_through_the_guarded_read_path(sql: str) -> None:
-    # These go through Database.execute, like a user's query: the guard must accept them.
+    # These go through Database.read, like a user's query: the guard must accept them.
     assert guard.is_read_only(sql, "mssql"), guard.check(sql, "mssql").message
 
 

@@ -1,6 +1,6 @@
 """An adversarial corpus of 300+ statements for the allowlist guard, run for real.
 
-Each SQLite and PostgreSQL statement goes through `Database.execute` with READ_ONLY_MODE on and must be
+Each SQLite and PostgreSQL statement goes through `Database.read` with READ_ONLY_MODE on and must be
 refused by the guard (QueryRefused). Afterwards every table, the schema and a sequence are compared with a
 snapshot taken by an independent connection, a sentinel file the corpus tries to read and overwrite is
 unchanged, no file it tries to create exists, and (PostgreSQL) no advisory lock is held and settings are

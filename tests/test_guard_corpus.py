@@ -1,6 +1,6 @@
 """The read-only guard against real engines: attacks are refused and change nothing; real reads run.
 
-Every adversarial statement goes through `Database.execute` on SQLite (the {SQLite3} ODBC driver) and
+Every adversarial statement goes through `Database.read` on SQLite (the {SQLite3} ODBC driver) and
 on PostgreSQL 15 with READ_ONLY_MODE on; each must raise QueryRefused, and afterwards every table,
 the schema and a sequence are compared with a snapshot taken by an independent connection.
 """

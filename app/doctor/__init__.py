@@ -10,16 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from typing import Any, TextIO
+from typing import TextIO
 
-from ..settings import SettingsError, load_settings
+from ..settings import Settings, SettingsError, load_settings
 from .checks import Doctor, connection_options, describe_target
 from .report import FAIL, CheckResult, Report
 
 __all__ = ["doctor_main", "run_doctor"]
 
 
-async def run_doctor(settings: Any) -> Report:
+async def run_doctor(settings: Settings) -> Report:
     from ..db.dialects import get_dialect
 
     dialect = get_dialect(settings)

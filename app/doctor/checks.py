@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyodbc
 
@@ -32,6 +32,9 @@ from ..db.pool import Worker
 from ..db.types import DatabaseError, QueryRefused, QueryTimeout, TableDescription, TableInfo
 from .probes import FOR_JSON_COLUMN_PREFIXES, FOR_JSON_ROWS, MSSQL_AFTER_ROLLBACK, MSSQL_PERMISSIONS, PROBES, Probes
 from .report import FAIL, PASS, SKIP, WARN, CheckResult, Report
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 SHORT_TIMEOUT_SECONDS = 1.0  # the time limit the timeout check sets (its sleep lasts 5 s)
 CANCEL_AFTER_SECONDS = 0.5
@@ -285,7 +288,7 @@ _ERROR_HINTS = {
 
 
 class Doctor:
-    def __init__(self, settings: Any, report: Report) -> None:
+    def __init__(self, settings: Settings, report: Report) -> None:
         self.settings = settings
         self.report = report
         self.database: Database | None = None

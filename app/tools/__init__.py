@@ -7,7 +7,7 @@ web.create_app calls these functions; everything else in this package is interna
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -20,6 +20,10 @@ from .prompts import DatabasePrompts
 from .records import add_record_routes as _add_record_routes
 from .resources import CATALOG_WATCH_SECONDS, DatabaseResources
 from .resources import watch_catalog as _watch_catalog
+
+if TYPE_CHECKING:
+    from ..db.database import Database
+    from ..settings import Settings
 
 __all__ = [
     "ChatGptTools",
@@ -34,7 +38,7 @@ __all__ = [
 ]
 
 
-def claude_tools(database: Any, settings: Any) -> list[Tool]:
+def claude_tools(database: Database, settings: Settings) -> list[Tool]:
     """list_tables, describe_table, execute_sql, get_table_sample."""
     return build_claude_tools(database, settings)
 
@@ -45,12 +49,12 @@ def chatgpt_tools(tool_set: ChatGptTools) -> list[Tool]:
     return build_chatgpt_tools(tool_set)
 
 
-def catalog_resources(database: Any, settings: Any) -> DatabaseResources:
+def catalog_resources(database: Database, settings: Settings) -> DatabaseResources:
     """The catalog as MCP resources: an overview and one description per table (app.tools.resources)."""
     return DatabaseResources(database, settings)
 
 
-def catalog_prompts(database: Any, settings: Any, resources: DatabaseResources, toolset: str) -> list[Prompt]:
+def catalog_prompts(database: Database, settings: Settings, resources: DatabaseResources, toolset: str) -> list[Prompt]:
     """explore_database, write_query, explain_table, review_query (app.tools.prompts), worded for the tools
     of toolset "claude" (the SQL tools) or "chatgpt" (search/fetch)."""
     return DatabasePrompts(database, settings, resources, toolset).prompts()
@@ -64,7 +68,7 @@ async def watch_catalog(
     await _watch_catalog(resources, servers, interval_seconds)
 
 
-def build_instructions(settings: Any, toolset: str) -> str:
+def build_instructions(settings: Settings, toolset: str) -> str:
     """`initialize` instructions for toolset "claude" or "chatgpt"; the first 512 characters stand alone."""
     return _build_instructions(settings, toolset)
 

@@ -15,7 +15,7 @@ import asyncio
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import structlog
@@ -41,6 +41,11 @@ from .common import (
 )
 from .intent import Intent, parse_intent, stem
 from .search import CatalogTable, ContentSearch, FullText, RowHit
+
+if TYPE_CHECKING:
+    from ..db.database import Database
+    from ..obs.metrics import Metrics
+    from ..settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -103,7 +108,11 @@ def select_shape(sql: str, dialect: str) -> SelectShape | None:
 # --- the tool set ---------------------------------------------------------------------------
 class ChatGptTools:
     def __init__(
-        self, database: Any, settings: Any, metrics: Any = None, clock: Callable[[], float] = time.monotonic
+        self,
+        database: Database,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.database = database
         self.settings = settings

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -23,6 +23,10 @@ from .common import (
     with_meta,
 )
 from .resources import NO_SCHEMA
+
+if TYPE_CHECKING:
+    from ..db.database import Database
+    from ..settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -76,7 +80,7 @@ SCHEMA_NAMES = {
 class ClaudeTools:
     """Handlers bound to one database and one settings snapshot."""
 
-    def __init__(self, database: Any, settings: Any) -> None:
+    def __init__(self, database: Database, settings: Settings) -> None:
         self.database = database
         self.settings = settings
         self.dialect = settings.db_backend
@@ -186,7 +190,7 @@ class ClaudeTools:
         return out
 
 
-def build_claude_tools(database: Any, settings: Any) -> list[Tool]:
+def build_claude_tools(database: Database, settings: Settings) -> list[Tool]:
     tools = ClaudeTools(database, settings)
     backend = dialect_class(settings.db_backend)
     dialect, limit_word = backend.label, backend.limit_syntax

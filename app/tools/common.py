@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..db.dialects import dialect_class
 from ..db.guard import Verdict
 from ..db.types import QueryResult, TableDescription, TableInfo
 from ..mcp.tools import Tool, ToolError
 
+if TYPE_CHECKING:
+    from ..settings import Settings
+
 CLAUDE_MAX_RESULT_CHARS = 500_000  # the most Claude Code accepts via anthropic/maxResultSizeChars
 
 
-def result_size_meta(settings: Any) -> dict[str, Any]:
+def result_size_meta(settings: Settings) -> dict[str, Any]:
     """Tool `_meta` telling Claude Code how large a result can get, so results between its default
     50,000-character threshold and our byte cap stay inline instead of being spilled to a file."""
     chars = min(CLAUDE_MAX_RESULT_CHARS, max(50_000, int(settings.max_result_bytes) + 20_000))

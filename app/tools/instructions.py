@@ -6,21 +6,24 @@ ChatGPT shows only the first 512 characters, so the first paragraph is a self-co
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..db.dialects import dialect_class
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 SUMMARY_LIMIT = 512
 
 
-def _limits(settings: Any) -> str:
+def _limits(settings: Settings) -> str:
     return (
         f"Results hold at most {settings.max_rows:,} rows and about {settings.max_result_bytes:,} bytes; "
         f"each query stops after {settings.query_timeout_seconds:g} s."
     )
 
 
-def _claude(settings: Any, dialect: str) -> tuple[str, list[str]]:
+def _claude(settings: Settings, dialect: str) -> tuple[str, list[str]]:
     backend = settings.db_backend
     if settings.read_only_mode:
         access = "read-only access"
@@ -56,7 +59,7 @@ def _claude(settings: Any, dialect: str) -> tuple[str, list[str]]:
     return summary, details
 
 
-def _chatgpt(settings: Any, dialect: str) -> tuple[str, list[str]]:
+def _chatgpt(settings: Settings, dialect: str) -> tuple[str, list[str]]:
     access = "read-only" if settings.read_only_mode else "read-write (search and fetch only read)"
     summary = (
         f"Search and fetch records of a {access} {dialect} database. search takes 'list tables', "
@@ -86,7 +89,7 @@ def _dialect_tips(backend: str) -> str:
     return dialect_class(backend).sql_tips
 
 
-def build_instructions(settings: Any, toolset: str) -> str:
+def build_instructions(settings: Settings, toolset: str) -> str:
     if toolset not in ("claude", "chatgpt"):
         raise ValueError(f"unknown tool set {toolset!r}")
     dialect = dialect_class(settings.db_backend).label

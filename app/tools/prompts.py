@@ -9,7 +9,7 @@ catalog (completion/complete).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlglot
 from sqlglot import exp
@@ -19,6 +19,10 @@ from ..db.types import TableInfo, TableNotFound
 from ..mcp.resources import Prompt, PromptArgument, PromptArgumentsInvalid, text_message
 from ..mcp.tools import ToolContext
 from .resources import OVERVIEW_URI, DatabaseResources, table_uri
+
+if TYPE_CHECKING:
+    from ..db.database import Database
+    from ..settings import Settings
 
 MAX_EMBEDDED_TABLES = 8  # descriptions embedded in one prompt (keeps the prompt a readable size)
 
@@ -47,7 +51,9 @@ def _resource_message(uri: str, mime_type: str, text: str) -> dict[str, Any]:
 
 
 class DatabasePrompts:
-    def __init__(self, database: Any, settings: Any, resources: DatabaseResources, toolset: str = "claude") -> None:
+    def __init__(
+        self, database: Database, settings: Settings, resources: DatabaseResources, toolset: str = "claude"
+    ) -> None:
         self.database = database
         self.settings = settings
         self.resources = resources

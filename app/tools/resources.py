@@ -19,7 +19,7 @@ import asyncio
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, unquote
 
 import structlog
@@ -28,6 +28,10 @@ from ..db.dialects import dialect_class
 from ..db.types import DatabaseError, TableDescription, TableInfo
 from ..mcp.resources import Resource, ResourceContents, ResourceNotFound, ResourceTemplate
 from .common import description_dict, json_size, render_value, table_info_dict
+
+if TYPE_CHECKING:
+    from ..db.database import Database
+    from ..settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -60,7 +64,7 @@ class DatabaseResources:
     ttl_ms = CATALOG_TTL_MS
     subscribable = True  # watch_catalog re-reads subscribed resources and reports real changes
 
-    def __init__(self, database: Any, settings: Any) -> None:
+    def __init__(self, database: Database, settings: Settings) -> None:
         self.database = database
         self.settings = settings
 

@@ -4,7 +4,7 @@ Which columns are searched: SEARCH_COLUMNS when set (`table.column`, `schema.tab
 otherwise text columns whose names look like what people search by (names, titles, descriptions, cities,
 emails, ...). Only tables with a primary key are searched, so every hit is a re-fetchable `row:` id.
 
-Every query goes through Database.execute (the guard, the row cap in the statement, the value bounds);
+Every query goes through Database.read (the guard, the row cap in the statement, the value bounds);
 each table gets at most SEARCH_ROWS_PER_TABLE rows, the whole search SEARCH_TIME_BUDGET_SECONDS, and at
 most SEARCH_MAX_TABLES tables are read. SQL Server tables with a full-text index are searched with
 CONTAINSTABLE (its RANK orders the rows), SQLite tables with an FTS5 index over them (content='t') with
@@ -18,11 +18,16 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from ..db.types import DatabaseError, TableInfo
+
+if TYPE_CHECKING:
+    from ..db.database import Database
+    from ..db.dialects import Dialect
+    from ..settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -193,12 +198,12 @@ def score_row(row: dict[str, Any], columns: Sequence[str], terms: Sequence[str])
 
 
 class ContentSearch:
-    def __init__(self, database: Any, settings: Any) -> None:
+    def __init__(self, database: Database, settings: Settings) -> None:
         self.database = database
         self.settings = settings
 
     @property
-    def dialect(self) -> Any:
+    def dialect(self) -> Dialect:
         return self.database.dialect
 
     async def catalog(self) -> tuple[list[CatalogTable], bool]:
@@ -215,7 +220,7 @@ class ContentSearch:
         """{(schema, table): (indexed columns, join key column, index table)} of the tables with a full-text
         index (SQL Server full-text indexes, SQLite FTS5 over a content table); empty elsewhere or when the
         catalog cannot be read."""
-        sql = getattr(self.dialect, "fulltext_columns_sql", "")
+        sql = self.dialect.fulltext_columns_sql
         if not sql:
             return {}
         try:
@@ -223,8 +228,7 @@ class ContentSearch:
         except DatabaseError as exc:
             log.info("search.fulltext_unavailable", error=str(exc)[:200])
             return {}
-        convert = getattr(self.dialect, "fulltext_index_rows", None)
-        rows = convert(result.rows) if convert else [(*row, "") for row in result.rows]
+        rows = self.dialect.fulltext_index_rows(result.rows)
         found: FullText = {}
         for schema, table, column, key_column, index_name in rows:
             key = (None if schema is None else str(schema), str(table).lower())

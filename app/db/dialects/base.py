@@ -279,11 +279,31 @@ class Dialect(ABC):
         rows ordered by child and key, and the statement's parameters. ("", []) when the dialect has none."""
         return "", []
 
+    # Full-text indexes (SQL Server full-text, SQLite FTS5 over a content table), which keyword search ranks
+    # with; dialects without them keep the empty defaults and keyword search uses content_search_sql alone.
+    # Rows (schema, table, column, key column[, index name]) of the indexed columns; "" when there are none.
+    fulltext_columns_sql: str = ""
+
+    def fulltext_index_rows(self, rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+        """fulltext_columns_sql's rows as (schema, table, column, key column, index name)."""
+        return [(*row, "") for row in rows]
+
+    def fulltext_condition(self, terms: list[str]) -> str:
+        """The one bound parameter of fulltext_search_sql for these terms ("" : no full-text search)."""
+        return ""
+
+    def fulltext_search_sql(
+        self, table: TableInfo, key_column: str, shown: list[str], columns: list[str], index_name: str = ""
+    ) -> str:
+        """Rows of `table` the index matches, best first, with a rank column (only where fulltext_condition
+        gives a condition)."""
+        return ""
+
     def content_search_sql(
         self, table: TableInfo, key_columns: Sequence[str], columns: Sequence[str], term_count: int
     ) -> str:
         """Rows of `table` whose text `columns` contain any of `term_count` bound patterns (one parameter per
-        term and column, terms outermost). The caller's Database.execute adds the row cap to the statement."""
+        term and column, terms outermost). The caller's Database.read adds the row cap to the statement."""
         shown = ", ".join(self.quote_identifier(c) for c in dict.fromkeys([*key_columns, *columns]))
         tests = " OR ".join(self.match_sql(c) for _ in range(term_count) for c in columns)
         return f"SELECT {shown} FROM {self.table_sql(table)} WHERE {tests}"

@@ -458,9 +458,11 @@ ORDER BY s.name, o.name, c.name
         # The column's collation decides case (CI by default); no LOWER() so an index can still help.
         return f"CAST({self.quote_identifier(column)} AS nvarchar(4000)) LIKE ? ESCAPE '\\'"
 
-    def fulltext_search_sql(self, table: TableInfo, key_column: str, shown: list[str], columns: list[str]) -> str:
+    def fulltext_search_sql(
+        self, table: TableInfo, key_column: str, shown: list[str], columns: list[str], index_name: str = ""
+    ) -> str:
         """CONTAINSTABLE over the full-text indexed `columns`, best rank first; one bound parameter: the
-        search condition (see fulltext_condition). The row cap is added by Database.execute."""
+        search condition (see fulltext_condition). The row cap is added by Database.read."""
         q = self.quote_identifier
         listed = ", ".join(f"t.{q(c)}" for c in dict.fromkeys(shown))
         return (
@@ -485,7 +487,6 @@ ORDER BY cs.name, co.name, fk.name, fkc.constraint_column_id
             [self.table_sql(table)],
         )
 
-    @staticmethod
-    def fulltext_condition(terms: list[str]) -> str:
+    def fulltext_condition(self, terms: list[str]) -> str:
         """Prefix terms joined by OR: `"tokyo*" OR "widget*"` (double quotes inside a term are dropped)."""
         return " OR ".join(f'"{term.replace(chr(34), "")}*"' for term in terms if term.replace('"', ""))

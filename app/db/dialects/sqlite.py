@@ -230,8 +230,7 @@ class SqliteDialect(ServerCutDialect):
         "AND lower(sql) LIKE 'create virtual table%using fts5%'"
     )
 
-    @staticmethod
-    def fulltext_index_rows(rows: Sequence[Sequence[Any]]) -> list[tuple[None, str, str, str, str]]:
+    def fulltext_index_rows(self, rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
         """(None, content table, column, join column, fts table) per indexed column of each external-content
         FTS5 table; FTS5 tables with their own content have no primary key to cite and are left out."""
         found: list[tuple[None, str, str, str, str]] = []
@@ -263,8 +262,7 @@ class SqliteDialect(ServerCutDialect):
             f"WHERE f.{q(index_name)} MATCH ? ORDER BY f.rank"
         )
 
-    @staticmethod
-    def fulltext_condition(terms: list[str]) -> str:
+    def fulltext_condition(self, terms: list[str]) -> str:
         """FTS5 prefix terms joined by OR: `"tokyo"* OR "widget"*`."""
         return " OR ".join(f'"{term.replace(chr(34), "")}"*' for term in terms if term.replace('"', ""))
 
