@@ -196,3 +196,19 @@ def test_session_records_live_in_a_replaceable_storage() -> None:
     assert manager.counts_by_state() == {("streamable_http", "active"): 1}
     manager.remove(session)
     assert len(storage) == 0 and session.stream.closed and manager.subscribed_uris() == set()
+
+
+async def test_a_new_server_identity_reaches_the_pre_serialized_results() -> None:
+    from app.mcp.jsonrpc import Message, dumps
+    from app.mcp.server import CallEnv, Envelope
+
+    async def handler(arguments: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        return {"ok": True}
+
+    tool = Tool("t", "T", "d", {"type": "object"}, handler)
+    server = McpServer(name="old", version="1", instructions="", tools=[tool])
+    server.server_info = {"name": "new", "version": "2"}
+    env = CallEnv(envelope=Envelope("2026-07-28", {}))
+    for method, params in (("tools/list", {}), ("tools/call", {"name": "t", "arguments": {}})):
+        answer = json.loads(dumps(await server.handle_request(Message("request", method, params, 1), env)))
+        assert answer["result"]["_meta"]["io.modelcontextprotocol/serverInfo"] == {"name": "new", "version": "2"}

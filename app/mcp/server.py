@@ -229,7 +229,7 @@ class McpServer:
             ]
             for tool in tools
         }
-        self.server_info = {"name": name, "version": version}
+        self._server_info = {"name": name, "version": version}
         self.capabilities: dict[str, Any] = {"tools": {"listChanged": False}, "logging": {}}
         if resources is not None:
             # listChanged: the provider tells us when the catalog changes (handshake-era streams only).
@@ -239,12 +239,9 @@ class McpServer:
         self._completions = resources is not None or any(p.complete is not None for p in self.prompts)
         self._prompts_list = {"prompts": [prompt.describe() for prompt in self.prompts]}
         # tools/list never changes: serialize it once per era.
-        described = [tool.describe() for tool in tools]
-        self._tools_list = RawJson(dumps_value({"tools": described}))
-        self._tools_list_modern = RawJson(
-            dumps_value(self._modern_fields({"tools": described, "ttlMs": CACHE_TTL_MS, "cacheScope": "private"}))
-        )
-        self._modern_meta_suffix = dumps_value(self._modern_fields({}))[1:]  # ',"resultType":...}' tail
+        self._described_tools = [tool.describe() for tool in tools]
+        self._tools_list = RawJson(dumps_value({"tools": self._described_tools}))
+        self._serialize_identity()
         self._tool_metrics: dict[tuple[str, str], Any] = {}
         self._message_counters: dict[str, Any] = {}
         self._legacy_methods = {
@@ -288,6 +285,21 @@ class McpServer:
     @property
     def protocol_versions(self) -> list[str]:
         return list(SUPPORTED_VERSIONS)
+
+    @property
+    def server_info(self) -> dict[str, Any]:
+        return self._server_info
+
+    @server_info.setter
+    def server_info(self, value: dict[str, Any]) -> None:
+        # Results serialized ahead of time carry serverInfo: a new identity re-serializes them.
+        self._server_info = value
+        self._serialize_identity()
+
+    def _serialize_identity(self) -> None:
+        modern_list = {"tools": self._described_tools, "ttlMs": CACHE_TTL_MS, "cacheScope": "private"}
+        self._tools_list_modern = RawJson(dumps_value(self._modern_fields(modern_list)))
+        self._modern_meta_suffix = dumps_value(self._modern_fields({}))[1:]  # ',"resultType":...}' tail
 
     def _modern_fields(self, result: dict[str, Any]) -> dict[str, Any]:
         return {**result, "resultType": "complete", "_meta": {META_SERVER_INFO: self.server_info}}
