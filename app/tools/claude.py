@@ -69,14 +69,6 @@ def _result_payload(result: QueryResult, note: str | None) -> dict[str, Any]:
     return out
 
 
-# What 'schema' means per backend, for the list_tables description (models copy these names).
-SCHEMA_NAMES = {
-    "mssql": "SQL Server schemas such as dbo, the default one",
-    "postgres": "PostgreSQL schemas such as public, the default one",
-    "sqlite": f"SQLite has no schemas: every table is in '{NO_SCHEMA}' and its 'schema' field is null",
-}
-
-
 class ClaudeTools:
     """Handlers bound to one database and one settings snapshot."""
 
@@ -214,7 +206,7 @@ def build_claude_tools(database: Database, settings: Settings) -> list[Tool]:
             "and only for accounts with the writer role. Double-check any statement that changes data."
         )
 
-    schema_names = SCHEMA_NAMES.get(settings.db_backend, "the database's schema names")
+    schema_names = backend.schema_words
     tools_list = [
         Tool(
             name="list_tables",

@@ -121,6 +121,7 @@ class Dialect(ABC):
     limit_syntax: ClassVar[str] = "LIMIT n"  # how a query asks for fewer rows ("TOP n" in T-SQL)
     limit_example: ClassVar[str] = "LIMIT n"  # the same, as a prompt shows it ("SELECT TOP (n)")
     sql_tips: ClassVar[str]  # one paragraph for the server instructions: how to write SQL here
+    schema_words: ClassVar[str]  # what 'schema' means here, for list_tables' description (models copy it)
     default_schema: ClassVar[str | None]
     has_schemas: ClassVar[bool] = True
     ping_sql: ClassVar[str] = "SELECT 1"

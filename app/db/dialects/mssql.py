@@ -228,6 +228,7 @@ class MssqlDialect(Dialect):
     engine = "SQL Server"
     limit_syntax = "TOP n"
     limit_example = "SELECT TOP (n)"
+    schema_words = "SQL Server schemas such as dbo, the default one"
     sql_tips = (
         'SQL dialect: T-SQL. Use TOP n (not LIMIT), [brackets] or "double quotes" for names, '
         "schema-qualified names such as dbo.Orders, and INFORMATION_SCHEMA or sys.* views for metadata."

@@ -148,6 +148,7 @@ class PostgresDialect(ServerCutDialect):
     sqlglot = "postgres"
     label = "PostgreSQL"
     engine = "PostgreSQL"
+    schema_words = "PostgreSQL schemas such as public, the default one"
     sql_tips = (
         'SQL dialect: PostgreSQL. Use LIMIT n, "double quotes" for mixed-case names, schema-qualified '
         "names such as public.orders, and information_schema for metadata."

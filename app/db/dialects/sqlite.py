@@ -124,6 +124,8 @@ class SqliteDialect(ServerCutDialect):
     sqlglot = "sqlite"
     label = "SQLite"
     engine = "SQLite"
+    # "main" is SQLite's name for the database file itself (app.tools.resources.NO_SCHEMA)
+    schema_words = "SQLite has no schemas: every table is in 'main' and its 'schema' field is null"
     sql_tips = (
         'SQL dialect: SQLite. Use LIMIT n, "double quotes" for unusual names; dates are stored as ISO 8601 '
         "text, so compare them as strings or with date()/strftime()."
