@@ -255,10 +255,14 @@ class Database:
         self._descriptions[(table.schema, table.name)] = (time.monotonic(), description)
         return description
 
+    def sample_limit(self, asked: int) -> int:
+        """The rows a sample of `asked` rows may return: the one place SAMPLE_MAX_ROWS and MAX_ROWS cap it."""
+        return max(1, min(int(asked), int(self.settings.sample_max_rows), int(self.settings.max_rows)))
+
     async def sample(self, name: str | TableInfo, limit: int = 10) -> QueryResult:
-        """The first `limit` rows of a table or view (capped by SAMPLE_MAX_ROWS and MAX_ROWS)."""
+        """The first `limit` rows of a table or view (capped by sample_limit)."""
         table = await self.resolve_table(name)
-        n = max(1, min(int(limit), int(self.settings.sample_max_rows), int(self.settings.max_rows)))
+        n = self.sample_limit(limit)
         sql = self.dialect.sample_sql(table, n)
         return await self._read(sql, None, (), max_rows=n)  # the same caps as any read: wide values cut on the server
 

@@ -338,7 +338,7 @@ class ChatGptTools:
             lines.extend(
                 f"- {ix.name}{' (unique)' if ix.unique else ''}: {', '.join(ix.columns)}" for ix in description.indexes
             )
-        sample_rows = min(TABLE_FETCH_SAMPLE, self.settings.sample_max_rows)
+        sample_rows = self.database.sample_limit(TABLE_FETCH_SAMPLE)
         try:
             sample = await self.database.sample(table.qualified_name, sample_rows)
             lines += ["", f"First {sample.row_count} rows:", text_table(sample.columns, sample.rows)]
@@ -381,7 +381,7 @@ class ChatGptTools:
     async def _sample_document(self, ref: ids.TableRef, limit: int) -> dict[str, Any]:
         description = await self._describe_ref(ref)
         table = description.table
-        limit = min(limit, self.settings.sample_max_rows)
+        limit = self.database.sample_limit(limit)
         result = await self.database.sample(table.qualified_name, limit)
         return self._result_document(
             ids.sample_id(table.schema, table.name, limit),
@@ -541,7 +541,7 @@ class ChatGptTools:
     async def _search_sample(self, intent: Intent, limit: int) -> list[tuple[str, str]]:
         description = await self._describe(intent.table or "")
         table = description.table
-        rows = min(intent.limit or 10, self.settings.sample_max_rows)
+        rows = self.database.sample_limit(intent.limit or 10)
         result = await self.database.sample(table.qualified_name, rows)
         sample_id = ids.sample_id(table.schema, table.name, rows)
         document = self._result_document(

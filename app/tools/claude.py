@@ -162,7 +162,7 @@ class ClaudeTools:
         name = required_str(arguments, "table_name")
         asked = positive_int(arguments, "limit", 10) or 10
         cap = self.settings.sample_max_rows
-        limit = min(asked, cap)
+        limit = self.database.sample_limit(asked)
         table = await self.database.resolve_table(name.strip())
         result = await self.database.sample(table.qualified_name, limit)
         note = truncation_note(result, self.dialect, sample=True)
