@@ -236,6 +236,32 @@ class BearerRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientListing:
+    """A client as the operator console lists it: who it is, where it sends people, when it was last used."""
+
+    client_id: str
+    kind: ClientKind
+    client_name: str | None
+    redirect_uris: tuple[str, ...]
+    created_at: float
+    last_used_at: float | None
+    active_grants: int  # token families not revoked and not expired
+
+
+@dataclass(frozen=True, slots=True)
+class GrantListing:
+    """An active grant (a token family: one sign-in of one user in one client and its refreshes)."""
+
+    family_id: str
+    user_id: str
+    username: str
+    client_id: str
+    client_name: str | None
+    created_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class ThrottleCounter:
     """One sign-in throttle counter: a (user, address) pair, an address, or a user."""
 
@@ -308,6 +334,8 @@ class AuthStorage(Protocol):
     def save_client(self, client: Client) -> None: ...
     def register_client(self, client: Client, address: str, max_per_hour: int) -> bool: ...
     def get_client(self, client_id: str) -> Client | None: ...
+    def list_clients(self) -> list[ClientListing]: ...
+    def revoke_client(self, client_id: str, reason: str) -> int: ...
 
     # pending sign-ins
     def create_auth_request(
@@ -361,6 +389,7 @@ class AuthStorage(Protocol):
         self, old_hash: str, new_hash: str, client_id: str, ttl: float, reuse_leeway: float = ...
     ) -> Rotation: ...
     def revoke_family(self, family_id: str, reason: str) -> None: ...
+    def active_grants(self) -> list[GrantListing]: ...
     def revoke_jti(self, jti: str, expires_at: float) -> None: ...
     def bearer_lookup(self, user_id: str, jti: str, family_id: str | None) -> BearerRecord | None: ...
 

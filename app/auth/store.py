@@ -33,7 +33,9 @@ from .records import (
     AuthStorage,
     BearerRecord,
     Client,
+    ClientListing,
     CodeRedemption,
+    GrantListing,
     LoginAdmission,
     LoginPolicy,
     PendingSignIn,
@@ -52,7 +54,7 @@ from .records import (
 T = TypeVar("T")
 P = ParamSpec("P")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 KNOWN_ADDRESS_SECONDS = 30 * 86400  # a user's own recent sign-in address is exempt from the per-user ceiling
 
 _SCHEMA = """
@@ -61,7 +63,7 @@ CREATE TABLE IF NOT EXISTS users (
     id TEXT PRIMARY KEY,
     username TEXT NOT NULL UNIQUE COLLATE NOCASE,
     password_hash TEXT,
-    role TEXT NOT NULL CHECK (role IN ('reader', 'writer')),
+    role TEXT NOT NULL CHECK (role <> ''),  -- reader, writer, admin or a role the access policy names
     source TEXT NOT NULL DEFAULT 'local',
     email TEXT,
     token_version INTEGER NOT NULL DEFAULT 1,
@@ -311,7 +313,8 @@ class AuthStore(AuthStorage):
 
     @staticmethod
     def _migrate(c: sqlite3.Connection) -> None:
-        """Bring a version 1 store up to date (idempotent)."""
+        """Bring a version 1 or 2 store up to date (idempotent)."""
+        AuthStore._migrate_roles(c)
         columns = {row["name"] for row in c.execute("PRAGMA table_info(clients)")}
         if "last_used_at" not in columns:
             c.execute("ALTER TABLE clients ADD COLUMN last_used_at REAL")
@@ -321,6 +324,23 @@ class AuthStore(AuthStorage):
                 "UPDATE clients SET last_used_at = ? WHERE client_id IN (SELECT client_id FROM token_families)",
                 (time.time(),),
             )
+
+    @staticmethod
+    def _migrate_roles(c: sqlite3.Connection) -> None:
+        """Version 2 allowed only reader and writer: rebuild `users` without that list (the console's admin
+        role and policy roles are checked by the code that sets them). Nothing references `users` by a
+        foreign key, so the copy-and-rename keeps every row and id as it was."""
+        (sql,) = c.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'users'").fetchone()
+        if "'writer')" not in sql:
+            return
+        new_table = _SCHEMA.split("CREATE TABLE IF NOT EXISTS users", 1)[1].split(";", 1)[0]
+        c.execute("CREATE TABLE users_v3" + new_table)
+        c.execute(
+            "INSERT INTO users_v3 SELECT id, username, password_hash, role, source, email, token_version,"
+            " created_at, updated_at FROM users"
+        )
+        c.execute("DROP TABLE users")
+        c.execute("ALTER TABLE users_v3 RENAME TO users")
 
     def open_reader(self) -> AuthStore:
         """A read-only connection to an existing store, for tiny lookups on the calling thread. In WAL mode
@@ -484,6 +504,45 @@ class AuthStore(AuthStorage):
 
     def get_client(self, client_id: str) -> Client | None:
         return _client(self.conn.execute("SELECT * FROM clients WHERE client_id = ?", (client_id,)).fetchone())
+
+    def list_clients(self) -> list[ClientListing]:
+        """Every client, most recently used first, with its count of active grants (the operator console)."""
+        rows = self.conn.execute(
+            "SELECT c.client_id, c.kind, c.client_name, c.redirect_uris, c.created_at, c.last_used_at,"
+            " (SELECT COUNT(*) FROM token_families f WHERE f.client_id = c.client_id AND f.revoked_at IS NULL"
+            "  AND f.expires_at > ?) AS active_grants"
+            " FROM clients c ORDER BY COALESCE(c.last_used_at, c.created_at) DESC",
+            (time.time(),),
+        ).fetchall()
+        return [
+            ClientListing(
+                client_id=r["client_id"],
+                kind=r["kind"],
+                client_name=r["client_name"],
+                redirect_uris=tuple(json.loads(r["redirect_uris"])),
+                created_at=r["created_at"],
+                last_used_at=r["last_used_at"],
+                active_grants=r["active_grants"],
+            )
+            for r in rows
+        ]
+
+    def revoke_client(self, client_id: str, reason: str) -> int:
+        """Cut a client off: every token family it holds is revoked (its access tokens fail the bearer check
+        on their next request, its refresh tokens are refused), its unredeemed codes are dropped, and the
+        registration is forgotten, so it must register and be signed in again. Returns the families revoked,
+        or -1 for an unknown client."""
+        with self._tx() as c:
+            if c.execute("SELECT 1 FROM clients WHERE client_id = ?", (client_id,)).fetchone() is None:
+                return -1
+            revoked = c.execute(
+                "UPDATE token_families SET revoked_at = ?, revoked_reason = ? WHERE client_id = ?"
+                " AND revoked_at IS NULL",
+                (time.time(), reason, client_id),
+            ).rowcount
+            c.execute("DELETE FROM auth_codes WHERE client_id = ? AND used_at IS NULL", (client_id,))
+            c.execute("DELETE FROM clients WHERE client_id = ?", (client_id,))
+        return revoked
 
     # -- pending authorization requests (the login and consent pages) -----------------------------
     def create_auth_request(
@@ -704,6 +763,17 @@ class AuthStore(AuthStorage):
                 " AND revoked_at IS NULL",
                 (time.time(), reason, family_id),
             )
+
+    def active_grants(self) -> list[GrantListing]:
+        """Token families neither revoked nor expired, by user name then newest first (the operator console)."""
+        rows = self.conn.execute(
+            "SELECT f.family_id, f.user_id, u.username, f.client_id, c.client_name, f.created_at, f.expires_at"
+            " FROM token_families f JOIN users u ON u.id = f.user_id LEFT JOIN clients c ON c.client_id = f.client_id"
+            " WHERE f.revoked_at IS NULL AND f.expires_at > ?"
+            " ORDER BY u.username COLLATE NOCASE, f.created_at DESC",
+            (time.time(),),
+        ).fetchall()
+        return [GrantListing(**dict(r)) for r in rows]
 
     def revoke_jti(self, jti: str, expires_at: float) -> None:
         with self._tx() as c:
