@@ -575,7 +575,7 @@ class Settings:
         ("OIDC_DEFAULT_ROLE",),
         "reader",
         "Role of users who sign in upstream.",
-        _choice("reader", "writer"),
+        _choice("reader", "writer", "admin"),
         group="auth",
     )
     # --- observability ----------------------------------------------------------------------

@@ -24,7 +24,7 @@ from .records import AuthStorage
 from .statekey import StateKey, StateKeyError, is_encrypted, load_state_key
 from .store import AuthStore, UserExists, store_path
 
-ROLES = ("reader", "writer")
+ROLES = ("reader", "writer", "admin")  # admin: signs in to the operator console at /admin (reads like a reader)
 DEMO_USERNAME = "demo"
 DEMO_PASSWORD_FILE = "demo-password.txt"
 _USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+\-]{0,63}")
@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
         "--role",
         choices=ROLES,
         default="reader",
-        help="reader: read-only queries; writer: may also change data when READ_ONLY_MODE=false",
+        help="reader: read-only queries; writer: may also change data when READ_ONLY_MODE=false; "
+        "admin: reads like a reader and manages users and clients at /admin",
     )
     add.add_argument("--password-stdin", action="store_true", help=STDIN_HELP)
     remove = sub.add_parser("remove", help="delete a user and stop their tokens")
@@ -104,9 +105,17 @@ def _have_terminal() -> bool:
     return True
 
 
-def _check_username(username: str) -> str:
+def username_problem(username: str) -> str | None:
+    """Why a new username is not acceptable, or None (the CLI and the operator console share the rule)."""
     if not _USERNAME.fullmatch(username):
-        raise CliError("a username is 1-64 characters: letters, digits and . _ @ + -")
+        return "a username is 1-64 characters: letters, digits and . _ @ + -"
+    return None
+
+
+def _check_username(username: str) -> str:
+    problem = username_problem(username)
+    if problem:
+        raise CliError(problem)
     return username
 
 
