@@ -4,6 +4,10 @@ Called by the MCP layer after every tools/call. Tools put `fingerprint`, `sql` (
 and `bytes` into `ctx.audit`. The SQL text is logged only when AUDIT_SQL_TEXT is on; otherwise
 the fingerprint (a hash of the statement with literals removed) lets an operator group and find
 statements without storing the values users searched for.
+
+The last RECENT_AUDIT_SIZE lines are also kept in memory (`recent_audit`) for the operator console at
+/admin: the same fields as the log line (SQL text only under AUDIT_SQL_TEXT), nothing else. Like the log
+stream it belongs to the process, and it starts empty on every restart.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import time
+from collections import deque
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -30,6 +37,15 @@ _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\b")
 _WHITESPACE = re.compile(r"\s+")
 _OPERATOR = re.compile(r"\s*([=<>!]+|[,()])\s*")
 _COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.S)
+
+RECENT_AUDIT_SIZE = 1000
+# Appended on the event loop, read by the console on the same loop; deque bounds it (oldest dropped).
+_recent: deque[Mapping[str, Any]] = deque(maxlen=RECENT_AUDIT_SIZE)
+
+
+def recent_audit() -> list[Mapping[str, Any]]:
+    """The recent audit lines, newest first (each with `at`, seconds since the epoch)."""
+    return list(reversed(_recent))
 
 
 def normalise_sql(sql: str) -> str:
@@ -77,3 +93,4 @@ def audit_tool_call(
         if key in audit:
             fields[key] = audit[key]
     log.info("tool_call", **fields)
+    _recent.append({"at": time.time(), **fields})
