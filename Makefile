@@ -26,6 +26,7 @@ test-unit: deps ## only the fast unit tests: no server, no database process, no 
 lint: deps
 	$(BIN)/ruff check app tests bench
 	$(BIN)/ruff format --check app tests bench
+	$(BIN)/mypy
 
 deps: system-deps $(PIP_STAMP)
 

@@ -24,9 +24,9 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import pytest
-
-jinja2 = pytest.importorskip("jinja2", reason="jinja2 renders the template (the [test] extra should carry it)")
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "nginx" / "mssql-mcp.conf.j2"
@@ -48,7 +48,6 @@ def _free_port() -> int:
 
 def _role_defaults() -> dict[str, Any]:
     """The nginx role's defaults: the test renders what a deployment renders unless it overrides."""
-    yaml = pytest.importorskip("yaml")
     return yaml.safe_load(ROLE_DEFAULTS.read_text())
 
 
