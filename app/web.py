@@ -11,6 +11,7 @@ from typing import Literal
 from aiohttp import web
 
 from . import __version__, keys
+from .admin import add_admin_routes
 from .auth import setup_auth
 from .core import SURFACES, Toolset
 from .db.database import Database
@@ -148,4 +149,5 @@ def create_app(
     }
     add_health_routes(app)
     add_record_routes(app)
+    add_admin_routes(app)  # the operator console at /admin (app.admin)
     return app

@@ -1,0 +1,66 @@
+"""The policy page: the access policy in force and what it lets each role read.
+
+HOOK for whoever wires ACCESS_POLICY_FILE into create_app: `policy_in_force` is the one place the console
+asks for the policy. Today the app keeps none (app.keys has no policy key yet), so it answers None and the
+page says "no policy configured". Once the loaded policy lives in the app (for instance
+`keys.ACCESS_POLICY: web.AppKey[AccessPolicy]`, replaced on SIGHUP), return `app.get(keys.ACCESS_POLICY)`
+here; nothing else in app.admin changes.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..policy import AccessPolicy, RolePolicy
+from ..settings import Settings
+from .html import section, table, text
+
+
+def policy_in_force(app: web.Application) -> AccessPolicy | None:
+    """The access policy the server enforces now, or None when none is configured (see the module doc)."""
+    del app  # read from the app once create_app keeps the loaded policy
+    return None
+
+
+def _patterns(patterns: tuple[object, ...]) -> str:
+    return ", ".join(f"<code>{text(p)}</code>" for p in patterns) or "<span class=muted>none</span>"
+
+
+def _caps(role: RolePolicy, settings: Settings) -> str:
+    caps = role.caps(settings.max_rows, settings.query_timeout_seconds)
+    return f"{caps.max_rows} rows, {caps.timeout_seconds:g} s"
+
+
+def policy_sections(app: web.Application, settings: Settings, roles: tuple[str, ...]) -> list[str]:
+    policy = policy_in_force(app)
+    if policy is None:
+        return [
+            section(
+                "Access policy",
+                "<p id=policy-none>No policy configured: every role may read every table and column the "
+                "database login can see (ACCESS_POLICY_FILE is not set, or not wired into this server yet).</p>",
+            )
+        ]
+    names = sorted(set(roles) | set(policy.roles))
+    rows = [
+        (
+            f"<strong>{text(name)}</strong>" + ("" if name in policy.roles else " <span class=muted>(defaults)</span>"),
+            _patterns(tuple(policy.role(name).allow_tables)),
+            _patterns(tuple(policy.role(name).deny_tables)),
+            _patterns(tuple(policy.role(name).deny_columns)),
+            text(_caps(policy.role(name), settings)),
+        )
+        for name in names
+    ]
+    return [
+        section(
+            "Access policy",
+            f"<p class=muted>From {text(policy.source)}.</p>"
+            + table(
+                ("Role", "Tables allowed", "Tables denied", "Columns never shown", "Caps"),
+                rows,
+                empty="The policy names no roles.",
+                css_id="policy",
+            ),
+        )
+    ]
