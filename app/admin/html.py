@@ -19,7 +19,8 @@ _STYLE = """
 *{box-sizing:border-box}body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;background:#f4f5f7;
 margin:0;color:#1d2330;font-size:15px}header{background:#1d2330;color:#fff;padding:.7rem 1rem;display:flex;
 flex-wrap:wrap;gap:.4rem 1rem;align-items:center}header strong{margin-right:auto}header a{color:#cfd8ff}
-header form{display:inline;margin:0}header button{margin:0;padding:.3rem .7rem;font-size:.85rem}
+header form{display:inline;margin:0}header .muted{color:#c4c9d4}
+header button{margin:0;padding:.3rem .7rem;font-size:.85rem}
 main{max-width:64rem;margin:1rem auto;padding:0 .8rem}section{background:#fff;border-radius:8px;padding:1rem;
 margin-bottom:1rem;box-shadow:0 1px 6px #0001}h1{font-size:1.3rem;margin:.2rem 0 1rem}h2{font-size:1.05rem;
 margin:0 0 .6rem}.scroll{overflow-x:auto}table{border-collapse:collapse;width:100%}th,td{text-align:left;
@@ -90,8 +91,9 @@ def table(headings: Sequence[str], rows: Iterable[Sequence[str]], *, empty: str,
     if not body:
         return f"<p class=muted>{escape(empty)}</p>"
     head = "".join(f"<th scope=col>{escape(h)}</th>" for h in headings)
+    thead = f"<thead><tr>{head}</tr></thead>" if any(headings) else ""  # a key/value table needs none
     ident = f" id={css_id}" if css_id else ""
-    return f"<div class=scroll><table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+    return f"<div class=scroll><table{ident}>{thead}<tbody>{body}</tbody></table></div>"
 
 
 def text(value: object) -> str:
