@@ -313,6 +313,13 @@ class Settings:
         "allowlists; names on its never list stay refused.",
         group="database",
     )
+    access_policy_file: str = setting(
+        ("ACCESS_POLICY_FILE",),
+        "",
+        "YAML file of per-role table and column access (docs/policy.md); empty: every role reads everything. "
+        "An invalid file stops start-up with one line; SIGHUP reloads it (an invalid new file keeps the old).",
+        group="database",
+    )
     # --- MCP ------------------------------------------------------------------------------
     host: str = setting(("HOST", "BIND_HOST"), "127.0.0.1", "Address the HTTP server binds to.", group="server")
     port: int = setting(("PORT",), 8008, "HTTP port.", _int(1, 65535), group="server")
