@@ -54,7 +54,7 @@ from .records import (
 T = TypeVar("T")
 P = ParamSpec("P")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 2  # the users.role rebuild (_migrate_roles) is detected from the table itself
 KNOWN_ADDRESS_SECONDS = 30 * 86400  # a user's own recent sign-in address is exempt from the per-user ceiling
 
 _SCHEMA = """
