@@ -7,6 +7,7 @@ thread; `status()` and `is_read_only()` are instant and never touch the driver.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections import OrderedDict
@@ -18,12 +19,23 @@ import structlog
 from sqlglot import exp
 
 from ..core import Principal
+from ..policy import AccessPolicy, CatalogTable, InMemoryCatalog, RolePolicy, check_statement, tables_read
 from . import execute as run
 from . import guard
+from .access import AccessControl, internal_refusal, write_refusal, write_tables
 from .catalog import resolve
 from .dialects import Dialect, get_dialect
 from .pool import Pool, Worker
-from .types import DatabaseError, QueryFailed, QueryRefused, QueryResult, TableDescription, TableInfo, TableNotFound
+from .types import (
+    DatabaseError,
+    ForeignKey,
+    QueryFailed,
+    QueryRefused,
+    QueryResult,
+    TableDescription,
+    TableInfo,
+    TableNotFound,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +65,15 @@ class Database:
         self.derived = DerivedCatalog(CATALOG_TTL_SECONDS)
         self._extra_functions = guard.extra_functions(settings)
         self._recent_verdicts: OrderedDict[str, guard.Verdict] = OrderedDict()
+        # The access policy in force (ACCESS_POLICY_FILE): a bad file raises PolicyError here, which stops
+        # start-up with its one line; reload_policy() (SIGHUP) replaces it.
+        self.access = AccessControl(
+            str(settings.access_policy_file or ""),
+            max_rows=int(settings.max_rows),
+            timeout_seconds=float(settings.query_timeout_seconds),
+        )
+        self._catalog_version = 0  # bumped whenever the cached tables or descriptions change
+        self._policy_catalog: tuple[int, InMemoryCatalog] | None = None
         name = self.dialect.name
         self._rows_counter = metrics.rows_returned.labels(name)
         self._bytes_counter = metrics.bytes_returned.labels(name)
@@ -75,6 +96,142 @@ class Database:
 
     async def close(self) -> None:
         await self.pool.close()
+
+    # --- access policy -------------------------------------------------------------------------------
+    @property
+    def policy(self) -> AccessPolicy:
+        """The access policy in force (UNRESTRICTED when ACCESS_POLICY_FILE is empty); `access.describe()`
+        summarises it for the operator console."""
+        return self.access.policy
+
+    def reload_policy(self) -> bool:
+        """Re-read ACCESS_POLICY_FILE (SIGHUP); False (and the old policy kept) when the new file is invalid."""
+        return self.access.reload()
+
+    def role_policy(self, principal: Principal) -> RolePolicy:
+        return self.access.role(principal)
+
+    def _catalog_changed(self) -> None:
+        self._catalog_version += 1
+        self._policy_catalog = None
+
+    async def _check_catalog(self, tree: exp.Expr | None, role: RolePolicy | None) -> InMemoryCatalog:
+        """The catalog the policy check resolves names in: every table, with the columns the cache knows.
+        Tables the statement reads whose columns a column pattern of `role` may deny are described first
+        (a column the check does not know could be a denied one: it fails closed without them)."""
+        tables = await self._table_list()
+        catalog = self._built_catalog(tables)
+        if role is not None and role.deny_columns and tree is not None:
+            wanted = []
+            for name in tables_read(tree, catalog):
+                schema, _, table_name = name.rpartition(".")
+                for found in catalog.resolve(schema or None, table_name):
+                    if found.columns is None and role.may_deny_columns_of(found.schema, found.name):
+                        wanted.append(found)
+            for found in wanted:
+                info = next((t for t in tables if t.schema == found.schema and t.name == found.name), None)
+                if info is not None:
+                    await self._description(info)
+            if wanted:
+                catalog = self._built_catalog(tables)
+        return catalog
+
+    def _built_catalog(self, tables: list[TableInfo]) -> InMemoryCatalog:
+        if self._policy_catalog is not None and self._policy_catalog[0] == self._catalog_version:
+            return self._policy_catalog[1]
+        now = time.monotonic()
+        entries = []
+        for table in tables:
+            cached = self._descriptions.get((table.schema, table.name))
+            columns = (
+                tuple(c.name for c in cached[1].columns)
+                if cached and now - cached[0] < CATALOG_TTL_SECONDS
+                else None  # unknown: the check fails closed for `*` over it
+            )
+            entries.append(CatalogTable(table.schema, table.name, columns, table.kind))
+        catalog = InMemoryCatalog(entries, self.dialect.default_schema)
+        self._policy_catalog = (self._catalog_version, catalog)
+        return catalog
+
+    async def _policy_check(
+        self, verdict: guard.Verdict, principal: Principal | None
+    ) -> tuple[tuple[str, ...], RolePolicy | None]:
+        """(the tables the read reads, the caller's restricting role or None); QueryRefused("policy", ...)
+        when the caller's role may not read something it touches."""
+        tree = _checked_tree(verdict)
+        role = self.access.restricting_role(principal)
+        if principal is None and self.access.restricts_anyone:
+            catalog = await self._check_catalog(tree, None)
+            why = internal_refusal(tree, catalog)
+            if why:
+                self._refuse_policy(why)
+            return tables_read(tree, catalog), None
+        if role is None:
+            return (tables_read(tree, self._built_catalog(await self._table_list())) if tree is not None else ()), None
+        if tree is None:
+            self._refuse_policy(
+                f"role {role.name} has an access policy, and this statement can only be checked after a "
+                "rewrite (a T-SQL hint or XMLNAMESPACES): leave that part out"
+            )
+        catalog = await self._check_catalog(tree, role)
+        decision = check_statement(tree, catalog, role)
+        if not decision.allowed:
+            self._refuse_policy(decision.message or f"role {role.name} may not read what this statement reads")
+        return decision.tables, role
+
+    def _refuse_policy(self, message: str) -> None:
+        self.metrics.guard_refusals.labels("policy").inc()
+        log.info("db.refused", reason="policy")
+        raise QueryRefused("policy", message)
+
+    def _role_caps(
+        self, role: RolePolicy | None, max_rows: int | None, timeout: float | None
+    ) -> tuple[int | None, float | None]:
+        """A role's own caps lower the call's (never raise the global ones)."""
+        if role is None:
+            return max_rows, timeout
+        caps = role.caps(int(self.settings.max_rows), float(self.settings.query_timeout_seconds))
+        rows = caps.max_rows if max_rows is None else min(caps.max_rows, max_rows)
+        seconds = caps.timeout_seconds if timeout is None or timeout <= 0 else min(caps.timeout_seconds, timeout)
+        return rows, seconds
+
+    async def visible_table(self, table: TableInfo, principal: Principal | None) -> TableInfo:
+        """`table` itself when the caller may read it; QueryRefused("policy", ...) naming it when not."""
+        role = self.access.restricting_role(principal)
+        if role is not None:
+            denial = role.table_denial(table.schema, table.name)
+            if denial:
+                self._refuse_policy(f"role {role.name} may not read {table.qualified_name} ({denial})")
+        return table
+
+    def _visible_description(self, description: TableDescription, role: RolePolicy | None) -> TableDescription:
+        """The description without the columns `role` may never see, nor keys, indexes and foreign keys that
+        name them or point at a table it may not read."""
+        if role is None:
+            return description
+        table = description.table
+        columns = role.visible_columns(table, description.columns)
+        shown = {c.name for c in columns}
+
+        def keeps(names: Sequence[str]) -> bool:
+            return all(n in shown for n in names)
+
+        def keeps_fk(fk: ForeignKey) -> bool:
+            schema, _, name = fk.references_table.rpartition(".")
+            target_schema = schema or None
+            return (
+                keeps(fk.columns)
+                and role.may_read_table(target_schema, name)
+                and not any(role.column_denied(target_schema, name, c) for c in fk.references_columns)
+            )
+
+        return dataclasses.replace(
+            description,
+            columns=columns,
+            primary_key=[c for c in description.primary_key if c in shown] if keeps(description.primary_key) else [],
+            foreign_keys=[fk for fk in description.foreign_keys if keeps_fk(fk)],
+            indexes=[ix for ix in description.indexes if keeps(ix.columns)],
+        )
 
     # --- queries -----------------------------------------------------------------------------------
     def verdict(self, sql: str) -> guard.Verdict:
@@ -115,13 +272,28 @@ class Database:
         raise QueryRefused(reason, verdict.message or "refused: not a single read query")
 
     async def read(
-        self, sql: str, params: Sequence[Any] = (), *, max_rows: int | None = None, timeout: float | None = None
+        self,
+        sql: str,
+        params: Sequence[Any] = (),
+        *,
+        principal: Principal | None = None,
+        max_rows: int | None = None,
+        timeout: float | None = None,
     ) -> QueryResult:
         """Run one read query: the guard must accept it (else QueryRefused), whatever READ_ONLY_MODE says, and
-        it runs in a transaction that is rolled back. `max_rows` and `timeout` can only lower the caps."""
+        it runs in a transaction that is rolled back. `max_rows` and `timeout` can only lower the caps.
+
+        `principal` is the caller: its role's access policy must allow every table and column the statement
+        touches (else QueryRefused("policy", ...)), and the role's caps lower the call's. A read without a
+        principal is the service's own catalog query: while a policy restricts anyone it may read no table
+        of the catalog (app.db.access.internal_refusal), so no caller's statement can take that path.
+        `result.tables` names the tables the statement reads (for the audit line)."""
         verdict = self.verdict(sql)
         self._refuse_unless_read(verdict)
-        return await self._read(sql, _checked_tree(verdict), params, max_rows=max_rows, timeout=timeout)
+        tables, role = await self._policy_check(verdict, principal)
+        max_rows, timeout = self._role_caps(role, max_rows, timeout)
+        result = await self._read(sql, _checked_tree(verdict), params, max_rows=max_rows, timeout=timeout)
+        return dataclasses.replace(result, tables=tables)
 
     async def _read(
         self,
@@ -164,15 +336,24 @@ class Database:
         return Writer(self, principal)
 
     async def _write(
-        self, sql: str, params: Sequence[Any], *, max_rows: int | None, timeout: float | None
+        self, sql: str, params: Sequence[Any], principal: Principal, *, max_rows: int | None, timeout: float | None
     ) -> QueryResult:
+        glot = guard.sqlglot_dialect(self.dialect.name)
+        role = self.access.restricting_role(principal)
+        if role is not None:  # the guard gives no tree for a write: parse it here, fail closed
+            why = write_refusal(sql, glot, role, self._built_catalog(await self._table_list()))
+            if why:
+                self._refuse_policy(why)
+        max_rows, timeout = self._role_caps(role, max_rows, timeout)
+
         def job(session: Worker, rows_cap: int, bytes_cap: int) -> QueryResult:
             return run.write(session, sql, params, rows_cap, bytes_cap)
 
         try:
-            return await self._capped(job, max_rows=max_rows, timeout=timeout, retry=False)
+            result = await self._capped(job, max_rows=max_rows, timeout=timeout, retry=False)
         finally:
             self.forget_catalog()  # the write may have been DDL
+        return dataclasses.replace(result, tables=write_tables(sql, glot) or ())
 
     def _account(self, result: QueryResult) -> None:
         self._rows_counter.inc(result.row_count)
@@ -211,6 +392,7 @@ class Database:
         self.derived.clear()
         self._tables = None
         self._descriptions.clear()
+        self._catalog_changed()
         self.read_plans.forget()  # plans know their statements' columns
 
     async def _table_list(self, *, refresh: bool = False) -> list[TableInfo]:
@@ -218,16 +400,37 @@ class Database:
         if refresh or self._tables is None or now - self._tables_at > CATALOG_TTL_SECONDS:
             self._tables = await self._catalog(self.dialect.list_tables)
             self._tables_at = time.monotonic()
+            self._catalog_changed()
         return self._tables
 
-    async def list_tables(self) -> list[TableInfo]:
-        return list(await self._table_list())
+    async def list_tables(self, *, principal: Principal | None = None) -> list[TableInfo]:
+        """The tables and views, only those the caller's role may read (all of them without a principal)."""
+        tables = await self._table_list()
+        role = self.access.restricting_role(principal)
+        return list(tables) if role is None else role.visible_tables(tables)
 
-    async def resolve_table(self, name: str | TableInfo) -> TableInfo:
-        """The catalog entry for a user-supplied name (any case, with or without schema)."""
+    async def resolve_table(self, name: str | TableInfo, *, principal: Principal | None = None) -> TableInfo:
+        """The catalog entry for a user-supplied name (any case, with or without schema). For a caller whose
+        role may not read it: QueryRefused("policy", ...); suggestions for an unknown name come only from
+        the tables the role may read."""
         if isinstance(name, TableInfo):
             name = name.qualified_name
-        tables = await self._table_list()
+        role = self.access.restricting_role(principal)
+        try:
+            found = await self._resolve(name, await self._table_list())
+        except TableNotFound as exc:
+            if role is None:
+                raise
+            raise TableNotFound(str(name), [s for s in exc.suggestions if self._readable_name(s, role)]) from None
+        return await self.visible_table(found, principal)
+
+    def _readable_name(self, qualified: str, role: RolePolicy) -> bool:
+        for table in self._tables or ():
+            if table.qualified_name == qualified:
+                return role.may_read_table(table.schema, table.name)
+        return False
+
+    async def _resolve(self, name: str, tables: list[TableInfo]) -> TableInfo:
         try:
             return resolve(name, tables, self.dialect)
         except TableNotFound:
@@ -236,16 +439,21 @@ class Database:
                 raise
         return resolve(name, await self._table_list(refresh=True), self.dialect)
 
-    async def describe_table(self, name: str | TableInfo) -> TableDescription:
-        table = await self.resolve_table(name)
+    async def describe_table(self, name: str | TableInfo, *, principal: Principal | None = None) -> TableDescription:
+        """The table's columns, keys and indexes; for a caller, without what its role may never see."""
+        table = await self.resolve_table(name, principal=principal)
         description = await self._catalog(lambda cursor: self.dialect.describe_table(cursor, table))
         self._descriptions[(table.schema, table.name)] = (time.monotonic(), description)
-        return description
+        self._catalog_changed()
+        return self._visible_description(description, self.access.restricting_role(principal))
 
-    async def cached_description(self, name: str | TableInfo) -> TableDescription:
+    async def cached_description(
+        self, name: str | TableInfo, *, principal: Principal | None = None
+    ) -> TableDescription:
         """describe_table, served from the catalog cache while it is fresh (for callers that describe the same
         tables again and again, such as ChatGPT's search and fetch)."""
-        return await self._description(await self.resolve_table(name))
+        table = await self.resolve_table(name, principal=principal)
+        return self._visible_description(await self._description(table), self.access.restricting_role(principal))
 
     async def _description(self, table: TableInfo) -> TableDescription:
         cached = self._descriptions.get((table.schema, table.name))
@@ -253,23 +461,50 @@ class Database:
             return cached[1]
         description = await self._catalog(lambda cursor: self.dialect.describe_table(cursor, table))
         self._descriptions[(table.schema, table.name)] = (time.monotonic(), description)
+        self._catalog_changed()
         return description
 
     def sample_limit(self, asked: int) -> int:
         """The rows a sample of `asked` rows may return: the one place SAMPLE_MAX_ROWS and MAX_ROWS cap it."""
         return max(1, min(int(asked), int(self.settings.sample_max_rows), int(self.settings.max_rows)))
 
-    async def sample(self, name: str | TableInfo, limit: int = 10) -> QueryResult:
-        """The first `limit` rows of a table or view (capped by sample_limit)."""
-        table = await self.resolve_table(name)
+    async def sample(
+        self, name: str | TableInfo, limit: int = 10, *, principal: Principal | None = None
+    ) -> QueryResult:
+        """The first `limit` rows of a table or view (capped by sample_limit). For a caller: a table its role
+        may not read is refused, and the columns it may never see are left out of the SELECT."""
+        table = await self.resolve_table(name, principal=principal)
+        role = self.access.restricting_role(principal)
         n = self.sample_limit(limit)
-        sql = self.dialect.sample_sql(table, n)
-        return await self._read(sql, None, (), max_rows=n)  # the same caps as any read: wide values cut on the server
+        sql = await self._without_denied_columns(self.dialect.sample_sql(table, n), table, role)
+        max_rows, timeout = self._role_caps(role, n, None)
+        # the same caps as any read: wide values cut on the server
+        result = await self._read(sql, None, (), max_rows=max_rows, timeout=timeout)
+        return dataclasses.replace(result, tables=(table.qualified_name,))
 
-    async def fetch_row(self, table: TableInfo, key: dict[str, Any]) -> dict[str, Any] | None:
-        """The row whose key columns equal `key` (column names matched case-insensitively), or None."""
+    async def _without_denied_columns(self, sql: str, table: TableInfo, role: RolePolicy | None) -> str:
+        """The dialect's own `SELECT * FROM table ...` with `*` replaced by the columns `role` may see."""
+        if role is None or not role.may_deny_columns_of(table.schema, table.name):
+            return sql
+        description = await self._description(table)
+        shown = role.visible_columns(table, [c.name for c in description.columns])
+        if len(shown) == len(description.columns):
+            return sql
+        if not shown or sql.count(" * FROM ") != 1:
+            self._refuse_policy(f"role {role.name} may see none of the columns of {table.qualified_name}")
+        columns = ", ".join(self.dialect.quote_identifier(c) for c in shown)
+        return sql.replace(" * FROM ", f" {columns} FROM ", 1)
+
+    async def fetch_row(
+        self, table: TableInfo, key: dict[str, Any], *, principal: Principal | None = None
+    ) -> dict[str, Any] | None:
+        """The row whose key columns equal `key` (column names matched case-insensitively), or None. For a
+        caller: refused when its role may not read the table or a key column; the columns it may never see
+        are not selected."""
         if not key:
             raise QueryFailed("a row key needs at least one column value")
+        await self.visible_table(table, principal)
+        role = self.access.restricting_role(principal)
         description = await self._description(table)
         by_name = {c.name.lower(): c for c in description.columns}
         columns: list[str] = []
@@ -282,10 +517,13 @@ class Database:
             columns.append(column.name)
             column_types.append(column.base_type or column.type)
             params.append(_coerce(value, column.base_type or column.type))  # an alias of int is an int key
-        sql = self.dialect.row_sql(table, columns, column_types)
+        if role is not None and any(role.column_denied(table.schema, table.name, c) for c in columns):
+            self._refuse_policy(f"role {role.name} may not look rows of {table.qualified_name} up by that key")
+        sql = await self._without_denied_columns(self.dialect.row_sql(table, columns, column_types), table, role)
+        _, timeout = self._role_caps(role, 1, None)
         # Read inside the byte cap like every read: a row larger than the cap is refused with the column to
         # leave out, rather than pulled whole.
-        result = await self._read(sql, None, params, max_rows=1)
+        result = await self._read(sql, None, params, max_rows=1, timeout=timeout)
         if result.rows:
             return dict(zip(result.columns, result.rows[0], strict=False))
         if result.truncated_reason == "max_bytes":
@@ -333,7 +571,7 @@ class Writer:
         self, sql: str, params: Sequence[Any] = (), *, max_rows: int | None = None, timeout: float | None = None
     ) -> QueryResult:
         log.info("db.write", user=self.principal.username)
-        return await self._database._write(sql, params, max_rows=max_rows, timeout=timeout)
+        return await self._database._write(sql, params, self.principal, max_rows=max_rows, timeout=timeout)
 
 
 def _ping_job(session: Worker) -> None:

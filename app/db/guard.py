@@ -314,6 +314,11 @@ def _fail(reason: str, what: str) -> _Refusal:
     return _Refusal(_refuse(reason, what))
 
 
+def sqlglot_dialect(dialect: str) -> str:
+    """sqlglot's name for a backend ("mssql" -> "tsql"), as the guard parses it."""
+    return _SQLGLOT_DIALECTS.get(dialect, dialect)
+
+
 def check(sql: str, dialect: str, *, extra_functions: frozenset[str] = frozenset()) -> Verdict:
     """The guard's verdict for `sql` in `dialect` ("mssql"/"tsql", "postgres", "sqlite"); never raises.
 

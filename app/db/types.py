@@ -18,6 +18,8 @@ class QueryResult:
     elapsed_ms: float = 0.0
     result_bytes: int = 0
     rows_affected: int | None = None  # writes only
+    # The tables the statement reads (qualified names, for the audit line; not part of the tool result).
+    tables: tuple[str, ...] = ()
 
     @property
     def row_count(self) -> int:
