@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("audit")
 
 # Extra keys a tool may add to ctx.audit that are safe and useful in the audit line.
-_PASSTHROUGH = ("table", "truncated", "truncated_reason", "reason", "error_code", "statement_type", "id")
+# `tables`: the qualified names the statement read (the policy check's tables_read, issue 14).
+_PASSTHROUGH = ("table", "tables", "truncated", "truncated_reason", "reason", "error_code", "statement_type", "id")
 
 _STRING_LITERAL = re.compile(r"N?'(?:[^']|'')*'")
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\b")
