@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from app.core import Principal
 from app.mcp.resources import (
     Prompt,
     PromptArgument,
@@ -517,7 +518,7 @@ class FixtureResources:
         "test://watched-resource": ResourceContents("test://watched-resource", "text/plain", "Watched."),
     }
 
-    async def list_resources(self) -> Sequence[Resource]:
+    async def list_resources(self, *, caller: Principal | None = None) -> Sequence[Resource]:
         return [
             Resource(uri, uri.removeprefix("test://"), description=f"Fixture {uri}", mime_type=item.mime_type)
             for uri, item in self.STATIC.items()
@@ -530,7 +531,7 @@ class FixtureResources:
             )
         ]
 
-    async def read(self, uri: str) -> Sequence[ResourceContents]:
+    async def read(self, uri: str, *, caller: Principal | None = None) -> Sequence[ResourceContents]:
         if uri in self.STATIC:
             return [self.STATIC[uri]]
         match = re.fullmatch(r"test://template/([^/]+)/data", uri)
@@ -543,7 +544,15 @@ class FixtureResources:
             )
         ]
 
-    async def complete(self, uri_template: str, argument: str, value: str, context: Mapping[str, str]) -> Sequence[str]:
+    async def complete(
+        self,
+        uri_template: str,
+        argument: str,
+        value: str,
+        context: Mapping[str, str],
+        *,
+        caller: Principal | None = None,
+    ) -> Sequence[str]:
         return ["123", "456"] if argument == "id" else []
 
 

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..core import Principal
 from .tools import ToolContext
 
 COMPLETION_LIMIT = 100  # the spec's cap on completion values per response
@@ -89,22 +90,32 @@ class ResourceContents:
 
 
 class ResourceProvider(Protocol):
-    """The resources one MCP endpoint offers."""
+    """The resources one MCP endpoint offers. `caller` is who asks (the server passes the request's
+    principal; None is the service itself, e.g. a change watcher): a provider may show each caller only
+    what it may see (the catalog's resources follow the access policy of the caller's role)."""
 
     # How long a client may reuse resources/list and resources/read answers (SEP-2549 ttlMs).
     ttl_ms: int
     # Whether resources/subscribe is offered (the provider then calls McpServer.resource_updated).
     subscribable: bool
 
-    async def list_resources(self) -> Sequence[Resource]: ...
+    async def list_resources(self, *, caller: Principal | None = None) -> Sequence[Resource]: ...
 
     def list_templates(self) -> Sequence[ResourceTemplate]: ...
 
-    async def read(self, uri: str) -> Sequence[ResourceContents]:
+    async def read(self, uri: str, *, caller: Principal | None = None) -> Sequence[ResourceContents]:
         """The contents of `uri`; raises ResourceNotFound when no resource has it."""
         ...
 
-    async def complete(self, uri_template: str, argument: str, value: str, context: Mapping[str, str]) -> Sequence[str]:
+    async def complete(
+        self,
+        uri_template: str,
+        argument: str,
+        value: str,
+        context: Mapping[str, str],
+        *,
+        caller: Principal | None = None,
+    ) -> Sequence[str]:
         """Candidate values for one template variable (McpServer filters, ranks and caps them)."""
         ...
 
@@ -112,6 +123,8 @@ class ResourceProvider(Protocol):
 # (validated arguments, the request's context: caller, client capabilities, input responses) -> messages.
 PromptRenderer = Callable[[dict[str, str], ToolContext], Awaitable[list[dict[str, Any]]]]
 ArgumentCompleter = Callable[[str, str, Mapping[str, str]], Awaitable[Sequence[str]]]
+# The same, also told who asks (catalog completions show only what the caller's role may read).
+CallerCompleter = Callable[[str, str, Mapping[str, str], Principal], Awaitable[Sequence[str]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +151,8 @@ class Prompt:
     arguments: list[PromptArgument] = field(default_factory=list)
     # (argument name, typed prefix, other arguments so far) -> candidates; None offers no completions.
     complete: ArgumentCompleter | None = None
+    # Preferred over `complete` when set: a completer told the caller.
+    caller_complete: CallerCompleter | None = None
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "title": self.title, "description": self.description}

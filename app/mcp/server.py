@@ -236,7 +236,9 @@ class McpServer:
             self.capabilities["resources"] = {"listChanged": True, "subscribe": bool(resources.subscribable)}
         if self.prompts:
             self.capabilities["prompts"] = {"listChanged": False}
-        self._completions = resources is not None or any(p.complete is not None for p in self.prompts)
+        self._completions = resources is not None or any(
+            p.complete is not None or p.caller_complete is not None for p in self.prompts
+        )
         self._prompts_list = {"prompts": [prompt.describe() for prompt in self.prompts]}
         # tools/list never changes: serialize it once per era.
         self._described_tools = [tool.describe() for tool in tools]
@@ -561,7 +563,7 @@ class McpServer:
 
     async def _resources_list(self, params: dict[str, Any], env: CallEnv, request_id: RequestId | None) -> Any:
         assert self.resources is not None
-        described = [resource.describe() for resource in await self.resources.list_resources()]
+        described = [resource.describe() for resource in await self.resources.list_resources(caller=env.principal)]
         return self._cached(self._page(described, params, "resources"), env, self.resources.ttl_ms)
 
     async def _resource_templates_list(self, params: dict[str, Any], env: CallEnv, request_id: RequestId | None) -> Any:
@@ -573,7 +575,7 @@ class McpServer:
         assert self.resources is not None
         uri = _required_uri(params)
         try:
-            contents = await self.resources.read(uri)
+            contents = await self.resources.read(uri, caller=env.principal)
         except ResourceNotFound as exc:
             raise JsonRpcError(INVALID_PARAMS, str(exc), {"uri": uri}) from None
         except SafeError as exc:  # the message is safe to show; the resource exists but cannot be read now
@@ -596,7 +598,7 @@ class McpServer:
                 "subscriptions per session; unsubscribe from some first",
             )
         try:
-            await self.resources.read(uri)  # only resources that exist can be watched
+            await self.resources.read(uri, caller=env.principal)  # only resources that exist can be watched
         except ResourceNotFound as exc:
             raise JsonRpcError(INVALID_PARAMS, str(exc), {"uri": uri}) from None
         uris.add(uri)
@@ -666,15 +668,18 @@ class McpServer:
             prompt = self._prompts.get(ref.get("name"))  # type: ignore[arg-type]
             if prompt is None:
                 raise JsonRpcError(INVALID_PARAMS, f"Unknown prompt: {_shown(ref.get('name'))!r}")
-            if prompt.complete is not None and any(a.name == arg_name for a in prompt.arguments):
-                candidates = await prompt.complete(arg_name, value, others)
+            if any(a.name == arg_name for a in prompt.arguments):
+                if prompt.caller_complete is not None:
+                    candidates = await prompt.caller_complete(arg_name, value, others, env.principal)
+                elif prompt.complete is not None:
+                    candidates = await prompt.complete(arg_name, value, others)
         elif kind == "ref/resource":
             uri = ref.get("uri")
             templates = {t.uri_template for t in self.resources.list_templates()} if self.resources else set()
             if uri not in templates:
                 raise JsonRpcError(INVALID_PARAMS, f"Unknown resource template: {_shown(uri)!r}")
             assert self.resources is not None
-            candidates = await self.resources.complete(uri, arg_name, value, others)
+            candidates = await self.resources.complete(uri, arg_name, value, others, caller=env.principal)
         else:
             raise JsonRpcError(INVALID_PARAMS, 'Invalid params: ref.type must be "ref/prompt" or "ref/resource"')
         result = {"completion": rank_completions(candidates, value)}

@@ -81,7 +81,7 @@ class ClaudeTools:
     async def list_tables(self, arguments: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
         schema = arguments.get("schema")
         contains = arguments.get("name_contains")
-        tables = await self.database.list_tables()
+        tables = await self.database.list_tables(principal=ctx.principal)  # only what the role may read
         schema_note = None
         if schema:
             # SQLite has no schemas: its tables answer to `main`, the name its resources URIs use.
@@ -119,11 +119,12 @@ class ClaudeTools:
     # --- describe_table ------------------------------------------------------------------
     async def describe_table(self, arguments: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
         name = required_str(arguments, "table_name")
-        description = await self.database.describe_table(name.strip())
+        description = await self.database.describe_table(name.strip(), principal=ctx.principal)
         out = description_dict(description)
         ctx.audit.update(
             fingerprint=fingerprint_sql(f"describe_table {description.table.qualified_name}"),
             table=description.table.qualified_name,
+            tables=[description.table.qualified_name],
             rows=len(out["columns"]),
             bytes=json_size(out),
         )
@@ -145,10 +146,11 @@ class ClaudeTools:
             result = await writer.write(sql, max_rows=max_rows, timeout=timeout)
         elif verdict.allowed or self.settings.read_only_mode:
             # In read-only mode read() refuses what the guard does not accept, with the guard's reason.
-            result = await self.database.read(sql, max_rows=max_rows, timeout=timeout)
+            result = await self.database.read(sql, principal=ctx.principal, max_rows=max_rows, timeout=timeout)
         else:
             raise ToolError(READER_REFUSAL.format(why=not_read_reason(verdict)), outcome="refused")
         ctx.audit.update(
+            tables=list(result.tables),
             rows=result.row_count if result.rows_affected is None else result.rows_affected,
             bytes=result.result_bytes,
             truncated=result.truncated,
@@ -163,8 +165,8 @@ class ClaudeTools:
         asked = positive_int(arguments, "limit", 10) or 10
         cap = self.settings.sample_max_rows
         limit = self.database.sample_limit(asked)
-        table = await self.database.resolve_table(name.strip())
-        result = await self.database.sample(table.qualified_name, limit)
+        table = await self.database.resolve_table(name.strip(), principal=ctx.principal)
+        result = await self.database.sample(table.qualified_name, limit, principal=ctx.principal)
         note = truncation_note(result, self.dialect, sample=True)
         if asked > cap:
             note = (
@@ -175,6 +177,7 @@ class ClaudeTools:
         ctx.audit.update(
             fingerprint=fingerprint_sql(f"get_table_sample {table.qualified_name}"),
             table=table.qualified_name,
+            tables=[table.qualified_name],
             rows=result.row_count,
             bytes=result.result_bytes,
             truncated=result.truncated,

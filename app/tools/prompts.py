@@ -15,7 +15,8 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from ..db.types import TableInfo, TableNotFound
+from ..core import Principal
+from ..db.types import QueryRefused, TableInfo, TableNotFound
 from ..mcp.resources import Prompt, PromptArgument, PromptArgumentsInvalid, text_message
 from ..mcp.tools import ToolContext
 from .resources import OVERVIEW_URI, DatabaseResources, table_uri
@@ -72,22 +73,22 @@ class DatabasePrompts:
         return self.database.dialect.limit_example
 
     # -- embedded resources ---------------------------------------------------------------------------
-    async def _embed(self, uri: str) -> dict[str, Any]:
-        contents = (await self.resources.read(uri))[0]
+    async def _embed(self, uri: str, caller: Principal) -> dict[str, Any]:
+        contents = (await self.resources.read(uri, caller=caller))[0]  # what the caller's role may see
         return _resource_message(contents.uri, contents.mime_type or "text/markdown", contents.text or "")
 
-    async def _embed_tables(self, names: list[str]) -> list[dict[str, Any]]:
+    async def _embed_tables(self, names: list[str], caller: Principal) -> list[dict[str, Any]]:
         messages: list[dict[str, Any]] = []
         seen: set[str] = set()
         for name in names[:MAX_EMBEDDED_TABLES]:
             try:
-                table = await self.database.resolve_table(name)
-            except TableNotFound as exc:
+                table = await self.database.resolve_table(name, principal=caller)
+            except (TableNotFound, QueryRefused) as exc:  # refused: the caller's role may not read it
                 raise PromptArgumentsInvalid(str(exc)) from None
             uri = table_uri(table)
             if uri not in seen:
                 seen.add(uri)
-                messages.append(await self._embed(uri))
+                messages.append(await self._embed(uri, caller))
         return messages
 
     # -- the prompts ------------------------------------------------------------------------------------
@@ -95,7 +96,7 @@ class DatabasePrompts:
         focus = arguments.get("focus", "").strip()
         goal = f" with this in mind: {focus}" if focus else ""
         return [
-            await self._embed(OVERVIEW_URI),
+            await self._embed(OVERVIEW_URI, ctx.principal),
             text_message(
                 f"Above is the list of tables and views in this {self._label} database. Explore it{goal}. "
                 "Pick the tables that look central (most rows, most referenced), read their descriptions with "
@@ -108,7 +109,7 @@ class DatabasePrompts:
     async def write_query(self, arguments: dict[str, str], ctx: ToolContext) -> list[dict[str, Any]]:
         question = arguments["question"].strip()
         names = [n.strip() for n in arguments.get("tables", "").split(",") if n.strip()]
-        embedded = await self._embed_tables(names)
+        embedded = await self._embed_tables(names, ctx.principal)
         where = (
             "Use the table descriptions above."
             if embedded
@@ -125,7 +126,7 @@ class DatabasePrompts:
         ]
 
     async def explain_table(self, arguments: dict[str, str], ctx: ToolContext) -> list[dict[str, Any]]:
-        embedded = await self._embed_tables([arguments["table"].strip()])
+        embedded = await self._embed_tables([arguments["table"].strip()], ctx.principal)
         column = arguments.get("column", "").strip()
         focus = (
             f" Pay most attention to the column {column}: what its values mean, how they are distributed "
@@ -145,7 +146,7 @@ class DatabasePrompts:
 
     async def review_query(self, arguments: dict[str, str], ctx: ToolContext) -> list[dict[str, Any]]:
         query = arguments["query"].strip()
-        embedded = await self._embed_tables(self._tables_in(query))
+        embedded = await self._embed_tables(self._tables_in(query), ctx.principal)
         return [
             *embedded,
             text_message(
@@ -178,16 +179,17 @@ class DatabasePrompts:
         return names
 
     # -- completions ------------------------------------------------------------------------------------
-    async def complete(self, argument: str, value: str, context: Mapping[str, str]) -> list[str]:
+    async def complete(self, argument: str, value: str, context: Mapping[str, str], caller: Principal) -> list[str]:
+        """Table and column names the caller's role may read (app.mcp's caller_complete)."""
         if argument == "table":
-            return _table_names(await self.database.list_tables())
+            return _table_names(await self.database.list_tables(principal=caller))
         if argument == "column":  # the columns of the table chosen so far
             table = context.get("table", "").strip()
             if not table:
                 return []
             try:
-                description = await self.database.describe_table(table)
-            except TableNotFound:
+                description = await self.database.describe_table(table, principal=caller)
+            except (TableNotFound, QueryRefused):
                 return []
             return [column.name for column in description.columns]
         if argument == "tables":  # a comma-separated list: complete its last item
@@ -195,7 +197,9 @@ class DatabasePrompts:
             prefix = f"{head.strip()}, " if head.strip() else ""
             done = {n.strip().casefold() for n in head.split(",") if n.strip()}
             return [
-                prefix + name for name in _table_names(await self.database.list_tables()) if name.casefold() not in done
+                prefix + name
+                for name in _table_names(await self.database.list_tables(principal=caller))
+                if name.casefold() not in done
             ]
         return []
 
@@ -218,7 +222,7 @@ class DatabasePrompts:
                     PromptArgument("question", "The question the query should answer.", required=True),
                     PromptArgument("tables", "Optional: comma-separated tables to start from (completes)."),
                 ],
-                self.complete,
+                caller_complete=self.complete,
             ),
             Prompt(
                 "explain_table",
@@ -229,7 +233,7 @@ class DatabasePrompts:
                     PromptArgument("table", table_help, required=True),
                     PromptArgument("column", "Optional: a column to focus on (completes from the table's columns)."),
                 ],
-                self.complete,
+                caller_complete=self.complete,
             ),
             Prompt(
                 "review_query",

@@ -24,6 +24,7 @@ from urllib.parse import quote, unquote
 
 import structlog
 
+from ..core import Principal
 from ..db.dialects import dialect_class
 from ..db.types import DatabaseError, TableDescription, TableInfo
 from ..mcp.resources import Resource, ResourceContents, ResourceNotFound, ResourceTemplate
@@ -69,11 +70,12 @@ class DatabaseResources:
         self.settings = settings
 
     # -- listing ------------------------------------------------------------------------------------
-    async def _tables(self) -> list[TableInfo]:
-        tables = await self.database.list_tables()
+    async def _tables(self, caller: Principal | None) -> list[TableInfo]:
+        """The tables `caller` may read (every table for the service itself: caller None)."""
+        tables = await self.database.list_tables(principal=caller)
         return sorted(tables, key=lambda t: ((t.schema or "").lower(), t.name.lower(), t.name))
 
-    async def list_resources(self) -> list[Resource]:
+    async def list_resources(self, *, caller: Principal | None = None) -> list[Resource]:
         label = self.database.dialect.label
         out = [
             Resource(
@@ -91,7 +93,7 @@ class DatabaseResources:
                 JSON_TYPE,
             ),
         ]
-        for table in await self._tables():
+        for table in await self._tables(caller):
             rows = f", about {table.row_estimate:,} rows" if table.row_estimate is not None else ""
             out.append(
                 Resource(
@@ -125,32 +127,32 @@ class DatabaseResources:
         ]
 
     # -- reading ------------------------------------------------------------------------------------
-    async def read(self, uri: str) -> list[ResourceContents]:
+    async def read(self, uri: str, *, caller: Principal | None = None) -> list[ResourceContents]:
         if uri == OVERVIEW_URI:
-            return [ResourceContents(uri, MARKDOWN, self._overview_markdown(await self._tables()))]
+            return [ResourceContents(uri, MARKDOWN, self._overview_markdown(await self._tables(caller)))]
         if uri == OVERVIEW_JSON_URI:
             return [
                 ResourceContents(
                     uri,
                     JSON_TYPE,
-                    json.dumps(self._overview_json(await self._tables()), ensure_ascii=False, default=str),
+                    json.dumps(self._overview_json(await self._tables(caller)), ensure_ascii=False, default=str),
                 )
             ]
-        table, as_json = await self._table_for(uri)
-        description = await self.database.describe_table(table)
+        table, as_json = await self._table_for(uri, caller)  # a table the caller may not read is not found
+        description = await self.database.describe_table(table, principal=caller)
         if as_json:
             text = json.dumps({**description_dict(description), "uri": uri}, ensure_ascii=False, default=str)
             return [ResourceContents(uri, JSON_TYPE, text)]
         return [ResourceContents(uri, MARKDOWN, table_markdown(description, self.database.dialect_name))]
 
-    async def _table_for(self, uri: str) -> tuple[TableInfo, bool]:
+    async def _table_for(self, uri: str, caller: Principal | None) -> tuple[TableInfo, bool]:
         if not uri.startswith(TABLES_PREFIX):
             raise ResourceNotFound(uri)
         parts = uri[len(TABLES_PREFIX) :].split("/")
         if len(parts) != 2 or not all(parts):
             raise ResourceNotFound(uri, f"Resource not found: {uri} (expected {TABLE_TEMPLATE})")
         schema, name = unquote(parts[0]), unquote(parts[1])
-        tables = await self._tables()
+        tables = await self._tables(caller)
         table = _find(tables, schema, name)
         if table is not None:
             return table, False
@@ -202,8 +204,16 @@ class DatabaseResources:
         return "\n".join(lines) + "\n"
 
     # -- completions ----------------------------------------------------------------------------------
-    async def complete(self, uri_template: str, argument: str, value: str, context: Mapping[str, str]) -> list[str]:
-        tables = await self._tables()
+    async def complete(
+        self,
+        uri_template: str,
+        argument: str,
+        value: str,
+        context: Mapping[str, str],
+        *,
+        caller: Principal | None = None,
+    ) -> list[str]:
+        tables = await self._tables(caller)
         if argument == "schema":
             return sorted({t.schema or NO_SCHEMA for t in tables})
         if argument == "table":
