@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import structlog
 
-from ..core import RECORDS_SURFACE
+from ..core import RECORDS_SURFACE, Principal
 from ..db import guard
 from ..db.dialects import dialect_class
 from ..db.shape import SelectShape
@@ -128,20 +128,43 @@ class ChatGptTools:
         self.queries: TtlLruCache[dict[str, Any]] = TtlLruCache(QUERY_CACHE_MAX_ENTRIES, ttl, clock)
 
     # --- catalog helpers -----------------------------------------------------------------
-    async def _tables(self) -> list[TableInfo]:
+    # Every helper takes the caller: None is the service itself (the whole catalog, for the shared caches);
+    # a caller sees only the tables and columns its role may read (ACCESS_POLICY_FILE, app.db.access).
+    async def _tables(self, caller: Principal | None) -> list[TableInfo]:
         tables: list[TableInfo] | None = self.database.derived.get("chatgpt.tables")
         if tables is None:
             tables = sorted(await self.database.list_tables(), key=lambda t: ((t.schema or "").lower(), t.name.lower()))
             self.database.derived.put("chatgpt.tables", tables)
-        return tables
+        role = self.database.access.restricting_role(caller)
+        return tables if role is None else role.visible_tables(tables)
 
-    async def _describe(self, name: str) -> TableDescription:
-        return await self.database.cached_description(name)
+    async def _describe(self, name: str, caller: Principal | None) -> TableDescription:
+        return await self.database.cached_description(name, principal=caller)
 
-    async def _describe_ref(self, ref: ids.TableRef) -> TableDescription:
-        return await self._describe(ref.qualified)
+    async def _describe_ref(self, ref: ids.TableRef, caller: Principal | None) -> TableDescription:
+        return await self._describe(ref.qualified, caller)
 
-    async def _all_columns(self) -> list[CatalogTable]:
+    def _cache_key(self, key: str, caller: Principal | None) -> str:
+        """Documents are cached per role when the role's policy restricts it (they differ per role)."""
+        role = self.database.access.restricting_role(caller)
+        return key if role is None else f"{role.name}\x00{key}"
+
+    async def _all_columns(self, caller: Principal | None = None) -> list[CatalogTable]:
+        """The catalog of _all_columns_shared, without the tables and columns the caller may not read (a
+        table whose key has a denied column loses its key: its rows get no ids)."""
+        tables = await self._all_columns_shared()
+        role = self.database.access.restricting_role(caller)
+        if role is None:
+            return tables
+        out = []
+        for table in role.visible_tables(tables):
+            columns = [(c, t) for c, t in table.columns if not role.column_denied(table.schema, table.name, c)]
+            shown = {c for c, _ in columns}
+            key = table.primary_key if all(c in shown for c in table.primary_key) else []
+            out.append(CatalogTable(table.schema, table.name, columns, list(key)))
+        return out
+
+    async def _all_columns_shared(self) -> list[CatalogTable]:
         """Every table's columns and primary key from one catalog query (cached like the table list)."""
         columns: list[CatalogTable] | None = self.database.derived.get("chatgpt.all_columns")
         if columns is None:
@@ -161,13 +184,13 @@ class ChatGptTools:
         """Describe the tables missing from a capped catalog read, within a time budget (True: all found).
         Descriptions read stay cached, so a search after a cut one goes on where it stopped."""
         have = {(t.schema, t.name) for t in known}
-        missing = [t for t in await self._tables() if (t.schema, t.name) not in have][:CATALOG_MAX_TABLES]
+        missing = [t for t in await self._tables(None) if (t.schema, t.name) not in have][:CATALOG_MAX_TABLES]
         limit = asyncio.Semaphore(max(1, min(4, int(getattr(self.settings, "db_pool_size", 4)))))
 
         async def describe(table: TableInfo) -> CatalogTable | None:
             async with limit:
                 try:
-                    description = await self._describe(table.qualified_name)
+                    description = await self._describe(table.qualified_name, None)
                 except DatabaseError:
                     return None
             return CatalogTable(
@@ -183,14 +206,16 @@ class ChatGptTools:
         found = [t for task in tasks if task in done and (t := task.result()) is not None]
         return known + found, not pending
 
-    async def _column_index(self) -> list[tuple[TableInfo, list[str]]]:
-        index: list[tuple[TableInfo, list[str]]] | None = self.database.derived.get("chatgpt.columns")
+    async def _column_index(self, caller: Principal | None) -> list[tuple[TableInfo, list[str]]]:
+        role = self.database.access.restricting_role(caller)
+        derived_key = "chatgpt.columns" if role is None else f"chatgpt.columns:{role.name}"
+        index: list[tuple[TableInfo, list[str]]] | None = self.database.derived.get(derived_key)
         if index is not None:
             return index
-        tables = await self._tables()
-        by_name = {(t.schema, t.name): [c for c, _ in t.columns] for t in await self._all_columns()}
+        tables = await self._tables(caller)
+        by_name = {(t.schema, t.name): [c for c, _ in t.columns] for t in await self._all_columns(caller)}
         index = [(t, by_name.get((t.schema, t.name), [])) for t in tables]
-        self.database.derived.put("chatgpt.columns", index)
+        self.database.derived.put(derived_key, index)
         return index
 
     # --- titles and documents ------------------------------------------------------------
@@ -219,13 +244,17 @@ class ChatGptTools:
 
     async def _referenced(self, qualified: str) -> tuple[str | None, str]:
         """(schema, name) of a foreign key's target, from the catalog (names may contain dots)."""
-        for table in await self._tables():
+        for table in await self._tables(None):
             if table.qualified_name.lower() == qualified.lower():
                 return table.schema, table.name
         schema, _, name = qualified.rpartition(".")
         return schema or None, name
 
-    async def _row_document(self, description: TableDescription, row: dict[str, Any]) -> dict[str, Any]:
+    async def _row_document(
+        self, description: TableDescription, row: dict[str, Any], caller: Principal | None
+    ) -> dict[str, Any]:
+        """`description` is the caller's (app.db hides its denied columns and foreign keys); so are the row's
+        columns, and the rows that refer to it come from tables the caller may read."""
         table = description.table
         lowered = {k.lower(): k for k in row}
         key = {pk: row[lowered[pk.lower()]] for pk in description.primary_key}
@@ -241,7 +270,7 @@ class ChatGptTools:
         for column, value in row.items():
             link = related.get(column)
             lines.append(f"{column}: {render_value(value, 2000)}" + (f"  (see {link})" if link else ""))
-        children = await self._children(description, row)
+        children = await self._children(description, row, caller)
         if children:
             lines += ["", "Rows that refer to this one:"]
             lines.extend(f"- {child_id}: {label}" for child_id, label in children)
@@ -262,13 +291,15 @@ class ChatGptTools:
             "_links": {column: link for column, link in related.items() if "," not in column},
         }
 
-    async def _children(self, description: TableDescription, row: dict[str, Any]) -> list[tuple[str, str]]:
+    async def _children(
+        self, description: TableDescription, row: dict[str, Any], caller: Principal | None
+    ) -> list[tuple[str, str]]:
         """(id, title) of rows whose foreign keys point at `row`, bounded; [] when the catalog cannot say."""
         sql, params = self.database.dialect.referencing_sql(description.table)
         if not sql:
             return []
         try:
-            found = await self.database.read(sql, params)
+            found = await self.database.read(sql, params)  # the service's own catalog query (system views)
         except DatabaseError as exc:
             log.info("chatgpt.children_unreadable", error=str(exc)[:200])
             return []
@@ -278,7 +309,7 @@ class ChatGptTools:
                 (str(child_column), None if parent_column is None else str(parent_column))
             )
         lowered = {k.lower(): v for k, v in row.items()}
-        catalog = {(t.schema, t.name): t for t in await self._all_columns()}
+        catalog = {(t.schema, t.name): t for t in await self._all_columns(caller)}  # only tables it may read
         children: list[tuple[str, str]] = []
         for (schema, child, _), pairs in list(keys.items())[:CHILD_TABLES_MAX]:
             # a key that names no parent columns means the parent's primary key, in order
@@ -296,7 +327,10 @@ class ChatGptTools:
             where = " AND ".join(f"{dialect.quote_identifier(c)} = ?" for c, _ in pairs)
             try:
                 rows = await self.database.read(
-                    f"SELECT {shown} FROM {dialect.table_sql(info)} WHERE {where}", values, max_rows=CHILD_ROWS_MAX
+                    f"SELECT {shown} FROM {dialect.table_sql(info)} WHERE {where}",
+                    values,
+                    principal=caller,
+                    max_rows=CHILD_ROWS_MAX,
                 )
             except DatabaseError as exc:
                 log.info("chatgpt.children_unreadable", table=entry.qualified, error=str(exc)[:200])
@@ -312,8 +346,8 @@ class ChatGptTools:
                 )
         return children
 
-    async def _table_document(self, ref: ids.TableRef) -> dict[str, Any]:
-        description = await self._describe_ref(ref)
+    async def _table_document(self, ref: ids.TableRef, caller: Principal | None) -> dict[str, Any]:
+        description = await self._describe_ref(ref, caller)
         table = description.table
         info = description_dict(description)
         lines = [self._table_title(table), ""]
@@ -340,7 +374,7 @@ class ChatGptTools:
             )
         sample_rows = self.database.sample_limit(TABLE_FETCH_SAMPLE)
         try:
-            sample = await self.database.sample(table.qualified_name, sample_rows)
+            sample = await self.database.sample(table.qualified_name, sample_rows, principal=caller)
             lines += ["", f"First {sample.row_count} rows:", text_table(sample.columns, sample.rows)]
         except DatabaseError as exc:  # a broken view still has a description worth showing
             lines += ["", f"(Could not read sample rows: {exc})"]
@@ -378,11 +412,11 @@ class ChatGptTools:
             },
         }
 
-    async def _sample_document(self, ref: ids.TableRef, limit: int) -> dict[str, Any]:
-        description = await self._describe_ref(ref)
+    async def _sample_document(self, ref: ids.TableRef, limit: int, caller: Principal | None) -> dict[str, Any]:
+        description = await self._describe_ref(ref, caller)
         table = description.table
         limit = self.database.sample_limit(limit)
-        result = await self.database.sample(table.qualified_name, limit)
+        result = await self.database.sample(table.qualified_name, limit, principal=caller)
         return self._result_document(
             ids.sample_id(table.schema, table.name, limit),
             f"First {result.row_count} rows of {table.qualified_name}",
@@ -391,8 +425,8 @@ class ChatGptTools:
             f"First rows of {table.kind} {table.qualified_name} (no particular order).",
         )
 
-    async def _fetch_row(self, ref: ids.TableRef, key: tuple[Any, ...]) -> dict[str, Any]:
-        description = await self._describe_ref(ref)
+    async def _fetch_row(self, ref: ids.TableRef, key: tuple[Any, ...], caller: Principal | None) -> dict[str, Any]:
+        description = await self._describe_ref(ref, caller)
         table = description.table
         if not description.primary_key:
             raise ToolError(f"{table.qualified_name} has no primary key, so its rows have no ids.", outcome="invalid")
@@ -402,7 +436,9 @@ class ChatGptTools:
                 f"({', '.join(description.primary_key)}).",
                 outcome="invalid",
             )
-        row = await self.database.fetch_row(table, dict(zip(description.primary_key, key, strict=True)))
+        row = await self.database.fetch_row(
+            table, dict(zip(description.primary_key, key, strict=True)), principal=caller
+        )
         if row is None:
             raise ToolError(
                 f"No row of {table.qualified_name} has "
@@ -410,16 +446,17 @@ class ChatGptTools:
                 " (it may have been deleted).",
                 outcome="error",
             )
-        return await self._row_document(description, row)
+        return await self._row_document(description, row, caller)
 
-    async def document(self, record_id: str) -> dict[str, Any]:
-        """The fetch document of an id (without `url`), from the cache or re-queried."""
+    async def document(self, record_id: str, caller: Principal | None = None) -> dict[str, Any]:
+        """The fetch document of an id (without `url`), from the cache or re-queried, as `caller` may see it
+        (None: the service itself, which sees everything)."""
         try:
             parsed = ids.parse_id(record_id)
         except ids.InvalidId as exc:
             raise ToolError(str(exc), outcome="invalid") from None
         key = record_id.strip()
-        cached = (self.queries if parsed.kind == "query" else self.cache).get(key)
+        cached = (self.queries if parsed.kind == "query" else self.cache).get(self._cache_key(key, caller))
         if cached is not None:
             self._count(hit=True)
             return cached
@@ -429,11 +466,11 @@ class ChatGptTools:
             raise ToolError(f"The id {key[:200]!r} names no table.", outcome="invalid")
         try:
             if parsed.kind == "table" and table is not None:
-                document = await self._table_document(table)
+                document = await self._table_document(table, caller)
             elif parsed.kind == "row" and table is not None:
-                document = await self._fetch_row(table, parsed.key)
+                document = await self._fetch_row(table, parsed.key, caller)
             elif parsed.kind == "sample" and table is not None:
-                document = await self._sample_document(table, parsed.limit or 10)
+                document = await self._sample_document(table, parsed.limit or 10, caller)
             elif parsed.kind == "more":
                 return self._more_document(parsed)
             else:
@@ -445,8 +482,10 @@ class ChatGptTools:
                 )
         except TableNotFound as exc:
             raise ToolError(f"Unknown id '{key}': {exc}", outcome="error") from None
-        self.cache.put(key, document)
-        self.cache.put(document["id"], document)  # the canonical form (table:customers for table:main.customers)
+        self.cache.put(self._cache_key(key, caller), document)
+        self.cache.put(
+            self._cache_key(document["id"], caller), document
+        )  # the canonical form (table:customers for table:main.customers)
         return document
 
     def _count(self, *, hit: bool) -> None:
@@ -461,9 +500,10 @@ class ChatGptTools:
         intent = parse_intent(query)
         limit = self.settings.max_search_results
         ctx.audit.update(fingerprint=fingerprint_sql(intent.sql if intent.sql else f"search {query.strip().lower()}"))
+        caller = ctx.principal
         if intent.kind == "sql":
             ctx.audit["sql"] = intent.sql
-            hits = await self._search_sql(intent.sql or "", limit)
+            hits = await self._search_sql(intent.sql or "", limit, ctx)
         elif intent.kind == "write":
             raise ToolError(
                 "search only runs read queries (SELECT, WITH ... SELECT, VALUES); it never changes "
@@ -471,13 +511,13 @@ class ChatGptTools:
                 outcome="refused",
             )
         elif intent.kind == "describe":
-            hits = await self._search_describe(intent)
+            hits = await self._search_describe(intent, caller)
         elif intent.kind == "sample":
-            hits = await self._search_sample(intent, limit)
+            hits = await self._search_sample(intent, limit, caller)
         elif intent.kind == "list":
-            hits = [(ids.table_id(t.schema, t.name), self._table_title(t)) for t in await self._tables()]
+            hits = [(ids.table_id(t.schema, t.name), self._table_title(t)) for t in await self._tables(caller)]
         else:
-            hits, cut = await self._search_keywords(intent.terms)
+            hits, cut = await self._search_keywords(intent.terms, caller)
             if cut:  # a budget cut the search: say so even when the results fit
                 hits.append(("", ""))
         out = self._page(query, intent, hits, limit, ctx.base_url)
@@ -533,16 +573,16 @@ class ChatGptTools:
             "metadata": {"kind": "more", "query": query, "next_page": page},
         }
 
-    async def _search_describe(self, intent: Intent) -> list[tuple[str, str]]:
-        description = await self._describe(intent.table or "")
+    async def _search_describe(self, intent: Intent, caller: Principal) -> list[tuple[str, str]]:
+        description = await self._describe(intent.table or "", caller)
         table = description.table
         return [(ids.table_id(table.schema, table.name), self._table_title(table))]
 
-    async def _search_sample(self, intent: Intent, limit: int) -> list[tuple[str, str]]:
-        description = await self._describe(intent.table or "")
+    async def _search_sample(self, intent: Intent, limit: int, caller: Principal) -> list[tuple[str, str]]:
+        description = await self._describe(intent.table or "", caller)
         table = description.table
         rows = self.database.sample_limit(intent.limit or 10)
-        result = await self.database.sample(table.qualified_name, rows)
+        result = await self.database.sample(table.qualified_name, rows, principal=caller)
         sample_id = ids.sample_id(table.schema, table.name, rows)
         document = self._result_document(
             sample_id,
@@ -551,16 +591,17 @@ class ChatGptTools:
             {"kind": "sample", "table": table.qualified_name, "limit": rows},
             f"First rows of {table.kind} {table.qualified_name} (no particular order).",
         )
-        self.cache.put(sample_id, document)
+        self.cache.put(self._cache_key(sample_id, caller), document)
         hits = [(sample_id, document["title"])]
         if description.primary_key:
             for values in result.rows[: max(0, limit - 1)]:
-                row_doc = await self._row_document(description, dict(zip(result.columns, values, strict=False)))
-                self.cache.put(row_doc["id"], row_doc)
+                row = dict(zip(result.columns, values, strict=False))
+                row_doc = await self._row_document(description, row, caller)
+                self.cache.put(self._cache_key(row_doc["id"], caller), row_doc)
                 hits.append((row_doc["id"], row_doc["title"]))
         return hits
 
-    async def _search_sql(self, sql: str, limit: int) -> list[tuple[str, str]]:
+    async def _search_sql(self, sql: str, limit: int, ctx: ToolContext) -> list[tuple[str, str]]:
         # search is read-only whatever READ_ONLY_MODE says: ChatGPT treats it as a read tool.
         verdict = self.database.verdict(sql)
         if not verdict.allowed:
@@ -569,7 +610,9 @@ class ChatGptTools:
                 f"is not one: {not_read_reason(verdict)} Rephrase as a single SELECT.",
                 outcome="refused",
             )
-        result = await self.database.read(sql)
+        caller = ctx.principal
+        result = await self.database.read(sql, principal=caller)
+        ctx.audit["tables"] = list(result.tables)
         record_id = ids.query_id(sql)
         short = " ".join(sql.split())
         short = short if len(short) <= 80 else short[:79] + "…"
@@ -580,19 +623,23 @@ class ChatGptTools:
             {"kind": "query", "sql": sql},
             f"Query: {sql}",
         )
-        self.queries.put(record_id, document)
+        self.queries.put(self._cache_key(record_id, caller), document)
         hits = [(record_id, document["title"])]
-        hits.extend(await self._rows_of_query(verdict.shape, result, limit))  # one more than fits: _page then says so
+        hits.extend(
+            await self._rows_of_query(verdict.shape, result, limit, caller)
+        )  # one more than fits: _page then says so
         return hits
 
-    async def _rows_of_query(self, shape: SelectShape | None, result: QueryResult, limit: int) -> list[tuple[str, str]]:
+    async def _rows_of_query(
+        self, shape: SelectShape | None, result: QueryResult, limit: int, caller: Principal
+    ) -> list[tuple[str, str]]:
         """Rows of a single-table SELECT that include the primary key become re-fetchable row ids."""
         if limit <= 0 or not result.rows:
             return []
         if shape is None:
             return []
         try:
-            description = await self._describe(f"{shape.schema}.{shape.name}" if shape.schema else shape.name)
+            description = await self._describe(f"{shape.schema}.{shape.name}" if shape.schema else shape.name, caller)
         except DatabaseError:
             return []
         if not description.primary_key:
@@ -612,8 +659,8 @@ class ChatGptTools:
             key = [values[positions[pk.lower()]] for pk in description.primary_key]
             row = dict(zip(result.columns, values, strict=False))
             if whole_rows:  # a full row: cache it so fetch needs no query
-                row_doc = await self._row_document(description, row)
-                self.cache.put(row_doc["id"], row_doc)
+                row_doc = await self._row_document(description, row, caller)
+                self.cache.put(self._cache_key(row_doc["id"], caller), row_doc)
                 hits.append((row_doc["id"], row_doc["title"]))
             else:
                 key_map = dict(zip(description.primary_key, key, strict=True))
@@ -622,22 +669,22 @@ class ChatGptTools:
                 )
         return hits
 
-    async def _search_keywords(self, terms: tuple[str, ...]) -> tuple[list[tuple[str, str]], bool]:
+    async def _search_keywords(self, terms: tuple[str, ...], caller: Principal) -> tuple[list[tuple[str, str]], bool]:
         """Tables named like the terms first, then rows whose data contains them, then weaker name matches.
         True when a search budget cut the content search."""
         if not terms:
             return [], False
-        names = await self._search_names(terms)
+        names = await self._search_names(terms, caller)
         strong = [hit for score, hit in names if score >= 10]
         weak = [hit for score, hit in names if score < 10]
-        rows, cut = await self._search_content(terms)
+        rows, cut = await self._search_content(terms, caller)
         return strong + rows + weak, cut
 
-    async def _search_content(self, terms: tuple[str, ...]) -> tuple[list[tuple[str, str]], bool]:
-        tables = await self._all_columns()
+    async def _search_content(self, terms: tuple[str, ...], caller: Principal) -> tuple[list[tuple[str, str]], bool]:
+        tables = await self._all_columns(caller)
         if not tables:
             return [], False
-        result = await self.content.search(tables, terms, await self._fulltext())
+        result = await self.content.search(tables, terms, await self._fulltext(), principal=caller)
         return [(self._hit_id(hit), self._hit_title(hit)) for hit in result.hits], result.truncated
 
     async def _fulltext(self) -> FullText:
@@ -657,10 +704,10 @@ class ChatGptTools:
         matched = [f"{c}: {render_value(hit.row.get(c), 60)}" for c in hit.matched if c not in title]
         return title + (f" ({'; '.join(matched[:3])})" if matched else "")
 
-    async def _search_names(self, terms: tuple[str, ...]) -> list[tuple[int, tuple[str, str]]]:
+    async def _search_names(self, terms: tuple[str, ...], caller: Principal) -> list[tuple[int, tuple[str, str]]]:
         stems = [stem(t) for t in terms]
         scored = []
-        for table, columns in await self._column_index():
+        for table, columns in await self._column_index(caller):
             name = table.name.lower()
             score, matched_columns = 0, []
             for term, root in zip(terms, stems, strict=True):
@@ -696,7 +743,7 @@ class ChatGptTools:
         if not isinstance(record_id, str) or not record_id.strip():
             raise ToolError("'id' is required: pass an id from a search result.", outcome="invalid")
         ctx.audit.update(fingerprint=fingerprint_sql(f"fetch {record_id.strip()}"), id=record_id.strip()[:200])
-        document = await self.document(record_id)
+        document = await self.document(record_id, ctx.principal)
         out = {**document, "url": record_url(ctx.base_url, document["id"])}
         out = {k: out[k] for k in ("id", "title", "text", "url", "metadata")}
         ctx.audit.update(rows=out["metadata"].get("row_count", 1) if out["metadata"] else 1, bytes=json_size(out))

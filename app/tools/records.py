@@ -21,7 +21,7 @@ from aiohttp import web
 
 from .. import keys
 from ..auth import browser
-from ..core import SURFACES, surface_of, unauthenticated_allowed
+from ..core import SURFACES, Principal, surface_of, unauthenticated_allowed
 from ..db.types import DatabaseBusy, DatabaseError, DatabaseUnavailable, QueryRefused, QueryTimeout
 from ..mcp.tools import ToolError
 from ..urls import base_url
@@ -57,8 +57,8 @@ def _wants_json(request: web.Request) -> bool:
     return "text/html" not in accept or accept.index("application/json") < accept.index("text/html")
 
 
-async def _authenticate(request: web.Request) -> web.Response | None:
-    """None when the request may read records; otherwise the answer to send (sign-in redirect, No access).
+async def _authenticate(request: web.Request) -> web.Response | Principal:
+    """Who reads (the page shows what that role may read), or the answer to send (sign-in redirect, No access).
 
     A bearer token (or none) is checked by the app's Authenticator as a `tools/call`, so the pages follow
     the one rule for unauthenticated calls (app.core.unauthenticated_allowed)."""
@@ -66,7 +66,7 @@ async def _authenticate(request: web.Request) -> web.Response | None:
         user = await browser.session_user(request)
         if user is not None:
             if user.role in browser.allowed_roles(request):
-                return None
+                return Principal(subject=user.user_id, username=user.username, role=user.role)
             return browser.no_access_page(
                 f"You are signed in as {user.username} ({user.role}), and that role may "
                 "not open record pages on this server. Ask an administrator for access."
@@ -79,8 +79,7 @@ async def _authenticate(request: web.Request) -> web.Response | None:
         )
         if browser.wants_page(request) and not open_to_all:
             return web.Response(status=303, headers={"Location": browser.signin_location(request), **PAGE_HEADERS})
-    await request.app[keys.AUTHENTICATOR].authenticate(request, _RECORD_METHODS)
-    return None
+    return await request.app[keys.AUTHENTICATOR].authenticate(request, _RECORD_METHODS)
 
 
 def _render_html(document: dict[str, Any], link: Any) -> str:
@@ -145,13 +144,13 @@ def _status_of(exc: Exception) -> int:
 
 
 async def record_page(request: web.Request) -> web.StreamResponse:
-    stop = await _authenticate(request)
-    if stop is not None:
-        return stop
+    caller = await _authenticate(request)
+    if isinstance(caller, web.Response):
+        return caller
     tools = request.app[keys.FETCH_CACHE]
     record_id = request.match_info["id"]
     try:
-        document = await tools.document(record_id)
+        document = await tools.document(record_id, caller)  # only what the caller's role may read
     except (ToolError, DatabaseError) as exc:
         return _error(request, _status_of(exc), str(exc))
     prefix = surface_of(request.path).prefix

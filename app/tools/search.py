@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from ..core import Principal
 from ..db.types import DatabaseError, TableInfo
 
 if TYPE_CHECKING:
@@ -236,7 +237,10 @@ class ContentSearch:
             columns.append(str(column))
         return found
 
-    async def search(self, tables: list[CatalogTable], terms: Sequence[str], fulltext: FullText) -> ContentResult:
+    async def search(
+        self, tables: list[CatalogTable], terms: Sequence[str], fulltext: FullText, *, principal: Principal | None
+    ) -> ContentResult:
+        """`tables` are the ones `principal` may read, without its denied columns; each read is checked again."""
         terms = [t.lower() for t in terms if t]
         setting = tuple(getattr(self.settings, "search_columns", ()) or ())
         candidates = [
@@ -259,7 +263,8 @@ class ContentSearch:
                 break
             try:
                 rows, cut = await asyncio.wait_for(
-                    self._table_rows(table, columns, terms, per_table, remaining, fulltext), timeout=remaining + 1
+                    self._table_rows(table, columns, terms, per_table, remaining, fulltext, principal),
+                    timeout=remaining + 1,
                 )
             except (DatabaseError, TimeoutError) as exc:  # one unreadable table does not end the search
                 log.info("search.table_skipped", table=table.qualified, error=str(exc)[:200])
@@ -282,6 +287,7 @@ class ContentSearch:
         per_table: int,
         timeout: float,
         fulltext: FullText,
+        principal: Principal | None,
     ) -> tuple[list[dict[str, Any]], bool]:
         info = TableInfo(schema=table.schema, name=table.name, kind="table", row_estimate=None)
         indexed = fulltext.get((table.schema, table.name.lower()))
@@ -296,6 +302,6 @@ class ContentSearch:
         else:
             sql = self.dialect.content_search_sql(info, table.primary_key, columns, len(terms))
             params = [like_pattern(term) for term in terms for _ in columns]
-        result = await self.database.read(sql, params, max_rows=per_table, timeout=timeout)
+        result = await self.database.read(sql, params, principal=principal, max_rows=per_table, timeout=timeout)
         rows = [dict(zip(result.columns, values, strict=False)) for values in result.rows]
         return rows, bool(result.truncated)
