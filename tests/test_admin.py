@@ -10,18 +10,18 @@ import re
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from app.admin import policy as policy_view
+from app import keys
 from app.admin.session import SESSION_COOKIE, SIGNIN_CSRF_COOKIE
 from app.auth.browser import CSRF_COOKIE as RECORDS_CSRF_COOKIE
 from app.auth.passwords import verify_password
 from app.auth.records import Client
 from app.auth.store import AuthStore, store_path
-from app.policy import parse_policy_text
 from app.settings import Settings
 from app.web import create_app
 from tests.fixtures.auth import DEFAULT_PASSWORD, create_user, hidden_fields, mint_token
@@ -423,8 +423,14 @@ async def test_the_policy_page_says_none_is_configured(admin: Console) -> None:
     assert "id=policy-none" in body and "No policy configured" in body
 
 
-async def test_the_policy_page_shows_what_each_role_may_read(admin: Console, monkeypatch: pytest.MonkeyPatch) -> None:
-    policy = parse_policy_text(
+async def test_the_policy_page_shows_what_each_role_may_read(
+    aiohttp_server: Callable[..., Any],
+    aiohttp_client: Callable[..., Any],
+    auth_settings: Callable[..., Settings],
+    tmp_path: Path,
+) -> None:
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(
         """
 roles:
   reader:
@@ -433,15 +439,31 @@ roles:
     max_rows: 50
   analyst:
     tables: {allow: ["sales.*"]}
-""",
-        source="policy.yaml",
+"""
     )
-    monkeypatch.setattr(policy_view, "policy_in_force", lambda app: policy)
-    body = await (await admin.client.get("/admin/policy")).text()
+    settings = auth_settings(access_policy_file=str(policy_file))
+    create_user(settings, "ada", role="admin")
+    server = await aiohttp_server(create_app(settings))
+    console = Console(await aiohttp_client(server), settings, str(server.make_url("")).rstrip("/"))
+    assert (await console.sign_in("ada")).status == 303
+    body = await (await console.client.get("/admin/policy")).text()
     table = re.search(r"<table id=policy>.*?</table>", body, re.S)
     assert table, body
     for expected in ("reader", "analyst", "writer", "hr.*", "dbo.Payroll", "*.ssn", "sales.*", "50 rows"):
         assert expected in table.group(0), expected
+    assert str(policy_file) in body and "No policy configured" not in body
+    assert "policy: <a href='/admin/policy'>configured</a>" in await (await console.client.get("/admin")).text()
+    create_user(settings, "rita", role="reader")
+    assert (await console.post("/admin/users/role", username="rita", role="analyst")).status == 303  # a policy role
+    with console.store() as store:
+        assert store.get_user_by_name("rita").role == "analyst"  # type: ignore[union-attr]  # created above
+
+    # SIGHUP's reload replaces the policy: the page shows the one in force now
+    policy_file.write_text('roles:\n  reader:\n    tables: {deny: ["audit.*"]}\n')
+    assert server.app[keys.DATABASE].reload_policy()
+    table = re.search(r"<table id=policy>.*?</table>", await (await console.client.get("/admin/policy")).text(), re.S)
+    assert table and "audit.*" in table.group(0)
+    assert "hr.*" not in table.group(0) and "analyst" not in table.group(0)
 
 
 # -- the store's admin role ----------------------------------------------------------------------

@@ -1,25 +1,24 @@
 """The policy page: the access policy in force and what it lets each role read.
 
-HOOK for whoever wires ACCESS_POLICY_FILE into create_app: `policy_in_force` is the one place the console
-asks for the policy. Today the app keeps none (app.keys has no policy key yet), so it answers None and the
-page says "no policy configured". Once the loaded policy lives in the app (for instance
-`keys.ACCESS_POLICY: web.AppKey[AccessPolicy]`, replaced on SIGHUP), return `app.get(keys.ACCESS_POLICY)`
-here; nothing else in app.admin changes.
+`policy_in_force` is the one place the console asks for the policy: the one `Database` enforces
+(ACCESS_POLICY_FILE, replaced whole on SIGHUP, so every page shows the policy as it is now), or None when
+no file is configured and the page says "no policy configured".
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from .. import keys
 from ..policy import AccessPolicy, RolePolicy
 from ..settings import Settings
 from .html import section, table, text
 
 
 def policy_in_force(app: web.Application) -> AccessPolicy | None:
-    """The access policy the server enforces now, or None when none is configured (see the module doc)."""
-    del app  # read from the app once create_app keeps the loaded policy
-    return None
+    """The access policy the server enforces now, or None when none is configured."""
+    access = app[keys.DATABASE].access
+    return access.policy if access.configured else None
 
 
 def _patterns(patterns: tuple[object, ...]) -> str:
