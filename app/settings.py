@@ -600,6 +600,13 @@ class Settings:
         _choice("json", "console", "auto"),
         group="observability",
     )
+    event_loop: str = setting(
+        ("EVENT_LOOP",),
+        "uvloop",
+        "uvloop (libuv, less loop time per call) or asyncio (the standard library's).",
+        _choice("uvloop", "asyncio"),
+        group="server",
+    )
     audit_sql_text: bool = setting(
         ("AUDIT_SQL_TEXT",),
         False,
