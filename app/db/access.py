@@ -49,6 +49,7 @@ class AccessControl:
         self.path = path.strip()
         self._max_rows, self._timeout = max_rows, timeout_seconds
         self.policy: AccessPolicy = self._load()  # PolicyError (one line) stops start-up
+        self.generation = 0  # bumped by every successful reload (cached decisions name it)
 
     def _load(self) -> AccessPolicy:
         if not self.path:
@@ -67,6 +68,7 @@ class AccessControl:
             log.warning("policy.reload_failed", error=str(exc), kept=self.policy.source)
             return False
         self.policy = policy
+        self.generation += 1
         log.info("policy.reloaded", source=policy.source, roles=sorted(policy.roles))
         return True
 

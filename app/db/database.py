@@ -45,6 +45,7 @@ CATALOG_TTL_SECONDS = 30.0
 CATALOG_MIN_REFRESH_SECONDS = 2.0  # an unknown name refreshes the catalog at most this often
 PING_TIMEOUT_SECONDS = 5.0
 RECENT_VERDICTS = 8  # a call's statement, checked by its tool and again by read(); a few calls in flight
+RECENT_DECISIONS = 256  # policy decisions kept (statement, role, catalog version, policy generation)
 _INTEGER = re.compile(r"^[+-]?\d{1,18}$")
 
 
@@ -74,6 +75,7 @@ class Database:
         )
         self._catalog_version = 0  # bumped whenever the cached tables or descriptions change
         self._policy_catalog: tuple[int, InMemoryCatalog] | None = None
+        self._decisions: OrderedDict[tuple[str, str, int, int], tuple[tuple[str, ...], str | None]] = OrderedDict()
         name = self.dialect.name
         self._rows_counter = metrics.rows_returned.labels(name)
         self._bytes_counter = metrics.bytes_returned.labels(name)
@@ -154,30 +156,48 @@ class Database:
         return catalog
 
     async def _policy_check(
-        self, verdict: guard.Verdict, principal: Principal | None
+        self, sql: str, verdict: guard.Verdict, principal: Principal | None
     ) -> tuple[tuple[str, ...], RolePolicy | None]:
         """(the tables the read reads, the caller's restricting role or None); QueryRefused("policy", ...)
-        when the caller's role may not read something it touches."""
+        when the caller's role may not read something it touches. Decisions are kept per (statement, role,
+        catalog version, policy generation): a model repeats its statements, and the check costs up to ~0.5 ms."""
         tree = _checked_tree(verdict)
         role = self.access.restricting_role(principal)
-        if principal is None and self.access.restricts_anyone:
-            catalog = await self._check_catalog(tree, None)
-            why = internal_refusal(tree, catalog)
-            if why:
-                self._refuse_policy(why)
-            return tables_read(tree, catalog), None
-        if role is None:
-            return (tables_read(tree, self._built_catalog(await self._table_list())) if tree is not None else ()), None
-        if tree is None:
+        internal = principal is None and self.access.restricts_anyone
+        if role is None and not internal:
+            # Nothing to enforce: the tables as written, for the audit (no catalog query for a read that
+            # did not need one before).
+            key = (sql, "", -1, 0)
+            cached = self._decisions.get(key)
+            if cached is None:
+                cached = (tables_read(tree, _NO_CATALOG[self.dialect.default_schema]) if tree is not None else (), None)
+                self._remember(key, cached)
+            return cached[0], None
+        if role is not None and tree is None:
             self._refuse_policy(
                 f"role {role.name} has an access policy, and this statement can only be checked after a "
                 "rewrite (a T-SQL hint or XMLNAMESPACES): leave that part out"
             )
         catalog = await self._check_catalog(tree, role)
-        decision = check_statement(tree, catalog, role)
-        if not decision.allowed:
-            self._refuse_policy(decision.message or f"role {role.name} may not read what this statement reads")
-        return decision.tables, role
+        key = (sql, role.name if role is not None else "\x00service", self._catalog_version, self.access.generation)
+        cached = self._decisions.get(key)
+        if cached is None:
+            if role is None:
+                why = internal_refusal(tree, catalog)
+                cached = (tables_read(tree, catalog), why)
+            else:
+                decision = check_statement(tree, catalog, role)
+                denied = decision.message or f"role {role.name} may not read what this statement reads"
+                cached = (decision.tables, None if decision.allowed else denied)
+            self._remember(key, cached)
+        if cached[1] is not None:
+            self._refuse_policy(cached[1])
+        return cached[0], role
+
+    def _remember(self, key: tuple[str, str, int, int], value: tuple[tuple[str, ...], str | None]) -> None:
+        self._decisions[key] = value
+        if len(self._decisions) > RECENT_DECISIONS:
+            self._decisions.popitem(last=False)
 
     def _refuse_policy(self, message: str) -> None:
         self.metrics.guard_refusals.labels("policy").inc()
@@ -290,7 +310,7 @@ class Database:
         `result.tables` names the tables the statement reads (for the audit line)."""
         verdict = self.verdict(sql)
         self._refuse_unless_read(verdict)
-        tables, role = await self._policy_check(verdict, principal)
+        tables, role = await self._policy_check(sql, verdict, principal)
         max_rows, timeout = self._role_caps(role, max_rows, timeout)
         result = await self._read(sql, _checked_tree(verdict), params, max_rows=max_rows, timeout=timeout)
         return dataclasses.replace(result, tables=tables)
@@ -572,6 +592,17 @@ class Writer:
     ) -> QueryResult:
         log.info("db.write", user=self.principal.username)
         return await self._database._write(sql, params, self.principal, max_rows=max_rows, timeout=timeout)
+
+
+class _EmptyCatalogs(dict[str | None, InMemoryCatalog]):
+    """An empty catalog per default schema: tables_read then names the tables as written."""
+
+    def __missing__(self, default_schema: str | None) -> InMemoryCatalog:
+        catalog = self[default_schema] = InMemoryCatalog((), default_schema)
+        return catalog
+
+
+_NO_CATALOG = _EmptyCatalogs()
 
 
 def _ping_job(session: Worker) -> None:
