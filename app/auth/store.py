@@ -23,9 +23,9 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
 from .records import (
     AuthorizationCode,
@@ -50,6 +50,9 @@ from .records import (
     User,
     UserListing,
 )
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -165,103 +168,61 @@ class UserExists(StoreError):
 
 
 # -- rows to records (column names are the field names; JSON columns decoded) ---------------------
+R = TypeVar("R", bound="DataclassInstance")
+
+
+def _record(cls: type[R], row: sqlite3.Row, **decoded: object) -> R:
+    """`cls` from a row whose column names are its field names; `decoded` gives the fields a column stores
+    encoded (JSON lists, nested records, 0/1 flags)."""
+    return cls(**{f.name: decoded[f.name] if f.name in decoded else row[f.name] for f in fields(cls)})
+
+
+def _json_tuple(row: sqlite3.Row, column: str) -> tuple[str, ...]:
+    return tuple(json.loads(row[column]))
+
+
 def _user(row: sqlite3.Row | None) -> User | None:
-    if row is None:
-        return None
-    return User(
-        id=row["id"],
-        username=row["username"],
-        password_hash=row["password_hash"],
-        role=row["role"],
-        source=row["source"],
-        email=row["email"],
-        token_version=row["token_version"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
+    return None if row is None else _record(User, row)
 
 
 def _client(row: sqlite3.Row | None) -> Client | None:
     if row is None:
         return None
-    return Client(
-        client_id=row["client_id"],
-        kind=row["kind"],
-        auth_method=row["auth_method"],
-        redirect_uris=tuple(json.loads(row["redirect_uris"])),
-        grant_types=tuple(json.loads(row["grant_types"])),
+    return _record(
+        Client,
+        row,
+        redirect_uris=_json_tuple(row, "redirect_uris"),
+        grant_types=_json_tuple(row, "grant_types"),
         metadata=json.loads(row["metadata"]),
-        client_name=row["client_name"],
-        secret_hash=row["secret_hash"],
-        created_at=row["created_at"],
-        fetched_at=row["fetched_at"],
-        last_used_at=row["last_used_at"],
     )
 
 
 def _pending(row: sqlite3.Row | None) -> PendingSignIn | None:
     if row is None:
         return None
-    return PendingSignIn(
-        id=row["id"],
-        browser_hash=row["browser_hash"],
-        csrf=row["csrf"],
+    return _record(
+        PendingSignIn,
+        row,
         params=AuthorizationRequest.from_json(json.loads(row["params"])),
-        user_id=row["user_id"],
         upstream=UpstreamSignIn.from_json(json.loads(row["upstream"])) if row["upstream"] else None,
-        created_at=row["created_at"],
-        expires_at=row["expires_at"],
     )
 
 
 def _code(row: sqlite3.Row) -> AuthorizationCode:
-    return AuthorizationCode(
-        code_hash=row["code_hash"],
-        client_id=row["client_id"],
-        user_id=row["user_id"],
-        redirect_uri=row["redirect_uri"],
+    return _record(
+        AuthorizationCode,
+        row,
         redirect_uri_given=bool(row["redirect_uri_given"]),
-        code_challenge=row["code_challenge"],
-        scope=row["scope"],
-        resources=tuple(json.loads(row["resources"])),
-        issuer=row["issuer"],
-        created_at=row["created_at"],
-        expires_at=row["expires_at"],
-        used_at=row["used_at"],
-        family_id=row["family_id"],
+        resources=_json_tuple(row, "resources"),
     )
 
 
 def _family(row: sqlite3.Row | None) -> TokenFamily | None:
-    if row is None:
-        return None
-    return TokenFamily(
-        family_id=row["family_id"],
-        client_id=row["client_id"],
-        user_id=row["user_id"],
-        token_version=row["token_version"],
-        created_at=row["created_at"],
-        expires_at=row["expires_at"],
-        revoked_at=row["revoked_at"],
-        revoked_reason=row["revoked_reason"],
-    )
+    return None if row is None else _record(TokenFamily, row)
 
 
 def _refresh(row: sqlite3.Row | None) -> RefreshToken | None:
-    if row is None:
-        return None
-    return RefreshToken(
-        token_hash=row["token_hash"],
-        family_id=row["family_id"],
-        client_id=row["client_id"],
-        user_id=row["user_id"],
-        scope=row["scope"],
-        resources=tuple(json.loads(row["resources"])),
-        issuer=row["issuer"],
-        created_at=row["created_at"],
-        expires_at=row["expires_at"],
-        used_at=row["used_at"],
-    )
+    return None if row is None else _record(RefreshToken, row, resources=_json_tuple(row, "resources"))
 
 
 def _signing_key(row: sqlite3.Row) -> SigningKeyRow:
