@@ -10,6 +10,7 @@ the statement did. Nothing here ever calls `fetchall` on user results.
 
 The byte cap measures `len(json.dumps(row))` with non-ASCII escaped: the exact size of the row in a
 default `json.dumps` of the result, and an upper bound on both its UTF-8 bytes and its characters.
+`json_size` gets that number from orjson's (much cheaper) compact encoding whenever the two provably agree.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 import pyodbc
 from sqlglot import exp
 
@@ -31,6 +33,22 @@ from .types import QueryResult
 
 FETCH_BATCH = 256
 _EMPTY_JSON_ARRAY = 2  # "[]"
+
+
+def json_size(row: list[Any]) -> int:
+    """`len(json.dumps(row))` for a serialized row (app.db.serialize: str, int, float, bool, None values).
+
+    orjson's compact text differs from json.dumps' only in the ", " separators (one character each), in
+    non-ASCII and DEL (json.dumps escapes them), and in floats below 1e-4 (json.dumps writes `1e-05`,
+    orjson `0.00001` or `1e-7`): when the encoding shows none of those, the length follows from it;
+    otherwise (or past 64-bit ints) json.dumps measures, as before."""
+    try:
+        encoded = orjson.dumps(row)
+    except orjson.JSONEncodeError:
+        return len(json.dumps(row))
+    if encoded.isascii() and b"\x7f" not in encoded and b"e-" not in encoded and b"0.0000" not in encoded:
+        return len(encoded) + max(len(row) - 1, 0)
+    return len(json.dumps(row))
 
 
 def _execute(cursor: pyodbc.Cursor, sql: str, params: Sequence[Any]) -> None:
@@ -58,7 +76,6 @@ def collect(
     size = _EMPTY_JSON_ARRAY
     reason: str | None = None
     too_long: str | None = None
-    dumps = json.dumps
     batch_rows = min(FETCH_BATCH, rows_per_fetch(max_rows, max_bytes))  # rows may each be up to the cap
     while reason is None:
         want = min(batch_rows, max_rows + 1 - len(rows))
@@ -79,7 +96,7 @@ def collect(
                     break
                 raw = raw[:-1]
             row = serialize_row(raw)
-            cost = len(dumps(row)) + 1  # the row and its separator
+            cost = json_size(row) + 1  # the row and its separator
             if size + cost > max_bytes:
                 reason = "max_bytes"
                 too_long = _too_long_column(columns, row, max_bytes)
