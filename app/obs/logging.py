@@ -112,10 +112,25 @@ def _redact_value(value: Any, depth: int = 0) -> Any:
     return value
 
 
+_SCALARS = frozenset({int, float, bool, type(None)})
+
+
 def redact_secrets(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-    """structlog processor: mask values of secret keys and secret fragments in strings."""
-    for key, value in list(event_dict.items()):
-        if _is_secret_key(key) and value not in (None, ""):
+    """structlog processor: mask values of secret keys and secret fragments in strings.
+
+    Runs for every line (two per tool call: access and audit), so plain strings and numbers, nearly every
+    value, take a short path; replacing the value of an existing key while iterating is safe (same keys)."""
+    for key, value in event_dict.items():
+        kind = type(value)
+        if kind is str:
+            if value and _is_secret_key(key):
+                event_dict[key] = REDACTED
+            elif "=" in value or " " in value:  # scrub_text's own fast-path test, without the call
+                event_dict[key] = scrub_text(value)
+        elif kind in _SCALARS:
+            if value is not None and _is_secret_key(key):
+                event_dict[key] = REDACTED
+        elif _is_secret_key(key) and value not in (None, ""):
             event_dict[key] = REDACTED
         elif isinstance(value, str | Mapping | list | tuple):
             event_dict[key] = _redact_value(value)
@@ -135,6 +150,15 @@ def _resolve_format(log_format: str, stream: IO[str]) -> str:
 
 
 _HANDLER_MARK = "_mssql_mcp_handler"
+_STDLIB_SRCFILE = logging._srcfile
+
+
+def _skip_unused_record_fields(skip: bool) -> None:
+    """The logging HOWTO's "Optimization" switches: no caller frame walk, thread, process or
+    multiprocessing lookup per record. Our lines never show those fields (neither renderer adds them), and
+    every tool call writes two lines (access, audit)."""
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = not skip
+    logging._srcfile = None if skip else _STDLIB_SRCFILE
 
 
 def configure_logging(settings: Settings, *, stream: IO[str] | None = None) -> None:
@@ -184,6 +208,7 @@ def configure_logging(settings: Settings, *, stream: IO[str] | None = None) -> N
     for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
         root.removeHandler(old)
         old.close()
+    _skip_unused_record_fields(True)
     root.addHandler(handler)
     root.setLevel(level)
     # Our middleware writes the access line (without query strings); aiohttp's would duplicate it.
@@ -197,5 +222,6 @@ def unconfigure_logging() -> None:
         root.removeHandler(old)
         old.close()
     logging.getLogger("aiohttp.access").setLevel(logging.NOTSET)
+    _skip_unused_record_fields(False)
     root.setLevel(logging.WARNING)  # the stdlib default
     structlog.reset_defaults()
