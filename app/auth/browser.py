@@ -210,7 +210,7 @@ async def signin_post(request: web.Request) -> web.StreamResponse:
             f"You are signed in as {user.username} ({user.role}), and that role may not "
             "open record pages on this server. Ask an administrator for access."
         )
-    lifetime = int(state.settings.records_session_seconds)
+    lifetime = state.settings.records_session_seconds
     sealed = _seal(request, {"uid": user.id, "role": user.role, "exp": int(time.time()) + lifetime})
     if next_path:
         response = web.Response(status=303, headers={"Location": base_url(request) + next_path, **PAGE_HEADERS})

@@ -112,8 +112,8 @@ class UpstreamOidc:
             label=label,
             client_id=settings.oidc_client_id,
             client_secret=settings.oidc_client_secret,
-            allowed_domains=tuple(settings.oidc_allowed_domains),
-            allowed_emails=tuple(settings.oidc_allowed_emails),
+            allowed_domains=settings.oidc_allowed_domains,
+            allowed_emails=settings.oidc_allowed_emails,
             default_role=settings.oidc_default_role,
             multi_tenant=multi_tenant,
         )

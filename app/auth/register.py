@@ -33,7 +33,7 @@ async def register_endpoint(request: web.Request) -> web.Response:
         except ValueError:
             raise OAuthError("invalid_client_metadata", "the registration request must be a JSON object") from None
         metadata = validate_registration(
-            data, tuple(state.settings.allowed_redirect_hosts), tuple(state.settings.allowed_redirect_schemes)
+            data, state.settings.allowed_redirect_hosts, state.settings.allowed_redirect_schemes
         )
     except OAuthError as exc:
         state.metrics.oauth_registrations.labels("error").inc()

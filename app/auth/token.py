@@ -61,7 +61,7 @@ def issue_access_token(
     family_id: str,
 ) -> tuple[str, int]:
     now = int(time.time())
-    ttl = int(state.settings.access_token_ttl_seconds)
+    ttl = state.settings.access_token_ttl_seconds
     claims = {
         "iss": issuer,
         "sub": user.id,

@@ -24,7 +24,7 @@ async def run_doctor(settings: Settings) -> Report:
 
     dialect = get_dialect(settings)
     options = connection_options(dialect.connection_string())
-    report = Report(dialect=dialect.name, target=describe_target(dialect.name, options, bool(settings.read_only_mode)))
+    report = Report(dialect=dialect.name, target=describe_target(dialect.name, options, settings.read_only_mode))
     redacted = settings.redacted()
     report.add(
         CheckResult(

@@ -315,7 +315,7 @@ class Doctor:
         return self.report.add(CheckResult(name, status, redact(detail, secrets), hint))
 
     async def _job(self, fn: Callable[[Worker], Any], timeout: float | None = None) -> Any:
-        limit = float(self.settings.query_timeout_seconds) if timeout is None else timeout
+        limit = self.settings.query_timeout_seconds if timeout is None else timeout
         return await self.db.pool.run(fn, timeout=limit)
 
     async def _rows(self, sql: str) -> list[dict[str, Any]]:
@@ -347,7 +347,7 @@ class Doctor:
         # One connection; and room for the type probe's 9,000-byte value even under a small MAX_RESULT_BYTES
         # (the checks are about the service's behaviour, not its caps).
         settings = self.settings.replace(
-            db_pool_size=1, max_result_bytes=max(int(self.settings.max_result_bytes), DOCTOR_MIN_RESULT_BYTES)
+            db_pool_size=1, max_result_bytes=max(self.settings.max_result_bytes, DOCTOR_MIN_RESULT_BYTES)
         )
         from ..obs.metrics import Metrics
 
@@ -379,7 +379,7 @@ class Doctor:
         secrets = dialect.secrets()
         limit = float(self.settings.db_connect_timeout_seconds) + CONNECT_GRACE_SECONDS
         if dialect.name == "sqlite" and not self.settings.odbc_connection_string:
-            path = Path(str(self.settings.sqlite_path)).resolve()
+            path = Path(self.settings.sqlite_path).resolve()
             if not path.is_file():  # the driver itself only says "connect failed"
                 self.report.add(
                     CheckResult(
