@@ -48,6 +48,8 @@ sys.path.insert(0, str(BENCH))
 import profiling  # noqa: E402
 from load import Client  # noqa: E402  (bench/ is not a package: load.py is also run as a script)
 
+MAX_LOOP_LAG_MS = 10.0  # issue 10: the event loop is never blocked longer than this during the benchmark
+MAX_RSS_GROWTH = 0.10  # issue 10: RSS after 100,000 calls within 10% of RSS after the first 1,000
 TARGET_VS_DBHUB = 1.3  # issue 10: one process at least 1.3x DBHub (WORKERS=2: 2x, once workers exist)
 
 QUERIES: dict[str, str] = {
@@ -81,6 +83,9 @@ class ServerSpec:
     env: Callable[[int, Path, Path], dict[str, str]] = lambda port, db, tmp: {}
 
 
+BENCH_METRICS_TOKEN = "bench-metrics-token"
+LOOP_LAG_METRIC = "mssql_mcp_event_loop_lag_max_seconds"
+
 # Set by --ours-ref: a snapshot of app/ at that commit, put first on PYTHONPATH for our server.
 OURS_SNAPSHOT: Path | None = None
 
@@ -97,6 +102,7 @@ def _ours_env(port: int, db: Path, tmp: Path) -> dict[str, str]:
         "ALLOW_UNAUTH_METHODS": "true",
         "ALLOW_UNAUTH_TOOLS_CALL": "true",
         "METRICS_PORT": "0",
+        "METRICS_TOKEN": BENCH_METRICS_TOKEN,  # /metrics on the main port: the bench reads the loop lag
         "DATA_DIR": str(tmp / "ours-data"),
         "LOG_FORMAT": "json",
         "LOG_LEVEL": os.environ.get("BENCH_OURS_LOG_LEVEL", "INFO"),
@@ -272,6 +278,26 @@ async def serving(spec: ServerSpec, db: Path, tmp: Path) -> AsyncIterator[Runnin
         server.stop()
 
 
+async def loop_lag_max(server: RunningServer) -> float | None:
+    """The worst event-loop lag our server measured since it started (None: not ours, or not exported)."""
+    if server.spec.key != "ours":
+        return None
+    url = server.url.rsplit("/", 1)[0] + "/metrics"
+    headers = {"Authorization": f"Bearer {BENCH_METRICS_TOKEN}"}
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
+            http.get(url, headers=headers) as response,
+        ):
+            text = await response.text()
+    except aiohttp.ClientError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(LOOP_LAG_METRIC + " "):
+            return float(line.split()[1])
+    return None
+
+
 # --- one measurement -------------------------------------------------------------------------------
 
 
@@ -380,6 +406,41 @@ async def measure(
         }
     )
     return report
+
+
+async def memory_flat(
+    db: Path, tmp: Path, calls: int, concurrency: int = 8, query_key: str = "recent_orders"
+) -> dict[str, Any]:
+    """Our server alone, `calls` tool calls in a row: RSS after the first 1,000 and at the end (issue 10)."""
+    async with serving(SERVERS["ours"], db, tmp) as server:
+        assert server.proc is not None
+        pids = _tree(server.proc.pid)
+        arguments = {"name": "execute_sql", "arguments": {server.spec.arg_name: QUERIES[query_key]}}
+        started = errors = 0
+        rss_after_1000: int | None = None
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+            client = Client(http, server.url)
+            await client.initialize()
+
+            async def worker() -> None:
+                nonlocal started, errors, rss_after_1000
+                while started < calls:
+                    started += 1
+                    result, _ = await client.request("tools/call", arguments)
+                    errors += bool(result.get("isError"))
+                    if rss_after_1000 is None and started >= 1000:
+                        rss_after_1000 = _rss_kb(pids)
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        rss_end = _rss_kb(pids)
+    return {
+        "calls": calls,
+        "query": query_key,
+        "concurrency": concurrency,
+        "errors": errors,
+        "rss_after_1000_mb": (rss_after_1000 or rss_end) / 1024,
+        "rss_end_mb": rss_end / 1024,
+    }
 
 
 async def sample_response(server: RunningServer, query_key: str) -> dict[str, Any]:
@@ -570,6 +631,29 @@ def render_markdown(
                 )
     else:
         lines.append("- not evaluated (this run did not include both ours and DBHub)")
+    lines += ["", f"## Event-loop lag (issue 10: never above {MAX_LOOP_LAG_MS:g} ms)", ""]
+    if info.get("loop_lag"):
+        worst = max(info["loop_lag"], key=lambda item: item[3])
+        verdict = "met" if worst[3] <= MAX_LOOP_LAG_MS else "NOT met"
+        lines.append(
+            f"- {verdict}: our server's worst lag over every round was {worst[3]:.1f} ms "
+            f"(round {worst[0] + 1}, `{worst[1]}` c={worst[2]}; `mssql_mcp_event_loop_lag_max_seconds`, "
+            "read after each run: how late the loop ran a 100 ms timer)"
+        )
+    else:
+        lines.append("- not measured (ours not run, or it did not export mssql_mcp_event_loop_lag_max_seconds)")
+    memory = info.get("memory")
+    lines += ["", "## Memory flat (issue 10: RSS within 10% after 100,000 calls)", ""]
+    if memory:
+        growth = memory["rss_end_mb"] / memory["rss_after_1000_mb"] - 1
+        verdict = "met" if growth <= MAX_RSS_GROWTH else "NOT met"
+        lines.append(
+            f"- {verdict}: {memory['calls']:,} `{memory['query']}` calls in a row (c={memory['concurrency']}, "
+            f"{memory['errors']} errors): RSS {memory['rss_after_1000_mb']:.1f} MB after the first 1,000, "
+            f"{memory['rss_end_mb']:.1f} MB at the end ({100 * growth:+.1f}%)"
+        )
+    else:
+        lines.append("- not measured in this run (`--memory-calls 100000`)")
     if failures:
         lines += ["", "## Failures", ""] + [f"- {f}" for f in failures]
     lines.append("")
@@ -620,6 +704,9 @@ async def main_async(args: argparse.Namespace) -> int:
                             for c in args.concurrency:
                                 report = await measure_quietly(server, query_key, c, args)
                                 report["round"] = round_no
+                                lag = await loop_lag_max(server)  # worst since this server started
+                                if lag is not None:
+                                    report["loop_lag_max_ms"] = 1000 * lag
                                 results.append(report)
                                 _print_run(
                                     f"round {round_no + 1}{' (busy: not reported)' if report['busy'] else ''}", report
@@ -636,6 +723,13 @@ async def main_async(args: argparse.Namespace) -> int:
                     if (tmp / f"{key}.log").exists():
                         PEERS.mkdir(exist_ok=True)
                         shutil.copy(tmp / f"{key}.log", BENCH / ".peers" / f"{key}-failed.log")
+
+        if args.memory_calls:
+            info["memory"] = await memory_flat(db, tmp, args.memory_calls)
+            print(f"  memory: {info['memory']}", flush=True)
+    info["loop_lag"] = [
+        (r["round"], r["query"], r["concurrency"], r["loop_lag_max_ms"]) for r in results if "loop_lag_max_ms" in r
+    ]
 
     best: dict[tuple[str, str, int], dict[str, Any]] = {}
     busy_cells: list[str] = []
@@ -736,6 +830,13 @@ def main(argv: list[str] | None = None) -> int:
         "--ours-ref",
         default="",
         help="benchmark our server as committed at this git ref (e.g. HEAD) instead of the working tree",
+    )
+    parser.add_argument(
+        "--memory-calls",
+        type=int,
+        default=0,
+        help="after the load runs, make this many calls in a row to a fresh server of ours (issue 10: 100000) and "
+        "report its RSS after the first 1,000 and at the end",
     )
     parser.add_argument("--database", default=str(BENCH / "demo.db"))
     parser.add_argument("--out", default=str(BENCH / "RESULTS.md"))

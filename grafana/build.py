@@ -335,6 +335,11 @@ def overview() -> Dashboard:
                 Panel("Requests in flight",
                       [Target(f"sum(mssql_mcp_http_requests_in_flight{{{SEL}}})", "in flight")],
                       "Requests being handled, open SSE streams included."),
+                Panel("Event loop lag", [
+                    Target(quantile(0.99, "mssql_mcp_event_loop_lag_seconds"), "p99"),
+                    Target(f"max(mssql_mcp_event_loop_lag_max_seconds{{{SEL}}})", "worst since start"),
+                ], "How late the event loop ran a 100 ms timer: time it was held by other work (keep under 10 ms).",
+                    unit="s"),
             ]),
             Row("Fetch cache and process", [
                 Panel("Fetch cache hit ratio", [Target(f"{hits} / ({hits} + {misses})", "hit ratio")],

@@ -25,7 +25,7 @@ from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import keys
-from .metrics import HTTP_METHODS, Metrics
+from .metrics import HTTP_METHODS, Metrics, loop_lag_probe
 
 __all__ = ["REQUEST_ID_HEADER", "metrics_response", "request_id_of", "setup_observability", "status_class"]
 
@@ -231,5 +231,6 @@ def setup_observability(app: web.Application) -> None:
     app.on_response_prepare.append(_echo_request_id)
     app.on_startup.append(_preinitialise)
     app.cleanup_ctx.append(_metrics_listener_ctx)
+    app.cleanup_ctx.append(lambda app: loop_lag_probe(app[keys.METRICS]))  # mssql_mcp_event_loop_lag_*
     if settings.metrics_token:
         app.router.add_get("/metrics", _main_port_metrics)
