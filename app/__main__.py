@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
 import os
+import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from .policy import PolicyError
 from .settings import SETTINGS, Settings, SettingsError, load_settings
 
+if TYPE_CHECKING:
+    from aiohttp.web import Application as web_Application
+
 DEFAULT_DEMO_DB = Path("var/demo.db")
+
+
+def _new_event_loop(settings: Settings) -> asyncio.AbstractEventLoop:
+    """uvloop unless EVENT_LOOP=asyncio: the same protocol work costs the loop less time per call."""
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 def _serve(settings: Settings, banner: str | None = None) -> int:
@@ -20,13 +36,15 @@ def _serve(settings: Settings, banner: str | None = None) -> int:
     from .web import create_app
 
     configure_logging(settings)
-    app = create_app(settings)
+    app = create_app(settings)  # an invalid ACCESS_POLICY_FILE raises PolicyError here: main prints its line
+    app.on_startup.append(_reload_policy_on_sighup)
     shown_host = "127.0.0.1" if settings.host in {"0.0.0.0", "::"} else settings.host
     text = banner or f"MSSQL MCP Server listening on http://{shown_host}:{settings.port}"
     try:
         # run_app calls `print` once its listeners are bound, so the banner never announces a port we lack.
         web.run_app(
             app,
+            loop=_new_event_loop(settings),
             host=settings.host,
             port=settings.port,
             print=lambda _: print(text, flush=True),
@@ -43,6 +61,16 @@ def _serve(settings: Settings, banner: str | None = None) -> int:
         )
         return 1
     return 0
+
+
+async def _reload_policy_on_sighup(app: web_Application) -> None:
+    """SIGHUP re-reads ACCESS_POLICY_FILE; an invalid new file keeps the policy in force (one warning line)."""
+    import asyncio
+
+    from . import keys
+
+    if hasattr(signal, "SIGHUP"):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, app[keys.DATABASE].reload_policy)
 
 
 # Errors binding a listener: the operator's to fix, so one line instead of a traceback.
@@ -127,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             # User management needs only DATA_DIR, not a configured database.
             return users_main(load_settings(require_database=False), args.users_args)
         return _serve(load_settings())
-    except SettingsError as exc:
+    except (SettingsError, PolicyError) as exc:  # PolicyError: an invalid ACCESS_POLICY_FILE, one line
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
