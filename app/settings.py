@@ -74,14 +74,6 @@ def _list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.replace(";", ",").split(",") if item.strip())
 
 
-def _state_database_url(raw: str) -> str:
-    value = raw.strip()
-    scheme = value.split("://", 1)[0].lower() if "://" in value else ""
-    if value and scheme not in {"postgresql", "postgres", "postgresql+psycopg"}:
-        raise ValueError("expected empty (the SQLite file in DATA_DIR) or a postgresql://user:password@host/db URL")
-    return value
-
-
 MSSQL_AUTHENTICATIONS = ("ActiveDirectoryServicePrincipal", "ActiveDirectoryMsi", "AccessToken")
 
 
@@ -567,7 +559,6 @@ class Settings:
         "",
         "Where users, clients, tokens and signing keys live: empty: the SQLite file in DATA_DIR (one VM); "
         "postgresql://user:password@host/db: PostgreSQL shared by every node (needs PUBLIC_BASE_URL).",
-        _state_database_url,
         secret=True,
         group="auth",
     )
@@ -719,12 +710,21 @@ def load_settings(
     if not settings.db_connect_timeout_seconds:  # 0: the backend's own sane login timeout
         login_timeout = MSSQL_LOGIN_TIMEOUT_SECONDS if settings.db_backend == "mssql" else DEFAULT_LOGIN_TIMEOUT_SECONDS
         settings = settings.replace(db_connect_timeout_seconds=login_timeout)
-    if settings.state_database_url and not settings.public_base_url:
-        # Every node must put the same issuer in its tokens and metadata, so it cannot come from the request.
-        raise SettingsError("PUBLIC_BASE_URL: required when STATE_DATABASE_URL is set (every node must agree on it)")
+    if settings.state_database_url:
+        _validate_state_database(settings)
     if require_database:
         _validate_database(settings)
     return settings
+
+
+def _validate_state_database(s: Settings) -> None:
+    """Checked after parsing, so the message never repeats the URL (it may hold a password)."""
+    scheme = s.state_database_url.split("://", 1)[0].lower() if "://" in s.state_database_url else ""
+    if scheme not in {"postgresql", "postgres", "postgresql+psycopg"}:
+        raise SettingsError("STATE_DATABASE_URL: expected empty (the SQLite file in DATA_DIR) or postgresql://...")
+    if not s.public_base_url:
+        # Every node must put the same issuer in its tokens and metadata, so it cannot come from the request.
+        raise SettingsError("PUBLIC_BASE_URL: required when STATE_DATABASE_URL is set (every node must agree on it)")
 
 
 def _validate_database(s: Settings) -> None:
