@@ -22,6 +22,7 @@ def _networks(trusted: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddre
     return tuple(networks)
 
 
+@functools.lru_cache(maxsize=1024)  # asked on every MCP call (base URL, bearer check) for a few peer addresses
 def address_is_trusted(address: str, trusted: tuple[str, ...]) -> bool:
     """Whether `address` lies in one of the TRUSTED_PROXIES entries (bad addresses are not trusted)."""
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -73,6 +74,11 @@ def accepts(request: web.Request) -> tuple[bool, bool]:
     header = request.headers.get("Accept")
     if not header:
         return True, True
+    return _accepted(header)
+
+
+@functools.lru_cache(maxsize=256)  # a client sends the same Accept header on every call
+def _accepted(header: str) -> tuple[bool, bool]:
     types = {part.split(";", 1)[0].strip().lower() for part in header.split(",")}
     wildcard = "*/*" in types
     return (
