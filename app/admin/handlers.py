@@ -28,7 +28,7 @@ from ..auth.params import OAuthError, parse_form
 from ..auth.passwords import hash_password, password_problem
 from ..auth.signin import check_password
 from ..auth.state import AuthState
-from ..auth.store import AuthStore, UserExists
+from ..auth.store import UserExists
 from ..core import TOOL_OUTCOMES
 from ..obs.audit import recent_audit
 from . import html
@@ -271,9 +271,9 @@ async def overview(console: Console) -> list[str]:
         ("Dialect", text(status.get("dialect"))),
         ("Last error", text(status.get("last_error")) or "<span class=muted>none</span>"),
     ]
-    users = await console.state.store.call(AuthStore.list_users)
-    clients = await console.state.store.call(AuthStore.list_clients)
-    grants = await console.state.store.call(AuthStore.active_grants)
+    users = await console.state.store.call(lambda s: s.list_users())
+    clients = await console.state.store.call(lambda s: s.list_clients())
+    grants = await console.state.store.call(lambda s: s.active_grants())
     counts = (
         f"<p><a href='/admin/users'>{len(users)} users</a> · <a href='/admin/clients'>{len(clients)} clients</a>"
         f" · <a href='/admin/grants'>{len(grants)} active grants</a> · policy: "
@@ -296,7 +296,7 @@ def _roles(console: Console) -> tuple[str, ...]:
 
 
 async def users_page(console: Console) -> list[str]:
-    users = await console.state.store.call(AuthStore.list_users)
+    users = await console.state.store.call(lambda s: s.list_users())
     roles = _roles(console)
     csrf = html.csrf_field(console.session.csrf)
     rows = []
@@ -366,7 +366,7 @@ async def add_user(console: Console) -> str:
     role = _role(console)
     password_hash = await asyncio.to_thread(hash_password, _new_password(console))
     try:
-        await console.state.store.call(AuthStore.add_user, username, password_hash, role)
+        await console.state.store.call(lambda s: s.add_user(username, password_hash, role))
     except UserExists:
         raise Refused(f"A user named {username} already exists.", 409) from None
     return f"User {username} added as {role}."
@@ -375,7 +375,7 @@ async def add_user(console: Console) -> str:
 async def remove_user(console: Console) -> str:
     username = console.field("username")
     _not_yourself(console, username, "remove")
-    if not await console.state.store.call(AuthStore.remove_user, username):
+    if not await console.state.store.call(lambda s: s.remove_user(username)):
         raise Refused(f"No user named {username}.", 404)
     return f"User {username} removed; their tokens stopped working."
 
@@ -384,7 +384,7 @@ async def set_role(console: Console) -> str:
     username = console.field("username")
     role = _role(console)
     _not_yourself(console, username, "change the role of")
-    if not await console.state.store.call(AuthStore.set_role, username, role):
+    if not await console.state.store.call(lambda s: s.set_role(username, role)):
         raise Refused(f"No user named {username}.", 404)
     return f"{username} is now {role}."
 
@@ -392,10 +392,10 @@ async def set_role(console: Console) -> str:
 async def reset_password(console: Console) -> str:
     username = console.field("username")
     password = _new_password(console)
-    if await console.state.store.call(AuthStore.get_user_by_name, username) is None:
+    if await console.state.store.call(lambda s: s.get_user_by_name(username)) is None:
         raise Refused(f"No user named {username}.", 404)
     password_hash = await asyncio.to_thread(hash_password, password)
-    if not await console.state.store.call(AuthStore.set_password, username, password_hash):
+    if not await console.state.store.call(lambda s: s.set_password(username, password_hash)):
         raise Refused(f"No user named {username}.", 404)
     return f"Password of {username} reset; they are signed out of every client."
 
@@ -409,7 +409,7 @@ def _hosts(uris: tuple[str, ...]) -> str:
 
 
 async def clients_page(console: Console) -> list[str]:
-    clients = await console.state.store.call(AuthStore.list_clients)
+    clients = await console.state.store.call(lambda s: s.list_clients())
     csrf = html.csrf_field(console.session.csrf)
     rows = [
         (
@@ -443,7 +443,7 @@ async def clients_page(console: Console) -> list[str]:
 async def revoke_client(console: Console) -> str:
     client_id = console.field("client_id")
     revoked = await console.state.store.call(
-        AuthStore.revoke_client, client_id, f"revoked by {console.session.username}"
+        lambda s: s.revoke_client(client_id, f"revoked by {console.session.username}")
     )
     if revoked < 0:
         raise Refused("No such client (it may have been revoked already).", 404)
@@ -451,7 +451,7 @@ async def revoke_client(console: Console) -> str:
 
 
 async def grants_page(console: Console) -> list[str]:
-    grants = await console.state.store.call(AuthStore.active_grants)
+    grants = await console.state.store.call(lambda s: s.active_grants())
     csrf = html.csrf_field(console.session.csrf)
     rows = [
         (
@@ -475,11 +475,11 @@ async def grants_page(console: Console) -> list[str]:
 
 async def revoke_grant(console: Console) -> str:
     family_id = console.field("family_id")
-    grants = await console.state.store.call(AuthStore.active_grants)
+    grants = await console.state.store.call(lambda s: s.active_grants())
     grant = next((g for g in grants if g.family_id == family_id), None)
     if grant is None:
         raise Refused("No such active grant (it may have ended already).", 404)
-    await console.state.store.call(AuthStore.revoke_family, family_id, f"revoked by {console.session.username}")
+    await console.state.store.call(lambda s: s.revoke_family(family_id, f"revoked by {console.session.username}"))
     return f"Grant of {grant.username} in {grant.client_name or grant.client_id} revoked."
 
 

@@ -25,7 +25,6 @@ from .. import keys
 from ..auth.params import new_secret
 from ..auth.state import AuthState
 from ..auth.statekey import StateKeyError
-from ..auth.store import AuthStore
 from ..urls import base_url
 
 ADMIN_ROLE = "admin"
@@ -79,7 +78,7 @@ async def current_session(request: web.Request) -> AdminSession | None:
         return None
     if not isinstance(csrf, str) or not _TOKEN.match(csrf):
         return None
-    user = await state.store.call(AuthStore.get_user, user_id)
+    user = await state.store.call(lambda s: s.get_user(user_id))
     if user is None:
         return None
     return AdminSession(user.id, user.username, user.role, csrf)

@@ -24,7 +24,6 @@ from .params import REALMS
 from .register import register_endpoint
 from .revoke import revoke_endpoint
 from .state import AuthState
-from .store import AuthStore
 from .token import token_endpoint
 from .upstream import CALLBACK_PATH, upstream_callback
 
@@ -39,7 +38,7 @@ async def _periodic_cleanup(state: AuthState) -> None:
     while True:
         await asyncio.sleep(CLEANUP_INTERVAL_SECONDS)
         try:
-            await state.store.call(AuthStore.cleanup, unused_client_seconds=state.settings.unused_client_seconds)
+            await state.store.call(lambda s: s.cleanup(unused_client_seconds=state.settings.unused_client_seconds))
         except Exception:  # keep cleaning next time; a failed sweep loses nothing
             log.exception("auth.cleanup_failed")
 

@@ -26,7 +26,6 @@ from .pending import PENDING_REQUEST_TTL, browser_nonce, load_pending, set_brows
 from .records import Client, PendingSignIn
 from .signin import check_password
 from .state import AuthState, auth_state
-from .store import AuthStore
 from .upstream import begin as begin_upstream
 from .validate import (
     Query,
@@ -84,7 +83,7 @@ def authorize_get(realm: str) -> Handler:
         nonce, new_cookie = browser_nonce(request)
         request_id, csrf = new_secret(24), new_secret(24)
         await state.store.call(
-            AuthStore.create_auth_request, request_id, sha256_hex(nonce), csrf, params, PENDING_REQUEST_TTL
+            lambda s: s.create_auth_request(request_id, sha256_hex(nonce), csrf, params, PENDING_REQUEST_TTL)
         )
         response = login_page(
             request_id=request_id,
@@ -146,8 +145,8 @@ def authorize_post(realm: str) -> Handler:
             pending = await load_pending(request, state, form)
             action = form.get("action")
             if action == "login":
-                if pending.user_id:
-                    user = await state.store.call(AuthStore.get_user, pending.user_id)
+                if user_id := pending.user_id:
+                    user = await state.store.call(lambda s: s.get_user(user_id))
                     if user is not None:
                         return await show_consent(state, pending, user)
                 return await _login(request, state, pending, form)

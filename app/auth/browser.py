@@ -35,7 +35,6 @@ from .pages import PAGE_HEADERS, _page
 from .params import new_secret, parse_form
 from .signin import check_password
 from .statekey import StateKeyError
-from .store import AuthStore
 
 log = structlog.get_logger(__name__)
 
@@ -97,7 +96,7 @@ async def session_user(request: web.Request) -> BrowserUser | None:
     payload = _open(request, sealed)
     if not payload or not isinstance(payload.get("exp"), int | float) or payload["exp"] < time.time():
         return None
-    user = await state.store.call(AuthStore.get_user, str(payload.get("uid", "")))
+    user = await state.store.call(lambda s: s.get_user(str(payload.get("uid", ""))))
     if user is None or user.role != payload.get("role"):
         log.info("records.session_ended", reason="user_changed")
         return None

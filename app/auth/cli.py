@@ -1,7 +1,8 @@
 """`mssql-mcp users add|remove|list|passwd|role` and the demo user.
 
-Users live in the auth store in DATA_DIR (the same file the running service uses, so changes apply at
-once: removing a user or changing a password stops that user's tokens). Passwords are typed at a prompt
+Users live in the auth store the running service uses (the SQLite file in DATA_DIR, or PostgreSQL when
+STATE_DATABASE_URL is set), so changes apply at once: removing a user or changing a password stops that
+user's tokens on every node. Passwords are typed at a prompt
 (twice) or read from standard input with --password-stdin, never taken from the command line.
 """
 
@@ -19,10 +20,11 @@ from pathlib import Path
 from typing import TextIO
 
 from ..settings import Settings
+from ..state.backend import opened_backend
 from .passwords import hash_password, password_problem, verify_password
 from .records import AuthStorage
 from .statekey import StateKey, StateKeyError, is_encrypted, load_state_key
-from .store import AuthStore, UserExists, store_path
+from .store import UserExists
 
 ROLES = ("reader", "writer", "admin")  # admin: signs in to the operator console at /admin (reads like a reader)
 DEMO_USERNAME = "demo"
@@ -133,7 +135,7 @@ def users_main(
     except SystemExit as exc:  # argparse already printed the usage
         return int(exc.code or 0)
     try:
-        with AuthStore(store_path(settings.data_dir)) as store:
+        with opened_backend(settings) as store:
             return _run(store, args, stdin, stdout)
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -201,7 +203,7 @@ def ensure_demo_user(settings: Settings) -> str:
     state_key = load_state_key(settings)
     password_file = Path(settings.data_dir) / DEMO_PASSWORD_FILE
     password = _read_demo_password(password_file, state_key)
-    with AuthStore(store_path(settings.data_dir)) as store:
+    with opened_backend(settings) as store:
         user = store.get_user_by_name(DEMO_USERNAME)
         usable = bool(password) and password_problem(password) is None
         if user is not None and usable and verify_password(user.password_hash, password):

@@ -14,7 +14,6 @@ from .pages import consent_page, error_page
 from .params import grant_scopes, new_secret, sha256_hex
 from .records import PendingSignIn, User
 from .state import AuthState
-from .store import AuthStore
 
 log = structlog.get_logger(__name__)
 
@@ -32,7 +31,7 @@ def redirect_response(location: str, status: int = 302) -> web.Response:
 async def show_consent(state: AuthState, pending: PendingSignIn, user: User, action: str = "authorize") -> web.Response:
     params = pending.params
     csrf = new_secret(24)  # a fresh token per step: the login form's token cannot approve
-    await state.store.call(AuthStore.update_auth_request, pending.id, csrf=csrf, user_id=user.id)
+    await state.store.call(lambda s: s.update_auth_request(pending.id, csrf=csrf, user_id=user.id))
     return consent_page(
         request_id=pending.id,
         csrf=csrf,
@@ -55,14 +54,15 @@ async def continue_after_upstream(state: AuthState, pending: PendingSignIn, user
 async def decide(state: AuthState, pending: PendingSignIn, form: Mapping[str, Any]) -> web.StreamResponse:
     """The consent form's answer: a code for the client, or access_denied."""
     params = pending.params
-    user = await state.store.call(AuthStore.get_user, pending.user_id) if pending.user_id else None
+    user_id = pending.user_id
+    user = await state.store.call(lambda s: s.get_user(user_id)) if user_id else None
     if user is None:
         return error_page("Not signed in", "Sign in first.", status=403)
     decision = form.get("decision")
     if decision not in {"allow", "deny"}:
         return error_page("Invalid request", "Choose Allow or Deny.")
     if decision == "deny":
-        await state.store.call(AuthStore.delete_auth_request, pending.id)
+        await state.store.call(lambda s: s.delete_auth_request(pending.id))
         log.info("auth.consent_denied", username=user.username, client_id=params.client_id)
         location = redirect_with(
             params.redirect_uri,
@@ -77,18 +77,19 @@ async def decide(state: AuthState, pending: PendingSignIn, form: Mapping[str, An
     code = new_secret(32)
     scopes = grant_scopes(params.scopes, user.role)
     stored = await state.store.call(
-        AuthStore.create_code,
-        sha256_hex(code),
-        client_id=params.client_id,
-        user_id=user.id,
-        redirect_uri=params.redirect_uri,
-        redirect_uri_given=params.redirect_uri_given,
-        code_challenge=params.code_challenge,
-        scope=" ".join(scopes),
-        resources=params.resources,
-        issuer=params.issuer,
-        ttl=state.settings.auth_code_ttl_seconds,
-        consume_request=pending.id,
+        lambda s: s.create_code(
+            sha256_hex(code),
+            client_id=params.client_id,
+            user_id=user.id,
+            redirect_uri=params.redirect_uri,
+            redirect_uri_given=params.redirect_uri_given,
+            code_challenge=params.code_challenge,
+            scope=" ".join(scopes),
+            resources=params.resources,
+            issuer=params.issuer,
+            ttl=state.settings.auth_code_ttl_seconds,
+            consume_request=pending.id,
+        )
     )
     if not stored:
         return error_page("Sign-in expired", "This sign-in page has expired or was already used.")

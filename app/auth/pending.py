@@ -20,7 +20,6 @@ from .common import client_address
 from .params import PageError, new_secret, sha256_hex
 from .records import PendingSignIn
 from .state import AuthState
-from .store import AuthStore
 
 log = structlog.get_logger(__name__)
 
@@ -56,7 +55,7 @@ def from_this_browser(request: web.Request, pending: PendingSignIn) -> bool:
 async def load_pending(request: web.Request, state: AuthState, form: Mapping[str, Any]) -> PendingSignIn:
     """The pending sign-in a posted form belongs to, if the form and the browser are the ones it was
     shown to (PageError otherwise)."""
-    pending = await state.store.call(AuthStore.get_auth_request, form.get("request_id", "")[:64])
+    pending = await state.store.call(lambda s: s.get_auth_request(form.get("request_id", "")[:64]))
     if pending is None:
         raise PageError("Sign-in expired", "This sign-in page has expired or was already used.")
     csrf_ok = hmac.compare_digest(pending.csrf.encode(), form.get("csrf_token", "").encode())

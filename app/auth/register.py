@@ -18,7 +18,6 @@ from .common import client_address, error_response, read_limited_body
 from .params import NO_STORE, OAuthError, load_json, new_secret, sha256_hex
 from .records import Client
 from .state import auth_state
-from .store import AuthStore
 from .validate import validate_registration
 
 log = structlog.get_logger(__name__)
@@ -44,20 +43,21 @@ async def register_endpoint(request: web.Request) -> web.Response:
     issued_at = int(time.time())
     address = client_address(request)
     saved = await state.store.call(
-        AuthStore.register_client,
-        Client(
-            client_id=client_id,
-            kind="dcr",
-            secret_hash=sha256_hex(secret) if secret else None,
-            auth_method=metadata["token_endpoint_auth_method"],
-            redirect_uris=tuple(metadata["redirect_uris"]),
-            grant_types=tuple(metadata["grant_types"]),
-            client_name=metadata.get("client_name"),
-            metadata=metadata,
-            created_at=issued_at,
-        ),
-        address,
-        state.settings.registrations_per_hour,
+        lambda s: s.register_client(
+            Client(
+                client_id=client_id,
+                kind="dcr",
+                secret_hash=sha256_hex(secret) if secret else None,
+                auth_method=metadata["token_endpoint_auth_method"],
+                redirect_uris=tuple(metadata["redirect_uris"]),
+                grant_types=tuple(metadata["grant_types"]),
+                client_name=metadata.get("client_name"),
+                metadata=metadata,
+                created_at=issued_at,
+            ),
+            address,
+            state.settings.registrations_per_hour,
+        )
     )
     if not saved:
         state.metrics.oauth_registrations.labels("error").inc()

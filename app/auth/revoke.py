@@ -17,7 +17,6 @@ from .common import error_response, read_params
 from .params import NO_STORE, OAuthError, sha256_hex
 from .signing import TokenInvalid
 from .state import auth_state
-from .store import AuthStore
 from .validate import revocation_params
 
 log = structlog.get_logger(__name__)
@@ -31,10 +30,10 @@ async def revoke_endpoint(request: web.Request) -> web.Response:
         token, _hint = revocation_params(params)  # the hint is checked, then not needed: both kinds are tried
     except OAuthError as exc:
         return error_response(exc)
-    stored = await state.store.call(AuthStore.get_refresh_token, sha256_hex(token))
+    stored = await state.store.call(lambda s: s.get_refresh_token(sha256_hex(token)))
     if stored is not None:
         if stored.client_id == client.client_id:
-            await state.store.call(AuthStore.revoke_family, stored.family_id, "revoked by client")
+            await state.store.call(lambda s: s.revoke_family(stored.family_id, "revoked by client"))
             log.info("oauth.revoked", kind="refresh_token", client_id=client.client_id)
         return web.Response(status=200, headers=NO_STORE)
     try:
@@ -43,6 +42,6 @@ async def revoke_endpoint(request: web.Request) -> web.Response:
         return web.Response(status=200, headers=NO_STORE)
     if claims.get("client_id") == client.client_id and isinstance(claims.get("jti"), str):
         expires = float(claims.get("exp") or time.time() + state.settings.access_token_ttl_seconds)
-        await state.store.call(AuthStore.revoke_jti, claims["jti"], expires)
+        await state.store.call(lambda s: s.revoke_jti(claims["jti"], expires))
         log.info("oauth.revoked", kind="access_token", client_id=client.client_id)
     return web.Response(status=200, headers=NO_STORE)

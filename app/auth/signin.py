@@ -14,7 +14,6 @@ import structlog
 from .passwords import verify_password
 from .records import LoginPolicy, ThrottleVerdict, User
 from .state import AuthState
-from .store import AuthStore
 
 log = structlog.get_logger(__name__)
 
@@ -32,12 +31,12 @@ async def check_password(
     """Throttle, then verify; metrics and one log line per refusal (`{event_prefix}.login_throttled` /
     `.login_failed`). A right password gives its reserved attempt back."""
     policy = LoginPolicy.from_settings(state.settings)
-    admission = await state.store.call(AuthStore.reserve_login_attempt, username, address, policy)
+    admission = await state.store.call(lambda s: s.reserve_login_attempt(username, address, policy))
     if admission.verdict != "ok":
         state.metrics.login_failures.labels("throttled").inc()
         log.warning(f"{event_prefix}.login_throttled", address=address, verdict=admission.verdict)
         return SignInCheck(None, admission.verdict, admission.until)
-    user = await state.store.call(AuthStore.get_user_by_name, username)
+    user = await state.store.call(lambda s: s.get_user_by_name(username))
     # argon2 takes tens of milliseconds: off the event loop, and off the store's thread too.
     ok = await asyncio.to_thread(verify_password, user.password_hash if user else None, password)
     if not ok or user is None:
@@ -47,5 +46,5 @@ async def check_password(
             f"{event_prefix}.login_failed", reason=reason, username=user.username if user else None, address=address
         )
         return SignInCheck(None)
-    await state.store.call(AuthStore.release_login_attempt, username, address, policy)
+    await state.store.call(lambda s: s.release_login_attempt(username, address, policy))
     return SignInCheck(user)

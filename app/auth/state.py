@@ -10,13 +10,14 @@ import structlog
 from aiohttp import web
 
 from .. import keys
+from ..state.backend import POSTGRES_THREADS, storage_backend
 from .cimd import CimdFetcher
 from .oidc import UpstreamOidc
 from .params import is_cimd_client_id
 from .records import Client
 from .signing import SigningKeys
 from .statekey import StateKey, load_state_key, open_signing_keys
-from .store import AsyncAuthStore, AuthStore, store_path
+from .store import AsyncAuthStore
 
 if TYPE_CHECKING:
     from ..obs.metrics import Metrics
@@ -40,7 +41,7 @@ class AuthState:
         return cls(
             settings=settings,
             metrics=metrics,
-            store=AsyncAuthStore(store_path(settings.data_dir)),
+            store=AsyncAuthStore(storage_backend(settings), threads=POSTGRES_THREADS),
             cimd=CimdFetcher(
                 allow_private=settings.cimd_allow_private,
                 allowed_hosts=tuple(settings.allowed_redirect_hosts),
@@ -79,7 +80,7 @@ class AuthState:
         is set and the stored copy is stale or missing). Raises CimdError when a document is unusable."""
         if not client_id or len(client_id) > 2000:
             return None
-        stored = await self.store.call(AuthStore.get_client, client_id)
+        stored = await self.store.call(lambda s: s.get_client(client_id))
         if not is_cimd_client_id(client_id):
             if stored is None or stored.kind != "dcr" or self._unused_and_expired(stored):
                 return None
@@ -90,8 +91,8 @@ class AuthState:
         if fresh is None:
             fresh = await self.cimd.fetch(client_id)
             created_at = stored.created_at if stored is not None else time.time()
-            await self.store.call(AuthStore.save_client, replace(fresh, created_at=created_at))
-        return await self.store.call(AuthStore.get_client, client_id)
+            await self.store.call(lambda s: s.save_client(replace(fresh, created_at=created_at)))
+        return await self.store.call(lambda s: s.get_client(client_id))
 
 
 def auth_state(request: web.Request) -> AuthState:

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, Protocol, TypeVar
 
 from .records import (
     AuthorizationCode,
@@ -900,30 +900,45 @@ class AuthStore(AuthStorage):
             )
 
 
-class AsyncAuthStore:
-    """Runs AuthStore calls on one dedicated thread: `await store.call(AuthStore.method, *args)`.
+class StorageBackend(AuthStorage, Protocol):
+    """An `AuthStorage` with a life cycle: `AuthStore` (SQLite) or `app.state.pgstore.PgAuthStore`."""
 
-    The one exception is the bearer check's lookup (an indexed read of a few rows, ~20 µs): it runs on
-    the event loop's own read-only connection, because a thread hop per MCP request costs more than the
-    query. If that read ever has to wait, it falls back to the thread.
+    def open(self) -> object: ...
+    def close(self) -> None: ...
+
+
+class AsyncAuthStore:
+    """Runs auth store calls off the event loop: `await store.call(lambda s: s.get_user(user_id))`.
+
+    `s` is the backend, typed as the `AuthStorage` Protocol, so a call is checked against the contract
+    whichever backend runs it. SQLite runs on one dedicated thread (its connection is never shared);
+    a thread-safe backend (PostgreSQL's connection pool) gets `threads` of them.
+
+    The one exception is SQLite's bearer check lookup (an indexed read of a few rows, ~20 µs): it runs
+    on the event loop's own read-only connection, because a thread hop per MCP request costs more than
+    the query. If that read ever has to wait, it falls back to the thread.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.sync = AuthStore(path)
+    def __init__(self, backend: StorageBackend | str | os.PathLike[str], *, threads: int = 1) -> None:
+        self.sync: StorageBackend = AuthStore(backend) if isinstance(backend, (str, os.PathLike)) else backend
+        self.threads = 1 if isinstance(self.sync, AuthStore) else threads
         self._executor: ThreadPoolExecutor | None = None
         self._reader: AuthStore | None = None
 
     async def open(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="auth-store")
-        await self.call(AuthStore.open)
+        self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="auth-store")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self.sync.open)
 
     async def bearer_lookup(self, user_id: str, jti: str, family_id: str | None) -> BearerRecord | None:
+        if not isinstance(self.sync, AuthStore):
+            return await self.call(lambda s: s.bearer_lookup(user_id, jti, family_id))
         try:
             if self._reader is None:
                 self._reader = AuthStore(self.sync.path).open_reader()
             return self._reader.bearer_lookup(user_id, jti, family_id)
         except sqlite3.OperationalError:
-            return await self.call(AuthStore.bearer_lookup, user_id, jti, family_id)
+            return await self.call(lambda s: s.bearer_lookup(user_id, jti, family_id))
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -931,12 +946,13 @@ class AsyncAuthStore:
             self._reader = None
         if self._executor is None:
             return
-        await self.call(AuthStore.close)
         executor, self._executor = self._executor, None
+        await asyncio.get_running_loop().run_in_executor(executor, self.sync.close)
         executor.shutdown(wait=True)
 
-    async def call(self, method: Callable[Concatenate[AuthStore, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """`method`'s result, run on the store's thread; the arguments are type-checked against it."""
+    async def call(self, method: Callable[Concatenate[AuthStorage, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`method(backend, *args, **kwargs)` run on the store's thread(s): usually a lambda over the
+        `AuthStorage` Protocol; a function taking the store first (e.g. `open_signing_keys`) works too."""
         if self._executor is None:
             raise StoreError("auth store is not open")
         loop = asyncio.get_running_loop()

@@ -23,7 +23,6 @@ from .common import error_response, read_params
 from .params import NO_STORE, OAuthError, new_secret, server_resources, sha256_hex
 from .records import Client, RotationRefused, User
 from .state import AuthState, auth_state
-from .store import AuthStore
 from .validate import (
     GrantType,
     check_redeemed_code,
@@ -83,7 +82,7 @@ async def _authorization_code(
 ) -> dict[str, Any]:
     code_value, verifier = code_exchange_params(params)
     code_hash = sha256_hex(code_value)
-    redemption = await state.store.call(AuthStore.consume_code, code_hash)
+    redemption = await state.store.call(lambda s: s.consume_code(code_hash))
     if redemption.code is not None and redemption.reused:
         log.warning("oauth.code_reused", client_id=client.client_id)
     code = check_redeemed_code(
@@ -94,17 +93,18 @@ async def _authorization_code(
         now=time.time(),
     )
     audience = _audience(request, params, code.resources)
-    user = await state.store.call(AuthStore.get_user, code.user_id)
+    user = await state.store.call(lambda s: s.get_user(code.user_id))
     if user is None:
         raise OAuthError("invalid_grant", "the user no longer exists")
     family_id = await state.store.call(
-        AuthStore.create_family,
-        client_id=client.client_id,
-        user_id=user.id,
-        token_version=user.token_version,
-        ttl=state.settings.refresh_token_ttl_seconds,
+        lambda s: s.create_family(
+            client_id=client.client_id,
+            user_id=user.id,
+            token_version=user.token_version,
+            ttl=state.settings.refresh_token_ttl_seconds,
+        )
     )
-    await state.store.call(AuthStore.attach_family_to_code, code_hash, family_id)
+    await state.store.call(lambda s: s.attach_family_to_code(code_hash, family_id))
     access, ttl = issue_access_token(
         state,
         issuer=code.issuer,
@@ -118,15 +118,16 @@ async def _authorization_code(
     if "refresh_token" in client.grant_types:
         refresh = new_refresh_token()
         await state.store.call(
-            AuthStore.add_refresh_token,
-            sha256_hex(refresh),
-            family_id=family_id,
-            client_id=client.client_id,
-            user_id=user.id,
-            scope=code.scope,
-            resources=code.resources,
-            issuer=code.issuer,
-            ttl=state.settings.refresh_token_ttl_seconds,
+            lambda s: s.add_refresh_token(
+                sha256_hex(refresh),
+                family_id=family_id,
+                client_id=client.client_id,
+                user_id=user.id,
+                scope=code.scope,
+                resources=code.resources,
+                issuer=code.issuer,
+                ttl=state.settings.refresh_token_ttl_seconds,
+            )
         )
         body["refresh_token"] = refresh
     log.info(
@@ -144,7 +145,7 @@ async def _refresh_token(
 ) -> dict[str, Any]:
     old = refresh_token_param(params, client)
     # Check what is asked for before spending the token: a refused request must not use it up.
-    current = await state.store.call(AuthStore.get_refresh_token, sha256_hex(old))
+    current = await state.store.call(lambda s: s.get_refresh_token(sha256_hex(old)))
     wanted: list[str] | None = None
     audience: list[str] = []
     if current is not None and current.client_id == client.client_id:
@@ -152,12 +153,13 @@ async def _refresh_token(
         audience = _audience(request, params, current.resources)
     new = new_refresh_token()
     rotation = await state.store.call(
-        AuthStore.rotate_refresh_token,
-        sha256_hex(old),
-        sha256_hex(new),
-        client.client_id,
-        state.settings.refresh_token_ttl_seconds,
-        state.settings.refresh_reuse_leeway_seconds,
+        lambda s: s.rotate_refresh_token(
+            sha256_hex(old),
+            sha256_hex(new),
+            client.client_id,
+            state.settings.refresh_token_ttl_seconds,
+            state.settings.refresh_reuse_leeway_seconds,
+        )
     )
     if isinstance(rotation, RotationRefused) and rotation.outcome == "reused":
         state.metrics.oauth_refresh_reuse.inc()

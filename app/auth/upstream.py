@@ -18,7 +18,6 @@ from .params import sha256_hex
 from .pending import from_this_browser
 from .records import PendingSignIn
 from .state import AuthState, auth_state
-from .store import AuthStore
 
 log = structlog.get_logger(__name__)
 
@@ -35,7 +34,7 @@ async def begin(request: web.Request, state: AuthState, oidc: UpstreamOidc, pend
         location, upstream = await oidc.authorization_url(callback_url(request))
     except UpstreamError as exc:
         return error_page("Sign-in unavailable", str(exc), status=502)
-    await state.store.call(AuthStore.update_auth_request, pending.id, upstream=upstream)
+    await state.store.call(lambda s: s.update_auth_request(pending.id, upstream=upstream))
     return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
 
 
@@ -46,7 +45,7 @@ async def upstream_callback(request: web.Request) -> web.StreamResponse:
         return error_page("Not available", "Upstream sign-in is not configured.", status=404)
     upstream_state = request.query.get("state", "")
     pending = (
-        await state.store.call(AuthStore.find_auth_request_by_upstream_state, sha256_hex(upstream_state))
+        await state.store.call(lambda s: s.find_auth_request_by_upstream_state(sha256_hex(upstream_state)))
         if upstream_state
         else None
     )
@@ -71,6 +70,6 @@ async def upstream_callback(request: web.Request) -> web.StreamResponse:
         state.metrics.login_failures.labels("upstream_not_allowed").inc()
         log.warning("auth.upstream_refused", provider=oidc.label, domain=email.rpartition("@")[2])
         return error_page("Not allowed", f"{email} may not sign in to this server.", status=403)
-    user = await state.store.call(AuthStore.upsert_upstream_user, email, oidc.default_role)
+    user = await state.store.call(lambda s: s.upsert_upstream_user(email, oidc.default_role))
     log.info("auth.login", username=user.username, provider=oidc.label, client_id=pending.params.client_id)
     return await continue_after_upstream(state, pending, user)
