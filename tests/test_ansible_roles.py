@@ -30,7 +30,7 @@ def _tags(role: str) -> set[str]:
 
 
 def test_every_role_is_checked() -> None:
-    assert {"app", "nginx", "certbot", "firewall", "logrotate", "monitoring"} <= set(ROLES)
+    assert {"app", "nginx", "certbot", "firewall", "logrotate", "monitoring", "redis"} <= set(ROLES)
 
 
 @pytest.mark.parametrize("role", ROLES)
