@@ -225,6 +225,33 @@ async def test_reload_keeps_the_old_policy_when_the_new_file_is_invalid(
     assert described["roles"]["analyst"]["max_rows"] == 3
 
 
+async def test_a_tsql_statement_without_a_checked_tree_is_refused_for_a_restricted_role(
+    policy_files: tuple[Path, Path],
+) -> None:
+    """T-SQL hints and XMLNAMESPACES are checked on a rewritten text (no tree): refused before any database
+    work for a role whose policy restricts anything (this Database is never started)."""
+    from app.obs.metrics import Metrics
+    from app.settings import load_settings
+
+    settings = load_settings(
+        environ={},
+        env_file=None,
+        db_backend="mssql",
+        mssql_host="127.0.0.1",
+        mssql_database="nowhere",
+        mssql_user="nobody",
+        access_policy_file=str(policy_files[1]),
+    )
+    database = Database(settings, Metrics())
+    for sql in (
+        "SELECT name FROM dbo.Employees OPTION (USE HINT ('FORCE_LEGACY_CARDINALITY_ESTIMATION'))",
+        "WITH XMLNAMESPACES ('urn:x' AS x) SELECT name FROM dbo.Employees",
+    ):
+        with pytest.raises(QueryRefused, match="only be checked after a rewrite") as refused:
+            await database.read(sql, principal=READER)
+        assert refused.value.reason == "policy"
+
+
 # --- real MCP calls -------------------------------------------------------------------------------------
 @pytest.fixture
 async def server(

@@ -105,6 +105,10 @@ async def test_writes_and_catalog_on_postgres(db: Database) -> None:
         await writer.write("UPDATE payroll SET amount = 0")
     with pytest.raises(QueryRefused, match="salary"):
         await writer.write("UPDATE public.employees SET salary = 0 WHERE id = 1")
+    for opaque in ("DO $$ BEGIN PERFORM 1; END $$", "CALL nothing()", "COPY payroll TO STDOUT"):
+        with pytest.raises(QueryRefused) as refused:  # statements whose reads cannot be followed: fail closed
+            await writer.write(opaque)
+        assert refused.value.reason == "policy", opaque
     assert (await writer.write("UPDATE departments SET budget = budget WHERE id = 1")).rows_affected == 1
 
     names = {t.qualified_name for t in await db.list_tables(principal=READER)}
