@@ -489,3 +489,24 @@ async def test_two_nodes_starting_together_share_one_signing_key(two_nodes: list
     key = StateKey.from_secret("s" * 40, "test")
     rows = await asyncio.gather(*(node.call(open_signing_keys, key) for node in two_nodes))
     assert rows[0] == rows[1] and len(rows[0]) == 1
+
+
+def test_start_up_problems_with_the_state_database_are_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from app.__main__ import main
+
+    monkeypatch.chdir(tmp_path)  # no .env
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("STATE_DATABASE_URL", "postgresql://someone:pw-not-shown@127.0.0.1:1/state")
+    monkeypatch.delenv("PUBLIC_BASE_URL", raising=False)
+    monkeypatch.delenv("BASE_URL", raising=False)
+    assert main(["users", "list"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "PUBLIC_BASE_URL: required when STATE_DATABASE_URL is set" in err
+    monkeypatch.setenv("PUBLIC_BASE_URL", "https://mcp.example")
+    started = time.monotonic()
+    assert main(["users", "list"]) == 2  # nothing listens on port 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "STATE_DATABASE_URL: cannot use PostgreSQL at 127.0.0.1:1/state" in err
+    assert "pw-not-shown" not in err and time.monotonic() - started < 15

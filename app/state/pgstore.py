@@ -49,9 +49,16 @@ from ..auth.records import (
     UserListing,
 )
 from ..auth.store import KNOWN_ADDRESS_SECONDS, StoreError, UserExists
+from ..settings import SettingsError
 from . import migrate
 
 Row = Mapping[str, Any]
+CONNECT_TIMEOUT_SECONDS = 10  # libpq waits forever by default; a start-up must fail, not hang
+
+
+class StateDatabaseError(SettingsError):
+    """The state database cannot be reached or used at start-up: one line (a SettingsError, so the
+    service and `mssql-mcp users` print it and stop instead of a traceback). Never shows the password."""
 
 
 def engine_url(url: str) -> sa.URL:
@@ -159,11 +166,23 @@ class PgAuthStore(AuthStorage):
 
     # -- life cycle -------------------------------------------------------------------------------
     def open(self) -> PgAuthStore:
+        """Connect and migrate the schema; an unreachable or refusing server is one line naming it."""
         if self._engine is None:
             engine = sa.create_engine(
-                self.url, pool_size=self.pool_size, max_overflow=2, pool_pre_ping=True, pool_recycle=1800
+                self.url,
+                pool_size=self.pool_size,
+                max_overflow=2,
+                pool_pre_ping=True,  # a connection the server dropped (restart, failover) is replaced
+                pool_recycle=1800,
+                connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
             )
-            migrate.upgrade(engine)
+            try:
+                migrate.upgrade(engine)
+            except sa.exc.OperationalError as exc:
+                engine.dispose()
+                reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+                where = f"{self.url.host or 'localhost'}:{self.url.port or 5432}/{self.url.database or ''}"
+                raise StateDatabaseError(f"STATE_DATABASE_URL: cannot use PostgreSQL at {where}: {reason}") from None
             self._engine = engine
         return self
 
