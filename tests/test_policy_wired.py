@@ -339,6 +339,8 @@ async def test_chatgpt_search_fetch_and_record_pages_hide_denied_objects(server:
         assert row is not None and "Cy" in row["text"] and "123-45" not in row["text"] and "ssn" not in row["text"]
         denied = await client.call_tool("fetch", {"id": ids.table_id(None, "payroll")})
         assert denied.is_error is True
+        fetched = [line for line in recent_audit() if line.get("tool") == "fetch" and line.get("outcome") == "ok"]
+        assert fetched[0].get("tables") == ["customers"] and fetched[1].get("tables") == ["employees"]
         keyword = (await client.call_tool("search", {"query": "Cy"})).structured_content
         assert keyword is not None and all("123-45" not in r["title"] for r in keyword["results"])
         salary = (await client.call_tool("search", {"query": "salary"})).structured_content

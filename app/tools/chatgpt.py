@@ -747,7 +747,18 @@ class ChatGptTools:
         out = {**document, "url": record_url(ctx.base_url, document["id"])}
         out = {k: out[k] for k in ("id", "title", "text", "url", "metadata")}
         ctx.audit.update(rows=out["metadata"].get("row_count", 1) if out["metadata"] else 1, bytes=json_size(out))
+        read = _document_table(out["metadata"] or {})
+        if read:
+            ctx.audit["tables"] = [read]
         return out
+
+
+def _document_table(metadata: dict[str, Any]) -> str | None:
+    """The table a table, row or sample document was read from (for the audit line)."""
+    if metadata.get("kind") in ("table", "view") and metadata.get("name"):
+        return f"{metadata['schema']}.{metadata['name']}" if metadata.get("schema") else str(metadata["name"])
+    table = metadata.get("table")
+    return str(table) if table else None
 
 
 def build_chatgpt_tools(tools: ChatGptTools) -> list[Tool]:
