@@ -9,12 +9,14 @@ not log secrets in the first place).
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import re
 import sys
 from collections.abc import Mapping
 from typing import IO, TYPE_CHECKING, Any
 
+import orjson
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
@@ -150,6 +152,38 @@ def _resolve_format(log_format: str, stream: IO[str]) -> str:
 
 
 _HANDLER_MARK = "_mssql_mcp_handler"
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_NON_STR_KEYS
+
+
+def _json_line(event_dict: Any, **_: Any) -> str:
+    """One compact JSON object (orjson: a fraction of json.dumps' time); values JSON cannot carry as they
+    are (dates, objects) are written as str(), as before; what orjson refuses (ints past 64 bits, lone
+    surrogates) goes through json.dumps."""
+    try:
+        return orjson.dumps(event_dict, default=str, option=_ORJSON_OPTIONS).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(event_dict, default=str, separators=(",", ":"))
+
+
+_RENDERED_MARK = "_mssql_mcp_rendered"
+
+
+def _hand_over_rendered(
+    logger: WrappedLogger, method_name: str, rendered: Any
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Last structlog processor: the rendered line becomes the record's message, marked as final."""
+    return (rendered,), {"extra": {_RENDERED_MARK: True}}
+
+
+class _Formatter(structlog.stdlib.ProcessorFormatter):
+    """ProcessorFormatter that passes lines structlog already rendered through unchanged."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.__dict__.get(_RENDERED_MARK):
+            return str(record.msg)
+        return super().format(record)
+
+
 _STDLIB_SRCFILE = logging._srcfile
 
 
@@ -176,13 +210,26 @@ def configure_logging(settings: Settings, *, stream: IO[str] | None = None) -> N
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    json_final: list[Processor] = [
+        structlog.processors.format_exc_info,
+        redact_secrets,
+        structlog.processors.JSONRenderer(serializer=_json_line),
+    ]
+    # JSON lines of our own loggers are rendered by structlog's chain and handed to the handler as text
+    # (two per tool call: no second LogRecord, no second pass in the formatter); lines from plain `logging`
+    # users (aiohttp, libraries) still go through the formatter's foreign chain. Same processors, same text.
+    own_final: list[Processor] = (
+        [*json_final, _hand_over_rendered]
+        if fmt == "json"
+        else [structlog.stdlib.ProcessorFormatter.wrap_for_formatter]
+    )
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,
             *shared,
             structlog.stdlib.PositionalArgumentsFormatter(),
             structlog.processors.StackInfoRenderer(),
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+            *own_final,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
@@ -192,10 +239,10 @@ def configure_logging(settings: Settings, *, stream: IO[str] | None = None) -> N
 
     final: list[Processor]
     if fmt == "json":
-        final = [structlog.processors.format_exc_info, redact_secrets, structlog.processors.JSONRenderer(default=str)]
+        final = json_final
     else:
         final = [redact_secrets, structlog.dev.ConsoleRenderer(colors=False), _scrub_rendered]
-    formatter = structlog.stdlib.ProcessorFormatter(
+    formatter = _Formatter(
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
     )
