@@ -33,6 +33,7 @@ class Point:
         {"id": uuid.UUID(int=7), "point": Point(1), "set": {1}, "tuple": (1, 2), "bytes": b"xy"},
         {1: "int key", "big": 2**70, "neg": -(2**80)},
         "\ud800 lone surrogate",
+        "".join(chr(i) for i in range(0x3000)) + "\U0001f600",  # every escape the encoders make, and none more
         {"floats": [0.1, 1e16, 1e22, -0.0, 123.45, 2.5e300]},
         [{"deep": [[[[1]]]]}],
     ],
