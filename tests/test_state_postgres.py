@@ -510,3 +510,12 @@ def test_start_up_problems_with_the_state_database_are_one_line(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "STATE_DATABASE_URL: cannot use PostgreSQL at 127.0.0.1:1/state" in err
     assert "pw-not-shown" not in err and time.monotonic() - started < 15
+
+
+def test_the_postgresql_store_implements_the_whole_protocol_itself() -> None:
+    from app.auth.records import AuthStorage
+
+    contract = {name for name in vars(AuthStorage) if not name.startswith("_") and callable(vars(AuthStorage)[name])}
+    assert len(contract) > 30
+    missing = sorted(name for name in contract if name not in vars(PgAuthStore))  # not the Protocol's stubs
+    assert missing == []
