@@ -98,3 +98,34 @@ async def test_sign_in_on_one_node_refresh_and_revoke_across_nodes(
 
     for node in nodes:  # nothing of the auth state went to a node's own DATA_DIR
         assert not store_path(node.settings.data_dir).exists()
+
+
+async def test_a_state_database_restart_fails_requests_cleanly_and_the_node_recovers(
+    state_url: str,
+    postgres_server: PostgresServer,
+    auth_settings: Callable[..., Any],
+    aiohttp_client: Any,
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    settings = auth_settings(
+        data_dir=str(tmp_path / "node"),
+        state_database_url=state_url,
+        public_base_url=f"http://127.0.0.1:{port}",
+        state_encryption_key=STATE_KEY,
+    )
+    create_user(settings, "alice", role="writer")
+    node = Node(await aiohttp_client(build_app(settings), server_kwargs={"port": port}), settings)
+    client = await node.register()
+    tokens = await node.tokens_for(client, "alice")
+    assert (await node.call(tokens["access_token"])).status == 200
+    postgres_server.stop()
+    try:
+        resp = await node.call(tokens["access_token"])  # the bearer check cannot read the store
+        assert resp.status >= 500 and "Traceback" not in await resp.text()
+    finally:
+        postgres_server.start()
+    # The pool replaces the connections the restart dropped: no error after the database is back.
+    assert (await node.call(tokens["access_token"])).status == 200
+    resp = await node.token(client, {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]})
+    assert resp.status == 200, await resp.text()
