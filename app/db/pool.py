@@ -1,9 +1,11 @@
 """A bounded pool: N pyodbc connections, each owned by one dedicated worker thread.
 
-Execution model (after datasette's): the event loop never makes a driver call. A call takes a free
-worker (waiting at most `db_pool_wait_seconds`, with at most `db_pool_max_waiting` callers in line,
-else DatabaseBusy), hands it one job through the worker's queue, and awaits an asyncio future that the
-worker completes with `loop.call_soon_threadsafe`. The thread count is fixed: N workers + 1 watchdog.
+Execution model (after datasette's): the event loop never makes a driver call. A call hands its job to a
+free worker through the worker's queue, or, when every worker is busy, puts it in line (at most
+`db_pool_max_waiting` jobs, waiting at most `db_pool_wait_seconds` to start, else DatabaseBusy); it awaits
+an asyncio future that the worker completes with `loop.call_soon_threadsafe`. A worker that finishes a job
+takes the next one in line itself, in its own thread: under load it runs job after job without sleeping,
+and no hand-off waits for the event loop. The thread count is fixed: N workers + 1 watchdog.
 
 - Time limits: each job has a deadline. One watchdog thread sleeps until the earliest deadline and
   calls `cursor.cancel()` from outside the worker (ODBC's SQLCancel is meant to be called from another
@@ -75,7 +77,7 @@ class _Interrupted(Exception):
 
 
 class _Job(Generic[T]):
-    __slots__ = ("cancelled", "fn", "future", "retry", "timeout")
+    __slots__ = ("cancelled", "fn", "future", "queued_at", "retry", "timeout", "worker")
 
     def __init__(self, fn: Callable[[Worker], T], future: asyncio.Future[T], timeout: float, retry: bool) -> None:
         self.fn = fn
@@ -83,6 +85,8 @@ class _Job(Generic[T]):
         self.timeout = timeout
         self.retry = retry
         self.cancelled = False  # set on the loop before a cancel request; read by the worker when it arms
+        self.worker: Worker | None = None  # who runs it, set (under the pool's hand-off lock) when it is taken
+        self.queued_at = 0.0  # perf_counter when it was put in line
 
 
 class Watchdog:
@@ -215,7 +219,8 @@ class Worker:
                     continue
                 if job is None:
                     break
-                self._run(job)
+                while job is not None:  # then the jobs waiting in line, if any, without sleeping in between
+                    job = self._run(job)
         finally:
             self._drop_connection(None, log_it=False)
             self.pool._worker_exited(self)
@@ -251,7 +256,9 @@ class Worker:
             self._disarm()
             self._last_used = time.monotonic()
 
-    def _run(self, job: _Job[Any]) -> None:
+    def _run(self, job: _Job[Any]) -> _Job[Any] | None:
+        """Run one job, then take the next in line (or become idle) before handing back the outcome, so a
+        caller that has its result never sees this worker still counted in use. Returns the next job."""
         started = time.perf_counter()
         result: Any = None
         error: BaseException | None = None
@@ -262,7 +269,9 @@ class Worker:
         elapsed = time.perf_counter() - started
         self._last_used = time.monotonic()
         self.pool._observe(error, elapsed)
+        next_job = self.pool._next_job(self)
         self.pool._post(self, job, result, error)
+        return next_job
 
     def _execute(self, job: _Job[T]) -> T:
         deadline = time.monotonic() + job.timeout
@@ -442,8 +451,10 @@ class Pool:
         self.last_error: str | None = None
         self.login_refused = False  # the server refused the last login (see _note_failure)
         self._workers: list[Worker] = []
+        # Idle workers and the jobs in line, changed by the loop and by worker threads under _hand_off.
         self._idle: list[Worker] = []
-        self._waiters: deque[asyncio.Future[Worker | None]] = deque()
+        self._pending: deque[_Job[Any]] = deque()
+        self._hand_off = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._started = False
@@ -476,7 +487,7 @@ class Pool:
         m = self.metrics
         m.pool_size.set(self.size)
         m.pool_in_use.set_function(lambda: self.size - len(self._idle) if not self._closed else 0)
-        m.pool_waiting.set_function(lambda: len(self._waiters))
+        m.pool_waiting.set_function(lambda: len(self._pending))
         m.db_up.set_function(lambda: 1.0 if self.healthy() else 0.0)
         for worker in self._workers:
             worker.thread.start()
@@ -489,10 +500,11 @@ class Pool:
             self._closed = True
             return
         self._closed = True
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # wakes the caller with "shut down"
+        with self._hand_off:
+            in_line, self._pending = list(self._pending), deque()
+        for queued in in_line:
+            if not queued.future.done():
+                queued.future.set_exception(DatabaseUnavailable("the database layer is shutting down"))
         for worker in self._workers:
             job = worker.job
             if job is not None:
@@ -502,7 +514,8 @@ class Pool:
         if pending:
             await asyncio.wait(pending, timeout=CLOSE_GRACE_SECONDS)
         self.watchdog.stop()
-        self._idle.clear()
+        with self._hand_off:
+            self._idle.clear()
         # The threads are past their last driver call; wait (without blocking the loop) until they are gone,
         # so a closed pool leaves no threads behind.
         threads = [w.thread for w in self._workers] + [self.watchdog.thread]
@@ -515,77 +528,68 @@ class Pool:
         """Run `fn(session)` on a worker thread within `timeout` seconds; raise DatabaseError subclasses."""
         if self._closed or self._loop is None:
             raise DatabaseUnavailable("the database layer is not running")
-        waited_from = time.perf_counter()
-        worker = self._idle.pop() if self._idle else await self._wait_for_worker()
-        self.metrics.pool_wait.observe(time.perf_counter() - waited_from)
         job: _Job[T] = _Job(fn, self._loop.create_future(), timeout, retry)
-        worker.jobs.put(job)
+        refused = False
+        with self._hand_off:
+            worker = self._idle.pop() if self._idle else None
+            if worker is not None:
+                job.worker = worker
+            elif len(self._pending) >= self.max_waiting or self.wait_seconds <= 0:
+                refused = True
+            else:
+                job.queued_at = time.perf_counter()
+                self._pending.append(job)
+        expiry: asyncio.TimerHandle | None = None
+        if worker is not None:
+            self.metrics.pool_wait.observe(0.0)
+            worker.jobs.put(job)
+        elif refused:
+            self.metrics.pool_busy_rejections.inc()
+            raise DatabaseBusy(BUSY_MESSAGE)
+        else:
+            expiry = self._loop.call_later(self.wait_seconds, self._expire, job)
         try:
             return await job.future
         except asyncio.CancelledError:
             if job.future.cancelled():  # our caller went away: stop the statement, keep the connection
-                job.cancelled = True
-                self.watchdog.request_cancel(worker, job)
+                with self._hand_off:
+                    in_line = _remove(self._pending, job)
+                if not in_line and job.worker is not None:
+                    job.cancelled = True
+                    self.watchdog.request_cancel(job.worker, job)
             raise
+        finally:
+            if expiry is not None:
+                expiry.cancel()
 
-    async def _wait_for_worker(self) -> Worker:
-        if len(self._waiters) >= self.max_waiting or self.wait_seconds <= 0:
+    def _expire(self, job: _Job[Any]) -> None:
+        """On the loop, `db_pool_wait_seconds` after a job was put in line: if it has not started, refuse it."""
+        with self._hand_off:
+            in_line = _remove(self._pending, job)
+        if in_line and not job.future.done():
             self.metrics.pool_busy_rejections.inc()
-            raise DatabaseBusy(BUSY_MESSAGE)
-        assert self._loop is not None
-        waiter: asyncio.Future[Worker | None] = self._loop.create_future()
-        self._waiters.append(waiter)
-        try:
-            async with asyncio.timeout(self.wait_seconds):
-                worker = await waiter
-        except TimeoutError:
-            self._abandon(waiter)
-            self.metrics.pool_busy_rejections.inc()
-            raise DatabaseBusy(BUSY_MESSAGE) from None
-        except BaseException:
-            self._abandon(waiter)
-            raise
-        if worker is None:
-            raise DatabaseUnavailable("the database layer is shutting down")
-        return worker
-
-    def _abandon(self, waiter: asyncio.Future[Worker | None]) -> None:
-        """A waiter gave up; if a worker was handed to it in the same instant, pass that worker on."""
-        with contextlib.suppress(ValueError):
-            self._waiters.remove(waiter)
-        if waiter.done() and not waiter.cancelled():
-            worker = waiter.result()
-            if worker is not None:
-                self._release(worker)
-        else:
-            waiter.cancel()
-
-    def _release(self, worker: Worker) -> None:
-        if self._closed:
-            return
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(worker)
-                return
-        self._idle.append(worker)
+            job.future.set_exception(DatabaseBusy(BUSY_MESSAGE))
 
     # --- called from worker threads ----------------------------------------------------------------
+    def _next_job(self, worker: Worker) -> _Job[Any] | None:
+        """The job first in line, now this worker's; None (and the worker is idle again) when there is none."""
+        with self._hand_off:
+            if self._pending:
+                job = self._pending.popleft()
+                job.worker = worker
+            else:
+                if not self._closed:
+                    self._idle.append(worker)
+                return None
+        self.metrics.pool_wait.observe(time.perf_counter() - job.queued_at)
+        return job
+
     def _post(self, worker: Worker, job: _Job[Any], result: Any, error: BaseException | None) -> None:
         loop = self._loop
         if loop is None:
             return
         with contextlib.suppress(RuntimeError):  # the loop is already closed: nobody is waiting
-            loop.call_soon_threadsafe(self._complete, worker, job, result, error)
-
-    def _complete(self, worker: Worker, job: _Job[Any], result: Any, error: BaseException | None) -> None:
-        future = job.future
-        if not future.done():
-            if error is None:
-                future.set_result(result)
-            else:
-                future.set_exception(error)
-        self._release(worker)
+            loop.call_soon_threadsafe(_complete, job.future, result, error)
 
     def _observe(self, error: BaseException | None, elapsed: float) -> None:
         if error is None:
@@ -697,7 +701,7 @@ class Pool:
         return 0 if self._closed else self.size - len(self._idle)
 
     def waiting(self) -> int:
-        return len(self._waiters)
+        return len(self._pending)
 
     def stats(self) -> dict[str, int]:
         in_use = self.in_use()
@@ -708,6 +712,24 @@ class Pool:
             "waiting": self.waiting(),
             "healthy": self.healthy(),
         }
+
+
+def _complete(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    """Hand a job's outcome to its caller (on the loop's thread; a caller that went away cancelled it)."""
+    if not future.done():
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+
+def _remove(line: deque[_Job[Any]], job: _Job[Any]) -> bool:
+    """Take `job` out of the line; False when it is no longer there (a worker took it, or it expired)."""
+    try:
+        line.remove(job)
+    except ValueError:
+        return False
+    return True
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
