@@ -33,7 +33,7 @@ MCP_ENDPOINTS: web.AppKey[dict[str, McpEndpoints]] = web.AppKey("mcp_endpoints")
 # Which CORS policy each route path has (app.cors: filled by auth and the MCP transports).
 CORS_ROUTES: web.AppKey[CorsRoutes] = web.AppKey("cors_routes")
 AUTH_STORE: web.AppKey[AuthState] = web.AppKey("auth_store")
-# The ChatGPT tool set whose fetch cache the record pages read (built once per app).
-FETCH_CACHE: web.AppKey[ChatGptTools] = web.AppKey("fetch_cache")
+# The one ChatGPT tool set per app: MCP serves it and the record pages read its fetch cache.
+CHATGPT_TOOLS: web.AppKey[ChatGptTools] = web.AppKey("chatgpt_tools")
 # Per-request id (honoured X-Request-ID or generated), set by app.obs's middleware; also bound to logs.
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)

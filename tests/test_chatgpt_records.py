@@ -28,7 +28,7 @@ def client_for(aiohttp_client: Callable[..., Any], demo_settings: Callable[..., 
 
 
 async def _customer_id(client: TestClient) -> str:
-    tools: ChatGptTools = client.app[keys.FETCH_CACHE]
+    tools: ChatGptTools = client.app[keys.CHATGPT_TOOLS]
     out = await tools.search({"query": "SELECT * FROM customers WHERE customer_id = 1"}, ToolContext())
     return out["results"][1]["id"]
 
@@ -49,7 +49,7 @@ async def test_record_page_html(client_for: Callable[..., Any]) -> None:
 
 async def test_record_page_json_matches_fetch(client_for: Callable[..., Any]) -> None:
     client = await client_for(**OPEN)
-    tools: ChatGptTools = client.app[keys.FETCH_CACHE]
+    tools: ChatGptTools = client.app[keys.CHATGPT_TOOLS]
     record_id = await _customer_id(client)
     response = await client.get(f"/chatgpt/records/{record_id}", headers={"Accept": "application/json"})
     assert response.status == 200 and response.content_type == "application/json"

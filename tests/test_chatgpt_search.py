@@ -62,7 +62,7 @@ async def test_keyword_search_finds_values_in_the_data(
 
         # a row id is re-read from the database once the fetch cache is gone
         row_id = next(r["id"] for r in tokyo["results"] if r["id"].startswith("row:customers:"))
-        server.app[keys.FETCH_CACHE].cache.clear()
+        server.app[keys.CHATGPT_TOOLS].cache.clear()
         assert "Tokyo" in (await _fetch(client, row_id))["text"]
 
 

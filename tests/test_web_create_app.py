@@ -64,7 +64,7 @@ async def test_each_surface_serves_the_tool_set_given(
         discovered = (await _rpc(client, surface.prefix, "server/discover"))["result"]
         assert "resources" not in discovered["capabilities"] and "prompts" not in discovered["capabilities"]
     # The record pages keep their one ChatGPT tool set even when MCP serves test tools.
-    assert isinstance(app[keys.FETCH_CACHE], ChatGptTools)
+    assert isinstance(app[keys.CHATGPT_TOOLS], ChatGptTools)
 
 
 async def test_a_tool_set_left_out_serves_no_tools_and_catalog_stays_by_default(
@@ -87,4 +87,4 @@ async def test_the_service_builds_one_chatgpt_tool_set_for_mcp_and_record_pages(
     app = create_app(make_settings())
     chatgpt = next(surface for surface in SURFACES if surface.toolset == "chatgpt")
     fetch = next(tool for tool in app[keys.MCP_SERVERS][chatgpt.prefix].tools if tool.name == "fetch")
-    assert getattr(fetch.handler, "__self__", None) is app[keys.FETCH_CACHE]
+    assert getattr(fetch.handler, "__self__", None) is app[keys.CHATGPT_TOOLS]

@@ -147,7 +147,7 @@ async def record_page(request: web.Request) -> web.StreamResponse:
     caller = await _authenticate(request)
     if isinstance(caller, web.Response):
         return caller
-    tools = request.app[keys.FETCH_CACHE]
+    tools = request.app[keys.CHATGPT_TOOLS]
     record_id = request.match_info["id"]
     try:
         document = await tools.document(record_id, caller)  # only what the caller's role may read
@@ -163,7 +163,7 @@ async def record_page(request: web.Request) -> web.StreamResponse:
 
 
 def add_record_routes(app: web.Application) -> None:
-    """The pages read app[keys.FETCH_CACHE] (the app's one ChatGptTools) and app[keys.AUTHENTICATOR]."""
+    """The pages read app[keys.CHATGPT_TOOLS] (the app's one ChatGptTools) and app[keys.AUTHENTICATOR]."""
     for surface in SURFACES:  # record links work under every surface (older links used the root)
         # the sign-in routes first: 'signin' would otherwise be read as a record id
         app.router.add_get(surface.records_path + "/signin", browser.signin_get)
