@@ -107,6 +107,10 @@ _T = TypeVar("_T")
 _SPEC = "setting"  # the dataclasses.field metadata key holding a field's _Spec
 
 
+# The annotation of each field (strings under `from __future__ import annotations`) -> the runtime type.
+_FIELD_TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool, "tuple[str, ...]": tuple}
+
+
 @dataclass(frozen=True)
 class _Spec:
     """What a Settings field needs beyond its name, type and default: where it comes from and how it is read."""
@@ -639,6 +643,19 @@ class Settings:
         secret=True,
         group="observability",
     )
+
+    def __post_init__(self) -> None:
+        # Values from the environment are parsed to their types; these checks make keyword overrides (tests,
+        # replace()) hold to the same types, so no reader needs an int() or tuple() of its own.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            expected = _FIELD_TYPES[f.type] if isinstance(f.type, str) else f.type
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
+            elif expected is tuple and isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
+            elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise SettingsError(f"{f.name}: expected {expected.__name__}, got {type(value).__name__}")
 
     def replace(self, **changes: Any) -> Settings:
         unknown = set(changes) - _NAMES

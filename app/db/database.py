@@ -70,8 +70,8 @@ class Database:
         # start-up with its one line; reload_policy() (SIGHUP) replaces it.
         self.access = AccessControl(
             str(settings.access_policy_file or ""),
-            max_rows=int(settings.max_rows),
-            timeout_seconds=float(settings.query_timeout_seconds),
+            max_rows=settings.max_rows,
+            timeout_seconds=settings.query_timeout_seconds,
         )
         self._catalog_version = 0  # bumped whenever the cached tables or descriptions change
         self._policy_catalog: tuple[int, InMemoryCatalog] | None = None
@@ -92,7 +92,7 @@ class Database:
             "db.started",
             dialect=self.dialect.name,
             pool_size=self.pool.size,
-            read_only=bool(self.settings.read_only_mode),
+            read_only=self.settings.read_only_mode,
             healthy=self.pool.healthy(),
         )
 
@@ -210,7 +210,7 @@ class Database:
         """A role's own caps lower the call's (never raise the global ones)."""
         if role is None:
             return max_rows, timeout
-        caps = role.caps(int(self.settings.max_rows), float(self.settings.query_timeout_seconds))
+        caps = role.caps(self.settings.max_rows, self.settings.query_timeout_seconds)
         rows = caps.max_rows if max_rows is None else min(caps.max_rows, max_rows)
         seconds = caps.timeout_seconds if timeout is None or timeout <= 0 else min(caps.timeout_seconds, timeout)
         return rows, seconds
@@ -274,11 +274,11 @@ class Database:
 
     def _row_cap(self, max_rows: int | None) -> int:
         """The one place the row cap is decided: the setting, lowered (never raised) by a call."""
-        cap = int(self.settings.max_rows)
+        cap = self.settings.max_rows
         return cap if max_rows is None else max(1, min(cap, int(max_rows)))
 
     def _time_cap(self, timeout: float | None) -> float:
-        cap = float(self.settings.query_timeout_seconds)
+        cap = self.settings.query_timeout_seconds
         if timeout is None or timeout <= 0:
             return cap
         return min(cap, float(timeout))
@@ -341,7 +341,7 @@ class Database:
         retry: bool,
     ) -> QueryResult:
         """The one place a statement's row, byte and time caps are applied (reads and writes alike)."""
-        rows_cap, bytes_cap = self._row_cap(max_rows), int(self.settings.max_result_bytes)
+        rows_cap, bytes_cap = self._row_cap(max_rows), self.settings.max_result_bytes
         result = await self.pool.run(
             lambda session: job(session, rows_cap, bytes_cap), timeout=self._time_cap(timeout), retry=retry
         )
@@ -486,7 +486,7 @@ class Database:
 
     def sample_limit(self, asked: int) -> int:
         """The rows a sample of `asked` rows may return: the one place SAMPLE_MAX_ROWS and MAX_ROWS cap it."""
-        return max(1, min(int(asked), int(self.settings.sample_max_rows), int(self.settings.max_rows)))
+        return max(1, min(int(asked), self.settings.sample_max_rows, self.settings.max_rows))
 
     async def sample(
         self, name: str | TableInfo, limit: int = 10, *, principal: Principal | None = None
@@ -549,7 +549,7 @@ class Database:
         if result.truncated_reason == "max_bytes":
             where = f" (column {result.too_long_column})" if result.too_long_column else ""
             raise QueryFailed(
-                f"the row is larger than the {int(self.settings.max_result_bytes):,}-byte result limit{where}; "
+                f"the row is larger than the {self.settings.max_result_bytes:,}-byte result limit{where}; "
                 "select the columns you need with a query instead"
             )
         return None

@@ -37,6 +37,7 @@ import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from typing import TYPE_CHECKING
 
 from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
@@ -46,6 +47,9 @@ from sqlglot.tokens import TokenType
 from .dialects import DIALECTS
 from .shape import SelectShape, select_shape_of
 from .types import QueryRefused
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 # sqlglot logs a warning for every statement it falls back to parsing as a Command; the guard refuses
 # those anyway, so the warning is noise.
@@ -265,9 +269,9 @@ def parse_extra_functions(raw: str) -> frozenset[str]:
     return frozenset(n for n in names if n and never_reason(n) is None)
 
 
-def extra_functions(settings: object) -> frozenset[str]:
+def extra_functions(settings: Settings) -> frozenset[str]:
     """GUARD_EXTRA_FUNCTIONS of a settings object, parsed once per distinct value."""
-    return _parsed_extra(str(getattr(settings, "guard_extra_functions", "") or ""))
+    return _parsed_extra(settings.guard_extra_functions)
 
 
 @lru_cache(maxsize=8)

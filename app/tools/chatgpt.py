@@ -185,7 +185,7 @@ class ChatGptTools:
         Descriptions read stay cached, so a search after a cut one goes on where it stopped."""
         have = {(t.schema, t.name) for t in known}
         missing = [t for t in await self._tables(None) if (t.schema, t.name) not in have][:CATALOG_MAX_TABLES]
-        limit = asyncio.Semaphore(max(1, min(4, int(getattr(self.settings, "db_pool_size", 4)))))
+        limit = asyncio.Semaphore(max(1, min(4, int(self.settings.db_pool_size))))
 
         async def describe(table: TableInfo) -> CatalogTable | None:
             async with limit:

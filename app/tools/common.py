@@ -19,7 +19,7 @@ CLAUDE_MAX_RESULT_CHARS = 500_000  # the most Claude Code accepts via anthropic/
 def result_size_meta(settings: Settings) -> dict[str, Any]:
     """Tool `_meta` telling Claude Code how large a result can get, so results between its default
     50,000-character threshold and our byte cap stay inline instead of being spilled to a file."""
-    chars = min(CLAUDE_MAX_RESULT_CHARS, max(50_000, int(settings.max_result_bytes) + 20_000))
+    chars = min(CLAUDE_MAX_RESULT_CHARS, max(50_000, settings.max_result_bytes + 20_000))
     return {"anthropic/maxResultSizeChars": chars}
 
 

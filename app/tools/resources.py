@@ -163,7 +163,7 @@ class DatabaseResources:
         raise ResourceNotFound(uri, f"Resource not found: no table or view {name!r} in schema {schema!r}")
 
     def _overview_json(self, tables: list[TableInfo]) -> dict[str, Any]:
-        budget, items = int(self.settings.max_result_bytes), []
+        budget, items = self.settings.max_result_bytes, []
         for table in tables:
             item = {**table_info_dict(table), "uri": table_uri(table)}
             budget -= json_size(item) + 1

@@ -248,12 +248,12 @@ class ContentSearch:
             for t in tables
             if t.primary_key and ((cols := searchable_columns(t, setting)) or (t.schema, t.name.lower()) in fulltext)
         ]
-        max_tables = int(self.settings.search_max_tables)
+        max_tables = self.settings.search_max_tables
         truncated = len(candidates) > max_tables
         notes = [f"only the first {max_tables} of {len(candidates)} searchable tables were read"] if truncated else []
         candidates = candidates[:max_tables]
-        per_table = int(self.settings.search_rows_per_table)
-        deadline = time.monotonic() + float(self.settings.search_time_budget_seconds)
+        per_table = self.settings.search_rows_per_table
+        deadline = time.monotonic() + self.settings.search_time_budget_seconds
         hits: list[RowHit] = []
         for table, columns in candidates:
             remaining = deadline - time.monotonic()

@@ -17,7 +17,7 @@ DIALECTS: dict[str, type[Dialect]] = {
 
 
 def get_dialect(settings: Any) -> Dialect:
-    return dialect_class(str(settings.db_backend))(settings)
+    return dialect_class(settings.db_backend)(settings)
 
 
 def dialect_class(backend: str) -> type[Dialect]:

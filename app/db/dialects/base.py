@@ -153,7 +153,7 @@ class Dialect(ABC):
         return tuple(found)
 
     def connect_kwargs(self) -> dict[str, Any]:
-        return {"autocommit": False, "timeout": int(self.settings.db_connect_timeout_seconds)}
+        return {"autocommit": False, "timeout": self.settings.db_connect_timeout_seconds}
 
     def connect(self, connection_string: str) -> pyodbc.Connection:
         """Open one connection (on the pool worker's thread); setup_connection runs after it."""
@@ -171,7 +171,7 @@ class Dialect(ABC):
     @property
     def server_timeout_seconds(self) -> int:
         """The server-side backstop: the settings' cap, rounded up to whole seconds."""
-        return max(1, math.ceil(float(self.settings.query_timeout_seconds)))
+        return max(1, math.ceil(self.settings.query_timeout_seconds))
 
     # --- reads inside the caps ----------------------------------------------------------------
     # How a read is bounded on the server is the dialect's strategy: ServerCutDialect (the statement inside a

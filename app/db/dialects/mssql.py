@@ -237,17 +237,17 @@ class MssqlDialect(Dialect):
     list_tables_sql = LIST_TABLES
 
     def driver(self) -> str:
-        return str(self.settings.mssql_driver).strip().strip("{}")
+        return self.settings.mssql_driver.strip().strip("{}")
 
     def named_instance(self) -> bool:
         """host\\INSTANCE on the default port: SQL Browser finds the port."""
-        return "\\" in str(self.settings.mssql_host) and int(self.settings.mssql_port) == 1433
+        return "\\" in self.settings.mssql_host and self.settings.mssql_port == 1433
 
     def server(self) -> str:
-        host = str(self.settings.mssql_host).strip()
+        host = self.settings.mssql_host.strip()
         if self.named_instance():
             return host
-        return f"{host},{int(self.settings.mssql_port)}"
+        return f"{host},{self.settings.mssql_port}"
 
     def connect_kwargs(self) -> dict[str, Any]:
         kwargs = super().connect_kwargs()
@@ -259,7 +259,7 @@ class MssqlDialect(Dialect):
         """The token file's text, read at every new connection (tokens live about an hour; the helper that
         writes the file renews them). A missing or empty file is a login failure (SQLSTATE 28000), so the pool
         backs off to minutes and says so, like a wrong password."""
-        path = str(self.settings.mssql_access_token_file)
+        path = self.settings.mssql_access_token_file
         try:
             with open(path, encoding="utf-8") as handle:
                 token = handle.read().strip()
@@ -304,7 +304,7 @@ class MssqlDialect(Dialect):
         return connection_string(pairs, braced=frozenset({"DRIVER", "PWD"}))
 
     def secrets(self) -> tuple[str, ...]:
-        return tuple(x for x in (str(self.settings.mssql_password), *super().secrets()) if x)
+        return tuple(x for x in (self.settings.mssql_password, *super().secrets()) if x)
 
     def setup_connection(self, conn: pyodbc.Connection) -> None:
         conn.add_output_converter(SQL_SS_TIMESTAMPOFFSET, datetimeoffset_to_iso)
@@ -321,13 +321,13 @@ class MssqlDialect(Dialect):
         """SET TEXTSIZE: the bytes of a (max)/LOB value the server sends. Twice the byte cap plus 2, so a
         value it cuts is longer than the cap in JSON (nvarchar is 2 bytes a character, binary is hex) and is
         never shown as if whole."""
-        return min(2_147_483_647, 2 * int(self.settings.max_result_bytes) + 2)
+        return min(2_147_483_647, 2 * self.settings.max_result_bytes + 2)
 
     def session_sql(self) -> str:
         """The session's settings, run at connect and again after a write (our own pool has no
         sp_reset_connection: re-running this batch puts back what a writer's SET could have changed)."""
         statements = [
-            f"SET LOCK_TIMEOUT {int(self.settings.mssql_lock_timeout_ms)}",
+            f"SET LOCK_TIMEOUT {self.settings.mssql_lock_timeout_ms}",
             "SET XACT_ABORT ON",
             # Our reads lose a deadlock, not the application's writers; a read chosen as the victim (1205,
             # SQLSTATE 40001) is run once more by the pool (Worker._execute).
@@ -336,7 +336,7 @@ class MssqlDialect(Dialect):
             "SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
         ]
         if self.settings.read_only_mode:
-            statements.append(f"SET ROWCOUNT {int(self.settings.max_rows) + 1}")
+            statements.append(f"SET ROWCOUNT {self.settings.max_rows + 1}")
         else:
             statements.append("SET ROWCOUNT 0")  # writes must never stop after N rows
         return "; ".join(x for x in statements if x) + ";"

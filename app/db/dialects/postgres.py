@@ -162,7 +162,7 @@ class PostgresDialect(ServerCutDialect):
     def fetch_block_rows(self) -> int:
         # Rows per FETCH round trip with UseDeclareFetch: a full capped result in one trip, unless rows as wide
         # as the byte cap would make the block large (each row is at most the cap: see value_cut_sql).
-        return rows_per_fetch(int(self.settings.max_rows), int(self.settings.max_result_bytes))
+        return rows_per_fetch(self.settings.max_rows, self.settings.max_result_bytes)
 
     def session_settings_sql(self) -> list[str]:
         """The session's SET statements: run at connect and again after every reset."""
@@ -268,7 +268,7 @@ class PostgresDialect(ServerCutDialect):
         )
 
     def secrets(self) -> tuple[str, ...]:
-        return tuple(x for x in (str(self.settings.pg_password), *super().secrets()) if x)
+        return tuple(x for x in (self.settings.pg_password, *super().secrets()) if x)
 
     def setup_connection(self, conn: pyodbc.Connection) -> None:
         cursor = conn.cursor()

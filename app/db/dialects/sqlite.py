@@ -134,14 +134,14 @@ class SqliteDialect(ServerCutDialect):
     has_schemas = False
 
     def database_uri(self) -> str:
-        path = os.path.abspath(str(self.settings.sqlite_path))
+        path = os.path.abspath(self.settings.sqlite_path)
         mode = "ro" if self.settings.read_only_mode else "rw"
         return f"file:{urllib.parse.quote(path)}?mode={mode}"
 
     def build_connection_string(self) -> str:
         # BigInt=1: without it the driver reads INTEGER values as 32-bit (9007199254740993 came back as 1).
-        busy_ms = min(5000, int(float(self.settings.query_timeout_seconds) * 1000))
-        driver = str(self.settings.sqlite_driver)
+        busy_ms = min(5000, int(self.settings.query_timeout_seconds * 1000))
+        driver = self.settings.sqlite_driver
         return f"DRIVER={{{driver}}};Database={self.database_uri()};Timeout={busy_ms};NoCreat=1;FKSupport=1;BigInt=1;"
 
     def connect_kwargs(self) -> dict:
@@ -164,7 +164,7 @@ class SqliteDialect(ServerCutDialect):
 
     def value_limit_bytes(self) -> int:
         # Room for any value the byte cap could show (binary is hex, so twice the cap), and never below 16 MiB.
-        return max(VALUE_LIMIT_BYTES, 2 * int(self.settings.max_result_bytes) + 1024)
+        return max(VALUE_LIMIT_BYTES, 2 * self.settings.max_result_bytes + 1024)
 
     def explain_failure(self, message: str) -> str:
         if "string or blob too big" in message:
