@@ -23,12 +23,12 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, Protocol, TypeVar
 
+from . import rows as from_row
 from .records import (
-    AuthorizationCode,
     AuthorizationRequest,
     AuthStorage,
     BearerRecord,
@@ -45,14 +45,13 @@ from .records import (
     RotationRefused,
     SigningKeyRow,
     ThrottleCounter,
-    TokenFamily,
     UpstreamSignIn,
     User,
     UserListing,
 )
 
 if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
+    pass
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -165,74 +164,6 @@ class StoreError(RuntimeError):
 
 class UserExists(StoreError):
     pass
-
-
-# -- rows to records (column names are the field names; JSON columns decoded) ---------------------
-R = TypeVar("R", bound="DataclassInstance")
-
-
-def _record(cls: type[R], row: sqlite3.Row, **decoded: object) -> R:
-    """`cls` from a row whose column names are its field names; `decoded` gives the fields a column stores
-    encoded (JSON lists, nested records, 0/1 flags)."""
-    return cls(**{f.name: decoded[f.name] if f.name in decoded else row[f.name] for f in fields(cls)})
-
-
-def _json_tuple(row: sqlite3.Row, column: str) -> tuple[str, ...]:
-    return tuple(json.loads(row[column]))
-
-
-def _user(row: sqlite3.Row | None) -> User | None:
-    return None if row is None else _record(User, row)
-
-
-def _client(row: sqlite3.Row | None) -> Client | None:
-    if row is None:
-        return None
-    return _record(
-        Client,
-        row,
-        redirect_uris=_json_tuple(row, "redirect_uris"),
-        grant_types=_json_tuple(row, "grant_types"),
-        metadata=json.loads(row["metadata"]),
-    )
-
-
-def _pending(row: sqlite3.Row | None) -> PendingSignIn | None:
-    if row is None:
-        return None
-    return _record(
-        PendingSignIn,
-        row,
-        params=AuthorizationRequest.from_json(json.loads(row["params"])),
-        upstream=UpstreamSignIn.from_json(json.loads(row["upstream"])) if row["upstream"] else None,
-    )
-
-
-def _code(row: sqlite3.Row) -> AuthorizationCode:
-    return _record(
-        AuthorizationCode,
-        row,
-        redirect_uri_given=bool(row["redirect_uri_given"]),
-        resources=_json_tuple(row, "resources"),
-    )
-
-
-def _family(row: sqlite3.Row | None) -> TokenFamily | None:
-    return None if row is None else _record(TokenFamily, row)
-
-
-def _refresh(row: sqlite3.Row | None) -> RefreshToken | None:
-    return None if row is None else _record(RefreshToken, row, resources=_json_tuple(row, "resources"))
-
-
-def _signing_key(row: sqlite3.Row) -> SigningKeyRow:
-    return SigningKeyRow(
-        kid=row["kid"],
-        alg=row["alg"],
-        private_pem=row["private_pem"],
-        created_at=row["created_at"],
-        retired_at=row["retired_at"],
-    )
 
 
 def store_path(data_dir: str | os.PathLike[str]) -> Path:
@@ -362,10 +293,10 @@ class AuthStore(AuthStorage):
         return user
 
     def get_user(self, user_id: str) -> User | None:
-        return _user(self.conn.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone())
+        return from_row.user(self.conn.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone())
 
     def get_user_by_name(self, username: str) -> User | None:
-        return _user(self.conn.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone())
+        return from_row.user(self.conn.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone())
 
     def list_users(self) -> list[UserListing]:
         rows = self.conn.execute(
@@ -464,7 +395,7 @@ class AuthStore(AuthStorage):
         return True
 
     def get_client(self, client_id: str) -> Client | None:
-        return _client(self.conn.execute("SELECT * FROM clients WHERE client_id = ?", (client_id,)).fetchone())
+        return from_row.client(self.conn.execute("SELECT * FROM clients WHERE client_id = ?", (client_id,)).fetchone())
 
     def list_clients(self) -> list[ClientListing]:
         """Every client, most recently used first, with its count of active grants (the operator console)."""
@@ -518,7 +449,7 @@ class AuthStore(AuthStorage):
             )
 
     def get_auth_request(self, request_id: str) -> PendingSignIn | None:
-        return _pending(
+        return from_row.pending(
             self.conn.execute(
                 "SELECT * FROM auth_requests WHERE id = ? AND expires_at > ?", (request_id, time.time())
             ).fetchone()
@@ -606,7 +537,7 @@ class AuthStore(AuthStorage):
             row = c.execute("SELECT * FROM auth_codes WHERE code_hash = ?", (code_hash,)).fetchone()
             if row is None:
                 return CodeRedemption(None, reused=False)
-            code = _code(row)
+            code = from_row.code(row)
             if code.used_at is not None:
                 if code.family_id:
                     c.execute(
@@ -655,7 +586,7 @@ class AuthStore(AuthStorage):
             )
 
     def get_refresh_token(self, token_hash: str) -> RefreshToken | None:
-        return _refresh(
+        return from_row.refresh(
             self.conn.execute("SELECT * FROM refresh_tokens WHERE token_hash = ?", (token_hash,)).fetchone()
         )
 
@@ -675,12 +606,14 @@ class AuthStore(AuthStorage):
         """
         now = time.time()
         with self._tx() as c:
-            token = _refresh(c.execute("SELECT * FROM refresh_tokens WHERE token_hash = ?", (old_hash,)).fetchone())
+            token = from_row.refresh(
+                c.execute("SELECT * FROM refresh_tokens WHERE token_hash = ?", (old_hash,)).fetchone()
+            )
             if token is None:
                 return RotationRefused("unknown")
             if token.client_id != client_id:
                 return RotationRefused("client_mismatch")
-            family = _family(
+            family = from_row.family(
                 c.execute("SELECT * FROM token_families WHERE family_id = ?", (token.family_id,)).fetchone()
             )
             if family is None or family.revoked_at is not None:
@@ -695,7 +628,7 @@ class AuthStore(AuthStorage):
                 return RotationRefused("reused")
             if token.expires_at <= now or family.expires_at <= now:
                 return RotationRefused("expired")
-            user = _user(c.execute("SELECT * FROM users WHERE id = ?", (token.user_id,)).fetchone())
+            user = from_row.user(c.execute("SELECT * FROM users WHERE id = ?", (token.user_id,)).fetchone())
             if user is None or user.token_version != family.token_version:
                 return RotationRefused("user_gone")
             if not within_leeway:
@@ -852,7 +785,7 @@ class AuthStore(AuthStorage):
     # The store keeps `private_pem` as the caller hands it over: encrypted text (app/auth/statekey.py).
     def signing_keys(self) -> list[SigningKeyRow]:
         rows = self.conn.execute("SELECT * FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at").fetchall()
-        return [_signing_key(r) for r in rows]
+        return [from_row.signing_key(r) for r in rows]
 
     def ensure_signing_key(self, make: Callable[[], tuple[str, str, str]]) -> list[SigningKeyRow]:
         """Create the first signing key if there is none (atomically, in case two processes start together)."""

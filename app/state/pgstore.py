@@ -25,8 +25,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from ..auth import rows as from_row
 from ..auth.records import (
-    AuthorizationCode,
     AuthorizationRequest,
     AuthStorage,
     BearerRecord,
@@ -43,7 +43,6 @@ from ..auth.records import (
     RotationRefused,
     SigningKeyRow,
     ThrottleCounter,
-    TokenFamily,
     UpstreamSignIn,
     User,
     UserListing,
@@ -65,73 +64,6 @@ def engine_url(url: str) -> sa.URL:
     """`postgresql://...` (as operators write it) with the psycopg 3 driver named for SQLAlchemy."""
     parsed = make_url(url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url)
     return parsed.set(drivername="postgresql+psycopg")
-
-
-def _user(row: Row | None) -> User | None:
-    return None if row is None else User(**{name: row[name] for name in User.__dataclass_fields__})
-
-
-def _client(row: Row | None) -> Client | None:
-    if row is None:
-        return None
-    return Client(
-        client_id=row["client_id"],
-        kind=row["kind"],
-        auth_method=row["auth_method"],
-        redirect_uris=tuple(json.loads(row["redirect_uris"])),
-        grant_types=tuple(json.loads(row["grant_types"])),
-        metadata=json.loads(row["metadata"]),
-        client_name=row["client_name"],
-        secret_hash=row["secret_hash"],
-        created_at=row["created_at"],
-        fetched_at=row["fetched_at"],
-        last_used_at=row["last_used_at"],
-    )
-
-
-def _pending(row: Row | None) -> PendingSignIn | None:
-    if row is None:
-        return None
-    return PendingSignIn(
-        id=row["id"],
-        browser_hash=row["browser_hash"],
-        csrf=row["csrf"],
-        params=AuthorizationRequest.from_json(json.loads(row["params"])),
-        user_id=row["user_id"],
-        upstream=UpstreamSignIn.from_json(json.loads(row["upstream"])) if row["upstream"] else None,
-        created_at=row["created_at"],
-        expires_at=row["expires_at"],
-    )
-
-
-def _code(row: Row) -> AuthorizationCode:
-    return AuthorizationCode(
-        **{name: row[name] for name in AuthorizationCode.__dataclass_fields__ if name != "resources"},
-        resources=tuple(json.loads(row["resources"])),
-    )
-
-
-def _family(row: Row | None) -> TokenFamily | None:
-    return None if row is None else TokenFamily(**{name: row[name] for name in TokenFamily.__dataclass_fields__})
-
-
-def _refresh(row: Row | None) -> RefreshToken | None:
-    if row is None:
-        return None
-    return RefreshToken(
-        **{name: row[name] for name in RefreshToken.__dataclass_fields__ if name != "resources"},
-        resources=tuple(json.loads(row["resources"])),
-    )
-
-
-def _signing_key(row: Row) -> SigningKeyRow:
-    return SigningKeyRow(
-        kid=row["kid"],
-        alg=row["alg"],
-        private_pem=row["private_pem"],
-        created_at=row["created_at"],
-        retired_at=row["retired_at"],
-    )
 
 
 class Tx:
@@ -241,11 +173,11 @@ class PgAuthStore(AuthStorage):
 
     def get_user(self, user_id: str) -> User | None:
         with self._read() as c:
-            return _user(c.one("SELECT * FROM users WHERE id = :id", id=user_id))
+            return from_row.user(c.one("SELECT * FROM users WHERE id = :id", id=user_id))
 
     def get_user_by_name(self, username: str) -> User | None:
         with self._read() as c:
-            return _user(c.one("SELECT * FROM users WHERE lower(username) = lower(:u)", u=username))
+            return from_row.user(c.one("SELECT * FROM users WHERE lower(username) = lower(:u)", u=username))
 
     def list_users(self) -> list[UserListing]:
         with self._read() as c:
@@ -361,7 +293,7 @@ class PgAuthStore(AuthStorage):
 
     def get_client(self, client_id: str) -> Client | None:
         with self._read() as c:
-            return _client(c.one("SELECT * FROM clients WHERE client_id = :id", id=client_id))
+            return from_row.client(c.one("SELECT * FROM clients WHERE client_id = :id", id=client_id))
 
     def list_clients(self) -> list[ClientListing]:
         """Every client, most recently used first, with its count of active grants (the operator console)."""
@@ -421,7 +353,7 @@ class PgAuthStore(AuthStorage):
 
     def get_auth_request(self, request_id: str) -> PendingSignIn | None:
         with self._read() as c:
-            return _pending(
+            return from_row.pending(
                 c.one(
                     "SELECT * FROM auth_requests WHERE id = :id AND expires_at > :now", id=request_id, now=time.time()
                 )
@@ -450,7 +382,7 @@ class PgAuthStore(AuthStorage):
 
     def find_auth_request_by_upstream_state(self, state_hash: str) -> PendingSignIn | None:
         with self._read() as c:
-            return _pending(
+            return from_row.pending(
                 c.one(
                     "SELECT * FROM auth_requests WHERE upstream_state_hash = :h AND expires_at > :now",
                     h=state_hash,
@@ -514,7 +446,7 @@ class PgAuthStore(AuthStorage):
             row = c.one("SELECT * FROM auth_codes WHERE code_hash = :h FOR UPDATE", h=code_hash)
             if row is None:
                 return CodeRedemption(None, reused=False)
-            code = _code(row)
+            code = from_row.code(row)
             if code.used_at is not None:
                 if code.family_id:
                     c.run(
@@ -593,7 +525,7 @@ class PgAuthStore(AuthStorage):
 
     def get_refresh_token(self, token_hash: str) -> RefreshToken | None:
         with self._read() as c:
-            return _refresh(c.one("SELECT * FROM refresh_tokens WHERE token_hash = :h", h=token_hash))
+            return from_row.refresh(c.one("SELECT * FROM refresh_tokens WHERE token_hash = :h", h=token_hash))
 
     def rotate_refresh_token(
         self, old_hash: str, new_hash: str, client_id: str, ttl: float, reuse_leeway: float = 0.0
@@ -602,13 +534,13 @@ class PgAuthStore(AuthStorage):
         AuthStore.rotate_refresh_token). The token's row lock serialises parallel refreshes from any
         node: the second waits, then reads `used_at` as the first set it."""
         with self._tx() as c:
-            token = _refresh(c.one("SELECT * FROM refresh_tokens WHERE token_hash = :h FOR UPDATE", h=old_hash))
+            token = from_row.refresh(c.one("SELECT * FROM refresh_tokens WHERE token_hash = :h FOR UPDATE", h=old_hash))
             now = time.time()  # after the lock: the leeway is measured from when this request may act
             if token is None:
                 return RotationRefused("unknown")
             if token.client_id != client_id:
                 return RotationRefused("client_mismatch")
-            family = _family(c.one("SELECT * FROM token_families WHERE family_id = :f", f=token.family_id))
+            family = from_row.family(c.one("SELECT * FROM token_families WHERE family_id = :f", f=token.family_id))
             if family is None or family.revoked_at is not None:
                 return RotationRefused("revoked")
             within_leeway = token.used_at is not None and now - token.used_at <= reuse_leeway
@@ -622,7 +554,7 @@ class PgAuthStore(AuthStorage):
                 return RotationRefused("reused")
             if token.expires_at <= now or family.expires_at <= now:
                 return RotationRefused("expired")
-            user = _user(c.one("SELECT * FROM users WHERE id = :id", id=token.user_id))
+            user = from_row.user(c.one("SELECT * FROM users WHERE id = :id", id=token.user_id))
             if user is None or user.token_version != family.token_version:
                 return RotationRefused("user_gone")
             if not within_leeway:
@@ -776,7 +708,7 @@ class PgAuthStore(AuthStorage):
     def signing_keys(self) -> list[SigningKeyRow]:
         with self._read() as c:
             rows = c.all("SELECT * FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at")
-        return [_signing_key(r) for r in rows]
+        return [from_row.signing_key(r) for r in rows]
 
     def ensure_signing_key(self, make: Callable[[], tuple[str, str, str]]) -> list[SigningKeyRow]:
         """Create the first signing key if there is none (the lock: two nodes starting together make one)."""
