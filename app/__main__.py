@@ -1,4 +1,4 @@
-"""Command line: `mssql-mcp serve | demo | users | settings | doctor`."""
+"""Command line: `mssql-mcp serve | demo | users | keys | settings | doctor`."""
 
 from __future__ import annotations
 
@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--database", default=str(DEFAULT_DEMO_DB))
     users = sub.add_parser("users", help="manage sign-in users: add, remove, list, passwd")
     users.add_argument("users_args", nargs=argparse.REMAINDER)
+    keys_cmd = sub.add_parser("keys", help="token signing keys: list, rotate (see `mssql-mcp keys --help`)")
+    keys_cmd.add_argument("keys_args", nargs=argparse.REMAINDER)
     settings_cmd = sub.add_parser("settings", help="print every setting with its default and meaning")
     settings_cmd.add_argument("--markdown", action="store_true", help="as the Markdown table in README.md")
     doctor = sub.add_parser(
@@ -138,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     doctor.add_argument("--json", action="store_true", help="the report as JSON (keys: name, status, detail, hint)")
     doctor.add_argument("--strict", action="store_true", help="warnings fail too")
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # `keys` has its own parser, so `mssql-mcp keys --help` shows the keys commands.
+    keys_call = argparse.Namespace(command="keys", keys_args=argv[1:]) if argv[:1] == ["keys"] else None
+    args = keys_call or parser.parse_args(argv)
 
     try:
         if args.command == "settings":
@@ -154,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
 
             # User management needs only DATA_DIR, not a configured database.
             return users_main(load_settings(require_database=False), args.users_args)
+        if args.command == "keys":
+            from .auth.keys_cli import keys_main
+
+            return keys_main(load_settings(require_database=False), args.keys_args)
         return _serve(load_settings())
     except (SettingsError, PolicyError) as exc:  # PolicyError: an invalid ACCESS_POLICY_FILE, one line
         print(f"configuration error: {exc}", file=sys.stderr)

@@ -33,7 +33,7 @@ from .params import (
     mcp_endpoint_of_path,
     normalize_url,
 )
-from .signing import TokenInvalid
+from .signing import SigningKeys, TokenInvalid
 from .state import AuthState
 
 log = structlog.get_logger(__name__)
@@ -78,13 +78,14 @@ class Authenticator:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             self._reject(request, state, "malformed", "invalid_request", "use Authorization: Bearer <token>")
-        claims = self._verify(request, state, token)
+        keys = await state.keys_for(token)  # a key rotated in elsewhere is learnt before the check
+        claims = self._verify(request, state, keys, token)
         return await self._principal(request, state, claims)
 
     # -- internals --------------------------------------------------------------------------------
-    def _verify(self, request: web.Request, state: AuthState, token: str) -> dict[str, Any]:
+    def _verify(self, request: web.Request, state: AuthState, keys: SigningKeys, token: str) -> dict[str, Any]:
         try:
-            claims = state.keys.verify(token)
+            claims = keys.verify(token)
         except TokenInvalid as exc:
             self._reject(request, state, exc.reason, "invalid_token", "the access token is not valid")
         now = time.time()

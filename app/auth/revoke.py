@@ -37,7 +37,7 @@ async def revoke_endpoint(request: web.Request) -> web.Response:
             log.info("oauth.revoked", kind="refresh_token", client_id=client.client_id)
         return web.Response(status=200, headers=NO_STORE)
     try:
-        claims = state.keys.verify(token)
+        claims = (await state.keys_for(token)).verify(token)
     except TokenInvalid:
         return web.Response(status=200, headers=NO_STORE)
     if claims.get("client_id") == client.client_id and isinstance(claims.get("jti"), str):

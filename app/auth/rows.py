@@ -95,4 +95,6 @@ def signing_key(row: Row) -> SigningKeyRow:
         private_pem=row["private_pem"],
         created_at=row["created_at"],
         retired_at=row["retired_at"],
+        # Keys from before rotation existed (NULL) signed from the moment they were made.
+        signs_from=row["created_at"] if row["signs_from"] is None else row["signs_from"],
     )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import structlog
@@ -12,11 +14,12 @@ from aiohttp import web
 from .. import keys
 from ..state.backend import POSTGRES_THREADS, storage_backend
 from .cimd import CimdFetcher
+from .keyring import KEY_RELOAD_SECONDS, UNKNOWN_KID_RELOAD_SECONDS, live_signing_keys
 from .oidc import UpstreamOidc
 from .params import is_cimd_client_id
 from .records import Client
-from .signing import SigningKeys
-from .statekey import StateKey, load_state_key, open_signing_keys
+from .signing import SigningKeys, token_kid
+from .statekey import StateKey, load_state_key
 from .store import AsyncAuthStore
 
 if TYPE_CHECKING:
@@ -35,6 +38,10 @@ class AuthState:
     oidc: UpstreamOidc | None = None
     signing: SigningKeys | None = None
     state_key: StateKey | None = None
+    # Keys are re-read this often, so a rotation on any node (or by `mssql-mcp keys`) reaches every node.
+    key_reload_seconds: float = KEY_RELOAD_SECONDS
+    _unknown_kid_reload_at: float = float("-inf")  # monotonic time of the last reload a token's kid caused
+    _key_reloader: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @classmethod
     def build(cls, settings: Settings, metrics: Metrics) -> AuthState:
@@ -53,13 +60,53 @@ class AuthState:
     async def start(self) -> None:
         self.state_key = load_state_key(self.settings)
         await self.store.open()
-        rows = await self.store.call(open_signing_keys, self.state_key)
-        self.signing = SigningKeys(rows)
+        await self.reload_keys()
+        self._key_reloader = asyncio.create_task(self._reload_keys_periodically())
         await self.cimd.start()
         if self.oidc is not None:
             await self.oidc.start()
 
+    async def reload_keys(self) -> None:
+        """Re-read the signing keys (retiring those whose tokens have all expired)."""
+        state_key, ttl = self.state_key, float(self.settings.access_token_ttl_seconds)
+        if state_key is None:
+            raise RuntimeError("auth state not started")
+        rows = await self.store.call(lambda s: live_signing_keys(s, state_key, ttl))
+        current = self.signing
+        if current is None or current.schedule_id != SigningKeys.schedule_of(rows):
+            self.signing = SigningKeys(rows)
+            if current is not None:
+                log.info("auth.signing_keys_reloaded", kids=sorted(self.signing.kids))
+
+    async def _reload_keys_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.key_reload_seconds)
+            try:
+                await self.reload_keys()
+            except Exception as exc:  # the store is away for now: keep the keys we have, try again later
+                log.warning("auth.signing_keys_reload_failed", error=type(exc).__name__)
+
+    async def keys_for(self, token: str) -> SigningKeys:
+        """The keys to check `token` with: re-read at once (at most once a second) when it names a kid this
+        node has not seen, such as a key rotated in on another node since the last reload."""
+        keys = self.keys
+        kid = token_kid(token)
+        now = time.monotonic()
+        if kid is None or kid in keys.kids or now - self._unknown_kid_reload_at < UNKNOWN_KID_RELOAD_SECONDS:
+            return keys
+        self._unknown_kid_reload_at = now
+        try:
+            await self.reload_keys()
+        except Exception as exc:  # as above: the token is then judged with the keys we have
+            log.warning("auth.signing_keys_reload_failed", error=type(exc).__name__)
+        return self.keys
+
     async def close(self) -> None:
+        if self._key_reloader is not None:
+            self._key_reloader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._key_reloader
+            self._key_reloader = None
         if self.oidc is not None:
             await self.oidc.close()
         await self.cimd.close()

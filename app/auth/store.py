@@ -153,7 +153,8 @@ CREATE TABLE IF NOT EXISTS signing_keys (
     alg TEXT NOT NULL,
     private_pem TEXT NOT NULL,          -- encrypted with the state key, 'enc:v1:...' (plain PEM in v1)
     created_at REAL NOT NULL,
-    retired_at REAL
+    retired_at REAL,
+    signs_from REAL                     -- signs from then on (NULL: since created_at), see key_states
 );
 """
 
@@ -207,6 +208,8 @@ class AuthStore(AuthStorage):
     def _migrate(c: sqlite3.Connection) -> None:
         """Bring a version 1 or 2 store up to date (idempotent)."""
         AuthStore._migrate_roles(c)
+        if "signs_from" not in {row["name"] for row in c.execute("PRAGMA table_info(signing_keys)")}:
+            c.execute("ALTER TABLE signing_keys ADD COLUMN signs_from REAL")  # key rotation (NULL: since created)
         columns = {row["name"] for row in c.execute("PRAGMA table_info(clients)")}
         if "last_used_at" not in columns:
             c.execute("ALTER TABLE clients ADD COLUMN last_used_at REAL")
@@ -783,9 +786,29 @@ class AuthStore(AuthStorage):
 
     # -- signing keys ----------------------------------------------------------------------------
     # The store keeps `private_pem` as the caller hands it over: encrypted text (app/auth/statekey.py).
-    def signing_keys(self) -> list[SigningKeyRow]:
-        rows = self.conn.execute("SELECT * FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at").fetchall()
+    def signing_keys(self, *, include_retired: bool = False) -> list[SigningKeyRow]:
+        where = "" if include_retired else " WHERE retired_at IS NULL"
+        rows = self.conn.execute(f"SELECT * FROM signing_keys{where} ORDER BY created_at").fetchall()
         return [from_row.signing_key(r) for r in rows]
+
+    def add_signing_key(self, kid: str, alg: str, private_pem: str, signs_from: float) -> None:
+        """A rotated-in key: published at once, signing from `signs_from`."""
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO signing_keys(kid, alg, private_pem, created_at, signs_from) VALUES (?, ?, ?, ?, ?)",
+                (kid, alg, private_pem, time.time(), signs_from),
+            )
+
+    def retire_signing_keys(self, kids: Sequence[str], at: float) -> int:
+        """Mark keys retired (they leave JWKS); idempotent, so every node may do it. Returns how many."""
+        with self._tx() as c:
+            changed = 0
+            for kid in kids:
+                cur = c.execute(
+                    "UPDATE signing_keys SET retired_at = ? WHERE kid = ? AND retired_at IS NULL", (at, kid)
+                )
+                changed += cur.rowcount
+        return changed
 
     def ensure_signing_key(self, make: Callable[[], tuple[str, str, str]]) -> list[SigningKeyRow]:
         """Create the first signing key if there is none (atomically, in case two processes start together)."""

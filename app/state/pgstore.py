@@ -705,10 +705,34 @@ class PgAuthStore(AuthStorage):
             )
 
     # -- signing keys (every node reads the same rows, so every node signs and verifies alike) ------
-    def signing_keys(self) -> list[SigningKeyRow]:
+    def signing_keys(self, *, include_retired: bool = False) -> list[SigningKeyRow]:
+        where = "" if include_retired else " WHERE retired_at IS NULL"
         with self._read() as c:
-            rows = c.all("SELECT * FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at")
+            rows = c.all(f"SELECT * FROM signing_keys{where} ORDER BY created_at")
         return [from_row.signing_key(r) for r in rows]
+
+    def add_signing_key(self, kid: str, alg: str, private_pem: str, signs_from: float) -> None:
+        """A rotated-in key: published at once (every node reads it on its next reload), signing from `signs_from`."""
+        with self._tx() as c:
+            c.run(
+                "INSERT INTO signing_keys(kid, alg, private_pem, created_at, signs_from)"
+                " VALUES (:kid, :alg, :pem, :now, :signs_from)",
+                kid=kid,
+                alg=alg,
+                pem=private_pem,
+                now=time.time(),
+                signs_from=signs_from,
+            )
+
+    def retire_signing_keys(self, kids: Sequence[str], at: float) -> int:
+        """Mark keys retired (they leave JWKS); idempotent, so every node may do it. Returns how many."""
+        changed = 0
+        with self._tx() as c:
+            for kid in kids:
+                changed += c.run(
+                    "UPDATE signing_keys SET retired_at = :at WHERE kid = :kid AND retired_at IS NULL", at=at, kid=kid
+                )
+        return changed
 
     def ensure_signing_key(self, make: Callable[[], tuple[str, str, str]]) -> list[SigningKeyRow]:
         """Create the first signing key if there is none (the lock: two nodes starting together make one)."""
