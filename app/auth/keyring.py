@@ -13,7 +13,7 @@ import time
 
 from .records import AuthStorage, SigningKeyRow
 from .signing import generate_key, key_states
-from .statekey import StateKey, open_signing_keys
+from .statekey import StateKey, is_plain, open_signing_keys
 
 DEFAULT_PUBLISH_SECONDS = 300.0  # well past a node's reload and a client's usual JWKS cache
 KEY_RELOAD_SECONDS = 30.0  # how often a node re-reads the keys (and at once for a token with an unknown kid)
@@ -33,7 +33,11 @@ def retire_expired_keys(store: AuthStorage, token_ttl: float, now: float | None 
 def live_signing_keys(store: AuthStorage, state_key: StateKey, token_ttl: float) -> list[SigningKeyRow]:
     """What a node verifies and signs with: the keys not retired, decrypted (the first key made if none)."""
     retire_expired_keys(store, token_ttl)
-    return open_signing_keys(store, state_key)
+    rows = store.signing_keys()
+    if not rows or any(is_plain(row["private_pem"]) for row in rows):
+        return open_signing_keys(store, state_key)  # first start or an old store: make or encrypt (locks)
+    # The usual periodic reload: a plain read, no lock.
+    return [SigningKeyRow(**{**row, "private_pem": state_key.decrypt(row["kid"], row["private_pem"])}) for row in rows]
 
 
 def rotate_signing_key(store: AuthStorage, state_key: StateKey, publish_seconds: float) -> SigningKeyRow:
