@@ -25,6 +25,7 @@ from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import keys
+from .heap import frozen_startup_heap
 from .metrics import HTTP_METHODS, Metrics, loop_lag_probe
 
 __all__ = ["REQUEST_ID_HEADER", "metrics_response", "request_id_of", "setup_observability", "status_class"]
@@ -232,5 +233,6 @@ def setup_observability(app: web.Application) -> None:
     app.on_startup.append(_preinitialise)
     app.cleanup_ctx.append(_metrics_listener_ctx)
     app.cleanup_ctx.append(lambda app: loop_lag_probe(app[keys.METRICS]))  # mssql_mcp_event_loop_lag_*
+    app.cleanup_ctx.append(lambda app: frozen_startup_heap())  # full GCs off the loop's critical path
     if settings.metrics_token:
         app.router.add_get("/metrics", _main_port_metrics)
