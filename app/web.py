@@ -12,7 +12,7 @@ from aiohttp import web
 
 from . import __version__, keys
 from .admin import add_admin_routes
-from .auth import setup_auth
+from .auth.setup import setup_auth
 from .core import SURFACES, Toolset
 from .db.database import Database
 from .health import add_health_routes
