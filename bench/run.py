@@ -557,6 +557,18 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+async def _wait_for_quiet(max_load: float, wait_seconds: float) -> float:
+    """The 1-minute load average once it is under `max_load` (checked every 5 s for up to `wait_seconds`):
+    a benchmark started on a busy machine starves the peers too and flatters whoever is slower."""
+    deadline = time.monotonic() + wait_seconds
+    while (load := os.getloadavg()[0]) >= max_load:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the machine is busy (1-minute load {load:.2f} >= {max_load}): not benchmarking")
+        print(f"waiting for a quiet machine: 1-minute load {load:.2f} (want < {max_load})", flush=True)
+        await asyncio.sleep(5)
+    return load
+
+
 def _best(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Best quiet round by throughput: another job on this shared machine can only make a run slower.
 
@@ -599,7 +611,8 @@ def render_markdown(
         "## Machine and run",
         "",
         f"- Date: {info['date']}; checkout at `{info['git_commit']}`; our server's code: "
-        f"`{info.get('ours_commit', info['git_commit'])}`",
+        f"`{info.get('ours_commit', info['git_commit'])}`; 1-minute load average before the run: "
+        f"{info.get('load_before', float('nan')):.2f}",
         f"- CPU: {info['nproc']} x {info['cpu_model']}; memory {info['mem_gib']} GiB; {info['os']}, "
         f"kernel {info['kernel']}",
         f"- Python {v.get('python')} (aiohttp {v.get('aiohttp')}, pyodbc {v.get('pyodbc')}, mcp {v.get('mcp')}, "
@@ -703,7 +716,9 @@ async def main_async(args: argparse.Namespace) -> int:
     db = Path(args.database).resolve()
     db_source = _ensure_database(db)
     db_summary = _database_summary(db)
+    load_before = await _wait_for_quiet(args.max_load_before, args.load_wait)
     info = machine_info()
+    info["load_before"] = load_before
     servers: list[str] = args.servers
     if "dbhub" in servers and not (DBHUB_BIN.exists() and (NODE_BIN / "node").exists()):
         raise SystemExit(f"DBHub is not installed in {PEERS} (run `make bench`, which installs it)")
@@ -848,6 +863,13 @@ def main(argv: list[str] | None = None) -> int:
         help="a run during which other processes used more than this share of one core (%%) is "
         "repeated and, if it stays busy, not reported",
     )
+    parser.add_argument(
+        "--max-load-before",
+        type=float,
+        default=0.3,
+        help="start only once the 1-minute load average is below this (waits up to --load-wait seconds)",
+    )
+    parser.add_argument("--load-wait", type=float, default=300.0, help="longest wait for --max-load-before (s)")
     parser.add_argument("--busy-retries", type=int, default=3, help="repeats of a busy run before giving up on it")
     parser.add_argument(
         "--quiet-wait",
