@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # real nginx / Prometheus / certbot / pebble the integration tests start on loopback, and the chromium
 # that the record-page browser test drives through Playwright.
 APT_PACKAGES := unixodbc libsqliteodbc odbc-postgresql postgresql nginx prometheus certbot pebble \
-	openssl curl logrotate chromium
+	openssl curl logrotate chromium redis-server
 APT_STAMP := $(VENV)/.apt-stamp
 PIP_STAMP := $(VENV)/.pip-stamp
 

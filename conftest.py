@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.auth",
     "tests.fixtures.obs",
     "tests.fixtures.markers",
+    "tests.fixtures.redis",
 ]

@@ -120,10 +120,16 @@ def _health_handler(prefix: str):
         surface = surface_by_prefix(prefix)
         settings = app.get(keys.SETTINGS)
         versions = server.protocol_versions if server is not None else []
+        details = await may_see_details(request)
+        redis = app.get(keys.REDIS)
+        redis_status = redis.status() if redis is not None else None
+        status = overall_status(database)
+        if redis_status is not None and redis_status["status"] != "ok" and status == "healthy":
+            status = "degraded"  # calls on open sessions may work; new sessions and sign-ins are refused
         body: dict[str, Any] = {
-            "status": overall_status(database),
+            "status": status,
             "version": __version__,
-            "database": database if await may_see_details(request) else _public(database),
+            "database": database if details else _public(database),
             "protocolVersions": versions,
             "endpoint": f"{prefix}/mcp",
             "tools": server.tool_names if server is not None else [],
@@ -135,6 +141,8 @@ def _health_handler(prefix: str):
             "read_only": settings.read_only_mode if settings is not None else True,
             "compatible_with": surface.compatible_with if surface else "MCP clients",
         }
+        if redis_status is not None:
+            body["redis"] = redis_status if details else {"status": redis_status["status"]}
         # Always 200: a degraded database is reported, not a reason for a load balancer to kill the service.
         return web.json_response(body, headers={"Cache-Control": "no-store", "Vary": "Authorization"})
 

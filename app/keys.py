@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .mcp.transports import McpEndpoints
     from .obs.metrics import Metrics
     from .settings import Settings
+    from .state.redisstate import RedisState
     from .tools.chatgpt import ChatGptTools
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
@@ -36,4 +37,6 @@ AUTH_STORE: web.AppKey[AuthState] = web.AppKey("auth_store")
 # The one ChatGPT tool set per app: MCP serves it and the record pages read its fetch cache.
 CHATGPT_TOOLS: web.AppKey[ChatGptTools] = web.AppKey("chatgpt_tools")
 # Per-request id (honoured X-Request-ID or generated), set by app.obs's middleware; also bound to logs.
+# The shared Redis (REDIS_URL), absent when the service keeps its ephemeral state in this process.
+REDIS: web.AppKey[RedisState] = web.AppKey("redis")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)

@@ -619,6 +619,21 @@ class Settings:
         _choice("uvloop", "asyncio"),
         group="server",
     )
+    workers: int = setting(
+        ("WORKERS",),
+        1,
+        "Server processes sharing the port (each with its own database pool); more than 1 needs REDIS_URL.",
+        _int(1, 64),
+        group="server",
+    )
+    redis_url: str = setting(
+        ("REDIS_URL",),
+        "",
+        "Shared ephemeral state (MCP sessions, stream relay, fetch cache, sign-in codes, throttling): "
+        "empty: in this process only; redis://[:password@]host:port/db or rediss://... for TLS.",
+        secret=True,
+        group="server",
+    )
     audit_sql_text: bool = setting(
         ("AUDIT_SQL_TEXT",),
         False,
@@ -729,6 +744,8 @@ def load_settings(
         settings = settings.replace(db_connect_timeout_seconds=login_timeout)
     if settings.state_database_url:
         _validate_state_database(settings)
+    if settings.redis_url or settings.workers > 1:
+        _validate_redis(settings)
     if require_database:
         _validate_database(settings)
     return settings
@@ -742,6 +759,19 @@ def _validate_state_database(s: Settings) -> None:
     if not s.public_base_url:
         # Every node must put the same issuer in its tokens and metadata, so it cannot come from the request.
         raise SettingsError("PUBLIC_BASE_URL: required when STATE_DATABASE_URL is set (every node must agree on it)")
+
+
+def _validate_redis(s: Settings) -> None:
+    """Checked after parsing, so the message never repeats the URL (it may hold a password)."""
+    if s.workers > 1 and not s.redis_url:
+        # Workers share sessions, streams and sign-in codes only through Redis: without it a session
+        # started on one worker would be unknown to the next.
+        raise SettingsError(f"WORKERS={s.workers}: needs REDIS_URL (the workers share sessions through Redis)")
+    scheme = s.redis_url.split("://", 1)[0].lower() if "://" in s.redis_url else ""
+    if scheme not in {"redis", "rediss", "unix"}:
+        raise SettingsError("REDIS_URL: expected redis://host:port/db, rediss://... (TLS) or unix:///path")
+    if not s.public_base_url:
+        raise SettingsError("PUBLIC_BASE_URL: required when REDIS_URL is set (every node must agree on it)")
 
 
 def _validate_database(s: Settings) -> None:

@@ -24,6 +24,7 @@ from .middlewares import error_middleware
 from .obs import setup_observability
 from .obs.metrics import Metrics
 from .settings import Settings
+from .state.redisstate import RedisState
 from .tools import (
     ChatGptTools,
     DatabaseResources,
@@ -105,6 +106,13 @@ def _catalog_watch_ctx(resources: DatabaseResources) -> Callable[[web.Applicatio
     return watch
 
 
+async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    redis = app[keys.REDIS]
+    await redis.start()
+    yield
+    await redis.close()
+
+
 def create_app(
     settings: Settings,
     *,
@@ -123,6 +131,10 @@ def create_app(
     setup_observability(app)
     app.middlewares.append(error_middleware)
 
+    if settings.redis_url:
+        # First in, last out: everything that shares state through Redis can use it until it stops.
+        app[keys.REDIS] = RedisState(settings.redis_url)
+        app.cleanup_ctx.append(_redis_ctx)
     app[keys.DATABASE] = Database(settings, app[keys.METRICS])
     app.cleanup_ctx.append(_database_ctx)
 
