@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,24 +22,10 @@ from app.auth.state import AuthState
 from app.auth.store import AuthStore, store_path
 from app.settings import Settings
 from tests.fixtures.auth import build_app
-from tests.fixtures.databases import PostgresServer
 
 pytestmark = pytest.mark.timeout(120)
 
 BASE = "https://mcp.example.test"
-
-
-@pytest.fixture
-def state_url(postgres_server: PostgresServer) -> Iterator[str]:
-    """A new, empty PostgreSQL database (the migrations build everything in it)."""
-    if not postgres_server.is_running():
-        postgres_server.start()
-    name = f"keys_{uuid.uuid4().hex[:12]}"
-    postgres_server.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql://postgres@{postgres_server.host}:{postgres_server.port}/{name}"
-    finally:
-        postgres_server.drop_database(name)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

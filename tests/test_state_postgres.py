@@ -8,7 +8,6 @@ import asyncio
 import io
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,24 +24,10 @@ from app.settings import SettingsError, load_settings
 from app.state import migrate
 from app.state.backend import opened_backend, storage_backend
 from app.state.pgstore import PgAuthStore
-from tests.fixtures.databases import PostgresServer
 
 pytestmark = pytest.mark.timeout(120)
 
 Age = Callable[[str, str, float], None]  # (table, column, seconds): move a time column into the past
-
-
-@pytest.fixture
-def state_url(postgres_server: PostgresServer) -> Iterator[str]:
-    """A new, empty PostgreSQL database (the migrations build everything in it)."""
-    if not postgres_server.is_running():
-        postgres_server.start()
-    name = f"state_{uuid.uuid4().hex[:12]}"
-    postgres_server.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql://postgres@{postgres_server.host}:{postgres_server.port}/{name}"
-    finally:
-        postgres_server.drop_database(name)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -4,8 +4,7 @@ flow: registration, sign-in form, consent, code exchange), and every other step 
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +17,6 @@ from tests.fixtures.databases import PostgresServer, free_port
 pytestmark = pytest.mark.timeout(120)
 
 STATE_KEY = "two-nodes-share-this-state-key-0123456789"
-
-
-@pytest.fixture
-def state_url(postgres_server: PostgresServer) -> Iterator[str]:
-    if not postgres_server.is_running():
-        postgres_server.start()
-    name = f"nodes_{uuid.uuid4().hex[:12]}"
-    postgres_server.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql://postgres@{postgres_server.host}:{postgres_server.port}/{name}"
-    finally:
-        postgres_server.drop_database(name)
 
 
 class Node(OAuth):
