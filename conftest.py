@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.obs",
     "tests.fixtures.markers",
     "tests.fixtures.redis",
+    "tests.fixtures.scaleout",
 ]
