@@ -57,7 +57,8 @@ def _database_toolsets(app: web.Application) -> tuple[dict[Toolset, list[Tool]],
     """The service's own tool sets, and for each the tool set its prompts name the steps in."""
     settings, database, metrics = app[keys.SETTINGS], app[keys.DATABASE], app[keys.METRICS]
     # One ChatGPT tool set per app: its fetch cache serves both MCP and the record pages.
-    app[keys.CHATGPT_TOOLS] = chatgpt = ChatGptTools(database, settings, metrics)
+    # With REDIS_URL the fetch cache is shared: search on one node, fetch of its ids on another.
+    app[keys.CHATGPT_TOOLS] = chatgpt = ChatGptTools(database, settings, metrics, redis=app.get(keys.REDIS))
     toolsets: dict[Toolset, list[Tool]] = {
         "claude": claude_tools(database, settings),
         "chatgpt": chatgpt_tools(chatgpt),

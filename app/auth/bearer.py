@@ -113,7 +113,7 @@ class Authenticator:
 
     async def _principal(self, request: web.Request, state: AuthState, claims: dict[str, Any]) -> Principal:
         sid = claims.get("sid") if isinstance(claims.get("sid"), str) else None
-        record = await state.store.bearer_lookup(claims["sub"], claims["jti"], sid)
+        record = await state.bearer_lookup(claims["sub"], claims["jti"], sid)
         if record is None:
             self._reject(request, state, "unknown_user", "invalid_token", "the user no longer exists")
         if record.jti_revoked or record.family_revoked_at is not None or record.token_version != claims.get("ver"):

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .. import keys
 from ..core import SURFACES, surface_of
+from ..state.redisstate import RedisUnavailable
 from ..urls import base_url
 from .common import client_address, read_limited_body
 from .pages import PAGE_HEADERS, _page
@@ -194,7 +195,12 @@ async def signin_post(request: web.Request) -> web.StreamResponse:
 
     if not username or not password:
         return again("Enter your username and password.", 400)
-    checked = await check_password(state, username, password, client_address(request), event_prefix="records")
+    try:
+        checked = await check_password(state, username, password, client_address(request), event_prefix="records")
+    except RedisUnavailable:  # the throttle counters live in Redis (REDIS_URL) and it is away for a moment
+        response = again("Sign-in is unavailable for a moment. Try again in a few seconds.", 503)
+        response.headers["Retry-After"] = "2"
+        return response
     if checked.throttled:
         wait = max(1, round(checked.until - time.time()))
         response = again(f"Too many failed sign-ins. Try again in {wait} s.", 429)

@@ -17,14 +17,16 @@ from .cimd import CimdFetcher
 from .keyring import KEY_RELOAD_SECONDS, UNKNOWN_KID_RELOAD_SECONDS, live_signing_keys
 from .oidc import UpstreamOidc
 from .params import is_cimd_client_id
-from .records import Client
+from .records import BearerRecord, Client
 from .signing import SigningKeys, token_kid
 from .statekey import StateKey, load_state_key
-from .store import AsyncAuthStore
+from .store import AsyncAuthStore, AuthStore, StorageBackend
 
 if TYPE_CHECKING:
     from ..obs.metrics import Metrics
     from ..settings import Settings
+    from ..state.authredis import BearerCache
+    from ..state.redisstate import RedisState
 
 log = structlog.get_logger(__name__)
 
@@ -40,15 +42,30 @@ class AuthState:
     state_key: StateKey | None = None
     # Keys are re-read this often, so a rotation on any node (or by `mssql-mcp keys`) reaches every node.
     key_reload_seconds: float = KEY_RELOAD_SECONDS
+    # With REDIS_URL: bearer lookups reused for a few seconds, dropped by every revocation broadcast.
+    bearer_cache: BearerCache | None = None
     _unknown_kid_reload_at: float = float("-inf")  # monotonic time of the last reload a token's kid caused
     _key_reloader: asyncio.Task[None] | None = field(default=None, repr=False)
+    _cache_watcher: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @classmethod
-    def build(cls, settings: Settings, metrics: Metrics) -> AuthState:
+    def build(cls, settings: Settings, metrics: Metrics, redis: RedisState | None = None) -> AuthState:
+        """Without `redis` the store is the durable backend alone (today's one-process behaviour); with it
+        sign-ins, codes and throttling live in Redis and revocations are broadcast (app.state.authredis)."""
+        durable = storage_backend(settings)
+        threads = 1 if isinstance(durable, AuthStore) else POSTGRES_THREADS  # SQLite: one thread, always
+        backend: StorageBackend = durable
+        bearer_cache = None
+        if redis is not None:
+            from ..state.authredis import BearerCache, RedisAuthStorage
+
+            bearer_cache = BearerCache(redis)
+            backend = RedisAuthStorage(durable, redis, bearer_cache)
         return cls(
             settings=settings,
             metrics=metrics,
-            store=AsyncAuthStore(storage_backend(settings), threads=POSTGRES_THREADS),
+            store=AsyncAuthStore(backend, threads=threads),
+            bearer_cache=bearer_cache,
             cimd=CimdFetcher(
                 allow_private=settings.cimd_allow_private,
                 allowed_hosts=tuple(settings.allowed_redirect_hosts),
@@ -62,6 +79,8 @@ class AuthState:
         await self.store.open()
         await self.reload_keys()
         self._key_reloader = asyncio.create_task(self._reload_keys_periodically())
+        if self.bearer_cache is not None:
+            self._cache_watcher = asyncio.create_task(self._watch_bearer_cache(self.bearer_cache))
         await self.cimd.start()
         if self.oidc is not None:
             await self.oidc.start()
@@ -101,12 +120,39 @@ class AuthState:
             log.warning("auth.signing_keys_reload_failed", error=type(exc).__name__)
         return self.keys
 
+    @staticmethod
+    async def _watch_bearer_cache(cache: BearerCache) -> None:
+        """Forget every cached lookup as soon as the revocation listener is (even briefly) not connected:
+        a message may have been missed while it reconnected."""
+        from ..state.authredis import BEARER_CACHE_WATCH_SECONDS
+
+        while True:
+            await asyncio.sleep(BEARER_CACHE_WATCH_SECONDS)
+            if not cache.usable and len(cache):
+                cache.clear()
+
+    async def bearer_lookup(self, user_id: str, jti: str, family_id: str | None) -> BearerRecord | None:
+        """The bearer check's one read, from the cache when there is one and it may answer."""
+        cache = self.bearer_cache
+        if cache is None:
+            return await self.store.bearer_lookup(user_id, jti, family_id)
+        key = (user_id, jti, family_id or "")
+        cached = cache.get(key)
+        if cached is not None:
+            return cached
+        generation = cache.generation  # a revocation while we read makes put() keep nothing
+        record = await self.store.bearer_lookup(user_id, jti, family_id)
+        if record is not None:
+            cache.put(key, record, generation)
+        return record
+
     async def close(self) -> None:
-        if self._key_reloader is not None:
-            self._key_reloader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._key_reloader
-            self._key_reloader = None
+        for task in (self._key_reloader, self._cache_watcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._key_reloader = self._cache_watcher = None
         if self.oidc is not None:
             await self.oidc.close()
         await self.cimd.close()

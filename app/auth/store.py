@@ -439,6 +439,12 @@ class AuthStore(AuthStorage):
             c.execute("DELETE FROM clients WHERE client_id = ?", (client_id,))
         return revoked
 
+    def mark_client_used(self, client_id: str, at: float) -> None:
+        """An authorization was made for the client (create_code does this itself; the Redis store of
+        issue 11 keeps codes elsewhere and calls it)."""
+        with self._tx() as c:
+            c.execute("UPDATE clients SET last_used_at = ? WHERE client_id = ?", (at, client_id))
+
     # -- pending authorization requests (the login and consent pages) -----------------------------
     def create_auth_request(
         self, request_id: str, browser_hash: str, csrf: str, params: AuthorizationRequest, ttl: float

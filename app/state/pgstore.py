@@ -334,6 +334,11 @@ class PgAuthStore(AuthStorage):
             c.run("DELETE FROM clients WHERE client_id = :id", id=client_id)
         return revoked
 
+    def mark_client_used(self, client_id: str, at: float) -> None:
+        """See AuthStore.mark_client_used (the Redis store of issue 11 calls it when it stores a code)."""
+        with self._tx() as c:
+            c.run("UPDATE clients SET last_used_at = :at WHERE client_id = :id", at=at, id=client_id)
+
     # -- pending authorization requests ----------------------------------------------------------
     def create_auth_request(
         self, request_id: str, browser_hash: str, csrf: str, params: AuthorizationRequest, ttl: float

@@ -39,6 +39,7 @@ from .common import (
     truncation_note,
     with_meta,
 )
+from .doccache import Bucket, DocumentCache, FetchCacheUnavailable, MemoryDocumentCache, RedisDocumentCache
 from .intent import Intent, parse_intent, stem
 from .search import CatalogTable, ContentSearch, FullText, RowHit
 
@@ -46,11 +47,10 @@ if TYPE_CHECKING:
     from ..db.database import Database
     from ..obs.metrics import Metrics
     from ..settings import Settings
+    from ..state.redisstate import RedisState
 
 log = structlog.get_logger(__name__)
 
-CACHE_MAX_ENTRIES = 512
-QUERY_CACHE_MAX_ENTRIES = 256
 CATALOG_MAX_TABLES = 500  # keyword search looks at columns of at most this many tables
 COLUMN_INDEX_BUDGET_SECONDS = 8.0  # time to describe the tables a capped catalog query did not reach
 TABLE_FETCH_SAMPLE = 5
@@ -113,19 +113,23 @@ class ChatGptTools:
         settings: Settings,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        redis: RedisState | None = None,
     ) -> None:
         self.database = database
         self.settings = settings
         self.metrics = metrics
         self.dialect = settings.db_backend
         ttl = settings.cache_ttl_seconds
-        # fetch documents (without url: it depends on the caller's base URL)
-        self.cache: TtlLruCache[dict[str, Any]] = TtlLruCache(CACHE_MAX_ENTRIES, ttl, clock)
+        # fetch documents (without url: it depends on the caller's base URL), in this process...
+        memory = MemoryDocumentCache(ttl, clock)
+        self.cache: TtlLruCache[dict[str, Any]] = memory.documents
+        # query results apart: they cannot be re-read, so row documents must not push them out before the TTL
+        self.queries: TtlLruCache[dict[str, Any]] = memory.queries
+        # ...or, with REDIS_URL, shared by every worker and node (search on one, fetch on another)
+        self.documents: DocumentCache = memory if redis is None else RedisDocumentCache(redis, ttl)
         # The table list, descriptions and what keyword search derives from them are cached by Database
         # (database.derived, database.cached_description): one catalog cache for the whole service.
         self.content = ContentSearch(database, settings)
-        # query results apart: they cannot be re-read, so row documents must not push them out before the TTL
-        self.queries: TtlLruCache[dict[str, Any]] = TtlLruCache(QUERY_CACHE_MAX_ENTRIES, ttl, clock)
 
     # --- catalog helpers -----------------------------------------------------------------
     # Every helper takes the caller: None is the service itself (the whole catalog, for the shared caches);
@@ -148,6 +152,24 @@ class ChatGptTools:
         """Documents are cached per role when the role's policy restricts it (they differ per role)."""
         role = self.database.access.restricting_role(caller)
         return key if role is None else f"{role.name}\x00{key}"
+
+    async def _remember(self, key: str, document: dict[str, Any], caller: Principal | None) -> None:
+        """Cache a re-readable document; without the shared cache for now, fetch re-reads it instead."""
+        try:
+            await self.documents.put("documents", self._cache_key(key, caller), document)
+        except FetchCacheUnavailable:
+            log.info("chatgpt.cache_unavailable", action="put")
+
+    async def _recall(self, bucket: Bucket, key: str, caller: Principal | None) -> dict[str, Any] | None:
+        """A cached document; a re-readable one is re-read while the shared cache is away, a query result
+        (only in the cache) raises FetchCacheUnavailable."""
+        try:
+            return await self.documents.get(bucket, self._cache_key(key, caller))
+        except FetchCacheUnavailable:
+            if bucket == "queries":
+                raise
+            log.info("chatgpt.cache_unavailable", action="get")
+            return None
 
     async def _all_columns(self, caller: Principal | None = None) -> list[CatalogTable]:
         """The catalog of _all_columns_shared, without the tables and columns the caller may not read (a
@@ -456,7 +478,7 @@ class ChatGptTools:
         except ids.InvalidId as exc:
             raise ToolError(str(exc), outcome="invalid") from None
         key = record_id.strip()
-        cached = (self.queries if parsed.kind == "query" else self.cache).get(self._cache_key(key, caller))
+        cached = await self._recall("queries" if parsed.kind == "query" else "documents", key, caller)
         if cached is not None:
             self._count(hit=True)
             return cached
@@ -482,10 +504,9 @@ class ChatGptTools:
                 )
         except TableNotFound as exc:
             raise ToolError(f"Unknown id '{key}': {exc}", outcome="error") from None
-        self.cache.put(self._cache_key(key, caller), document)
-        self.cache.put(
-            self._cache_key(document["id"], caller), document
-        )  # the canonical form (table:customers for table:main.customers)
+        await self._remember(key, document, caller)
+        if document["id"] != key:  # the canonical form too (table:customers for table:main.customers)
+            await self._remember(document["id"], document, caller)
         return document
 
     def _count(self, *, hit: bool) -> None:
@@ -591,13 +612,13 @@ class ChatGptTools:
             {"kind": "sample", "table": table.qualified_name, "limit": rows},
             f"First rows of {table.kind} {table.qualified_name} (no particular order).",
         )
-        self.cache.put(self._cache_key(sample_id, caller), document)
+        await self._remember(sample_id, document, caller)
         hits = [(sample_id, document["title"])]
         if description.primary_key:
             for values in result.rows[: max(0, limit - 1)]:
                 row = dict(zip(result.columns, values, strict=False))
                 row_doc = await self._row_document(description, row, caller)
-                self.cache.put(self._cache_key(row_doc["id"], caller), row_doc)
+                await self._remember(row_doc["id"], row_doc, caller)
                 hits.append((row_doc["id"], row_doc["title"]))
         return hits
 
@@ -623,7 +644,8 @@ class ChatGptTools:
             {"kind": "query", "sql": sql},
             f"Query: {sql}",
         )
-        self.queries.put(self._cache_key(record_id, caller), document)
+        # The id is only worth returning if fetch can find it: without the shared cache, say so instead.
+        await self.documents.put("queries", self._cache_key(record_id, caller), document)
         hits = [(record_id, document["title"])]
         hits.extend(
             await self._rows_of_query(verdict.shape, result, limit, caller)
@@ -660,7 +682,7 @@ class ChatGptTools:
             row = dict(zip(result.columns, values, strict=False))
             if whole_rows:  # a full row: cache it so fetch needs no query
                 row_doc = await self._row_document(description, row, caller)
-                self.cache.put(self._cache_key(row_doc["id"], caller), row_doc)
+                await self._remember(row_doc["id"], row_doc, caller)
                 hits.append((row_doc["id"], row_doc["title"]))
             else:
                 key_map = dict(zip(description.primary_key, key, strict=True))

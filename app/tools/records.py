@@ -26,6 +26,7 @@ from ..db.types import DatabaseBusy, DatabaseError, DatabaseUnavailable, QueryRe
 from ..mcp.tools import ToolError
 from ..urls import base_url
 from .chatgpt import record_url
+from .doccache import FetchCacheUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -132,6 +133,8 @@ def _error(request: web.Request, status: int, message: str) -> web.Response:
 
 
 def _status_of(exc: Exception) -> int:
+    if isinstance(exc, FetchCacheUnavailable):  # Redis is away for a moment: "search again in a moment"
+        return 503
     if isinstance(exc, ToolError):
         return 400 if exc.outcome == "invalid" else 404
     if isinstance(exc, QueryRefused):
