@@ -7,7 +7,9 @@ import asyncio
 import errno
 import os
 import signal
+import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,11 +38,17 @@ def _serve(settings: Settings, banner: str | None = None) -> int:
     from .web import create_app
 
     configure_logging(settings)
-    app = create_app(settings)  # an invalid ACCESS_POLICY_FILE raises PolicyError here: main prints its line
-    app.on_startup.append(_reload_policy_on_sighup)
     shown_host = "127.0.0.1" if settings.host in {"0.0.0.0", "::"} else settings.host
     text = banner or f"MSSQL MCP Server listening on http://{shown_host}:{settings.port}"
-    try:
+    if settings.workers > 1:
+        from .workers import serve_workers
+
+        # The supervisor binds the port, forks the workers and prints the banner once all of them serve.
+        return _cannot_listen_is_one_line(settings, lambda: serve_workers(settings, text, _run_worker))
+    app = create_app(settings)  # an invalid ACCESS_POLICY_FILE raises PolicyError here: main prints its line
+    app.on_startup.append(_reload_policy_on_sighup)
+
+    def run() -> int:
         # run_app calls `print` once its listeners are bound, so the banner never announces a port we lack.
         web.run_app(
             app,
@@ -51,6 +59,14 @@ def _serve(settings: Settings, banner: str | None = None) -> int:
             access_log=None,
             handle_signals=True,
         )
+        return 0
+
+    return _cannot_listen_is_one_line(settings, run)
+
+
+def _cannot_listen_is_one_line(settings: Settings, serve: Callable[[], int]) -> int:
+    try:
+        return serve()
     except OSError as exc:
         if exc.errno not in _BIND_ERRORS:
             raise
@@ -60,6 +76,34 @@ def _serve(settings: Settings, banner: str | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _run_worker(
+    settings: Settings, listener: socket.socket, metrics_listener: socket.socket | None, ready: Callable[[], None]
+) -> int:
+    """One of WORKERS processes (forked by app.workers): its own app and database pool on the inherited socket."""
+    from aiohttp import web
+
+    from .obs import METRICS_SOCKET
+    from .web import create_app
+
+    if metrics_listener is None:  # METRICS_PORT is 0, or the supervisor could not bind it (and said so)
+        settings = settings.replace(metrics_port=0)
+    try:
+        app = create_app(settings)
+    except (SettingsError, PolicyError) as exc:
+        print(f"configuration error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    if metrics_listener is not None:
+        app[METRICS_SOCKET] = metrics_listener
+    web.run_app(
+        app,
+        loop=_new_event_loop(settings),
+        sock=listener,
+        print=lambda _: ready(),  # tells the supervisor this worker serves
+        access_log=None,
+        handle_signals=True,  # SIGTERM/SIGINT: graceful stop; SIGHUP is the supervisor's (rolling restart)
+    )
     return 0
 
 

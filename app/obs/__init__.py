@@ -12,9 +12,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging as stdlib_logging  # plain `logging` would be shadowed by the app.obs.logging submodule
 import re
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -26,9 +28,21 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import keys
 from .heap import frozen_startup_heap
-from .metrics import HTTP_METHODS, Metrics, loop_lag_probe
+from .metrics import HTTP_METHODS, Metrics, loop_lag_probe, multiprocess_metrics
 
-__all__ = ["REQUEST_ID_HEADER", "metrics_response", "request_id_of", "setup_observability", "status_class"]
+__all__ = [
+    "METRICS_SOCKET",
+    "REQUEST_ID_HEADER",
+    "metrics_response",
+    "request_id_of",
+    "setup_observability",
+    "status_class",
+]
+
+# WORKERS>1: the METRICS_PORT socket the supervisor bound; every worker serves it (whichever accepts answers).
+METRICS_SOCKET = web.AppKey("metrics_socket", socket.socket)
+# WORKERS>1: how often each worker writes its scrape-time gauges (pool, sessions) for the others to read.
+SHARED_GAUGES_INTERVAL_SECONDS = 1.0
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # Bounded length and charset: an id is echoed into headers and logs, so nothing else gets through.
@@ -161,10 +175,36 @@ def _refresh_scrape_time_gauges(app: web.Application) -> None:
             gauge.set(value)
 
 
+async def _shared_gauges_ctx(app: web.Application) -> AsyncIterator[None]:
+    """WORKERS>1: a scrape is answered by one worker from every worker's files, so each worker writes its
+    scrape-time gauges every second instead of only when it is the one scraped."""
+    metrics = app[keys.METRICS]
+
+    async def refresh() -> None:
+        while True:
+            _refresh_scrape_time_gauges(app)
+            # The files hold only set() values: write what the pool's callback gauge reads now.
+            for family in metrics.db_up.collect():
+                for sample in family.samples:
+                    metrics.db_up.set(sample.value)
+            if metrics.session_states_gauge is not None:
+                for (transport, state), n in metrics.session_states.totals().items():
+                    metrics.session_states_gauge.labels(transport, state).set(n)
+            await asyncio.sleep(SHARED_GAUGES_INTERVAL_SECONDS)
+
+    task = asyncio.get_running_loop().create_task(refresh(), name="shared-gauges")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def metrics_response(app: web.Application) -> web.Response:
     """The Prometheus text exposition of the app's registry."""
     _refresh_scrape_time_gauges(app)
-    body = generate_latest(app[keys.METRICS].registry)
+    body = generate_latest(app[keys.METRICS].exposition)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
 
 
@@ -198,7 +238,12 @@ async def _metrics_listener_ctx(app: web.Application) -> AsyncIterator[None]:
         listener.router.add_get("/metrics", handle)
         runner = web.AppRunner(listener, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, settings.metrics_host, settings.metrics_port)
+        inherited = app.get(METRICS_SOCKET)
+        site: web.BaseSite = (
+            web.SockSite(runner, inherited)
+            if inherited is not None
+            else web.TCPSite(runner, settings.metrics_host, settings.metrics_port)
+        )
         try:
             await site.start()
         except OSError as exc:
@@ -234,5 +279,7 @@ def setup_observability(app: web.Application) -> None:
     app.cleanup_ctx.append(_metrics_listener_ctx)
     app.cleanup_ctx.append(lambda app: loop_lag_probe(app[keys.METRICS]))  # mssql_mcp_event_loop_lag_*
     app.cleanup_ctx.append(lambda app: frozen_startup_heap())  # full GCs off the loop's critical path
+    if multiprocess_metrics():
+        app.cleanup_ctx.append(_shared_gauges_ctx)
     if settings.metrics_token:
         app.router.add_get("/metrics", _main_port_metrics)

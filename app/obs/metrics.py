@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
 from prometheus_client import (
@@ -19,7 +20,8 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from .. import __version__
@@ -86,6 +88,58 @@ class SessionStateCollector(Collector):
         return [family]
 
 
+def multiprocess_metrics() -> bool:
+    """WORKERS>1: the supervisor set PROMETHEUS_MULTIPROC_DIR before forking (app.workers)."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def child_pids(parent: int) -> list[int]:
+    children = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ')'.
+                fields = stat.read().rpartition(b")")[2].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == parent:
+            children.append(int(entry.name))
+    return children
+
+
+class ServiceProcessCollector(Collector):
+    """The process_* metrics of a supervisor and its worker processes as one service: CPU seconds, memory and
+    open fds summed, the supervisor's start time and fd limit. (A restarted worker's CPU time leaves the sum,
+    which Prometheus' rate() reads as a counter reset.)"""
+
+    SUMMED = frozenset(
+        {
+            "process_cpu_seconds_total",
+            "process_virtual_memory_bytes",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+        }
+    )
+
+    def __init__(self, supervisor_pid: int) -> None:
+        self.supervisor_pid = supervisor_pid
+
+    def collect(self) -> Iterable[Metric]:
+        families: dict[str, Metric] = {}
+        for pid in [self.supervisor_pid, *child_pids(self.supervisor_pid)]:
+            for family in ProcessCollector(pid=lambda pid=pid: pid, registry=None).collect():  # type: ignore[misc]
+                for sample in family.samples:
+                    kept = families.get(sample.name)
+                    if kept is None:
+                        families[sample.name] = Metric(family.name, family.documentation, family.type)
+                        families[sample.name].samples.append(sample)
+                    elif sample.name in self.SUMMED:
+                        kept.samples[0] = kept.samples[0]._replace(value=kept.samples[0].value + sample.value)
+        return list(families.values())
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -110,7 +164,10 @@ class Metrics:
             registry=r,
         )
         self.http_in_flight = Gauge(
-            "mssql_mcp_http_requests_in_flight", "HTTP requests being handled (open SSE streams included).", registry=r
+            "mssql_mcp_http_requests_in_flight",
+            "HTTP requests being handled (open SSE streams included).",
+            registry=r,
+            multiprocess_mode="livesum",
         )
 
         # MCP
@@ -120,9 +177,21 @@ class Metrics:
             "mssql_mcp_sessions splits them by state.",
             ["transport"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.session_states = SessionStateCollector()
         r.register(self.session_states)
+        # With WORKERS>1 each worker counts its own session tables into this gauge (refreshed every second)
+        # and the scrape sums the live workers'; with one process the collector above counts at scrape time.
+        self.session_states_gauge: Gauge | None = None
+        if multiprocess_metrics():
+            self.session_states_gauge = Gauge(
+                SessionStateCollector.NAME,
+                SessionStateCollector.HELP,
+                ["transport", "state"],
+                registry=None,
+                multiprocess_mode="livesum",
+            )
         self.mcp_messages = Counter(
             "mssql_mcp_messages_total", "JSON-RPC messages received by method.", ["method"], registry=r
         )
@@ -167,9 +236,16 @@ class Metrics:
         )
 
         # Pool
-        self.pool_size = Gauge("mssql_mcp_pool_size", "Configured pool connections.", registry=r)
-        self.pool_in_use = Gauge("mssql_mcp_pool_in_use", "Connections running a call.", registry=r)
-        self.pool_waiting = Gauge("mssql_mcp_pool_waiting", "Calls waiting for a free connection.", registry=r)
+        # With WORKERS>1 (one pool each) these are the sums over the live workers.
+        self.pool_size = Gauge(
+            "mssql_mcp_pool_size", "Configured pool connections.", registry=r, multiprocess_mode="livesum"
+        )
+        self.pool_in_use = Gauge(
+            "mssql_mcp_pool_in_use", "Connections running a call.", registry=r, multiprocess_mode="livesum"
+        )
+        self.pool_waiting = Gauge(
+            "mssql_mcp_pool_waiting", "Calls waiting for a free connection.", registry=r, multiprocess_mode="livesum"
+        )
         self.pool_wait = Histogram(
             "mssql_mcp_pool_wait_seconds",
             "Time spent waiting for a free connection.",
@@ -182,7 +258,13 @@ class Metrics:
         self.pool_busy_rejections = Counter(
             "mssql_mcp_pool_busy_rejections_total", "Calls refused because no connection freed up in time.", registry=r
         )
-        self.db_up = Gauge("mssql_mcp_database_up", "1 when the last connection attempt succeeded.", registry=r)
+        # WORKERS>1: 0 as soon as any live worker's last attempt failed.
+        self.db_up = Gauge(
+            "mssql_mcp_database_up",
+            "1 when the last connection attempt succeeded.",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
 
         # OAuth
         self.oauth_registrations = Counter(
@@ -212,7 +294,10 @@ class Metrics:
             registry=r,
         )
         self.loop_lag_max = Gauge(
-            "mssql_mcp_event_loop_lag_max_seconds", "Worst event-loop lag since the process started.", registry=r
+            "mssql_mcp_event_loop_lag_max_seconds",
+            "Worst event-loop lag since the process started.",
+            registry=r,
+            multiprocess_mode="livemax",
         )
 
         # Fetch cache (ChatGPT fetch)
@@ -222,6 +307,17 @@ class Metrics:
         )
 
         self._preinitialise()
+        self.exposition = self.registry if not multiprocess_metrics() else self._service_registry()
+
+    def _service_registry(self) -> CollectorRegistry:
+        """WORKERS>1: what a scrape of any worker reports: every worker's metrics from the multiprocess files
+        (counters and histograms summed, dead workers' counts kept; gauges per their multiprocess_mode), the
+        process_* figures of the supervisor and its workers together, and the build info."""
+        service = CollectorRegistry()
+        MultiProcessCollector(service)
+        service.register(ServiceProcessCollector(os.getppid()))
+        service.register(self.build_info)  # an Info is not written to the multiprocess files: every worker has it
+        return service
 
     def _preinitialise(self) -> None:
         for grant in GRANTS:

@@ -1,0 +1,305 @@
+"""WORKERS=N as an operator runs it: `python -m app serve` in its own process group, real redis-server, loopback.
+
+Workers are told apart by pid from /proc (the supervisor's children) and by their CPU time, never by anything a
+caller of the port could read; the supervisor's log lines name them (`worker`, `pid`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from app.obs.metrics import child_pids
+from tests.fixtures.databases import free_port
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[1]
+START_TIMEOUT = 60.0
+
+
+@dataclass
+class Served:
+    proc: subprocess.Popen[bytes]
+    port: int
+    metrics_port: int
+    out: Path
+    err: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def workers(self) -> list[int]:
+        return sorted(child_pids(self.proc.pid))
+
+    def log(self) -> str:
+        return self.err.read_text(errors="replace")
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; log tail:\n{self.log()[-3000:]}")
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"server exited ({self.proc.returncode}) waiting for {what}:\n{self.log()[-3000:]}"
+                )
+            time.sleep(0.05)
+
+
+def _env(tmp_path: Path, db_path: Path, port: int, metrics_port: int, **extra: str) -> dict[str, str]:
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "DB_BACKEND": "sqlite",
+        "SQLITE_PATH": str(db_path),
+        "DB_POOL_SIZE": "2",
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "METRICS_PORT": str(metrics_port),
+        "DATA_DIR": str(tmp_path / "state"),
+        "LOG_FORMAT": "json",
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+    }
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def serve(tmp_path: Path, db_path: Path, **extra: str) -> Iterator[Served]:
+    port, metrics_port = free_port(), free_port()
+    out, err = tmp_path / "stdout.log", tmp_path / "stderr.log"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app", "serve"],
+            cwd=ROOT,
+            env=_env(tmp_path, db_path, port, metrics_port, **extra),
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,  # its own process group: the teardown kills every worker with it
+        )
+    served = Served(proc, port, metrics_port, out, err)
+    try:
+        served.wait_for(lambda: "listening on" in out.read_text(), START_TIMEOUT, "the banner")
+        yield served
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):  # no worker may outlive the test
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+async def _get_many(url: str, count: int, concurrency: int = 16, *, fresh_connections: bool = True) -> list[int]:
+    """`count` GETs, `concurrency` at a time; a new connection per request spreads them over the workers."""
+    statuses: list[int] = []
+    queue = iter(range(count))
+    connector = aiohttp.TCPConnector(force_close=fresh_connections, limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
+
+        async def loop() -> None:
+            for _ in queue:
+                async with session.get(url) as response:
+                    await response.read()
+                    statuses.append(response.status)
+
+        await asyncio.gather(*(loop() for _ in range(concurrency)))
+    return statuses
+
+
+def scrape(served: Served) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{served.metrics_port}/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
+def sample(text: str, name: str, labels: str = "") -> float:
+    pattern = "^" + re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else r"(?:\{\})?") + r" (\S+)$"
+    found = re.search(pattern, text, re.MULTILINE)
+    assert found, f"{name}{{{labels}}} not in the scrape"
+    return float(found.group(1))
+
+
+HEALTH_2XX = 'method="GET",route="/health",status="2xx"'
+
+
+def test_two_workers_serve_one_port_and_one_scrape_counts_every_request(
+    tmp_path: Path, demo_db_path: Path, redis_url: str
+) -> None:
+    with serve(tmp_path, demo_db_path, WORKERS="2", REDIS_URL=redis_url) as served:
+        workers = served.workers()
+        assert len(workers) == 2, workers
+        for pid in workers:  # the supervisor names each worker it started
+            assert re.search(rf'"worker":\d,"pid":{pid},"event":"worker_ready"', served.log())
+        before_cpu = {pid: cpu_ticks(pid) for pid in workers}
+        before = scrape(served)
+        requests = 1200
+        statuses = asyncio.run(_get_many(served.url + "/health", requests))
+        assert statuses == [200] * requests
+        used = {pid: cpu_ticks(pid) - before_cpu[pid] for pid in workers}
+        total = sum(used.values())
+        # Both processes did a real share of the work (an idle worker uses next to no CPU).
+        assert all(ticks >= max(3, total * 0.1) for ticks in used.values()), used
+
+        after = scrape(served)
+        counted = sample(after, "mssql_mcp_http_requests_total", HEALTH_2XX)
+        counted_before = sample(before, "mssql_mcp_http_requests_total", HEALTH_2XX) if HEALTH_2XX in before else 0
+        assert counted - counted_before == requests
+        assert (
+            sample(after, "mssql_mcp_http_request_duration_seconds_count", 'method="GET",route="/health"') >= requests
+        )
+        # Gauges: one pool per worker, summed; the database is up in every live worker.
+        assert sample(after, "mssql_mcp_pool_size") == 2 * 2
+        served.wait_for(lambda: sample(scrape(served), "mssql_mcp_database_up") == 1, 5, "database_up in both")
+        assert sample(after, "mssql_mcp_build_info", 'version="1.0.0"') == 1
+        assert sample(after, "process_resident_memory_bytes") > 0
+        assert after.count("\nmssql_mcp_http_requests_in_flight ") == 1  # one series for the service
+        assert 'pid="' not in after  # counters summed, gauges per their multiprocess mode: no per-pid series
+
+
+def test_a_killed_worker_is_replaced_while_the_other_keeps_answering(
+    tmp_path: Path, demo_db_path: Path, redis_url: str
+) -> None:
+    with serve(tmp_path, demo_db_path, WORKERS="2", REDIS_URL=redis_url) as served:
+        workers = served.workers()
+        victim = workers[0]
+        killed_at = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        statuses = asyncio.run(_get_many(served.url + "/health", 200, concurrency=4))
+        assert statuses == [200] * 200
+        served.wait_for(
+            lambda: len(served.workers()) == 2 and victim not in served.workers(), 5, "a replacement worker"
+        )
+        new_pid = (set(served.workers()) - set(workers)).pop()
+        served.wait_for(lambda: f'"pid":{new_pid},"event":"worker_ready"' in served.log(), 5, "the new worker ready")
+        assert time.monotonic() - killed_at < 5
+        assert re.search(rf'"pid":{victim},"status":"killed by SIGKILL","restart_in_seconds":0\.0', served.log())
+        assert asyncio.run(_get_many(served.url + "/health", 100)) == [200] * 100
+
+
+def test_sighup_rolls_the_workers_under_load_without_a_failed_request_and_sigterm_exits_0(
+    tmp_path: Path, demo_db_path: Path, redis_url: str
+) -> None:
+    with serve(tmp_path, demo_db_path, WORKERS="2", REDIS_URL=redis_url) as served:
+        before = served.workers()
+
+        async def load_through_restart() -> tuple[list[int], list[str]]:
+            statuses: list[int] = []
+            failures: list[str] = []
+            done = asyncio.Event()
+
+            async def client(fresh: bool) -> None:
+                connector = aiohttp.TCPConnector(force_close=fresh)
+                async with aiohttp.ClientSession(connector=connector) as session:
+                    while not done.is_set():
+                        try:
+                            async with session.get(served.url + "/health") as response:
+                                await response.read()
+                                statuses.append(response.status)
+                        except aiohttp.ClientError as exc:
+                            failures.append(repr(exc))
+
+            clients = [asyncio.create_task(client(fresh=i % 2 == 0)) for i in range(8)]
+            await asyncio.sleep(0.5)
+            served.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 60
+            while '"event":"rolling_restart_done"' not in served.log() and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)
+            done.set()
+            await asyncio.gather(*clients)
+            return statuses, failures
+
+        statuses, failures = asyncio.run(load_through_restart())
+        assert '"event":"rolling_restart_done"' in served.log()
+        assert failures == []
+        assert statuses and set(statuses) == {200}, set(statuses)
+        after = served.workers()
+        assert len(after) == 2 and not set(after) & set(before), (before, after)
+
+        started = time.monotonic()
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(timeout=30) == 0
+        assert time.monotonic() - started < 10
+        for pid in after:
+            assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        assert '"event":"workers_stopped"' in served.log()
+
+
+def test_workers_without_redis_is_one_line_and_exit_2(tmp_path: Path, demo_db_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "serve"],
+        cwd=ROOT,
+        env=_env(tmp_path, demo_db_path, free_port(), 0, WORKERS="2"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip()
+        == "configuration error: WORKERS=2: needs REDIS_URL (the workers share sessions through Redis)"
+    )
+
+
+def test_an_invalid_policy_at_start_exits_2_with_its_line(tmp_path: Path, demo_db_path: Path, redis_url: str) -> None:
+    policy = tmp_path / "policy.yml"
+    policy.write_text("roles: [reader]\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "serve"],
+        cwd=ROOT,
+        env=_env(
+            tmp_path, demo_db_path, free_port(), 0, WORKERS="2", REDIS_URL=redis_url, ACCESS_POLICY_FILE=str(policy)
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "configuration error: " in done.stderr and "Traceback" not in done.stderr
+    assert "listening on" not in done.stdout
+
+
+def test_sighup_with_an_invalid_policy_keeps_the_workers_and_a_crashing_restart_backs_off(
+    tmp_path: Path, demo_db_path: Path, redis_url: str
+) -> None:
+    policy = tmp_path / "policy.yml"
+    policy.write_text('roles:\n  reader:\n    tables:\n      allow: ["*"]\n')
+    with serve(tmp_path, demo_db_path, WORKERS="2", REDIS_URL=redis_url, ACCESS_POLICY_FILE=str(policy)) as served:
+        before = served.workers()
+        policy.write_text("roles: [reader]\n")  # invalid from now on: a new worker cannot start
+        served.proc.send_signal(signal.SIGHUP)
+        served.wait_for(lambda: '"event":"rolling_restart_stopped"' in served.log(), 20, "the roll to stop")
+        assert served.workers() == before  # the running workers keep serving with the policy they loaded
+        assert "configuration error: " in served.log()
+        assert asyncio.run(_get_many(served.url + "/health", 50)) == [200] * 50
+
+        # A worker that dies now cannot come back: its restarts back off instead of spinning.
+        os.kill(before[0], signal.SIGKILL)
+        time.sleep(4)
+        delays = [float(d) for d in re.findall(r'"restart_in_seconds":([\d.]+)', served.log())]
+        assert delays[0] == 0.0  # a worker that had been serving comes back at once
+        assert 3 <= len(delays) <= 6, delays  # then 0.5, 1, 2 s...: a handful of tries in 4 s, not hundreds
+        assert delays == sorted(delays) and delays[-1] >= 1.0, delays
+        assert asyncio.run(_get_many(served.url + "/health", 50)) == [200] * 50  # the other worker serves on
+
+        policy.write_text('roles:\n  reader:\n    tables:\n      allow: ["*"]\n')  # fixed: the next try starts
+        served.wait_for(lambda: len(served.workers()) == 2, 20, "the worker back after the fix")
