@@ -136,10 +136,30 @@ def users_main(
         return int(exc.code or 0)
     try:
         with opened_backend(settings) as store:
-            return _run(store, args, stdin, stdout)
+            code = _run(store, args, stdin, stdout)
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if code == 0 and args.action in SIGNS_OUT and settings.redis_url:
+        _broadcast_revocation(settings.redis_url)
+    return code
+
+
+SIGNS_OUT = frozenset({"passwd", "role", "remove"})  # commands that change what a live token may do
+
+
+def _broadcast_revocation(redis_url: str) -> None:
+    """Tell running servers (REDIS_URL) to drop the bearer checks they reuse: the change applies at once
+    instead of within their few seconds of reuse."""
+    import redis
+
+    from ..state.authredis import revocation_message, revocations_channel
+
+    try:
+        with redis.Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0) as client:
+            client.publish(revocations_channel(), revocation_message())
+    except (redis.RedisError, OSError):
+        print("note: Redis is unreachable; running servers apply this within a few seconds", file=sys.stderr)
 
 
 def _run(store: AuthStorage, args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
