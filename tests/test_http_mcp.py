@@ -289,13 +289,13 @@ async def test_session_store_is_bounded_and_expires(aiohttp_client: Any, mcp_tes
     first = await _initialize(client)
     others = [await _initialize(client) for _ in range(3)]
     assert len(sessions) == 3
-    assert sessions.get(first) is None  # the least recently used one made room
-    assert all(sessions.get(s) is not None for s in others)
+    assert await sessions.get(first) is None  # the least recently used one made room
+    assert all([await sessions.get(s) is not None for s in others])
     gauge = test_app.metrics.mcp_sessions_active.labels("streamable_http")
     assert gauge._value.get() == 3
     sessions.idle_seconds = 0.0
     await asyncio.sleep(0.01)
-    assert sessions.sweep() == 3
+    assert await sessions.sweep() == 3
     assert gauge._value.get() == 0
     status, _, _ = await _post(client, {"jsonrpc": "2.0", "id": 1, "method": "ping"}, **{"Mcp-Session-Id": others[0]})
     assert status == 404

@@ -110,39 +110,41 @@ def test_outbox_take_is_bounded_and_keeps_order() -> None:
     assert [json.loads(line)["n"] for line in (first + rest).splitlines()] == list(range(10))
 
 
-def test_sessions_belong_to_their_principal() -> None:
+async def test_sessions_belong_to_their_principal() -> None:
     alice = Principal(subject="u-alice", username="alice", client_id="c1")
     alice_refreshed = Principal(subject="u-alice", username="alice", client_id="c1", scopes=frozenset({"x"}))
     alice_other_client = Principal(subject="u-alice", username="alice", client_id="c2")
     bob = Principal(subject="u-bob", username="bob", client_id="c1")
     store = SessionManager()
-    owned = store.create("sse", "2024-11-05", owner=alice)
-    assert store.get(owned.id, bob) is None and store.get(owned.id, ANONYMOUS) is None
-    assert store.get(owned.id, alice_other_client) is None
-    assert store.get(owned.id, alice_refreshed) is owned and store.get(owned.id, alice) is owned
+    owned = await store.create("sse", "2024-11-05", owner=alice)
+    assert await store.get(owned.id, bob) is None and await store.get(owned.id, ANONYMOUS) is None
+    assert await store.get(owned.id, alice_other_client) is None
+    assert await store.get(owned.id, alice_refreshed) is owned and await store.get(owned.id, alice) is owned
     # Created without a token (testing switches): the first signed-in caller claims it.
-    anonymous = store.create("streamable_http", "2025-11-25", owner=ANONYMOUS)
-    assert store.get(anonymous.id, ANONYMOUS) is anonymous and anonymous.record.owner is None
-    assert store.get(anonymous.id, bob) is anonymous
-    assert store.get(anonymous.id, alice) is None and store.get(anonymous.id, ANONYMOUS) is None
+    anonymous = await store.create("streamable_http", "2025-11-25", owner=ANONYMOUS)
+    assert await store.get(anonymous.id, ANONYMOUS) is anonymous and anonymous.record.owner is None
+    assert await store.get(anonymous.id, bob) is anonymous
+    assert await store.get(anonymous.id, alice) is None and await store.get(anonymous.id, ANONYMOUS) is None
     # A dropped session is remembered for its owner only.
-    store.drop(owned)
-    assert store.get(owned.id, alice) is None
+    await store.drop(owned)
+    assert await store.get(owned.id, alice) is None
     assert store.was_dropped(owned.id, alice_refreshed) and not store.was_dropped(owned.id, bob)
 
 
-def test_session_manager_counts_and_eviction() -> None:
+async def test_session_manager_counts_and_eviction() -> None:
     counts: list[tuple[str, int]] = []
     store = SessionManager(max_sessions=2, idle_seconds=3600, on_count=lambda t, d: counts.append((t, d)))
-    first = store.create("streamable_http", "2025-11-25")
+    first = await store.create("streamable_http", "2025-11-25")
     first.stream = Outbox(_frame)  # an open stream: never evicted
-    second = store.create("sse", "2024-11-05")
-    third = store.create("streamable_http", "2025-06-18")
-    assert store.get(second.id) is None and store.get(first.id) is first and store.get(third.id) is third
+    second = await store.create("sse", "2024-11-05")
+    third = await store.create("streamable_http", "2025-06-18")
+    assert (
+        await store.get(second.id) is None and await store.get(first.id) is first and await store.get(third.id) is third
+    )
     third.stream = Outbox(_frame)
     with pytest.raises(TooManySessions):
-        store.create("streamable_http", "2025-11-25")
-    store.close_all()
+        await store.create("streamable_http", "2025-11-25")
+    await store.close_all()
     assert len(store) == 0 and first.stream.closed
     assert sum(delta for _, delta in counts) == 0
 
@@ -163,7 +165,7 @@ def test_duplicate_tool_names_and_bad_schemas_fail_at_start() -> None:
         )
 
 
-def test_session_records_live_in_a_replaceable_storage() -> None:
+async def test_session_records_live_in_a_replaceable_storage() -> None:
     """The manager keeps only process-local parts (tasks, streams); records come from its SessionStorage,
     so a record another process stored (a shared store) is served here too, and changes are saved back."""
     from app.mcp.session import SessionRecord
@@ -174,16 +176,17 @@ def test_session_records_live_in_a_replaceable_storage() -> None:
             super().__init__()
             self.saved: list[str] = []
 
-        def save(self, record: SessionRecord) -> None:
+        async def save(self, record: SessionRecord) -> bool:
             self.saved.append(record.id)
+            return False
 
     alice = Principal(subject="u-alice", username="alice", client_id="c1")
     storage = CountingStorage()
     manager = SessionManager(storage=storage)
     elsewhere = SessionRecord(id="from-another-node", transport="streamable_http", protocol_version="2025-11-25")
     elsewhere.subscriptions.add("mssql://tables/main/t")
-    storage.add(elsewhere)
-    session = manager.get("from-another-node", alice)
+    await storage.add(elsewhere)
+    session = await manager.get("from-another-node", alice)
     assert session is not None and session.record is elsewhere and session.inflight == {} and session.stream is None
     assert elsewhere.owner is not None and elsewhere.owner.subject == "u-alice"  # claimed, as any anonymous one
     assert manager.subscribed_uris() == {"mssql://tables/main/t"}
@@ -191,10 +194,10 @@ def test_session_records_live_in_a_replaceable_storage() -> None:
     assert manager.notify_subscribers("mssql://tables/main/t", note) == 0  # no stream open in this process
     session.stream = Outbox(_frame)
     assert manager.notify_subscribers("mssql://tables/main/t", note) == 1 and manager.notify_all(note) == 1
-    manager.save(session)
+    await manager.save(session)
     assert storage.saved == ["from-another-node"]
     assert manager.counts_by_state() == {("streamable_http", "active"): 1}
-    manager.remove(session)
+    await manager.remove(session)
     assert len(storage) == 0 and session.stream.closed and manager.subscribed_uris() == set()
 
 

@@ -73,7 +73,7 @@ async def test_active_and_idle_sessions_are_counted_apart(aiohttp_client: Any, m
     assert _open(scraped, "streamable_http") == 3
 
     # Nobody used `first` for longer than the active window: still open, now idle.
-    claude.get(first).record.last_seen = time.monotonic() - 121
+    (await claude.get(first)).record.last_seen = time.monotonic() - 121
     scraped = _scrape(test_app.metrics)
     assert _sessions(scraped, "streamable_http", "active") == 2
     assert _sessions(scraped, "streamable_http", "idle") == 1
@@ -93,27 +93,27 @@ async def test_active_and_idle_sessions_are_counted_apart(aiohttp_client: Any, m
         "/mcp", headers={"Accept": "text/event-stream", "Mcp-Session-Id": second, "MCP-Protocol-Version": "2025-11-25"}
     )
     assert stream.status == 200
-    claude.get(second).record.last_seen = time.monotonic() - 3600
+    (await claude.get(second)).record.last_seen = time.monotonic() - 3600
     scraped = _scrape(test_app.metrics)
     assert _sessions(scraped, "streamable_http", "active") == 3
     assert _sessions(scraped, "streamable_http", "idle") == 0
     stream.close()
 
     # Forgotten sessions leave both counts.
-    claude.close_all()
-    chatgpt.close_all()
+    await claude.close_all()
+    await chatgpt.close_all()
     scraped = _scrape(test_app.metrics)
     assert _sessions(scraped, "streamable_http", "active") == _sessions(scraped, "streamable_http", "idle") == 0
     assert _open(scraped, "streamable_http") == 0
 
 
-def test_counts_by_state_against_the_clock() -> None:
+async def test_counts_by_state_against_the_clock() -> None:
     from app.mcp.transports.sessions import SessionManager
 
     store = SessionManager(idle_seconds=3600, active_seconds=300)
-    fresh = store.create("streamable_http", "2025-11-25")
-    stale = store.create("streamable_http", "2025-11-25")
-    legacy = store.create("sse", "2024-11-05")
+    fresh = await store.create("streamable_http", "2025-11-25")
+    stale = await store.create("streamable_http", "2025-11-25")
+    legacy = await store.create("sse", "2024-11-05")
     now = time.monotonic()
     fresh.record.last_seen = now - 299
     stale.record.last_seen = now - 301
@@ -123,7 +123,7 @@ def test_counts_by_state_against_the_clock() -> None:
         ("streamable_http", "idle"): 1,
         ("sse", "idle"): 1,
     }
-    store.close_all()
+    await store.close_all()
 
 
 async def test_prometheus_sees_active_and_idle_sessions(demo_db_path: Any, tmp_path: Any, prometheus_factory) -> None:
@@ -175,7 +175,7 @@ async def test_prometheus_sees_active_and_idle_sessions(demo_db_path: Any, tmp_p
                     assert response.status == 200, await response.text()
                     session_ids.append(response.headers["Mcp-Session-Id"])
         claude_sessions = app[keys.MCP_ENDPOINTS][""].sessions
-        claude_sessions.get(session_ids[0]).record.last_seen -= settings.session_active_seconds + 1  # abandoned
+        (await claude_sessions.get(session_ids[0])).record.last_seen -= settings.session_active_seconds + 1  # abandoned
 
         prometheus = await prometheus_factory(
             {

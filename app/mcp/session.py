@@ -1,9 +1,10 @@
 """What the protocol knows about a handshake-era MCP session (Streamable HTTP `Mcp-Session-Id` or legacy
 HTTP+SSE): its record, who owns it, and how the protocol reaches every open session.
 
-The record is what a session store must hold, and all a shared store (issue 11) would need to share: id,
-owner, negotiated version, client capabilities, log level, subscriptions. What lives only in this process
-(running calls, the stream and its outbox) belongs to the transports (`app.mcp.transports.sessions`).
+The record is what a session store holds, and all a shared store (Redis, issue 11) shares: id, owner,
+negotiated version, client capabilities, log level, subscriptions, and which worker holds its open stream.
+What lives only in this process (running calls, the stream and its outbox) belongs to the transports
+(`app.mcp.transports.sessions`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import orjson
 
 from ..core import Principal
 
@@ -49,6 +52,56 @@ class SessionRecord:
     subscriptions: set[str] = field(default_factory=set)  # resources/subscribe URIs
     # Set from the principal that created the session; None while only anonymous callers used it.
     owner: SessionOwner | None = None
+    # The worker (RedisState.worker_id) holding this session's open stream, so other workers relay to it.
+    stream_worker: str | None = None
+    # The JSON a shared store last held for this record: an unchanged record is not written back.
+    stored: bytes | None = field(default=None, repr=False, compare=False)
+
+    def to_json(self) -> bytes:
+        """The shared part as JSON. Times are left out: they are this process's monotonic clock, and a
+        shared store keeps last use itself (key TTL, an index by last use)."""
+        return orjson.dumps(
+            {
+                "id": self.id,
+                "transport": self.transport,
+                "protocol_version": self.protocol_version,
+                "client_info": self.client_info,
+                "client_capabilities": self.client_capabilities,
+                "initialized": self.initialized,
+                "log_level": self.log_level,
+                "subscriptions": sorted(self.subscriptions),
+                "owner": [self.owner.subject, self.owner.client_id] if self.owner is not None else None,
+                "stream_worker": self.stream_worker,
+            }
+        )
+
+    def update_from(self, other: SessionRecord) -> None:
+        """Take another copy's state (a shared store's newer one), keeping this object (calls hold it)."""
+        for name in SHARED_FIELDS:
+            setattr(self, name, getattr(other, name))
+        self.last_seen, self.stored = other.last_seen, other.stored
+
+    @classmethod
+    def from_json(cls, data: bytes | str, *, last_seen: float | None = None) -> SessionRecord:
+        """A record from `to_json` (last used now unless `last_seen` says otherwise)."""
+        fields = orjson.loads(data)
+        owner = fields.get("owner")
+        now = time.monotonic()
+        return cls(
+            id=str(fields["id"]),
+            transport=str(fields["transport"]),
+            protocol_version=str(fields["protocol_version"]),
+            created=now,
+            last_seen=now if last_seen is None else last_seen,
+            client_info=dict(fields.get("client_info") or {}),
+            client_capabilities=dict(fields.get("client_capabilities") or {}),
+            initialized=bool(fields.get("initialized")),
+            log_level=fields.get("log_level"),
+            subscriptions=set(fields.get("subscriptions") or ()),
+            owner=SessionOwner(str(owner[0]), owner[1]) if owner else None,
+            stream_worker=fields.get("stream_worker"),
+            stored=data if isinstance(data, bytes) else data.encode(),
+        )
 
     def admits(self, principal: Principal) -> bool:
         """Whether `principal` may use this session; the first signed-in user claims an anonymous one.
@@ -62,6 +115,19 @@ class SessionRecord:
                 self.owner = caller
             return True
         return caller == self.owner
+
+
+SHARED_FIELDS = (
+    "transport",
+    "protocol_version",
+    "client_info",
+    "client_capabilities",
+    "initialized",
+    "log_level",
+    "subscriptions",
+    "owner",
+    "stream_worker",
+)
 
 
 class TooManySessions(Exception):

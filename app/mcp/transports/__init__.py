@@ -15,15 +15,22 @@ Routes never include ENVIRONMENT_PATH: the proxy strips it; public URLs add it b
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from ... import keys
 from ...cors import allow_cors, credentialed
+from ...state.redisstate import RedisUnavailable
+from ...state.sessions import RedisSessionStorage
 from ..server import McpServer
-from .common import OriginPolicy
-from .sessions import SessionManager
+from .common import OriginPolicy, http_error
+from .relay import Relay
+from .sessions import SessionManager, SessionStorage
 from .sse import LegacySse
 from .streamable import StreamableHttp
 
@@ -49,11 +56,22 @@ def add_mcp_routes(app: web.Application, prefix: str, server: McpServer) -> McpE
         if metrics is not None:
             metrics.mcp_sessions_active.labels(transport).inc(delta)
 
+    # REDIS_URL: session records in Redis and a relay to the other workers, so any worker serves any
+    # session; otherwise both stay in this process, exactly as with one worker.
+    redis = app.get(keys.REDIS)
+    storage: SessionStorage | None = None
+    relay: Relay | None = None
+    if redis is not None:
+        scope = prefix.strip("/") or "mcp"
+        storage = RedisSessionStorage(redis, scope, idle_seconds=settings.session_idle_seconds)
+        relay = Relay(redis, scope)
     sessions = SessionManager(
         max_sessions=settings.max_sessions,
         idle_seconds=settings.session_idle_seconds,
         active_seconds=settings.session_active_seconds,
         on_count=count_session,
+        storage=storage,
+        relay=relay,
     )
     server.attach_sessions(sessions)  # resources notifications reach this prefix's open sessions
     if metrics is not None:
@@ -62,7 +80,9 @@ def add_mcp_routes(app: web.Application, prefix: str, server: McpServer) -> McpE
     streamable = StreamableHttp(server, sessions, settings, origins)
     legacy = LegacySse(server, sessions, settings, origins, prefix)
     mcp_path, sse_path, messages_path = f"{prefix}/mcp", f"{prefix}/sse", f"{prefix}/messages"
+    guard = _refused_while_redis_is_down if redis is not None else _as_is
 
+    @guard
     async def post_sse(request: web.Request) -> web.StreamResponse:
         # The seed accepted Streamable HTTP on /sse; clients that append ?session_id= mean legacy messages.
         if "session_id" in request.query or "sessionId" in request.query:
@@ -77,21 +97,48 @@ def add_mcp_routes(app: web.Application, prefix: str, server: McpServer) -> McpE
 
     # Browser-based MCP clients need CORS on every answer, errors and 401s included; only allowed Origins.
     cors = credentialed(origins.allowed)
-    app.router.add_post(mcp_path, streamable.post)
-    app.router.add_get(mcp_path, streamable.get, allow_head=False)
+    app.router.add_post(mcp_path, guard(streamable.post))
+    app.router.add_get(mcp_path, guard(streamable.get), allow_head=False)
     app.router.add_route("HEAD", mcp_path, head_mcp)
-    app.router.add_delete(mcp_path, streamable.delete)
+    app.router.add_delete(mcp_path, guard(streamable.delete))
     allow_cors(app, mcp_path, cors, methods="GET, POST, DELETE, OPTIONS")
-    app.router.add_get(sse_path, legacy.stream, allow_head=False)
+    app.router.add_get(sse_path, guard(legacy.stream), allow_head=False)
     app.router.add_route("HEAD", sse_path, legacy.head)
     app.router.add_post(sse_path, post_sse)
     allow_cors(app, sse_path, cors, methods="GET, POST, HEAD, OPTIONS")
-    app.router.add_post(messages_path, legacy.message)
+    app.router.add_post(messages_path, guard(legacy.message))
     allow_cors(app, messages_path, cors, methods="POST, OPTIONS")
 
     async def close_sessions(_app: web.Application) -> None:
         # Before aiohttp waits for handlers: ends open SSE streams so shutdown is not held up.
-        sessions.close_all()
+        await sessions.close_all()
 
     app.on_shutdown.append(close_sessions)
+    if redis is not None:
+
+        async def maintain(_app: web.Application) -> AsyncIterator[None]:
+            # Shared records expire in Redis; this keeps the ones in use here alive and the gauge current.
+            task = asyncio.get_running_loop().create_task(sessions.maintain_forever())
+            yield
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        app.cleanup_ctx.append(maintain)
     return McpEndpoints(prefix, server, sessions, streamable, legacy)
+
+
+def _as_is(handler: Handler) -> Handler:
+    return handler
+
+
+def _refused_while_redis_is_down(handler: Handler) -> Handler:
+    """Shared sessions cannot be created or found while Redis is down: a clear 503, never a hang."""
+
+    async def refused_while_redis_is_down(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except RedisUnavailable as exc:
+            return http_error(503, str(exc), headers={"Retry-After": "1"})
+
+    return refused_while_redis_is_down

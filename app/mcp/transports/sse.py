@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
 
+from ...core import Principal
 from ...settings import Settings
+from ...state.redisstate import RedisUnavailable
 from ...urls import base_url
 from ..jsonrpc import INVALID_REQUEST, JsonRpcError, Message, loads, parse_message
 from ..server import BATCH_VERSIONS, CallEnv, McpServer
@@ -30,6 +34,7 @@ from .common import (
     too_large,
 )
 from .outbox import Outbox
+from .relay import principal_fields, principal_from
 from .sessions import Session, SessionManager
 
 log = structlog.get_logger(__name__)
@@ -48,6 +53,10 @@ class LegacySse:
         self.max_body = settings.max_request_bytes
         self.keepalive_seconds = 15.0
         self.poll_seconds = 1.0  # how often an idle stream checks whether its client is still there
+        self._relayed_tasks: set[asyncio.Task[None]] = set()
+        if sessions.relay is not None:
+            # A POST for one of this worker's streams arrived at another worker, which checked it.
+            sessions.relay.on("messages", self._relayed)
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         """GET {prefix}/sse: open the event stream and announce where to POST messages."""
@@ -58,18 +67,22 @@ class LegacySse:
             return http_error(406, "Not Acceptable: the SSE endpoint needs Accept: text/event-stream")
         principal = await authenticate(request, [])
         try:
-            session = self.sessions.create(TRANSPORT, "2024-11-05", owner=principal)
+            await self.sessions.make_room()
         except TooManySessions:
             log.warning("mcp_sessions_exhausted", max_sessions=self.sessions.max_sessions)
             return http_error(503, "Too many open MCP sessions; retry later", headers={"Retry-After": "5"})
+        session = self.sessions.new(TRANSPORT, "2024-11-05", owner=principal)
+        session.record.stream_worker = self.sessions.worker_id  # POSTs on other workers are relayed here
 
         def drop_stream(outbox: Outbox) -> None:
             # The client stopped reading: end the session (its running calls too) rather than queue more.
             note_stream_dropped(self.server, TRANSPORT, "events", outbox)
-            self.sessions.drop(session)
+            self.sessions.mark_dropped(session)  # its POSTs get 410 from now on; removed below
+            session.close()
             abort_connection(request)
 
         outbox = session.stream = new_outbox(self.settings, drop_stream)
+        await self.sessions.add(session)  # Redis down: RedisUnavailable, answered 503 (add_mcp_routes)
         # Path-absolute, so it resolves against the origin the client connected to, and includes the
         # public path prefix (ENVIRONMENT_PATH) when the service is published under one.
         public_path = urlsplit(base_url(request)).path.rstrip("/")
@@ -82,7 +95,9 @@ class LegacySse:
         except ConnectionResetError:
             pass
         finally:
-            self.sessions.remove(session)  # the stream is the session: cancel anything still running
+            # The stream is the session: cancel anything still running. Redis down: its record expires.
+            with contextlib.suppress(RedisUnavailable):
+                await self.sessions.remove(session)
         return response if response is not None else web.Response(status=499)
 
     async def message(self, request: web.Request) -> web.Response:
@@ -108,8 +123,11 @@ class LegacySse:
         principal = await authenticate(request, [m.method for m in messages if m.kind != "response"])
         if not session_id:
             return http_error(400, "Bad Request: the session_id query parameter is required")
-        session = self.sessions.get(session_id, principal)  # another user's session: None, as unknown
-        if session is None or session.record.transport != TRANSPORT or session.stream is None or session.stream.closed:
+        session = await self.sessions.get(session_id, principal)  # another user's session: None, as unknown
+        streaming_here = session is not None and session.stream is not None and not session.stream.closed
+        worker = session.record.stream_worker if session is not None else None
+        streaming_elsewhere = worker is not None and worker != self.sessions.worker_id
+        if session is None or session.record.transport != TRANSPORT or not (streaming_here or streaming_elsewhere):
             if self.sessions.was_dropped(session_id, principal):
                 return http_error(
                     410,
@@ -121,6 +139,39 @@ class LegacySse:
         if isinstance(payload, list) and version not in BATCH_VERSIONS:
             return http_error(400, f"Invalid request: JSON-RPC batches are not supported in protocol version {version}")
         url = base_url(request)
+        if not streaming_here and worker is not None and self.sessions.relay is not None:
+            # Checked here (the session exists, this caller may use it); its stream's worker runs it.
+            await self.sessions.save(session)  # an anonymous session claimed just now
+            delivered = await self.sessions.relay.send(
+                worker, "messages", session=session.id, principal=principal_fields(principal), base_url=url, items=items
+            )
+            if not delivered:  # that worker is gone, and the stream with it
+                await self.sessions.remove(session)
+                return http_error(
+                    404,
+                    "Session not found or expired: its event stream closed (its server stopped); open a new SSE stream",
+                )
+            return web.Response(status=202, text="Accepted")
+        await self._dispatch(session, principal, url, messages)
+        return web.Response(status=202, text="Accepted")
+
+    def _relayed(self, relayed: dict[str, Any]) -> None:
+        session = self.sessions.local(str(relayed.get("session")))
+        if session is None or session.stream is None or session.stream.closed:
+            return  # the stream ended meanwhile; the client's POST was answered 202 already
+        try:
+            messages = [parse_message(item) for item in relayed.get("items") or ()]
+        except JsonRpcError:
+            return  # the worker that took the POST parsed them
+        principal = principal_from(relayed["principal"])
+        task = asyncio.get_running_loop().create_task(
+            self._dispatch(session, principal, str(relayed.get("base_url", "")), messages)
+        )
+        self._relayed_tasks.add(task)
+        task.add_done_callback(self._relayed_tasks.discard)
+
+    async def _dispatch(self, session: Session, principal: Principal, url: str, messages: list[Message]) -> None:
+        """Handle one POST's messages for a session whose stream is on this worker."""
         for message in messages:
             self.server.observe(message)
             env = CallEnv(
@@ -129,7 +180,7 @@ class LegacySse:
                 settings=self.settings,
                 session=session.record,  # opened by the stream: initialize negotiates on it
                 emit=session.send,
-                cancel=session.cancel,
+                cancel=self.sessions.canceller(session),
             )
             if message.kind == "notification":
                 await self.server.handle_notification(message, env)
@@ -137,8 +188,7 @@ class LegacySse:
                 self._start(message, env, session)
             else:  # the client answers a request of ours (sampling, elicitation, roots)
                 self.server.handle_response(message, env)
-        self.sessions.save(session)
-        return web.Response(status=202, text="Accepted")
+        await self.sessions.save_quietly(session)
 
     def _start(self, message: Message, env: CallEnv, session: Session) -> None:
         task = asyncio.get_running_loop().create_task(self._answer(message, env, session))
@@ -159,7 +209,7 @@ class LegacySse:
             task = asyncio.current_task()
             if task is not None:
                 session.untrack(message.id, task)
-            self.sessions.save(session)  # initialize and logging/setLevel change the record
+            await self.sessions.save_quietly(session)  # initialize and logging/setLevel change the record
         session.send(answer)
 
     async def head(self, request: web.Request) -> web.Response:

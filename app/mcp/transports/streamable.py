@@ -112,17 +112,21 @@ class StreamableHttp:
         session: Session | None = None
         initializing = message.kind == "request" and message.method == "initialize"
         if not initializing:
-            session_or_error = self._session(request, principal)
+            session_or_error = await self._session(request, principal)
             if isinstance(session_or_error, web.Response):
                 return session_or_error
             session = session_or_error
         env = self._env(request, principal, session)
         if initializing:
+            try:
+                await self.sessions.make_room()
+            except TooManySessions:
+                return self._exhausted()
 
             def open_session(version: str) -> SessionRecord:
                 nonlocal session
-                session = self.sessions.create(TRANSPORT, version, owner=principal)  # owned before its id is known
-                return session.record
+                session = self.sessions.new(TRANSPORT, version, owner=principal)  # owned before its id is known
+                return session.record  # stored below, once initialize has filled it in
 
             env.open_session = open_session
         try:
@@ -137,18 +141,26 @@ class StreamableHttp:
             try:
                 answer = await self.server.handle_request(message, env)
             except TooManySessions:
-                log.warning("mcp_sessions_exhausted", max_sessions=self.sessions.max_sessions)
-                return http_error(503, "Too many open MCP sessions; retry later", headers={"Retry-After": "5"})
+                return self._exhausted()
+            if initializing and session is not None:
+                await self.sessions.add(session)  # Redis down: RedisUnavailable, answered 503 (add_mcp_routes)
         finally:
-            if session is not None:
-                self.sessions.save(session)
+            if session is not None and not initializing:
+                if message.method == "tools/call":
+                    await self.sessions.save_quietly(session)  # its answer may have gone out already
+                else:
+                    await self.sessions.save(session)
         headers = {SESSION_HEADER: session.id} if initializing and session is not None else None
         return await self._single(request, answer, json_ok, headers=headers)
+
+    def _exhausted(self) -> web.Response:
+        log.warning("mcp_sessions_exhausted", max_sessions=self.sessions.max_sessions)
+        return http_error(503, "Too many open MCP sessions; retry later", headers={"Retry-After": "5"})
 
     def _env(self, request: web.Request, principal: Principal, session: Session | None) -> CallEnv:
         env = CallEnv(principal=principal, base_url=base_url(request), settings=self.settings)
         if session is not None:
-            env.session, env.cancel = session.record, session.cancel
+            env.session, env.cancel = session.record, self.sessions.canceller(session)
         return env
 
     async def _modern(self, request: web.Request, message: Message, json_ok: bool, sse_ok: bool) -> web.StreamResponse:
@@ -184,12 +196,12 @@ class StreamableHttp:
         await response.write_eof()
         return response
 
-    def _session(self, request: web.Request, principal: Principal) -> Session | web.Response:
+    async def _session(self, request: web.Request, principal: Principal) -> Session | web.Response:
         session_id = request.headers.get(SESSION_HEADER)
         if not session_id:
             return http_error(400, f"Bad Request: the {SESSION_HEADER} header is required (send initialize first)")
         # Another user's session is None here, and gets the same 404 as an unknown id.
-        session = self.sessions.get(session_id.strip(), principal)
+        session = await self.sessions.get(session_id.strip(), principal)
         if session is None or session.record.transport != TRANSPORT:
             return http_error(404, "Session not found or expired: send initialize to start a new session")
         return session
@@ -217,7 +229,7 @@ class StreamableHttp:
         if sse_ok:
             env.emit = outbox.put
         elif session is not None:
-            env.emit = session.send  # the session's GET stream, if one is open
+            env.emit = self.sessions.sender(session)  # the session's GET stream, if one is open (any worker)
         task = asyncio.get_running_loop().create_task(self.server.handle_request(message, env))
         task.add_done_callback(lambda _task: outbox.wake())
         request_id = message.id
@@ -312,7 +324,7 @@ class StreamableHttp:
             return http_error(400, "Invalid request: JSON-RPC batches are not allowed in protocol 2026-07-28")
         if not payload:
             return http_error(400, "Invalid request: empty JSON-RPC batch")
-        session_or_error = self._session(request, principal)
+        session_or_error = await self._session(request, principal)
         if isinstance(session_or_error, web.Response):
             return session_or_error
         session = session_or_error
@@ -359,7 +371,7 @@ class StreamableHttp:
                         "error": JsonRpcError(REQUEST_CANCELLED, "Request cancelled by the client").error_object(),
                     }
                 answers.append(result)
-        self.sessions.save(session)
+        await self.sessions.save(session)
         if not answers:
             return web.Response(status=202)
         return json_body(answers)
@@ -377,7 +389,7 @@ class StreamableHttp:
         if not sse_ok:
             return http_error(406, "Not Acceptable: the GET stream needs Accept: text/event-stream")
         principal = await authenticate(request, [])
-        session_or_error = self._session(request, principal)
+        session_or_error = await self._session(request, principal)
         if isinstance(session_or_error, web.Response):
             return session_or_error
         session = session_or_error
@@ -390,6 +402,14 @@ class StreamableHttp:
             abort_connection(request)
 
         outbox = session.stream = new_outbox(self.settings, drop_stream)
+        worker = self.sessions.worker_id
+        if worker is not None:  # shared sessions: notifications from any worker are relayed here
+            session.record.stream_worker = worker
+            try:
+                await self.sessions.save(session)
+            except BaseException:
+                session.stream = None
+                raise
         response = await open_sse(request)
         try:
             await pump_stream(request, response, outbox, keepalive=self.keepalive_seconds, poll=self.poll_seconds)
@@ -398,6 +418,9 @@ class StreamableHttp:
         finally:
             if session.stream is outbox:
                 session.stream = None
+                if worker is not None and session.record.stream_worker == worker:
+                    session.record.stream_worker = None
+                    await self.sessions.save_quietly(session)
         return response
 
     # -- DELETE: end a session --------------------------------------------------------------------
@@ -408,10 +431,10 @@ class StreamableHttp:
         if version in MODERN_VERSIONS and not request.headers.get(SESSION_HEADER):
             return http_error(405, "Method Not Allowed: protocol 2026-07-28 has no sessions", headers={"Allow": "POST"})
         principal = await authenticate(request, [])
-        session_or_error = self._session(request, principal)
+        session_or_error = await self._session(request, principal)
         if isinstance(session_or_error, web.Response):
             return session_or_error
-        self.sessions.remove(session_or_error)
+        await self.sessions.remove(session_or_error)
         log.debug("mcp_session_deleted", transport=TRANSPORT)
         return web.Response(status=204)
 
