@@ -82,10 +82,9 @@ def _run_worker(
     settings: Settings, listener: socket.socket, metrics_listener: socket.socket | None, ready: Callable[[], None]
 ) -> int:
     """One of WORKERS processes (forked by app.workers): its own app and database pool on the inherited socket."""
-    from aiohttp import web
-
     from .obs import METRICS_SOCKET
     from .web import create_app
+    from .workers import run_worker_app
 
     if metrics_listener is None:  # METRICS_PORT is 0, or the supervisor could not bind it (and said so)
         settings = settings.replace(metrics_port=0)
@@ -96,14 +95,8 @@ def _run_worker(
         return 2
     if metrics_listener is not None:
         app[METRICS_SOCKET] = metrics_listener
-    web.run_app(
-        app,
-        loop=_new_event_loop(settings),
-        sock=listener,
-        print=lambda _: ready(),  # tells the supervisor this worker serves
-        access_log=None,
-        handle_signals=True,  # SIGTERM/SIGINT: graceful stop; SIGHUP is the supervisor's (rolling restart)
-    )
+    # SIGTERM/SIGINT: drain, then a graceful stop; SIGHUP is the supervisor's (a rolling restart).
+    run_worker_app(app, listener, _new_event_loop(settings), ready)
     return 0
 
 

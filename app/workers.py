@@ -22,6 +22,7 @@ worker answers a scrape of METRICS_PORT reports the whole service (see app.obs.m
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import os
@@ -35,10 +36,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from aiohttp import hdrs, web
+
 from .settings import Settings
 
 # aiohttp's default: how long a stopping worker lets in-flight requests (and open streams) finish.
 SHUTDOWN_TIMEOUT_SECONDS = 60.0
+# After SIGTERM a worker answers on its open connections with `Connection: close` this long before closing them.
+DRAIN_SECONDS = 1.0
 # A worker that lived less than this after starting counts as crashing at start-up: back off.
 STABLE_SECONDS = 5.0
 BACKOFF_FIRST_SECONDS = 0.5
@@ -343,6 +348,59 @@ class Supervisor:
         elif signum == signal.SIGHUP:
             self.begin_rolling_restart()
         # SIGCHLD: reap() runs after every wake-up anyway
+
+
+async def _serve_until_stopped(app: web.Application, listener: socket.socket, ready: Callable[[], None]) -> None:
+    """run_app's work for a worker, with a drain before aiohttp's graceful shutdown.
+
+    On SIGTERM/SIGINT the worker first stops accepting (the other workers take the new connections from the
+    shared socket), then for DRAIN_SECONDS keeps answering on its open connections with `Connection: close`,
+    so keep-alive clients move to another worker between two requests instead of having an idle connection
+    closed under a request they are sending. Then aiohttp's shutdown: idle connections closed, in-flight
+    requests given up to SHUTDOWN_TIMEOUT_SECONDS.
+    """
+    draining = False
+
+    async def close_after_answer(request: web.BaseRequest, response: web.StreamResponse) -> None:
+        if draining:
+            response.force_close()
+            response.headers[hdrs.CONNECTION] = "close"
+
+    app.on_response_prepare.append(close_after_answer)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
+    await runner.setup()
+    try:
+        site = web.SockSite(runner, listener)
+        await site.start()
+        ready()
+        await stop.wait()
+        await site.stop()
+        draining = True
+        await asyncio.sleep(DRAIN_SECONDS)
+    finally:
+        await runner.cleanup()
+
+
+def run_worker_app(
+    app: web.Application, listener: socket.socket, loop: asyncio.AbstractEventLoop, ready: Callable[[], None]
+) -> None:
+    """Serve `app` on the inherited listener until SIGTERM/SIGINT, then drain and stop (as run_app would)."""
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(_serve_until_stopped(app, listener, ready))
+    finally:
+        pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
 
 
 def serve_workers(

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -195,53 +197,109 @@ def test_a_killed_worker_is_replaced_while_the_other_keeps_answering(
         assert asyncio.run(_get_many(served.url + "/health", 100)) == [200] * 100
 
 
-def test_sighup_rolls_the_workers_under_load_without_a_failed_request_and_sigterm_exits_0(
+MODERN = "2026-07-28"
+META = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": MODERN}
+
+
+def _mcp_call(method: str, params: dict[str, object]) -> tuple[dict[str, str], str]:
+    """A stateless (2026-07-28) MCP request: headers and body; no session to share between workers."""
+    headers = {**MCP_HEADERS, "Content-Type": "application/json", "Mcp-Method": method}
+    if method == "tools/call":
+        headers["Mcp-Name"] = str(params["name"])
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": {**params, "_meta": META}})
+    return headers, body
+
+
+# A read the demo database takes about a second over (SQLite counts a recursive CTE up).
+SLOW_QUERY = (
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 3000000) SELECT count(*) AS n FROM c"
+)
+
+
+def test_sighup_rolls_the_workers_under_load_without_a_failed_request(
     tmp_path: Path, demo_db_path: Path, redis_url: str
 ) -> None:
-    with serve(tmp_path, demo_db_path, WORKERS="2", REDIS_URL=redis_url) as served:
+    with serve(tmp_path, demo_db_path, WORKERS="2", REDIS_URL=redis_url, ALLOW_UNAUTH_METHODS="true") as served:
         before = served.workers()
+        headers, body = _mcp_call("tools/list", {})
 
-        async def load_through_restart() -> tuple[list[int], list[str]]:
-            statuses: list[int] = []
+        async def load_through_restart() -> tuple[int, list[str]]:
+            answered = 0
             failures: list[str] = []
             done = asyncio.Event()
 
-            async def client(fresh: bool) -> None:
+            async def client(fresh: bool, post: bool) -> None:
+                nonlocal answered
                 connector = aiohttp.TCPConnector(force_close=fresh)
                 async with aiohttp.ClientSession(connector=connector) as session:
                     while not done.is_set():
                         try:
-                            async with session.get(served.url + "/health") as response:
-                                await response.read()
-                                statuses.append(response.status)
+                            if post:  # not idempotent: no client retries it on a closed keep-alive connection
+                                request = session.post(served.url + "/mcp", data=body, headers=headers)
+                            else:
+                                request = session.get(served.url + "/health")
+                            async with request as response:
+                                text = await response.text()
+                            if response.status == 200 and (not post or '"tools"' in text):
+                                answered += 1
+                            else:
+                                failures.append(f"{response.status} {text[:200]}")
                         except aiohttp.ClientError as exc:
                             failures.append(repr(exc))
 
-            clients = [asyncio.create_task(client(fresh=i % 2 == 0)) for i in range(8)]
+            clients = [asyncio.create_task(client(fresh=i % 2 == 0, post=i % 4 < 2)) for i in range(8)]
             await asyncio.sleep(0.5)
-            served.proc.send_signal(signal.SIGHUP)
-            deadline = time.monotonic() + 60
-            while '"event":"rolling_restart_done"' not in served.log() and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-            await asyncio.sleep(0.5)
+            for _ in range(2):
+                rolls = served.log().count('"event":"rolling_restart_done"')
+                served.proc.send_signal(signal.SIGHUP)
+                deadline = time.monotonic() + 60
+                while served.log().count('"event":"rolling_restart_done"') == rolls and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
+            await asyncio.sleep(0.3)
             done.set()
             await asyncio.gather(*clients)
-            return statuses, failures
+            return answered, failures
 
-        statuses, failures = asyncio.run(load_through_restart())
-        assert '"event":"rolling_restart_done"' in served.log()
+        answered, failures = asyncio.run(load_through_restart())
+        assert served.log().count('"event":"rolling_restart_done"') == 2
         assert failures == []
-        assert statuses and set(statuses) == {200}, set(statuses)
+        assert answered > 500
         after = served.workers()
         assert len(after) == 2 and not set(after) & set(before), (before, after)
 
+
+def test_sigterm_lets_in_flight_calls_finish_stops_every_worker_and_exits_0(
+    tmp_path: Path, demo_db_path: Path, redis_url: str
+) -> None:
+    extra = {"ALLOW_UNAUTH_METHODS": "true", "ALLOW_UNAUTH_TOOLS_CALL": "true"}
+    with serve(tmp_path, demo_db_path, WORKERS="2", REDIS_URL=redis_url, **extra) as served:
+        workers = served.workers()
+        headers, body = _mcp_call("tools/call", {"name": "execute_sql", "arguments": {"query": SLOW_QUERY}})
+
+        async def calls_across_sigterm() -> list[str]:
+            connector = aiohttp.TCPConnector(force_close=True)
+            async with aiohttp.ClientSession(connector=connector) as session:
+
+                async def call() -> str:
+                    async with session.post(served.url + "/mcp", data=body, headers=headers) as response:
+                        assert response.status == 200
+                        return await response.text()
+
+                calls = [asyncio.create_task(call()) for _ in range(4)]  # two pool connections per worker
+                await asyncio.sleep(0.5)  # every call is running a query now
+                served.proc.send_signal(signal.SIGTERM)
+                return await asyncio.gather(*calls)
+
         started = time.monotonic()
-        served.proc.send_signal(signal.SIGTERM)
+        answers = asyncio.run(calls_across_sigterm())
+        assert all('"rows":[[3000000]]' in answer for answer in answers), answers
         assert served.proc.wait(timeout=30) == 0
-        assert time.monotonic() - started < 10
-        for pid in after:
-            assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        assert time.monotonic() - started < 15
+        assert not any(Path(f"/proc/{pid}").exists() for pid in workers)  # reaped by the supervisor
         assert '"event":"workers_stopped"' in served.log()
+        with pytest.raises(OSError):  # nobody listens any more
+            socket.create_connection(("127.0.0.1", served.port), timeout=1).close()
 
 
 def test_workers_without_redis_is_one_line_and_exit_2(tmp_path: Path, demo_db_path: Path) -> None:
