@@ -370,3 +370,116 @@ async def test_without_redis_the_store_is_the_durable_backend_alone(auth_setting
     assert state.bearer_cache is None and not isinstance(state.store.sync, RedisAuthStorage)
     with contextlib.suppress(KeyError):
         assert app.get(keys.REDIS) is None
+
+
+# -- the Redis store's own rules, directly (SQLite durable store + real Redis, no HTTP) ----------------
+
+
+@pytest.fixture
+async def redis_storage(redis_url: str, tmp_path: Path) -> AsyncIterator[RedisAuthStorage]:
+    from app.auth.store import AuthStore
+    from app.state.authredis import BearerCache
+    from app.state.redisstate import RedisState
+
+    redis_state = RedisState(redis_url)
+    redis_state.subscribe("unused", lambda _data: None)  # a listener, so the bearer cache may answer
+    await redis_state.start()
+    storage = RedisAuthStorage(AuthStore(tmp_path / "auth.db"), redis_state, BearerCache(redis_state)).open()
+    try:
+        yield storage
+    finally:
+        storage.close()
+        await redis_state.close()
+
+
+def _client(client_id: str) -> Any:
+    from app.auth.records import Client
+
+    return Client(client_id, "dcr", "none", (LOOPBACK_CB,), ("authorization_code",), {})
+
+
+def _code(storage: RedisAuthStorage, code_hash: str, client_id: str, user_id: str) -> bool:
+    return storage.create_code(
+        code_hash,
+        client_id=client_id,
+        user_id=user_id,
+        redirect_uri=LOOPBACK_CB,
+        redirect_uri_given=True,
+        code_challenge="c",
+        scope="mcp:read",
+        resources=[],
+        issuer="http://127.0.0.1",
+        ttl=60,
+    )
+
+
+async def test_a_replay_before_the_family_is_attached_still_revokes_it(redis_storage: RedisAuthStorage) -> None:
+    storage = redis_storage
+    storage.save_client(_client("c1"))
+    user = storage.add_user("erin", None, "reader")
+    assert _code(storage, "h1", "c1", user.id)
+    first = storage.consume_code("h1")
+    assert first.code is not None and not first.reused and first.code.resources == ()
+    replay = storage.consume_code("h1")  # the first exchange has not attached its family yet
+    assert replay.code is not None and replay.reused
+    family = storage.create_family(client_id="c1", user_id=user.id, token_version=1, ttl=60)
+    storage.attach_family_to_code("h1", family)  # sees the replay: what it made is revoked at once
+    record = storage.bearer_lookup(user.id, "jti", family)
+    assert record is not None and record.family_revoked_at is not None
+    assert storage.consume_code("missing").code is None
+
+
+async def test_a_client_cut_off_loses_its_unredeemed_codes(redis_storage: RedisAuthStorage) -> None:
+    storage = redis_storage
+    storage.save_client(_client("c2"))
+    user = storage.add_user("frank", None, "reader")
+    assert _code(storage, "h2", "c2", user.id)
+    assert storage.get_client("c2") is not None
+    assert storage.revoke_client("c2", "console") == 0
+    assert storage.consume_code("h2").code is None  # as the SQL stores delete it
+
+
+async def test_a_pending_sign_in_is_used_once_and_found_by_its_upstream_state(
+    redis_storage: RedisAuthStorage,
+) -> None:
+    from app.auth.records import AuthorizationRequest, UpstreamSignIn
+
+    storage = redis_storage
+    params = AuthorizationRequest("c3", LOOPBACK_CB, True, None, "ch", ("mcp:read",), (), "iss", "", "n", "", "h")
+    storage.create_auth_request("r1", "bh", "csrf1", params, 60)
+    pending = storage.get_auth_request("r1")
+    assert pending is not None and pending.params == params and pending.user_id is None
+    storage.update_auth_request("r1", csrf="csrf2", user_id="u1", upstream=UpstreamSignIn("sh", "n", "v", "cb"))
+    found = storage.find_auth_request_by_upstream_state("sh")
+    assert found is not None and found.csrf == "csrf2" and found.user_id == "u1"
+    storage.save_client(_client("c3"))
+    consumed = storage.create_code(
+        "h3",
+        client_id="c3",
+        user_id="u1",
+        redirect_uri=LOOPBACK_CB,
+        redirect_uri_given=True,
+        code_challenge="c",
+        scope="mcp:read",
+        resources=[],
+        issuer="iss",
+        ttl=60,
+        consume_request="r1",
+    )
+    assert consumed and storage.get_auth_request("r1") is None
+    again = storage.create_code(
+        "h4",
+        client_id="c3",
+        user_id="u1",
+        redirect_uri=LOOPBACK_CB,
+        redirect_uri_given=True,
+        code_challenge="c",
+        scope="mcp:read",
+        resources=[],
+        issuer="iss",
+        ttl=60,
+        consume_request="r1",
+    )
+    assert not again  # the pending sign-in was used: a second consent post gets no code
+    client = storage.get_client("c3")
+    assert client is not None and client.last_used_at is not None  # the durable store heard of the use

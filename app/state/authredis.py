@@ -430,9 +430,12 @@ class RedisAuthStorage:
         if revoked >= 0:
             # Its codes not yet redeemed die with it (the SQL stores delete them): consume_code compares.
             now = time.time()
-            self._run(
-                lambda client: client.set(self._key("client-cut", client_id), repr(now), ex=CODE_REPLAY_SECONDS * 2)
-            )
+            try:
+                self._run(
+                    lambda client: client.set(self._key("client-cut", client_id), repr(now), ex=CODE_REPLAY_SECONDS * 2)
+                )
+            except RedisUnavailable:  # the client is cut off durably; a code it holds expires in minutes
+                log.warning("auth.client_codes_not_cut", client_id=client_id)
             self._revoked()
         return revoked
 
