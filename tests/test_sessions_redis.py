@@ -277,3 +277,41 @@ async def test_redis_down_refuses_clearly_and_everything_works_once_it_is_back(
         for node in nodes:
             status, body, _ = await _post(http, node, _call(5, "echo", {"text": "back"}), fresh)
             assert status == 200 and body["result"]["structuredContent"]["echo"] == "back"
+
+
+async def test_limits_expiry_and_the_gauge_hold_across_nodes(nodes: list[Node]) -> None:
+    """MAX_SESSIONS counts every node's sessions, idle records expire in Redis (a session with an open stream
+    does not while its worker keeps it alive), and the gauge reads the shared counts."""
+    a, b, c = nodes
+    for node in nodes:
+        node.sessions.max_sessions = 2
+    ping = {"jsonrpc": "2.0", "id": 6, "method": "ping"}
+    async with aiohttp.ClientSession() as http:
+        first, second = await _initialize(http, a), await _initialize(http, b)
+        await a.sessions.maintain()
+        assert a.sessions.counts_by_state() == {("streamable_http", "active"): 2}
+        third = await _initialize(http, c)  # full: the least recently used one (on another node) made room
+        assert (await _post(http, b, ping, first))[0] == 404
+        assert (await _post(http, a, ping, second))[0] == (await _post(http, a, ping, third))[0] == 200
+
+        # Idle expiry (1 s here): a session nobody uses is forgotten by every node, while one whose event
+        # stream is open on A stays, however long ago its client posted.
+        for node in nodes:
+            node.sessions.storage.idle_ms = 1000  # type: ignore[attr-defined]
+            node.sessions.max_sessions = 10
+        assert (await _post(http, b, ping, third))[0] == 200  # used now: expires 1 s from now
+        async with http.get(a.url + "/sse", headers={"Accept": "text/event-stream"}) as stream:
+            events = _sse_events(stream)
+            _, endpoint = await anext(events)
+            for _ in range(8):  # A's upkeep rounds (every few seconds in production) keep it alive
+                await asyncio.sleep(0.2)
+                await a.sessions.maintain()
+            assert (await _post(http, c, ping, third))[0] == 404
+            async with http.post(
+                b.url + endpoint, data=json.dumps(ping), headers={"Content-Type": "application/json"}
+            ) as response:
+                assert response.status == 202
+            _, data = await anext(events)
+            assert json.loads(data) == {"jsonrpc": "2.0", "id": 6, "result": {}}
+            await c.sessions.maintain()
+            assert c.sessions.counts_by_state() == {("sse", "active"): 1}

@@ -414,6 +414,8 @@ class SessionManager:
     # -- reaching another worker's part of a session ----------------------------------------------------
     def canceller(self, session: Session) -> Callable[[Any], bool]:
         """notifications/cancelled: stop the call here, or wherever it runs (broadcast)."""
+        if self.relay is None:
+            return session.cancel
 
         def cancel(request_id: Any) -> bool:
             if session.cancel(request_id):
@@ -426,6 +428,8 @@ class SessionManager:
 
     def sender(self, session: Session) -> Callable[[dict[str, Any]], bool]:
         """Notifications for the session's stream, relayed when that stream is on another worker."""
+        if self.relay is None:
+            return session.send
 
         def send(message: dict[str, Any]) -> bool:
             if session.send(message):
