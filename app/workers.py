@@ -132,6 +132,9 @@ class Supervisor:
     # --- process handling ----------------------------------------------------------------------------
     def spawn(self, slot: int) -> Worker:
         ready_read, ready_write = os.pipe()
+        # Signals wait until each side has its own handlers: a SIGTERM for a worker that still had the
+        # supervisor's handler would reach the supervisor's wake-up fd and stop the whole service.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED_SIGNALS)
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
@@ -143,6 +146,7 @@ class Supervisor:
                 self.log.debug("worker_error", worker=slot, exc_info=True)
             finally:
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED_SIGNALS)
         os.close(ready_write)
         worker = Worker(slot=slot, pid=pid, ready_fd=ready_read, started=time.monotonic())
         self.workers[pid] = worker
@@ -157,7 +161,7 @@ class Supervisor:
             signal.signal(signum, signal.SIG_DFL)
         # SIGHUP belongs to the supervisor (a rolling restart); one sent to the whole group must not kill us.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED_SIGNALS)
         _die_with_parent()
         if os.getppid() == 1:  # the supervisor died between fork and prctl
             return 0
@@ -220,6 +224,11 @@ class Supervisor:
             self.log.info("worker_stopped", worker=worker.slot, pid=worker.pid, status=reason)
             if self.rolling and self.rolling[0] is worker:
                 self.rolling = None
+            return
+        if self.rolling and self.rolling[0] is worker:
+            # The worker being replaced died first: its replacement is already on the way.
+            self.log.warning("worker_died", worker=worker.slot, pid=worker.pid, status=reason, restart_in_seconds=0.0)
+            self.rolling = None
             return
         if self.rolling and self.rolling[1] is worker:
             # The replacement could not start: keep the running workers (and what they loaded) and stop the roll.

@@ -361,3 +361,58 @@ def test_sighup_with_an_invalid_policy_keeps_the_workers_and_a_crashing_restart_
 
         policy.write_text('roles:\n  reader:\n    tables:\n      allow: ["*"]\n')  # fixed: the next try starts
         served.wait_for(lambda: len(served.workers()) == 2, 20, "the worker back after the fix")
+
+
+def test_workers_die_with_their_supervisor(tmp_path: Path, demo_db_path: Path, redis_url: str) -> None:
+    with serve(tmp_path, demo_db_path, WORKERS="2", REDIS_URL=redis_url) as served:
+        workers = served.workers()
+        os.kill(served.proc.pid, signal.SIGKILL)
+        served.proc.wait(timeout=10)
+        deadline = time.monotonic() + 90  # each worker drains and stops gracefully on the kernel's SIGTERM
+        while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+
+
+def test_one_mcp_session_is_served_by_both_workers(tmp_path: Path, demo_db_path: Path, redis_url: str) -> None:
+    """Sessions live in Redis: each request on a new connection, so both workers take part in one session."""
+    with serve(tmp_path, demo_db_path, WORKERS="2", REDIS_URL=redis_url, ALLOW_UNAUTH_METHODS="true") as served:
+        workers = served.workers()
+        before_cpu = {pid: cpu_ticks(pid) for pid in workers}
+
+        async def session_calls() -> list[str]:
+            headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+            connector = aiohttp.TCPConnector(force_close=True)
+            async with aiohttp.ClientSession(connector=connector) as http:
+                init = {
+                    "jsonrpc": "2.0",
+                    "id": 0,
+                    "method": "initialize",
+                    "params": {
+                        "protocolVersion": "2025-11-25",
+                        "capabilities": {},
+                        "clientInfo": {"name": "t", "version": "1"},
+                    },
+                }
+                async with http.post(served.url + "/mcp", json=init, headers=headers) as response:
+                    assert response.status == 200, await response.text()
+                    session_id = response.headers["Mcp-Session-Id"]
+                headers |= {"Mcp-Session-Id": session_id, "MCP-Protocol-Version": "2025-11-25"}
+                notice = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+                async with http.post(served.url + "/mcp", json=notice, headers=headers) as response:
+                    assert response.status == 202, await response.text()
+
+                async def tools_list(n: int) -> str:
+                    body = {"jsonrpc": "2.0", "id": n, "method": "tools/list"}
+                    async with http.post(served.url + "/mcp", json=body, headers=headers) as response:
+                        return f"{response.status} {await response.text()}"
+
+                answers: list[str] = []
+                for batch in range(10):
+                    answers += await asyncio.gather(*(tools_list(batch * 40 + i) for i in range(1, 41)))
+                return answers
+
+        answers = asyncio.run(session_calls())
+        assert all(answer.startswith("200 ") and '"execute_sql"' in answer for answer in answers), answers[:3]
+        used = {pid: cpu_ticks(pid) - before_cpu[pid] for pid in workers}
+        assert all(ticks >= 2 for ticks in used.values()), used
