@@ -52,21 +52,31 @@ class Node:
 
 
 @pytest.fixture
-async def nodes(redis_url: str, mcp_test_app: Callable[..., Any]) -> AsyncIterator[list[Node]]:
+async def start_nodes(redis_url: str, mcp_test_app: Callable[..., Any]) -> AsyncIterator[Callable[..., Any]]:
+    """Start n nodes serving the default test tools (or `tools`) on one Redis; stopped at teardown."""
     started: list[Node] = []
-    for _ in range(3):
-        test_app = mcp_test_app(redis_url=redis_url, public_base_url=PUBLIC)
-        runner = web.AppRunner(test_app.app, access_log=None, shutdown_timeout=2)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        started.append(Node(f"http://{host}:{port}", test_app.app, runner, test_app))
-    for node in started:
-        assert node.app[keys.REDIS].listening
-    yield started
+
+    async def start(n: int = 3, tools: list[Any] | None = None) -> list[Node]:
+        for _ in range(n):
+            test_app = mcp_test_app(tools, redis_url=redis_url, public_base_url=PUBLIC)
+            runner = web.AppRunner(test_app.app, access_log=None, shutdown_timeout=2)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            host, port = runner.addresses[0][:2]
+            started.append(Node(f"http://{host}:{port}", test_app.app, runner, test_app))
+        for node in started:
+            assert node.app[keys.REDIS].listening
+        return started[-n:]
+
+    yield start
     for node in started:
         await node.runner.cleanup()
+
+
+@pytest.fixture
+async def nodes(start_nodes: Callable[..., Any]) -> list[Node]:
+    return list(await start_nodes())
 
 
 async def _post(
@@ -315,3 +325,35 @@ async def test_limits_expiry_and_the_gauge_hold_across_nodes(nodes: list[Node]) 
             assert json.loads(data) == {"jsonrpc": "2.0", "id": 6, "result": {}}
             await c.sessions.maintain()
             assert c.sessions.counts_by_state() == {("sse", "active"): 1}
+
+
+async def test_the_clients_answer_to_a_question_reaches_the_call_on_another_node(
+    start_nodes: Callable[..., Any],
+) -> None:
+    from app.mcp.tools import InputRequired, Tool
+
+    async def ask(arguments: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        if ctx.input_responses:
+            return {"answer": ctx.input_responses["name"]}
+        question = {"message": "Your name?", "requestedSchema": {"type": "object", "properties": {}}}
+        raise InputRequired({"name": {"method": "elicitation/create", "params": question}})
+
+    tool = Tool("ask", "Ask", "Asks the client a question.", {"type": "object"}, ask)
+    a, b = await start_nodes(2, tools=[tool])
+    initialize = {**INITIALIZE, "params": {**INITIALIZE["params"], "capabilities": {"elicitation": {}}}}
+    async with aiohttp.ClientSession() as http:
+        status, _, headers = await _post(http, a, initialize)
+        assert status == 200
+        session_id = headers["Mcp-Session-Id"]
+        call_headers = {**HEADERS, "Accept": "text/event-stream", "Mcp-Session-Id": session_id}
+        async with http.post(a.url + "/mcp", data=json.dumps(_call(9, "ask", {})), headers=call_headers) as call:
+            events = _sse_events(call)
+            _, data = await anext(events)
+            question = json.loads(data)
+            assert question["method"] == "elicitation/create"
+            answer = {"jsonrpc": "2.0", "id": question["id"], "result": {"action": "accept", "content": {"n": 1}}}
+            assert (await _post(http, b, answer, session_id))[0] == 202  # answered on B, asked on A
+            async with asyncio.timeout(10):
+                _, data = await anext(events)
+            result = json.loads(data)["result"]["structuredContent"]["answer"]
+            assert result["action"] == "accept" and result["content"] == {"n": 1}

@@ -8,7 +8,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from ...core import Principal
+from ...core import ANONYMOUS, Principal
 from ...settings import Settings
 from ...urls import base_url
 from ..jsonrpc import (
@@ -72,6 +72,17 @@ class StreamableHttp:
         self.sse_after_seconds = 5.0
         self.keepalive_seconds = 15.0
         self.poll_seconds = 0.5  # how often a running call checks for a vanished client
+        if sessions.relay is not None:
+            sessions.relay.on("response", self._relayed_response)
+
+    def _relayed_response(self, relayed: dict[str, Any]) -> None:
+        session = self.sessions.local(str(relayed.get("session")))
+        request_id = relayed.get("id")
+        if session is None or not isinstance(request_id, str) or not isinstance(relayed.get("params"), dict):
+            return  # not a session this worker serves, or not an answer to one of our (string) ids
+        message = Message(kind="response", method="", params=relayed["params"], id=request_id)
+        env = CallEnv(principal=ANONYMOUS, base_url="", settings=self.settings, session=session.record)
+        self.server.handle_response(message, env)
 
     # -- POST ----------------------------------------------------------------------------------
     async def post(self, request: web.Request) -> web.StreamResponse:
@@ -134,7 +145,10 @@ class StreamableHttp:
                 await self.server.handle_notification(message, env)
                 return web.Response(status=202)
             if message.kind == "response":  # the client answers a request of ours (sampling, elicitation, roots)
-                self.server.handle_response(message, env)
+                relay = self.sessions.relay
+                if not self.server.handle_response(message, env) and relay is not None and session is not None:
+                    # The call that asked may run on another worker: it takes the answer there.
+                    await relay.broadcast("response", session=session.id, id=message.id, params=message.params)
                 return web.Response(status=202)
             if message.method == "tools/call":
                 return await self._run_call(request, message, env, json_ok, sse_ok, session)
