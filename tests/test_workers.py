@@ -416,3 +416,7 @@ def test_one_mcp_session_is_served_by_both_workers(tmp_path: Path, demo_db_path:
         assert all(answer.startswith("200 ") and '"execute_sql"' in answer for answer in answers), answers[:3]
         used = {pid: cpu_ticks(pid) - before_cpu[pid] for pid in workers}
         assert all(ticks >= 2 for ticks in used.values()), used
+        # One session for the whole service, not one per worker that saw it.
+        assert sample(scrape(served), "mssql_mcp_sessions_active", 'transport="streamable_http"') == 1
+        active = 'state="active",transport="streamable_http"'
+        served.wait_for(lambda: sample(scrape(served), "mssql_mcp_sessions", active) == 1, 20, "the sessions gauge")

@@ -177,12 +177,15 @@ class Metrics:
             "mssql_mcp_sessions splits them by state.",
             ["transport"],
             registry=r,
-            multiprocess_mode="livesum",
+            # WORKERS>1 (sessions in Redis): +1 where a session opens, -1 where it ends, maybe another worker;
+            # a worker that died keeps its share of the sum.
+            multiprocess_mode="sum",
         )
         self.session_states = SessionStateCollector()
         r.register(self.session_states)
-        # With WORKERS>1 each worker counts its own session tables into this gauge (refreshed every second)
-        # and the scrape sums the live workers'; with one process the collector above counts at scrape time.
+        # With WORKERS>1 each worker writes its session counts into this gauge every second. They are the
+        # shared store's totals (WORKERS>1 needs Redis), the same in every worker: the scrape takes the highest
+        # of the live workers'. With one process the collector above counts at scrape time.
         self.session_states_gauge: Gauge | None = None
         if multiprocess_metrics():
             self.session_states_gauge = Gauge(
@@ -190,7 +193,7 @@ class Metrics:
                 SessionStateCollector.HELP,
                 ["transport", "state"],
                 registry=None,
-                multiprocess_mode="livesum",
+                multiprocess_mode="livemax",
             )
         self.mcp_messages = Counter(
             "mssql_mcp_messages_total", "JSON-RPC messages received by method.", ["method"], registry=r
