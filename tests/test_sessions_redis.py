@@ -357,3 +357,25 @@ async def test_the_clients_answer_to_a_question_reaches_the_call_on_another_node
                 _, data = await anext(events)
             result = json.loads(data)["result"]["structuredContent"]["answer"]
             assert result["action"] == "accept" and result["content"] == {"n": 1}
+
+
+async def test_a_dropped_event_stream_is_gone_on_every_node(nodes: list[Node]) -> None:
+    """The 410 for a session whose client stopped reading its stream is answered by every node."""
+    a, b, c = nodes
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(a.url + "/sse", headers={"Accept": "text/event-stream"}) as stream,
+    ):
+        _, endpoint = await anext(_sse_events(stream))
+        session_id = endpoint.split("session_id=", 1)[1]
+        session = a.sessions.local(session_id)
+        assert session is not None and session.stream is not None
+        session.stream._overflow()  # what a full outbox does when its client stopped reading
+        await _eventually(lambda: a.sessions.local(session_id) is None)
+        for node in (b, c):
+            async with http.post(
+                node.url + endpoint, data=json.dumps(ping), headers={"Content-Type": "application/json"}
+            ) as response:
+                assert response.status == 410
+                assert "stopped reading" in (await response.json())["error"]["message"]

@@ -4,6 +4,7 @@ Keys, in the `RedisState` namespace, for one endpoint prefix (`scope`):
 
     session:<scope>:<id>              the record as JSON (SessionRecord.to_json), TTL = SESSION_IDLE_SECONDS
     sessions:<scope>:<transport>      a sorted set of ids by last use (ms since the epoch)
+    dropped:<scope>:<id>              its owner, for a while after its stream was dropped (POSTs get 410)
 
 A use is one round trip: GETEX refreshes the TTL and ZADD XX the index, pipelined. The index gives the
 count for MAX_SESSIONS and the gauge without SCAN (ZCOUNT over the idle window); expired records leave
@@ -15,9 +16,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
 import redis.asyncio
 
-from ..mcp.session import SessionRecord
+from ..mcp.session import SessionOwner, SessionRecord
 from .redisstate import RedisState
 
 TRANSPORTS = ("streamable_http", "sse")
@@ -163,3 +165,15 @@ class RedisSessionStorage:
                 if n:
                     result[(transport, state)] = n
         return result
+
+    async def remember_dropped(self, session_id: str, owner: SessionOwner | None, seconds: float) -> None:
+        data = orjson.dumps([owner.subject, owner.client_id] if owner is not None else None)
+        key = self.redis.key("dropped", self.scope, session_id)
+        await self.redis.run(lambda client: client.set(key, data, px=int(seconds * 1000)))
+
+    async def dropped(self, session_id: str) -> tuple[bool, SessionOwner | None]:
+        data = await self.redis.run(lambda client: client.get(self.redis.key("dropped", self.scope, session_id)))
+        if data is None:
+            return False, None
+        owner = orjson.loads(data)
+        return True, (SessionOwner(str(owner[0]), owner[1]) if owner else None)

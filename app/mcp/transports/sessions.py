@@ -85,6 +85,14 @@ class SharedSessionStorage(SessionStorage, Protocol):
         """{(transport, "active" | "idle"): n}, for the sessions gauge."""
         ...
 
+    async def remember_dropped(self, session_id: str, owner: SessionOwner | None, seconds: float) -> None:
+        """A session whose stream was dropped for not reading: every worker answers its POSTs 410."""
+        ...
+
+    async def dropped(self, session_id: str) -> tuple[bool, SessionOwner | None]:
+        """(dropped recently, its owner)."""
+        ...
+
 
 class InMemorySessionStorage:
     """Records in a dict: one process, and the records are the very objects the protocol changes."""
@@ -296,6 +304,9 @@ class SessionManager:
     async def remove(self, session: Session) -> None:
         self._live.pop(session.id, None)
         session.close()
+        if session.id in self._dropped and isinstance(self.storage, SharedSessionStorage):
+            owner = self._dropped[session.id][0]
+            await self.storage.remember_dropped(session.id, owner, DROPPED_REMEMBER_SECONDS)
         removed = await self.storage.remove(session.id)
         if removed is not None and self._on_count:
             self._on_count(session.record.transport, -1)
@@ -324,6 +335,15 @@ class SessionManager:
         if entry is None or time.monotonic() - entry[1] > DROPPED_REMEMBER_SECONDS:
             return False
         return entry[0] is None or entry[0] == SessionOwner.of(principal)
+
+    async def was_dropped_anywhere(self, session_id: str | None, principal: Principal) -> bool:
+        """was_dropped(), on any worker (a shared store remembers drops too); only asked before a 404."""
+        if self.was_dropped(session_id, principal):
+            return True
+        if not session_id or not isinstance(self.storage, SharedSessionStorage):
+            return False
+        dropped, owner = await self.storage.dropped(session_id)
+        return dropped and (owner is None or owner == SessionOwner.of(principal))
 
     async def sweep(self, now: float | None = None) -> int:
         """Remove expired sessions; how many. A shared store expires records itself (key TTL): then this

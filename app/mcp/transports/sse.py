@@ -128,7 +128,7 @@ class LegacySse:
         worker = session.record.stream_worker if session is not None else None
         streaming_elsewhere = worker is not None and worker != self.sessions.worker_id
         if session is None or session.record.transport != TRANSPORT or not (streaming_here or streaming_elsewhere):
-            if self.sessions.was_dropped(session_id, principal):
+            if await self.sessions.was_dropped_anywhere(session_id, principal):
                 return http_error(
                     410,
                     "Gone: the event stream of this session was dropped because the client "
