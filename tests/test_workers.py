@@ -420,3 +420,23 @@ def test_one_mcp_session_is_served_by_both_workers(tmp_path: Path, demo_db_path:
         assert sample(scrape(served), "mssql_mcp_sessions_active", 'transport="streamable_http"') == 1
         active = 'state="active",transport="streamable_http"'
         served.wait_for(lambda: sample(scrape(served), "mssql_mcp_sessions", active) == 1, 20, "the sessions gauge")
+
+
+def test_a_busy_port_is_the_same_one_line_with_workers(tmp_path: Path, demo_db_path: Path, redis_url: str) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "app", "serve"],
+            cwd=ROOT,
+            env=_env(tmp_path, demo_db_path, port, 0, WORKERS="2", REDIS_URL=redis_url),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"cannot listen on 127.0.0.1:{port}: address already in use (is another server using it? set HOST and PORT)"
+    )
+    assert "listening on" not in done.stdout
