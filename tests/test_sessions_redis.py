@@ -379,3 +379,31 @@ async def test_a_dropped_event_stream_is_gone_on_every_node(nodes: list[Node]) -
             ) as response:
                 assert response.status == 410
                 assert "stopped reading" in (await response.json())["error"]["message"]
+
+
+async def test_a_call_on_a_shared_session_costs_one_redis_round_trip(nodes: list[Node]) -> None:
+    a, b, _ = nodes
+    redis_state = b.app[keys.REDIS]
+    trips: list[str] = []
+    run = redis_state.run
+
+    async def counted(command: Any) -> Any:
+        trips.append("run")
+        return await run(command)
+
+    async def no_upkeep() -> None:
+        return None
+
+    b.sessions.maintain = no_upkeep  # type: ignore[method-assign]  # only the calls' own trips are counted
+    async with aiohttp.ClientSession() as http:
+        session_id = await _initialize(http, a)
+        redis_state.run = counted  # type: ignore[method-assign]
+        try:
+            for n in range(5):
+                status, body, _ = await _post(http, b, _call(n, "echo", {"text": "x"}), session_id)
+                assert status == 200 and body["result"]["structuredContent"]["echo"] == "x"
+            status, _, _ = await _post(http, b, {"jsonrpc": "2.0", "id": 9, "method": "tools/list"}, session_id)
+            assert status == 200
+        finally:
+            redis_state.run = run  # type: ignore[method-assign]
+    assert len(trips) == 6  # GETEX + index touch, pipelined; an unchanged record is not written back

@@ -6,9 +6,16 @@ table: a transport looks the session up here, hands its record to the protocol w
 protocol reaches open sessions (resources/list_changed, resources/updated) through `SessionNotifier`,
 which the manager implements.
 
-Storage sits behind `SessionStorage` (records only, see `app.mcp.session.SessionRecord`), so a shared
-store can replace the in-memory one; what cannot leave this process (asyncio tasks, outboxes) stays in
-the manager's `Session` objects.
+Storage sits behind `SessionStorage` (records only, see `app.mcp.session.SessionRecord`): in this process
+by default, or in Redis with REDIS_URL (`app.state.sessions.RedisSessionStorage`), so any worker serves
+any session. What cannot leave a process (asyncio tasks, outboxes) stays in the manager's `Session`
+objects, and the `Relay` reaches it from other workers: a legacy SSE POST goes to the worker holding the
+event stream, cancel and close are broadcast, a changed record and notifications for a session go to the
+worker holding its GET stream, and a client's answer to a server question goes to every worker.
+
+Known limit of the shared store: a record is written whole, so two workers changing the same session at
+the same moment (a subscribe on one, a setLevel on another) keep the later write only. Clients change a
+session rarely and one message at a time, so this is accepted rather than paid for with a hash per field.
 """
 
 from __future__ import annotations
