@@ -2,7 +2,9 @@
 
 N workers share one aiohttp connector (one keep-alive connection each). Every worker behaves like an MCP
 client: `initialize` (+ `notifications/initialized`, keeping `Mcp-Session-Id` when the server hands one
-out), then back-to-back `tools/call` POSTs until the run ends. Each answer is checked: HTTP 200, a JSON-RPC
+out), then back-to-back `tools/call` POSTs until the run ends. `--mcp-mode stateless` speaks the 2026-07-28
+envelope instead (no session: every request carries its `_meta` and the mirrored `Mcp-Method`/`Mcp-Name`
+headers), which any worker or node answers without shared session state. Each answer is checked: HTTP 200, a JSON-RPC
 result for our id (JSON body or an SSE stream), `isError` not set, and non-empty content; anything else is
 counted as an error, never as a call. Calls that start during the warm-up or finish after the measured
 window are not counted. Prints one JSON object on stdout.
@@ -24,7 +26,17 @@ import aiohttp
 from yarl import URL
 
 PROTOCOL_VERSION = "2025-11-25"
+STATELESS_VERSION = "2026-07-28"  # the per-request envelope: no initialize, no Mcp-Session-Id
 ACCEPT = "application/json, text/event-stream"
+MCP_MODES = ("session", "stateless")
+# The envelope's _meta, the same on every request of a stateless client.
+STATELESS_META = {
+    "io.modelcontextprotocol/protocolVersion": STATELESS_VERSION,
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "mcp-bench", "version": "1.0"},
+}
+# Request params key each 2026-07-28 method mirrors into the Mcp-Name header.
+NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 
 
 class CallFailed(Exception):
@@ -70,23 +82,40 @@ def _result_for(request_id: int, messages: list[dict[str, Any]]) -> dict[str, An
     raise CallFailed(f"no response for id {request_id} in {len(messages)} message(s)")
 
 
+def stateless_request(request_id: int, method: str, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """A 2026-07-28 request: the JSON-RPC message with its `_meta`, and the headers that mirror it."""
+    headers = {"MCP-Protocol-Version": STATELESS_VERSION, "Mcp-Method": method}
+    if (key := NAME_BEARING.get(method)) and isinstance(params.get(key), str):
+        headers["Mcp-Name"] = params[key]
+    message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": {**params, "_meta": STATELESS_META}}
+    return message, headers
+
+
 class Client:
     """One MCP client: its own session id (if any) and request ids, sharing the HTTP connector."""
 
-    def __init__(self, http: aiohttp.ClientSession, url: str) -> None:
+    def __init__(self, http: aiohttp.ClientSession, url: str, mcp_mode: str = "session") -> None:
         self.http = http
         self.url = url
+        self.stateless = mcp_mode == "stateless"
         self.headers = {"Accept": ACCEPT, "Content-Type": "application/json"}
         self.next_id = 0
 
-    async def post(self, payload: dict[str, Any]) -> tuple[aiohttp.ClientResponse, bytes]:
-        async with self.http.post(self.url, data=json.dumps(payload).encode(), headers=self.headers) as resp:
+    async def post(
+        self, payload: dict[str, Any], extra_headers: dict[str, str] | None = None
+    ) -> tuple[aiohttp.ClientResponse, bytes]:
+        headers = {**self.headers, **extra_headers} if extra_headers else self.headers
+        async with self.http.post(self.url, data=json.dumps(payload).encode(), headers=headers) as resp:
             return resp, await resp.read()
 
     async def request(self, method: str, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
         self.next_id += 1
         request_id = self.next_id
-        resp, body = await self.post({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+        if self.stateless:
+            message, extra = stateless_request(request_id, method, params)
+            resp, body = await self.post(message, extra)
+        else:
+            resp, body = await self.post({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
         if resp.status != 200:
             raise CallFailed(f"HTTP {resp.status}: {body[:200]!r}")
         result = _result_for(request_id, _messages(body, resp.headers.get("Content-Type", "")))
@@ -95,6 +124,11 @@ class Client:
         return result, len(body)
 
     async def initialize(self) -> dict[str, Any]:
+        if self.stateless:  # no handshake: discover checks the server speaks the envelope
+            result, _ = await self.request("server/discover", {})
+            if STATELESS_VERSION not in result.get("supportedVersions", ()):
+                raise CallFailed(f"server does not support {STATELESS_VERSION}: {result.get('supportedVersions')}")
+            return {**result, "protocolVersion": STATELESS_VERSION}
         result, _ = await self.request(
             "initialize",
             {
@@ -146,11 +180,19 @@ def _percentile(ordered: list[float], q: float) -> float:
 
 
 async def run(
-    url: str, tool: str, arguments: dict[str, Any], concurrency: int, duration: float, warmup: float, timeout: float
+    urls: list[str],
+    tool: str,
+    arguments: dict[str, Any],
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    timeout: float,
+    mcp_mode: str = "session",
 ) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as http:
-        clients = [Client(http, url) for _ in range(concurrency)]
+        # Several URLs (nodes without a balancer): the clients are spread over them in turn.
+        clients = [Client(http, urls[i % len(urls)], mcp_mode) for i in range(concurrency)]
         init = await asyncio.gather(*(c.initialize() for c in clients))
         stats = Stats()
         cpu0 = time.process_time()
@@ -161,12 +203,13 @@ async def run(
     ordered = sorted(stats.latencies)
     calls = len(ordered)
     return {
-        "url": url,
+        "url": urls[0] if len(urls) == 1 else urls,
         "tool": tool,
         "arguments": arguments,
         "concurrency": concurrency,
         "duration_s": duration,
         "warmup_s": warmup,
+        "mcp_mode": mcp_mode,
         "server": init[0].get("serverInfo", {}),
         "protocol_version": init[0].get("protocolVersion"),
         "session_ids": any("Mcp-Session-Id" in c.headers for c in clients),
@@ -188,7 +231,13 @@ async def run(
 def load_arguments(description: str) -> argparse.ArgumentParser:
     """The command line every load generator here shares (load.py and wrk_load.py)."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--url", required=True, help="Streamable HTTP endpoint, e.g. http://127.0.0.1:8101/mcp")
+    parser.add_argument(
+        "--url",
+        action="append",
+        required=True,
+        help="Streamable HTTP endpoint, e.g. http://127.0.0.1:8101/mcp; repeat it to split the connections "
+        "evenly over several endpoints (nodes without a balancer)",
+    )
     parser.add_argument("--tool", default="execute_sql")
     parser.add_argument("--arg-name", default="query", help="the tool argument carrying the SQL (DBHub: sql)")
     parser.add_argument("--query", required=True)
@@ -196,14 +245,23 @@ def load_arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds")
+    parser.add_argument(
+        "--mcp-mode",
+        choices=MCP_MODES,
+        default="session",
+        help="session: initialize and keep Mcp-Session-Id (handshake era); stateless: the 2026-07-28 envelope",
+    )
     return parser
 
 
 def parse_load_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
-    host = URL(args.url).host or ""
-    if not (host.startswith("127.") or host in {"localhost", "::1", "[::1]"}):
-        parser.error("only loopback targets are allowed")  # load is only ever sent to this machine
+    for url in args.url:
+        host = URL(url).host or ""
+        if not (host.startswith("127.") or host in {"localhost", "::1", "[::1]"}):
+            parser.error("only loopback targets are allowed")  # load is only ever sent to this machine
+    if args.concurrency < len(args.url):
+        parser.error("--concurrency must be at least the number of --url endpoints")
     return args
 
 
@@ -211,7 +269,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_load_arguments(load_arguments(__doc__.splitlines()[0]), argv)
     report = asyncio.run(
         run(
-            args.url, args.tool, {args.arg_name: args.query}, args.concurrency, args.duration, args.warmup, args.timeout
+            args.url,
+            args.tool,
+            {args.arg_name: args.query},
+            args.concurrency,
+            args.duration,
+            args.warmup,
+            args.timeout,
+            args.mcp_mode,
         )
     )
     json.dump(report, sys.stdout)

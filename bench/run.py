@@ -1,12 +1,14 @@
 """Side-by-side load benchmark of MCP `tools/call` on the demo SQLite database.
 
-Starts each server in turn on a loopback port (ours, a minimal official-SDK server, DBHub), all reading the
-same database file, drives it with `bench/load.py` (a separate process) at each concurrency for each query,
-samples the server's CPU and resident memory while it runs, and writes `bench/RESULTS.md` and
-`bench/results.json`. Only loopback traffic; every process it starts is stopped before it exits.
+Starts each server in turn on a loopback port (ours in several deployments: one process, WORKERS=2 and 4,
+one and two nodes behind nginx; a minimal official-SDK server; DBHub), all reading the same database file,
+drives it with `bench/wrk_load.py` (wrk; or `bench/load.py`) at each concurrency for each query, samples the
+server's CPU and resident memory while it runs, and writes `bench/RESULTS.md` and `bench/results.json`.
+Only loopback traffic; every process it starts (redis-server and nginx included) is stopped before it exits.
 
     .venv/bin/python bench/run.py                     # what `make bench` runs
     .venv/bin/python bench/run.py --servers sdk,dbhub --duration 5 --rounds 1
+    .venv/bin/python bench/run.py --servers ours,ours-w2,ours-n2 --duration 3 --rounds 1   # scaling only
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -27,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,11 +50,17 @@ PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 import profiling  # noqa: E402
-from load import Client  # noqa: E402  (bench/ is not a package: load.py is also run as a script)
+from load import CallFailed, Client  # noqa: E402  (bench/ is not a package: load.py is also run as a script)
+from topology import RedisServer, Topology, parse_variant, start_nginx, stop_process_group  # noqa: E402
 
 MAX_LOOP_LAG_MS = 10.0  # issue 10: the event loop is never blocked longer than this during the benchmark
 MAX_RSS_GROWTH = 0.10  # issue 10: RSS after 100,000 calls within 10% of RSS after the first 1,000
-TARGET_VS_DBHUB = 1.3  # issue 10: one process at least 1.3x DBHub (WORKERS=2: 2x, once workers exist)
+TARGET_VS_DBHUB = 1.3  # issue 10: one process at least 1.3x DBHub
+TARGET_WORKERS2_VS_DBHUB = 2.0  # issue 10: WORKERS=2 at least 2x DBHub, each with a lower p99
+# Issue 10's cells for the WORKERS=2 target: SELECT 1 at c=8 and c=32, the join at c=32.
+WORKERS2_TARGET_CELLS = (("select1", 8), ("select1", 32), ("recent_orders", 32))
+# What `make bench` measures: our default, the scaling deployments (bench/topology.py), then the peers.
+DEFAULT_SERVERS = ["ours", "ours-w2", "ours-w4", "ours-n1", "ours-n2", "sdk", "dbhub"]
 
 QUERIES: dict[str, str] = {
     "select1": "SELECT 1",
@@ -82,6 +91,7 @@ class ServerSpec:
     arg_name: str  # the execute_sql argument carrying the SQL
     command: Callable[[int, Path], list[str]]
     env: Callable[[int, Path, Path], dict[str, str]] = lambda port, db, tmp: {}
+    topology: Topology | None = None  # ours only: workers, nodes, balancer, Redis
 
 
 BENCH_METRICS_TOKEN = "bench-metrics-token"
@@ -134,7 +144,12 @@ def _dbhub_env(port: int, db: Path, tmp: Path) -> dict[str, str]:
 
 SERVERS: dict[str, ServerSpec] = {
     "ours": ServerSpec(
-        "ours", "ours (aiohttp)", "query", lambda port, db: [str(VENV_BIN / "mssql-mcp"), "serve"], _ours_env
+        "ours",
+        "ours (aiohttp)",
+        "query",
+        lambda port, db: [str(VENV_BIN / "mssql-mcp"), "serve"],
+        _ours_env,
+        Topology(),
     ),
     "sdk": ServerSpec(
         "sdk",
@@ -161,6 +176,22 @@ SERVERS: dict[str, ServerSpec] = {
         _dbhub_env,
     ),
 }
+
+
+def spec_for(key: str) -> ServerSpec:
+    """The server a --servers key names: a peer, or ours in a deployment of bench/topology.py."""
+    if key in SERVERS:
+        return SERVERS[key]
+    topology = parse_variant(key)
+    if topology is None:
+        raise KeyError(key)
+    base = SERVERS["ours"]
+    return ServerSpec(key, topology.title, base.arg_name, base.command, base.env, topology)
+
+
+def topology_of(key: str) -> Topology | None:
+    """How ours is deployed for this key (None: a peer)."""
+    return spec_for(key).topology
 
 
 def _free_port() -> int:
@@ -215,64 +246,148 @@ def _machine_cpu_seconds() -> tuple[float, float, float]:
 
 
 class RunningServer:
-    def __init__(self, spec: ServerSpec, db: Path, tmp: Path) -> None:
-        self.spec, self.db, self.tmp = spec, db, tmp
-        self.port = _free_port()
+    """One server under test: a peer, or ours as a deployment (its nodes, each with WORKERS processes, and
+    nginx in front of them when the topology says so). `url` is where a client connects; `load_urls` where
+    the load generator sends its connections (the nodes themselves for a split topology)."""
+
+    def __init__(
+        self, spec: ServerSpec, db: Path, tmp: Path, redis: RedisServer | None = None, mcp_mode: str = "session"
+    ) -> None:
+        self.spec, self.db, self.tmp, self.redis = spec, db, tmp, redis
+        self.topology = spec.topology or Topology()
+        self.mcp_mode = mcp_mode if spec.topology is not None else "session"  # the peers speak the handshake era
+        self.node_ports = [_free_port() for _ in range(self.topology.nodes)]
+        self.node_urls = [f"http://127.0.0.1:{port}/mcp" for port in self.node_ports]
+        # Workers share the port; a scrape of the separate metrics listener reports all of them (WORKERS>1).
+        self.metrics_ports = [_free_port() if self.topology.workers > 1 else 0 for _ in self.node_ports]
+        self.port = _free_port() if self.topology.front == "nginx" else self.node_ports[0]
         self.url = f"http://127.0.0.1:{self.port}/mcp"
+        self.load_urls = self.node_urls if self.topology.front == "split" else [self.url]
         self.log_path = tmp / f"{spec.key}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.nginx: subprocess.Popen[bytes] | None = None
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        """The first node's process (the only one for a peer)."""
+        return self.procs[0] if self.procs else None
+
+    def _node_log(self, index: int) -> Path:
+        return self.log_path if index == 0 else self.tmp / f"{self.spec.key}-node{index + 1}.log"
+
+    def _node_env(self, index: int) -> dict[str, str]:
+        port = self.node_ports[index]
+        env = self.spec.env(port, self.db, self.tmp)
+        if self.spec.topology is None:
+            return env
+        env["DATA_DIR"] = str(self.tmp / f"{self.spec.key}-data-{index + 1}")  # every node its own
+        env["WORKERS"] = str(self.topology.workers)
+        env["METRICS_PORT"] = str(self.metrics_ports[index])
+        if self.topology.redis:
+            if self.redis is None:
+                raise RuntimeError(f"{self.spec.key} needs Redis and the runner started none")
+            env["REDIS_URL"] = self.redis.url
+            env["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{self.port}"  # every node agrees on the issuer
+        return env
 
     async def start(self, timeout: float = 60.0) -> None:
-        env = {**os.environ, **self.spec.env(self.port, self.db, self.tmp)}
-        log = self.log_path.open("wb")
-        # cwd=tmp: no stray .env from the checkout changes our server's settings.
-        self.proc = subprocess.Popen(
-            self.spec.command(self.port, self.db),
-            env=env,
-            cwd=self.tmp,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        log.close()
+        if self.redis is not None and self.topology.redis:
+            self.redis.flush()
+        for index, port in enumerate(self.node_ports):
+            env = {**os.environ, **self._node_env(index)}
+            log = self._node_log(index).open("wb")
+            # cwd=tmp: no stray .env from the checkout changes our server's settings.
+            self.procs.append(
+                subprocess.Popen(
+                    self.spec.command(port, self.db),
+                    env=env,
+                    cwd=self.tmp,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+            log.close()
         deadline = time.monotonic() + timeout
+        for index, url in enumerate(self.node_urls):
+            await self._wait_ready(url, deadline, self.procs[index], self._node_log(index))
+        if self.topology.front == "nginx":
+            self.nginx = start_nginx(self.port, self.node_ports, self.tmp / f"{self.spec.key}-nginx")
+            # Stateless (server/discover): a session's initialize and initialized could land on different nodes.
+            nginx_log = self.tmp / f"{self.spec.key}-nginx" / "error.log"
+            await self._wait_ready(self.url, deadline, self.nginx, nginx_log, "stateless")
+        if self.topology.workers > 1:
+            await self._wait_for_workers(deadline)
+
+    async def _wait_ready(
+        self, url: str, deadline: float, proc: subprocess.Popen[bytes], log_path: Path, mcp_mode: str = "session"
+    ) -> None:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
             while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"{self.spec.key} exited with {self.proc.returncode}:\n{self.log_tail()}")
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{self.spec.key} exited with {proc.returncode}:\n{_tail(log_path)}")
                 try:
-                    await Client(http, self.url).initialize()
+                    await Client(http, url, mcp_mode).initialize()
                     return
                 except Exception as exc:  # not up yet, or not answering MCP yet
                     if time.monotonic() > deadline:
-                        raise RuntimeError(
-                            f"{self.spec.key} not ready after {timeout:.0f}s ({exc}):\n{self.log_tail()}"
-                        ) from None
+                        raise RuntimeError(f"{self.spec.key} not ready ({exc}):\n{_tail(log_path)}") from None
                 await asyncio.sleep(0.25)
 
+    async def _wait_for_workers(self, deadline: float) -> None:
+        """WORKERS=N must mean N serving processes per node (a checkout that ignores the setting would report
+        one process's figures as N workers')."""
+        wanted = self.topology.workers
+        while True:
+            counts = [len(_tree(proc.pid)) for proc in self.procs]
+            if min(counts) >= wanted:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{self.spec.key}: WORKERS={wanted} but only {min(counts)} server process(es) run "
+                    "(does this checkout start workers?)"
+                )
+            await asyncio.sleep(0.25)
+
+    def root_pids(self) -> list[int]:
+        """Every process serving this deployment: its nodes (their workers are their descendants), nginx, and
+        the Redis it uses. Their CPU is the server's, not 'other'."""
+        roots = [proc.pid for proc in self.procs]
+        roots += [pid for pid in (self.nginx_pid(), self.redis_pid()) if pid is not None]
+        return roots
+
+    def nginx_pid(self) -> int | None:
+        return self.nginx.pid if self.nginx is not None else None
+
+    def redis_pid(self) -> int | None:
+        if not self.topology.redis or self.redis is None or self.redis.proc is None:
+            return None
+        return self.redis.proc.pid
+
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return _tail(self.log_path, lines)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)  # its own session: catches any helper it forked
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        # nginx first (no new requests reach the nodes), then the nodes: each is its own process group, which
+        # catches every worker or helper it forked.
+        stop_process_group(self.nginx)
+        for proc in self.procs:
+            stop_process_group(proc)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 @contextlib.asynccontextmanager
-async def serving(spec: ServerSpec, db: Path, tmp: Path) -> AsyncIterator[RunningServer]:
-    server = RunningServer(spec, db, tmp)
+async def serving(
+    spec: ServerSpec, db: Path, tmp: Path, redis: RedisServer | None = None, mcp_mode: str = "session"
+) -> AsyncIterator[RunningServer]:
+    server = RunningServer(spec, db, tmp, redis, mcp_mode)
     try:
         await server.start()
         yield server
@@ -280,78 +395,119 @@ async def serving(spec: ServerSpec, db: Path, tmp: Path) -> AsyncIterator[Runnin
         server.stop()
 
 
-async def loop_lag_max(server: RunningServer) -> float | None:
-    """The worst event-loop lag our server measured since it started, start-up included (None: not ours, or
-    not exported)."""
-    text = await _metrics_text(server)
-    for line in (text or "").splitlines():
-        if line.startswith(LOOP_LAG_METRIC + " "):
-            return float(line.split()[1])
-    return None
+def _metrics_urls(server: RunningServer) -> list[str]:
+    """Where our deployment's loop-lag figures are read: per node, the separate metrics listener when it runs
+    several workers (it reports all of them), else the main port's /metrics (the bench's METRICS_TOKEN)."""
+    if server.spec.topology is None:
+        return []
+    return [
+        f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else f"http://127.0.0.1:{port}/metrics"
+        for port, metrics_port in zip(server.node_ports, server.metrics_ports, strict=True)
+    ]
 
 
-async def _metrics_text(server: RunningServer) -> str | None:
-    if server.spec.key != "ours":
-        return None
-    url = server.url.rsplit("/", 1)[0] + "/metrics"
+async def _metrics_texts(server: RunningServer) -> dict[str, str]:
     headers = {"Authorization": f"Bearer {BENCH_METRICS_TOKEN}"}
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
-            http.get(url, headers=headers) as response,
-        ):
-            return await response.text()
-    except aiohttp.ClientError:
-        return None
+    texts: dict[str, str] = {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+        for url in _metrics_urls(server):
+            try:
+                async with http.get(url, headers=headers) as response:
+                    if response.status == 200:
+                        texts[url] = await response.text()
+            except aiohttp.ClientError:
+                continue
+    return texts
 
 
-async def loop_lag_buckets(server: RunningServer) -> dict[float, float] | None:
-    """Cumulative counts of our server's mssql_mcp_event_loop_lag_seconds histogram, by bucket bound."""
-    text = await _metrics_text(server)
-    if text is None:
-        return None
-    buckets: dict[float, float] = {}
-    prefix = LOOP_LAG_HISTOGRAM + '_bucket{le="'
+_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)")
+_LE = re.compile(r'(?:^|,)le="(?P<le>[^"]+)"')
+
+
+def _samples(text: str, name: str) -> list[tuple[str, float]]:
+    """(labels, value) of every sample of one metric name (any labels: workers may add their own)."""
+    found = []
     for line in text.splitlines():
-        if line.startswith(prefix):
-            bound, _, count = line[len(prefix) :].partition('"}')
-            buckets[float(bound)] = float(count)
-    return buckets or None
+        match = _SAMPLE.match(line)
+        if match and match["name"] == name:
+            with contextlib.suppress(ValueError):
+                found.append((match["labels"] or "", float(match["value"])))
+    return found
 
 
-def lag_bound_ms(before: dict[float, float] | None, after: dict[float, float] | None) -> float | None:
-    """The smallest histogram bound under which every lag observed between two readings fell (ms): the worst
-    lag during that window, to the buckets' resolution (1, 2, 5, 10, 25 ms...). Start-up is left out."""
+async def loop_lag_max(server: RunningServer) -> float | None:
+    """The worst event-loop lag our server measured since it started, start-up included, over its nodes and
+    workers (None: not ours, or not exported)."""
+    values = [value for text in (await _metrics_texts(server)).values() for _, value in _samples(text, LOOP_LAG_METRIC)]
+    return max(values) if values else None
+
+
+async def loop_lag_buckets(server: RunningServer) -> dict[str, dict[float, float]] | None:
+    """Per metrics endpoint: cumulative counts of mssql_mcp_event_loop_lag_seconds by bucket bound (summed over
+    any other label, e.g. a worker's)."""
+    per_endpoint: dict[str, dict[float, float]] = {}
+    for url, text in (await _metrics_texts(server)).items():
+        buckets: dict[float, float] = {}
+        for labels, value in _samples(text, LOOP_LAG_HISTOGRAM + "_bucket"):
+            if match := _LE.search(labels):
+                bound = float(match["le"])
+                buckets[bound] = buckets.get(bound, 0.0) + value
+        if buckets:
+            per_endpoint[url] = buckets
+    return per_endpoint or None
+
+
+def lag_bound_ms(
+    before: dict[str, dict[float, float]] | None, after: dict[str, dict[float, float]] | None
+) -> float | None:
+    """The smallest histogram bound under which every lag observed between two readings fell (ms), worst over
+    the endpoints: the worst lag during that window, to the buckets' resolution (1, 2, 5, 10, 25 ms...).
+    Start-up is left out. An endpoint whose counts went down (a worker restarted) says nothing."""
     if not before or not after:
         return None
-    deltas = {bound: after[bound] - before.get(bound, 0.0) for bound in after}
-    total = deltas.get(math.inf, 0.0)
-    if total <= 0:
-        return None
-    return 1000 * min(bound for bound, delta in deltas.items() if delta >= total)
+    bounds: list[float] = []
+    for url, later in after.items():
+        earlier = before.get(url)
+        if earlier is None:
+            continue
+        deltas = {bound: later[bound] - earlier.get(bound, 0.0) for bound in later}
+        total = deltas.get(math.inf, 0.0)
+        if total <= 0 or min(deltas.values()) < 0:
+            continue
+        bounds.append(1000 * min(bound for bound, delta in deltas.items() if delta >= total))
+    return max(bounds) if bounds else None
 
 
 # --- one measurement -------------------------------------------------------------------------------
 
 
+def _trees(roots: list[int]) -> list[int]:
+    return [pid for root in roots for pid in _tree(root)]
+
+
 @dataclass
 class Sampler:
-    """Peak RSS of the server's process tree and CPU use of server / everything else, over a load run."""
+    """Peak RSS of the server's process trees and CPU use of server / everything else, over a load run.
 
-    pid: int
+    `roots` are every process serving the deployment (nodes, nginx, Redis: all counted as the server);
+    `parts` names some of them (e.g. {"nginx": pid}) whose CPU is also reported on its own."""
+
+    roots: list[int]
+    parts: dict[str, int] = field(default_factory=dict)
     peak_rss_kb: int = 0
     samples: int = 0
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def _loop(self) -> None:
-        pids = _tree(self.pid)  # once: walking /proc ten times a second would itself load the machine
+        pids = _trees(self.roots)  # once: walking /proc ten times a second would itself load the machine
         while True:
             self.peak_rss_kb = max(self.peak_rss_kb, _rss_kb(pids))
             self.samples += 1
             await asyncio.sleep(0.1)
 
     def __enter__(self) -> Sampler:
-        self.server_cpu0 = _proc_cpu_seconds(_tree(self.pid))
+        self.server_cpu0 = _proc_cpu_seconds(_trees(self.roots))
+        self.part_cpu0 = {name: _proc_cpu_seconds(_tree(pid)) for name, pid in self.parts.items()}
         self.machine0 = _machine_cpu_seconds()
         self.wall0 = time.monotonic()
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -361,7 +517,8 @@ class Sampler:
         assert self._task is not None
         self._task.cancel()
         self.wall = time.monotonic() - self.wall0
-        self.server_cpu = _proc_cpu_seconds(_tree(self.pid)) - self.server_cpu0
+        self.server_cpu = _proc_cpu_seconds(_trees(self.roots)) - self.server_cpu0
+        self.part_cpu = {name: _proc_cpu_seconds(_tree(pid)) - self.part_cpu0[name] for name, pid in self.parts.items()}
         busy, steal, _ = _machine_cpu_seconds()
         self.machine_busy = busy - self.machine0[0]
         self.machine_steal = steal - self.machine0[1]
@@ -388,8 +545,9 @@ async def measure(
     cmd = [
         sys.executable,
         str(BENCH / generator),
-        "--url",
-        server.url,
+        *(arg for url in server.load_urls for arg in ("--url", url)),
+        "--mcp-mode",
+        server.mcp_mode,
         "--arg-name",
         server.spec.arg_name,
         "--query",
@@ -402,7 +560,8 @@ async def measure(
         str(args.warmup),
     ]
     assert server.proc is not None
-    with Sampler(server.proc.pid) as sampler:
+    parts = {name: pid for name, pid in (("nginx", server.nginx_pid()), ("redis", server.redis_pid())) if pid}
+    with Sampler(server.root_pids(), parts) as sampler:
         load = await asyncio.create_subprocess_exec(
             *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
@@ -426,8 +585,13 @@ async def measure(
         {
             "server": server.spec.key,
             "query": query_key,
+            "workers": server.topology.workers,
+            "nodes": server.topology.nodes,
+            "front": server.topology.front,
             "peak_rss_mb": sampler.peak_rss_kb / 1024,
             "server_cpu_pct": 100 * sampler.server_cpu / sampler.wall,
+            # Parts of the deployment that are not our code (already inside server CPU): what nginx and Redis cost.
+            **{f"{name}_cpu_pct": 100 * cpu / sampler.wall for name, cpu in sampler.part_cpu.items()},
             # CPU the server spent per answered call (all calls of the load run, warm-up included): less
             # sensitive to other jobs on the machine than calls/s, and what bounds throughput on 2 cores.
             "server_cpu_ms_per_call": 1000 * sampler.server_cpu / max(report["calls_total"], 1),
@@ -479,7 +643,7 @@ async def memory_flat(
 async def sample_response(server: RunningServer, query_key: str) -> dict[str, Any]:
     """One call, kept in results.json, so a reader can see the three servers return the same rows."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-        client = Client(http, server.url)
+        client = Client(http, server.url, server.mcp_mode)
         await client.initialize()
         result, size = await client.request(
             "tools/call", {"name": "execute_sql", "arguments": {server.spec.arg_name: QUERIES[query_key]}}
@@ -651,10 +815,10 @@ def render_markdown(
             for key in servers:
                 r = best.get((key, query_key, c))
                 if r is None:
-                    lines.append(f"| {SERVERS[key].title} | failed | | | | | | | | | | | |")
+                    lines.append(f"| {spec_for(key).title} | failed | | | | | | | | | | | |")
                     continue
                 lines.append(
-                    f"| {SERVERS[key].title} | {r['calls_per_s']:,.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
+                    f"| {spec_for(key).title} | {r['calls_per_s']:,.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
                     f"{r['p99_ms']:.1f} | {r['max_ms']:.1f} | {r['errors']} | {r['peak_rss_mb']:.0f} | "
                     f"{r['server_cpu_pct']:.0f} | {r['server_cpu_ms_per_call']:.2f} | {r['other_cpu_pct']:.0f} | "
                     f"{r['steal_pct']:.0f} | {r['mean_response_bytes']:.0f} |"
@@ -677,6 +841,7 @@ def render_markdown(
                 )
     else:
         lines.append("- not evaluated (this run did not include both ours and DBHub)")
+    lines += render_scaling(info, args, best, servers)
     lines += ["", f"## Event-loop lag (issue 10: never above {MAX_LOOP_LAG_MS:g} ms)", ""]
     if info.get("loop_lag"):
         worst = max(info["loop_lag"], key=lambda item: item[3])
@@ -708,6 +873,92 @@ def render_markdown(
     return "\n".join(lines)
 
 
+def render_scaling(
+    info: dict[str, Any], args: argparse.Namespace, best: dict[tuple[str, str, int], dict[str, Any]], servers: list[str]
+) -> list[str]:
+    """Issue 11's scaling table (calls/s by deployment, against DBHub and one worker) and issue 10's WORKERS=2
+    target. Empty when the run measured only one deployment of ours."""
+    deployments = [key for key in servers if topology_of(key) is not None]
+    if len(deployments) < 2:
+        return []
+    lines = [
+        "",
+        "## Scaling (issue 11): workers on one machine, nodes behind a balancer",
+        "",
+        f"Our deployments, each measured alone on this {info['nproc']}-core machine; MCP in "
+        f"**{info.get('ours_mcp_mode', 'session')}** mode for all of them ({info.get('ours_mcp_mode_reason', '')}). "
+        "1 worker = today's default (one process, in-process state, no Redis); WORKERS=N = N processes on one "
+        "port sharing Redis; N nodes = N separate `serve` processes (own DATA_DIR and port, WORKERS=1, one Redis) "
+        "behind nginx on loopback (round-robin upstream: every request goes to the next node), or with wrk "
+        "sending half the connections to each node (split). Server CPU counts every process of the deployment, "
+        "nginx and Redis included (their own shares are in the next columns); x 1 worker / x 1 node = calls/s "
+        "over the same cell's 1 worker / 1 node figure; load 1m = the machine's 1-minute load average at the end "
+        "of the run; other CPU = everything else on the machine during the run.",
+    ]
+    for query_key in args.queries:
+        for c in args.concurrency:
+            dbhub = best.get(("dbhub", query_key, c))
+            one_worker = best.get(("ours", query_key, c))
+            one_node = best.get(("ours-n1", query_key, c))
+            lines += [
+                "",
+                f"### `{query_key}`, concurrency {c}",
+                "",
+                "| deployment | calls/s | x 1 worker | x 1 node | x DBHub | p99 ms | CPU ms/call | server CPU % "
+                "| nginx CPU % | Redis CPU % | other CPU % | load 1m | errors |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            ]
+            for key in deployments:
+                topology = topology_of(key)
+                assert topology is not None
+                r = best.get((key, query_key, c))
+                if r is None:
+                    lines.append(f"| {topology.label} | not measured | | | | | | | | | | | |")
+                    continue
+
+                def times(base: dict[str, Any] | None, r: dict[str, Any] = r) -> str:
+                    return f"{r['calls_per_s'] / base['calls_per_s']:.2f}x" if base else ""
+
+                node_ratio = times(one_node) if topology.front != "direct" else ""
+                lines.append(
+                    f"| {topology.label} | {r['calls_per_s']:,.0f} | {times(one_worker)} | {node_ratio} | "
+                    f"{times(dbhub)} | {r['p99_ms']:.1f} | {r['server_cpu_ms_per_call']:.2f} | "
+                    f"{r['server_cpu_pct']:.0f} | {_pct(r.get('nginx_cpu_pct'))} | {_pct(r.get('redis_cpu_pct'))} | "
+                    f"{r['other_cpu_pct']:.0f} | {r['loadavg_1m']:.2f} | {r['errors']} |"
+                )
+            if dbhub:
+                lines.append(
+                    f"| DBHub (reference) | {dbhub['calls_per_s']:,.0f} | | | 1.00x | {dbhub['p99_ms']:.1f} | "
+                    f"{dbhub['server_cpu_ms_per_call']:.2f} | {dbhub['server_cpu_pct']:.0f} | | | "
+                    f"{dbhub['other_cpu_pct']:.0f} | {dbhub['loadavg_1m']:.2f} | {dbhub['errors']} |"
+                )
+    lines += [
+        "",
+        f"## Target (issue 10): WORKERS=2 at least {TARGET_WORKERS2_VS_DBHUB:g}x DBHub's calls/s, with a lower p99",
+        "",
+    ]
+    for query_key, c in WORKERS2_TARGET_CELLS:
+        if query_key not in args.queries or c not in args.concurrency:
+            continue
+        workers2, dbhub = best.get(("ours-w2", query_key, c)), best.get(("dbhub", query_key, c))
+        if not workers2 or not dbhub:
+            lines.append(f"- `{query_key}` c={c}: not measured (needs ours-w2 and dbhub in --servers)")
+            continue
+        ratio = workers2["calls_per_s"] / dbhub["calls_per_s"]
+        ok = ratio >= TARGET_WORKERS2_VS_DBHUB and workers2["p99_ms"] < dbhub["p99_ms"]
+        sdk = best.get(("sdk", query_key, c))
+        vs_sdk = f", {workers2['calls_per_s'] / sdk['calls_per_s']:.1f}x the SDK server (goal 10x)" if sdk else ""
+        lines.append(
+            f"- `{query_key}` c={c}: {'met' if ok else 'NOT met'}: WORKERS=2 {ratio:.2f}x DBHub's calls/s{vs_sdk}; "
+            f"p99 {workers2['p99_ms']:.1f} ms vs DBHub {dbhub['p99_ms']:.1f} ms"
+        )
+    return lines
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{value:.0f}"
+
+
 async def main_async(args: argparse.Namespace) -> int:
     # SIGTERM (e.g. from `timeout`) cancels the run like Ctrl-C does, so every started server is stopped.
     main_task = asyncio.current_task()
@@ -725,7 +976,7 @@ async def main_async(args: argparse.Namespace) -> int:
     runs = len(servers) * len(args.queries) * len(args.concurrency) * args.rounds
     print(
         f"{runs} load runs of {args.warmup + args.duration:g} s (+ start-up) on {info['nproc']} cores: "
-        f"about {runs * (args.warmup + args.duration + 3) / 60:.0f} min",
+        f"about {estimated_minutes(args):.0f} min on a quiet machine",
         flush=True,
     )
 
@@ -734,20 +985,27 @@ async def main_async(args: argparse.Namespace) -> int:
     profiles: list[str] = []
     samples: dict[str, dict[str, Any]] = {}
     failures: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="mcp-bench-") as tmp_name:
+    with (
+        tempfile.TemporaryDirectory(prefix="mcp-bench-") as tmp_name,
+        _redis_if_needed(servers, Path(tmp_name)) as redis,
+    ):
         tmp = Path(tmp_name)
         if args.ours_ref:
             OURS_SNAPSHOT, info["ours_commit"] = _snapshot_app(args.ours_ref, tmp / "snapshot")
         else:
             dirty = _cmd_output(["git", "-C", str(ROOT), "status", "--porcelain", "--", "app"])
             info["ours_commit"] = info["git_commit"] + (" + uncommitted changes in app/" if dirty else "")
+        info["ours_mcp_mode"], info["ours_mcp_mode_reason"] = await choose_mcp_mode(
+            args.ours_mcp, servers, db, tmp, redis
+        )
+        print(f"our deployments speak MCP in {info['ours_mcp_mode']} mode: {info['ours_mcp_mode_reason']}", flush=True)
         for round_no in range(args.rounds):
             # Rotate the order each round so no server always runs first (page cache, CPU boost, neighbours).
             order = servers[round_no % len(servers) :] + servers[: round_no % len(servers)]
             for key in order:
-                spec = SERVERS[key]
+                spec = spec_for(key)
                 try:
-                    async with serving(spec, db, tmp) as server:
+                    async with serving(spec, db, tmp, redis, info["ours_mcp_mode"]) as server:
                         for query_key in args.queries:
                             if round_no == 0:
                                 samples[f"{key}/{query_key}"] = await sample_response(server, query_key)
@@ -774,9 +1032,9 @@ async def main_async(args: argparse.Namespace) -> int:
                 except Exception as exc:  # one broken server must not lose the others' numbers
                     failures.append(f"{key} (round {round_no + 1}): {exc}".replace("\n", " ")[:800])
                     print(f"  {key}: FAILED: {exc}", file=sys.stderr, flush=True)
-                    if (tmp / f"{key}.log").exists():
-                        PEERS.mkdir(exist_ok=True)
-                        shutil.copy(tmp / f"{key}.log", BENCH / ".peers" / f"{key}-failed.log")
+                    PEERS.mkdir(exist_ok=True)
+                    for log in tmp.glob(f"{key}*.log"):  # the node logs (nginx's is in its prefix)
+                        shutil.copy(log, PEERS / log.name.replace(".log", "-failed.log"))
 
         if args.memory_calls:
             info["memory"] = await memory_flat(db, tmp, args.memory_calls)
@@ -828,9 +1086,87 @@ async def main_async(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+@contextlib.contextmanager
+def _redis_if_needed(servers: list[str], tmp: Path) -> Iterator[RedisServer | None]:
+    """One redis-server for the whole run, when a deployment needs it (flushed before each one starts)."""
+    if not any((topology_of(key) or Topology()).redis for key in servers):
+        yield None
+        return
+    redis = RedisServer(_free_port(), tmp / "redis")
+    try:
+        redis.start()
+        yield redis
+    finally:
+        redis.stop()
+
+
+async def sessions_shared(server: RunningServer, calls: int = 240, parallel: int = 16) -> str | None:
+    """None if one MCP session opened through the deployment's front is known wherever its requests land; else
+    what failed. Every call goes on a fresh connection, many at once, so that they spread over the workers
+    (whichever accepts first on the shared socket) or the nodes (round-robin); the CPU each serving process
+    used shows that at least two of them answered, or the probe says it could not tell."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        opener = Client(http, server.url)
+        try:
+            await opener.initialize()  # initialize and notifications/initialized may land on different processes
+        except CallFailed as exc:
+            return f"opening a session failed: {exc}"
+    arguments = {server.spec.arg_name: QUERIES["select1"]}
+    failures: list[str] = []
+    remaining = calls
+
+    async def caller() -> None:
+        nonlocal remaining
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as http:
+            client = Client(http, server.url)
+            client.headers = dict(opener.headers)  # the same session, on a new connection every call
+            while remaining > 0:
+                remaining -= 1
+                try:
+                    await client.call_tool("execute_sql", arguments)
+                except Exception as exc:  # an unknown session id (404), or anything else: not shared
+                    failures.append(f"{type(exc).__name__}: {exc}"[:200])
+
+    pids = _trees([proc.pid for proc in server.procs])
+    cpu_before = {pid: _proc_cpu_seconds([pid]) for pid in pids}
+    await asyncio.gather(*(caller() for _ in range(parallel)))
+    answered_by = sum(1 for pid in pids if _proc_cpu_seconds([pid]) - cpu_before[pid] >= 0.02)
+    if failures:
+        return f"{len(failures)} of {calls} calls failed, e.g. {failures[0]}"
+    if answered_by < 2:
+        return f"the {calls} calls reached only {answered_by} of the {len(pids)} processes: sharing not shown"
+    return None
+
+
+async def choose_mcp_mode(
+    wanted: str, servers: list[str], db: Path, tmp: Path, redis: RedisServer | None
+) -> tuple[str, str]:
+    """The MCP mode every deployment of ours is measured in (one for all, so the ratios compare like with like),
+    and why. auto: sessions (what Claude and ChatGPT use) if a session opened on one worker or node works on
+    the others, else the stateless 2026-07-28 envelope, which needs no shared session state."""
+    if wanted != "auto":
+        return wanted, "chosen with --ours-mcp"
+    spread = [key for key in servers if (topology_of(key) or Topology()).shares_sessions]
+    if not spread:
+        return "session", "no deployment spreads one client's requests over several processes"
+    not_started: list[str] = []
+    for key in spread:  # the first that starts (a checkout without WORKERS cannot start ours-w2)
+        try:
+            async with serving(spec_for(key), db, tmp, redis, "session") as server:
+                failed = await sessions_shared(server)
+        except Exception as exc:
+            not_started.append(f"{key}: {exc}".splitlines()[0][:200])
+            continue
+        if failed is None:
+            return "session", f"a session opened on one process of {key} worked on the others"
+        return "stateless", f"sessions are not shared across the processes of {key} ({failed})"
+    return "session", f"no deployment with several processes started ({'; '.join(not_started)})"
+
+
 def _print_run(label: str, r: dict[str, Any]) -> None:
     print(
-        f"  {label} {r['server']:6} {r['query']:14} c={r['concurrency']:<3} {r['calls_per_s']:8,.0f} calls/s  "
+        f"  {label} {r['server']:13} {r['query']:13} c={r['concurrency']:<3} {r['calls_per_s']:8,.0f} calls/s  "
         f"p50 {r['p50_ms']:6.1f}  p99 {r['p99_ms']:6.1f} ms  errors {r['errors']}  rss {r['peak_rss_mb']:.0f} MB  "
         f"cpu {r['server_cpu_pct']:.0f}% ({r['server_cpu_ms_per_call']:.2f} ms/call)  "
         f"other {r['other_cpu_pct']:.0f}%  steal {r['steal_pct']:.0f}%",
@@ -842,14 +1178,41 @@ def _csv(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
     return lambda raw: [kind(item) for item in raw.split(",") if item]
 
 
-def main(argv: list[str] | None = None) -> int:
+def estimated_minutes(args: argparse.Namespace) -> float:
+    """Wall time of a run on a quiet machine: each load run costs its warm-up and measured time plus about 2.5 s
+    (the quiet check, the load generator's start, the lag readings); each server start about 4 s (WORKERS=4
+    and two nodes with nginx included); the session probe about 6 s; the memory check ~700 calls/s."""
+    runs = len(args.servers) * len(args.queries) * len(args.concurrency) * args.rounds
+    seconds = runs * (args.warmup + args.duration + 2.5) + len(args.servers) * args.rounds * 4
+    if any((t := topology_of(key)) is not None and t.shares_sessions for key in args.servers):
+        seconds += 6
+    seconds += args.memory_calls / 700
+    return seconds / 60
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked (exits with a one-line usage error)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--servers", type=_csv(str), default=["ours", "sdk", "dbhub"])
+    parser.add_argument(
+        "--servers",
+        type=_csv(str),
+        default=DEFAULT_SERVERS,
+        help="comma-separated: ours, ours-wN (WORKERS=N), ours-nN (N nodes behind nginx), ours-nN-split (N nodes, "
+        f"wrk per node), sdk, dbhub (default: {','.join(DEFAULT_SERVERS)})",
+    )
+    parser.add_argument(
+        "--ours-mcp",
+        choices=["auto", "session", "stateless"],
+        default="auto",
+        help="how the load speaks to our deployments: session (initialize + Mcp-Session-Id), stateless (the "
+        "2026-07-28 envelope) or auto (session if sessions are shared across workers and nodes, else stateless)",
+    )
     parser.add_argument("--queries", type=_csv(str), default=list(QUERIES))
     parser.add_argument("--concurrency", type=_csv(int), default=[8, 32])
-    parser.add_argument("--duration", type=float, default=10.0)
-    parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--rounds", type=int, default=3, help="repeat everything; the best round is reported")
+    # 7 servers x 2 queries x 2 concurrencies x 2 rounds = 56 load runs: about 8 minutes on a quiet machine.
+    parser.add_argument("--duration", type=float, default=4.0, help="measured seconds per load run")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each measured run")
+    parser.add_argument("--rounds", type=int, default=2, help="repeat everything; the best round is reported")
     parser.add_argument(
         "--load",
         choices=["wrk", "python"],
@@ -906,11 +1269,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(BENCH / "RESULTS.md"))
     parser.add_argument("--json", default=str(BENCH / "results.json"))
     args = parser.parse_args(argv)
-    unknown = [s for s in args.servers if s not in SERVERS] + [q for q in args.queries if q not in QUERIES]
+    unknown = [q for q in args.queries if q not in QUERIES]
+    for key in args.servers:
+        try:
+            spec_for(key)
+        except KeyError:
+            unknown.append(key)
+        except ValueError as exc:
+            parser.error(str(exc))
     if unknown:
         parser.error(f"unknown server or query: {', '.join(unknown)}")
+    if len(set(args.servers)) != len(args.servers):
+        parser.error("--servers: each server once")
+    split_nodes = [t.nodes for key in args.servers if (t := topology_of(key)) is not None and t.front == "split"]
+    if split_nodes and min(args.concurrency) < max(split_nodes):
+        parser.error("--concurrency: a split deployment needs at least one connection per node")
     if args.profile and not set(args.profile_servers) <= {"ours", "sdk"}:
-        parser.error("--profile-servers: py-spy profiles Python servers only (ours, sdk)")
+        parser.error("--profile-servers: py-spy profiles one process: ours (one process) or sdk")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         return asyncio.run(main_async(args))
     except (KeyboardInterrupt, asyncio.CancelledError):

@@ -9,6 +9,11 @@ script counts every answer that is not HTTP 200 with a JSON-RPC result, or that 
 error (wrk only sees bytes; this is the same check load.py makes, done on the raw text). Prints one JSON
 object on stdout with the keys load.py prints.
 
+`--mcp-mode stateless` sends the 2026-07-28 envelope instead of opening a session. Several `--url`s (nodes
+without a balancer) run one wrk per endpoint at the same time, the connections split evenly between them,
+each with its own session; calls add up, and each latency percentile is the worst of the endpoints' (wrk
+reports percentiles, not its histogram, so they cannot be merged exactly; the nodes are alike).
+
     python bench/wrk_load.py --url http://127.0.0.1:8101/mcp --query "SELECT 1" -c 8 --duration 10 --warmup 2
 """
 
@@ -21,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +38,7 @@ from load import (  # bench/ is not a package: load.py is also run as a script
     Client,
     load_arguments,
     parse_load_arguments,
+    stateless_request,
 )
 
 # Per-thread counters are read back in done() through the thread objects setup() kept.
@@ -69,12 +76,39 @@ def _lua_string(value: str) -> str:
     return "[==[" + value + "]==]"
 
 
-async def _open_session(url: str, tool: str, arguments: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+async def _open_session(
+    url: str, tool: str, arguments: dict[str, Any], mcp_mode: str
+) -> tuple[dict[str, str], dict[str, Any]]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-        client = Client(http, url)
+        client = Client(http, url, mcp_mode)
         init = await client.initialize()
         await client.call_tool(tool, arguments)  # fail here, with the server's words, not as N wrk errors
         return dict(client.headers), init
+
+
+def _call(tool: str, arguments: dict[str, Any], mcp_mode: str) -> tuple[str, dict[str, str]]:
+    """The body wrk sends on every request, and the headers it needs beyond the session's."""
+    params = {"name": tool, "arguments": arguments}
+    if mcp_mode == "stateless":
+        message, headers = stateless_request(1, "tools/call", params)
+        return json.dumps(message), headers
+    return json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}), {}
+
+
+def split_connections(concurrency: int, endpoints: int) -> list[int]:
+    """Connections per endpoint, as even as possible (8 over 3: 3, 3, 2)."""
+    return [concurrency // endpoints + (i < concurrency % endpoints) for i in range(endpoints)]
+
+
+def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One wrk summary for runs made at the same time against several endpoints: counts add up; the duration
+    is the longest; each latency percentile is the worst endpoint's (an upper bound of the merged one)."""
+    merged = {key: sum(r[key] for r in runs) for key in ("requests", "bad", "bytes", "answered", "socket_errors")}
+    merged["duration_us"] = max(r["duration_us"] for r in runs)
+    for key in ("p50_us", "p95_us", "p99_us", "max_us"):
+        merged[key] = max(r[key] for r in runs)
+    merged["sample"] = next((r["sample"] for r in runs if r["sample"]), "")
+    return merged
 
 
 def _script(headers: dict[str, str], body: str) -> str:
@@ -101,8 +135,20 @@ def _run_wrk(wrk: str, script: Path, url: str, concurrency: int, seconds: float,
     raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr[-1000:] or done.stdout[-1000:]}")
 
 
+def _run_wrks(
+    wrk: str, scripts: list[Path], urls: list[str], connections: list[int], seconds: float, timeout: float
+) -> dict[str, Any]:
+    if len(urls) == 1:
+        return _run_wrk(wrk, scripts[0], urls[0], connections[0], seconds, timeout)
+    with ThreadPoolExecutor(len(urls)) as pool:  # one wrk per endpoint, all at once
+        runs = pool.map(
+            lambda i: _run_wrk(wrk, scripts[i], urls[i], connections[i], seconds, timeout), range(len(urls))
+        )
+        return merge_runs(list(runs))
+
+
 def run(
-    url: str,
+    urls: list[str],
     tool: str,
     arguments: dict[str, Any],
     concurrency: int,
@@ -110,17 +156,19 @@ def run(
     warmup: float,
     timeout: float,
     wrk: str,
+    mcp_mode: str = "session",
 ) -> dict[str, Any]:
-    headers, init = asyncio.run(_open_session(url, tool, arguments))
-    body = json.dumps(
-        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}
-    )
+    sessions = [asyncio.run(_open_session(url, tool, arguments, mcp_mode)) for url in urls]
+    headers, init = sessions[0]
+    body, call_headers = _call(tool, arguments, mcp_mode)
+    connections = split_connections(concurrency, len(urls))
     with tempfile.TemporaryDirectory(prefix="wrk-") as tmp:
-        script = Path(tmp) / "call.lua"
-        script.write_text(_script(headers, body))
+        scripts = [Path(tmp) / f"call-{i}.lua" for i in range(len(urls))]
+        for script, (session_headers, _) in zip(scripts, sessions, strict=True):
+            script.write_text(_script({**session_headers, **call_headers}, body))
         cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        warm = _run_wrk(wrk, script, url, concurrency, warmup, timeout) if warmup > 0 else {"answered": 0}
-        measured = _run_wrk(wrk, script, url, concurrency, duration, timeout)
+        warm = _run_wrks(wrk, scripts, urls, connections, warmup, timeout) if warmup > 0 else {"answered": 0}
+        measured = _run_wrks(wrk, scripts, urls, connections, duration, timeout)
         cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     client_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     seconds = measured["duration_us"] / 1e6
@@ -128,13 +176,14 @@ def run(
     calls = max(0, measured["answered"] - measured["bad"])
     calls_total = calls + max(0, warm["answered"] - warm.get("bad", 0))
     return {
-        "url": url,
+        "url": urls[0] if len(urls) == 1 else urls,
         "tool": tool,
         "arguments": arguments,
         "concurrency": concurrency,
         "duration_s": seconds,
         "warmup_s": warmup,
-        "load_generator": "wrk",
+        "load_generator": "wrk" if len(urls) == 1 else f"wrk x {len(urls)}",
+        "mcp_mode": mcp_mode,
         "server": init.get("serverInfo", {}),
         "protocol_version": init.get("protocolVersion"),
         "session_ids": "Mcp-Session-Id" in headers,
@@ -170,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             args.warmup,
             args.timeout,
             args.wrk,
+            args.mcp_mode,
         )
     except (CallFailed, aiohttp.ClientError, RuntimeError) as exc:
         print(f"wrk_load: {exc}", file=sys.stderr)
