@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
@@ -129,7 +130,7 @@ class ServiceProcessCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         families: dict[str, Metric] = {}
         for pid in [self.supervisor_pid, *child_pids(self.supervisor_pid)]:
-            for family in ProcessCollector(pid=lambda pid=pid: pid, registry=None).collect():  # type: ignore[misc]
+            for family in ProcessCollector(pid=functools.partial(int, pid), registry=None).collect():
                 for sample in family.samples:
                     kept = families.get(sample.name)
                     if kept is None:
