@@ -427,9 +427,10 @@ def serve_workers(
                 metrics_listener = bind_listener(settings.metrics_host, settings.metrics_port)
             except OSError as exc:
                 # As with one process: losing metrics must not take the service down, but say so loudly.
-                print(
-                    f"metrics: cannot listen on {settings.metrics_host}:{settings.metrics_port}: {exc.strerror}",
-                    file=sys.stderr,
+                import structlog
+
+                structlog.get_logger("app.obs").error(
+                    "metrics_listener_failed", host=settings.metrics_host, port=settings.metrics_port, error=str(exc)
                 )
     except BaseException:
         shutil.rmtree(metrics_dir, ignore_errors=True)
