@@ -187,8 +187,10 @@ def read(session: Any, plan: ReadPlan | str, params: Sequence[Any], max_rows: in
     if isinstance(plan, str):
         plan = ReadPlan(plan)
     started = time.perf_counter()
-    cursor = session.cursor()
-    _execute(cursor, plan.sql, params)
+    values = [*params, *plan.params]
+    # A statement with parameters may stay prepared on the connection between calls (Worker.statement_cursor).
+    cursor = session.statement_cursor() if values else session.cursor()
+    _execute(cursor, plan.sql, values)
     # Unread rows are discarded when the worker closes the cursor, before the rollback (Worker._end_call).
     result = collect(cursor, session, max_rows, max_bytes, marks_over_cap=plan.marks_over_cap)
     result.elapsed_ms = (time.perf_counter() - started) * 1000
@@ -215,6 +217,7 @@ def planned_read(
         # again and run once more, unless the statement was stopped (time limit, cancel) or never ran.
         if not cached or getattr(session, "cancel_reason", None) or is_cancel(exc) or is_server_timeout(exc):
             raise
+        session.forget_prepared()  # the statement kept prepared is the one that failed
         session.conn.rollback()
         plan = plans.get(session, sql, tree, params, max_rows, max_bytes)
         result = read(session, plan, params, max_rows, max_bytes)

@@ -168,6 +168,11 @@ class Worker:
         self.wrote = False
         self.guarded_read = False
         self._cursors: list[pyodbc.Cursor] = []
+        # Dialect.reuses_prepared_reads: the cursor a read's statement stays prepared on between calls, the
+        # schema stamp it was prepared under, and a cursor for reading the stamp.
+        self._prepared: pyodbc.Cursor | None = None
+        self._prepared_stamp: object = None
+        self._stamp_cursor: pyodbc.Cursor | None = None
         self._had_connection = False
         self._last_used = time.monotonic()
         self.thread = threading.Thread(target=self._main, name=f"db-worker-{index}", daemon=True)
@@ -190,6 +195,37 @@ class Worker:
             cursor.close()
             raise _Interrupted(reason)
         return cursor
+
+    def statement_cursor(self) -> pyodbc.Cursor:
+        """The cursor for a read's statement: where the dialect allows it (Dialect.reuses_prepared_reads),
+        the connection's one kept cursor, so a statement with parameters that ran before runs again without
+        being compiled (pyodbc prepares only when the text changes); a fresh cursor otherwise. The kept cursor
+        is given up after a schema change, a failure or a cancel, and with its connection."""
+        if not self.dialect.reuses_prepared_reads:
+            return self.cursor()
+        assert self.conn is not None
+        if self._stamp_cursor is None:
+            self._stamp_cursor = self.conn.cursor()
+        stamp = self.dialect.schema_stamp(self._stamp_cursor)
+        if self._prepared is not None and stamp != self._prepared_stamp:
+            self.forget_prepared()  # SQLite re-prepares by itself, but the driver would keep the old columns
+        if self._prepared is None:
+            self._prepared, self._prepared_stamp = self.conn.cursor(), stamp
+        prepared = self._prepared
+        with self.lock:
+            reason = self.cancel_reason
+            if reason is None:
+                self._cursors.append(prepared)  # the watchdog may cancel it like any other
+        if reason is not None:
+            raise _Interrupted(reason)
+        return prepared
+
+    def forget_prepared(self) -> None:
+        """Close the kept cursor (a statement on it failed, or may be stale); the next read prepares afresh."""
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None:
+            with contextlib.suppress(Exception):
+                prepared.close()
 
     # --- watchdog side ---------------------------------------------------------------------------
     def interrupt(self, job: object | None, reason: str) -> None:
@@ -324,7 +360,10 @@ class Worker:
 
     def _recover(self, failure: Exception, cursors: list[pyodbc.Cursor]) -> None:
         """After a failed job: end the call as usual, or replace the connection if it is dead or will not
-        roll back."""
+        roll back. A kept statement is never trusted after a failure (or a cancel): it is closed."""
+        if self._prepared is not None and self._prepared in cursors:
+            self.forget_prepared()
+            cursors = [c for c in cursors if c is not self._prepared]
         if self.conn is None or (isinstance(failure, pyodbc.Error) and is_dead_connection(failure)):
             _close(cursors)
             self._drop_connection(failure)
@@ -337,15 +376,27 @@ class Worker:
         the server cursor and a close before it would cost a round trip. A connection that will not reset is
         replaced rather than handed to the next call as it is."""
         closes_first = self.dialect.close_cursors_before_rollback
+        prepared = self._prepared
+        if prepared is not None and prepared in cursors:
+            cursors = [c for c in cursors if c is not prepared]
+            try:
+                # Ends the statement like a close (SQLFreeStmt SQL_CLOSE: unread rows go, the read lock with
+                # them) but keeps it prepared: pyodbc's nextset past the last result.
+                prepared.nextset()
+            except Exception:
+                self.forget_prepared()
         if closes_first:
             _close(cursors)
         try:
             if self.conn is not None:
-                cursor = self.conn.cursor()
+                # The dialect's reset runs on the stamp cursor where there is one (one cursor less per call).
+                kept = self._stamp_cursor
+                cursor = kept if kept is not None else self.conn.cursor()
                 try:
                     self.dialect.end_call(self.conn, cursor, guarded_read=guarded_read)
                 finally:
-                    cursor.close()
+                    if cursor is not kept:
+                        cursor.close()
         except Exception as exc:
             self._drop_connection(exc)
         finally:
@@ -418,6 +469,11 @@ class Worker:
 
     def _drop_connection(self, cause: BaseException | None, *, log_it: bool = True) -> None:
         conn, self.conn = self.conn, None
+        self.forget_prepared()
+        stamp_cursor, self._stamp_cursor = self._stamp_cursor, None
+        if stamp_cursor is not None:
+            with contextlib.suppress(Exception):
+                stamp_cursor.close()
         if conn is None:
             return
         if log_it:

@@ -132,6 +132,16 @@ class SqliteDialect(ServerCutDialect):
     )
     default_schema = None
     has_schemas = False
+    # The driver compiles every statement it is given; kept prepared, a repeated read skips that (Worker.
+    # statement_cursor). SQLite re-prepares a statement by itself after a schema change, but the driver keeps
+    # the old column list, so the pool checks schema_stamp first and prepares afresh when it moved.
+    reuses_prepared_reads = True
+
+    def schema_stamp(self, cursor: pyodbc.Cursor) -> object:
+        # The schema cookie, read in the call's own transaction (the read that follows sees the same schema).
+        cursor.execute("SELECT schema_version FROM pragma_schema_version()")
+        row = cursor.fetchone()
+        return None if row is None else row[0]
 
     def database_uri(self) -> str:
         path = os.path.abspath(self.settings.sqlite_path)
