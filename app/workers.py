@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import structlog
 from aiohttp import hdrs, web
 
 from .settings import Settings
@@ -56,9 +57,8 @@ _HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP
 
 def bind_listener(host: str, port: int, backlog: int = 128) -> socket.socket:
     """A listening TCP socket like aiohttp's TCPSite would open (SO_REUSEADDR; '::' accepts IPv4 too)."""
-    family, _, _, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[
-        0
-    ]
+    first = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    family, address = first[0], first[4]
     dualstack = family == socket.AF_INET6 and host == "::" and socket.has_dualstack_ipv6()
     return socket.create_server(address[:2], family=family, backlog=backlog, dualstack_ipv6=dualstack)
 
@@ -108,8 +108,6 @@ class Supervisor:
         run_worker: Callable[[Settings, socket.socket, socket.socket | None, Callable[[], None]], int],
         metrics_dir: str,
     ) -> None:
-        import structlog
-
         self.settings = settings
         self.listener = listener
         self.metrics_listener = metrics_listener
@@ -128,6 +126,7 @@ class Supervisor:
         self.stop_deadline = 0.0
         self.exit_code = 0
         self.selector = selectors.DefaultSelector()
+        self.wakeup_fds: tuple[int, ...] = ()
 
     # --- process handling ----------------------------------------------------------------------------
     def spawn(self, slot: int) -> Worker:
@@ -157,6 +156,8 @@ class Supervisor:
     def _worker_process(self, ready_write: int) -> int:
         signal.set_wakeup_fd(-1)
         self.selector.close()
+        for fd in [*self.wakeup_fds, *(w.ready_fd for w in self.workers.values() if w.ready_fd >= 0)]:
+            os.close(fd)  # the supervisor's, not ours
         for signum in _HANDLED_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
         # SIGHUP belongs to the supervisor (a rolling restart); one sent to the whole group must not kill us.
@@ -301,6 +302,7 @@ class Supervisor:
         for signum in _HANDLED_SIGNALS:
             signal.signal(signum, lambda *_: None)  # the wake-up fd carries the signal number to the loop
         previous_wakeup = signal.set_wakeup_fd(wakeup_write.fileno(), warn_on_full_buffer=False)
+        self.wakeup_fds = (wakeup_read.fileno(), wakeup_write.fileno())
         self.selector.register(wakeup_read, selectors.EVENT_READ, None)
         try:
             for slot in range(1, self.settings.workers + 1):
@@ -427,8 +429,6 @@ def serve_workers(
                 metrics_listener = bind_listener(settings.metrics_host, settings.metrics_port)
             except OSError as exc:
                 # As with one process: losing metrics must not take the service down, but say so loudly.
-                import structlog
-
                 structlog.get_logger("app.obs").error(
                     "metrics_listener_failed", host=settings.metrics_host, port=settings.metrics_port, error=str(exc)
                 )
