@@ -46,9 +46,38 @@ def json_size(row: list[Any]) -> int:
         encoded = orjson.dumps(row)
     except orjson.JSONEncodeError:
         return len(json.dumps(row))
-    if encoded.isascii() and b"\x7f" not in encoded and b"e-" not in encoded and b"0.0000" not in encoded:
-        return len(encoded) + max(len(row) - 1, 0)
-    return len(json.dumps(row))
+    compact = _escaped_length(encoded)
+    if compact is None:
+        return len(json.dumps(row))
+    return compact + max(len(row) - 1, 0)
+
+
+def rows_json_size(rows: list[list[Any]]) -> int | None:
+    """`sum(json_size(row) for row in rows)` from one orjson encoding of them all (a read sizes a whole batch
+    of rows at once while it is well inside the byte cap); None when only json.dumps would be exact."""
+    try:
+        encoded = orjson.dumps(rows)
+    except orjson.JSONEncodeError:
+        return None
+    compact = _escaped_length(encoded)
+    if compact is None:
+        return None
+    # "[" + the rows' compact texts joined by "," + "]"; each row then gets back its missing spaces.
+    return compact - 2 - max(len(rows) - 1, 0) + sum(max(len(row) - 1, 0) for row in rows)
+
+
+def _escaped_length(encoded: bytes) -> int | None:
+    """The length of orjson's compact text once non-ASCII and DEL are escaped as json.dumps does (`\\u00e9`,
+    a surrogate pair for characters past U+FFFF); None when a float may be written differently."""
+    if b"e-" in encoded or b"0.0000" in encoded:
+        return None
+    deleted = encoded.count(b"\x7f")
+    if encoded.isascii():
+        return len(encoded) + 5 * deleted
+    text = encoded.decode()
+    wide = len(text) - len(text.encode("ascii", "ignore"))  # characters that become \uXXXX (6 characters)
+    astral = len(text.encode("utf-16-le")) // 2 - len(text)  # of those, the ones that become two escapes
+    return len(text) + 5 * (wide + deleted) + 6 * astral
 
 
 def _execute(cursor: pyodbc.Cursor, sql: str, params: Sequence[Any]) -> None:
@@ -83,26 +112,34 @@ def collect(
         if not batch:
             break
         session.rows_returned = True
-        for raw in batch:
-            if len(rows) >= max_rows:
-                reason = "max_rows"
-                break
-            if marks_over_cap:
+        # The rows that may be shown, in order: up to the row cap, and before a row the server marked.
+        shown: Sequence[Any] = batch
+        stop: str | None = None
+        if len(shown) > max_rows - len(rows):
+            shown, stop = shown[: max_rows - len(rows)], "max_rows"
+        if marks_over_cap:
+            for index, raw in enumerate(shown):
                 marker = raw[-1]
                 if marker:  # the server found the byte cap passed: -1, or the column whose value alone is over
-                    reason = "max_bytes"
+                    shown, stop = shown[:index], "max_bytes"
                     if isinstance(marker, int) and 0 < marker <= len(columns):
                         too_long = columns[marker - 1]
                     break
-                raw = raw[:-1]
-            row = serialize_row(raw)
-            cost = json_size(row) + 1  # the row and its separator
-            if size + cost > max_bytes:
-                reason = "max_bytes"
-                too_long = _too_long_column(columns, row, max_bytes)
-                break
-            rows.append(row)
-            size += cost
+            shown = [raw[:-1] for raw in shown]
+        serialized = [serialize_row(raw) for raw in shown]
+        together = rows_json_size(serialized) if serialized else 0
+        if together is not None and size + together + len(serialized) <= max_bytes:
+            rows.extend(serialized)  # well inside the cap: one encoding sized them all
+            size += together + len(serialized)
+        else:
+            for row in serialized:
+                cost = json_size(row) + 1  # the row and its separator
+                if size + cost > max_bytes:
+                    stop, too_long = "max_bytes", _too_long_column(columns, row, max_bytes)
+                    break
+                rows.append(row)
+                size += cost
+        reason = stop
         if len(batch) < want:  # the driver had no more rows: skip a useless round trip
             break
     return QueryResult(
