@@ -317,6 +317,27 @@ async def _refused(c: Cluster, n: int, token: str) -> bool:
     return await c.call(n, token) == 401
 
 
+async def test_mssql_mcp_users_on_any_machine_reaches_every_nodes_bearer_cache(
+    cluster: Callable[..., Awaitable[Cluster]],
+) -> None:
+    """`mssql-mcp users passwd` runs in a process of its own: it broadcasts too, so no node keeps reusing
+    the signed-out token's lookup."""
+    import io
+
+    from app.auth.cli import users_main
+
+    c = await cluster()
+    client = await c.register()
+    code, verifier = await c.code(client)
+    _, tokens = await c.exchange(0, client, code, verifier)
+    assert [await c.call(n, tokens["access_token"]) for n in range(3)] == [200, 200, 200]
+    out = io.StringIO()
+    argv = ["passwd", "alice", "--password-stdin"]
+    assert users_main(c.settings, argv, stdin=io.StringIO("brand-new-pass-1\n"), stdout=out) == 0, out.getvalue()
+    for n in range(3):
+        assert await _eventually(lambda n=n: _refused(c, n, tokens["access_token"]), timeout=1.0) < 1.0
+
+
 async def test_redis_stopped_clear_errors_then_sign_in_recovers_by_itself(
     cluster: Callable[..., Awaitable[Cluster]], redis_server: RedisServer
 ) -> None:

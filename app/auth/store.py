@@ -883,7 +883,10 @@ class AsyncAuthStore:
 
     def __init__(self, backend: StorageBackend | str | os.PathLike[str], *, threads: int = 1) -> None:
         self.sync: StorageBackend = AuthStore(backend) if isinstance(backend, (str, os.PathLike)) else backend
-        self.threads = 1 if isinstance(self.sync, AuthStore) else threads
+        # The SQLite file, also under the Redis layer of issue 11 (app.state.authredis wraps it as `durable`).
+        durable = getattr(self.sync, "durable", self.sync)
+        self.sqlite: AuthStore | None = durable if isinstance(durable, AuthStore) else None
+        self.threads = 1 if self.sqlite is not None else threads
         self._executor: ThreadPoolExecutor | None = None
         self._reader: AuthStore | None = None
 
@@ -893,11 +896,11 @@ class AsyncAuthStore:
         await loop.run_in_executor(self._executor, self.sync.open)
 
     async def bearer_lookup(self, user_id: str, jti: str, family_id: str | None) -> BearerRecord | None:
-        if not isinstance(self.sync, AuthStore):
+        if self.sqlite is None:
             return await self.call(lambda s: s.bearer_lookup(user_id, jti, family_id))
         try:
             if self._reader is None:
-                self._reader = AuthStore(self.sync.path).open_reader()
+                self._reader = AuthStore(self.sqlite.path).open_reader()
             return self._reader.bearer_lookup(user_id, jti, family_id)
         except sqlite3.OperationalError:
             return await self.call(lambda s: s.bearer_lookup(user_id, jti, family_id))
