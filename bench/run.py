@@ -266,6 +266,7 @@ class RunningServer:
         self.log_path = tmp / f"{spec.key}.log"
         self.procs: list[subprocess.Popen[bytes]] = []
         self.nginx: subprocess.Popen[bytes] | None = None
+        self.start_seconds = 0.0
 
     @property
     def proc(self) -> subprocess.Popen[bytes] | None:
@@ -291,6 +292,11 @@ class RunningServer:
         return env
 
     async def start(self, timeout: float = 60.0) -> None:
+        began = time.monotonic()
+        await self._start(timeout)
+        self.start_seconds = time.monotonic() - began
+
+    async def _start(self, timeout: float) -> None:
         if self.redis is not None and self.topology.redis:
             self.redis.flush()
         for index, port in enumerate(self.node_ports):
@@ -1006,6 +1012,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 spec = spec_for(key)
                 try:
                     async with serving(spec, db, tmp, redis, info["ours_mcp_mode"]) as server:
+                        print(f"  {key}: serving after {server.start_seconds:.1f} s", flush=True)
                         for query_key in args.queries:
                             if round_no == 0:
                                 samples[f"{key}/{query_key}"] = await sample_response(server, query_key)

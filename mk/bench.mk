@@ -10,7 +10,8 @@ BENCH_NODE_VERSION ?= 22
 BENCH_DBHUB_VERSION ?= 1.4.0
 # Extra arguments for bench/run.py, e.g. BENCH_ARGS="--servers ours,dbhub --rounds 1".
 BENCH_ARGS ?=
-# Hard bound on the whole run (default settings take about 15-20 minutes on 2 cores).
+# Hard bound on the whole run (default settings take about 8 minutes on a quiet 2-core machine, 10-11 with
+# BENCH_ARGS="--memory-calls 100000").
 BENCH_TIMEOUT ?= 2400
 
 .PHONY: bench bench-peers

@@ -210,3 +210,12 @@ def test_scaling_table_gives_ratios_to_dbhub_one_worker_and_one_node() -> None:
     assert "`select1` c=8: met: WORKERS=2 2.00x DBHub's calls/s; p99 8.0 ms vs DBHub 12.0 ms" in text
     # One deployment of ours: nothing to compare, no section.
     assert run.render_scaling(info, args, best, ["ours", "dbhub"]) == []
+
+
+def test_cpu_per_call_measures_one_serving_process(capsys: pytest.CaptureFixture[str]) -> None:
+    import cpu
+
+    for key in ("ours-w2", "ours-n2", "dbhub", "ours-w0"):
+        with pytest.raises(SystemExit):
+            cpu.main(["--server", key])
+        assert "one serving process" in capsys.readouterr().err
