@@ -187,13 +187,11 @@ class Worker:
     def cursor(self) -> pyodbc.Cursor:
         assert self.conn is not None
         cursor = self.conn.cursor()
-        with self.lock:
-            reason = self.cancel_reason
-            if reason is None:
-                self._cursors.append(cursor)
-        if reason is not None:
+        try:
+            self._register(cursor)
+        except _Interrupted:
             cursor.close()
-            raise _Interrupted(reason)
+            raise
         return cursor
 
     def statement_cursor(self) -> pyodbc.Cursor:
@@ -206,19 +204,27 @@ class Worker:
         assert self.conn is not None
         if self._stamp_cursor is None:
             self._stamp_cursor = self.conn.cursor()
+        self._register(self._stamp_cursor)  # reading the stamp can wait on a lock: the watchdog may cancel it
         stamp = self.dialect.schema_stamp(self._stamp_cursor)
         if self._prepared is not None and stamp != self._prepared_stamp:
             self.forget_prepared()  # SQLite re-prepares by itself, but the driver would keep the old columns
         if self._prepared is None:
             self._prepared, self._prepared_stamp = self.conn.cursor(), stamp
-        prepared = self._prepared
+        self._register(self._prepared)
+        return self._prepared
+
+    def _register(self, cursor: pyodbc.Cursor) -> None:
+        """Make `cursor` one the watchdog cancels for this job; raise if the job was stopped already."""
         with self.lock:
             reason = self.cancel_reason
             if reason is None:
-                self._cursors.append(prepared)  # the watchdog may cancel it like any other
+                self._cursors.append(cursor)
         if reason is not None:
             raise _Interrupted(reason)
-        return prepared
+
+    def _own_cursors(self, cursors: list[pyodbc.Cursor]) -> list[pyodbc.Cursor]:
+        """The job's cursors without the ones the worker keeps between calls."""
+        return [c for c in cursors if c is not self._prepared and c is not self._stamp_cursor]
 
     def forget_prepared(self) -> None:
         """Close the kept cursor (a statement on it failed, or may be stale); the next read prepares afresh."""
@@ -363,7 +369,7 @@ class Worker:
         roll back. A kept statement is never trusted after a failure (or a cancel): it is closed."""
         if self._prepared is not None and self._prepared in cursors:
             self.forget_prepared()
-            cursors = [c for c in cursors if c is not self._prepared]
+        cursors = self._own_cursors(cursors)
         if self.conn is None or (isinstance(failure, pyodbc.Error) and is_dead_connection(failure)):
             _close(cursors)
             self._drop_connection(failure)
@@ -378,13 +384,13 @@ class Worker:
         closes_first = self.dialect.close_cursors_before_rollback
         prepared = self._prepared
         if prepared is not None and prepared in cursors:
-            cursors = [c for c in cursors if c is not prepared]
             try:
                 # Ends the statement like a close (SQLFreeStmt SQL_CLOSE: unread rows go, the read lock with
                 # them) but keeps it prepared: pyodbc's nextset past the last result.
                 prepared.nextset()
             except Exception:
                 self.forget_prepared()
+        cursors = self._own_cursors(cursors)
         if closes_first:
             _close(cursors)
         try:
