@@ -612,38 +612,68 @@ async def measure(
 
 
 async def memory_flat(
-    db: Path, tmp: Path, calls: int, concurrency: int = 8, query_key: str = "recent_orders"
+    db: Path, tmp: Path, calls: int, load: str = "wrk", concurrency: int = 8, query_key: str = "recent_orders"
 ) -> dict[str, Any]:
-    """Our server alone, `calls` tool calls in a row: RSS after the first 1,000 and at the end (issue 10)."""
+    """Our server alone, `calls` tool calls in a row: RSS after the first 1,000 and at the end (issue 10).
+    With wrk the calls go as fast as in the load runs (a count-bounded wrk run of 1,000, then one of the rest)."""
     async with serving(SERVERS["ours"], db, tmp) as server:
         assert server.proc is not None
         pids = _tree(server.proc.pid)
-        arguments = {"name": "execute_sql", "arguments": {server.spec.arg_name: QUERIES[query_key]}}
-        started = errors = 0
-        rss_after_1000: int | None = None
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-            client = Client(http, server.url)
-            await client.initialize()
-
-            async def worker() -> None:
-                nonlocal started, errors, rss_after_1000
-                while started < calls:
-                    started += 1
-                    result, _ = await client.request("tools/call", arguments)
-                    errors += bool(result.get("isError"))
-                    if rss_after_1000 is None and started >= 1000:
-                        rss_after_1000 = _rss_kb(pids)
-
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        began = time.monotonic()
+        if load == "wrk":
+            first = await _wrk_calls(server, query_key, concurrency, 1000)
+            rss_after_1000 = _rss_kb(pids)
+            rest = await _wrk_calls(server, query_key, concurrency, max(calls - first["calls"], 1))
+            made, errors = first["calls"] + rest["calls"], first["errors"] + rest["errors"]
+        else:
+            made, errors, rss_after_1000 = await _python_calls(server, query_key, concurrency, calls, pids)
+        seconds = time.monotonic() - began
         rss_end = _rss_kb(pids)
     return {
-        "calls": calls,
+        "calls": made,
         "query": query_key,
         "concurrency": concurrency,
         "errors": errors,
-        "rss_after_1000_mb": (rss_after_1000 or rss_end) / 1024,
+        "seconds": seconds,
+        "rss_after_1000_mb": rss_after_1000 / 1024,
         "rss_end_mb": rss_end / 1024,
     }
+
+
+async def _wrk_calls(server: RunningServer, query_key: str, concurrency: int, calls: int) -> dict[str, Any]:
+    cmd = [sys.executable, str(BENCH / "wrk_load.py"), "--url", server.url, "--arg-name", server.spec.arg_name]
+    cmd += ["--query", QUERIES[query_key], "-c", str(concurrency), "--calls", str(calls)]
+    cmd += ["--duration", str(max(60, calls / 50)), "--warmup", "0"]  # the duration only bounds a stuck run
+    load = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await load.communicate()
+    if load.returncode != 0:
+        raise RuntimeError(f"wrk_load.py failed ({load.returncode}): {err.decode(errors='replace')[-1000:]}")
+    report: dict[str, Any] = json.loads(out)
+    return report
+
+
+async def _python_calls(
+    server: RunningServer, query_key: str, concurrency: int, calls: int, pids: list[int]
+) -> tuple[int, int, int]:
+    """(calls made, errors, RSS after the first 1,000) with bench/load.py's client, in this process."""
+    arguments = {"name": "execute_sql", "arguments": {server.spec.arg_name: QUERIES[query_key]}}
+    started = errors = 0
+    rss_after_1000: int | None = None
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        client = Client(http, server.url)
+        await client.initialize()
+
+        async def worker() -> None:
+            nonlocal started, errors, rss_after_1000
+            while started < calls:
+                started += 1
+                result, _ = await client.request("tools/call", arguments)
+                errors += bool(result.get("isError"))
+                if rss_after_1000 is None and started >= 1000:
+                    rss_after_1000 = _rss_kb(pids)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return started, errors, rss_after_1000 if rss_after_1000 is not None else _rss_kb(pids)
 
 
 async def sample_response(server: RunningServer, query_key: str) -> dict[str, Any]:
@@ -713,6 +743,10 @@ def machine_info() -> dict[str, Any]:
 
             versions[dist] = version(dist)
     versions["node"] = _cmd_output([str(NODE_BIN / "node"), "--version"])
+    # "Redis server v=7.0.15 sha=..." and "nginx version: nginx/1.22.1" (nginx -v writes to stderr).
+    redis_version = _cmd_output(["redis-server", "--version"])
+    versions["redis"] = next((w[2:] for w in redis_version.split() if w.startswith("v=")), redis_version)
+    versions["nginx"] = _cmd_output(["sh", "-c", "nginx -v 2>&1"]).rpartition("/")[2]
     with contextlib.suppress(OSError, ValueError):
         versions["dbhub"] = json.loads(dbhub_pkg.read_text())["version"]
     return {
@@ -786,7 +820,8 @@ def render_markdown(
         f"- CPU: {info['nproc']} x {info['cpu_model']}; memory {info['mem_gib']} GiB; {info['os']}, "
         f"kernel {info['kernel']}",
         f"- Python {v.get('python')} (aiohttp {v.get('aiohttp')}, pyodbc {v.get('pyodbc')}, mcp {v.get('mcp')}, "
-        f"uvicorn {v.get('uvicorn')}); Node {v.get('node')} (DBHub {v.get('dbhub', 'n/a')})",
+        f"uvicorn {v.get('uvicorn')}); Node {v.get('node')} (DBHub {v.get('dbhub', 'n/a')}); "
+        f"redis-server {v.get('redis')} and nginx {v.get('nginx')} for the scaled-out deployments",
         f"- Database: demo SQLite file built by `{db_source}` ("
         + ", ".join(f"{t} {n}" for t, n in db_summary.items())
         + "), the same file for every server",
@@ -1044,7 +1079,7 @@ async def main_async(args: argparse.Namespace) -> int:
                         shutil.copy(log, PEERS / log.name.replace(".log", "-failed.log"))
 
         if args.memory_calls:
-            info["memory"] = await memory_flat(db, tmp, args.memory_calls)
+            info["memory"] = await memory_flat(db, tmp, args.memory_calls, args.load)
             print(f"  memory: {info['memory']}", flush=True)
     info["loop_lag"] = [
         (r["round"], r["query"], r["concurrency"], r["loop_lag_ms"]) for r in results if "loop_lag_ms" in r
@@ -1101,7 +1136,10 @@ def _redis_if_needed(servers: list[str], tmp: Path) -> Iterator[RedisServer | No
         return
     redis = RedisServer(_free_port(), tmp / "redis")
     try:
-        redis.start()
+        try:
+            redis.start()
+        except RuntimeError as exc:  # e.g. no redis-server: one line, not a traceback
+            raise SystemExit(f"cannot benchmark {', '.join(servers)}: {exc}") from None
         yield redis
     finally:
         redis.stop()

@@ -23,6 +23,7 @@ import asyncio
 import json
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,10 @@ function setup(thread) table.insert(threads, thread) end
 function init(args) bad = 0; bytes = 0; answered = 0; sample = "" end
 function response(status, headers, body)
   answered = answered + 1
+  if limit > 0 and answered >= limit and not limited then
+    -- wrk's main thread sleeps for the whole -d; the runner interrupts it (SIGINT) when it reads this line
+    limited = true; io.write("WRK_LIMIT\n"); io.flush(); wrk.thread:stop()
+  end
   bytes = bytes + #body
   if status ~= 200 or not body:find('"result"', 1, true) or body:find('"isError"%s*:%s*true') then
     bad = bad + 1
@@ -111,8 +116,9 @@ def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def _script(headers: dict[str, str], body: str) -> str:
-    lines = ['wrk.method = "POST"', f"wrk.body = {_lua_string(body)}"]
+def _script(headers: dict[str, str], body: str, limit: int = 0) -> str:
+    """The request wrk repeats; with `limit`, its thread stops after that many answers (0: run for the duration)."""
+    lines = [f"limit = {int(limit)}", 'wrk.method = "POST"', f"wrk.body = {_lua_string(body)}"]
     lines += [f"wrk.headers[ {_lua_string(k)} ] = {_lua_string(v)}" for k, v in headers.items()]
     return "\n".join(lines) + "\n" + LUA
 
@@ -128,11 +134,23 @@ def _run_wrk(wrk: str, script: Path, url: str, concurrency: int, seconds: float,
         str(script),
         url,
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + timeout + 60)
-    for line in done.stdout.splitlines():
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            lines = []
+            assert proc.stdout is not None
+            for line in proc.stdout:  # wrk prints little: a banner, WRK_LIMIT (count-bounded runs), its summary
+                lines.append(line)
+                if line.startswith("WRK_LIMIT"):
+                    proc.send_signal(signal.SIGINT)  # ends the -d sleep: wrk joins its thread and reports
+            proc.wait(timeout=timeout + 60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        stderr = proc.stderr.read() if proc.stderr is not None else ""
+    for line in lines:
         if line.startswith("WRK_JSON "):
             return json.loads(line.removeprefix("WRK_JSON "))
-    raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr[-1000:] or done.stdout[-1000:]}")
+    raise RuntimeError(f"wrk failed ({proc.returncode}): {stderr[-1000:] or ''.join(lines)[-1000:]}")
 
 
 def _run_wrks(
@@ -157,7 +175,14 @@ def run(
     timeout: float,
     wrk: str,
     mcp_mode: str = "session",
+    calls_limit: int = 0,
 ) -> dict[str, Any]:
+    """One load run; with `calls_limit`, it stops after about that many answers (no warm-up; `duration` bounds
+    it), which is how the memory check makes its first 1,000 calls and then the rest."""
+    if calls_limit:
+        if len(urls) != 1:
+            raise ValueError("--calls needs exactly one --url")
+        warmup = 0.0
     sessions = [asyncio.run(_open_session(url, tool, arguments, mcp_mode)) for url in urls]
     headers, init = sessions[0]
     body, call_headers = _call(tool, arguments, mcp_mode)
@@ -165,7 +190,7 @@ def run(
     with tempfile.TemporaryDirectory(prefix="wrk-") as tmp:
         scripts = [Path(tmp) / f"call-{i}.lua" for i in range(len(urls))]
         for script, (session_headers, _) in zip(scripts, sessions, strict=True):
-            script.write_text(_script({**session_headers, **call_headers}, body))
+            script.write_text(_script({**session_headers, **call_headers}, body, calls_limit))
         cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         warm = _run_wrks(wrk, scripts, urls, connections, warmup, timeout) if warmup > 0 else {"answered": 0}
         measured = _run_wrks(wrk, scripts, urls, connections, duration, timeout)
@@ -206,6 +231,12 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     parser = load_arguments(__doc__.splitlines()[0])
     parser.add_argument("--wrk", default=shutil.which("wrk") or "wrk", help="the wrk binary")
+    parser.add_argument(
+        "--calls",
+        type=int,
+        default=0,
+        help="stop after about this many answers (plus those in flight; no warm-up; --duration bounds the run)",
+    )
     args = parse_load_arguments(parser, argv)
     if not shutil.which(args.wrk):
         parser.error(f"{args.wrk} not found (apt-get install wrk; `make bench` installs it)")
@@ -220,8 +251,9 @@ def main(argv: list[str] | None = None) -> int:
             args.timeout,
             args.wrk,
             args.mcp_mode,
+            args.calls,
         )
-    except (CallFailed, aiohttp.ClientError, RuntimeError) as exc:
+    except (CallFailed, aiohttp.ClientError, RuntimeError, ValueError) as exc:
         print(f"wrk_load: {exc}", file=sys.stderr)
         return 1
     json.dump(report, sys.stdout)

@@ -219,3 +219,57 @@ def test_cpu_per_call_measures_one_serving_process(capsys: pytest.CaptureFixture
         with pytest.raises(SystemExit):
             cpu.main(["--server", key])
         assert "one serving process" in capsys.readouterr().err
+
+
+def _fake_mcp_app(seen: list[dict[str, Any]]) -> Any:
+    """The smallest Streamable HTTP endpoint wrk_load.py can drive: a session from initialize, results for calls."""
+    import json
+
+    from aiohttp import web
+
+    async def handle(request: web.Request) -> web.Response:
+        message = json.loads(await request.read())
+        seen.append({"headers": dict(request.headers), "method": message.get("method")})
+        if "id" not in message:
+            return web.Response(status=202)
+        if message["method"] == "initialize":
+            result: dict[str, Any] = {"protocolVersion": "2025-11-25", "serverInfo": {"name": "fake"}}
+            return web.json_response(
+                {"jsonrpc": "2.0", "id": message["id"], "result": result}, headers={"Mcp-Session-Id": "s1"}
+            )
+        result = {"content": [{"type": "text", "text": "1"}]}
+        return web.json_response({"jsonrpc": "2.0", "id": message["id"], "result": result})
+
+    app = web.Application()
+    app.router.add_post("/mcp", handle)
+    return app
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="no wrk")
+async def test_wrk_stops_after_a_count_and_splits_over_endpoints(aiohttp_server: Any) -> None:
+    import asyncio
+
+    seen: list[dict[str, Any]] = []
+    first, second = await aiohttp_server(_fake_mcp_app(seen)), await aiohttp_server(_fake_mcp_app(seen))
+    urls = [f"http://127.0.0.1:{first.port}/mcp", f"http://127.0.0.1:{second.port}/mcp"]
+    wrk = shutil.which("wrk") or "wrk"
+
+    def counted() -> dict[str, Any]:
+        return wrk_load.run(urls[:1], "execute_sql", {"query": "SELECT 1"}, 4, 30, 0, 5, wrk, calls_limit=300)
+
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    report = await loop.run_in_executor(None, counted)  # the servers answer on this loop meanwhile
+    assert report["calls"] == 300 and report["errors"] == 0
+    assert loop.time() - began < 15  # stopped at the count, not after the 30 s bound
+    assert all(entry["headers"].get("Mcp-Session-Id") == "s1" for entry in seen if entry["method"] == "tools/call")
+
+    def split() -> dict[str, Any]:
+        return wrk_load.run(urls, "execute_sql", {"query": "SELECT 1"}, 4, 1, 0, 5, wrk)
+
+    seen.clear()
+    report = await loop.run_in_executor(None, split)
+    assert report["load_generator"] == "wrk x 2" and report["errors"] == 0 and report["calls"] > 0
+    hosts = {entry["headers"]["Host"] for entry in seen if entry["method"] == "tools/call"}
+    assert hosts == {f"127.0.0.1:{first.port}", f"127.0.0.1:{second.port}"}  # both endpoints got load
