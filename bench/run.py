@@ -569,7 +569,7 @@ async def measure(
     parts = {name: pid for name, pid in (("nginx", server.nginx_pid()), ("redis", server.redis_pid())) if pid}
     with Sampler(server.root_pids(), parts) as sampler:
         load = await asyncio.create_subprocess_exec(
-            *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+            *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True
         )
         try:
             communicate = asyncio.ensure_future(load.communicate())
@@ -580,9 +580,7 @@ async def measure(
                 )
             out, err = await asyncio.wait_for(communicate, timeout=args.duration + args.warmup + 120)
         finally:
-            if load.returncode is None:  # timed out or interrupted: never leave a load generator behind
-                load.kill()
-                await load.wait()
+            await _kill_load(load)
     if load.returncode != 0:
         raise RuntimeError(f"{generator} failed ({load.returncode}): {err.decode(errors='replace')[-2000:]}")
     report = json.loads(out)
@@ -609,6 +607,14 @@ async def measure(
         }
     )
     return report
+
+
+async def _kill_load(load: asyncio.subprocess.Process) -> None:
+    """Timed out or interrupted: never leave a load generator behind, nor the wrk it started (its own group)."""
+    if load.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(load.pid, signal.SIGKILL)
+        await load.wait()
 
 
 async def memory_flat(
@@ -644,8 +650,13 @@ async def _wrk_calls(server: RunningServer, query_key: str, concurrency: int, ca
     cmd = [sys.executable, str(BENCH / "wrk_load.py"), "--url", server.url, "--arg-name", server.spec.arg_name]
     cmd += ["--query", QUERIES[query_key], "-c", str(concurrency), "--calls", str(calls)]
     cmd += ["--duration", str(max(60, calls / 50)), "--warmup", "0"]  # the duration only bounds a stuck run
-    load = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await load.communicate()
+    load = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True
+    )
+    try:
+        out, err = await load.communicate()
+    finally:
+        await _kill_load(load)
     if load.returncode != 0:
         raise RuntimeError(f"wrk_load.py failed ({load.returncode}): {err.decode(errors='replace')[-1000:]}")
     report: dict[str, Any] = json.loads(out)
