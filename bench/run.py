@@ -342,8 +342,8 @@ class RunningServer:
                 await asyncio.sleep(0.25)
 
     async def _wait_for_workers(self, deadline: float) -> None:
-        """WORKERS=N must mean N serving processes per node (a checkout that ignores the setting would report
-        one process's figures as N workers')."""
+        """WORKERS=N must mean at least N processes per node (app/workers.py: a supervisor and N workers), or a
+        checkout that ignores the setting would have one process's figures reported as N workers'."""
         wanted = self.topology.workers
         while True:
             counts = [len(_tree(proc.pid)) for proc in self.procs]
