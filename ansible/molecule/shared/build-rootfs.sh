@@ -19,7 +19,9 @@ key=$(sha256sum "$0" | cut -c1-12)
 rootfs="$cache_dir/bookworm-$key"
 
 BASE_PACKAGES=systemd-sysv,dbus,python3,ca-certificates,curl,iproute2,procps
-ROLE_PACKAGES="python3-apt python3-venv unixodbc libsqliteodbc odbc-postgresql nginx certbot logrotate openssl acl"
+# redis-server (redis role), postgresql and python3-psycopg2 (the scale_out scenario's state database).
+ROLE_PACKAGES="python3-apt python3-venv unixodbc libsqliteodbc odbc-postgresql nginx certbot logrotate openssl acl
+  redis-server postgresql python3-psycopg2"
 
 exec 9>"$cache_dir/.build.lock"
 flock 9
@@ -43,8 +45,9 @@ rm -rf "$rootfs" "$rootfs.tmp"
   : > "$rootfs.tmp/etc/machine-id"
   chroot "$rootfs.tmp" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive chroot "$rootfs.tmp" apt-get install -y -qq --no-install-recommends $ROLE_PACKAGES
-  # nginx is enabled by its package: keep it from binding the host's port 80 at boot.
-  chroot "$rootfs.tmp" systemctl disable nginx.service
+  # nginx, Redis and PostgreSQL are enabled by their packages: keep them from binding the host's ports 80,
+  # 6379 and 5432 at boot (the roles and scenarios enable what they configure).
+  chroot "$rootfs.tmp" systemctl disable nginx.service redis-server.service postgresql.service
   # Nothing to log into; nspawn's console is read-only.
   chroot "$rootfs.tmp" systemctl mask getty@.service console-getty.service systemd-networkd-wait-online.service
   chroot "$rootfs.tmp" apt-get clean
