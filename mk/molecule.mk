@@ -5,7 +5,8 @@
 # Debian 12 rootfs built once into .molecule-cache/ (gitignored). No Docker; the host's firewall is
 # never touched (ufw runs only inside a private-network container). Run as root.
 #
-#   make molecule                              all scenarios (~15 min on 2 cores, first run +3 min rootfs)
+#   make molecule                              all scenarios (~15 min on 2 cores, first run +3 min rootfs;
+#                                              scale_out, five containers, adds 6-10 min)
 #   make molecule MOLECULE_SCENARIOS="nginx"   some of ansible/molecule/<name>
 #   make molecule-destroy                      stop whatever a failed run left behind
 
