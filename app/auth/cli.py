@@ -19,7 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+import redis
+
 from ..settings import Settings
+from ..state.authredis import revocation_message, revocations_channel
 from ..state.backend import opened_backend
 from .passwords import hash_password, password_problem, verify_password
 from .records import AuthStorage
@@ -151,10 +154,6 @@ SIGNS_OUT = frozenset({"passwd", "role", "remove"})  # commands that change what
 def _broadcast_revocation(redis_url: str) -> None:
     """Tell running servers (REDIS_URL) to drop the bearer checks they reuse: the change applies at once
     instead of within their few seconds of reuse."""
-    import redis
-
-    from ..state.authredis import revocation_message, revocations_channel
-
     try:
         with redis.Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0) as client:
             client.publish(revocations_channel(), revocation_message())

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from .. import keys
 from ..cors import PUBLIC, allow_cors
+from ..state.authredis import revocations_channel
 from ..state.redisstate import RedisUnavailable
 from .authorize import authorize_get, authorize_post
 from .bearer import Authenticator
@@ -106,8 +107,6 @@ def setup_auth(app: web.Application) -> None:
     app[keys.AUTH_STORE] = state
     app[keys.AUTHENTICATOR] = Authenticator()
     if redis is not None and state.bearer_cache is not None:
-        from ..state.authredis import revocations_channel
-
         redis.subscribe(revocations_channel(), state.bearer_cache.drop)  # before start: channels are fixed
     add_metadata_routes(app)
     router = app.router

@@ -12,6 +12,7 @@ import structlog
 from aiohttp import web
 
 from .. import keys
+from ..state.authredis import BEARER_CACHE_WATCH_SECONDS, BearerCache, RedisAuthStorage
 from ..state.backend import POSTGRES_THREADS, storage_backend
 from .cimd import CimdFetcher
 from .keyring import KEY_RELOAD_SECONDS, UNKNOWN_KID_RELOAD_SECONDS, live_signing_keys
@@ -25,7 +26,6 @@ from .store import AsyncAuthStore, AuthStore, StorageBackend
 if TYPE_CHECKING:
     from ..obs.metrics import Metrics
     from ..settings import Settings
-    from ..state.authredis import BearerCache
     from ..state.redisstate import RedisState
 
 log = structlog.get_logger(__name__)
@@ -57,8 +57,6 @@ class AuthState:
         backend: StorageBackend = durable
         bearer_cache = None
         if redis is not None:
-            from ..state.authredis import BearerCache, RedisAuthStorage
-
             bearer_cache = BearerCache(redis)
             backend = RedisAuthStorage(durable, redis, bearer_cache)
         return cls(
@@ -124,8 +122,6 @@ class AuthState:
     async def _watch_bearer_cache(cache: BearerCache) -> None:
         """Forget every cached lookup as soon as the revocation listener is (even briefly) not connected:
         a message may have been missed while it reconnected."""
-        from ..state.authredis import BEARER_CACHE_WATCH_SECONDS
-
         while True:
             await asyncio.sleep(BEARER_CACHE_WATCH_SECONDS)
             if not cache.usable and len(cache):

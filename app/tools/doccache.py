@@ -36,8 +36,7 @@ class FetchCacheUnavailable(ToolError):
 
     def __init__(self) -> None:
         super().__init__(
-            "The shared result cache is unavailable for a moment (Redis is not reachable); search again in a "
-            "moment.",
+            "The shared result cache is unavailable for a moment (Redis is not reachable); search again in a moment.",
             outcome="error",
         )
 
