@@ -30,6 +30,8 @@ import redis
 import redis.asyncio
 import structlog
 from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from ..core import SafeError
 
@@ -91,6 +93,11 @@ class RedisState:
             socket_connect_timeout=command_timeout,
             retry_on_timeout=False,
             health_check_interval=0,
+            # A pooled connection opened before a Redis restart fails its first command ("connection
+            # closed by server"): one immediate retry on a fresh connection tells that apart from Redis
+            # being down, which a refused reconnect then reports as before.
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[redis.ConnectionError],
         )
         self._available = False
         self._last_error: str | None = None
@@ -99,6 +106,7 @@ class RedisState:
         self._handlers: dict[str, list[MessageHandler]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._listening = asyncio.Event()
+        self._check_now = asyncio.Event()  # set when a command saw Redis fail: the monitor pings at once
         self._closed = False
 
     # -- naming ----------------------------------------------------------------------------------
@@ -133,6 +141,8 @@ class RedisState:
             return
         self._available = up
         self._down_since = None if up else time.time()
+        if not up:
+            self._check_now.set()
         if up:
             log.info("redis.available")
         else:
@@ -215,7 +225,15 @@ class RedisState:
 
     async def _monitor(self) -> None:
         while not self._closed:
-            await asyncio.sleep(PING_WHILE_UP_SECONDS if self._available else PING_WHILE_DOWN_SECONDS)
+            # A failed command wakes the monitor early, so a blip (a failover, a restart) costs a ping
+            # interval of PING_WHILE_DOWN_SECONDS rather than the slow up-state interval.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(
+                    self._check_now.wait(), PING_WHILE_UP_SECONDS if self._available else PING_WHILE_DOWN_SECONDS
+                )
+            if self._check_now.is_set():
+                self._check_now.clear()
+                await asyncio.sleep(PING_WHILE_DOWN_SECONDS / 5)  # let the failing peer settle a moment
             await self._ping()
 
     async def _listen(self) -> None:
