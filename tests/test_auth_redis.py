@@ -348,6 +348,8 @@ async def test_redis_stopped_clear_errors_then_sign_in_recovers_by_itself(
     verifier, challenge = pkce()
     async with c.http.get(c.authorize_url(0, client, challenge), allow_redirects=False) as resp:
         pending_fields = hidden_fields(await resp.text())
+    # Busy first: every node's store threads hold pooled Redis connections when Redis goes away.
+    assert await _authorize_burst(c, client, challenge) == [200] * 12
 
     redis_server.stop()
     try:
@@ -377,10 +379,21 @@ async def test_redis_stopped_clear_errors_then_sign_in_recovers_by_itself(
         return all(app[keys.REDIS].available and app[keys.REDIS].listening for app in c.apps)
 
     await _eventually(all_up, timeout=15)
+    # As busy as before: no connection pooled before the restart makes a request fail.
+    assert await _authorize_burst(c, client, challenge) == [200] * 12
     code, verifier = await c.code(client, nodes=(2, 0, 1))
     status, fresh = await c.exchange(1, client, code, verifier)
     assert status == 200, fresh
     assert await c.call(0, fresh["access_token"]) == 200
+
+
+async def _authorize_burst(c: Cluster, client: dict[str, Any], challenge: str) -> list[int]:
+    async def one(n: int) -> int:
+        async with c.http.get(c.authorize_url(n, client, challenge), allow_redirects=False) as resp:
+            await resp.read()
+            return resp.status
+
+    return list(await asyncio.gather(*(one(n) for n in range(12))))
 
 
 async def test_without_redis_the_store_is_the_durable_backend_alone(auth_settings: Callable[..., Settings]) -> None:
