@@ -244,7 +244,11 @@ async def legacy_sse_flow(cluster: Cluster, times: int) -> None:
     assert len(calls) == times * len(CLAUDE_CALLS)
     assert {s.node for s in posts} == NODES  # including both nodes that do not hold the stream
     assert any(s.node != stream_node for s in calls)
-    assert all(s.status == 202 for s in posts), [(s.node, s.status) for s in posts]
+    # A relayed reply can reach the stream before the relaying node's 202 reaches the client, and the client
+    # may leave as soon as it has the reply: the proxy then logs no status for that last POST. Every other
+    # POST was answered 202.
+    assert all(s.status == 202 for s in posts[:-1]), [(s.node, s.status) for s in posts]
+    assert posts[-1].status in (202, None), posts[-1]
 
 
 async def chatgpt_flow(cluster: Cluster) -> None:
