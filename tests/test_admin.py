@@ -5,6 +5,7 @@ The real-browser test (sign-in, an OAuth client revoked, its next MCP call refus
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import sqlite3
@@ -487,3 +488,32 @@ def test_a_version_2_store_is_migrated_to_accept_the_admin_role(tmp_path: Any) -
         assert old is not None and old.role == "writer"
         assert store.set_role("old", "admin") and store.get_user_by_name("old").role == "admin"  # type: ignore[union-attr]
         store.add_user("new-admin", None, "admin")
+
+
+@pytest.mark.integration
+async def test_signin_while_redis_is_down_is_a_clear_503_then_works(
+    aiohttp_server: Callable[..., Any],
+    aiohttp_client: Callable[..., Any],
+    auth_settings: Callable[..., Settings],
+    redis_server: Any,
+    redis_url: str,
+) -> None:
+    """The throttle counters live in Redis (REDIS_URL): while it is away the console says so and recovers."""
+    settings = auth_settings(redis_url=redis_url, public_base_url="http://127.0.0.1")
+    create_user(settings, "ada", role="admin")
+    server: TestServer = await aiohttp_server(create_app(settings))
+    console = Console(await aiohttp_client(server), settings, str(server.make_url("")).rstrip("/"))
+    redis_server.stop()
+    try:
+        response = await console.sign_in("ada")
+        text = await response.text()
+        assert response.status == 503 and response.headers["Retry-After"] == "2"
+        assert "Sign-in is unavailable for a moment" in text and "Traceback" not in text
+    finally:
+        redis_server.start()
+    for _ in range(100):  # the monitor notices within a fraction of a second
+        response = await console.sign_in("ada")
+        if response.status != 503:
+            break
+        await asyncio.sleep(0.1)
+    assert response.status == 303, await response.text()

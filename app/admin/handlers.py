@@ -31,6 +31,7 @@ from ..auth.state import AuthState
 from ..auth.store import UserExists
 from ..core import TOOL_OUTCOMES
 from ..obs.audit import recent_audit
+from ..state.redisstate import RedisUnavailable
 from . import html
 from .html import section, table, text
 from .policy import policy_in_force, policy_sections
@@ -157,7 +158,17 @@ async def signin_post(request: web.Request) -> web.StreamResponse:
     password = str(form.get("password", ""))
     if not username or not password:
         return _signin_page(request, error="Enter your username and password.", username=username, status=400)
-    checked = await check_password(state, username, password, client_address(request), event_prefix="admin")
+    try:
+        checked = await check_password(state, username, password, client_address(request), event_prefix="admin")
+    except RedisUnavailable:  # the throttle counters live in Redis (REDIS_URL), away for a moment
+        response = _signin_page(
+            request,
+            error="Sign-in is unavailable for a moment. Try again in a few seconds.",
+            username=username,
+            status=503,
+        )
+        response.headers["Retry-After"] = "2"
+        return response
     if checked.throttled:
         wait = max(1, round(checked.until - time.time()))
         response = _signin_page(
