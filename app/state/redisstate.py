@@ -106,6 +106,9 @@ class RedisState:
         self._handlers: dict[str, list[MessageHandler]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._listening = asyncio.Event()
+        # Counts (re)subscriptions: a cache that is kept right by broadcasts remembers the number it was
+        # filled under, and a different one means messages may have been missed while disconnected.
+        self.listen_generation = 0
         self._check_now = asyncio.Event()  # set when a command saw Redis fail: the monitor pings at once
         self._closed = False
 
@@ -242,6 +245,7 @@ class RedisState:
             pubsub: PubSub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await asyncio.wait_for(pubsub.subscribe(*self._handlers), self.command_timeout)
+                self.listen_generation += 1
                 self._listening.set()
                 attempt = 0
                 while not self._closed:
