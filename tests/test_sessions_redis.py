@@ -19,6 +19,7 @@ from mcp import Client
 
 from app import keys
 from app.mcp.transports.sessions import SessionManager
+from app.state.sessions import RedisSessionStorage
 from tests.fixtures.auth import mint_token
 from tests.fixtures.redis import RedisServer
 
@@ -381,9 +382,14 @@ async def test_a_dropped_event_stream_is_gone_on_every_node(nodes: list[Node]) -
                 assert "stopped reading" in (await response.json())["error"]["message"]
 
 
-async def test_a_call_on_a_shared_session_costs_one_redis_round_trip(nodes: list[Node]) -> None:
+async def test_repeated_calls_on_a_shared_session_cost_no_redis_round_trip_within_touch_seconds(
+    nodes: list[Node],
+) -> None:
     a, b, _ = nodes
     redis_state = b.app[keys.REDIS]
+    storage = b.sessions.storage
+    assert isinstance(storage, RedisSessionStorage)
+    storage.touch_seconds = 0.5  # shorter than production's TOUCH_SECONDS, so the test sees one expire
     trips: list[str] = []
     run = redis_state.run
 
@@ -399,11 +405,103 @@ async def test_a_call_on_a_shared_session_costs_one_redis_round_trip(nodes: list
         session_id = await _initialize(http, a)
         redis_state.run = counted  # type: ignore[method-assign]
         try:
+            started = time.monotonic()
             for n in range(5):
                 status, body, _ = await _post(http, b, _call(n, "echo", {"text": "x"}), session_id)
                 assert status == 200 and body["result"]["structuredContent"]["echo"] == "x"
             status, _, _ = await _post(http, b, {"jsonrpc": "2.0", "id": 9, "method": "tools/list"}, session_id)
             assert status == 200
+            assert time.monotonic() - started < storage.touch_seconds
+            # GETEX + index touch, pipelined, for the first call; the others reuse the record
+            assert len(trips) == 1
+            await asyncio.sleep(storage.touch_seconds)
+            status, body, _ = await _post(http, b, _call(10, "echo", {"text": "y"}), session_id)
+            assert status == 200 and body["result"]["structuredContent"]["echo"] == "y"
+            assert len(trips) == 2  # older than touch_seconds: read (and TTL refreshed) again, once
         finally:
             redis_state.run = run  # type: ignore[method-assign]
-    assert len(trips) == 6  # GETEX + index touch, pipelined; an unchanged record is not written back
+
+
+async def test_a_record_in_its_handshake_is_always_read_fresh(nodes: list[Node]) -> None:
+    a, b, _ = nodes
+    storage = b.sessions.storage
+    assert isinstance(storage, RedisSessionStorage)
+    async with aiohttp.ClientSession() as http:
+        status, _, headers = await _post(http, a, INITIALIZE)
+        assert status == 200
+        session_id = headers["Mcp-Session-Id"]
+        status, _, _ = await _post(http, b, {"jsonrpc": "2.0", "id": 2, "method": "ping"}, session_id)
+        assert status == 200 and storage.cached() == 0  # not initialized yet: nothing kept
+        status, _, _ = await _post(http, b, {"jsonrpc": "2.0", "method": "notifications/initialized"}, session_id)
+        assert status == 202
+        status, _, _ = await _post(http, b, {"jsonrpc": "2.0", "id": 3, "method": "ping"}, session_id)
+        assert status == 200 and storage.cached() == 1
+
+
+async def test_delete_on_one_node_ends_a_session_the_others_hold_at_once(nodes: list[Node]) -> None:
+    a, b, c = nodes
+    ping = {"jsonrpc": "2.0", "id": 3, "method": "ping"}
+    async with aiohttp.ClientSession() as http:
+        for _ in range(5):  # a few rounds: the broadcast must beat the client's next request every time
+            session_id = await _initialize(http, a)
+            for node in nodes:  # every node now holds the record
+                assert (await _post(http, node, ping, session_id))[0] == 200
+            headers = {**HEADERS, "Mcp-Session-Id": session_id}
+            async with http.delete(a.url + "/mcp", headers=headers) as response:
+                assert response.status in (200, 204)
+            assert (await _post(http, b, ping, session_id))[0] == 404
+            assert (await _post(http, c, ping, session_id))[0] == 404
+
+
+async def test_a_changed_record_reaches_the_nodes_that_hold_it_at_once(nodes: list[Node]) -> None:
+    a, b, _ = nodes
+    async with aiohttp.ClientSession() as http:
+        session_id = await _initialize(http, a)
+        ping = {"jsonrpc": "2.0", "id": 3, "method": "ping"}
+        assert (await _post(http, b, ping, session_id))[0] == 200  # B holds the record now
+        set_level = {"jsonrpc": "2.0", "id": 4, "method": "logging/setLevel", "params": {"level": "debug"}}
+        status, _, _ = await _post(http, a, set_level, session_id)
+        assert status == 200
+        assert (await _post(http, b, ping, session_id))[0] == 200
+        session = b.sessions.local(session_id)
+        assert session is not None and session.record.log_level == "debug"
+
+
+async def test_another_users_call_on_a_held_session_is_404(nodes: list[Node]) -> None:
+    a, b, _ = nodes
+    settings = a.app[keys.SETTINGS]
+    alice = mint_token(settings, PUBLIC, username="alice", role="reader", scope="mcp:read", resource=PUBLIC)
+    bob = mint_token(settings, PUBLIC, username="bob", role="reader", scope="mcp:read", resource=PUBLIC)
+    ping = {"jsonrpc": "2.0", "id": 3, "method": "ping"}
+    async with aiohttp.ClientSession() as http:
+        session_id = await _initialize(http, a, token=alice)
+        assert (await _post(http, b, ping, session_id, token=alice))[0] == 200
+        assert (await _post(http, b, ping, session_id, token=bob))[0] == 404  # from B's copy: still refused
+        assert (await _post(http, b, ping, session_id, token=alice))[0] == 200
+
+
+async def test_a_held_session_is_refused_once_the_node_sees_redis_down(
+    nodes: list[Node], redis_server: RedisServer
+) -> None:
+    """A cached record serves calls only while the listener is connected: stopping Redis closes that
+    connection, so the node answers 503 as soon as it notices (at once here; after a silent network
+    partition at most touch_seconds later)."""
+    a, b, _ = nodes
+    ping = {"jsonrpc": "2.0", "id": 4, "method": "ping"}
+    async with aiohttp.ClientSession() as http:
+        session_id = await _initialize(http, a)
+        assert (await _post(http, b, ping, session_id))[0] == 200
+        redis_state = b.app[keys.REDIS]
+        generation = redis_state.listen_generation
+        redis_server.stop()
+        try:
+            await _eventually(lambda: not redis_state.listening, timeout=2.0)
+            status, body, headers = await _post(http, b, ping, session_id)
+            assert status == 503 and "Redis" in body["error"]["message"] and headers["Retry-After"] == "1"
+            status, _, _ = await _post(http, b, INITIALIZE)  # a new session: never from a cache
+            assert status == 503
+        finally:
+            redis_server.start()
+        await _eventually(lambda: redis_state.available and redis_state.listening)
+        assert redis_state.listen_generation > generation
+        assert (await _post(http, b, ping, session_id))[0] == 404  # Redis came back empty: not served from a copy

@@ -9,11 +9,21 @@ Keys, in the `RedisState` namespace, for one endpoint prefix (`scope`):
 A use is one round trip: GETEX refreshes the TTL and ZADD XX the index, pipelined. The index gives the
 count for MAX_SESSIONS and the gauge without SCAN (ZCOUNT over the idle window); expired records leave
 it at the next trim (SessionManager.sweep), which is also how the gauge learns they went.
+
+Repeated calls skip even that (issue 10): a worker keeps the records of handshaken sessions it read for
+`touch_seconds` and reuses them without asking Redis, so the TTL and the index are refreshed at most
+once per `touch_seconds` per session per worker (idle expiry and MAX_SESSIONS are right to within that).
+It is safe because every change (a written save, a remove) is published, awaited, on `changed:<scope>`
+before the caller answers, and every other worker drops its copy at once; so the cache answers only
+while the listener is connected under the subscription (`listen_generation`) the entry was filled
+under: a reconnect may have missed messages. A record still in its handshake (not `initialized`) is
+always read fresh, since another worker may be changing it.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -23,15 +33,91 @@ from ..mcp.session import SessionOwner, SessionRecord
 from .redisstate import RedisState
 
 TRANSPORTS = ("streamable_http", "sse")
+# How long a worker reuses a record it read (and so how often it refreshes TTL and index per session).
+TOUCH_SECONDS = 2.0
+CACHED_RECORDS_MAX = 10_000
+
+
+@dataclass(frozen=True)
+class CachedRecord:
+    data: bytes  # the JSON Redis held: every use gets its own SessionRecord, as from Redis
+    fetched: float  # monotonic time of the GETEX that read it (and refreshed TTL and index)
+    listen_generation: int  # RedisState.listen_generation when it was read
 
 
 class RedisSessionStorage:
     shared = True
 
-    def __init__(self, redis_state: RedisState, scope: str, *, idle_seconds: float) -> None:
+    def __init__(
+        self,
+        redis_state: RedisState,
+        scope: str,
+        *,
+        idle_seconds: float,
+        touch_seconds: float = TOUCH_SECONDS,
+        max_cached: int = CACHED_RECORDS_MAX,
+    ) -> None:
         self.redis = redis_state
         self.scope = scope
         self.idle_ms = max(1, int(idle_seconds * 1000))
+        self.touch_seconds = touch_seconds
+        self.max_cached = max_cached
+        self._cached: dict[str, CachedRecord] = {}
+        # Counts changes seen (here or announced): a read under way while one happened is not kept.
+        self._changes = 0
+        self.changes_channel = redis_state.key("changed", scope)
+        redis_state.subscribe(self.changes_channel, self._on_changed)
+
+    # -- the per-worker cache ----------------------------------------------------------------------
+    @property
+    def _reuse_seconds(self) -> float:
+        # Well under the idle time, whatever it is (tests shorten idle_ms on a running store).
+        return min(self.touch_seconds, self.idle_ms / 10_000)
+
+    def _cache_usable(self, generation: int) -> bool:
+        return self.redis.available and self.redis.listening and self.redis.listen_generation == generation
+
+    def _cached_record(self, session_id: str) -> SessionRecord | None:
+        entry = self._cached.get(session_id)
+        if entry is None:
+            return None
+        if self._cache_usable(entry.listen_generation) and time.monotonic() - entry.fetched < self._reuse_seconds:
+            return SessionRecord.from_json(entry.data)
+        del self._cached[session_id]
+        return None
+
+    def _remember(self, session_id: str, data: bytes, changes: int, generation: int) -> None:
+        if changes != self._changes or self._reuse_seconds <= 0 or not self._cache_usable(generation):
+            return  # changed meanwhile, or the listener reconnected: a message may have been missed
+        self._cached.pop(session_id, None)
+        while len(self._cached) >= self.max_cached:  # oldest read first (entries are re-inserted on reads)
+            del self._cached[next(iter(self._cached))]
+        self._cached[session_id] = CachedRecord(data, time.monotonic(), generation)
+
+    def _forget(self, session_id: str) -> None:
+        self._changes += 1
+        self._cached.pop(session_id, None)
+
+    def cached(self) -> int:
+        """How many records this worker holds (tests, diagnostics)."""
+        return len(self._cached)
+
+    async def _announce(self, session_id: str) -> None:
+        """Tell every other worker to drop its copy; awaited, so it is out before the caller answers."""
+        message = orjson.dumps({"id": session_id, "from": self.redis.worker_id})
+        await self.redis.publish(self.changes_channel, message)
+
+    def _on_changed(self, data: bytes) -> None:
+        try:
+            message = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            message = None
+        if not isinstance(message, dict) or not isinstance(message.get("id"), str):
+            self._changes += 1
+            self._cached.clear()  # unreadable: forget everything rather than guess
+            return
+        if message.get("from") != self.redis.worker_id:
+            self._forget(message["id"])
 
     def _key(self, session_id: str) -> str:
         return self.redis.key("session", self.scope, session_id)
@@ -56,6 +142,11 @@ class RedisSessionStorage:
         record.stored = data
 
     async def get(self, session_id: str) -> SessionRecord | None:
+        cached = self._cached_record(session_id)
+        if cached is not None:
+            return cached
+        changes, generation = self._changes, self.redis.listen_generation
+
         async def get(client: redis.asyncio.Redis) -> Any:
             pipe = client.pipeline(transaction=False)
             pipe.getex(self._key(session_id), px=self.idle_ms)
@@ -65,18 +156,29 @@ class RedisSessionStorage:
             return await pipe.execute()
 
         data = (await self.redis.run(get))[0]
-        return SessionRecord.from_json(data) if data is not None else None
+        if data is None:
+            self._cached.pop(session_id, None)
+            return None
+        record = SessionRecord.from_json(data)
+        if record.initialized:  # handshake over: other workers change it only with an announcement
+            self._remember(session_id, data, changes, generation)
+        return record
 
     async def save(self, record: SessionRecord) -> bool:
         data = record.to_json()
         if data == record.stored:
             return False  # the usual call changes nothing: no write
+        self._forget(record.id)  # also when Redis fails below: the copy here may no longer be what it holds
         # XX: a record removed meanwhile (DELETE on another worker) stays removed.
         written = await self.redis.run(lambda client: client.set(self._key(record.id), data, px=self.idle_ms, xx=True))
         record.stored = data
+        if written:
+            await self._announce(record.id)
         return bool(written)
 
     async def remove(self, session_id: str) -> SessionRecord | None:
+        self._forget(session_id)
+
         async def remove(client: redis.asyncio.Redis) -> Any:
             pipe = client.pipeline(transaction=False)
             pipe.getdel(self._key(session_id))
@@ -85,6 +187,7 @@ class RedisSessionStorage:
             return await pipe.execute()
 
         data = (await self.redis.run(remove))[0]
+        await self._announce(session_id)  # DELETE here ends it on every worker at once
         return SessionRecord.from_json(data) if data is not None else None
 
     async def records(self) -> list[SessionRecord]:
