@@ -63,9 +63,23 @@ def bind_listener(host: str, port: int, backlog: int = 128) -> socket.socket:
     return socket.create_server(address[:2], family=family, backlog=backlog, dualstack_ipv6=dualstack)
 
 
+METRICS_DIR_PREFIX = "mssql-mcp-metrics-"
+
+
+def _remove_stale_metrics_dirs() -> None:
+    """Directories left by supervisors that were killed (SIGKILL cannot clean up): named after their pid."""
+    root = tempfile.gettempdir()
+    for entry in os.scandir(root):
+        pid = entry.name.removeprefix(METRICS_DIR_PREFIX).partition("-")[0]
+        if entry.name.startswith(METRICS_DIR_PREFIX) and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
 def use_multiprocess_metrics() -> str:
     """Point prometheus_client at a fresh private directory, before any metric exists (the workers inherit it)."""
-    directory = tempfile.mkdtemp(prefix="mssql-mcp-metrics-")
+    if os.path.isdir("/proc"):
+        _remove_stale_metrics_dirs()
+    directory = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
     os.environ[MULTIPROC_ENV] = directory
     from prometheus_client import values
 

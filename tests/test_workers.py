@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -82,6 +83,7 @@ def _env(tmp_path: Path, db_path: Path, port: int, metrics_port: int, **extra: s
 @contextlib.contextmanager
 def serve(tmp_path: Path, db_path: Path, **extra: str) -> Iterator[Served]:
     port, metrics_port = free_port(), free_port()
+    tmp_path.mkdir(parents=True, exist_ok=True)
     out, err = tmp_path / "stdout.log", tmp_path / "stderr.log"
     with out.open("wb") as stdout, err.open("wb") as stderr:
         proc = subprocess.Popen(
@@ -98,7 +100,11 @@ def serve(tmp_path: Path, db_path: Path, **extra: str) -> Iterator[Served]:
         yield served
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            proc.send_signal(signal.SIGTERM)  # lets the supervisor remove its metrics directory
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         with contextlib.suppress(ProcessLookupError):  # no worker may outlive the test
             os.killpg(proc.pid, signal.SIGKILL)
@@ -378,6 +384,11 @@ def test_workers_die_with_their_supervisor(tmp_path: Path, demo_db_path: Path, r
         while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+        # The killed supervisor's metrics directory goes at the next start of any supervisor.
+        stale = list(Path(tempfile.gettempdir()).glob(f"mssql-mcp-metrics-{served.proc.pid}-*"))
+        assert stale
+    with serve(tmp_path / "again", demo_db_path, WORKERS="2", REDIS_URL=redis_url):
+        assert not any(path.exists() for path in stale)
 
 
 def test_one_mcp_session_is_served_by_both_workers(tmp_path: Path, demo_db_path: Path, redis_url: str) -> None:
