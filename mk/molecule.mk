@@ -6,7 +6,7 @@
 # never touched (ufw runs only inside a private-network container). Run as root.
 #
 #   make molecule                              all scenarios (~15 min on 2 cores, first run +3 min rootfs;
-#                                              scale_out, five containers, adds 6-10 min)
+#                                              scale_out, five containers, adds ~4 min, 7-10 when busy)
 #   make molecule MOLECULE_SCENARIOS="nginx"   some of ansible/molecule/<name>
 #   make molecule-destroy                      stop whatever a failed run left behind
 
