@@ -331,3 +331,22 @@ def test_a_path_prefix_is_stripped_and_announced(prefixed_site: Site) -> None:
     assert seen["headers"]["X-Environment-Path"] == "/prod"
     status, _, _ = prefixed_site.request("GET", "/chatgpt/mcp")
     assert status == 404  # nothing outside the prefix reaches the app
+
+
+@pytest.fixture(scope="module")
+def balanced_site(upstream: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """nginx behind a load balancer at 127.0.0.1 (nginx_real_ip_from), as the GCP inventory sets it."""
+    site, proc = _start_site(tmp_path_factory.mktemp("balanced"), upstream, nginx_real_ip_from=["127.0.0.1/32"])
+    yield site
+    _stop(proc)
+
+
+def test_behind_a_balancer_the_client_it_names_is_the_client(site: Site, balanced_site: Site) -> None:
+    forwarded = {"X-Forwarded-For": "203.0.113.7"}
+    _, _, body = balanced_site.request("GET", "/echo", headers=forwarded)
+    headers = json.loads(body)["headers"]
+    assert headers["X-Real-IP"] == "203.0.113.7"
+    assert headers["X-Forwarded-For"].split(",")[-1].strip() == "203.0.113.7"
+    # Without nginx_real_ip_from (the default) a client cannot name itself someone else.
+    _, _, body = site.request("GET", "/echo", headers=forwarded)
+    assert json.loads(body)["headers"]["X-Real-IP"] == "127.0.0.1"
