@@ -184,7 +184,8 @@ class SessionManager:
 
     With a shared storage and a `relay` (Redis), any worker serves any session: the records come from
     the store on every use (which may reuse its copy for a moment: `RedisSessionStorage`), and the relay
-    reaches what only another worker holds (its stream, its running calls). `_live` is then a cache of this worker's part of the sessions it served.
+    reaches what only another worker holds (its stream, its running calls). `_live` is then a cache of
+    this worker's part of the sessions it served.
     """
 
     def __init__(
