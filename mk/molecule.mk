@@ -19,7 +19,7 @@ MOLECULE_TIMEOUT ?= 2400
 MOLECULE_ENV = PATH="$(abspath $(BIN)):$$PATH" ANSIBLE_FORCE_COLOR=0 NO_COLOR=1 \
 	MOLECULE_ROOTFS_CACHE="$(abspath .molecule-cache)"
 
-.PHONY: ops-deps ansible-lint molecule molecule-destroy
+.PHONY: ops-deps ansible-lint ansible-decisions molecule molecule-destroy
 
 ops-deps: deps $(OPS_STAMP)
 	@missing=$$(for p in $(OPS_APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
@@ -36,9 +36,13 @@ ansible-lint: ops-deps ## lint the playbooks, roles and Molecule scenarios (prod
 	cd ansible && $(MOLECULE_ENV) ansible-lint
 	cd ansible && $(MOLECULE_ENV) ansible-playbook --syntax-check -i inventories/gcp/hosts.yml site.yml
 
+# `make test` has no Ansible installed, so these tests skip there; here they run with it.
+ansible-decisions: ops-deps ## the app role's scale-out decisions and preflight messages, by Ansible's templating
+	$(BIN)/pytest -q -p no:cacheprovider tests/test_ansible_roles.py
+
 # One commit for the whole run (MSSQL_MCP_REVISION): the app role deploys it, so commits landing
 # meanwhile cannot make the idempotence step see a "new release".
-molecule: ops-deps ansible-lint ## converge, idempotence and verify every role in nspawn containers
+molecule: ops-deps ansible-lint ansible-decisions ## converge, idempotence and verify every role in nspawn containers
 	@set -e; rev=$$(git rev-parse HEAD); start=$$(date +%s); \
 	scenarios="$(MOLECULE_SCENARIOS)"; \
 	if [ -z "$$scenarios" ]; then scenarios=$$(cd ansible/molecule && ls -d */ | tr -d / | grep -vx shared); fi; \
