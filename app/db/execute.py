@@ -28,7 +28,7 @@ from sqlglot import exp
 from .dialects.base import Dialect, ReadPlan, rows_per_fetch, statement_body
 from .errors import is_cancel, is_server_timeout
 from .forjson import collect_document, is_document_result
-from .serialize import serialize_row
+from .serialize import rows_serializer
 from .types import QueryResult
 
 FETCH_BATCH = 256
@@ -52,9 +52,10 @@ def json_size(row: list[Any]) -> int:
     return compact + max(len(row) - 1, 0)
 
 
-def rows_json_size(rows: list[list[Any]]) -> int | None:
+def rows_json_size(rows: list[list[Any]], width: int | None = None) -> int | None:
     """`sum(json_size(row) for row in rows)` from one orjson encoding of them all (a read sizes a whole batch
-    of rows at once while it is well inside the byte cap); None when only json.dumps would be exact."""
+    of rows at once while it is well inside the byte cap); None when only json.dumps would be exact. `width`:
+    every row has that many values (a result's rows do), which spares counting them."""
     try:
         encoded = orjson.dumps(rows)
     except orjson.JSONEncodeError:
@@ -63,7 +64,8 @@ def rows_json_size(rows: list[list[Any]]) -> int | None:
     if compact is None:
         return None
     # "[" + the rows' compact texts joined by "," + "]"; each row then gets back its missing spaces.
-    return compact - 2 - max(len(rows) - 1, 0) + sum(max(len(row) - 1, 0) for row in rows)
+    spaces = sum(max(len(row) - 1, 0) for row in rows) if width is None else len(rows) * max(width - 1, 0)
+    return compact - 2 - max(len(rows) - 1, 0) + spaces
 
 
 def _escaped_length(encoded: bytes) -> int | None:
@@ -101,6 +103,9 @@ def collect(
     if marks_over_cap:
         description = description[:-1]
     columns = [str(d[0]) for d in description]
+    width = len(columns)
+    # Converters chosen once from the column types; the marker column is left out as the rows are serialized.
+    serialize_rows = rows_serializer(tuple([d[1] for d in description]), drop_last=marks_over_cap)
     rows: list[list[Any]] = []
     size = _EMPTY_JSON_ARRAY
     reason: str | None = None
@@ -125,9 +130,8 @@ def collect(
                     if isinstance(marker, int) and 0 < marker <= len(columns):
                         too_long = columns[marker - 1]
                     break
-            shown = [raw[:-1] for raw in shown]
-        serialized = [serialize_row(raw) for raw in shown]
-        together = rows_json_size(serialized) if serialized else 0
+        serialized = serialize_rows(shown)
+        together = rows_json_size(serialized, width) if serialized else 0
         if together is not None and size + together + len(serialized) <= max_bytes:
             rows.extend(serialized)  # well inside the cap: one encoding sized them all
             size += together + len(serialized)
