@@ -242,6 +242,15 @@ class Settings:
     )
     sqlite_path: str = setting(("SQLITE_PATH",), "", "SQLite database file (DB_BACKEND=sqlite).", group="database")
     sqlite_driver: str = setting(("SQLITE_DRIVER",), "SQLite3", "ODBC driver name for SQLite.", group="database")
+    sqlite_inline_read_ms: int = setting(
+        ("SQLITE_INLINE_READ_MS",),
+        5,
+        "SQLite (WAL files): a read runs on the event loop when it ends within this many ms, saving two "
+        "thread hand-offs per driver call; a longer one is stopped, runs again on a worker thread, and its "
+        "statement goes to a worker for the next minute. 0: every read on a worker thread.",
+        _int(0, 20),
+        group="database",
+    )
     pg_host: str = setting(("PG_HOST",), "127.0.0.1", "PostgreSQL host (DB_BACKEND=postgres).", group="database")
     pg_port: int = setting(("PG_PORT",), 5432, "PostgreSQL port.", _int(1, 65535), group="database")
     pg_user: str = setting(("PG_USER",), "postgres", "PostgreSQL user.", group="database")

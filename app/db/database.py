@@ -330,7 +330,8 @@ class Database:
         def job(session: Worker, rows_cap: int, bytes_cap: int) -> QueryResult:
             return run.planned_read(session, plans, sql, tree, params, rows_cap, bytes_cap)
 
-        return await self._capped(job, max_rows=max_rows, timeout=timeout, retry=True)
+        # A read may run on the event loop where the engine is in this process (Pool.run's inline_key).
+        return await self._capped(job, max_rows=max_rows, timeout=timeout, retry=True, inline_key=sql)
 
     async def _capped(
         self,
@@ -339,11 +340,15 @@ class Database:
         max_rows: int | None,
         timeout: float | None,
         retry: bool,
+        inline_key: str | None = None,
     ) -> QueryResult:
         """The one place a statement's row, byte and time caps are applied (reads and writes alike)."""
         rows_cap, bytes_cap = self._row_cap(max_rows), self.settings.max_result_bytes
         result = await self.pool.run(
-            lambda session: job(session, rows_cap, bytes_cap), timeout=self._time_cap(timeout), retry=retry
+            lambda session: job(session, rows_cap, bytes_cap),
+            timeout=self._time_cap(timeout),
+            retry=retry,
+            inline_key=inline_key,
         )
         self._account(result)
         return result

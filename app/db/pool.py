@@ -1,6 +1,9 @@
 """A bounded pool: N pyodbc connections, each owned by one dedicated worker thread.
 
-Execution model (after datasette's): the event loop never makes a driver call. A call hands its job to a
+Execution model (after datasette's): the event loop makes no driver call, with one exception: a read on
+an engine inside this process (SQLite in WAL mode, Dialect.reads_inline) runs on the loop within
+SQLITE_INLINE_READ_MS, on an idle worker's connection (Pool._run_inline; datasette too can run SQLite on its
+loop), and moves to a worker thread when it takes longer. Otherwise a call hands its job to a
 free worker through the worker's queue, or, when every worker is busy, puts it in line (at most
 `db_pool_max_waiting` jobs, waiting at most `db_pool_wait_seconds` to start, else DatabaseBusy); it awaits
 an asyncio future that the worker completes with `loop.call_soon_threadsafe`. A worker that finishes a job
@@ -30,7 +33,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import pyodbc
 import structlog
@@ -61,6 +64,13 @@ MIN_IDLE_WAKE_SECONDS = 0.05
 PROBE_GAP_SECONDS = 0.05
 CLOSE_GRACE_SECONDS = 5.0
 WATCHDOG_IDLE_TICK_SECONDS = 1.0
+# Inline reads (Pool._run_inline): at most this much of them in one pass of the event loop before it lets
+# timers and the other connections' I/O run (the loop-lag target is 10 ms); a statement that outran its
+# budget goes to a worker thread for this long; at most this many such statements are remembered.
+INLINE_BURST_SECONDS = 0.002
+INLINE_SLOW_SECONDS = 60.0
+INLINE_SLOW_MAX = 1024
+INLINE_ACTIVE_SECONDS = 1.0
 BUSY_MESSAGE = "database busy, retry in a moment"
 
 
@@ -77,12 +87,20 @@ class _Interrupted(Exception):
 
 
 class _Job(Generic[T]):
-    __slots__ = ("cancelled", "fn", "future", "queued_at", "retry", "timeout", "worker")
+    __slots__ = ("cancelled", "fn", "future", "limit", "queued_at", "retry", "timeout", "worker")
 
-    def __init__(self, fn: Callable[[Worker], T], future: asyncio.Future[T], timeout: float, retry: bool) -> None:
+    def __init__(
+        self,
+        fn: Callable[[Worker], T],
+        future: asyncio.Future[T],
+        timeout: float,
+        retry: bool,
+        limit: float | None = None,
+    ) -> None:
         self.fn = fn
-        self.future = future
-        self.timeout = timeout
+        self.future = future  # Pool._inline_future (never completed) for a job run on the loop
+        self.timeout = timeout  # seconds this run may take
+        self.limit = timeout if limit is None else limit  # the call's time limit, as its error message says
         self.retry = retry
         self.cancelled = False  # set on the loop before a cancel request; read by the worker when it arms
         self.worker: Worker | None = None  # who runs it, set (under the pool's hand-off lock) when it is taken
@@ -98,6 +116,10 @@ class Watchdog:
         self._requests: list[tuple[Worker, object]] = []
         self._wake_at = -math.inf  # -inf while scanning: arming need not wake us then
         self._stopped = False
+        # While reads run on the loop (Pool._run_inline), ticks this often, so arming their short deadlines
+        # needs no wake-up: the loop never waits for this thread to take the lock it sleeps on.
+        self.inline_tick = 0.0
+        self.inline_until = -math.inf  # monotonic time until which inline_tick applies
         self.thread = threading.Thread(target=self._main, name="db-watchdog", daemon=True)
 
     def start(self, workers: list[Worker]) -> None:
@@ -140,7 +162,8 @@ class Watchdog:
                 wake_at = min((w.deadline for w in self._workers), default=math.inf)
                 # With nothing armed, tick anyway: then arming a job with an ordinary (longer) limit needs
                 # no wake-up, which keeps the per-call cost to one uncontended lock.
-                wake_at = min(wake_at, now + WATCHDOG_IDLE_TICK_SECONDS)
+                tick = self.inline_tick if now < self.inline_until else WATCHDOG_IDLE_TICK_SECONDS
+                wake_at = min(wake_at, now + tick)
                 self._wake_at = wake_at
                 self._cond.wait(max(0.0, wake_at - now))
                 self._wake_at = -math.inf
@@ -160,7 +183,11 @@ class Worker:
         self.dialect: Dialect = pool.dialect
         self.jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self.lock = threading.Lock()  # job, cursors and cancel_reason, shared with the watchdog
+        # Held by whoever uses the connection outside this thread's own jobs: a read run on the loop, or this
+        # thread's keep-alive ping between jobs. Neither waits for it: the loop hands the read to a thread.
+        self.session_lock = threading.Lock()
         self.conn: pyodbc.Connection | None = None
+        self.inline_ok = False  # Dialect.reads_inline, asked once per connection
         self.deadline = math.inf
         self.job: object | None = None
         self.cancel_reason: str | None = None
@@ -275,16 +302,23 @@ class Worker:
 
     def _maintain(self) -> None:
         """Between jobs: reconnect in the background, or ping a connection that sat idle."""
-        if self.conn is None:
-            if self.pool._claim_attempt(background=True):
-                try:
-                    with contextlib.suppress(DatabaseUnavailable):
-                        self._connect()
-                finally:
-                    self.pool._attempt_done()
-            return
-        if time.monotonic() - self._last_used < KEEPALIVE_SECONDS:
-            return
+        if not self.session_lock.acquire(blocking=False):
+            return  # the loop is running a read on this connection: it is in use, not idle
+        try:
+            if self.conn is None:
+                if self.pool._claim_attempt(background=True):
+                    try:
+                        with contextlib.suppress(DatabaseUnavailable):
+                            self._connect()
+                    finally:
+                        self.pool._attempt_done()
+            elif time.monotonic() - self._last_used >= KEEPALIVE_SECONDS:
+                self._ping()
+        finally:
+            self.session_lock.release()
+
+    def _ping(self) -> None:
+        assert self.conn is not None
         token = object()
         self._arm(token, time.monotonic() + float(self.pool.settings.db_connect_timeout_seconds))
         try:
@@ -335,7 +369,7 @@ class Worker:
                 return result
             self._recover(failure, cursors)
             if isinstance(failure, _Interrupted) or (reason is not None and isinstance(failure, pyodbc.Error)):
-                raise self._interrupted_error(reason or str(getattr(failure, "reason", "timeout")), job.timeout)
+                raise self._interrupted_error(reason or str(getattr(failure, "reason", "timeout")), job.limit)
             if not isinstance(failure, pyodbc.Error):
                 raise failure
             if is_dead_connection(failure):
@@ -353,7 +387,7 @@ class Worker:
                 log.info("db.retry_after_deadlock", worker=self.index, sqlstate=sqlstate_of(failure))
                 continue
             if is_server_timeout(failure):
-                raise self._interrupted_error("timeout", job.timeout)
+                raise self._interrupted_error("timeout", job.limit)
             if is_cancel(failure):
                 raise QueryCancelled("the query was cancelled by the database server") from None
             message = self.dialect.explain_failure(clean_message(failure, self.pool.secrets))
@@ -466,6 +500,10 @@ class Worker:
             with DRIVER_LIFECYCLE_LOCK, contextlib.suppress(Exception):
                 conn.close()
             raise
+        try:
+            self.inline_ok = self.dialect.reads_inline(conn)
+        except pyodbc.Error:
+            self.inline_ok = False
         self.conn = conn
         reconnect = self._had_connection
         self._had_connection = True
@@ -475,6 +513,7 @@ class Worker:
 
     def _drop_connection(self, cause: BaseException | None, *, log_it: bool = True) -> None:
         conn, self.conn = self.conn, None
+        self.inline_ok = False
         self.forget_prepared()
         stamp_cursor, self._stamp_cursor = self._stamp_cursor, None
         if stamp_cursor is not None:
@@ -518,6 +557,14 @@ class Pool:
         self._pending: deque[_Job[Any]] = deque()
         self._hand_off = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Inline reads: the per-read budget (0: off), the statements that outran it (until when they go to a
+        # thread), and the inline time spent in this pass of the loop.
+        self.inline_budget = max(0, int(getattr(settings, "sqlite_inline_read_ms", 0))) / 1000.0
+        self._slow: dict[str, float] = {}
+        self._struck: dict[str, float] = {}  # statements that outran it once, and when
+        self._inline_future: asyncio.Future[Any] | None = None
+        self._burst_spent = 0.0
+        self._burst_reset_pending = False
         self._closed = False
         self._started = False
         self._state_lock = threading.Lock()
@@ -542,9 +589,11 @@ class Pool:
         loop = self._loop = asyncio.get_running_loop()
         self.connection_string = self.dialect.connection_string()
         self._first_attempt = loop.create_future()
+        self._inline_future = loop.create_future()  # the placeholder future of inline jobs (Pool._run_inline)
         self._workers = [Worker(self, i) for i in range(self.size)]
         self._idle = list(reversed(self._workers))
         self._exits = {w.index: loop.create_future() for w in self._workers}
+        self.watchdog.inline_tick = self.inline_budget
         self.watchdog.start(self._workers)
         m = self.metrics
         m.pool_size.set(self.size)
@@ -586,11 +635,26 @@ class Pool:
             await asyncio.sleep(0.005)
 
     # --- running jobs ----------------------------------------------------------------------------
-    async def run(self, fn: Callable[[Worker], T], *, timeout: float, retry: bool = False) -> T:
-        """Run `fn(session)` on a worker thread within `timeout` seconds; raise DatabaseError subclasses."""
+    async def run(
+        self, fn: Callable[[Worker], T], *, timeout: float, retry: bool = False, inline_key: str | None = None
+    ) -> T:
+        """Run `fn(session)` on a worker thread within `timeout` seconds; raise DatabaseError subclasses.
+
+        `inline_key` (a read's statement text) allows the read to run on the loop instead, where the
+        connection says so (Dialect.reads_inline: SQLite in WAL mode) and SQLITE_INLINE_READ_MS is on."""
         if self._closed or self._loop is None:
             raise DatabaseUnavailable("the database layer is not running")
-        job: _Job[T] = _Job(fn, self._loop.create_future(), timeout, retry)
+        limit = timeout
+        if inline_key is not None and self.inline_budget > 0.0:
+            while self._burst_spent >= INLINE_BURST_SECONDS:
+                await self._next_burst()
+            if self._closed:
+                raise DatabaseUnavailable("the database layer is not running")
+            ran, outcome = self._run_inline(fn, timeout, retry, inline_key)
+            if ran:
+                return cast(T, outcome)
+            timeout = cast(float, outcome)
+        job: _Job[T] = _Job(fn, self._loop.create_future(), timeout, retry, limit)
         refused = False
         with self._hand_off:
             worker = self._idle.pop() if self._idle else None
@@ -623,6 +687,90 @@ class Pool:
         finally:
             if expiry is not None:
                 expiry.cancel()
+
+    # --- inline reads (on the loop) ----------------------------------------------------------------
+    # An engine inside this process (SQLite) does a read as CPU work in this process. On a worker thread,
+    # each driver call (execute, every fetch, the rollback) gives the GIL up and takes it back, and with the
+    # loop busy each of those is a hand-off between threads: about 15 for SELECT 1, a third of the call's
+    # CPU. So a read runs here, on an idle worker's connection, within a short budget (the watchdog cancels
+    # it like any time limit). One that outruns it is not lost: it runs again on a worker thread, with the
+    # rest of its time limit, and its statement goes straight to a thread for a while.
+    def _run_inline(self, fn: Callable[[Worker], T], timeout: float, retry: bool, key: str) -> tuple[bool, Any]:
+        """(True, result) when the read ran here; (False, seconds left of its limit) when it must go to a
+        thread: its statement is slow, no idle worker may run it here, or it outran the budget."""
+        now = time.monotonic()
+        slow_until = self._slow.get(key)
+        if slow_until is not None:
+            if now < slow_until:
+                return False, timeout
+            del self._slow[key]
+        with self._hand_off:
+            worker = self._idle.pop() if self._idle else None
+        if worker is None:
+            return False, timeout  # every connection is busy: wait in line as usual
+        if not (worker.inline_ok and worker.conn is not None and worker.session_lock.acquire(blocking=False)):
+            self._give_back(worker)
+            return False, timeout
+        budget = min(self.inline_budget, timeout)
+        self.watchdog.inline_until = now + INLINE_ACTIVE_SECONDS
+        started = time.perf_counter()
+        try:
+            assert self._inline_future is not None
+            result = worker._execute(_Job(fn, self._inline_future, budget, retry, timeout))
+        except QueryTimeout:
+            if budget >= timeout:
+                self._observe_inline(QueryTimeout(""), started)
+                raise
+            outcome: tuple[bool, Any] = (False, timeout - (time.perf_counter() - started))
+        except BaseException as exc:
+            self._observe_inline(exc, started)
+            raise
+        else:
+            self._observe_inline(None, started)
+            outcome = (True, result)
+        finally:
+            worker._last_used = time.monotonic()
+            worker.session_lock.release()
+            self._give_back(worker)
+            self._burst_spent += time.perf_counter() - started
+        if not outcome[0]:
+            self._note_slow(key)
+        return outcome
+
+    def _observe_inline(self, error: BaseException | None, started: float) -> None:
+        """Metrics of a read that ended here (one that moved to a thread is counted there)."""
+        self.metrics.pool_wait.observe(0.0)
+        self._observe(error, time.perf_counter() - started)
+
+    def _note_slow(self, key: str) -> None:
+        """The statement outran the budget: the second time within INLINE_SLOW_SECONDS it goes to a thread
+        for that long (once can be a cold cache or a busy machine: its first run also plans and prepares it)."""
+        now = time.monotonic()
+        first = self._struck.pop(key, None)
+        if first is None or now - first >= INLINE_SLOW_SECONDS:
+            _remember(self._struck, key, now)
+            return
+        _remember(self._slow, key, now + INLINE_SLOW_SECONDS)
+        log.debug("db.read_moved_to_thread", budget_ms=round(self.inline_budget * 1000))
+
+    def _give_back(self, worker: Worker) -> None:
+        """A worker the loop took for an inline read: it takes the next job in line, or is idle again."""
+        next_job = self._next_job(worker)
+        if next_job is not None:
+            worker.jobs.put(next_job)
+
+    async def _next_burst(self) -> None:
+        """Wait for the loop's next pass: this pass did its share of inline reads. The first to wait here
+        schedules the reset, so it runs before every read that waits (the ready queue is first in, first out)."""
+        if not self._burst_reset_pending:
+            self._burst_reset_pending = True
+            assert self._loop is not None
+            self._loop.call_soon(self._reset_burst)
+        await asyncio.sleep(0)
+
+    def _reset_burst(self) -> None:
+        self._burst_spent = 0.0
+        self._burst_reset_pending = False
 
     def _expire(self, job: _Job[Any]) -> None:
         """On the loop, `db_pool_wait_seconds` after a job was put in line: if it has not started, refuse it."""
@@ -783,6 +931,13 @@ def _complete(future: asyncio.Future[Any], result: Any, error: BaseException | N
             future.set_result(result)
         else:
             future.set_exception(error)
+
+
+def _remember(table: dict[str, float], key: str, value: float) -> None:
+    """Set `table[key]`, dropping the oldest entry when the table is full (INLINE_SLOW_MAX)."""
+    if len(table) >= INLINE_SLOW_MAX:
+        table.pop(next(iter(table)))
+    table[key] = value
 
 
 def _remove(line: deque[_Job[Any]], job: _Job[Any]) -> bool:

@@ -207,6 +207,12 @@ class Dialect(ABC):
         """A value that changes whenever the database's schema does (only where reuses_prepared_reads)."""
         return None
 
+    def reads_inline(self, conn: pyodbc.Connection) -> bool:
+        """True when reads on this new connection may run on the event loop (app.db.pool, inline reads): an
+        engine inside this process (no network wait to sit through) whose readers never wait for a lock.
+        Servers reached over the network say no: the loop would stand still for every round trip."""
+        return False
+
     def limited_sql(self, body: str, max_rows: int) -> str:
         """The statement with an outer LIMIT of max_rows + 1 (a smaller LIMIT inside it still holds)."""
         return f"SELECT * FROM (\n{body}\n) AS mcp_q LIMIT {int(max_rows) + 1}"

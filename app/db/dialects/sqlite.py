@@ -143,6 +143,19 @@ class SqliteDialect(ServerCutDialect):
         row = cursor.fetchone()
         return None if row is None else row[0]
 
+    def reads_inline(self, conn: pyodbc.Connection) -> bool:
+        # Only in WAL mode: there readers never wait for a writer. In the other journal modes a read can sit in
+        # SQLite's busy wait (up to the busy timeout), which a cancel does not cut short.
+        if self.settings.sqlite_inline_read_ms <= 0:
+            return False
+        cursor = conn.cursor()
+        try:
+            row = cursor.execute("PRAGMA journal_mode").fetchone()
+        finally:
+            cursor.close()
+            conn.rollback()
+        return row is not None and str(row[0]).lower() == "wal"
+
     def database_uri(self) -> str:
         path = os.path.abspath(self.settings.sqlite_path)
         mode = "ro" if self.settings.read_only_mode else "rw"
