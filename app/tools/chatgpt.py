@@ -123,8 +123,6 @@ class ChatGptTools:
         # fetch documents (without url: it depends on the caller's base URL), in this process...
         memory = MemoryDocumentCache(ttl, clock)
         self.cache: TtlLruCache[dict[str, Any]] = memory.documents
-        # query results apart: they cannot be re-read, so row documents must not push them out before the TTL
-        self.queries: TtlLruCache[dict[str, Any]] = memory.queries
         # ...or, with REDIS_URL, shared by every worker and node (search on one, fetch on another)
         self.documents: DocumentCache = memory if redis is None else RedisDocumentCache(redis, ttl)
         # The table list, descriptions and what keyword search derives from them are cached by Database
