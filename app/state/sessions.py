@@ -150,9 +150,7 @@ class RedisSessionStorage:
         async def get(client: redis.asyncio.Redis) -> Any:
             pipe = client.pipeline(transaction=False)
             pipe.getex(self._key(session_id), px=self.idle_ms)
-            now = self._now_ms()
-            for transport in TRANSPORTS:  # XX: only where it is (the id names no transport)
-                pipe.zadd(self._index(transport), {session_id: now}, xx=True)
+            self._mark_used(pipe, session_id, self._now_ms())
             return await pipe.execute()
 
         data = (await self.redis.run(get))[0]
@@ -231,11 +229,16 @@ class RedisSessionStorage:
             now = self._now_ms()
             for session_id in session_ids:
                 pipe.pexpire(self._key(session_id), self.idle_ms)
-                for transport in TRANSPORTS:
-                    pipe.zadd(self._index(transport), {session_id: now}, xx=True)
+                self._mark_used(pipe, session_id, now)
             return await pipe.execute()
 
         await self.redis.run(touch)
+
+    def _mark_used(self, pipe: Any, session_id: str, now_ms: int) -> None:
+        """Queue the last-use update of a session in its transport's index (XX: only in the index that holds
+        it, since the id names no transport)."""
+        for transport in TRANSPORTS:
+            pipe.zadd(self._index(transport), {session_id: now_ms}, xx=True)
 
     async def trim(self) -> dict[str, int]:
         cutoff = self._now_ms() - self.idle_ms
