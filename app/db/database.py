@@ -313,7 +313,8 @@ class Database:
         tables, role = await self._policy_check(sql, verdict, principal)
         max_rows, timeout = self._role_caps(role, max_rows, timeout)
         result = await self._read(sql, _checked_tree(verdict), params, max_rows=max_rows, timeout=timeout)
-        return dataclasses.replace(result, tables=tables)
+        result.tables = tables  # the result is this call's own (a copy costs a few µs per call)
+        return result
 
     async def _read(
         self,
