@@ -20,14 +20,13 @@ from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from ..core import Principal
+from .logging import per_call_logger
 
 if TYPE_CHECKING:
     from ..settings import Settings
 
-log = structlog.get_logger("audit")
+AUDIT_LOGGER = "audit"
 
 # Extra keys a tool may add to ctx.audit that are safe and useful in the audit line.
 # `tables`: the qualified names the statement read (the policy check's tables_read, issue 14).
@@ -93,5 +92,5 @@ def audit_tool_call(
     for key in _PASSTHROUGH:
         if key in audit:
             fields[key] = audit[key]
-    log.info("tool_call", **fields)
+    per_call_logger(AUDIT_LOGGER).info("tool_call", **fields)
     _recent.append({"at": time.time(), **fields})
