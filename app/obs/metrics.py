@@ -45,6 +45,13 @@ TRUNCATION_REASONS = ("max_rows", "max_bytes")
 # Methods outside this set are counted as "other" so a client cannot mint label values.
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+# Labelled HTTP children kept resolved (routes x methods x statuses actually answered: a few hundred at most).
+HTTP_SERIES_CACHED = 4096
+
+
+def status_class(status: int) -> str:
+    """ "2xx" .. "5xx" (anything out of range counts as a server error)."""
+    return f"{status // 100}xx" if 100 <= status <= 599 else "5xx"
 
 
 SESSION_TRANSPORTS = ("streamable_http", "sse")
@@ -312,6 +319,21 @@ class Metrics:
 
         self._preinitialise()
         self.exposition = self.registry if not multiprocess_metrics() else self._service_registry()
+        self._http_series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def http_series(self, route: str, method: str, status: int) -> tuple[Counter, Histogram]:
+        """The request counter's and duration histogram's children for one answer: resolved once per
+        (route template, method, status), since `labels()` costs more than the count itself on every
+        request. `method` is already one of HTTP_METHODS or "other"."""
+        series = self._http_series.get((route, method, status))
+        if series is None:
+            series = (
+                self.http_requests.labels(route, method, status_class(status)),
+                self.http_duration.labels(route, method),
+            )
+            if len(self._http_series) < HTTP_SERIES_CACHED:  # bounded whatever statuses handlers invent
+                self._http_series[(route, method, status)] = series
+        return series
 
     def _service_registry(self) -> CollectorRegistry:
         """WORKERS>1: what a scrape of any worker reports: every worker's metrics from the multiprocess files
