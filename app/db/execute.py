@@ -15,7 +15,9 @@ default `json.dumps` of the result, and an upper bound on both its UTF-8 bytes a
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
 import threading
 import time
 from collections.abc import Sequence
@@ -102,15 +104,15 @@ def collect(
         return collect_document(cursor, session, max_rows, max_bytes, marks_over_cap=marks_over_cap)
     if marks_over_cap:
         description = description[:-1]
-    columns = [str(d[0]) for d in description]
+    columns = list(map(str, map(_first, description)))
     width = len(columns)
     # Converters chosen once from the column types; the marker column is left out as the rows are serialized.
-    serialize_rows = rows_serializer(tuple([d[1] for d in description]), drop_last=marks_over_cap)
+    serialize_rows = rows_serializer(tuple(map(_second, description)), drop_last=marks_over_cap)
     rows: list[list[Any]] = []
     size = _EMPTY_JSON_ARRAY
     reason: str | None = None
     too_long: str | None = None
-    batch_rows = min(FETCH_BATCH, rows_per_fetch(max_rows, max_bytes))  # rows may each be up to the cap
+    batch_rows = _batch_rows(max_rows, max_bytes)
     while reason is None:
         want = min(batch_rows, max_rows + 1 - len(rows))
         batch = cursor.fetchmany(want)
@@ -133,7 +135,11 @@ def collect(
         serialized = serialize_rows(shown)
         together = rows_json_size(serialized, width) if serialized else 0
         if together is not None and size + together + len(serialized) <= max_bytes:
-            rows.extend(serialized)  # well inside the cap: one encoding sized them all
+            # Well inside the cap: one encoding sized them all.
+            if rows:
+                rows.extend(serialized)
+            else:
+                rows = serialized
             size += together + len(serialized)
         else:
             for row in serialized:
@@ -154,6 +160,14 @@ def collect(
         result_bytes=size,
         too_long_column=too_long,
     )
+
+
+_first, _second = operator.itemgetter(0), operator.itemgetter(1)  # a description's name and type code
+
+
+@functools.lru_cache(maxsize=64)
+def _batch_rows(max_rows: int, max_bytes: int) -> int:
+    return min(FETCH_BATCH, rows_per_fetch(max_rows, max_bytes))  # rows may each be up to the cap
 
 
 def _too_long_column(columns: list[str], row: list[Any], max_bytes: int) -> str | None:
