@@ -29,10 +29,10 @@ class QueryResult:
         out: dict[str, Any] = {
             "columns": self.columns,
             "rows": self.rows,
-            "row_count": self.row_count,
+            "row_count": len(self.rows),
             "truncated": self.truncated,
         }
-        if self.truncated_reason:
+        if self.truncated_reason:  # (a result that was not cut, the usual one, has none of these three)
             out["truncated_reason"] = self.truncated_reason
         if self.too_long_column is not None:
             out["too_long_column"] = self.too_long_column

@@ -136,28 +136,33 @@ class ClaudeTools:
         max_rows = positive_int(arguments, "max_rows", None)
         timeout = positive_number(arguments, "timeout_seconds")
         # A call can only lower the caps; Database applies them (one place for the row and time caps).
-        ctx.audit.update(fingerprint=fingerprint_sql(sql), sql=sql)
+        audit = ctx.audit
+        audit["fingerprint"] = fingerprint_sql(sql)
+        audit["sql"] = sql
 
         verdict = self.database.verdict(sql)
         # Only a writer, while writes are enabled, holds a Writer; everything else can only reach read().
         writer = None if verdict.allowed else self.database.writer_for(ctx.principal)
         if writer is not None:
-            log.info("tool.write", user=ctx.principal.username, fingerprint=ctx.audit["fingerprint"])
+            log.info("tool.write", user=ctx.principal.username, fingerprint=audit["fingerprint"])
             result = await writer.write(sql, max_rows=max_rows, timeout=timeout)
         elif verdict.allowed or self.settings.read_only_mode:
             # In read-only mode read() refuses what the guard does not accept, with the guard's reason.
             result = await self.database.read(sql, principal=ctx.principal, max_rows=max_rows, timeout=timeout)
         else:
             raise ToolError(READER_REFUSAL.format(why=not_read_reason(verdict)), outcome="refused")
-        ctx.audit.update(
-            tables=list(result.tables),
-            rows=result.row_count if result.rows_affected is None else result.rows_affected,
-            bytes=result.result_bytes,
-            truncated=result.truncated,
-        )
+        audit["tables"] = list(result.tables)
+        audit["rows"] = result.row_count if result.rows_affected is None else result.rows_affected
+        audit["bytes"] = result.result_bytes
+        audit["truncated"] = result.truncated
         if result.truncated_reason:
-            ctx.audit["truncated_reason"] = result.truncated_reason
-        return _result_payload(result, truncation_note(result, self.dialect))
+            audit["truncated_reason"] = result.truncated_reason
+        out = result.as_dict()
+        if result.truncated:  # only a cut result has a note
+            note = truncation_note(result, self.dialect)
+            if note:
+                out["note"] = note
+        return out
 
     # --- get_table_sample ----------------------------------------------------------------
     async def get_table_sample(self, arguments: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
