@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from . import keys
 
@@ -43,7 +43,7 @@ class CorsPolicy:
         """The headers an answer to `request` carries (none for a non-browser call to a credentialed route)."""
         if self.origin_allowed is None:
             return {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": self.expose_headers}
-        origin = request.headers.get("Origin")
+        origin = request.headers.get(hdrs.ORIGIN)
         if not origin or not self.origin_allowed(request):
             return {}
         return {
@@ -107,6 +107,8 @@ class CorsRoutes:
         policy = self.policy_for(request)
         if policy is None:
             return
+        if policy.origin_allowed is not None and hdrs.ORIGIN not in request.headers:
+            return  # a non-browser call to a credentialed route (every MCP call from a program): nothing to add
         for name, value in policy.response_headers(request).items():
             response.headers.setdefault(name, value)
 
