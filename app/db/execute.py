@@ -242,14 +242,21 @@ def read(session: Any, plan: ReadPlan | str, params: Sequence[Any], max_rows: in
     if isinstance(plan, str):
         plan = ReadPlan(plan)
     started = time.perf_counter()
-    values = [*params, *plan.params]
-    # A statement with parameters may stay prepared on the connection between calls (Worker.statement_cursor).
-    cursor = session.statement_cursor() if values else session.cursor()
-    _execute(cursor, plan.sql, values)
-    # Unread rows are discarded when the worker closes the cursor, before the rollback (Worker._end_call).
-    result = collect(cursor, session, max_rows, max_bytes, marks_over_cap=plan.marks_over_cap)
+    result = _run_read(session, plan, params, max_rows, max_bytes)
     result.elapsed_ms = (time.perf_counter() - started) * 1000
     return result
+
+
+def _run_read(session: Any, plan: ReadPlan, params: Sequence[Any], max_rows: int, max_bytes: int) -> QueryResult:
+    if params or plan.params:
+        # A statement with parameters may stay prepared on the connection between calls (Worker.statement_cursor).
+        cursor = session.statement_cursor()
+        cursor.execute(plan.sql, [*params, *plan.params])
+    else:
+        cursor = session.cursor()
+        cursor.execute(plan.sql)
+    # Unread rows are discarded when the worker closes the cursor, before the rollback (Worker._end_call).
+    return collect(cursor, session, max_rows, max_bytes, marks_over_cap=plan.marks_over_cap)
 
 
 def planned_read(
@@ -265,7 +272,7 @@ def planned_read(
     session.guarded_read = True  # statements the guard accepted, or the service's own (sample, row by key)
     plan, cached = plans.lookup(session, sql, tree, params, max_rows, max_bytes)
     try:
-        result = read(session, plan, params, max_rows, max_bytes)
+        result = _run_read(session, plan, params, max_rows, max_bytes)
     except pyodbc.Error as exc:
         plans.discard(sql, max_rows, max_bytes)
         # A cached plan knows the columns the statement had (SELECT * after ALTER TABLE may have others): plan
@@ -275,7 +282,7 @@ def planned_read(
         session.forget_prepared()  # the statement kept prepared is the one that failed
         session.conn.rollback()
         plan = plans.get(session, sql, tree, params, max_rows, max_bytes)
-        result = read(session, plan, params, max_rows, max_bytes)
+        result = _run_read(session, plan, params, max_rows, max_bytes)
     result.elapsed_ms = (time.perf_counter() - started) * 1000
     return result
 
