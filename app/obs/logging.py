@@ -3,7 +3,9 @@
 Everything goes through one stdlib handler, so aiohttp's own loggers and any library using
 `logging` come out in the same format as our `structlog.get_logger(__name__)` lines, with the
 request id bound by the HTTP middleware and with secrets redacted (defence in depth: code should
-not log secrets in the first place).
+not log secrets in the first place). The one exception is the line written on every tool call
+(`per_call_logger`, the audit line): in JSON mode the same processors render it and it is written
+to the handler's stream directly, without a LogRecord.
 """
 
 from __future__ import annotations
