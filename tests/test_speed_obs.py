@@ -154,3 +154,14 @@ def test_http_series_count_what_labels_counted() -> None:
         metrics.http_series("/x", "GET", status)
     assert len(metrics._http_series) == HTTP_SERIES_CACHED  # bounded
     assert b'status="5xx"' in generate_latest(metrics.registry)
+
+
+def test_requests_in_flight_are_counted_for_the_scrape() -> None:
+    metrics = Metrics()
+    sample = metrics.registry.get_sample_value
+    metrics.http_request_started()
+    metrics.http_request_started()
+    assert sample("mssql_mcp_http_requests_in_flight") == 2
+    metrics.http_request_finished()
+    metrics.http_request_finished()
+    assert sample("mssql_mcp_http_requests_in_flight") == 0

@@ -101,7 +101,7 @@ def _make_middleware(metrics: Metrics) -> Middleware:
         started = time.perf_counter()
         status = 500
         response: web.StreamResponse | None = None
-        metrics.http_in_flight.inc()
+        metrics.http_request_started()
         try:
             response = await handler(request)
             status = response.status
@@ -114,7 +114,7 @@ def _make_middleware(metrics: Metrics) -> Middleware:
             raise
         finally:
             elapsed = time.perf_counter() - started
-            metrics.http_in_flight.dec()
+            metrics.http_request_finished()
             route = _route_label(request)
             method = request.method if request.method in HTTP_METHODS else "other"
             requests, duration = metrics.http_series(route, method, status)

@@ -177,6 +177,14 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        # One process: requests in flight are a plain count the gauge reads at scrape time (a locked inc and
+        # dec cost more per request). WORKERS>1: the gauge's own inc/dec, written to its multiprocess file.
+        self.http_requests_handled_now = 0
+        self.http_request_started: Callable[[], None] = self.http_in_flight.inc
+        self.http_request_finished: Callable[[], None] = self.http_in_flight.dec
+        if not multiprocess_metrics():
+            self.http_in_flight.set_function(lambda: self.http_requests_handled_now)
+            self.http_request_started, self.http_request_finished = self._count_request_in, self._count_request_out
 
         # MCP
         self.mcp_sessions_active = Gauge(
@@ -320,6 +328,12 @@ class Metrics:
         self._preinitialise()
         self.exposition = self.registry if not multiprocess_metrics() else self._service_registry()
         self._http_series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def _count_request_in(self) -> None:
+        self.http_requests_handled_now += 1
+
+    def _count_request_out(self) -> None:
+        self.http_requests_handled_now -= 1
 
     def http_series(self, route: str, method: str, status: int) -> tuple[Counter, Histogram]:
         """The request counter's and duration histogram's children for one answer: resolved once per
