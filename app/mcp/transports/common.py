@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import functools
-from collections.abc import Callable, Sequence
-from typing import Any
+import sys
+from collections.abc import Callable, Coroutine, Generator, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import structlog
@@ -19,6 +22,7 @@ from ..server import McpServer
 from .outbox import Outbox
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 JSON_TYPE = "application/json"
 SSE_TYPE = "text/event-stream"
@@ -220,3 +224,69 @@ async def authenticate(request: web.Request, methods: Sequence[str]) -> Principa
             headers={"WWW-Authenticate": 'Bearer realm="mcp"'}, text='{"error":"invalid_token"}', content_type=JSON_TYPE
         )
     return await authenticator.authenticate(request, methods)
+
+
+# -- starting a call: its first step runs at once, a task only if it has to wait ------------------------
+EAGER_TASKS = sys.version_info >= (3, 12)  # asyncio.Task(eager_start=True)
+
+
+def start_eagerly(coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+    """Run `coro`'s first step now; a call that finishes in it costs no task and no event loop round.
+
+    What comes back is a Task when the call had to wait (cancel() stops it as usual), otherwise a
+    finished future. On Python 3.12+ this is asyncio's eager task start. On 3.11 the first step runs in
+    a copy of the context like a task's, but asyncio.current_task() is still the caller's during that
+    step (a tool must not open asyncio.timeout() or a TaskGroup before its first await).
+    """
+    loop = asyncio.get_running_loop()
+    if EAGER_TASKS:
+        return asyncio.Task(coro, loop=loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+    context = contextvars.copy_context()
+    try:
+        waiting_on = context.run(coro.send, None)
+    except StopIteration as finished:
+        done: asyncio.Future[T] = loop.create_future()
+        done.set_result(finished.value)
+        return done
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # kept for whoever reads the result, as a task would
+        failed: asyncio.Future[T] = loop.create_future()
+        if isinstance(exc, asyncio.CancelledError):
+            failed.cancel()
+        else:
+            failed.set_exception(exc)
+        return failed
+    return loop.create_task(_Resumed(coro, waiting_on), context=context)
+
+
+class _Resumed(Coroutine[Any, Any, T]):
+    """A coroutine already past its first step, as a task's coroutine: the task's first step gets what it
+    is waiting on, later steps (and cancellation) reach the coroutine itself."""
+
+    __slots__ = ("_coro", "_started", "_waiting_on")
+
+    def __init__(self, coro: Coroutine[Any, Any, T], waiting_on: Any) -> None:
+        self._coro = coro
+        self._waiting_on = waiting_on
+        self._started = False
+
+    def send(self, value: Any) -> Any:
+        if not self._started:
+            self._started = True
+            waiting_on, self._waiting_on = self._waiting_on, None
+            return waiting_on
+        return self._coro.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        self._started = True
+        self._waiting_on = None
+        if val is None and tb is None:
+            return self._coro.throw(typ)
+        return self._coro.throw(typ, val, tb)  # pragma: no cover - the old three-argument form
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, T]:  # pragma: no cover - only ever driven by a task
+        raise TypeError("_Resumed is driven by its task")

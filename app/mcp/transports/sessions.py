@@ -137,7 +137,7 @@ class Session:
 
     record: SessionRecord
     # Running calls by request id, so notifications/cancelled (and closing the session) can stop them.
-    inflight: dict[RequestId, asyncio.Task[Any]] = field(default_factory=dict)
+    inflight: dict[RequestId, asyncio.Future[Any]] = field(default_factory=dict)
     # Server->client stream: the GET stream (Streamable HTTP) or the event stream (legacy SSE).
     stream: Outbox | None = None
     closed: bool = False
@@ -150,11 +150,11 @@ class Session:
         """Queue a message on the session's stream; False when it has none open (or it overflowed)."""
         return self.stream is not None and not self.closed and self.stream.put(message)
 
-    def track(self, request_id: RequestId | None, task: asyncio.Task[Any]) -> None:
+    def track(self, request_id: RequestId | None, task: asyncio.Future[Any]) -> None:
         if request_id is not None:
             self.inflight[request_id] = task
 
-    def untrack(self, request_id: RequestId | None, task: asyncio.Task[Any]) -> None:
+    def untrack(self, request_id: RequestId | None, task: asyncio.Future[Any]) -> None:
         if request_id is not None and self.inflight.get(request_id) is task:
             del self.inflight[request_id]
 

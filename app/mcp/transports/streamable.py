@@ -49,6 +49,7 @@ from .common import (
     read_body,
     rpc_error_response,
     sse_event,
+    start_eagerly,
     too_large,
 )
 from .outbox import Outbox
@@ -230,7 +231,7 @@ class StreamableHttp:
         sse_ok: bool,
         session: Session | None,
     ) -> web.StreamResponse:
-        task: asyncio.Task[dict[str, Any]] | None = None
+        task: asyncio.Future[dict[str, Any]] | None = None
 
         def drop_stream(full: Outbox) -> None:
             # The client is not reading this response's event stream: stop the call, drop the connection.
@@ -244,10 +245,14 @@ class StreamableHttp:
             env.emit = outbox.put
         elif session is not None:
             env.emit = self.sessions.sender(session)  # the session's GET stream, if one is open (any worker)
-        task = asyncio.get_running_loop().create_task(self.server.handle_request(message, env))
-        task.add_done_callback(lambda _task: outbox.wake())
+        # Started at once: a call that needs no wait (a quick read on the loop) is answered without a task.
+        task = start_eagerly(self.server.handle_request(message, env))
+        if not task.done():
+            if outbox.overflowed:  # its first step flooded the stream, before drop_stream could see the task
+                task.cancel()
+            task.add_done_callback(lambda _task: outbox.wake())
         request_id = message.id
-        if session is not None:
+        if session is not None and not task.done():
             session.track(request_id, task)
         try:
             return await self._respond(
@@ -262,7 +267,7 @@ class StreamableHttp:
     async def _respond(
         self,
         request: web.Request,
-        task: asyncio.Task[dict[str, Any]],
+        task: asyncio.Future[dict[str, Any]],
         outbox: Outbox,
         json_ok: bool,
         sse_ok: bool,
@@ -296,7 +301,7 @@ class StreamableHttp:
         return await self._stream(request, task, outbox)
 
     async def _stream(
-        self, request: web.Request, task: asyncio.Task[dict[str, Any]], outbox: Outbox
+        self, request: web.Request, task: asyncio.Future[dict[str, Any]], outbox: Outbox
     ) -> web.StreamResponse:
         response = await open_sse(request)
         loop = asyncio.get_running_loop()
