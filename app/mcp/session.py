@@ -109,12 +109,13 @@ class SessionRecord:
         Claiming keeps the testing flow (ALLOW_UNAUTH_METHODS: initialize without a token, sign in at
         the first tools/call) working; once owned, anyone else, anonymous callers included, is refused.
         """
-        caller = SessionOwner.of(principal)
-        if self.owner is None:
-            if caller is not None:
-                self.owner = caller
+        owner = self.owner
+        if owner is None:
+            if principal.authenticated:
+                self.owner = SessionOwner(principal.subject, principal.client_id)
             return True
-        return caller == self.owner
+        # The same test as SessionOwner.of(principal) == owner, without building an owner on every call.
+        return principal.authenticated and principal.subject == owner.subject and principal.client_id == owner.client_id
 
 
 SHARED_FIELDS = (

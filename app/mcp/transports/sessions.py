@@ -204,6 +204,8 @@ class SessionManager:
         # idle: kept until idle_seconds in case its client comes back, but probably abandoned.
         self.active_seconds = active_seconds
         self.storage: SessionStorage = storage if storage is not None else InMemorySessionStorage()
+        # The in-memory store holds the very records the protocol changes: saving one has nothing to do.
+        self._saved_in_place = type(self.storage) is InMemorySessionStorage
         self.relay = relay
         self.worker_id = relay.worker_id if relay is not None else None
         self._live: dict[str, Session] = {}
@@ -291,7 +293,7 @@ class SessionManager:
 
     async def save(self, session: Session) -> None:
         """Store what the protocol changed in the session's record while answering a message."""
-        if session.closed:
+        if session.closed or self._saved_in_place:
             return
         written = await self.storage.save(session.record)
         worker = session.record.stream_worker
@@ -304,6 +306,8 @@ class SessionManager:
 
     async def save_quietly(self, session: Session) -> None:
         """save() after an answer went out: Redis going down then is logged, not answered."""
+        if self._saved_in_place:
+            return
         try:
             await self.save(session)
         except RedisUnavailable:
