@@ -156,3 +156,32 @@ async def test_sync_and_async_tools_answer_the_same_bytes(aiohttp_client: Any, m
         bodies.append(await response.read())
     assert bodies[0] == bodies[1]
     assert json.loads(bodies[0])["result"]["structuredContent"] == {"echo": "é"}
+
+
+@pytest.mark.parametrize(
+    "structured",
+    [
+        {"columns": ["1"], "rows": [[1]], "row_count": 1, "truncated": False},
+        {"rows": [[i, f"name é {i}", 1.5 + i, None, 'a"b\\c\n'] for i in range(20)], "note": "☃ \u2028"},
+        {"big": 2**70, "nested": [[[[]]]]},  # past what orjson writes: the text path, same answer
+        {},
+    ],
+)
+@pytest.mark.parametrize("modern", [False, True])
+def test_tool_results_are_encoded_once_and_unchanged(structured: dict[str, Any], modern: bool) -> None:
+    from app.mcp.jsonrpc import RawJson, dumps, dumps_bytes, dumps_value, result_message
+    from app.mcp.server import McpServer
+
+    server = McpServer(name="t", version="1", instructions="", tools=[])
+    result = server._success_result(structured, modern)
+    text = dumps_value(structured)
+    expected: dict[str, Any] = {
+        "content": [{"type": "text", "text": text}],
+        "structuredContent": structured,
+        "isError": False,
+    }
+    if modern:
+        expected = server._modern_fields(expected)
+    message = result_message(3, result)
+    assert dumps_bytes(message) == dumps(message).encode() == dumps(result_message(3, expected)).encode()
+    assert RawJson(result.text).data == result.data

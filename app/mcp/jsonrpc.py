@@ -137,12 +137,28 @@ def error_message(request_id: RequestId | None, error: JsonRpcError) -> dict[str
 
 
 class RawJson:
-    """A pre-serialized JSON value spliced into a message unchanged (e.g. the cached tools/list)."""
+    """A pre-serialized JSON value spliced into a message unchanged (e.g. the cached tools/list).
 
-    __slots__ = ("text",)
+    Made from text or from UTF-8 bytes; each form is produced once, when first asked for.
+    """
 
-    def __init__(self, text: str) -> None:
-        self.text = text
+    __slots__ = ("_data", "_text")
+
+    def __init__(self, value: str | bytes) -> None:
+        self._text: str | None = value if isinstance(value, str) else None
+        self._data: bytes | None = value if isinstance(value, bytes) else None
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = self._data.decode() if self._data is not None else ""
+        return self._text
+
+    @property
+    def data(self) -> bytes:
+        if self._data is None:
+            self._data = self.text.encode()
+        return self._data
 
 
 def _default(value: Any) -> Any:
@@ -179,3 +195,20 @@ def dumps(message: Any) -> str:
 
 def dumps_value(value: Any) -> str:
     return _encode(value)
+
+
+def encode_value(value: Any) -> bytes | None:
+    """orjson's UTF-8 bytes for `value`, None where orjson cannot write it (dumps_value's fallback then)."""
+    try:
+        return orjson.dumps(value, default=_default, option=_ORJSON_OPTIONS)
+    except orjson.JSONEncodeError:
+        return None
+
+
+def dumps_bytes(message: Any) -> bytes:
+    """dumps(message).encode(), without the round trip through str for the usual single answer."""
+    if isinstance(message, dict) and isinstance(message.get("result"), RawJson):
+        head = encode_value({"jsonrpc": "2.0", "id": message["id"]})
+        if head is not None:
+            return head[:-1] + b',"result":' + message["result"].data + b"}"
+    return dumps(message).encode()

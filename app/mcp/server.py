@@ -38,6 +38,7 @@ from .jsonrpc import (
     RawJson,
     RequestId,
     dumps_value,
+    encode_value,
     error_message,
     result_message,
 )
@@ -302,6 +303,7 @@ class McpServer:
         modern_list = {"tools": self._described_tools, "ttlMs": CACHE_TTL_MS, "cacheScope": "private"}
         self._tools_list_modern = RawJson(dumps_value(self._modern_fields(modern_list)))
         self._modern_meta_suffix = dumps_value(self._modern_fields({}))[1:]  # ',"resultType":...}' tail
+        self._modern_success_tail = f',"isError":false,{self._modern_meta_suffix}'.encode()
 
     def _modern_fields(self, result: dict[str, Any]) -> dict[str, Any]:
         return {**result, "resultType": "complete", "_meta": {META_SERVER_INFO: self.server_info}}
@@ -743,7 +745,14 @@ class McpServer:
                 log.exception("audit_failed", tool=name)
 
     def _success_result(self, structured: Any, modern: bool) -> RawJson:
-        # Splice the one serialization of the structured result into both places it appears.
+        # Splice the one serialization of the structured result into both places it appears, as bytes
+        # (what the response sends); the text form below only for what orjson cannot write.
+        data = encode_value(structured)
+        if data is not None:
+            quoted = encode_value(data.decode())  # the same JSON as text: a string of valid UTF-8 always encodes
+            assert quoted is not None
+            start = b'{"content":[{"type":"text","text":' + quoted + b'}],"structuredContent":' + data
+            return RawJson(start + (self._modern_success_tail if modern else b',"isError":false}'))
         text = dumps_value(structured)
         head = f'{{"content":[{{"type":"text","text":{dumps_value(text)}}}],"structuredContent":{text},"isError":false'
         return RawJson(head + (("," + self._modern_meta_suffix) if modern else "}"))

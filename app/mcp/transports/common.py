@@ -17,7 +17,7 @@ from ... import keys
 from ...core import Principal
 from ...settings import Settings
 from ...urls import base_url, peer_is_trusted
-from ..jsonrpc import INVALID_REQUEST, JsonRpcError, RequestId, dumps, error_message
+from ..jsonrpc import INVALID_REQUEST, JsonRpcError, RequestId, dumps, dumps_bytes, error_message
 from ..server import McpServer
 from .outbox import Outbox
 
@@ -130,7 +130,7 @@ def too_large(limit: int) -> web.Response:
 
 
 def json_body(message: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=dumps(message).encode(), content_type=JSON_TYPE, headers=headers)
+    return web.Response(status=status, body=dumps_bytes(message), content_type=JSON_TYPE, headers=headers)
 
 
 def sse_event(message: Any, event: str = "message") -> bytes:
