@@ -144,3 +144,21 @@ async def test_inline_reads_can_be_turned_off(sqlite_db: Path) -> None:
         seen = _thread_of_reads(database)
         assert (await database.read("SELECT ?", (7,))).rows == [[7]]
         assert [name.startswith("db-worker-") for name in seen] == [True]
+
+
+async def test_a_quick_statement_that_outran_the_budget_now_and_then_stays_on_the_loop(sqlite_db: Path) -> None:
+    async with _sqlite(sqlite_db, db_pool_size=2, sqlite_inline_read_ms=ROOMY_MS) as database:
+        pool = database.pool
+        seen = _thread_of_reads(database)
+        pool._note_slow("SELECT 5")  # say the machine took the core away during one run...
+        for _ in range(20):
+            await database.read("SELECT 5")
+        pool._note_slow("SELECT 5")  # ...and once more, 21 runs later: 2 in 22 is not a slow statement
+        seen.clear()
+        await database.read("SELECT 5")
+        assert seen == [threading.current_thread().name]
+        pool._note_slow("SELECT 6")
+        pool._note_slow("SELECT 6")  # every run outran it: a slow statement
+        seen.clear()
+        await database.read("SELECT 6")
+        assert [name.startswith("db-worker-") for name in seen] == [True]

@@ -48,6 +48,7 @@ pyodbc.pooling = False
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+V = TypeVar("V")
 
 INITIAL_BACKOFF_SECONDS = 0.1
 MAX_BACKOFF_SECONDS = 5.0
@@ -70,6 +71,9 @@ WATCHDOG_IDLE_TICK_SECONDS = 1.0
 INLINE_BURST_SECONDS = 0.002
 INLINE_SLOW_SECONDS = 60.0
 INLINE_SLOW_MAX = 1024
+# A statement goes to a thread once at least one in this many of its runs outran the budget (two at least):
+# a slow statement outruns it every time, a quick one only when the machine took its core away meanwhile.
+INLINE_SLOW_SHARE = 5
 INLINE_ACTIVE_SECONDS = 1.0
 BUSY_MESSAGE = "database busy, retry in a moment"
 
@@ -561,7 +565,7 @@ class Pool:
         # thread), and the inline time spent in this pass of the loop.
         self.inline_budget = max(0, int(getattr(settings, "sqlite_inline_read_ms", 0))) / 1000.0
         self._slow: dict[str, float] = {}
-        self._struck: dict[str, float] = {}  # statements that outran it once, and when
+        self._struck: dict[str, list[float]] = {}  # statements that outran it: [since, runs, overruns]
         self._inline_future: asyncio.Future[Any] | None = None
         self._burst_spent = 0.0
         self._burst_reset_pending = False
@@ -728,6 +732,9 @@ class Pool:
         else:
             self._observe_inline(None, started)
             outcome = (True, result)
+            struck = self._struck.get(key)
+            if struck is not None:
+                struck[1] += 1
         finally:
             worker._last_used = time.monotonic()
             worker.session_lock.release()
@@ -743,15 +750,20 @@ class Pool:
         self._observe(error, time.perf_counter() - started)
 
     def _note_slow(self, key: str) -> None:
-        """The statement outran the budget: the second time within INLINE_SLOW_SECONDS it goes to a thread
-        for that long (once can be a cold cache or a busy machine: its first run also plans and prepares it)."""
+        """The statement outran the budget: it goes to a thread for INLINE_SLOW_SECONDS once that happened in
+        at least one of INLINE_SLOW_SHARE of its runs since the first time (once can be a cold cache, its
+        first run also plans and prepares it, or the machine giving the core to another process)."""
         now = time.monotonic()
-        first = self._struck.pop(key, None)
-        if first is None or now - first >= INLINE_SLOW_SECONDS:
-            _remember(self._struck, key, now)
+        struck = self._struck.get(key)
+        if struck is None or now - struck[0] >= INLINE_SLOW_SECONDS:
+            _remember(self._struck, key, [now, 1.0, 1.0])
             return
-        _remember(self._slow, key, now + INLINE_SLOW_SECONDS)
-        log.debug("db.read_moved_to_thread", budget_ms=round(self.inline_budget * 1000))
+        struck[1] += 1
+        struck[2] += 1
+        if struck[2] * INLINE_SLOW_SHARE >= struck[1]:
+            del self._struck[key]
+            _remember(self._slow, key, now + INLINE_SLOW_SECONDS)
+            log.debug("db.read_moved_to_thread", budget_ms=round(self.inline_budget * 1000))
 
     def _give_back(self, worker: Worker) -> None:
         """A worker the loop took for an inline read: it takes the next job in line, or is idle again."""
@@ -933,7 +945,7 @@ def _complete(future: asyncio.Future[Any], result: Any, error: BaseException | N
             future.set_exception(error)
 
 
-def _remember(table: dict[str, float], key: str, value: float) -> None:
+def _remember(table: dict[str, V], key: str, value: V) -> None:
     """Set `table[key]`, dropping the oldest entry when the table is full (INLINE_SLOW_MAX)."""
     if len(table) >= INLINE_SLOW_MAX:
         table.pop(next(iter(table)))
