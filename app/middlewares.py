@@ -7,9 +7,11 @@ import json
 
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 from . import keys
+from .loop_pass import LoopPass
+from .obs import CLIENT_CLOSED
 
 log = structlog.get_logger(__name__)
 
@@ -61,10 +63,28 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             keep = {k: v for k, v in exc.headers.items() if k.lower() not in {"content-type", "content-length"}}
             return _json_error(request, exc.status, exc.reason, headers=keep)
         raise
-    except (asyncio.CancelledError, ConnectionResetError):
+    except ConnectionResetError:
+        if request.transport is None or request.transport.is_closing():
+            # The client went away before its request was read or answered: nobody is left to answer,
+            # and it is not the server's failure (aiohttp would log it as one, with a traceback).
+            return web.Response(status=CLIENT_CLOSED)
+        raise
+    except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("unhandled_error", method=request.method, path=request.path)
         if _is_api(request.path):
             return _json_error(request, 500, "Internal server error")
         return web.Response(status=500, text="500 Internal Server Error", content_type="text/plain")
+
+
+def loop_pass_middleware(loop_pass: LoopPass) -> Middleware:
+    """Each request starts in a pass of the event loop that has time left (app.loop_pass)."""
+
+    @web.middleware
+    async def take_turn(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if loop_pass.spent():
+            await loop_pass.turn()
+        return await handler(request)
+
+    return take_turn

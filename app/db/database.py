@@ -19,6 +19,7 @@ import structlog
 from sqlglot import exp
 
 from ..core import Principal
+from ..loop_pass import LoopPass
 from ..policy import AccessPolicy, CatalogTable, InMemoryCatalog, RolePolicy, check_statement, tables_read
 from . import execute as run
 from . import guard
@@ -50,7 +51,7 @@ _INTEGER = re.compile(r"^[+-]?\d{1,18}$")
 
 
 class Database:
-    def __init__(self, settings: Any, metrics: Any = None) -> None:
+    def __init__(self, settings: Any, metrics: Any = None, loop_pass: LoopPass | None = None) -> None:
         if metrics is None:
             from ..obs.metrics import Metrics
 
@@ -58,7 +59,7 @@ class Database:
         self.settings = settings
         self.metrics = metrics
         self.dialect: Dialect = get_dialect(settings)
-        self.pool = Pool(self.dialect, settings, metrics)
+        self.pool = Pool(self.dialect, settings, metrics, loop_pass)
         self.read_plans = run.ReadPlans(self.dialect)
         self._tables: list[TableInfo] | None = None
         self._tables_at = 0.0
@@ -308,6 +309,8 @@ class Database:
         principal is the service's own catalog query: while a policy restricts anyone it may read no table
         of the catalog (app.db.access.internal_refusal), so no caller's statement can take that path.
         `result.tables` names the tables the statement reads (for the audit line)."""
+        if self.pool.loop_pass.spent():  # the checks below are loop time too (app.loop_pass)
+            await self.pool.loop_pass.turn()
         verdict = self.verdict(sql)
         self._refuse_unless_read(verdict)
         tables, role = await self._policy_check(sql, verdict, principal)

@@ -38,6 +38,7 @@ from typing import Any, Generic, TypeVar, cast
 import pyodbc
 import structlog
 
+from ..loop_pass import LoopPass
 from .dialects.base import Dialect
 from .errors import clean_message, is_cancel, is_dead_connection, is_deadlock, is_server_timeout, sqlstate_of
 from .types import DatabaseBusy, DatabaseError, DatabaseUnavailable, QueryCancelled, QueryFailed, QueryTimeout
@@ -65,10 +66,8 @@ MIN_IDLE_WAKE_SECONDS = 0.05
 PROBE_GAP_SECONDS = 0.05
 CLOSE_GRACE_SECONDS = 5.0
 WATCHDOG_IDLE_TICK_SECONDS = 1.0
-# Inline reads (Pool._run_inline): at most this much of them in one pass of the event loop before it lets
-# timers and the other connections' I/O run (the loop-lag target is 10 ms); a statement that outran its
-# budget goes to a worker thread for this long; at most this many such statements are remembered.
-INLINE_BURST_SECONDS = 0.002
+# Inline reads (Pool._run_inline): a statement that outran its budget goes to a worker thread for this long;
+# at most this many such statements are remembered.
 INLINE_SLOW_SECONDS = 60.0
 INLINE_SLOW_MAX = 1024
 # A statement goes to a thread once at least one in this many of its runs outran the budget (two at least):
@@ -543,7 +542,7 @@ def _close(cursors: list[pyodbc.Cursor]) -> None:
 
 
 class Pool:
-    def __init__(self, dialect: Dialect, settings: Any, metrics: Any) -> None:
+    def __init__(self, dialect: Dialect, settings: Any, metrics: Any, loop_pass: LoopPass | None = None) -> None:
         self.dialect = dialect
         self.settings = settings
         self.metrics = metrics
@@ -562,13 +561,12 @@ class Pool:
         self._hand_off = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         # Inline reads: the per-read budget (0: off), the statements that outran it (until when they go to a
-        # thread), and the inline time spent in this pass of the loop.
+        # thread), and the share of a loop pass they may take (shared with the HTTP middleware).
         self.inline_budget = max(0, int(getattr(settings, "sqlite_inline_read_ms", 0))) / 1000.0
         self._slow: dict[str, float] = {}
         self._struck: dict[str, list[float]] = {}  # statements that outran it: [since, runs, overruns]
         self._inline_future: asyncio.Future[Any] | None = None
-        self._burst_spent = 0.0
-        self._burst_reset_pending = False
+        self.loop_pass = loop_pass or LoopPass()
         self._closed = False
         self._started = False
         self._state_lock = threading.Lock()
@@ -650,8 +648,8 @@ class Pool:
             raise DatabaseUnavailable("the database layer is not running")
         limit = timeout
         if inline_key is not None and self.inline_budget > 0.0:
-            while self._burst_spent >= INLINE_BURST_SECONDS:
-                await self._next_burst()
+            if self.loop_pass.spent():
+                await self.loop_pass.turn()
             if self._closed:
                 raise DatabaseUnavailable("the database layer is not running")
             ran, outcome = self._run_inline(fn, timeout, retry, inline_key)
@@ -739,7 +737,6 @@ class Pool:
             worker._last_used = time.monotonic()
             worker.session_lock.release()
             self._give_back(worker)
-            self._burst_spent += time.perf_counter() - started
         if not outcome[0]:
             self._note_slow(key)
         return outcome
@@ -770,19 +767,6 @@ class Pool:
         next_job = self._next_job(worker)
         if next_job is not None:
             worker.jobs.put(next_job)
-
-    async def _next_burst(self) -> None:
-        """Wait for the loop's next pass: this pass did its share of inline reads. The first to wait here
-        schedules the reset, so it runs before every read that waits (the ready queue is first in, first out)."""
-        if not self._burst_reset_pending:
-            self._burst_reset_pending = True
-            assert self._loop is not None
-            self._loop.call_soon(self._reset_burst)
-        await asyncio.sleep(0)
-
-    def _reset_burst(self) -> None:
-        self._burst_spent = 0.0
-        self._burst_reset_pending = False
 
     def _expire(self, job: _Job[Any]) -> None:
         """On the loop, `db_pool_wait_seconds` after a job was put in line: if it has not started, refuse it."""

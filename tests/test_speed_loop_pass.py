@@ -1,0 +1,154 @@
+"""Short event-loop passes (issue 10, app.loop_pass): once a pass has had its share, the next request waits
+for the following pass, the ones that waited go first, and nothing is lost; a client that leaves before its
+request was read is no server error."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from app import keys
+from app.loop_pass import LoopPass
+
+MODERN = "2026-07-28"
+META = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
+
+
+class PassCounter:
+    """Counts the passes of the running loop: a callback that schedules itself again every pass."""
+
+    def __init__(self) -> None:
+        self.number = 0
+        self._stopped = False
+
+    def start(self) -> None:
+        asyncio.get_running_loop().call_soon(self._tick)
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    def _tick(self) -> None:
+        if not self._stopped:
+            self.number += 1
+            asyncio.get_running_loop().call_soon(self._tick)
+
+
+async def test_past_the_budget_each_waits_for_a_later_pass_in_the_order_they_came() -> None:
+    loop_pass = LoopPass(budget=0.0)  # every pass has room for one
+    passes = PassCounter()
+    passes.start()
+    ran: list[tuple[str, int]] = []
+
+    async def request(name: str) -> None:
+        if loop_pass.spent():
+            await loop_pass.turn()
+        ran.append((name, passes.number))
+
+    await asyncio.sleep(0)  # start on a pass boundary
+    await asyncio.gather(*(request(name) for name in "abcde"))
+    passes.stop()
+    assert [name for name, _ in ran] == list("abcde")
+    numbers = [number for _, number in ran]
+    assert numbers == sorted(set(numbers)), f"two requests ran in one pass: {ran}"
+
+
+async def test_a_pass_with_time_left_lets_requests_through_at_once() -> None:
+    loop_pass = LoopPass(budget=60.0)
+    passes = PassCounter()
+    passes.start()
+    await asyncio.sleep(0)
+    first = passes.number
+    assert not any(loop_pass.spent() for _ in range(100))
+    await loop_pass.turn()
+    assert passes.number == first  # nobody waited
+    passes.stop()
+
+
+def _call(n: int) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": n,
+        "method": "tools/call",
+        "params": {"name": "execute_sql", "arguments": {"query": f"SELECT {n} AS n"}, "_meta": META},
+    }
+
+
+async def test_parallel_calls_over_http_take_turns_and_all_get_their_answer(
+    start_live_server: Callable[..., Any], make_settings: Callable[..., Any]
+) -> None:
+    from app.web import create_app
+
+    app = create_app(make_settings(unauthenticated=True, db_pool_size=4))
+    app[keys.LOOP_PASS].budget = 0.0  # the HTTP middleware and inline reads: one of them per pass
+    server = await start_live_server(app)
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": MODERN,
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": "execute_sql",
+    }
+    passes = PassCounter()
+    connector = aiohttp.TCPConnector(limit=48)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def call(n: int) -> Any:
+            async with http.post(server.endpoint("/mcp"), data=json.dumps(_call(n)), headers=headers) as response:
+                assert response.status == 200, await response.text()
+                return await response.json()
+
+        await call(0)  # warm: the first call plans the statement shape
+        passes.start()
+        started = passes.number
+        answers = await asyncio.gather(*(call(n) for n in range(1, 49)))
+        passes.stop()
+    for n, answer in enumerate(answers, start=1):
+        assert answer["id"] == n
+        assert answer["result"]["structuredContent"]["rows"] == [[n]], answer
+    # 48 requests, each let in and then its read let in one pass at a time: at least 96 passes went by.
+    assert passes.number - started >= 96
+
+
+async def test_a_client_that_leaves_before_its_body_arrived_is_no_server_error(
+    start_live_server: Callable[..., Any], make_settings: Callable[..., Any], captured_logs: Any
+) -> None:
+    server = await start_live_server(make_settings(unauthenticated=True))
+    host, port = server.url.removeprefix("http://").split(":")
+    body = json.dumps(_call(1)).encode()
+    head = (
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Accept: application/json\r\nMCP-Protocol-Version: {MODERN}\r\nMcp-Method: tools/call\r\n"
+        f"Mcp-Name: execute_sql\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(head + body[:10])  # half the body, then gone
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.close()
+    await writer.wait_closed()
+    for _ in range(50):
+        if captured_logs.events("http_request", status=499):
+            break
+        await asyncio.sleep(0.02)
+    assert captured_logs.events("http_request", status=499), captured_logs.text
+    errors = [line for line in captured_logs.lines() if line.get("level") in ("error", "critical")]
+    assert errors == []
+    assert "Traceback" not in captured_logs.text
+    # ...and the server answers the next client as usual.
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+        "MCP-Protocol-Version": MODERN,
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": "execute_sql",
+    }
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(server.endpoint("/mcp"), data=body, headers=headers) as response,
+    ):
+        assert response.status == 200
+        assert (await response.json())["result"]["structuredContent"]["rows"] == [[1]]
