@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from .auth.state import AuthState
     from .cors import CorsRoutes
     from .db.database import Database
-    from .loop_pass import LoopPass
     from .mcp.server import McpServer
     from .mcp.transports import McpEndpoints
     from .obs.metrics import Metrics
@@ -32,8 +31,6 @@ MCP_SERVERS: web.AppKey[dict[str, McpServer]] = web.AppKey("mcp_servers")
 # What create_app wired for each prefix (transports and their timings: tests tune them through it).
 MCP_ENDPOINTS: web.AppKey[dict[str, McpEndpoints]] = web.AppKey("mcp_endpoints")
 # Anything an area needs to keep per app gets its own key below.
-# The share of each event-loop pass request handling may take: the HTTP middleware and inline reads ask it.
-LOOP_PASS: web.AppKey[LoopPass] = web.AppKey("loop_pass")
 # Which CORS policy each route path has (app.cors: filled by auth and the MCP transports).
 CORS_ROUTES: web.AppKey[CorsRoutes] = web.AppKey("cors_routes")
 AUTH_STORE: web.AppKey[AuthState] = web.AppKey("auth_store")

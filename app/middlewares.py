@@ -7,10 +7,9 @@ import json
 
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
+from aiohttp.typedefs import Handler
 
 from . import keys
-from .loop_pass import LoopPass
 from .obs import CLIENT_CLOSED
 
 log = structlog.get_logger(__name__)
@@ -76,15 +75,3 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if _is_api(request.path):
             return _json_error(request, 500, "Internal server error")
         return web.Response(status=500, text="500 Internal Server Error", content_type="text/plain")
-
-
-def loop_pass_middleware(loop_pass: LoopPass) -> Middleware:
-    """Each request starts in a pass of the event loop that has time left (app.loop_pass)."""
-
-    @web.middleware
-    async def take_turn(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if loop_pass.spent():
-            await loop_pass.turn()
-        return await handler(request)
-
-    return take_turn

@@ -16,12 +16,11 @@ from .auth.setup import setup_auth
 from .core import SURFACES, Toolset
 from .db.database import Database
 from .health import add_health_routes
-from .loop_pass import LoopPass
 from .mcp.resources import Prompt, ResourceProvider
 from .mcp.server import McpServer
 from .mcp.tools import Tool
 from .mcp.transports import add_mcp_routes
-from .middlewares import error_middleware, loop_pass_middleware
+from .middlewares import error_middleware
 from .obs import setup_observability
 from .obs.metrics import Metrics
 from .settings import Settings
@@ -132,15 +131,12 @@ def create_app(
     # Outermost: request id, access log and HTTP metrics see every response, error pages included.
     setup_observability(app)
     app.middlewares.append(error_middleware)
-    # Inside observability: a request that waits for the loop's next pass has that wait in its duration.
-    app[keys.LOOP_PASS] = LoopPass()
-    app.middlewares.append(loop_pass_middleware(app[keys.LOOP_PASS]))
 
     if settings.redis_url:
         # First in, last out: everything that shares state through Redis can use it until it stops.
         app[keys.REDIS] = RedisState(settings.redis_url)
         app.cleanup_ctx.append(_redis_ctx)
-    app[keys.DATABASE] = Database(settings, app[keys.METRICS], app[keys.LOOP_PASS])
+    app[keys.DATABASE] = Database(settings, app[keys.METRICS])
     app.cleanup_ctx.append(_database_ctx)
 
     setup_auth(app)  # OAuth routes, state store, and app[keys.AUTHENTICATOR] for the MCP endpoints

@@ -51,7 +51,7 @@ _INTEGER = re.compile(r"^[+-]?\d{1,18}$")
 
 
 class Database:
-    def __init__(self, settings: Any, metrics: Any = None, loop_pass: LoopPass | None = None) -> None:
+    def __init__(self, settings: Any, metrics: Any = None) -> None:
         if metrics is None:
             from ..obs.metrics import Metrics
 
@@ -59,7 +59,8 @@ class Database:
         self.settings = settings
         self.metrics = metrics
         self.dialect: Dialect = get_dialect(settings)
-        self.pool = Pool(self.dialect, settings, metrics, loop_pass)
+        self.pool = Pool(self.dialect, settings, metrics)
+        self.loop_pass = LoopPass()
         self.read_plans = run.ReadPlans(self.dialect)
         self._tables: list[TableInfo] | None = None
         self._tables_at = 0.0
@@ -309,8 +310,6 @@ class Database:
         principal is the service's own catalog query: while a policy restricts anyone it may read no table
         of the catalog (app.db.access.internal_refusal), so no caller's statement can take that path.
         `result.tables` names the tables the statement reads (for the audit line)."""
-        if self.pool.loop_pass.spent():  # the checks below are loop time too (app.loop_pass)
-            await self.pool.loop_pass.turn()
         verdict = self.verdict(sql)
         self._refuse_unless_read(verdict)
         tables, role = await self._policy_check(sql, verdict, principal)
@@ -329,6 +328,9 @@ class Database:
         timeout: float | None = None,
     ) -> QueryResult:
         """A read of a statement the guard accepted or the service wrote itself (sample, row by key)."""
+        # A read may run on the loop (below): it waits for a pass of the loop with time left (app.loop_pass).
+        if self.loop_pass.spent():
+            await self.loop_pass.turn()
         plans = self.read_plans
 
         def job(session: Worker, rows_cap: int, bytes_cap: int) -> QueryResult:

@@ -38,7 +38,6 @@ from typing import Any, Generic, TypeVar, cast
 import pyodbc
 import structlog
 
-from ..loop_pass import LoopPass
 from .dialects.base import Dialect
 from .errors import clean_message, is_cancel, is_dead_connection, is_deadlock, is_server_timeout, sqlstate_of
 from .types import DatabaseBusy, DatabaseError, DatabaseUnavailable, QueryCancelled, QueryFailed, QueryTimeout
@@ -87,6 +86,17 @@ class _Interrupted(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class _Strikes:
+    """A statement's runs on the loop, and how many outran the budget, since the first that did."""
+
+    __slots__ = ("overruns", "runs", "since")
+
+    def __init__(self, since: float) -> None:
+        self.since = since
+        self.runs = 1
+        self.overruns = 1
 
 
 class _Job(Generic[T]):
@@ -542,7 +552,7 @@ def _close(cursors: list[pyodbc.Cursor]) -> None:
 
 
 class Pool:
-    def __init__(self, dialect: Dialect, settings: Any, metrics: Any, loop_pass: LoopPass | None = None) -> None:
+    def __init__(self, dialect: Dialect, settings: Any, metrics: Any) -> None:
         self.dialect = dialect
         self.settings = settings
         self.metrics = metrics
@@ -560,13 +570,12 @@ class Pool:
         self._pending: deque[_Job[Any]] = deque()
         self._hand_off = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Inline reads: the per-read budget (0: off), the statements that outran it (until when they go to a
-        # thread), and the share of a loop pass they may take (shared with the HTTP middleware).
+        # Inline reads: the per-read budget (0: off), and the statements that outran it (until when they go to
+        # a thread). The caller (Database._read) has waited for a pass with time left (app.loop_pass).
         self.inline_budget = max(0, int(getattr(settings, "sqlite_inline_read_ms", 0))) / 1000.0
         self._slow: dict[str, float] = {}
-        self._struck: dict[str, list[float]] = {}  # statements that outran it: [since, runs, overruns]
+        self._struck: dict[str, _Strikes] = {}  # statements that outran it lately
         self._inline_future: asyncio.Future[Any] | None = None
-        self.loop_pass = loop_pass or LoopPass()
         self._closed = False
         self._started = False
         self._state_lock = threading.Lock()
@@ -648,10 +657,6 @@ class Pool:
             raise DatabaseUnavailable("the database layer is not running")
         limit = timeout
         if inline_key is not None and self.inline_budget > 0.0:
-            if self.loop_pass.spent():
-                await self.loop_pass.turn()
-            if self._closed:
-                raise DatabaseUnavailable("the database layer is not running")
             ran, outcome = self._run_inline(fn, timeout, retry, inline_key)
             if ran:
                 return cast(T, outcome)
@@ -716,48 +721,47 @@ class Pool:
         budget = min(self.inline_budget, timeout)
         self.watchdog.inline_until = now + INLINE_ACTIVE_SECONDS
         started = time.perf_counter()
+        error: BaseException | None = None
+        moves = False
         try:
             assert self._inline_future is not None
             result = worker._execute(_Job(fn, self._inline_future, budget, retry, timeout))
-        except QueryTimeout:
-            if budget >= timeout:
-                self._observe_inline(QueryTimeout(""), started)
+        except QueryTimeout as exc:
+            if budget >= timeout:  # its own time limit, not the budget: it ends here
+                error = exc
                 raise
-            outcome: tuple[bool, Any] = (False, timeout - (time.perf_counter() - started))
+            moves = True
         except BaseException as exc:
-            self._observe_inline(exc, started)
+            error = exc
             raise
-        else:
-            self._observe_inline(None, started)
-            outcome = (True, result)
-            struck = self._struck.get(key)
-            if struck is not None:
-                struck[1] += 1
         finally:
+            elapsed = time.perf_counter() - started
             worker._last_used = time.monotonic()
             worker.session_lock.release()
             self._give_back(worker)
-        if not outcome[0]:
+            if not moves:  # a read that moves to a thread is counted there
+                self.metrics.pool_wait.observe(0.0)
+                self._observe(error, elapsed)
+        if moves:
             self._note_slow(key)
-        return outcome
-
-    def _observe_inline(self, error: BaseException | None, started: float) -> None:
-        """Metrics of a read that ended here (one that moved to a thread is counted there)."""
-        self.metrics.pool_wait.observe(0.0)
-        self._observe(error, time.perf_counter() - started)
+            return False, timeout - elapsed
+        strikes = self._struck.get(key)
+        if strikes is not None:
+            strikes.runs += 1
+        return True, result
 
     def _note_slow(self, key: str) -> None:
         """The statement outran the budget: it goes to a thread for INLINE_SLOW_SECONDS once that happened in
         at least one of INLINE_SLOW_SHARE of its runs since the first time (once can be a cold cache, its
         first run also plans and prepares it, or the machine giving the core to another process)."""
         now = time.monotonic()
-        struck = self._struck.get(key)
-        if struck is None or now - struck[0] >= INLINE_SLOW_SECONDS:
-            _remember(self._struck, key, [now, 1.0, 1.0])
+        strikes = self._struck.get(key)
+        if strikes is None or now - strikes.since >= INLINE_SLOW_SECONDS:
+            _remember(self._struck, key, _Strikes(now))
             return
-        struck[1] += 1
-        struck[2] += 1
-        if struck[2] * INLINE_SLOW_SHARE >= struck[1]:
+        strikes.runs += 1
+        strikes.overruns += 1
+        if strikes.overruns * INLINE_SLOW_SHARE >= strikes.runs:
             del self._struck[key]
             _remember(self._slow, key, now + INLINE_SLOW_SECONDS)
             log.debug("db.read_moved_to_thread", budget_ms=round(self.inline_budget * 1000))
