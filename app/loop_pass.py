@@ -6,11 +6,13 @@ SQLite read never leaves the loop): at 32 requests in flight a pass took 10-40 m
 keep-alive ping or a cancel that fell due during it. So work asks for its turn first: once a pass has run
 for `budget` seconds, the next one waits for a later pass.
 
-Waiting is first come, first served. A waiter holds a future in a line; once per pass the line is released
-(`_next_pass`, chained from pass to pass while anyone waits), and the released run in the order they came:
-each goes ahead while the pass has time, the rest keep their places at the head of the line. Nobody asking
-anew goes ahead of anyone in line. (A plain `sleep(0)` waiter lines up again at its own place in the pass,
-behind whoever finished and came back meanwhile: measured, some waited 100-1,000 ms at 32 connections.)
+Waiting is first come, first served, and the clock restarts at the head of each pass. A waiter takes a
+ticket and steps aside (`sleep(0)`) until a pass in which it holds the first ticket and the clock has time;
+nobody asking anew goes ahead of a ticket. The clock restarts in `_next_pass`, a callback chained from pass to
+pass while there is demand: each run schedules the next before anything else is queued, so it runs first in
+its pass and every ask in a pass sees that pass's clock. (Restarted anywhere else, a clock started late in
+one pass was still running in the next, and waiters released by a future lined up behind newer ones:
+measured, some requests waited 100-2,000 ms at 32 connections.)
 
 Where to ask: Database._read, before a read (an inline SQLite read never leaves the loop); what a request
 does before it (aiohttp's parsing, the MCP envelope, the guard) is small. An ask in the HTTP middleware too
@@ -29,74 +31,62 @@ PASS_BUDGET_SECONDS = 0.002
 
 
 class LoopPass:
-    """The time the current pass of the event loop has run, and the line of work waiting for a later one."""
+    """The time the current pass of the event loop has run, and the tickets of the work waiting."""
 
     def __init__(self, budget: float = PASS_BUDGET_SECONDS) -> None:
         self.budget = budget
         self._started: float | None = None  # None: this pass's clock has not started
-        self._line: deque[asyncio.Future[None]] = deque()  # waiting, first come first
-        self._released: set[asyncio.Future[None]] = set()  # let go by _next_pass, not yet run
-        self._kept: list[asyncio.Future[None]] = []  # released but out of time again: head of the line
+        self._waiting: deque[int] = deque()  # tickets, first come first
+        self._next_ticket = 0
+        self._asked = False  # the clock ran since the last _next_pass: keeps the chain going
         self._chained = False  # a _next_pass is scheduled
 
     def spent(self) -> bool:
         """Whether new work must wait: this pass has had its share, or others are waiting already."""
-        if self._line or self._released or self._kept:
+        if self._waiting:
             return True
         return self._clock_spent()
 
     async def turn(self) -> None:
-        """Wait in line until a pass has time for this one. Callers check spent() first, so a request in a
-        short pass does not make a coroutine at all."""
+        """Wait for a pass with time for this one, behind everyone who waited before. Callers check spent()
+        first, so a request in a short pass does not make a coroutine at all."""
         if not self.spent():
             return
-        loop = asyncio.get_running_loop()
-        place: asyncio.Future[None] = loop.create_future()
-        self._line.append(place)
-        while True:
-            self._chain(loop)
-            try:
-                await place
-            except asyncio.CancelledError:
-                self._forget(place)
-                raise
-            self._released.discard(place)
-            if not self._clock_spent():
-                return
-            place = loop.create_future()  # out of time again: keep this place at the head of the line
-            self._kept.append(place)
+        ticket = self._next_ticket
+        self._next_ticket += 1
+        self._waiting.append(ticket)
+        try:
+            while True:
+                self._chain()
+                await asyncio.sleep(0)
+                if self._waiting[0] == ticket and not self._clock_spent():
+                    self._waiting.popleft()
+                    return
+        except asyncio.CancelledError:
+            self._waiting.remove(ticket)
+            raise
 
     def _clock_spent(self) -> bool:
         now = time.perf_counter()
         started = self._started
         if started is None:
             self._started = now
-            self._chain(asyncio.get_running_loop())
+            self._asked = True
+            self._chain()
             return False
         return now - started >= self.budget
 
-    def _chain(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _chain(self) -> None:
         if not self._chained:
             self._chained = True
-            loop.call_soon(self._next_pass)
-
-    def _forget(self, place: asyncio.Future[None]) -> None:
-        self._released.discard(place)
-        for where in (self._line, self._kept):
-            if place in where:
-                where.remove(place)
+            asyncio.get_running_loop().call_soon(self._next_pass)
 
     def _next_pass(self) -> None:
-        """First in each pass while anyone waits: restart the clock and let the line go, in order."""
+        """First in each pass while there is demand (it schedules its successor before anything else can be
+        queued in this pass): the clock restarts."""
         self._started = None
-        line = [*self._kept, *self._line]
-        self._kept.clear()
-        self._line.clear()
-        for place in line:
-            if not place.done():  # a cancelled waiter's place is done
-                place.set_result(None)
-                self._released.add(place)
-        if self._released:
+        if self._asked or self._waiting:
+            self._asked = False
             asyncio.get_running_loop().call_soon(self._next_pass)
         else:
-            self._chained = False
+            self._chained = False  # a quiet pass: the next ask starts the chain again
