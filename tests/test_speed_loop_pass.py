@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import pytest
 
 from app import keys
 from app.loop_pass import LoopPass
@@ -218,3 +219,15 @@ async def test_a_client_that_leaves_before_its_body_arrived_is_no_server_error(
     ):
         assert response.status == 200
         assert (await response.json())["result"]["structuredContent"]["rows"] == [[1]]
+
+
+@pytest.mark.parametrize("dialect", ["mssql", "postgres", "sqlite"])
+def test_the_start_up_statement_goes_through_the_whole_check_in_every_dialect(dialect: str) -> None:
+    """Database.start checks it so that sqlglot's first-use set-up is not paid by a caller's statement on the
+    event loop: it must be parsed and accepted, not refused early."""
+    from app.db import guard
+    from app.db.database import WARM_UP_SQL
+
+    verdict = guard.check(WARM_UP_SQL, dialect)
+    assert verdict.allowed, verdict.reason
+    assert verdict.tree is not None
