@@ -894,19 +894,7 @@ def render_markdown(
     else:
         lines.append("- not evaluated (this run did not include both ours and DBHub)")
     lines += render_scaling(info, args, best, servers)
-    lines += ["", f"## Event-loop lag (issue 10: never above {MAX_LOOP_LAG_MS:g} ms)", ""]
-    if info.get("loop_lag"):
-        worst = max(info["loop_lag"], key=lambda item: item[3])
-        verdict = "met" if worst[3] <= MAX_LOOP_LAG_MS else "NOT met"
-        since_start = info.get("loop_lag_since_start_ms")
-        lines.append(
-            f"- {verdict}: our server's worst lag during the load runs was at most {worst[3]:g} ms "
-            f"(round {worst[0] + 1}, `{worst[1]}` c={worst[2]}): how late its loop ran a 100 ms timer, from the "
-            "`mssql_mcp_event_loop_lag_seconds` histogram read before and after each run (bucket resolution)"
-            + (f"; worst since start-up, start-up included: {since_start:.1f} ms" if since_start is not None else "")
-        )
-    else:
-        lines.append("- not measured (ours not run, or it did not export mssql_mcp_event_loop_lag_seconds)")
+    lines += render_loop_lag(info)
     memory = info.get("memory")
     lines += ["", "## Memory flat (issue 10: RSS within 10% after 100,000 calls)", ""]
     if memory:
@@ -923,6 +911,36 @@ def render_markdown(
         lines += ["", "## Failures", ""] + [f"- {f}" for f in failures]
     lines.append("")
     return "\n".join(lines)
+
+
+def render_loop_lag(info: dict[str, Any]) -> list[str]:
+    """The loop-lag section: each deployment of ours on its own (issue 10's target is per process)."""
+    lines = ["", f"## Event-loop lag (issue 10: never above {MAX_LOOP_LAG_MS:g} ms)", ""]
+    if info.get("loop_lag"):
+        lines.append(
+            "How late each of our deployments' event loops ran a 100 ms timer during the load runs, start-up left "
+            "out: the `mssql_mcp_event_loop_lag_seconds` histogram read before and after each run, worst of its "
+            "processes (bucket resolution). More processes than cores (WORKERS=4 here) adds the time a process "
+            "waits for a core."
+        )
+        lines.append("")
+        by_server: dict[str, list[tuple[int, str, int, float]]] = {}
+        for item in info["loop_lag"]:
+            by_server.setdefault(item[0], []).append(item[1:])
+        for server, runs in by_server.items():
+            worst = max(runs, key=lambda item: item[3])
+            verdict = "met" if worst[3] <= MAX_LOOP_LAG_MS else "NOT met"
+            count = f"{len(runs)} run" + ("" if len(runs) == 1 else "s")
+            lines.append(
+                f"- {spec_for(server).title}: {verdict}: at most {worst[3]:g} ms in {count} (worst: round "
+                f"{worst[0] + 1}, `{worst[1]}` c={worst[2]})"
+            )
+        since_start = info.get("loop_lag_since_start_ms")
+        if since_start is not None:
+            lines.append(f"- worst since start-up of any process, start-up included: {since_start:.1f} ms")
+    else:
+        lines.append("- not measured (ours not run, or it did not export mssql_mcp_event_loop_lag_seconds)")
+    return lines
 
 
 def render_scaling(
@@ -1093,7 +1111,7 @@ async def main_async(args: argparse.Namespace) -> int:
             info["memory"] = await memory_flat(db, tmp, args.memory_calls, args.load)
             print(f"  memory: {info['memory']}", flush=True)
     info["loop_lag"] = [
-        (r["round"], r["query"], r["concurrency"], r["loop_lag_ms"]) for r in results if "loop_lag_ms" in r
+        (r["server"], r["round"], r["query"], r["concurrency"], r["loop_lag_ms"]) for r in results if "loop_lag_ms" in r
     ]
     info["loop_lag_since_start_ms"] = max(
         (r["loop_lag_max_ms"] for r in results if "loop_lag_max_ms" in r), default=None

@@ -273,3 +273,19 @@ async def test_wrk_stops_after_a_count_and_splits_over_endpoints(aiohttp_server:
     assert report["load_generator"] == "wrk x 2" and report["errors"] == 0 and report["calls"] > 0
     hosts = {entry["headers"]["Host"] for entry in seen if entry["method"] == "tools/call"}
     assert hosts == {f"127.0.0.1:{first.port}", f"127.0.0.1:{second.port}"}  # both endpoints got load
+
+
+def test_loop_lag_is_judged_per_deployment() -> None:
+    info = {
+        "loop_lag": [
+            ("ours", 0, "select1", 8, 5.0),
+            ("ours", 1, "recent_orders", 32, 10.0),
+            ("ours-w4", 0, "recent_orders", 32, 100.0),
+        ],
+        "loop_lag_since_start_ms": 66.0,
+    }
+    text = "\n".join(run.render_loop_lag(info))
+    assert "- ours (aiohttp): met: at most 10 ms in 2 runs (worst: round 2, `recent_orders` c=32)" in text
+    assert "- ours, WORKERS=4: NOT met: at most 100 ms in 1 run (worst: round 1, `recent_orders` c=32)" in text
+    assert "start-up included: 66.0 ms" in text
+    assert run.render_loop_lag({})[-1].startswith("- not measured")
