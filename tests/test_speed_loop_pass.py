@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
@@ -58,15 +58,21 @@ async def test_past_the_budget_each_waits_for_a_later_pass_in_the_order_they_cam
     assert numbers == sorted(set(numbers)), f"two requests ran in one pass: {ran}"
 
 
-async def test_nobody_asking_anew_goes_ahead_of_one_in_line() -> None:
-    loop_pass = LoopPass(budget=0.0)
-    ran: list[str] = []
+def _recorded(loop_pass: LoopPass, ran: list[Any]) -> Callable[[Any], Coroutine[Any, Any, None]]:
+    """A request that takes its turn, then notes its name in `ran`."""
 
-    async def request(name: str) -> None:
+    async def request(name: Any) -> None:
         if loop_pass.spent():
             await loop_pass.turn()
         ran.append(name)
 
+    return request
+
+
+async def test_nobody_asking_anew_goes_ahead_of_one_in_line() -> None:
+    loop_pass = LoopPass(budget=0.0)
+    ran: list[str] = []
+    request = _recorded(loop_pass, ran)
     await asyncio.sleep(0)
     assert not loop_pass.spent()  # the first ask of this pass: through
     waiting = asyncio.ensure_future(request("waited"))
@@ -83,8 +89,8 @@ def _busy(seconds: float) -> None:
 
 
 async def test_clients_that_come_back_at_once_do_not_starve_the_others() -> None:
-    """16 clients in a closed loop, each a little work before and after its turn: a waiter that lined up again
-    at its own place in the pass (sleep(0)) lost every time to the three that finished first and came back."""
+    """16 clients in a closed loop, each a little work before and after its turn. Without tickets a waiter lined
+    up again at its own place in the pass and lost every time to the three that finished first and came back."""
     loop_pass = LoopPass(budget=0.001)
     done = [0] * 16
     stop = time.perf_counter() + 0.6
@@ -105,12 +111,7 @@ async def test_clients_that_come_back_at_once_do_not_starve_the_others() -> None
 async def test_a_cancelled_waiter_leaves_the_line_and_the_rest_go_on() -> None:
     loop_pass = LoopPass(budget=0.0)
     ran: list[int] = []
-
-    async def request(n: int) -> None:
-        if loop_pass.spent():
-            await loop_pass.turn()
-        ran.append(n)
-
+    request = _recorded(loop_pass, ran)
     await asyncio.sleep(0)
     assert not loop_pass.spent()
     tasks = [asyncio.ensure_future(request(n)) for n in range(4)]
