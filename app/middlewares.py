@@ -42,6 +42,12 @@ def _json_error(
     return web.Response(status=status, text=json.dumps(body), content_type="application/json", headers=headers)
 
 
+def disconnected(request: web.Request) -> bool:
+    """Whether the client's connection is gone (or going): nothing written to it arrives any more."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 def _limit(request: web.Request) -> int | None:
     settings = request.app.get(keys.SETTINGS)
     return settings.max_request_bytes if settings is not None else None
@@ -63,7 +69,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             return _json_error(request, exc.status, exc.reason, headers=keep)
         raise
     except ConnectionResetError:
-        if request.transport is None or request.transport.is_closing():
+        if disconnected(request):
             # The client went away before its request was read or answered: nobody is left to answer,
             # and it is not the server's failure (aiohttp would log it as one, with a traceback).
             return web.Response(status=CLIENT_CLOSED)

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from ... import keys
 from ...core import Principal
+from ...middlewares import disconnected
 from ...settings import Settings
 from ...urls import base_url, peer_is_trusted
 from ..jsonrpc import INVALID_REQUEST, JsonRpcError, RequestId, dumps, dumps_bytes, error_message
@@ -138,11 +139,6 @@ def sse_event(message: Any, event: str = "message") -> bytes:
 
 
 KEEPALIVE = b": keep-alive\n\n"
-
-
-def disconnected(request: web.Request) -> bool:
-    transport = request.transport
-    return transport is None or transport.is_closing()
 
 
 async def open_sse(request: web.Request, headers: dict[str, str] | None = None) -> web.StreamResponse:

@@ -9,6 +9,7 @@ import structlog
 from aiohttp import web
 
 from ...core import ANONYMOUS, Principal
+from ...middlewares import disconnected
 from ...settings import Settings
 from ...urls import base_url
 from ..jsonrpc import (
@@ -38,7 +39,6 @@ from .common import (
     abort_connection,
     accepts,
     authenticate,
-    disconnected,
     forbidden_origin,
     http_error,
     json_body,
