@@ -7,7 +7,6 @@ caller of the port could read; the supervisor's log lines name them (`worker`, `
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import re
@@ -17,97 +16,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from app.obs.metrics import child_pids
 from tests.fixtures.databases import free_port
+from tests.fixtures.served import ROOT, Served, serve, server_env
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[1]
-START_TIMEOUT = 60.0
-
-
-@dataclass
-class Served:
-    proc: subprocess.Popen[bytes]
-    port: int
-    metrics_port: int
-    out: Path
-    err: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def workers(self) -> list[int]:
-        return sorted(child_pids(self.proc.pid))
-
-    def log(self) -> str:
-        return self.err.read_text(errors="replace")
-
-    def wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; log tail:\n{self.log()[-3000:]}")
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"server exited ({self.proc.returncode}) waiting for {what}:\n{self.log()[-3000:]}"
-                )
-            time.sleep(0.05)
-
-
-def _env(tmp_path: Path, db_path: Path, port: int, metrics_port: int, **extra: str) -> dict[str, str]:
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "DB_BACKEND": "sqlite",
-        "SQLITE_PATH": str(db_path),
-        "DB_POOL_SIZE": "2",
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "METRICS_PORT": str(metrics_port),
-        "DATA_DIR": str(tmp_path / "state"),
-        "LOG_FORMAT": "json",
-        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
-    }
-    env.update(extra)
-    return env
-
-
-@contextlib.contextmanager
-def serve(tmp_path: Path, db_path: Path, **extra: str) -> Iterator[Served]:
-    port, metrics_port = free_port(), free_port()
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    out, err = tmp_path / "stdout.log", tmp_path / "stderr.log"
-    with out.open("wb") as stdout, err.open("wb") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve"],
-            cwd=ROOT,
-            env=_env(tmp_path, db_path, port, metrics_port, **extra),
-            stdout=stdout,
-            stderr=stderr,
-            start_new_session=True,  # its own process group: the teardown kills every worker with it
-        )
-    served = Served(proc, port, metrics_port, out, err)
-    try:
-        served.wait_for(lambda: "listening on" in out.read_text(), START_TIMEOUT, "the banner")
-        yield served
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # lets the supervisor remove its metrics directory
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        with contextlib.suppress(ProcessLookupError):  # no worker may outlive the test
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def cpu_ticks(pid: int) -> int:
@@ -315,7 +232,7 @@ def test_workers_without_redis_is_one_line_and_exit_2(tmp_path: Path, demo_db_pa
     done = subprocess.run(
         [sys.executable, "-m", "app", "serve"],
         cwd=ROOT,
-        env=_env(tmp_path, demo_db_path, free_port(), 0, WORKERS="2"),
+        env=server_env(tmp_path, demo_db_path, free_port(), 0, WORKERS="2"),
         capture_output=True,
         text=True,
         timeout=60,
@@ -333,7 +250,7 @@ def test_an_invalid_policy_at_start_exits_2_with_its_line(tmp_path: Path, demo_d
     done = subprocess.run(
         [sys.executable, "-m", "app", "serve"],
         cwd=ROOT,
-        env=_env(
+        env=server_env(
             tmp_path, demo_db_path, free_port(), 0, WORKERS="2", REDIS_URL=redis_url, ACCESS_POLICY_FILE=str(policy)
         ),
         capture_output=True,
@@ -447,7 +364,7 @@ def test_a_busy_port_is_the_same_one_line_with_workers(tmp_path: Path, demo_db_p
         done = subprocess.run(
             [sys.executable, "-m", "app", "serve"],
             cwd=ROOT,
-            env=_env(tmp_path, demo_db_path, port, 0, WORKERS="2", REDIS_URL=redis_url),
+            env=server_env(tmp_path, demo_db_path, port, 0, WORKERS="2", REDIS_URL=redis_url),
             capture_output=True,
             text=True,
             timeout=60,
