@@ -11,10 +11,12 @@ takes the next one in line itself, in its own thread: under load it runs job aft
 and no hand-off waits for the event loop. The thread count is fixed: N workers + 1 watchdog.
 
 - Time limits: each job has a deadline. One watchdog thread sleeps until the earliest deadline and
-  calls `cursor.cancel()` from outside the worker (ODBC's SQLCancel is meant to be called from another
-  thread); client cancellation (the awaiting task is cancelled) goes through the same thread, so even
-  PostgreSQL's cancel request (a network round trip) never runs on the loop. Servers add their own
-  backstop (statement_timeout, the SQL Server query timeout), set once per session.
+  stops the statement from outside the worker: `cursor.cancel()` (ODBC's SQLCancel, meant to be called from
+  another thread), or, where the driver frees the statement in SQLCancel, the dialect's way
+  (Dialect.statement_interrupter: sqlite3_interrupt; Dialect.cancel_session_sql: pg_cancel_backend over
+  the SessionCanceller's own connection). Client cancellation (the awaiting task is cancelled) goes through
+  the same thread, so even PostgreSQL's cancel (a network round trip) never runs on the loop. Servers add
+  their own backstop (statement_timeout, the SQL Server query timeout), set once per session.
 - Dead connections are recognised by SQLSTATE (errors.is_dead_connection), closed and replaced; a read
   that failed that way before returning any rows is retried once on the fresh connection. Connecting
   failures back off exponentially (shared by all workers, reset by any success; see Pool._claim_attempt).
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import queue
 import random
@@ -120,6 +123,41 @@ class _Job(Generic[T]):
         self.queued_at = 0.0  # perf_counter when it was put in line
 
 
+class SessionCanceller:
+    """Stops the statement of another session with the dialect's cancel_session_sql, over a connection of its
+    own that only the watchdog thread uses (opened when first needed, again after a failure)."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self._conn: pyodbc.Connection | None = None
+
+    def cancel(self, session_id: object) -> None:
+        sql = self._pool.dialect.cancel_session_sql
+        assert sql is not None
+        for attempt in range(2):  # a canceller connection that died meanwhile is replaced once
+            try:
+                if self._conn is None:
+                    with DRIVER_LIFECYCLE_LOCK:
+                        self._conn = self._pool.dialect.connect(self._pool.connection_string)
+                    self._conn.autocommit = True
+                cursor = self._conn.cursor()
+                try:
+                    cursor.execute(sql, session_id).fetchall()
+                finally:
+                    cursor.close()
+                return
+            except pyodbc.Error as exc:
+                self.close()
+                if attempt:  # the server's own statement_timeout still ends the statement
+                    log.warning("db.cancel_failed", error=clean_message(exc, self._pool.secrets))
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with DRIVER_LIFECYCLE_LOCK, contextlib.suppress(Exception):
+                conn.close()
+
+
 class Watchdog:
     """One thread that enforces every worker's deadline and carries out cancel requests."""
 
@@ -133,6 +171,7 @@ class Watchdog:
         # needs no wake-up: the loop never waits for this thread to take the lock it sleeps on.
         self.inline_tick = 0.0
         self.inline_until = -math.inf  # monotonic time until which inline_tick applies
+        self.canceller: SessionCanceller | None = None  # set by the pool where the dialect cancels by SQL
         self.thread = threading.Thread(target=self._main, name="db-watchdog", daemon=True)
 
     def start(self, workers: list[Worker]) -> None:
@@ -157,6 +196,13 @@ class Watchdog:
             self._cond.notify()
 
     def _main(self) -> None:
+        try:
+            self._watch()
+        finally:
+            if self.canceller is not None:
+                self.canceller.close()
+
+    def _watch(self) -> None:
         with self._cond:
             while not self._stopped:
                 now = time.monotonic()
@@ -200,6 +246,8 @@ class Worker:
         # thread's keep-alive ping between jobs. Neither waits for it: the loop hands the read to a thread.
         self.session_lock = threading.Lock()
         self.conn: pyodbc.Connection | None = None
+        # Dialect.statement_interrupter of `conn`; set and cleared under `lock`, so never used on a closed one
+        self._interrupt_engine: Callable[[], None] | None = None
         self.inline_ok = False  # Dialect.reads_inline, asked once per connection
         self.deadline = math.inf
         self.job: object | None = None
@@ -282,6 +330,10 @@ class Worker:
                 return
             if self.cancel_reason is None:
                 self.cancel_reason = reason
+            if self._interrupt_engine is not None:
+                self._interrupt_engine()
+                self.deadline = time.monotonic() + self.dialect.interrupt_repeat_seconds
+                return
             self.deadline = math.inf
             for cursor in self._cursors:
                 with contextlib.suppress(Exception):
@@ -495,6 +547,7 @@ class Worker:
         try:
             with DRIVER_LIFECYCLE_LOCK:
                 conn = self.dialect.connect(self.pool.connection_string)
+                interrupt_engine = self.dialect.statement_interrupter(conn)
         except pyodbc.Error as exc:
             message = clean_message(exc, self.pool.secrets)
             if self.pool._note_failure(message, sqlstate_of(exc), self.dialect.login_refused(exc, message)):
@@ -502,6 +555,9 @@ class Worker:
             raise DatabaseUnavailable(self.pool.unavailable_message()) from None
         try:
             self.dialect.setup_connection(conn)
+            canceller = self.pool.watchdog.canceller
+            if interrupt_engine is None and canceller is not None:
+                interrupt_engine = self._session_cancel(conn, canceller)
         except pyodbc.Error as exc:
             with DRIVER_LIFECYCLE_LOCK, contextlib.suppress(Exception):
                 conn.close()
@@ -517,15 +573,28 @@ class Worker:
             self.inline_ok = self.dialect.reads_inline(conn)
         except pyodbc.Error:
             self.inline_ok = False
-        self.conn = conn
+        with self.lock:
+            self.conn, self._interrupt_engine = conn, interrupt_engine
         reconnect = self._had_connection
         self._had_connection = True
         self._last_used = time.monotonic()
         self.pool._note_connected(reconnect)
         log.info("db.connected", worker=self.index, dialect=self.dialect.name, reconnect=reconnect)
 
+    def _session_cancel(self, conn: pyodbc.Connection, canceller: SessionCanceller) -> Callable[[], None]:
+        """The canceller bound to this connection's session id (read once, as part of the session's set-up)."""
+        assert self.dialect.session_id_sql is not None
+        cursor = conn.cursor()
+        try:
+            session_id = cursor.execute(self.dialect.session_id_sql).fetchval()
+        finally:
+            cursor.close()
+        conn.rollback()
+        return functools.partial(canceller.cancel, session_id)
+
     def _drop_connection(self, cause: BaseException | None, *, log_it: bool = True) -> None:
-        conn, self.conn = self.conn, None
+        with self.lock:
+            conn, self.conn, self._interrupt_engine = self.conn, None, None
         self.inline_ok = False
         self.forget_prepared()
         stamp_cursor, self._stamp_cursor = self._stamp_cursor, None
@@ -562,6 +631,8 @@ class Pool:
         self.secrets = dialect.secrets()
         self.connection_string = ""
         self.watchdog = Watchdog()
+        if dialect.cancel_session_sql is not None:
+            self.watchdog.canceller = SessionCanceller(self)
         self.last_error: str | None = None
         self.login_refused = False  # the server refused the last login (see _note_failure)
         self._workers: list[Worker] = []
@@ -712,10 +783,13 @@ class Pool:
                 return False, timeout
             del self._slow[key]
         with self._hand_off:
-            worker = self._idle.pop() if self._idle else None
+            # The most recently idle connection that can read here (one still connecting cannot).
+            worker = next((w for w in reversed(self._idle) if w.inline_ok and w.conn is not None), None)
+            if worker is not None:
+                self._idle.remove(worker)
         if worker is None:
-            return False, timeout  # every connection is busy: wait in line as usual
-        if not (worker.inline_ok and worker.conn is not None and worker.session_lock.acquire(blocking=False)):
+            return False, timeout  # every connection is busy (or none reads inline): wait in line as usual
+        if not worker.session_lock.acquire(blocking=False):
             self._give_back(worker)
             return False, timeout
         budget = min(self.inline_budget, timeout)

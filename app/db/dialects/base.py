@@ -12,7 +12,7 @@ import datetime as dt
 import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -174,6 +174,23 @@ class Dialect(ABC):
     def connect(self, connection_string: str) -> pyodbc.Connection:
         """Open one connection (on the pool worker's thread); setup_connection runs after it."""
         return pyodbc.connect(connection_string, **self.connect_kwargs())
+
+    # How the watchdog stops a statement, from its own thread. By default it cancels each of the call's cursors
+    # (SQLCancel, which ODBC 3 means to be called from another thread, a no-op when nothing runs: SQL Server's
+    # driver). A dialect whose driver frees the statement in SQLCancel instead (psqlODBC and the SQLite driver
+    # do when it is not executing, under the worker reading its rows: the process crashed within seconds)
+    # gives a statement_interrupter, or SQL that cancels a session from another connection (the pool keeps
+    # one for it, app.db.pool.SessionCanceller).
+    session_id_sql: ClassVar[str | None] = None  # the session's id, read once per connection
+    cancel_session_sql: ClassVar[str | None] = None  # stops that session's statement; the id is its parameter
+    # An interrupt that lands between two statements of a call is ignored (no statement runs to stop), so the
+    # watchdog repeats it this often until the call ends.
+    interrupt_repeat_seconds: ClassVar[float] = 0.1
+
+    def statement_interrupter(self, conn: pyodbc.Connection) -> Callable[[], None] | None:
+        """A callable that stops what runs on `conn` from any thread, or None. Asked once, right after
+        connect; the pool stops using it before it closes `conn`."""
+        return None
 
     def login_refused(self, exc: pyodbc.Error, message: str) -> bool:
         """The server refused the login itself (wrong password, unknown or disabled login): SQLSTATE class 28,

@@ -159,6 +159,11 @@ class PostgresDialect(ServerCutDialect):
     # form of numeric is the plain notation serialize.decimal_to_json writes).
     small_value_types = tuple(t for t in SMALL_VALUE_TYPES if t is not Decimal)
 
+    # Not psqlODBC's SQLCancel, which closes the statement when it is not executing (a worker reading its rows
+    # crashed): the server's own cancel, sent from the pool's canceller connection (same role, so allowed).
+    session_id_sql = "SELECT pg_catalog.pg_backend_pid()"
+    cancel_session_sql = "SELECT pg_catalog.pg_cancel_backend(?)"
+
     def fetch_block_rows(self) -> int:
         # Rows per FETCH round trip with UseDeclareFetch: a full capped result in one trip, unless rows as wide
         # as the byte cap would make the block large (each row is at most the cap: see value_cut_sql).

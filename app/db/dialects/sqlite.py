@@ -13,11 +13,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import re
 import threading
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pyodbc
@@ -64,6 +65,8 @@ class _NativeSessionHook:
                 lib.sqlite3_limit.restype = ctypes.c_int
                 lib.sqlite3_enable_load_extension.argtypes = [ctypes.c_void_p, ctypes.c_int]
                 lib.sqlite3_enable_load_extension.restype = ctypes.c_int
+                lib.sqlite3_interrupt.argtypes = [ctypes.c_void_p]
+                lib.sqlite3_interrupt.restype = None
                 entry = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
                 self._callback = entry(self._on_open)  # kept for the life of the process: SQLite holds it
                 if lib.sqlite3_auto_extension(self._callback) == 0:
@@ -85,13 +88,18 @@ class _NativeSessionHook:
         finally:
             self._local.capturing = False
 
-    def lock_down(self, value_limit: int) -> bool:
-        """Apply the limits to the connection this thread just opened; False if its handle is unknown."""
+    def lock_down(self, value_limit: int) -> int | None:
+        """Apply the limits to the connection this thread just opened; its handle, or None if it is unknown."""
         handle, self._local.handle = getattr(self._local, "handle", None), None
         if self._lib is None or not handle:
-            return False
+            return None
         self._lib.sqlite3_limit(handle, _SQLITE_LIMIT_LENGTH, int(value_limit))
-        return self._lib.sqlite3_enable_load_extension(handle, 0) == 0
+        return handle if self._lib.sqlite3_enable_load_extension(handle, 0) == 0 else None
+
+    def interrupter(self, handle: int) -> Callable[[], None]:
+        """sqlite3_interrupt on `handle`: SQLite allows it from any thread while the connection is open."""
+        assert self._lib is not None
+        return functools.partial(self._lib.sqlite3_interrupt, handle)
 
 
 _native = _NativeSessionHook()
@@ -137,6 +145,12 @@ class SqliteDialect(ServerCutDialect):
     # the old column list, so the pool checks schema_stamp first and prepares afresh when it moved.
     reuses_prepared_reads = True
 
+    def __init__(self, settings: Any) -> None:
+        super().__init__(settings)
+        # sqlite3* of each connection connect() opened, until the pool asks for its statement_interrupter
+        self._handles: dict[int, int] = {}
+        self._handles_lock = threading.Lock()
+
     def schema_stamp(self, cursor: pyodbc.Cursor) -> object:
         # The schema cookie, read in the call's own transaction (the read that follows sees the same schema).
         # The bound dummy makes pyodbc keep it prepared on this cursor (it prepares only statements with
@@ -177,15 +191,27 @@ class SqliteDialect(ServerCutDialect):
         # capture below sees this connection's handle and no other.
         with _native.capture():
             conn = pyodbc.connect(connection_string, **self.connect_kwargs())
-            locked = _native.lock_down(self.value_limit_bytes())
-        if not locked:
+            handle = _native.lock_down(self.value_limit_bytes())
+        if handle is None:
             conn.close()
             raise pyodbc.Error(
                 "HY000",
                 "could not turn off extension loading and set the value limit on the "
                 "SQLite connection (libsqlite3 not reachable)",
             )
+        with self._handles_lock:
+            self._handles[id(conn)] = handle
         return conn
+
+    # In-process and cheap: an inline read that outran its budget must not hold the loop much longer.
+    interrupt_repeat_seconds = 0.01
+
+    def statement_interrupter(self, conn: pyodbc.Connection) -> Callable[[], None] | None:
+        # Not the driver's SQLCancel: besides sqlite3_interrupt it frees the statement's result (SQLFreeStmt
+        # SQL_CLOSE) while the worker may still be reading it.
+        with self._handles_lock:
+            handle = self._handles.pop(id(conn), None)
+        return None if handle is None else _native.interrupter(handle)
 
     def value_limit_bytes(self) -> int:
         # Room for any value the byte cap could show (binary is hex, so twice the cap), and never below 16 MiB.

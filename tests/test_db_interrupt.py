@@ -1,0 +1,143 @@
+"""Time limits on SQLite stop the engine, not the driver's statement (Dialect.statement_interrupter).
+
+The SQLite ODBC driver's SQLCancel frees the statement's result while the worker may still be reading it: a
+reader whose statements ran about as long as their time limit (or the inline-read budget) crashed the server
+with heap corruption within seconds. These tests drive that pattern against a real server process, and check
+that an interrupt landing between two statements of a call is not lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from app.db.types import QueryTimeout
+from tests.fixtures.databases import open_database
+from tests.fixtures.served import serve
+
+pytestmark = pytest.mark.integration
+
+MODERN = "2026-07-28"
+META = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
+HEADERS = {
+    "Content-Type": "application/json",
+    "Accept": "application/json, text/event-stream",
+    "MCP-Protocol-Version": MODERN,
+    "Mcp-Method": "tools/call",
+    "Mcp-Name": "execute_sql",
+}
+SLOW = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000) SELECT count(*) FROM c"
+
+
+def _near_the_limit(n: int, rng: random.Random) -> dict[str, Any]:
+    """A call whose statement takes about as long as its own time limit (and the 5 ms inline budget)."""
+    rows, width = rng.choice([200, 400, 800, 1600, 3200]), rng.randint(10, 80)
+    query = (
+        f"WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < {rows}) "
+        f"SELECT n, printf('%0{width}d', n) AS s FROM r"
+    )
+    arguments = {"query": query, "timeout_seconds": rng.choice([0.002, 0.005, 0.01, 0.02, 0.05])}
+    return {
+        "jsonrpc": "2.0",
+        "id": n,
+        "method": "tools/call",
+        "params": {"name": "execute_sql", "arguments": arguments, "_meta": META},
+    }
+
+
+def test_statements_cut_at_their_time_limit_in_parallel_never_crash_the_server(
+    tmp_path: Path, demo_db_path: Path
+) -> None:
+    with serve(
+        tmp_path,
+        demo_db_path,
+        DB_POOL_SIZE="4",
+        ALLOW_UNAUTH_METHODS="true",
+        ALLOW_UNAUTH_TOOLS_CALL="true",
+        PYTHONFAULTHANDLER="1",
+    ) as served:
+        outcomes: dict[str, int] = {"rows": 0, "time limit": 0}
+
+        async def drive() -> None:
+            connector = aiohttp.TCPConnector(limit=16)
+            timeout = aiohttp.ClientTimeout(total=30)
+            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+
+                async def client(seed: int) -> None:
+                    rng, n = random.Random(seed), seed * 100_000
+                    deadline = time.monotonic() + 8.0  # the old cancel crashed the server in 1-6 s
+                    while time.monotonic() < deadline:
+                        n += 1
+                        body = json.dumps(_near_the_limit(n, rng))
+                        async with http.post(f"{served.url}/mcp", data=body, headers=HEADERS) as response:
+                            assert response.status == 200, await response.text()
+                            answer = await response.json()
+                        result = answer["result"]
+                        if result.get("isError"):
+                            text = result["content"][0]["text"]
+                            assert "time limit" in text, text
+                            outcomes["time limit"] += 1
+                        else:
+                            assert result["structuredContent"]["rows"], answer
+                            outcomes["rows"] += 1
+
+                await asyncio.gather(*(client(seed) for seed in range(16)))
+
+        asyncio.run(drive())
+        assert served.proc.poll() is None, f"the server died ({served.proc.returncode}):\n{served.log()[-3000:]}"
+        assert "Fatal Python error" not in served.log() and "Traceback" not in served.log()
+        # Both kinds happened: statements were cut at their limit, and others finished.
+        assert outcomes["rows"] > 0 and outcomes["time limit"] > 0, outcomes
+
+
+async def test_an_interrupt_that_lands_between_two_statements_still_stops_the_second(sqlite_db: Path) -> None:
+    # SQLite forgets an interrupt when no statement is running and the next one starts: the watchdog repeats it.
+    async with open_database(db_backend="sqlite", sqlite_path=str(sqlite_db), sqlite_inline_read_ms=0) as database:
+        ran_second = threading.Event()
+
+        def job(session: Any) -> Any:
+            cursor = session.cursor()
+            cursor.execute("SELECT 1").fetchall()
+            time.sleep(0.3)  # past the deadline, between statements: the first interrupt finds nothing running
+            ran_second.set()
+            return cursor.execute(SLOW).fetchall()  # about 1-2 s if nothing stops it
+
+        started = time.monotonic()
+        with pytest.raises(QueryTimeout, match=r"0\.1 s time limit"):
+            await database.pool.run(job, timeout=0.1)
+        assert ran_second.is_set()
+        assert time.monotonic() - started < 0.3 + 0.5
+
+
+async def test_postgres_reads_cut_at_their_time_limit_in_parallel_keep_the_process_and_the_pool(pg_db: Any) -> None:
+    # psqlODBC's SQLCancel closes a statement whose rows the worker is reading: this crashed the process in
+    # a few seconds. The server's own cancel (pg_cancel_backend from the pool's canceller connection) does not.
+    async with open_database(**pg_db, db_pool_size=4) as database:
+        outcomes: dict[str, int] = {"rows": 0, "time limit": 0}
+
+        async def client(seed: int) -> None:
+            rng = random.Random(seed)
+            deadline = time.monotonic() + 8.0
+            while time.monotonic() < deadline:
+                rows = rng.choice([2000, 8000, 32000, 64000])
+                query = f"SELECT g, lpad(g::text, {rng.randint(10, 80)}, '0') FROM generate_series(1, {rows}) AS g"
+                try:
+                    result = await database.read(query, timeout=rng.choice([0.002, 0.005, 0.01, 0.02, 0.05]))
+                except QueryTimeout:
+                    outcomes["time limit"] += 1
+                else:
+                    assert result.rows
+                    outcomes["rows"] += 1
+
+        await asyncio.gather(*(client(seed) for seed in range(16)))
+        assert outcomes["rows"] > 0 and outcomes["time limit"] > 0, outcomes
+        assert database.pool.healthy() == 4
+        assert (await database.read("SELECT 1")).rows == [[1]]
