@@ -247,7 +247,8 @@ class Settings:
         5,
         "SQLite (WAL files): a read runs on the event loop when it ends within this many ms, saving two "
         "thread hand-offs per driver call; a longer one is stopped and runs again on a worker thread; a statement "
-        "that does so in one of five runs goes to a worker for the next minute. 0: every read on a worker thread.",
+        "that does so (computing, not waiting) in one of five runs goes to a worker for the next minute. 0: every "
+        "read on a worker thread.",
         _int(0, 20),
         group="database",
     )

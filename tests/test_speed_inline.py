@@ -162,3 +162,30 @@ async def test_a_quick_statement_that_outran_the_budget_now_and_then_stays_on_th
         seen.clear()
         await database.read("SELECT 6")
         assert [name.startswith("db-worker-") for name in seen] == [True]
+
+
+async def test_a_quick_read_that_outran_the_budget_waiting_for_the_gil_is_not_demoted(sqlite_db: Path) -> None:
+    # A Python thread that never sleeps holds the GIL for whole switch intervals (5 ms): a read past a 2 ms
+    # budget then waited, it did not compute. Such reads move to a thread, one by one, but the statement
+    # stays on the loop (it was demoted for a minute, and with it a whole benchmark run).
+    async with _sqlite(sqlite_db, db_pool_size=2, sqlite_inline_read_ms=2) as database:
+        await database.read("SELECT 7 AS n")  # its first run also plans it: more CPU than the others
+        seen = _thread_of_reads(database)
+        stop = threading.Event()
+
+        def spin() -> None:
+            while not stop.is_set():
+                pass
+
+        spinner = threading.Thread(target=spin, daemon=True)
+        spinner.start()
+        try:
+            for _ in range(300):  # until a few reads outran the budget (two would have demoted it)
+                assert (await database.read("SELECT 7 AS n")).rows == [[7]]
+                if sum(name.startswith("db-worker-") for name in seen) >= 3:
+                    break
+        finally:
+            stop.set()
+            spinner.join()
+        assert sum(name.startswith("db-worker-") for name in seen) >= 3, "reads did not outrun the budget"
+        assert "SELECT 7 AS n" not in database.pool._slow
