@@ -787,20 +787,27 @@ async def _wait_for_quiet(max_load: float, wait_seconds: float) -> float:
 def _best(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Best quiet round by throughput: another job on this shared machine can only make a run slower.
 
-    Rounds during which other processes used more than --max-other-cpu are never reported (a busy
-    machine starves every server, not just one, and hides who is faster)."""
+    Rounds during which other processes used more than --max-other-cpu, or the hypervisor took more than
+    --max-steal, are never reported (a busy machine starves every server, not just one, and hides who is
+    faster)."""
     quiet = [r for r in rounds if not r.get("busy")]
     return max(quiet, key=lambda r: (r["errors"] == 0, r["calls_per_s"])) if quiet else None
+
+
+def disturbed(report: dict[str, Any], args: argparse.Namespace) -> bool:
+    """Other processes, or other virtual machines (steal), took more of the cores than allowed during the run."""
+    return report["other_cpu_pct"] > args.max_other_cpu or report["steal_pct"] > args.max_steal
 
 
 async def measure_quietly(
     server: RunningServer, query_key: str, concurrency: int, args: argparse.Namespace
 ) -> dict[str, Any]:
-    """measure(), repeated while other processes used more CPU than allowed; the last try is marked busy."""
+    """measure(), repeated while other processes (or other virtual machines) used more CPU than allowed; the
+    last try is marked busy."""
     for attempt in range(args.busy_retries + 1):
         report = await measure(server, query_key, concurrency, args)
         report["attempt"] = attempt + 1
-        report["busy"] = report["other_cpu_pct"] > args.max_other_cpu
+        report["busy"] = disturbed(report, args)
         if not report["busy"]:
             break
         _print_run(f"busy, retry {attempt + 1}", report)
@@ -845,7 +852,8 @@ def render_markdown(
         )
         + f"; {args.warmup:g} s warm-up, {args.duration:g} s measured, best of {args.rounds} round(s); servers run "
         f"one at a time on 127.0.0.1. Runs during which other processes used more than {args.max_other_cpu:g}% "
-        f"of a core are repeated (up to {args.busy_retries} times) and never reported.",
+        f"of a core, or the hypervisor took more than {args.max_steal:g}% (steal), are repeated (up to "
+        f"{args.busy_retries} times) and never reported.",
         "- Columns: calls/s = successful tool results per second; latency percentiles in ms; errors = failed "
         "or non-success results (not counted as calls); RSS = peak resident memory of the server's process tree; "
         "server CPU = share of one core used by the server; CPU ms/call = server CPU time per answered call; "
@@ -1129,8 +1137,9 @@ async def main_async(args: argparse.Namespace) -> int:
                 elif rounds:
                     busy_cells.append(
                         f"{key} `{query_key}` c={c}: every round had other CPU above "
-                        f"{args.max_other_cpu:g}% (lowest "
-                        f"{min(r['other_cpu_pct'] for r in rounds):.0f}%): not reported"
+                        f"{args.max_other_cpu:g}% or steal above {args.max_steal:g}% (lowest "
+                        f"{min(r['other_cpu_pct'] for r in rounds):.0f}% and "
+                        f"{min(r['steal_pct'] for r in rounds):.0f}%): not reported"
                     )
     markdown = render_markdown(info, args, db_summary, db_source, best, servers, failures + busy_cells)
     Path(args.out).write_text(markdown)
@@ -1299,6 +1308,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=10.0,
         help="a run during which other processes used more than this share of one core (%%) is "
         "repeated and, if it stays busy, not reported",
+    )
+    parser.add_argument(
+        "--max-steal",
+        type=float,
+        default=10.0,
+        help="a run during which the hypervisor gave more than this share of one core (%%) to other virtual "
+        "machines is repeated and, if it stays stolen from, not reported (steal slows every server unevenly)",
     )
     parser.add_argument(
         "--max-load-before",

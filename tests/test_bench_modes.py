@@ -56,6 +56,7 @@ def test_default_run_measures_every_deployment_and_the_peers() -> None:
     args = run.parse_args([])
     assert args.servers == ["ours", "ours-w2", "ours-w4", "ours-n1", "ours-n2", "sdk", "dbhub"]
     assert args.ours_mcp == "auto" and args.max_other_cpu == 10.0 and args.max_load_before == 0.3
+    assert args.max_steal == 10.0
     # The full run stays under about 10 minutes on a quiet machine; the 100,000-call memory check adds ~2.5.
     assert run.estimated_minutes(args) < 9
     assert run.estimated_minutes(run.parse_args(["--memory-calls", "100000"])) < 11
@@ -289,3 +290,11 @@ def test_loop_lag_is_judged_per_deployment() -> None:
     assert "- ours, WORKERS=4: NOT met: at most 100 ms in 1 run (worst: round 1, `recent_orders` c=32)" in text
     assert "start-up included: 66.0 ms" in text
     assert run.render_loop_lag({})[-1].startswith("- not measured")
+
+
+def test_a_run_stolen_from_by_other_virtual_machines_counts_as_busy() -> None:
+    # A run at 57% steal was reported as quiet (other CPU 9%): it measured the host, not the servers.
+    args = run.parse_args([])
+    assert not run.disturbed({"other_cpu_pct": 9.0, "steal_pct": 2.0}, args)
+    assert run.disturbed({"other_cpu_pct": 9.0, "steal_pct": 57.0}, args)
+    assert run.disturbed({"other_cpu_pct": 12.0, "steal_pct": 0.0}, args)
