@@ -1,9 +1,11 @@
-"""Time limits on SQLite stop the engine, not the driver's statement (Dialect.statement_interrupter).
+"""Time limits stop the engine, not the driver's statement: sqlite3_interrupt on SQLite
+(Dialect.statement_interrupter), pg_cancel_backend on PostgreSQL (Dialect.cancel_session_sql).
 
-The SQLite ODBC driver's SQLCancel frees the statement's result while the worker may still be reading it: a
-reader whose statements ran about as long as their time limit (or the inline-read budget) crashed the server
-with heap corruption within seconds. These tests drive that pattern against a real server process, and check
-that an interrupt landing between two statements of a call is not lost.
+The SQLite driver's and psqlODBC's SQLCancel free the statement's result while the worker may still be
+reading it: a reader whose statements ran about as long as their time limit (or the inline-read budget)
+crashed the server with heap corruption within seconds. These tests drive that pattern in parallel, against a
+real server process (SQLite) and a real PostgreSQL, and check that an interrupt landing between two
+statements of a call is not lost.
 """
 
 from __future__ import annotations
