@@ -1,5 +1,5 @@
 """Time limits stop the engine, not the driver's statement: sqlite3_interrupt on SQLite
-(Dialect.statement_interrupter), pg_cancel_backend on PostgreSQL (Dialect.cancel_session_sql).
+(Dialect.connect_interruptible), pg_cancel_backend on PostgreSQL (Dialect.cancel_session_sql).
 
 The SQLite driver's and psqlODBC's SQLCancel free the statement's result while the worker may still be
 reading it: a reader whose statements ran about as long as their time limit (or the inline-read budget)

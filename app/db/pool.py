@@ -13,7 +13,7 @@ and no hand-off waits for the event loop. The thread count is fixed: N workers +
 - Time limits: each job has a deadline. One watchdog thread sleeps until the earliest deadline and
   stops the statement from outside the worker: `cursor.cancel()` (ODBC's SQLCancel, meant to be called from
   another thread), or, where the driver frees the statement in SQLCancel, the dialect's way
-  (Dialect.statement_interrupter: sqlite3_interrupt; Dialect.cancel_session_sql: pg_cancel_backend over
+  (Dialect.connect_interruptible: sqlite3_interrupt; Dialect.cancel_session_sql: pg_cancel_backend over
   the SessionCanceller's own connection). Client cancellation (the awaiting task is cancelled) goes through
   the same thread, so even PostgreSQL's cancel (a network round trip) never runs on the loop. Servers add
   their own backstop (statement_timeout, the SQL Server query timeout), set once per session.
@@ -248,7 +248,8 @@ class Worker:
         # thread's keep-alive ping between jobs. Neither waits for it: the loop hands the read to a thread.
         self.session_lock = threading.Lock()
         self.conn: pyodbc.Connection | None = None
-        # Dialect.statement_interrupter of `conn`; set and cleared under `lock`, so never used on a closed one
+        # What stops a statement on `conn` (Dialect.connect_interruptible's, or the SessionCanceller's); set and
+        # cleared under `lock`, so never used on a closed connection
         self._interrupt_engine: Callable[[], None] | None = None
         self.inline_ok = False  # Dialect.reads_inline, asked once per connection
         self.deadline = math.inf
@@ -548,8 +549,7 @@ class Worker:
     def _connect(self) -> None:
         try:
             with DRIVER_LIFECYCLE_LOCK:
-                conn = self.dialect.connect(self.pool.connection_string)
-                interrupt_engine = self.dialect.statement_interrupter(conn)
+                conn, interrupt_engine = self.dialect.connect_interruptible(self.pool.connection_string)
         except pyodbc.Error as exc:
             message = clean_message(exc, self.pool.secrets)
             if self.pool._note_failure(message, sqlstate_of(exc), self.dialect.login_refused(exc, message)):

@@ -179,18 +179,18 @@ class Dialect(ABC):
     # (SQLCancel, which ODBC 3 means to be called from another thread, a no-op when nothing runs: SQL Server's
     # driver). A dialect whose driver frees the statement in SQLCancel instead (psqlODBC and the SQLite driver
     # do when it is not executing, under the worker reading its rows: the process crashed within seconds)
-    # gives a statement_interrupter, or SQL that cancels a session from another connection (the pool keeps
-    # one for it, app.db.pool.SessionCanceller).
+    # gives an interrupter with each connection (connect_interruptible), or SQL that cancels a session from
+    # another connection (the pool keeps one for it, app.db.pool.SessionCanceller).
     session_id_sql: ClassVar[str | None] = None  # the session's id, read once per connection
     cancel_session_sql: ClassVar[str | None] = None  # stops that session's statement; the id is its parameter
     # An interrupt that lands between two statements of a call is ignored (no statement runs to stop), so the
     # watchdog repeats it this often until the call ends.
     interrupt_repeat_seconds: ClassVar[float] = 0.1
 
-    def statement_interrupter(self, conn: pyodbc.Connection) -> Callable[[], None] | None:
-        """A callable that stops what runs on `conn` from any thread, or None. Asked once, right after
-        connect; the pool stops using it before it closes `conn`."""
-        return None
+    def connect_interruptible(self, connection_string: str) -> tuple[pyodbc.Connection, Callable[[], None] | None]:
+        """connect(), and a callable that stops what runs on that connection from any thread (None: cancel
+        its cursors). The pool stops using the callable before it closes the connection."""
+        return self.connect(connection_string), None
 
     def login_refused(self, exc: pyodbc.Error, message: str) -> bool:
         """The server refused the login itself (wrong password, unknown or disabled login): SQLSTATE class 28,

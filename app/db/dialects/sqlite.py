@@ -145,12 +145,6 @@ class SqliteDialect(ServerCutDialect):
     # the old column list, so the pool checks schema_stamp first and prepares afresh when it moved.
     reuses_prepared_reads = True
 
-    def __init__(self, settings: Any) -> None:
-        super().__init__(settings)
-        # sqlite3* of each connection connect() opened, until the pool asks for its statement_interrupter
-        self._handles: dict[int, int] = {}
-        self._handles_lock = threading.Lock()
-
     def schema_stamp(self, cursor: pyodbc.Cursor) -> object:
         # The schema cookie, read in the call's own transaction (the read that follows sees the same schema).
         # The bound dummy makes pyodbc keep it prepared on this cursor (it prepares only statements with
@@ -187,6 +181,14 @@ class SqliteDialect(ServerCutDialect):
         return {"autocommit": False}
 
     def connect(self, connection_string: str) -> pyodbc.Connection:
+        return self.connect_interruptible(connection_string)[0]
+
+    # In-process and cheap: an inline read that outran its budget must not hold the loop much longer.
+    interrupt_repeat_seconds = 0.01
+
+    def connect_interruptible(self, connection_string: str) -> tuple[pyodbc.Connection, Callable[[], None] | None]:
+        # The interrupter is sqlite3_interrupt on the connection's handle, not the driver's SQLCancel, which also
+        # frees the statement's result (SQLFreeStmt SQL_CLOSE) while the worker may still be reading it.
         # The pool connects one connection at a time (app.db.pool.DRIVER_LIFECYCLE_LOCK), so the thread-local
         # capture below sees this connection's handle and no other.
         with _native.capture():
@@ -199,19 +201,7 @@ class SqliteDialect(ServerCutDialect):
                 "could not turn off extension loading and set the value limit on the "
                 "SQLite connection (libsqlite3 not reachable)",
             )
-        with self._handles_lock:
-            self._handles[id(conn)] = handle
-        return conn
-
-    # In-process and cheap: an inline read that outran its budget must not hold the loop much longer.
-    interrupt_repeat_seconds = 0.01
-
-    def statement_interrupter(self, conn: pyodbc.Connection) -> Callable[[], None] | None:
-        # Not the driver's SQLCancel: besides sqlite3_interrupt it frees the statement's result (SQLFreeStmt
-        # SQL_CLOSE) while the worker may still be reading it.
-        with self._handles_lock:
-            handle = self._handles.pop(id(conn), None)
-        return None if handle is None else _native.interrupter(handle)
+        return conn, _native.interrupter(handle)
 
     def value_limit_bytes(self) -> int:
         # Room for any value the byte cap could show (binary is hex, so twice the cap), and never below 16 MiB.
