@@ -22,21 +22,11 @@ import aiohttp
 import pytest
 
 from app.db.types import QueryTimeout
+from tests.fixtures.calls import EXECUTE_SQL_HEADERS, SLOW_SQLITE_READ, execute_sql_call
 from tests.fixtures.databases import open_database
 from tests.fixtures.served import serve
 
 pytestmark = pytest.mark.integration
-
-MODERN = "2026-07-28"
-META = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
-HEADERS = {
-    "Content-Type": "application/json",
-    "Accept": "application/json, text/event-stream",
-    "MCP-Protocol-Version": MODERN,
-    "Mcp-Method": "tools/call",
-    "Mcp-Name": "execute_sql",
-}
-SLOW = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000) SELECT count(*) FROM c"
 
 
 def _near_the_limit(n: int, rng: random.Random) -> dict[str, Any]:
@@ -46,13 +36,7 @@ def _near_the_limit(n: int, rng: random.Random) -> dict[str, Any]:
         f"WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < {rows}) "
         f"SELECT n, printf('%0{width}d', n) AS s FROM r"
     )
-    arguments = {"query": query, "timeout_seconds": rng.choice([0.002, 0.005, 0.01, 0.02, 0.05])}
-    return {
-        "jsonrpc": "2.0",
-        "id": n,
-        "method": "tools/call",
-        "params": {"name": "execute_sql", "arguments": arguments, "_meta": META},
-    }
+    return execute_sql_call(n, {"query": query, "timeout_seconds": rng.choice([0.002, 0.005, 0.01, 0.02, 0.05])})
 
 
 def test_statements_cut_at_their_time_limit_in_parallel_never_crash_the_server(
@@ -79,7 +63,7 @@ def test_statements_cut_at_their_time_limit_in_parallel_never_crash_the_server(
                     while time.monotonic() < deadline:
                         n += 1
                         body = json.dumps(_near_the_limit(n, rng))
-                        async with http.post(f"{served.url}/mcp", data=body, headers=HEADERS) as response:
+                        async with http.post(f"{served.url}/mcp", data=body, headers=EXECUTE_SQL_HEADERS) as response:
                             assert response.status == 200, await response.text()
                             answer = await response.json()
                         result = answer["result"]
@@ -110,7 +94,7 @@ async def test_an_interrupt_that_lands_between_two_statements_still_stops_the_se
             cursor.execute("SELECT 1").fetchall()
             time.sleep(0.3)  # past the deadline, between statements: the first interrupt finds nothing running
             ran_second.set()
-            return cursor.execute(SLOW).fetchall()  # about 1-2 s if nothing stops it
+            return cursor.execute(SLOW_SQLITE_READ).fetchall()  # about 1-2 s if nothing stops it
 
         started = time.monotonic()
         with pytest.raises(QueryTimeout, match=r"0\.1 s time limit"):

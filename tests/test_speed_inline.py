@@ -14,10 +14,9 @@ from typing import Any
 import pytest
 
 from app.db.types import QueryTimeout
+from tests.fixtures.calls import SLOW_SQLITE_READ
 from tests.fixtures.databases import make_sqlite_db, open_database
 
-# About a second of SQLite's time on these machines: far past any inline budget.
-SLOW = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000) SELECT count(*) FROM c"
 ENDLESS = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
 
 
@@ -83,7 +82,7 @@ async def test_a_slow_read_finishes_on_a_thread_and_the_loop_stays_free(sqlite_d
     async with _sqlite(sqlite_db, db_pool_size=2, query_timeout_seconds=30) as database:
         seen = _thread_of_reads(database)
         async with LoopGaps() as gaps:
-            first = await database.read(SLOW)
+            first = await database.read(SLOW_SQLITE_READ)
         assert first.rows == [[3000000]]
         # Started on the loop, stopped at the budget, run again (from the start) on a worker thread.
         assert seen[0] == threading.current_thread().name
@@ -91,10 +90,10 @@ async def test_a_slow_read_finishes_on_a_thread_and_the_loop_stays_free(sqlite_d
         assert gaps.worst < 0.05, f"the loop stood still for {gaps.worst * 1000:.0f} ms"
 
         # Outrunning the budget a second time sends the statement straight to a thread.
-        await database.read(SLOW)
+        await database.read(SLOW_SQLITE_READ)
         seen.clear()
         async with LoopGaps() as gaps:
-            third = await database.read(SLOW)
+            third = await database.read(SLOW_SQLITE_READ)
         assert third.rows == [[3000000]]
         assert [name.startswith("db-worker-") for name in seen] == [True]
         assert gaps.worst < 0.05

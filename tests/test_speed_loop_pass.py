@@ -15,9 +15,7 @@ import pytest
 
 from app import keys
 from app.loop_pass import LoopPass
-
-MODERN = "2026-07-28"
-META = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
+from tests.fixtures.calls import EXECUTE_SQL_HEADERS, MODERN, execute_sql_call
 
 
 class PassCounter:
@@ -137,12 +135,7 @@ async def test_a_pass_with_time_left_lets_requests_through_at_once() -> None:
 
 
 def _call(n: int) -> dict[str, Any]:
-    return {
-        "jsonrpc": "2.0",
-        "id": n,
-        "method": "tools/call",
-        "params": {"name": "execute_sql", "arguments": {"query": f"SELECT {n} AS n"}, "_meta": META},
-    }
+    return execute_sql_call(n, {"query": f"SELECT {n} AS n"})
 
 
 async def test_parallel_calls_over_http_take_turns_and_all_get_their_answer(
@@ -153,19 +146,14 @@ async def test_parallel_calls_over_http_take_turns_and_all_get_their_answer(
     app = create_app(make_settings(unauthenticated=True, db_pool_size=4))
     app[keys.DATABASE].loop_pass.budget = 0.0  # one read per pass
     server = await start_live_server(app)
-    headers = {
-        "Content-Type": "application/json",
-        "Accept": "application/json, text/event-stream",
-        "MCP-Protocol-Version": MODERN,
-        "Mcp-Method": "tools/call",
-        "Mcp-Name": "execute_sql",
-    }
     passes = PassCounter()
     connector = aiohttp.TCPConnector(limit=48)
     async with aiohttp.ClientSession(connector=connector) as http:
 
         async def call(n: int) -> Any:
-            async with http.post(server.endpoint("/mcp"), data=json.dumps(_call(n)), headers=headers) as response:
+            async with http.post(
+                server.endpoint("/mcp"), data=json.dumps(_call(n)), headers=EXECUTE_SQL_HEADERS
+            ) as response:
                 assert response.status == 200, await response.text()
                 return await response.json()
 
@@ -207,13 +195,7 @@ async def test_a_client_that_leaves_before_its_body_arrived_is_no_server_error(
     assert errors == []
     assert "Traceback" not in captured_logs.text
     # ...and the server answers the next client as usual.
-    headers = {
-        "Content-Type": "application/json",
-        "Accept": "application/json",
-        "MCP-Protocol-Version": MODERN,
-        "Mcp-Method": "tools/call",
-        "Mcp-Name": "execute_sql",
-    }
+    headers = {**EXECUTE_SQL_HEADERS, "Accept": "application/json"}
     async with (
         aiohttp.ClientSession() as http,
         http.post(server.endpoint("/mcp"), data=body, headers=headers) as response,
