@@ -182,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     keys_call = argparse.Namespace(command="keys", keys_args=argv[1:]) if argv[:1] == ["keys"] else None
     args = keys_call or parser.parse_args(argv)
 
+    if args.command in (None, "serve", "demo"):
+        from .db.dialects.sqlite import skip_memory_statistics
+
+        skip_memory_statistics()  # before anything imports sqlite3 (the auth store, the demo builder)
     try:
         if args.command == "settings":
             return _print_settings(args.markdown)

@@ -36,6 +36,34 @@ VALUE_LIMIT_BYTES = 8 * 1024 * 1024
 _SQLITE_LIMIT_LENGTH = 0
 
 
+@functools.cache
+def _libsqlite3() -> ctypes.CDLL | None:
+    """The process's libsqlite3: the one the {SQLite3} ODBC driver and Python's sqlite3 module link."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("sqlite3") or "libsqlite3.so.0")
+    except OSError:
+        return None
+
+
+_SQLITE_CONFIG_MEMSTATUS = 9
+_SQLITE_OK = 0
+
+
+def skip_memory_statistics() -> bool:
+    """Turn off SQLite's process-wide memory statistics, which nothing here reads (no soft heap limit, no
+    sqlite3_memory_used): with them on, every allocation and free inside SQLite takes a global mutex, about
+    3,000 lock/unlock pairs for a 20-row join; off, that call runs about 4% fewer instructions (callgrind,
+    issue 10). SQLite accepts this only before it initialises, which `import sqlite3` and the first
+    connection do: call it first thing in the process. Returns whether SQLite took it."""
+    lib = _libsqlite3()
+    if lib is None:
+        return False
+    try:
+        return int(lib.sqlite3_config(_SQLITE_CONFIG_MEMSTATUS, ctypes.c_int(0))) == _SQLITE_OK
+    except AttributeError:
+        return False
+
+
 class _NativeSessionHook:
     """Reaches the `sqlite3*` handle of the connections the ODBC driver opens, to set what the driver cannot.
 
@@ -58,9 +86,10 @@ class _NativeSessionHook:
             if self._installed:
                 return
             self._installed = True
-            name = ctypes.util.find_library("sqlite3") or "libsqlite3.so.0"
-            with contextlib.suppress(OSError, AttributeError):
-                lib = ctypes.CDLL(name)
+            lib = _libsqlite3()
+            if lib is None:
+                return
+            with contextlib.suppress(AttributeError):
                 lib.sqlite3_limit.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
                 lib.sqlite3_limit.restype = ctypes.c_int
                 lib.sqlite3_enable_load_extension.argtypes = [ctypes.c_void_p, ctypes.c_int]
