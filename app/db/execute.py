@@ -27,7 +27,7 @@ import orjson
 import pyodbc
 from sqlglot import exp
 
-from .dialects.base import Dialect, ReadPlan, rows_per_fetch, statement_body
+from .dialects.base import RECHECK_MARKER, Dialect, ReadPlan, rows_per_fetch, statement_body
 from .errors import is_cancel, is_server_timeout
 from .forjson import collect_document, is_document_result
 from .serialize import rows_serializer
@@ -127,6 +127,8 @@ def collect(
         if marks_over_cap:
             for index, raw in enumerate(shown):
                 marker = raw[-1]
+                if marker == RECHECK_MARKER:  # a quick plan's result is over the cap: the exact plan decides
+                    raise _Recheck
                 if marker:  # the server found the byte cap passed: -1, or the column whose value alone is over
                     shown, stop = shown[:index], "max_bytes"
                     if isinstance(marker, int) and 0 < marker <= len(columns):
@@ -247,7 +249,23 @@ def read(session: Any, plan: ReadPlan | str, params: Sequence[Any], max_rows: in
     return result
 
 
+class _Recheck(Exception):
+    """A quick plan's result is over the byte cap (RECHECK_MARKER): run its exact plan."""
+
+
 def _run_read(session: Any, plan: ReadPlan, params: Sequence[Any], max_rows: int, max_bytes: int) -> QueryResult:
+    cursor = _start_read(session, plan, params)
+    try:
+        # Unread rows are discarded when the worker closes the cursor, before the rollback (Worker._end_call).
+        return collect(cursor, session, max_rows, max_bytes, marks_over_cap=plan.marks_over_cap)
+    except _Recheck:
+        assert plan.exact is not None
+    # Rare: on the kept cursor (Worker.statement_cursor) the exact plan, then the quick one, prepare afresh.
+    cursor = _start_read(session, plan.exact, params)
+    return collect(cursor, session, max_rows, max_bytes, marks_over_cap=plan.exact.marks_over_cap)
+
+
+def _start_read(session: Any, plan: ReadPlan, params: Sequence[Any]) -> pyodbc.Cursor:
     if params or plan.params:
         # A statement with parameters may stay prepared on the connection between calls (Worker.statement_cursor).
         cursor = session.statement_cursor()
@@ -255,8 +273,7 @@ def _run_read(session: Any, plan: ReadPlan, params: Sequence[Any], max_rows: int
     else:
         cursor = session.cursor()
         cursor.execute(plan.sql)
-    # Unread rows are discarded when the worker closes the cursor, before the rollback (Worker._end_call).
-    return collect(cursor, session, max_rows, max_bytes, marks_over_cap=plan.marks_over_cap)
+    return cursor
 
 
 def planned_read(

@@ -53,6 +53,8 @@ def connection_string(pairs: Iterable[tuple[str, str | None]], *, braced: frozen
 # Column types a read passes through unchanged: bounded in size, and typed in the JSON result.
 SMALL_VALUE_TYPES: tuple[type, ...] = (int, float, bool, Decimal, dt.date, dt.time, dt.datetime, dt.timedelta)
 OVER_CAP_COLUMN = "mcp_over_cap"
+# The marker of a quick plan's rows when the whole result is over the byte cap (ReadPlan.exact).
+RECHECK_MARKER = -2
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,9 @@ class ReadPlan:
     # Bound after the caller's parameters (Dialect.reuses_prepared_reads): pyodbc keeps a statement prepared
     # across executions only when it has parameters, so a plan without any of its own binds one.
     params: tuple[Any, ...] = ()
+    # A quick plan's exact one (ServerCutDialect.quick_cut_sql): the quick plan checks only whether the whole
+    # result fits the byte cap; when it does not, its rows carry RECHECK_MARKER and the read runs `exact`.
+    exact: ReadPlan | None = None
 
 
 _MARKER_STARTS = frozenset("?:@$")
@@ -386,13 +391,21 @@ class ServerCutDialect(Dialect):
             # than keeping it prepared costs). A bound OFFSET of 0 changes nothing but lets the statement stay
             # prepared (ReadPlan.params); one with markers of its own keeps its text (its caller binds them).
             limited, params = limited + " OFFSET ?", (0,)
-        return ReadPlan(self.value_cut_sql(limited, columns, wide, max_bytes), marks_over_cap=True, params=params)
+        exact = ReadPlan(self.value_cut_sql(limited, columns, wide, max_bytes), marks_over_cap=True, params=params)
+        quick = self.quick_cut_sql(limited, columns, wide, max_bytes)
+        return exact if quick is None else ReadPlan(quick, marks_over_cap=True, params=params, exact=exact)
 
     @abstractmethod
     def value_cut_sql(self, limited: str, columns: list[Sequence[Any]], wide: set[int], max_bytes: int) -> str:
         """`limited` with the wide columns (indexes in `wide`) measured on the server: a row over the byte cap
         comes back blanked, with the marker set (ReadPlan). Sizes are never more than the JSON size, so the
         server never blanks a row the byte cap would have kept."""
+
+    def quick_cut_sql(self, limited: str, columns: list[Sequence[Any]], wide: set[int], max_bytes: int) -> str | None:
+        """A cheaper form of value_cut_sql for results that fit (most do), or None: the same rows and values
+        while the wide values of all rows together are within the byte cap; otherwise every row comes back
+        with its wide values NULL and the marker RECHECK_MARKER, and the read runs value_cut_sql instead."""
+        return None
 
 
 _CLOSERS = {"[": "]", '"': '"', "`": "`"}
