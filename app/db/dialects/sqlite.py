@@ -150,6 +150,11 @@ _ALL_COLUMNS = (
 )
 
 
+def _cut_names(columns: Sequence[Any]) -> list[str]:
+    """The value cuts' names for the statement's columns (c1, c2, ...): its own may repeat or be empty."""
+    return [f"c{i + 1}" for i in range(len(columns))]
+
+
 def _json_width(ref: str) -> str:
     """A value's size, never above its JSON size: length() counts characters of text and bytes of a blob (a
     blob's JSON is hex, twice as long), and is cheap to plan (a typeof() CASE here doubled the plan cost)."""
@@ -271,15 +276,11 @@ class SqliteDialect(ServerCutDialect):
         levels where there were four: the wrapper costs a 20-row join some 60-80 µs of SQLite time; this
         saved 5-15 µs of it.)"""
         cap = int(max_bytes)
-        names = [f"c{i + 1}" for i in range(len(columns))]
+        names = _cut_names(columns)
         ordered = sorted(wide)
         row_width = " + ".join(_json_width(f"mcp_r.{names[i]}") for i in ordered)
         alone = " ".join(f"WHEN {_json_width(f'mcp_t.{names[i]}')} > {cap} THEN {i + 1}" for i in ordered)
-        shown = ", ".join(
-            (f"CASE WHEN mcp_t.mcp_total <= {cap} THEN mcp_t.{name} END" if i in wide else f"mcp_t.{name}")
-            + f" AS {self.quote_identifier(str(column[0]))}"
-            for i, (name, column) in enumerate(zip(names, columns, strict=True))
-        )
+        shown = self._cut_columns(columns, wide, "mcp_t", f"mcp_t.mcp_total <= {cap}")
         return (
             f"WITH mcp_r({', '.join(names)}) AS ({limited})\n"
             f"SELECT {shown}, CASE WHEN mcp_t.mcp_total <= {cap} THEN 0 WHEN mcp_t.mcp_width <= {cap} THEN -1"
@@ -295,18 +296,22 @@ class SqliteDialect(ServerCutDialect):
         call). SQLite materialises a CTE read twice, so the user's statement still runs once, and the rows
         keep its order. The sizes are value_cut_sql's, so the two agree on whether a result fits."""
         cap = int(max_bytes)
-        names = [f"c{i + 1}" for i in range(len(columns))]
+        names = _cut_names(columns)
         total = " + ".join(_json_width(f"mcp_r.{names[i]}") for i in sorted(wide))
-        shown = ", ".join(
-            (f"CASE WHEN mcp_s.mcp_total <= {cap} THEN mcp_r.{name} END" if i in wide else f"mcp_r.{name}")
-            + f" AS {self.quote_identifier(str(column[0]))}"
-            for i, (name, column) in enumerate(zip(names, columns, strict=True))
-        )
+        shown = self._cut_columns(columns, wide, "mcp_r", f"mcp_s.mcp_total <= {cap}")
         return (
             f"WITH mcp_r({', '.join(names)}) AS ({limited})\n"
             f"SELECT {shown},"
             f" CASE WHEN mcp_s.mcp_total <= {cap} THEN 0 ELSE {RECHECK_MARKER} END AS {OVER_CAP_COLUMN}\n"
             f"FROM mcp_r, (SELECT SUM({total}) AS mcp_total FROM mcp_r) AS mcp_s"
+        )
+
+    def _cut_columns(self, columns: list[Sequence[Any]], wide: set[int], source: str, fits: str) -> str:
+        """The statement's columns read from `source` under their own names, the wide ones NULL unless `fits`."""
+        return ", ".join(
+            (f"CASE WHEN {fits} THEN {source}.{name} END" if i in wide else f"{source}.{name}")
+            + f" AS {self.quote_identifier(str(column[0]))}"
+            for i, (name, column) in enumerate(zip(_cut_names(columns), columns, strict=True))
         )
 
     all_columns_sql = _ALL_COLUMNS
