@@ -54,3 +54,13 @@ $(BENCH_PYSPY):
 bench-profile: deps bench-peers bench-profiler ## benchmark ours only, with py-spy summaries in bench/.peers/profiles
 	timeout -s INT -k 30 $(BENCH_TIMEOUT) $(PY) bench/run.py --servers ours --rounds 1 --profile \
 		--out bench/.peers/RESULTS-profile.md --json bench/.peers/results-profile.json $(BENCH_ARGS)
+
+# Instructions per call under callgrind (bench/instructions.py): a cost the machine's noise does not move.
+# Extra arguments in INSTRUCTIONS_ARGS, e.g. INSTRUCTIONS_ARGS="--query select1 -c 32 --calls 2000".
+INSTRUCTIONS_ARGS ?=
+
+.PHONY: bench-instructions
+bench-instructions: deps bench-wrk ## instructions per tools/call of our server, counted by callgrind
+	@command -v valgrind >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends valgrind; }
+	$(PY) bench/instructions.py $(INSTRUCTIONS_ARGS)
