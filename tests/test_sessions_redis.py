@@ -104,6 +104,26 @@ async def _initialize(http: aiohttp.ClientSession, node: Node, token: str | None
     return session_id
 
 
+async def _delivered(redis_state: Any, channel: str) -> None:
+    """Wait until this worker's listener has handed over every message published on `channel` so far: Redis
+    keeps a channel's order, so a marker published now arrives after them. (Another worker's announcement is
+    out before its answer, but reaches this worker a little later, and later still on a loaded machine.)"""
+    arrived = asyncio.Event()
+    marker = json.dumps({"id": "delivered-marker", "from": redis_state.worker_id}).encode()  # its own: ignored
+
+    def seen(data: bytes) -> None:
+        if data == marker:
+            arrived.set()
+
+    handlers = redis_state._handlers[channel]  # the listener's list for the channel, read per message
+    handlers.append(seen)
+    try:
+        await redis_state.publish(channel, marker)
+        await asyncio.wait_for(arrived.wait(), 10)
+    finally:
+        handlers.remove(seen)
+
+
 def _call(request_id: int, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
     return {
         "jsonrpc": "2.0",
@@ -403,6 +423,8 @@ async def test_repeated_calls_on_a_shared_session_cost_no_redis_round_trip_withi
     b.sessions.maintain = no_upkeep  # type: ignore[method-assign]  # only the calls' own trips are counted
     async with aiohttp.ClientSession() as http:
         session_id = await _initialize(http, a)
+        # `notifications/initialized` on a announced a change: once b has it, b's first read is kept.
+        await _delivered(redis_state, storage.changes_channel)
         redis_state.run = counted  # type: ignore[method-assign]
         try:
             started = time.monotonic()
