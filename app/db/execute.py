@@ -127,9 +127,9 @@ def collect(
         if marks_over_cap:
             for index, raw in enumerate(shown):
                 marker = raw[-1]
-                if marker == RECHECK_MARKER:  # a quick plan's result is over the cap: the exact plan decides
-                    raise _Recheck
                 if marker:  # the server found the byte cap passed: -1, or the column whose value alone is over
+                    if marker == RECHECK_MARKER:  # a quick plan's result is over the cap: the exact plan decides
+                        raise _Recheck
                     shown, stop = shown[:index], "max_bytes"
                     if isinstance(marker, int) and 0 < marker <= len(columns):
                         too_long = columns[marker - 1]
