@@ -155,6 +155,11 @@ def _cut_names(columns: Sequence[Any]) -> list[str]:
     return [f"c{i + 1}" for i in range(len(columns))]
 
 
+def _wide_width(names: list[str], wide: set[int]) -> str:
+    """The sum of a row's wide values' sizes (read from the CTE mcp_r), as both value cuts measure it."""
+    return " + ".join(_json_width(f"mcp_r.{names[i]}") for i in sorted(wide))
+
+
 def _json_width(ref: str) -> str:
     """A value's size, never above its JSON size: length() counts characters of text and bytes of a blob (a
     blob's JSON is hex, twice as long), and is cheap to plan (a typeof() CASE here doubled the plan cost)."""
@@ -278,9 +283,9 @@ class SqliteDialect(ServerCutDialect):
         cap = int(max_bytes)
         names = _cut_names(columns)
         ordered = sorted(wide)
-        row_width = " + ".join(_json_width(f"mcp_r.{names[i]}") for i in ordered)
+        row_width = _wide_width(names, wide)
         alone = " ".join(f"WHEN {_json_width(f'mcp_t.{names[i]}')} > {cap} THEN {i + 1}" for i in ordered)
-        shown = self._cut_columns(columns, wide, "mcp_t", f"mcp_t.mcp_total <= {cap}")
+        shown = self._cut_columns(names, columns, wide, "mcp_t", f"mcp_t.mcp_total <= {cap}")
         return (
             f"WITH mcp_r({', '.join(names)}) AS ({limited})\n"
             f"SELECT {shown}, CASE WHEN mcp_t.mcp_total <= {cap} THEN 0 WHEN mcp_t.mcp_width <= {cap} THEN -1"
@@ -297,8 +302,8 @@ class SqliteDialect(ServerCutDialect):
         keep its order. The sizes are value_cut_sql's, so the two agree on whether a result fits."""
         cap = int(max_bytes)
         names = _cut_names(columns)
-        total = " + ".join(_json_width(f"mcp_r.{names[i]}") for i in sorted(wide))
-        shown = self._cut_columns(columns, wide, "mcp_r", f"mcp_s.mcp_total <= {cap}")
+        total = _wide_width(names, wide)
+        shown = self._cut_columns(names, columns, wide, "mcp_r", f"mcp_s.mcp_total <= {cap}")
         return (
             f"WITH mcp_r({', '.join(names)}) AS ({limited})\n"
             f"SELECT {shown},"
@@ -306,12 +311,14 @@ class SqliteDialect(ServerCutDialect):
             f"FROM mcp_r, (SELECT SUM({total}) AS mcp_total FROM mcp_r) AS mcp_s"
         )
 
-    def _cut_columns(self, columns: list[Sequence[Any]], wide: set[int], source: str, fits: str) -> str:
+    def _cut_columns(
+        self, names: list[str], columns: list[Sequence[Any]], wide: set[int], source: str, fits: str
+    ) -> str:
         """The statement's columns read from `source` under their own names, the wide ones NULL unless `fits`."""
         return ", ".join(
             (f"CASE WHEN {fits} THEN {source}.{name} END" if i in wide else f"{source}.{name}")
             + f" AS {self.quote_identifier(str(column[0]))}"
-            for i, (name, column) in enumerate(zip(_cut_names(columns), columns, strict=True))
+            for i, (name, column) in enumerate(zip(names, columns, strict=True))
         )
 
     all_columns_sql = _ALL_COLUMNS
