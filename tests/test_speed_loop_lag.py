@@ -1,13 +1,21 @@
-"""The event-loop lag probe (issue 10): a blocked loop shows up in mssql_mcp_event_loop_lag_*."""
+"""The event-loop probes (issue 10): a late loop shows up in mssql_mcp_event_loop_lag_*, a loop held by the
+process's own work in mssql_mcp_event_loop_blocked_* (lag less the time its thread waited for a CPU)."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import threading
 import time
+from pathlib import Path
 
+import pytest
 from prometheus_client import generate_latest
 
-from app.obs.metrics import Metrics, loop_lag_probe
+from app.obs.metrics import Metrics, loop_lag_probe, run_queue_wait_ns
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _sample(metrics: Metrics, name: str) -> float:
@@ -37,3 +45,61 @@ async def test_the_probe_stops_with_its_context() -> None:
     await asyncio.sleep(0.25)
     assert _sample(metrics, "mssql_mcp_event_loop_lag_seconds_count") == count
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "loop-lag-probe"]
+
+
+async def test_a_blocked_loop_is_measured_as_blocked() -> None:
+    metrics = Metrics()
+    async with loop_lag_probe(metrics):
+        await asyncio.sleep(0.15)
+        time.sleep(0.08)  # a blocking call: the loop's thread sleeps, it does not wait for a CPU
+        await asyncio.sleep(0.15)
+    assert 0.02 <= _sample(metrics, "mssql_mcp_event_loop_blocked_max_seconds") < 1.0
+    assert _sample(metrics, "mssql_mcp_event_loop_blocked_seconds_count") >= 2
+    assert not [t for t in threading.enumerate() if t.name == "loop-block-probe"]
+
+
+# A loop that never holds itself for more than 1 ms, on a CPU it shares with a busy process that the kernel
+# favours: its timers run late (lag), but it was mostly waiting for the CPU, not blocked.
+_STARVED_LOOP = """
+import asyncio, os, subprocess, sys, time
+from app.obs.metrics import Metrics, loop_lag_probe
+
+cpu = min(os.sched_getaffinity(0))
+os.sched_setaffinity(0, {cpu})
+hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+os.setpriority(os.PRIO_PROCESS, 0, 19)  # this thread only: the hog, at 0, gets most of the CPU
+
+def busy_for_a_millisecond() -> None:
+    end = time.thread_time() + 0.001
+    while time.thread_time() < end:
+        pass
+
+async def main() -> None:
+    metrics = Metrics()
+    async with loop_lag_probe(metrics, interval=0.05):
+        loop = asyncio.get_running_loop()
+        until = time.perf_counter() + 1.5
+        while time.perf_counter() < until:
+            loop.call_soon(busy_for_a_millisecond)
+            await asyncio.sleep(0)
+    lag = metrics.registry.get_sample_value("mssql_mcp_event_loop_lag_max_seconds")
+    blocked = metrics.registry.get_sample_value("mssql_mcp_event_loop_blocked_max_seconds")
+    print(lag, blocked)
+
+try:
+    asyncio.run(main())
+finally:
+    hog.kill()
+"""
+
+
+@pytest.mark.skipif(run_queue_wait_ns(threading.get_native_id()) is None, reason="no Linux schedstat here")
+def test_waiting_for_a_cpu_is_lag_but_not_a_block() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _STARVED_LOOP], capture_output=True, text=True, timeout=60, cwd=ROOT, check=True
+    )
+    lag, blocked = (float(value) for value in done.stdout.split())
+    # The kernel kept the loop's thread off the CPU for a long time; most of it is not counted as a block. (Not
+    # all: the loop descheduled while it holds the GIL is, conservatively; measured 40-60 ms of 270-350 ms.)
+    assert lag > 0.1, done.stdout
+    assert blocked < lag / 2, done.stdout

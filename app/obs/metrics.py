@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import functools
 import os
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
 from prometheus_client import (
@@ -318,6 +320,19 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.loop_blocked = Histogram(
+            "mssql_mcp_event_loop_blocked_seconds",
+            "How long the event loop held back a callback queued from another thread, less the time its thread "
+            "waited for a CPU (the kernel's run-queue wait): the time the process's own work blocked it.",
+            buckets=LOOP_LAG_BUCKETS,
+            registry=r,
+        )
+        self.loop_blocked_max = Gauge(
+            "mssql_mcp_event_loop_blocked_max_seconds",
+            "Worst event-loop block since the process started (lag less run-queue wait).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
 
         # Fetch cache (ChatGPT fetch)
         self.cache_hits = Counter("mssql_mcp_fetch_cache_hits_total", "fetch served from cache.", registry=r)
@@ -426,13 +441,79 @@ async def probe_loop_lag(metrics: Metrics, interval: float = LOOP_LAG_INTERVAL_S
             metrics.loop_lag_max.set(lag)
 
 
+def run_queue_wait_ns(thread_id: int) -> int | None:
+    """Nanoseconds the thread has spent runnable but waiting for a CPU (Linux schedstat), None elsewhere."""
+    try:
+        with open(f"/proc/self/task/{thread_id}/schedstat", "rb") as stat:
+            return int(stat.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class LoopBlockProbe:
+    """Tells a blocked loop from a descheduled one. With more busy processes than cores (WORKERS on a small
+    machine, or a load generator beside them) a timer's lag also holds the time the kernel gave the core to
+    another process; nothing in this process can shorten that. A thread queues a callback every `interval`;
+    the loop's delay in running it, counted from the planned time, less the time the kernel kept either
+    thread waiting for a CPU meanwhile (run-queue wait: the probe's own late wake-up and turn with the GIL, then
+    the loop's), is the
+    time the process itself held the loop: a slow callback, a blocking call, the GIL held by another thread
+    (waiting for the GIL is sleeping, not run-queue wait, so it counts). Not subtracted, so counted as a block:
+    the loop's run-queue wait before the probe had the GIL to read it (a loop descheduled while holding it)."""
+
+    def __init__(self, metrics: Metrics, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+        self.metrics = metrics
+        self.loop = loop
+        self.interval = interval
+        self.loop_thread = threading.get_native_id()
+        self.probe_thread = self.loop_thread  # until the thread starts and knows its own id
+        self.stopped = threading.Event()
+        self.worst = 0.0
+        self.thread = threading.Thread(target=self._run, name="loop-block-probe", daemon=True)
+
+    def _run(self) -> None:
+        self.probe_thread = threading.get_native_id()
+        planned = time.perf_counter() + self.interval
+        while True:
+            asleep = run_queue_wait_ns(self.probe_thread)
+            if self.stopped.wait(max(0.0, planned - time.perf_counter())):
+                return
+            loop_before = run_queue_wait_ns(self.loop_thread)
+            try:
+                self.loop.call_soon_threadsafe(self._arrived, planned, asleep, loop_before)
+            except RuntimeError:  # the loop closed under us
+                return
+            planned = max(planned + self.interval, time.perf_counter())
+
+    def _arrived(self, planned: float, probe_asleep: int | None, loop_before: int | None) -> None:
+        lag = max(0.0, time.perf_counter() - planned)
+        loop_after, probe_after = run_queue_wait_ns(self.loop_thread), run_queue_wait_ns(self.probe_thread)
+        if self.stopped.is_set():
+            return
+        waited = 0.0  # unknown (no schedstat): all of the lag counts as a block
+        if probe_asleep is not None and probe_after is not None and loop_before is not None and loop_after is not None:
+            # The probe's whole wait since it went to sleep: waking late, and while it held the GIL the loop
+            # wanted (CPython's forced switch makes the loop wait until the probe has run).
+            waited = (probe_after - probe_asleep + loop_after - loop_before) / 1e9
+        blocked = max(0.0, lag - waited)
+        self.metrics.loop_blocked.observe(blocked)
+        if blocked > self.worst:
+            self.worst = blocked
+            self.metrics.loop_blocked_max.set(blocked)
+
+
 @contextlib.asynccontextmanager
-async def loop_lag_probe(metrics: Metrics) -> AsyncIterator[None]:
-    """Run probe_loop_lag for as long as the block lasts (an aiohttp cleanup context)."""
-    task = asyncio.get_running_loop().create_task(probe_loop_lag(metrics), name="loop-lag-probe")
+async def loop_lag_probe(metrics: Metrics, interval: float = LOOP_LAG_INTERVAL_SECONDS) -> AsyncIterator[None]:
+    """Run probe_loop_lag and a LoopBlockProbe for as long as the block lasts (an aiohttp cleanup context)."""
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(probe_loop_lag(metrics, interval), name="loop-lag-probe")
+    blocks = LoopBlockProbe(metrics, loop, interval)
+    blocks.thread.start()
     try:
         yield
     finally:
+        blocks.stopped.set()
+        blocks.thread.join(timeout=1.0)  # it wakes at once from its wait
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
