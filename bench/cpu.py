@@ -11,7 +11,8 @@ when the machine is not quiet. One server at a time, ours only, short runs:
                                                            # redis-server; Redis's CPU counts as the server's)
 
 Prints one line per round and the median µs/call per query, with the event-loop lag the server measured
-(mssql_mcp_event_loop_lag_seconds during the runs, to its buckets' resolution) and the machine's load average.
+(mssql_mcp_event_loop_lag_seconds during the runs, to its buckets' resolution), the time the loop was blocked
+(mssql_mcp_event_loop_blocked_seconds: the lag less its wait for a CPU) and the machine's load average.
 """
 
 from __future__ import annotations
@@ -57,12 +58,16 @@ async def _measure_all(args: argparse.Namespace, db: Path, tmp: Path, redis: run
             per_call: list[float] = []
             loop_per_call: list[float] = []
             lag_bounds: list[float | None] = []
+            blocked_bounds: list[float | None] = []
             for round_no in range(args.rounds):
                 assert server.proc is not None
                 loop0 = loop_thread_cpu_seconds(server.proc.pid)
                 lag_before = await run.loop_lag_buckets(server)
+                blocked_before = await run.loop_lag_buckets(server, run.LOOP_BLOCKED_HISTOGRAM)
                 report = await measure(server, query_key, args.concurrency, args)
                 lag_bounds.append(run.lag_bound_ms(lag_before, await run.loop_lag_buckets(server)))
+                blocked_after = await run.loop_lag_buckets(server, run.LOOP_BLOCKED_HISTOGRAM)
+                blocked_bounds.append(run.lag_bound_ms(blocked_before, blocked_after))
                 loop_us = 1e6 * (loop_thread_cpu_seconds(server.proc.pid) - loop0) / max(report["calls_total"], 1)
                 us = 1000 * report["server_cpu_ms_per_call"]
                 per_call.append(us)
@@ -77,14 +82,18 @@ async def _measure_all(args: argparse.Namespace, db: Path, tmp: Path, redis: run
                 raw = run.PROFILES / f"cpu-{query_key}-{args.profile_mode}.txt"
                 await measure(server, query_key, args.concurrency, args, profile_to=raw)
                 print(run.profiling.summarize(raw, top=args.top), flush=True)
-            measured = [bound for bound in lag_bounds if bound is not None]
-            lag_text = f"<= {max(measured):g} ms" if measured else "n/a"
+            lag_text, blocked_text = (_worst_text(bounds) for bounds in (lag_bounds, blocked_bounds))
             print(
                 f"{query_key:14} median {statistics.median(per_call):7.0f} µs/call "
                 f"(min {min(per_call):.0f}), loop thread median {statistics.median(loop_per_call):5.0f} "
-                f"(min {min(loop_per_call):.0f})  loop lag {lag_text}",
+                f"(min {min(loop_per_call):.0f})  loop lag {lag_text}, blocked {blocked_text}",
                 flush=True,
             )
+
+
+def _worst_text(bounds: list[float | None]) -> str:
+    measured = [bound for bound in bounds if bound is not None]
+    return f"<= {max(measured):g} ms" if measured else "n/a"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -97,6 +97,8 @@ class ServerSpec:
 BENCH_METRICS_TOKEN = "bench-metrics-token"
 LOOP_LAG_METRIC = "mssql_mcp_event_loop_lag_max_seconds"
 LOOP_LAG_HISTOGRAM = "mssql_mcp_event_loop_lag_seconds"
+# The lag less the time the loop's thread waited for a CPU: what issue 10's line judges (our own work).
+LOOP_BLOCKED_HISTOGRAM = "mssql_mcp_event_loop_blocked_seconds"
 
 # Set by --ours-ref: a snapshot of app/ at that commit, put first on PYTHONPATH for our server.
 OURS_SNAPSHOT: Path | None = None
@@ -448,13 +450,15 @@ async def loop_lag_max(server: RunningServer) -> float | None:
     return max(values) if values else None
 
 
-async def loop_lag_buckets(server: RunningServer) -> dict[str, dict[float, float]] | None:
-    """Per metrics endpoint: cumulative counts of mssql_mcp_event_loop_lag_seconds by bucket bound (summed over
-    any other label, e.g. a worker's)."""
+async def loop_lag_buckets(
+    server: RunningServer, histogram: str = LOOP_LAG_HISTOGRAM
+) -> dict[str, dict[float, float]] | None:
+    """Per metrics endpoint: cumulative counts of a loop histogram (mssql_mcp_event_loop_lag_seconds unless
+    told) by bucket bound (summed over any other label, e.g. a worker's)."""
     per_endpoint: dict[str, dict[float, float]] = {}
     for url, text in (await _metrics_texts(server)).items():
         buckets: dict[float, float] = {}
-        for labels, value in _samples(text, LOOP_LAG_HISTOGRAM + "_bucket"):
+        for labels, value in _samples(text, histogram + "_bucket"):
             if match := _LE.search(labels):
                 bound = float(match["le"])
                 buckets[bound] = buckets.get(bound, 0.0) + value
@@ -922,33 +926,58 @@ def render_markdown(
 
 
 def render_loop_lag(info: dict[str, Any]) -> list[str]:
-    """The loop-lag section: each deployment of ours on its own (issue 10's target is per process)."""
-    lines = ["", f"## Event-loop lag (issue 10: never above {MAX_LOOP_LAG_MS:g} ms)", ""]
+    """The loop section: each deployment of ours on its own (issue 10's target is per process). The verdict is
+    on the blocked time (the lag less the wait for a CPU) where the server measured it, else on the lag."""
+    lines = ["", f"## Event-loop lag and blocks (issue 10: never blocked above {MAX_LOOP_LAG_MS:g} ms)", ""]
     if info.get("loop_lag"):
         lines.append(
-            "How late each of our deployments' event loops ran a 100 ms timer during the load runs, start-up left "
-            "out: the `mssql_mcp_event_loop_lag_seconds` histogram read before and after each run, worst of its "
-            "processes (bucket resolution). More processes than cores (WORKERS=4 here) adds the time a process "
-            "waits for a core."
+            "Lag: how late each of our deployments' event loops ran a 100 ms timer during the load runs, start-up "
+            "left out (`mssql_mcp_event_loop_lag_seconds`, read before and after each run, worst of its processes, "
+            "bucket resolution). With more busy processes than cores (WORKERS=2 or more beside wrk on 2 cores) "
+            "it also holds the time the kernel gave the core to another process. Blocked "
+            "(`mssql_mcp_event_loop_blocked_seconds`): the lag less the time the loop's thread waited for a CPU "
+            "(schedstat), the time the process's own work held the loop, which is what the issue asks."
         )
         lines.append("")
-        by_server: dict[str, list[tuple[int, str, int, float]]] = {}
-        for item in info["loop_lag"]:
-            by_server.setdefault(item[0], []).append(item[1:])
-        for server, runs in by_server.items():
-            worst = max(runs, key=lambda item: item[3])
-            verdict = "met" if worst[3] <= MAX_LOOP_LAG_MS else "NOT met"
-            count = f"{len(runs)} run" + ("" if len(runs) == 1 else "s")
-            lines.append(
-                f"- {spec_for(server).title}: {verdict}: at most {worst[3]:g} ms in {count} (worst: round "
-                f"{worst[0] + 1}, `{worst[1]}` c={worst[2]})"
-            )
+        lags = _worst_by_server(info["loop_lag"])
+        blocks = _worst_by_server(info.get("loop_blocked") or [])
+        for server, (lag_worst, lag_runs) in lags.items():
+            lag_text = f"at most {lag_worst[3]:g} ms in {_runs(lag_runs)} ({_where(lag_worst)})"
+            title = spec_for(server).title
+            if server in blocks:
+                blocked_worst, blocked_runs = blocks[server]
+                verdict = "met" if blocked_worst[3] <= MAX_LOOP_LAG_MS else "NOT met"
+                lines.append(
+                    f"- {title}: {verdict}: blocked at most {blocked_worst[3]:g} ms in {_runs(blocked_runs)} "
+                    f"({_where(blocked_worst)}); lag {lag_text}"
+                )
+            else:
+                verdict = "met" if lag_worst[3] <= MAX_LOOP_LAG_MS else "NOT met"
+                lines.append(f"- {title}: {verdict}: lag {lag_text} (blocked time not exported)")
         since_start = info.get("loop_lag_since_start_ms")
         if since_start is not None:
-            lines.append(f"- worst since start-up of any process, start-up included: {since_start:.1f} ms")
+            lines.append(f"- worst lag since start-up of any process, start-up included: {since_start:.1f} ms")
     else:
         lines.append("- not measured (ours not run, or it did not export mssql_mcp_event_loop_lag_seconds)")
     return lines
+
+
+def _worst_by_server(
+    items: list[tuple[str, int, str, int, float]],
+) -> dict[str, tuple[tuple[int, str, int, float], int]]:
+    """Per deployment: its worst run (round, query, concurrency, ms) and how many runs were read."""
+    by_server: dict[str, list[tuple[int, str, int, float]]] = {}
+    for item in items:
+        by_server.setdefault(item[0], []).append((item[1], item[2], item[3], item[4]))
+    return {server: (max(runs, key=lambda run: run[3]), len(runs)) for server, runs in by_server.items()}
+
+
+def _runs(count: int) -> str:
+    return f"{count} run" + ("" if count == 1 else "s")
+
+
+def _where(worst: tuple[int, str, int, float]) -> str:
+    return f"worst: round {worst[0] + 1}, `{worst[1]}` c={worst[2]}"
 
 
 def render_scaling(
@@ -1090,11 +1119,15 @@ async def main_async(args: argparse.Namespace) -> int:
                                 samples[f"{key}/{query_key}"] = await sample_response(server, query_key)
                             for c in args.concurrency:
                                 lag_before = await loop_lag_buckets(server)
+                                blocked_before = await loop_lag_buckets(server, LOOP_BLOCKED_HISTOGRAM)
                                 report = await measure_quietly(server, query_key, c, args)
                                 report["round"] = round_no
                                 lag_bound = lag_bound_ms(lag_before, await loop_lag_buckets(server))
                                 if lag_bound is not None:
                                     report["loop_lag_ms"] = lag_bound  # during this run only, start-up left out
+                                blocked = await loop_lag_buckets(server, LOOP_BLOCKED_HISTOGRAM)
+                                if (blocked_bound := lag_bound_ms(blocked_before, blocked)) is not None:
+                                    report["loop_blocked_ms"] = blocked_bound
                                 lag = await loop_lag_max(server)
                                 if lag is not None:
                                     report["loop_lag_max_ms"] = 1000 * lag  # since start-up
@@ -1120,6 +1153,11 @@ async def main_async(args: argparse.Namespace) -> int:
             print(f"  memory: {info['memory']}", flush=True)
     info["loop_lag"] = [
         (r["server"], r["round"], r["query"], r["concurrency"], r["loop_lag_ms"]) for r in results if "loop_lag_ms" in r
+    ]
+    info["loop_blocked"] = [
+        (r["server"], r["round"], r["query"], r["concurrency"], r["loop_blocked_ms"])
+        for r in results
+        if "loop_blocked_ms" in r
     ]
     info["loop_lag_since_start_ms"] = max(
         (r["loop_lag_max_ms"] for r in results if "loop_lag_max_ms" in r), default=None

@@ -283,11 +283,25 @@ def test_loop_lag_is_judged_per_deployment() -> None:
             ("ours", 1, "recent_orders", 32, 10.0),
             ("ours-w4", 0, "recent_orders", 32, 100.0),
         ],
+        "loop_blocked": [
+            ("ours-w4", 0, "recent_orders", 32, 5.0),
+            ("ours-w4", 0, "select1", 32, 25.0),
+        ],
         "loop_lag_since_start_ms": 66.0,
     }
     text = "\n".join(run.render_loop_lag(info))
-    assert "- ours (aiohttp): met: at most 10 ms in 2 runs (worst: round 2, `recent_orders` c=32)" in text
-    assert "- ours, WORKERS=4: NOT met: at most 100 ms in 1 run (worst: round 1, `recent_orders` c=32)" in text
+    # Without the blocked time, the lag decides.
+    assert (
+        "- ours (aiohttp): met: lag at most 10 ms in 2 runs (worst: round 2, `recent_orders` c=32)"
+        " (blocked time not exported)" in text
+    )
+    # With it, the blocked time decides and the lag is shown beside it.
+    assert (
+        "- ours, WORKERS=4: NOT met: blocked at most 25 ms in 2 runs (worst: round 1, `select1` c=32);"
+        " lag at most 100 ms in 1 run (worst: round 1, `recent_orders` c=32)" in text
+    )
+    info["loop_blocked"] = [("ours-w4", 0, "recent_orders", 32, 5.0)]
+    assert "- ours, WORKERS=4: met: blocked at most 5 ms in 1 run" in "\n".join(run.render_loop_lag(info))
     assert "start-up included: 66.0 ms" in text
     assert run.render_loop_lag({})[-1].startswith("- not measured")
 
