@@ -3,9 +3,10 @@ does not move (issue 10).
 
 On a shared 2-core machine the same code measures 20-40% apart between minutes, so a change of a few percent
 cannot be seen in calls per second. Valgrind's callgrind counts the instructions the server runs instead. The
-server runs twice under callgrind, as `make bench` starts it (bench/run.py's environment); wrk sends it
-`--warm` calls in the first run and `--warm` + `--calls` in the second. The difference of the two totals,
-divided by `--calls`, leaves start-up out. It is given per shared object (libsqlite3, the interpreter,
+server runs twice under callgrind, started as `make bench` starts it (bench/run.py's RunningServer); wrk sends
+it `--warm` calls in the first run and `--warm` + `--calls` in the second. The difference of the two totals,
+divided by the difference of the calls wrk saw answered (`calls_counted`: wrk may answer a few more than
+asked), leaves start-up out. It is given per shared object (libsqlite3, the interpreter,
 libc, the ODBC driver, ...) and for the top functions. Kernel time is not counted, and neither are cache
 misses: two cells with the same count can still differ in speed. Start-up is not quite the same from run to
 run (about +-100 million instructions), which moves the figure per call by some 100,000 at 1,000 calls: the
@@ -20,22 +21,26 @@ Needs `valgrind` (Debian's package, with callgrind_annotate).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import json
-import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from run import QUERIES, ROOT, VENV_BIN, _ensure_database, _free_port, _ours_env  # noqa: E402
+# bench/ is not a package: run.py's server machinery is imported by name.
+from run import QUERIES, SERVERS, VENV_BIN, ServerSpec, _ensure_database, _wrk_calls, serving  # noqa: E402
+from topology import Topology  # noqa: E402
+
+CALLGRIND = ["valgrind", "--tool=callgrind"]
+START_TIMEOUT = 300.0  # seconds: start-up under callgrind takes about a minute, more on a busy machine
+STOP_GRACE = 300.0  # seconds after SIGINT: callgrind writes its profile as the server exits
 
 # "  1,234,567 (12.3%)  file:function [object]" in callgrind_annotate's flat (exclusive) listing.
 _LINE = re.compile(r"^\s*(?P<count>[\d,]+)\s+(?:\([^)]*\)\s+)?(?P<name>\S.*?:.*?)(?:\s+\[(?P<object>[^\]]+)\])?\s*$")
@@ -69,44 +74,53 @@ def per_call(first: dict[tuple[str, str], int], second: dict[tuple[str, str], in
     }
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server under callgrind exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                return
-        except OSError:
-            time.sleep(1)
-    raise SystemExit(f"the server under callgrind did not answer {url} within {timeout:.0f} s")
+def callgrind_spec(out: Path, key: str) -> ServerSpec:
+    """Our server as `make bench` starts it (bench/run.py's environment), under callgrind writing to `out`."""
+    base = SERVERS["ours"]
+
+    def env(port: int, db: Path, tmp: Path) -> dict[str, str]:
+        # Under callgrind a call takes some 50x longer: its inline budget and time limit must not cut it.
+        return {**base.env(port, db, tmp), "SQLITE_INLINE_READ_MS": "20", "QUERY_TIMEOUT_SECONDS": "60"}
+
+    def command(port: int, db: Path) -> list[str]:
+        return [*CALLGRIND, f"--callgrind-out-file={out}", str(VENV_BIN / "python"), "-m", "app", "serve"]
+
+    return ServerSpec(key, f"ours under callgrind ({key})", base.arg_name, command, env, Topology())
 
 
-def counted_run(query: str, concurrency: int, calls: int, db: Path, tmp: Path) -> dict[tuple[str, str], int]:
-    """Serve under callgrind, send `calls` calls, stop the server; its instructions per function."""
-    port = _free_port()
+async def counted_run(
+    query: str, concurrency: int, calls: int, db: Path, tmp: Path
+) -> tuple[dict[tuple[str, str], int], int]:
+    """Serve under callgrind, send `calls` calls, stop the server; its instructions per function and the
+    calls wrk saw answered (`calls_total`: it may answer a few more than asked)."""
     out = tmp / f"callgrind.{calls}"
-    env = {**os.environ, **_ours_env(port, db, tmp)}
-    # Under callgrind a call takes some 50x longer: its inline budget and time limit must not cut it.
-    env.update(SQLITE_INLINE_READ_MS="20", QUERY_TIMEOUT_SECONDS="60")
-    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", str(VENV_BIN / "python"), "-m", "app"]
-    with open(tmp / f"server.{calls}.log", "wb") as log:
-        proc = subprocess.Popen([*cmd, "serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            _wait_healthy(f"http://127.0.0.1:{port}/health", proc, timeout=300)
-            load = [sys.executable, str(BENCH / "wrk_load.py"), "--url", f"http://127.0.0.1:{port}/mcp"]
-            load += ["--query", QUERIES[query], "-c", str(concurrency), "--calls", str(calls)]
-            load += ["--duration", "3600", "--warmup", "0", "--timeout", "60"]
-            report = json.loads(subprocess.run(load, capture_output=True, check=True, text=True).stdout)
-            if report["errors"]:
-                raise SystemExit(f"{report['errors']} calls failed under callgrind: {report['error_samples'][:1]}")
-        finally:
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=300)
+    spec = callgrind_spec(out, f"server.{calls}")
+    # Start-up under callgrind takes a minute or more, and the profile is written on exit: long bounds both ways.
+    async with serving(
+        spec, db, tmp, start_timeout=START_TIMEOUT, stop_grace=STOP_GRACE, stop_signal=signal.SIGINT
+    ) as server:
+        # Calls cost some 50x their usual time: the run is bounded to max(an hour, 1 s a call), each call to 60 s.
+        report = await _wrk_calls(
+            server, query, concurrency, calls, min_seconds=3600, calls_per_second=1, call_timeout=60
+        )
+        if report["errors"]:
+            raise SystemExit(f"{report['errors']} calls failed under callgrind: {report['error_samples'][:1]}")
     annotate = subprocess.run(
         ["callgrind_annotate", "--inclusive=no", "--threshold=100", str(out)], capture_output=True, text=True
     )
-    return per_function(annotate.stdout)
+    return per_function(annotate.stdout), int(report["calls_total"])
+
+
+async def counted_runs(
+    query: str, concurrency: int, warm: int, calls: int, db: Path
+) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int], int]:
+    """The two runs (`warm`, then `warm` + `calls` calls): both listings and the calls the second answered
+    beyond the first, which the difference is divided by."""
+    with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp_name:
+        tmp = Path(tmp_name)
+        first, first_calls = await counted_run(query, concurrency, warm, db, tmp)
+        second, second_calls = await counted_run(query, concurrency, warm + calls, db, tmp)
+    return first, second, second_calls - first_calls
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,12 +136,17 @@ def main(argv: list[str] | None = None) -> int:
     db = Path(args.database)
     if not db.exists():
         _ensure_database(db)
-    with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp_name:
-        tmp = Path(tmp_name)
-        first = counted_run(args.query, args.concurrency, args.warm, db, tmp)
-        second = counted_run(args.query, args.concurrency, args.warm + args.calls, db, tmp)
-    result = {"query": args.query, "concurrency": args.concurrency, "calls": args.calls}
-    result.update(per_call(first, second, args.calls))
+    try:
+        first, second, counted = asyncio.run(
+            counted_runs(args.query, args.concurrency, args.warm, args.calls, db.resolve())
+        )
+    except RuntimeError as exc:  # the server did not start, or wrk_load.py failed: its words, no traceback
+        raise SystemExit(f"under callgrind: {exc}") from None
+    if counted <= 0:
+        raise SystemExit(f"the second run answered {counted} calls more than the first: nothing to divide by")
+    # "calls" is what was asked; "calls_counted" what wrk saw answered beyond the first run (the divisor).
+    result = {"query": args.query, "concurrency": args.concurrency, "calls": args.calls, "calls_counted": counted}
+    result.update(per_call(first, second, counted))
     print(json.dumps(result, indent=2))
     return 0
 

@@ -376,12 +376,19 @@ class RunningServer:
     def log_tail(self, lines: int = 20) -> str:
         return _tail(self.log_path, lines)
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 10.0, stop_signal: signal.Signals = signal.SIGTERM) -> None:
+        """`grace`: how long each node may take to exit before SIGKILL (a server under callgrind writes its
+        profile on exit and needs minutes); `stop_signal`: what asks it to stop first."""
         # nginx first (no new requests reach the nodes), then the nodes: each is its own process group, which
         # catches every worker or helper it forked.
         stop_process_group(self.nginx)
         for proc in self.procs:
-            stop_process_group(proc)
+            if stop_signal != signal.SIGTERM and proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, stop_signal)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(grace)
+            stop_process_group(proc, grace)  # SIGTERM, then SIGKILL after `grace` (nothing if it exited)
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -393,14 +400,23 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 @contextlib.asynccontextmanager
 async def serving(
-    spec: ServerSpec, db: Path, tmp: Path, redis: RedisServer | None = None, mcp_mode: str = "session"
+    spec: ServerSpec,
+    db: Path,
+    tmp: Path,
+    redis: RedisServer | None = None,
+    mcp_mode: str = "session",
+    *,
+    start_timeout: float = 60.0,
+    stop_grace: float = 10.0,
+    stop_signal: signal.Signals = signal.SIGTERM,
 ) -> AsyncIterator[RunningServer]:
+    """The server started and ready for MCP within `start_timeout` s, stopped on leaving (RunningServer.stop)."""
     server = RunningServer(spec, db, tmp, redis, mcp_mode)
     try:
-        await server.start()
+        await server.start(start_timeout)
         yield server
     finally:
-        server.stop()
+        server.stop(stop_grace, stop_signal)
 
 
 def _metrics_urls(server: RunningServer) -> list[str]:
@@ -650,10 +666,24 @@ async def memory_flat(
     }
 
 
-async def _wrk_calls(server: RunningServer, query_key: str, concurrency: int, calls: int) -> dict[str, Any]:
+async def _wrk_calls(
+    server: RunningServer,
+    query_key: str,
+    concurrency: int,
+    calls: int,
+    *,
+    min_seconds: float = 60,  # ints, as before: the same --duration argument
+    calls_per_second: float = 50,
+    call_timeout: float | None = None,
+) -> dict[str, Any]:
+    """`calls` calls by wrk_load.py (its report). The run is bounded to max(`min_seconds`, calls /
+    `calls_per_second`) s; `call_timeout` is wrk's per-request timeout (None: wrk_load.py's)."""
     cmd = [sys.executable, str(BENCH / "wrk_load.py"), "--url", server.url, "--arg-name", server.spec.arg_name]
     cmd += ["--query", QUERIES[query_key], "-c", str(concurrency), "--calls", str(calls)]
-    cmd += ["--duration", str(max(60, calls / 50)), "--warmup", "0"]  # the duration only bounds a stuck run
+    # The duration only bounds a stuck run.
+    cmd += ["--duration", str(max(min_seconds, calls / calls_per_second)), "--warmup", "0"]
+    if call_timeout is not None:
+        cmd += ["--timeout", str(call_timeout)]
     load = await asyncio.create_subprocess_exec(
         *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True
     )
