@@ -110,3 +110,12 @@ def test_waiting_for_a_cpu_is_lag_but_not_a_block() -> None:
     lag, blocked = (float(value) for value in done.stdout.split())
     assert lag > 0.02, done.stdout  # the kernel kept the loop's thread off the CPU for tens of ms
     assert blocked < 0.01, done.stdout  # yet its own work never held it for as long
+
+
+async def test_without_a_clock_process_the_lag_is_still_measured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")  # the clock process cannot start
+    metrics = Metrics()
+    async with loop_lag_probe(metrics):
+        await asyncio.sleep(0.25)
+    assert _sample(metrics, "mssql_mcp_event_loop_lag_seconds_count") >= 1
+    assert metrics.registry.get_sample_value("mssql_mcp_event_loop_blocked_seconds_count") == 0

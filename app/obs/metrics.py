@@ -326,8 +326,8 @@ class Metrics:
         )
         self.loop_blocked = Histogram(
             "mssql_mcp_event_loop_blocked_seconds",
-            "How long the event loop held back a callback queued from another thread, less the time its thread "
-            "waited for a CPU (the kernel's run-queue wait): the time the process's own work blocked it.",
+            "How late the event loop read a 100 ms tick of its clock process, less the time its thread waited for "
+            "a CPU meanwhile (the kernel's run-queue wait): the time the process's own work blocked it.",
             buckets=LOOP_LAG_BUCKETS,
             registry=r,
         )
@@ -492,7 +492,10 @@ class LoopBlockProbe:
             return
         *lines, self.pending = (self.pending + data).split(b"\n")
         for line in lines:
-            sent, waited_then = line.split()
+            try:
+                sent, waited_then = line.split()
+            except ValueError:  # not the clock's words: nothing to measure
+                continue
             lag = max(0.0, now - float(sent))
             waited = 0.0 if waited_now is None else (waited_now - int(waited_then)) / 1e9
             self._observe(max(0.0, lag - waited))
@@ -516,10 +519,14 @@ async def loop_lag_probe(metrics: Metrics, interval: float = LOOP_LAG_INTERVAL_S
     """Run probe_loop_lag and a LoopBlockProbe for as long as the block lasts (an aiohttp cleanup context)."""
     loop = asyncio.get_running_loop()
     task = loop.create_task(probe_loop_lag(metrics, interval), name="loop-lag-probe")
-    # Without schedstat (not Linux) there is no run-queue wait to subtract: no blocked figures.
-    blocks = (
-        LoopBlockProbe(metrics, loop, interval) if run_queue_wait_ns(threading.get_native_id()) is not None else None
-    )
+    # Without schedstat (not Linux) there is no run-queue wait to subtract, and without a clock process (one
+    # that cannot start) nothing to read: no blocked figures, the service runs on.
+    blocks: LoopBlockProbe | None = None
+    if run_queue_wait_ns(threading.get_native_id()) is not None:
+        try:
+            blocks = LoopBlockProbe(metrics, loop, interval)
+        except OSError:
+            blocks = None
     try:
         yield
     finally:
