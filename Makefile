@@ -1,8 +1,8 @@
 # Every set-up step a fresh Debian 12 machine needs (run as root). See README.md.
 SHELL := /bin/bash
 # Debian's own interpreter, the one the appliance runs (the Ansible role builds its venv with python3-venv):
-# built with PGO and LTO, it measured 20-30% less CPU per tools/call than a plain source build that may come
-# first in PATH (pyenv's, here). Elsewhere, whichever python3 is first.
+# it measured 20-30% less CPU per tools/call than a source build that may come first in PATH (pyenv's here:
+# configured without --enable-optimizations or --with-lto, libpython shared). Elsewhere, the first python3.
 PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
 VENV := .venv
 PY := $(VENV)/bin/python
