@@ -383,12 +383,7 @@ class RunningServer:
         # catches every worker or helper it forked.
         stop_process_group(self.nginx)
         for proc in self.procs:
-            if stop_signal != signal.SIGTERM and proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, stop_signal)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(grace)
-            stop_process_group(proc, grace)  # SIGTERM, then SIGKILL after `grace` (nothing if it exited)
+            stop_process_group(proc, grace, stop_signal)  # then SIGKILL after `grace` (nothing if it exited)
 
 
 def _tail(path: Path, lines: int = 20) -> str:

@@ -201,12 +201,15 @@ def start_nginx(listen_port: int, upstream_ports: list[int], prefix: Path) -> su
     return proc
 
 
-def stop_process_group(proc: subprocess.Popen[bytes] | None, grace: float = 10.0) -> None:
-    """SIGTERM to the process's own group (it and every child it forked), SIGKILL after `grace` seconds."""
+def stop_process_group(
+    proc: subprocess.Popen[bytes] | None, grace: float = 10.0, first_signal: signal.Signals = signal.SIGTERM
+) -> None:
+    """`first_signal` (SIGTERM unless told) to the process's own group (it and every child it forked), SIGKILL
+    after `grace` seconds."""
     if proc is None or proc.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, first_signal)
     try:
         proc.wait(grace)
     except subprocess.TimeoutExpired:
