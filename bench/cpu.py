@@ -62,12 +62,13 @@ async def _measure_all(args: argparse.Namespace, db: Path, tmp: Path, redis: run
             for round_no in range(args.rounds):
                 assert server.proc is not None
                 loop0 = loop_thread_cpu_seconds(server.proc.pid)
-                lag_before = await run.loop_lag_buckets(server)
-                blocked_before = await run.loop_lag_buckets(server, run.LOOP_BLOCKED_HISTOGRAM)
+                before = await run.loop_histograms(server)
                 report = await measure(server, query_key, args.concurrency, args)
-                lag_bounds.append(run.lag_bound_ms(lag_before, await run.loop_lag_buckets(server)))
-                blocked_after = await run.loop_lag_buckets(server, run.LOOP_BLOCKED_HISTOGRAM)
-                blocked_bounds.append(run.lag_bound_ms(blocked_before, blocked_after))
+                after = await run.loop_histograms(server)
+                lag = run.LOOP_LAG_HISTOGRAM
+                blocked = run.LOOP_BLOCKED_HISTOGRAM
+                lag_bounds.append(run.lag_bound_ms(before.get(lag), after.get(lag)))
+                blocked_bounds.append(run.lag_bound_ms(before.get(blocked), after.get(blocked)))
                 loop_us = 1e6 * (loop_thread_cpu_seconds(server.proc.pid) - loop0) / max(report["calls_total"], 1)
                 us = 1000 * report["server_cpu_ms_per_call"]
                 per_call.append(us)

@@ -461,26 +461,28 @@ async def loop_lag_max(server: RunningServer) -> float | None:
     return max(values) if values else None
 
 
-async def loop_lag_buckets(
-    server: RunningServer, histogram: str = LOOP_LAG_HISTOGRAM
-) -> dict[str, dict[float, float]] | None:
-    """Per metrics endpoint: cumulative counts of a loop histogram (mssql_mcp_event_loop_lag_seconds unless
-    told) by bucket bound (summed over any other label, e.g. a worker's)."""
-    per_endpoint: dict[str, dict[float, float]] = {}
+LoopBuckets = dict[str, dict[float, float]]  # per metrics endpoint: cumulative count by bucket bound
+
+
+async def loop_histograms(
+    server: RunningServer, histograms: tuple[str, ...] = (LOOP_LAG_HISTOGRAM, LOOP_BLOCKED_HISTOGRAM)
+) -> dict[str, LoopBuckets]:
+    """One scrape of every metrics endpoint: for each of `histograms` it exports, its cumulative counts per
+    endpoint by bucket bound (summed over any other label, e.g. a worker's)."""
+    readings: dict[str, LoopBuckets] = {}
     for url, text in (await _metrics_texts(server)).items():
-        buckets: dict[float, float] = {}
-        for labels, value in _samples(text, histogram + "_bucket"):
-            if match := _LE.search(labels):
-                bound = float(match["le"])
-                buckets[bound] = buckets.get(bound, 0.0) + value
-        if buckets:
-            per_endpoint[url] = buckets
-    return per_endpoint or None
+        for histogram in histograms:
+            buckets: dict[float, float] = {}
+            for labels, value in _samples(text, histogram + "_bucket"):
+                if match := _LE.search(labels):
+                    bound = float(match["le"])
+                    buckets[bound] = buckets.get(bound, 0.0) + value
+            if buckets:
+                readings.setdefault(histogram, {})[url] = buckets
+    return readings
 
 
-def lag_bound_ms(
-    before: dict[str, dict[float, float]] | None, after: dict[str, dict[float, float]] | None
-) -> float | None:
+def lag_bound_ms(before: LoopBuckets | None, after: LoopBuckets | None) -> float | None:
     """The smallest histogram bound under which every lag observed between two readings fell (ms), worst over
     the endpoints: the worst lag during that window, to the buckets' resolution (1, 2, 5, 10, 25 ms...).
     Start-up is left out. An endpoint whose counts went down (a worker restarted) says nothing."""
@@ -1143,16 +1145,18 @@ async def main_async(args: argparse.Namespace) -> int:
                             if round_no == 0:
                                 samples[f"{key}/{query_key}"] = await sample_response(server, query_key)
                             for c in args.concurrency:
-                                lag_before = await loop_lag_buckets(server)
-                                blocked_before = await loop_lag_buckets(server, LOOP_BLOCKED_HISTOGRAM)
+                                before = await loop_histograms(server)
                                 report = await measure_quietly(server, query_key, c, args)
                                 report["round"] = round_no
-                                lag_bound = lag_bound_ms(lag_before, await loop_lag_buckets(server))
-                                if lag_bound is not None:
-                                    report["loop_lag_ms"] = lag_bound  # during this run only, start-up left out
-                                blocked = await loop_lag_buckets(server, LOOP_BLOCKED_HISTOGRAM)
-                                if (blocked_bound := lag_bound_ms(blocked_before, blocked)) is not None:
-                                    report["loop_blocked_ms"] = blocked_bound
+                                after = await loop_histograms(server)
+                                # During this run only, start-up left out.
+                                for histogram, field_name in (
+                                    (LOOP_LAG_HISTOGRAM, "loop_lag_ms"),
+                                    (LOOP_BLOCKED_HISTOGRAM, "loop_blocked_ms"),
+                                ):
+                                    bound = lag_bound_ms(before.get(histogram), after.get(histogram))
+                                    if bound is not None:
+                                        report[field_name] = bound
                                 lag = await loop_lag_max(server)
                                 if lag is not None:
                                     report["loop_lag_max_ms"] = 1000 * lag  # since start-up
