@@ -62,9 +62,9 @@ async def _measure_all(args: argparse.Namespace, db: Path, tmp: Path, redis: run
             for round_no in range(args.rounds):
                 assert server.proc is not None
                 loop0 = loop_thread_cpu_seconds(server.proc.pid)
-                before = await run.loop_histograms(server)
+                before = (await run.loop_reading(server)).histograms
                 report = await measure(server, query_key, args.concurrency, args)
-                after = await run.loop_histograms(server)
+                after = (await run.loop_reading(server)).histograms
                 lag = run.LOOP_LAG_HISTOGRAM
                 blocked = run.LOOP_BLOCKED_HISTOGRAM
                 lag_bounds.append(run.lag_bound_ms(before.get(lag), after.get(lag)))

@@ -454,24 +454,36 @@ def _samples(text: str, name: str) -> list[tuple[str, float]]:
     return found
 
 
-async def loop_lag_max(server: RunningServer) -> float | None:
-    """The worst event-loop lag our server measured since it started, start-up included, over its nodes and
-    workers (None: not ours, or not exported)."""
-    values = [value for text in (await _metrics_texts(server)).values() for _, value in _samples(text, LOOP_LAG_METRIC)]
-    return max(values) if values else None
-
-
 LoopBuckets = dict[str, dict[float, float]]  # per metrics endpoint: cumulative count by bucket bound
 
 
-async def loop_histograms(
-    server: RunningServer, histograms: tuple[str, ...] = (LOOP_LAG_HISTOGRAM, LOOP_BLOCKED_HISTOGRAM)
-) -> dict[str, LoopBuckets]:
-    """One scrape of every metrics endpoint: for each of `histograms` it exports, its cumulative counts per
-    endpoint by bucket bound (summed over any other label, e.g. a worker's)."""
+@dataclass(frozen=True)
+class LoopReading:
+    """One scrape of every metrics endpoint of a deployment of ours: the loop histograms and the worst lag."""
+
+    histograms: dict[str, LoopBuckets]  # LOOP_LAG_HISTOGRAM / LOOP_BLOCKED_HISTOGRAM, where exported
+    lag_max: float | None  # seconds, worst since start-up over every process (None: not exported)
+
+
+async def loop_reading(server: RunningServer) -> LoopReading:
+    """Scrape once; both parsers read the same texts, so the reading is of one moment."""
+    texts = await _metrics_texts(server)
+    return LoopReading(_loop_histograms(texts), _loop_lag_max(texts))
+
+
+def _loop_lag_max(texts: dict[str, str]) -> float | None:
+    """The worst event-loop lag our server measured since it started, start-up included, over its nodes and
+    workers (None: not ours, or not exported)."""
+    values = [value for text in texts.values() for _, value in _samples(text, LOOP_LAG_METRIC)]
+    return max(values) if values else None
+
+
+def _loop_histograms(texts: dict[str, str]) -> dict[str, LoopBuckets]:
+    """For each loop histogram an endpoint exports, its cumulative counts per endpoint by bucket bound (summed
+    over any other label, e.g. a worker's)."""
     readings: dict[str, LoopBuckets] = {}
-    for url, text in (await _metrics_texts(server)).items():
-        for histogram in histograms:
+    for url, text in texts.items():
+        for histogram in (LOOP_LAG_HISTOGRAM, LOOP_BLOCKED_HISTOGRAM):
             buckets: dict[float, float] = {}
             for labels, value in _samples(text, histogram + "_bucket"):
                 if match := _LE.search(labels):
@@ -1145,21 +1157,22 @@ async def main_async(args: argparse.Namespace) -> int:
                             if round_no == 0:
                                 samples[f"{key}/{query_key}"] = await sample_response(server, query_key)
                             for c in args.concurrency:
-                                before = await loop_histograms(server)
+                                before = await loop_reading(server)
                                 report = await measure_quietly(server, query_key, c, args)
                                 report["round"] = round_no
-                                after = await loop_histograms(server)
+                                after = await loop_reading(server)
                                 # During this run only, start-up left out.
                                 for histogram, field_name in (
                                     (LOOP_LAG_HISTOGRAM, "loop_lag_ms"),
                                     (LOOP_BLOCKED_HISTOGRAM, "loop_blocked_ms"),
                                 ):
-                                    bound = lag_bound_ms(before.get(histogram), after.get(histogram))
+                                    bound = lag_bound_ms(
+                                        before.histograms.get(histogram), after.histograms.get(histogram)
+                                    )
                                     if bound is not None:
                                         report[field_name] = bound
-                                lag = await loop_lag_max(server)
-                                if lag is not None:
-                                    report["loop_lag_max_ms"] = 1000 * lag  # since start-up
+                                if after.lag_max is not None:
+                                    report["loop_lag_max_ms"] = 1000 * after.lag_max  # since start-up
                                 results.append(report)
                                 _print_run(
                                     f"round {round_no + 1}{' (busy: not reported)' if report['busy'] else ''}", report

@@ -169,6 +169,11 @@ def test_loop_lag_over_workers_and_nodes() -> None:
     )
     assert run._samples(text, "mssql_mcp_event_loop_lag_max_seconds") == [("", 0.012)]
     assert len(run._samples(text, "mssql_mcp_event_loop_lag_seconds_bucket")) == 4
+    # One scrape of two endpoints: both parsers read the same texts; workers' buckets are summed per endpoint.
+    texts = {"a": text, "b": "mssql_mcp_event_loop_lag_max_seconds 0.02\n"}
+    assert run._loop_lag_max(texts) == 0.02
+    assert run._loop_histograms(texts) == {run.LOOP_LAG_HISTOGRAM: {"a": {0.005: 15.0, float("inf"): 16.0}}}
+    assert run._loop_lag_max({"a": "other_metric 1\n"}) is None
     before = {"a": {0.005: 10.0, float("inf"): 10.0}, "b": {0.005: 1.0, 0.01: 1.0, float("inf"): 1.0}}
     after = {"a": {0.005: 20.0, float("inf"): 20.0}, "b": {0.005: 1.0, 0.01: 2.0, float("inf"): 2.0}}
     assert run.lag_bound_ms(before, after) == 10.0  # node b's one lag between 5 and 10 ms is the worst
