@@ -95,6 +95,8 @@ class ServerSpec:
 
 
 BENCH_METRICS_TOKEN = "bench-metrics-token"
+# The banner: with WORKERS>1 the supervisor (app/workers.py) prints it once every worker serves, whatever LOG_LEVEL.
+SERVING_BANNER = b"MSSQL MCP Server listening on"
 LOOP_LAG_METRIC = "mssql_mcp_event_loop_lag_max_seconds"
 LOOP_LAG_HISTOGRAM = "mssql_mcp_event_loop_lag_seconds"
 # The lag less the time the loop's thread waited for a CPU: what issue 10's line judges (our own work).
@@ -345,16 +347,27 @@ class RunningServer:
 
     async def _wait_for_workers(self, deadline: float) -> None:
         """WORKERS=N must mean at least N processes per node (app/workers.py: a supervisor and N workers), or a
-        checkout that ignores the setting would have one process's figures reported as N workers'."""
+        checkout that ignores the setting would have one process's figures reported as N workers'. And every
+        worker must have started: one answering `initialize` is not all of them, and a worker still starting
+        up computes on its loop for 15-25 ms at a time, which the first run's loop figures would show
+        as blocks under load. The supervisor prints its banner once every worker said it is ready."""
         wanted = self.topology.workers
         while True:
             counts = [len(_tree(proc.pid)) for proc in self.procs]
-            if min(counts) >= wanted:
+            starting = [
+                index for index in range(len(self.procs)) if SERVING_BANNER not in self._node_log(index).read_bytes()
+            ]
+            if min(counts) >= wanted and not starting:
                 return
             if time.monotonic() > deadline:
+                if min(counts) < wanted:
+                    raise RuntimeError(
+                        f"{self.spec.key}: WORKERS={wanted} but only {min(counts)} server process(es) run "
+                        "(does this checkout start workers?)"
+                    )
                 raise RuntimeError(
-                    f"{self.spec.key}: WORKERS={wanted} but only {min(counts)} server process(es) run "
-                    "(does this checkout start workers?)"
+                    f"{self.spec.key}: not every worker started (no banner in the output of node "
+                    f"{starting[0] + 1}):\n{_tail(self._node_log(starting[0]))}"
                 )
             await asyncio.sleep(0.25)
 
