@@ -65,8 +65,9 @@ def bind_listener(host: str, port: int, backlog: int = 128) -> socket.socket:
 
 METRICS_DIR_PREFIX = "mssql-mcp-metrics-"
 # prometheus_client writes every observation into its files' mmap'ed pages. On a disk-backed /tmp, a write to
-# a page the kernel's flusher has just written back waits for the filesystem with the event loop's thread
-# asleep: the bench saw 12-20 ms blocks in about one run in four at WORKERS=4, none with the files in memory.
+# a page the kernel's flusher is writing back can wait for the disk with the event loop's thread asleep: with
+# the files there the bench saw 12-20 ms blocks (thread neither running nor waiting for a CPU) in about one
+# run in four at WORKERS=4, with them in /dev/shm none in 12 runs (rarer ones remain, cause unknown: issue 10).
 SHARED_MEMORY_DIR = "/dev/shm"
 
 
