@@ -45,6 +45,9 @@ def _serve(settings: Settings, banner: str | None = None) -> int:
 
         # The supervisor binds the port, forks the workers and prints the banner once all of them serve.
         return _cannot_listen_is_one_line(settings, lambda: serve_workers(settings, text, _run_worker))
+    from .workers import reserve_fd_table
+
+    reserve_fd_table()  # before the pool's threads exist (see there)
     app = create_app(settings)  # an invalid ACCESS_POLICY_FILE raises PolicyError here: main prints its line
     app.on_startup.append(_reload_policy_on_sighup)
 

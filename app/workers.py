@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import resource
 import selectors
 import shutil
 import signal
@@ -61,6 +62,29 @@ def bind_listener(host: str, port: int, backlog: int = 128) -> socket.socket:
     family, address = first[0], first[4]
     dualstack = family == socket.AF_INET6 and host == "::" and socket.has_dualstack_ipv6()
     return socket.create_server(address[:2], family=family, backlog=backlog, dualstack_ipv6=dualstack)
+
+
+# The kernel grows a process's file-descriptor table by doubling it, and where threads share the table (the
+# database pool's) each growth waits for an RCU grace period with the caller in uninterruptible sleep: 7-25 ms
+# inside accept4 or openat on the event loop (seen in the loop thread's kernel stack), the first time a
+# worker's descriptors passed 64, 128, ... Grown once while the process has one thread, it waits for nothing.
+FD_TABLE_RESERVE = 4096
+
+
+def reserve_fd_table() -> None:
+    """Grow this process's descriptor table to FD_TABLE_RESERVE (or the open-files limit) now: call it before
+    any thread starts. Costs 8 bytes a slot; the descriptors themselves stay free."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    top = (FD_TABLE_RESERVE if soft == resource.RLIM_INFINITY else min(FD_TABLE_RESERVE, soft)) - 1
+    if top < 3:
+        return
+    with contextlib.suppress(OSError):
+        spare = os.open(os.devnull, os.O_RDONLY)
+        try:
+            os.dup2(spare, top, inheritable=False)
+            os.close(top)
+        finally:
+            os.close(spare)
 
 
 METRICS_DIR_PREFIX = "mssql-mcp-metrics-"
@@ -193,6 +217,7 @@ class Supervisor:
         _die_with_parent()
         if os.getppid() == 1:  # the supervisor died between fork and prctl
             return 0
+        reserve_fd_table()  # a forked child has one thread, and a table only as large as its open descriptors
 
         def ready() -> None:
             os.write(ready_write, b"1")

@@ -378,3 +378,26 @@ def test_a_busy_port_is_the_same_one_line_with_workers(tmp_path: Path, demo_db_p
         f"cannot listen on 127.0.0.1:{port}: address already in use (is another server using it? set HOST and PORT)"
     )
     assert "listening on" not in done.stdout
+
+
+def _fd_table_size(pid: int) -> int:
+    """The kernel's descriptor-table size of a process (FDSize in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("FDSize:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no FDSize for {pid}")
+
+
+def test_serving_processes_grow_their_descriptor_table_before_serving(
+    tmp_path: Path, demo_db_path: Path, redis_url: str
+) -> None:
+    """Grown later, under load, each doubling put the event loop to sleep for 7-25 ms (app.workers.reserve_fd_table):
+    every serving process starts with the table grown, one worker or several."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(4096, soft)
+    with serve(tmp_path / "two", demo_db_path, WORKERS="2", REDIS_URL=redis_url) as served:
+        assert [_fd_table_size(pid) >= wanted for pid in served.workers()] == [True, True]
+    with serve(tmp_path / "one", demo_db_path) as served:
+        assert _fd_table_size(served.proc.pid) >= wanted
