@@ -71,11 +71,17 @@ def bind_listener(host: str, port: int, backlog: int = 128) -> socket.socket:
 FD_TABLE_RESERVE = 4096
 
 
-def reserve_fd_table() -> None:
-    """Grow this process's descriptor table to FD_TABLE_RESERVE (or the open-files limit) now: call it before
-    any thread starts. Costs 8 bytes a slot; the descriptors themselves stay free."""
+def fd_table_slots() -> int:
+    """How many descriptor slots reserve_fd_table grows the table to: FD_TABLE_RESERVE, or fewer where the
+    open-files limit is lower."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    top = (FD_TABLE_RESERVE if soft == resource.RLIM_INFINITY else min(FD_TABLE_RESERVE, soft)) - 1
+    return FD_TABLE_RESERVE if soft == resource.RLIM_INFINITY else min(FD_TABLE_RESERVE, soft)
+
+
+def reserve_fd_table() -> None:
+    """Grow this process's descriptor table to fd_table_slots() now: call it before any thread starts. Costs 8
+    bytes a slot; the descriptors themselves stay free."""
+    top = fd_table_slots() - 1
     if top < 3:
         return
     with contextlib.suppress(OSError):
@@ -88,10 +94,9 @@ def reserve_fd_table() -> None:
 
 
 METRICS_DIR_PREFIX = "mssql-mcp-metrics-"
-# prometheus_client writes every observation into its files' mmap'ed pages. On a disk-backed /tmp, a write to
-# a page the kernel's flusher is writing back can wait for the disk with the event loop's thread asleep: with
-# the files there the bench saw 12-20 ms blocks (thread neither running nor waiting for a CPU) in about one
-# run in four at WORKERS=4, with them in /dev/shm none in 12 runs (rarer ones remain, cause unknown: issue 10).
+# prometheus_client writes every observation into its files' mmap'ed pages: in memory, they never wait for a
+# disk. (The loop blocks first blamed on these files were most likely the descriptor-table growth above: the
+# files are opened with openat, one of the two calls seen in the loop thread's kernel stack.)
 SHARED_MEMORY_DIR = "/dev/shm"
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from app.workers import metrics_root
+from app.workers import fd_table_slots, metrics_root
 from tests.fixtures.databases import free_port
 from tests.fixtures.served import ROOT, Served, serve, server_env
 
@@ -303,7 +303,7 @@ def test_workers_die_with_their_supervisor(tmp_path: Path, demo_db_path: Path, r
             time.sleep(0.1)
         assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
         # The killed supervisor's metrics directory goes at the next start of any supervisor.
-        # In memory where the machine has /dev/shm (a disk-backed file stalls the loop now and then).
+        # In memory where the machine has /dev/shm (metrics never wait for a disk).
         root = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
         assert metrics_root() == root
         stale = list(Path(root).glob(f"mssql-mcp-metrics-{served.proc.pid}-*"))
@@ -393,10 +393,7 @@ def test_serving_processes_grow_their_descriptor_table_before_serving(
 ) -> None:
     """Grown later, under load, each doubling put the event loop to sleep for 7-25 ms (app.workers.reserve_fd_table):
     every serving process starts with the table grown, one worker or several."""
-    import resource
-
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = min(4096, soft)
+    wanted = fd_table_slots()  # 4096, or the open-files limit (the server's, inherited from this process)
     with serve(tmp_path / "two", demo_db_path, WORKERS="2", REDIS_URL=redis_url) as served:
         assert [_fd_table_size(pid) >= wanted for pid in served.workers()] == [True, True]
     with serve(tmp_path / "one", demo_db_path) as served:
