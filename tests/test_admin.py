@@ -26,14 +26,11 @@ from app.auth.store import AuthStore, store_path
 from app.settings import Settings
 from app.web import create_app
 from tests.fixtures.auth import DEFAULT_PASSWORD, create_user, hidden_fields, mint_token
+from tests.fixtures.calls import MODERN, MODERN_META
 
 pytestmark = pytest.mark.integration
 
 NEW_PASSWORD = "another-long-passphrase"
-MODERN_META = {
-    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-    "io.modelcontextprotocol/clientCapabilities": {},
-}
 
 
 @dataclass
@@ -74,7 +71,7 @@ class Console:
                 "Authorization": f"Bearer {token}",
                 "Content-Type": "application/json",
                 "Accept": "application/json",
-                "MCP-Protocol-Version": "2026-07-28",
+                "MCP-Protocol-Version": MODERN,
                 "Mcp-Method": "tools/call",
                 "Mcp-Name": tool,
             },
@@ -397,7 +394,7 @@ async def test_audit_lines_never_show_sql_text_unless_audit_sql_text(admin: Cons
             "Authorization": f"Bearer {token}",
             "Content-Type": "application/json",
             "Accept": "application/json",
-            "MCP-Protocol-Version": "2026-07-28",
+            "MCP-Protocol-Version": MODERN,
             "Mcp-Method": "tools/call",
             "Mcp-Name": "execute_sql",
         },

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from app.db import guard
+from tests.fixtures.calls import MODERN, MODERN_META
 
 TSQL_ITEM_11_READS = [
     "SELECT * FROM a INNER MERGE JOIN b ON a.id = b.id",
@@ -441,11 +442,10 @@ async def test_mcp_tool_refuses_deep_nesting_and_lone_surrogates_clearly(app_cli
     headers = {
         "Content-Type": "application/json",
         "Accept": "application/json",
-        "MCP-Protocol-Version": "2026-07-28",
+        "MCP-Protocol-Version": MODERN,
         "Mcp-Method": "tools/call",
         "Mcp-Name": "execute_sql",
     }
-    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
     cases = [
         ("SELECT " + "(" * 20_000 + "1" + ")" * 20_000, "nests parentheses"),
         ("SELECT '\ud800' AS x", "surrogate"),
@@ -456,7 +456,7 @@ async def test_mcp_tool_refuses_deep_nesting_and_lone_surrogates_clearly(app_cli
                 "jsonrpc": "2.0",
                 "id": 1,
                 "method": "tools/call",
-                "params": {"name": "execute_sql", "arguments": {"query": query}, "_meta": meta},
+                "params": {"name": "execute_sql", "arguments": {"query": query}, "_meta": MODERN_META},
             }
         )
         response = await app_client.post("/mcp", data=body.encode("utf-8"), headers=headers)

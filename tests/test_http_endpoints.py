@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 from app import keys
 from app.health import add_health_routes
 from app.web import create_app
+from tests.fixtures.calls import MODERN, MODERN_META
 
 INIT = {
     "jsonrpc": "2.0",
@@ -245,14 +246,13 @@ async def test_sse_disconnect_ends_session_and_cancels_calls(client: TestClient)
 
 async def test_streamable_disconnect_cancels_call(client: TestClient) -> None:
     probe = client.test_app.probe
-    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
     call = asyncio.create_task(
         client.post(
             "/mcp",
             headers={
                 **HEADERS,
                 "Accept": "application/json",
-                "MCP-Protocol-Version": "2026-07-28",
+                "MCP-Protocol-Version": MODERN,
                 "Mcp-Method": "tools/call",
                 "Mcp-Name": "slow",
             },
@@ -261,7 +261,7 @@ async def test_streamable_disconnect_cancels_call(client: TestClient) -> None:
                     "jsonrpc": "2.0",
                     "id": 1,
                     "method": "tools/call",
-                    "params": {"name": "slow", "arguments": {"steps": 200, "step_seconds": 0.05}, "_meta": meta},
+                    "params": {"name": "slow", "arguments": {"steps": 200, "step_seconds": 0.05}, "_meta": MODERN_META},
                 }
             ),
         )

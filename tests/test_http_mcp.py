@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from tests.fixtures.calls import MODERN, MODERN_META
+
 ACCEPT_BOTH = "application/json, text/event-stream"
-MODERN = "2026-07-28"
-META = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
 
 
 @pytest.fixture
@@ -427,7 +427,7 @@ async def test_batches_only_in_2025_03_26(client: TestClient) -> None:
 async def test_discover(client: TestClient) -> None:
     status, payload, _ = await _post(
         client,
-        {"jsonrpc": "2.0", "id": "d", "method": "server/discover", "params": {"_meta": META}},
+        {"jsonrpc": "2.0", "id": "d", "method": "server/discover", "params": {"_meta": MODERN_META}},
         **_modern_headers("server/discover"),
     )
     assert status == 200
@@ -443,7 +443,7 @@ async def test_discover(client: TestClient) -> None:
 async def test_modern_results_carry_result_type_and_cache_hints(client: TestClient) -> None:
     status, payload, response = await _post(
         client,
-        {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": META}},
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": MODERN_META}},
         **_modern_headers("tools/list"),
     )
     assert status == 200 and "Mcp-Session-Id" not in response.headers
@@ -456,7 +456,7 @@ async def test_modern_results_carry_result_type_and_cache_hints(client: TestClie
             "jsonrpc": "2.0",
             "id": 2,
             "method": "tools/call",
-            "params": {"name": "echo", "arguments": {"text": "m"}, "_meta": META},
+            "params": {"name": "echo", "arguments": {"text": "m"}, "_meta": MODERN_META},
         },
         **_modern_headers("tools/call", "echo"),
     )
@@ -468,7 +468,7 @@ async def test_modern_results_carry_result_type_and_cache_hints(client: TestClie
             "jsonrpc": "2.0",
             "id": 3,
             "method": "tools/call",
-            "params": {"name": "fail", "arguments": {"kind": "tool"}, "_meta": META},
+            "params": {"name": "fail", "arguments": {"kind": "tool"}, "_meta": MODERN_META},
         },
         **_modern_headers("tools/call", "fail"),
     )
@@ -492,7 +492,7 @@ async def test_modern_missing_meta_is_invalid_params_400(client: TestClient, met
 async def test_modern_client_info_is_optional(client: TestClient) -> None:
     status, payload, _ = await _post(
         client,
-        {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": META}},
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": MODERN_META}},
         **_modern_headers("tools/list"),
     )
     assert status == 200 and "result" in payload
@@ -518,7 +518,7 @@ async def test_modern_header_mismatch_is_32020(client: TestClient, headers: dict
             "jsonrpc": "2.0",
             "id": 11,
             "method": "tools/call",
-            "params": {"name": "echo", "arguments": {"text": "x"}, "_meta": META},
+            "params": {"name": "echo", "arguments": {"text": "x"}, "_meta": MODERN_META},
         },
         **headers,
     )
@@ -535,7 +535,7 @@ async def test_modern_name_header_base64_and_whitespace(client: TestClient) -> N
                 "jsonrpc": "2.0",
                 "id": 12,
                 "method": "tools/call",
-                "params": {"name": "echo", "arguments": {"text": "x"}, "_meta": META},
+                "params": {"name": "echo", "arguments": {"text": "x"}, "_meta": MODERN_META},
             },
             **_modern_headers("tools/call", name_header),
         )
@@ -543,7 +543,7 @@ async def test_modern_name_header_base64_and_whitespace(client: TestClient) -> N
 
 
 async def test_modern_protocol_header_must_match_meta(client: TestClient) -> None:
-    meta = {**META, "io.modelcontextprotocol/protocolVersion": "2026-01-01"}
+    meta = {**MODERN_META, "io.modelcontextprotocol/protocolVersion": "2026-01-01"}
     status, payload, _ = await _post(
         client,
         {"jsonrpc": "2.0", "id": 13, "method": "tools/list", "params": {"_meta": meta}},
@@ -553,7 +553,7 @@ async def test_modern_protocol_header_must_match_meta(client: TestClient) -> Non
 
 
 async def test_modern_unsupported_version_is_32022(client: TestClient) -> None:
-    meta = {**META, "io.modelcontextprotocol/protocolVersion": "2030-01-01"}
+    meta = {**MODERN_META, "io.modelcontextprotocol/protocolVersion": "2030-01-01"}
     status, payload, _ = await _post(
         client,
         {"jsonrpc": "2.0", "id": 14, "method": "server/discover", "params": {"_meta": meta}},
@@ -567,7 +567,9 @@ async def test_modern_unsupported_version_is_32022(client: TestClient) -> None:
 @pytest.mark.parametrize("method", ["initialize", "ping", "logging/setLevel", "resources/list", "no/such"])
 async def test_modern_removed_or_unknown_methods_are_404(client: TestClient, method: str) -> None:
     status, payload, _ = await _post(
-        client, {"jsonrpc": "2.0", "id": 15, "method": method, "params": {"_meta": META}}, **_modern_headers(method)
+        client,
+        {"jsonrpc": "2.0", "id": 15, "method": method, "params": {"_meta": MODERN_META}},
+        **_modern_headers(method),
     )
     assert status == 404 and payload["error"]["code"] == -32601 and payload["id"] == 15
 
@@ -575,7 +577,7 @@ async def test_modern_removed_or_unknown_methods_are_404(client: TestClient, met
 async def test_modern_unknown_tool_is_400(client: TestClient) -> None:
     status, payload, _ = await _post(
         client,
-        {"jsonrpc": "2.0", "id": 16, "method": "tools/call", "params": {"name": "nope", "_meta": META}},
+        {"jsonrpc": "2.0", "id": 16, "method": "tools/call", "params": {"name": "nope", "_meta": MODERN_META}},
         **_modern_headers("tools/call", "nope"),
     )
     assert status == 400 and payload["error"]["code"] == -32602
@@ -586,13 +588,13 @@ async def test_modern_notification_and_batch(client: TestClient) -> None:
         "/mcp",
         headers=_headers(**_modern_headers("notifications/cancelled")),
         data=json.dumps(
-            {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1, "_meta": META}}
+            {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1, "_meta": MODERN_META}}
         ),
     )
     assert response.status == 202
     status, payload, _ = await _post(
         client,
-        [{"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": META}}],
+        [{"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": MODERN_META}}],
         **_modern_headers("tools/list"),
     )
     assert status == 400 and payload["error"]["code"] == -32600
@@ -615,7 +617,7 @@ async def test_modern_progress_streams_sse(client: TestClient) -> None:
                 "params": {
                     "name": "slow",
                     "arguments": {"steps": 2, "step_seconds": 0.01},
-                    "_meta": {**META, "progressToken": 5},
+                    "_meta": {**MODERN_META, "progressToken": 5},
                 },
             }
         ),

@@ -12,7 +12,7 @@ from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
-META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+from tests.fixtures.calls import MODERN, MODERN_META
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ async def secured(start_live_server: Any, make_settings: Any, writable_demo_db: 
                 "params": {"name": "search", "arguments": {"query": "x"}},
             },
         ),
-        ("POST", "/mcp", {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": META}}),
+        ("POST", "/mcp", {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": MODERN_META}}),
         ("GET", "/sse", None),
         ("POST", "/mcp", None),  # malformed body: still 401 first, nothing learned without a token
     ],
@@ -45,7 +45,7 @@ async def secured(start_live_server: Any, make_settings: Any, writable_demo_db: 
 async def test_no_token_is_401_with_resource_metadata(secured: Any, method: str, path: str, body: Any) -> None:
     headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
     if body is not None and body.get("method") == "server/discover":
-        headers.update({"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "server/discover"})
+        headers.update({"MCP-Protocol-Version": MODERN, "Mcp-Method": "server/discover"})
     async with httpx.AsyncClient() as http:
         response = await http.request(
             method, secured.url + path, headers=headers, content=json.dumps(body) if body is not None else b"{nope"

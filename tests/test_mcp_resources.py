@@ -17,6 +17,7 @@ from mcp.types import ResourceListChangedNotification, ResourceTemplateReference
 
 from app import keys
 from app.tools import watch_catalog
+from tests.fixtures.calls import MODERN, MODERN_META
 
 PREFIXES = ["", "/chatgpt"]
 MODES = ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28"]
@@ -187,12 +188,16 @@ async def test_resources_need_a_token_when_auth_is_on(make_settings: Any, start_
     server = await start_live_server(make_settings(), signed_in_as=None)
     headers = {
         "Accept": "application/json, text/event-stream",
-        "MCP-Protocol-Version": "2026-07-28",
+        "MCP-Protocol-Version": MODERN,
         "Mcp-Method": "resources/read",
         "Mcp-Name": "mssql://overview",
     }
-    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
-    body = {"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": "mssql://overview", "_meta": meta}}
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "resources/read",
+        "params": {"uri": "mssql://overview", "_meta": MODERN_META},
+    }
     async with aiohttp.ClientSession() as http, http.post(server.url + "/mcp", json=body, headers=headers) as answer:
         assert answer.status == 401 and "resource_metadata" in answer.headers["WWW-Authenticate"]
 

@@ -15,9 +15,7 @@ from app.mcp.tools import Tool, ToolContext
 from app.settings import Settings
 from app.tools import ChatGptTools
 from app.web import create_app
-
-MODERN = "2026-07-28"
-META = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
+from tests.fixtures.calls import MODERN, MODERN_META
 
 
 def _tool(name: str) -> Tool:
@@ -38,7 +36,7 @@ async def _rpc(client: TestClient, prefix: str, method: str, params: dict[str, A
     }
     if params and "name" in params:
         headers["Mcp-Name"] = params["name"]
-    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {**(params or {}), "_meta": META}}
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {**(params or {}), "_meta": MODERN_META}}
     response = await client.post(f"{prefix}/mcp", data=json.dumps(body), headers=headers)
     payload = await response.json()
     assert response.status == 200, payload

@@ -22,6 +22,7 @@ import aiohttp
 import pytest
 
 from app.workers import fd_table_slots, metrics_root
+from tests.fixtures.calls import MODERN, MODERN_META
 from tests.fixtures.databases import free_port
 from tests.fixtures.served import ROOT, Served, serve, server_env
 
@@ -121,8 +122,6 @@ def test_a_killed_worker_is_replaced_while_the_other_keeps_answering(
         assert asyncio.run(_get_many(served.url + "/health", 100)) == [200] * 100
 
 
-MODERN = "2026-07-28"
-META = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
 MCP_HEADERS = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": MODERN}
 
 
@@ -131,7 +130,7 @@ def _mcp_call(method: str, params: dict[str, object]) -> tuple[dict[str, str], s
     headers = {**MCP_HEADERS, "Content-Type": "application/json", "Mcp-Method": method}
     if method == "tools/call":
         headers["Mcp-Name"] = str(params["name"])
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": {**params, "_meta": META}})
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": {**params, "_meta": MODERN_META}})
     return headers, body
 
 
