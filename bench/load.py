@@ -91,12 +91,22 @@ def stateless_request(request_id: int, method: str, params: dict[str, Any]) -> t
     return message, headers
 
 
+def request_message(
+    request_id: int, method: str, params: dict[str, Any], mcp_mode: str
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The JSON-RPC request in `mcp_mode`, and the headers it needs beyond the client's (stateless: the mirrors)."""
+    if mcp_mode == "stateless":
+        return stateless_request(request_id, method, params)
+    return {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}, {}
+
+
 class Client:
     """One MCP client: its own session id (if any) and request ids, sharing the HTTP connector."""
 
     def __init__(self, http: aiohttp.ClientSession, url: str, mcp_mode: str = "session") -> None:
         self.http = http
         self.url = url
+        self.mcp_mode = mcp_mode
         self.stateless = mcp_mode == "stateless"
         self.headers = {"Accept": ACCEPT, "Content-Type": "application/json"}
         self.next_id = 0
@@ -111,11 +121,7 @@ class Client:
     async def request(self, method: str, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
         self.next_id += 1
         request_id = self.next_id
-        if self.stateless:
-            message, extra = stateless_request(request_id, method, params)
-            resp, body = await self.post(message, extra)
-        else:
-            resp, body = await self.post({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+        resp, body = await self.post(*request_message(request_id, method, params, self.mcp_mode))
         if resp.status != 200:
             raise CallFailed(f"HTTP {resp.status}: {body[:200]!r}")
         result = _result_for(request_id, _messages(body, resp.headers.get("Content-Type", "")))

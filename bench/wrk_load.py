@@ -39,7 +39,7 @@ from load import (  # bench/ is not a package: load.py is also run as a script
     Client,
     load_arguments,
     parse_load_arguments,
-    stateless_request,
+    request_message,
 )
 
 # Per-thread counters are read back in done() through the thread objects setup() kept.
@@ -93,11 +93,8 @@ async def _open_session(
 
 def _call(tool: str, arguments: dict[str, Any], mcp_mode: str) -> tuple[str, dict[str, str]]:
     """The body wrk sends on every request, and the headers it needs beyond the session's."""
-    params = {"name": tool, "arguments": arguments}
-    if mcp_mode == "stateless":
-        message, headers = stateless_request(1, "tools/call", params)
-        return json.dumps(message), headers
-    return json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}), {}
+    message, headers = request_message(1, "tools/call", {"name": tool, "arguments": arguments}, mcp_mode)
+    return json.dumps(message), headers
 
 
 def split_connections(concurrency: int, endpoints: int) -> list[int]:
