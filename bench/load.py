@@ -107,7 +107,6 @@ class Client:
         self.http = http
         self.url = url
         self.mcp_mode = mcp_mode
-        self.stateless = mcp_mode == "stateless"
         self.headers = {"Accept": ACCEPT, "Content-Type": "application/json"}
         self.next_id = 0
 
@@ -130,7 +129,7 @@ class Client:
         return result, len(body)
 
     async def initialize(self) -> dict[str, Any]:
-        if self.stateless:  # no handshake: discover checks the server speaks the envelope
+        if self.mcp_mode == "stateless":  # no handshake: discover checks the server speaks the envelope
             result, _ = await self.request("server/discover", {})
             if STATELESS_VERSION not in result.get("supportedVersions", ()):
                 raise CallFailed(f"server does not support {STATELESS_VERSION}: {result.get('supportedVersions')}")
