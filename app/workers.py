@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import os
 import resource
 import selectors
@@ -80,15 +81,15 @@ def fd_table_slots() -> int:
 
 def reserve_fd_table() -> None:
     """Grow this process's descriptor table to fd_table_slots() now: call it before any thread starts. Costs 8
-    bytes a slot; the descriptors themselves stay free."""
+    bytes a slot; the descriptors themselves stay free. F_DUPFD takes the lowest free slot from the top one
+    up, so a descriptor the process inherited there is left open (dup2 would have closed it)."""
     top = fd_table_slots() - 1
     if top < 3:
         return
     with contextlib.suppress(OSError):
         spare = os.open(os.devnull, os.O_RDONLY)
         try:
-            os.dup2(spare, top, inheritable=False)
-            os.close(top)
+            os.close(fcntl.fcntl(spare, fcntl.F_DUPFD_CLOEXEC, top))
         finally:
             os.close(spare)
 

@@ -7,6 +7,7 @@ caller of the port could read; the supervisor's log lines name them (`worker`, `
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -21,7 +22,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from app.workers import fd_table_slots, metrics_root
+from app.workers import fd_table_slots, metrics_root, reserve_fd_table
 from tests.fixtures.calls import MODERN, MODERN_META
 from tests.fixtures.databases import free_port
 from tests.fixtures.served import ROOT, Served, serve, server_env
@@ -397,3 +398,20 @@ def test_serving_processes_grow_their_descriptor_table_before_serving(
         assert [_fd_table_size(pid) >= wanted for pid in served.workers()] == [True, True]
     with serve(tmp_path / "one", demo_db_path) as served:
         assert _fd_table_size(served.proc.pid) >= wanted
+
+
+def test_reserving_the_table_leaves_a_descriptor_already_in_its_top_slot_open() -> None:
+    """A descriptor the process inherited in the slot reserve_fd_table reaches for is not closed by it."""
+    top = fd_table_slots() - 1
+    read_end, write_end = os.pipe()
+    try:
+        os.dup2(write_end, top, inheritable=False)
+        reserve_fd_table()
+        os.write(top, b"still open")
+        assert os.read(read_end, 16) == b"still open"
+        assert _fd_table_size(os.getpid()) >= top + 1
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(top)
+        os.close(read_end)
+        os.close(write_end)
